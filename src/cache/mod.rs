@@ -1,0 +1,1 @@
+//! Chunk cache: verified uncompressed layer bytes (memory LRU -> disk -> fetch).

@@ -1,0 +1,510 @@
+//! Image commands: pull, images, inspect, history, tag, rmi, push, save, load, search, login,
+//! logout, system df.
+
+use super::util::{human_age, human_size, print_table};
+use super::{Command, Ctx, Error, SystemCommand};
+use crate::image::{self, Progress};
+use crate::reference::Reference;
+use crate::registry::auth::{CredentialStore, Credentials, Secret};
+use crate::registry::manifest::Platform;
+use crate::store::ImageRecord;
+use std::io::{BufRead, IsTerminal, Write};
+
+pub async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<i32, Error> {
+    match cmd {
+        Command::Pull {
+            image,
+            platform,
+            quiet,
+        } => pull(ctx, &image, platform.as_deref(), quiet).await,
+        Command::Images {
+            quiet,
+            digests,
+            no_trunc,
+        } => images(ctx, quiet, digests, no_trunc),
+        Command::Inspect { images } => inspect(ctx, &images),
+        Command::History { image, no_trunc } => history(ctx, &image, no_trunc),
+        Command::Tag { source, target } => {
+            let rec = ctx.store.find_image(&source)?;
+            let dst: Reference = target.parse()?;
+            ctx.store.tag(&dst, &rec.manifest_digest)?;
+            Ok(0)
+        }
+        Command::Rmi { force, images } => rmi(ctx, &images, force),
+        Command::Push { image, quiet } => {
+            let target: Reference = image.parse()?;
+            let rec = ctx.store.find_image(&image)?;
+            image::push(
+                &ctx.client,
+                &ctx.store,
+                &rec,
+                &target,
+                &Progress::new(quiet),
+            )
+            .await?;
+            Ok(0)
+        }
+        Command::Save { output, images } => save(ctx, output, &images),
+        Command::Load { input, quiet } => load(ctx, input, quiet),
+        Command::Search { term, limit } => search(ctx, &term, limit).await,
+        Command::Login {
+            registry,
+            username,
+            password,
+            password_stdin,
+        } => login(ctx, registry, username, password, password_stdin).await,
+        Command::Logout { registry } => {
+            let reg = registry_name(registry);
+            let creds = CredentialStore::default_location();
+            if creds.remove(&reg)? {
+                println!("Removing login credentials for {reg}");
+            } else {
+                println!("Not logged in to {reg}");
+            }
+            Ok(0)
+        }
+        Command::System {
+            command: SystemCommand::Df,
+        } => system_df(ctx),
+    }
+}
+
+fn registry_name(r: Option<String>) -> String {
+    match r {
+        None => crate::reference::DEFAULT_REGISTRY.to_string(),
+        Some(r) => {
+            let r = r
+                .trim_start_matches("https://")
+                .trim_start_matches("http://");
+            let host = r.split('/').next().unwrap_or(r);
+            match host {
+                "index.docker.io" | "registry-1.docker.io" => {
+                    crate::reference::DEFAULT_REGISTRY.to_string()
+                }
+                h => h.to_string(),
+            }
+        }
+    }
+}
+
+async fn pull(ctx: &Ctx, image: &str, platform: Option<&str>, quiet: bool) -> Result<i32, Error> {
+    let reference: Reference = image.parse()?;
+    let platform = match platform {
+        Some(p) => p.parse::<Platform>().map_err(Error::Usage)?,
+        None => Platform::host(),
+    };
+    let progress = Progress::new(quiet);
+    image::pull(
+        ctx.client.clone(),
+        ctx.store.clone(),
+        &reference,
+        &platform,
+        &progress,
+    )
+    .await?;
+    println!("{reference}");
+    Ok(0)
+}
+
+fn split_name_tag(name_tag: &str) -> (String, String) {
+    match name_tag.parse::<Reference>() {
+        Ok(r) => (r.familiar_name(), r.tag.unwrap_or_else(|| "<none>".into())),
+        Err(_) => (name_tag.to_string(), "<none>".into()),
+    }
+}
+
+fn images(ctx: &Ctx, quiet: bool, digests: bool, no_trunc: bool) -> Result<i32, Error> {
+    let recs = ctx.store.images()?;
+    let tags = ctx.store.tags()?;
+    let id = |r: &ImageRecord| {
+        if no_trunc {
+            r.id().to_string()
+        } else {
+            r.id().short()
+        }
+    };
+    if quiet {
+        let mut seen = std::collections::BTreeSet::new();
+        for r in &recs {
+            if seen.insert(r.id()) {
+                println!("{}", id(r));
+            }
+        }
+        return Ok(0);
+    }
+    let mut rows = Vec::new();
+    for r in &recs {
+        let mut names: Vec<(String, String)> = tags
+            .iter()
+            .filter(|(_, d)| **d == r.manifest_digest)
+            .map(|(nt, _)| split_name_tag(nt))
+            .collect();
+        if names.is_empty() {
+            names.push(("<none>".into(), "<none>".into()));
+        }
+        for (repo, tag) in names {
+            let mut row = vec![repo.clone(), tag];
+            if digests {
+                let d = r
+                    .repo_digests
+                    .iter()
+                    .find_map(|rd| {
+                        let (n, d) = rd.split_once('@')?;
+                        let fam = n.parse::<Reference>().ok()?.familiar_name();
+                        (fam == repo).then(|| d.to_string())
+                    })
+                    .unwrap_or_else(|| "<none>".into());
+                row.push(d);
+            }
+            row.push(id(r));
+            row.push(human_age(r.created.as_deref()));
+            row.push(human_size(r.size()));
+            rows.push(row);
+        }
+    }
+    let header: Vec<&str> = if digests {
+        vec!["REPOSITORY", "TAG", "DIGEST", "IMAGE ID", "CREATED", "SIZE"]
+    } else {
+        vec!["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"]
+    };
+    print_table(&header, &rows);
+    Ok(0)
+}
+
+fn inspect(ctx: &Ctx, queries: &[String]) -> Result<i32, Error> {
+    let mut out = Vec::new();
+    let mut missing = Vec::new();
+    for q in queries {
+        match ctx.store.find_image(q) {
+            Ok(rec) => {
+                let (_, raw) = ctx.store.config(&rec)?;
+                let tags: Vec<String> = ctx
+                    .store
+                    .tags_of(&rec.manifest_digest)?
+                    .into_iter()
+                    .map(|t| {
+                        let (n, tag) = split_name_tag(&t);
+                        format!("{n}:{tag}")
+                    })
+                    .collect();
+                out.push(serde_json::json!({
+                    "Id": rec.id().to_string(),
+                    "RepoTags": tags,
+                    "RepoDigests": rec.repo_digests,
+                    "Created": rec.created,
+                    "Author": raw.get("author"),
+                    "Architecture": raw.get("architecture"),
+                    "Variant": raw.get("variant"),
+                    "Os": raw.get("os"),
+                    "Config": raw.get("config"),
+                    "RootFS": raw.get("rootfs"),
+                    "Size": rec.size(),
+                    "Descriptor": {
+                        "mediaType": rec.manifest_media_type,
+                        "digest": rec.manifest_digest.to_string(),
+                    },
+                    "Layers": rec.layers,
+                    "Metadata": { "StoredAt": rec.stored_at, "Complete": rec.complete },
+                }));
+            }
+            Err(crate::store::Error::NoSuchImage(q)) => missing.push(q),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    if !missing.is_empty() {
+        for m in &missing {
+            eprintln!("Error: No such image: {m}");
+        }
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+fn history(ctx: &Ctx, q: &str, no_trunc: bool) -> Result<i32, Error> {
+    let rec = ctx.store.find_image(q)?;
+    let (cfg, _) = ctx.store.config(&rec)?;
+    let mut layer_sizes = rec.layers.iter().map(|l| l.size);
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for h in &cfg.history {
+        let size = if h.empty_layer {
+            0
+        } else {
+            layer_sizes.next().unwrap_or(0)
+        };
+        let mut by = h.created_by.clone().unwrap_or_default();
+        if !no_trunc && by.chars().count() > 45 {
+            by = by.chars().take(44).collect::<String>() + "…";
+        }
+        rows.push(vec![
+            "<missing>".into(),
+            human_age(h.created.as_deref()),
+            by,
+            human_size(size),
+            h.comment.clone().unwrap_or_default(),
+        ]);
+    }
+    rows.reverse();
+    if let Some(first) = rows.first_mut() {
+        first[0] = if no_trunc {
+            rec.id().to_string()
+        } else {
+            rec.id().short()
+        };
+    }
+    print_table(
+        &["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"],
+        &rows,
+    );
+    Ok(0)
+}
+
+fn rmi(ctx: &Ctx, queries: &[String], force: bool) -> Result<i32, Error> {
+    let mut code = 0;
+    for q in queries {
+        let rec = match ctx.store.find_image(q) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("Error: {e}");
+                code = 1;
+                continue;
+            }
+        };
+        let tags = ctx.store.tags_of(&rec.manifest_digest)?;
+        // By name: remove that tag; the image goes only when no tag is left.
+        let by_tag = q.parse::<Reference>().ok().and_then(|r| {
+            let t = r.tag.clone()?;
+            let key = format!("{}:{t}", r.name());
+            tags.contains(&key).then_some(key)
+        });
+        let untag: Vec<String> = match by_tag {
+            Some(t) if tags.len() > 1 => vec![t],
+            Some(t) => vec![t],
+            None if tags.len() > 1 && !force => {
+                eprintln!(
+                    "Error: conflict: unable to delete {} (must be forced) - image is referenced in multiple repositories",
+                    rec.id().short()
+                );
+                code = 1;
+                continue;
+            }
+            None => tags.clone(),
+        };
+        for t in &untag {
+            ctx.store.untag(t)?;
+            let (n, tag) = split_name_tag(t);
+            println!("Untagged: {n}:{tag}");
+        }
+        if ctx.store.tags_of(&rec.manifest_digest)?.is_empty() {
+            ctx.store.delete_image(&rec.manifest_digest)?;
+            println!("Deleted: {}", rec.id());
+        }
+    }
+    Ok(code)
+}
+
+fn save(ctx: &Ctx, output: Option<std::path::PathBuf>, queries: &[String]) -> Result<i32, Error> {
+    let Some(out) = output else {
+        return Err(Error::Usage(
+            "save: -o FILE is required (refusing to write a tar to the terminal)".into(),
+        ));
+    };
+    let mut list = Vec::new();
+    for q in queries {
+        let rec = ctx.store.find_image(q)?;
+        let tags = match q.parse::<Reference>() {
+            Ok(r)
+                if r.digest.is_none()
+                    && ctx
+                        .store
+                        .tags_of(&rec.manifest_digest)?
+                        .contains(&r.to_string()) =>
+            {
+                vec![r.to_string()]
+            }
+            _ => ctx.store.tags_of(&rec.manifest_digest)?,
+        };
+        list.push((rec, tags));
+    }
+    image::save(&ctx.store, &list, &out)?;
+    Ok(0)
+}
+
+fn load(ctx: &Ctx, input: Option<std::path::PathBuf>, quiet: bool) -> Result<i32, Error> {
+    let loaded = match &input {
+        Some(p) => {
+            let f = std::fs::File::open(p).map_err(|source| Error::Io {
+                context: p.display().to_string(),
+                source,
+            })?;
+            let mut r = std::io::BufReader::new(f);
+            image::load(&ctx.store, &mut r, &p.display().to_string())?
+        }
+        None => image::load(&ctx.store, &mut std::io::stdin().lock(), "stdin")?,
+    };
+    if !quiet {
+        for (rec, tags) in loaded {
+            if tags.is_empty() {
+                println!("Loaded image ID: {}", rec.id());
+            }
+            for t in tags {
+                let (n, tag) = split_name_tag(&t);
+                println!("Loaded image: {n}:{tag}");
+            }
+        }
+    }
+    Ok(0)
+}
+
+async fn search(ctx: &Ctx, term: &str, limit: usize) -> Result<i32, Error> {
+    let (registry, needle) = match term.split_once('/') {
+        Some((first, rest))
+            if first.contains('.') || first.contains(':') || first == "localhost" =>
+        {
+            (first.to_string(), rest.to_string())
+        }
+        _ => (
+            crate::reference::DEFAULT_REGISTRY.to_string(),
+            term.to_string(),
+        ),
+    };
+    let repos = ctx.client.catalog(&registry).await?;
+    let rows: Vec<Vec<String>> = repos
+        .into_iter()
+        .filter(|r| r.contains(&needle))
+        .take(limit)
+        .map(|r| {
+            vec![
+                format!("{registry}/{r}"),
+                String::new(),
+                "0".into(),
+                String::new(),
+            ]
+        })
+        .collect();
+    print_table(&["NAME", "DESCRIPTION", "STARS", "OFFICIAL"], &rows);
+    Ok(0)
+}
+
+async fn login(
+    ctx: &Ctx,
+    registry: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    password_stdin: bool,
+) -> Result<i32, Error> {
+    let reg = registry_name(registry);
+    let io = |source| Error::Io {
+        context: "reading credentials".into(),
+        source,
+    };
+    let username = match username {
+        Some(u) => u,
+        None => {
+            if !std::io::stdin().is_terminal() || password_stdin {
+                return Err(Error::Usage(
+                    "login: --username is required when stdin is not a terminal".into(),
+                ));
+            }
+            print!("Username: ");
+            std::io::stdout().flush().map_err(io)?;
+            let mut u = String::new();
+            std::io::stdin().lock().read_line(&mut u).map_err(io)?;
+            u.trim().to_string()
+        }
+    };
+    let password = match (password, password_stdin) {
+        (Some(_), true) => {
+            return Err(Error::Usage(
+                "login: --password and --password-stdin are mutually exclusive".into(),
+            ))
+        }
+        (Some(p), false) => {
+            eprintln!("WARNING! Using --password via the CLI is insecure. Use --password-stdin.");
+            p
+        }
+        (None, true) => {
+            let mut p = String::new();
+            std::io::stdin().lock().read_line(&mut p).map_err(io)?;
+            p.trim_end_matches(['\n', '\r']).to_string()
+        }
+        (None, false) => {
+            if !std::io::stdin().is_terminal() {
+                return Err(Error::Usage(
+                    "login: use --password-stdin when stdin is not a terminal".into(),
+                ));
+            }
+            eprint!("Password: ");
+            read_password().map_err(io)?
+        }
+    };
+    if username.is_empty() || password.is_empty() {
+        return Err(Error::Usage(
+            "login: username and password must not be empty".into(),
+        ));
+    }
+    let creds = Credentials {
+        username,
+        password: Secret::new(password),
+    };
+    ctx.client.verify_login(&reg, creds.clone()).await?;
+    CredentialStore::default_location().set(&reg, &creds)?;
+    println!("Login Succeeded");
+    Ok(0)
+}
+
+/// Read a line from the terminal with echo off.
+fn read_password() -> std::io::Result<String> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    let stdin = std::io::stdin();
+    let old = tcgetattr(&stdin).map_err(std::io::Error::from)?;
+    let mut new = old.clone();
+    new.local_flags.remove(LocalFlags::ECHO);
+    tcsetattr(&stdin, SetArg::TCSANOW, &new).map_err(std::io::Error::from)?;
+    let mut p = String::new();
+    let r = stdin.lock().read_line(&mut p);
+    let _ = tcsetattr(&stdin, SetArg::TCSANOW, &old);
+    eprintln!();
+    r.map(|_| p.trim_end_matches(['\n', '\r']).to_string())
+}
+
+fn system_df(ctx: &Ctx) -> Result<i32, Error> {
+    let images = ctx.store.images()?;
+    let blobs = ctx.store.du("blobs");
+    let rows = vec![
+        vec![
+            "Images".into(),
+            images.len().to_string(),
+            "0".into(),
+            human_size(blobs),
+            format!("{} (100%)", human_size(blobs)),
+        ],
+        vec![
+            "Containers".into(),
+            count_dir(&ctx.store.root().join("containers")).to_string(),
+            "0".into(),
+            human_size(ctx.store.du("containers")),
+            human_size(0),
+        ],
+        vec![
+            "Layer indexes".into(),
+            count_dir(&ctx.store.root().join("indexes")).to_string(),
+            "0".into(),
+            human_size(ctx.store.du("indexes")),
+            human_size(0),
+        ],
+        vec![
+            "Chunk cache".into(),
+            "-".into(),
+            "-".into(),
+            human_size(ctx.store.du("cache")),
+            format!("{} (100%)", human_size(ctx.store.du("cache"))),
+        ],
+    ];
+    print_table(&["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"], &rows);
+    Ok(0)
+}
+
+fn count_dir(p: &std::path::Path) -> usize {
+    std::fs::read_dir(p).map(|r| r.count()).unwrap_or(0)
+}

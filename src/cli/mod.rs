@@ -1,0 +1,194 @@
+//! Command line: argument parsing (clap) and human output. Calls `image`, `store`, `registry`.
+//! Every command returns `Result<i32, Error>`; `main.rs` prints the error and exits.
+
+mod images;
+mod util;
+
+use crate::config::Config;
+use crate::registry::auth::CredentialStore;
+use crate::registry::Client;
+use crate::store::Store;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    #[error(transparent)]
+    Image(#[from] crate::image::Error),
+    #[error(transparent)]
+    Reference(#[from] crate::reference::ReferenceError),
+    #[error(transparent)]
+    Creds(#[from] crate::registry::auth::CredError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "strata",
+    version,
+    about = "Run containers from OCI/Docker images without pulling them first"
+)]
+pub struct Cli {
+    /// State directory (blobs, indexes, containers, cache)
+    #[arg(
+        long,
+        global = true,
+        env = "STRATA_ROOT",
+        default_value = "/var/lib/strata"
+    )]
+    pub root: PathBuf,
+    /// Configuration file (default: ROOT/config.json)
+    #[arg(long, global = true, env = "STRATA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Verbose logging (same as RUST_LOG=debug)
+    #[arg(long, short = 'D', global = true)]
+    pub debug: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Download an image and all its layers
+    Pull {
+        image: String,
+        /// os/arch[/variant] to pick from a multi-platform image (default: this host)
+        #[arg(long)]
+        platform: Option<String>,
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// List images
+    Images {
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long)]
+        digests: bool,
+        #[arg(long)]
+        no_trunc: bool,
+    },
+    /// Show an image's record and configuration as JSON
+    Inspect {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Show an image's history
+    History {
+        image: String,
+        #[arg(long)]
+        no_trunc: bool,
+    },
+    /// Give an image another name
+    Tag { source: String, target: String },
+    /// Remove images (blobs no other image uses are deleted)
+    Rmi {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Upload an image to a registry
+    Push {
+        image: String,
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Write images to a tar (docker-archive + OCI layout)
+    Save {
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Load images from a tar written by `save` or `docker save`
+    Load {
+        #[arg(short, long)]
+        input: Option<PathBuf>,
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Search a registry's catalog: [REGISTRY/]TERM
+    Search {
+        term: String,
+        #[arg(long, default_value_t = 25)]
+        limit: usize,
+    },
+    /// Log in to a registry (credentials verified before they are saved)
+    Login {
+        registry: Option<String>,
+        #[arg(short, long)]
+        username: Option<String>,
+        /// Password (prefer --password-stdin)
+        #[arg(short, long)]
+        password: Option<String>,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Remove saved credentials for a registry
+    Logout { registry: Option<String> },
+    /// System information
+    System {
+        #[command(subcommand)]
+        command: SystemCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SystemCommand {
+    /// Disk usage of images, indexes, cache and containers
+    Df,
+}
+
+/// Everything a command needs, opened once.
+pub struct Ctx {
+    pub store: Arc<Store>,
+    pub config: Arc<Config>,
+    pub client: Arc<Client>,
+}
+
+impl Ctx {
+    fn open(cli: &Cli) -> Result<Ctx, Error> {
+        let cfg_path = cli
+            .config
+            .clone()
+            .unwrap_or_else(|| cli.root.join("config.json"));
+        let config = Arc::new(Config::load(&cfg_path)?);
+        let store = Arc::new(Store::open(&cli.root)?);
+        let client = Arc::new(Client::new(
+            config.clone(),
+            CredentialStore::default_location(),
+        )?);
+        Ok(Ctx {
+            store,
+            config,
+            client,
+        })
+    }
+}
+
+/// Run a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> Result<i32, Error> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            context: "starting tokio runtime".into(),
+            source,
+        })?;
+    let ctx = Ctx::open(&cli)?;
+    rt.block_on(images::dispatch(&ctx, cli.command))
+}

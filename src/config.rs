@@ -1,0 +1,252 @@
+//! Configuration: `$STRATA_ROOT/config.json` (or `--config`), daemon.json style.
+//!
+//! Leaf module. Read once at start; unknown keys and bad values are errors naming the key.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("config {path}: key {key:?}: {msg}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        msg: String,
+    },
+}
+
+/// The whole configuration tree with defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// Mirrors for docker.io, tried in order before the upstream.
+    #[serde(default)]
+    pub registry_mirrors: Vec<String>,
+    /// Extension: mirrors for any registry host, `{"host:port": ["http://mirror", ...]}`.
+    #[serde(default)]
+    pub registry_mirrors_by_host: BTreeMap<String, Vec<String>>,
+    /// Hosts (`host[:port]`) spoken to over plain http. Loopback always may be.
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
+    #[serde(default = "default_downloads")]
+    pub max_concurrent_downloads: usize,
+    #[serde(default = "default_uploads")]
+    pub max_concurrent_uploads: usize,
+    /// Chunk cache size cap, e.g. "20GiB".
+    #[serde(default = "default_cache_size", deserialize_with = "de_size")]
+    pub cache_size: u64,
+    #[serde(default = "default_true")]
+    pub prefetch: bool,
+}
+
+fn default_downloads() -> usize {
+    3
+}
+fn default_uploads() -> usize {
+    5
+}
+fn default_cache_size() -> u64 {
+    20 << 30
+}
+fn default_true() -> bool {
+    true
+}
+
+fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum S {
+        N(u64),
+        S(String),
+    }
+    match S::deserialize(d)? {
+        S::N(n) => Ok(n),
+        S::S(s) => parse_size(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!("cache-size {s:?} is not a size like \"20GiB\""))
+        }),
+    }
+}
+
+/// Parse "20GiB", "512MB", "1048576", "10g" into bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let num: f64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1000 * 1000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1000 * 1000 * 1000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1000u64.pow(4),
+        "tib" => 1 << 40,
+        _ => return None,
+    };
+    if num < 0.0 || !num.is_finite() {
+        return None;
+    }
+    Some((num * mult as f64) as u64)
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            registry_mirrors: Vec::new(),
+            registry_mirrors_by_host: BTreeMap::new(),
+            insecure_registries: Vec::new(),
+            max_concurrent_downloads: default_downloads(),
+            max_concurrent_uploads: default_uploads(),
+            cache_size: default_cache_size(),
+            prefetch: true,
+        }
+    }
+}
+
+impl Config {
+    /// Load from `path`; a missing file means defaults.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = match std::fs::read(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let cfg: Config = serde_json::from_slice(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key, msg: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            msg,
+        };
+        if self.max_concurrent_downloads == 0 || self.max_concurrent_downloads > 64 {
+            return Err(invalid(
+                "max-concurrent-downloads",
+                "must be between 1 and 64".into(),
+            ));
+        }
+        if self.max_concurrent_uploads == 0 || self.max_concurrent_uploads > 64 {
+            return Err(invalid(
+                "max-concurrent-uploads",
+                "must be between 1 and 64".into(),
+            ));
+        }
+        let all = self
+            .registry_mirrors
+            .iter()
+            .chain(self.registry_mirrors_by_host.values().flatten());
+        for m in all {
+            if !(m.starts_with("http://") || m.starts_with("https://")) {
+                return Err(invalid(
+                    "registry-mirrors",
+                    format!("mirror {m:?} must be an http:// or https:// URL"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Mirrors to try before `registry` itself, in order.
+    pub fn mirrors_for(&self, registry: &str) -> Vec<String> {
+        let mut out = self
+            .registry_mirrors_by_host
+            .get(registry)
+            .cloned()
+            .unwrap_or_default();
+        if registry == crate::reference::DEFAULT_REGISTRY {
+            out.extend(self.registry_mirrors.iter().cloned());
+        }
+        out
+    }
+
+    /// Whether `host` may be spoken to over plain http.
+    pub fn is_insecure(&self, host: &str) -> bool {
+        let bare = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+        bare == "localhost"
+            || bare.starts_with("127.")
+            || bare == "[::1]"
+            || self
+                .insecure_registries
+                .iter()
+                .any(|h| h == host || h == bare)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.json");
+        std::fs::write(&p, s).unwrap();
+        Config::load(&p)
+    }
+
+    #[test]
+    fn defaults_and_values() {
+        let c =
+            parse(r#"{"registry-mirrors": ["https://m.example"], "cache-size": "1GiB"}"#).unwrap();
+        assert_eq!(c.cache_size, 1 << 30);
+        assert_eq!(c.max_concurrent_downloads, 3);
+        assert_eq!(
+            c.mirrors_for("docker.io"),
+            vec!["https://m.example".to_string()]
+        );
+        assert!(c.mirrors_for("quay.io").is_empty());
+        assert!(c.is_insecure("127.0.0.1:5000"));
+        assert!(!c.is_insecure("quay.io"));
+    }
+
+    #[test]
+    fn unknown_key_and_bad_values_are_named() {
+        let e = parse(r#"{"registry-mirror": []}"#).unwrap_err().to_string();
+        assert!(e.contains("registry-mirror"), "{e}");
+        let e = parse(r#"{"cache-size": "lots"}"#).unwrap_err().to_string();
+        assert!(e.contains("cache-size"), "{e}");
+        let e = parse(r#"{"max-concurrent-downloads": 0}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max-concurrent-downloads"), "{e}");
+        let e = parse(r#"{"registry-mirrors": ["ftp://x"]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("registry-mirrors"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("20GiB"), Some(20 << 30));
+        assert_eq!(parse_size("512MB"), Some(512_000_000));
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("x"), None);
+    }
+}

@@ -1,0 +1,1 @@
+//! FUSE adapter: the only module that names fuser types.

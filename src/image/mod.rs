@@ -1,0 +1,84 @@
+//! Image operations that join the registry client and the store: pull, push, save, load.
+//!
+//! Calls `registry` and `store`; formats nothing for humans (that is `cli/`), except progress
+//! reporting through [`Progress`].
+
+mod archive;
+mod pull;
+mod push;
+
+pub use archive::{load, save};
+pub use pull::{pull, record_image};
+pub use push::push;
+
+use crate::digest::Digest;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Registry(#[from] crate::registry::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    #[error("layer {digest}: {source}")]
+    Layer {
+        digest: Digest,
+        #[source]
+        source: Box<Error>,
+    },
+    #[error("{what}: {msg}")]
+    Invalid { what: String, msg: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Progress reporting: indicatif bars on a TTY, one plain line per event otherwise.
+pub struct Progress {
+    multi: Option<indicatif::MultiProgress>,
+    quiet: bool,
+}
+
+impl Progress {
+    pub fn new(quiet: bool) -> Self {
+        use std::io::IsTerminal;
+        let multi = (!quiet && std::io::stderr().is_terminal()).then(indicatif::MultiProgress::new);
+        Progress { multi, quiet }
+    }
+
+    pub fn silent() -> Self {
+        Progress {
+            multi: None,
+            quiet: true,
+        }
+    }
+
+    /// A line of status (plain mode) or a message above the bars.
+    pub fn line(&self, msg: &str) {
+        if self.quiet {
+            return;
+        }
+        match &self.multi {
+            Some(m) => {
+                let _ = m.println(msg);
+            }
+            None => println!("{msg}"),
+        }
+    }
+
+    /// A byte counter for one blob; `None` in plain mode.
+    pub fn bar(&self, id: &Digest, total: u64, verb: &str) -> Option<indicatif::ProgressBar> {
+        let m = self.multi.as_ref()?;
+        let pb = m.add(indicatif::ProgressBar::new(total));
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{prefix}: {msg} [{bar:30}] {bytes}/{total_bytes}",
+        ) {
+            pb.set_style(style.progress_chars("=> "));
+        }
+        pb.set_prefix(id.short());
+        pb.set_message(verb.to_string());
+        Some(pb)
+    }
+}

@@ -1,0 +1,225 @@
+//! `pull`: resolve, then download config and layers in parallel, each verified before it is
+//! published in the store.
+
+use super::{Error, Progress};
+use crate::digest::Digest;
+use crate::reference::Reference;
+use crate::registry::manifest::{ImageConfig, Platform};
+use crate::registry::{Client, Resolved};
+use crate::store::{ImageRecord, Store};
+use futures::StreamExt;
+use std::sync::Arc;
+
+const MAX_CONFIG_BYTES: usize = 16 << 20;
+/// Whole-blob attempts when a body is cut mid-stream.
+const BLOB_ATTEMPTS: u32 = 3;
+
+/// Store the manifest(s) and config of a resolved image and write its record. Layers are not
+/// fetched here; `complete` says whether they are all local.
+pub async fn record_image(
+    client: &Client,
+    store: &Store,
+    reference: &Reference,
+    resolved: &Resolved,
+    platform: &Platform,
+) -> Result<(ImageRecord, ImageConfig), Error> {
+    let what = |d: &Digest| format!("{reference} {d}");
+    store.put_blob(
+        resolved.manifest.digest,
+        &resolved.manifest.bytes,
+        &what(&resolved.manifest.digest),
+    )?;
+    if let Some(idx) = &resolved.index {
+        store.put_blob(idx.digest, &idx.bytes, &what(&idx.digest))?;
+    }
+    let cfg_desc = &resolved.image.config;
+    let cfg_bytes = if store.has_blob(&cfg_desc.digest) {
+        bytes::Bytes::from(store.read_blob(&cfg_desc.digest)?)
+    } else {
+        let b = client
+            .get_blob_verified(
+                &reference.registry,
+                &reference.repository,
+                &cfg_desc.digest,
+                MAX_CONFIG_BYTES,
+            )
+            .await?;
+        store.put_blob(cfg_desc.digest, &b, &format!("config {}", cfg_desc.digest))?;
+        b
+    };
+    let config: ImageConfig = serde_json::from_slice(&cfg_bytes).map_err(|e| Error::Invalid {
+        what: format!("{reference} config {}", cfg_desc.digest),
+        msg: e.to_string(),
+    })?;
+    if !config.rootfs.diff_ids.is_empty()
+        && config.rootfs.diff_ids.len() != resolved.image.layers.len()
+    {
+        return Err(Error::Invalid {
+            what: reference.to_string(),
+            msg: format!(
+                "manifest has {} layers but config lists {} diff_ids",
+                resolved.image.layers.len(),
+                config.rootfs.diff_ids.len()
+            ),
+        });
+    }
+    let mut repo_digests = std::collections::BTreeSet::new();
+    repo_digests.insert(format!("{}@{}", reference.name(), resolved.repo_digest));
+    let complete = resolved
+        .image
+        .layers
+        .iter()
+        .all(|l| store.has_blob(&l.digest));
+    let rec = ImageRecord {
+        manifest_digest: resolved.manifest.digest,
+        manifest_media_type: resolved.manifest.media_type.clone(),
+        config_digest: cfg_desc.digest,
+        layers: resolved.image.layers.clone(),
+        repo_digests,
+        index_digest: resolved.index.as_ref().map(|i| i.digest),
+        created: config.created.clone(),
+        platform: platform_of(&config, platform),
+        stored_at: chrono::Utc::now().to_rfc3339(),
+        complete,
+    };
+    store.put_image(&rec)?;
+    if reference.tag.is_some() {
+        store.tag(reference, &rec.manifest_digest)?;
+    }
+    Ok((rec, config))
+}
+
+fn platform_of(cfg: &ImageConfig, fallback: &Platform) -> String {
+    if cfg.os.is_empty() || cfg.architecture.is_empty() {
+        return fallback.to_string();
+    }
+    let mut s = format!("{}/{}", cfg.os, cfg.architecture);
+    if let Some(v) = &cfg.variant {
+        s.push('/');
+        s.push_str(v);
+    }
+    s
+}
+
+/// Pull every blob of an image into the store.
+pub async fn pull(
+    client: Arc<Client>,
+    store: Arc<Store>,
+    reference: &Reference,
+    platform: &Platform,
+    progress: &Progress,
+) -> Result<ImageRecord, Error> {
+    let tag_or_digest = reference.api_reference();
+    progress.line(&format!(
+        "{tag_or_digest}: Pulling from {}",
+        reference.familiar_name()
+    ));
+    let resolved = client.resolve(reference, platform).await?;
+    let layers = resolved.image.layers.clone();
+    let limit = client.config().max_concurrent_downloads.max(1);
+    let results: Vec<Result<(), Error>> = futures::stream::iter(layers.iter().map(|l| {
+        let client = client.clone();
+        let store = store.clone();
+        let reference = reference.clone();
+        let desc = l.clone();
+        let bar = (!store.has_blob(&desc.digest))
+            .then(|| progress.bar(&desc.digest, desc.size, "Downloading"))
+            .flatten();
+        async move {
+            if store.has_blob(&desc.digest) {
+                return Ok(false);
+            }
+            let r = fetch_blob(
+                &client,
+                &store,
+                &reference,
+                &desc.digest,
+                desc.size,
+                bar.as_ref(),
+            )
+            .await;
+            if let Some(b) = bar {
+                b.finish_with_message(if r.is_ok() { "Pull complete" } else { "failed" });
+            }
+            r.map(|_| true).map_err(|e| Error::Layer {
+                digest: desc.digest,
+                source: Box::new(e),
+            })
+        }
+    }))
+    .buffered(limit)
+    .map(|r| r.map(|_| ()))
+    .collect()
+    .await;
+    for (l, r) in layers.iter().zip(&results) {
+        if r.is_ok() {
+            progress.line(&format!("{}: Pull complete", l.digest.short()));
+        }
+    }
+    if let Some(e) = results.into_iter().find_map(Result::err) {
+        return Err(e);
+    }
+    let (rec, _) = record_image(&client, &store, reference, &resolved, platform).await?;
+    progress.line(&format!("Digest: {}", resolved.repo_digest));
+    progress.line(&format!(
+        "Status: Downloaded image for {}",
+        reference.familiar_name() + ":" + &tag_or_digest
+    ));
+    Ok(rec)
+}
+
+/// Stream one blob into the store, verifying it; retried whole when the body is cut.
+async fn fetch_blob(
+    client: &Client,
+    store: &Store,
+    reference: &Reference,
+    digest: &Digest,
+    size: u64,
+    bar: Option<&indicatif::ProgressBar>,
+) -> Result<(), Error> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let resp = client
+            .get_blob(&reference.registry, &reference.repository, digest, None)
+            .await?;
+        let mut w = store.blob_writer(*digest, format!("layer {digest}"))?;
+        let mut stream = resp.bytes_stream();
+        let mut cut = None;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(c) => {
+                    if w.written() + c.len() as u64 > size {
+                        return Err(Error::Invalid {
+                            what: format!("layer {digest}"),
+                            msg: format!(
+                                "registry sent more than the {size} bytes the manifest declares"
+                            ),
+                        });
+                    }
+                    w.write(&c)?;
+                    if let Some(b) = bar {
+                        b.set_position(w.written());
+                    }
+                }
+                Err(e) => {
+                    cut = Some(e);
+                    break;
+                }
+            }
+        }
+        match cut {
+            None => return Ok(w.commit()?),
+            Some(e) if attempt < BLOB_ATTEMPTS => {
+                tracing::warn!(layer = %digest, attempt, "download cut, retrying: {e}");
+            }
+            Some(e) => {
+                return Err(Error::Registry(crate::registry::Error::Http {
+                    method: reqwest::Method::GET,
+                    url: format!("{}/{}@{digest}", reference.registry, reference.repository),
+                    source: e,
+                }))
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Container launcher: OCI bundle generation, runc, container records.

@@ -1,0 +1,19 @@
+//! strata: run containers from OCI/Docker images without pulling them first.
+//!
+//! Library crate behind the `strata` binary; tests and benches call it directly.
+//! Layering (each module may call only those listed before it):
+//! `digest`, `reference`, `config` -> `registry` -> `store` -> `layer` -> `cache` -> `union` ->
+//! `fuse` -> `launcher` -> `cli`.
+
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod digest;
+pub mod fuse;
+pub mod image;
+pub mod launcher;
+pub mod layer;
+pub mod reference;
+pub mod registry;
+pub mod store;
+pub mod union;

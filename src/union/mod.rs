@@ -1,0 +1,1 @@
+//! Union tree: merged lower layers, upper directory, copy-up. Knows neither fuser nor HTTP.
