@@ -2,7 +2,7 @@
 //! logout, system df.
 
 use super::util::{human_age, human_size, print_table};
-use super::{Command, Ctx, Error, SystemCommand};
+use super::{CacheCommand, Command, Ctx, Error, SystemCommand};
 use crate::image::{self, Progress};
 use crate::reference::Reference;
 use crate::registry::auth::{CredentialStore, Credentials, Secret};
@@ -66,6 +66,12 @@ pub async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<i32, Error> {
         Command::System {
             command: SystemCommand::Df,
         } => system_df(ctx),
+        Command::Index {
+            image,
+            push,
+            platform,
+        } => index(ctx, &image, push, platform.as_deref()).await,
+        Command::Cache { command } => cache(ctx, command),
     }
 }
 
@@ -85,6 +91,94 @@ fn registry_name(r: Option<String>) -> String {
             }
         }
     }
+}
+
+/// An image's record: local if known, else resolved in the registry (manifest and config
+/// stored, layers not fetched).
+pub async fn resolve_record(
+    ctx: &Ctx,
+    image: &str,
+    platform: Option<&str>,
+) -> Result<(Reference, ImageRecord), Error> {
+    let reference: Reference = image.parse()?;
+    if let Ok(rec) = ctx.store.find_image(image) {
+        return Ok((reference, rec));
+    }
+    let platform = match platform {
+        Some(p) => p.parse::<Platform>().map_err(Error::Usage)?,
+        None => Platform::host(),
+    };
+    let resolved = ctx.client.resolve(&reference, &platform).await?;
+    let (rec, _) =
+        image::record_image(&ctx.client, &ctx.store, &reference, &resolved, &platform).await?;
+    Ok((reference, rec))
+}
+
+async fn index(ctx: &Ctx, image: &str, push: bool, platform: Option<&str>) -> Result<i32, Error> {
+    let (reference, rec) = resolve_record(ctx, image, platform).await?;
+    let progress = Progress::new(false);
+    match image::index::index_image(&ctx.client, &ctx.store, &reference, &rec, push, &progress)
+        .await?
+    {
+        Some(d) => println!("{d}"),
+        None => println!(
+            "indexed {} layer(s); use --push to publish them",
+            rec.layers.len()
+        ),
+    }
+    Ok(0)
+}
+
+fn cache(ctx: &Ctx, cmd: CacheCommand) -> Result<i32, Error> {
+    let cache = ctx.cache()?;
+    match cmd {
+        CacheCommand::Ls => {
+            let mut per_layer: std::collections::BTreeMap<String, (u64, usize)> =
+                Default::default();
+            let dir = ctx.store.root().join("cache");
+            for l in std::fs::read_dir(&dir)
+                .map_err(|source| Error::Io {
+                    context: dir.display().to_string(),
+                    source,
+                })?
+                .flatten()
+            {
+                let name = l.file_name().to_string_lossy().into_owned();
+                for f in std::fs::read_dir(l.path()).into_iter().flatten().flatten() {
+                    let e = per_layer.entry(name.clone()).or_default();
+                    e.0 += f.metadata().map(|m| m.len()).unwrap_or(0);
+                    e.1 += 1;
+                }
+            }
+            let rows: Vec<Vec<String>> = per_layer
+                .into_iter()
+                .map(|(l, (b, n))| {
+                    vec![
+                        format!("sha256:{}", &l[..12.min(l.len())]),
+                        n.to_string(),
+                        human_size(b),
+                    ]
+                })
+                .collect();
+            print_table(&["LAYER", "SPANS", "SIZE"], &rows);
+            let (bytes, n) = cache.disk_usage();
+            println!(
+                "total: {} in {n} spans (cap {})",
+                human_size(bytes),
+                human_size(ctx.config.cache_size)
+            );
+        }
+        CacheCommand::Prune { keep } => {
+            let keep = match keep {
+                Some(k) => crate::config::parse_size(&k)
+                    .ok_or_else(|| Error::Usage(format!("--keep {k:?} is not a size")))?,
+                None => 0,
+            };
+            let freed = cache.prune(keep);
+            println!("Total reclaimed space: {}", human_size(freed));
+        }
+    }
+    Ok(0)
 }
 
 async fn pull(ctx: &Ctx, image: &str, platform: Option<&str>, quiet: bool) -> Result<i32, Error> {

@@ -140,10 +140,36 @@ pub enum Command {
     },
     /// Remove saved credentials for a registry
     Logout { registry: Option<String> },
+    /// Build layer indexes for an image; with --push publish them as a sidecar artifact so
+    /// the image can be mounted lazily without changing its layers
+    Index {
+        image: String,
+        #[arg(long)]
+        push: bool,
+        #[arg(long)]
+        platform: Option<String>,
+    },
+    /// Chunk cache: list or prune
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
     /// System information
     System {
         #[command(subcommand)]
         command: SystemCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheCommand {
+    /// Cached bytes per layer
+    Ls,
+    /// Evict cached spans (least recently used first) down to a size
+    Prune {
+        /// Keep at most this much, e.g. "1GiB" (default: nothing)
+        #[arg(long)]
+        keep: Option<String>,
     },
 }
 
@@ -158,6 +184,19 @@ pub struct Ctx {
     pub store: Arc<Store>,
     pub config: Arc<Config>,
     pub client: Arc<Client>,
+}
+
+impl Ctx {
+    /// The process-wide chunk cache under `ROOT/cache`.
+    pub fn cache(&self) -> Result<Arc<crate::cache::ChunkCache>, Error> {
+        crate::cache::ChunkCache::open(crate::cache::CacheConfig {
+            dir: self.store.root().join("cache"),
+            memory_bytes: 256 << 20,
+            disk_bytes: self.config.cache_size,
+            max_concurrent_fetches: 8,
+        })
+        .map_err(|e| Error::Usage(e.to_string()))
+    }
 }
 
 impl Ctx {

@@ -4,6 +4,7 @@
 //! reporting through [`Progress`].
 
 mod archive;
+pub mod index;
 mod pull;
 mod push;
 

@@ -169,7 +169,7 @@ pub async fn pull(
 }
 
 /// Stream one blob into the store, verifying it; retried whole when the body is cut.
-async fn fetch_blob(
+pub(super) async fn fetch_blob(
     client: &Client,
     store: &Store,
     reference: &Reference,

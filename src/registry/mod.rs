@@ -776,6 +776,90 @@ impl Client {
         Ok(out)
     }
 
+    /// Referrers of a manifest: the referrers API first; where the registry lacks it (404), the
+    /// referrers tag schema (`sha256-<hex>` tag holding an OCI index). Returns the index and
+    /// whether it came from the tag schema.
+    pub async fn referrers(
+        &self,
+        registry: &str,
+        repo: &str,
+        subject: &Digest,
+    ) -> Result<(manifest::ImageIndex, bool), Error> {
+        let ep = self.upstream(registry);
+        let url = format!("{}/v2/{}/referrers/{}", ep.base, repo, subject);
+        let resp = self
+            .send(&ep, &Self::scope_pull(repo), Method::GET, &url, |r| {
+                r.header(ACCEPT, manifest::OCI_INDEX)
+            })
+            .await?;
+        if resp.status().is_success() {
+            let body = read_limited(resp, MAX_MANIFEST_BYTES, &url).await?;
+            let idx = serde_json::from_slice(&body).map_err(|e| Error::BadManifest {
+                what: url.clone(),
+                msg: e.to_string(),
+            })?;
+            return Ok((idx, false));
+        }
+        let tag_ref = Reference {
+            registry: registry.to_string(),
+            repository: repo.to_string(),
+            tag: Some(referrers_tag(subject)),
+            digest: None,
+        };
+        match self.get_manifest(&tag_ref).await {
+            Ok(f) => match f.manifest {
+                AnyManifest::Index(i) => Ok((i, true)),
+                AnyManifest::Image(_) => Err(Error::BadManifest {
+                    what: tag_ref.to_string(),
+                    msg: "referrers tag does not hold an index".into(),
+                }),
+            },
+            Err(Error::NotFound { .. }) => Ok((
+                manifest::ImageIndex {
+                    schema_version: 2,
+                    media_type: Some(manifest::OCI_INDEX.into()),
+                    manifests: Vec::new(),
+                    annotations: None,
+                },
+                true,
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Upload a small blob held in memory (skipped when the registry has it).
+    pub async fn upload_bytes(
+        &self,
+        registry: &str,
+        repo: &str,
+        data: Bytes,
+    ) -> Result<Digest, Error> {
+        let digest = Digest::of(&data);
+        if self.blob_exists(registry, repo, &digest).await? {
+            return Ok(digest);
+        }
+        let ep = self.upstream(registry);
+        let scope = Self::scope_push(repo);
+        let post_url = format!("{}/v2/{}/blobs/uploads/", ep.base, repo);
+        let resp = self
+            .send(&ep, &scope, Method::POST, &post_url, |r| {
+                r.header(reqwest::header::CONTENT_LENGTH, "0")
+            })
+            .await?;
+        let resp = check_status(resp, Method::POST, &post_url, repo).await?;
+        let loc = location(&ep, resp.headers(), &post_url)?;
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        let put_url = format!("{loc}{sep}digest={digest}");
+        let resp = self
+            .send(&ep, &scope, Method::PUT, &put_url, |r| {
+                r.header(CONTENT_TYPE, "application/octet-stream")
+                    .body(data.clone())
+            })
+            .await?;
+        check_status(resp, Method::PUT, &put_url, repo).await?;
+        Ok(digest)
+    }
+
     /// Tags of one repository.
     pub async fn tags(&self, registry: &str, repo: &str) -> Result<Vec<String>, Error> {
         let ep = self.upstream(registry);
@@ -796,6 +880,11 @@ impl Client {
         })?;
         Ok(t.tags.unwrap_or_default())
     }
+}
+
+/// The referrers tag schema's tag for a subject digest: `sha256-<hex>`.
+pub fn referrers_tag(subject: &Digest) -> String {
+    format!("sha256-{}", subject.hex())
 }
 
 fn content_type(h: &HeaderMap) -> Option<String> {

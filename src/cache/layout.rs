@@ -1,0 +1,174 @@
+//! How a layer's verified units ("spans") map to compressed bytes, for both kinds of index:
+//! seek-table spans (plain tar, gzip checkpoints, zstd frames) and eStargz chunks.
+//!
+//! Both are seen through one coordinate: a *virtual uncompressed offset*. For seek-table
+//! layers it is the offset in the uncompressed tar stream (a file's bytes start at its entry's
+//! `offset`); for eStargz it is the position in the concatenation of all chunks in index order
+//! (a file's chunks are consecutive, so its bytes are one contiguous virtual range).
+
+use crate::layer::{EntryKind, EntryRef, LayerIndex};
+use std::ops::Range;
+use std::sync::Arc;
+
+/// A layer's spans; see the module docs.
+pub struct Layout {
+    index: Arc<LayerIndex>,
+    /// eStargz only: virtual start of each chunk, plus the total at the end.
+    chunk_starts: Option<Vec<u64>>,
+}
+
+impl Layout {
+    pub fn new(index: Arc<LayerIndex>) -> Layout {
+        let chunk_starts = index.meta().estargz.then(|| {
+            let mut n = 0usize;
+            for e in index.entries() {
+                if e.kind() == EntryKind::File {
+                    n = n.max(index.chunks_of(e.index()).end);
+                }
+            }
+            let mut starts = Vec::with_capacity(n + 1);
+            let mut at = 0u64;
+            for i in 0..n {
+                starts.push(at);
+                at += index.chunk_at(i).size;
+            }
+            starts.push(at);
+            starts
+        });
+        Layout {
+            index,
+            chunk_starts,
+        }
+    }
+
+    pub fn index(&self) -> &Arc<LayerIndex> {
+        &self.index
+    }
+
+    /// Number of spans.
+    pub fn count(&self) -> usize {
+        match (&self.chunk_starts, self.index.seek_table()) {
+            (Some(s), _) => s.len() - 1,
+            (None, Some(t)) => t.checkpoints.len(),
+            (None, None) => 0,
+        }
+    }
+
+    /// Virtual range of span `i`.
+    pub fn span_range(&self, i: usize) -> Range<u64> {
+        match (&self.chunk_starts, self.index.seek_table()) {
+            (Some(s), _) => s[i]..s[i + 1],
+            (None, Some(t)) => t.span_range(i),
+            (None, None) => 0..0,
+        }
+    }
+
+    /// Spans covering a virtual range.
+    pub fn locate(&self, r: Range<u64>) -> Result<Range<usize>, String> {
+        if r.is_empty() {
+            return Ok(0..0);
+        }
+        match (&self.chunk_starts, self.index.seek_table()) {
+            (Some(s), _) => {
+                let total = s[s.len() - 1];
+                if r.end > total {
+                    return Err(format!(
+                        "range {r:?} beyond the layer's {total} chunk bytes"
+                    ));
+                }
+                let a = s.partition_point(|&x| x <= r.start) - 1;
+                let b = s.partition_point(|&x| x < r.end);
+                Ok(a..b)
+            }
+            (None, Some(t)) => t.span_plan(r).map(|p| p.spans).map_err(|e| e.to_string()),
+            (None, None) => Err("index has neither a seek table nor chunks".into()),
+        }
+    }
+
+    /// Whether spans `i` and `i + 1` can be fetched by one Range request.
+    pub fn adjacent(&self, i: usize) -> bool {
+        match &self.chunk_starts {
+            Some(_) => {
+                self.index.chunk_at(i).compressed.end == self.index.chunk_at(i + 1).compressed.start
+            }
+            None => true,
+        }
+    }
+
+    /// Compressed bytes holding spans `run`.
+    pub fn compressed(&self, run: Range<usize>) -> Result<Range<u64>, String> {
+        match (&self.chunk_starts, self.index.seek_table()) {
+            (Some(_), _) => Ok(self.index.chunk_at(run.start).compressed.start
+                ..self.index.chunk_at(run.end - 1).compressed.end),
+            (None, Some(t)) => {
+                let r = t.span_range(run.start).start..t.span_range(run.end - 1).end;
+                t.span_plan(r)
+                    .map(|p| p.compressed)
+                    .map_err(|e| e.to_string())
+            }
+            (None, None) => Err("index has neither a seek table nor chunks".into()),
+        }
+    }
+
+    /// Decode spans `run` from exactly `self.compressed(run)` bytes; verified, concatenated.
+    pub fn decode(&self, run: Range<usize>, compressed: &[u8]) -> Result<Vec<u8>, String> {
+        match (&self.chunk_starts, self.index.seek_table()) {
+            (Some(_), _) => {
+                let range = self.compressed(run.clone())?;
+                crate::layer::estargz::decode_chunks(&self.index, "chunk", run, range, compressed)
+                    .map_err(|e| e.to_string())
+            }
+            (None, Some(t)) => {
+                let r = t.span_range(run.start).start..t.span_range(run.end - 1).end;
+                let plan = t.span_plan(r).map_err(|e| e.to_string())?;
+                t.decode_spans(&plan, compressed).map_err(|e| e.to_string())
+            }
+            (None, None) => Err("index has neither a seek table nor chunks".into()),
+        }
+    }
+
+    /// Check bytes of span `i` (read back from disk) against the index.
+    pub fn verify(&self, i: usize, data: &[u8]) -> bool {
+        match (&self.chunk_starts, self.index.seek_table()) {
+            (Some(_), _) => {
+                crate::digest::Digest::of(data).as_bytes() == &self.index.chunk_at(i).digest
+            }
+            (None, Some(t)) => t.verify(i, data).is_ok(),
+            (None, None) => false,
+        }
+    }
+
+    /// Virtual range of bytes `range` of a file's content (clamped to its size).
+    pub fn file_range(
+        &self,
+        entry: &EntryRef<'_>,
+        range: Range<u64>,
+    ) -> Result<Range<u64>, String> {
+        let f = match entry.kind() {
+            EntryKind::File => *entry,
+            EntryKind::Hardlink => self
+                .index
+                .lookup(entry.link())
+                .filter(|t| t.kind() == EntryKind::File)
+                .ok_or_else(|| format!("{}: hard link target not in this layer", entry.path()))?,
+            _ => return Err(format!("{}: not a regular file", entry.path())),
+        };
+        let size = f.size();
+        let (s, e) = (range.start.min(size), range.end.min(size));
+        let e = e.max(s);
+        let base = match &self.chunk_starts {
+            Some(starts) => {
+                let chunks = self.index.chunks_of(f.index());
+                if chunks.is_empty() {
+                    if size == 0 {
+                        return Ok(0..0);
+                    }
+                    return Err(format!("{}: no chunks for a {size}-byte file", f.path()));
+                }
+                starts[chunks.start]
+            }
+            None => f.offset(),
+        };
+        Ok(base + s..base + e)
+    }
+}

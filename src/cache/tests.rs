@@ -1,0 +1,249 @@
+//! Cache tests over real gzip layers built in code and a counting, optionally corrupting source.
+
+use super::*;
+use crate::layer::{BuildOptions, LayerIndex, MEDIA_TAR_GZIP};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+struct TestSource {
+    blob: Bytes,
+    requests: AtomicU64,
+    corrupt: AtomicBool,
+    delay_ms: u64,
+}
+
+impl BlobSource for TestSource {
+    fn fetch(&self, range: Range<u64>) -> BoxFuture<'static, Result<Bytes, String>> {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        let mut data = self
+            .blob
+            .slice(range.start as usize..range.end as usize)
+            .to_vec();
+        if self.corrupt.load(Ordering::SeqCst) && !data.is_empty() {
+            let mid = data.len() / 2;
+            data[mid] ^= 0x55;
+        }
+        let delay = self.delay_ms;
+        async move {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            Ok(Bytes::from(data))
+        }
+        .boxed()
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    cache_dir: PathBuf,
+    index: Arc<LayerIndex>,
+    files: Vec<(String, Vec<u8>)>,
+    blob: Bytes,
+}
+
+fn pseudo_random(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Half-compressible: runs of repeated bytes between random ones.
+            if i % 64 < 32 {
+                (x & 0xff) as u8
+            } else {
+                b'a' + (i % 7) as u8
+            }
+        })
+        .collect()
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    let mut tar = ::tar::Builder::new(Vec::new());
+    for (i, size) in [3usize << 20, 100, 0, 700_000, 2 << 20, 5000]
+        .iter()
+        .enumerate()
+    {
+        let name = format!("dir/file{i}");
+        let data = pseudo_random(i as u64 + 1, *size);
+        let mut h = ::tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, &name, data.as_slice()).unwrap();
+        files.push((name, data));
+    }
+    let tar = tar.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&tar).unwrap();
+    let blob = Bytes::from(gz.finish().unwrap());
+    let out = dir.path().join("index");
+    let opts = BuildOptions {
+        span: 256 << 10,
+        ..Default::default()
+    };
+    let index = crate::layer::build_index_with(&blob[..], MEDIA_TAR_GZIP, &out, &opts).unwrap();
+    let cache_dir = dir.path().join("cache");
+    Fixture {
+        _dir: dir,
+        cache_dir,
+        index: Arc::new(index),
+        files,
+        blob,
+    }
+}
+
+fn open_cache(dir: &std::path::Path, disk: u64) -> Arc<ChunkCache> {
+    ChunkCache::open(CacheConfig {
+        dir: dir.to_path_buf(),
+        memory_bytes: 1 << 20,
+        disk_bytes: disk,
+        max_concurrent_fetches: 4,
+    })
+    .unwrap()
+}
+
+fn layer(f: &Fixture, delay_ms: u64) -> (Arc<CachedLayer>, Arc<TestSource>) {
+    let src = Arc::new(TestSource {
+        blob: f.blob.clone(),
+        requests: AtomicU64::new(0),
+        corrupt: AtomicBool::new(false),
+        delay_ms,
+    });
+    let l = Arc::new(CachedLayer {
+        digest: Digest::of(&f.blob),
+        layout: Layout::new(f.index.clone()),
+        source: src.clone(),
+    });
+    (l, src)
+}
+
+fn vrange(l: &CachedLayer, path: &str, r: Range<u64>) -> Range<u64> {
+    let e = l.layout.index().lookup(path).unwrap();
+    l.layout.file_range(&e, r).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_random_reads_are_exact_and_single_flight() {
+    let f = fixture();
+    let cache = open_cache(&f.cache_dir, 1 << 30);
+    let (l, src) = layer(&f, 20);
+    let mut tasks = Vec::new();
+    for t in 0..16u64 {
+        let (cache, l) = (cache.clone(), l.clone());
+        let files = f.files.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut x = t * 7919 + 1;
+            for _ in 0..40 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                let (name, data) = &files[(x >> 33) as usize % files.len()];
+                let len = data.len() as u64;
+                let start = if len == 0 { 0 } else { (x >> 20) % len };
+                let end = (start + (x >> 40) % (600 << 10)).min(len);
+                let got = cache.read(&l, vrange(&l, name, start..end)).await.unwrap();
+                assert_eq!(
+                    &got[..],
+                    &data[start as usize..end as usize],
+                    "{name} {start}..{end}"
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let s = cache.stats.snapshot();
+    // Every span was fetched at most once however many readers wanted it.
+    let touched = (0..l.layout.count())
+        .filter(|&i| cache.has_span(&l, i))
+        .count() as u64;
+    assert_eq!(s.spans_fetched, touched, "{s:?}");
+    assert!(src.requests.load(Ordering::SeqCst) <= touched);
+    // Everything again from a fresh process view: served from disk, no request.
+    let cache2 = open_cache(&f.cache_dir, 1 << 30);
+    let before = src.requests.load(Ordering::SeqCst);
+    for (name, data) in &f.files {
+        let len = data.len() as u64;
+        if (0..l.layout.count()).all(|i| cache2.has_span(&l, i)) {
+            let got = cache2.read(&l, vrange(&l, name, 0..len)).await.unwrap();
+            assert_eq!(&got[..], &data[..]);
+        }
+    }
+    assert_eq!(src.requests.load(Ordering::SeqCst), before);
+}
+
+#[tokio::test]
+async fn corrupt_bytes_are_refused_and_not_cached_then_recover() {
+    let f = fixture();
+    let cache = open_cache(&f.cache_dir, 1 << 30);
+    let (l, src) = layer(&f, 0);
+    src.corrupt.store(true, Ordering::SeqCst);
+    let (name, data) = &f.files[0];
+    let r = vrange(&l, name, 0..data.len() as u64);
+    let err = cache.read(&l, r.clone()).await.unwrap_err();
+    assert!(err.to_string().contains(&l.digest.to_string()), "{err}");
+    assert_eq!(
+        cache.disk_usage().1,
+        0,
+        "nothing may be cached from corrupt bytes"
+    );
+    assert!(cache.try_read_local(&l, r.clone()).is_none());
+    src.corrupt.store(false, Ordering::SeqCst);
+    let got = cache.read(&l, r.clone()).await.unwrap();
+    assert_eq!(&got[..], &data[..]);
+    assert_eq!(
+        &cache.try_read_local(&l, r).unwrap().unwrap()[..],
+        &data[..]
+    );
+}
+
+#[tokio::test]
+async fn disk_tier_respects_its_cap_and_a_tampered_span_is_refetched() {
+    let f = fixture();
+    let cap = 600 << 10;
+    let cache = open_cache(&f.cache_dir, cap);
+    let (l, _src) = layer(&f, 0);
+    let (name, data) = &f.files[0];
+    let got = cache
+        .read(&l, vrange(&l, name, 0..data.len() as u64))
+        .await
+        .unwrap();
+    assert_eq!(&got[..], &data[..]);
+    assert!(cache.disk_usage().0 <= cap, "{:?}", cache.disk_usage());
+    // Tamper with a span file on disk: a new process must not serve it.
+    let cache_dir = f.cache_dir.join(l.digest.hex());
+    let victim = std::fs::read_dir(&cache_dir)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&victim, bytes).unwrap();
+    let cache2 = open_cache(&f.cache_dir, 1 << 30);
+    let got = cache2
+        .read(&l, vrange(&l, name, 0..data.len() as u64))
+        .await
+        .unwrap();
+    assert_eq!(&got[..], &data[..]);
+}
+
+#[tokio::test]
+async fn prefetch_fetches_the_whole_layer() {
+    let f = fixture();
+    let cache = open_cache(&f.cache_dir, 1 << 30);
+    let (l, _src) = layer(&f, 0);
+    let n = cache.prefetch_layer(&l).await.unwrap();
+    assert_eq!(n, l.layout.count());
+    for (name, data) in &f.files {
+        let r = vrange(&l, name, 0..data.len() as u64);
+        assert_eq!(
+            &cache.try_read_local(&l, r).unwrap().unwrap()[..],
+            &data[..]
+        );
+    }
+}

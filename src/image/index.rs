@@ -1,0 +1,404 @@
+//! Layer indexes for an image: find them (local store -> eStargz TOC -> strata sidecar
+//! artifact -> build from the whole blob) and publish sidecar artifacts (`strata index --push`).
+//!
+//! The sidecar is an OCI artifact manifest (`artifactType` [`ARTIFACT_TYPE`], empty config)
+//! whose `subject` is the image manifest; one layer blob per image layer holds that layer's
+//! index file, annotated with the image layer's digest. Discovery uses the referrers API and
+//! falls back to the referrers tag schema (`sha256-<hex>`).
+
+use super::{Error, Progress};
+use crate::digest::Digest;
+use crate::layer::{self, LayerIndex};
+use crate::reference::Reference;
+use crate::registry::manifest::{Descriptor, ImageManifest, OCI_EMPTY, OCI_INDEX, OCI_MANIFEST};
+use crate::registry::{referrers_tag, Client};
+use crate::store::{ImageRecord, Store};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub const ARTIFACT_TYPE: &str = "application/vnd.strata.index.v1";
+pub const INDEX_MEDIA_TYPE: &str = "application/vnd.strata.layer.index.v1";
+pub const LAYER_ANNOTATION: &str = "dev.strata.layer.digest";
+pub const TOC_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
+/// Largest index blob accepted from a registry.
+const MAX_INDEX_BYTES: usize = 512 << 20;
+/// Largest eStargz TOC member accepted.
+const MAX_TOC_BYTES: u64 = 64 << 20;
+
+/// Where a layer's index came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum IndexSource {
+    /// Built or fetched earlier; found in `indexes/`.
+    Local,
+    /// From the layer's eStargz TOC (two Range reads).
+    Estargz,
+    /// From the strata sidecar artifact in the registry.
+    Sidecar,
+    /// Built by downloading the whole layer (not lazy).
+    Built,
+}
+
+pub fn index_path(store: &Store, layer: &Digest) -> PathBuf {
+    store.root().join("indexes").join(layer.hex())
+}
+
+fn layer_err(digest: Digest, e: impl Into<Error>) -> Error {
+    Error::Layer {
+        digest,
+        source: Box::new(e.into()),
+    }
+}
+
+impl From<layer::Error> for Error {
+    fn from(e: layer::Error) -> Self {
+        Error::Invalid {
+            what: "layer index".into(),
+            msg: e.to_string(),
+        }
+    }
+}
+
+fn open_local(store: &Store, d: &Digest) -> Option<LayerIndex> {
+    let p = index_path(store, d);
+    if !p.exists() {
+        return None;
+    }
+    match LayerIndex::open(&p) {
+        Ok(i) => Some(i),
+        Err(e) => {
+            tracing::warn!(layer = %d, "dropping unreadable local index: {e}");
+            let _ = std::fs::remove_file(&p);
+            None
+        }
+    }
+}
+
+/// An index for every layer of `image`, fetching or building what is missing.
+pub async fn layer_indexes(
+    client: &Arc<Client>,
+    store: &Arc<Store>,
+    reference: &Reference,
+    rec: &ImageRecord,
+    progress: &Progress,
+) -> Result<Vec<(Arc<LayerIndex>, IndexSource)>, Error> {
+    let mut out: Vec<Option<(Arc<LayerIndex>, IndexSource)>> = rec
+        .layers
+        .iter()
+        .map(|l| open_local(store, &l.digest).map(|i| (Arc::new(i), IndexSource::Local)))
+        .collect();
+    for (i, l) in rec.layers.iter().enumerate() {
+        if out[i].is_some() {
+            continue;
+        }
+        if let Some(toc) = l.annotation(TOC_ANNOTATION) {
+            let toc: Digest = toc.parse().map_err(|e| Error::Invalid {
+                what: format!("layer {}", l.digest),
+                msg: format!("bad {TOC_ANNOTATION} annotation: {e}"),
+            })?;
+            let idx = estargz_index(client, store, reference, l, &toc)
+                .await
+                .map_err(|e| layer_err(l.digest, e))?;
+            out[i] = Some((Arc::new(idx), IndexSource::Estargz));
+        }
+    }
+    if out.iter().any(Option::is_none) {
+        match sidecar_indexes(client, store, reference, rec).await {
+            Ok(found) => {
+                for (i, l) in rec.layers.iter().enumerate() {
+                    if out[i].is_none() {
+                        if let Some(idx) = found.get(&l.digest) {
+                            if let Some(ix) =
+                                open_local(store, &l.digest).filter(|_| idx == &l.digest)
+                            {
+                                out[i] = Some((Arc::new(ix), IndexSource::Sidecar));
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("no sidecar index for {reference}: {e}"),
+        }
+    }
+    for (i, l) in rec.layers.iter().enumerate() {
+        if out[i].is_some() {
+            continue;
+        }
+        progress.line(&format!(
+            "{}: no lazy index (not eStargz, no `strata index --push` artifact): downloading the whole layer",
+            l.digest.short()
+        ));
+        let idx = build_from_blob(client, store, reference, l).await?;
+        out[i] = Some((Arc::new(idx), IndexSource::Built));
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
+/// Footer + TOC with two Range reads; TOC digest checked against the annotation.
+async fn estargz_index(
+    client: &Client,
+    store: &Store,
+    reference: &Reference,
+    l: &Descriptor,
+    toc: &Digest,
+) -> Result<LayerIndex, Error> {
+    let fr = layer::estargz::footer_range(l.size)?;
+    let footer = client
+        .get_blob_range(&reference.registry, &reference.repository, &l.digest, fr)
+        .await?;
+    let tr = layer::estargz::toc_range(&footer, l.size)?;
+    if tr.end - tr.start > MAX_TOC_BYTES {
+        return Err(Error::Invalid {
+            what: format!("layer {}", l.digest),
+            msg: "eStargz TOC larger than 64 MiB".into(),
+        });
+    }
+    let toc_gz = client
+        .get_blob_range(&reference.registry, &reference.repository, &l.digest, tr)
+        .await?;
+    let out = index_path(store, &l.digest);
+    let toc = *toc;
+    let size = l.size;
+    tokio::task::spawn_blocking(move || {
+        layer::estargz::build_index(&footer, &toc_gz, size, &toc, &out)
+    })
+    .await
+    .map_err(|e| Error::Invalid {
+        what: "eStargz index".into(),
+        msg: e.to_string(),
+    })?
+    .map_err(Error::from)
+}
+
+/// Fetch the sidecar artifact's index blobs into `indexes/`; returns layer -> layer.
+async fn sidecar_indexes(
+    client: &Client,
+    store: &Store,
+    reference: &Reference,
+    rec: &ImageRecord,
+) -> Result<BTreeMap<Digest, Digest>, Error> {
+    let (referrers, _) = client
+        .referrers(
+            &reference.registry,
+            &reference.repository,
+            &rec.manifest_digest,
+        )
+        .await?;
+    let Some(art) = referrers
+        .manifests
+        .iter()
+        .rev()
+        .find(|d| d.artifact_type.as_deref() == Some(ARTIFACT_TYPE))
+    else {
+        return Ok(BTreeMap::new());
+    };
+    let m = client
+        .get_manifest(&reference.with_digest(art.digest))
+        .await?;
+    let crate::registry::manifest::AnyManifest::Image(am) = m.manifest else {
+        return Err(Error::Invalid {
+            what: format!("index artifact {}", art.digest),
+            msg: "not a manifest".into(),
+        });
+    };
+    if am.subject.as_ref().map(|s| s.digest) != Some(rec.manifest_digest) {
+        return Err(Error::Invalid {
+            what: format!("index artifact {}", art.digest),
+            msg: "subject is not this image's manifest".into(),
+        });
+    }
+    let mut found = BTreeMap::new();
+    for d in &am.layers {
+        let Some(layer) = d
+            .annotation(LAYER_ANNOTATION)
+            .and_then(|s| s.parse::<Digest>().ok())
+        else {
+            continue;
+        };
+        let Some(image_layer) = rec.layers.iter().find(|l| l.digest == layer) else {
+            continue;
+        };
+        if open_local(store, &layer).is_some() {
+            found.insert(layer, layer);
+            continue;
+        }
+        let body = client
+            .get_blob_verified(
+                &reference.registry,
+                &reference.repository,
+                &d.digest,
+                MAX_INDEX_BYTES,
+            )
+            .await?;
+        let path = index_path(store, &layer);
+        let tmp = store.temp_path("index");
+        std::fs::write(&tmp, &body).map_err(|e| Error::Io {
+            path: tmp.display().to_string(),
+            source: e,
+        })?;
+        // Validate before it becomes visible: structure, and that it describes this blob.
+        let ix = match LayerIndex::open(&tmp) {
+            Ok(ix) => ix,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(layer_err(layer, e));
+            }
+        };
+        if ix.meta().compressed_size != image_layer.size {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::Invalid {
+                what: format!("index for layer {layer}"),
+                msg: format!(
+                    "describes a {}-byte blob, the layer has {}",
+                    ix.meta().compressed_size,
+                    image_layer.size
+                ),
+            });
+        }
+        drop(ix);
+        std::fs::rename(&tmp, &path).map_err(|e| Error::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        found.insert(layer, layer);
+    }
+    Ok(found)
+}
+
+/// Download the whole layer (verified, kept in the store) and build its index from it.
+async fn build_from_blob(
+    client: &Client,
+    store: &Arc<Store>,
+    reference: &Reference,
+    l: &Descriptor,
+) -> Result<LayerIndex, Error> {
+    if !store.has_blob(&l.digest) {
+        super::pull::fetch_blob(client, store, reference, &l.digest, l.size, None)
+            .await
+            .map_err(|e| layer_err(l.digest, e))?;
+    }
+    let blob = store.blob_path(&l.digest);
+    let out = index_path(store, &l.digest);
+    let media = l.media_type.clone();
+    let digest = l.digest;
+    tokio::task::spawn_blocking(move || {
+        let f = std::fs::File::open(&blob).map_err(|e| Error::Io {
+            path: blob.display().to_string(),
+            source: e,
+        })?;
+        layer::build_index(std::io::BufReader::with_capacity(1 << 20, f), &media, &out)
+            .map_err(|e| layer_err(digest, e))
+    })
+    .await
+    .map_err(|e| Error::Invalid {
+        what: "index build".into(),
+        msg: e.to_string(),
+    })?
+}
+
+/// `strata index REF [--push]`: build (or reuse) every layer's index; with `push`, publish them
+/// as a sidecar artifact referring to the image manifest. Returns the artifact digest if pushed.
+pub async fn index_image(
+    client: &Arc<Client>,
+    store: &Arc<Store>,
+    reference: &Reference,
+    rec: &ImageRecord,
+    push: bool,
+    progress: &Progress,
+) -> Result<Option<Digest>, Error> {
+    let mut descs = Vec::new();
+    for l in &rec.layers {
+        let ix = match open_local(store, &l.digest) {
+            Some(ix) => ix,
+            None => {
+                progress.line(&format!("{}: indexing", l.digest.short()));
+                build_from_blob(client, store, reference, l).await?
+            }
+        };
+        let bytes = std::fs::read(ix.path()).map_err(|e| Error::Io {
+            path: ix.path().display().to_string(),
+            source: e,
+        })?;
+        progress.line(&format!(
+            "{}: index {} entries, {} bytes",
+            l.digest.short(),
+            ix.len(),
+            bytes.len()
+        ));
+        let mut d = Descriptor::new(INDEX_MEDIA_TYPE, Digest::of(&bytes), bytes.len() as u64);
+        d.annotations = Some(BTreeMap::from([(
+            LAYER_ANNOTATION.to_string(),
+            l.digest.to_string(),
+        )]));
+        descs.push((d, Bytes::from(bytes)));
+    }
+    if !push {
+        return Ok(None);
+    }
+    let (reg, repo) = (&reference.registry, &reference.repository);
+    let empty = Bytes::from_static(b"{}");
+    let empty_digest = client.upload_bytes(reg, repo, empty.clone()).await?;
+    for (_, body) in &descs {
+        client.upload_bytes(reg, repo, body.clone()).await?;
+    }
+    let manifest_size = store.read_blob(&rec.manifest_digest)?.len() as u64;
+    let art = ImageManifest {
+        schema_version: 2,
+        media_type: Some(OCI_MANIFEST.into()),
+        artifact_type: Some(ARTIFACT_TYPE.into()),
+        config: Descriptor::new(OCI_EMPTY, empty_digest, empty.len() as u64),
+        layers: descs.into_iter().map(|(d, _)| d).collect(),
+        subject: Some(Descriptor::new(
+            &rec.manifest_media_type,
+            rec.manifest_digest,
+            manifest_size,
+        )),
+        annotations: Some(BTreeMap::from([(
+            "org.opencontainers.image.created".to_string(),
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        )])),
+    };
+    let body = Bytes::from(serde_json::to_vec(&art).map_err(|e| Error::Invalid {
+        what: "artifact".into(),
+        msg: e.to_string(),
+    })?);
+    let art_digest = Digest::of(&body);
+    client
+        .put_manifest(
+            reg,
+            repo,
+            &art_digest.to_string(),
+            OCI_MANIFEST,
+            body.clone(),
+        )
+        .await?;
+    let (mut idx, from_tag) = client.referrers(reg, repo, &rec.manifest_digest).await?;
+    if from_tag {
+        idx.manifests.retain(|d| {
+            d.digest != art_digest && d.artifact_type.as_deref() != Some(ARTIFACT_TYPE)
+        });
+        let mut d = Descriptor::new(OCI_MANIFEST, art_digest, body.len() as u64);
+        d.artifact_type = Some(ARTIFACT_TYPE.into());
+        idx.manifests.push(d);
+        idx.media_type = Some(OCI_INDEX.into());
+        let ib = Bytes::from(serde_json::to_vec(&idx).map_err(|e| Error::Invalid {
+            what: "referrers index".into(),
+            msg: e.to_string(),
+        })?);
+        client
+            .put_manifest(
+                reg,
+                repo,
+                &referrers_tag(&rec.manifest_digest),
+                OCI_INDEX,
+                ib,
+            )
+            .await?;
+    }
+    progress.line(&format!(
+        "index artifact {art_digest} pushed for {}",
+        rec.manifest_digest
+    ));
+    Ok(Some(art_digest))
+}
