@@ -72,6 +72,9 @@ pub async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<i32, Error> {
             platform,
         } => index(ctx, &image, push, platform.as_deref()).await,
         Command::Cache { command } => cache(ctx, command),
+        Command::Mount(args) => super::mount::mount(ctx, args).await,
+        Command::Umount { mountpoint, force } => super::mount::umount(ctx, &mountpoint, force),
+        Command::Stats { mountpoint, json } => super::mount::stats(ctx, &mountpoint, json),
     }
 }
 

@@ -2,6 +2,7 @@
 //! Every command returns `Result<i32, Error>`; `main.rs` prints the error and exits.
 
 mod images;
+pub mod mount;
 mod util;
 
 use crate::config::Config;
@@ -153,6 +154,21 @@ pub enum Command {
     Cache {
         #[command(subcommand)]
         command: CacheCommand,
+    },
+    /// Mount an image lazily as a FUSE union file system
+    Mount(mount::MountArgs),
+    /// Unmount a strata mount
+    Umount {
+        mountpoint: PathBuf,
+        /// Detach even if busy or stale (daemon gone)
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Counters of a mount: bytes fetched, hits, prefetch progress, fetch latency
+    Stats {
+        mountpoint: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
     /// System information
     System {

@@ -5,6 +5,7 @@
 
 mod archive;
 pub mod index;
+pub mod lazy;
 mod pull;
 mod push;
 

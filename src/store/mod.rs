@@ -103,6 +103,7 @@ impl Store {
             "indexes",
             "containers",
             "cache",
+            "mounts",
         ] {
             let p = root.join(d);
             std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
