@@ -1,0 +1,563 @@
+//! zran-style random access into gzip layers (single- or multi-member, e.g. eStargz).
+//!
+//! [`GzipIndexer`] inflates the compressed stream once, as a `Read` of the uncompressed bytes
+//! (so the tar reader can parse it at the same time), in bounded memory: a 64 KiB input and a
+//! 64 KiB output buffer plus zlib's 32 KiB window. Every SPAN bytes of output it records a
+//! checkpoint at a deflate block boundary (compressed byte offset, unused bit count, the
+//! 32 KiB window compressed with deflate) or, for free, at the start of a gzip member (no
+//! window needed); and the sha256 of each span. [`decode_spans`] restarts the inflater from a
+//! checkpoint (`inflatePrime` + `inflateSetDictionary`), crosses member boundaries, stops each
+//! span at its known length and verifies it. The only `unsafe` in `layer/` is the small
+//! [`Inflater`] wrapper around the libz-rs-sys C API.
+
+use super::error::{Error, Result};
+use super::seek::{pack_window, unpack_window, Compression, SeekTable, SpanHasher, SpanPlan};
+use libz_rs_sys as z;
+use std::io::{ErrorKind, Read};
+
+const BUF: usize = 64 << 10;
+/// gzip-only window bits (15 + 16): refuse zlib streams and raw deflate.
+const GZIP_BITS: i32 = 15 + 16;
+const RAW_BITS: i32 = -15;
+
+/// Safe wrapper over a zlib inflate stream.
+pub(crate) struct Inflater {
+    // Boxed: zlib keeps a pointer back to the stream, so it must not move after init.
+    strm: Box<z::z_stream>,
+    raw: bool,
+}
+
+/// Result of one inflate call.
+pub(crate) struct Step {
+    pub consumed: usize,
+    pub produced: usize,
+    pub code: i32,
+}
+
+impl Inflater {
+    pub(crate) fn new(raw: bool) -> std::result::Result<Self, String> {
+        let mut strm = Box::new(z::z_stream::default());
+        let bits = if raw { RAW_BITS } else { GZIP_BITS };
+        // SAFETY: `strm` is a valid, default-initialised z_stream (allocator fields set by
+        // Default), boxed so its address is stable; the version string is zlib's own.
+        let code = unsafe {
+            z::inflateInit2_(
+                &mut *strm,
+                bits,
+                z::zlibVersion(),
+                std::mem::size_of::<z::z_stream>() as i32,
+            )
+        };
+        if code != z::Z_OK {
+            return Err(format!("inflateInit2 failed ({code})"));
+        }
+        Ok(Inflater { strm, raw })
+    }
+
+    pub(crate) fn is_raw(&self) -> bool {
+        self.raw
+    }
+
+    /// Start a new gzip member with the same stream.
+    pub(crate) fn reset_gzip(&mut self) -> std::result::Result<(), String> {
+        // SAFETY: the stream was initialised by `new` and not ended.
+        let code = unsafe { z::inflateReset2(&mut *self.strm, GZIP_BITS) };
+        self.raw = false;
+        if code != z::Z_OK {
+            return Err(format!("inflateReset2 failed ({code})"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn prime(&mut self, bits: u8, value: u8) -> std::result::Result<(), String> {
+        // SAFETY: initialised stream; bits is 0..=7 (checked by callers / table validation).
+        let code = unsafe { z::inflatePrime(&mut *self.strm, i32::from(bits), i32::from(value)) };
+        if code != z::Z_OK {
+            return Err(format!("inflatePrime failed ({code})"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn set_dictionary(&mut self, dict: &[u8]) -> std::result::Result<(), String> {
+        if dict.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: initialised stream; `dict` is valid for `dict.len()` bytes (<= 32 KiB).
+        let code =
+            unsafe { z::inflateSetDictionary(&mut *self.strm, dict.as_ptr(), dict.len() as u32) };
+        if code != z::Z_OK {
+            return Err(format!("inflateSetDictionary failed ({code})"));
+        }
+        Ok(())
+    }
+
+    /// The current 32 KiB (or shorter) window.
+    pub(crate) fn dictionary(&self) -> Vec<u8> {
+        let mut buf = vec![0u8; 32 << 10];
+        let mut len: u32 = 0;
+        // SAFETY: initialised stream; `buf` is writable for 32 KiB, the maximum window.
+        let code = unsafe { z::inflateGetDictionary(&*self.strm, buf.as_mut_ptr(), &mut len) };
+        if code != z::Z_OK {
+            return Vec::new();
+        }
+        buf.truncate((len as usize).min(32 << 10));
+        buf
+    }
+
+    pub(crate) fn data_type(&self) -> i32 {
+        self.strm.data_type
+    }
+
+    pub(crate) fn inflate(&mut self, input: &[u8], output: &mut [u8], flush: i32) -> Step {
+        let in_len = input.len().min(u32::MAX as usize);
+        let out_len = output.len().min(u32::MAX as usize);
+        self.strm.next_in = input.as_ptr();
+        self.strm.avail_in = in_len as u32;
+        self.strm.next_out = output.as_mut_ptr();
+        self.strm.avail_out = out_len as u32;
+        // SAFETY: next_in/next_out point into live slices of the stated lengths for the
+        // duration of the call; the pointers are cleared before the borrows end.
+        let code = unsafe { z::inflate(&mut *self.strm, flush) };
+        let consumed = in_len - self.strm.avail_in as usize;
+        let produced = out_len - self.strm.avail_out as usize;
+        self.strm.next_in = std::ptr::null();
+        self.strm.avail_in = 0;
+        self.strm.next_out = std::ptr::null_mut();
+        self.strm.avail_out = 0;
+        Step {
+            consumed,
+            produced,
+            code,
+        }
+    }
+
+    fn message(&self, code: i32) -> String {
+        if self.strm.msg.is_null() {
+            return format!("inflate error {code}");
+        }
+        // SAFETY: zlib sets `msg` to a static NUL-terminated string or leaves it null.
+        let msg = unsafe { std::ffi::CStr::from_ptr(self.strm.msg) };
+        msg.to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Inflater {
+    fn drop(&mut self) {
+        // SAFETY: the stream was initialised by `new`; inflateEnd is called exactly once.
+        unsafe {
+            z::inflateEnd(&mut *self.strm);
+        }
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum State {
+    InMember,
+    BetweenMembers,
+    Done,
+}
+
+/// Inflating `Read` adapter that builds the gzip seek table; see the module docs.
+pub struct GzipIndexer<R> {
+    input: R,
+    inbuf: Vec<u8>,
+    in_pos: usize,
+    in_len: usize,
+    /// Compressed bytes consumed by the inflater (or skipped as trailing zeros).
+    cin: u64,
+    eof: bool,
+    inflater: Inflater,
+    outbuf: Vec<u8>,
+    out_pos: usize,
+    out_len: usize,
+    state: State,
+    spans: SpanHasher,
+    span: u64,
+}
+
+impl<R: Read> GzipIndexer<R> {
+    /// `span`: checkpoint distance; `limit`: maximum total uncompressed output (bomb guard).
+    pub fn new(input: R, span: u64, limit: u64) -> Result<Self> {
+        let inflater = Inflater::new(false).map_err(|reason| Error::Gzip { offset: 0, reason })?;
+        Ok(GzipIndexer {
+            input,
+            inbuf: vec![0; BUF],
+            in_pos: 0,
+            in_len: 0,
+            cin: 0,
+            eof: false,
+            inflater,
+            outbuf: vec![0; BUF],
+            out_pos: 0,
+            out_len: 0,
+            state: State::BetweenMembers,
+            spans: SpanHasher::new(limit),
+            span: span.max(1),
+        })
+    }
+
+    /// The seek table; call after reading to the end.
+    pub fn finish(self) -> Result<SeekTable> {
+        if self.state != State::Done {
+            return Err(Error::Gzip {
+                offset: self.cin,
+                reason: "seek table requested before the end of the stream".into(),
+            });
+        }
+        Ok(self
+            .spans
+            .finish(Compression::Gzip, self.span, self.cin, false))
+    }
+
+    fn refill(&mut self) -> Result<()> {
+        if self.in_pos < self.in_len || self.eof {
+            return Ok(());
+        }
+        loop {
+            match self.input.read(&mut self.inbuf) {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    self.in_pos = 0;
+                    self.in_len = n;
+                    break;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(Error::Gzip {
+                        offset: self.cin,
+                        reason: format!("read error: {e}"),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn err(&self, reason: impl Into<String>) -> Error {
+        Error::Gzip {
+            offset: self.cin,
+            reason: reason.into(),
+        }
+    }
+
+    /// Produce the next batch of output into `outbuf`; `false` at the end of the stream.
+    fn fill(&mut self) -> Result<bool> {
+        loop {
+            match self.state {
+                State::Done => return Ok(false),
+                State::BetweenMembers => {
+                    self.refill()?;
+                    if self.in_pos == self.in_len {
+                        if self.spans.checkpoints.is_empty() {
+                            return Err(self.err("empty gzip stream"));
+                        }
+                        self.state = State::Done;
+                        return Ok(false);
+                    }
+                    if self.inbuf[self.in_pos] == 0 && !self.spans.checkpoints.is_empty() {
+                        // Trailing zero padding after the last member (tolerated, as gzip -d).
+                        let rest = &self.inbuf[self.in_pos..self.in_len];
+                        if rest.iter().any(|&b| b != 0) {
+                            return Err(self.err("garbage after a gzip member"));
+                        }
+                        self.cin += rest.len() as u64;
+                        self.in_pos = self.in_len;
+                        continue;
+                    }
+                    if self.inbuf[self.in_pos] != 0x1f {
+                        return Err(self.err("not a gzip member (bad magic)"));
+                    }
+                    if self.spans.since_last() >= self.span {
+                        self.spans.checkpoint(self.cin, 0, true, &[]);
+                    }
+                    self.inflater.reset_gzip().map_err(|r| Error::Gzip {
+                        offset: self.cin,
+                        reason: r,
+                    })?;
+                    self.state = State::InMember;
+                }
+                State::InMember => {
+                    self.refill()?;
+                    if self.in_pos == self.in_len {
+                        return Err(self.err("truncated gzip stream (ends inside a member)"));
+                    }
+                    let step = self.inflater.inflate(
+                        &self.inbuf[self.in_pos..self.in_len],
+                        &mut self.outbuf,
+                        z::Z_BLOCK,
+                    );
+                    self.in_pos += step.consumed;
+                    self.cin += step.consumed as u64;
+                    self.spans.output(&self.outbuf[..step.produced])?;
+                    match step.code {
+                        z::Z_STREAM_END => self.state = State::BetweenMembers,
+                        z::Z_OK | z::Z_BUF_ERROR => {
+                            let dt = self.inflater.data_type();
+                            if dt & 128 != 0 && dt & 64 == 0 && self.spans.since_last() >= self.span
+                            {
+                                let window = pack_window(&self.inflater.dictionary());
+                                let bits = (dt & 7) as u8;
+                                self.spans.checkpoint(self.cin, bits, false, &window);
+                            }
+                        }
+                        code => {
+                            let msg = self.inflater.message(code);
+                            return Err(self.err(format!("corrupt deflate data: {msg}")));
+                        }
+                    }
+                    if step.produced > 0 {
+                        self.out_pos = 0;
+                        self.out_len = step.produced;
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<R: Read> Read for GzipIndexer<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.out_pos == self.out_len && !self.fill().map_err(std::io::Error::other)? {
+            return Ok(0);
+        }
+        let n = (self.out_len - self.out_pos).min(buf.len());
+        buf[..n].copy_from_slice(&self.outbuf[self.out_pos..self.out_pos + n]);
+        self.out_pos += n;
+        Ok(n)
+    }
+}
+
+/// Decode the spans of `plan` (gzip table) from `compressed` into `out`, verifying each.
+pub(crate) fn decode_spans(
+    table: &SeekTable,
+    plan: &SpanPlan,
+    compressed: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let first = plan.spans.start;
+    let cp = table
+        .checkpoints
+        .get(first)
+        .ok_or_else(|| table.decode_err(first, "no such checkpoint"))?;
+    let derr = |reason: String| table.decode_err(first, reason);
+    let mut input = compressed;
+    let mut inf = if cp.member_start {
+        Inflater::new(false).map_err(derr)?
+    } else {
+        let mut inf = Inflater::new(true).map_err(derr)?;
+        if cp.bits > 0 {
+            let (&byte, rest) = input
+                .split_first()
+                .ok_or_else(|| table.decode_err(first, "no compressed bytes"))?;
+            inf.prime(cp.bits, byte >> (8 - cp.bits)).map_err(derr)?;
+            input = rest;
+        }
+        let window = unpack_window(table.window(first)).map_err(derr)?;
+        inf.set_dictionary(&window).map_err(derr)?;
+        inf
+    };
+    let mut buf = vec![0u8; BUF];
+    for i in plan.spans.clone() {
+        let r = table.span_range(i);
+        let len = r.end - r.start;
+        let start = out.len();
+        let mut filled: u64 = 0;
+        while filled < len {
+            let room = (len - filled).min(BUF as u64) as usize;
+            let step = inf.inflate(input, &mut buf[..room], z::Z_NO_FLUSH);
+            input = &input[step.consumed..];
+            out.extend_from_slice(&buf[..step.produced]);
+            filled += step.produced as u64;
+            match step.code {
+                z::Z_STREAM_END => {
+                    if inf.is_raw() {
+                        // Raw inflate stops before the member's 8-byte trailer.
+                        if input.len() < 8 {
+                            return Err(table.decode_err(i, "gzip trailer missing"));
+                        }
+                        input = &input[8..];
+                    }
+                    // Start the next member right away (even if this span is complete), so
+                    // the ended stream is never called again.
+                    if !input.is_empty() {
+                        inf.reset_gzip().map_err(|r| table.decode_err(i, r))?;
+                    } else if filled < len {
+                        return Err(table.decode_err(i, "compressed bytes end early"));
+                    }
+                }
+                z::Z_OK => {}
+                z::Z_BUF_ERROR if step.produced > 0 || step.consumed > 0 => {}
+                z::Z_BUF_ERROR => {
+                    return Err(table.decode_err(i, "compressed bytes end early"));
+                }
+                code => {
+                    let msg = inf.message(code);
+                    return Err(table.decode_err(i, format!("corrupt deflate data: {msg}")));
+                }
+            }
+        }
+        table.verify(i, &out[start..])?;
+    }
+    Ok(())
+}
+
+/// Build a gzip seek table by reading `input` to the end (tests and tools).
+pub fn build_seek_table(input: impl Read, span: u64, limit: u64) -> Result<SeekTable> {
+    let mut ix = GzipIndexer::new(input, span, limit)?;
+    std::io::copy(&mut ix, &mut std::io::sink()).map_err(|e| unwrap_io(e, 0))?;
+    ix.finish()
+}
+
+/// Recover a layer [`Error`] that travelled through `std::io::Error`.
+pub(crate) fn unwrap_io(e: std::io::Error, offset: u64) -> Error {
+    if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+        if let Some(inner) = e.into_inner() {
+            if let Ok(err) = inner.downcast::<Error>() {
+                return *err;
+            }
+        }
+        return Error::Read {
+            offset,
+            source: std::io::Error::other("lost error"),
+        };
+    }
+    Error::Read { offset, source: e }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use flate2::write::GzEncoder;
+    use std::io::Write;
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        let mut e = GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    pub(crate) fn pseudo_text(n: usize, seed: u64) -> Vec<u8> {
+        let words = [
+            "alpha ", "beta ", "gamma ", "delta\n", "usr/lib ", "0x7f3a ", "strata ", "{}\n",
+        ];
+        let mut s = seed | 1;
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            if s.is_multiple_of(5) {
+                out.push((s >> 32) as u8);
+            } else {
+                out.extend_from_slice(words[(s >> 40) as usize % words.len()].as_bytes());
+            }
+        }
+        out.truncate(n);
+        out
+    }
+
+    #[test]
+    fn random_reads_multi_member() {
+        let a = pseudo_text(700_000, 1);
+        let b = pseudo_text(500_000, 2);
+        let mut blob = gz(&a);
+        blob.extend(gz(&b));
+        let all: Vec<u8> = a.iter().chain(b.iter()).copied().collect();
+        let t = build_seek_table(&blob[..], 32 << 10, u64::MAX).unwrap();
+        assert_eq!(t.uncompressed_size, all.len() as u64);
+        assert!(t.checkpoints.len() > 3, "{:?}", t.checkpoints);
+        let t = SeekTable::decode(&t.encode()).unwrap();
+        let mut ranges = vec![0..1, 0..all.len() as u64, 699_990..700_010];
+        for c in &t.checkpoints {
+            let u = c.uout;
+            ranges.push(u.saturating_sub(3)..(u + 3).min(all.len() as u64));
+        }
+        let mut s = 99u64;
+        for _ in 0..40 {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+            let start = (s >> 20) % all.len() as u64;
+            let len = (s >> 5) % 200_000;
+            ranges.push(start..(start + len).min(all.len() as u64));
+        }
+        for r in ranges {
+            let got = t
+                .read_range(r.clone(), |c| {
+                    Ok(blob[c.start as usize..c.end as usize].to_vec())
+                })
+                .unwrap();
+            assert_eq!(got, &all[r.start as usize..r.end as usize], "{r:?}");
+        }
+    }
+
+    #[test]
+    fn truncated_gzip_is_an_error() {
+        let blob = gz(&pseudo_text(200_000, 3));
+        let err = build_seek_table(&blob[..blob.len() / 2], 64 << 10, u64::MAX).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
+        assert!(build_seek_table(&b"not gzip"[..], 64 << 10, u64::MAX).is_err());
+        assert!(build_seek_table(&b""[..], 64 << 10, u64::MAX).is_err());
+    }
+
+    #[test]
+    fn gzip_bomb_hits_the_limit() {
+        let blob = gz(&vec![0u8; 10 << 20]);
+        assert!(blob.len() < 64 << 10);
+        let err = build_seek_table(&blob[..], 1 << 20, 1 << 20).unwrap_err();
+        assert!(
+            matches!(err, Error::OutputLimit { limit } if limit == 1 << 20),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn corrupt_window_or_byte_is_an_error_not_wrong_data() {
+        let data = pseudo_text(1_000_000, 4);
+        let blob = gz(&data);
+        let t = build_seek_table(&blob[..], 100 << 10, u64::MAX).unwrap();
+        let (i, cp) = t
+            .checkpoints
+            .iter()
+            .enumerate()
+            .find(|(_, c)| !c.member_start && !c.window.is_empty())
+            .unwrap();
+        // Corrupt the stored window of checkpoint i.
+        let mut bad = t.clone();
+        let mut w = unpack_window(t.window(i)).unwrap();
+        for b in w.iter_mut().step_by(97) {
+            *b ^= 0x55;
+        }
+        let packed = pack_window(&w);
+        let start = bad.windows.len() as u64;
+        bad.windows.extend(packed);
+        bad.checkpoints[i].window = start..bad.windows.len() as u64;
+        let r = cp.uout..cp.uout + 10;
+        let err = bad
+            .read_range(r.clone(), |c| {
+                Ok(blob[c.start as usize..c.end as usize].to_vec())
+            })
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::SpanDigest { span, .. } | Error::SpanDecode { span, .. } if span == i),
+            "{err}"
+        );
+        // Flip one compressed byte in the middle of span i.
+        let plan = t.span_plan(r.clone()).unwrap();
+        let mut flipped = blob.clone();
+        let mid = ((plan.compressed.start + plan.compressed.end) / 2) as usize;
+        flipped[mid] ^= 0x10;
+        let err = t
+            .read_range(
+                r,
+                |c| Ok(flipped[c.start as usize..c.end as usize].to_vec()),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::SpanDigest { .. } | Error::SpanDecode { .. }),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,526 @@
+//! Seek tables: where to start decompressing to reach an uncompressed offset, and the sha256
+//! of every span of uncompressed output so fetched bytes can be verified.
+//!
+//! One shape serves all three stream kinds. A [`SeekTable`] is a list of checkpoints (access
+//! points); span *i* is the uncompressed range from checkpoint *i* to checkpoint *i+1* (the last
+//! one to the end of the layer) and has one sha256. For plain tar the checkpoints sit every
+//! SPAN bytes and compressed == uncompressed offsets; for gzip they are zran access points
+//! (`gzip.rs`); for zstd they are frame starts (`zstd.rs`). [`SeekTable::span_plan`] is pure: it
+//! says which compressed bytes to fetch, so an async cache can fetch them and then call
+//! [`SeekTable::decode_spans`], which returns only verified bytes. Serialised by
+//! [`SeekTable::encode`] into the seek section of the index file (see `docs/layer-index.md`).
+
+use super::error::{Error, Result};
+use super::{gzip, zstd};
+use crate::digest::Digest;
+use sha2::{Digest as _, Sha256};
+use std::io::{Read, Write};
+use std::ops::Range;
+
+/// Default distance between checkpoints in uncompressed bytes (see docs/layer-index.md).
+pub const DEFAULT_SPAN: u64 = 2 << 20;
+
+/// How the layer blob is compressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Compression {
+    Tar = 0,
+    Gzip = 1,
+    Zstd = 2,
+}
+
+impl Compression {
+    pub fn from_u8(b: u8) -> Option<Self> {
+        Some(match b {
+            0 => Compression::Tar,
+            1 => Compression::Gzip,
+            2 => Compression::Zstd,
+            _ => return None,
+        })
+    }
+}
+
+/// One access point.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Uncompressed offset of the first byte this checkpoint produces.
+    pub uout: u64,
+    /// Compressed offset of the first whole byte to feed the decoder.
+    pub cin: u64,
+    /// gzip only: bits of the byte at `cin - 1` that belong to the next block (0..=7).
+    pub bits: u8,
+    /// gzip only: the checkpoint is the start of a gzip member (no window, header follows).
+    pub member_start: bool,
+    /// Range of this checkpoint's deflate-compressed 32 KiB window in [`SeekTable::windows`].
+    pub window: Range<u64>,
+}
+
+/// See the module docs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeekTable {
+    pub compression: Compression,
+    /// Nominal span (distance between checkpoints) used when building.
+    pub span: u64,
+    pub uncompressed_size: u64,
+    pub compressed_size: u64,
+    /// The stream has no interior access points (a single zstd frame): any read decodes from
+    /// the start, so the layer is best fetched whole.
+    pub whole: bool,
+    pub checkpoints: Vec<Checkpoint>,
+    /// sha256 of each span, one per checkpoint.
+    pub digests: Vec<[u8; 32]>,
+    /// Concatenated deflate-compressed windows.
+    pub windows: Vec<u8>,
+}
+
+/// Which spans cover a range and which compressed bytes hold them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpanPlan {
+    pub spans: Range<usize>,
+    /// Compressed bytes to fetch (pass exactly these to [`SeekTable::decode_spans`]).
+    pub compressed: Range<u64>,
+    /// Uncompressed bytes that decoding produces (whole spans, a superset of the request).
+    pub uncompressed: Range<u64>,
+}
+
+/// Incremental builder of span digests, fed the uncompressed stream in order.
+pub(crate) struct SpanHasher {
+    hasher: Sha256,
+    pub(crate) checkpoints: Vec<Checkpoint>,
+    pub(crate) digests: Vec<[u8; 32]>,
+    pub(crate) windows: Vec<u8>,
+    pub(crate) uout: u64,
+    limit: u64,
+}
+
+impl SpanHasher {
+    pub(crate) fn new(limit: u64) -> Self {
+        SpanHasher {
+            hasher: Sha256::new(),
+            checkpoints: Vec::new(),
+            digests: Vec::new(),
+            windows: Vec::new(),
+            uout: 0,
+            limit,
+        }
+    }
+
+    /// Account for produced output; errors when the total passes the limit (gzip bomb guard).
+    pub(crate) fn output(&mut self, data: &[u8]) -> Result<()> {
+        self.uout += data.len() as u64;
+        if self.uout > self.limit {
+            return Err(Error::OutputLimit { limit: self.limit });
+        }
+        self.hasher.update(data);
+        Ok(())
+    }
+
+    /// Uncompressed bytes since the last checkpoint (`u64::MAX` before the first).
+    pub(crate) fn since_last(&self) -> u64 {
+        match self.checkpoints.last() {
+            Some(c) => self.uout - c.uout,
+            None => u64::MAX,
+        }
+    }
+
+    /// Close the running span and open one at the current output offset.
+    pub(crate) fn checkpoint(&mut self, cin: u64, bits: u8, member_start: bool, window: &[u8]) {
+        if !self.checkpoints.is_empty() {
+            let h = std::mem::take(&mut self.hasher);
+            self.digests.push(h.finalize().into());
+        }
+        let start = self.windows.len() as u64;
+        self.windows.extend_from_slice(window);
+        self.checkpoints.push(Checkpoint {
+            uout: self.uout,
+            cin,
+            bits,
+            member_start,
+            window: start..self.windows.len() as u64,
+        });
+    }
+
+    pub(crate) fn finish(
+        mut self,
+        compression: Compression,
+        span: u64,
+        compressed_size: u64,
+        whole: bool,
+    ) -> SeekTable {
+        if self.checkpoints.is_empty() {
+            self.checkpoint(0, 0, compression == Compression::Gzip, &[]);
+        }
+        self.digests.push(self.hasher.finalize().into());
+        SeekTable {
+            compression,
+            span,
+            uncompressed_size: self.uout,
+            compressed_size,
+            whole,
+            checkpoints: self.checkpoints,
+            digests: self.digests,
+            windows: self.windows,
+        }
+    }
+}
+
+/// Pass-through reader for plain tar layers: hashes every SPAN bytes.
+pub(crate) struct TarSpans<R> {
+    inner: R,
+    pub(crate) spans: SpanHasher,
+    span: u64,
+}
+
+impl<R: Read> TarSpans<R> {
+    pub(crate) fn new(inner: R, span: u64, limit: u64) -> Self {
+        TarSpans {
+            inner,
+            spans: SpanHasher::new(limit),
+            span: span.max(1),
+        }
+    }
+
+    pub(crate) fn finish(self) -> SeekTable {
+        let size = self.spans.uout;
+        self.spans.finish(Compression::Tar, self.span, size, false)
+    }
+}
+
+impl<R: Read> Read for TarSpans<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        // Never read across a span boundary, so checkpoints land exactly on multiples of SPAN;
+        // a checkpoint is only opened once a byte of its span has arrived.
+        let since = self.spans.since_last();
+        let room = if since >= self.span {
+            self.span
+        } else {
+            self.span - since
+        };
+        let room = room.min(buf.len() as u64) as usize;
+        let n = self.inner.read(&mut buf[..room])?;
+        if n > 0 && since >= self.span {
+            let at = self.spans.uout;
+            self.spans.checkpoint(at, 0, false, &[]);
+        }
+        self.spans
+            .output(&buf[..n])
+            .map_err(std::io::Error::other)?;
+        Ok(n)
+    }
+}
+
+impl SeekTable {
+    /// Uncompressed range of span `i`.
+    pub fn span_range(&self, i: usize) -> Range<u64> {
+        let start = self.checkpoints.get(i).map_or(0, |c| c.uout);
+        let end = self
+            .checkpoints
+            .get(i + 1)
+            .map_or(self.uncompressed_size, |c| c.uout);
+        start..end
+    }
+
+    /// Compressed window of checkpoint `i` (empty for member starts and non-gzip tables).
+    pub fn window(&self, i: usize) -> &[u8] {
+        self.checkpoints
+            .get(i)
+            .and_then(|c| {
+                self.windows
+                    .get(c.window.start as usize..c.window.end as usize)
+            })
+            .unwrap_or(&[])
+    }
+
+    /// Pure planning: which spans cover `range` and which compressed bytes to fetch.
+    pub fn span_plan(&self, range: Range<u64>) -> Result<SpanPlan> {
+        if range.start > range.end || range.end > self.uncompressed_size {
+            return Err(Error::OutOfRange {
+                range,
+                size: self.uncompressed_size,
+            });
+        }
+        if range.start == range.end {
+            return Ok(SpanPlan {
+                spans: 0..0,
+                compressed: 0..0,
+                uncompressed: range.start..range.start,
+            });
+        }
+        let first = self
+            .checkpoints
+            .partition_point(|c| c.uout <= range.start)
+            .saturating_sub(1);
+        let end = self
+            .checkpoints
+            .partition_point(|c| c.uout < range.end)
+            .max(first + 1);
+        let cp = self.checkpoints.get(first).ok_or(Error::OutOfRange {
+            range: range.clone(),
+            size: self.uncompressed_size,
+        })?;
+        let cstart = cp.cin - u64::from(cp.bits > 0);
+        let cend = self
+            .checkpoints
+            .get(end)
+            .map_or(self.compressed_size, |c| c.cin);
+        Ok(SpanPlan {
+            spans: first..end,
+            compressed: cstart..cend,
+            uncompressed: self.span_range(first).start..self.span_range(end - 1).end,
+        })
+    }
+
+    /// Decode the spans of `plan` from exactly `plan.compressed` bytes and verify each span's
+    /// sha256. Returns the bytes of `plan.uncompressed`; never unverified bytes.
+    pub fn decode_spans(&self, plan: &SpanPlan, compressed: &[u8]) -> Result<Vec<u8>> {
+        let want = plan.compressed.end - plan.compressed.start;
+        if compressed.len() as u64 != want {
+            return Err(Error::FetchLength {
+                range: plan.compressed.clone(),
+                expected: want,
+                got: compressed.len() as u64,
+            });
+        }
+        if plan.spans.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        match self.compression {
+            Compression::Tar => {
+                let mut rest = compressed;
+                for i in plan.spans.clone() {
+                    let r = self.span_range(i);
+                    let len = (r.end - r.start) as usize;
+                    if rest.len() < len {
+                        return Err(self.decode_err(i, "compressed bytes end early"));
+                    }
+                    let (span, tail) = rest.split_at(len);
+                    self.verify(i, span)?;
+                    out.extend_from_slice(span);
+                    rest = tail;
+                }
+            }
+            Compression::Gzip => gzip::decode_spans(self, plan, compressed, &mut out)?,
+            Compression::Zstd => zstd::decode_spans(self, plan, compressed, &mut out)?,
+        }
+        Ok(out)
+    }
+
+    /// Fetch what `range` needs through `fetch`, decode, verify, and return exactly `range`.
+    pub fn read_range(
+        &self,
+        range: Range<u64>,
+        mut fetch: impl FnMut(Range<u64>) -> std::io::Result<Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        let plan = self.span_plan(range.clone())?;
+        if plan.spans.is_empty() {
+            return Ok(Vec::new());
+        }
+        let bytes = fetch(plan.compressed.clone()).map_err(|source| Error::Fetch {
+            range: plan.compressed.clone(),
+            source,
+        })?;
+        let mut out = self.decode_spans(&plan, &bytes)?;
+        let skip = (range.start - plan.uncompressed.start) as usize;
+        out.truncate(skip + (range.end - range.start) as usize);
+        out.drain(..skip);
+        Ok(out)
+    }
+
+    pub(crate) fn verify(&self, i: usize, data: &[u8]) -> Result<()> {
+        let got: [u8; 32] = Sha256::digest(data).into();
+        let expected = self.digests.get(i).copied().unwrap_or([0; 32]);
+        if got != expected {
+            return Err(Error::SpanDigest {
+                span: i,
+                range: self.span_range(i),
+                expected: Digest::from_bytes(expected),
+                got: Digest::from_bytes(got),
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn decode_err(&self, i: usize, reason: impl Into<String>) -> Error {
+        Error::SpanDecode {
+            span: i,
+            range: self.span_range(i),
+            reason: reason.into(),
+        }
+    }
+
+    /// Serialise (little-endian): 64-byte header, 32-byte checkpoint records, 32-byte digests,
+    /// window blob.
+    pub fn encode(&self) -> Vec<u8> {
+        let n = self.checkpoints.len();
+        let mut b = Vec::with_capacity(64 + n * 64 + self.windows.len());
+        b.push(self.compression as u8);
+        b.push(self.whole as u8);
+        b.extend_from_slice(&[0; 6]);
+        for v in [
+            self.span,
+            self.uncompressed_size,
+            self.compressed_size,
+            n as u64,
+            self.windows.len() as u64,
+        ] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.resize(64, 0);
+        for c in &self.checkpoints {
+            b.extend_from_slice(&c.uout.to_le_bytes());
+            b.extend_from_slice(&c.cin.to_le_bytes());
+            b.extend_from_slice(&c.window.start.to_le_bytes());
+            b.extend_from_slice(&((c.window.end - c.window.start) as u32).to_le_bytes());
+            b.push(c.bits);
+            b.push(c.member_start as u8);
+            b.extend_from_slice(&[0, 0]);
+        }
+        for d in &self.digests {
+            b.extend_from_slice(d);
+        }
+        b.extend_from_slice(&self.windows);
+        b
+    }
+
+    /// Inverse of [`encode`](Self::encode), with every offset and invariant checked.
+    pub fn decode(b: &[u8]) -> std::result::Result<Self, String> {
+        let u64_at = |o: usize| -> std::result::Result<u64, String> {
+            b.get(o..o + 8)
+                .and_then(|s| s.try_into().ok())
+                .map(u64::from_le_bytes)
+                .ok_or_else(|| format!("seek table truncated at byte {o}"))
+        };
+        let compression = Compression::from_u8(*b.first().ok_or("empty seek table")?)
+            .ok_or("unknown compression kind")?;
+        let whole = b.get(1).copied().unwrap_or(0) != 0;
+        let (span, usize_, csize, n, wlen) = (
+            u64_at(8)?,
+            u64_at(16)?,
+            u64_at(24)?,
+            u64_at(32)?,
+            u64_at(40)?,
+        );
+        let need = (n as u128) * 64 + 64 + wlen as u128;
+        if need != b.len() as u128 || n == 0 {
+            return Err(format!(
+                "seek table size {} does not match {n} checkpoints and {wlen} window bytes",
+                b.len()
+            ));
+        }
+        let n = n as usize;
+        let wbase = 64 + n * 64;
+        let mut checkpoints = Vec::with_capacity(n);
+        let mut digests = Vec::with_capacity(n);
+        for i in 0..n {
+            let o = 64 + i * 32;
+            let (uout, cin, woff) = (u64_at(o)?, u64_at(o + 8)?, u64_at(o + 16)?);
+            let wl = u32::from_le_bytes([b[o + 24], b[o + 25], b[o + 26], b[o + 27]]) as u64;
+            let (bits, member_start) = (b[o + 28], b[o + 29] != 0);
+            if woff.checked_add(wl).is_none_or(|e| e > wlen) || bits > 7 {
+                return Err(format!("checkpoint {i}: bad window or bit count"));
+            }
+            if cin > csize || uout > usize_ || (bits > 0 && cin == 0) {
+                return Err(format!("checkpoint {i}: offsets beyond the layer"));
+            }
+            if let Some(prev) = checkpoints.last() {
+                let prev: &Checkpoint = prev;
+                if uout <= prev.uout || cin < prev.cin {
+                    return Err(format!("checkpoint {i}: offsets not increasing"));
+                }
+            } else if uout != 0 {
+                return Err("first checkpoint is not at offset 0".into());
+            }
+            checkpoints.push(Checkpoint {
+                uout,
+                cin,
+                bits,
+                member_start,
+                window: woff..woff + wl,
+            });
+            let d = 64 + n * 32 + i * 32;
+            let mut digest = [0u8; 32];
+            digest.copy_from_slice(&b[d..d + 32]);
+            digests.push(digest);
+        }
+        Ok(SeekTable {
+            compression,
+            span,
+            uncompressed_size: usize_,
+            compressed_size: csize,
+            whole,
+            checkpoints,
+            digests,
+            windows: b[wbase..].to_vec(),
+        })
+    }
+}
+
+/// Deflate-compress a window for storage.
+pub(crate) fn pack_window(window: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    // Writing to a Vec cannot fail.
+    let _ = enc.write_all(window);
+    enc.finish().unwrap_or_default()
+}
+
+/// Inflate a stored window, refusing anything over 32 KiB.
+pub(crate) fn unpack_window(packed: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(32 << 10);
+    flate2::read::DeflateDecoder::new(packed)
+        .take((32 << 10) + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("stored window is corrupt: {e}"))?;
+    if out.len() > 32 << 10 {
+        return Err("stored window is larger than 32 KiB".into());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tar_spans_round_trip_and_plan() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut r = TarSpans::new(&data[..], 1000, u64::MAX);
+        std::io::copy(&mut r, &mut std::io::sink()).unwrap();
+        let t = r.finish();
+        assert_eq!(t.checkpoints.len(), 10);
+        let t2 = SeekTable::decode(&t.encode()).unwrap();
+        assert_eq!(t, t2);
+        let p = t.span_plan(1500..2500).unwrap();
+        assert_eq!(p.spans, 1..3);
+        assert_eq!(p.compressed, 1000..3000);
+        let got = t
+            .read_range(1500..2500, |r| {
+                Ok(data[r.start as usize..r.end as usize].to_vec())
+            })
+            .unwrap();
+        assert_eq!(got, &data[1500..2500]);
+        let mut bad = data.clone();
+        bad[1234] ^= 1;
+        let err = t
+            .read_range(1500..1600, |r| {
+                Ok(bad[r.start as usize..r.end as usize].to_vec())
+            })
+            .unwrap_err();
+        assert!(matches!(err, Error::SpanDigest { span: 1, .. }), "{err}");
+        assert!(t.span_plan(9000..10_001).is_err());
+    }
+
+    #[test]
+    fn corrupt_seek_table_is_an_error() {
+        let data = vec![1u8; 5000];
+        let mut r = TarSpans::new(&data[..], 1000, u64::MAX);
+        std::io::copy(&mut r, &mut std::io::sink()).unwrap();
+        let enc = r.finish().encode();
+        for cut in [0, 10, 64, enc.len() - 1] {
+            assert!(SeekTable::decode(&enc[..cut]).is_err());
+        }
+        let mut swapped = enc.clone();
+        swapped[64..72].copy_from_slice(&7000u64.to_le_bytes());
+        assert!(SeekTable::decode(&swapped).is_err());
+    }
+}
