@@ -78,9 +78,7 @@ impl Disk {
     }
 
     pub(super) fn read(&self, k: &SpanKey) -> Option<Vec<u8>> {
-        if self.state().lru.get(k).is_none() {
-            return None;
-        }
+        self.state().lru.get(k)?;
         match std::fs::read(self.path(k)) {
             Ok(d) => Some(d),
             Err(_) => {

@@ -189,17 +189,31 @@ pub struct Served {
     pub prefetch_done: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// Mount an image at `mp` (with an optional upper) and start background prefetch.
+/// What to mount where.
+pub struct MountSpec<'a> {
+    pub image: &'a str,
+    pub platform: Option<&'a str>,
+    pub mountpoint: &'a Path,
+    /// (upper, work) directories; none = read-only
+    pub upper: Option<(PathBuf, PathBuf)>,
+    pub prefetch: bool,
+    pub passthrough: bool,
+}
+
+/// Mount an image (with an optional upper) and start background prefetch.
 pub async fn mount_image(
     ctx: &Ctx,
-    image_ref: &str,
-    platform: Option<&str>,
-    mp: &Path,
-    upper: Option<(PathBuf, PathBuf)>,
-    prefetch: bool,
-    passthrough: bool,
+    spec: MountSpec<'_>,
     progress: &Progress,
 ) -> Result<Served, Error> {
+    let MountSpec {
+        image: image_ref,
+        platform,
+        mountpoint: mp,
+        upper,
+        prefetch,
+        passthrough,
+    } = spec;
     let started = std::time::Instant::now();
     let (reference, rec) = super::images::resolve_record(ctx, image_ref, platform).await?;
     let cache = ctx.cache()?;
@@ -319,17 +333,15 @@ async fn serve(ctx: &Ctx, args: MountArgs, mp: PathBuf, _ready: Option<()>) -> R
     });
     let prefetch = ctx.config.prefetch && !args.no_prefetch;
     let progress = Progress::new(true);
-    let served = mount_image(
-        ctx,
-        &args.image,
-        args.platform.as_deref(),
-        &mp,
+    let spec = MountSpec {
+        image: &args.image,
+        platform: args.platform.as_deref(),
+        mountpoint: &mp,
         upper,
         prefetch,
-        args.passthrough,
-        &progress,
-    )
-    .await?;
+        passthrough: args.passthrough,
+    };
+    let served = mount_image(ctx, spec, &progress).await?;
     let ready_ms = served.started.elapsed().as_millis() as u64;
     served.publish(ctx, ready_ms);
     let lazy_note = served

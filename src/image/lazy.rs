@@ -24,7 +24,7 @@ pub struct CacheLower {
 }
 
 fn eio(msg: String) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::Other, msg)
+    std::io::Error::other(msg)
 }
 
 impl CacheLower {

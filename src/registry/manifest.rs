@@ -155,7 +155,9 @@ pub struct ImageIndex {
     pub annotations: Option<BTreeMap<String, String>>,
 }
 
-/// Either kind of document a manifest endpoint can return.
+/// Either kind of document a manifest endpoint can return. (Few exist at a time, so the size
+/// difference between the variants does not matter.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum AnyManifest {
     Image(ImageManifest),
