@@ -1,0 +1,393 @@
+//! Lazy mounts end to end: a real registry, `strata index --push` (sidecar artifact), a fresh
+//! `STRATA_ROOT` mounting the image over FUSE, every byte checked against an independent model
+//! of the layers, bytes fetched measured at the registry, eStargz layers, and corrupt bytes on
+//! the wire turning into EIO, never into wrong data.
+
+mod common;
+
+use common::{Fault, FaultProxy, ImageBuilder, Layer, OutputExt, Registry, StrataEnv};
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+fn pseudo_random(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if i % 48 < 24 {
+                x as u8
+            } else {
+                b'a' + (i % 5) as u8
+            }
+        })
+        .collect()
+}
+
+/// What the merged tree must contain: path -> Some(bytes) for files, None for dirs.
+type Model = BTreeMap<String, Option<Vec<u8>>>;
+
+/// Apply layers the OCI way, independently of strata's own code.
+fn model(layers: &[Vec<(&str, Option<Vec<u8>>)>]) -> Model {
+    let mut m = Model::new();
+    for layer in layers {
+        for (path, data) in layer {
+            let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+            if name == ".wh..wh..opq" {
+                let prefix = format!("{dir}/");
+                m.retain(|k, _| !k.starts_with(&prefix));
+            } else if let Some(victim) = name.strip_prefix(".wh.") {
+                let v = if dir.is_empty() {
+                    victim.to_string()
+                } else {
+                    format!("{dir}/{victim}")
+                };
+                let prefix = format!("{v}/");
+                m.retain(|k, _| k != &v && !k.starts_with(&prefix));
+            } else {
+                m.insert(path.to_string(), data.clone());
+            }
+        }
+    }
+    m
+}
+
+struct Mounted<'a> {
+    env: &'a StrataEnv,
+    dir: PathBuf,
+}
+
+impl Drop for Mounted<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .env
+            .run(&["umount", self.dir.to_str().unwrap_or_default()]);
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+fn mount<'a>(env: &'a StrataEnv, reference: &str, extra: &[&str]) -> Mounted<'a> {
+    let dir = env.scratch().join("mnt");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut args = vec!["mount", reference, dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    env.run(&args).assert_success();
+    Mounted { env, dir }
+}
+
+fn stats(env: &StrataEnv, dir: &Path) -> serde_json::Value {
+    let out = env.run(&["stats", "--json", dir.to_str().unwrap()]);
+    out.assert_success();
+    serde_json::from_str(&out.stdout_str()).unwrap()
+}
+
+fn sha(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+fn walk(root: &Path, rel: &str, out: &mut BTreeMap<String, Option<String>>) {
+    for e in std::fs::read_dir(root.join(rel)).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let p = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let ft = e.file_type().unwrap();
+        if ft.is_dir() {
+            out.insert(p.clone(), None);
+            walk(root, &p, out);
+        } else if ft.is_file() {
+            out.insert(p.clone(), Some(sha(&std::fs::read(e.path()).unwrap())));
+        }
+    }
+}
+
+fn test_layers() -> (Vec<Layer>, Model) {
+    let big = pseudo_random(1, 12 << 20);
+    let l1: Vec<(&str, Option<Vec<u8>>)> = vec![
+        ("etc", None),
+        ("etc/os-release", Some(b"NAME=strata-test\n".to_vec())),
+        ("usr", None),
+        ("usr/lib", None),
+        ("usr/lib/big.bin", Some(big)),
+        ("usr/lib/small.txt", Some(b"small file\n".to_vec())),
+        ("opt", None),
+        ("opt/old", None),
+        ("opt/old/a", Some(b"old a".to_vec())),
+        ("opt/old/b", Some(b"old b".to_vec())),
+        ("var", None),
+        ("var/gone.txt", Some(b"to be deleted".to_vec())),
+    ];
+    let l2: Vec<(&str, Option<Vec<u8>>)> = vec![
+        ("var/.wh.gone.txt", None),
+        ("opt/old/.wh..wh..opq", None),
+        ("opt/old/c", Some(b"new c".to_vec())),
+        ("etc/os-release", Some(b"NAME=strata-test v2\n".to_vec())),
+        ("usr/lib/mid.bin", Some(pseudo_random(2, 3 << 20))),
+    ];
+    let expected = model(&[l1.clone(), l2.clone()]);
+    let to_layer = |entries: &[(&str, Option<Vec<u8>>)]| {
+        let mut l = Layer::new();
+        for (p, d) in entries {
+            let name = p.rsplit('/').next().unwrap_or(p);
+            l = if *name == *".wh..wh..opq" {
+                l.opaque(p.rsplit_once('/').map(|x| x.0).unwrap_or(""))
+            } else if let Some(v) = name.strip_prefix(".wh.") {
+                let dir = p.rsplit_once('/').map(|x| x.0).unwrap_or("");
+                l.whiteout(&if dir.is_empty() {
+                    v.to_string()
+                } else {
+                    format!("{dir}/{v}")
+                })
+            } else {
+                match d {
+                    Some(data) => l.file(p, data.clone()),
+                    None => l.dir(p),
+                }
+            };
+        }
+        l.symlink("usr/lib/link", "big.bin")
+    };
+    (vec![to_layer(&l1), to_layer(&l2)], expected)
+}
+
+fn check_tree(mnt: &Path, expected: &Model) {
+    let mut got = BTreeMap::new();
+    walk(mnt, "", &mut got);
+    got.remove("usr/lib/link");
+    let want: BTreeMap<String, Option<String>> = expected
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_ref().map(|d| sha(d))))
+        .collect();
+    assert_eq!(
+        got, want,
+        "merged tree through the mount differs from the model"
+    );
+    assert_eq!(
+        std::fs::read_link(mnt.join("usr/lib/link")).unwrap(),
+        PathBuf::from("big.bin")
+    );
+}
+
+#[test]
+fn sidecar_index_gives_a_lazy_exact_mount() {
+    let reg = Registry::start();
+    let (layers, expected) = test_layers();
+    let mut b = ImageBuilder::new();
+    for l in layers {
+        b = b.layer(l);
+    }
+    let img = b.build("v1");
+    img.push(&reg, "lazy/app:v1");
+    let reference = format!("{}/lazy/app:v1", reg.host());
+    let image_bytes: u64 = img.layers.iter().map(|l| l.size).sum();
+
+    // Publisher: builds the indexes and pushes them as a sidecar artifact.
+    let publisher = StrataEnv::new();
+    publisher
+        .run(&["index", &reference, "--push"])
+        .assert_success();
+
+    // A fresh machine: mounts lazily, reads one small file.
+    let env = StrataEnv::new();
+    reg.settle_logs();
+    let served_before = reg.bytes_served();
+    let m = mount(&env, &reference, &["--no-prefetch"]);
+    assert_eq!(
+        std::fs::read(m.dir.join("usr/lib/small.txt")).unwrap(),
+        b"small file\n"
+    );
+    let s = stats(&env, &m.dir);
+    assert_eq!(
+        s["index_sources"],
+        serde_json::json!(["Sidecar", "Sidecar"]),
+        "{s}"
+    );
+    reg.settle_logs();
+    let served = reg.bytes_served() - served_before;
+    assert!(
+        served < image_bytes / 3,
+        "reading one small file fetched {served} of {image_bytes} bytes"
+    );
+    assert!(
+        !env.root()
+            .join("blobs/sha256")
+            .join(&img.layers[0].digest[7..])
+            .exists(),
+        "layer was pulled"
+    );
+
+    // Every byte of every file equals the model; whiteouts and opaque dirs applied.
+    check_tree(&m.dir, &expected);
+    // Random ranges of the big file across span boundaries.
+    let big = &expected["usr/lib/big.bin"].clone().unwrap();
+    let f = std::fs::File::open(m.dir.join("usr/lib/big.bin")).unwrap();
+    use std::os::unix::fs::FileExt;
+    for (i, len) in [(2u64 << 20) - 3, 1, 4096, (4 << 20) + 17, 12 << 20]
+        .iter()
+        .zip([7usize, 100_000, 3, 5000, 10])
+    {
+        let start = (*i).min(big.len() as u64 - 1);
+        let mut buf = vec![0u8; len];
+        let n = f.read_at(&mut buf, start).unwrap();
+        assert_eq!(&buf[..n], &big[start as usize..start as usize + n]);
+    }
+    drop(m);
+
+    // Remount: everything is local now, nothing more is fetched.
+    reg.settle_logs();
+    let before = reg.bytes_served();
+    let m = mount(&env, &reference, &["--no-prefetch"]);
+    check_tree(&m.dir, &expected);
+    reg.settle_logs();
+    assert_eq!(reg.bytes_served(), before, "remount refetched bytes");
+}
+
+#[test]
+fn corrupt_bytes_become_eio_and_recover() {
+    let reg = Registry::start();
+    let (layers, expected) = test_layers();
+    let mut b = ImageBuilder::new();
+    for l in layers {
+        b = b.layer(l);
+    }
+    b.build("v1").push(&reg, "lazy/bad:v1");
+    let publisher = StrataEnv::new();
+    publisher
+        .run(&["index", &format!("{}/lazy/bad:v1", reg.host()), "--push"])
+        .assert_success();
+
+    let proxy = FaultProxy::in_front_of(&reg);
+    let env = StrataEnv::new();
+    let m = mount(
+        &env,
+        &format!("{}/lazy/bad:v1", proxy.host()),
+        &["--no-prefetch"],
+    );
+    proxy.handle().set(Fault::FlipByte);
+    let err =
+        std::fs::read(m.dir.join("usr/lib/mid.bin")).expect_err("corrupt bytes must not be served");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    proxy.handle().set(Fault::Pass);
+    let data = std::fs::read(m.dir.join("usr/lib/mid.bin")).unwrap();
+    assert_eq!(Some(data), expected["usr/lib/mid.bin"].clone());
+}
+
+#[test]
+fn estargz_layer_is_read_through_its_toc() {
+    let reg = Registry::start();
+    let (layers, expected) = test_layers();
+    let mut b = ImageBuilder::new();
+    for l in layers {
+        b = b.layer(l);
+    }
+    let img = b.build("v1");
+    // Re-encode both layers as eStargz and rewrite the manifest with the TOC annotations.
+    let layout = &img.layout;
+    let mut manifest: serde_json::Value = serde_json::from_slice(&img.manifest).unwrap();
+    for (i, l) in img.layers.iter().enumerate() {
+        let (blob, toc) = strata::layer::estargz::build(&l.tar, 1 << 20).unwrap();
+        let d = format!("sha256:{}", sha(&blob));
+        std::fs::write(layout.join("blobs/sha256").join(&d[7..]), &blob).unwrap();
+        let desc = &mut manifest["layers"][i];
+        desc["digest"] = d.into();
+        desc["size"] = blob.len().into();
+        desc["annotations"] =
+            serde_json::json!({"containerd.io/snapshot/stargz/toc.digest": toc.to_string()});
+    }
+    let body = serde_json::to_vec(&manifest).unwrap();
+    let md = format!("sha256:{}", sha(&body));
+    std::fs::write(layout.join("blobs/sha256").join(&md[7..]), &body).unwrap();
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    index["manifests"][0]["digest"] = md.into();
+    index["manifests"][0]["size"] = body.len().into();
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    img.push(&reg, "lazy/stargz:v1");
+
+    let env = StrataEnv::new();
+    let m = mount(
+        &env,
+        &format!("{}/lazy/stargz:v1", reg.host()),
+        &["--no-prefetch"],
+    );
+    assert_eq!(
+        std::fs::read(m.dir.join("usr/lib/small.txt")).unwrap(),
+        b"small file\n"
+    );
+    let s = stats(&env, &m.dir);
+    assert_eq!(
+        s["index_sources"],
+        serde_json::json!(["Estargz", "Estargz"]),
+        "{s}"
+    );
+    assert!(
+        s["cache"]["bytes_fetched"].as_u64().unwrap() < 1 << 20,
+        "{s}"
+    );
+    check_tree(&m.dir, &expected);
+}
+
+#[test]
+fn unindexed_image_is_downloaded_whole_and_says_so() {
+    let reg = Registry::start();
+    let (layers, expected) = test_layers();
+    let mut b = ImageBuilder::new();
+    for l in layers {
+        b = b.layer(l);
+    }
+    b.build("v1").push(&reg, "lazy/plain:v1");
+    let env = StrataEnv::new();
+    let dir = env.scratch().join("mnt");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = env.run(&[
+        "mount",
+        &format!("{}/lazy/plain:v1", reg.host()),
+        dir.to_str().unwrap(),
+    ]);
+    out.assert_success();
+    let m = Mounted { env: &env, dir };
+    assert!(
+        out.stdout_str().contains("downloaded whole"),
+        "{}",
+        out.stdout_str()
+    );
+    check_tree(&m.dir, &expected);
+}
+
+#[test]
+fn mount_errors_name_the_problem() {
+    let reg = Registry::start();
+    let env = StrataEnv::new();
+    let dir = env.scratch().join("mnt");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = env.run(&[
+        "mount",
+        &format!("{}/nope/none:v1", reg.host()),
+        dir.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        out.stderr_str().contains("not found"),
+        "{}",
+        out.stderr_str()
+    );
+    let out = env.run(&["mount", "busybox", "/nonexistent/dir"]);
+    assert!(
+        out.stderr_str().contains("not a directory"),
+        "{}",
+        out.stderr_str()
+    );
+}
