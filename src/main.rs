@@ -5,7 +5,7 @@ fn main() {
     let filter = if cli.debug {
         "debug".to_string()
     } else {
-        std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())
+        std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,fuser=error".into())
     };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
@@ -18,9 +18,10 @@ fn main() {
     match strata::cli::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
+            let code = e.exit_code();
             let e = anyhow::Error::from(e);
             eprintln!("Error: {e:#}");
-            std::process::exit(1);
+            std::process::exit(code);
         }
     }
 }

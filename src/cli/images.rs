@@ -73,6 +73,16 @@ pub async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<i32, Error> {
         } => index(ctx, &image, push, platform.as_deref()).await,
         Command::Cache { command } => cache(ctx, command),
         Command::Mount(args) => super::mount::mount(ctx, args).await,
+        Command::Run(args) => super::run::run(ctx, args).await,
+        Command::Ps { all, quiet } => super::run::ps(ctx, all, quiet).await,
+        Command::Start { containers } => super::run::start(ctx, &containers).await,
+        Command::Stop { time, containers } => super::run::stop(ctx, &containers, time).await,
+        Command::Restart { time, containers } => super::run::restart(ctx, &containers, time).await,
+        Command::Kill { signal, containers } => super::run::kill(ctx, &containers, &signal).await,
+        Command::Rm { force, containers } => super::run::rm(ctx, &containers, force).await,
+        Command::Logs { follow, container } => super::run::logs(ctx, &container, follow).await,
+        Command::Exec(args) => super::run::exec(ctx, args).await,
+        Command::Wait { containers } => super::run::wait(ctx, &containers).await,
         Command::Umount { mountpoint, force } => super::mount::umount(ctx, &mountpoint, force),
         Command::Stats { mountpoint, json } => super::mount::stats(ctx, &mountpoint, json),
     }
@@ -236,6 +246,17 @@ fn images(ctx: &Ctx, quiet: bool, digests: bool, no_trunc: bool) -> Result<i32, 
             .filter(|(_, d)| **d == r.manifest_digest)
             .map(|(nt, _)| split_name_tag(nt))
             .collect();
+        if names.is_empty() {
+            // Pulled by digest only: docker shows the repository with tag <none>.
+            names.extend(r.repo_digests.iter().filter_map(|rd| {
+                let (n, _) = rd.split_once('@')?;
+                Some((
+                    n.parse::<Reference>().ok()?.familiar_name(),
+                    "<none>".to_string(),
+                ))
+            }));
+            names.dedup();
+        }
         if names.is_empty() {
             names.push(("<none>".into(), "<none>".into()));
         }

@@ -3,6 +3,7 @@
 
 mod images;
 pub mod mount;
+mod run;
 mod util;
 
 use crate::config::Config;
@@ -25,6 +26,8 @@ pub enum Error {
     Image(#[from] crate::image::Error),
     #[error(transparent)]
     Reference(#[from] crate::reference::ReferenceError),
+    #[error(transparent)]
+    Launcher(#[from] crate::launcher::Error),
     #[error(transparent)]
     Creds(#[from] crate::registry::auth::CredError),
     #[error("{0}")]
@@ -170,6 +173,61 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a command in a new container on a lazily mounted image (no pull needed)
+    Run(run::RunArgs),
+    /// List containers
+    Ps {
+        #[arg(short, long)]
+        all: bool,
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Start stopped containers (detached)
+    Start {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Stop running containers (StopSignal or SIGTERM, then SIGKILL)
+    Stop {
+        #[arg(short, long)]
+        time: Option<u64>,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Stop then start containers
+    Restart {
+        #[arg(short, long)]
+        time: Option<u64>,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Send a signal to containers
+    Kill {
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Remove containers (their upper layers and mounts)
+    Rm {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Output of a detached container
+    Logs {
+        #[arg(short, long)]
+        follow: bool,
+        container: String,
+    },
+    /// Run a command in a running container
+    Exec(run::ExecArgs),
+    /// Wait for containers to exit and print their exit codes
+    Wait {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
     /// System information
     System {
         #[command(subcommand)]
@@ -193,6 +251,16 @@ pub enum CacheCommand {
 pub enum SystemCommand {
     /// Disk usage of images, indexes, cache and containers
     Df,
+}
+
+impl Error {
+    /// Exit status for this failure: docker's 125/127 for `run` failures, else 1.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Launcher(e) => e.exit_code(),
+            _ => 1,
+        }
+    }
 }
 
 /// Everything a command needs, opened once.

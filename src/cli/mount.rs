@@ -97,11 +97,16 @@ pub async fn mount(ctx: &Ctx, args: MountArgs) -> Result<i32, Error> {
     if args.foreground {
         return serve(ctx, args, mp, None).await;
     }
-    daemonize(ctx, &args, &mp)
+    daemonize(ctx, &args, &mp, false)
+}
+
+/// Start a mount daemon without printing its status line (for `run -d`, `start`).
+pub fn daemonize_quiet(ctx: &Ctx, args: &MountArgs, mp: &Path) -> Result<(), Error> {
+    daemonize(ctx, args, mp, true).map(|_| ())
 }
 
 /// Re-run ourselves with `--foreground` in a new session; return when it says "ready".
-fn daemonize(ctx: &Ctx, args: &MountArgs, mp: &Path) -> Result<i32, Error> {
+fn daemonize(ctx: &Ctx, args: &MountArgs, mp: &Path, quiet: bool) -> Result<i32, Error> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().map_err(|source| Error::Io {
         context: "locating strata".into(),
@@ -162,10 +167,14 @@ fn daemonize(ctx: &Ctx, args: &MountArgs, mp: &Path) -> Result<i32, Error> {
             source,
         })?;
         if line.starts_with("ready") {
-            println!("{}", line.trim_start_matches("ready").trim());
+            if !quiet {
+                println!("{}", line.trim_start_matches("ready").trim());
+            }
             return Ok(0);
         }
-        println!("{line}");
+        if !quiet {
+            println!("{line}");
+        }
     }
     let status = child.wait().map_err(|source| Error::Io {
         context: "mount daemon".into(),

@@ -325,6 +325,8 @@ impl Client {
         let mut auth_header = lock(&self.auth_cache).get(&key).cloned();
         let mut reauthed = false;
         let mut attempt = 0u32;
+        // A mirror gets one try: on failure the next endpoint is better than a backoff.
+        let attempts = if ep.mirror { 1 } else { self.retry.attempts };
         loop {
             let mut rb = make(self.http.request(method.clone(), url));
             if let Some(h) = &auth_header {
@@ -333,7 +335,7 @@ impl Client {
             let result = rb.send().await;
             let retry_after = match result {
                 Err(e) => {
-                    if attempt + 1 >= self.retry.attempts
+                    if attempt + 1 >= attempts
                         || !(e.is_connect() || e.is_timeout() || e.is_request())
                     {
                         return Err(Error::Http {
@@ -374,7 +376,7 @@ impl Client {
                 Ok(resp)
                     if (resp.status().is_server_error()
                         || resp.status() == StatusCode::TOO_MANY_REQUESTS)
-                        && attempt + 1 < self.retry.attempts =>
+                        && attempt + 1 < attempts =>
                 {
                     tracing::warn!(%url, attempt, status = %resp.status(), "retrying");
                     resp.headers()

@@ -1,0 +1,512 @@
+//! `run` and the container lifecycle: ps, start, stop, restart, kill, rm, logs, exec, wait.
+//!
+//! `run` resolves the image without pulling it, mounts it lazily over a per-container upper
+//! (`containers/<id>/upper`) and hands the mount to the launcher. Foreground containers are
+//! served by this process; detached ones by a mount daemon (`strata mount --foreground`).
+
+use super::mount::{is_mounted, mount_image, MountArgs, MountSpec};
+use super::util::{human_age, human_size, print_table};
+use super::{Ctx, Error};
+use crate::image::Progress;
+use crate::launcher::{
+    parse_signal, ExecOptions, Launcher, MountPaths, NewContainer, ProcessIo, RunOptions,
+    RunOutcome, Status,
+};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args, Debug)]
+#[command(trailing_var_arg = true)]
+pub struct RunArgs {
+    /// Remove the container when it exits
+    #[arg(long)]
+    pub rm: bool,
+    /// Run in the background and print the container id
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Keep stdin open
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Allocate a pseudo terminal
+    #[arg(short, long)]
+    pub tty: bool,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Overwrite the image's ENTRYPOINT ("" resets it)
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Set environment variables (K=V, or K to take the host's value)
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    #[arg(long)]
+    pub env_file: Vec<PathBuf>,
+    /// Working directory inside the container
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    /// NAME|UID[:GID|:GROUP], resolved through the image's /etc/passwd and /etc/group
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Bind mount HOST:CONTAINER[:ro|:rw]
+    #[arg(short, long = "volume")]
+    pub volume: Vec<String>,
+    /// host (default: strata sets up no bridge network) or none (loopback only)
+    #[arg(long, default_value = "host")]
+    pub network: String,
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Mount the container's root file system read-only
+    #[arg(long)]
+    pub read_only: bool,
+    /// Mount a tmpfs: PATH[:OPTIONS]
+    #[arg(long)]
+    pub tmpfs: Vec<String>,
+    /// NAME=SOFT[:HARD]
+    #[arg(long)]
+    pub ulimit: Vec<String>,
+    /// OCI runtime binary (default: runc)
+    #[arg(long)]
+    pub runtime: Option<PathBuf>,
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Print where the time went and how many bytes were fetched
+    #[arg(long)]
+    pub timing: bool,
+    /// Do not prefetch the rest of the image in the background
+    #[arg(long)]
+    pub no_prefetch: bool,
+    /// Image, then the command and its arguments
+    #[arg(required = true, num_args = 1..)]
+    pub image_and_command: Vec<String>,
+}
+
+fn usage<E: std::fmt::Display>(e: E) -> Error {
+    Error::Usage(e.to_string())
+}
+
+fn parse_all<T: std::str::FromStr>(v: &[String]) -> Result<Vec<T>, Error>
+where
+    T::Err: std::fmt::Display,
+{
+    v.iter().map(|s| s.parse().map_err(usage)).collect()
+}
+
+impl RunArgs {
+    fn options(&self) -> Result<RunOptions, Error> {
+        Ok(RunOptions {
+            args: self.image_and_command[1..].to_vec(),
+            entrypoint: self.entrypoint.as_ref().map(|e| {
+                if e.is_empty() {
+                    vec![]
+                } else {
+                    vec![e.clone()]
+                }
+            }),
+            env: self.env.clone(),
+            env_files: self.env_file.clone(),
+            workdir: self.workdir.clone(),
+            user: self.user.clone(),
+            name: self.name.clone(),
+            hostname: self.hostname.clone(),
+            tty: self.tty,
+            interactive: self.interactive,
+            detach: self.detach,
+            remove: self.rm,
+            volumes: parse_all(&self.volume)?,
+            network: self.network.parse().map_err(usage)?,
+            read_only: self.read_only,
+            tmpfs: parse_all(&self.tmpfs)?,
+            ulimits: parse_all(&self.ulimit)?,
+            runtime: self.runtime.clone(),
+        })
+    }
+}
+
+fn launcher(ctx: &Ctx) -> Launcher {
+    Launcher::new(&ctx.store)
+}
+
+struct Paths {
+    upper: PathBuf,
+    work: PathBuf,
+    rootfs: PathBuf,
+}
+
+fn paths(launcher: &Launcher, id: &str) -> Paths {
+    let dir = launcher.containers().dir(id);
+    Paths {
+        upper: dir.join("upper"),
+        work: dir.join("work"),
+        rootfs: dir.join("rootfs"),
+    }
+}
+
+pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
+    let t0 = Instant::now();
+    let opts = args.options()?;
+    if opts.detach && opts.remove {
+        return Err(Error::Usage(
+            "--rm and -d together are not supported yet".into(),
+        ));
+    }
+    let image = &args.image_and_command[0];
+    let (reference, rec) =
+        super::images::resolve_record(ctx, image, args.platform.as_deref()).await?;
+    let pinned = format!("{}@{}", reference.name(), rec.manifest_digest);
+    let l = launcher(ctx);
+    let c = l.create(NewContainer {
+        image: reference.to_string(),
+        image_digest: Some(rec.manifest_digest),
+        options: opts.clone(),
+    })?;
+    let p = paths(&l, &c.id);
+    std::fs::create_dir_all(&p.rootfs).map_err(|source| Error::Io {
+        context: p.rootfs.display().to_string(),
+        source,
+    })?;
+    l.containers().set_mount(
+        &c.id,
+        MountPaths {
+            upper: Some(p.upper.clone()),
+            work: Some(p.work.clone()),
+            mountpoint: Some(p.rootfs.clone()),
+        },
+    )?;
+    let (config, _) = ctx.store.config(&rec)?;
+    let prefetch = ctx.config.prefetch && !args.no_prefetch;
+    if opts.detach {
+        ensure_mounted(ctx, &pinned, &p, prefetch)?;
+        let outcome = l
+            .run(&c.id, &config, &p.rootfs, ProcessIo::inherit(false))
+            .await;
+        return match outcome {
+            Ok(_) => {
+                println!("{}", c.id);
+                Ok(0)
+            }
+            Err(e) => {
+                let _ = super::mount::umount(ctx, &p.rootfs, true);
+                Err(e.into())
+            }
+        };
+    }
+    let progress = Progress::new(true);
+    let spec = MountSpec {
+        image: &pinned,
+        platform: args.platform.as_deref(),
+        mountpoint: &p.rootfs,
+        upper: Some((p.upper.clone(), p.work.clone())),
+        prefetch,
+        passthrough: false,
+    };
+    let served = mount_image(ctx, spec, &progress).await?;
+    let t_mount = t0.elapsed();
+    let result = l
+        .run(
+            &c.id,
+            &config,
+            &p.rootfs,
+            ProcessIo::inherit(opts.interactive),
+        )
+        .await;
+    let t_exit = t0.elapsed();
+    let stats = served.cache.stats.snapshot();
+    let image_bytes = served.lazy.record.size();
+    let sources: Vec<String> = served
+        .lazy
+        .index_sources
+        .iter()
+        .map(|s| format!("{s:?}"))
+        .collect();
+    if let Some(pf) = &served.prefetch {
+        pf.abort();
+    }
+    let handle = served.handle;
+    tokio::task::spawn_blocking(move || drop(handle)).await.ok();
+    if args.timing {
+        eprintln!(
+            "strata: mounted in {} ms (indexes: {}), runtime started at {} ms, exited at {} ms; fetched {} of {} ({:.1}%) in {} requests",
+            t_mount.as_millis(),
+            sources.join(","),
+            t_mount.as_millis(),
+            t_exit.as_millis(),
+            human_size(stats.bytes_fetched),
+            human_size(image_bytes),
+            100.0 * stats.bytes_fetched as f64 / image_bytes.max(1) as f64,
+            stats.requests,
+        );
+    }
+    if opts.remove {
+        if let Err(e) = l.prepare_remove(&c.id, true).await {
+            tracing::warn!("removing container {}: {e}", c.id);
+        } else if let Err(e) = l.remove(&c.id) {
+            tracing::warn!("removing container {}: {e}", c.id);
+        }
+    }
+    match result {
+        Ok(RunOutcome::Exited(code)) => Ok(code),
+        Ok(RunOutcome::Detached { .. }) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Make sure a detached container's rootfs is served by a mount daemon.
+fn ensure_mounted(ctx: &Ctx, image: &str, p: &Paths, prefetch: bool) -> Result<(), Error> {
+    let rootfs = std::fs::canonicalize(&p.rootfs).unwrap_or_else(|_| p.rootfs.clone());
+    if is_mounted(&rootfs) {
+        return Ok(());
+    }
+    let args = MountArgs {
+        image: image.to_string(),
+        mountpoint: rootfs.clone(),
+        upper: Some(p.upper.clone()),
+        work: Some(p.work.clone()),
+        foreground: false,
+        no_prefetch: !prefetch,
+        passthrough: false,
+        platform: None,
+    };
+    super::mount::daemonize_quiet(ctx, &args, &rootfs)
+}
+
+fn unmount_rootfs(ctx: &Ctx, l: &Launcher, id: &str) {
+    let rootfs = paths(l, id).rootfs;
+    if is_mounted(&rootfs) {
+        if let Err(e) = super::mount::umount(ctx, &rootfs, false) {
+            tracing::warn!("unmounting {}: {e}; detaching", rootfs.display());
+            let _ = super::mount::umount(ctx, &rootfs, true);
+        }
+    }
+}
+
+pub async fn ps(ctx: &Ctx, all: bool, quiet: bool) -> Result<i32, Error> {
+    let l = launcher(ctx);
+    let mut rows = Vec::new();
+    for r in l.containers().list(true)? {
+        let r = l
+            .containers()
+            .refresh(&r.id, &l.runtime_for(&r))
+            .await
+            .unwrap_or(r);
+        if !all && r.status != Status::Running {
+            continue;
+        }
+        if quiet {
+            println!("{}", r.short_id());
+            continue;
+        }
+        let status = match r.status {
+            Status::Running => format!(
+                "Up (since {})",
+                human_age(r.started_at.map(|t| t.to_rfc3339()).as_deref())
+            ),
+            Status::Exited => format!(
+                "Exited ({}) {}",
+                r.exit_code
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "?".into()),
+                human_age(r.finished_at.map(|t| t.to_rfc3339()).as_deref())
+            ),
+            Status::Created => "Created".into(),
+        };
+        let mut cmd = r.command.join(" ");
+        if cmd.chars().count() > 30 {
+            cmd = cmd.chars().take(29).collect::<String>() + "…";
+        }
+        rows.push(vec![
+            r.short_id().to_string(),
+            r.image.clone(),
+            format!("\"{cmd}\""),
+            human_age(Some(&r.created.to_rfc3339())),
+            status,
+            r.name.clone(),
+        ]);
+    }
+    if !quiet {
+        print_table(
+            &[
+                "CONTAINER ID",
+                "IMAGE",
+                "COMMAND",
+                "CREATED",
+                "STATUS",
+                "NAMES",
+            ],
+            &rows,
+        );
+    }
+    Ok(0)
+}
+
+pub async fn start(ctx: &Ctx, queries: &[String]) -> Result<i32, Error> {
+    let l = launcher(ctx);
+    for q in queries {
+        let r = l.containers().lookup(q)?;
+        let p = paths(&l, &r.id);
+        let img = match r.image_digest {
+            Some(d) => ctx.store.find_image(&d.to_string())?,
+            None => ctx.store.find_image(&r.image)?,
+        };
+        let (config, _) = ctx.store.config(&img)?;
+        let name = r.image.parse::<crate::reference::Reference>()?.name();
+        let pinned = format!("{name}@{}", img.manifest_digest);
+        ensure_mounted(ctx, &pinned, &p, ctx.config.prefetch)?;
+        l.start(&r.id, &config, &p.rootfs).await?;
+        println!("{q}");
+    }
+    Ok(0)
+}
+
+pub async fn stop(ctx: &Ctx, queries: &[String], timeout: Option<u64>) -> Result<i32, Error> {
+    let l = launcher(ctx);
+    for q in queries {
+        l.stop(q, timeout.map(std::time::Duration::from_secs))
+            .await?;
+        println!("{q}");
+    }
+    Ok(0)
+}
+
+pub async fn restart(ctx: &Ctx, queries: &[String], timeout: Option<u64>) -> Result<i32, Error> {
+    for q in queries {
+        launcher(ctx)
+            .stop(q, timeout.map(std::time::Duration::from_secs))
+            .await?;
+        start(ctx, std::slice::from_ref(q)).await?;
+    }
+    Ok(0)
+}
+
+pub async fn kill(ctx: &Ctx, queries: &[String], signal: &str) -> Result<i32, Error> {
+    let sig = parse_signal(signal)?;
+    let l = launcher(ctx);
+    for q in queries {
+        l.kill(q, sig).await?;
+        println!("{q}");
+    }
+    Ok(0)
+}
+
+pub async fn rm(ctx: &Ctx, queries: &[String], force: bool) -> Result<i32, Error> {
+    let l = launcher(ctx);
+    let mut code = 0;
+    for q in queries {
+        let r = match l.prepare_remove(q, force).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("Error: {e}");
+                code = 1;
+                continue;
+            }
+        };
+        unmount_rootfs(ctx, &l, &r.id);
+        match l.remove(&r.id) {
+            Ok(()) => println!("{q}"),
+            Err(e) => {
+                eprintln!("Error: {e}");
+                code = 1;
+            }
+        }
+    }
+    Ok(code)
+}
+
+pub async fn logs(ctx: &Ctx, query: &str, follow: bool) -> Result<i32, Error> {
+    use std::io::{Read, Seek, Write};
+    let l = launcher(ctx);
+    let r = l.containers().lookup(query)?;
+    let path = l.containers().log_path(&r.id);
+    let mut f = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(_) if !r.options.detach => {
+            return Err(Error::Usage(format!(
+                "{query}: logs are kept for detached (-d) containers only"
+            )))
+        }
+        Err(source) => {
+            return Err(Error::Io {
+                context: path.display().to_string(),
+                source,
+            })
+        }
+    };
+    let mut out = std::io::stdout();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = f.read(&mut buf).map_err(|source| Error::Io {
+            context: path.display().to_string(),
+            source,
+        })?;
+        if n > 0 {
+            let _ = out.write_all(&buf[..n]);
+            continue;
+        }
+        let _ = out.flush();
+        if !follow {
+            return Ok(0);
+        }
+        let now = l.containers().refresh(&r.id, &l.runtime_for(&r)).await?;
+        if now.status != Status::Running {
+            // Drain what was written just before the exit.
+            let pos = f.stream_position().unwrap_or(0);
+            let _ = pos;
+            let mut rest = Vec::new();
+            let _ = f.read_to_end(&mut rest);
+            let _ = out.write_all(&rest);
+            return Ok(0);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn exec(ctx: &Ctx, args: ExecArgs) -> Result<i32, Error> {
+    let l = launcher(ctx);
+    let r = l.containers().lookup(&args.container)?;
+    let user = match &args.user {
+        Some(u) => Some(crate::launcher::resolve_user(&paths(&l, &r.id).rootfs, u)?),
+        None => None,
+    };
+    let opts = ExecOptions {
+        args: args.command.clone(),
+        env: args.env.clone(),
+        workdir: args.workdir.clone(),
+        user,
+        tty: args.tty,
+        detach: args.detach,
+    };
+    Ok(
+        l.exec(&args.container, &opts, ProcessIo::inherit(args.interactive))
+            .await?,
+    )
+}
+
+pub async fn wait(ctx: &Ctx, queries: &[String]) -> Result<i32, Error> {
+    let l = launcher(ctx);
+    for q in queries {
+        let code = l.wait(q).await?;
+        println!(
+            "{}",
+            code.map(|c| c.to_string()).unwrap_or_else(|| "?".into())
+        );
+    }
+    Ok(0)
+}
+
+#[derive(clap::Args, Debug)]
+#[command(trailing_var_arg = true)]
+pub struct ExecArgs {
+    #[arg(short, long)]
+    pub interactive: bool,
+    #[arg(short, long)]
+    pub tty: bool,
+    #[arg(short, long)]
+    pub detach: bool,
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    #[arg(short, long)]
+    pub user: Option<String>,
+    pub container: String,
+    #[arg(required = true, num_args = 1..)]
+    pub command: Vec<String>,
+}
