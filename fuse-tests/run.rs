@@ -1,0 +1,158 @@
+//! `strata run` end to end: a busybox image in a real registry, mounted lazily over FUSE with a
+//! per-container upper, run by real runc; lifecycle (detached, exec, stop/start keeps the
+//! upper, rm unmounts and deletes) and docker's exit codes.
+
+mod common;
+
+use common::{busybox_image, Layer, OutputExt, Registry, StrataEnv};
+
+fn image(reg: &Registry, repo_tag: &str) -> String {
+    let img = busybox_image()
+        .layer(
+            Layer::new()
+                .file("data/greeting", "hello from a lazy layer\n")
+                .whiteout("etc/hostname"),
+        )
+        .env("GREETING=image");
+    img.build("v1").push(reg, repo_tag);
+    let reference = format!("{}/{repo_tag}", reg.host());
+    StrataEnv::new()
+        .run(&["index", &reference, "--push"])
+        .assert_success();
+    reference
+}
+
+fn mounts_under(dir: &std::path::Path) -> usize {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let d = dir.to_string_lossy().to_string();
+    info.lines()
+        .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&d)))
+        .count()
+}
+
+#[test]
+fn foreground_run_is_lazy_and_returns_the_exit_code() {
+    let reg = Registry::start();
+    let reference = image(&reg, "run/bb:v1");
+    let env = StrataEnv::new();
+    let out = env.run(&[
+        "run",
+        "--rm",
+        "--timing",
+        "-e",
+        "EXTRA=1",
+        &reference,
+        "sh",
+        "-c",
+        "cat /data/greeting; echo $GREETING $EXTRA; test -e /etc/hostname-gone || true; exit 5",
+    ]);
+    assert_eq!(out.status.code(), Some(5), "{}", out.stderr_str());
+    let stdout = out.stdout_str();
+    assert!(stdout.contains("hello from a lazy layer"), "{stdout}");
+    assert!(stdout.contains("image 1"), "{stdout}");
+    assert!(
+        out.stderr_str().contains("indexes: Sidecar,Sidecar"),
+        "{}",
+        out.stderr_str()
+    );
+    // No layer blob was pulled, and --rm left no container and no mount behind.
+    for l in env.blob_hexes() {
+        let p = env.blob_path(&format!("sha256:{l}"));
+        assert!(
+            std::fs::metadata(&p).unwrap().len() < 64 << 10,
+            "a layer-sized blob was stored: {}",
+            p.display()
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(env.root().join("containers"))
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "--rm left {left:?}");
+    assert_eq!(mounts_under(&env.root()), 0);
+}
+
+#[test]
+fn missing_command_is_127_and_bad_options_are_named() {
+    let reg = Registry::start();
+    let reference = image(&reg, "run/bb2:v1");
+    let env = StrataEnv::new();
+    let out = env.run(&["run", "--rm", &reference, "no-such-binary"]);
+    assert_eq!(out.status.code(), Some(127), "{}", out.stderr_str());
+    assert!(
+        out.stderr_str().contains("no-such-binary"),
+        "{}",
+        out.stderr_str()
+    );
+    let out = env.run(&["run", "--rm", "--network", "bridge", &reference, "true"]);
+    assert!(!out.status.success());
+    assert!(
+        out.stderr_str().contains("--network"),
+        "{}",
+        out.stderr_str()
+    );
+    assert_eq!(mounts_under(&env.root()), 0);
+}
+
+#[test]
+fn detached_container_keeps_its_upper_across_stop_and_start() {
+    let reg = Registry::start();
+    let reference = image(&reg, "run/bb3:v1");
+    let env = StrataEnv::new();
+    let out = env.run(&[
+        "run",
+        "-d",
+        "--name",
+        "keeper",
+        &reference,
+        "sh",
+        "-c",
+        "[ -e /state ] || { echo made > /state; rm /data/greeting; }; echo started; trap 'exit 0' TERM; while true; do sleep 0.2; done",
+    ]);
+    out.assert_success();
+    let id = out.stdout_str().trim().to_string();
+    assert_eq!(id.len(), 64, "{id}");
+    let wait_log = |n: usize| {
+        common::poll_until(
+            "container log",
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_millis(100),
+            || {
+                let l = env.run(&["logs", "keeper"]).stdout_str();
+                (l.matches("started").count() >= n).then_some(())
+            },
+        )
+    };
+    wait_log(1);
+    let e = env.run(&["exec", "keeper", "cat", "/state"]);
+    assert_eq!(e.stdout_str(), "made\n", "{}", e.stderr_str());
+    // The upper is in kernel-overlayfs format: a whiteout for the deleted lower file.
+    let upper = env.root().join("containers").join(&id).join("upper");
+    let wh = std::fs::symlink_metadata(upper.join("data/greeting")).unwrap();
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    assert!(
+        wh.file_type().is_char_device() && wh.rdev() == 0,
+        "not a whiteout"
+    );
+    env.run(&["stop", "-t", "5", "keeper"]).assert_success();
+    let ps = env.run(&["ps", "-a"]).stdout_str();
+    assert!(ps.contains("Exited (0)"), "{ps}");
+    env.run(&["start", "keeper"]).assert_success();
+    wait_log(2);
+    let e = env.run(&["exec", "keeper", "sh", "-c", "cat /state; ls /data"]);
+    assert_eq!(
+        e.stdout_str(),
+        "made\n",
+        "upper lost across restart: {}",
+        e.stderr_str()
+    );
+    let rm = env.run(&["rm", "keeper"]);
+    assert!(
+        !rm.status.success(),
+        "rm of a running container must be refused"
+    );
+    env.run(&["rm", "-f", "keeper"]).assert_success();
+    assert!(!env.root().join("containers").join(&id).exists());
+    assert_eq!(mounts_under(&env.root()), 0);
+}
