@@ -28,9 +28,11 @@ fn pseudo_random(seed: u64, n: usize) -> Vec<u8> {
 
 /// What the merged tree must contain: path -> Some(bytes) for files, None for dirs.
 type Model = BTreeMap<String, Option<Vec<u8>>>;
+/// One layer as (path, Some(content) for files / None for dirs and markers).
+type LayerSpec<'a> = Vec<(&'a str, Option<Vec<u8>>)>;
 
 /// Apply layers the OCI way, independently of strata's own code.
-fn model(layers: &[Vec<(&str, Option<Vec<u8>>)>]) -> Model {
+fn model(layers: &[LayerSpec<'_>]) -> Model {
     let mut m = Model::new();
     for layer in layers {
         for (path, data) in layer {
@@ -112,7 +114,7 @@ fn walk(root: &Path, rel: &str, out: &mut BTreeMap<String, Option<String>>) {
 
 fn test_layers() -> (Vec<Layer>, Model) {
     let big = pseudo_random(1, 12 << 20);
-    let l1: Vec<(&str, Option<Vec<u8>>)> = vec![
+    let l1: LayerSpec = vec![
         ("etc", None),
         ("etc/os-release", Some(b"NAME=strata-test\n".to_vec())),
         ("usr", None),
@@ -126,7 +128,7 @@ fn test_layers() -> (Vec<Layer>, Model) {
         ("var", None),
         ("var/gone.txt", Some(b"to be deleted".to_vec())),
     ];
-    let l2: Vec<(&str, Option<Vec<u8>>)> = vec![
+    let l2: LayerSpec = vec![
         ("var/.wh.gone.txt", None),
         ("opt/old/.wh..wh..opq", None),
         ("opt/old/c", Some(b"new c".to_vec())),

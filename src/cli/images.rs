@@ -73,7 +73,7 @@ pub async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<i32, Error> {
         } => index(ctx, &image, push, platform.as_deref()).await,
         Command::Cache { command } => cache(ctx, command),
         Command::Mount(args) => super::mount::mount(ctx, args).await,
-        Command::Run(args) => super::run::run(ctx, args).await,
+        Command::Run(args) => super::run::run(ctx, *args).await,
         Command::Ps { all, quiet } => super::run::ps(ctx, all, quiet).await,
         Command::Start { containers } => super::run::start(ctx, &containers).await,
         Command::Stop { time, containers } => super::run::stop(ctx, &containers, time).await,

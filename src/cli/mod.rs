@@ -174,7 +174,7 @@ pub enum Command {
         json: bool,
     },
     /// Run a command in a new container on a lazily mounted image (no pull needed)
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// List containers
     Ps {
         #[arg(short, long)]

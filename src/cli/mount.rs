@@ -265,15 +265,17 @@ pub async fn mount_image(
     })?;
     let prefetch_done = Arc::new(std::sync::atomic::AtomicBool::new(!prefetch));
     let prefetch = prefetch.then(|| {
-        let (cache, layers, done) = (cache.clone(), lazy.layers.clone(), prefetch_done.clone());
+        let (store, cache, lazy, done) = (
+            ctx.store.clone(),
+            cache.clone(),
+            lazy.clone(),
+            prefetch_done.clone(),
+        );
         tokio::spawn(async move {
-            for l in &layers {
-                if let Err(e) = cache.prefetch_layer(l).await {
-                    tracing::warn!("prefetch of layer {} stopped: {e}", l.digest);
-                    return;
-                }
+            match image::lazy::prefetch(store, cache, lazy).await {
+                Ok(()) => done.store(true, std::sync::atomic::Ordering::Relaxed),
+                Err(e) => tracing::warn!("prefetch stopped: {e}"),
             }
-            done.store(true, std::sync::atomic::Ordering::Relaxed);
         })
     });
     Ok(Served {
@@ -393,6 +395,7 @@ async fn serve(ctx: &Ctx, args: MountArgs, mp: PathBuf, _ready: Option<()>) -> R
     if let Some(p) = &served.prefetch {
         p.abort();
     }
+    image::lazy::save_profile(&ctx.store, &served.lazy);
     let _ = std::fs::remove_file(&served.record_path);
     let handle = served.handle;
     tokio::task::spawn_blocking(move || drop(handle)).await.ok();

@@ -220,6 +220,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
     if let Some(pf) = &served.prefetch {
         pf.abort();
     }
+    crate::image::lazy::save_profile(&ctx.store, &served.lazy);
     let handle = served.handle;
     tokio::task::spawn_blocking(move || drop(handle)).await.ok();
     if args.timing {

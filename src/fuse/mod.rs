@@ -1,1 +1,207 @@
 //! FUSE adapter: the only module that names fuser types.
+//!
+//! A thin translation from fuser 0.18 callbacks to [`UnionFs`] calls: decode, call the core,
+//! reply. Lower reads that would wait (the source's `try_read_local` missed) move their
+//! `ReplyData` into a task on the tokio runtime given at mount, so the dispatch threads never
+//! wait on the network; operations that may copy a lower file up (and so fetch its data) run
+//! on the runtime's blocking pool. Immutable lower entries get long TTLs and `KEEP_CACHE`;
+//! upper ones a short TTL. FUSE passthrough is used for upper files and lower files with a
+//! local copy when asked for and the kernel allows it, with the normal read path as the
+//! fallback. [`errno`] is the one place union errors become errno values. May call `union`;
+//! nothing below it calls this module.
+
+mod adapter;
+
+use crate::union::{Error as UnionError, StatsSnapshot, UnionFs};
+use fuser::{BackgroundSession, Config, Errno, MountOption, SessionACL};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How to mount.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// Let other users (containers' users) use the mount (`allow_other`).
+    pub allow_other: bool,
+    /// Try FUSE passthrough for local files (needs CAP_SYS_ADMIN; falls back silently).
+    pub passthrough: bool,
+    /// Event-loop threads reading /dev/fuse.
+    pub threads: usize,
+    /// Mount read-only.
+    pub read_only: bool,
+    /// Honour device files and setuid bits (a container rootfs needs both).
+    pub dev_suid: bool,
+    /// Entry / attribute TTL for immutable lower objects.
+    pub lower_ttl: Duration,
+    /// Entry / attribute TTL for upper objects.
+    pub upper_ttl: Duration,
+    /// Source name shown in /proc/self/mountinfo.
+    pub fsname: String,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            allow_other: true,
+            passthrough: false,
+            threads: 2,
+            read_only: false,
+            dev_suid: true,
+            lower_ttl: Duration::from_secs(24 * 3600),
+            upper_ttl: Duration::from_secs(1),
+            fsname: "strata".to_string(),
+        }
+    }
+}
+
+/// Why a mount failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("mounting FUSE at {path}")]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("unmounting {path}")]
+    Unmount {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A live mount. Dropping it unmounts and waits for the session to end.
+pub struct MountHandle {
+    session: Option<BackgroundSession>,
+    mountpoint: PathBuf,
+    fs: Arc<UnionFs>,
+    passthrough: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl MountHandle {
+    /// Where it is mounted.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// The filesystem core behind the mount.
+    pub fn fs(&self) -> &Arc<UnionFs> {
+        &self.fs
+    }
+
+    /// Read / copy-up counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.fs.stats()
+    }
+
+    /// Did the kernel accept FUSE passthrough for this mount?
+    pub fn passthrough_active(&self) -> bool {
+        self.passthrough.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Unmount now and wait for the session threads.
+    pub fn unmount(mut self) -> Result<(), MountError> {
+        self.finish()
+    }
+
+    /// Wait until the filesystem is unmounted from elsewhere (`umount`, `fusermount3 -u`).
+    pub fn join(mut self) -> Result<(), MountError> {
+        match self.session.take() {
+            Some(s) => s.join().map_err(|source| MountError::Unmount {
+                path: self.mountpoint.clone(),
+                source,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), MountError> {
+        match self.session.take() {
+            Some(s) => s.umount_and_join().map_err(|source| MountError::Unmount {
+                path: self.mountpoint.clone(),
+                source,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for MountHandle {
+    fn drop(&mut self) {
+        if let Err(e) = self.finish() {
+            tracing::warn!(error = %e, "unmount on drop failed");
+        }
+    }
+}
+
+/// Mount `fs` at `mountpoint`. Returns once the kernel's INIT has been answered, i.e. when
+/// the mount is usable (no sleeping needed). `rt` runs lower reads that must wait and
+/// copy-ups.
+pub fn mount(
+    fs: Arc<UnionFs>,
+    mountpoint: impl AsRef<Path>,
+    opts: MountOptions,
+    rt: tokio::runtime::Handle,
+) -> Result<MountHandle, MountError> {
+    let mountpoint = mountpoint.as_ref().to_path_buf();
+    let mut mo = vec![
+        MountOption::FSName(opts.fsname.clone()),
+        MountOption::Subtype("strata".to_string()),
+        MountOption::DefaultPermissions,
+        if opts.read_only {
+            MountOption::RO
+        } else {
+            MountOption::RW
+        },
+    ];
+    if opts.dev_suid {
+        mo.push(MountOption::Dev);
+        mo.push(MountOption::Suid);
+    }
+    let mut config = Config::default();
+    config.mount_options = mo;
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = opts.threads > 1;
+    let passthrough = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let adapter = adapter::Adapter::new(fs.clone(), opts, rt, passthrough.clone());
+    let session = fuser::Session::new(adapter, &mountpoint, &config)
+        .and_then(|s| s.spawn())
+        .map_err(|source| MountError::Mount {
+            path: mountpoint.clone(),
+            source,
+        })?;
+    Ok(MountHandle {
+        session: Some(session),
+        mountpoint,
+        fs,
+        passthrough,
+    })
+}
+
+/// The errno a union error becomes (unknown failures: EIO).
+pub fn errno(e: &UnionError) -> Errno {
+    let code = match e {
+        UnionError::NotFound(_) => libc::ENOENT,
+        UnionError::Exists(_) => libc::EEXIST,
+        UnionError::NotDir(_) => libc::ENOTDIR,
+        UnionError::IsDir(_) => libc::EISDIR,
+        UnionError::NotEmpty(_) => libc::ENOTEMPTY,
+        UnionError::NameTooLong(_) => libc::ENAMETOOLONG,
+        UnionError::ReadOnly => libc::EROFS,
+        UnionError::Invalid(_) => libc::EINVAL,
+        UnionError::NotPermitted(_) => libc::EPERM,
+        UnionError::NotSupported(_) => libc::EOPNOTSUPP,
+        UnionError::NoAttr => libc::ENODATA,
+        UnionError::StaleInode(_) => libc::ESTALE,
+        UnionError::BadHandle(_) => libc::EBADF,
+        UnionError::Io { .. } | UnionError::Lower { .. } => e.os_error().unwrap_or(libc::EIO),
+        _ => libc::EIO,
+    };
+    Errno::from_i32(code)
+}

@@ -17,10 +17,102 @@ use futures::FutureExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// Which lower files a workload read, in first-read order: recorded during a mount, stored
+/// per image, and prefetched first at the next mount of that image.
+#[derive(Default)]
+pub struct AccessProfile {
+    seen: std::sync::Mutex<ProfileState>,
+}
+
+/// (layer index, path) pairs seen, and the same in first-read order.
+type ProfileState = (
+    std::collections::HashSet<(usize, String)>,
+    Vec<(usize, String)>,
+);
+
+/// Most files a profile keeps.
+const PROFILE_MAX_FILES: usize = 100_000;
+
+impl AccessProfile {
+    fn note(&self, layer: usize, path: &str) {
+        let mut g = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (layer, path.to_string());
+        if g.1.len() < PROFILE_MAX_FILES && !g.0.contains(&key) {
+            g.0.insert(key.clone());
+            g.1.push(key);
+        }
+    }
+
+    /// Files in first-read order.
+    pub fn files(&self) -> Vec<(usize, String)> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
+    }
+}
+
+fn profile_path(store: &Store, manifest: &crate::digest::Digest) -> PathBuf {
+    store
+        .root()
+        .join("profiles")
+        .join(format!("{}.json", manifest.hex()))
+}
+
+/// Keep the profile of this run if the image has none yet (the first, cold run is the one
+/// that shows what a start needs).
+pub fn save_profile(store: &Store, image: &LazyImage) {
+    let files = image.profile.files();
+    let path = profile_path(store, &image.record.manifest_digest);
+    if files.is_empty() || path.exists() {
+        return;
+    }
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Err(e) = store.write_json(&path, &files) {
+        tracing::warn!("saving access profile: {e}");
+    }
+}
+
+/// Prefetch in the background: the files of the image's access profile first, then every
+/// layer in order. Reads on demand keep priority (see `ChunkCache::prefetch_layer`).
+pub async fn prefetch(
+    store: Arc<Store>,
+    cache: Arc<ChunkCache>,
+    image: Arc<LazyImage>,
+) -> Result<(), crate::cache::Error> {
+    let profile: Vec<(usize, String)> = store
+        .read_json(&profile_path(&store, &image.record.manifest_digest))
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    for (layer, path) in profile {
+        let Some(l) = image.layers.get(layer) else {
+            continue;
+        };
+        let Some(entry) = l.layout.index().lookup(&path) else {
+            continue;
+        };
+        let Ok(r) = l.layout.file_range(&entry, 0..u64::MAX) else {
+            continue;
+        };
+        if !r.is_empty() && cache.try_read_local(l, r.clone()).is_none() {
+            cache.read(l, r).await?;
+        }
+    }
+    for l in &image.layers {
+        cache.prefetch_layer(l).await?;
+    }
+    Ok(())
+}
+
 /// A lower layer whose bytes come through the chunk cache.
 pub struct CacheLower {
     pub cache: Arc<ChunkCache>,
     pub layer: Arc<CachedLayer>,
+    pub profile: Arc<AccessProfile>,
 }
 
 fn eio(msg: String) -> std::io::Error {
@@ -35,6 +127,7 @@ impl CacheLower {
         len: u32,
     ) -> std::io::Result<std::ops::Range<u64>> {
         let (start, n) = file.clamp(offset, len);
+        self.profile.note(file.layer(), file.path());
         let index = self.layer.layout.index();
         let entry = index.lookup(file.path()).ok_or_else(|| {
             eio(format!(
@@ -104,6 +197,7 @@ pub struct LazyImage {
     pub index_sources: Vec<IndexSource>,
     pub tree: Arc<MergedTree>,
     pub lowers: Vec<Arc<dyn LowerSource>>,
+    pub profile: Arc<AccessProfile>,
 }
 
 /// Resolve indexes, make cached layers and build the merged tree.
@@ -121,6 +215,7 @@ pub async fn open(
     let mut lowers: Vec<Arc<dyn LowerSource>> = Vec::new();
     let mut sources = Vec::new();
     let mut entries: Vec<Vec<Entry>> = Vec::new();
+    let profile = Arc::new(AccessProfile::default());
     for (desc, (index, src)) in record.layers.iter().zip(indexes) {
         let source: Arc<dyn BlobSource> = if store.has_blob(&desc.digest) {
             Arc::new(LocalBlob {
@@ -143,6 +238,7 @@ pub async fn open(
         lowers.push(Arc::new(CacheLower {
             cache: cache.clone(),
             layer: layer.clone(),
+            profile: profile.clone(),
         }));
         layers.push(layer);
         sources.push(src);
@@ -165,5 +261,6 @@ pub async fn open(
         index_sources: sources,
         tree: Arc::new(tree),
         lowers,
+        profile,
     })
 }

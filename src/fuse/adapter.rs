@@ -1,0 +1,719 @@
+//! The `fuser::Filesystem` implementation: one callback per operation, each decoding its
+//! arguments, calling [`UnionFs`] (inline, on the blocking pool when it may copy up, or
+//! finishing in a task when a lower read must wait) and replying exactly once.
+
+use super::{errno, MountOptions};
+use crate::union::{Attr, Ctx, FileKind, ReadResult, SetAttr, TimeSpec, UnionFs};
+use fuser::{
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// Backing file registered for passthrough on one inode, shared by its open handles.
+struct Backing {
+    id: Arc<BackingId>,
+    lower: bool,
+    opens: usize,
+}
+
+/// State shared between the dispatch threads and tasks that reply later.
+pub(super) struct Shared {
+    fs: Arc<UnionFs>,
+    opts: MountOptions,
+    passthrough: Arc<AtomicBool>,
+    /// ino -> backing id while passthrough handles are open.
+    backing: Mutex<HashMap<u64, Backing>>,
+    /// fh -> ino of handles opened with passthrough.
+    pt_handles: Mutex<HashMap<u64, u64>>,
+}
+
+pub(super) struct Adapter {
+    s: Arc<Shared>,
+    rt: tokio::runtime::Handle,
+}
+
+fn file_type(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::CharDev => FileType::CharDevice,
+        FileKind::BlockDev => FileType::BlockDevice,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+    }
+}
+
+fn fattr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.atime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: a.mtime,
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+fn time(t: Option<TimeOrNow>) -> Option<TimeSpec> {
+    t.map(|t| match t {
+        TimeOrNow::Now => TimeSpec::Now,
+        TimeOrNow::SpecificTime(s) => TimeSpec::Set(s),
+    })
+}
+
+impl Adapter {
+    pub(super) fn new(
+        fs: Arc<UnionFs>,
+        opts: MountOptions,
+        rt: tokio::runtime::Handle,
+        passthrough: Arc<AtomicBool>,
+    ) -> Self {
+        let s = Shared {
+            fs,
+            opts,
+            passthrough,
+            backing: Mutex::new(HashMap::new()),
+            pt_handles: Mutex::new(HashMap::new()),
+        };
+        Adapter { s: Arc::new(s), rt }
+    }
+
+    fn ctx(req: &Request, umask: u32) -> Ctx {
+        Ctx {
+            uid: req.uid(),
+            gid: req.gid(),
+            umask,
+        }
+    }
+
+    fn entry(&self, reply: ReplyEntry, r: crate::union::Result<Attr>) {
+        self.s.entry(reply, r)
+    }
+
+    /// Run `f` on the blocking pool (it may copy a lower file up and wait for its data).
+    fn blocking(&self, f: impl FnOnce(&UnionFs) + Send + 'static) {
+        let fs = self.s.fs.clone();
+        self.rt.spawn_blocking(move || f(&fs));
+    }
+}
+
+impl Shared {
+    fn ttl(&self, a: &Attr) -> Duration {
+        if a.lower {
+            self.opts.lower_ttl
+        } else {
+            self.opts.upper_ttl
+        }
+    }
+
+    fn entry(&self, reply: ReplyEntry, r: crate::union::Result<Attr>) {
+        match r {
+            Ok(a) => reply.entry(&self.ttl(&a), &fattr(&a), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    /// Passthrough registration for a freshly opened handle: `Some(id)` to reply with, or
+    /// `None` for the normal path. `direct` is set when another backing file is active on the
+    /// inode (a lower one while this open is of the copied-up upper): the open must bypass the
+    /// page cache then, and must never write through the old backing file.
+    fn backing_for(
+        &self,
+        ino: u64,
+        fh: u64,
+        reg: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
+    ) -> (Option<Arc<BackingId>>, bool) {
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return (None, false);
+        }
+        let Some(file) = self.fs.backing_file(fh) else {
+            return (None, false);
+        };
+        let lower = self.fs.getattr(ino).map(|a| a.lower).unwrap_or(false);
+        let mut map = self.backing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = map.get_mut(&ino) {
+            if b.lower == lower {
+                b.opens += 1;
+                self.pt_handles
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(fh, ino);
+                return (Some(b.id.clone()), false);
+            }
+            return (None, true);
+        }
+        match reg(&file) {
+            Ok(id) => {
+                let id = Arc::new(id);
+                map.insert(
+                    ino,
+                    Backing {
+                        id: id.clone(),
+                        lower,
+                        opens: 1,
+                    },
+                );
+                self.pt_handles
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(fh, ino);
+                (Some(id), false)
+            }
+            Err(e) => {
+                tracing::debug!(ino, error = %e, "passthrough refused; normal reads");
+                (None, false)
+            }
+        }
+    }
+
+    fn release_backing(&self, fh: u64) {
+        let Some(ino) = self
+            .pt_handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh)
+        else {
+            return;
+        };
+        let mut map = self.backing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = map.get_mut(&ino) {
+            b.opens = b.opens.saturating_sub(1);
+            if b.opens == 0 {
+                map.remove(&ino);
+            }
+        }
+    }
+
+    fn reply_open(
+        &self,
+        ino: u64,
+        r: crate::union::Result<crate::union::Opened>,
+        reply: ReplyOpen,
+    ) {
+        match r {
+            Ok(o) => {
+                let (id, direct) = self.backing_for(ino, o.fh, |f| reply.open_backing(f));
+                match id {
+                    Some(id) => {
+                        reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id)
+                    }
+                    None => reply.opened(FileHandle(o.fh), Self::open_flags(o.lower, direct)),
+                }
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open_flags(lower: bool, direct: bool) -> FopenFlags {
+        let mut f = FopenFlags::empty();
+        if lower {
+            f |= FopenFlags::FOPEN_KEEP_CACHE;
+        }
+        if direct {
+            f |= FopenFlags::FOPEN_DIRECT_IO;
+        }
+        f
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, r: crate::union::Result<()>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if data.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(data);
+    }
+}
+
+impl Filesystem for Adapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.add_capabilities(
+            InitFlags::FUSE_DO_READDIRPLUS
+                | InitFlags::FUSE_READDIRPLUS_AUTO
+                | InitFlags::FUSE_PARALLEL_DIROPS
+                | InitFlags::FUSE_CACHE_SYMLINKS,
+        );
+        if self.s.opts.passthrough
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.s.passthrough.store(true, Ordering::Relaxed);
+        }
+        let _ = config.set_max_write(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.entry(reply, self.s.fs.lookup(parent.0, name));
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.s.fs.getattr(ino.0) {
+            Ok(a) => reply.attr(&self.s.ttl(&a), &fattr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let s = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: time(atime),
+            mtime: time(mtime),
+        };
+        let ttl = self.s.opts.upper_ttl;
+        self.blocking(move |fs| match fs.setattr(ino.0, fh.map(|f| f.0), &s) {
+            Ok(a) => reply.attr(&ttl, &fattr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.s.fs.readlink(ino.0) {
+            Ok(t) => reply.data(t.as_bytes()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        self.entry(
+            reply,
+            self.s
+                .fs
+                .mknod(&Self::ctx(req, umask), parent.0, name, mode, rdev),
+        );
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        self.entry(
+            reply,
+            self.s
+                .fs
+                .mkdir(&Self::ctx(req, umask), parent.0, name, mode),
+        );
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.s.fs.unlink(parent.0, name));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.s.fs.rmdir(parent.0, name));
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        self.entry(
+            reply,
+            self.s
+                .fs
+                .symlink(&Self::ctx(req, 0), parent.0, link_name, target),
+        );
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (name, newname) = (name.to_os_string(), newname.to_os_string());
+        self.blocking(move |fs| {
+            reply_empty(
+                reply,
+                fs.rename(parent.0, &name, newparent.0, &newname, flags.bits()),
+            )
+        });
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let newname = newname.to_os_string();
+        let ttl = self.s.opts.upper_ttl;
+        self.blocking(move |fs| match fs.link(ino.0, newparent.0, &newname) {
+            Ok(a) => reply.entry(&ttl, &fattr(&a), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let flags = flags.0;
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        if write && self.s.fs.needs_copy_up(ino.0) {
+            // The copy-up may wait for lower data: finish on the blocking pool.
+            let s = self.s.clone();
+            self.rt.spawn_blocking(move || {
+                let r = s.fs.open(ino.0, flags);
+                s.reply_open(ino.0, r, reply);
+            });
+            return;
+        }
+        self.s
+            .reply_open(ino.0, self.s.fs.open(ino.0, flags), reply);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.s.fs.read(fh.0, offset, size) {
+            Ok(ReadResult::Ready(b)) => reply.data(&b),
+            Ok(ReadResult::Pending(fut)) => {
+                self.rt.spawn(async move {
+                    match fut.await {
+                        Ok(b) => reply.data(&b),
+                        Err(e) => reply.error(errno(&e)),
+                    }
+                });
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.s.fs.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.s.fs.flush(fh.0));
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.s.release_backing(fh.0);
+        reply_empty(reply, self.s.fs.release(fh.0));
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.s.fs.fsync(fh.0, datasync));
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.s.fs.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        match self.s.fs.readdir(fh.0, offset) {
+            Ok(list) => {
+                for d in list {
+                    if reply.add(INodeNo(d.ino), d.offset, file_type(d.kind), &d.name) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        match self.s.fs.readdirplus(fh.0, offset) {
+            Ok(list) => {
+                for (d, a) in list {
+                    if reply.add(
+                        INodeNo(d.ino),
+                        d.offset,
+                        &d.name,
+                        &self.s.ttl(&a),
+                        &fattr(&a),
+                        Generation(0),
+                    ) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.s.fs.releasedir(fh.0));
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.s.fs.statfs() {
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+            ),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let Some(name) = name.to_str().map(str::to_string) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let value = value.to_vec();
+        self.blocking(move |fs| reply_empty(reply, fs.setxattr(ino.0, &name, &value, flags)));
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let Some(name) = name.to_str() else {
+            return reply.error(Errno::ENODATA);
+        };
+        match self.s.fs.getxattr(ino.0, name) {
+            Ok(v) => reply_xattr(reply, size, &v),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.s.fs.listxattr(ino.0) {
+            Ok(names) => {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(n.as_bytes());
+                    buf.push(0);
+                }
+                reply_xattr(reply, size, &buf);
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(name) = name.to_str().map(str::to_string) else {
+            return reply.error(Errno::ENODATA);
+        };
+        self.blocking(move |fs| reply_empty(reply, fs.removexattr(ino.0, &name)));
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self
+            .s
+            .fs
+            .create(&Self::ctx(req, umask), parent.0, name, mode, flags)
+        {
+            Ok((a, o)) => {
+                let ttl = self.s.ttl(&a);
+                let (id, direct) = self.s.backing_for(a.ino, o.fh, |f| reply.open_backing(f));
+                match id {
+                    Some(id) => reply.created_passthrough(
+                        &ttl,
+                        &fattr(&a),
+                        Generation(0),
+                        FileHandle(o.fh),
+                        FopenFlags::empty(),
+                        &id,
+                    ),
+                    None => reply.created(
+                        &ttl,
+                        &fattr(&a),
+                        Generation(0),
+                        FileHandle(o.fh),
+                        Shared::open_flags(o.lower, direct),
+                    ),
+                }
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.s.fs.fallocate(fh.0, mode, offset, length));
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self.s.fs.lseek(fh.0, offset, whence) {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}

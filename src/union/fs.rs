@@ -1,0 +1,726 @@
+//! [`UnionFs`]: the union filesystem core — node table, lookup, getattr, readdir, open, read.
+//! Mutating operations live in `ops.rs`, copy-up in `copyup.rs`.
+//!
+//! Model: a union path is the upper entry at that path if there is one (a whiteout hides the
+//! name), otherwise the merged-tree entry, unless an upper directory on the way is opaque.
+//! Objects are nodes keyed by inode number: lower objects keep their tree number (also after
+//! copy-up), upper-only objects get numbers above the tree. A node remembers the names it was
+//! found under (`aliases`, parent inode + name), so paths follow directory renames. One mutex
+//! guards the node table; lower data is never fetched while it is held.
+
+use super::lower::{LowerFile, LowerSource};
+use super::tree::{MergedTree, TreeNode};
+use super::upper::Upper;
+use super::{check_name, sys, Attr, Error, FileKind, Result, ROOT_INO};
+use bytes::Bytes;
+use futures::FutureExt;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use super::types::{
+    Ctx, DirEntry, Opened, ReadResult, SetAttr, StatFs, Stats, StatsSnapshot, TimeSpec,
+};
+
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub kind: FileKind,
+    /// Tree inode whose contents show through (files: content origin; dirs: merged children).
+    pub lower: Option<u64>,
+    /// The object exists in the upper directory.
+    pub upper: bool,
+    /// `(dev, ino)` of the upper object.
+    pub upper_key: Option<(u64, u64)>,
+    /// Names this object is known under.
+    pub aliases: Vec<(u64, OsString)>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    pub nodes: HashMap<u64, Node>,
+    pub by_upper: HashMap<(u64, u64), u64>,
+    pub next_ino: u64,
+}
+
+pub(crate) enum Handle {
+    Upper {
+        ino: u64,
+        file: Arc<File>,
+    },
+    Lower {
+        ino: u64,
+        file: LowerFile,
+    },
+    Dir {
+        ino: u64,
+        entries: Mutex<Vec<DirEntry>>,
+    },
+}
+
+impl Handle {
+    pub fn ino(&self) -> u64 {
+        match self {
+            Handle::Upper { ino, .. } | Handle::Lower { ino, .. } | Handle::Dir { ino, .. } => *ino,
+        }
+    }
+}
+
+/// The union filesystem core; see the module docs.
+pub struct UnionFs {
+    pub(crate) tree: Arc<MergedTree>,
+    pub(crate) sources: Vec<Arc<dyn LowerSource>>,
+    pub(crate) upper: Option<Upper>,
+    pub(crate) rt: Option<tokio::runtime::Handle>,
+    pub(crate) state: Mutex<State>,
+    pub(crate) handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    pub(crate) stats: Arc<Stats>,
+}
+
+pub(crate) fn ts(t: crate::layer::Timestamp) -> SystemTime {
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs())
+            + Duration::from_nanos(u64::from(t.nsec))
+    }
+}
+
+/// FUSE `rdev` encoding (the kernel's `new_encode_dev`).
+pub(crate) fn encode_dev(major: u32, minor: u32) -> u32 {
+    (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
+}
+
+fn meta_time(sec: i64, nsec: i64) -> SystemTime {
+    ts(crate::layer::Timestamp {
+        sec,
+        nsec: nsec.clamp(0, 999_999_999) as u32,
+    })
+}
+
+pub(crate) fn attr_from_meta(ino: u64, m: &std::fs::Metadata) -> Result<Attr> {
+    let kind =
+        FileKind::from_mode(m.mode()).ok_or(Error::NotSupported("unknown file type in upper"))?;
+    Ok(Attr {
+        ino,
+        kind,
+        perm: (m.mode() & 0o7777) as u16,
+        nlink: m.nlink() as u32,
+        uid: m.uid(),
+        gid: m.gid(),
+        rdev: encode_dev(libc::major(m.rdev()), libc::minor(m.rdev())),
+        size: m.size(),
+        blocks: m.blocks(),
+        atime: meta_time(m.atime(), m.atime_nsec()),
+        mtime: meta_time(m.mtime(), m.mtime_nsec()),
+        ctime: meta_time(m.ctime(), m.ctime_nsec()),
+        blksize: m.blksize() as u32,
+        lower: false,
+    })
+}
+
+pub(crate) fn attr_from_tree(ino: u64, n: &TreeNode) -> Attr {
+    let t = ts(n.mtime);
+    Attr {
+        ino,
+        kind: n.kind,
+        perm: n.mode as u16,
+        nlink: n.nlink,
+        uid: n.uid,
+        gid: n.gid,
+        rdev: encode_dev(n.dev_major, n.dev_minor),
+        size: n.size,
+        blocks: n.size.div_ceil(512),
+        atime: t,
+        mtime: t,
+        ctime: t,
+        blksize: 4096,
+        lower: true,
+    }
+}
+
+impl UnionFs {
+    /// A union of `tree` (built from the layers whose sources are `sources`, bottom first)
+    /// and an optional `upper` (read-only without one). `rt` runs lower reads that copy-up
+    /// must wait for; without it they are driven on the calling thread.
+    pub fn new(
+        tree: Arc<MergedTree>,
+        sources: Vec<Arc<dyn LowerSource>>,
+        upper: Option<Upper>,
+        rt: Option<tokio::runtime::Handle>,
+    ) -> Result<Self> {
+        let mut st = State {
+            next_ino: tree.len() + 1,
+            ..State::default()
+        };
+        let mut root = Node {
+            kind: FileKind::Dir,
+            lower: Some(ROOT_INO),
+            upper: false,
+            upper_key: None,
+            aliases: Vec::new(),
+        };
+        if let Some(u) = &upper {
+            let m = std::fs::symlink_metadata(u.root())
+                .map_err(|e| Error::io("stat upper", u.root(), e))?;
+            root.upper = true;
+            root.upper_key = Some((m.dev(), m.ino()));
+            if sys::is_opaque(u.root()) {
+                root.lower = None;
+            }
+            st.by_upper.insert((m.dev(), m.ino()), ROOT_INO);
+        }
+        st.nodes.insert(ROOT_INO, root);
+        Ok(UnionFs {
+            tree,
+            sources,
+            upper,
+            rt,
+            state: Mutex::new(st),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            stats: Arc::new(Stats::default()),
+        })
+    }
+
+    /// The merged lower tree.
+    pub fn tree(&self) -> &MergedTree {
+        &self.tree
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            reads: self.stats.reads.load(Ordering::Relaxed),
+            bytes_read: self.stats.bytes_read.load(Ordering::Relaxed),
+            lower_reads_waited: self.stats.lower_reads_waited.load(Ordering::Relaxed),
+            copy_ups: self.stats.copy_ups.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn count_copy_up(&self) {
+        self.stats.copy_ups.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn upper(&self) -> Result<&Upper> {
+        self.upper.as_ref().ok_or(Error::ReadOnly)
+    }
+
+    pub(crate) fn source(&self, f: &LowerFile) -> Result<&Arc<dyn LowerSource>> {
+        self.sources.get(f.layer()).ok_or(Error::Lower {
+            layer: f.layer(),
+            path: f.path().to_string(),
+            source: std::io::Error::other("no source for this layer"),
+        })
+    }
+
+    /// Path of `ino` relative to the union root (= its upper path).
+    pub(crate) fn rel_path(&self, st: &State, ino: u64) -> Result<PathBuf> {
+        let mut names: Vec<&OsStr> = Vec::new();
+        let mut cur = ino;
+        while cur != ROOT_INO {
+            let n = st.nodes.get(&cur).ok_or(Error::StaleInode(cur))?;
+            let (p, name) = n
+                .aliases
+                .first()
+                .ok_or_else(|| Error::NotFound(format!("inode {ino}")))?;
+            names.push(name);
+            cur = *p;
+            if names.len() > 4096 {
+                return Err(Error::Invalid("directory loop"));
+            }
+        }
+        Ok(names.iter().rev().collect())
+    }
+
+    pub(crate) fn add_alias(st: &mut State, ino: u64, parent: u64, name: &OsStr) {
+        if let Some(n) = st.nodes.get_mut(&ino) {
+            if !n.aliases.iter().any(|(p, nm)| *p == parent && nm == name) {
+                if n.kind == FileKind::Dir {
+                    n.aliases.clear();
+                }
+                n.aliases.push((parent, name.to_os_string()));
+            }
+        }
+    }
+
+    /// Tree inode of `name` in the lower view of directory node `parent`.
+    pub(crate) fn lower_child(&self, st: &State, parent: u64, name: &OsStr) -> Option<u64> {
+        let pl = st.nodes.get(&parent)?.lower?;
+        self.tree.lookup(pl, sys::name_str(name)?)
+    }
+
+    /// Node for an upper object found at `parent/name`. `fresh` = just created by us (never
+    /// reuse a lower inode number for it).
+    pub(crate) fn node_for_upper(
+        &self,
+        st: &mut State,
+        parent: u64,
+        name: &OsStr,
+        m: &std::fs::Metadata,
+        fresh: bool,
+    ) -> Result<u64> {
+        let key = (m.dev(), m.ino());
+        if let Some(&ino) = st.by_upper.get(&key) {
+            if let Some(n) = st.nodes.get_mut(&ino) {
+                n.upper = true;
+            }
+            Self::add_alias(st, ino, parent, name);
+            return Ok(ino);
+        }
+        let kind = FileKind::from_mode(m.mode())
+            .ok_or(Error::NotSupported("unknown file type in upper"))?;
+        let lc = self.lower_child(st, parent, name);
+        let lower_same = lc.filter(|&l| self.tree.node(l).is_some_and(|t| t.kind == kind));
+        let (ino, lower) = if kind == FileKind::Dir {
+            let p = self.upper()?.path(&self.rel_path(st, parent)?.join(name));
+            match lower_same {
+                Some(l) if !sys::is_opaque(&p) => (l, Some(l)),
+                _ => (self.alloc(st), None),
+            }
+        } else {
+            match lower_same {
+                Some(l) if !fresh && !st.nodes.contains_key(&l) => (l, Some(l)),
+                _ => (self.alloc(st), None),
+            }
+        };
+        let node = st.nodes.entry(ino).or_insert(Node {
+            kind,
+            lower,
+            upper: true,
+            upper_key: Some(key),
+            aliases: Vec::new(),
+        });
+        node.upper = true;
+        node.kind = kind;
+        node.upper_key = Some(key);
+        st.by_upper.insert(key, ino);
+        Self::add_alias(st, ino, parent, name);
+        Ok(ino)
+    }
+
+    fn alloc(&self, st: &mut State) -> u64 {
+        let ino = st.next_ino;
+        st.next_ino += 1;
+        ino
+    }
+
+    /// Resolve `name` in `parent`: `Ok(None)` if it does not exist in the union.
+    pub(crate) fn resolve(&self, st: &mut State, parent: u64, name: &OsStr) -> Result<Option<u64>> {
+        check_name(name)?;
+        let p = st.nodes.get(&parent).ok_or(Error::StaleInode(parent))?;
+        if p.kind != FileKind::Dir {
+            return Err(Error::NotDir(format!("inode {parent}")));
+        }
+        if p.upper {
+            if let Some(u) = &self.upper {
+                let rel = self.rel_path(st, parent)?.join(name);
+                if let Some(m) = u.lstat(&rel)? {
+                    if sys::is_whiteout(&u.path(&rel), &m) {
+                        return Ok(None);
+                    }
+                    return self.node_for_upper(st, parent, name, &m, false).map(Some);
+                }
+            }
+        }
+        let Some(l) = self.lower_child(st, parent, name) else {
+            return Ok(None);
+        };
+        let kind = self.tree.node(l).map(|t| t.kind).unwrap_or(FileKind::File);
+        st.nodes.entry(l).or_insert(Node {
+            kind,
+            lower: Some(l),
+            upper: false,
+            upper_key: None,
+            aliases: Vec::new(),
+        });
+        Self::add_alias(st, l, parent, name);
+        Ok(Some(l))
+    }
+
+    /// An upper file handle open on `ino`, for objects that lost all their names.
+    fn open_upper_file(&self, ino: u64) -> Option<Arc<File>> {
+        let hs = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        hs.values().find_map(|h| match &**h {
+            Handle::Upper { ino: i, file } if *i == ino => Some(file.clone()),
+            _ => None,
+        })
+    }
+
+    pub(crate) fn attr_locked(&self, st: &State, ino: u64) -> Result<Attr> {
+        let n = st.nodes.get(&ino).ok_or(Error::StaleInode(ino))?;
+        if n.upper {
+            let u = self.upper()?;
+            if n.aliases.is_empty() && ino != ROOT_INO {
+                if let Some(f) = self.open_upper_file(ino) {
+                    let m = f
+                        .metadata()
+                        .map_err(|e| Error::io("fstat upper", format!("inode {ino}"), e))?;
+                    return attr_from_meta(ino, &m);
+                }
+                return Err(Error::NotFound(format!("inode {ino}")));
+            }
+            let rel = self.rel_path(st, ino)?;
+            let m = u
+                .lstat(&rel)?
+                .ok_or_else(|| Error::NotFound(rel.display().to_string()))?;
+            let mut a = attr_from_meta(ino, &m)?;
+            if a.kind == FileKind::Dir && n.lower.is_some() {
+                a.nlink = 1; // merged directory, as kernel overlayfs reports it
+            }
+            return Ok(a);
+        }
+        let l = n.lower.ok_or(Error::StaleInode(ino))?;
+        let t = self.tree.node(l).ok_or(Error::StaleInode(ino))?;
+        let mut a = attr_from_tree(ino, t);
+        if n.aliases.is_empty() && ino != ROOT_INO {
+            a.nlink = 0;
+        }
+        Ok(a)
+    }
+
+    /// `lookup(parent, name)`.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
+        let mut st = self.lock();
+        let ino = self
+            .resolve(&mut st, parent, name)?
+            .ok_or_else(|| Error::NotFound(name.to_string_lossy().into_owned()))?;
+        self.attr_locked(&st, ino)
+    }
+
+    /// `getattr(ino)`.
+    pub fn getattr(&self, ino: u64) -> Result<Attr> {
+        let st = self.lock();
+        self.attr_locked(&st, ino)
+    }
+
+    /// Target of the symlink `ino`.
+    pub fn readlink(&self, ino: u64) -> Result<OsString> {
+        let st = self.lock();
+        let n = st.nodes.get(&ino).ok_or(Error::StaleInode(ino))?;
+        if n.kind != FileKind::Symlink {
+            return Err(Error::Invalid("not a symlink"));
+        }
+        if n.upper {
+            let p = self.upper()?.path(&self.rel_path(&st, ino)?);
+            return std::fs::read_link(&p)
+                .map(|t| t.into_os_string())
+                .map_err(|e| Error::io("readlink", p, e));
+        }
+        let t = n
+            .lower
+            .and_then(|l| self.tree.node(l))
+            .ok_or(Error::StaleInode(ino))?;
+        Ok(OsString::from(t.link_target.clone()))
+    }
+
+    /// The merged listing of directory `ino`: `.`, `..`, then names in byte order.
+    pub(crate) fn list_locked(&self, st: &mut State, ino: u64) -> Result<Vec<DirEntry>> {
+        let n = st.nodes.get(&ino).ok_or(Error::StaleInode(ino))?;
+        if n.kind != FileKind::Dir {
+            return Err(Error::NotDir(format!("inode {ino}")));
+        }
+        let (is_upper, lower) = (n.upper, n.lower);
+        let parent = n.aliases.first().map(|a| a.0).unwrap_or(ROOT_INO);
+        let mut names: BTreeMap<OsString, (u64, FileKind)> = BTreeMap::new();
+        let mut hidden: HashSet<OsString> = HashSet::new();
+        if is_upper {
+            let u = self.upper()?;
+            let rel = self.rel_path(st, ino)?;
+            for (name, m, wh) in u.list(&rel)? {
+                if wh {
+                    hidden.insert(name);
+                    continue;
+                }
+                let child = self.node_for_upper(st, ino, &name, &m, false)?;
+                let kind = FileKind::from_mode(m.mode()).unwrap_or(FileKind::File);
+                names.insert(name, (child, kind));
+            }
+        }
+        if let Some(l) = lower {
+            for d in self.tree.children(l) {
+                let name = OsString::from(&d.name);
+                if names.contains_key(&name) || hidden.contains(&name) {
+                    continue;
+                }
+                let kind = self
+                    .tree
+                    .node(d.ino)
+                    .map(|t| t.kind)
+                    .unwrap_or(FileKind::File);
+                names.insert(name, (d.ino, kind));
+            }
+        }
+        let mut out = Vec::with_capacity(names.len() + 2);
+        out.push((OsString::from("."), ino, FileKind::Dir));
+        out.push((OsString::from(".."), parent, FileKind::Dir));
+        out.extend(names.into_iter().map(|(n, (i, k))| (n, i, k)));
+        Ok(out
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, ino, kind))| DirEntry {
+                name,
+                ino,
+                kind,
+                offset: i as u64 + 1,
+            })
+            .collect())
+    }
+
+    fn new_fh(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, Arc::new(h));
+        fh
+    }
+
+    pub(crate) fn handle(&self, fh: u64) -> Result<Arc<Handle>> {
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+            .cloned()
+            .ok_or(Error::BadHandle(fh))
+    }
+
+    /// Open directory `ino`; the listing is taken now (and again on a read at offset 0).
+    pub fn opendir(&self, ino: u64) -> Result<u64> {
+        let entries = {
+            let mut st = self.lock();
+            self.list_locked(&mut st, ino)?
+        };
+        Ok(self.new_fh(Handle::Dir {
+            ino,
+            entries: Mutex::new(entries),
+        }))
+    }
+
+    /// Entries of an open directory after cookie `offset` (0 = from the start).
+    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirEntry>> {
+        let h = self.handle(fh)?;
+        let Handle::Dir { ino, entries } = &*h else {
+            return Err(Error::BadHandle(fh));
+        };
+        let mut e = entries.lock().unwrap_or_else(|p| p.into_inner());
+        if offset == 0 {
+            let mut st = self.lock();
+            *e = self.list_locked(&mut st, *ino)?;
+        }
+        Ok(e.iter().skip(offset as usize).cloned().collect())
+    }
+
+    /// Like [`readdir`](Self::readdir) with each entry's attributes (`.` and `..` included).
+    pub fn readdirplus(&self, fh: u64, offset: u64) -> Result<Vec<(DirEntry, Attr)>> {
+        let list = self.readdir(fh, offset)?;
+        let dir = self.handle(fh)?.ino();
+        let mut out = Vec::with_capacity(list.len());
+        let mut st = self.lock();
+        for d in list {
+            let attr = if d.name == "." || d.name == ".." {
+                self.attr_locked(&st, d.ino)
+            } else {
+                match self.resolve(&mut st, dir, &d.name)? {
+                    Some(i) => self.attr_locked(&st, i),
+                    None => continue, // removed since the listing was taken
+                }
+            };
+            match attr {
+                Ok(a) => out.push((DirEntry { ino: a.ino, ..d }, a)),
+                Err(Error::NotFound(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Close a directory handle.
+    pub fn releasedir(&self, fh: u64) -> Result<()> {
+        self.release(fh)
+    }
+
+    /// Open file `ino` with open(2) `flags`. Write access copies a lower file up first (this
+    /// may wait for lower data; call it off the FUSE dispatch thread when it can).
+    pub fn open(&self, ino: u64, flags: i32) -> Result<Opened> {
+        let acc = flags & libc::O_ACCMODE;
+        let write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let (kind, is_upper) = {
+            let st = self.lock();
+            let n = st.nodes.get(&ino).ok_or(Error::StaleInode(ino))?;
+            (n.kind, n.upper)
+        };
+        if kind == FileKind::Dir {
+            return Err(Error::IsDir(format!("inode {ino}")));
+        }
+        if write && !is_upper {
+            self.upper()?;
+            self.copy_up(ino, None)?;
+        }
+        let st = self.lock();
+        let n = st.nodes.get(&ino).ok_or(Error::StaleInode(ino))?;
+        if n.upper {
+            let p = self.upper()?.path(&self.rel_path(&st, ino)?);
+            drop(st);
+            let file = open_flags(&p, flags)?;
+            let fh = self.new_fh(Handle::Upper {
+                ino,
+                file: Arc::new(file),
+            });
+            return Ok(Opened { fh, lower: false });
+        }
+        let t = n
+            .lower
+            .and_then(|l| self.tree.node(l))
+            .ok_or(Error::StaleInode(ino))?;
+        let file = t
+            .content
+            .clone()
+            .ok_or(Error::Invalid("not a regular file"))?;
+        drop(st);
+        let fh = self.new_fh(Handle::Lower { ino, file });
+        Ok(Opened { fh, lower: true })
+    }
+
+    /// A read-only file with the full content behind `fh`, for FUSE passthrough: the upper
+    /// file itself, or a local copy of a lower file if its source has one.
+    pub fn backing_file(&self, fh: u64) -> Option<Arc<File>> {
+        match &*self.handle(fh).ok()? {
+            Handle::Upper { file, .. } => Some(file.clone()),
+            Handle::Lower { file, .. } => {
+                let p = self.source(file).ok()?.local_path(file)?;
+                File::open(p).ok().map(Arc::new)
+            }
+            Handle::Dir { .. } => None,
+        }
+    }
+
+    /// Read up to `size` bytes at `offset` from an open file.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<ReadResult> {
+        let h = self.handle(fh)?;
+        self.stats.reads.fetch_add(1, Ordering::Relaxed);
+        match &*h {
+            Handle::Upper { file, .. } => {
+                let mut buf = vec![0u8; size as usize];
+                let mut got = 0usize;
+                while got < buf.len() {
+                    let k = file
+                        .read_at(&mut buf[got..], offset + got as u64)
+                        .map_err(|e| Error::io("read upper", format!("handle {fh}"), e))?;
+                    if k == 0 {
+                        break;
+                    }
+                    got += k;
+                }
+                buf.truncate(got);
+                self.stats
+                    .bytes_read
+                    .fetch_add(got as u64, Ordering::Relaxed);
+                Ok(ReadResult::Ready(Bytes::from(buf)))
+            }
+            Handle::Lower { file, .. } => {
+                let src = self.source(file)?.clone();
+                let wrap = {
+                    let file = file.clone();
+                    move |source| Error::Lower {
+                        layer: file.layer(),
+                        path: file.path().to_string(),
+                        source,
+                    }
+                };
+                if let Some(r) = src.try_read_local(file, offset, size) {
+                    let b = r.map_err(wrap)?;
+                    self.stats
+                        .bytes_read
+                        .fetch_add(b.len() as u64, Ordering::Relaxed);
+                    return Ok(ReadResult::Ready(b));
+                }
+                self.stats
+                    .lower_reads_waited
+                    .fetch_add(1, Ordering::Relaxed);
+                let stats = self.stats.clone();
+                let fut = src.read(file, offset, size);
+                Ok(ReadResult::Pending(
+                    async move {
+                        let b = fut.await.map_err(wrap)?;
+                        stats
+                            .bytes_read
+                            .fetch_add(b.len() as u64, Ordering::Relaxed);
+                        Ok(b)
+                    }
+                    .boxed(),
+                ))
+            }
+            Handle::Dir { .. } => Err(Error::IsDir(format!("handle {fh}"))),
+        }
+    }
+
+    /// Write `data` at `offset` (an `O_APPEND` handle appends).
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        let h = self.handle(fh)?;
+        match &*h {
+            Handle::Upper { file, .. } => {
+                file.write_all_at(data, offset)
+                    .map_err(|e| Error::io("write upper", format!("handle {fh}"), e))?;
+                Ok(data.len() as u32)
+            }
+            _ => Err(Error::BadHandle(fh)),
+        }
+    }
+
+    /// Close a file or directory handle.
+    pub fn release(&self, fh: u64) -> Result<()> {
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh)
+            .map(|_| ())
+            .ok_or(Error::BadHandle(fh))
+    }
+
+    /// Would a write-open / setattr of `ino` copy a lower file up (and maybe wait for data)?
+    pub fn needs_copy_up(&self, ino: u64) -> bool {
+        self.lock()
+            .nodes
+            .get(&ino)
+            .is_some_and(|n| !n.upper && n.kind != FileKind::Dir)
+    }
+
+    /// Inode behind an open handle.
+    pub fn handle_ino(&self, fh: u64) -> Result<u64> {
+        Ok(self.handle(fh)?.ino())
+    }
+
+    /// Does `name` have more than [`super::NAME_MAX`] bytes? (Convenience for adapters.)
+    pub fn name_too_long(name: &OsStr) -> bool {
+        name.as_bytes().len() > super::NAME_MAX
+    }
+}
+
+/// Open an upper path honouring the access mode and `O_APPEND`/`O_SYNC`-style flags.
+pub(crate) fn open_flags(p: &std::path::Path, flags: i32) -> Result<File> {
+    let acc = flags & libc::O_ACCMODE;
+    let extra =
+        flags & !(libc::O_ACCMODE | libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC);
+    let mut o = std::fs::OpenOptions::new();
+    o.read(acc == libc::O_RDONLY || acc == libc::O_RDWR)
+        .write(acc == libc::O_WRONLY || acc == libc::O_RDWR)
+        .custom_flags(extra | libc::O_NOFOLLOW);
+    if acc != libc::O_RDONLY && flags & libc::O_APPEND != 0 {
+        o.append(true);
+    }
+    if flags & libc::O_TRUNC != 0 && acc != libc::O_RDONLY {
+        o.truncate(true);
+    }
+    o.open(p).map_err(|e| Error::io("open upper", p, e))
+}

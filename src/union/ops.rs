@@ -1,0 +1,651 @@
+//! Mutating operations of [`UnionFs`]: create, mkdir, mknod, symlink, link, unlink, rmdir,
+//! rename (with `RENAME_NOREPLACE` / `RENAME_EXCHANGE`), setattr, xattrs, fsync, fallocate,
+//! lseek, statfs. Every change lands in the upper directory in overlay format; operations on
+//! lower objects copy them up first (`copyup.rs`).
+
+use super::fs::{attr_from_meta, Ctx, Handle, Opened, SetAttr, StatFs, State, TimeSpec, UnionFs};
+use super::{check_name, sys, Attr, Error, FileKind, Result, ROOT_INO};
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// `renameat2` flag: fail if the target exists.
+pub const RENAME_NOREPLACE: u32 = 1;
+/// `renameat2` flag: swap source and target.
+pub const RENAME_EXCHANGE: u32 = 2;
+
+/// Where a new object goes.
+struct Slot {
+    rel: PathBuf,
+    /// A lower entry of this name exists (hidden now): a new directory must be opaque.
+    lower_exists: bool,
+}
+
+impl UnionFs {
+    /// Check that `parent/name` is free and make `parent` exist in the upper.
+    fn new_slot(&self, st: &mut State, parent: u64, name: &OsStr) -> Result<Slot> {
+        self.upper()?;
+        check_name(name)?;
+        if self.resolve(st, parent, name)?.is_some() {
+            return Err(Error::Exists(name.to_string_lossy().into_owned()));
+        }
+        self.ensure_upper_dir(st, parent)?;
+        let rel = self.rel_path(st, parent)?.join(name);
+        let lower_exists = self.lower_child(st, parent, name).is_some();
+        Ok(Slot { rel, lower_exists })
+    }
+
+    /// Owner for a new object: the caller, or the parent's group if it is setgid.
+    fn owner(&self, st: &State, parent: u64, ctx: &Ctx) -> Result<(u32, u32, bool)> {
+        let pa = self.attr_locked(st, parent)?;
+        let sgid = u32::from(pa.perm) & libc::S_ISGID != 0;
+        Ok((ctx.uid, if sgid { pa.gid } else { ctx.gid }, sgid))
+    }
+
+    /// Install a finished object from the work directory and return its attributes.
+    fn finish_new(
+        &self,
+        st: &mut State,
+        parent: u64,
+        name: &OsStr,
+        tmp: &Path,
+        slot: &Slot,
+    ) -> Result<Attr> {
+        let u = self.upper()?;
+        u.install(tmp, &slot.rel)?;
+        let m = u
+            .lstat(&slot.rel)?
+            .ok_or_else(|| Error::NotFound(slot.rel.display().to_string()))?;
+        let ino = self.node_for_upper(st, parent, name, &m, true)?;
+        attr_from_meta(ino, &m)
+    }
+
+    fn set_owner_mode(tmp: &Path, uid: u32, gid: u32, mode: Option<u32>) -> Result<()> {
+        sys::lchown(tmp, Some(uid), Some(gid))
+            .map_err(|e| Error::io("chown new object", tmp, e))?;
+        if let Some(m) = mode {
+            std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(m))
+                .map_err(|e| Error::io("chmod new object", tmp, e))?;
+        }
+        Ok(())
+    }
+
+    /// `create(parent, name, mode, flags)`: a new regular file, opened.
+    pub fn create(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+    ) -> Result<(Attr, Opened)> {
+        let attr = {
+            let mut st = self.lock();
+            match self.new_slot(&mut st, parent, name) {
+                Err(Error::Exists(n)) => {
+                    if flags & libc::O_EXCL != 0 {
+                        return Err(Error::Exists(n));
+                    }
+                    let ino = self
+                        .resolve(&mut st, parent, name)?
+                        .ok_or(Error::NotFound(n))?;
+                    drop(st);
+                    let o = self.open(ino, flags)?;
+                    if flags & libc::O_TRUNC != 0 {
+                        self.setattr(
+                            ino,
+                            Some(o.fh),
+                            &SetAttr {
+                                size: Some(0),
+                                ..SetAttr::default()
+                            },
+                        )?;
+                    }
+                    return Ok((self.getattr(ino)?, o));
+                }
+                Err(e) => return Err(e),
+                Ok(slot) => {
+                    let (uid, gid, _) = self.owner(&st, parent, ctx)?;
+                    let tmp = self.upper()?.temp();
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&tmp)
+                        .map_err(|e| Error::io("create file", &tmp, e))?;
+                    Self::set_owner_mode(&tmp, uid, gid, Some(mode & !ctx.umask & 0o7777))?;
+                    self.finish_new(&mut st, parent, name, &tmp, &slot)?
+                }
+            }
+        };
+        let o = self.open(attr.ino, flags & !libc::O_TRUNC)?;
+        Ok((attr, o))
+    }
+
+    /// `mkdir(parent, name, mode)`.
+    pub fn mkdir(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32) -> Result<Attr> {
+        let mut st = self.lock();
+        let slot = self.new_slot(&mut st, parent, name)?;
+        let (uid, gid, sgid) = self.owner(&st, parent, ctx)?;
+        let tmp = self.upper()?.temp();
+        std::fs::create_dir(&tmp).map_err(|e| Error::io("create directory", &tmp, e))?;
+        let mut m = mode & !ctx.umask & 0o7777;
+        if sgid {
+            m |= libc::S_ISGID;
+        }
+        Self::set_owner_mode(&tmp, uid, gid, Some(m))?;
+        if slot.lower_exists {
+            sys::set_xattr(&tmp, sys::OPAQUE_XATTR, b"y", 0)
+                .map_err(|e| Error::io("set opaque xattr", &tmp, e))?;
+        }
+        self.finish_new(&mut st, parent, name, &tmp, &slot)
+    }
+
+    /// `mknod(parent, name, mode, rdev)`: fifos, sockets, devices, regular files. A char
+    /// device 0/0 is refused with EPERM, as kernel overlayfs does (it is the whiteout).
+    pub fn mknod(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+    ) -> Result<Attr> {
+        let kind = FileKind::from_mode(mode).ok_or(Error::Invalid("mknod type"))?;
+        let (major, minor) = (
+            (rdev >> 8) & 0xfff,
+            (rdev & 0xff) | ((rdev >> 12) & 0xfff00),
+        );
+        if kind == FileKind::CharDev && major == 0 && minor == 0 {
+            return Err(Error::NotPermitted(
+                "a character device 0/0 is an overlay whiteout",
+            ));
+        }
+        if kind == FileKind::Dir || kind == FileKind::Symlink {
+            return Err(Error::Invalid("mknod of a directory or symlink"));
+        }
+        let mut st = self.lock();
+        let slot = self.new_slot(&mut st, parent, name)?;
+        let (uid, gid, _) = self.owner(&st, parent, ctx)?;
+        let tmp = self.upper()?.temp();
+        sys::mknod(&tmp, kind.mode_bits() | 0o600, libc::makedev(major, minor))
+            .map_err(|e| Error::io("mknod", &tmp, e))?;
+        Self::set_owner_mode(&tmp, uid, gid, Some(mode & !ctx.umask & 0o7777))?;
+        self.finish_new(&mut st, parent, name, &tmp, &slot)
+    }
+
+    /// `symlink(parent, name -> target)`.
+    pub fn symlink(&self, ctx: &Ctx, parent: u64, name: &OsStr, target: &Path) -> Result<Attr> {
+        let mut st = self.lock();
+        let slot = self.new_slot(&mut st, parent, name)?;
+        let (uid, gid, _) = self.owner(&st, parent, ctx)?;
+        let tmp = self.upper()?.temp();
+        std::os::unix::fs::symlink(target, &tmp)
+            .map_err(|e| Error::io("create symlink", &tmp, e))?;
+        Self::set_owner_mode(&tmp, uid, gid, None)?;
+        self.finish_new(&mut st, parent, name, &tmp, &slot)
+    }
+
+    /// `link(ino -> newparent/newname)`; a lower file is copied up first (all its names).
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr> {
+        self.upper()?;
+        check_name(newname)?;
+        if self
+            .lock()
+            .nodes
+            .get(&ino)
+            .ok_or(Error::StaleInode(ino))?
+            .kind
+            == FileKind::Dir
+        {
+            return Err(Error::NotPermitted("hard link to a directory"));
+        }
+        self.copy_up(ino, None)?;
+        let mut st = self.lock();
+        let slot = self.new_slot(&mut st, newparent, newname)?;
+        let u = self.upper()?;
+        let src = u.path(&self.rel_path(&st, ino)?);
+        let tmp = u.temp();
+        std::fs::hard_link(&src, &tmp).map_err(|e| Error::io("link", &src, e))?;
+        u.install(&tmp, &slot.rel)?;
+        Self::add_alias(&mut st, ino, newparent, newname);
+        self.attr_locked(&st, ino)
+    }
+
+    /// Forget the name `parent/name` of `ino` after it was removed.
+    fn drop_alias(st: &mut State, ino: u64, parent: u64, name: &OsStr) {
+        if let Some(n) = st.nodes.get_mut(&ino) {
+            n.aliases.retain(|(p, nm)| !(*p == parent && nm == name));
+            if n.aliases.is_empty() {
+                if let Some(k) = n.upper_key.take() {
+                    st.by_upper.remove(&k);
+                }
+            }
+        }
+    }
+
+    /// Remove the union entry `parent/name` of `ino` from the upper, leaving a whiteout if a
+    /// lower entry of that name exists.
+    fn remove_entry(
+        &self,
+        st: &mut State,
+        parent: u64,
+        name: &OsStr,
+        ino: u64,
+        is_dir: bool,
+    ) -> Result<()> {
+        let u = self.upper()?;
+        self.ensure_upper_dir(st, parent)?;
+        let rel = self.rel_path(st, parent)?.join(name);
+        let lower_exists = self.lower_child(st, parent, name).is_some();
+        let in_upper = st.nodes.get(&ino).is_some_and(|n| n.upper) && u.lstat(&rel)?.is_some();
+        if in_upper && is_dir {
+            u.remove_tree(&rel)?;
+        }
+        if lower_exists {
+            u.whiteout(&rel)?;
+        } else if in_upper && !is_dir {
+            u.unlink(&rel)?;
+        }
+        Self::drop_alias(st, ino, parent, name);
+        Ok(())
+    }
+
+    /// `unlink(parent, name)`.
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.upper()?;
+        let mut st = self.lock();
+        let ino = self
+            .resolve(&mut st, parent, name)?
+            .ok_or_else(|| Error::NotFound(name.to_string_lossy().into_owned()))?;
+        if st.nodes.get(&ino).is_some_and(|n| n.kind == FileKind::Dir) {
+            return Err(Error::IsDir(name.to_string_lossy().into_owned()));
+        }
+        self.remove_entry(&mut st, parent, name, ino, false)
+    }
+
+    /// `rmdir(parent, name)`: ENOTEMPTY if any layer still shows an entry in it.
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.upper()?;
+        let mut st = self.lock();
+        let ino = self
+            .resolve(&mut st, parent, name)?
+            .ok_or_else(|| Error::NotFound(name.to_string_lossy().into_owned()))?;
+        if st.nodes.get(&ino).is_some_and(|n| n.kind != FileKind::Dir) {
+            return Err(Error::NotDir(name.to_string_lossy().into_owned()));
+        }
+        if ino == ROOT_INO {
+            return Err(Error::NotPermitted("removing the root"));
+        }
+        if self.list_locked(&mut st, ino)?.len() > 2 {
+            return Err(Error::NotEmpty(name.to_string_lossy().into_owned()));
+        }
+        self.remove_entry(&mut st, parent, name, ino, true)
+    }
+
+    /// `rename(parent/name -> newparent/newname, flags)` with `RENAME_NOREPLACE` and
+    /// `RENAME_EXCHANGE`. Lower directories are copied up whole first, so this never fails
+    /// with EXDEV.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        let u = self.upper()?;
+        check_name(newname)?;
+        if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0 {
+            return Err(Error::Invalid("unsupported rename flags"));
+        }
+        let exchange = flags & RENAME_EXCHANGE != 0;
+        let (src, dst) = {
+            let mut st = self.lock();
+            let src = self
+                .resolve(&mut st, parent, name)?
+                .ok_or_else(|| Error::NotFound(name.to_string_lossy().into_owned()))?;
+            let dst = self.resolve(&mut st, newparent, newname)?;
+            (src, dst)
+        };
+        if dst == Some(src) {
+            return Ok(());
+        }
+        if flags & RENAME_NOREPLACE != 0 && dst.is_some() {
+            return Err(Error::Exists(newname.to_string_lossy().into_owned()));
+        }
+        if exchange && dst.is_none() {
+            return Err(Error::NotFound(newname.to_string_lossy().into_owned()));
+        }
+        let kind_of = |i: u64| self.lock().nodes.get(&i).map(|n| n.kind);
+        let skind = kind_of(src).ok_or(Error::StaleInode(src))?;
+        if let (Some(d), false) = (dst, exchange) {
+            let dkind = kind_of(d).ok_or(Error::StaleInode(d))?;
+            match (skind == FileKind::Dir, dkind == FileKind::Dir) {
+                (true, false) => return Err(Error::NotDir(newname.to_string_lossy().into_owned())),
+                (false, true) => return Err(Error::IsDir(newname.to_string_lossy().into_owned())),
+                (true, true) => {
+                    let mut st = self.lock();
+                    if self.list_locked(&mut st, d)?.len() > 2 {
+                        return Err(Error::NotEmpty(newname.to_string_lossy().into_owned()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.copy_up_deep(src)?;
+        if let (Some(d), true) = (dst, exchange) {
+            self.copy_up_deep(d)?;
+        }
+        let mut st = self.lock();
+        self.ensure_upper_dir(&mut st, parent)?;
+        self.ensure_upper_dir(&mut st, newparent)?;
+        let srel = self.rel_path(&st, parent)?.join(name);
+        let drel = self.rel_path(&st, newparent)?.join(newname);
+        let src_lower = self.lower_child(&st, parent, name).is_some();
+        let is_dir = |st: &State, i: u64| st.nodes.get(&i).is_some_and(|n| n.kind == FileKind::Dir);
+        if exchange {
+            let d = dst.ok_or(Error::StaleInode(0))?;
+            nix::fcntl::renameat2(
+                None,
+                &u.path(&srel),
+                None,
+                &u.path(&drel),
+                nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+            )
+            .map_err(|e| Error::io("rename exchange", u.path(&srel), e.into()))?;
+            for (i, rel) in [(src, &drel), (d, &srel)] {
+                if is_dir(&st, i) {
+                    u.set_opaque(rel)?;
+                    if let Some(n) = st.nodes.get_mut(&i) {
+                        n.lower = None;
+                    }
+                }
+            }
+            Self::drop_alias(&mut st, src, parent, name);
+            Self::drop_alias(&mut st, d, newparent, newname);
+            self.rekey(&mut st, src, newparent, newname, &drel)?;
+            self.rekey(&mut st, d, parent, name, &srel)?;
+            return Ok(());
+        }
+        if let Some(d) = dst {
+            if is_dir(&st, d)
+                && st.nodes.get(&d).is_some_and(|n| n.upper)
+                && u.lstat(&drel)?.is_some()
+            {
+                u.remove_tree(&drel)?; // only whiteouts were left in it
+            }
+            Self::drop_alias(&mut st, d, newparent, newname);
+        }
+        u.move_to(&u.path(&srel), &drel)?;
+        if is_dir(&st, src) {
+            u.set_opaque(&drel)?;
+            if let Some(n) = st.nodes.get_mut(&src) {
+                n.lower = None;
+            }
+        }
+        if src_lower {
+            u.whiteout(&srel)?;
+        }
+        Self::drop_alias(&mut st, src, parent, name);
+        self.rekey(&mut st, src, newparent, newname, &drel)
+    }
+
+    /// Give `ino` the name `parent/name` at upper path `rel` and refresh its upper key.
+    fn rekey(&self, st: &mut State, ino: u64, parent: u64, name: &OsStr, rel: &Path) -> Result<()> {
+        Self::add_alias(st, ino, parent, name);
+        if let Some(m) = self.upper()?.lstat(rel)? {
+            let key = (m.dev(), m.ino());
+            st.by_upper.insert(key, ino);
+            if let Some(n) = st.nodes.get_mut(&ino) {
+                n.upper = true;
+                n.upper_key = Some(key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Upper path of `ino`, or the open upper file when it has no name left.
+    fn upper_target(
+        &self,
+        ino: u64,
+        fh: Option<u64>,
+    ) -> Result<(Option<PathBuf>, Option<Arc<std::fs::File>>)> {
+        let file = fh
+            .and_then(|f| self.handle(f).ok())
+            .and_then(|h| match &*h {
+                Handle::Upper { ino: i, file } if *i == ino => Some(file.clone()),
+                _ => None,
+            });
+        let st = self.lock();
+        let path = match self.rel_path(&st, ino) {
+            Ok(rel) => Some(self.upper()?.path(&rel)),
+            Err(Error::NotFound(_)) if file.is_some() => None,
+            Err(e) => return Err(e),
+        };
+        Ok((path, file))
+    }
+
+    /// `setattr`: chown, chmod, truncate, utimens. A lower object is copied up first (a
+    /// truncate copies only the bytes it keeps).
+    pub fn setattr(&self, ino: u64, fh: Option<u64>, s: &SetAttr) -> Result<Attr> {
+        self.upper()?;
+        self.copy_up(ino, s.size)?;
+        let (path, file) = self.upper_target(ino, fh)?;
+        let what = path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("inode {ino}")));
+        if s.uid.is_some() || s.gid.is_some() {
+            match (&path, &file) {
+                (Some(p), _) => sys::lchown(p, s.uid, s.gid),
+                (None, Some(f)) => std::os::unix::fs::fchown(f.as_fd(), s.uid, s.gid),
+                _ => Ok(()),
+            }
+            .map_err(|e| Error::io("chown", &what, e))?;
+        }
+        if let Some(mode) = s.mode {
+            let perm = std::fs::Permissions::from_mode(mode & 0o7777);
+            match (&file, &path) {
+                (Some(f), _) => f.set_permissions(perm),
+                (None, Some(p)) => std::fs::set_permissions(p, perm),
+                _ => Ok(()),
+            }
+            .map_err(|e| Error::io("chmod", &what, e))?;
+        }
+        if let Some(size) = s.size {
+            let r = match (&file, &path) {
+                (Some(f), _) => f.set_len(size),
+                (None, Some(p)) => std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(p)
+                    .and_then(|f| f.set_len(size)),
+                _ => Ok(()),
+            };
+            r.map_err(|e| Error::io("truncate", &what, e))?;
+        }
+        if s.atime.is_some() || s.mtime.is_some() {
+            let now = SystemTime::now();
+            let conv = |t: Option<TimeSpec>| {
+                t.map(|t| match t {
+                    TimeSpec::Now => now,
+                    TimeSpec::Set(x) => x,
+                })
+            };
+            if let Some(p) = &path {
+                sys::set_times(p, conv(s.atime), conv(s.mtime))
+                    .map_err(|e| Error::io("utimens", &what, e))?;
+            }
+        }
+        self.getattr(ino)
+    }
+
+    /// `getxattr(ino, name)`.
+    pub fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>> {
+        if name.starts_with(sys::OVERLAY_PREFIX) {
+            return Err(Error::NoAttr);
+        }
+        let st = self.lock();
+        let n = st.nodes.get(&ino).ok_or(Error::StaleInode(ino))?;
+        if n.upper {
+            let p = self.upper()?.path(&self.rel_path(&st, ino)?);
+            return sys::get_xattr(&p, name)
+                .map_err(|e| Error::io("getxattr", p, e))?
+                .ok_or(Error::NoAttr);
+        }
+        let t = n
+            .lower
+            .and_then(|l| self.tree.node(l))
+            .ok_or(Error::StaleInode(ino))?;
+        t.xattrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .ok_or(Error::NoAttr)
+    }
+
+    /// `listxattr(ino)`: names, sorted.
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<String>> {
+        let st = self.lock();
+        let n = st.nodes.get(&ino).ok_or(Error::StaleInode(ino))?;
+        if n.upper {
+            let p = self.upper()?.path(&self.rel_path(&st, ino)?);
+            let mut names: Vec<String> = sys::list_xattrs(&p)
+                .map_err(|e| Error::io("listxattr", p, e))?
+                .into_iter()
+                .filter(|k| !k.starts_with(sys::OVERLAY_PREFIX))
+                .collect();
+            names.sort();
+            return Ok(names);
+        }
+        let t = n
+            .lower
+            .and_then(|l| self.tree.node(l))
+            .ok_or(Error::StaleInode(ino))?;
+        Ok(t.xattrs.iter().map(|(k, _)| k.clone()).collect())
+    }
+
+    /// `setxattr(ino, name, value, flags)` (`XATTR_CREATE` / `XATTR_REPLACE`).
+    pub fn setxattr(&self, ino: u64, name: &str, value: &[u8], flags: i32) -> Result<()> {
+        if name.starts_with(sys::OVERLAY_PREFIX) {
+            return Err(Error::NotPermitted("overlay-private xattr"));
+        }
+        self.copy_up(ino, None)?;
+        let (path, _) = self.upper_target(ino, None)?;
+        let p = path.ok_or(Error::StaleInode(ino))?;
+        sys::set_xattr(&p, name, value, flags).map_err(|e| Error::io("setxattr", p, e))
+    }
+
+    /// `removexattr(ino, name)`.
+    pub fn removexattr(&self, ino: u64, name: &str) -> Result<()> {
+        if name.starts_with(sys::OVERLAY_PREFIX) {
+            return Err(Error::NoAttr);
+        }
+        self.getxattr(ino, name)?;
+        self.copy_up(ino, None)?;
+        let (path, _) = self.upper_target(ino, None)?;
+        let p = path.ok_or(Error::StaleInode(ino))?;
+        sys::remove_xattr(&p, name).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENODATA) => Error::NoAttr,
+            _ => Error::io("removexattr", p, e),
+        })
+    }
+
+    /// `fsync` / `fdatasync` of an open file (lower files: nothing to do).
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
+        match &*self.handle(fh)? {
+            Handle::Upper { file, .. } => if datasync {
+                file.sync_data()
+            } else {
+                file.sync_all()
+            }
+            .map_err(|e| Error::io("fsync", format!("handle {fh}"), e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// `flush` (close of one descriptor): nothing is buffered here.
+    pub fn flush(&self, fh: u64) -> Result<()> {
+        self.handle(fh).map(|_| ())
+    }
+
+    /// `fallocate(fh, mode, offset, len)` on an upper file.
+    pub fn fallocate(&self, fh: u64, mode: i32, offset: u64, len: u64) -> Result<()> {
+        match &*self.handle(fh)? {
+            Handle::Upper { file, .. } => nix::fcntl::fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(&**file),
+                nix::fcntl::FallocateFlags::from_bits_truncate(mode),
+                offset as i64,
+                len as i64,
+            )
+            .map_err(|e| Error::io("fallocate", format!("handle {fh}"), e.into())),
+            _ => Err(Error::BadHandle(fh)),
+        }
+    }
+
+    /// `lseek(fh, offset, SEEK_DATA | SEEK_HOLE)`; lower files are one data extent.
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
+        match &*self.handle(fh)? {
+            Handle::Upper { file, .. } => {
+                // SAFETY: the fd is owned by `file`, alive for this call; lseek on a dup'd
+                // offset is harmless because reads and writes here are positional.
+                let r = unsafe {
+                    libc::lseek(std::os::fd::AsRawFd::as_raw_fd(&**file), offset, whence)
+                };
+                if r < 0 {
+                    return Err(Error::io(
+                        "lseek",
+                        format!("handle {fh}"),
+                        std::io::Error::last_os_error(),
+                    ));
+                }
+                Ok(r)
+            }
+            Handle::Lower { file, .. } => {
+                let size = file.size() as i64;
+                if offset < 0 || offset >= size {
+                    return Err(Error::io(
+                        "lseek",
+                        file.path(),
+                        std::io::Error::from_raw_os_error(libc::ENXIO),
+                    ));
+                }
+                match whence {
+                    libc::SEEK_DATA => Ok(offset),
+                    libc::SEEK_HOLE => Ok(size),
+                    _ => Err(Error::Invalid("lseek whence")),
+                }
+            }
+            Handle::Dir { .. } => Err(Error::IsDir(format!("handle {fh}"))),
+        }
+    }
+
+    /// `statfs`: the upper filesystem's space, or the tree's size when read-only.
+    pub fn statfs(&self) -> Result<StatFs> {
+        let files = self.tree.len();
+        let Some(u) = &self.upper else {
+            return Ok(StatFs {
+                files,
+                bsize: 4096,
+                frsize: 4096,
+                namelen: super::NAME_MAX as u32,
+                ..StatFs::default()
+            });
+        };
+        let s = nix::sys::statvfs::statvfs(u.root())
+            .map_err(|e| Error::io("statfs", u.root(), e.into()))?;
+        Ok(StatFs {
+            blocks: s.blocks(),
+            bfree: s.blocks_free(),
+            bavail: s.blocks_available(),
+            files: s.files().saturating_add(files),
+            ffree: s.files_free(),
+            bsize: s.block_size() as u32,
+            namelen: super::NAME_MAX as u32,
+            frsize: s.fragment_size() as u32,
+        })
+    }
+}

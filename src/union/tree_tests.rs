@@ -1,0 +1,222 @@
+//! Table tests for the merge rules of [`MergedTree`]: whiteouts, opaque directories, replace
+//! vs merge, implicit directories, hard links and inode stability.
+
+use super::tree::MergedTree;
+use super::FileKind;
+use crate::layer::{Entry, EntryKind};
+
+fn e(path: &str, kind: EntryKind) -> Entry {
+    let mut e = Entry::new(path, kind);
+    if kind == EntryKind::File {
+        e.size = path.len() as u64;
+    }
+    e
+}
+fn d(path: &str) -> Entry {
+    e(path, EntryKind::Dir)
+}
+fn f(path: &str) -> Entry {
+    e(path, EntryKind::File)
+}
+fn wh(path: &str) -> Entry {
+    e(path, EntryKind::Whiteout)
+}
+fn opq(path: &str) -> Entry {
+    let mut x = d(path);
+    x.opaque = true;
+    x
+}
+fn hl(path: &str, target: &str) -> Entry {
+    let mut x = e(path, EntryKind::Hardlink);
+    x.hardlink_target = target.to_string();
+    x
+}
+fn sorted(mut v: Vec<Entry>) -> Vec<Entry> {
+    v.sort_by(|a, b| a.split().cmp(&b.split()));
+    v
+}
+
+/// All paths of the tree with kind and nlink, depth-first.
+fn listing(t: &MergedTree) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![(super::ROOT_INO, String::new())];
+    while let Some((ino, path)) = stack.pop() {
+        for c in t.children(ino).iter().rev() {
+            let p = if path.is_empty() {
+                c.name.clone()
+            } else {
+                format!("{path}/{}", c.name)
+            };
+            stack.push((c.ino, p));
+        }
+        if let Some(n) = t.node(ino) {
+            if !path.is_empty() {
+                let k = match n.kind {
+                    FileKind::Dir => "d",
+                    FileKind::File => "f",
+                    FileKind::Symlink => "l",
+                    _ => "o",
+                };
+                out.push(format!(
+                    "{k} {path} {}",
+                    if n.kind == FileKind::Dir { 0 } else { n.nlink }
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn merge_rules_table() {
+    struct Case {
+        name: &'static str,
+        layers: Vec<Vec<Entry>>,
+        want: Vec<&'static str>,
+    }
+    let cases = vec![
+        Case {
+            name: "whiteout removes a lower file",
+            layers: vec![vec![d(""), f("a"), f("b")], vec![d(""), wh("a")]],
+            want: vec!["f b 1"],
+        },
+        Case {
+            name: "whiteout removes a lower directory subtree",
+            layers: vec![
+                vec![d(""), d("x"), f("x/1"), d("x/y"), f("x/y/2")],
+                vec![d(""), wh("x")],
+            ],
+            want: vec![],
+        },
+        Case {
+            name: "directories merge",
+            layers: vec![vec![d(""), d("x"), f("x/1")], vec![d(""), d("x"), f("x/2")]],
+            want: vec!["d x 0", "f x/1 1", "f x/2 1"],
+        },
+        Case {
+            name: "opaque directory hides lower children but keeps its own",
+            layers: vec![
+                vec![d(""), d("x"), f("x/1")],
+                vec![d(""), opq("x"), f("x/2")],
+            ],
+            want: vec!["d x 0", "f x/2 1"],
+        },
+        Case {
+            name: "file replaces directory",
+            layers: vec![vec![d(""), d("x"), f("x/1")], vec![d(""), f("x")]],
+            want: vec!["f x 1"],
+        },
+        Case {
+            name: "directory replaces file, no merge",
+            layers: vec![vec![d(""), f("x")], vec![d(""), d("x"), f("x/2")]],
+            want: vec!["d x 0", "f x/2 1"],
+        },
+        Case {
+            name: "whiteout then re-create in a higher layer",
+            layers: vec![
+                vec![d(""), f("a")],
+                vec![d(""), wh("a")],
+                vec![d(""), d("a")],
+            ],
+            want: vec!["d a 0"],
+        },
+        Case {
+            name: "whiteout of a missing name is harmless",
+            layers: vec![vec![d(""), f("a")], vec![d(""), wh("zzz")]],
+            want: vec!["f a 1"],
+        },
+        Case {
+            name: "hard links share a node, nlink counts names",
+            layers: vec![sorted(vec![
+                d(""),
+                f("z"),
+                hl("a", "z"),
+                d("s"),
+                hl("s/b", "z"),
+            ])],
+            want: vec!["d s 0", "f a 3", "f s/b 3", "f z 3"],
+        },
+        Case {
+            name: "whiteout of one hard link name lowers nlink",
+            layers: vec![vec![d(""), hl("a", "z"), f("z")], vec![d(""), wh("z")]],
+            want: vec!["f a 1"],
+        },
+        Case {
+            name: "hard link to a missing target is skipped",
+            layers: vec![vec![d(""), hl("a", "nope")]],
+            want: vec![],
+        },
+        Case {
+            name: "opaque root",
+            layers: vec![vec![d(""), f("a")], vec![opq(""), f("b")]],
+            want: vec!["f b 1"],
+        },
+    ];
+    for c in cases {
+        let t = MergedTree::build(&c.layers).unwrap();
+        let mut want: Vec<String> = c.want.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(listing(&t), want, "{}", c.name);
+    }
+}
+
+#[test]
+fn implicit_directory_keeps_lower_attributes() {
+    let mut x = d("x");
+    x.mode = 0o700;
+    x.uid = 7;
+    let mut imp = d("x");
+    imp.implicit = true;
+    let t = MergedTree::build(&[vec![d(""), x], vec![d(""), imp, f("x/1")]]).unwrap();
+    let n = t.node(t.resolve("x").unwrap()).unwrap();
+    assert_eq!((n.mode, n.uid), (0o700, 7));
+    assert!(t.resolve("x/1").is_some());
+}
+
+#[test]
+fn inode_numbers_are_deterministic_and_dense() {
+    let layers = vec![
+        sorted(vec![d(""), d("b"), f("b/2"), f("a"), f("c")]),
+        sorted(vec![d(""), wh("c"), f("b/1")]),
+    ];
+    let t1 = MergedTree::build(&layers).unwrap();
+    let t2 = MergedTree::build(&layers).unwrap();
+    for p in ["", "a", "b", "b/1", "b/2"] {
+        assert_eq!(t1.resolve(p), t2.resolve(p), "{p}");
+    }
+    assert_eq!(t1.resolve(""), Some(1));
+    assert_eq!(t1.len(), 5);
+    let mut inos: Vec<u64> = ["", "a", "b", "b/1", "b/2"]
+        .iter()
+        .filter_map(|p| t1.resolve(p))
+        .collect();
+    inos.sort();
+    assert_eq!(inos, vec![1, 2, 3, 4, 5]);
+    assert!(t1.resolve("c").is_none());
+}
+
+#[test]
+fn content_comes_from_the_top_layer_and_overlay_xattrs_are_hidden() {
+    let mut low = f("a");
+    low.offset = 100;
+    let mut high = f("a");
+    high.offset = 200;
+    high.xattrs = vec![
+        ("user.k".into(), b"v".to_vec()),
+        ("trusted.overlay.opaque".into(), b"y".to_vec()),
+    ];
+    let t = MergedTree::build(&[vec![d(""), low], vec![d(""), high]]).unwrap();
+    let n = t.node(t.resolve("a").unwrap()).unwrap();
+    let c = n.content.as_ref().unwrap();
+    assert_eq!((c.layer(), c.offset()), (1, 200));
+    assert_eq!(n.xattrs, vec![("user.k".to_string(), b"v".to_vec())]);
+}
+
+#[test]
+fn directory_nlink_counts_subdirectories() {
+    let t =
+        MergedTree::build(&[sorted(vec![d(""), d("a"), d("a/x"), d("a/y"), f("a/f")])]).unwrap();
+    assert_eq!(t.node(t.resolve("a").unwrap()).unwrap().nlink, 4);
+    assert_eq!(t.node(1).unwrap().nlink, 3);
+}

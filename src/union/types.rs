@@ -1,0 +1,89 @@
+//! Plain data types of the [`super::UnionFs`] API: request context, setattr changes,
+//! directory entries, open results, read results, statfs and counters.
+
+use super::{FileKind, Result};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use std::ffi::OsString;
+use std::sync::atomic::AtomicU64;
+use std::time::SystemTime;
+
+/// Caller credentials for objects a request creates.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Ctx {
+    pub uid: u32,
+    pub gid: u32,
+    pub umask: u32,
+}
+
+/// A time in `setattr`.
+#[derive(Clone, Copy, Debug)]
+pub enum TimeSpec {
+    Now,
+    Set(SystemTime),
+}
+
+/// The changes of one `setattr`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSpec>,
+    pub mtime: Option<TimeSpec>,
+}
+
+/// One directory entry; `offset` is the cookie of the *next* entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: OsString,
+    pub ino: u64,
+    pub kind: FileKind,
+    pub offset: u64,
+}
+
+/// Result of `open`/`create`.
+#[derive(Clone, Copy, Debug)]
+pub struct Opened {
+    pub fh: u64,
+    /// The file is an immutable lower file (the page cache may be kept across opens).
+    pub lower: bool,
+}
+
+/// Bytes of a read: ready now, or a future that waits for a lower source.
+pub enum ReadResult {
+    Ready(Bytes),
+    Pending(BoxFuture<'static, Result<Bytes>>),
+}
+
+/// `statfs` answer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+/// Counters for `strata stats`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub(crate) reads: AtomicU64,
+    pub(crate) bytes_read: AtomicU64,
+    pub(crate) lower_reads_waited: AtomicU64,
+    pub(crate) copy_ups: AtomicU64,
+}
+
+/// A copy of [`Stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub reads: u64,
+    pub bytes_read: u64,
+    pub lower_reads_waited: u64,
+    pub copy_ups: u64,
+}
