@@ -1,11 +1,26 @@
 use clap::Parser;
 
+/// Installed as `fuse-overlayfs` or `strata-overlay` (a symlink; mount.fuse3 runs the
+/// latter for `-t fuse.strata-overlay`), act as `strata overlay ...`.
+fn args() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let base = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .map(|b| b.to_os_string());
+    if base.is_some_and(|b| b == "fuse-overlayfs" || b == "strata-overlay") {
+        args[0] = "strata".into();
+        args.insert(1, "overlay".into());
+    }
+    args
+}
+
 fn main() {
-    let cli = strata::cli::Cli::parse();
+    let cli = strata::cli::Cli::parse_from(args());
     let filter = if cli.debug {
         "debug".to_string()
     } else {
-        std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,fuser=error".into())
+        std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,fuser=error,fuser::reply=off".into())
     };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))

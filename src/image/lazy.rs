@@ -30,6 +30,9 @@ type ProfileState = (
     Vec<(usize, String)>,
 );
 
+/// How long after mounting the background fetch of whole layers starts.
+pub const BULK_PREFETCH_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Most files a profile keeps.
 const PROFILE_MAX_FILES: usize = 100_000;
 
@@ -102,6 +105,9 @@ pub async fn prefetch(
             cache.read(l, r).await?;
         }
     }
+    // Whole layers only after a grace period: a short-lived command's cold start should not
+    // share the link with bytes it will never read.
+    tokio::time::sleep(BULK_PREFETCH_DELAY).await;
     for l in &image.layers {
         cache.prefetch_layer(l).await?;
     }
