@@ -4,6 +4,7 @@
 //! reporting through [`Progress`].
 
 mod archive;
+pub mod commit;
 pub mod index;
 pub mod lazy;
 mod pull;

@@ -1,0 +1,255 @@
+#!/usr/bin/env bash
+# Cold-start benchmark (HelloBench style): time from "start" to the workload's exit, caches dropped
+# before every run, registry behind an emulated link (scripts/lib/netns.sh).
+#
+#   scripts/bench-startup.sh [--quick] [--runs N] [--images a,b] [--profiles unshaped,200mbit-10ms]
+#                            [--workloads w1,w2]
+#
+# Methods (per image x workload x link profile):
+#   classic       skopeo copy docker://REF -> OCI dir; umoci raw unpack; umoci raw runtime-config;
+#                 runc run  (tool-independent reference for "pull everything first")
+#   local         runc run of the already unpacked bundle (page cache dropped): the workload's own
+#                 cost with every byte on local disk
+#   strata-pull   strata pull REF; strata run REF CMD   (empty STRATA_ROOT; needs `strata run`)
+#   strata-lazy   strata run REF CMD with an empty STRATA_ROOT, after `strata index REF --push`
+#                 published the sidecar index once
+#   ideal         computed lower bound for a lazy loader: local + gzip(bytes the workload opens) /
+#                 link bandwidth + 3 round trips (connect, manifest, data)
+# Results: bench-results/startup-raw.csv (every run), startup-summary.csv, startup.json,
+#          startup.md (markdown table). Defaults: 5 runs, images debian-minbase,python,big, profiles
+#          unshaped,200mbit-10ms; --quick: 3 runs, first workload per image, profile 200mbit-10ms
+#          (about 4-5 minutes on 2 vCPUs; explicit --runs/--profiles/--workloads still apply).
+# Environment: STRATA (binary, default target/release/strata), STRATA_RUN_ARGS (default: --rm when
+#   `strata run --help` mentions it), BENCH_WORK (scratch, default /var/tmp/strata-bench),
+#   STRATA_IMAGE_CACHE, BENCH_RESULTS.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib/common.sh"
+. "$here/lib/registry.sh"
+. "$here/lib/images.sh"
+. "$here/lib/netns.sh"
+
+[ "$(id -u)" -eq 0 ] || die "run as root (drop_caches, runc, network namespaces)"
+
+quick=0 runs="" images="debian-minbase,python,big" profiles="" only_wl=""
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) quick=1 ;;
+    --runs) runs=$2; shift ;;
+    --images) images=$2; shift ;;
+    --profiles) profiles=$2; shift ;;
+    --workloads) only_wl=$2; shift ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    *) die "unknown argument $1" ;;
+  esac
+  shift
+done
+[ -n "$runs" ] || { [ $quick = 1 ] && runs=3 || runs=5; }
+[ -n "$profiles" ] || { [ $quick = 1 ] && profiles=200mbit-10ms || profiles=unshaped,200mbit-10ms; }
+IFS=, read -r -a IMAGES <<< "$images"
+IFS=, read -r -a PROFILES <<< "$profiles"
+for p in "${PROFILES[@]}"; do parse_profile "$p" >/dev/null; done
+
+ensure_pkgs skopeo umoci runc docker-registry strace jq iproute2 curl
+WORK=${BENCH_WORK:-/var/tmp/strata-bench}
+mkdir -p "$WORK"
+REGDATA=$WORK/registry-data
+RES=$(bench_results_dir)
+RAW=$RES/startup-raw.csv
+TRACES=$RES/startup-traces.json
+LINKS=$RES/startup-links.json
+STRATA_BIN=$(strata_bin)
+notes=()
+
+# workloads: NAME<TAB>JSON argv
+workloads_for() {
+  case $1 in
+    debian-minbase) printf 'echo\t["sh","-c","echo hi"]\n' ;;
+    python) printf 'import-json\t["python3","-c","import json"]\n'
+            printf 'echo\t["sh","-c","echo hi"]\n' ;;
+    big) printf 'import-numpy\t["python3","-c","import numpy"]\n'
+         printf 'gcc-hello\t["sh","-c","printf %s > /tmp/h.c && gcc -o /tmp/h /tmp/h.c && /tmp/h"]\n' \
+           "'int main(void){return 0;}\\\\n'"
+         printf 'import-json\t["python3","-c","import json"]\n' ;;
+    smallfiles) printf 'echo\t["sh","-c","echo hi"]\n' ;;
+    *) die "no workloads for image $1" ;;
+  esac
+}
+
+cleanup() {
+  local rc=$?
+  { runc list -q 2>/dev/null | grep "^sbench-$$-" || true; } | while read -r c; do runc delete -f "$c" >/dev/null 2>&1 || true; done
+  stop_bench_registry
+  rm -rf "$WORK/run-$$"
+  exit $rc
+}
+trap cleanup EXIT INT TERM
+
+# ---- images: build (cached) and push once into the persistent registry storage ----
+for img in "${IMAGES[@]}"; do build_image "$img"; done
+start_bench_registry "$WORK/reg-push-$$" "$REGDATA" unshaped
+for img in "${IMAGES[@]}"; do
+  want=$(jq -r '.manifests[] | select(.annotations["org.opencontainers.image.ref.name"]=="latest") | .digest' \
+         "$(image_layout "$img")/index.json")
+  have=$(curl -fsI -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+         "http://$REGISTRY_HOST/v2/bench/$img/manifests/latest" 2>/dev/null \
+         | awk -F': ' 'tolower($1)=="docker-content-digest"{print $2}' | tr -d '\r' || true)
+  if [ "$want" != "$have" ]; then log "pushing $img"; push_image "$img" "$REGISTRY_HOST"; fi
+done
+# strata sidecar indexes (once; stored in the same registry storage)
+strata_run_ok=0 strata_index_ok=0
+if strata_has_cmd run; then strata_run_ok=1; else
+  notes+=("strata-pull/strata-lazy skipped: ${STRATA_BIN:-no strata binary at \$STRATA (default target/release/strata)}${STRATA_BIN:+ has no 'run' command yet}")
+fi
+if [ $strata_run_ok = 1 ] && strata_has_cmd index; then
+  for img in "${IMAGES[@]}"; do
+    r=$(mktemp -d "$WORK/strata-index.XXXXXX")
+    if STRATA_ROOT=$r "$STRATA_BIN" index "$REGISTRY_HOST/bench/$img:latest" --push > "$WORK/index-$img.log" 2>&1; then
+      strata_index_ok=1
+    else
+      notes+=("strata index --push failed for $img: $(tail -1 "$WORK/index-$img.log")")
+    fi
+    rm -rf "$r"
+  done
+fi
+STRATA_RUN_ARGS=${STRATA_RUN_ARGS-}
+if [ $strata_run_ok = 1 ] && [ -z "${STRATA_RUN_ARGS}" ] && "$STRATA_BIN" run --help 2>&1 | grep -q -- '--rm'; then
+  STRATA_RUN_ARGS=--rm
+fi
+stop_bench_registry
+
+echo "image,profile,workload,method,run,seconds,bytes_fetched,ok" > "$RAW"
+echo '{}' > "$TRACES"; echo '{}' > "$LINKS"
+
+RUNDIR=$WORK/run-$$
+mkdir -p "$RUNDIR"
+cid=0
+
+# write_config LAYOUT ROOTFS ARGV_JSON OUT
+write_config() {
+  umoci raw runtime-config --image "$1:latest" --rootfs "$2" "$4.tmp"
+  jq --argjson a "$3" '.process.args = $a | .process.terminal = false | .root.path = "rootfs"
+      | .root.readonly = false | del(.process.rlimits)' "$4.tmp" > "$4"
+  rm -f "$4.tmp"
+}
+
+# runc_run BUNDLE OUTFILE [strace-log]
+runc_run() {
+  cid=$((cid + 1))
+  local id=sbench-$$-$cid rc=0
+  if [ -n "${3:-}" ]; then
+    strace -f -qq -o "$3" -e trace=openat,open,execve,clone,clone3,fork,vfork -e signal=none \
+      runc run -b "$1" "$id" < /dev/null > "$2" 2>&1 || rc=$?
+  else
+    runc run -b "$1" "$id" < /dev/null > "$2" 2>&1 || rc=$?
+  fi
+  runc delete -f "$id" >/dev/null 2>&1 || true
+  return $rc
+}
+
+record() { echo "$1,$2,$3,$4,$5,$6,$7,$8" >> "$RAW"; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", b-a}'; }
+
+for profile in "${PROFILES[@]}"; do
+  log "=== profile $profile"
+  start_bench_registry "$RUNDIR/reg-$profile" "$REGDATA" "$profile"
+  # link probe on the largest blob of the first image
+  lay=$(image_layout "${IMAGES[0]}")
+  big_digest=$(python3 -c '
+import json,sys,os
+lay=sys.argv[1]; idx=json.load(open(lay+"/index.json"))
+m=[d for d in idx["manifests"] if d.get("annotations",{}).get("org.opencontainers.image.ref.name")=="latest"][0]
+man=json.load(open(os.path.join(lay,"blobs",*m["digest"].split(":"))))
+print(max(man["layers"], key=lambda l:l["size"])["digest"])' "$lay")
+  read -r rtt_meas bw < <(link_probe "$REGISTRY_HOST" "bench/${IMAGES[0]}" "$big_digest")
+  read -r rate delay < <(parse_profile "$profile")
+  rtt=$(awk -v d="$delay" -v m="$rtt_meas" 'BEGIN{ if (d>0) printf "%.4f", 2*d/1000; else printf "%.4f", m }')
+  jq --arg p "$profile" --argjson rtt "$rtt" --argjson bw "$bw" --argjson rate "$rate" --argjson delay "$delay" \
+     '.[$p] = {rtt_s: $rtt, bandwidth_Bps: $bw, rate_mbit: $rate, delay_ms: $delay}' "$LINKS" > "$LINKS.tmp" && mv "$LINKS.tmp" "$LINKS"
+  log "link $profile: rtt ${rtt}s, measured $(awk -v b="$bw" 'BEGIN{printf "%.1f", b/1e6}') MB/s"
+
+  for img in "${IMAGES[@]}"; do
+    ref=$REGISTRY_HOST/bench/$img:latest
+    n=0
+    while IFS=$'\t' read -r wl argv; do
+      n=$((n + 1))
+      [ $quick = 1 ] && [ $n -gt 1 ] && [ -z "$only_wl" ] && break
+      if [ -n "$only_wl" ] && [[ ",$only_wl," != *",$wl,"* ]]; then continue; fi
+      log "--- $img / $wl / $profile"
+      d=$RUNDIR/c
+      # classic
+      for r in $(seq 1 "$runs"); do
+        rm -rf "$d"; mkdir -p "$d/bundle"
+        drop_caches
+        off=$(log_size "$REGISTRY_LOG")
+        t0=$(now_s)
+        ok=1
+        {
+          skopeo copy -q --src-tls-verify=false "docker://$ref" "oci:$d/oci:latest" &&
+          umoci raw unpack --image "$d/oci:latest" "$d/bundle/rootfs" &&
+          write_config "$d/oci" "$d/bundle/rootfs" "$argv" "$d/bundle/config.json" &&
+          runc_run "$d/bundle" "$d/out"
+        } > "$d.log" 2>&1 || ok=0
+        t1=$(now_s)
+        sleep 0.2
+        by=$(registry_bytes_written "$REGISTRY_LOG" "$off")
+        [ $ok = 1 ] || { log "classic run failed:"; tail -5 "$d.log" "$d/out" >&2 || true; }
+        record "$img" "$profile" "$wl" classic "$r" "$(elapsed "$t0" "$t1")" "$by" "$ok"
+      done
+      # local (bundle from the last classic run)
+      for r in $(seq 1 "$runs"); do
+        drop_caches
+        t0=$(now_s); ok=1
+        runc_run "$d/bundle" "$d/out" || ok=0
+        t1=$(now_s)
+        record "$img" "$profile" "$wl" local "$r" "$(elapsed "$t0" "$t1")" 0 "$ok"
+      done
+      # trace of the files the workload reads (once per image/workload, on a fresh unpack)
+      key="$img/$wl"
+      if [ "$(jq --arg k "$key" 'has($k)' "$TRACES")" != true ]; then
+        rm -rf "$d/bundle/rootfs"; umoci raw unpack --image "$d/oci:latest" "$d/bundle/rootfs"
+        drop_caches
+        runc_run "$d/bundle" "$d/out" "$d/strace.log" || log "traced run failed (see $d/out)"
+        tr=$(python3 "$here/lib/trace_reads.py" "$d/bundle/rootfs" "$d/strace.log" "$(jq -r '.[0]' <<< "$argv")")
+        jq --arg k "$key" --argjson v "$tr" '.[$k] = $v' "$TRACES" > "$TRACES.tmp" && mv "$TRACES.tmp" "$TRACES"
+        log "workload reads: $(jq -r '"\(.files) files, \(.bytes/1e6*10|round/10) MB, gzip \(.gzip_bytes/1e6*10|round/10) MB, resident \(.resident_bytes/1e6*10|round/10) MB"' <<< "$tr")"
+      fi
+      rm -rf "$d"
+      # strata
+      if [ $strata_run_ok = 1 ]; then
+        mapfile -t cmd < <(jq -r '.[]' <<< "$argv")
+        for method in strata-pull strata-lazy; do
+          [ $method = strata-lazy ] && [ $strata_index_ok = 0 ] && continue
+          for r in $(seq 1 "$runs"); do
+            sr=$(mktemp -d "$RUNDIR/sroot.XXXXXX")
+            drop_caches
+            off=$(log_size "$REGISTRY_LOG")
+            t0=$(now_s); ok=1
+            if [ $method = strata-pull ]; then
+              { STRATA_ROOT=$sr "$STRATA_BIN" pull "$ref" &&
+                STRATA_ROOT=$sr "$STRATA_BIN" run $STRATA_RUN_ARGS "$ref" "${cmd[@]}"; } \
+                > "$RUNDIR/strata.log" 2>&1 < /dev/null || ok=0
+            else
+              STRATA_ROOT=$sr "$STRATA_BIN" run $STRATA_RUN_ARGS "$ref" "${cmd[@]}" \
+                > "$RUNDIR/strata.log" 2>&1 < /dev/null || ok=0
+            fi
+            t1=$(now_s)
+            sleep 0.2
+            by=$(registry_bytes_written "$REGISTRY_LOG" "$off")
+            [ $ok = 1 ] || { log "$method run failed:"; tail -5 "$RUNDIR/strata.log" >&2; }
+            record "$img" "$profile" "$wl" "$method" "$r" "$(elapsed "$t0" "$t1")" "$by" "$ok"
+            # leave nothing mounted behind, then remove the root
+            awk -v p="$sr" 'index($2, p) == 1 {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+            rm -rf "$sr" 2>/dev/null || log "could not remove $sr"
+          done
+        done
+      fi
+    done < <(workloads_for "$img")
+  done
+  stop_bench_registry
+done
+
+printf '%s\n' "${notes[@]+"${notes[@]}"}" > "$RES/startup-notes.txt"
+python3 "$here/lib/summarize.py" startup "$RES" "$(machine_json)" \
+  "scripts/bench-startup.sh $([ $quick = 1 ] && echo --quick) --runs $runs --images $images --profiles $profiles"
+cat "$RES/startup.md"
