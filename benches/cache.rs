@@ -29,7 +29,11 @@ fn content(n: usize) -> Vec<u8> {
             s ^= s << 13;
             s ^= s >> 7;
             s ^= s << 17;
-            if i % 3 == 0 { s as u8 } else { b"abcdefgh"[(s >> 60) as usize % 8] }
+            if i % 3 == 0 {
+                s as u8
+            } else {
+                b"abcdefgh"[(s >> 60) as usize % 8]
+            }
         })
         .collect()
 }
@@ -46,8 +50,13 @@ fn setup(dir: &std::path::Path, memory: u64) -> (Arc<ChunkCache>, Arc<CachedLaye
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(&tar).expect("gzip");
     let blob = Bytes::from(gz.finish().expect("gzip"));
-    let index = strata::layer::build_index_with(&blob[..], MEDIA_TAR_GZIP, &dir.join("ix"), &BuildOptions::default())
-        .expect("index");
+    let index = strata::layer::build_index_with(
+        &blob[..],
+        MEDIA_TAR_GZIP,
+        &dir.join("ix"),
+        &BuildOptions::default(),
+    )
+    .expect("index");
     let index = Arc::new(index);
     let off = index.lookup("big").expect("entry").offset();
     let cache = ChunkCache::open(CacheConfig {
@@ -58,7 +67,11 @@ fn setup(dir: &std::path::Path, memory: u64) -> (Arc<ChunkCache>, Arc<CachedLaye
         fetch_timeout: strata::cache::DEFAULT_FETCH_TIMEOUT,
     })
     .expect("cache");
-    let layer = Arc::new(CachedLayer { digest: Digest::of(&blob), layout: Layout::new(index), source: Arc::new(MemBlob(blob)) });
+    let layer = Arc::new(CachedLayer {
+        digest: Digest::of(&blob),
+        layout: Layout::new(index),
+        source: Arc::new(MemBlob(blob)),
+    });
     (cache, layer, off)
 }
 
@@ -77,7 +90,10 @@ fn bench(c: &mut Criterion) {
                 b.iter(|| {
                     i = (i + 7919 * 4096) % (15 << 20);
                     let r = off + i..off + i + len;
-                    let got = cache.try_read_local(&layer, r).expect("local").expect("read");
+                    let got = cache
+                        .try_read_local(&layer, r)
+                        .expect("local")
+                        .expect("read");
                     assert_eq!(got.len() as u64, len);
                 })
             });

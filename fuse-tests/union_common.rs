@@ -235,23 +235,62 @@ pub struct StrataMount {
 
 impl StrataMount {
     pub fn new(layers: Vec<TarBytesLower>, upper: Option<(&Path, &Path)>, dir: &Path) -> Self {
+        let entries: Vec<Vec<strata::layer::Entry>> =
+            layers.iter().map(|l| l.entries().to_vec()).collect();
+        let sources: Vec<Arc<dyn LowerSource>> = layers
+            .into_iter()
+            .map(|l| Arc::new(l) as Arc<dyn LowerSource>)
+            .collect();
+        Self::with(
+            entries,
+            sources,
+            upper,
+            dir,
+            strata::union::UnionOptions::default(),
+            strata::fuse::MountOptions::default(),
+        )
+    }
+
+    /// A mount over plain directory lowers (bottom first), as `strata overlay` builds it.
+    pub fn dirs(
+        lowers: &[PathBuf],
+        upper: Option<(&Path, &Path)>,
+        dir: &Path,
+        uopts: strata::union::UnionOptions,
+        mopts: strata::fuse::MountOptions,
+    ) -> Self {
+        let mut entries = Vec::new();
+        let mut sources: Vec<Arc<dyn LowerSource>> = Vec::new();
+        for l in lowers {
+            let d = strata::union::DirLower::open(l).unwrap();
+            entries.push(d.entries().to_vec());
+            sources.push(Arc::new(d));
+        }
+        Self::with(entries, sources, upper, dir, uopts, mopts)
+    }
+
+    pub fn with(
+        entries: Vec<Vec<strata::layer::Entry>>,
+        sources: Vec<Arc<dyn LowerSource>>,
+        upper: Option<(&Path, &Path)>,
+        dir: &Path,
+        uopts: strata::union::UnionOptions,
+        mopts: strata::fuse::MountOptions,
+    ) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let entries: Vec<Vec<strata::layer::Entry>> =
-            layers.iter().map(|l| l.entries().to_vec()).collect();
         let tree = Arc::new(MergedTree::build(&entries).unwrap());
-        let sources: Vec<Arc<dyn LowerSource>> = layers
-            .into_iter()
-            .map(|l| Arc::new(l) as Arc<dyn LowerSource>)
-            .collect();
         let up = upper.map(|(u, w)| Upper::open(u, w).unwrap());
-        let fs = Arc::new(UnionFs::new(tree, sources, up, Some(rt.handle().clone())).unwrap());
-        let opts = strata::fuse::MountOptions::default();
-        let handle = strata::fuse::mount(fs, dir, opts, rt.handle().clone()).unwrap();
+        let fs = Arc::new(
+            UnionFs::new(tree, sources, up, Some(rt.handle().clone()))
+                .unwrap()
+                .with_options(uopts),
+        );
+        let handle = strata::fuse::mount(fs, dir, mopts, rt.handle().clone()).unwrap();
         StrataMount {
             handle: Some(handle),
             dir: dir.to_path_buf(),

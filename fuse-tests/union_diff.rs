@@ -208,6 +208,23 @@ fn run_ops(r: &Path) -> Vec<String> {
 
 #[test]
 fn same_operations_same_results_as_kernel_overlayfs() {
+    differential(Lowers::Tar);
+}
+
+/// The same sequence with plain directory lowers (the kernel oracle's own lower dirs, in
+/// overlay format: char 0/0 whiteouts, `trusted.overlay.opaque`), as `strata overlay` uses.
+#[test]
+fn same_operations_same_results_with_directory_lowers() {
+    differential(Lowers::Dirs);
+}
+
+#[derive(Clone, Copy)]
+enum Lowers {
+    Tar,
+    Dirs,
+}
+
+fn differential(kind: Lowers) {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let layers = fixture_layers();
@@ -242,7 +259,16 @@ fn same_operations_same_results_as_kernel_overlayfs() {
     let want = listing(&ovl.dir);
 
     let (su, sw) = (t.join("s-upper"), t.join("s-work"));
-    let sm = StrataMount::new(tar_lowers(&layers), Some((&su, &sw)), &t.join("mnt"));
+    let sm = match kind {
+        Lowers::Tar => StrataMount::new(tar_lowers(&layers), Some((&su, &sw)), &t.join("mnt")),
+        Lowers::Dirs => StrataMount::dirs(
+            &lowers,
+            Some((&su, &sw)),
+            &t.join("mnt"),
+            Default::default(),
+            Default::default(),
+        ),
+    };
     let got_log = run_ops(&sm.dir);
     let got = listing(&sm.dir);
     assert_eq!(got_log, want_log, "operation results differ");

@@ -50,6 +50,10 @@ pub struct Config {
     pub cache_size: u64,
     #[serde(default = "default_true")]
     pub prefetch: bool,
+    /// Seconds a lazy read may wait for its bytes (all retries included) before it fails
+    /// with EIO.
+    #[serde(default = "default_fetch_timeout")]
+    pub fetch_timeout: u64,
 }
 
 fn default_downloads() -> usize {
@@ -63,6 +67,9 @@ fn default_cache_size() -> u64 {
 }
 fn default_true() -> bool {
     true
+}
+fn default_fetch_timeout() -> u64 {
+    60
 }
 
 fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -116,6 +123,7 @@ impl Default for Config {
             max_concurrent_uploads: default_uploads(),
             cache_size: default_cache_size(),
             prefetch: true,
+            fetch_timeout: default_fetch_timeout(),
         }
     }
 }
@@ -157,6 +165,12 @@ impl Config {
             return Err(invalid(
                 "max-concurrent-uploads",
                 "must be between 1 and 64".into(),
+            ));
+        }
+        if self.fetch_timeout == 0 || self.fetch_timeout > 3600 {
+            return Err(invalid(
+                "fetch-timeout",
+                "must be between 1 and 3600 seconds".into(),
             ));
         }
         let all = self

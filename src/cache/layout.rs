@@ -169,6 +169,13 @@ impl Layout {
             }
             None => f.offset(),
         };
-        Ok(base + s..base + e)
+        // Offsets and sizes come from the index (maybe a registry's sidecar): no overflow.
+        match (base.checked_add(s), base.checked_add(e)) {
+            (Some(a), Some(b)) => Ok(a..b),
+            _ => Err(format!(
+                "{}: file extends beyond any layer offset",
+                f.path()
+            )),
+        }
     }
 }

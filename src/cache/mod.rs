@@ -29,6 +29,8 @@ use std::time::Instant;
 const MAX_COALESCE_SPANS: usize = 16;
 /// Whole-fetch attempts per run of spans (the registry client retries requests on its own).
 const FETCH_ATTEMPTS: u32 = 3;
+/// Default of [`CacheConfig::fetch_timeout`] (config key `fetch-timeout`).
+pub const DEFAULT_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
@@ -67,6 +69,9 @@ pub struct CacheConfig {
     pub memory_bytes: u64,
     pub disk_bytes: u64,
     pub max_concurrent_fetches: usize,
+    /// Overall deadline for fetching one run of spans, all retries included: a read waiting
+    /// on the network fails (EIO) after this instead of hanging on a stalled registry.
+    pub fetch_timeout: std::time::Duration,
 }
 
 /// The shared cache. One per process; all methods take `&self`.
@@ -75,8 +80,16 @@ pub struct ChunkCache {
     disk: disk::Disk,
     inflight: Mutex<HashMap<SpanKey, SpanFuture>>,
     fetch_permits: Arc<tokio::sync::Semaphore>,
+    fetch_timeout: std::time::Duration,
     pub stats: Arc<Stats>,
+    /// When this cache was opened; `last_demand` counts milliseconds from here.
+    epoch: Instant,
+    /// Last time a read on demand had to fetch (ms since `epoch`, 0 = never).
+    last_demand: std::sync::atomic::AtomicU64,
 }
+
+/// Whole-layer prefetch waits until reads on demand have not fetched for this long.
+pub const PREFETCH_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 struct Memory {
     lru: lru::LruCache<SpanKey, Bytes>,
@@ -117,7 +130,10 @@ impl ChunkCache {
             fetch_permits: Arc::new(tokio::sync::Semaphore::new(
                 cfg.max_concurrent_fetches.max(1),
             )),
+            fetch_timeout: cfg.fetch_timeout,
             stats: Arc::new(Stats::default()),
+            epoch: Instant::now(),
+            last_demand: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -182,6 +198,34 @@ impl ChunkCache {
         layer: &Arc<CachedLayer>,
         range: Range<u64>,
     ) -> Result<Bytes, Error> {
+        self.read_as(layer, range, true).await
+    }
+
+    /// [`read`](Self::read) for prefetching: does not count as demand, so whole-layer
+    /// prefetch keeps waiting only for real readers.
+    pub async fn read_prefetch(
+        self: &Arc<Self>,
+        layer: &Arc<CachedLayer>,
+        range: Range<u64>,
+    ) -> Result<Bytes, Error> {
+        self.read_as(layer, range, false).await
+    }
+
+    fn demand_idle(&self) -> std::time::Duration {
+        let last = self.last_demand.load(std::sync::atomic::Ordering::Relaxed);
+        if last == 0 {
+            return std::time::Duration::MAX;
+        }
+        let now = self.epoch.elapsed().as_millis() as u64;
+        std::time::Duration::from_millis(now.saturating_sub(last))
+    }
+
+    async fn read_as(
+        self: &Arc<Self>,
+        layer: &Arc<CachedLayer>,
+        range: Range<u64>,
+        demand: bool,
+    ) -> Result<Bytes, Error> {
         let spans = layer
             .layout
             .locate(range.clone())
@@ -194,6 +238,11 @@ impl ChunkCache {
         if parts.iter().all(Option::is_some) {
             let parts: Vec<Bytes> = parts.into_iter().flatten().collect();
             return Ok(assemble(&layer.layout, spans.start, &parts, range));
+        }
+        if demand {
+            let now = (self.epoch.elapsed().as_millis() as u64).max(1);
+            self.last_demand
+                .store(now, std::sync::atomic::Ordering::Relaxed);
         }
         let waits = self.futures_for(layer, spans.clone(), &parts);
         for (idx, fut) in waits {
@@ -284,7 +333,21 @@ impl ChunkCache {
         layer: Arc<CachedLayer>,
         run: Range<usize>,
     ) -> Result<Vec<Bytes>, Error> {
-        let result = self.fetch_run_inner(&layer, run.clone()).await;
+        let deadline = self.fetch_timeout;
+        let result = match tokio::time::timeout(deadline, self.fetch_run_inner(&layer, run.clone()))
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => {
+                let range = layer.layout.compressed(run.clone()).unwrap_or(0..0);
+                tracing::error!(layer = %layer.digest, ?range, "fetch timed out after {deadline:?}");
+                Err(Error::Fetch {
+                    layer: layer.digest,
+                    range,
+                    msg: format!("no verified bytes within the fetch timeout ({deadline:?})"),
+                })
+            }
+        };
         let mut inflight = lock(&self.inflight);
         for i in run {
             inflight.remove(&SpanKey {
@@ -407,13 +470,21 @@ impl ChunkCache {
                 i += 1;
                 continue;
             }
-            // Yield to on-demand reads: wait while all fetch permits are busy.
-            while self.fetch_permits.available_permits() == 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            // Yield to on-demand reads: wait until they have been quiet for a while and
+            // while all fetch permits are busy.
+            loop {
+                let idle = self.demand_idle();
+                if idle >= PREFETCH_IDLE && self.fetch_permits.available_permits() > 0 {
+                    break;
+                }
+                let wait = PREFETCH_IDLE
+                    .saturating_sub(idle)
+                    .max(std::time::Duration::from_millis(20));
+                tokio::time::sleep(wait).await;
             }
             let end = (i + 4).min(n);
             let r = layer.layout.span_range(i).start..layer.layout.span_range(end - 1).end;
-            self.read(layer, r).await?;
+            self.read_prefetch(layer, r).await?;
             self.stats.prefetched((end - i) as u64);
             fetched += end - i;
             i = end;

@@ -102,6 +102,7 @@ fn open_cache(dir: &std::path::Path, disk: u64) -> Arc<ChunkCache> {
         memory_bytes: 1 << 20,
         disk_bytes: disk,
         max_concurrent_fetches: 4,
+        fetch_timeout: super::DEFAULT_FETCH_TIMEOUT,
     })
     .unwrap()
 }

@@ -73,6 +73,7 @@ pub async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<i32, Error> {
         } => index(ctx, &image, push, platform.as_deref()).await,
         Command::Cache { command } => cache(ctx, command),
         Command::Mount(args) => super::mount::mount(ctx, args).await,
+        Command::Overlay(args) => super::overlay::overlay(ctx, args).await,
         Command::Run(args) => super::run::run(ctx, *args).await,
         Command::Ps { all, quiet } => super::run::ps(ctx, all, quiet).await,
         Command::Start { containers } => super::run::start(ctx, &containers).await,
@@ -83,6 +84,9 @@ pub async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<i32, Error> {
         Command::Logs { follow, container } => super::run::logs(ctx, &container, follow).await,
         Command::Exec(args) => super::run::exec(ctx, args).await,
         Command::Wait { containers } => super::run::wait(ctx, &containers).await,
+        Command::Commit(args) => super::commit::commit(ctx, args).await,
+        Command::Export(args) => super::commit::export(ctx, args).await,
+        Command::Import(args) => super::commit::import(ctx, args).await,
         Command::Umount { mountpoint, force } => super::mount::umount(ctx, &mountpoint, force),
         Command::Stats { mountpoint, json } => super::mount::stats(ctx, &mountpoint, json),
     }

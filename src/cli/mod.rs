@@ -1,8 +1,10 @@
 //! Command line: argument parsing (clap) and human output. Calls `image`, `store`, `registry`.
 //! Every command returns `Result<i32, Error>`; `main.rs` prints the error and exits.
 
+mod commit;
 mod images;
 pub mod mount;
+mod overlay;
 mod run;
 mod util;
 
@@ -160,6 +162,8 @@ pub enum Command {
     },
     /// Mount an image lazily as a FUSE union file system
     Mount(mount::MountArgs),
+    /// Mount a union of plain directories, fuse-overlayfs compatible (-o lowerdir=...)
+    Overlay(overlay::OverlayArgs),
     /// Unmount a strata mount
     Umount {
         mountpoint: PathBuf,
@@ -228,6 +232,12 @@ pub enum Command {
         #[arg(required = true)]
         containers: Vec<String>,
     },
+    /// Create a new image from a container's changes (its upper layer)
+    Commit(commit::CommitArgs),
+    /// Write a container's root file system as a flat tar
+    Export(commit::ExportArgs),
+    /// Create a one-layer image from a root file system tar (plain, gzip or zstd)
+    Import(commit::ImportArgs),
     /// System information
     System {
         #[command(subcommand)]
@@ -278,6 +288,7 @@ impl Ctx {
             memory_bytes: 256 << 20,
             disk_bytes: self.config.cache_size,
             max_concurrent_fetches: 8,
+            fetch_timeout: std::time::Duration::from_secs(self.config.fetch_timeout),
         })
         .map_err(|e| Error::Usage(e.to_string()))
     }

@@ -2,7 +2,7 @@
 //! arguments, calling [`UnionFs`] (inline, on the blocking pool when it may copy up, or
 //! finishing in a task when a lower read must wait) and replying exactly once.
 
-use super::{errno, MountOptions};
+use super::{errno, IdMap, MountOptions};
 use crate::union::{Attr, Ctx, FileKind, ReadResult, SetAttr, TimeSpec, UnionFs};
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
@@ -21,7 +21,6 @@ use std::time::{Duration, SystemTime};
 /// Backing file registered for passthrough on one inode, shared by its open handles.
 struct Backing {
     id: Arc<BackingId>,
-    lower: bool,
     opens: usize,
 }
 
@@ -34,6 +33,8 @@ pub(super) struct Shared {
     backing: Mutex<HashMap<u64, Backing>>,
     /// fh -> ino of handles opened with passthrough.
     pt_handles: Mutex<HashMap<u64, u64>>,
+    /// fh -> ino of file handles opened without passthrough (kernel caching mode).
+    cached: Mutex<HashMap<u64, u64>>,
 }
 
 pub(super) struct Adapter {
@@ -53,7 +54,7 @@ fn file_type(k: FileKind) -> FileType {
     }
 }
 
-fn fattr(a: &Attr) -> FileAttr {
+fn fattr(a: &Attr, ids: &IdMap) -> FileAttr {
     FileAttr {
         ino: INodeNo(a.ino),
         size: a.size,
@@ -65,8 +66,8 @@ fn fattr(a: &Attr) -> FileAttr {
         kind: file_type(a.kind),
         perm: a.perm,
         nlink: a.nlink,
-        uid: a.uid,
-        gid: a.gid,
+        uid: ids.uid_shown(a.uid),
+        gid: ids.gid_shown(a.gid),
         rdev: a.rdev,
         blksize: a.blksize,
         flags: 0,
@@ -93,14 +94,16 @@ impl Adapter {
             passthrough,
             backing: Mutex::new(HashMap::new()),
             pt_handles: Mutex::new(HashMap::new()),
+            cached: Mutex::new(HashMap::new()),
         };
         Adapter { s: Arc::new(s), rt }
     }
 
-    fn ctx(req: &Request, umask: u32) -> Ctx {
+    /// Credentials for new objects, mapped to the ids stored on disk.
+    fn ctx(&self, req: &Request, umask: u32) -> Ctx {
         Ctx {
-            uid: req.uid(),
-            gid: req.gid(),
+            uid: self.s.opts.ids.uid_stored(req.uid()),
+            gid: self.s.opts.ids.gid_stored(req.gid()),
             umask,
         }
     }
@@ -127,65 +130,69 @@ impl Shared {
 
     fn entry(&self, reply: ReplyEntry, r: crate::union::Result<Attr>) {
         match r {
-            Ok(a) => reply.entry(&self.ttl(&a), &fattr(&a), Generation(0)),
+            Ok(a) => reply.entry(&self.ttl(&a), &fattr(&a, &self.opts.ids), Generation(0)),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     /// Passthrough registration for a freshly opened handle: `Some(id)` to reply with, or
-    /// `None` for the normal path. `direct` is set when another backing file is active on the
-    /// inode (a lower one while this open is of the copied-up upper): the open must bypass the
-    /// page cache then, and must never write through the old backing file.
+    /// `None` for the normal path. The kernel allows one backing file per inode and refuses
+    /// (EIO) to mix passthrough and cached opens of an inode, so: an inode with a backing
+    /// file shares it; an inode with cached opens gets another cached open; only then is a
+    /// new backing file registered. The core never offers a lower file as backing on a
+    /// writable union, so a writer after copy-up can never end up on the lower file.
     fn backing_for(
         &self,
         ino: u64,
         fh: u64,
         reg: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
-    ) -> (Option<Arc<BackingId>>, bool) {
+    ) -> Option<Arc<BackingId>> {
         if !self.passthrough.load(Ordering::Relaxed) {
-            return (None, false);
+            return None;
         }
-        let Some(file) = self.fs.backing_file(fh) else {
-            return (None, false);
-        };
-        let lower = self.fs.getattr(ino).map(|a| a.lower).unwrap_or(false);
         let mut map = self.backing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pt = self.pt_handles.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(b) = map.get_mut(&ino) {
-            if b.lower == lower {
-                b.opens += 1;
-                self.pt_handles
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(fh, ino);
-                return (Some(b.id.clone()), false);
-            }
-            return (None, true);
+            b.opens += 1;
+            pt.insert(fh, ino);
+            return Some(b.id.clone());
         }
-        match reg(&file) {
-            Ok(id) => {
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        let file = if cached.values().any(|&i| i == ino) {
+            None
+        } else {
+            self.fs.backing_file(fh)
+        };
+        let registered = file.map(|f| reg(&f)).and_then(|r| {
+            r.inspect_err(|e| tracing::debug!(ino, error = %e, "passthrough refused; normal reads"))
+                .ok()
+        });
+        match registered {
+            Some(id) => {
                 let id = Arc::new(id);
                 map.insert(
                     ino,
                     Backing {
                         id: id.clone(),
-                        lower,
                         opens: 1,
                     },
                 );
-                self.pt_handles
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(fh, ino);
-                (Some(id), false)
+                pt.insert(fh, ino);
+                Some(id)
             }
-            Err(e) => {
-                tracing::debug!(ino, error = %e, "passthrough refused; normal reads");
-                (None, false)
+            None => {
+                // Decided under the same locks, so no passthrough open can slip in between.
+                cached.insert(fh, ino);
+                None
             }
         }
     }
 
     fn release_backing(&self, fh: u64) {
+        self.cached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh);
         let Some(ino) = self
             .pt_handles
             .lock()
@@ -210,28 +217,20 @@ impl Shared {
         reply: ReplyOpen,
     ) {
         match r {
-            Ok(o) => {
-                let (id, direct) = self.backing_for(ino, o.fh, |f| reply.open_backing(f));
-                match id {
-                    Some(id) => {
-                        reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id)
-                    }
-                    None => reply.opened(FileHandle(o.fh), Self::open_flags(o.lower, direct)),
-                }
-            }
+            Ok(o) => match self.backing_for(ino, o.fh, |f| reply.open_backing(f)) {
+                Some(id) => reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id),
+                None => reply.opened(FileHandle(o.fh), Self::open_flags(o.lower)),
+            },
             Err(e) => reply.error(errno(&e)),
         }
     }
 
-    fn open_flags(lower: bool, direct: bool) -> FopenFlags {
-        let mut f = FopenFlags::empty();
+    fn open_flags(lower: bool) -> FopenFlags {
         if lower {
-            f |= FopenFlags::FOPEN_KEEP_CACHE;
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
         }
-        if direct {
-            f |= FopenFlags::FOPEN_DIRECT_IO;
-        }
-        f
     }
 }
 
@@ -274,9 +273,13 @@ impl Filesystem for Adapter {
         self.entry(reply, self.s.fs.lookup(parent.0, name));
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.s.fs.forget(ino.0, nlookup);
+    }
+
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.s.fs.getattr(ino.0) {
-            Ok(a) => reply.attr(&self.s.ttl(&a), &fattr(&a)),
+            Ok(a) => reply.attr(&self.s.ttl(&a), &fattr(&a, &self.s.opts.ids)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -299,17 +302,18 @@ impl Filesystem for Adapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let ids = self.s.opts.ids.clone();
         let s = SetAttr {
             mode,
-            uid,
-            gid,
+            uid: uid.map(|u| ids.uid_stored(u)),
+            gid: gid.map(|g| ids.gid_stored(g)),
             size,
             atime: time(atime),
             mtime: time(mtime),
         };
         let ttl = self.s.opts.upper_ttl;
         self.blocking(move |fs| match fs.setattr(ino.0, fh.map(|f| f.0), &s) {
-            Ok(a) => reply.attr(&ttl, &fattr(&a)),
+            Ok(a) => reply.attr(&ttl, &fattr(&a, &ids)),
             Err(e) => reply.error(errno(&e)),
         });
     }
@@ -335,7 +339,7 @@ impl Filesystem for Adapter {
             reply,
             self.s
                 .fs
-                .mknod(&Self::ctx(req, umask), parent.0, name, mode, rdev),
+                .mknod(&self.ctx(req, umask), parent.0, name, mode, rdev),
         );
     }
 
@@ -350,9 +354,7 @@ impl Filesystem for Adapter {
     ) {
         self.entry(
             reply,
-            self.s
-                .fs
-                .mkdir(&Self::ctx(req, umask), parent.0, name, mode),
+            self.s.fs.mkdir(&self.ctx(req, umask), parent.0, name, mode),
         );
     }
 
@@ -376,7 +378,7 @@ impl Filesystem for Adapter {
             reply,
             self.s
                 .fs
-                .symlink(&Self::ctx(req, 0), parent.0, link_name, target),
+                .symlink(&self.ctx(req, 0), parent.0, link_name, target),
         );
     }
 
@@ -409,8 +411,9 @@ impl Filesystem for Adapter {
     ) {
         let newname = newname.to_os_string();
         let ttl = self.s.opts.upper_ttl;
+        let ids = self.s.opts.ids.clone();
         self.blocking(move |fs| match fs.link(ino.0, newparent.0, &newname) {
-            Ok(a) => reply.entry(&ttl, &fattr(&a), Generation(0)),
+            Ok(a) => reply.entry(&ttl, &fattr(&a, &ids), Generation(0)),
             Err(e) => reply.error(errno(&e)),
         });
     }
@@ -548,17 +551,33 @@ impl Filesystem for Adapter {
     ) {
         match self.s.fs.readdirplus(fh.0, offset) {
             Ok(list) => {
+                let mut unsent = Vec::new();
+                let mut full = false;
                 for (d, a) in list {
+                    let counted = d.name != "." && d.name != "..";
+                    if full {
+                        if counted {
+                            unsent.push(d.ino);
+                        }
+                        continue;
+                    }
                     if reply.add(
                         INodeNo(d.ino),
                         d.offset,
                         &d.name,
                         &self.s.ttl(&a),
-                        &fattr(&a),
+                        &fattr(&a, &self.s.opts.ids),
                         Generation(0),
                     ) {
-                        break;
+                        full = true;
+                        if counted {
+                            unsent.push(d.ino);
+                        }
                     }
+                }
+                // Entries that did not fit were counted by the core but never sent.
+                for ino in unsent {
+                    self.s.fs.forget(ino, 1);
                 }
                 reply.ok();
             }
@@ -662,15 +681,14 @@ impl Filesystem for Adapter {
         match self
             .s
             .fs
-            .create(&Self::ctx(req, umask), parent.0, name, mode, flags)
+            .create(&self.ctx(req, umask), parent.0, name, mode, flags)
         {
             Ok((a, o)) => {
                 let ttl = self.s.ttl(&a);
-                let (id, direct) = self.s.backing_for(a.ino, o.fh, |f| reply.open_backing(f));
-                match id {
+                match self.s.backing_for(a.ino, o.fh, |f| reply.open_backing(f)) {
                     Some(id) => reply.created_passthrough(
                         &ttl,
-                        &fattr(&a),
+                        &fattr(&a, &self.s.opts.ids),
                         Generation(0),
                         FileHandle(o.fh),
                         FopenFlags::empty(),
@@ -678,10 +696,10 @@ impl Filesystem for Adapter {
                     ),
                     None => reply.created(
                         &ttl,
-                        &fattr(&a),
+                        &fattr(&a, &self.s.opts.ids),
                         Generation(0),
                         FileHandle(o.fh),
-                        Shared::open_flags(o.lower, direct),
+                        Shared::open_flags(o.lower),
                     ),
                 }
             }

@@ -37,6 +37,96 @@ pub struct MountOptions {
     pub upper_ttl: Duration,
     /// Source name shown in /proc/self/mountinfo.
     pub fsname: String,
+    /// uid/gid translation between the disk and callers (fuse-overlayfs `uidmapping=`,
+    /// `gidmapping=`, `squash_to_*`); the default shows ids unchanged.
+    pub ids: IdMap,
+}
+
+/// One range of an id mapping: ids `stored .. stored+len` on disk are shown to callers as
+/// `shown .. shown+len` (fuse-overlayfs `uidmapping=STORED:SHOWN:LEN`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdRange {
+    pub stored: u32,
+    pub shown: u32,
+    pub len: u32,
+}
+
+/// uid/gid translation applied by the adapter: attributes replied are mapped disk -> caller
+/// (then squashed if asked), ids of new objects and chown caller -> disk. Ids outside every
+/// range become the overflow id 65534, as in fuse-overlayfs. No ranges = identity.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdMap {
+    pub uids: Vec<IdRange>,
+    pub gids: Vec<IdRange>,
+    /// Report every owner as this uid (`squash_to_root` = 0, `squash_to_uid=N`).
+    pub squash_uid: Option<u32>,
+    /// Report every group as this gid (`squash_to_root` = 0, `squash_to_gid=N`).
+    pub squash_gid: Option<u32>,
+}
+
+/// The id shown for ids without a mapping.
+pub const OVERFLOW_ID: u32 = 65534;
+
+fn map_id(ranges: &[IdRange], id: u32, to_shown: bool) -> u32 {
+    if ranges.is_empty() {
+        return id;
+    }
+    for r in ranges {
+        let (from, to) = if to_shown {
+            (r.stored, r.shown)
+        } else {
+            (r.shown, r.stored)
+        };
+        if id >= from && u64::from(id) < u64::from(from) + u64::from(r.len) {
+            return to + (id - from);
+        }
+    }
+    OVERFLOW_ID
+}
+
+impl IdMap {
+    /// Is this the identity (nothing to translate)?
+    pub fn is_identity(&self) -> bool {
+        *self == IdMap::default()
+    }
+    pub fn uid_shown(&self, uid: u32) -> u32 {
+        self.squash_uid
+            .unwrap_or_else(|| map_id(&self.uids, uid, true))
+    }
+    pub fn gid_shown(&self, gid: u32) -> u32 {
+        self.squash_gid
+            .unwrap_or_else(|| map_id(&self.gids, gid, true))
+    }
+    pub fn uid_stored(&self, uid: u32) -> u32 {
+        map_id(&self.uids, uid, false)
+    }
+    pub fn gid_stored(&self, gid: u32) -> u32 {
+        map_id(&self.gids, gid, false)
+    }
+    /// Parse a fuse-overlayfs mapping list `STORED:SHOWN:LEN[:STORED:SHOWN:LEN...]`.
+    pub fn parse_ranges(s: &str) -> Result<Vec<IdRange>, String> {
+        let nums: Vec<u32> = s
+            .split(':')
+            .map(|x| {
+                x.trim()
+                    .parse::<u32>()
+                    .map_err(|_| format!("invalid id mapping {s:?}: {x:?} is not a number"))
+            })
+            .collect::<Result<_, _>>()?;
+        if nums.is_empty() || !nums.len().is_multiple_of(3) {
+            return Err(format!(
+                "invalid id mapping {s:?}: expected STORED:SHOWN:LEN triples"
+            ));
+        }
+        Ok(nums
+            .chunks(3)
+            .map(|c| IdRange {
+                stored: c[0],
+                shown: c[1],
+                len: c[2],
+            })
+            .collect())
+    }
 }
 
 impl Default for MountOptions {
@@ -50,6 +140,7 @@ impl Default for MountOptions {
             lower_ttl: Duration::from_secs(24 * 3600),
             upper_ttl: Duration::from_secs(1),
             fsname: "strata".to_string(),
+            ids: IdMap::default(),
         }
     }
 }

@@ -102,7 +102,7 @@ pub async fn prefetch(
             continue;
         };
         if !r.is_empty() && cache.try_read_local(l, r.clone()).is_none() {
-            cache.read(l, r).await?;
+            cache.read_prefetch(l, r).await?;
         }
     }
     // Whole layers only after a grace period: a short-lived command's cold start should not

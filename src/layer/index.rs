@@ -405,9 +405,13 @@ impl LayerIndex {
             }
         }
         let mut prev_chunk: Option<(u32, u64)> = None;
+        let mut total = Some(0u64);
         for i in 0..self.nchunks {
             let c = self.chunk_at(i);
+            total = total.and_then(|t| t.checked_add(c.size));
             let ok = (c.entry as usize) < self.count
+                && total.is_some()
+                && c.file_offset.checked_add(c.size).is_some()
                 && c.compressed.start <= c.compressed.end
                 && c.compressed.end <= self.meta.compressed_size
                 && prev_chunk.is_none_or(|p| p < (c.entry, c.file_offset));

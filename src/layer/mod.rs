@@ -228,7 +228,7 @@ impl LayerIndex {
             let chunks: Vec<(usize, Chunk)> = all.map(|i| (i, self.chunk_at(i))).collect();
             let first = chunks
                 .iter()
-                .position(|(_, c)| c.file_offset + c.size > range.start);
+                .position(|(_, c)| c.file_offset.saturating_add(c.size) > range.start);
             let last = chunks.iter().rposition(|(_, c)| c.file_offset < range.end);
             let (Some(a), Some(b)) = (first, last) else {
                 return Err(Error::NotReadable {
@@ -237,6 +237,14 @@ impl LayerIndex {
                 });
             };
             let (ca, cb) = (&chunks[a].1, &chunks[b].1);
+            // A hostile index may leave a gap before the first chunk or order members
+            // backwards; refuse instead of computing a negative range.
+            if a > b || ca.file_offset > range.start || ca.compressed.start > cb.compressed.end {
+                return Err(Error::NotReadable {
+                    path: f.path(),
+                    reason: "eStargz chunks do not cover the range in order",
+                });
+            }
             return Ok(ReadPlan {
                 compressed: ca.compressed.start..cb.compressed.end,
                 want: range.start - ca.file_offset..range.end - ca.file_offset,
@@ -282,7 +290,7 @@ impl LayerIndex {
             )?,
         };
         let (s, e) = (plan.want.start as usize, plan.want.end as usize);
-        if e > out.len() {
+        if e > out.len() || s > e {
             return Err(Error::NotReadable {
                 path: plan.path.clone(),
                 reason: "decoded data shorter than planned",

@@ -229,6 +229,11 @@ impl UnionFs {
                 let dev = libc::makedev(t.dev_major, t.dev_minor);
                 sys::mknod(tmp, t.kind.mode_bits() | t.mode, dev)
                     .map_err(|e| Error::io("create copy-up node", tmp, e))?;
+                if t.kind == FileKind::CharDev && dev == 0 {
+                    // A real 0/0 device shown by a lower: keep it from becoming a whiteout.
+                    sys::set_xattr(tmp, sys::DEVICE_XATTR, b"y", 0)
+                        .map_err(|e| Error::io("mark real device 0/0", tmp, e))?;
+                }
             }
             FileKind::Dir => return Err(Error::Invalid("directory in file copy-up")),
         }

@@ -39,13 +39,22 @@ pub(crate) struct Node {
     pub upper_key: Option<(u64, u64)>,
     /// Names this object is known under.
     pub aliases: Vec<(u64, OsString)>,
+    /// Lookups the kernel holds on this node (entries replied minus `forget`s).
+    pub lookups: u64,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct State {
     pub nodes: HashMap<u64, Node>,
+    /// Upper `(dev, ino)` -> union inode, for live nodes and for upper objects whose number
+    /// cannot be derived again (copy-ups keep their lower number; see `nodes.rs`).
     pub by_upper: HashMap<(u64, u64), u64>,
+    /// Tree inode -> upper key of the object that took it over by copy-up.
+    pub claimed: HashMap<u64, (u64, u64)>,
+    /// Next number for upper objects whose `st_ino` does not fit the derived range.
     pub next_ino: u64,
+    /// Node count after the last sweep of unreferenced nodes.
+    pub swept_at: usize,
 }
 
 pub(crate) enum Handle {
@@ -81,6 +90,7 @@ pub struct UnionFs {
     pub(crate) handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     pub(crate) stats: Arc<Stats>,
+    pub(crate) opts: super::UnionOptions,
 }
 
 pub(crate) fn ts(t: crate::layer::Timestamp) -> SystemTime {
@@ -156,7 +166,7 @@ impl UnionFs {
         rt: Option<tokio::runtime::Handle>,
     ) -> Result<Self> {
         let mut st = State {
-            next_ino: tree.len() + 1,
+            next_ino: super::nodes::FALLBACK_BASE,
             ..State::default()
         };
         let mut root = Node {
@@ -165,6 +175,7 @@ impl UnionFs {
             upper: false,
             upper_key: None,
             aliases: Vec::new(),
+            lookups: 1,
         };
         if let Some(u) = &upper {
             let m = std::fs::symlink_metadata(u.root())
@@ -186,7 +197,14 @@ impl UnionFs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             stats: Arc::new(Stats::default()),
+            opts: super::UnionOptions::default(),
         })
+    }
+
+    /// The same union with `opts` (overlay-mode behaviour switches).
+    pub fn with_options(mut self, opts: super::UnionOptions) -> Self {
+        self.opts = opts;
+        self
     }
 
     /// The merged lower tree.
@@ -230,9 +248,12 @@ impl UnionFs {
         let mut cur = ino;
         while cur != ROOT_INO {
             let n = st.nodes.get(&cur).ok_or(Error::StaleInode(cur))?;
+            // Prefer a name whose directory is still in the table (others may be forgotten).
             let (p, name) = n
                 .aliases
-                .first()
+                .iter()
+                .find(|(p, _)| *p == ROOT_INO || st.nodes.contains_key(p))
+                .or(n.aliases.first())
                 .ok_or_else(|| Error::NotFound(format!("inode {ino}")))?;
             names.push(name);
             cur = *p;
@@ -272,47 +293,34 @@ impl UnionFs {
     ) -> Result<u64> {
         let key = (m.dev(), m.ino());
         if let Some(&ino) = st.by_upper.get(&key) {
-            if let Some(n) = st.nodes.get_mut(&ino) {
-                n.upper = true;
+            if st.nodes.contains_key(&ino) {
+                if let Some(n) = st.nodes.get_mut(&ino) {
+                    n.upper = true;
+                }
+                Self::add_alias(st, ino, parent, name);
+                return Ok(ino);
             }
-            Self::add_alias(st, ino, parent, name);
-            return Ok(ino);
         }
         let kind = FileKind::from_mode(m.mode())
             .ok_or(Error::NotSupported("unknown file type in upper"))?;
-        let lc = self.lower_child(st, parent, name);
-        let lower_same = lc.filter(|&l| self.tree.node(l).is_some_and(|t| t.kind == kind));
-        let (ino, lower) = if kind == FileKind::Dir {
-            let p = self.upper()?.path(&self.rel_path(st, parent)?.join(name));
-            match lower_same {
-                Some(l) if !sys::is_opaque(&p) => (l, Some(l)),
-                _ => (self.alloc(st), None),
-            }
-        } else {
-            match lower_same {
-                Some(l) if !fresh && !st.nodes.contains_key(&l) => (l, Some(l)),
-                _ => (self.alloc(st), None),
-            }
-        };
+        let (ino, lower) = self.upper_ino(st, parent, name, m, fresh)?;
         let node = st.nodes.entry(ino).or_insert(Node {
             kind,
             lower,
             upper: true,
             upper_key: Some(key),
             aliases: Vec::new(),
+            lookups: 0,
         });
         node.upper = true;
         node.kind = kind;
         node.upper_key = Some(key);
         st.by_upper.insert(key, ino);
+        if let Some(l) = lower.filter(|_| kind != FileKind::Dir) {
+            st.claimed.insert(l, key);
+        }
         Self::add_alias(st, ino, parent, name);
         Ok(ino)
-    }
-
-    fn alloc(&self, st: &mut State) -> u64 {
-        let ino = st.next_ino;
-        st.next_ino += 1;
-        ino
     }
 
     /// Resolve `name` in `parent`: `Ok(None)` if it does not exist in the union.
@@ -343,6 +351,7 @@ impl UnionFs {
             upper: false,
             upper_key: None,
             aliases: Vec::new(),
+            lookups: 0,
         });
         Self::add_alias(st, l, parent, name);
         Ok(Some(l))
@@ -395,7 +404,9 @@ impl UnionFs {
         let ino = self
             .resolve(&mut st, parent, name)?
             .ok_or_else(|| Error::NotFound(name.to_string_lossy().into_owned()))?;
-        self.attr_locked(&st, ino)
+        let a = self.attr_locked(&st, ino)?;
+        Self::count_lookup(&mut st, ino);
+        Ok(a)
     }
 
     /// `getattr(ino)`.
@@ -442,7 +453,8 @@ impl UnionFs {
                     hidden.insert(name);
                     continue;
                 }
-                let child = self.node_for_upper(st, ino, &name, &m, false)?;
+                // Number only: listing must not grow the node table.
+                let child = self.peek_upper_ino(st, ino, &name, &m)?;
                 let kind = FileKind::from_mode(m.mode()).unwrap_or(FileKind::File);
                 names.insert(name, (child, kind));
             }
@@ -537,7 +549,14 @@ impl UnionFs {
                 }
             };
             match attr {
-                Ok(a) => out.push((DirEntry { ino: a.ino, ..d }, a)),
+                Ok(a) => {
+                    if d.name != "." && d.name != ".." {
+                        // The kernel takes a lookup reference on each entry it is sent; an
+                        // adapter that cannot send one gives it back with `forget`.
+                        Self::count_lookup(&mut st, a.ino);
+                    }
+                    out.push((DirEntry { ino: a.ino, ..d }, a))
+                }
                 Err(Error::NotFound(_)) => continue,
                 Err(e) => return Err(e),
             }
@@ -592,16 +611,32 @@ impl UnionFs {
         Ok(Opened { fh, lower: true })
     }
 
-    /// A read-only file with the full content behind `fh`, for FUSE passthrough: the upper
-    /// file itself, or a local copy of a lower file if its source has one.
+    /// A file with the full content behind `fh`, for FUSE passthrough. An upper file is
+    /// reopened read-write (through `/proc/self/fd`, so unlinked files work too): the
+    /// kernel shares one backing file between all passthrough opens of an inode, also
+    /// writers. A lower file is served only on a read-only union, from its source's local
+    /// copy, opened read-only: on a writable union the kernel would pin the lower file as the
+    /// inode's backing file until every reader closed, and a writer after copy-up could then
+    /// neither reach the upper nor be allowed to use the lower.
     pub fn backing_file(&self, fh: u64) -> Option<Arc<File>> {
         match &*self.handle(fh).ok()? {
-            Handle::Upper { file, .. } => Some(file.clone()),
-            Handle::Lower { file, .. } => {
+            Handle::Upper { file, .. } => {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&**file);
+                match std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(format!("/proc/self/fd/{fd}"))
+                {
+                    Ok(f) => Some(Arc::new(f)),
+                    Err(_) if open_for_read(file) => Some(file.clone()),
+                    Err(_) => None,
+                }
+            }
+            Handle::Lower { file, .. } if self.upper.is_none() => {
                 let p = self.source(file).ok()?.local_path(file)?;
                 File::open(p).ok().map(Arc::new)
             }
-            Handle::Dir { .. } => None,
+            Handle::Lower { .. } | Handle::Dir { .. } => None,
         }
     }
 
@@ -705,6 +740,14 @@ impl UnionFs {
     pub fn name_too_long(name: &OsStr) -> bool {
         name.as_bytes().len() > super::NAME_MAX
     }
+}
+
+/// Was `f` opened with read access?
+fn open_for_read(f: &File) -> bool {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(f);
+    // SAFETY: F_GETFL on a descriptor owned by `f`, alive for the call.
+    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    fl >= 0 && fl & libc::O_ACCMODE != libc::O_WRONLY
 }
 
 /// Open an upper path honouring the access mode and `O_APPEND`/`O_SYNC`-style flags.

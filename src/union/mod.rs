@@ -14,6 +14,7 @@ mod copyup;
 mod dirlower;
 mod fs;
 mod lower;
+mod nodes;
 mod ops;
 mod sys;
 mod tree;
@@ -28,6 +29,7 @@ pub use fs::{
     Ctx, DirEntry, Opened, ReadResult, SetAttr, StatFs, Stats, StatsSnapshot, TimeSpec, UnionFs,
 };
 pub use lower::{LowerFile, LowerSource, TarBytesLower};
+pub use nodes::UPPER_BASE;
 pub use tree::{MergedTree, TreeDirEnt, TreeNode};
 pub use upper::Upper;
 
@@ -38,6 +40,16 @@ use std::time::SystemTime;
 pub const ROOT_INO: u64 = 1;
 /// Longest name accepted (bytes), as on ext4 and overlayfs.
 pub const NAME_MAX: usize = 255;
+
+/// Behaviour switches of a [`UnionFs`] (defaults: image mode, as kernel overlayfs).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UnionOptions {
+    /// Let `mknod c 0 0` create a real character device 0/0 (fuse-overlayfs mode). It is
+    /// stored as a 0/0 device carrying the `trusted.overlay.strata.device` marker, so strata
+    /// never takes it for a whiteout. Kernel overlayfs cannot show such a device and treats
+    /// it as a whiteout; without this switch the call fails with EPERM, as in the kernel.
+    pub allow_chardev00: bool,
+}
 
 /// Type of a union object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

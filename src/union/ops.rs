@@ -60,7 +60,9 @@ impl UnionFs {
             .lstat(&slot.rel)?
             .ok_or_else(|| Error::NotFound(slot.rel.display().to_string()))?;
         let ino = self.node_for_upper(st, parent, name, &m, true)?;
-        attr_from_meta(ino, &m)
+        let a = attr_from_meta(ino, &m)?;
+        Self::count_lookup(st, ino);
+        Ok(a)
     }
 
     fn set_owner_mode(tmp: &Path, uid: u32, gid: u32, mode: Option<u32>) -> Result<()> {
@@ -92,6 +94,7 @@ impl UnionFs {
                     let ino = self
                         .resolve(&mut st, parent, name)?
                         .ok_or(Error::NotFound(n))?;
+                    Self::count_lookup(&mut st, ino);
                     drop(st);
                     let o = self.open(ino, flags)?;
                     if flags & libc::O_TRUNC != 0 {
@@ -145,7 +148,9 @@ impl UnionFs {
     }
 
     /// `mknod(parent, name, mode, rdev)`: fifos, sockets, devices, regular files. A char
-    /// device 0/0 is refused with EPERM, as kernel overlayfs does (it is the whiteout).
+    /// device 0/0 is refused with EPERM, as kernel overlayfs does (it is the whiteout),
+    /// unless [`super::UnionOptions::allow_chardev00`] is set: then it is stored with the
+    /// real-device marker xattr.
     pub fn mknod(
         &self,
         ctx: &Ctx,
@@ -159,7 +164,8 @@ impl UnionFs {
             (rdev >> 8) & 0xfff,
             (rdev & 0xff) | ((rdev >> 12) & 0xfff00),
         );
-        if kind == FileKind::CharDev && major == 0 && minor == 0 {
+        let dev00 = kind == FileKind::CharDev && major == 0 && minor == 0;
+        if dev00 && !self.opts.allow_chardev00 {
             return Err(Error::NotPermitted(
                 "a character device 0/0 is an overlay whiteout",
             ));
@@ -173,6 +179,12 @@ impl UnionFs {
         let tmp = self.upper()?.temp();
         sys::mknod(&tmp, kind.mode_bits() | 0o600, libc::makedev(major, minor))
             .map_err(|e| Error::io("mknod", &tmp, e))?;
+        if dev00 {
+            if let Err(e) = sys::set_xattr(&tmp, sys::DEVICE_XATTR, b"y", 0) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(Error::io("mark real device 0/0", &tmp, e));
+            }
+        }
         Self::set_owner_mode(&tmp, uid, gid, Some(mode & !ctx.umask & 0o7777))?;
         self.finish_new(&mut st, parent, name, &tmp, &slot)
     }
@@ -212,7 +224,9 @@ impl UnionFs {
         std::fs::hard_link(&src, &tmp).map_err(|e| Error::io("link", &src, e))?;
         u.install(&tmp, &slot.rel)?;
         Self::add_alias(&mut st, ino, newparent, newname);
-        self.attr_locked(&st, ino)
+        let a = self.attr_locked(&st, ino)?;
+        Self::count_lookup(&mut st, ino);
+        Ok(a)
     }
 
     /// Forget the name `parent/name` of `ino` after it was removed.
@@ -222,6 +236,9 @@ impl UnionFs {
             if n.aliases.is_empty() {
                 if let Some(k) = n.upper_key.take() {
                     st.by_upper.remove(&k);
+                    if st.claimed.get(&ino) == Some(&k) {
+                        st.claimed.remove(&ino);
+                    }
                 }
             }
         }

@@ -14,6 +14,11 @@ pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 pub const USER_OPAQUE_XATTR: &str = "user.overlay.opaque";
 /// Overlay xattr whiteout (kernel >= 6.7).
 pub const WHITEOUT_XATTR: &str = "trusted.overlay.whiteout";
+/// Unprivileged spelling of [`WHITEOUT_XATTR`] (directory lowers may use it).
+pub const USER_WHITEOUT_XATTR: &str = "user.overlay.whiteout";
+/// Marker on a character device 0/0 that is a real device, not a whiteout (strata's own;
+/// under `trusted.overlay.` so kernel overlayfs and strata both hide it).
+pub const DEVICE_XATTR: &str = "trusted.overlay.strata.device";
 /// Prefix of overlay-private xattrs, never shown to users.
 pub const OVERLAY_PREFIX: &str = "trusted.overlay.";
 
@@ -143,17 +148,24 @@ pub fn mknod(path: &Path, mode: u32, rdev: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Is `meta` (of `path`) an overlay whiteout: char device 0/0, or an empty regular file with
-/// the `trusted.overlay.whiteout` xattr?
+/// Is `meta` (of `path`) an overlay whiteout: char device 0/0 (unless it carries
+/// [`DEVICE_XATTR`]), or an empty regular file with the `trusted.overlay.whiteout` (or
+/// `user.overlay.whiteout`) xattr?
 pub fn is_whiteout(path: &Path, meta: &std::fs::Metadata) -> bool {
     let ft = meta.file_type();
     if ft.is_char_device() {
-        return meta.rdev() == 0;
+        return meta.rdev() == 0 && !is_real_chardev00(path);
     }
     if ft.is_file() && meta.len() == 0 {
-        return matches!(get_xattr(path, WHITEOUT_XATTR), Ok(Some(_)));
+        let has = |n| matches!(get_xattr(path, n), Ok(Some(_)));
+        return has(WHITEOUT_XATTR) || has(USER_WHITEOUT_XATTR);
     }
     false
+}
+
+/// Does the char device 0/0 at `path` carry the real-device marker?
+pub fn is_real_chardev00(path: &Path) -> bool {
+    matches!(get_xattr(path, DEVICE_XATTR), Ok(Some(v)) if v == b"y")
 }
 
 /// Is the directory at `path` opaque (`trusted.overlay.opaque=y`, or the `user.` spelling)?

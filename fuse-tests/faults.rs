@@ -1,0 +1,395 @@
+//! Network faults and crashes under a lazy mount: a real registry behind the fault-injecting
+//! proxy (5xx, 429 + Retry-After, refused connections, stalls, truncated bodies, 200 instead
+//! of 206), `kill -9` of the mount daemon in the middle of reads and after fsync-ed writes,
+//! and a dead mirror in front of the upstream. A read either returns the right bytes or fails
+//! with EIO within a bounded time; once the registry is back, the same read succeeds. (Flipped
+//! bytes -> EIO is in `lazy.rs`.)
+
+mod common;
+
+use common::{DeadPort, Fault, FaultProxy, ImageBuilder, Layer, OutputExt, Registry, StrataEnv};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn pseudo_random(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Files of the test image: path -> bytes.
+fn files() -> BTreeMap<&'static str, Vec<u8>> {
+    BTreeMap::from([
+        ("etc/os-release", b"NAME=faults\n".to_vec()),
+        ("usr/lib/a.bin", pseudo_random(1, 3 << 20)),
+        ("usr/lib/b.bin", pseudo_random(2, 5 << 20)),
+        ("usr/lib/c.bin", pseudo_random(3, 2 << 20)),
+        ("usr/share/small.txt", b"small\n".to_vec()),
+    ])
+}
+
+/// Push the image and its sidecar index (published straight to the registry, not through
+/// any proxy); returns "HOST/repo:tag" relative to the registry.
+fn publish(reg: &Registry, repo_tag: &str) {
+    let mut l = Layer::new()
+        .dir("etc")
+        .dir("usr")
+        .dir("usr/lib")
+        .dir("usr/share");
+    for (p, d) in files() {
+        l = l.file(p, d);
+    }
+    ImageBuilder::new().layer(l).build("v1").push(reg, repo_tag);
+    StrataEnv::new()
+        .run(&["index", &format!("{}/{repo_tag}", reg.host()), "--push"])
+        .assert_success();
+}
+
+struct Mounted<'a> {
+    env: &'a StrataEnv,
+    dir: PathBuf,
+}
+
+impl Drop for Mounted<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .env
+            .run(&["umount", "-f", self.dir.to_str().unwrap_or_default()]);
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+fn mount<'a>(env: &'a StrataEnv, reference: &str, extra: &[&str]) -> Mounted<'a> {
+    let dir = env.scratch().join("mnt");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut args = vec!["mount", reference, dir.to_str().unwrap(), "--no-prefetch"];
+    args.extend_from_slice(extra);
+    env.run(&args).assert_success();
+    Mounted { env, dir }
+}
+
+/// Read `path` in a thread; panic if it has not returned after `limit`. Returns the result
+/// and how long it took.
+fn timed_read(path: PathBuf, limit: Duration) -> (std::io::Result<Vec<u8>>, Duration) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let started = Instant::now();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::read(&path));
+    });
+    match rx.recv_timeout(limit) {
+        Ok(r) => (r, started.elapsed()),
+        Err(_) => panic!("read still blocked after {limit:?}: reads must not hang"),
+    }
+}
+
+fn expect_eio(r: std::io::Result<Vec<u8>>, what: &str) {
+    match r {
+        Ok(b) => panic!("{what}: read returned {} bytes instead of EIO", b.len()),
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "{what}: {e}"),
+    }
+}
+
+fn daemon_log(env: &StrataEnv) -> String {
+    let mut s = String::new();
+    if let Ok(rd) = std::fs::read_dir(env.root().join("mounts")) {
+        for e in rd.flatten() {
+            if e.path().extension().is_some_and(|x| x == "log") {
+                s.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+    }
+    s
+}
+
+fn assert_no_panic(env: &StrataEnv) {
+    let log = daemon_log(env);
+    assert!(
+        !log.contains("panicked") && !log.contains("panic:"),
+        "daemon panicked:\n{log}"
+    );
+}
+
+/// 503 three times, then 429 with Retry-After twice: the client's retries absorb both and
+/// the reads return the right bytes.
+#[test]
+fn server_errors_and_rate_limits_are_retried() {
+    let reg = Registry::start();
+    publish(&reg, "faults/retry:v1");
+    let proxy = FaultProxy::in_front_of(&reg);
+    let env = StrataEnv::new();
+    let m = mount(&env, &format!("{}/faults/retry:v1", proxy.host()), &[]);
+    let want = files();
+
+    proxy.on_path("/blobs/", Some(3), Fault::status(503));
+    let (r, took) = timed_read(m.dir.join("usr/lib/a.bin"), Duration::from_secs(60));
+    assert_eq!(r.unwrap(), want["usr/lib/a.bin"], "after 503s");
+    assert_eq!(proxy.faults_applied(), 3);
+    eprintln!("3 x 503 absorbed in {took:?}");
+
+    proxy.clear();
+    proxy.on_path("/blobs/", Some(2), Fault::too_many_requests());
+    let (r, took) = timed_read(m.dir.join("usr/lib/b.bin"), Duration::from_secs(60));
+    assert_eq!(r.unwrap(), want["usr/lib/b.bin"], "after 429s");
+    assert!(
+        took >= Duration::from_secs(2),
+        "Retry-After: 1 twice, but the read took only {took:?}"
+    );
+    assert_eq!(proxy.faults_applied(), 5);
+    assert_no_panic(&env);
+}
+
+/// Refused connections, truncated bodies and an ignored Range header each turn into EIO
+/// within a bounded time; after the fault clears, the same file reads right.
+#[test]
+fn refused_truncated_and_rangeless_reads_fail_then_recover() {
+    let reg = Registry::start();
+    publish(&reg, "faults/eio:v1");
+    let proxy = FaultProxy::in_front_of(&reg);
+    let env = StrataEnv::new();
+    let m = mount(&env, &format!("{}/faults/eio:v1", proxy.host()), &[]);
+    let want = files();
+    for (fault, file) in [
+        (Fault::Refuse, "usr/lib/a.bin"),
+        (Fault::Truncate, "usr/lib/b.bin"),
+        (Fault::IgnoreRange, "usr/lib/c.bin"),
+    ] {
+        proxy.set(fault.clone());
+        let (r, took) = timed_read(m.dir.join(file), Duration::from_secs(60));
+        expect_eio(r, &format!("{fault:?}"));
+        eprintln!("{fault:?}: EIO after {took:?}");
+        assert!(
+            took < Duration::from_secs(30),
+            "{fault:?}: EIO took {took:?}"
+        );
+        proxy.set(Fault::Pass);
+        let (r, _) = timed_read(m.dir.join(file), Duration::from_secs(30));
+        assert_eq!(r.unwrap(), want[file], "{fault:?}: after recovery");
+    }
+    let s = env.run(&["stats", "--json", m.dir.to_str().unwrap()]);
+    s.assert_success();
+    assert_no_panic(&env);
+}
+
+/// A registry that accepts and never answers: the read fails after `fetch-timeout` (3 s here;
+/// default 60 s) instead of waiting on reqwest's 60 s read timeout per attempt.
+#[test]
+fn stalled_registry_hits_the_fetch_deadline() {
+    let reg = Registry::start();
+    publish(&reg, "faults/stall:v1");
+    let proxy = FaultProxy::in_front_of(&reg);
+    let env = StrataEnv::new();
+    env.write_config(&serde_json::json!({"fetch-timeout": 3}));
+    let m = mount(&env, &format!("{}/faults/stall:v1", proxy.host()), &[]);
+    proxy.set(Fault::Delay(Duration::from_secs(25)));
+    let (r, took) = timed_read(m.dir.join("usr/lib/a.bin"), Duration::from_secs(20));
+    expect_eio(r, "stalled registry");
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(10),
+        "EIO after {took:?}, fetch-timeout is 3 s"
+    );
+    proxy.set(Fault::Pass);
+    let (r, _) = timed_read(m.dir.join("usr/lib/a.bin"), Duration::from_secs(30));
+    assert_eq!(r.unwrap(), files()["usr/lib/a.bin"]);
+    assert!(
+        daemon_log(&env).contains("fetch timed out"),
+        "{}",
+        daemon_log(&env)
+    );
+    assert_no_panic(&env);
+}
+
+/// The first mirror is dead; lazy reads go to the upstream.
+#[test]
+fn dead_mirror_then_upstream_for_lazy_reads() {
+    let reg = Registry::start();
+    publish(&reg, "faults/mirror:v1");
+    let dead = DeadPort::new();
+    let env = StrataEnv::new();
+    env.write_config(&serde_json::json!({
+        "registry-mirrors-by-host": { reg.host(): [dead.url()] },
+    }));
+    let m = mount(&env, &format!("{}/faults/mirror:v1", reg.host()), &[]);
+    let (r, took) = timed_read(m.dir.join("usr/lib/c.bin"), Duration::from_secs(30));
+    assert_eq!(r.unwrap(), files()["usr/lib/c.bin"]);
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let s: serde_json::Value = serde_json::from_str(
+        &env.run(&["stats", "--json", m.dir.to_str().unwrap()])
+            .stdout_str(),
+    )
+    .unwrap();
+    assert_eq!(s["index_sources"], serde_json::json!(["Sidecar"]), "{s}");
+}
+
+/// Every span file in the cache verifies against its layer's index.
+fn check_cache_spans(root: &Path) -> usize {
+    let mut n = 0;
+    let Ok(rd) = std::fs::read_dir(root.join("cache")) else {
+        return 0;
+    };
+    for layer in rd.flatten() {
+        let hex = layer.file_name().to_string_lossy().into_owned();
+        let ix = strata::layer::LayerIndex::open(&root.join("indexes").join(&hex))
+            .unwrap_or_else(|e| panic!("index of cached layer {hex}: {e}"));
+        let layout = strata::cache::Layout::new(Arc::new(ix));
+        for f in std::fs::read_dir(layer.path()).unwrap().flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            let Ok(span) = name.parse::<usize>() else {
+                continue; // temp file of a killed writer: never read, removed at open
+            };
+            let data = std::fs::read(f.path()).unwrap();
+            assert!(
+                layout.verify(span, &data),
+                "cached span {hex}/{span} fails verification"
+            );
+            n += 1;
+        }
+    }
+    n
+}
+
+fn is_mounted(p: &Path) -> bool {
+    let want = p.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// `kill -9` of the daemon while reads wait on slow fetches and after fsync-ed writes: the
+/// mount turns stale (callers get errors, not a hang), `umount -f` cleans it, the cache holds
+/// only verified spans, the upper keeps the fsync-ed data, and a new mount reads everything
+/// right.
+#[test]
+fn kill_9_during_reads_leaves_a_consistent_cache_and_upper() {
+    let reg = Registry::start();
+    publish(&reg, "faults/kill:v1");
+    let proxy = FaultProxy::in_front_of(&reg);
+    let env = StrataEnv::new();
+    let upper = env.scratch().join("upper");
+    let reference = format!("{}/faults/kill:v1", proxy.host());
+    let m = mount(&env, &reference, &["--upper", upper.to_str().unwrap()]);
+    let mnt = m.dir.clone();
+    let want = files();
+
+    // Fsync-ed writes: a new file and a copied-up lower file.
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(mnt.join("etc/new.conf")).unwrap();
+        f.write_all(b"written before the crash\n").unwrap();
+        f.sync_all().unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(mnt.join("etc/os-release"))
+            .unwrap();
+        f.write_all(b"EXTRA=1\n").unwrap();
+        f.sync_all().unwrap();
+    }
+    // One file fully cached before the crash.
+    assert_eq!(
+        std::fs::read(mnt.join("usr/lib/c.bin")).unwrap(),
+        want["usr/lib/c.bin"]
+    );
+
+    // Slow fetches, readers in flight, then SIGKILL.
+    proxy.set(Fault::Delay(Duration::from_millis(700)));
+    let readers: Vec<_> = ["usr/lib/a.bin", "usr/lib/b.bin"]
+        .iter()
+        .map(|f| {
+            let p = mnt.join(f);
+            std::thread::spawn(move || std::fs::read(p).map(|b| b.len()))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1200));
+    let s: serde_json::Value = serde_json::from_str(
+        &env.run(&["stats", "--json", mnt.to_str().unwrap()])
+            .stdout_str(),
+    )
+    .unwrap();
+    let pid = s["pid"].as_i64().expect("daemon pid") as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+    let killed = Instant::now();
+    for r in readers {
+        let res = r.join().unwrap();
+        // Either it finished before the kill or it failed; it did not hang.
+        if let Err(e) = res {
+            assert!(
+                matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOTCONN) | Some(libc::EIO) | Some(libc::ECONNABORTED)
+                ),
+                "{e}"
+            );
+        }
+    }
+    assert!(killed.elapsed() < Duration::from_secs(10));
+    proxy.set(Fault::Pass);
+
+    // Stale: every access fails with ENOTCONN, nothing hangs.
+    let e = std::fs::metadata(mnt.join("etc")).expect_err("stale mount answered");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
+    let plain = env.run(&["umount", mnt.to_str().unwrap()]);
+    if !plain.status.success() {
+        assert!(
+            plain.stderr_str().contains("umount -f"),
+            "{}",
+            plain.stderr_str()
+        );
+        env.run(&["umount", "-f", mnt.to_str().unwrap()])
+            .assert_success();
+    }
+    assert!(!is_mounted(&mnt), "still mounted after umount -f");
+
+    // The upper kept the fsync-ed data; the cache holds only verified spans.
+    assert_eq!(
+        std::fs::read(upper.join("etc/new.conf")).unwrap(),
+        b"written before the crash\n"
+    );
+    assert_eq!(
+        std::fs::read(upper.join("etc/os-release")).unwrap(),
+        b"NAME=faults\nEXTRA=1\n"
+    );
+    let spans = check_cache_spans(&env.root());
+    assert!(spans > 0, "nothing was cached before the crash");
+
+    // A new mount over the same upper: everything reads right.
+    drop(m);
+    let m = mount(&env, &reference, &["--upper", upper.to_str().unwrap()]);
+    for (p, d) in &want {
+        let got = std::fs::read(m.dir.join(p)).unwrap();
+        if *p == "etc/os-release" {
+            assert_eq!(got, b"NAME=faults\nEXTRA=1\n");
+        } else {
+            assert_eq!(&got, d, "{p} after remount");
+        }
+    }
+    assert_eq!(
+        std::fs::read(m.dir.join("etc/new.conf")).unwrap(),
+        b"written before the crash\n"
+    );
+    check_cache_spans(&env.root());
+    // Temp files of the killed writer are gone once a cache has been opened again.
+    for layer in std::fs::read_dir(env.root().join("cache"))
+        .unwrap()
+        .flatten()
+    {
+        for f in std::fs::read_dir(layer.path()).unwrap().flatten() {
+            let n = f.file_name().to_string_lossy().into_owned();
+            assert!(n.parse::<u32>().is_ok(), "leftover cache file {n}");
+        }
+    }
+    drop(m);
+    let log = daemon_log(&env);
+    assert!(!log.contains("panicked"), "{log}");
+}

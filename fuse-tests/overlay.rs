@@ -1,0 +1,501 @@
+//! `strata overlay` (issue 9) and union gaps (issue 5) over real FUSE mounts with plain
+//! directory lowers: every whiteout spelling in a directory lower, FUSE passthrough (and the
+//! copy-up hazard), a real `mknod c 0 0`, nlink 0 of an unlinked open file, ENAMETOOLONG,
+//! readdir inode == stat inode, hard links, a file beyond 4 GiB, shared writable mmap,
+//! `forget` keeping the node table bounded, and the command line (fuse-overlayfs symlink,
+//! mount.fuse3 helper, read-only mounts, bad input).
+
+#[path = "union_common.rs"]
+mod union_common;
+
+use std::ffi::CString;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirEntryExt, FileExt, FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use strata::fuse::MountOptions;
+use strata::union::UnionOptions;
+use union_common::*;
+
+fn mknod(p: &Path, mode: u32, dev: u64) -> std::io::Result<()> {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    if unsafe { libc::mknod(c.as_ptr(), mode, dev) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn overlay_opts() -> UnionOptions {
+    UnionOptions {
+        allow_chardev00: true,
+    }
+}
+
+#[test]
+fn directory_lowers_honour_every_whiteout_spelling() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (l0, l1) = (tmp.path().join("l0"), tmp.path().join("l1"));
+    for d in ["o1", "o2", "o3", "keep"] {
+        std::fs::create_dir_all(l0.join(d)).unwrap();
+        std::fs::write(l0.join(d).join("x"), b"x").unwrap();
+    }
+    for f in ["a", "b", "c", "d", "e"] {
+        std::fs::write(l0.join(f), f.as_bytes()).unwrap();
+    }
+    std::fs::create_dir_all(&l1).unwrap();
+    std::fs::write(l1.join(".wh.a"), b"").unwrap(); // OCI whiteout
+    mknod(&l1.join("b"), libc::S_IFCHR | 0o600, 0).unwrap(); // overlay whiteout
+    std::fs::write(l1.join("c"), b"").unwrap();
+    set_xattr(&l1.join("c"), "trusted.overlay.whiteout", b"").unwrap(); // xattr whiteout
+    std::fs::write(l1.join("d"), b"").unwrap();
+    set_xattr(&l1.join("d"), "user.overlay.whiteout", b"").unwrap();
+    for d in ["o1", "o2", "o3"] {
+        std::fs::create_dir_all(l1.join(d)).unwrap();
+        std::fs::write(l1.join(d).join("y"), b"y").unwrap();
+    }
+    std::fs::write(l1.join("o1/.wh..wh..opq"), b"").unwrap();
+    set_xattr(&l1.join("o2"), "trusted.overlay.opaque", b"y").unwrap();
+    set_xattr(&l1.join("o3"), "user.overlay.opaque", b"y").unwrap();
+    std::fs::write(l1.join(".wh..wh.plnk"), b"").unwrap(); // aufs metadata: never shown
+    mknod(&l1.join("dev00"), libc::S_IFCHR | 0o600, 0).unwrap();
+    set_xattr(&l1.join("dev00"), "trusted.overlay.strata.device", b"y").unwrap();
+
+    let m = StrataMount::dirs(
+        &[l0.clone(), l1.clone()],
+        None,
+        &tmp.path().join("mnt"),
+        overlay_opts(),
+        MountOptions::default(),
+    );
+    assert_eq!(names(&m.dir), ["dev00", "e", "keep", "o1", "o2", "o3"]);
+    for d in ["o1", "o2", "o3"] {
+        assert_eq!(names(&m.dir.join(d)), ["y"], "{d} must be opaque");
+    }
+    assert_eq!(names(&m.dir.join("keep")), ["x"]);
+    let dm = std::fs::symlink_metadata(m.dir.join("dev00")).unwrap();
+    assert!(dm.file_type().is_char_device() && dm.rdev() == 0);
+    assert!(xattrs(&m.dir.join("o2")).is_empty(), "overlay xattrs leak");
+    assert!(xattrs(&m.dir.join("dev00")).is_empty(), "marker leaks");
+    assert_eq!(std::fs::read(m.dir.join("e")).unwrap(), b"e");
+}
+
+#[test]
+fn passthrough_is_active_and_copy_up_sends_writes_to_the_upper() {
+    let tmp = tempfile::tempdir().unwrap();
+    let l = tmp.path().join("l");
+    std::fs::create_dir_all(&l).unwrap();
+    let data = pseudo(3 << 20, 7);
+    std::fs::write(l.join("f"), &data).unwrap();
+    let (u, w) = (tmp.path().join("u"), tmp.path().join("w"));
+    let m = StrataMount::dirs(
+        std::slice::from_ref(&l),
+        Some((&u, &w)),
+        &tmp.path().join("mnt"),
+        overlay_opts(),
+        MountOptions {
+            passthrough: true,
+            ..MountOptions::default()
+        },
+    );
+    let h = m.handle.as_ref().unwrap();
+    assert!(h.passthrough_active());
+    let f = m.dir.join("f");
+    // Keep a read-only descriptor on the lower file open while it is copied up.
+    let ro = std::fs::File::open(&f).unwrap();
+    let mut head = [0u8; 4];
+    ro.read_exact_at(&mut head, 0).unwrap();
+    assert_eq!(head, data[..4]);
+    // Now a writer: copy-up; its bytes must land in the upper, never in the lower file.
+    {
+        let mut wf = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+        wf.write_all(b"NEW!").unwrap();
+        wf.sync_all().unwrap();
+    }
+    drop(ro);
+    assert_eq!(std::fs::read(l.join("f")).unwrap(), data, "lower changed");
+    let up = std::fs::read(u.join("f")).unwrap();
+    assert_eq!(&up[..4], b"NEW!");
+    assert_eq!(&up[4..], &data[4..]);
+    assert_eq!(std::fs::read(&f).unwrap(), up);
+    // Upper files are served by passthrough: reads and writes bypass the daemon.
+    let g = m.dir.join("g");
+    std::fs::write(&g, &data).unwrap();
+    let reads = h.stats().reads;
+    assert_eq!(std::fs::read(&g).unwrap(), data);
+    let mut rw = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&g)
+        .unwrap();
+    rw.write_all_at(b"mid", 1 << 20).unwrap();
+    let ro2 = std::fs::File::open(&g).unwrap();
+    let mut b3 = [0u8; 3];
+    ro2.read_exact_at(&mut b3, 1 << 20).unwrap();
+    assert_eq!(&b3, b"mid");
+    rw.flush().unwrap();
+    assert_eq!(
+        h.stats().reads,
+        reads,
+        "passthrough reads went through the daemon"
+    );
+    drop((rw, ro2, m));
+    assert_eq!(
+        &std::fs::read(u.join("g")).unwrap()[1 << 20..(1 << 20) + 3],
+        b"mid"
+    );
+
+    // A read-only union serves the directory lower itself by passthrough.
+    let m = StrataMount::dirs(
+        std::slice::from_ref(&l),
+        None,
+        &tmp.path().join("mnt2"),
+        overlay_opts(),
+        MountOptions {
+            passthrough: true,
+            ..MountOptions::default()
+        },
+    );
+    let h = m.handle.as_ref().unwrap();
+    assert!(h.passthrough_active());
+    assert_eq!(std::fs::read(m.dir.join("f")).unwrap(), data);
+    assert_eq!(h.stats().reads, 0, "lower reads went through the daemon");
+}
+
+#[test]
+fn issue_9_semantics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let l = tmp.path().join("l");
+    std::fs::create_dir_all(l.join("d")).unwrap();
+    std::fs::write(l.join("lowfile"), b"low").unwrap();
+    std::fs::write(l.join("h1"), b"hard").unwrap();
+    std::fs::hard_link(l.join("h1"), l.join("d/h2")).unwrap();
+    let (u, w) = (tmp.path().join("u"), tmp.path().join("w"));
+    let mnt = tmp.path().join("mnt");
+    let m = StrataMount::dirs(
+        std::slice::from_ref(&l),
+        Some((&u, &w)),
+        &mnt,
+        overlay_opts(),
+        MountOptions::default(),
+    );
+    let r = &m.dir;
+    // A real character device 0/0.
+    mknod(&r.join("null00"), libc::S_IFCHR | 0o640, 0).unwrap();
+    let md = std::fs::symlink_metadata(r.join("null00")).unwrap();
+    assert!(md.file_type().is_char_device() && md.rdev() == 0);
+    assert!(names(r).contains(&"null00".to_string()));
+    // ENAMETOOLONG, not ENOENT.
+    let long = "n".repeat(256);
+    for e in [
+        std::fs::metadata(r.join(&long)).unwrap_err(),
+        std::fs::write(r.join(&long), b"x").unwrap_err(),
+    ] {
+        assert_eq!(e.raw_os_error(), Some(libc::ENAMETOOLONG), "{e}");
+    }
+    std::fs::write(r.join("n".repeat(255)), b"ok").unwrap();
+    // An unlinked but open file reports nlink 0 (upper-only and lower file).
+    std::fs::write(r.join("tmpfile"), b"t").unwrap();
+    let f1 = std::fs::File::open(r.join("tmpfile")).unwrap();
+    let f2 = std::fs::File::open(r.join("lowfile")).unwrap();
+    std::fs::remove_file(r.join("tmpfile")).unwrap();
+    std::fs::remove_file(r.join("lowfile")).unwrap();
+    assert_eq!(f1.metadata().unwrap().nlink(), 0);
+    assert_eq!(f2.metadata().unwrap().nlink(), 0);
+    let mut s = String::new();
+    (&f2).read_to_string(&mut s).unwrap();
+    assert_eq!(s, "low");
+    // Hard links: one inode and the right count, lower ones and new ones, also after copy-up.
+    let a = std::fs::metadata(r.join("h1")).unwrap();
+    let b = std::fs::metadata(r.join("d/h2")).unwrap();
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(r.join("d/h2"))
+        .unwrap()
+        .write_all(b"!")
+        .unwrap();
+    let a2 = std::fs::metadata(r.join("h1")).unwrap();
+    assert_eq!((a2.ino(), a2.nlink(), a2.len()), (a.ino(), 2, 5));
+    std::fs::hard_link(r.join("h1"), r.join("h3")).unwrap();
+    assert_eq!(std::fs::metadata(r.join("h3")).unwrap().nlink(), 3);
+    assert_eq!(std::fs::metadata(r.join("h3")).unwrap().ino(), a.ino());
+    std::fs::write(r.join("new"), b"n").unwrap();
+    std::fs::hard_link(r.join("new"), r.join("d/new2")).unwrap();
+    let n = std::fs::metadata(r.join("d/new2")).unwrap();
+    assert_eq!(n.nlink(), 2);
+    assert_eq!(n.ino(), std::fs::metadata(r.join("new")).unwrap().ino());
+    // readdir inode == stat inode everywhere.
+    for dir in [r.clone(), r.join("d")] {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let st = std::fs::symlink_metadata(e.path()).unwrap();
+            assert_eq!(e.ino(), st.ino(), "{:?}", e.path());
+        }
+    }
+    drop((f1, f2));
+    // The device survives a remount and is still not a whiteout.
+    drop(m);
+    let m2 = StrataMount::dirs(
+        std::slice::from_ref(&l),
+        Some((&u, &w)),
+        &mnt,
+        overlay_opts(),
+        MountOptions::default(),
+    );
+    let md = std::fs::symlink_metadata(m2.dir.join("null00")).unwrap();
+    assert!(md.file_type().is_char_device() && md.rdev() == 0);
+    assert!(!m2.dir.join("lowfile").exists());
+    std::fs::remove_file(m2.dir.join("null00")).unwrap();
+    assert!(!u.join("null00").exists());
+}
+
+#[test]
+fn file_beyond_4_gib_and_shared_writable_mmap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let l = tmp.path().join("l");
+    std::fs::create_dir_all(&l).unwrap();
+    std::fs::write(l.join("m"), vec![b'.'; 8192]).unwrap();
+    let (u, w) = (tmp.path().join("u"), tmp.path().join("w"));
+    let m = StrataMount::dirs(
+        &[l],
+        Some((&u, &w)),
+        &tmp.path().join("mnt"),
+        overlay_opts(),
+        MountOptions::default(),
+    );
+    let big = m.dir.join("big");
+    let off = 5u64 << 30;
+    {
+        let f = std::fs::File::create(&big).unwrap();
+        f.write_all_at(b"beyond 4 GiB", off).unwrap();
+    }
+    let md = std::fs::metadata(&big).unwrap();
+    assert_eq!(md.len(), off + 12);
+    assert!(md.blocks() < 1024, "the upper file must stay sparse");
+    let mut f = std::fs::File::open(&big).unwrap();
+    f.seek(SeekFrom::Start(off)).unwrap();
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).unwrap();
+    assert_eq!(buf, b"beyond 4 GiB");
+    let mut z = [1u8; 16];
+    f.read_exact_at(&mut z, off - 16).unwrap();
+    assert_eq!(z, [0u8; 16]);
+
+    // Shared writable mmap on a (copied-up) file.
+    let mf = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.dir.join("m"))
+        .unwrap();
+    let mut map = unsafe { memmap2::MmapMut::map_mut(&mf).unwrap() };
+    map[..5].copy_from_slice(b"hello");
+    map[8191] = b'!';
+    map.flush().unwrap();
+    drop(map);
+    drop(mf);
+    let back = std::fs::read(m.dir.join("m")).unwrap();
+    assert_eq!(&back[..5], b"hello");
+    assert_eq!(back[8191], b'!');
+    assert_eq!(std::fs::read(u.join("m")).unwrap(), back);
+}
+
+#[test]
+fn forget_keeps_the_node_table_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let l = tmp.path().join("l");
+    std::fs::create_dir_all(&l).unwrap();
+    let (u, w) = (tmp.path().join("u"), tmp.path().join("w"));
+    let m = StrataMount::dirs(
+        &[l],
+        Some((&u, &w)),
+        &tmp.path().join("mnt"),
+        overlay_opts(),
+        MountOptions::default(),
+    );
+    let d = m.dir.join("many");
+    std::fs::create_dir(&d).unwrap();
+    let mut inos = std::collections::HashMap::new();
+    for i in 0..3000 {
+        let p = d.join(format!("f{i}"));
+        std::fs::write(&p, b"x").unwrap();
+        inos.insert(p.clone(), std::fs::metadata(&p).unwrap().ino());
+    }
+    let fs = m.handle.as_ref().unwrap().fs().clone();
+    let before = fs.node_count();
+    assert!(before >= 3000, "{before}");
+    // Make the kernel drop its inodes: it sends FORGET for each.
+    std::fs::write("/proc/sys/vm/drop_caches", b"2").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fs.node_count() > before / 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let after = fs.node_count();
+    assert!(
+        after < before / 2,
+        "node table did not shrink: {before} -> {after}"
+    );
+    // Numbers are stable after the nodes were dropped, in stat and in readdir.
+    for (p, ino) in inos.iter().take(200) {
+        assert_eq!(std::fs::metadata(p).unwrap().ino(), *ino, "{p:?}");
+    }
+    for e in std::fs::read_dir(&d).unwrap() {
+        let e = e.unwrap();
+        assert_eq!(Some(&e.ino()), inos.get(&e.path()));
+    }
+}
+
+// ---- command line ----
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_strata"))
+}
+
+/// A `fuse-overlayfs` symlink to strata in a temp dir.
+fn symlink_as(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::os::unix::fs::symlink(bin(), &p).unwrap();
+    p
+}
+
+fn is_mounted(p: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = p.to_string_lossy().to_string();
+    info.lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+struct Unmount(PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+}
+
+fn wait_unmounted_daemon_gone(mp: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let needle = mp.to_string_lossy().to_string();
+    loop {
+        let out = Command::new("pgrep")
+            .args(["-f", &needle])
+            .output()
+            .unwrap();
+        if out.stdout.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "daemon still running after unmount"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn cli_as_fuse_overlayfs_and_through_mount_fuse3() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (l1, l2) = (t.join("l1"), t.join("l2"));
+    for d in [&l1, &l2, &t.join("u"), &t.join("w"), &t.join("m")] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(l1.join("a"), b"bottom").unwrap();
+    std::fs::write(l2.join("a"), b"top").unwrap();
+    std::fs::write(l1.join("only1"), b"1").unwrap();
+    let prog = symlink_as(t, "fuse-overlayfs");
+    let mp = t.join("m");
+    let _g = Unmount(mp.clone());
+    let out = Command::new(&prog)
+        .env("STRATA_ROOT", t.join("root"))
+        .arg("-o")
+        .arg(format!(
+            "lowerdir={}:{},upperdir={},workdir={},fsync=0,noacl",
+            l2.display(),
+            l1.display(),
+            t.join("u").display(),
+            t.join("w").display()
+        ))
+        .arg("-o")
+        .arg("uidmapping=0:0:65536,gidmapping=0:0:65536,no_such_option")
+        .arg(&mp)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("unknown option ignored: no_such_option"),
+        "{err}"
+    );
+    assert!(is_mounted(&mp));
+    assert_eq!(std::fs::read(mp.join("a")).unwrap(), b"top");
+    assert_eq!(std::fs::read(mp.join("only1")).unwrap(), b"1");
+    mknod(&mp.join("c00"), libc::S_IFCHR | 0o600, 0).unwrap();
+    std::fs::write(mp.join("new"), b"n").unwrap();
+    assert_eq!(std::fs::read(t.join("u/new")).unwrap(), b"n");
+    assert!(Command::new("umount").arg(&mp).status().unwrap().success());
+    wait_unmounted_daemon_gone(&mp);
+
+    // Read-only with lowerdir only, through mount(8) -> /sbin/mount.fuse3 -> strata-overlay.
+    let helper = symlink_as(t, "strata-overlay");
+    let st = Command::new("mount")
+        .env("STRATA_ROOT", t.join("root"))
+        .args(["-t", "fuse"])
+        .arg(format!("{}#none", helper.display()))
+        .arg(&mp)
+        .arg("-o")
+        .arg(format!("lowerdir={}:{}", l2.display(), l1.display()))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(std::fs::read(mp.join("a")).unwrap(), b"top");
+    let e = std::fs::write(mp.join("x"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+    assert!(Command::new("umount").arg(&mp).status().unwrap().success());
+    wait_unmounted_daemon_gone(&mp);
+}
+
+#[test]
+fn cli_bad_input_fails_with_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    std::fs::create_dir_all(t.join("l")).unwrap();
+    std::fs::create_dir_all(t.join("u")).unwrap();
+    std::fs::create_dir_all(t.join("m")).unwrap();
+    let prog = symlink_as(t, "fuse-overlayfs");
+    let run = |opts: String| {
+        let out = Command::new(&prog)
+            .env("STRATA_ROOT", t.join("root"))
+            .arg("-o")
+            .arg(opts)
+            .arg(t.join("m"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(!is_mounted(&t.join("m")));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let (l, u) = (
+        t.join("l").display().to_string(),
+        t.join("u").display().to_string(),
+    );
+    assert!(run(format!("upperdir={u}")).contains("no lowerdir specified"));
+    assert!(run(format!("lowerdir={l},upperdir={u}")).contains("workdir not specified"));
+    assert!(run(format!("lowerdir={l}/missing")).contains("cannot resolve lowerdir"));
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let e = run(format!(
+        "lowerdir={l},upperdir={u},workdir={}",
+        shm.path().display()
+    ));
+    assert!(e.contains("same file system"), "{e}");
+}

@@ -1,0 +1,7 @@
+//! cargo-fuzz target: `strata_fuzz::tar_reader` (see fuzz/src/lib.rs).
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    strata_fuzz::tar_reader(data);
+});
