@@ -683,6 +683,22 @@ impl Client {
         digest: &Digest,
         path: &std::path::Path,
     ) -> Result<(), Error> {
+        let data = tokio::fs::read(path).await.map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        self.upload_data(registry, repo, digest, Bytes::from(data))
+            .await
+    }
+
+    /// POST an upload session, PATCH the content, PUT with the digest (the registry checks it).
+    async fn upload_data(
+        &self,
+        registry: &str,
+        repo: &str,
+        digest: &Digest,
+        data: Bytes,
+    ) -> Result<(), Error> {
         let ep = self.upstream(registry);
         let scope = Self::scope_push(repo);
         let post_url = format!("{}/v2/{}/blobs/uploads/", ep.base, repo);
@@ -693,11 +709,6 @@ impl Client {
             .await?;
         let resp = check_status(resp, Method::POST, &post_url, repo).await?;
         let loc = location(&ep, resp.headers(), &post_url)?;
-        let data = tokio::fs::read(path).await.map_err(|source| Error::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let data = Bytes::from(data);
         let resp = self
             .send(&ep, &scope, Method::PATCH, &loc, |r| {
                 r.header(CONTENT_TYPE, "application/octet-stream")
@@ -837,28 +848,9 @@ impl Client {
         data: Bytes,
     ) -> Result<Digest, Error> {
         let digest = Digest::of(&data);
-        if self.blob_exists(registry, repo, &digest).await? {
-            return Ok(digest);
+        if !self.blob_exists(registry, repo, &digest).await? {
+            self.upload_data(registry, repo, &digest, data).await?;
         }
-        let ep = self.upstream(registry);
-        let scope = Self::scope_push(repo);
-        let post_url = format!("{}/v2/{}/blobs/uploads/", ep.base, repo);
-        let resp = self
-            .send(&ep, &scope, Method::POST, &post_url, |r| {
-                r.header(reqwest::header::CONTENT_LENGTH, "0")
-            })
-            .await?;
-        let resp = check_status(resp, Method::POST, &post_url, repo).await?;
-        let loc = location(&ep, resp.headers(), &post_url)?;
-        let sep = if loc.contains('?') { '&' } else { '?' };
-        let put_url = format!("{loc}{sep}digest={digest}");
-        let resp = self
-            .send(&ep, &scope, Method::PUT, &put_url, |r| {
-                r.header(CONTENT_TYPE, "application/octet-stream")
-                    .body(data.clone())
-            })
-            .await?;
-        check_status(resp, Method::PUT, &put_url, repo).await?;
         Ok(digest)
     }
 

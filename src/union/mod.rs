@@ -16,7 +16,8 @@ mod fs;
 mod lower;
 mod nodes;
 mod ops;
-mod sys;
+/// Thin wrappers over the xattr, mknod and time syscalls, and the overlay whiteout rules.
+pub mod sys;
 mod tree;
 mod types;
 mod upper;

@@ -13,8 +13,9 @@
 //! `SCHILY.xattr.*` records. Calls only std, libc and the `tar` crate.
 
 use super::super::Error;
+use crate::union::sys::{get_xattr, is_opaque, is_whiteout, list_xattrs};
 use std::collections::HashMap;
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::fs::Metadata;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -23,8 +24,6 @@ use std::path::{Path, PathBuf};
 
 const WH_PREFIX: &str = ".wh.";
 const WH_OPAQUE: &str = ".wh..wh..opq";
-const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
-const WHITEOUT_XATTR: &str = "trusted.overlay.whiteout";
 /// Overlay-private xattr prefixes (`userxattr` mounts use the `user.` spelling).
 const PRIVATE_XATTRS: [&str; 2] = ["trusted.overlay.", "user.overlay."];
 
@@ -300,85 +299,4 @@ fn header(meta: &Metadata, kind: tar::EntryType) -> tar::Header {
 /// Numeric (not blank) device fields, as Go's archive/tar and GNU tar write them.
 fn zero_devices(h: &mut tar::Header) {
     let _ = h.set_device_major(0).and_then(|_| h.set_device_minor(0));
-}
-
-/// Overlay whiteout: char device 0/0, or an empty file carrying `trusted.overlay.whiteout`.
-fn is_whiteout(path: &Path, meta: &Metadata) -> bool {
-    let ft = meta.file_type();
-    if ft.is_char_device() {
-        return meta.rdev() == 0;
-    }
-    ft.is_file() && meta.len() == 0 && matches!(get_xattr(path, WHITEOUT_XATTR), Ok(Some(_)))
-}
-
-/// `trusted.overlay.opaque=y` (`x` only marks a directory holding xattr whiteouts).
-fn is_opaque(path: &Path) -> bool {
-    matches!(get_xattr(path, OPAQUE_XATTR), Ok(Some(v)) if v == b"y")
-}
-
-fn cpath(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-}
-
-/// `llistxattr`, split into names; none where the file system has no xattrs.
-fn list_xattrs(path: &Path) -> io::Result<Vec<String>> {
-    let p = cpath(path)?;
-    loop {
-        // SAFETY: p is NUL-terminated; a null buffer with size 0 asks for the size.
-        let size = unsafe { libc::llistxattr(p.as_ptr(), std::ptr::null_mut(), 0) };
-        if size < 0 {
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::ENOTSUP) | Some(libc::ENOSYS) => Ok(Vec::new()),
-                _ => Err(e),
-            };
-        }
-        let mut buf = vec![0u8; size as usize];
-        // SAFETY: buf is valid for buf.len() bytes.
-        let got = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        if got < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ERANGE) {
-                continue; // grew meanwhile
-            }
-            return Err(e);
-        }
-        buf.truncate(got as usize);
-        return Ok(buf
-            .split(|b| *b == 0)
-            .filter(|s| !s.is_empty())
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-            .collect());
-    }
-}
-
-/// `lgetxattr`; `Ok(None)` when the attribute does not exist.
-fn get_xattr(path: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
-    let p = cpath(path)?;
-    let n = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    loop {
-        // SAFETY: p and n are NUL-terminated; a null buffer with size 0 asks for the size.
-        let size = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
-        if size < 0 {
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::ENODATA) | Some(libc::ENOTSUP) => Ok(None),
-                _ => Err(e),
-            };
-        }
-        let mut buf = vec![0u8; size as usize];
-        // SAFETY: buf is valid for buf.len() bytes.
-        let got =
-            unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        if got < 0 {
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::ERANGE) => continue,
-                Some(libc::ENODATA) => return Ok(None),
-                _ => return Err(e),
-            }
-        }
-        buf.truncate(got as usize);
-        return Ok(Some(buf));
-    }
 }
