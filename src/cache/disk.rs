@@ -118,7 +118,6 @@ impl Disk {
         let r = (|| {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(data)?;
-            f.sync_data()?;
             std::fs::rename(&tmp, &final_path)
         })();
         if let Err(e) = r {

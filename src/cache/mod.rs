@@ -82,6 +82,10 @@ pub struct ChunkCache {
     fetch_permits: Arc<tokio::sync::Semaphore>,
     fetch_timeout: std::time::Duration,
     pub stats: Arc<Stats>,
+    /// Fetched spans whose disk write has not finished yet.
+    writing: Mutex<HashMap<SpanKey, Bytes>>,
+    /// Disk writes of fetched spans still running.
+    pending_writes: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// When this cache was opened; `last_demand` counts milliseconds from here.
     epoch: Instant,
     /// Last time a read on demand had to fetch (ms since `epoch`, 0 = never).
@@ -132,6 +136,8 @@ impl ChunkCache {
             )),
             fetch_timeout: cfg.fetch_timeout,
             stats: Arc::new(Stats::default()),
+            pending_writes: Mutex::new(Vec::new()),
+            writing: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
             last_demand: std::sync::atomic::AtomicU64::new(0),
         }))
@@ -144,6 +150,10 @@ impl ChunkCache {
             span: i as u32,
         };
         if let Some(b) = lock(&self.mem).lru.get(&key).cloned() {
+            self.stats.mem_hit();
+            return Some(b);
+        }
+        if let Some(b) = lock(&self.writing).get(&key).cloned() {
             self.stats.mem_hit();
             return Some(b);
         }
@@ -165,7 +175,9 @@ impl ChunkCache {
             layer: layer.digest,
             span: i as u32,
         };
-        lock(&self.mem).lru.contains(&key) || self.disk.contains(&key)
+        lock(&self.mem).lru.contains(&key)
+            || lock(&self.writing).contains_key(&key)
+            || self.disk.contains(&key)
     }
 
     /// Bytes `range` of the uncompressed layer if every span is local; `None` if a fetch is
@@ -348,14 +360,51 @@ impl ChunkCache {
                 })
             }
         };
-        let mut inflight = lock(&self.inflight);
-        for i in run {
-            inflight.remove(&SpanKey {
-                layer: layer.digest,
-                span: i as u32,
+        if let Ok(parts) = &result {
+            // Readers get the bytes now; the disk copy is written off the read path. Span files
+            // are re-verified whenever they are loaded, so no fsync is needed for correctness.
+            let me = self.clone();
+            let items: Vec<(SpanKey, Bytes)> = run
+                .clone()
+                .map(|i| SpanKey {
+                    layer: layer.digest,
+                    span: i as u32,
+                })
+                .zip(parts.iter().cloned())
+                .collect();
+            // Until a span file exists, readers find the span here (the memory tier may already
+            // have evicted it), so a span is never fetched twice.
+            lock(&self.writing).extend(items.iter().cloned());
+            let task = tokio::task::spawn_blocking(move || {
+                for (key, part) in items {
+                    if let Err(e) = me.disk.write(&key, &part) {
+                        tracing::warn!("not caching span on disk: {e}");
+                    }
+                    lock(&me.writing).remove(&key);
+                }
             });
+            let mut pending = lock(&self.pending_writes);
+            pending.retain(|t| !t.is_finished());
+            pending.push(task);
+        }
+        {
+            let mut inflight = lock(&self.inflight);
+            for i in run.clone() {
+                inflight.remove(&SpanKey {
+                    layer: layer.digest,
+                    span: i as u32,
+                });
+            }
         }
         result
+    }
+
+    /// Wait until every span fetched so far is on disk (before unmounting, in tests).
+    pub async fn flush(&self) {
+        let tasks: Vec<_> = std::mem::take(&mut *lock(&self.pending_writes));
+        for t in tasks {
+            let _ = t.await;
+        }
     }
 
     async fn fetch_run_inner(
@@ -433,9 +482,6 @@ impl ChunkCache {
                     layer: layer.digest,
                     span: i as u32,
                 };
-                if let Err(e) = self.disk.write(&key, &part) {
-                    tracing::warn!("not caching span on disk: {e}");
-                }
                 lock(&self.mem).insert(key, part.clone());
                 out.push(part);
             }

@@ -156,6 +156,7 @@ async fn concurrent_random_reads_are_exact_and_single_flight() {
     for t in tasks {
         t.await.unwrap();
     }
+    cache.flush().await;
     let s = cache.stats.snapshot();
     // Every span was fetched at most once however many readers wanted it.
     let touched = (0..l.layout.count())
@@ -195,6 +196,7 @@ async fn corrupt_bytes_are_refused_and_not_cached_then_recover() {
     src.corrupt.store(false, Ordering::SeqCst);
     let got = cache.read(&l, r.clone()).await.unwrap();
     assert_eq!(&got[..], &data[..]);
+    cache.flush().await;
     assert_eq!(
         &cache.try_read_local(&l, r).unwrap().unwrap()[..],
         &data[..]
@@ -213,7 +215,9 @@ async fn disk_tier_respects_its_cap_and_a_tampered_span_is_refetched() {
         .await
         .unwrap();
     assert_eq!(&got[..], &data[..]);
+    cache.flush().await;
     assert!(cache.disk_usage().0 <= cap, "{:?}", cache.disk_usage());
+    cache.flush().await;
     // Tamper with a span file on disk: a new process must not serve it.
     let cache_dir = f.cache_dir.join(l.digest.hex());
     let victim = std::fs::read_dir(&cache_dir)
@@ -225,6 +229,7 @@ async fn disk_tier_respects_its_cap_and_a_tampered_span_is_refetched() {
     let mut bytes = std::fs::read(&victim).unwrap();
     bytes[0] ^= 1;
     std::fs::write(&victim, bytes).unwrap();
+    cache.flush().await;
     let cache2 = open_cache(&f.cache_dir, 1 << 30);
     let got = cache2
         .read(&l, vrange(&l, name, 0..data.len() as u64))
@@ -240,6 +245,7 @@ async fn prefetch_fetches_the_whole_layer() {
     let (l, _src) = layer(&f, 0);
     let n = cache.prefetch_layer(&l).await.unwrap();
     assert_eq!(n, l.layout.count());
+    cache.flush().await;
     for (name, data) in &f.files {
         let r = vrange(&l, name, 0..data.len() as u64);
         assert_eq!(

@@ -396,6 +396,7 @@ async fn serve(ctx: &Ctx, args: MountArgs, mp: PathBuf, _ready: Option<()>) -> R
         p.abort();
     }
     image::lazy::save_profile(&ctx.store, &served.lazy);
+    served.cache.flush().await;
     let _ = std::fs::remove_file(&served.record_path);
     let handle = served.handle;
     tokio::task::spawn_blocking(move || drop(handle)).await.ok();

@@ -221,6 +221,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
         pf.abort();
     }
     crate::image::lazy::save_profile(&ctx.store, &served.lazy);
+    served.cache.flush().await;
     let handle = served.handle;
     tokio::task::spawn_blocking(move || drop(handle)).await.ok();
     if args.timing {
