@@ -203,6 +203,13 @@ fn sidecar_index_gives_a_lazy_exact_mount() {
     reg.settle_logs();
     let served_before = reg.bytes_served();
     let m = mount(&env, &reference, &["--no-prefetch"]);
+    // Security default: only the mounting user may use a plain `strata mount`.
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(m.dir.to_str().unwrap()))
+        .expect("mount in mountinfo");
+    assert!(!line.contains("allow_other"), "{line}");
     assert_eq!(
         std::fs::read(m.dir.join("usr/lib/small.txt")).unwrap(),
         b"small file\n"

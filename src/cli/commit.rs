@@ -188,6 +188,7 @@ async fn mount_for_export(
         upper: Some((upper, work)),
         prefetch: false,
         passthrough: false,
+        allow_other: false,
     };
     let served = mount_image(ctx, spec, &Progress::silent())
         .await

@@ -35,6 +35,9 @@ pub struct MountArgs {
     /// Use FUSE passthrough for local files where the kernel allows it
     #[arg(long)]
     pub passthrough: bool,
+    /// Let other users than the mounting one use the mount (off by default)
+    #[arg(long)]
+    pub allow_other: bool,
     #[arg(long)]
     pub platform: Option<String>,
 }
@@ -141,6 +144,9 @@ fn daemonize(ctx: &Ctx, args: &MountArgs, mp: &Path, quiet: bool) -> Result<i32,
     if args.passthrough {
         cmd.arg("--passthrough");
     }
+    if args.allow_other {
+        cmd.arg("--allow-other");
+    }
     if let Some(p) = &args.platform {
         cmd.arg("--platform").arg(p);
     }
@@ -207,6 +213,8 @@ pub struct MountSpec<'a> {
     pub upper: Option<(PathBuf, PathBuf)>,
     pub prefetch: bool,
     pub passthrough: bool,
+    /// Other users may use the mount (containers need it: their processes run as other uids).
+    pub allow_other: bool,
 }
 
 /// Mount an image (with an optional upper) and start background prefetch.
@@ -222,6 +230,7 @@ pub async fn mount_image(
         upper,
         prefetch,
         passthrough,
+        allow_other,
     } = spec;
     let started = std::time::Instant::now();
     let (reference, rec) = super::images::resolve_record(ctx, image_ref, platform).await?;
@@ -252,6 +261,7 @@ pub async fn mount_image(
     let opts = crate::fuse::MountOptions {
         read_only: false,
         passthrough,
+        allow_other,
         fsname: format!("strata:{}", lazy.reference),
         ..Default::default()
     };
@@ -351,6 +361,7 @@ async fn serve(ctx: &Ctx, args: MountArgs, mp: PathBuf, _ready: Option<()>) -> R
         upper,
         prefetch,
         passthrough: args.passthrough,
+        allow_other: args.allow_other,
     };
     let served = mount_image(ctx, spec, &progress).await?;
     let ready_ms = served.started.elapsed().as_millis() as u64;

@@ -197,6 +197,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
         upper: Some((p.upper.clone(), p.work.clone())),
         prefetch,
         passthrough: false,
+        allow_other: true,
     };
     let served = mount_image(ctx, spec, &progress).await?;
     let t_mount = t0.elapsed();
@@ -265,6 +266,7 @@ fn ensure_mounted(ctx: &Ctx, image: &str, p: &Paths, prefetch: bool) -> Result<(
         foreground: false,
         no_prefetch: !prefetch,
         passthrough: false,
+        allow_other: true,
         platform: None,
     };
     super::mount::daemonize_quiet(ctx, &args, &rootfs)
