@@ -292,7 +292,10 @@ pub fn load(
             let mut tags = Vec::new();
             if let Some(name) = d
                 .annotation("io.containerd.image.name")
-                .or(d.annotation("org.opencontainers.image.ref.name"))
+                // A bare `ref.name` is only a tag (OCI image layout): it names no repository.
+                .or(d
+                    .annotation("org.opencontainers.image.ref.name")
+                    .filter(|n| n.contains('/') || n.contains(':')))
             {
                 if let Ok(r) = name.parse::<Reference>() {
                     store.tag(&r, &rec.manifest_digest)?;
