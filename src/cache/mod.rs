@@ -82,6 +82,8 @@ pub struct ChunkCache {
     fetch_permits: Arc<tokio::sync::Semaphore>,
     fetch_timeout: std::time::Duration,
     pub stats: Arc<Stats>,
+    /// Per layer, the last span a large read on demand had to fetch (sequential detection).
+    last_miss: Mutex<HashMap<Digest, usize>>,
     /// Fetched spans whose disk write has not finished yet.
     writing: Mutex<HashMap<SpanKey, Bytes>>,
     /// Disk writes of fetched spans still running.
@@ -91,6 +93,11 @@ pub struct ChunkCache {
     /// Last time a read on demand had to fetch (ms since `epoch`, 0 = never).
     last_demand: std::sync::atomic::AtomicU64,
 }
+
+/// Reads at least this long (the kernel's large sequential reads) may trigger readahead.
+const READAHEAD_MIN_READ: u64 = 64 << 10;
+/// Spans fetched ahead of a sequential reader.
+const READAHEAD_SPANS: usize = 8;
 
 /// Whole-layer prefetch waits until reads on demand have not fetched for this long.
 pub const PREFETCH_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -138,6 +145,7 @@ impl ChunkCache {
             stats: Arc::new(Stats::default()),
             pending_writes: Mutex::new(Vec::new()),
             writing: Mutex::new(HashMap::new()),
+            last_miss: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
             last_demand: std::sync::atomic::AtomicU64::new(0),
         }))
@@ -210,7 +218,7 @@ impl ChunkCache {
         layer: &Arc<CachedLayer>,
         range: Range<u64>,
     ) -> Result<Bytes, Error> {
-        self.read_as(layer, range, true).await
+        self.read_as(layer, range, true, None).await
     }
 
     /// [`read`](Self::read) for prefetching: does not count as demand, so whole-layer
@@ -220,7 +228,18 @@ impl ChunkCache {
         layer: &Arc<CachedLayer>,
         range: Range<u64>,
     ) -> Result<Bytes, Error> {
-        self.read_as(layer, range, false).await
+        self.read_as(layer, range, false, None).await
+    }
+
+    /// [`read`](Self::read) of part of a file whose bytes end at virtual offset `file_end`:
+    /// a sequential reader of a large file gets the file's next spans fetched ahead.
+    pub async fn read_file(
+        self: &Arc<Self>,
+        layer: &Arc<CachedLayer>,
+        range: Range<u64>,
+        file_end: u64,
+    ) -> Result<Bytes, Error> {
+        self.read_as(layer, range, true, Some(file_end)).await
     }
 
     fn demand_idle(&self) -> std::time::Duration {
@@ -237,6 +256,7 @@ impl ChunkCache {
         layer: &Arc<CachedLayer>,
         range: Range<u64>,
         demand: bool,
+        file_end: Option<u64>,
     ) -> Result<Bytes, Error> {
         let spans = layer
             .layout
@@ -257,6 +277,11 @@ impl ChunkCache {
                 .store(now, std::sync::atomic::Ordering::Relaxed);
         }
         let waits = self.futures_for(layer, spans.clone(), &parts);
+        if let Some(file_end) = file_end {
+            if range.end - range.start >= READAHEAD_MIN_READ {
+                self.readahead(layer, spans.clone(), file_end);
+            }
+        }
         for (idx, fut) in waits {
             parts[idx] = Some(fut.await?);
         }
@@ -397,6 +422,36 @@ impl ChunkCache {
             }
         }
         result
+    }
+
+    /// A large read that missed right after an earlier miss a few spans before it looks like a
+    /// file being streamed: start fetching the next spans now (not awaited), so the reader
+    /// finds them local instead of waiting a round trip per span. Small reads (small files, the
+    /// cold-start pattern) never trigger it.
+    fn readahead(self: &Arc<Self>, layer: &Arc<CachedLayer>, spans: Range<usize>, file_end: u64) {
+        let sequential = {
+            let mut last = lock(&self.last_miss);
+            let prev = last.insert(layer.digest, spans.end.saturating_sub(1));
+            prev.is_some_and(|p| p + 1 < spans.end && spans.start <= p + 2 * READAHEAD_SPANS)
+        };
+        if !sequential {
+            return;
+        }
+        let mut end = (spans.end + READAHEAD_SPANS).min(layer.layout.count());
+        // Never past the file being read.
+        while end > spans.end && layer.layout.span_range(end - 1).start >= file_end {
+            end -= 1;
+        }
+        if end <= spans.end {
+            return;
+        }
+        let next = spans.end..end;
+        let parts: Vec<Option<Bytes>> = next
+            .clone()
+            .map(|i| self.has_span(layer, i).then(Bytes::new))
+            .collect();
+        // The fetch tasks are spawned and registered as in flight; nobody needs to wait here.
+        drop(self.futures_for(layer, next, &parts));
     }
 
     /// Wait until every span fetched so far is on disk (before unmounting, in tests).

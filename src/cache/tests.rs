@@ -254,3 +254,58 @@ async fn prefetch_fetches_the_whole_layer() {
         );
     }
 }
+
+#[tokio::test]
+async fn streaming_reads_fetch_ahead_within_the_file_small_reads_do_not() {
+    let f = fixture();
+    let cache = open_cache(&f.cache_dir, 1 << 30);
+    let (l, _src) = layer(&f, 0);
+    let (name, data) = &f.files[0];
+    let whole = vrange(&l, name, 0..data.len() as u64);
+    let spans = l.layout.locate(whole.clone()).unwrap();
+    let span_len =
+        l.layout.span_range(spans.start + 1).end - l.layout.span_range(spans.start + 1).start;
+    // Small reads in two consecutive spans: no readahead.
+    for k in 0..2u64 {
+        let s = whole.start + k * span_len;
+        cache.read_file(&l, s..s + 4096, whole.end).await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        !cache.has_span(&l, spans.start + 3),
+        "small reads must not read ahead"
+    );
+    // Large contiguous reads, as the kernel issues for a file streamed sequentially, from the
+    // third span on: each new span is a miss, the second miss starts the readahead.
+    let mut s = l.layout.span_range(spans.start + 2).start.max(whole.start);
+    let mut last_span = 0;
+    while last_span < spans.start + 4 {
+        let e = (s + (128 << 10)).min(whole.end);
+        let got = cache.read_file(&l, s..e, whole.end).await.unwrap();
+        let off = (s - whole.start) as usize;
+        assert_eq!(&got[..], &data[off..off + got.len()]);
+        last_span = l.layout.locate(s..e).unwrap().end - 1;
+        s = e;
+    }
+    let want = last_span + 3;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !cache.has_span(&l, want) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "span {want} was not fetched ahead"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Never past the end of the file.
+    let after = l
+        .layout
+        .locate(whole.end..whole.end + 1)
+        .map(|r| r.start)
+        .unwrap_or(usize::MAX);
+    if after > spans.end - 1 + 1 {
+        assert!(
+            !cache.has_span(&l, spans.end + 1),
+            "read ahead past the file"
+        );
+    }
+}

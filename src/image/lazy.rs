@@ -157,13 +157,15 @@ impl LowerSource for CacheLower {
         len: u32,
     ) -> BoxFuture<'static, std::io::Result<Bytes>> {
         let r = self.vrange(file, offset, len);
+        // Where the file's bytes end (virtual offset), to bound readahead to this file.
+        let file_end = self.vrange(file, u64::MAX, 0).map(|e| e.start);
         let (cache, layer) = (self.cache.clone(), self.layer.clone());
         async move {
             let r = r?;
             if r.is_empty() {
                 return Ok(Bytes::new());
             }
-            cache.read(&layer, r).await.map_err(|e| {
+            cache.read_file(&layer, r, file_end?).await.map_err(|e| {
                 tracing::error!("lazy read failed: {e}");
                 eio(e.to_string())
             })
