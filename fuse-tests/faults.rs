@@ -142,8 +142,10 @@ fn server_errors_and_rate_limits_are_retried() {
     proxy.on_path("/blobs/", Some(2), Fault::too_many_requests());
     let (r, took) = timed_read(m.dir.join("usr/lib/b.bin"), Duration::from_secs(60));
     assert_eq!(r.unwrap(), want["usr/lib/b.bin"], "after 429s");
+    // Readahead may send two requests at once, so the two 429s can be waited out in
+    // parallel: at least one Retry-After of 1 s must have been honoured.
     assert!(
-        took >= Duration::from_secs(2),
+        took >= Duration::from_secs(1),
         "Retry-After: 1 twice, but the read took only {took:?}"
     );
     assert_eq!(proxy.faults_applied(), 5);
