@@ -24,11 +24,9 @@ pub struct AccessProfile {
     seen: std::sync::Mutex<ProfileState>,
 }
 
-/// (layer index, path) pairs seen, and the same in first-read order.
-type ProfileState = (
-    std::collections::HashSet<(usize, String)>,
-    Vec<(usize, String)>,
-);
+/// Files seen (cheap `Arc` keys: no allocation on the read path), and (layer, path) in
+/// first-read order.
+type ProfileState = (std::collections::HashSet<LowerFile>, Vec<(usize, String)>);
 
 /// How long after mounting the background fetch of whole layers starts.
 pub const BULK_PREFETCH_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
@@ -37,12 +35,11 @@ pub const BULK_PREFETCH_DELAY: std::time::Duration = std::time::Duration::from_s
 const PROFILE_MAX_FILES: usize = 100_000;
 
 impl AccessProfile {
-    fn note(&self, layer: usize, path: &str) {
+    fn note(&self, file: &LowerFile) {
         let mut g = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (layer, path.to_string());
-        if g.1.len() < PROFILE_MAX_FILES && !g.0.contains(&key) {
-            g.0.insert(key.clone());
-            g.1.push(key);
+        if g.1.len() < PROFILE_MAX_FILES && !g.0.contains(file) {
+            g.0.insert(file.clone());
+            g.1.push((file.layer(), file.path().to_string()));
         }
     }
 
@@ -126,14 +123,16 @@ fn eio(msg: String) -> std::io::Error {
 }
 
 impl CacheLower {
+    /// Virtual range of `[offset, offset+len)` of `file` (clamped), and where the file's bytes
+    /// end (to bound readahead to this file). One index lookup.
     fn vrange(
         &self,
         file: &LowerFile,
         offset: u64,
         len: u32,
-    ) -> std::io::Result<std::ops::Range<u64>> {
+    ) -> std::io::Result<(std::ops::Range<u64>, u64)> {
         let (start, n) = file.clamp(offset, len);
-        self.profile.note(file.layer(), file.path());
+        self.profile.note(file);
         let index = self.layer.layout.index();
         let entry = index.lookup(file.path()).ok_or_else(|| {
             eio(format!(
@@ -142,10 +141,15 @@ impl CacheLower {
                 file.path()
             ))
         })?;
-        self.layer
-            .layout
+        let layout = &self.layer.layout;
+        let r = layout
             .file_range(&entry, start..start + n as u64)
-            .map_err(eio)
+            .map_err(eio)?;
+        let end = layout
+            .file_range(&entry, u64::MAX..u64::MAX)
+            .map_err(eio)?
+            .end;
+        Ok((r, end))
     }
 }
 
@@ -157,15 +161,13 @@ impl LowerSource for CacheLower {
         len: u32,
     ) -> BoxFuture<'static, std::io::Result<Bytes>> {
         let r = self.vrange(file, offset, len);
-        // Where the file's bytes end (virtual offset), to bound readahead to this file.
-        let file_end = self.vrange(file, u64::MAX, 0).map(|e| e.start);
         let (cache, layer) = (self.cache.clone(), self.layer.clone());
         async move {
-            let r = r?;
+            let (r, file_end) = r?;
             if r.is_empty() {
                 return Ok(Bytes::new());
             }
-            cache.read_file(&layer, r, file_end?).await.map_err(|e| {
+            cache.read_file(&layer, r, file_end).await.map_err(|e| {
                 tracing::error!("lazy read failed: {e}");
                 eio(e.to_string())
             })
@@ -180,7 +182,7 @@ impl LowerSource for CacheLower {
         len: u32,
     ) -> Option<std::io::Result<Bytes>> {
         let r = match self.vrange(file, offset, len) {
-            Ok(r) => r,
+            Ok((r, _)) => r,
             Err(e) => return Some(Err(e)),
         };
         if r.is_empty() {
