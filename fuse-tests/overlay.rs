@@ -465,37 +465,89 @@ fn cli_as_fuse_overlayfs_and_through_mount_fuse3() {
     wait_unmounted_daemon_gone(&mp);
 }
 
+/// The same conditions fuse-overlayfs 1.10 refuses are refused, with exit status 1 and a message
+/// naming the problem (fuse-overlayfs's own wording where it has a clear one). Where
+/// fuse-overlayfs is more lenient than kernel overlayfs (workdir on another file system) strata
+/// follows the kernel; where both accept (workdir without upperdir) strata accepts too.
 #[test]
 fn cli_bad_input_fails_with_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    std::fs::create_dir_all(t.join("l")).unwrap();
-    std::fs::create_dir_all(t.join("u")).unwrap();
-    std::fs::create_dir_all(t.join("m")).unwrap();
+    for d in ["l", "u", "w", "m"] {
+        std::fs::create_dir_all(t.join(d)).unwrap();
+    }
+    std::fs::write(t.join("file"), b"x").unwrap();
     let prog = symlink_as(t, "fuse-overlayfs");
-    let run = |opts: String| {
-        let out = Command::new(&prog)
-            .env("STRATA_ROOT", t.join("root"))
-            .arg("-o")
-            .arg(opts)
-            .arg(t.join("m"))
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
+    let run = |opts: String, with_mountpoint: bool| {
+        let mut cmd = Command::new(&prog);
+        cmd.env("STRATA_ROOT", t.join("root")).arg("-o").arg(&opts);
+        if with_mountpoint {
+            cmd.arg(t.join("m"));
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{opts}: {err}");
         assert!(!is_mounted(&t.join("m")));
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        err
     };
-    let (l, u) = (
-        t.join("l").display().to_string(),
-        t.join("u").display().to_string(),
-    );
-    assert!(run(format!("upperdir={u}")).contains("no lowerdir specified"));
-    assert!(run(format!("lowerdir={l},upperdir={u}")).contains("workdir not specified"));
-    assert!(run(format!("lowerdir={l}/missing")).contains("cannot resolve lowerdir"));
+    let p = |n: &str| t.join(n).display().to_string();
+    let (l, u, w) = (p("l"), p("u"), p("w"));
+    let cases = [
+        (format!("upperdir={u},workdir={w}"), "no lowerdir specified"),
+        (
+            format!("lowerdir={l},upperdir={u}"),
+            "workdir not specified",
+        ),
+        (format!("lowerdir={l}/missing"), "cannot resolve lowerdir"),
+        (
+            format!("lowerdir={l}:{l}/missing"),
+            "cannot resolve lowerdir",
+        ),
+        (
+            format!("lowerdir={l},upperdir={u}/missing,workdir={w}"),
+            "cannot resolve upperdir",
+        ),
+        (
+            format!("lowerdir={l},upperdir={u},workdir={w}/missing"),
+            "cannot resolve workdir",
+        ),
+        (format!("lowerdir={}", p("file")), "is not a directory"),
+        (
+            format!("lowerdir={l},upperdir={u},workdir={u}"),
+            "contain each other",
+        ),
+        (format!("lowerdir={l},uidmapping=0:x:1"), "uidmapping"),
+    ];
+    for (opts, want) in &cases {
+        let e = run(opts.clone(), true);
+        assert!(e.contains(want), "{opts}: want {want:?}, got {e}");
+    }
+    let e = run(format!("lowerdir={l}"), false);
+    assert!(e.contains("no mountpoint specified"), "{e}");
     let shm = tempfile::tempdir_in("/dev/shm").unwrap();
-    let e = run(format!(
-        "lowerdir={l},upperdir={u},workdir={}",
-        shm.path().display()
-    ));
+    let e = run(
+        format!("lowerdir={l},upperdir={u},workdir={}", shm.path().display()),
+        true,
+    );
     assert!(e.contains("same file system"), "{e}");
+
+    // workdir without upperdir: ignored with a note, mounted read-only.
+    std::fs::write(t.join("l/f"), b"lower").unwrap();
+    let out = Command::new(&prog)
+        .env("STRATA_ROOT", t.join("root"))
+        .arg("-o")
+        .arg(format!("lowerdir={l},workdir={w}"))
+        .arg(t.join("m"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _guard = Unmount(t.join("m"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("workdir without upperdir is ignored"));
+    assert_eq!(std::fs::read(t.join("m/f")).unwrap(), b"lower");
+    let e = std::fs::write(t.join("m/new"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
 }

@@ -2,7 +2,7 @@
 # Filesystem benchmark: the same image data read through native ext4, kernel overlayfs,
 # fuse-overlayfs and strata's FUSE mount.
 #
-#   scripts/bench-fs.sh [--quick] [--runs N] [--systems native,overlayfs,fuse-overlayfs,strata]
+#   scripts/bench-fs.sh [--quick] [--runs N] [--systems native,overlayfs,fuse-overlayfs,strata-overlay,strata]
 #
 # Data: image "fiodata" (one layer, /data/fio.dat = 1 GiB random bytes) and image "smallfiles"
 # (debian minbase + a layer with 100k small files under /data), both built by scripts/lib/images.sh.
@@ -11,6 +11,9 @@
 #   overlayfs       kernel overlay, lowerdir = every layer extracted to its own directory (OCI
 #                   whiteouts turned into overlay whiteouts), a fresh upper per run
 #   fuse-overlayfs  the same lowers and a fresh upper through fuse-overlayfs
+#   strata-overlay  `strata overlay -o lowerdir=...,upperdir=...,workdir=...` on the same lowers as
+#                   fuse-overlayfs (strata's fuse-overlayfs-compatible mode); strata-overlay-pt:
+#                   the same with the `passthrough` option (FUSE passthrough for every file)
 #   strata          `strata mount REF DIR` from a local registry with an empty STRATA_ROOT per run
 #                   ("cold" = fetched lazily); strata-cached: the same root mounted again after a
 #                   full read (all chunks local), page cache dropped; strata-passthrough: the same
@@ -31,7 +34,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib/netns.sh"
 
 [ "$(id -u)" -eq 0 ] || die "run as root (mounts, drop_caches)"
-quick=0 runs="" systems="native,overlayfs,fuse-overlayfs,strata"
+quick=0 runs="" systems="native,overlayfs,fuse-overlayfs,strata-overlay,strata"
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) quick=1 ;;
@@ -156,13 +159,15 @@ setup_sys() {
   case $s in
     native)
       FIOFILE=$FIO_LAYER/data/fio.dat; TREE=$FSW/native-smallfiles; WDIR=$FSW/run/scratch ;;
-    overlayfs|fuse-overlayfs)
+    overlayfs|fuse-overlayfs|strata-overlay|strata-overlay-pt)
       mkdir -p "$FSW/run/upper" "$FSW/run/work" "$FSW/run/merged"
-      if [ "$s" = overlayfs ]; then
-        mount -t overlay overlay -o "lowerdir=$LOWERDIR,upperdir=$FSW/run/upper,workdir=$FSW/run/work" "$FSW/run/merged"
-      else
-        fuse-overlayfs -o "lowerdir=$LOWERDIR,upperdir=$FSW/run/upper,workdir=$FSW/run/work" "$FSW/run/merged"
-      fi
+      local o="lowerdir=$LOWERDIR,upperdir=$FSW/run/upper,workdir=$FSW/run/work"
+      case $s in
+        overlayfs) mount -t overlay overlay -o "$o" "$FSW/run/merged" ;;
+        fuse-overlayfs) fuse-overlayfs -o "$o" "$FSW/run/merged" ;;
+        strata-overlay) STRATA_ROOT=$FSW/strata-overlay-root "$STRATA_BIN" overlay -o "$o" "$FSW/run/merged" ;;
+        strata-overlay-pt) STRATA_ROOT=$FSW/strata-overlay-root "$STRATA_BIN" overlay -o "$o,passthrough" "$FSW/run/merged" ;;
+      esac
       MOUNTS+=("$FSW/run/merged")
       FIOFILE=$FSW/run/merged/data/fio.dat; TREE=$FSW/run/merged; WDIR=$FSW/run/merged/tmp/scratch ;;
     strata|strata-cached|strata-passthrough)
@@ -262,6 +267,8 @@ for s in "${SYSTEMS[@]}"; do
             run_sys strata-cached
             run_sys strata-passthrough ;;
     native|overlayfs|fuse-overlayfs) run_sys "$s" ;;
+    strata-overlay) if strata_has_cmd overlay; then run_sys strata-overlay; run_sys strata-overlay-pt
+                    else notes+=("strata-overlay: ${STRATA_BIN:-no strata binary} has no 'overlay' command"); fi ;;
     *) die "unknown system $s" ;;
   esac
 done

@@ -2,7 +2,7 @@
 # Install what strata and its tests need on Debian (idempotent: does nothing when all present).
 set -euo pipefail
 pkgs=(docker-registry skopeo umoci runc fuse3 busybox-static apache2-utils openssl jq
-      fuse-overlayfs iproute2 fio kmod bc curl python3 debootstrap debian-archive-keyring)
+      fuse-overlayfs podman netavark iproute2 fio kmod bc curl python3 debootstrap debian-archive-keyring)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -11,6 +11,7 @@
 #
 # Usage: scripts/podman-overlay.sh [path/to/strata]   (default: target/release or debug)
 # Exit status 0 = every step passed; the log of the mount program is printed on failure.
+# KEEP=1 leaves the temporary root (and its mounts) in place for inspection.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,14 +40,18 @@ PODMAN=(podman --root "$T/storage" --runroot "$T/run" --tmpdir "$T/tmp"
 RUN_OPTS=(--ulimit nofile=1024:1024 --ulimit nproc=4096:4096 --network none)
 
 cleanup() {
+    local rc=$?
+    set +e   # cleanup steps may fail (nothing mounted); the script's status is the test's
     "${PODMAN[@]}" rm -af >/dev/null 2>&1 || true
     # Unmount anything still mounted under the temp root (our FUSE mounts included).
     grep -o " $T[^ ]*" /proc/self/mountinfo | sort -r | while read -r m; do
         umount -l "$m" 2>/dev/null || true
     done
     rm -rf "$T"
+    exit "$rc"
 }
 trap cleanup EXIT
+if [[ -n ${KEEP:-} ]]; then trap - EXIT; fi
 
 # --- a docker-archive with one layer: busybox and a few applet links ---
 cp "$BUSYBOX" "$T/img/rootfs/bin/busybox"
@@ -80,10 +85,16 @@ step "the container's root is the strata FUSE mount"
 step "writes in the container land in its upper; the image layer is untouched"
 "${PODMAN[@]}" run --name w "${RUN_OPTS[@]}" localhost/strata-busybox \
     sh -c 'echo changed > /etc/hostname-hint; mkdir -p /data; echo x > /data/x; rm /bin/rm; cat /etc/hostname-hint'
-"${PODMAN[@]}" export w | tar -t | grep -q '^data/x$' || { echo "export lacks data/x" >&2; exit 1; }
-if "${PODMAN[@]}" export w | tar -t | grep -q '^bin/rm$'; then
+# (the listing is captured first: `grep -q` closing the pipe early would fail it under pipefail)
+listing=$("${PODMAN[@]}" export w | tar -t)
+grep -qx 'data/x' <<<"$listing" || { echo "export lacks data/x" >&2; exit 1; }
+if grep -qx 'bin/rm' <<<"$listing"; then
     echo "export still shows the removed bin/rm" >&2; exit 1
 fi
+upper=$("${PODMAN[@]}" inspect w --format '{{.GraphDriver.Data.UpperDir}}')
+[[ -f $upper/data/x ]] || { echo "upper $upper lacks data/x" >&2; exit 1; }
+[[ $(stat -c '%F %t:%T' "$upper/bin/rm") == "character special file 0:0" ]] ||
+    { echo "bin/rm in the upper is not an overlay whiteout: $(stat -c '%F %t:%T' "$upper/bin/rm")" >&2; exit 1; }
 out=$("${PODMAN[@]}" run --rm "${RUN_OPTS[@]}" localhost/strata-busybox cat /etc/hostname-hint)
 [[ $out == strata-podman ]] || { echo "image layer changed: $out" >&2; exit 1; }
 "${PODMAN[@]}" rm w >/dev/null

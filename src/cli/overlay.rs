@@ -39,7 +39,8 @@ pub struct OverlayArgs {
     #[arg(long)]
     pub passthrough: bool,
     /// [SOURCE] MOUNTPOINT (mount.fuse3 passes a source first; it names the mount)
-    #[arg(required = true, num_args = 1..=2, value_name = "MOUNTPOINT")]
+    /// (missing: "no mountpoint specified", exit status 1, as fuse-overlayfs)
+    #[arg(num_args = 0..=2, value_name = "MOUNTPOINT")]
     pub paths: Vec<PathBuf>,
 }
 
@@ -159,10 +160,12 @@ pub fn parse_options(opts: &[String]) -> Result<OverlayConfig, Error> {
                 "upperdir" => c.upper = Some(PathBuf::from(need(val)?)),
                 "workdir" => c.work = Some(PathBuf::from(need(val)?)),
                 "uidmapping" => {
-                    c.ids.uids = IdMap::parse_ranges(&need(val)?).map_err(usage)?;
+                    c.ids.uids = IdMap::parse_ranges(&need(val)?)
+                        .map_err(|e| usage(format!("{key}: {e}")))?;
                 }
                 "gidmapping" => {
-                    c.ids.gids = IdMap::parse_ranges(&need(val)?).map_err(usage)?;
+                    c.ids.gids = IdMap::parse_ranges(&need(val)?)
+                        .map_err(|e| usage(format!("{key}: {e}")))?;
                 }
                 "squash_to_root" => {
                     c.ids.squash_uid = Some(0);
@@ -212,8 +215,7 @@ fn check(c: &OverlayConfig, mountpoint: &Path) -> Result<Checked, Error> {
     }
     let upper = match (&c.upper, &c.work) {
         (Some(_), None) => return Err(usage("workdir not specified")),
-        (None, Some(_)) => return Err(usage("upperdir not specified")),
-        (None, None) => None,
+        (None, _) => None,
         (Some(u), Some(w)) => {
             let u = resolve(u, "upperdir")?;
             let w = resolve(w, "workdir")?;
@@ -295,8 +297,13 @@ pub async fn overlay(ctx: &Ctx, args: OverlayArgs) -> Result<i32, Error> {
     let (source, mp) = match args.paths.as_slice() {
         [mp] => (None, mp.clone()),
         [src, mp] => (Some(src.to_string_lossy().into_owned()), mp.clone()),
+        [] => return Err(usage("no mountpoint specified")),
         _ => return Err(usage("expected [SOURCE] MOUNTPOINT")),
     };
+    if c.work.is_some() && c.upper.is_none() {
+        // Kernel overlayfs and fuse-overlayfs both mount read-only and ignore the workdir.
+        eprintln!("{PROG}: workdir without upperdir is ignored: mounting read-only");
+    }
     let checked = check(&c, &mp)?;
     if !(args.foreground || args.fuse_debug) {
         return daemonize(ctx, &args);
@@ -506,6 +513,8 @@ mod tests {
             "strata-overlay: workdir not specified"
         );
         assert!(msg(&format!("lowerdir={l}/nope")).contains("cannot resolve lowerdir"));
+        // As kernel overlayfs and fuse-overlayfs: a workdir alone is ignored (read-only mount).
+        assert_eq!(msg(&format!("lowerdir={l},workdir={l}")), "ok");
         assert_eq!(msg(&format!("lowerdir={l}")), "ok");
         std::fs::create_dir(d.join("u")).unwrap();
         let shm = tempfile::tempdir_in("/dev/shm").unwrap();
