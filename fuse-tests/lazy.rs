@@ -249,15 +249,53 @@ fn sidecar_index_gives_a_lazy_exact_mount() {
         let n = f.read_at(&mut buf, start).unwrap();
         assert_eq!(&buf[..n], &big[start as usize..start as usize + n]);
     }
+
+    let inos = |dir: &Path| -> Vec<u64> {
+        use std::os::unix::fs::MetadataExt;
+        ["usr", "usr/lib/small.txt", "usr/lib/big.bin"]
+            .iter()
+            .map(|p| std::fs::symlink_metadata(dir.join(p)).unwrap().ino())
+            .collect()
+    };
+    let first_inos = inos(&m.dir);
     drop(m);
 
-    // Remount: everything is local now, nothing more is fetched.
+    // Remount: everything is local now, nothing more is fetched; the merged tree comes from
+    // the stored copy (trees/<manifest>-<key>.tree) and inode numbers are the same.
+    let trees = env.root().join("trees");
+    let stored: Vec<PathBuf> = std::fs::read_dir(&trees)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let tree_bytes = std::fs::read(&stored[0]).unwrap();
     reg.settle_logs();
     let before = reg.bytes_served();
     let m = mount(&env, &reference, &["--no-prefetch"]);
     check_tree(&m.dir, &expected);
+    assert_eq!(inos(&m.dir), first_inos);
     reg.settle_logs();
     assert_eq!(reg.bytes_served(), before, "remount refetched bytes");
+    drop(m);
+
+    // A damaged stored tree is refused and rebuilt: the mount is still exact.
+    let mut damaged = tree_bytes.clone();
+    let mid = damaged.len() / 2;
+    damaged[mid] ^= 0x01;
+    std::fs::write(&stored[0], &damaged).unwrap();
+    let m = mount(&env, &reference, &["--no-prefetch"]);
+    check_tree(&m.dir, &expected);
+    assert_eq!(inos(&m.dir), first_inos);
+    drop(m);
+    assert_eq!(
+        std::fs::read(&stored[0]).unwrap(),
+        tree_bytes,
+        "tree not rewritten"
+    );
+
+    // rmi removes the stored tree with the image.
+    env.run(&["rmi", &reference]).assert_success();
+    assert_eq!(std::fs::read_dir(&trees).unwrap().count(), 0);
 }
 
 #[test]

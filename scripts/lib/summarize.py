@@ -3,6 +3,7 @@
 
   summarize.py startup RESULTS_DIR MACHINE_JSON COMMAND
   summarize.py fs      RESULTS_DIR MACHINE_JSON COMMAND
+  summarize.py mount   RESULTS_DIR MACHINE_JSON COMMAND   (same layout as fs)
 """
 import csv
 import json
@@ -142,8 +143,8 @@ def startup():
     open(P("startup.md"), "w").write("\n".join(md) + "\n")
 
 
-def fs():
-    rows = list(csv.DictReader(open(P("fs-raw.csv"))))
+def fs(prefix="fs"):
+    rows = list(csv.DictReader(open(P(prefix + "-raw.csv"))))
     groups, units, order, systems = {}, {}, [], []
     for r in rows:
         if r["system"] not in systems:
@@ -155,7 +156,7 @@ def fs():
             groups.setdefault((t, r["system"]), []).append(float(r["value"]))
         units[t] = r["unit"]
     try:
-        for l in open(P("fs-pending.txt")):
+        for l in open(P(prefix + "-pending.txt")):
             if l.strip() and l.strip() not in systems:
                 systems.append(l.strip())
     except OSError:
@@ -166,14 +167,14 @@ def fs():
             if (t, s) in groups:
                 st = stats(groups[(t, s)])
                 out.append({"test": t, "system": s, "unit": units[t], **st})
-    with open(P("fs-summary.csv"), "w", newline="") as f:
+    with open(P(prefix + "-summary.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["test", "system", "unit", "runs", "median", "min", "max"])
         for e in out:
             w.writerow([e["test"], e["system"], e["unit"], e["n"], "%.4g" % e["median"], "%.4g" % e["min"],
                         "%.4g" % e["max"]])
     json.dump({"machine": machine, "command": command, "notes": notes(), "results": out},
-              open(P("fs.json"), "w"), indent=1)
+              open(P(prefix + ".json"), "w"), indent=1)
     md = []
     header(md)
     md.append("| test | unit | " + " | ".join(systems) + " |")
@@ -191,7 +192,7 @@ def fs():
     md.append("")
     for n in notes():
         md.append("- note: " + n)
-    open(P("fs.md"), "w").write("\n".join(md) + "\n")
+    open(P(prefix + ".md"), "w").write("\n".join(md) + "\n")
 
 
-{"startup": startup, "fs": fs}[kind]()
+{"startup": startup, "fs": fs, "mount": lambda: fs("mount")}[kind]()

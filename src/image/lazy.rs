@@ -5,7 +5,7 @@
 use super::index::{layer_indexes, IndexSource};
 use super::{Error, Progress};
 use crate::cache::{BlobSource, CachedLayer, ChunkCache, Layout, LocalBlob, RegistryBlob};
-use crate::layer::Entry;
+use crate::layer::{Entry, LayerIndex};
 use crate::reference::Reference;
 use crate::registry::manifest::ImageConfig;
 use crate::registry::Client;
@@ -14,7 +14,7 @@ use crate::union::{LowerFile, LowerSource, MergedTree};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Which lower files a workload read, in first-read order: recorded during a mount, stored
@@ -198,6 +198,86 @@ impl LowerSource for CacheLower {
     }
 }
 
+/// Where the merged tree of `record` with these layer indexes is stored: keyed by the manifest
+/// digest and by each layer index file's identity (layer digest, eStargz or tar offsets, file
+/// size and mtime), so a replaced index never meets a tree built from the old one.
+fn tree_path(store: &Store, record: &ImageRecord, indexes: &[Arc<LayerIndex>]) -> PathBuf {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for (desc, ix) in record.layers.iter().zip(indexes) {
+        let (len, mtime) = std::fs::metadata(ix.path())
+            .map(|m| (m.len(), m.modified().ok()))
+            .unwrap_or((0, None));
+        let ns = mtime
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        h.update(format!(
+            "{}:{}:{len}:{ns}\n",
+            desc.digest,
+            ix.meta().estargz
+        ));
+    }
+    let key = hex::encode(&h.finalize()[..8]);
+    store
+        .root()
+        .join("trees")
+        .join(format!("{}-{key}.tree", record.manifest_digest.hex()))
+}
+
+/// The stored merged tree if it is there and intact, else merge the indexes and store the
+/// result (best effort: a tree that cannot be written is only a slower next mount).
+fn load_or_build_tree(
+    path: &Path,
+    indexes: &[Arc<LayerIndex>],
+) -> Result<MergedTree, crate::union::Error> {
+    if let Ok(bytes) = std::fs::read(path) {
+        let decoded = MergedTree::decode(&bytes, indexes.len());
+        drop(bytes);
+        match decoded {
+            Ok(t) => {
+                release_freed_heap();
+                return Ok(t);
+            }
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "rebuilding merged tree"),
+        }
+    }
+    let entries: Vec<Vec<Entry>> = indexes
+        .iter()
+        .map(|ix| ix.entries().map(|e| e.to_entry()).collect())
+        .collect();
+    let tree = MergedTree::build(&entries)?;
+    drop(entries);
+    release_freed_heap();
+    let stored = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| {
+            // temp + rename: a reader sees the old file, the new one or none
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, tree.encode())
+                .and_then(|()| std::fs::rename(&tmp, path))
+                .inspect_err(|_| {
+                    let _ = std::fs::remove_file(&tmp);
+                })
+        });
+    if let Err(e) = stored {
+        tracing::warn!(path = %path.display(), error = %e, "could not store the merged tree");
+    }
+    Ok(tree)
+}
+
+/// Give the heap freed by a tree build (the layers' entry lists, the builder's maps: several
+/// times the tree's own size) back to the kernel, so that the daemon's resident size is what
+/// it keeps, not its peak.
+fn release_freed_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of glibc's heap to the kernel; it takes no
+    // pointers and is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// An image ready to be mounted.
 pub struct LazyImage {
     pub reference: Reference,
@@ -224,7 +304,7 @@ pub async fn open(
     let mut layers = Vec::new();
     let mut lowers: Vec<Arc<dyn LowerSource>> = Vec::new();
     let mut sources = Vec::new();
-    let mut entries: Vec<Vec<Entry>> = Vec::new();
+    let mut indexes_for_tree = Vec::new();
     let profile = Arc::new(AccessProfile::default());
     for (desc, (index, src)) in record.layers.iter().zip(indexes) {
         let source: Arc<dyn BlobSource> = if store.has_blob(&desc.digest) {
@@ -239,7 +319,7 @@ pub async fn open(
                 digest: desc.digest,
             })
         };
-        entries.push(index.entries().map(|e| e.to_entry()).collect());
+        indexes_for_tree.push(index.clone());
         let layer = Arc::new(CachedLayer {
             digest: desc.digest,
             layout: Layout::new(index),
@@ -253,16 +333,19 @@ pub async fn open(
         layers.push(layer);
         sources.push(src);
     }
-    let tree = tokio::task::spawn_blocking(move || MergedTree::build(&entries))
-        .await
-        .map_err(|e| Error::Invalid {
-            what: reference.to_string(),
-            msg: e.to_string(),
-        })?
-        .map_err(|e| Error::Invalid {
-            what: format!("{reference}: merging layers"),
-            msg: e.to_string(),
-        })?;
+    let tree_path = tree_path(store, &record, &indexes_for_tree);
+    let n_layers = indexes_for_tree.len();
+    let tree =
+        tokio::task::spawn_blocking(move || load_or_build_tree(&tree_path, &indexes_for_tree))
+            .await
+            .map_err(|e| Error::Invalid {
+                what: reference.to_string(),
+                msg: e.to_string(),
+            })?
+            .map_err(|e| Error::Invalid {
+                what: format!("{reference}: merging {n_layers} layers"),
+                msg: e.to_string(),
+            })?;
     Ok(LazyImage {
         reference: reference.clone(),
         record,

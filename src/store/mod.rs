@@ -358,6 +358,15 @@ impl Store {
         };
         let path = self.image_path(manifest);
         std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        // stored merged trees of this image (`trees/<manifest hex>-<key>.tree`)
+        let prefix = format!("{}-", manifest.hex());
+        if let Ok(rd) = std::fs::read_dir(self.root.join("trees")) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         let mut in_use = BTreeSet::new();
         for other in self.images()? {
             in_use.insert(other.manifest_digest);

@@ -14,6 +14,9 @@ use super::{FileKind, Result, ROOT_INO};
 use crate::layer::{Entry, EntryKind, Timestamp};
 use std::collections::BTreeMap;
 
+#[path = "tree_store.rs"]
+mod store;
+
 /// One object of the merged tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TreeNode {
