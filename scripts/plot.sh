@@ -76,7 +76,7 @@ PY
   read -r -a systems < "$tmp/fs-systems"
   n=${#systems[@]}
   gnuplot <<GP
-set terminal pngcairo size 1200,420 font "sans,10"
+set terminal pngcairo size 1500,480 font "sans,10"
 set output "$OUT/bench-fs.png"
 set multiplot layout 1,3 title "Filesystem benchmarks (median)$(grep -q strata "$tmp/fs-systems" || echo "; strata: pending")"
 set style data histograms
@@ -84,9 +84,9 @@ set style histogram clustered gap 1
 set style fill solid 0.85 border -1
 set boxwidth 0.9
 set grid ytics
-set key top left font ",9"
+set key top left font ",8"
 set xtics noenhanced
-colors = "#7f7f7f #4bacc6 #f79646 #4f81bd #1f497d"
+colors = "#7f7f7f #4bacc6 #f79646 #c0504d #e6b9b8 #4f81bd #1f497d #8064a2"
 systems = "${systems[*]}"
 set bmargin 5
 set xtics rotate by -20
