@@ -46,6 +46,12 @@ fn bench(c: &mut Criterion) {
     g.bench_function("tree_build_100k", |b| {
         b.iter(|| MergedTree::build(&layers).map(|t| t.len()))
     });
+    // The stored form a remount reads instead of building (sha256 check + decode).
+    let stored = MergedTree::build(&layers).unwrap_or_default().encode();
+    let nl = layers.len();
+    g.bench_function("tree_decode_100k", |b| {
+        b.iter(|| MergedTree::decode(&stored, nl).map(|t| t.len()))
+    });
     g.finish();
 
     let tree = Arc::new(MergedTree::build(&layers).unwrap_or_default());

@@ -438,3 +438,94 @@ fn mount_errors_name_the_problem() {
         out.stderr_str()
     );
 }
+
+/// The access profile recorded on one machine, published with `strata profile push`, steers
+/// the first prefetch of a fresh machine: its files are fetched before anything reads them.
+#[test]
+fn published_access_profile_is_prefetched_on_a_fresh_machine() {
+    use common::poll_until;
+    use std::time::Duration;
+    let reg = Registry::start();
+    let (layers, expected) = test_layers();
+    let mut b = ImageBuilder::new();
+    for l in layers {
+        b = b.layer(l);
+    }
+    b.build("v1").push(&reg, "lazy/profiled:v1");
+    let reference = format!("{}/lazy/profiled:v1", reg.host());
+    StrataEnv::new()
+        .run(&["index", &reference, "--push"])
+        .assert_success();
+
+    // Machine A: a workload reads three files; the profile is kept at unmount.
+    let a = StrataEnv::new();
+    let read_order = ["usr/lib/mid.bin", "usr/lib/small.txt", "etc/os-release"];
+    {
+        let m = mount(&a, &reference, &["--no-prefetch"]);
+        for p in read_order {
+            assert_eq!(
+                std::fs::read(m.dir.join(p)).unwrap(),
+                *expected[p].as_ref().unwrap()
+            );
+        }
+    }
+    let shown = poll_until(
+        "profile saved at unmount",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            let out = a.run(&["profile", "show", &reference]);
+            out.status.success().then(|| out.stdout_str())
+        },
+    );
+    let paths: Vec<&str> = shown.lines().filter_map(|l| l.split('\t').nth(1)).collect();
+    assert_eq!(
+        paths,
+        ["/usr/lib/mid.bin", "/usr/lib/small.txt", "/etc/os-release"]
+    );
+    a.run(&["profile", "push", &reference]).assert_success();
+    // Pushing from a machine without a profile says why.
+    let none = StrataEnv::new().run(&["profile", "push", &reference]);
+    assert!(!none.status.success());
+    assert!(
+        none.stderr_str().contains("no access profile"),
+        "{}",
+        none.stderr_str()
+    );
+
+    // Machine B: nothing read yet, the three files are fetched from the published profile.
+    let b_env = StrataEnv::new();
+    let m = mount(&b_env, &reference, &[]);
+    let s = poll_until(
+        "published profile prefetched",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || {
+            let s = stats(&b_env, &m.dir);
+            (s["profile"]["source"] == "registry" && s["profile"]["done"] == 3).then_some(s)
+        },
+    );
+    assert_eq!(s["profile"]["files"], 3, "{s}");
+    assert_eq!(s["fs_reads"], 0, "{s}");
+    for p in read_order {
+        assert_eq!(
+            std::fs::read(m.dir.join(p)).unwrap(),
+            *expected[p].as_ref().unwrap()
+        );
+    }
+    let s = stats(&b_env, &m.dir);
+    assert_eq!(
+        s["fs_reads_waited"], 0,
+        "profile files waited on the network: {s}"
+    );
+    drop(m);
+
+    // Machine C with `prefetch-profile: local` ignores the published profile.
+    let c = StrataEnv::new();
+    c.write_config(&serde_json::json!({"prefetch-profile": "local"}));
+    let m = mount(&c, &reference, &[]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let s = stats(&c, &m.dir);
+    assert_eq!(s["profile"]["source"], "", "{s}");
+    check_tree(&m.dir, &expected);
+}

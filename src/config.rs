@@ -28,6 +28,16 @@ pub enum ConfigError {
     },
 }
 
+/// Where a mount's access profile may come from (`prefetch-profile`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProfileSource {
+    #[default]
+    Registry,
+    Local,
+    None,
+}
+
 /// The whole configuration tree with defaults.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -50,6 +60,11 @@ pub struct Config {
     pub cache_size: u64,
     #[serde(default = "default_true")]
     pub prefetch: bool,
+    /// Which access profile steers the first prefetch of a mount: `registry` (the local one,
+    /// else one published with `strata profile push`), `local` (only one recorded here), or
+    /// `none`.
+    #[serde(default)]
+    pub prefetch_profile: ProfileSource,
     /// Seconds a lazy read may wait for its bytes (all retries included) before it fails
     /// with EIO.
     #[serde(default = "default_fetch_timeout")]
@@ -123,6 +138,7 @@ impl Default for Config {
             max_concurrent_uploads: default_uploads(),
             cache_size: default_cache_size(),
             prefetch: true,
+            prefetch_profile: ProfileSource::default(),
             fetch_timeout: default_fetch_timeout(),
         }
     }
@@ -246,6 +262,16 @@ mod tests {
         assert!(e.contains("registry-mirror"), "{e}");
         let e = parse(r#"{"cache-size": "lots"}"#).unwrap_err().to_string();
         assert!(e.contains("cache-size"), "{e}");
+        let e = parse(r#"{"prefetch-profile": "sometimes"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("prefetch-profile"), "{e}");
+        assert_eq!(
+            parse(r#"{"prefetch-profile": "local"}"#)
+                .unwrap()
+                .prefetch_profile,
+            ProfileSource::Local
+        );
         let e = parse(r#"{"max-concurrent-downloads": 0}"#)
             .unwrap_err()
             .to_string();

@@ -71,6 +71,7 @@ pub async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<i32, Error> {
             push,
             platform,
         } => index(ctx, &image, push, platform.as_deref()).await,
+        Command::Profile { command } => profile(ctx, command).await,
         Command::Cache { command } => cache(ctx, command),
         Command::Mount(args) => super::mount::mount(ctx, args).await,
         Command::Overlay(args) => super::overlay::overlay(ctx, args).await,
@@ -142,6 +143,27 @@ async fn index(ctx: &Ctx, image: &str, push: bool, platform: Option<&str>) -> Re
             "indexed {} layer(s); use --push to publish them",
             rec.layers.len()
         ),
+    }
+    Ok(0)
+}
+
+async fn profile(ctx: &Ctx, cmd: super::ProfileCommand) -> Result<i32, Error> {
+    match cmd {
+        super::ProfileCommand::Show { image, platform } => {
+            let (_, rec) = resolve_record(ctx, &image, platform.as_deref()).await?;
+            let Some(p) = image::profile::local(&ctx.store, &rec.manifest_digest) else {
+                eprintln!("no access profile recorded for {image}");
+                return Ok(1);
+            };
+            for (layer, path) in p {
+                println!("{layer}\t/{path}");
+            }
+        }
+        super::ProfileCommand::Push { image, platform } => {
+            let (reference, rec) = resolve_record(ctx, &image, platform.as_deref()).await?;
+            let d = image::profile::push(&ctx.client, &ctx.store, &reference, &rec).await?;
+            println!("{d}");
+        }
     }
     Ok(0)
 }

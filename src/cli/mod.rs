@@ -155,6 +155,11 @@ pub enum Command {
         #[arg(long)]
         platform: Option<String>,
     },
+    /// Access profiles (which files a workload reads first): show or publish
+    Profile {
+        #[command(subcommand)]
+        command: ProfileCommand,
+    },
     /// Chunk cache: list or prune
     Cache {
         #[command(subcommand)]
@@ -246,6 +251,23 @@ pub enum Command {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum ProfileCommand {
+    /// Files of the profile recorded on this machine, first read first
+    Show {
+        image: String,
+        #[arg(long)]
+        platform: Option<String>,
+    },
+    /// Publish this machine's profile next to the image (an OCI artifact whose subject is the
+    /// image manifest): cold starts elsewhere prefetch those files first
+    Push {
+        image: String,
+        #[arg(long)]
+        platform: Option<String>,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
 pub enum CacheCommand {
     /// Cached bytes per layer
     Ls,

@@ -58,6 +58,9 @@ pub struct MountRecord {
     pub fs_reads_waited: u64,
     pub copy_ups: u64,
     pub prefetch_done: bool,
+    /// The access profile prefetched first (source, files, done).
+    #[serde(default)]
+    pub profile: image::lazy::ProfileProgress,
     pub ready_ms: u64,
 }
 
@@ -275,14 +278,16 @@ pub async fn mount_image(
     })?;
     let prefetch_done = Arc::new(std::sync::atomic::AtomicBool::new(!prefetch));
     let prefetch = prefetch.then(|| {
-        let (store, cache, lazy, done) = (
+        let (store, cache, lazy, done, client) = (
             ctx.store.clone(),
             cache.clone(),
             lazy.clone(),
             prefetch_done.clone(),
+            ctx.client.clone(),
         );
+        let source = ctx.config.prefetch_profile;
         tokio::spawn(async move {
-            match image::lazy::prefetch(store, cache, lazy).await {
+            match image::lazy::prefetch(store, cache, lazy, client, source).await {
                 Ok(()) => done.store(true, std::sync::atomic::Ordering::Relaxed),
                 Err(e) => tracing::warn!("prefetch stopped: {e}"),
             }
@@ -323,6 +328,7 @@ impl Served {
             prefetch_done: self
                 .prefetch_done
                 .load(std::sync::atomic::Ordering::Relaxed),
+            profile: self.lazy.profile_prefetch.snapshot(),
             ready_ms,
         }
     }
@@ -490,6 +496,17 @@ pub fn stats(ctx: &Ctx, mountpoint: &Path, json: bool) -> Result<i32, Error> {
                 "done".into()
             } else {
                 format!("{} spans so far", c.prefetched_spans)
+            },
+        ],
+        vec![
+            "access profile".into(),
+            if r.profile.source.is_empty() {
+                "none".into()
+            } else {
+                format!(
+                    "{}: {} of {} files prefetched",
+                    r.profile.source, r.profile.done, r.profile.files
+                )
             },
         ],
         vec![

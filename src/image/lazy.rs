@@ -5,6 +5,7 @@
 use super::index::{layer_indexes, IndexSource};
 use super::{Error, Progress};
 use crate::cache::{BlobSource, CachedLayer, ChunkCache, Layout, LocalBlob, RegistryBlob};
+use crate::config::ProfileSource;
 use crate::layer::{Entry, LayerIndex};
 use crate::reference::Reference;
 use crate::registry::manifest::ImageConfig;
@@ -53,55 +54,112 @@ impl AccessProfile {
     }
 }
 
-fn profile_path(store: &Store, manifest: &crate::digest::Digest) -> PathBuf {
-    store
-        .root()
-        .join("profiles")
-        .join(format!("{}.json", manifest.hex()))
-}
-
 /// Keep the profile of this run if the image has none yet (the first, cold run is the one
 /// that shows what a start needs).
 pub fn save_profile(store: &Store, image: &LazyImage) {
-    let files = image.profile.files();
-    let path = profile_path(store, &image.record.manifest_digest);
-    if files.is_empty() || path.exists() {
-        return;
-    }
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    if let Err(e) = store.write_json(&path, &files) {
-        tracing::warn!("saving access profile: {e}");
+    super::profile::keep(store, &image.record.manifest_digest, &image.profile.files());
+}
+
+/// Progress of the profile-first prefetch, for `strata stats`.
+#[derive(Default, Debug)]
+pub struct ProfilePrefetch {
+    source: std::sync::Mutex<&'static str>,
+    files: std::sync::atomic::AtomicUsize,
+    done: std::sync::atomic::AtomicUsize,
+}
+
+/// A snapshot of [`ProfilePrefetch`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProfileProgress {
+    /// `local`, `registry` or empty (no profile used).
+    pub source: String,
+    /// Files of the profile that were not local at mount time.
+    pub files: usize,
+    /// Of those, fetched so far.
+    pub done: usize,
+}
+
+impl ProfilePrefetch {
+    pub fn snapshot(&self) -> ProfileProgress {
+        use std::sync::atomic::Ordering::Relaxed;
+        ProfileProgress {
+            source: self
+                .source
+                .lock()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            files: self.files.load(Relaxed),
+            done: self.done.load(Relaxed),
+        }
     }
 }
 
-/// Prefetch in the background: the files of the image's access profile first, then every
-/// layer in order. Reads on demand keep priority (see `ChunkCache::prefetch_layer`).
+/// How many profile files are fetched at once: enough to fill a link with a round trip of
+/// tens of milliseconds, few enough that the first-read files go out first.
+const PROFILE_CONCURRENCY: usize = 6;
+
+/// Prefetch in the background: the files of the image's access profile first (the one
+/// recorded here, else — with `prefetch-profile: registry` — one published with `strata
+/// profile push`), then every layer in order. Reads on demand keep priority (see
+/// `ChunkCache::prefetch_layer`).
 pub async fn prefetch(
     store: Arc<Store>,
     cache: Arc<ChunkCache>,
     image: Arc<LazyImage>,
+    client: Arc<Client>,
+    source: ProfileSource,
 ) -> Result<(), crate::cache::Error> {
-    let profile: Vec<(usize, String)> = store
-        .read_json(&profile_path(&store, &image.record.manifest_digest))
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-    for (layer, path) in profile {
-        let Some(l) = image.layers.get(layer) else {
-            continue;
-        };
-        let Some(entry) = l.layout.index().lookup(&path) else {
-            continue;
-        };
-        let Ok(r) = l.layout.file_range(&entry, 0..u64::MAX) else {
-            continue;
-        };
-        if !r.is_empty() && cache.try_read_local(l, r.clone()).is_none() {
-            cache.read_prefetch(l, r).await?;
+    use futures::StreamExt;
+    let manifest = image.record.manifest_digest;
+    use std::sync::atomic::Ordering::Relaxed;
+    let progress = &image.profile_prefetch;
+    let set_source = |s: &'static str| {
+        if let Ok(mut g) = progress.source.lock() {
+            *g = s;
+        }
+    };
+    let mut profile = match source {
+        ProfileSource::None => Vec::new(),
+        _ => super::profile::local(&store, &manifest).unwrap_or_default(),
+    };
+    if !profile.is_empty() {
+        set_source("local");
+    } else if source == ProfileSource::Registry {
+        match super::profile::fetch(&client, &image.reference, &image.record).await {
+            Ok(Some(p)) => {
+                tracing::info!(files = p.len(), "prefetching a published access profile");
+                set_source("registry");
+                profile = p;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("published access profile not used: {e}"),
         }
     }
+    // Virtual ranges in first-read order, one per file not yet local.
+    let ranges: Vec<_> = profile
+        .iter()
+        .filter_map(|(layer, path)| {
+            let l = image.layers.get(*layer)?;
+            let entry = l.layout.index().lookup(path)?;
+            let r = l.layout.file_range(&entry, 0..u64::MAX).ok()?;
+            (!r.is_empty() && cache.try_read_local(l, r.clone()).is_none()).then(|| (l.clone(), r))
+        })
+        .collect();
+    progress.files.store(ranges.len(), Relaxed);
+    let mut fetches = futures::stream::iter(ranges)
+        .map(|(l, r)| {
+            let cache = cache.clone();
+            async move {
+                cache.read_prefetch(&l, r).await?;
+                progress.done.fetch_add(1, Relaxed);
+                Ok::<(), crate::cache::Error>(())
+            }
+        })
+        .buffered(PROFILE_CONCURRENCY);
+    while let Some(res) = fetches.next().await {
+        res?;
+    }
+    drop(fetches);
     // Whole layers only after a grace period: a short-lived command's cold start should not
     // share the link with bytes it will never read.
     tokio::time::sleep(BULK_PREFETCH_DELAY).await;
@@ -288,6 +346,8 @@ pub struct LazyImage {
     pub tree: Arc<MergedTree>,
     pub lowers: Vec<Arc<dyn LowerSource>>,
     pub profile: Arc<AccessProfile>,
+    /// Progress of the profile-first prefetch.
+    pub profile_prefetch: ProfilePrefetch,
 }
 
 /// Resolve indexes, make cached layers and build the merged tree.
@@ -355,5 +415,6 @@ pub async fn open(
         tree: Arc::new(tree),
         lowers,
         profile,
+        profile_prefetch: ProfilePrefetch::default(),
     })
 }

@@ -7,6 +7,7 @@ mod archive;
 pub mod commit;
 pub mod index;
 pub mod lazy;
+pub mod profile;
 mod pull;
 mod push;
 

@@ -1,0 +1,237 @@
+//! Published access profiles: the files a workload read at its first run, in first-read order,
+//! pushed next to the image as an OCI artifact so that a cold start on another machine can
+//! prefetch them from the first second (the role of eStargz's prioritised files and of
+//! Nydus's prefetch lists, without rebuilding the image).
+//!
+//! The artifact is an OCI image manifest with `artifactType` [`PROFILE_ARTIFACT_TYPE`], the
+//! empty config, one layer (the profile JSON, [`PROFILE_MEDIA_TYPE`]: `[[layer index, path],
+//! ...]`, layer index counted from the bottom of the subject image) and `subject` = the image
+//! manifest; it is found like the index sidecar (referrers API, else the `sha256-<hex>` tag).
+//! A profile only decides what is fetched early: every byte is still verified by the cache, so
+//! a wrong or hostile profile can cost bandwidth, never correctness. Sizes are bounded.
+
+use super::Error;
+use crate::digest::Digest;
+use crate::reference::Reference;
+use crate::registry::manifest::{Descriptor, ImageManifest};
+use crate::registry::{referrers_tag, Client};
+use crate::store::{ImageRecord, Store};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+pub const PROFILE_ARTIFACT_TYPE: &str = "application/vnd.strata.profile.v1";
+pub const PROFILE_MEDIA_TYPE: &str = "application/vnd.strata.profile.v1+json";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
+/// Largest profile blob accepted from a registry.
+const MAX_PROFILE_BYTES: u64 = 16 << 20;
+/// Most files a profile may name (as many as a recorded one keeps).
+const MAX_PROFILE_FILES: usize = 100_000;
+
+/// One profile: (layer index from the bottom, path in that layer), first read first.
+pub type Profile = Vec<(usize, String)>;
+
+/// Where the profile recorded on this machine for `manifest` is kept.
+pub fn local_path(store: &Store, manifest: &Digest) -> PathBuf {
+    store
+        .root()
+        .join("profiles")
+        .join(format!("{}.json", manifest.hex()))
+}
+
+/// The profile recorded on this machine, if any.
+pub fn local(store: &Store, manifest: &Digest) -> Option<Profile> {
+    store.read_json(&local_path(store, manifest)).ok().flatten()
+}
+
+/// Keep `profile` as this machine's profile of `manifest` unless one exists.
+pub fn keep(store: &Store, manifest: &Digest, profile: &Profile) {
+    let path = local_path(store, manifest);
+    if profile.is_empty() || path.exists() {
+        return;
+    }
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Err(e) = store.write_json(&path, profile) {
+        tracing::warn!("saving access profile: {e}");
+    }
+}
+
+/// Check a profile against the image it is for.
+fn validate(p: &Profile, layers: usize, what: &str) -> Result<(), Error> {
+    let bad = |msg: String| Error::Invalid {
+        what: what.to_string(),
+        msg,
+    };
+    if p.len() > MAX_PROFILE_FILES {
+        return Err(bad(format!(
+            "{} files (at most {MAX_PROFILE_FILES})",
+            p.len()
+        )));
+    }
+    if let Some((l, path)) = p.iter().find(|(l, _)| *l >= layers) {
+        return Err(bad(format!(
+            "{path:?} is in layer {l}, the image has {layers} layers"
+        )));
+    }
+    Ok(())
+}
+
+/// `strata profile push REF`: publish this machine's profile of the image. Returns the
+/// artifact digest.
+pub async fn push(
+    client: &Client,
+    store: &Store,
+    reference: &Reference,
+    rec: &ImageRecord,
+) -> Result<Digest, Error> {
+    let Some(profile) = local(store, &rec.manifest_digest) else {
+        return Err(Error::Invalid {
+            what: reference.to_string(),
+            msg: "no access profile recorded for this image on this machine: run the workload \
+                  once with `strata run` (or read it through `strata mount`) first"
+                .into(),
+        });
+    };
+    validate(&profile, rec.layers.len(), "access profile")?;
+    let json = |v: &dyn erased::Ser, what: &str| -> Result<Bytes, Error> {
+        v.to_vec().map(Bytes::from).map_err(|e| Error::Invalid {
+            what: what.into(),
+            msg: e.to_string(),
+        })
+    };
+    let (reg, repo) = (&reference.registry, &reference.repository);
+    let body = json(&profile, "access profile")?;
+    let empty = Bytes::from_static(b"{}");
+    let empty_digest = client.upload_bytes(reg, repo, empty.clone()).await?;
+    let profile_digest = client.upload_bytes(reg, repo, body.clone()).await?;
+    let manifest_size = store.read_blob(&rec.manifest_digest)?.len() as u64;
+    let art = ImageManifest {
+        schema_version: 2,
+        media_type: Some(OCI_MANIFEST.into()),
+        artifact_type: Some(PROFILE_ARTIFACT_TYPE.into()),
+        config: Descriptor::new(OCI_EMPTY, empty_digest, empty.len() as u64),
+        layers: vec![Descriptor::new(
+            PROFILE_MEDIA_TYPE,
+            profile_digest,
+            body.len() as u64,
+        )],
+        subject: Some(Descriptor::new(
+            &rec.manifest_media_type,
+            rec.manifest_digest,
+            manifest_size,
+        )),
+        annotations: Some(BTreeMap::from([(
+            "org.opencontainers.image.created".to_string(),
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        )])),
+    };
+    let art_body = json(&art, "profile artifact")?;
+    let art_digest = Digest::of(&art_body);
+    client
+        .put_manifest(
+            reg,
+            repo,
+            &art_digest.to_string(),
+            OCI_MANIFEST,
+            art_body.clone(),
+        )
+        .await?;
+    // Registries without the referrers API: keep the fallback tag's index up to date,
+    // replacing an earlier profile and keeping every other artifact.
+    let (mut idx, from_tag) = client.referrers(reg, repo, &rec.manifest_digest).await?;
+    if from_tag {
+        idx.manifests.retain(|d| {
+            d.digest != art_digest && d.artifact_type.as_deref() != Some(PROFILE_ARTIFACT_TYPE)
+        });
+        let mut d = Descriptor::new(OCI_MANIFEST, art_digest, art_body.len() as u64);
+        d.artifact_type = Some(PROFILE_ARTIFACT_TYPE.into());
+        idx.manifests.push(d);
+        idx.media_type = Some(OCI_INDEX.into());
+        let ib = json(&idx, "referrers index")?;
+        client
+            .put_manifest(
+                reg,
+                repo,
+                &referrers_tag(&rec.manifest_digest),
+                OCI_INDEX,
+                ib,
+            )
+            .await?;
+    }
+    Ok(art_digest)
+}
+
+/// The newest profile published for the image, if any (checked: size, layers, JSON).
+pub async fn fetch(
+    client: &Client,
+    reference: &Reference,
+    rec: &ImageRecord,
+) -> Result<Option<Profile>, Error> {
+    let (referrers, _) = client
+        .referrers(
+            &reference.registry,
+            &reference.repository,
+            &rec.manifest_digest,
+        )
+        .await?;
+    let Some(art) = referrers
+        .manifests
+        .iter()
+        .rev()
+        .find(|d| d.artifact_type.as_deref() == Some(PROFILE_ARTIFACT_TYPE))
+    else {
+        return Ok(None);
+    };
+    let what = format!("profile artifact {}", art.digest);
+    let bad = |msg: &str| Error::Invalid {
+        what: what.clone(),
+        msg: msg.into(),
+    };
+    let m = client
+        .get_manifest(&reference.with_digest(art.digest))
+        .await?;
+    let crate::registry::manifest::AnyManifest::Image(am) = m.manifest else {
+        return Err(bad("not an image manifest"));
+    };
+    if am.subject.as_ref().map(|s| s.digest) != Some(rec.manifest_digest) {
+        return Err(bad("subject is not this image's manifest"));
+    }
+    let Some(layer) = am
+        .layers
+        .iter()
+        .find(|d| d.media_type == PROFILE_MEDIA_TYPE)
+    else {
+        return Err(bad("no profile layer"));
+    };
+    if layer.size > MAX_PROFILE_BYTES {
+        return Err(bad("profile larger than 16 MiB"));
+    }
+    let body = client
+        .get_blob_verified(
+            &reference.registry,
+            &reference.repository,
+            &layer.digest,
+            layer.size as usize,
+        )
+        .await?;
+    let profile: Profile =
+        serde_json::from_slice(&body).map_err(|e| bad(&format!("profile JSON: {e}")))?;
+    validate(&profile, rec.layers.len(), &what)?;
+    Ok(Some(profile))
+}
+
+/// serde_json::to_vec over the few types pushed here, without a generic closure.
+mod erased {
+    pub trait Ser {
+        fn to_vec(&self) -> serde_json::Result<Vec<u8>>;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn to_vec(&self) -> serde_json::Result<Vec<u8>> {
+            serde_json::to_vec(self)
+        }
+    }
+}
