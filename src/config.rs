@@ -29,13 +29,24 @@ pub enum ConfigError {
 }
 
 /// Where a mount's access profile may come from (`prefetch-profile`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ProfileSource {
     #[default]
     Registry,
     Local,
     None,
+}
+
+fn de_profile_source<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ProfileSource, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.as_str() {
+        "registry" => Ok(ProfileSource::Registry),
+        "local" => Ok(ProfileSource::Local),
+        "none" => Ok(ProfileSource::None),
+        _ => Err(serde::de::Error::custom(format!(
+            "prefetch-profile: {s:?} is not one of registry, local, none"
+        ))),
+    }
 }
 
 /// The whole configuration tree with defaults.
@@ -63,7 +74,7 @@ pub struct Config {
     /// Which access profile steers the first prefetch of a mount: `registry` (the local one,
     /// else one published with `strata profile push`), `local` (only one recorded here), or
     /// `none`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_profile_source")]
     pub prefetch_profile: ProfileSource,
     /// Seconds a lazy read may wait for its bytes (all retries included) before it fails
     /// with EIO.
