@@ -13,11 +13,14 @@
 #   strata-pull   strata pull REF; strata run REF CMD   (empty STRATA_ROOT; needs `strata run`)
 #   strata-lazy   strata run REF CMD with an empty STRATA_ROOT, after `strata index REF --push`
 #                 published the sidecar index once
+#   strata-profiled  as strata-lazy, after a publisher machine ran the workload once and published
+#                 its access profile (`strata profile push`): the fresh root prefetches those files
+#                 first (the strata-lazy runs set prefetch-profile=local so they never use it)
 #   ideal         computed lower bound for a lazy loader: local + gzip(bytes the workload opens) /
 #                 link bandwidth + 3 round trips (connect, manifest, data)
 # Results: bench-results/startup-raw.csv (every run), startup-summary.csv, startup.json,
 #          startup.md (markdown table). Defaults: 5 runs, images debian-minbase,python,big, profiles
-#          unshaped,200mbit-10ms; --quick: 3 runs, first workload per image, profile 200mbit-10ms
+#          unshaped,200mbit-10ms; --quick: 2 runs, first workload per image, profile 200mbit-10ms
 #          (about 4-5 minutes on 2 vCPUs; explicit --runs/--profiles/--workloads still apply).
 # Environment: STRATA (binary, default target/release/strata), STRATA_RUN_ARGS (default: --rm when
 #   `strata run --help` mentions it), BENCH_WORK (scratch, default /var/tmp/strata-bench),
@@ -44,7 +47,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-[ -n "$runs" ] || { [ $quick = 1 ] && runs=3 || runs=5; }
+[ -n "$runs" ] || { [ $quick = 1 ] && runs=2 || runs=5; }
 [ -n "$profiles" ] || { [ $quick = 1 ] && profiles=200mbit-10ms || profiles=unshaped,200mbit-10ms; }
 IFS=, read -r -a IMAGES <<< "$images"
 IFS=, read -r -a PROFILES <<< "$profiles"
@@ -218,10 +221,23 @@ print(max(man["layers"], key=lambda l:l["size"])["digest"])' "$lay")
       # strata
       if [ $strata_run_ok = 1 ]; then
         mapfile -t cmd < <(jq -r '.[]' <<< "$argv")
-        for method in strata-pull strata-lazy; do
-          [ $method = strata-lazy ] && [ $strata_index_ok = 0 ] && continue
+        for method in strata-pull strata-lazy strata-profiled; do
+          [ $method != strata-pull ] && [ $strata_index_ok = 0 ] && continue
+          if [ $method = strata-profiled ]; then
+            # the publisher: one run records what the workload reads, `profile push` publishes it
+            pr=$(mktemp -d "$RUNDIR/proot.XXXXXX")
+            if ! { STRATA_ROOT=$pr "$STRATA_BIN" run $STRATA_RUN_ARGS "$ref" "${cmd[@]}" &&
+                   STRATA_ROOT=$pr "$STRATA_BIN" profile push "$ref"; } > "$RUNDIR/profile.log" 2>&1 < /dev/null; then
+              notes+=("strata profile push failed for $img/$wl: $(tail -1 "$RUNDIR/profile.log")")
+              rm -rf "$pr"; continue
+            fi
+            awk -v p="$pr" 'index($2, p) == 1 {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+            rm -rf "$pr"
+          fi
           for r in $(seq 1 "$runs"); do
             sr=$(mktemp -d "$RUNDIR/sroot.XXXXXX")
+            # plain lazy runs must not use a profile published by an earlier strata-profiled round
+            [ $method = strata-lazy ] && echo '{"prefetch-profile": "local"}' > "$sr/config.json"
             drop_caches
             off=$(log_size "$REGISTRY_LOG")
             t0=$(now_s); ok=1

@@ -61,7 +61,7 @@ def startup():
         else:
             failed[key] = failed.get(key, 0) + 1
     out = []
-    methods = ["classic", "local", "strata-pull", "strata-lazy"]
+    methods = ["classic", "local", "strata-pull", "strata-lazy", "strata-profiled"]
     for k in order:
         img, prof, wl = k
         ent = {"image": img, "profile": prof, "workload": wl, "methods": {}}
@@ -92,6 +92,12 @@ def startup():
             ratios["classic_over_ideal"] = c / ent["ideal"]["seconds"]
         if lz and "ideal" in ent:
             ratios["lazy_bytes_over_read"] = ent["methods"]["strata-lazy"]["bytes_fetched"] / max(1, ent["ideal"]["bytes_read"])
+        pf = ent["methods"].get("strata-profiled", {}).get("median")
+        if c and pf:
+            ratios["classic_over_profiled"] = c / pf
+        if pf and "ideal" in ent:
+            ratios["profiled_over_ideal"] = pf / ent["ideal"]["seconds"]
+            ratios["profiled_bytes_over_read"] = ent["methods"]["strata-profiled"]["bytes_fetched"] / max(1, ent["ideal"]["bytes_read"])
         ent["ratios"] = ratios
         out.append(ent)
 
@@ -117,9 +123,9 @@ def startup():
             prof, ln.get("rtt_s", 0) * 1000, ln.get("bandwidth_Bps", 0) / 1e6))
         md.append("")
         md.append("| image | workload | classic: skopeo+umoci+runc | local runc (no fetch) | strata pull+run | "
-                  "strata lazy | ideal lazy | classic / lazy | lazy / ideal | fetched: classic | fetched: lazy | "
-                  "workload reads (gzip) |")
-        md.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+                  "strata lazy | strata lazy + published profile | ideal lazy | classic / lazy (profiled) | "
+                  "lazy / ideal (profiled) | fetched: classic | fetched: lazy (profiled) | workload reads (gzip) |")
+        md.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for e in out:
             if e["profile"] != prof:
                 continue
@@ -127,14 +133,17 @@ def startup():
             pend = "pending"
             sp = fmt_s(M["strata-pull"]) if "strata-pull" in M and M["strata-pull"].get("n") else pend
             sl = fmt_s(M["strata-lazy"]) if "strata-lazy" in M and M["strata-lazy"].get("n") else pend
+            spf = fmt_s(M["strata-profiled"]) if "strata-profiled" in M and M["strata-profiled"].get("n") else "—"
             r = e["ratios"]
-            md.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-                e["image"], e["workload"], fmt_s(M.get("classic")), fmt_s(M.get("local")), sp, sl,
+            both = lambda a, b, f: "%s (%s)" % (f % r[a] if a in r else pend, f % r[b] if b in r else "—")
+            fetched = lambda m: mb(M[m]["bytes_fetched"]) if m in M and M[m].get("n") else "—"
+            md.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                e["image"], e["workload"], fmt_s(M.get("classic")), fmt_s(M.get("local")), sp, sl, spf,
                 "%.2f s" % e["ideal"]["seconds"] if "ideal" in e else "—",
-                "%.1fx" % r["classic_over_lazy"] if "classic_over_lazy" in r else pend,
-                "%.2fx" % r["lazy_over_ideal"] if "lazy_over_ideal" in r else pend,
+                both("classic_over_lazy", "classic_over_profiled", "%.1fx"),
+                both("lazy_over_ideal", "profiled_over_ideal", "%.2fx"),
                 mb(M.get("classic", {}).get("bytes_fetched")),
-                mb(M["strata-lazy"]["bytes_fetched"]) if "strata-lazy" in M and M["strata-lazy"].get("n") else pend,
+                "%s (%s)" % (fetched("strata-lazy"), fetched("strata-profiled")),
                 "%s (%s), %d files" % (mb(e["ideal"]["bytes_read"]), mb(e["ideal"]["bytes_read_gzip"]), e["ideal"]["files"])
                 if "ideal" in e else "—"))
         md.append("")
