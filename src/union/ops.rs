@@ -272,6 +272,9 @@ impl UnionFs {
     }
 
     /// `unlink(parent, name)`.
+    /// `unlink(parent, name)`. Removing one name of a hard-linked lower file copies it up
+    /// first (all its names linked, as kernel overlayfs with `index=on` does), so the link
+    /// count of the names left is the upper file's. May wait for lower data.
     pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
         self.upper()?;
         let mut st = self.lock();
@@ -281,7 +284,26 @@ impl UnionFs {
         if st.nodes.get(&ino).is_some_and(|n| n.kind == FileKind::Dir) {
             return Err(Error::IsDir(name.to_string_lossy().into_owned()));
         }
+        if self.lower_hardlink(&st, ino) {
+            drop(st);
+            self.copy_up(ino, None)?;
+            st = self.lock();
+            if self.resolve(&mut st, parent, name)? != Some(ino) {
+                return Err(Error::NotFound(name.to_string_lossy().into_owned()));
+            }
+        }
         self.remove_entry(&mut st, parent, name, ino, false)
+    }
+
+    /// Is `ino` a lower-only non-directory with several names in the lower tree?
+    fn lower_hardlink(&self, st: &State, ino: u64) -> bool {
+        st.nodes.get(&ino).is_some_and(|n| {
+            !n.upper
+                && n.kind != FileKind::Dir
+                && n.lower
+                    .and_then(|l| self.tree.node(l))
+                    .is_some_and(|t| t.nlink > 1)
+        })
     }
 
     /// `rmdir(parent, name)`: ENOTEMPTY if any layer still shows an entry in it.
@@ -353,6 +375,12 @@ impl UnionFs {
                 _ => {}
             }
         }
+        if let (Some(d), false) = (dst, exchange) {
+            // The replaced name of a hard-linked lower file: its other names keep counting.
+            if self.lower_hardlink(&self.lock(), d) {
+                self.copy_up(d, None)?;
+            }
+        }
         self.copy_up_deep(src)?;
         if let (Some(d), true) = (dst, exchange) {
             self.copy_up_deep(d)?;
@@ -377,9 +405,7 @@ impl UnionFs {
             for (i, rel) in [(src, &drel), (d, &srel)] {
                 if is_dir(&st, i) {
                     u.set_opaque(rel)?;
-                    if let Some(n) = st.nodes.get_mut(&i) {
-                        n.lower = None;
-                    }
+                    self.detach_moved(&mut st, i, rel)?;
                 }
             }
             Self::drop_alias(&mut st, src, parent, name);
@@ -400,15 +426,60 @@ impl UnionFs {
         u.move_to(&u.path(&srel), &drel)?;
         if is_dir(&st, src) {
             u.set_opaque(&drel)?;
-            if let Some(n) = st.nodes.get_mut(&src) {
-                n.lower = None;
-            }
+            self.detach_moved(&mut st, src, &drel)?;
         }
         if src_lower {
             u.whiteout(&srel)?;
         }
         Self::drop_alias(&mut st, src, parent, name);
         self.rekey(&mut st, src, newparent, newname, &drel)
+    }
+
+    /// The directory `ino`, just moved to the upper path `rel` and made opaque there, merges
+    /// no lower entries any more, and neither does anything below it: forget the lower view
+    /// of every directory node in the subtree and remove the whiteouts carried along (in a
+    /// directory that is not merged, kernel overlayfs lists a whiteout as an entry that
+    /// cannot be looked up).
+    fn detach_moved(&self, st: &mut State, ino: u64, rel: &Path) -> Result<()> {
+        let u = self.upper()?;
+        let mut stack = vec![rel.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for (name, m, wh) in u.list(&d)? {
+                if wh {
+                    u.unlink(&d.join(&name))?;
+                } else if m.is_dir() {
+                    stack.push(d.join(&name));
+                }
+            }
+        }
+        let below: Vec<u64> = st
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.kind == FileKind::Dir && n.lower.is_some())
+            .map(|(i, _)| *i)
+            .filter(|&i| Self::is_within(st, i, ino))
+            .collect();
+        for i in below {
+            if let Some(n) = st.nodes.get_mut(&i) {
+                n.lower = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Is node `ino` the directory `top` or below it (following first names upwards)?
+    fn is_within(st: &State, ino: u64, top: u64) -> bool {
+        let mut cur = ino;
+        for _ in 0..4096 {
+            if cur == top {
+                return true;
+            }
+            match st.nodes.get(&cur).and_then(|n| n.aliases.first()) {
+                Some((p, _)) if cur != ROOT_INO => cur = *p,
+                _ => return false,
+            }
+        }
+        false
     }
 
     /// Give `ino` the name `parent/name` at upper path `rel` and refresh its upper key.
