@@ -642,8 +642,13 @@ impl UnionFs {
 
     /// Read up to `size` bytes at `offset` from an open file.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<ReadResult> {
-        let h = self.handle(fh)?;
+        let mut h = self.handle(fh)?;
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
+        if let Handle::Lower { ino, .. } = &*h {
+            if let Some(up) = self.follow_copy_up(fh, *ino)? {
+                h = up;
+            }
+        }
         match &*h {
             Handle::Upper { file, .. } => {
                 let mut buf = vec![0u8; size as usize];
@@ -697,6 +702,38 @@ impl UnionFs {
                 ))
             }
             Handle::Dir { .. } => Err(Error::IsDir(format!("handle {fh}"))),
+        }
+    }
+
+    /// A read-only handle opened on a lower file that has since been copied up reads the
+    /// upper file from then on (as kernel overlayfs does since 4.19): the handle is switched
+    /// to the upper copy, opened read-only. `None` while the file is still lower only.
+    fn follow_copy_up(&self, fh: u64, ino: u64) -> Result<Option<Arc<Handle>>> {
+        if self.upper.is_none() {
+            return Ok(None);
+        }
+        let p = {
+            let st = self.lock();
+            match st.nodes.get(&ino) {
+                Some(n) if n.upper && !n.aliases.is_empty() => {
+                    self.upper()?.path(&self.rel_path(&st, ino)?)
+                }
+                _ => return Ok(None),
+            }
+        };
+        let file = open_flags(&p, libc::O_RDONLY)?;
+        let h = Arc::new(Handle::Upper {
+            ino,
+            file: Arc::new(file),
+        });
+        let mut hs = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        match hs.get(&fh) {
+            Some(cur) if matches!(&**cur, Handle::Lower { .. }) => {
+                hs.insert(fh, h.clone());
+                Ok(Some(h))
+            }
+            Some(cur) => Ok(Some(cur.clone())),
+            None => Err(Error::BadHandle(fh)),
         }
     }
 
