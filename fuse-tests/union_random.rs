@@ -1426,3 +1426,22 @@ fn read_only_descriptor_sees_a_later_copy_up() {
     let n = ro.read_at(&mut b, 0).unwrap();
     assert_eq!(&b[..n], b"changed after open, longer\n");
 }
+
+/// Soak seed 263315737: `fstat` on a descriptor of an upper directory removed by `rmdir`
+/// failed with ENOENT (kernel overlayfs, like any filesystem, still answers).
+#[test]
+fn fstat_of_an_open_directory_after_rmdir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, m) = fixture_mount(tmp.path());
+    let d = m.dir.join("keep/newdir");
+    std::fs::create_dir(&d).unwrap();
+    let f = File::open(&d).unwrap();
+    std::fs::remove_dir(&d).unwrap();
+    let st = f.metadata().expect("fstat after rmdir");
+    assert!(st.is_dir());
+    // A lower directory too.
+    let f = File::open(m.dir.join("opt/old")).unwrap();
+    std::fs::remove_file(m.dir.join("opt/old/z")).unwrap();
+    std::fs::remove_dir(m.dir.join("opt/old")).unwrap();
+    assert!(f.metadata().expect("fstat after rmdir").is_dir());
+}

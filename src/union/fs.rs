@@ -69,6 +69,8 @@ pub(crate) enum Handle {
     Dir {
         ino: u64,
         entries: Mutex<Vec<DirEntry>>,
+        /// The upper directory, held open so `fstat` still answers after an `rmdir`.
+        upper: Option<Arc<File>>,
     },
 }
 
@@ -357,11 +359,17 @@ impl UnionFs {
         Ok(Some(l))
     }
 
-    /// An upper file handle open on `ino`, for objects that lost all their names.
+    /// An upper file (or directory) handle open on `ino`, for objects that lost all their
+    /// names.
     fn open_upper_file(&self, ino: u64) -> Option<Arc<File>> {
         let hs = self.handles.lock().unwrap_or_else(|p| p.into_inner());
         hs.values().find_map(|h| match &**h {
             Handle::Upper { ino: i, file } if *i == ino => Some(file.clone()),
+            Handle::Dir {
+                ino: i,
+                upper: Some(file),
+                ..
+            } if *i == ino => Some(file.clone()),
             _ => None,
         })
     }
@@ -377,7 +385,14 @@ impl UnionFs {
                         .map_err(|e| Error::io("fstat upper", format!("inode {ino}"), e))?;
                     return attr_from_meta(ino, &m);
                 }
-                return Err(Error::NotFound(format!("inode {ino}")));
+                // Removed while open, with no upper descriptor to ask: a copied-up lower
+                // object still has its lower attributes (link count 0).
+                let t = n.lower.and_then(|l| self.tree.node(l));
+                let t = t.ok_or_else(|| Error::NotFound(format!("inode {ino}")))?;
+                return Ok(Attr {
+                    nlink: 0,
+                    ..attr_from_tree(ino, t)
+                });
             }
             let rel = self.rel_path(st, ino)?;
             let m = u
@@ -509,20 +524,35 @@ impl UnionFs {
 
     /// Open directory `ino`; the listing is taken now (and again on a read at offset 0).
     pub fn opendir(&self, ino: u64) -> Result<u64> {
-        let entries = {
+        let (entries, path) = {
             let mut st = self.lock();
-            self.list_locked(&mut st, ino)?
+            let entries = self.list_locked(&mut st, ino)?;
+            let path = match (&self.upper, st.nodes.get(&ino)) {
+                (Some(u), Some(n)) if n.upper => Some(u.path(&self.rel_path(&st, ino)?)),
+                _ => None,
+            };
+            (entries, path)
         };
+        // Best effort: without it, only `fstat` after `rmdir` of an open directory fails.
+        let upper = path.and_then(|p| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+                .open(p)
+                .ok()
+                .map(Arc::new)
+        });
         Ok(self.new_fh(Handle::Dir {
             ino,
             entries: Mutex::new(entries),
+            upper,
         }))
     }
 
     /// Entries of an open directory after cookie `offset` (0 = from the start).
     pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirEntry>> {
         let h = self.handle(fh)?;
-        let Handle::Dir { ino, entries } = &*h else {
+        let Handle::Dir { ino, entries, .. } = &*h else {
             return Err(Error::BadHandle(fh));
         };
         let mut e = entries.lock().unwrap_or_else(|p| p.into_inner());
