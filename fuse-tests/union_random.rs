@@ -20,6 +20,8 @@
 //! - st_ino / st_dev are never compared (overlay shows the real lower/upper numbers).
 //! - Directory sizes and link counts are not compared (overlay reports nlink 1 for merged
 //!   directories and the upper filesystem's numbers otherwise; strata its tree's).
+//! - `fstat` of a descriptor on a lower file whose last name was removed: kernel 1 (the
+//!   lower inode's count), strata 0 (POSIX); see `normalise`.
 //! - Times are compared only right after an explicit `utimensat`; writes and copy-ups stamp
 //!   "now", which differs between the two mounts by the time between the calls.
 //! - Upper directories: kernel overlayfs (redirect_dir=on) renames a lower directory with a
@@ -899,6 +901,23 @@ fn oracle(lowers: &[PathBuf], t: &Path) -> (OverlayMount, PathBuf) {
     (OverlayMount { dir }, ou)
 }
 
+/// The one asymmetric normalisation: `fstat` of a descriptor open on a lower file whose
+/// last name was removed. Kernel overlayfs answers from the real lower inode, which was never
+/// unlinked (nlink 1); strata reports 0, as POSIX wants for an unlinked open file (and as
+/// PLATFORM.md asks, unlike fuse-overlayfs). Only that pair is accepted.
+fn normalise(op: &Op, got: String, want: &str) -> String {
+    if matches!(op, Op::FdRead { .. } | Op::FdWrite { .. })
+        && got.ends_with("nlink=0")
+        && want.ends_with("nlink=1")
+    {
+        let fixed = format!("{}nlink=1", &got[..got.len() - "nlink=0".len()]);
+        if fixed == want {
+            return fixed;
+        }
+    }
+    got
+}
+
 /// Run `nops` random operations with `seed` on strata (made by `make`, given its upper and
 /// work dirs) and on kernel overlayfs over `lowers`.
 fn run_seed<'a>(
@@ -926,7 +945,7 @@ fn run_seed<'a>(
         let op = gen(&mut rng, &pool);
         let data_seed = rng.next_u64();
         let want = b.apply(&op, data_seed);
-        let got = a.apply(&op, data_seed);
+        let got = normalise(&op, a.apply(&op, data_seed), &want);
         log.borrow_mut().push(format!(
             "#{i} {op:?}\n    oracle: {want}\n    strata: {got}"
         ));
@@ -1444,4 +1463,20 @@ fn fstat_of_an_open_directory_after_rmdir() {
     std::fs::remove_file(m.dir.join("opt/old/z")).unwrap();
     std::fs::remove_dir(m.dir.join("opt/old")).unwrap();
     assert!(f.metadata().expect("fstat after rmdir").is_dir());
+}
+
+/// Soak seed 15992961: a fifo held open and then unlinked: `fstat` gave EIO (the core had no
+/// handle for it and nothing left to stat).
+#[test]
+fn fstat_of_an_open_fifo_after_unlink() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, m) = fixture_mount(tmp.path());
+    let p = m.dir.join("keep/fifo");
+    // SAFETY: NUL-terminated path.
+    chk(unsafe { libc::mknod(cs(&p).as_ptr(), libc::S_IFIFO | 0o640, 0) }).unwrap();
+    let f = open_raw(&p, libc::O_RDWR | libc::O_NONBLOCK, 0).unwrap();
+    std::fs::remove_file(&p).unwrap();
+    let st = f.metadata().expect("fstat after unlink");
+    assert!(st.file_type().is_fifo());
+    assert_eq!((st.nlink(), st.mode() & 0o777), (0, 0o640));
 }

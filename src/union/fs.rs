@@ -41,6 +41,9 @@ pub(crate) struct Node {
     pub aliases: Vec<(u64, OsString)>,
     /// Lookups the kernel holds on this node (entries replied minus `forget`s).
     pub lookups: u64,
+    /// `O_PATH` descriptor of the upper object, taken when its last known name was removed,
+    /// so `fstat` of something still open (a fifo, say: no handle here) keeps answering.
+    pub orphan: Option<Arc<File>>,
 }
 
 #[derive(Debug, Default)]
@@ -178,6 +181,7 @@ impl UnionFs {
             upper_key: None,
             aliases: Vec::new(),
             lookups: 1,
+            orphan: None,
         };
         if let Some(u) = &upper {
             let m = std::fs::symlink_metadata(u.root())
@@ -313,6 +317,7 @@ impl UnionFs {
             upper_key: Some(key),
             aliases: Vec::new(),
             lookups: 0,
+            orphan: None,
         });
         node.upper = true;
         node.kind = kind;
@@ -354,6 +359,7 @@ impl UnionFs {
             upper_key: None,
             aliases: Vec::new(),
             lookups: 0,
+            orphan: None,
         });
         Self::add_alias(st, l, parent, name);
         Ok(Some(l))
@@ -379,7 +385,7 @@ impl UnionFs {
         if n.upper {
             let u = self.upper()?;
             if n.aliases.is_empty() && ino != ROOT_INO {
-                if let Some(f) = self.open_upper_file(ino) {
+                if let Some(f) = self.open_upper_file(ino).or_else(|| n.orphan.clone()) {
                     let m = f
                         .metadata()
                         .map_err(|e| Error::io("fstat upper", format!("inode {ino}"), e))?;

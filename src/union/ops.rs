@@ -244,6 +244,24 @@ impl UnionFs {
         }
     }
 
+    /// Before the last known name of the upper object `ino` (at `rel`) goes, keep an `O_PATH`
+    /// descriptor of it, so it can still be `fstat`ed while the kernel holds it open.
+    fn hold_orphan(&self, st: &mut State, ino: u64, rel: &Path) {
+        let Ok(u) = self.upper() else { return };
+        let Some(n) = st.nodes.get_mut(&ino) else {
+            return;
+        };
+        if n.aliases.len() > 1 {
+            return;
+        }
+        n.orphan = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+            .open(u.path(rel))
+            .ok()
+            .map(Arc::new);
+    }
+
     /// Remove the union entry `parent/name` of `ino` from the upper, leaving a whiteout if a
     /// lower entry of that name exists.
     fn remove_entry(
@@ -259,6 +277,9 @@ impl UnionFs {
         let rel = self.rel_path(st, parent)?.join(name);
         let lower_exists = self.lower_child(st, parent, name).is_some();
         let in_upper = st.nodes.get(&ino).is_some_and(|n| n.upper) && u.lstat(&rel)?.is_some();
+        if in_upper {
+            self.hold_orphan(st, ino, &rel);
+        }
         if in_upper && is_dir {
             u.remove_tree(&rel)?;
         }
@@ -415,6 +436,9 @@ impl UnionFs {
             return Ok(());
         }
         if let Some(d) = dst {
+            if st.nodes.get(&d).is_some_and(|n| n.upper) {
+                self.hold_orphan(&mut st, d, &drel);
+            }
             if is_dir(&st, d)
                 && st.nodes.get(&d).is_some_and(|n| n.upper)
                 && u.lstat(&drel)?.is_some()
