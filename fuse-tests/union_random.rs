@@ -174,6 +174,15 @@ enum Op {
         path: String,
         mode: u32,
     },
+    Chown {
+        path: String,
+        uid: u32,
+        gid: u32,
+    },
+    FdTruncate {
+        slot: usize,
+        len: u64,
+    },
     Utimens {
         path: String,
         sec: i64,
@@ -329,6 +338,8 @@ fn gen(rng: &mut Rng, pool: &Pool) -> Op {
         (3, 18),
         (3, 19),
         (3, 20),
+        (3, 21),
+        (2, 22),
     ];
     let total: u64 = table.iter().map(|t| t.0).sum();
     let mut x = rng.below(total);
@@ -440,8 +451,17 @@ fn gen(rng: &mut Rng, pool: &Pool) -> Op {
         19 => Op::FdRead {
             slot: rng.below(SLOTS as u64) as usize,
         },
-        _ => Op::Close {
+        20 => Op::Close {
             slot: rng.below(SLOTS as u64) as usize,
+        },
+        21 => Op::Chown {
+            path: pool.existing(rng),
+            uid: *rng.pick(&[0, 1000, 65534]),
+            gid: *rng.pick(&[0, 100, 1000]),
+        },
+        _ => Op::FdTruncate {
+            slot: rng.below(SLOTS as u64) as usize,
+            len: rng.below(8000),
         },
     }
 }
@@ -623,6 +643,16 @@ impl Side {
                 let r = chk(unsafe { libc::chmod(cs(&p).as_ptr(), *mode) });
                 format!("{} {}", res(r), summary(&p))
             }
+            Op::Chown { path, uid, gid } => {
+                let p = self.p(path);
+                // SAFETY: NUL-terminated path.
+                let r = chk(unsafe { libc::lchown(cs(&p).as_ptr(), *uid, *gid) });
+                format!("{} {}", res(r), summary(&p))
+            }
+            Op::FdTruncate { slot, len } => match &self.fds[*slot] {
+                None => "no fd".into(),
+                Some(f) => format!("{} {}", res(f.set_len(*len)), fstat(f)),
+            },
             Op::Utimens { path, sec } => {
                 let p = self.p(path);
                 let ts = [
@@ -906,8 +936,10 @@ fn oracle(lowers: &[PathBuf], t: &Path) -> (OverlayMount, PathBuf) {
 /// unlinked (nlink 1); strata reports 0, as POSIX wants for an unlinked open file (and as
 /// PLATFORM.md asks, unlike fuse-overlayfs). Only that pair is accepted.
 fn normalise(op: &Op, got: String, want: &str) -> String {
-    if matches!(op, Op::FdRead { .. } | Op::FdWrite { .. })
-        && got.ends_with("nlink=0")
+    if matches!(
+        op,
+        Op::FdRead { .. } | Op::FdWrite { .. } | Op::FdTruncate { .. }
+    ) && got.ends_with("nlink=0")
         && want.ends_with("nlink=1")
     {
         let fixed = format!("{}nlink=1", &got[..got.len() - "nlink=0".len()]);
