@@ -824,10 +824,17 @@ fn open_for_read(f: &File) -> bool {
 }
 
 /// Open an upper path honouring the access mode and `O_APPEND`/`O_SYNC`-style flags.
+/// `O_DIRECT` is not passed on: the kernel already keeps such a FUSE open out of its page
+/// cache, and the upper filesystem would refuse our buffers (not block-aligned) with EINVAL.
 pub(crate) fn open_flags(p: &std::path::Path, flags: i32) -> Result<File> {
     let acc = flags & libc::O_ACCMODE;
-    let extra =
-        flags & !(libc::O_ACCMODE | libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC);
+    let extra = flags
+        & !(libc::O_ACCMODE
+            | libc::O_CREAT
+            | libc::O_EXCL
+            | libc::O_NOCTTY
+            | libc::O_TRUNC
+            | libc::O_DIRECT);
     let mut o = std::fs::OpenOptions::new();
     o.read(acc == libc::O_RDONLY || acc == libc::O_RDWR)
         .write(acc == libc::O_WRONLY || acc == libc::O_RDWR)
