@@ -14,6 +14,7 @@ pub mod proxy;
 pub mod registry;
 pub mod skopeo;
 pub mod token;
+pub mod union_extra;
 
 pub use cli::{strata, OutputExt, StrataEnv};
 pub use image::{

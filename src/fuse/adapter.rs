@@ -359,7 +359,9 @@ impl Filesystem for Adapter {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.s.fs.unlink(parent.0, name));
+        // Unlinking a name of a hard-linked lower file copies it up (may wait for data).
+        let name = name.to_os_string();
+        self.blocking(move |fs| reply_empty(reply, fs.unlink(parent.0, &name)));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {

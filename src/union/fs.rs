@@ -41,6 +41,9 @@ pub(crate) struct Node {
     pub aliases: Vec<(u64, OsString)>,
     /// Lookups the kernel holds on this node (entries replied minus `forget`s).
     pub lookups: u64,
+    /// `O_PATH` descriptor of the upper object, taken when its last known name was removed,
+    /// so `fstat` of something still open (a fifo, say: no handle here) keeps answering.
+    pub orphan: Option<Arc<File>>,
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +72,8 @@ pub(crate) enum Handle {
     Dir {
         ino: u64,
         entries: Mutex<Vec<DirEntry>>,
+        /// The upper directory, held open so `fstat` still answers after an `rmdir`.
+        upper: Option<Arc<File>>,
     },
 }
 
@@ -176,6 +181,7 @@ impl UnionFs {
             upper_key: None,
             aliases: Vec::new(),
             lookups: 1,
+            orphan: None,
         };
         if let Some(u) = &upper {
             let m = std::fs::symlink_metadata(u.root())
@@ -311,6 +317,7 @@ impl UnionFs {
             upper_key: Some(key),
             aliases: Vec::new(),
             lookups: 0,
+            orphan: None,
         });
         node.upper = true;
         node.kind = kind;
@@ -352,16 +359,23 @@ impl UnionFs {
             upper_key: None,
             aliases: Vec::new(),
             lookups: 0,
+            orphan: None,
         });
         Self::add_alias(st, l, parent, name);
         Ok(Some(l))
     }
 
-    /// An upper file handle open on `ino`, for objects that lost all their names.
+    /// An upper file (or directory) handle open on `ino`, for objects that lost all their
+    /// names.
     fn open_upper_file(&self, ino: u64) -> Option<Arc<File>> {
         let hs = self.handles.lock().unwrap_or_else(|p| p.into_inner());
         hs.values().find_map(|h| match &**h {
             Handle::Upper { ino: i, file } if *i == ino => Some(file.clone()),
+            Handle::Dir {
+                ino: i,
+                upper: Some(file),
+                ..
+            } if *i == ino => Some(file.clone()),
             _ => None,
         })
     }
@@ -371,13 +385,20 @@ impl UnionFs {
         if n.upper {
             let u = self.upper()?;
             if n.aliases.is_empty() && ino != ROOT_INO {
-                if let Some(f) = self.open_upper_file(ino) {
+                if let Some(f) = self.open_upper_file(ino).or_else(|| n.orphan.clone()) {
                     let m = f
                         .metadata()
                         .map_err(|e| Error::io("fstat upper", format!("inode {ino}"), e))?;
                     return attr_from_meta(ino, &m);
                 }
-                return Err(Error::NotFound(format!("inode {ino}")));
+                // Removed while open, with no upper descriptor to ask: a copied-up lower
+                // object still has its lower attributes (link count 0).
+                let t = n.lower.and_then(|l| self.tree.node(l));
+                let t = t.ok_or_else(|| Error::NotFound(format!("inode {ino}")))?;
+                return Ok(Attr {
+                    nlink: 0,
+                    ..attr_from_tree(ino, t)
+                });
             }
             let rel = self.rel_path(st, ino)?;
             let m = u
@@ -509,20 +530,35 @@ impl UnionFs {
 
     /// Open directory `ino`; the listing is taken now (and again on a read at offset 0).
     pub fn opendir(&self, ino: u64) -> Result<u64> {
-        let entries = {
+        let (entries, path) = {
             let mut st = self.lock();
-            self.list_locked(&mut st, ino)?
+            let entries = self.list_locked(&mut st, ino)?;
+            let path = match (&self.upper, st.nodes.get(&ino)) {
+                (Some(u), Some(n)) if n.upper => Some(u.path(&self.rel_path(&st, ino)?)),
+                _ => None,
+            };
+            (entries, path)
         };
+        // Best effort: without it, only `fstat` after `rmdir` of an open directory fails.
+        let upper = path.and_then(|p| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+                .open(p)
+                .ok()
+                .map(Arc::new)
+        });
         Ok(self.new_fh(Handle::Dir {
             ino,
             entries: Mutex::new(entries),
+            upper,
         }))
     }
 
     /// Entries of an open directory after cookie `offset` (0 = from the start).
     pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirEntry>> {
         let h = self.handle(fh)?;
-        let Handle::Dir { ino, entries } = &*h else {
+        let Handle::Dir { ino, entries, .. } = &*h else {
             return Err(Error::BadHandle(fh));
         };
         let mut e = entries.lock().unwrap_or_else(|p| p.into_inner());
@@ -642,8 +678,13 @@ impl UnionFs {
 
     /// Read up to `size` bytes at `offset` from an open file.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<ReadResult> {
-        let h = self.handle(fh)?;
+        let mut h = self.handle(fh)?;
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
+        if let Handle::Lower { ino, .. } = &*h {
+            if let Some(up) = self.follow_copy_up(fh, *ino)? {
+                h = up;
+            }
+        }
         match &*h {
             Handle::Upper { file, .. } => {
                 let mut buf = vec![0u8; size as usize];
@@ -700,6 +741,38 @@ impl UnionFs {
         }
     }
 
+    /// A read-only handle opened on a lower file that has since been copied up reads the
+    /// upper file from then on (as kernel overlayfs does since 4.19): the handle is switched
+    /// to the upper copy, opened read-only. `None` while the file is still lower only.
+    fn follow_copy_up(&self, fh: u64, ino: u64) -> Result<Option<Arc<Handle>>> {
+        if self.upper.is_none() {
+            return Ok(None);
+        }
+        let p = {
+            let st = self.lock();
+            match st.nodes.get(&ino) {
+                Some(n) if n.upper && !n.aliases.is_empty() => {
+                    self.upper()?.path(&self.rel_path(&st, ino)?)
+                }
+                _ => return Ok(None),
+            }
+        };
+        let file = open_flags(&p, libc::O_RDONLY)?;
+        let h = Arc::new(Handle::Upper {
+            ino,
+            file: Arc::new(file),
+        });
+        let mut hs = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        match hs.get(&fh) {
+            Some(cur) if matches!(&**cur, Handle::Lower { .. }) => {
+                hs.insert(fh, h.clone());
+                Ok(Some(h))
+            }
+            Some(cur) => Ok(Some(cur.clone())),
+            None => Err(Error::BadHandle(fh)),
+        }
+    }
+
     /// Write `data` at `offset` (an `O_APPEND` handle appends).
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
         let h = self.handle(fh)?;
@@ -751,10 +824,17 @@ fn open_for_read(f: &File) -> bool {
 }
 
 /// Open an upper path honouring the access mode and `O_APPEND`/`O_SYNC`-style flags.
+/// `O_DIRECT` is not passed on: the kernel already keeps such a FUSE open out of its page
+/// cache, and the upper filesystem would refuse our buffers (not block-aligned) with EINVAL.
 pub(crate) fn open_flags(p: &std::path::Path, flags: i32) -> Result<File> {
     let acc = flags & libc::O_ACCMODE;
-    let extra =
-        flags & !(libc::O_ACCMODE | libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC);
+    let extra = flags
+        & !(libc::O_ACCMODE
+            | libc::O_CREAT
+            | libc::O_EXCL
+            | libc::O_NOCTTY
+            | libc::O_TRUNC
+            | libc::O_DIRECT);
     let mut o = std::fs::OpenOptions::new();
     o.read(acc == libc::O_RDONLY || acc == libc::O_RDWR)
         .write(acc == libc::O_WRONLY || acc == libc::O_RDWR)

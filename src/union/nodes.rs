@@ -45,7 +45,10 @@ impl UnionFs {
             let lower = if kind == FileKind::Dir {
                 match st.nodes.get(&ino) {
                     Some(n) => n.lower,
-                    None if ino < UPPER_BASE => {
+                    // A copied-up lower directory merges its lower entries only where it
+                    // still sits on its own lower name (a moved one is opaque, and so is
+                    // everything below it).
+                    None if ino < UPPER_BASE && lc == Some(ino) => {
                         let p = self.upper()?.path(&self.rel_path(st, parent)?.join(name));
                         (!sys::is_opaque(&p)).then_some(ino)
                     }

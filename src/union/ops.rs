@@ -244,6 +244,24 @@ impl UnionFs {
         }
     }
 
+    /// Before the last known name of the upper object `ino` (at `rel`) goes, keep an `O_PATH`
+    /// descriptor of it, so it can still be `fstat`ed while the kernel holds it open.
+    fn hold_orphan(&self, st: &mut State, ino: u64, rel: &Path) {
+        let Ok(u) = self.upper() else { return };
+        let Some(n) = st.nodes.get_mut(&ino) else {
+            return;
+        };
+        if n.aliases.len() > 1 {
+            return;
+        }
+        n.orphan = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+            .open(u.path(rel))
+            .ok()
+            .map(Arc::new);
+    }
+
     /// Remove the union entry `parent/name` of `ino` from the upper, leaving a whiteout if a
     /// lower entry of that name exists.
     fn remove_entry(
@@ -259,6 +277,9 @@ impl UnionFs {
         let rel = self.rel_path(st, parent)?.join(name);
         let lower_exists = self.lower_child(st, parent, name).is_some();
         let in_upper = st.nodes.get(&ino).is_some_and(|n| n.upper) && u.lstat(&rel)?.is_some();
+        if in_upper {
+            self.hold_orphan(st, ino, &rel);
+        }
         if in_upper && is_dir {
             u.remove_tree(&rel)?;
         }
@@ -272,6 +293,9 @@ impl UnionFs {
     }
 
     /// `unlink(parent, name)`.
+    /// `unlink(parent, name)`. Removing one name of a hard-linked lower file copies it up
+    /// first (all its names linked, as kernel overlayfs with `index=on` does), so the link
+    /// count of the names left is the upper file's. May wait for lower data.
     pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
         self.upper()?;
         let mut st = self.lock();
@@ -281,7 +305,26 @@ impl UnionFs {
         if st.nodes.get(&ino).is_some_and(|n| n.kind == FileKind::Dir) {
             return Err(Error::IsDir(name.to_string_lossy().into_owned()));
         }
+        if self.lower_hardlink(&st, ino) {
+            drop(st);
+            self.copy_up(ino, None)?;
+            st = self.lock();
+            if self.resolve(&mut st, parent, name)? != Some(ino) {
+                return Err(Error::NotFound(name.to_string_lossy().into_owned()));
+            }
+        }
         self.remove_entry(&mut st, parent, name, ino, false)
+    }
+
+    /// Is `ino` a lower-only non-directory with several names in the lower tree?
+    fn lower_hardlink(&self, st: &State, ino: u64) -> bool {
+        st.nodes.get(&ino).is_some_and(|n| {
+            !n.upper
+                && n.kind != FileKind::Dir
+                && n.lower
+                    .and_then(|l| self.tree.node(l))
+                    .is_some_and(|t| t.nlink > 1)
+        })
     }
 
     /// `rmdir(parent, name)`: ENOTEMPTY if any layer still shows an entry in it.
@@ -353,6 +396,12 @@ impl UnionFs {
                 _ => {}
             }
         }
+        if let (Some(d), false) = (dst, exchange) {
+            // The replaced name of a hard-linked lower file: its other names keep counting.
+            if self.lower_hardlink(&self.lock(), d) {
+                self.copy_up(d, None)?;
+            }
+        }
         self.copy_up_deep(src)?;
         if let (Some(d), true) = (dst, exchange) {
             self.copy_up_deep(d)?;
@@ -377,9 +426,7 @@ impl UnionFs {
             for (i, rel) in [(src, &drel), (d, &srel)] {
                 if is_dir(&st, i) {
                     u.set_opaque(rel)?;
-                    if let Some(n) = st.nodes.get_mut(&i) {
-                        n.lower = None;
-                    }
+                    self.detach_moved(&mut st, i, rel)?;
                 }
             }
             Self::drop_alias(&mut st, src, parent, name);
@@ -389,6 +436,9 @@ impl UnionFs {
             return Ok(());
         }
         if let Some(d) = dst {
+            if st.nodes.get(&d).is_some_and(|n| n.upper) {
+                self.hold_orphan(&mut st, d, &drel);
+            }
             if is_dir(&st, d)
                 && st.nodes.get(&d).is_some_and(|n| n.upper)
                 && u.lstat(&drel)?.is_some()
@@ -400,15 +450,60 @@ impl UnionFs {
         u.move_to(&u.path(&srel), &drel)?;
         if is_dir(&st, src) {
             u.set_opaque(&drel)?;
-            if let Some(n) = st.nodes.get_mut(&src) {
-                n.lower = None;
-            }
+            self.detach_moved(&mut st, src, &drel)?;
         }
         if src_lower {
             u.whiteout(&srel)?;
         }
         Self::drop_alias(&mut st, src, parent, name);
         self.rekey(&mut st, src, newparent, newname, &drel)
+    }
+
+    /// The directory `ino`, just moved to the upper path `rel` and made opaque there, merges
+    /// no lower entries any more, and neither does anything below it: forget the lower view
+    /// of every directory node in the subtree and remove the whiteouts carried along (in a
+    /// directory that is not merged, kernel overlayfs lists a whiteout as an entry that
+    /// cannot be looked up).
+    fn detach_moved(&self, st: &mut State, ino: u64, rel: &Path) -> Result<()> {
+        let u = self.upper()?;
+        let mut stack = vec![rel.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for (name, m, wh) in u.list(&d)? {
+                if wh {
+                    u.unlink(&d.join(&name))?;
+                } else if m.is_dir() {
+                    stack.push(d.join(&name));
+                }
+            }
+        }
+        let below: Vec<u64> = st
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.kind == FileKind::Dir && n.lower.is_some())
+            .map(|(i, _)| *i)
+            .filter(|&i| Self::is_within(st, i, ino))
+            .collect();
+        for i in below {
+            if let Some(n) = st.nodes.get_mut(&i) {
+                n.lower = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Is node `ino` the directory `top` or below it (following first names upwards)?
+    fn is_within(st: &State, ino: u64, top: u64) -> bool {
+        let mut cur = ino;
+        for _ in 0..4096 {
+            if cur == top {
+                return true;
+            }
+            match st.nodes.get(&cur).and_then(|n| n.aliases.first()) {
+                Some((p, _)) if cur != ROOT_INO => cur = *p,
+                _ => return false,
+            }
+        }
+        false
     }
 
     /// Give `ino` the name `parent/name` at upper path `rel` and refresh its upper key.
