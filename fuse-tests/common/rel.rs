@@ -120,3 +120,65 @@ pub fn world_writable(root: &Path) -> Vec<(PathBuf, u32)> {
 pub fn dev_ino(p: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
 }
+
+/// Run `cmd` with the given umask (set in the child between fork and exec), stdout and
+/// stderr captured; panics if it has not finished after `timeout`.
+pub fn output_with_umask(
+    mut cmd: Command,
+    umask: u32,
+    timeout: std::time::Duration,
+) -> std::process::Output {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: umask(2) is async-signal-safe and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::umask(umask as libc::mode_t);
+            Ok(())
+        });
+    }
+    let out = tempfile::NamedTempFile::new().expect("stdout file");
+    let err = tempfile::NamedTempFile::new().expect("stderr file");
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(out.reopen().expect("reopen"))
+        .stderr(err.reopen().expect("reopen"));
+    let mut child = cmd.spawn().expect("spawn");
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still running after {timeout:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    Output {
+        status,
+        stdout: std::fs::read(out.path()).unwrap_or_default(),
+        stderr: std::fs::read(err.path()).unwrap_or_default(),
+    }
+}
+
+/// Options field (the 10th and later space-separated fields) of the mountinfo line whose
+/// mount point is `p`, e.g. "rw,nosuid,nodev,relatime - fuse.strata strata rw,user_id=0,...".
+pub fn mountinfo_options(p: &Path) -> Option<String> {
+    let want = p.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()?
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(want.as_str()))
+        .map(|l| l.split(' ').skip(5).collect::<Vec<_>>().join(" "))
+}
+
+/// Whether `hay` holds something shaped like a JWT (`eyJ...` header, `.`, `eyJ...` claims):
+/// bearer tokens from the test issuer look like that.
+pub fn contains_jwt(hay: &str) -> bool {
+    let is_b64 = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    hay.match_indices("eyJ").any(|(i, _)| {
+        let rest = &hay[i..];
+        let header_len = rest.find(|c: char| !is_b64(c)).unwrap_or(rest.len());
+        rest[header_len..].starts_with(".eyJ")
+    })
+}
