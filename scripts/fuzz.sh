@@ -12,6 +12,8 @@
 # parsers are safe Rust and ASan halves the executions; `address` works on nightly only).
 # If cargo-fuzz cannot build or run, the script falls back to the deterministic mutation loop
 # for the same time budget. Runs are niced (FUZZ_NICE, default 10): the machine is shared.
+# Inputs may grow to FUZZ_MAX_LEN bytes (default 64 KiB; libFuzzer's own default is the
+# largest seed, 2-17 KiB here, which kept eStargz TOCs and index files small).
 # Crashes are copied to fuzz/regressions/<target>/, which `fuzz_regressions` replays; the
 # corpora (fuzz/corpus/) and artifacts stay out of git.
 set -euo pipefail
@@ -60,7 +62,8 @@ for t in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
     start=$(date +%s)
     if "${fuzz[@]}" run "${build_flags[@]}" "$t" "fuzz/corpus/$t" -- \
-        -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1; then
+        -max_total_time="$secs" -max_len="${FUZZ_MAX_LEN:-65536}" -timeout=10 \
+        -rss_limit_mb=2048 -print_final_stats=1; then
         summary+=("$t: ok ($(( $(date +%s) - start ))s, corpus $(ls "fuzz/corpus/$t" | wc -l))")
     else
         status=1
