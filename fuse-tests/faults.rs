@@ -478,37 +478,39 @@ fn login(env: &StrataEnv, reg: &Registry, host: &str) {
 /// the registry itself refuses them after 2 s) and a lazy read that takes several times
 /// longer (each blob request delayed 1 s): the client meets 401s in the middle of the read,
 /// fetches new tokens and carries on; every byte is right.
-#[test]
-fn expiring_tokens_are_refreshed_during_a_long_lazy_read() {
+/// A bearer-token registry whose tokens the registry refuses 2 s after issue (the issuer
+/// backdates `exp` by distribution's 60 s leeway), holding the test image as `repo_tag` and
+/// its sidecar index.
+fn short_token_registry(repo_tag: &str) -> Registry {
     let reg = Registry::with_token_options(common::TokenOptions {
         expires_in: 2,
         registry_leeway: 60,
         ..Default::default()
     });
-    let ts = reg.token_server().unwrap();
-    {
-        let mut l = Layer::new()
-            .dir("etc")
-            .dir("usr")
-            .dir("usr/lib")
-            .dir("usr/share");
-        for (p, d) in files() {
-            l = l.file(p, d);
-        }
-        ImageBuilder::new()
-            .layer(l)
-            .build("v1")
-            .push(&reg, "faults/token:v1");
-        let publisher = StrataEnv::new();
-        login(&publisher, &reg, &reg.host());
-        publisher
-            .run(&[
-                "index",
-                &format!("{}/faults/token:v1", reg.host()),
-                "--push",
-            ])
-            .assert_success();
+    let mut l = Layer::new()
+        .dir("etc")
+        .dir("usr")
+        .dir("usr/lib")
+        .dir("usr/share");
+    for (p, d) in files() {
+        l = l.file(p, d);
     }
+    ImageBuilder::new()
+        .layer(l)
+        .build("v1")
+        .push(&reg, repo_tag);
+    let publisher = StrataEnv::new();
+    login(&publisher, &reg, &reg.host());
+    publisher
+        .run(&["index", &format!("{}/{repo_tag}", reg.host()), "--push"])
+        .assert_success();
+    reg
+}
+
+#[test]
+fn expiring_tokens_are_refreshed_during_a_long_lazy_read() {
+    let reg = short_token_registry("faults/token:v1");
+    let ts = reg.token_server().unwrap();
     let proxy = FaultProxy::in_front_of(&reg);
     let env = StrataEnv::new();
     login(&env, &reg, &proxy.host());
@@ -544,6 +546,64 @@ fn expiring_tokens_are_refreshed_during_a_long_lazy_read() {
         reg.log().contains("token not to be used after"),
         "the registry never saw an expired token"
     );
+    assert_no_panic(&env);
+}
+
+/// The same 2 s tokens during the background prefetch (whole layer, runs of 4 spans, every
+/// blob request delayed 1 s): the prefetch meets expired tokens, refreshes them and caches
+/// every span (each verifies), and the files read right afterwards.
+#[test]
+fn expiring_tokens_are_refreshed_during_the_background_prefetch() {
+    let reg = short_token_registry("faults/tokenpf:v1");
+    let ts = reg.token_server().unwrap();
+    let proxy = FaultProxy::in_front_of(&reg);
+    let env = StrataEnv::new();
+    login(&env, &reg, &proxy.host());
+    proxy.on_path("/blobs/", None, Fault::Delay(Duration::from_secs(1)));
+    let before = ts.issued();
+    let dir = env.scratch().join("mnt");
+    std::fs::create_dir_all(&dir).unwrap();
+    let reference = format!("{}/faults/tokenpf:v1", proxy.host());
+    env.run(&["mount", &reference, dir.to_str().unwrap()])
+        .assert_success();
+    let m = Mounted { env: &env, dir };
+    let hex = std::fs::read_dir(env.root().join("indexes"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.len() == 64)
+        .expect("a layer index");
+    let ix = strata::layer::LayerIndex::open(&env.root().join("indexes").join(&hex)).unwrap();
+    let total = strata::cache::Layout::new(Arc::new(ix)).count();
+    let started = Instant::now();
+    common::poll_until(
+        "the prefetch to cache every span",
+        Duration::from_secs(90),
+        Duration::from_millis(200),
+        || (check_cache_spans(&env.root()) == total).then_some(()),
+    );
+    let took = started.elapsed();
+    let issued = ts.issued() - before;
+    let refused = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/blobs/") && r.status == 401)
+        .count();
+    eprintln!("prefetch of {total} spans took {took:?}: {issued} tokens, {refused} blob 401s");
+    assert!(
+        refused >= 1,
+        "no expired token was refused during the prefetch"
+    );
+    assert!(issued >= 2, "only {issued} token(s) issued");
+    proxy.clear();
+    for (p, d) in &files() {
+        assert_eq!(
+            &std::fs::read(m.dir.join(p)).unwrap(),
+            d,
+            "{p} after prefetch"
+        );
+    }
+    drop(m);
     assert_no_panic(&env);
 }
 
