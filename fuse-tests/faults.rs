@@ -551,7 +551,7 @@ fn expiring_tokens_are_refreshed_during_a_long_lazy_read() {
 
 /// The same 2 s tokens during the background prefetch (whole layer, runs of 4 spans, every
 /// blob request delayed 1 s): the prefetch meets expired tokens, refreshes them and caches
-/// every span (each verifies), and the files read right afterwards.
+/// every span (each verifies); afterwards every file reads right with the registry refused.
 #[test]
 fn expiring_tokens_are_refreshed_during_the_background_prefetch() {
     let reg = short_token_registry("faults/tokenpf:v1");
@@ -595,7 +595,7 @@ fn expiring_tokens_are_refreshed_during_the_background_prefetch() {
         "no expired token was refused during the prefetch"
     );
     assert!(issued >= 2, "only {issued} token(s) issued");
-    proxy.clear();
+    proxy.set(Fault::Refuse);
     for (p, d) in &files() {
         assert_eq!(
             &std::fs::read(m.dir.join(p)).unwrap(),
@@ -603,6 +603,17 @@ fn expiring_tokens_are_refreshed_during_the_background_prefetch() {
             "{p} after prefetch"
         );
     }
+    // (The earlier Delay rule also counts as a fault applied: look at refusals only.)
+    let after: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.fault == Fault::Refuse)
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(
+        after.is_empty(),
+        "reads after the prefetch went to the network: {after:?}"
+    );
     drop(m);
     assert_no_panic(&env);
 }
