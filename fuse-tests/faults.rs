@@ -241,6 +241,9 @@ fn check_cache_spans(root: &Path) -> usize {
         return 0;
     };
     for layer in rd.flatten() {
+        if !layer.path().is_dir() {
+            continue; // not a layer (the disk-full test's filler)
+        }
         let hex = layer.file_name().to_string_lossy().into_owned();
         let ix = strata::layer::LayerIndex::open(&root.join("indexes").join(&hex))
             .unwrap_or_else(|e| panic!("index of cached layer {hex}: {e}"));
@@ -394,4 +397,310 @@ fn kill_9_during_reads_leaves_a_consistent_cache_and_upper() {
     drop(m);
     let log = daemon_log(&env);
     assert!(!log.contains("panicked"), "{log}");
+}
+
+/// A 206 whose `Content-Range` is not the range asked for (start shifted, body shorter or
+/// longer than asked): the read fails with EIO, the daemon log names the Content-Range, and
+/// nothing from the wrong range is served or cached; once the fault clears the file reads
+/// right.
+#[test]
+fn wrong_content_range_is_refused() {
+    let reg = Registry::start();
+    publish(&reg, "faults/crange:v1");
+    let proxy = FaultProxy::in_front_of(&reg);
+    let env = StrataEnv::new();
+    let m = mount(&env, &format!("{}/faults/crange:v1", proxy.host()), &[]);
+    let want = files();
+    // Longer first, on the first file: at the end of the blob the registry would clamp a
+    // longer range back to the one asked for.
+    for ((start, end), file) in [
+        ((0, 4096), "usr/lib/a.bin"),
+        ((7, 7), "usr/lib/b.bin"),
+        ((0, -4096), "usr/lib/c.bin"),
+    ] {
+        let fault = Fault::MoveRange { start, end };
+        proxy.on_path("/blobs/", None, fault.clone());
+        let (r, took) = timed_read(m.dir.join(file), Duration::from_secs(60));
+        expect_eio(r, &format!("{fault:?}"));
+        eprintln!("{fault:?}: EIO after {took:?}");
+        assert!(
+            proxy
+                .requests()
+                .iter()
+                .any(|r| r.fault == fault && r.status == 206),
+            "the registry never answered a moved range with 206"
+        );
+        proxy.clear();
+        let (r, _) = timed_read(m.dir.join(file), Duration::from_secs(30));
+        assert_eq!(r.unwrap(), want[file], "{fault:?}: after recovery");
+    }
+    drop(m);
+    // Each refusal names both ranges: "asked for bytes A-B, registry answered 206 with
+    // Content-Range \"bytes C-D/TOTAL\"". Every moved range must show up as (C-A, D-B).
+    let log = daemon_log(&env);
+    let mut seen = std::collections::BTreeSet::new();
+    for line in log.lines() {
+        let Some((_, rest)) = line.split_once("asked for bytes ") else {
+            continue;
+        };
+        let num = |s: &str| s.trim().parse::<i64>().unwrap();
+        let (asked, got) = rest
+            .split_once(", registry answered 206 with Content-Range ")
+            .unwrap();
+        let (a, b) = asked.split_once('-').unwrap();
+        let got = got
+            .trim_start_matches(['\\', '"'])
+            .strip_prefix("bytes ")
+            .unwrap();
+        let (c, d) = got.split_once('/').unwrap().0.split_once('-').unwrap();
+        seen.insert((num(c) - num(a), num(d) - num(b)));
+    }
+    assert_eq!(
+        seen,
+        [(7, 7), (0, -4096), (0, 4096)].into_iter().collect(),
+        "refusals naming the Content-Range:\n{log}"
+    );
+    assert!(check_cache_spans(&env.root()) > 0);
+    assert_no_panic(&env);
+}
+
+/// `strata login HOST` in `env` with the registry's credentials.
+fn login(env: &StrataEnv, reg: &Registry, host: &str) {
+    let (user, pass) = reg.creds().expect("registry with credentials");
+    env.run_stdin(
+        &["login", "-u", user, "--password-stdin", host],
+        format!("{pass}\n").as_bytes(),
+    )
+    .assert_success();
+}
+
+/// Bearer tokens that live 2 s (the issuer backdates `exp` by the registry's 60 s leeway, so
+/// the registry itself refuses them after 2 s) and a lazy read that takes several times
+/// longer (each blob request delayed 1 s): the client meets 401s in the middle of the read,
+/// fetches new tokens and carries on; every byte is right.
+/// A bearer-token registry whose tokens the registry refuses 2 s after issue (the issuer
+/// backdates `exp` by distribution's 60 s leeway), holding the test image as `repo_tag` and
+/// its sidecar index.
+fn short_token_registry(repo_tag: &str) -> Registry {
+    let reg = Registry::with_token_options(common::TokenOptions {
+        expires_in: 2,
+        registry_leeway: 60,
+        ..Default::default()
+    });
+    let mut l = Layer::new()
+        .dir("etc")
+        .dir("usr")
+        .dir("usr/lib")
+        .dir("usr/share");
+    for (p, d) in files() {
+        l = l.file(p, d);
+    }
+    ImageBuilder::new()
+        .layer(l)
+        .build("v1")
+        .push(&reg, repo_tag);
+    let publisher = StrataEnv::new();
+    login(&publisher, &reg, &reg.host());
+    publisher
+        .run(&["index", &format!("{}/{repo_tag}", reg.host()), "--push"])
+        .assert_success();
+    reg
+}
+
+#[test]
+fn expiring_tokens_are_refreshed_during_a_long_lazy_read() {
+    let reg = short_token_registry("faults/token:v1");
+    let ts = reg.token_server().unwrap();
+    let proxy = FaultProxy::in_front_of(&reg);
+    let env = StrataEnv::new();
+    login(&env, &reg, &proxy.host());
+    let m = mount(&env, &format!("{}/faults/token:v1", proxy.host()), &[]);
+    let want = files();
+
+    let before = ts.issued();
+    proxy.on_path("/blobs/", None, Fault::Delay(Duration::from_secs(1)));
+    let started = Instant::now();
+    for f in ["usr/lib/a.bin", "usr/lib/b.bin", "usr/lib/c.bin"] {
+        let (r, _) = timed_read(m.dir.join(f), Duration::from_secs(60));
+        assert_eq!(r.unwrap(), want[f], "{f}");
+    }
+    let took = started.elapsed();
+    let issued = ts.issued() - before;
+    let refused = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/blobs/") && r.status == 401)
+        .count();
+    eprintln!("lazy read of 10 MiB took {took:?}: {issued} new tokens, {refused} blob 401s");
+    assert!(
+        took > Duration::from_secs(5),
+        "the read ({took:?}) must outlive the 2 s token more than twice"
+    );
+    assert!(issued >= 2, "only {issued} token(s) issued during {took:?}");
+    assert!(
+        refused >= 1,
+        "no expired token was refused: is exp enforced?"
+    );
+    reg.settle_logs();
+    assert!(
+        reg.log().contains("token not to be used after"),
+        "the registry never saw an expired token"
+    );
+    assert_no_panic(&env);
+}
+
+/// The same 2 s tokens during the background prefetch (whole layer, runs of 4 spans, every
+/// blob request delayed 1 s): the prefetch meets expired tokens, refreshes them and caches
+/// every span (each verifies); afterwards every file reads right with the registry refused.
+#[test]
+fn expiring_tokens_are_refreshed_during_the_background_prefetch() {
+    let reg = short_token_registry("faults/tokenpf:v1");
+    let ts = reg.token_server().unwrap();
+    let proxy = FaultProxy::in_front_of(&reg);
+    let env = StrataEnv::new();
+    login(&env, &reg, &proxy.host());
+    proxy.on_path("/blobs/", None, Fault::Delay(Duration::from_secs(1)));
+    let before = ts.issued();
+    let dir = env.scratch().join("mnt");
+    std::fs::create_dir_all(&dir).unwrap();
+    let reference = format!("{}/faults/tokenpf:v1", proxy.host());
+    env.run(&["mount", &reference, dir.to_str().unwrap()])
+        .assert_success();
+    let m = Mounted { env: &env, dir };
+    let hex = std::fs::read_dir(env.root().join("indexes"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.len() == 64)
+        .expect("a layer index");
+    let ix = strata::layer::LayerIndex::open(&env.root().join("indexes").join(&hex)).unwrap();
+    let total = strata::cache::Layout::new(Arc::new(ix)).count();
+    let started = Instant::now();
+    common::poll_until(
+        "the prefetch to cache every span",
+        Duration::from_secs(90),
+        Duration::from_millis(200),
+        || (check_cache_spans(&env.root()) == total).then_some(()),
+    );
+    let took = started.elapsed();
+    let issued = ts.issued() - before;
+    let refused = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/blobs/") && r.status == 401)
+        .count();
+    eprintln!("prefetch of {total} spans took {took:?}: {issued} tokens, {refused} blob 401s");
+    assert!(
+        refused >= 1,
+        "no expired token was refused during the prefetch"
+    );
+    assert!(issued >= 2, "only {issued} token(s) issued");
+    proxy.set(Fault::Refuse);
+    for (p, d) in &files() {
+        assert_eq!(
+            &std::fs::read(m.dir.join(p)).unwrap(),
+            d,
+            "{p} after prefetch"
+        );
+    }
+    // (The earlier Delay rule also counts as a fault applied: look at refusals only.)
+    let after: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.fault == Fault::Refuse)
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(
+        after.is_empty(),
+        "reads after the prefetch went to the network: {after:?}"
+    );
+    drop(m);
+    assert_no_panic(&env);
+}
+
+/// The cache directory on a small tmpfs that is nearly full: span files fail with ENOSPC, yet
+/// every read through the mount returns the right bytes (from the network), a warning names
+/// the failure, and no partial or unverified span file stays behind. After space is freed the
+/// same mount setup caches every span again, and with the registry gone everything is served
+/// from disk.
+#[test]
+fn disk_full_while_caching_serves_from_the_network_then_recovers() {
+    use common::rel::{fill_leaving, free_bytes, Tmpfs};
+    let reg = Registry::start();
+    publish(&reg, "faults/enospc:v1");
+    let proxy = FaultProxy::in_front_of(&reg);
+    let env = StrataEnv::new();
+    let reference = format!("{}/faults/enospc:v1", proxy.host());
+    let want = files();
+    let cache = env.root().join("cache");
+    let tmpfs = Tmpfs::mount(&cache, 16 << 20);
+    // Room for one 2 MiB span file and half of the next.
+    let filler = tmpfs.path().join("filler");
+    fill_leaving(&filler, 3 << 20);
+    eprintln!("cache tmpfs: {} bytes free", free_bytes(&cache));
+
+    let read_all = |m: &Mounted| {
+        for (p, d) in &want {
+            let (r, _) = timed_read(m.dir.join(p), Duration::from_secs(60));
+            assert_eq!(&r.unwrap_or_else(|e| panic!("{p}: {e}")), d, "{p}");
+        }
+    };
+    let m = mount(&env, &reference, &[]);
+    read_all(&m);
+    drop(m); // the daemon writes pending span files before it exits
+    let log = daemon_log(&env);
+    assert!(
+        log.contains("not caching span on disk") && log.contains("No space left on device"),
+        "no ENOSPC warning in the daemon log:\n{log}"
+    );
+    let partial = check_cache_spans(&env.root());
+    let layer_dirs: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(layer_dirs.len(), 1, "{layer_dirs:?}");
+    let names = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    for n in names(&layer_dirs[0]) {
+        assert!(
+            n.parse::<u32>().is_ok(),
+            "partial cache file {n} left behind"
+        );
+    }
+    let hex = layer_dirs[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let ix = strata::layer::LayerIndex::open(&env.root().join("indexes").join(&hex)).unwrap();
+    let total = strata::cache::Layout::new(Arc::new(ix)).count();
+    eprintln!("disk full: {partial} of {total} spans cached");
+    assert!(partial < total, "every span was cached on a full disk?");
+
+    // Free the space: the next mount caches the rest.
+    std::fs::remove_file(&filler).unwrap();
+    let m = mount(&env, &reference, &[]);
+    read_all(&m);
+    drop(m);
+    assert_eq!(
+        check_cache_spans(&env.root()),
+        total,
+        "spans on disk after space was freed"
+    );
+
+    // Registry gone: a fresh mount (empty memory tier) serves everything from the disk.
+    proxy.set(Fault::Refuse);
+    let m = mount(&env, &reference, &[]);
+    read_all(&m);
+    drop(m);
+    assert_eq!(proxy.faults_applied(), 0, "a read went to the network");
+    assert_no_panic(&env);
+    drop(tmpfs);
 }

@@ -589,19 +589,30 @@ fn create_in_root(root: &Path, rel: &str) -> Result<std::fs::File, i32> {
     how.mode = 0o644;
     how.resolve = libc::RESOLVE_IN_ROOT;
     use std::os::fd::AsRawFd;
-    // SAFETY: openat2 with a valid dirfd, NUL-terminated path and a correctly sized open_how.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            rootf.as_raw_fd(),
-            c.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
+    // EAGAIN: a mount or rename anywhere on the machine (other tests mount all the time) raced
+    // the `..` check of RESOLVE_IN_ROOT; openat2(2) says to retry.
+    let mut tries = 0;
+    let fd = loop {
+        // SAFETY: openat2 with a valid dirfd, NUL-terminated path and a correctly sized open_how.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                rootf.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd >= 0 {
+            break fd;
+        }
+        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        tries += 1;
+        if errno != libc::EAGAIN || tries >= 100 {
+            return Err(errno);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
-    }
     // SAFETY: fd is a fresh descriptor we own.
     Ok(unsafe { std::fs::File::from_raw_fd(fd as i32) })
 }

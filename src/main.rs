@@ -16,6 +16,14 @@ fn args() -> Vec<std::ffi::OsString> {
 }
 
 fn main() {
+    // What strata writes (store, cache, container dirs, logs) is never group- or
+    // world-writable, whatever umask the caller had (a stricter one is kept). Modes inside a
+    // container's upper are set explicitly with chmod and do not depend on it.
+    {
+        use nix::sys::stat::{umask, Mode};
+        let old = umask(Mode::from_bits_truncate(0o022));
+        umask(old | Mode::from_bits_truncate(0o022));
+    }
     let cli = strata::cli::Cli::parse_from(args());
     let filter = if cli.debug {
         "debug".to_string()

@@ -12,6 +12,7 @@ pub mod http;
 pub mod image;
 pub mod proxy;
 pub mod registry;
+pub mod rel;
 pub mod skopeo;
 pub mod token;
 pub mod union_extra;

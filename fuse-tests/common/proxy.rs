@@ -35,6 +35,10 @@ pub enum Fault {
     Delay(Duration),
     /// Drop the request's `Range` header (the registry then answers 200, not 206).
     IgnoreRange,
+    /// Move the first and last byte of a `Range: bytes=A-B` request by these amounts before
+    /// forwarding, and pass the registry's honest 206 on: the client gets other bytes than it
+    /// asked for, with a `Content-Range` that says so. Requests without a Range pass.
+    MoveRange { start: i64, end: i64 },
 }
 
 impl Fault {
@@ -343,6 +347,17 @@ fn serve(client: TcpStream, upstream: &str, handle: &FaultHandle) {
         }
         Fault::Delay(d) => std::thread::sleep(*d),
         Fault::IgnoreRange => req.remove("range"),
+        Fault::MoveRange { start, end } => {
+            let moved = req.get("range").and_then(|v| {
+                let (a, b) = v.trim().strip_prefix("bytes=")?.split_once('-')?;
+                let a = a.parse::<i64>().ok()?.saturating_add(*start).max(0);
+                let b = b.parse::<i64>().ok()?.saturating_add(*end).max(a);
+                Some(format!("bytes={a}-{b}"))
+            });
+            if let Some(r) = moved {
+                req.set("Range", &r);
+            }
+        }
         _ => {}
     }
     // Request body: read whole, forward with Content-Length.

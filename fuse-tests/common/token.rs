@@ -32,6 +32,10 @@ pub struct TokenOptions {
     pub service: String,
     /// The registry's `auth.token.issuer` (the JWT `iss`).
     pub issuer: String,
+    /// Seconds taken off the JWT `exp` to cancel the verifier's clock-skew leeway
+    /// (distribution accepts a token until `exp + 60 s`): with 60 the registry refuses a token
+    /// `expires_in` seconds after it was issued. 0: `exp = iat + expires_in`.
+    pub registry_leeway: u64,
 }
 
 impl Default for TokenOptions {
@@ -43,6 +47,7 @@ impl Default for TokenOptions {
             expires_in: 300,
             service: "strata-test-registry".into(),
             issuer: "strata-test-issuer".into(),
+            registry_leeway: 0,
         }
     }
 }
@@ -324,7 +329,7 @@ fn mint(shared: &Shared, subject: &str, access: &[serde_json::Value]) -> String 
         "iss": shared.opts.issuer,
         "sub": subject,
         "aud": shared.opts.service,
-        "exp": now + shared.opts.expires_in,
+        "exp": (now + shared.opts.expires_in).saturating_sub(shared.opts.registry_leeway),
         "nbf": now.saturating_sub(1),
         "iat": now,
         "jti": format!("strata-test-{jti}"),

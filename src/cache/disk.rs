@@ -1,5 +1,6 @@
-//! On-disk span files: `<dir>/<layer-hex>/<span>`, written temp + fsync + rename after
-//! verification; size-capped with least-recently-used eviction across all layers.
+//! On-disk span files: `<dir>/<layer-hex>/<span>`, written temp + rename after verification
+//! (no fsync: a span file is re-verified whenever it is loaded); a failed write removes its
+//! temp file. Size-capped with least-recently-used eviction across all layers.
 
 use super::{Error, SpanKey};
 use crate::digest::Digest;

@@ -246,6 +246,13 @@ impl Containers {
         };
         let dir = self.dir(&id);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
+        // The upper holds what the container made (a 1777 /tmp, setuid files): other host
+        // users must not reach it, as docker keeps its layer dirs 0710.
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| Error::io("restricting", &dir, e))?;
+        }
         let rec = ContainerRecord {
             id,
             name,

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod manifest;
+mod range;
 
 use crate::config::Config;
 use crate::digest::Digest;
@@ -64,6 +65,12 @@ pub enum Error {
     TooLarge { what: String, limit: usize },
     #[error("{what}: registry ignored the Range request ({status})")]
     RangeIgnored { what: String, status: StatusCode },
+    #[error("{what}: asked for bytes {asked}, registry answered 206 with Content-Range {got:?}")]
+    BadContentRange {
+        what: String,
+        asked: String,
+        got: String,
+    },
     #[error("reading {path}: {source}")]
     Io {
         path: String,
@@ -591,11 +598,14 @@ impl Client {
                     })
                     .await?;
                 let resp = check_status(resp, Method::GET, &url, &what).await?;
-                if range.is_some() && resp.status() != StatusCode::PARTIAL_CONTENT {
-                    return Err(Error::RangeIgnored {
-                        what,
-                        status: resp.status(),
-                    });
+                if let Some(rg) = &range {
+                    if resp.status() != StatusCode::PARTIAL_CONTENT {
+                        return Err(Error::RangeIgnored {
+                            what,
+                            status: resp.status(),
+                        });
+                    }
+                    range::check_content_range(resp.headers(), rg, &what)?;
                 }
                 Ok(resp)
             }
@@ -611,7 +621,7 @@ impl Client {
         digest: &Digest,
         range: Range<u64>,
     ) -> Result<Bytes, Error> {
-        let len = (range.end - range.start) as usize;
+        let len = range.end.saturating_sub(range.start) as usize;
         let url = format!(
             "{registry}/{repo}@{digest} bytes {}..{}",
             range.start, range.end
