@@ -309,3 +309,101 @@ async fn streaming_reads_fetch_ahead_within_the_file_small_reads_do_not() {
         );
     }
 }
+
+/// The uncompressed layer (virtual offsets of a gzip layer are tar stream offsets).
+fn inflate(blob: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(blob), &mut out).unwrap();
+    out
+}
+
+fn open_cache_mem(dir: &std::path::Path, memory: u64) -> Arc<ChunkCache> {
+    ChunkCache::open(CacheConfig {
+        dir: dir.to_path_buf(),
+        memory_bytes: memory,
+        disk_bytes: 1 << 30,
+        max_concurrent_fetches: 4,
+        fetch_timeout: super::DEFAULT_FETCH_TIMEOUT,
+    })
+    .unwrap()
+}
+
+/// Cache every span of the fixture's layer on disk (first process), return a span that has
+/// at least three blocks and its file.
+async fn cached_on_disk(f: &Fixture) -> (usize, PathBuf) {
+    let cache = open_cache(&f.cache_dir, 1 << 30);
+    let (l, _src) = layer(f, 0);
+    cache.prefetch_layer(&l).await.unwrap();
+    cache.flush().await;
+    let i = (0..l.layout.count())
+        .find(|&i| l.layout.block_count(i) >= 3)
+        .expect("a span of several blocks");
+    let file = f.cache_dir.join(l.digest.hex()).join(i.to_string());
+    assert!(file.exists());
+    (i, file)
+}
+
+#[tokio::test]
+async fn disk_hit_verifies_only_the_blocks_read_and_a_flipped_byte_is_refetched() {
+    let f = fixture();
+    let (i, file) = cached_on_disk(&f).await;
+    let (l, src) = layer(&f, 0);
+    let all = f.blob.clone();
+    let whole = inflate(&all);
+    // Flip one byte in block 2 of span i.
+    let b2 = l.layout.block_range(i, 2);
+    let span = l.layout.span_range(i);
+    let flip = (b2.start - span.start + 100) as usize;
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[flip] ^= 0x40;
+    std::fs::write(&file, &bytes).unwrap();
+
+    // Memory tier off: every read goes to the span file.
+    let cache = open_cache_mem(&f.cache_dir, 0);
+    // Block 0 is intact: served from disk, verified, no request.
+    let r0 = span.start + 10..span.start + 4106;
+    let got = cache.try_read_local(&l, r0.clone()).unwrap().unwrap();
+    assert_eq!(&got[..], &whole[r0.start as usize..r0.end as usize]);
+    assert_eq!(cache.stats.snapshot().disk_hits, 1);
+    // Block 2 fails verification: not local (never the flipped bytes) ...
+    let r2 = b2.start + 50..b2.start + 150;
+    assert!(cache.try_read_local(&l, r2.clone()).is_none());
+    // ... and the span file is gone, so a read fetches the span again and gets the right bytes.
+    assert!(!file.exists());
+    let before = src.requests.load(Ordering::SeqCst);
+    let got = cache.read(&l, r2.clone()).await.unwrap();
+    assert_eq!(&got[..], &whole[r2.start as usize..r2.end as usize]);
+    assert_eq!(src.requests.load(Ordering::SeqCst), before + 1);
+    cache.flush().await;
+    // The rewritten span file is good again.
+    let cache = open_cache_mem(&f.cache_dir, 0);
+    let got = cache.try_read_local(&l, r2.clone()).unwrap().unwrap();
+    assert_eq!(&got[..], &whole[r2.start as usize..r2.end as usize]);
+}
+
+#[tokio::test]
+async fn disk_hit_reads_span_boundaries_and_keeps_blocks_in_memory() {
+    let f = fixture();
+    let (i, _file) = cached_on_disk(&f).await;
+    let (l, src) = layer(&f, 0);
+    let whole = inflate(&f.blob);
+    let cache = open_cache_mem(&f.cache_dir, 1 << 20);
+    // Across a block boundary, and across the span boundary into the next span.
+    let b1 = l.layout.block_range(i, 1);
+    let span = l.layout.span_range(i);
+    for r in [
+        b1.start - 3..b1.start + 3,
+        span.end - 5000..(span.end + 5000).min(whole.len() as u64),
+        span.start..span.end,
+    ] {
+        let got = cache.try_read_local(&l, r.clone()).unwrap().unwrap();
+        assert_eq!(&got[..], &whole[r.start as usize..r.end as usize], "{r:?}");
+    }
+    // The same small read again is a memory hit (the verified blocks are kept).
+    let disk = cache.stats.snapshot().disk_hits;
+    let r = b1.start - 3..b1.start + 3;
+    let got = cache.try_read_local(&l, r.clone()).unwrap().unwrap();
+    assert_eq!(&got[..], &whole[r.start as usize..r.end as usize]);
+    assert_eq!(cache.stats.snapshot().disk_hits, disk);
+    assert_eq!(src.requests.load(Ordering::SeqCst), 0);
+}
