@@ -222,9 +222,9 @@ impl ChunkCache {
                 .read_range(&key, ext.start - span.start..ext.end - span.start)?;
             let data = Bytes::from(data);
             let mut fresh = Vec::new();
-            for idx in a..=b {
+            for (idx, part) in parts.iter_mut().enumerate().take(b + 1).skip(a) {
                 let k = blocks.start + idx;
-                if parts[idx].is_some() {
+                if part.is_some() {
                     continue;
                 }
                 let br = layer.layout.block_range(i, k);
@@ -236,7 +236,7 @@ impl ChunkCache {
                     return None;
                 }
                 fresh.push((k, bytes.clone()));
-                parts[idx] = Some(bytes);
+                *part = Some(bytes);
             }
             self.stats.disk_hit();
             let mut mem = lock(&self.mem);

@@ -407,3 +407,57 @@ async fn disk_hit_reads_span_boundaries_and_keeps_blocks_in_memory() {
     assert_eq!(cache.stats.snapshot().disk_hits, disk);
     assert_eq!(src.requests.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn estargz_chunks_are_one_block_each_and_a_tampered_chunk_is_refetched() {
+    let f = fixture();
+    let tar = inflate(&f.blob);
+    let (blob, toc_digest) = crate::layer::estargz::build(&tar, 256 << 10).unwrap();
+    let size = blob.len() as u64;
+    let fr = crate::layer::estargz::footer_range(size).unwrap();
+    let footer = &blob[fr.start as usize..];
+    let tr = crate::layer::estargz::toc_range(footer, size).unwrap();
+    let toc = &blob[tr.start as usize..tr.end as usize];
+    let out = f.cache_dir.with_file_name("esgz-index");
+    let ix = crate::layer::estargz::build_index(footer, toc, size, &toc_digest, &out).unwrap();
+    let src = Arc::new(TestSource {
+        blob: Bytes::from(blob),
+        requests: AtomicU64::new(0),
+        corrupt: AtomicBool::new(false),
+        delay_ms: 0,
+    });
+    let l = Arc::new(CachedLayer {
+        digest: Digest::of(&src.blob),
+        layout: Layout::new(Arc::new(ix)),
+        source: src.clone(),
+    });
+    let cache = open_cache(&f.cache_dir, 1 << 30);
+    cache.prefetch_layer(&l).await.unwrap();
+    cache.flush().await;
+    // file0 (3 MiB) spans several chunks; tamper with the file of its second chunk.
+    let (name, data) = &f.files[0];
+    let whole = vrange(&l, name, 0..data.len() as u64);
+    let chunks = l.layout.locate(whole.clone()).unwrap();
+    assert!(chunks.len() >= 3, "{chunks:?}");
+    let victim = chunks.start + 1;
+    assert_eq!(l.layout.block_count(victim), 1);
+    let file = f.cache_dir.join(l.digest.hex()).join(victim.to_string());
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[7] ^= 1;
+    std::fs::write(&file, &bytes).unwrap();
+    let cache = open_cache_mem(&f.cache_dir, 0);
+    let before = src.requests.load(Ordering::SeqCst);
+    // An intact chunk is served from disk.
+    let got = cache
+        .try_read_local(&l, whole.start..whole.start + 100)
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got[..], &data[..100]);
+    // The tampered one is not local; a read fetches it again and returns the right bytes.
+    let c = l.layout.span_range(victim);
+    let file_off = (c.start - whole.start) as usize;
+    assert!(cache.try_read_local(&l, c.start..c.start + 100).is_none());
+    let got = cache.read(&l, c.start..c.start + 100).await.unwrap();
+    assert_eq!(&got[..], &data[file_off..file_off + 100]);
+    assert_eq!(src.requests.load(Ordering::SeqCst), before + 1);
+}
