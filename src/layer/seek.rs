@@ -1,5 +1,6 @@
 //! Seek tables: where to start decompressing to reach an uncompressed offset, and the sha256
-//! of every span of uncompressed output so fetched bytes can be verified.
+//! of every span and of every 64 KiB block inside each span of uncompressed output, so fetched
+//! bytes can be verified whole and cached bytes one block at a time.
 //!
 //! One shape serves all three stream kinds. A [`SeekTable`] is a list of checkpoints (access
 //! points); span *i* is the uncompressed range from checkpoint *i* to checkpoint *i+1* (the last
@@ -7,7 +8,9 @@
 //! SPAN bytes and compressed == uncompressed offsets; for gzip they are zran access points
 //! (`gzip.rs`); for zstd they are frame starts (`zstd.rs`). [`SeekTable::span_plan`] is pure: it
 //! says which compressed bytes to fetch, so an async cache can fetch them and then call
-//! [`SeekTable::decode_spans`], which returns only verified bytes. Serialised by
+//! [`SeekTable::decode_spans`], which returns only verified bytes (every block checked). Each
+//! block also records an upper bound of the compressed bytes needed to decode its span up to the
+//! block's end (for partial span fetches; see `docs/layer-index.md`). Serialised by
 //! [`SeekTable::encode`] into the seek section of the index file (see `docs/layer-index.md`).
 
 use super::error::{Error, Result};
