@@ -231,7 +231,12 @@ impl ChunkCache {
                 let bytes =
                     data.slice((br.start - ext.start) as usize..(br.end - ext.start) as usize);
                 if !layer.layout.verify_block(i, k, &bytes) {
-                    tracing::error!(layer = %layer.digest, span = i, block = k, "cached block failed verification; dropping the span file");
+                    tracing::error!(
+                        layer = %layer.digest,
+                        span = i,
+                        block = k,
+                        "cached block failed verification; dropping the span file"
+                    );
                     self.disk.remove(&key);
                     return None;
                 }

@@ -7,7 +7,8 @@
 //! `digest` only; it knows nothing of HTTP, the store layout, the cache or FUSE. Fetching is
 //! the caller's: either pass a blocking `fetch` closure ([`LayerIndex::read`]) or, from async
 //! code, call the pure [`LayerIndex::plan_read`], fetch [`ReadPlan::compressed`] however you
-//! like, then [`LayerIndex::decode_read`]. Format details and the SPAN trade-off: `docs/layer-index.md`.
+//! like, then [`LayerIndex::decode_read`]. Format details and the SPAN trade-off:
+//! `docs/layer-index.md`.
 
 mod entry;
 mod error;
