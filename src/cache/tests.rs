@@ -461,3 +461,35 @@ async fn estargz_chunks_are_one_block_each_and_a_tampered_chunk_is_refetched() {
     assert_eq!(&got[..], &data[file_off..file_off + 100]);
     assert_eq!(src.requests.load(Ordering::SeqCst), before + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_layer_fetches_every_span_once_verified() {
+    let f = fixture();
+    let cache = open_cache(&f.cache_dir, 1 << 30);
+    let (l, src) = layer(&f, 5);
+    let n = l.layout.count();
+    assert!(n > 4);
+    assert_eq!(cache.fetch_layer(&l).await.unwrap(), n);
+    cache.flush().await;
+    assert!((0..n).all(|i| cache.has_span(&l, i)));
+    let requests = src.requests.load(Ordering::SeqCst);
+    // Runs of up to MAX_COALESCE_SPANS spans: one request each.
+    assert_eq!(requests, n.div_ceil(MAX_COALESCE_SPANS) as u64);
+    for (name, data) in &f.files {
+        let r = vrange(&l, name, 0..data.len() as u64);
+        assert_eq!(
+            &cache.try_read_local(&l, r).unwrap().unwrap()[..],
+            &data[..]
+        );
+    }
+    // Nothing left to fetch; corrupt bytes are refused, not cached.
+    assert_eq!(cache.fetch_layer(&l).await.unwrap(), 0);
+    assert_eq!(src.requests.load(Ordering::SeqCst), requests);
+    let f2 = fixture();
+    let cache2 = open_cache(&f2.cache_dir, 1 << 30);
+    let (l2, src2) = layer(&f2, 0);
+    src2.corrupt.store(true, Ordering::SeqCst);
+    assert!(cache2.fetch_layer(&l2).await.is_err());
+    cache2.flush().await;
+    assert_eq!(cache2.disk_usage().1, 0);
+}
