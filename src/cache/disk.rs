@@ -78,10 +78,15 @@ impl Disk {
         self.state().lru.contains(k)
     }
 
-    pub(super) fn read(&self, k: &SpanKey) -> Option<Vec<u8>> {
+    /// Bytes `range` of a span file, unverified (`None` if it is not cached or too short).
+    pub(super) fn read_range(&self, k: &SpanKey, range: std::ops::Range<u64>) -> Option<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
         self.state().lru.get(k)?;
-        match std::fs::read(self.path(k)) {
-            Ok(d) => Some(d),
+        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        let r =
+            std::fs::File::open(self.path(k)).and_then(|f| f.read_exact_at(&mut buf, range.start));
+        match r {
+            Ok(()) => Some(buf),
             Err(_) => {
                 self.forget(k);
                 None

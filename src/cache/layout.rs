@@ -127,13 +127,65 @@ impl Layout {
         }
     }
 
-    /// Check bytes of span `i` (read back from disk) against the index.
-    pub fn verify(&self, i: usize, data: &[u8]) -> bool {
+    /// Number of verification blocks of span `i`: the seek table's per-block sha256s, or one
+    /// block (the whole chunk, its `chunkDigest`) for eStargz.
+    pub fn block_count(&self, i: usize) -> usize {
+        match (&self.chunk_starts, self.index.seek_table()) {
+            (Some(_), _) => 1,
+            (None, Some(t)) => t.blocks_of(i).len(),
+            (None, None) => 0,
+        }
+    }
+
+    /// Virtual range of block `k` of span `i`.
+    pub fn block_range(&self, i: usize, k: usize) -> Range<u64> {
+        match (&self.chunk_starts, self.index.seek_table()) {
+            (Some(_), _) => self.span_range(i),
+            (None, Some(t)) => t.block_range(i, k),
+            (None, None) => 0..0,
+        }
+    }
+
+    /// Blocks of span `i` covering the virtual range `r` (clamped to the span).
+    pub fn blocks_covering(&self, i: usize, r: Range<u64>) -> Range<usize> {
         match (&self.chunk_starts, self.index.seek_table()) {
             (Some(_), _) => {
-                crate::digest::Digest::of(data).as_bytes() == &self.index.chunk_at(i).digest
+                let s = self.span_range(i);
+                if r.start.max(s.start) < r.end.min(s.end) {
+                    0..1
+                } else {
+                    0..0
+                }
             }
-            (None, Some(t)) => t.verify(i, data).is_ok(),
+            (None, Some(t)) => t.blocks_covering(i, r),
+            (None, None) => 0..0,
+        }
+    }
+
+    /// Check all bytes of span `i` (every block of it) against the index.
+    pub fn verify(&self, i: usize, data: &[u8]) -> bool {
+        let base = self.span_range(i).start;
+        if data.len() as u64 != self.span_range(i).end - base {
+            return false;
+        }
+        (0..self.block_count(i)).all(|k| {
+            let r = self.block_range(i, k);
+            self.verify_block(
+                i,
+                k,
+                &data[(r.start - base) as usize..(r.end - base) as usize],
+            )
+        })
+    }
+
+    /// Check the bytes of block `k` of span `i` (read back from disk) against the index.
+    pub fn verify_block(&self, i: usize, k: usize, data: &[u8]) -> bool {
+        match (&self.chunk_starts, self.index.seek_table()) {
+            (Some(_), _) => {
+                k == 0
+                    && crate::digest::Digest::of(data).as_bytes() == &self.index.chunk_at(i).digest
+            }
+            (None, Some(t)) => t.verify_block(i, k, data).is_ok(),
             (None, None) => false,
         }
     }

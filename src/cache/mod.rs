@@ -1,11 +1,14 @@
 //! Chunk cache: verified uncompressed layer bytes, memory LRU -> on-disk span files -> fetch.
 //!
 //! Calls `layer` (seek tables: which compressed bytes hold which verified spans) and, through
-//! [`BlobSource`], the registry. The unit of caching is one span of a layer's [`SeekTable`].
-//! Fetches are single-flight per span, adjacent missing spans go out as one Range request, and
-//! fetches run as tokio tasks with bounded concurrency, so a caller that stops waiting never
-//! leaves a half-written span: a span file appears (temp + rename) only after its sha256 matched.
-//! Knows nothing of FUSE or the union tree.
+//! [`BlobSource`], the registry. The unit of fetching and of the disk tier is one span of a
+//! layer's [`SeekTable`]; the unit of verification is one block (64 KiB) of a span, each with
+//! its own sha256 in the index (an eStargz chunk is one block). Fetches are single-flight per
+//! span, adjacent missing spans go out as one Range request, and fetches run as tokio tasks with
+//! bounded concurrency, so a caller that stops waiting never leaves a half-written span: a span
+//! file appears (temp + rename) only after every block of it matched. A disk hit preads only the
+//! blocks a read covers and verifies those; the memory tier holds whole spans (from fetches) and
+//! single blocks (from disk hits). Knows nothing of FUSE or the union tree.
 
 mod disk;
 mod layout;
@@ -62,6 +65,21 @@ pub struct CachedLayer {
 
 type SpanFuture = Shared<BoxFuture<'static, Result<Bytes, Error>>>;
 
+/// A memory-tier entry: a whole span (`block == WHOLE`) or one verified block of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct MemKey {
+    span: SpanKey,
+    block: u32,
+}
+
+const WHOLE: u32 = u32::MAX;
+
+impl MemKey {
+    fn whole(span: SpanKey) -> MemKey {
+        MemKey { span, block: WHOLE }
+    }
+}
+
 /// Configuration of a [`ChunkCache`].
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
@@ -103,13 +121,13 @@ const READAHEAD_SPANS: usize = 8;
 pub const PREFETCH_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 struct Memory {
-    lru: lru::LruCache<SpanKey, Bytes>,
+    lru: lru::LruCache<MemKey, Bytes>,
     bytes: u64,
     cap: u64,
 }
 
 impl Memory {
-    fn insert(&mut self, k: SpanKey, v: Bytes) {
+    fn insert(&mut self, k: MemKey, v: Bytes) {
         self.bytes += v.len() as u64;
         if let Some(old) = self.lru.put(k, v) {
             self.bytes -= old.len() as u64;
@@ -151,30 +169,117 @@ impl ChunkCache {
         }))
     }
 
-    /// A span if it is local (memory, then disk), without waiting on the network.
-    fn local_span(&self, layer: &CachedLayer, i: usize) -> Option<Bytes> {
+    /// Bytes `r` (within span `i`, not empty) if they are local, without waiting on the
+    /// network: a whole span in memory (or being written), else the covering blocks from memory,
+    /// the missing ones pread from the span file and verified one block at a time.
+    fn local_piece(&self, layer: &CachedLayer, i: usize, r: Range<u64>) -> Option<Bytes> {
         let key = SpanKey {
             layer: layer.digest,
             span: i as u32,
         };
-        if let Some(b) = lock(&self.mem).lru.get(&key).cloned() {
+        let span = layer.layout.span_range(i);
+        let cut = |b: Bytes| -> Option<Bytes> {
+            let (s, e) = (
+                (r.start - span.start) as usize,
+                (r.end - span.start) as usize,
+            );
+            (e <= b.len()).then(|| b.slice(s..e))
+        };
+        if let Some(b) = lock(&self.mem).lru.get(&MemKey::whole(key)).cloned() {
             self.stats.mem_hit();
-            return Some(b);
+            return cut(b);
         }
         if let Some(b) = lock(&self.writing).get(&key).cloned() {
             self.stats.mem_hit();
-            return Some(b);
+            return cut(b);
         }
-        let data = self.disk.read(&key)?;
-        if !layer.layout.verify(i, &data) {
-            tracing::error!(layer = %layer.digest, span = i, "cached span failed verification; dropping it");
-            self.disk.remove(&key);
+        let blocks = layer.layout.blocks_covering(i, r.clone());
+        if blocks.is_empty() {
             return None;
         }
-        let b = Bytes::from(data);
-        self.stats.disk_hit();
-        lock(&self.mem).insert(key, b.clone());
-        Some(b)
+        let mut parts: Vec<Option<Bytes>> = {
+            let mut mem = lock(&self.mem);
+            blocks
+                .clone()
+                .map(|k| {
+                    mem.lru
+                        .get(&MemKey {
+                            span: key,
+                            block: k as u32,
+                        })
+                        .cloned()
+                })
+                .collect()
+        };
+        let missing_first = parts.iter().position(Option::is_none);
+        let missing_last = parts.iter().rposition(Option::is_none);
+        if let (Some(a), Some(b)) = (missing_first, missing_last) {
+            // One pread for the run of blocks from the first to the last missing one.
+            let (ka, kb) = (blocks.start + a, blocks.start + b);
+            let ext = layer.layout.block_range(i, ka).start..layer.layout.block_range(i, kb).end;
+            let data = self
+                .disk
+                .read_range(&key, ext.start - span.start..ext.end - span.start)?;
+            let data = Bytes::from(data);
+            let mut fresh = Vec::new();
+            for (idx, part) in parts.iter_mut().enumerate().take(b + 1).skip(a) {
+                let k = blocks.start + idx;
+                if part.is_some() {
+                    continue;
+                }
+                let br = layer.layout.block_range(i, k);
+                let bytes =
+                    data.slice((br.start - ext.start) as usize..(br.end - ext.start) as usize);
+                if !layer.layout.verify_block(i, k, &bytes) {
+                    tracing::error!(
+                        layer = %layer.digest,
+                        span = i,
+                        block = k,
+                        "cached block failed verification; dropping the span file"
+                    );
+                    self.disk.remove(&key);
+                    return None;
+                }
+                fresh.push((k, bytes.clone()));
+                *part = Some(bytes);
+            }
+            self.stats.disk_hit();
+            let mut mem = lock(&self.mem);
+            for (k, b) in fresh {
+                mem.insert(
+                    MemKey {
+                        span: key,
+                        block: k as u32,
+                    },
+                    b,
+                );
+            }
+        } else {
+            self.stats.mem_hit();
+        }
+        let parts: Vec<Bytes> = parts.into_iter().flatten().collect();
+        let base = layer.layout.block_range(i, blocks.start).start;
+        Some(cut_parts(base, &parts, r))
+    }
+
+    /// The pieces of `range` in spans `spans` that are local (see [`Self::local_piece`]).
+    fn local_pieces(
+        &self,
+        layer: &CachedLayer,
+        spans: Range<usize>,
+        range: &Range<u64>,
+    ) -> Vec<Option<Bytes>> {
+        spans
+            .map(|i| {
+                let s = layer.layout.span_range(i);
+                let r = range.start.max(s.start)..range.end.min(s.end);
+                if r.is_empty() {
+                    Some(Bytes::new())
+                } else {
+                    self.local_piece(layer, i, r)
+                }
+            })
+            .collect()
     }
 
     /// Whether span `i` of `layer` is local.
@@ -183,7 +288,7 @@ impl ChunkCache {
             layer: layer.digest,
             span: i as u32,
         };
-        lock(&self.mem).lru.contains(&key)
+        lock(&self.mem).lru.contains(&MemKey::whole(key))
             || lock(&self.writing).contains_key(&key)
             || self.disk.contains(&key)
     }
@@ -204,11 +309,15 @@ impl ChunkCache {
                 }))
             }
         };
-        let mut parts = Vec::with_capacity(spans.len());
-        for i in spans.clone() {
-            parts.push(self.local_span(layer, i)?);
+        if spans.len() == 1 {
+            let r = range.clone();
+            return self.local_piece(layer, spans.start, r).map(Ok);
         }
-        Some(Ok(assemble(&layer.layout, spans.start, &parts, range)))
+        let mut parts = Vec::with_capacity(spans.len());
+        for p in self.local_pieces(layer, spans, &range) {
+            parts.push(p?);
+        }
+        Some(Ok(concat(parts)))
     }
 
     /// Bytes `range` of the uncompressed layer, fetching missing spans. Every byte returned
@@ -265,11 +374,12 @@ impl ChunkCache {
                 layer: layer.digest,
                 msg,
             })?;
-        let mut parts: Vec<Option<Bytes>> =
-            spans.clone().map(|i| self.local_span(layer, i)).collect();
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let mut parts = self.local_pieces(layer, spans.clone(), &range);
         if parts.iter().all(Option::is_some) {
-            let parts: Vec<Bytes> = parts.into_iter().flatten().collect();
-            return Ok(assemble(&layer.layout, spans.start, &parts, range));
+            return Ok(concat(parts.into_iter().flatten().collect()));
         }
         if demand {
             let now = (self.epoch.elapsed().as_millis() as u64).max(1);
@@ -283,10 +393,12 @@ impl ChunkCache {
             }
         }
         for (idx, fut) in waits {
-            parts[idx] = Some(fut.await?);
+            let whole = fut.await?;
+            let s = layer.layout.span_range(spans.start + idx);
+            let r = range.start.max(s.start)..range.end.min(s.end);
+            parts[idx] = Some(cut_parts(s.start, &[whole], r));
         }
-        let parts: Vec<Bytes> = parts.into_iter().flatten().collect();
-        Ok(assemble(&layer.layout, spans.start, &parts, range))
+        Ok(concat(parts.into_iter().flatten().collect()))
     }
 
     /// Futures for every missing span: joins fetches already in flight and starts one fetch per
@@ -537,7 +649,7 @@ impl ChunkCache {
                     layer: layer.digest,
                     span: i as u32,
                 };
-                lock(&self.mem).insert(key, part.clone());
+                lock(&self.mem).insert(MemKey::whole(key), part.clone());
                 out.push(part);
             }
             return Ok(out);
@@ -555,6 +667,29 @@ impl ChunkCache {
 
     pub fn disk_usage(&self) -> (u64, usize) {
         self.disk.usage()
+    }
+
+    /// Fetch every span of a layer that is not local yet, as fast as the link and the CPUs
+    /// allow (`strata cache fetch`): all runs of up to [`MAX_COALESCE_SPANS`] missing spans are
+    /// started at once; the fetch permits bound how many download at a time, and each run is
+    /// decoded and verified on the blocking pool as soon as its bytes are in, so several runs
+    /// inflate in parallel (one core each, from their own checkpoints). Unlike
+    /// [`prefetch_layer`](Self::prefetch_layer) it does not yield to reads on demand. Returns
+    /// the spans fetched.
+    pub async fn fetch_layer(self: &Arc<Self>, layer: &Arc<CachedLayer>) -> Result<usize, Error> {
+        let n = layer.layout.count();
+        let parts: Vec<Option<Bytes>> = (0..n)
+            .map(|i| self.has_span(layer, i).then(Bytes::new))
+            .collect();
+        let missing = parts.iter().filter(|p| p.is_none()).count();
+        let waits = self.futures_for(layer, 0..n, &parts);
+        // Drop each span's bytes as soon as it is in (they are in the memory and disk tiers).
+        let mut pending: futures::stream::FuturesUnordered<_> =
+            waits.into_iter().map(|(_, f)| f).collect();
+        while let Some(r) = futures::StreamExt::next(&mut pending).await {
+            r?;
+        }
+        Ok(missing)
     }
 
     /// Fetch every span of a layer not yet local, in order, one run at a time (background
@@ -600,27 +735,38 @@ fn rel_range(layout: &Layout, i: usize, base: u64) -> Range<usize> {
     (r.start - base) as usize..(r.end - base) as usize
 }
 
-/// Cut `range` out of consecutive spans starting at span `first`.
-fn assemble(seek: &Layout, first: usize, parts: &[Bytes], range: Range<u64>) -> Bytes {
-    if range.start == range.end || parts.is_empty() {
+/// Cut virtual range `r` out of consecutive `parts` whose first byte is at virtual `base`.
+fn cut_parts(base: u64, parts: &[Bytes], r: Range<u64>) -> Bytes {
+    if r.is_empty() {
         return Bytes::new();
     }
-    let base = seek.span_range(first).start;
-    if parts.len() == 1 {
-        let s = (range.start - base) as usize;
-        let e = (range.end - base) as usize;
-        return parts[0].slice(s..e.min(parts[0].len()));
-    }
-    let mut out = Vec::with_capacity((range.end - range.start) as usize);
-    for (k, p) in parts.iter().enumerate() {
-        let r = seek.span_range(first + k);
-        let s = range.start.max(r.start);
-        let e = range.end.min(r.end);
+    let mut out: Vec<Bytes> = Vec::new();
+    let mut at = base;
+    for p in parts {
+        let pr = at..at + p.len() as u64;
+        let (s, e) = (r.start.max(pr.start), r.end.min(pr.end));
         if s < e {
-            out.extend_from_slice(&p[(s - r.start) as usize..(e - r.start) as usize]);
+            out.push(p.slice((s - pr.start) as usize..(e - pr.start) as usize));
+        }
+        at = pr.end;
+    }
+    concat(out)
+}
+
+/// Concatenate pieces (no copy when there is one).
+fn concat(mut parts: Vec<Bytes>) -> Bytes {
+    parts.retain(|p| !p.is_empty());
+    match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.pop().unwrap_or_default(),
+        _ => {
+            let mut out = Vec::with_capacity(parts.iter().map(Bytes::len).sum());
+            for p in &parts {
+                out.extend_from_slice(p);
+            }
+            Bytes::from(out)
         }
     }
-    Bytes::from(out)
 }
 
 #[cfg(test)]

@@ -309,3 +309,187 @@ async fn streaming_reads_fetch_ahead_within_the_file_small_reads_do_not() {
         );
     }
 }
+
+/// The uncompressed layer (virtual offsets of a gzip layer are tar stream offsets).
+fn inflate(blob: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(blob), &mut out).unwrap();
+    out
+}
+
+fn open_cache_mem(dir: &std::path::Path, memory: u64) -> Arc<ChunkCache> {
+    ChunkCache::open(CacheConfig {
+        dir: dir.to_path_buf(),
+        memory_bytes: memory,
+        disk_bytes: 1 << 30,
+        max_concurrent_fetches: 4,
+        fetch_timeout: super::DEFAULT_FETCH_TIMEOUT,
+    })
+    .unwrap()
+}
+
+/// Cache every span of the fixture's layer on disk (first process), return a span that has
+/// at least three blocks and its file.
+async fn cached_on_disk(f: &Fixture) -> (usize, PathBuf) {
+    let cache = open_cache(&f.cache_dir, 1 << 30);
+    let (l, _src) = layer(f, 0);
+    cache.prefetch_layer(&l).await.unwrap();
+    cache.flush().await;
+    let i = (0..l.layout.count())
+        .find(|&i| l.layout.block_count(i) >= 3)
+        .expect("a span of several blocks");
+    let file = f.cache_dir.join(l.digest.hex()).join(i.to_string());
+    assert!(file.exists());
+    (i, file)
+}
+
+#[tokio::test]
+async fn disk_hit_verifies_only_the_blocks_read_and_a_flipped_byte_is_refetched() {
+    let f = fixture();
+    let (i, file) = cached_on_disk(&f).await;
+    let (l, src) = layer(&f, 0);
+    let all = f.blob.clone();
+    let whole = inflate(&all);
+    // Flip one byte in block 2 of span i.
+    let b2 = l.layout.block_range(i, 2);
+    let span = l.layout.span_range(i);
+    let flip = (b2.start - span.start + 100) as usize;
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[flip] ^= 0x40;
+    std::fs::write(&file, &bytes).unwrap();
+
+    // Memory tier off: every read goes to the span file.
+    let cache = open_cache_mem(&f.cache_dir, 0);
+    // Block 0 is intact: served from disk, verified, no request.
+    let r0 = span.start + 10..span.start + 4106;
+    let got = cache.try_read_local(&l, r0.clone()).unwrap().unwrap();
+    assert_eq!(&got[..], &whole[r0.start as usize..r0.end as usize]);
+    assert_eq!(cache.stats.snapshot().disk_hits, 1);
+    // Block 2 fails verification: not local (never the flipped bytes) ...
+    let r2 = b2.start + 50..b2.start + 150;
+    assert!(cache.try_read_local(&l, r2.clone()).is_none());
+    // ... and the span file is gone, so a read fetches the span again and gets the right bytes.
+    assert!(!file.exists());
+    let before = src.requests.load(Ordering::SeqCst);
+    let got = cache.read(&l, r2.clone()).await.unwrap();
+    assert_eq!(&got[..], &whole[r2.start as usize..r2.end as usize]);
+    assert_eq!(src.requests.load(Ordering::SeqCst), before + 1);
+    cache.flush().await;
+    // The rewritten span file is good again.
+    let cache = open_cache_mem(&f.cache_dir, 0);
+    let got = cache.try_read_local(&l, r2.clone()).unwrap().unwrap();
+    assert_eq!(&got[..], &whole[r2.start as usize..r2.end as usize]);
+}
+
+#[tokio::test]
+async fn disk_hit_reads_span_boundaries_and_keeps_blocks_in_memory() {
+    let f = fixture();
+    let (i, _file) = cached_on_disk(&f).await;
+    let (l, src) = layer(&f, 0);
+    let whole = inflate(&f.blob);
+    let cache = open_cache_mem(&f.cache_dir, 1 << 20);
+    // Across a block boundary, and across the span boundary into the next span.
+    let b1 = l.layout.block_range(i, 1);
+    let span = l.layout.span_range(i);
+    for r in [
+        b1.start - 3..b1.start + 3,
+        span.end - 5000..(span.end + 5000).min(whole.len() as u64),
+        span.start..span.end,
+    ] {
+        let got = cache.try_read_local(&l, r.clone()).unwrap().unwrap();
+        assert_eq!(&got[..], &whole[r.start as usize..r.end as usize], "{r:?}");
+    }
+    // The same small read again is a memory hit (the verified blocks are kept).
+    let disk = cache.stats.snapshot().disk_hits;
+    let r = b1.start - 3..b1.start + 3;
+    let got = cache.try_read_local(&l, r.clone()).unwrap().unwrap();
+    assert_eq!(&got[..], &whole[r.start as usize..r.end as usize]);
+    assert_eq!(cache.stats.snapshot().disk_hits, disk);
+    assert_eq!(src.requests.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn estargz_chunks_are_one_block_each_and_a_tampered_chunk_is_refetched() {
+    let f = fixture();
+    let tar = inflate(&f.blob);
+    let (blob, toc_digest) = crate::layer::estargz::build(&tar, 256 << 10).unwrap();
+    let size = blob.len() as u64;
+    let fr = crate::layer::estargz::footer_range(size).unwrap();
+    let footer = &blob[fr.start as usize..];
+    let tr = crate::layer::estargz::toc_range(footer, size).unwrap();
+    let toc = &blob[tr.start as usize..tr.end as usize];
+    let out = f.cache_dir.with_file_name("esgz-index");
+    let ix = crate::layer::estargz::build_index(footer, toc, size, &toc_digest, &out).unwrap();
+    let src = Arc::new(TestSource {
+        blob: Bytes::from(blob),
+        requests: AtomicU64::new(0),
+        corrupt: AtomicBool::new(false),
+        delay_ms: 0,
+    });
+    let l = Arc::new(CachedLayer {
+        digest: Digest::of(&src.blob),
+        layout: Layout::new(Arc::new(ix)),
+        source: src.clone(),
+    });
+    let cache = open_cache(&f.cache_dir, 1 << 30);
+    cache.prefetch_layer(&l).await.unwrap();
+    cache.flush().await;
+    // file0 (3 MiB) spans several chunks; tamper with the file of its second chunk.
+    let (name, data) = &f.files[0];
+    let whole = vrange(&l, name, 0..data.len() as u64);
+    let chunks = l.layout.locate(whole.clone()).unwrap();
+    assert!(chunks.len() >= 3, "{chunks:?}");
+    let victim = chunks.start + 1;
+    assert_eq!(l.layout.block_count(victim), 1);
+    let file = f.cache_dir.join(l.digest.hex()).join(victim.to_string());
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[7] ^= 1;
+    std::fs::write(&file, &bytes).unwrap();
+    let cache = open_cache_mem(&f.cache_dir, 0);
+    let before = src.requests.load(Ordering::SeqCst);
+    // An intact chunk is served from disk.
+    let got = cache
+        .try_read_local(&l, whole.start..whole.start + 100)
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got[..], &data[..100]);
+    // The tampered one is not local; a read fetches it again and returns the right bytes.
+    let c = l.layout.span_range(victim);
+    let file_off = (c.start - whole.start) as usize;
+    assert!(cache.try_read_local(&l, c.start..c.start + 100).is_none());
+    let got = cache.read(&l, c.start..c.start + 100).await.unwrap();
+    assert_eq!(&got[..], &data[file_off..file_off + 100]);
+    assert_eq!(src.requests.load(Ordering::SeqCst), before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_layer_fetches_every_span_once_verified() {
+    let f = fixture();
+    let cache = open_cache(&f.cache_dir, 1 << 30);
+    let (l, src) = layer(&f, 5);
+    let n = l.layout.count();
+    assert!(n > 4);
+    assert_eq!(cache.fetch_layer(&l).await.unwrap(), n);
+    cache.flush().await;
+    assert!((0..n).all(|i| cache.has_span(&l, i)));
+    let requests = src.requests.load(Ordering::SeqCst);
+    // Runs of up to MAX_COALESCE_SPANS spans: one request each.
+    assert_eq!(requests, n.div_ceil(MAX_COALESCE_SPANS) as u64);
+    for (name, data) in &f.files {
+        let r = vrange(&l, name, 0..data.len() as u64);
+        assert_eq!(
+            &cache.try_read_local(&l, r).unwrap().unwrap()[..],
+            &data[..]
+        );
+    }
+    // Nothing left to fetch; corrupt bytes are refused, not cached.
+    assert_eq!(cache.fetch_layer(&l).await.unwrap(), 0);
+    assert_eq!(src.requests.load(Ordering::SeqCst), requests);
+    let f2 = fixture();
+    let cache2 = open_cache(&f2.cache_dir, 1 << 30);
+    let (l2, src2) = layer(&f2, 0);
+    src2.corrupt.store(true, Ordering::SeqCst);
+    assert!(cache2.fetch_layer(&l2).await.is_err());
+    cache2.flush().await;
+    assert_eq!(cache2.disk_usage().1, 0);
+}

@@ -271,6 +271,12 @@ pub enum ProfileCommand {
 pub enum CacheCommand {
     /// Cached bytes per layer
     Ls,
+    /// Fetch every layer of an image into the cache now (verified; spans decoded in parallel)
+    Fetch {
+        image: String,
+        #[arg(long)]
+        platform: Option<String>,
+    },
     /// Evict cached spans (least recently used first) down to a size
     Prune {
         /// Keep at most this much, e.g. "1GiB" (default: nothing)

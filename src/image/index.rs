@@ -18,8 +18,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub const ARTIFACT_TYPE: &str = "application/vnd.strata.index.v1";
-pub const INDEX_MEDIA_TYPE: &str = "application/vnd.strata.layer.index.v1";
+/// Artifact type of sidecars holding layer index files of format version 2. The
+/// version is in the type so a sidecar of another format is recognised (and skipped with a
+/// note) from the referrers list alone, without fetching its blobs.
+pub const ARTIFACT_TYPE: &str = "application/vnd.strata.index.v2";
+pub const INDEX_MEDIA_TYPE: &str = "application/vnd.strata.layer.index.v2";
+/// Artifact types of sidecars an older strata published (index format 1: no block hashes).
+const OLD_ARTIFACT_TYPES: &[&str] = &["application/vnd.strata.index.v1"];
 pub const LAYER_ANNOTATION: &str = "dev.strata.layer.digest";
 pub const TOC_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
 /// Largest index blob accepted from a registry.
@@ -104,7 +109,7 @@ pub async fn layer_indexes(
         }
     }
     if out.iter().any(Option::is_none) {
-        match sidecar_indexes(client, store, reference, rec).await {
+        match sidecar_indexes(client, store, reference, rec, progress).await {
             Ok(found) => {
                 for (i, l) in rec.layers.iter().enumerate() {
                     if out[i].is_none() {
@@ -177,6 +182,7 @@ async fn sidecar_indexes(
     store: &Store,
     reference: &Reference,
     rec: &ImageRecord,
+    progress: &Progress,
 ) -> Result<BTreeMap<Digest, Digest>, Error> {
     let (referrers, _) = client
         .referrers(
@@ -191,6 +197,18 @@ async fn sidecar_indexes(
         .rev()
         .find(|d| d.artifact_type.as_deref() == Some(ARTIFACT_TYPE))
     else {
+        if let Some(old) = referrers.manifests.iter().find(|d| {
+            d.artifact_type
+                .as_deref()
+                .is_some_and(|t| OLD_ARTIFACT_TYPES.contains(&t))
+        }) {
+            progress.line(&format!(
+                "ignoring sidecar index {} ({}): an older index format this strata does not \
+                 read; run `strata index {reference} --push` to publish a current one",
+                old.digest,
+                old.artifact_type.as_deref().unwrap_or_default()
+            ));
+        }
         return Ok(BTreeMap::new());
     };
     let m = client

@@ -90,6 +90,15 @@ pub enum Error {
     },
     #[error("index file {path}: {reason}")]
     CorruptIndex { path: PathBuf, reason: String },
+    #[error(
+        "index file {path}: format version {found}, this strata reads only version {supported}; \
+         rebuild it (`strata index IMAGE`, or `--push` to republish a sidecar)"
+    )]
+    IndexVersion {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
     #[error("index file {path}")]
     IndexIo {
         path: PathBuf,

@@ -291,7 +291,7 @@ impl<R: Read> GzipIndexer<R> {
                     );
                     self.in_pos += step.consumed;
                     self.cin += step.consumed as u64;
-                    self.spans.output(&self.outbuf[..step.produced])?;
+                    self.spans.output(&self.outbuf[..step.produced], self.cin)?;
                     match step.code {
                         z::Z_STREAM_END => self.state = State::BetweenMembers,
                         z::Z_OK | z::Z_BUF_ERROR => {
@@ -491,6 +491,63 @@ pub(crate) mod tests {
                 .unwrap();
             assert_eq!(got, &all[r.start as usize..r.end as usize], "{r:?}");
         }
+    }
+
+    /// Inflate span `i` from its checkpoint, fed only `input`; returns what came out.
+    fn inflate_from(t: &SeekTable, i: usize, mut input: &[u8], want: usize) -> Vec<u8> {
+        let cp = &t.checkpoints[i];
+        let mut inf = Inflater::new(!cp.member_start).unwrap();
+        if !cp.member_start {
+            if cp.bits > 0 {
+                inf.prime(cp.bits, input[0] >> (8 - cp.bits)).unwrap();
+                input = &input[1..];
+            }
+            inf.set_dictionary(&unpack_window(t.window(i)).unwrap())
+                .unwrap();
+        }
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        while out.len() < want {
+            let step = inf.inflate(input, &mut buf, z::Z_NO_FLUSH);
+            input = &input[step.consumed..];
+            out.extend_from_slice(&buf[..step.produced]);
+            if step.produced == 0 && step.consumed == 0 || step.code == z::Z_STREAM_END {
+                break;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn block_bounds_are_enough_to_decode_each_block() {
+        let data = pseudo_text(2_000_000, 9);
+        let blob = gz(&data);
+        let t = build_seek_table(&blob[..], 128 << 10, u64::MAX).unwrap();
+        assert!(t.checkpoints.len() >= 3, "{}", t.checkpoints.len());
+        let mut checked = 0;
+        for i in 0..t.checkpoints.len() {
+            let span = t.span_range(i);
+            let cp = &t.checkpoints[i];
+            let cstart = (cp.cin - u64::from(cp.bits > 0)) as usize;
+            let blocks = t.blocks_of(i);
+            assert_eq!(
+                blocks.len() as u64,
+                (span.end - span.start).div_ceil(t.block)
+            );
+            for (k, b) in t.blocks[blocks].iter().enumerate() {
+                let end = t.block_range(i, k).end;
+                let want = (end - span.start) as usize;
+                let got = inflate_from(&t, i, &blob[cstart..b.cend as usize], want);
+                assert!(
+                    got.len() >= want,
+                    "span {i} block {k}: {} < {want}",
+                    got.len()
+                );
+                assert_eq!(&got[..want], &data[span.start as usize..end as usize]);
+                checked += 1;
+            }
+        }
+        assert!(checked > 20);
     }
 
     #[test]

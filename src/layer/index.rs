@@ -20,7 +20,9 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 pub const MAGIC: &[u8; 8] = b"STRATAIX";
-pub const VERSION: u32 = 1;
+/// Format version. 2: per-block (64 KiB) sha256 and compressed bounds in the seek section;
+/// version 1 files are refused with [`Error::IndexVersion`] (rebuild them).
+pub const VERSION: u32 = 2;
 const HEADER: usize = 128;
 const RECORD: usize = 88;
 const XATTR: usize = 16;
@@ -290,7 +292,11 @@ impl LayerIndex {
         }
         let version = u32_at(b, 8);
         if version != VERSION {
-            return Err(corrupt(path, format!("unsupported version {version}")));
+            return Err(Error::IndexVersion {
+                path: path.to_path_buf(),
+                found: version,
+                supported: VERSION,
+            });
         }
         if u32_at(b, 12) as usize != HEADER
             || u32_at(b, 24) as usize != RECORD

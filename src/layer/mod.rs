@@ -3,11 +3,12 @@
 //! This module turns one OCI layer blob into a [`LayerIndex`]: an mmap-ed table of typed
 //! entries (whiteouts and opaque directories normalised here) plus what is needed to produce
 //! *verified* bytes of any file range from ranged reads of the compressed blob (a seek table
-//! with per-span sha256, or eStargz per-chunk digests). It may call `digest` only; it knows
-//! nothing of HTTP, the store layout, the cache or FUSE. Fetching is the caller's: either pass
-//! a blocking `fetch` closure ([`LayerIndex::read`]) or, from async code, call the pure
-//! [`LayerIndex::plan_read`], fetch [`ReadPlan::compressed`] however you like, then
-//! [`LayerIndex::decode_read`]. Format details and the SPAN trade-off: `docs/layer-index.md`.
+//! with per-span and per-64 KiB-block sha256, or eStargz per-chunk digests). It may call
+//! `digest` only; it knows nothing of HTTP, the store layout, the cache or FUSE. Fetching is
+//! the caller's: either pass a blocking `fetch` closure ([`LayerIndex::read`]) or, from async
+//! code, call the pure [`LayerIndex::plan_read`], fetch [`ReadPlan::compressed`] however you
+//! like, then [`LayerIndex::decode_read`]. Format details and the SPAN trade-off:
+//! `docs/layer-index.md`.
 
 mod entry;
 mod error;
@@ -21,7 +22,7 @@ pub mod zstd;
 pub use entry::{normalize_path, split_path, Entry, EntryKind, EntryTable, Timestamp};
 pub use error::{Error, Result};
 pub use index::{Chunk, EntryRef, LayerIndex, LayerMeta};
-pub use seek::{Checkpoint, Compression, SeekTable, SpanPlan, DEFAULT_SPAN};
+pub use seek::{Block, Checkpoint, Compression, SeekTable, SpanPlan, BLOCK, DEFAULT_SPAN};
 pub use tar::{RawEntry, TarReader, MAX_META};
 
 use std::io::Read;

@@ -1,5 +1,6 @@
 //! Seek tables: where to start decompressing to reach an uncompressed offset, and the sha256
-//! of every span of uncompressed output so fetched bytes can be verified.
+//! of every span and of every 64 KiB block inside each span of uncompressed output, so fetched
+//! bytes can be verified whole and cached bytes one block at a time.
 //!
 //! One shape serves all three stream kinds. A [`SeekTable`] is a list of checkpoints (access
 //! points); span *i* is the uncompressed range from checkpoint *i* to checkpoint *i+1* (the last
@@ -7,7 +8,9 @@
 //! SPAN bytes and compressed == uncompressed offsets; for gzip they are zran access points
 //! (`gzip.rs`); for zstd they are frame starts (`zstd.rs`). [`SeekTable::span_plan`] is pure: it
 //! says which compressed bytes to fetch, so an async cache can fetch them and then call
-//! [`SeekTable::decode_spans`], which returns only verified bytes. Serialised by
+//! [`SeekTable::decode_spans`], which returns only verified bytes (every block checked). Each
+//! block also records an upper bound of the compressed bytes needed to decode its span up to the
+//! block's end (for partial span fetches; see `docs/layer-index.md`). Serialised by
 //! [`SeekTable::encode`] into the seek section of the index file (see `docs/layer-index.md`).
 
 use super::error::{Error, Result};
@@ -19,6 +22,11 @@ use std::ops::Range;
 
 /// Default distance between checkpoints in uncompressed bytes (see docs/layer-index.md).
 pub const DEFAULT_SPAN: u64 = 2 << 20;
+
+/// Size of a verification block: every span is cut into blocks of this many uncompressed bytes
+/// (the last one of a span shorter), each with its own sha256, so a cached span can be read and
+/// verified one block at a time (see docs/layer-index.md).
+pub const BLOCK: u64 = 64 << 10;
 
 /// How the layer blob is compressed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -69,8 +77,24 @@ pub struct SeekTable {
     pub checkpoints: Vec<Checkpoint>,
     /// sha256 of each span, one per checkpoint.
     pub digests: Vec<[u8; 32]>,
+    /// Verification block size (uncompressed bytes; [`BLOCK`] when built by strata).
+    pub block: u64,
+    /// Every span's blocks, span after span ([`SeekTable::blocks_of`] says which are whose).
+    pub blocks: Vec<Block>,
+    /// Index in `blocks` of span *i*'s first block, plus the total at the end (derived).
+    pub block_starts: Vec<usize>,
     /// Concatenated deflate-compressed windows.
     pub windows: Vec<u8>,
+}
+
+/// One verification block of a span.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Block {
+    /// sha256 of the block's uncompressed bytes.
+    pub digest: [u8; 32],
+    /// Upper bound of the compressed bytes needed to decode the span up to this block's end:
+    /// the input the indexer had consumed when its output passed the block's end.
+    pub cend: u64,
 }
 
 /// Which spans cover a range and which compressed bytes hold them.
@@ -91,6 +115,16 @@ pub(crate) struct SpanHasher {
     pub(crate) windows: Vec<u8>,
     pub(crate) uout: u64,
     limit: u64,
+    block: u64,
+    block_hasher: Sha256,
+    /// Bytes in the running block.
+    block_fill: u64,
+    /// Compressed input consumed when the running block last received output.
+    block_cend: u64,
+    blocks: Vec<Block>,
+    block_starts: Vec<usize>,
+    /// Compressed offsets are uncompressed offsets (plain tar): a block's bound is its end.
+    exact: bool,
 }
 
 impl SpanHasher {
@@ -102,17 +136,56 @@ impl SpanHasher {
             windows: Vec::new(),
             uout: 0,
             limit,
+            block: BLOCK,
+            block_hasher: Sha256::new(),
+            block_fill: 0,
+            block_cend: 0,
+            blocks: Vec::new(),
+            block_starts: Vec::new(),
+            exact: false,
         }
     }
 
     /// Account for produced output; errors when the total passes the limit (gzip bomb guard).
-    pub(crate) fn output(&mut self, data: &[u8]) -> Result<()> {
+    /// `cin` is the compressed input consumed once `data` was produced (the block bound).
+    pub(crate) fn output(&mut self, data: &[u8], cin: u64) -> Result<()> {
         self.uout += data.len() as u64;
         if self.uout > self.limit {
             return Err(Error::OutputLimit { limit: self.limit });
         }
         self.hasher.update(data);
+        let mut rest = data;
+        let mut pos = self.uout - data.len() as u64;
+        while !rest.is_empty() {
+            let take = ((self.block - self.block_fill) as usize).min(rest.len());
+            let (now, tail) = rest.split_at(take);
+            self.block_hasher.update(now);
+            self.block_fill += take as u64;
+            pos += take as u64;
+            self.block_cend = if self.exact { pos } else { cin };
+            if self.block_fill == self.block {
+                self.close_block();
+            }
+            rest = tail;
+        }
         Ok(())
+    }
+
+    /// Use `block`-byte verification blocks (before any output; tests use small ones).
+    #[cfg(test)]
+    pub(crate) fn set_block(&mut self, block: u64) {
+        self.block = block.max(1);
+    }
+
+    fn close_block(&mut self) {
+        if self.block_fill > 0 {
+            let h = std::mem::take(&mut self.block_hasher);
+            self.blocks.push(Block {
+                digest: h.finalize().into(),
+                cend: self.block_cend,
+            });
+            self.block_fill = 0;
+        }
     }
 
     /// Uncompressed bytes since the last checkpoint (`u64::MAX` before the first).
@@ -129,6 +202,8 @@ impl SpanHasher {
             let h = std::mem::take(&mut self.hasher);
             self.digests.push(h.finalize().into());
         }
+        self.close_block();
+        self.block_starts.push(self.blocks.len());
         let start = self.windows.len() as u64;
         self.windows.extend_from_slice(window);
         self.checkpoints.push(Checkpoint {
@@ -150,6 +225,8 @@ impl SpanHasher {
         if self.checkpoints.is_empty() {
             self.checkpoint(0, 0, compression == Compression::Gzip, &[]);
         }
+        self.close_block();
+        self.block_starts.push(self.blocks.len());
         self.digests.push(self.hasher.finalize().into());
         SeekTable {
             compression,
@@ -159,6 +236,9 @@ impl SpanHasher {
             whole,
             checkpoints: self.checkpoints,
             digests: self.digests,
+            block: self.block,
+            blocks: self.blocks,
+            block_starts: self.block_starts,
             windows: self.windows,
         }
     }
@@ -173,9 +253,11 @@ pub(crate) struct TarSpans<R> {
 
 impl<R: Read> TarSpans<R> {
     pub(crate) fn new(inner: R, span: u64, limit: u64) -> Self {
+        let mut spans = SpanHasher::new(limit);
+        spans.exact = true;
         TarSpans {
             inner,
-            spans: SpanHasher::new(limit),
+            spans,
             span: span.max(1),
         }
     }
@@ -202,8 +284,9 @@ impl<R: Read> Read for TarSpans<R> {
             let at = self.spans.uout;
             self.spans.checkpoint(at, 0, false, &[]);
         }
+        let cin = self.spans.uout + n as u64;
         self.spans
-            .output(&buf[..n])
+            .output(&buf[..n], cin)
             .map_err(std::io::Error::other)?;
         Ok(n)
     }
@@ -327,7 +410,73 @@ impl SeekTable {
         Ok(out)
     }
 
+    /// Global indices (into [`blocks`](Self::blocks)) of span `i`'s blocks.
+    pub fn blocks_of(&self, i: usize) -> Range<usize> {
+        match (self.block_starts.get(i), self.block_starts.get(i + 1)) {
+            (Some(&a), Some(&b)) => a..b,
+            _ => 0..0,
+        }
+    }
+
+    /// Uncompressed range of block `k` (counted from 0 within span `i`).
+    pub fn block_range(&self, i: usize, k: usize) -> Range<u64> {
+        let r = self.span_range(i);
+        let s = r.start.saturating_add(self.block.saturating_mul(k as u64));
+        s.min(r.end)..s.saturating_add(self.block).min(r.end)
+    }
+
+    /// Blocks (counted within span `i`) covering the uncompressed range `r` (clamped to the span).
+    pub fn blocks_covering(&self, i: usize, r: Range<u64>) -> Range<usize> {
+        let span = self.span_range(i);
+        let n = self.blocks_of(i).len();
+        let (s, e) = (r.start.max(span.start), r.end.min(span.end));
+        if s >= e || self.block == 0 {
+            return 0..0;
+        }
+        let a = ((s - span.start) / self.block) as usize;
+        let b = (e - span.start).div_ceil(self.block) as usize;
+        a.min(n)..b.min(n)
+    }
+
+    /// Check the bytes of block `k` of span `i` against its sha256.
+    pub fn verify_block(&self, i: usize, k: usize, data: &[u8]) -> Result<()> {
+        let r = self.block_range(i, k);
+        let expected = self
+            .blocks
+            .get(self.blocks_of(i).start + k)
+            .filter(|_| k < self.blocks_of(i).len())
+            .map_or([0; 32], |b| b.digest);
+        let got: [u8; 32] = Sha256::digest(data).into();
+        if got != expected || data.len() as u64 != r.end - r.start {
+            return Err(Error::SpanDigest {
+                span: i,
+                range: r,
+                expected: Digest::from_bytes(expected),
+                got: Digest::from_bytes(got),
+            });
+        }
+        Ok(())
+    }
+
+    /// Check all bytes of span `i`, block by block (every byte is covered by a block sha256).
     pub(crate) fn verify(&self, i: usize, data: &[u8]) -> Result<()> {
+        let r = self.span_range(i);
+        if data.len() as u64 != r.end - r.start {
+            return Err(self.decode_err(
+                i,
+                format!("{} bytes, expected {}", data.len(), r.end - r.start),
+            ));
+        }
+        for k in 0..self.blocks_of(i).len() {
+            let b = self.block_range(i, k);
+            let part = &data[(b.start - r.start) as usize..(b.end - r.start) as usize];
+            self.verify_block(i, k, part)?;
+        }
+        Ok(())
+    }
+
+    /// Check span `i` against its whole-span sha256.
+    pub fn verify_span_digest(&self, i: usize, data: &[u8]) -> Result<()> {
         let got: [u8; 32] = Sha256::digest(data).into();
         let expected = self.digests.get(i).copied().unwrap_or([0; 32]);
         if got != expected {
@@ -349,11 +498,11 @@ impl SeekTable {
         }
     }
 
-    /// Serialise (little-endian): 64-byte header, 32-byte checkpoint records, 32-byte digests,
-    /// window blob.
+    /// Serialise (little-endian): 64-byte header, 32-byte checkpoint records, 32-byte span
+    /// digests, 40-byte block records, window blob.
     pub fn encode(&self) -> Vec<u8> {
         let n = self.checkpoints.len();
-        let mut b = Vec::with_capacity(64 + n * 64 + self.windows.len());
+        let mut b = Vec::with_capacity(64 + n * 64 + self.blocks.len() * 40 + self.windows.len());
         b.push(self.compression as u8);
         b.push(self.whole as u8);
         b.extend_from_slice(&[0; 6]);
@@ -363,10 +512,12 @@ impl SeekTable {
             self.compressed_size,
             n as u64,
             self.windows.len() as u64,
+            self.block,
+            self.blocks.len() as u64,
         ] {
             b.extend_from_slice(&v.to_le_bytes());
         }
-        b.resize(64, 0);
+        debug_assert_eq!(b.len(), 64);
         for c in &self.checkpoints {
             b.extend_from_slice(&c.uout.to_le_bytes());
             b.extend_from_slice(&c.cin.to_le_bytes());
@@ -378,6 +529,10 @@ impl SeekTable {
         }
         for d in &self.digests {
             b.extend_from_slice(d);
+        }
+        for blk in &self.blocks {
+            b.extend_from_slice(&blk.digest);
+            b.extend_from_slice(&blk.cend.to_le_bytes());
         }
         b.extend_from_slice(&self.windows);
         b
@@ -394,22 +549,29 @@ impl SeekTable {
         let compression = Compression::from_u8(*b.first().ok_or("empty seek table")?)
             .ok_or("unknown compression kind")?;
         let whole = b.get(1).copied().unwrap_or(0) != 0;
-        let (span, usize_, csize, n, wlen) = (
+        let (span, usize_, csize, n, wlen, block, nblocks) = (
             u64_at(8)?,
             u64_at(16)?,
             u64_at(24)?,
             u64_at(32)?,
             u64_at(40)?,
+            u64_at(48)?,
+            u64_at(56)?,
         );
-        let need = (n as u128) * 64 + 64 + wlen as u128;
+        let need = (n as u128) * 64 + 64 + (nblocks as u128) * 40 + wlen as u128;
         if need != b.len() as u128 || n == 0 {
             return Err(format!(
-                "seek table size {} does not match {n} checkpoints and {wlen} window bytes",
+                "seek table size {} does not match {n} checkpoints, {nblocks} blocks and \
+                 {wlen} window bytes",
                 b.len()
             ));
         }
+        if block == 0 {
+            return Err("seek table has no verification block size".into());
+        }
         let n = n as usize;
-        let wbase = 64 + n * 64;
+        let bbase = 64 + n * 64;
+        let wbase = bbase + nblocks as usize * 40;
         let mut checkpoints = Vec::with_capacity(n);
         let mut digests = Vec::with_capacity(n);
         for i in 0..n {
@@ -443,6 +605,34 @@ impl SeekTable {
             digest.copy_from_slice(&b[d..d + 32]);
             digests.push(digest);
         }
+        // Each span has ceil(len / block) blocks, in order; bounds never decrease.
+        let mut block_starts = Vec::with_capacity(n + 1);
+        let mut at = 0u64;
+        for i in 0..n {
+            block_starts.push(at as usize);
+            let start = checkpoints[i].uout;
+            let end = checkpoints.get(i + 1).map_or(usize_, |c| c.uout);
+            at += (end - start).div_ceil(block);
+        }
+        block_starts.push(at as usize);
+        if at != nblocks {
+            return Err(format!(
+                "seek table has {nblocks} blocks, its spans need {at} of {block} bytes"
+            ));
+        }
+        let mut blocks = Vec::with_capacity(nblocks as usize);
+        for k in 0..nblocks as usize {
+            let o = bbase + k * 40;
+            let mut digest = [0u8; 32];
+            digest.copy_from_slice(&b[o..o + 32]);
+            let cend = u64_at(o + 32)?;
+            if cend > csize || blocks.last().is_some_and(|p: &Block| cend < p.cend) {
+                return Err(format!(
+                    "block {k}: compressed bound out of order or beyond the layer"
+                ));
+            }
+            blocks.push(Block { digest, cend });
+        }
         Ok(SeekTable {
             compression,
             span,
@@ -451,6 +641,9 @@ impl SeekTable {
             whole,
             checkpoints,
             digests,
+            block,
+            blocks,
+            block_starts,
             windows: b[wbase..].to_vec(),
         })
     }
@@ -508,6 +701,49 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, Error::SpanDigest { span: 1, .. }), "{err}");
         assert!(t.span_plan(9000..10_001).is_err());
+    }
+
+    #[test]
+    fn blocks_cover_every_span_and_catch_a_flipped_byte() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 13 % 241) as u8).collect();
+        let mut r = TarSpans::new(&data[..], 1000, u64::MAX);
+        r.spans.set_block(300);
+        std::io::copy(&mut r, &mut std::io::sink()).unwrap();
+        let t = r.finish();
+        // 1000-byte spans in 300-byte blocks: 300, 300, 300, 100.
+        assert_eq!(t.blocks.len(), 40);
+        assert_eq!(t.blocks_of(3), 12..16);
+        assert_eq!(t.block_range(3, 3), 3900..4000);
+        assert_eq!(t.blocks_covering(3, 3299..3601), 0..3);
+        assert_eq!(t.blocks_covering(3, 0..3001), 0..1);
+        // Plain tar: the bound of a block is its end.
+        assert_eq!(t.blocks[13].cend, 3600);
+        let t2 = SeekTable::decode(&t.encode()).unwrap();
+        assert_eq!(t, t2);
+        for k in 0..4 {
+            let br = t.block_range(3, k);
+            t.verify_block(3, k, &data[br.start as usize..br.end as usize])
+                .unwrap();
+        }
+        let mut bad = data.clone();
+        bad[3650] ^= 4;
+        let err = t.verify_block(3, 2, &bad[3600..3900]).unwrap_err();
+        assert!(
+            matches!(err, Error::SpanDigest { span: 3, ref range, .. } if *range == (3600..3900)),
+            "{err}"
+        );
+        assert!(t.verify_block(3, 1, &bad[3300..3600]).is_ok());
+        // A block of the wrong length or index never verifies.
+        assert!(t.verify_block(3, 1, &data[3300..3599]).is_err());
+        assert!(t.verify_block(3, 4, &data[0..0]).is_err());
+        // Whole-span verification (the fetch path) checks every block.
+        assert!(t.verify(3, &bad[3000..4000]).is_err());
+        assert!(t.verify(3, &data[3000..4000]).is_ok());
+        t.verify_span_digest(3, &data[3000..4000]).unwrap();
+        // A table whose block records do not add up is refused.
+        let mut enc = t.encode();
+        enc[48..56].copy_from_slice(&400u64.to_le_bytes());
+        assert!(SeekTable::decode(&enc).is_err());
     }
 
     #[test]

@@ -419,6 +419,23 @@ fn corrupt_index_files_are_errors() {
         LayerIndex::open(&bad),
         Err(Error::CorruptIndex { .. })
     ));
+    // A version 1 file (no per-block hashes) is refused by name, with what to do about it.
+    let mut b = bytes.clone();
+    b[8..12].copy_from_slice(&1u32.to_le_bytes());
+    std::fs::write(&bad, &b).unwrap();
+    let err = LayerIndex::open(&bad).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::IndexVersion {
+                found: 1,
+                supported: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("rebuild"), "{err}");
 }
 
 #[test]

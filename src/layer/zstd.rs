@@ -123,7 +123,7 @@ impl<R: Read> ZstdIndexer<R> {
                     zstd::zstd_safe::get_error_name(code)
                 ))
             })?;
-            self.spans.output(&self.outbuf[..produced])?;
+            self.spans.output(&self.outbuf[..produced], self.cin)?;
             if hint == 0 {
                 self.at_frame_start = true;
             }
