@@ -226,7 +226,10 @@ async fn sidecar_indexes(
             msg: "subject is not this image's manifest".into(),
         });
     }
+    // Every index blob this image still needs, fetched at once: on a link with a round trip
+    // of tens of milliseconds one-after-the-other downloads add up at every cold mount.
     let mut found = BTreeMap::new();
+    let mut wanted = Vec::new();
     for d in &am.layers {
         let Some(layer) = d
             .annotation(LAYER_ANNOTATION)
@@ -241,47 +244,63 @@ async fn sidecar_indexes(
             found.insert(layer, layer);
             continue;
         }
-        let body = client
-            .get_blob_verified(
-                &reference.registry,
-                &reference.repository,
-                &d.digest,
-                MAX_INDEX_BYTES,
-            )
-            .await?;
-        let path = index_path(store, &layer);
-        let tmp = store.temp_path("index");
-        std::fs::write(&tmp, &body).map_err(|e| Error::Io {
-            path: tmp.display().to_string(),
-            source: e,
-        })?;
-        // Validate before it becomes visible: structure, and that it describes this blob.
-        let ix = match LayerIndex::open(&tmp) {
-            Ok(ix) => ix,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(layer_err(layer, e));
-            }
-        };
-        if ix.meta().compressed_size != image_layer.size {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(Error::Invalid {
-                what: format!("index for layer {layer}"),
-                msg: format!(
-                    "describes a {}-byte blob, the layer has {}",
-                    ix.meta().compressed_size,
-                    image_layer.size
-                ),
-            });
-        }
-        drop(ix);
-        std::fs::rename(&tmp, &path).map_err(|e| Error::Io {
-            path: path.display().to_string(),
-            source: e,
-        })?;
-        found.insert(layer, layer);
+        wanted.push((d.digest, layer, image_layer.size));
     }
+    let fetched = futures::future::try_join_all(wanted.into_iter().map(|(blob, layer, size)| {
+        fetch_sidecar_index(client, store, reference, blob, layer, size)
+    }))
+    .await?;
+    found.extend(fetched.into_iter().map(|l| (l, l)));
     Ok(found)
+}
+
+/// Download one sidecar index blob, validate it (structure, and that it describes a blob of
+/// the layer's size) and only then make it visible in `indexes/`.
+async fn fetch_sidecar_index(
+    client: &Client,
+    store: &Store,
+    reference: &Reference,
+    blob: Digest,
+    layer: Digest,
+    layer_size: u64,
+) -> Result<Digest, Error> {
+    let body = client
+        .get_blob_verified(
+            &reference.registry,
+            &reference.repository,
+            &blob,
+            MAX_INDEX_BYTES,
+        )
+        .await?;
+    let path = index_path(store, &layer);
+    let tmp = store.temp_path("index");
+    std::fs::write(&tmp, &body).map_err(|e| Error::Io {
+        path: tmp.display().to_string(),
+        source: e,
+    })?;
+    let ix = match LayerIndex::open(&tmp) {
+        Ok(ix) => ix,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(layer_err(layer, e));
+        }
+    };
+    if ix.meta().compressed_size != layer_size {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::Invalid {
+            what: format!("index for layer {layer}"),
+            msg: format!(
+                "describes a {}-byte blob, the layer has {layer_size}",
+                ix.meta().compressed_size,
+            ),
+        });
+    }
+    drop(ix);
+    std::fs::rename(&tmp, &path).map_err(|e| Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    })?;
+    Ok(layer)
 }
 
 /// Download the whole layer (verified, kept in the store) and build its index from it.
