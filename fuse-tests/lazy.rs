@@ -328,15 +328,9 @@ fn corrupt_bytes_become_eio_and_recover() {
     assert_eq!(Some(data), expected["usr/lib/mid.bin"].clone());
 }
 
-#[test]
-fn estargz_layer_is_read_through_its_toc() {
-    let reg = Registry::start();
-    let (layers, expected) = test_layers();
-    let mut b = ImageBuilder::new();
-    for l in layers {
-        b = b.layer(l);
-    }
-    let img = b.build("v1");
+/// Re-encode every layer of `img` as eStargz (1 MiB chunks), rewrite the manifest with the TOC
+/// annotations and push it as `repo`.
+fn push_as_estargz(img: &common::BuiltImage, reg: &Registry, repo: &str) {
     // Re-encode both layers as eStargz and rewrite the manifest with the TOC annotations.
     let layout = &img.layout;
     let mut manifest: serde_json::Value = serde_json::from_slice(&img.manifest).unwrap();
@@ -362,7 +356,19 @@ fn estargz_layer_is_read_through_its_toc() {
         serde_json::to_vec(&index).unwrap(),
     )
     .unwrap();
-    img.push(&reg, "lazy/stargz:v1");
+    img.push(reg, repo);
+}
+
+#[test]
+fn estargz_layer_is_read_through_its_toc() {
+    let reg = Registry::start();
+    let (layers, expected) = test_layers();
+    let mut b = ImageBuilder::new();
+    for l in layers {
+        b = b.layer(l);
+    }
+    let img = b.build("v1");
+    push_as_estargz(&img, &reg, "lazy/stargz:v1");
 
     let env = StrataEnv::new();
     let m = mount(
@@ -528,4 +534,45 @@ fn published_access_profile_is_prefetched_on_a_fresh_machine() {
     let s = stats(&c, &m.dir);
     assert_eq!(s["profile"]["source"], "", "{s}");
     check_tree(&m.dir, &expected);
+}
+
+/// eStargz prioritised files: the files before `.prefetch.landmark` are fetched right after
+/// the mount, before anything reads them; the landmark itself never shows.
+#[test]
+fn estargz_prefetch_landmark_files_are_fetched_first() {
+    use common::poll_until;
+    use std::time::Duration;
+    let reg = Registry::start();
+    let first = pseudo_random(7, 3 << 20);
+    let layer = Layer::new()
+        .dir("app")
+        .file("app/first.bin", first.clone())
+        .file("app/second.txt", b"second\n".to_vec())
+        .file(".prefetch.landmark", vec![0xf])
+        .file("app/later.bin", pseudo_random(8, 3 << 20));
+    let img = ImageBuilder::new().layer(layer).build("v1");
+    push_as_estargz(&img, &reg, "lazy/landmark:v1");
+    let reference = format!("{}/lazy/landmark:v1", reg.host());
+
+    let env = StrataEnv::new();
+    let m = mount(&env, &reference, &[]);
+    let s = poll_until(
+        "landmark files prefetched",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || {
+            let s = stats(&env, &m.dir);
+            (s["profile"]["source"] == "estargz" && s["profile"]["done"] == 2).then_some(s)
+        },
+    );
+    assert_eq!(s["profile"]["files"], 2, "{s}");
+    assert_eq!(s["fs_reads"], 0, "{s}");
+    assert_eq!(std::fs::read(m.dir.join("app/first.bin")).unwrap(), first);
+    assert_eq!(
+        std::fs::read(m.dir.join("app/second.txt")).unwrap(),
+        b"second\n"
+    );
+    let s = stats(&env, &m.dir);
+    assert_eq!(s["fs_reads_waited"], 0, "{s}");
+    assert!(!m.dir.join(".prefetch.landmark").exists());
 }

@@ -165,15 +165,35 @@ async fn estargz_index(
     let out = index_path(store, &l.digest);
     let toc = *toc;
     let size = l.size;
-    tokio::task::spawn_blocking(move || {
-        layer::estargz::build_index(&footer, &toc_gz, size, &toc, &out)
+    let (ix, prioritized) = tokio::task::spawn_blocking(move || {
+        let ix = layer::estargz::build_index(&footer, &toc_gz, size, &toc, &out)?;
+        // The TOC was checked against its digest by build_index; parse it again for the
+        // landmark (cheap next to the fetch) rather than widen the index format.
+        let files = layer::estargz::parse_toc(&toc_gz, &toc)
+            .map(|t| layer::estargz::prioritized_files(&t))
+            .unwrap_or_default();
+        Ok::<_, layer::Error>((ix, files))
     })
     .await
     .map_err(|e| Error::Invalid {
         what: "eStargz index".into(),
         msg: e.to_string(),
-    })?
-    .map_err(Error::from)
+    })??;
+    if !prioritized.is_empty() {
+        if let Err(e) = store.write_json(&prefetch_list_path(store, &l.digest), &prioritized) {
+            tracing::warn!("keeping the eStargz prefetch list of {}: {e}", l.digest);
+        }
+    }
+    Ok(ix)
+}
+
+/// Where the files an eStargz layer marks for prefetch (before its `.prefetch.landmark`) are
+/// kept, once its TOC was read.
+pub fn prefetch_list_path(store: &Store, layer: &Digest) -> PathBuf {
+    store
+        .root()
+        .join("indexes")
+        .join(format!("{}.prefetch.json", layer.hex()))
 }
 
 /// Fetch the sidecar artifact's index blobs into `indexes/`; returns layer -> layer.

@@ -71,7 +71,7 @@ pub struct ProfilePrefetch {
 /// A snapshot of [`ProfilePrefetch`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProfileProgress {
-    /// `local`, `registry` or empty (no profile used).
+    /// `local`, `registry`, `estargz` (the layers' prefetch landmarks) or empty (none).
     pub source: String,
     /// Files of the profile that were not local at mount time.
     pub files: usize,
@@ -124,7 +124,8 @@ pub async fn prefetch(
     };
     if !profile.is_empty() {
         set_source("local");
-    } else if source == ProfileSource::Registry {
+    }
+    if profile.is_empty() && source == ProfileSource::Registry {
         match super::profile::fetch(&client, &image.reference, &image.record).await {
             Ok(Some(p)) => {
                 tracing::info!(files = p.len(), "prefetching a published access profile");
@@ -133,6 +134,17 @@ pub async fn prefetch(
             }
             Ok(None) => {}
             Err(e) => tracing::warn!("published access profile not used: {e}"),
+        }
+    }
+    if profile.is_empty() && source != ProfileSource::None {
+        // eStargz layers built with prioritised files (`.prefetch.landmark`), bottom first.
+        for (i, l) in image.layers.iter().enumerate() {
+            let path = super::index::prefetch_list_path(&store, &l.digest);
+            let files: Vec<String> = store.read_json(&path).ok().flatten().unwrap_or_default();
+            profile.extend(files.into_iter().map(|f| (i, f)));
+        }
+        if !profile.is_empty() {
+            set_source("estargz");
         }
     }
     // Virtual ranges in first-read order, one per file not yet local.

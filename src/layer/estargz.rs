@@ -38,6 +38,22 @@ fn err(reason: impl Into<String>) -> Error {
     }
 }
 
+/// The files eStargz marks for prefetch: the regular files before a `.prefetch.landmark`
+/// entry, in TOC order (paths normalised like index entries). Empty when the layer has no
+/// landmark or the `.no.prefetch.landmark` (nothing to prioritise).
+pub fn prioritized_files(toc: &Toc) -> Vec<String> {
+    let is = |e: &TocEntry, n: &str| e.name.trim_start_matches("./") == n;
+    let Some(end) = toc.entries.iter().position(|e| is(e, LANDMARKS[0])) else {
+        return Vec::new();
+    };
+    toc.entries[..end]
+        .iter()
+        .filter(|e| e.kind == "reg")
+        .filter_map(|e| crate::layer::normalize_path(&e.name).ok())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
 /// The TOC as published (`stargz.index.json`).
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Toc {
