@@ -7,9 +7,12 @@
 # pushed to a local registry on loopback with its strata sidecar index.
 #   strata-cold     `strata mount` with an empty STRATA_ROOT: manifest, config and the sidecar
 #                   indexes come from the registry, then the merged tree is built
-#   strata-cached   the same root mounted again (indexes on disk, the merged tree stored)
+#   strata-cached   the same root mounted again (indexes on disk, the merged tree stored),
+#                   page cache dropped first
+#   strata-warm     mounted once more without dropping the page cache
 #   strata-overlay  `strata overlay` over the layers extracted to directories (walks them)
 #   fuse-overlayfs  fuse-overlayfs over the same directories
+# Every system except strata-warm starts with the page cache dropped.
 # mount = from exec until the mount point answers (`mountpoint -q` polled every 5 ms), ms.
 # rss-mounted / rss-walked = the serving daemon's VmRSS right after the mount and after
 # `find /data -printf '%s %u %m'` over the whole tree (lookup + getattr of every entry), MiB.
@@ -130,8 +133,8 @@ ROOT=$MW/strata-root
 for run in $(seq 1 "$runs"); do
   log "run $run/$runs"
   rm -rf "$ROOT" "$MW/upper" "$MW/work"; mkdir -p "$ROOT" "$MW/upper" "$MW/work"
-  for s in strata-cold strata-cached; do
-    drop_caches
+  for s in strata-cold strata-cached strata-warm; do
+    [ $s = strata-warm ] || drop_caches
     t0=$(now_s)
     STRATA_ROOT=$ROOT "$STRATA_BIN" mount --foreground --no-prefetch "$REF" "$MP" >> "$MW/strata.log" 2>&1 &
     DAEMON=$!
