@@ -72,6 +72,8 @@ pub struct ProxyRequest {
     pub status: u16,
     /// The fault applied (`Pass` when none).
     pub fault: Fault,
+    /// The request's `Range` header, if any.
+    pub range: Option<String>,
 }
 
 #[derive(Debug)]
@@ -303,6 +305,7 @@ fn serve(client: TcpStream, upstream: &str, handle: &FaultHandle) {
     };
     let method = req.method().to_string();
     let path = req.path().to_string();
+    let range = req.get("Range").map(str::to_string);
     let (rule_id, fault) = {
         let mut st = handle.state.lock().unwrap();
         *st.counts.entry(path.clone()).or_default() += 1;
@@ -315,6 +318,7 @@ fn serve(client: TcpStream, upstream: &str, handle: &FaultHandle) {
             path: path.clone(),
             status,
             fault,
+            range: range.clone(),
         });
     };
     match &fault {
