@@ -432,6 +432,16 @@ impl ChunkCache {
                 }
                 continue;
             }
+            // A fetch may have finished between the caller's local lookup and this lock: it
+            // makes its spans local (the `writing` map) before it leaves `inflight`, so a span
+            // that is neither in flight nor local now really needs fetching.
+            if let Some(b) = self.local_piece(layer, i, layer.layout.span_range(i)) {
+                out.push((idx, futures::future::ready(Ok(b)).boxed().shared()));
+                if !run.is_empty() {
+                    runs.push(std::mem::take(&mut run));
+                }
+                continue;
+            }
             if let Some(&prev) = run.last() {
                 if !layer.layout.adjacent(prev) {
                     runs.push(std::mem::take(&mut run));
