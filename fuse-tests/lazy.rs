@@ -445,6 +445,23 @@ fn mount_errors_name_the_problem() {
     );
 }
 
+/// Wait until the mount's profile-first prefetch (from `source`) has fetched all of its `files`
+/// files, and check that nothing read the mount meanwhile.
+fn prefetched_before_any_read(env: &StrataEnv, dir: &Path, source: &str, files: u64) {
+    use std::time::Duration;
+    let s = common::poll_until(
+        &format!("{source} profile prefetched"),
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || {
+            let s = stats(env, dir);
+            (s["profile"]["source"] == source && s["profile"]["done"] == files).then_some(s)
+        },
+    );
+    assert_eq!(s["profile"]["files"], files, "{s}");
+    assert_eq!(s["fs_reads"], 0, "{s}");
+}
+
 /// The access profile recorded on one machine, published with `strata profile push`, steers
 /// the first prefetch of a fresh machine: its files are fetched before anything reads them.
 #[test]
@@ -502,17 +519,7 @@ fn published_access_profile_is_prefetched_on_a_fresh_machine() {
     // Machine B: nothing read yet, the three files are fetched from the published profile.
     let b_env = StrataEnv::new();
     let m = mount(&b_env, &reference, &[]);
-    let s = poll_until(
-        "published profile prefetched",
-        Duration::from_secs(20),
-        Duration::from_millis(50),
-        || {
-            let s = stats(&b_env, &m.dir);
-            (s["profile"]["source"] == "registry" && s["profile"]["done"] == 3).then_some(s)
-        },
-    );
-    assert_eq!(s["profile"]["files"], 3, "{s}");
-    assert_eq!(s["fs_reads"], 0, "{s}");
+    prefetched_before_any_read(&b_env, &m.dir, "registry", 3);
     for p in read_order {
         assert_eq!(
             std::fs::read(m.dir.join(p)).unwrap(),
@@ -540,8 +547,6 @@ fn published_access_profile_is_prefetched_on_a_fresh_machine() {
 /// the mount, before anything reads them; the landmark itself never shows.
 #[test]
 fn estargz_prefetch_landmark_files_are_fetched_first() {
-    use common::poll_until;
-    use std::time::Duration;
     let reg = Registry::start();
     let first = pseudo_random(7, 3 << 20);
     let layer = Layer::new()
@@ -556,17 +561,7 @@ fn estargz_prefetch_landmark_files_are_fetched_first() {
 
     let env = StrataEnv::new();
     let m = mount(&env, &reference, &[]);
-    let s = poll_until(
-        "landmark files prefetched",
-        Duration::from_secs(20),
-        Duration::from_millis(50),
-        || {
-            let s = stats(&env, &m.dir);
-            (s["profile"]["source"] == "estargz" && s["profile"]["done"] == 2).then_some(s)
-        },
-    );
-    assert_eq!(s["profile"]["files"], 2, "{s}");
-    assert_eq!(s["fs_reads"], 0, "{s}");
+    prefetched_before_any_read(&env, &m.dir, "estargz", 2);
     assert_eq!(std::fs::read(m.dir.join("app/first.bin")).unwrap(), first);
     assert_eq!(
         std::fs::read(m.dir.join("app/second.txt")).unwrap(),

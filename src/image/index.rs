@@ -166,13 +166,11 @@ async fn estargz_index(
     let toc = *toc;
     let size = l.size;
     let (ix, prioritized) = tokio::task::spawn_blocking(move || {
-        let ix = layer::estargz::build_index(&footer, &toc_gz, size, &toc, &out)?;
-        // The TOC was checked against its digest by build_index; parse it again for the
-        // landmark (cheap next to the fetch) rather than widen the index format.
-        let files = layer::estargz::parse_toc(&toc_gz, &toc)
-            .map(|t| layer::estargz::prioritized_files(&t))
-            .unwrap_or_default();
-        Ok::<_, layer::Error>((ix, files))
+        // build_index's steps, keeping the parsed TOC for its prefetch landmark.
+        let toc_off = layer::estargz::toc_range(&footer, size)?.start;
+        let parsed = layer::estargz::parse_toc(&toc_gz, &toc)?;
+        let ix = layer::estargz::index_from_toc(&parsed, toc_off, size, &out)?;
+        Ok::<_, layer::Error>((ix, layer::estargz::prioritized_files(&parsed)))
     })
     .await
     .map_err(|e| Error::Invalid {
@@ -211,11 +209,15 @@ async fn sidecar_indexes(
             &rec.manifest_digest,
         )
         .await?;
-    let Some(art) = referrers
-        .manifests
-        .iter()
-        .rev()
-        .find(|d| d.artifact_type.as_deref() == Some(ARTIFACT_TYPE))
+    let Some((_, am)) = find_artifact(
+        client,
+        reference,
+        rec,
+        &referrers,
+        ARTIFACT_TYPE,
+        "index artifact",
+    )
+    .await?
     else {
         if let Some(old) = referrers.manifests.iter().find(|d| {
             d.artifact_type
@@ -231,21 +233,6 @@ async fn sidecar_indexes(
         }
         return Ok(BTreeMap::new());
     };
-    let m = client
-        .get_manifest(&reference.with_digest(art.digest))
-        .await?;
-    let crate::registry::manifest::AnyManifest::Image(am) = m.manifest else {
-        return Err(Error::Invalid {
-            what: format!("index artifact {}", art.digest),
-            msg: "not a manifest".into(),
-        });
-    };
-    if am.subject.as_ref().map(|s| s.digest) != Some(rec.manifest_digest) {
-        return Err(Error::Invalid {
-            what: format!("index artifact {}", art.digest),
-            msg: "subject is not this image's manifest".into(),
-        });
-    }
     // Every index blob this image still needs, fetched at once: on a link with a round trip
     // of tens of milliseconds one-after-the-other downloads add up at every cold mount.
     let mut found = BTreeMap::new();
@@ -394,18 +381,46 @@ pub async fn index_image(
         return Ok(None);
     }
     let (reg, repo) = (&reference.registry, &reference.repository);
-    let empty = Bytes::from_static(b"{}");
-    let empty_digest = client.upload_bytes(reg, repo, empty.clone()).await?;
     for (_, body) in &descs {
         client.upload_bytes(reg, repo, body.clone()).await?;
     }
+    let layers = descs.into_iter().map(|(d, _)| d).collect();
+    let art_digest = publish_artifact(client, store, reference, rec, ARTIFACT_TYPE, layers).await?;
+    progress.line(&format!(
+        "index artifact {art_digest} pushed for {}",
+        rec.manifest_digest
+    ));
+    Ok(Some(art_digest))
+}
+
+/// Publish an artifact about image `rec` (layers already uploaded): an OCI manifest with
+/// `artifact_type`, the empty config, `layers` and `subject` = the image manifest. Registries
+/// without the referrers API get the `sha256-<hex>` fallback tag's index updated: an earlier
+/// artifact of the same type is replaced, every other one kept. Returns the artifact digest.
+pub(super) async fn publish_artifact(
+    client: &Client,
+    store: &Store,
+    reference: &Reference,
+    rec: &ImageRecord,
+    artifact_type: &str,
+    layers: Vec<Descriptor>,
+) -> Result<Digest, Error> {
+    let (reg, repo) = (&reference.registry, &reference.repository);
+    let json = |v: serde_json::Result<Vec<u8>>, what: &str| {
+        v.map(Bytes::from).map_err(|e| Error::Invalid {
+            what: what.into(),
+            msg: e.to_string(),
+        })
+    };
+    let empty = Bytes::from_static(b"{}");
+    let empty_digest = client.upload_bytes(reg, repo, empty.clone()).await?;
     let manifest_size = store.read_blob(&rec.manifest_digest)?.len() as u64;
     let art = ImageManifest {
         schema_version: 2,
         media_type: Some(OCI_MANIFEST.into()),
-        artifact_type: Some(ARTIFACT_TYPE.into()),
+        artifact_type: Some(artifact_type.into()),
         config: Descriptor::new(OCI_EMPTY, empty_digest, empty.len() as u64),
-        layers: descs.into_iter().map(|(d, _)| d).collect(),
+        layers,
         subject: Some(Descriptor::new(
             &rec.manifest_media_type,
             rec.manifest_digest,
@@ -416,10 +431,7 @@ pub async fn index_image(
             chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         )])),
     };
-    let body = Bytes::from(serde_json::to_vec(&art).map_err(|e| Error::Invalid {
-        what: "artifact".into(),
-        msg: e.to_string(),
-    })?);
+    let body = json(serde_json::to_vec(&art), "artifact")?;
     let art_digest = Digest::of(&body);
     client
         .put_manifest(
@@ -433,16 +445,13 @@ pub async fn index_image(
     let (mut idx, from_tag) = client.referrers(reg, repo, &rec.manifest_digest).await?;
     if from_tag {
         idx.manifests.retain(|d| {
-            d.digest != art_digest && d.artifact_type.as_deref() != Some(ARTIFACT_TYPE)
+            d.digest != art_digest && d.artifact_type.as_deref() != Some(artifact_type)
         });
         let mut d = Descriptor::new(OCI_MANIFEST, art_digest, body.len() as u64);
-        d.artifact_type = Some(ARTIFACT_TYPE.into());
+        d.artifact_type = Some(artifact_type.into());
         idx.manifests.push(d);
         idx.media_type = Some(OCI_INDEX.into());
-        let ib = Bytes::from(serde_json::to_vec(&idx).map_err(|e| Error::Invalid {
-            what: "referrers index".into(),
-            msg: e.to_string(),
-        })?);
+        let ib = json(serde_json::to_vec(&idx), "referrers index")?;
         client
             .put_manifest(
                 reg,
@@ -453,9 +462,39 @@ pub async fn index_image(
             )
             .await?;
     }
-    progress.line(&format!(
-        "index artifact {art_digest} pushed for {}",
-        rec.manifest_digest
-    ));
-    Ok(Some(art_digest))
+    Ok(art_digest)
+}
+
+/// The newest artifact of `artifact_type` about image `rec` among `referrers`, with its
+/// manifest checked to be an image manifest whose subject is `rec`'s manifest.
+pub(super) async fn find_artifact(
+    client: &Client,
+    reference: &Reference,
+    rec: &ImageRecord,
+    referrers: &crate::registry::manifest::ImageIndex,
+    artifact_type: &str,
+    what: &str,
+) -> Result<Option<(Digest, ImageManifest)>, Error> {
+    let Some(art) = referrers
+        .manifests
+        .iter()
+        .rev()
+        .find(|d| d.artifact_type.as_deref() == Some(artifact_type))
+    else {
+        return Ok(None);
+    };
+    let bad = |msg: &str| Error::Invalid {
+        what: format!("{what} {}", art.digest),
+        msg: msg.into(),
+    };
+    let m = client
+        .get_manifest(&reference.with_digest(art.digest))
+        .await?;
+    let crate::registry::manifest::AnyManifest::Image(am) = m.manifest else {
+        return Err(bad("not a manifest"));
+    };
+    if am.subject.as_ref().map(|s| s.digest) != Some(rec.manifest_digest) {
+        return Err(bad("subject is not this image's manifest"));
+    }
+    Ok(Some((art.digest, am)))
 }

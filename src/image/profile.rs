@@ -13,18 +13,14 @@
 use super::Error;
 use crate::digest::Digest;
 use crate::reference::Reference;
-use crate::registry::manifest::{Descriptor, ImageManifest};
-use crate::registry::{referrers_tag, Client};
+use crate::registry::manifest::Descriptor;
+use crate::registry::Client;
 use crate::store::{ImageRecord, Store};
 use bytes::Bytes;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub const PROFILE_ARTIFACT_TYPE: &str = "application/vnd.strata.profile.v1";
 pub const PROFILE_MEDIA_TYPE: &str = "application/vnd.strata.profile.v1+json";
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
 /// Largest profile blob accepted from a registry.
 const MAX_PROFILE_BYTES: u64 = 16 << 20;
 /// Most files a profile may name (as many as a recorded one keeps).
@@ -97,72 +93,22 @@ pub async fn push(
         });
     };
     validate(&profile, rec.layers.len(), "access profile")?;
-    let json = |v: &dyn erased::Ser, what: &str| -> Result<Bytes, Error> {
-        v.to_vec().map(Bytes::from).map_err(|e| Error::Invalid {
-            what: what.into(),
-            msg: e.to_string(),
-        })
-    };
+    let body = Bytes::from(serde_json::to_vec(&profile).map_err(|e| Error::Invalid {
+        what: "access profile".into(),
+        msg: e.to_string(),
+    })?);
     let (reg, repo) = (&reference.registry, &reference.repository);
-    let body = json(&profile, "access profile")?;
-    let empty = Bytes::from_static(b"{}");
-    let empty_digest = client.upload_bytes(reg, repo, empty.clone()).await?;
     let profile_digest = client.upload_bytes(reg, repo, body.clone()).await?;
-    let manifest_size = store.read_blob(&rec.manifest_digest)?.len() as u64;
-    let art = ImageManifest {
-        schema_version: 2,
-        media_type: Some(OCI_MANIFEST.into()),
-        artifact_type: Some(PROFILE_ARTIFACT_TYPE.into()),
-        config: Descriptor::new(OCI_EMPTY, empty_digest, empty.len() as u64),
-        layers: vec![Descriptor::new(
-            PROFILE_MEDIA_TYPE,
-            profile_digest,
-            body.len() as u64,
-        )],
-        subject: Some(Descriptor::new(
-            &rec.manifest_media_type,
-            rec.manifest_digest,
-            manifest_size,
-        )),
-        annotations: Some(BTreeMap::from([(
-            "org.opencontainers.image.created".to_string(),
-            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        )])),
-    };
-    let art_body = json(&art, "profile artifact")?;
-    let art_digest = Digest::of(&art_body);
-    client
-        .put_manifest(
-            reg,
-            repo,
-            &art_digest.to_string(),
-            OCI_MANIFEST,
-            art_body.clone(),
-        )
-        .await?;
-    // Registries without the referrers API: keep the fallback tag's index up to date,
-    // replacing an earlier profile and keeping every other artifact.
-    let (mut idx, from_tag) = client.referrers(reg, repo, &rec.manifest_digest).await?;
-    if from_tag {
-        idx.manifests.retain(|d| {
-            d.digest != art_digest && d.artifact_type.as_deref() != Some(PROFILE_ARTIFACT_TYPE)
-        });
-        let mut d = Descriptor::new(OCI_MANIFEST, art_digest, art_body.len() as u64);
-        d.artifact_type = Some(PROFILE_ARTIFACT_TYPE.into());
-        idx.manifests.push(d);
-        idx.media_type = Some(OCI_INDEX.into());
-        let ib = json(&idx, "referrers index")?;
-        client
-            .put_manifest(
-                reg,
-                repo,
-                &referrers_tag(&rec.manifest_digest),
-                OCI_INDEX,
-                ib,
-            )
-            .await?;
-    }
-    Ok(art_digest)
+    let layer = Descriptor::new(PROFILE_MEDIA_TYPE, profile_digest, body.len() as u64);
+    super::index::publish_artifact(
+        client,
+        store,
+        reference,
+        rec,
+        PROFILE_ARTIFACT_TYPE,
+        vec![layer],
+    )
+    .await
 }
 
 /// The newest profile published for the image, if any (checked: size, layers, JSON).
@@ -178,28 +124,23 @@ pub async fn fetch(
             &rec.manifest_digest,
         )
         .await?;
-    let Some(art) = referrers
-        .manifests
-        .iter()
-        .rev()
-        .find(|d| d.artifact_type.as_deref() == Some(PROFILE_ARTIFACT_TYPE))
+    let Some((art, am)) = super::index::find_artifact(
+        client,
+        reference,
+        rec,
+        &referrers,
+        PROFILE_ARTIFACT_TYPE,
+        "profile artifact",
+    )
+    .await?
     else {
         return Ok(None);
     };
-    let what = format!("profile artifact {}", art.digest);
+    let what = format!("profile artifact {art}");
     let bad = |msg: &str| Error::Invalid {
         what: what.clone(),
         msg: msg.into(),
     };
-    let m = client
-        .get_manifest(&reference.with_digest(art.digest))
-        .await?;
-    let crate::registry::manifest::AnyManifest::Image(am) = m.manifest else {
-        return Err(bad("not an image manifest"));
-    };
-    if am.subject.as_ref().map(|s| s.digest) != Some(rec.manifest_digest) {
-        return Err(bad("subject is not this image's manifest"));
-    }
     let Some(layer) = am
         .layers
         .iter()
@@ -222,16 +163,4 @@ pub async fn fetch(
         serde_json::from_slice(&body).map_err(|e| bad(&format!("profile JSON: {e}")))?;
     validate(&profile, rec.layers.len(), &what)?;
     Ok(Some(profile))
-}
-
-/// serde_json::to_vec over the few types pushed here, without a generic closure.
-mod erased {
-    pub trait Ser {
-        fn to_vec(&self) -> serde_json::Result<Vec<u8>>;
-    }
-    impl<T: serde::Serialize> Ser for T {
-        fn to_vec(&self) -> serde_json::Result<Vec<u8>> {
-            serde_json::to_vec(self)
-        }
-    }
 }
