@@ -6,6 +6,7 @@
 //! bytes -> EIO is in `lazy.rs`.)
 
 mod common;
+use common::cli::Mounted;
 
 use common::{DeadPort, Fault, FaultProxy, ImageBuilder, Layer, OutputExt, Registry, StrataEnv};
 use std::collections::BTreeMap;
@@ -53,31 +54,9 @@ fn publish(reg: &Registry, repo_tag: &str) {
         .assert_success();
 }
 
-struct Mounted<'a> {
-    env: &'a StrataEnv,
-    dir: PathBuf,
-}
-
-impl Drop for Mounted<'_> {
-    fn drop(&mut self) {
-        let _ = self
-            .env
-            .run(&["umount", "-f", self.dir.to_str().unwrap_or_default()]);
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.dir)
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
-
+/// `strata mount REF <scratch>/mnt --no-prefetch [extra]`.
 fn mount<'a>(env: &'a StrataEnv, reference: &str, extra: &[&str]) -> Mounted<'a> {
-    let dir = env.scratch().join("mnt");
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut args = vec!["mount", reference, dir.to_str().unwrap(), "--no-prefetch"];
-    args.extend_from_slice(extra);
-    env.run(&args).assert_success();
-    Mounted { env, dir }
+    env.mount(reference, &[&["--no-prefetch"], extra].concat())
 }
 
 /// Read `path` in a thread; panic if it has not returned after `limit`. Returns the result

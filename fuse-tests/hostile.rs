@@ -6,6 +6,7 @@
 //! outside strata's directories, and with memory bounded.
 
 mod common;
+use common::cli::Mounted;
 #[path = "../fuzz/src/lib.rs"]
 mod fuzz_entry;
 
@@ -233,42 +234,17 @@ fn push_image(
 // Running strata.
 
 /// A mount that is unmounted (lazily if need be) when dropped.
-struct Mounted<'a> {
-    env: &'a StrataEnv,
-    dir: PathBuf,
-}
-
-impl Drop for Mounted<'_> {
-    fn drop(&mut self) {
-        let _ = self
-            .env
-            .run(&["umount", "-f", self.dir.to_str().unwrap_or_default()]);
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.dir)
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
-
-fn mnt_dir(env: &StrataEnv) -> PathBuf {
-    let dir = env.scratch().join("mnt");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// `strata mount REF DIR --no-prefetch [extra]`; returns the output and, on success, a guard.
+/// `strata mount REF <scratch>/mnt --no-prefetch [extra]`; the output and, on success, a guard.
 fn try_mount<'a>(
     env: &'a StrataEnv,
     reference: &str,
     extra: &[&str],
 ) -> (std::process::Output, Option<Mounted<'a>>) {
-    let dir = mnt_dir(env);
-    let mut args = vec!["mount", reference, dir.to_str().unwrap(), "--no-prefetch"];
-    args.extend_from_slice(extra);
-    let out = env.run(&args);
-    let m = out.status.success().then(|| Mounted { env, dir });
-    (out, m)
+    env.try_mount_at(
+        reference,
+        &env.mnt_dir(),
+        &[&["--no-prefetch"], extra].concat(),
+    )
 }
 
 /// Every log strata wrote under its root (mount daemons) plus `extra` output.

@@ -4,6 +4,7 @@
 //! the wire turning into EIO, never into wrong data.
 
 mod common;
+use common::cli::Mounted;
 
 use common::{Fault, FaultProxy, ImageBuilder, Layer, OutputExt, Registry, StrataEnv};
 use sha2::{Digest as _, Sha256};
@@ -54,33 +55,6 @@ fn model(layers: &[LayerSpec<'_>]) -> Model {
         }
     }
     m
-}
-
-struct Mounted<'a> {
-    env: &'a StrataEnv,
-    dir: PathBuf,
-}
-
-impl Drop for Mounted<'_> {
-    fn drop(&mut self) {
-        let _ = self
-            .env
-            .run(&["umount", self.dir.to_str().unwrap_or_default()]);
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.dir)
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
-
-fn mount<'a>(env: &'a StrataEnv, reference: &str, extra: &[&str]) -> Mounted<'a> {
-    let dir = env.scratch().join("mnt");
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut args = vec!["mount", reference, dir.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    env.run(&args).assert_success();
-    Mounted { env, dir }
 }
 
 fn stats(env: &StrataEnv, dir: &Path) -> serde_json::Value {
@@ -202,7 +176,7 @@ fn sidecar_index_gives_a_lazy_exact_mount() {
     let env = StrataEnv::new();
     reg.settle_logs();
     let served_before = reg.bytes_served();
-    let m = mount(&env, &reference, &["--no-prefetch"]);
+    let m = env.mount(&reference, &["--no-prefetch"]);
     // Security default: only the mounting user may use a plain `strata mount`.
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let line = info
@@ -271,7 +245,7 @@ fn sidecar_index_gives_a_lazy_exact_mount() {
     let tree_bytes = std::fs::read(&stored[0]).unwrap();
     reg.settle_logs();
     let before = reg.bytes_served();
-    let m = mount(&env, &reference, &["--no-prefetch"]);
+    let m = env.mount(&reference, &["--no-prefetch"]);
     check_tree(&m.dir, &expected);
     assert_eq!(inos(&m.dir), first_inos);
     reg.settle_logs();
@@ -283,7 +257,7 @@ fn sidecar_index_gives_a_lazy_exact_mount() {
     let mid = damaged.len() / 2;
     damaged[mid] ^= 0x01;
     std::fs::write(&stored[0], &damaged).unwrap();
-    let m = mount(&env, &reference, &["--no-prefetch"]);
+    let m = env.mount(&reference, &["--no-prefetch"]);
     check_tree(&m.dir, &expected);
     assert_eq!(inos(&m.dir), first_inos);
     drop(m);
@@ -314,11 +288,7 @@ fn corrupt_bytes_become_eio_and_recover() {
 
     let proxy = FaultProxy::in_front_of(&reg);
     let env = StrataEnv::new();
-    let m = mount(
-        &env,
-        &format!("{}/lazy/bad:v1", proxy.host()),
-        &["--no-prefetch"],
-    );
+    let m = env.mount(&format!("{}/lazy/bad:v1", proxy.host()), &["--no-prefetch"]);
     proxy.handle().set(Fault::FlipByte);
     let err =
         std::fs::read(m.dir.join("usr/lib/mid.bin")).expect_err("corrupt bytes must not be served");
@@ -371,8 +341,7 @@ fn estargz_layer_is_read_through_its_toc() {
     push_as_estargz(&img, &reg, "lazy/stargz:v1");
 
     let env = StrataEnv::new();
-    let m = mount(
-        &env,
+    let m = env.mount(
         &format!("{}/lazy/stargz:v1", reg.host()),
         &["--no-prefetch"],
     );
@@ -484,7 +453,7 @@ fn published_access_profile_is_prefetched_on_a_fresh_machine() {
     let a = StrataEnv::new();
     let read_order = ["usr/lib/mid.bin", "usr/lib/small.txt", "etc/os-release"];
     {
-        let m = mount(&a, &reference, &["--no-prefetch"]);
+        let m = a.mount(&reference, &["--no-prefetch"]);
         for p in read_order {
             assert_eq!(
                 std::fs::read(m.dir.join(p)).unwrap(),
@@ -518,7 +487,7 @@ fn published_access_profile_is_prefetched_on_a_fresh_machine() {
 
     // Machine B: nothing read yet, the three files are fetched from the published profile.
     let b_env = StrataEnv::new();
-    let m = mount(&b_env, &reference, &[]);
+    let m = b_env.mount(&reference, &[]);
     prefetched_before_any_read(&b_env, &m.dir, "registry", 3);
     for p in read_order {
         assert_eq!(
@@ -536,7 +505,7 @@ fn published_access_profile_is_prefetched_on_a_fresh_machine() {
     // Machine C with `prefetch-profile: local` ignores the published profile.
     let c = StrataEnv::new();
     c.write_config(&serde_json::json!({"prefetch-profile": "local"}));
-    let m = mount(&c, &reference, &[]);
+    let m = c.mount(&reference, &[]);
     std::thread::sleep(Duration::from_millis(1500));
     let s = stats(&c, &m.dir);
     assert_eq!(s["profile"]["source"], "", "{s}");
@@ -560,7 +529,7 @@ fn estargz_prefetch_landmark_files_are_fetched_first() {
     let reference = format!("{}/lazy/landmark:v1", reg.host());
 
     let env = StrataEnv::new();
-    let m = mount(&env, &reference, &[]);
+    let m = env.mount(&reference, &[]);
     prefetched_before_any_read(&env, &m.dir, "estargz", 2);
     assert_eq!(std::fs::read(m.dir.join("app/first.bin")).unwrap(), first);
     assert_eq!(
@@ -592,8 +561,7 @@ fn concurrent_readers_fetch_each_byte_once() {
         .assert_success();
     let proxy = FaultProxy::in_front_of(&reg);
     let env = StrataEnv::new();
-    let m = mount(
-        &env,
+    let m = env.mount(
         &format!("{}/lazy/flight:v1", proxy.host()),
         &["--no-prefetch"],
     );

@@ -14,35 +14,6 @@ use common::rel::{as_nobody, contains_jwt, mountinfo_options, output_with_umask,
 use common::{busybox_image, Entry, ImageBuilder, Layer, OutputExt, Registry, StrataEnv};
 
 /// Unmounts (`strata umount -f`, then `umount -l`) on drop, also when the test panics.
-struct Mounted<'a> {
-    env: &'a StrataEnv,
-    dir: PathBuf,
-}
-
-impl Drop for Mounted<'_> {
-    fn drop(&mut self) {
-        let _ = self
-            .env
-            .run(&["umount", "-f", self.dir.to_str().unwrap_or_default()]);
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.dir)
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
-
-fn mount<'a>(env: &'a StrataEnv, reference: &str, dir: &Path, extra: &[&str]) -> Mounted<'a> {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut args = vec!["mount", reference, dir.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    env.run(&args).assert_success();
-    Mounted {
-        env,
-        dir: dir.to_path_buf(),
-    }
-}
-
 /// A small image: a world-readable file, a root-only file and a root-only directory.
 fn small_image(reg: &Registry, repo_tag: &str) -> String {
     ImageBuilder::new()
@@ -87,7 +58,7 @@ fn mount_is_owner_only_unless_allow_other_and_kernel_checks_permissions() {
     nobody_stat(&dir).assert_success();
 
     {
-        let m = mount(&env, &reference, &dir, &[]);
+        let m = env.mount_at(&reference, &dir, &[]);
         let opts = mountinfo_options(&m.dir).expect("mounted");
         eprintln!("default mount: {opts}");
         assert!(opts.contains("default_permissions"), "{opts}");
@@ -112,7 +83,7 @@ fn mount_is_owner_only_unless_allow_other_and_kernel_checks_permissions() {
         );
     }
 
-    let m = mount(&env, &reference, &dir, &["--allow-other"]);
+    let m = env.mount_at(&reference, &dir, &["--allow-other"]);
     let opts = mountinfo_options(&m.dir).expect("mounted");
     eprintln!("--allow-other mount: {opts}");
     assert!(opts.contains("allow_other"), "{opts}");
@@ -428,7 +399,7 @@ fn container_cannot_reach_strata_root_through_its_rootfs() {
 
     // Control: on the host, the absolute link inside a mount does lead to the marker.
     let dir = env.scratch().join("mnt");
-    let m = mount(&env, &reference, &dir, &["--no-prefetch"]);
+    let m = env.mount_at(&reference, &dir, &["--no-prefetch"]);
     assert_eq!(
         std::fs::read_to_string(m.dir.join("esc/file")).unwrap(),
         marker,

@@ -115,6 +115,66 @@ impl StrataEnv {
     }
 }
 
+/// A strata FUSE mount made by a test; dropping it runs `strata umount -f` and, should that
+/// fail, a lazy `umount -l`, so a failing test never leaves a mount behind.
+pub struct Mounted<'a> {
+    pub env: &'a StrataEnv,
+    pub dir: PathBuf,
+}
+
+impl Drop for Mounted<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .env
+            .run(&["umount", "-f", self.dir.to_str().unwrap_or_default()]);
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl StrataEnv {
+    /// `<scratch>/mnt`, created.
+    pub fn mnt_dir(&self) -> PathBuf {
+        let dir = self.scratch().join("mnt");
+        fs::create_dir_all(&dir).expect("mkdir mnt");
+        dir
+    }
+
+    /// `strata mount REF DIR [extra]`; returns the output and, on success, the guard.
+    pub fn try_mount_at(
+        &self,
+        reference: &str,
+        dir: &Path,
+        extra: &[&str],
+    ) -> (Output, Option<Mounted<'_>>) {
+        fs::create_dir_all(dir).expect("mkdir mountpoint");
+        let dir_s = dir.to_str().expect("utf-8 mountpoint");
+        let mut args = vec!["mount", reference, dir_s];
+        args.extend_from_slice(extra);
+        let out = self.run(&args);
+        let m = out.status.success().then(|| Mounted {
+            env: self,
+            dir: dir.to_path_buf(),
+        });
+        (out, m)
+    }
+
+    /// `strata mount REF DIR [extra]`, which must succeed.
+    pub fn mount_at(&self, reference: &str, dir: &Path, extra: &[&str]) -> Mounted<'_> {
+        let (out, m) = self.try_mount_at(reference, dir, extra);
+        out.assert_success();
+        m.expect("mount guard after success")
+    }
+
+    /// `strata mount REF <scratch>/mnt [extra]`, which must succeed.
+    pub fn mount(&self, reference: &str, extra: &[&str]) -> Mounted<'_> {
+        self.mount_at(reference, &self.mnt_dir(), extra)
+    }
+}
+
 /// Every regular file name directly in `<root>/blobs/sha256/`, sorted (empty if absent).
 pub fn blob_hexes(root: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(root.join("blobs/sha256"))
