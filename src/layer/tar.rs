@@ -543,7 +543,9 @@ fn apply_pax(
     offset: u64,
 ) -> Result<()> {
     if value.is_empty() && !key.starts_with("SCHILY.xattr.") {
-        return Ok(()); // an empty value unsets a global record: keep the header's field
+        // an empty value unsets a global record: keep the header's field; an empty xattr stays
+        // an xattr with an empty value, as containerd and Docker set it (docs/layer-index.md)
+        return Ok(());
     }
     match key {
         "path" => *path = pax_str(value, key, offset)?,
@@ -615,5 +617,21 @@ mod tests {
         assert_eq!(o.get("SCHILY.xattr.a"), Some(&b"\x00\x01"[..]));
         assert!(parse_pax(b"99 path=ab\n", 0, &mut o).is_err());
         assert!(parse_pax(b"x path=ab\n", 0, &mut o).is_err());
+    }
+
+    #[test]
+    fn empty_pax_values() {
+        let mut e = RawEntry {
+            uid: 7,
+            ..RawEntry::default()
+        };
+        let (mut path, mut link) = ("p".to_string(), String::new());
+        // an empty xattr value is an xattr with an empty value (as containerd/Docker set it)
+        apply_pax(&mut e, &mut path, &mut link, "SCHILY.xattr.user.e", b"", 0).unwrap();
+        assert_eq!(e.xattrs, vec![("user.e".to_string(), Vec::new())]);
+        // an empty value of any other key keeps the header's field
+        apply_pax(&mut e, &mut path, &mut link, "uid", b"", 0).unwrap();
+        apply_pax(&mut e, &mut path, &mut link, "path", b"", 0).unwrap();
+        assert_eq!((e.uid, path.as_str()), (7, "p"));
     }
 }
