@@ -9,6 +9,7 @@ mod union_common;
 use std::ffi::CString;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use union_common::*;
@@ -51,6 +52,46 @@ fn mknod(p: &Path, mode: u32, dev: u64) -> std::io::Result<()> {
 fn run_ops(r: &Path) -> Vec<String> {
     let mut log = Vec::new();
     let mut step = |name: &str, out: String| log.push(format!("{name}: {out}"));
+    // A read-only descriptor opened on a lower file reads the upper copy once another
+    // descriptor has copied it up (overlayfs since 4.19), also after its name is unlinked.
+    let ro = std::fs::File::open(r.join("keep/1"));
+    // never read before the unlink, so no page of it is cached: the read reaches the fs
+    let ro2 = std::fs::File::open(r.join("var/cache/c"));
+    let pread = |f: &std::io::Result<std::fs::File>| -> String {
+        let mut b = [0u8; 8];
+        match f.as_ref().map(|f| f.read_at(&mut b, 0)) {
+            Ok(Ok(n)) => String::from_utf8_lossy(&b[..n]).into_owned(),
+            Ok(Err(e)) => format!("err {e}"),
+            Err(e) => format!("open err {e}"),
+        }
+    };
+    step("ro fd on lower", pread(&ro));
+    step(
+        "copy up under ro fd",
+        res(std::fs::OpenOptions::new()
+            .write(true)
+            .open(r.join("keep/1"))
+            .and_then(|mut f| f.write_all(b"ONE"))),
+    );
+    step("ro fd after copy-up", pread(&ro));
+    step(
+        "unlink copied-up",
+        res(std::fs::remove_file(r.join("keep/1"))),
+    );
+    step("ro fd after unlink", pread(&ro));
+    step(
+        "copy up under unread ro fd",
+        res(std::fs::OpenOptions::new()
+            .write(true)
+            .open(r.join("var/cache/c"))
+            .and_then(|mut f| f.write_all(b"C"))),
+    );
+    step(
+        "unlink it",
+        res(std::fs::remove_file(r.join("var/cache/c"))),
+    );
+    step("unread ro fd after unlink", pread(&ro2));
+    drop((ro, ro2));
     step("create", res(std::fs::write(r.join("new.txt"), b"hello")));
     step(
         "append",
@@ -99,10 +140,7 @@ fn run_ops(r: &Path) -> Vec<String> {
         "rename lower dir",
         res(std::fs::rename(r.join("keep"), r.join("keep2"))),
     );
-    step(
-        "unlink lower",
-        res(std::fs::remove_file(r.join("var/cache/c"))),
-    );
+    step("unlink lower", res(std::fs::remove_file(r.join("etc/abs"))));
     step(
         "rmdir non-empty",
         res(std::fs::remove_dir(r.join("usr/bin"))),

@@ -748,16 +748,29 @@ impl UnionFs {
         if self.upper.is_none() {
             return Ok(None);
         }
-        let p = {
+        // the upper copy's path, or (its last name gone) the descriptor held for it
+        let target = {
             let st = self.lock();
             match st.nodes.get(&ino) {
                 Some(n) if n.upper && !n.aliases.is_empty() => {
-                    self.upper()?.path(&self.rel_path(&st, ino)?)
+                    Ok(self.upper()?.path(&self.rel_path(&st, ino)?))
                 }
+                Some(Node {
+                    upper: true,
+                    orphan: Some(held),
+                    ..
+                }) => Err(held.clone()),
                 _ => return Ok(None),
             }
         };
-        let file = open_flags(&p, libc::O_RDONLY)?;
+        let file = match target {
+            Ok(p) => open_flags(&p, libc::O_RDONLY)?,
+            Err(held) => {
+                // reopen through the O_PATH descriptor's magic link (never O_NOFOLLOW here)
+                let p = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&*held));
+                File::open(&p).map_err(|e| Error::io("reopen unlinked upper", p, e))?
+            }
+        };
         let h = Arc::new(Handle::Upper {
             ino,
             file: Arc::new(file),
