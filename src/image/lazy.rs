@@ -300,14 +300,9 @@ fn load_or_build_tree(
     path: &Path,
     indexes: &[Arc<LayerIndex>],
 ) -> Result<MergedTree, crate::union::Error> {
-    if let Ok(bytes) = std::fs::read(path) {
-        let decoded = MergedTree::decode(&bytes, indexes.len());
-        drop(bytes);
-        match decoded {
-            Ok(t) => {
-                release_freed_heap();
-                return Ok(t);
-            }
+    if path.exists() {
+        match MergedTree::open(path, indexes.len()) {
+            Ok(t) => return Ok(t),
             Err(e) => tracing::warn!(path = %path.display(), error = %e, "rebuilding merged tree"),
         }
     }
