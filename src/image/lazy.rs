@@ -343,6 +343,19 @@ fn release_freed_heap() {
     }
 }
 
+/// Allocator settings for a serving daemon. Its big tables (the union's node table above
+/// all) grow by doubling; with glibc's dynamic mmap threshold each freed old table raises the
+/// threshold, so the next, larger one comes from the heap and the old ones stay resident after
+/// they are freed (seen: ~12 MiB of dead tables after a walk over 100k files). A fixed
+/// threshold keeps every allocation above 128 KiB in its own mapping, returned when freed.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a malloc parameter; it takes no pointers and is thread-safe.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
 /// An image ready to be mounted.
 pub struct LazyImage {
     pub reference: Reference,

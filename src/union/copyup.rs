@@ -80,7 +80,7 @@ impl UnionFs {
             st.by_upper.insert(key, d);
             if let Some(n) = st.nodes.get_mut(&d) {
                 n.upper = true;
-                n.upper_key = Some(key);
+                n.upper_key = Some(Box::new(key));
             }
             self.count_copy_up();
         }
@@ -140,7 +140,7 @@ impl UnionFs {
         st.by_upper.insert(key, ino);
         if let Some(n) = st.nodes.get_mut(&ino) {
             n.upper = true;
-            n.upper_key = Some(key);
+            n.upper_key = Some(Box::new(key));
         }
         self.count_copy_up();
         if let Some(l) = st.nodes.get(&ino).and_then(|n| n.lower) {

@@ -35,8 +35,9 @@ pub(crate) struct Node {
     pub lower: Option<u64>,
     /// The object exists in the upper directory.
     pub upper: bool,
-    /// `(dev, ino)` of the upper object.
-    pub upper_key: Option<(u64, u64)>,
+    /// `(dev, ino)` of the upper object (boxed: most nodes of a walk are lower-only, and the
+    /// table is sized by them).
+    pub upper_key: Option<Box<(u64, u64)>>,
     /// Names this object is known under.
     pub aliases: super::nodes::Aliases,
     /// Lookups the kernel holds on this node (entries replied minus `forget`s).
@@ -187,7 +188,7 @@ impl UnionFs {
             let m = std::fs::symlink_metadata(u.root())
                 .map_err(|e| Error::io("stat upper", u.root(), e))?;
             root.upper = true;
-            root.upper_key = Some((m.dev(), m.ino()));
+            root.upper_key = Some(Box::new((m.dev(), m.ino())));
             if sys::is_opaque(u.root()) {
                 root.lower = None;
             }
@@ -314,14 +315,14 @@ impl UnionFs {
             kind,
             lower,
             upper: true,
-            upper_key: Some(key),
+            upper_key: Some(Box::new(key)),
             aliases: Default::default(),
             lookups: 0,
             orphan: None,
         });
         node.upper = true;
         node.kind = kind;
-        node.upper_key = Some(key);
+        node.upper_key = Some(Box::new(key));
         st.by_upper.insert(key, ino);
         if let Some(l) = lower.filter(|_| kind != FileKind::Dir) {
             st.claimed.insert(l, key);

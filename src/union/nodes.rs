@@ -141,7 +141,9 @@ impl UnionFs {
         let Some(n) = st.nodes.remove(&ino) else {
             return;
         };
-        let Some(key) = n.upper_key else { return };
+        let Some(key) = n.upper_key.as_deref().copied() else {
+            return;
+        };
         if st.by_upper.get(&key) != Some(&ino) {
             return;
         }
@@ -317,5 +319,16 @@ impl Aliases {
             t @ Aliases::Tree { .. } => t.iter(tree).map(|(p, n)| (p, n.to_os_string())).collect(),
             Aliases::List(v) => v,
         }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// The node table is sized by lower-only nodes (one per name a walk met): keep a node
+    /// small. (88 bytes before the aliases and upper key were made compact.)
+    #[test]
+    fn node_stays_small() {
+        assert!(std::mem::size_of::<super::super::fs::Node>() <= 72);
+        assert!(std::mem::size_of::<super::Aliases>() <= 24);
     }
 }

@@ -235,7 +235,7 @@ impl UnionFs {
         if let Some(n) = st.nodes.get_mut(&ino) {
             n.aliases.remove(parent, name, tree);
             if n.aliases.is_empty() {
-                if let Some(k) = n.upper_key.take() {
+                if let Some(k) = n.upper_key.take().map(|k| *k) {
                     st.by_upper.remove(&k);
                     if st.claimed.get(&ino) == Some(&k) {
                         st.claimed.remove(&ino);
@@ -515,7 +515,7 @@ impl UnionFs {
             st.by_upper.insert(key, ino);
             if let Some(n) = st.nodes.get_mut(&ino) {
                 n.upper = true;
-                n.upper_key = Some(key);
+                n.upper_key = Some(Box::new(key));
             }
         }
         Ok(())
