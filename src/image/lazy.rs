@@ -379,8 +379,10 @@ pub async fn open(
     record: ImageRecord,
     progress: &Progress,
 ) -> Result<LazyImage, Error> {
+    let t0 = std::time::Instant::now();
     let (config, _) = store.config(&record)?;
     let indexes = layer_indexes(client, store, reference, &record, progress).await?;
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "layer indexes ready");
     let mut layers = Vec::new();
     let mut lowers: Vec<Arc<dyn LowerSource>> = Vec::new();
     let mut sources = Vec::new();
@@ -415,6 +417,7 @@ pub async fn open(
     }
     let tree_path = tree_path(store, &record, &indexes_for_tree);
     let n_layers = indexes_for_tree.len();
+    let t1 = std::time::Instant::now();
     let tree =
         tokio::task::spawn_blocking(move || load_or_build_tree(&tree_path, &indexes_for_tree))
             .await
@@ -426,6 +429,11 @@ pub async fn open(
                 what: format!("{reference}: merging {n_layers} layers"),
                 msg: e.to_string(),
             })?;
+    tracing::debug!(
+        ms = t1.elapsed().as_secs_f64() * 1e3,
+        nodes = tree.len(),
+        "merged tree ready"
+    );
     Ok(LazyImage {
         reference: reference.clone(),
         record,
