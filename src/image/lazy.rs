@@ -294,6 +294,30 @@ fn tree_path(store: &Store, record: &ImageRecord, indexes: &[Arc<LayerIndex>]) -
         .join(format!("{}-{key}.tree", record.manifest_digest.hex()))
 }
 
+/// Ask the kernel to start reading this image's stored tree(s) now, while the layer indexes
+/// are opened: the tree's name depends on the opened indexes, but all of an image's trees start
+/// with its manifest digest. Best effort; with a warm page cache it costs a directory read.
+fn readahead_trees(store: &Store, record: &ImageRecord) {
+    use std::os::fd::AsRawFd;
+    let prefix = format!("{}-", record.manifest_digest.hex());
+    let Ok(dir) = std::fs::read_dir(store.root().join("trees")) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let n = name.to_string_lossy();
+        if n.starts_with(&prefix) && n.ends_with(".tree") {
+            if let Ok(f) = std::fs::File::open(e.path()) {
+                // SAFETY: posix_fadvise on a descriptor owned by `f`, alive for the call; it
+                // only schedules readahead.
+                unsafe {
+                    libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED);
+                }
+            }
+        }
+    }
+}
+
 /// The stored merged tree if it is there and intact, else merge the indexes and store the
 /// result (best effort: a tree that cannot be written is only a slower next mount).
 fn load_or_build_tree(
@@ -380,6 +404,7 @@ pub async fn open(
     progress: &Progress,
 ) -> Result<LazyImage, Error> {
     let t0 = std::time::Instant::now();
+    readahead_trees(store, &record);
     let (config, _) = store.config(&record)?;
     let indexes = layer_indexes(client, store, reference, &record, progress).await?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "layer indexes ready");
