@@ -197,7 +197,12 @@ pub fn tree_decode(data: &[u8]) {
         };
         for ino in 0..=t.len().min(100_000) + 1 {
             if let Some(n) = t.node(ino) {
-                let _ = (n.xattrs().count(), n.xattr("user.a"), n.content(), n.link_target);
+                let _ = (
+                    n.xattrs().count(),
+                    n.xattr("user.a"),
+                    n.content(),
+                    n.link_target,
+                );
             }
             let _ = (t.kind(ino), t.name(ino), t.aliases(ino).count());
             for d in t.children(ino).take(1000) {

@@ -268,23 +268,24 @@ impl LowerSource for CacheLower {
     }
 }
 
-/// Where the merged tree of `record` with these layer indexes is stored: keyed by the manifest
-/// digest and by each layer index file's identity (layer digest, eStargz or tar offsets, file
-/// size and mtime), so a replaced index never meets a tree built from the old one.
-fn tree_path(store: &Store, record: &ImageRecord, indexes: &[Arc<LayerIndex>]) -> PathBuf {
+/// Where the merged tree of `record` is stored: keyed by the manifest digest and by each layer
+/// index file's identity (layer digest, file size and mtime), so a replaced index never meets a
+/// tree built from the old one. Only `stat`s the index files, so it can be computed before they
+/// are opened (and again after, to check nothing was replaced meanwhile).
+fn tree_path(store: &Store, record: &ImageRecord) -> PathBuf {
     use sha2::Digest as _;
     let mut h = sha2::Sha256::new();
-    for (desc, ix) in record.layers.iter().zip(indexes) {
-        let (len, mtime) = std::fs::metadata(ix.path())
+    for desc in &record.layers {
+        let (len, mtime) = std::fs::metadata(super::index::index_path(store, &desc.digest))
             .map(|m| (m.len(), m.modified().ok()))
             .unwrap_or((0, None));
         let ns = mtime
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_nanos());
         h.update(format!(
-            "{}:{}:{len}:{ns}\n",
-            desc.digest,
-            ix.meta().estargz
+            "{}:{len}:{ns}
+",
+            desc.digest
         ));
     }
     let key = hex::encode(&h.finalize()[..8]);
@@ -294,37 +295,14 @@ fn tree_path(store: &Store, record: &ImageRecord, indexes: &[Arc<LayerIndex>]) -
         .join(format!("{}-{key}.tree", record.manifest_digest.hex()))
 }
 
-/// Ask the kernel to start reading this image's stored tree(s) now, while the layer indexes
-/// are opened: the tree's name depends on the opened indexes, but all of an image's trees start
-/// with its manifest digest. Best effort; with a warm page cache it costs a directory read.
-fn readahead_trees(store: &Store, record: &ImageRecord) {
-    use std::os::fd::AsRawFd;
-    let prefix = format!("{}-", record.manifest_digest.hex());
-    let Ok(dir) = std::fs::read_dir(store.root().join("trees")) else {
-        return;
-    };
-    for e in dir.flatten() {
-        let name = e.file_name();
-        let n = name.to_string_lossy();
-        if n.starts_with(&prefix) && n.ends_with(".tree") {
-            if let Ok(f) = std::fs::File::open(e.path()) {
-                // SAFETY: posix_fadvise on a descriptor owned by `f`, alive for the call; it
-                // only schedules readahead.
-                unsafe {
-                    libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED);
-                }
-            }
-        }
-    }
-}
-
 /// The stored merged tree if it is there and intact, else merge the indexes and store the
 /// result (best effort: a tree that cannot be written is only a slower next mount).
 fn load_or_build_tree(
     path: &Path,
     indexes: &[Arc<LayerIndex>],
+    try_stored: bool,
 ) -> Result<MergedTree, crate::union::Error> {
-    if path.exists() {
+    if try_stored && path.exists() {
         match MergedTree::open(path, indexes.len()) {
             Ok(t) => return Ok(t),
             Err(e) => tracing::warn!(path = %path.display(), error = %e, "rebuilding merged tree"),
@@ -404,7 +382,14 @@ pub async fn open(
     progress: &Progress,
 ) -> Result<LazyImage, Error> {
     let t0 = std::time::Instant::now();
-    readahead_trees(store, &record);
+    // A stored tree for the indexes on disk now is opened (read and checked) on the blocking
+    // pool while the indexes are: both are reads of ~10 MB at a cold page cache.
+    let n_layers = record.layers.len();
+    let early_path = tree_path(store, &record);
+    let early = early_path.exists().then(|| {
+        let p = early_path.clone();
+        tokio::task::spawn_blocking(move || MergedTree::open(&p, n_layers))
+    });
     let (config, _) = store.config(&record)?;
     let indexes = layer_indexes(client, store, reference, &record, progress).await?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "layer indexes ready");
@@ -440,20 +425,38 @@ pub async fn open(
         layers.push(layer);
         sources.push(src);
     }
-    let tree_path = tree_path(store, &record, &indexes_for_tree);
-    let n_layers = indexes_for_tree.len();
+    let tree_path = tree_path(store, &record);
     let t1 = std::time::Instant::now();
-    let tree =
-        tokio::task::spawn_blocking(move || load_or_build_tree(&tree_path, &indexes_for_tree))
+    // Same index files as when it was opened: use it if it was intact.
+    let (early, try_stored) = match early {
+        Some(h) if tree_path == early_path => match h.await {
+            Ok(Ok(t)) => (Some(t), false),
+            Ok(Err(e)) => {
+                tracing::warn!(path = %tree_path.display(), error = %e, "rebuilding merged tree");
+                (None, false)
+            }
+            Err(_) => (None, true),
+        },
+        _ => (None, true),
+    };
+    let tree = match early {
+        Some(t) => Ok(Ok(t)),
+        None => {
+            tokio::task::spawn_blocking(move || {
+                load_or_build_tree(&tree_path, &indexes_for_tree, try_stored)
+            })
             .await
-            .map_err(|e| Error::Invalid {
-                what: reference.to_string(),
-                msg: e.to_string(),
-            })?
-            .map_err(|e| Error::Invalid {
-                what: format!("{reference}: merging {n_layers} layers"),
-                msg: e.to_string(),
-            })?;
+        }
+    };
+    let tree = tree
+        .map_err(|e| Error::Invalid {
+            what: reference.to_string(),
+            msg: e.to_string(),
+        })?
+        .map_err(|e| Error::Invalid {
+            what: format!("{reference}: merging {n_layers} layers"),
+            msg: e.to_string(),
+        })?;
     tracing::debug!(
         ms = t1.elapsed().as_secs_f64() * 1e3,
         nodes = tree.len(),
