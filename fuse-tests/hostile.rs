@@ -1174,6 +1174,7 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         ),
         ("seek_table", vec![table.encode(), ztable.encode()]),
         ("index_open", vec![ix_bytes, sx_bytes]),
+        ("tree_decode", vec![tree_seed()]),
         ("estargz", vec![sblob[toc_off..].to_vec()]),
         ("estargz_toc_json", vec![toc_json]),
         ("manifest", vec![img.manifest.clone(), index]),
@@ -1193,6 +1194,24 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             .collect(),
         ),
     ]
+}
+
+/// A stored merged tree of two layers with every kind of record (layer count byte first).
+fn tree_seed() -> Vec<u8> {
+    use strata::layer::{Entry as E, EntryKind as K};
+    let mut f = E::new("etc/passwd", K::File);
+    (f.size, f.offset) = (10, 512);
+    f.xattrs = vec![("user.a".into(), vec![0xff, 0])];
+    let mut l = E::new("etc/passwd2", K::Hardlink);
+    l.hardlink_target = "etc/passwd".into();
+    let mut s = E::new("etc/s", K::Symlink);
+    s.link_target = "passwd".into();
+    let mut c = E::new("etc/tty", K::CharDev);
+    (c.dev_major, c.dev_minor) = (5, 0);
+    let low = vec![E::new("etc", K::Dir), f, l, s, c];
+    let high = vec![E::new("etc/s", K::Whiteout), E::new("usr", K::Dir)];
+    let t = strata::union::MergedTree::build(&[low, high]).unwrap();
+    [&[2u8][..], t.encode()].concat()
 }
 
 /// Thousands of mutated inputs per target, seeded and deterministic; a panic reports the

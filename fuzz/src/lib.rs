@@ -181,6 +181,38 @@ pub fn index_open(scratch: &mut Scratch, data: &[u8]) {
     let _ = std::fs::remove_file(&p);
 }
 
+/// Stored merged tree (`trees/*.tree`): the first byte is the layer count the caller expects,
+/// the rest the file. Decoded as given and again with its checksum recomputed (so mutations
+/// reach the structural checks), then everything the accessors show is walked.
+pub fn tree_decode(data: &[u8]) {
+    use strata::union::MergedTree;
+    let Some((&layers, rest)) = data.split_first() else {
+        return;
+    };
+    let mut sealed = rest.to_vec();
+    MergedTree::reseal(&mut sealed);
+    for bytes in [rest, &sealed[..]] {
+        let Ok(t) = MergedTree::decode(bytes, usize::from(layers % 8)) else {
+            continue;
+        };
+        for ino in 0..=t.len().min(100_000) + 1 {
+            if let Some(n) = t.node(ino) {
+                let _ = (
+                    n.xattrs().count(),
+                    n.xattr("user.a"),
+                    n.content(),
+                    n.link_target,
+                );
+            }
+            let _ = (t.kind(ino), t.name(ino), t.aliases(ino).count());
+            for d in t.children(ino).take(1000) {
+                let _ = t.lookup(ino, d.name);
+            }
+        }
+        let _ = t.resolve("a/b/c");
+    }
+}
+
 /// eStargz: the footer parser on the last 51 bytes, the TOC parser on the rest (its digest
 /// taken from the input so parsing goes past the check), and the index built from that TOC.
 pub fn estargz(scratch: &mut Scratch, data: &[u8]) {
@@ -346,6 +378,7 @@ pub fn run_target(name: &str, scratch: &mut Scratch, data: &[u8]) {
         "layer_scan" => layer_scan(data),
         "seek_table" => seek_table(data),
         "index_open" => index_open(scratch, data),
+        "tree_decode" => tree_decode(data),
         "estargz" => estargz(scratch, data),
         "estargz_toc_json" => estargz_toc_json(scratch, data),
         "manifest" => manifest(data),
@@ -360,6 +393,7 @@ pub const TARGETS: &[&str] = &[
     "layer_scan",
     "seek_table",
     "index_open",
+    "tree_decode",
     "estargz",
     "estargz_toc_json",
     "manifest",

@@ -236,6 +236,7 @@ pub async fn mount_image(
         allow_other,
     } = spec;
     let started = std::time::Instant::now();
+    image::lazy::tune_allocator();
     let (reference, rec) = super::images::resolve_record(ctx, image_ref, platform).await?;
     let cache = ctx.cache()?;
     let lazy = Arc::new(

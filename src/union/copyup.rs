@@ -26,7 +26,7 @@ fn apply_meta(p: &Path, t: &TreeNode) -> Result<()> {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(t.mode))
             .map_err(|e| Error::io("chmod copy-up", p, e))?;
     }
-    for (k, v) in &t.xattrs {
+    for (k, v) in t.xattrs() {
         if let Err(e) = sys::set_xattr(p, k, v, 0) {
             // Symlinks cannot carry user.* xattrs on Linux; anything else is an error.
             if !(t.kind == FileKind::Symlink && e.raw_os_error() == Some(libc::EPERM)) {
@@ -59,16 +59,14 @@ impl UnionFs {
             }
             cur = n
                 .aliases
-                .first()
-                .map(|a| a.0)
+                .first_parent()
                 .ok_or_else(|| Error::NotFound(format!("inode {cur}")))?;
         }
         for &d in chain.iter().rev() {
             let lower = st.nodes.get(&d).and_then(|n| n.lower);
             let t = lower
                 .and_then(|l| self.tree.node(l))
-                .ok_or(Error::StaleInode(d))?
-                .clone();
+                .ok_or(Error::StaleInode(d))?;
             let rel = self.rel_path(st, d)?;
             let tmp = u.temp();
             std::fs::create_dir(&tmp)
@@ -82,7 +80,7 @@ impl UnionFs {
             st.by_upper.insert(key, d);
             if let Some(n) = st.nodes.get_mut(&d) {
                 n.upper = true;
-                n.upper_key = Some(key);
+                n.upper_key = Some(Box::new(key));
             }
             self.count_copy_up();
         }
@@ -93,7 +91,7 @@ impl UnionFs {
     /// bytes of data are copied (a truncate that follows needs no more).
     pub(crate) fn copy_up(&self, ino: u64, keep: Option<u64>) -> Result<()> {
         let u = self.upper()?;
-        let t: TreeNode = {
+        let t: TreeNode<'_> = {
             let mut st = self.lock();
             let n = st.nodes.get(&ino).ok_or(Error::StaleInode(ino))?;
             if n.upper {
@@ -106,7 +104,7 @@ impl UnionFs {
                 return Err(Error::NotFound(format!("inode {ino} (unlinked)")));
             }
             let l = n.lower.ok_or(Error::StaleInode(ino))?;
-            self.tree.node(l).ok_or(Error::StaleInode(ino))?.clone()
+            self.tree.node(l).ok_or(Error::StaleInode(ino))?
         };
         // Build the copy in the work directory, unlocked.
         let tmp = u.temp();
@@ -128,7 +126,7 @@ impl UnionFs {
                 Err(Error::NotFound(format!("inode {ino} (unlinked)")))
             };
         }
-        let (parent, _) = n.aliases.first().cloned().ok_or(Error::StaleInode(ino))?;
+        let parent = n.aliases.first_parent().ok_or(Error::StaleInode(ino))?;
         if let Err(e) = self.ensure_upper_dir(&mut st, parent) {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
@@ -142,7 +140,7 @@ impl UnionFs {
         st.by_upper.insert(key, ino);
         if let Some(n) = st.nodes.get_mut(&ino) {
             n.upper = true;
-            n.upper_key = Some(key);
+            n.upper_key = Some(Box::new(key));
         }
         self.count_copy_up();
         if let Some(l) = st.nodes.get(&ino).and_then(|n| n.lower) {
@@ -155,7 +153,7 @@ impl UnionFs {
     /// names to it in the upper.
     fn link_aliases(&self, st: &mut State, ino: u64, lower: u64, first: &Path) -> Result<()> {
         let u = self.upper()?;
-        let paths: Vec<String> = self.tree.aliases(lower).to_vec();
+        let paths: Vec<String> = self.tree.aliases(lower).map(String::from).collect();
         for p in paths {
             if Path::new(&p) == first {
                 continue;
@@ -185,7 +183,7 @@ impl UnionFs {
             self.ensure_upper_dir(st, cur)?;
             let (a, b) = (u.path(first), u.path(&rel));
             std::fs::hard_link(&a, &b).map_err(|e| Error::io("link copy-up alias", b, e))?;
-            Self::add_alias(st, ino, cur, &name);
+            self.add_alias(st, ino, cur, &name);
         }
         Ok(())
     }
@@ -198,7 +196,7 @@ impl UnionFs {
                     .create_new(true)
                     .open(tmp)
                     .map_err(|e| Error::io("create copy-up file", tmp, e))?;
-                if let Some(file) = &t.content {
+                if let Some(file) = &t.content() {
                     let src = self.source(file)?;
                     let want = keep.map_or(file.size(), |k| k.min(file.size()));
                     let mut off = 0u64;
@@ -222,7 +220,7 @@ impl UnionFs {
                 drop(f);
             }
             FileKind::Symlink => {
-                std::os::unix::fs::symlink(&t.link_target, tmp)
+                std::os::unix::fs::symlink(t.link_target, tmp)
                     .map_err(|e| Error::io("create copy-up symlink", tmp, e))?;
             }
             FileKind::Fifo | FileKind::CharDev | FileKind::BlockDev | FileKind::Socket => {

@@ -35,10 +35,11 @@ pub(crate) struct Node {
     pub lower: Option<u64>,
     /// The object exists in the upper directory.
     pub upper: bool,
-    /// `(dev, ino)` of the upper object.
-    pub upper_key: Option<(u64, u64)>,
+    /// `(dev, ino)` of the upper object (boxed: most nodes of a walk are lower-only, and the
+    /// table is sized by them).
+    pub upper_key: Option<Box<(u64, u64)>>,
     /// Names this object is known under.
-    pub aliases: Vec<(u64, OsString)>,
+    pub aliases: super::nodes::Aliases,
     /// Lookups the kernel holds on this node (entries replied minus `forget`s).
     pub lookups: u64,
     /// `O_PATH` descriptor of the upper object, taken when its last known name was removed,
@@ -179,7 +180,7 @@ impl UnionFs {
             lower: Some(ROOT_INO),
             upper: false,
             upper_key: None,
-            aliases: Vec::new(),
+            aliases: Default::default(),
             lookups: 1,
             orphan: None,
         };
@@ -187,7 +188,7 @@ impl UnionFs {
             let m = std::fs::symlink_metadata(u.root())
                 .map_err(|e| Error::io("stat upper", u.root(), e))?;
             root.upper = true;
-            root.upper_key = Some((m.dev(), m.ino()));
+            root.upper_key = Some(Box::new((m.dev(), m.ino())));
             if sys::is_opaque(u.root()) {
                 root.lower = None;
             }
@@ -257,12 +258,12 @@ impl UnionFs {
             // Prefer a name whose directory is still in the table (others may be forgotten).
             let (p, name) = n
                 .aliases
-                .iter()
+                .iter(&self.tree)
                 .find(|(p, _)| *p == ROOT_INO || st.nodes.contains_key(p))
-                .or(n.aliases.first())
+                .or(n.aliases.first(&self.tree))
                 .ok_or_else(|| Error::NotFound(format!("inode {ino}")))?;
             names.push(name);
-            cur = *p;
+            cur = p;
             if names.len() > 4096 {
                 return Err(Error::Invalid("directory loop"));
             }
@@ -270,13 +271,13 @@ impl UnionFs {
         Ok(names.iter().rev().collect())
     }
 
-    pub(crate) fn add_alias(st: &mut State, ino: u64, parent: u64, name: &OsStr) {
+    pub(crate) fn add_alias(&self, st: &mut State, ino: u64, parent: u64, name: &OsStr) {
         if let Some(n) = st.nodes.get_mut(&ino) {
-            if !n.aliases.iter().any(|(p, nm)| *p == parent && nm == name) {
+            if !n.aliases.contains(parent, name, &self.tree) {
                 if n.kind == FileKind::Dir {
                     n.aliases.clear();
                 }
-                n.aliases.push((parent, name.to_os_string()));
+                n.aliases.push(parent, name, &self.tree, n.lower);
             }
         }
     }
@@ -303,7 +304,7 @@ impl UnionFs {
                 if let Some(n) = st.nodes.get_mut(&ino) {
                     n.upper = true;
                 }
-                Self::add_alias(st, ino, parent, name);
+                self.add_alias(st, ino, parent, name);
                 return Ok(ino);
             }
         }
@@ -314,19 +315,19 @@ impl UnionFs {
             kind,
             lower,
             upper: true,
-            upper_key: Some(key),
-            aliases: Vec::new(),
+            upper_key: Some(Box::new(key)),
+            aliases: Default::default(),
             lookups: 0,
             orphan: None,
         });
         node.upper = true;
         node.kind = kind;
-        node.upper_key = Some(key);
+        node.upper_key = Some(Box::new(key));
         st.by_upper.insert(key, ino);
         if let Some(l) = lower.filter(|_| kind != FileKind::Dir) {
             st.claimed.insert(l, key);
         }
-        Self::add_alias(st, ino, parent, name);
+        self.add_alias(st, ino, parent, name);
         Ok(ino)
     }
 
@@ -351,17 +352,17 @@ impl UnionFs {
         let Some(l) = self.lower_child(st, parent, name) else {
             return Ok(None);
         };
-        let kind = self.tree.node(l).map(|t| t.kind).unwrap_or(FileKind::File);
+        let kind = self.tree.kind(l).unwrap_or(FileKind::File);
         st.nodes.entry(l).or_insert(Node {
             kind,
             lower: Some(l),
             upper: false,
             upper_key: None,
-            aliases: Vec::new(),
+            aliases: Default::default(),
             lookups: 0,
             orphan: None,
         });
-        Self::add_alias(st, l, parent, name);
+        self.add_alias(st, l, parent, name);
         Ok(Some(l))
     }
 
@@ -397,7 +398,7 @@ impl UnionFs {
                 let t = t.ok_or_else(|| Error::NotFound(format!("inode {ino}")))?;
                 return Ok(Attr {
                     nlink: 0,
-                    ..attr_from_tree(ino, t)
+                    ..attr_from_tree(ino, &t)
                 });
             }
             let rel = self.rel_path(st, ino)?;
@@ -412,7 +413,7 @@ impl UnionFs {
         }
         let l = n.lower.ok_or(Error::StaleInode(ino))?;
         let t = self.tree.node(l).ok_or(Error::StaleInode(ino))?;
-        let mut a = attr_from_tree(ino, t);
+        let mut a = attr_from_tree(ino, &t);
         if n.aliases.is_empty() && ino != ROOT_INO {
             a.nlink = 0;
         }
@@ -453,7 +454,7 @@ impl UnionFs {
             .lower
             .and_then(|l| self.tree.node(l))
             .ok_or(Error::StaleInode(ino))?;
-        Ok(OsString::from(t.link_target.clone()))
+        Ok(OsString::from(t.link_target))
     }
 
     /// The merged listing of directory `ino`: `.`, `..`, then names in byte order.
@@ -463,7 +464,7 @@ impl UnionFs {
             return Err(Error::NotDir(format!("inode {ino}")));
         }
         let (is_upper, lower) = (n.upper, n.lower);
-        let parent = n.aliases.first().map(|a| a.0).unwrap_or(ROOT_INO);
+        let parent = n.aliases.first_parent().unwrap_or(ROOT_INO);
         let mut names: BTreeMap<OsString, (u64, FileKind)> = BTreeMap::new();
         let mut hidden: HashSet<OsString> = HashSet::new();
         if is_upper {
@@ -482,15 +483,11 @@ impl UnionFs {
         }
         if let Some(l) = lower {
             for d in self.tree.children(l) {
-                let name = OsString::from(&d.name);
+                let name = OsString::from(d.name);
                 if names.contains_key(&name) || hidden.contains(&name) {
                     continue;
                 }
-                let kind = self
-                    .tree
-                    .node(d.ino)
-                    .map(|t| t.kind)
-                    .unwrap_or(FileKind::File);
+                let kind = self.tree.kind(d.ino).unwrap_or(FileKind::File);
                 names.insert(name, (d.ino, kind));
             }
         }
@@ -638,10 +635,7 @@ impl UnionFs {
             .lower
             .and_then(|l| self.tree.node(l))
             .ok_or(Error::StaleInode(ino))?;
-        let file = t
-            .content
-            .clone()
-            .ok_or(Error::Invalid("not a regular file"))?;
+        let file = t.content().ok_or(Error::Invalid("not a regular file"))?;
         drop(st);
         let fh = self.new_fh(Handle::Lower { ino, file });
         Ok(Opened { fh, lower: true })

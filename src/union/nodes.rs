@@ -11,9 +11,10 @@
 //! numbers from `FALLBACK_BASE`, remembered while the file exists.
 
 use super::fs::{State, UnionFs};
+use super::tree::MergedTree;
 use super::{sys, Error, FileKind, Result, ROOT_INO};
 use std::collections::HashSet;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::unix::fs::MetadataExt;
 
 /// First derived number for upper-only objects; the merged tree must stay below it.
@@ -40,7 +41,7 @@ impl UnionFs {
         let kind = FileKind::from_mode(m.mode())
             .ok_or(Error::NotSupported("unknown file type in upper"))?;
         let lc = self.lower_child(st, parent, name);
-        let lower_same = lc.filter(|&l| self.tree.node(l).is_some_and(|t| t.kind == kind));
+        let lower_same = lc.filter(|&l| self.tree.kind(l) == Some(kind));
         if let Some(&ino) = st.by_upper.get(&key) {
             let lower = if kind == FileKind::Dir {
                 match st.nodes.get(&ino) {
@@ -140,7 +141,9 @@ impl UnionFs {
         let Some(n) = st.nodes.remove(&ino) else {
             return;
         };
-        let Some(key) = n.upper_key else { return };
+        let Some(key) = n.upper_key.as_deref().copied() else {
+            return;
+        };
         if st.by_upper.get(&key) != Some(&ino) {
             return;
         }
@@ -150,14 +153,14 @@ impl UnionFs {
             false
         } else {
             // Derived again unless a lower object of that kind sits under one of its names.
-            n.aliases.iter().all(|(p, name)| {
+            n.aliases.iter(&self.tree).all(|(p, name)| {
                 let lc = st
                     .nodes
-                    .get(p)
+                    .get(&p)
                     .and_then(|pn| pn.lower)
                     .and_then(|pl| self.tree.lookup(pl, sys::name_str(name)?));
-                lc.and_then(|l| self.tree.node(l))
-                    .is_none_or(|t| t.kind != n.kind)
+                lc.and_then(|l| self.tree.kind(l))
+                    .is_none_or(|k| k != n.kind)
             }) && !n.aliases.is_empty()
         };
         if derivable {
@@ -187,7 +190,7 @@ impl UnionFs {
                 continue;
             }
             if let Some(n) = st.nodes.get(&i) {
-                stack.extend(n.aliases.iter().map(|(p, _)| *p));
+                stack.extend(n.aliases.parents());
             }
         }
         let drop: Vec<u64> = st
@@ -200,5 +203,132 @@ impl UnionFs {
             self.evict(st, i);
         }
         st.swept_at = st.nodes.len();
+    }
+}
+
+/// The names a node is known under: (parent inode, name) pairs. A lower object found under
+/// its first name in the merged tree — almost every node of a walk over an image — stores
+/// only that fact (the tree has the name), so the node table holds no string per node.
+#[derive(Debug, Default)]
+pub(crate) enum Aliases {
+    #[default]
+    Empty,
+    /// The merged tree's first name of tree inode `ino`, in directory `parent`.
+    Tree { parent: u64, ino: u64 },
+    /// Anything else (renamed, hard-linked, upper objects), owned.
+    List(Vec<(u64, OsString)>),
+}
+
+impl Aliases {
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Aliases::Empty => true,
+            Aliases::Tree { .. } => false,
+            Aliases::List(v) => v.is_empty(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Aliases::Empty => 0,
+            Aliases::Tree { .. } => 1,
+            Aliases::List(v) => v.len(),
+        }
+    }
+
+    /// Parent directories, first name first.
+    pub fn parents(&self) -> impl Iterator<Item = u64> + '_ {
+        let (t, l) = self.parts();
+        t.into_iter().chain(l.iter().map(|(p, _)| *p))
+    }
+
+    pub fn first_parent(&self) -> Option<u64> {
+        self.parents().next()
+    }
+
+    fn parts(&self) -> (Option<u64>, &[(u64, OsString)]) {
+        match self {
+            Aliases::Empty => (None, &[]),
+            Aliases::Tree { parent, .. } => (Some(*parent), &[]),
+            Aliases::List(v) => (None, v),
+        }
+    }
+
+    /// (parent, name) pairs, first name first.
+    pub fn iter<'a>(&'a self, tree: &'a MergedTree) -> impl Iterator<Item = (u64, &'a OsStr)> {
+        let t = match self {
+            Aliases::Tree { parent, ino } => {
+                let name = tree.name(*ino).map_or("", |(_, n)| n);
+                Some((*parent, OsStr::new(name)))
+            }
+            _ => None,
+        };
+        let (_, l) = self.parts();
+        t.into_iter()
+            .chain(l.iter().map(|(p, n)| (*p, n.as_os_str())))
+    }
+
+    pub fn first<'a>(&'a self, tree: &'a MergedTree) -> Option<(u64, &'a OsStr)> {
+        self.iter(tree).next()
+    }
+
+    pub fn contains(&self, parent: u64, name: &OsStr, tree: &MergedTree) -> bool {
+        self.iter(tree).any(|(p, n)| p == parent && n == name)
+    }
+
+    /// Add `parent/name` (not already there). `lower` = the tree inode the node shows.
+    pub fn push(&mut self, parent: u64, name: &OsStr, tree: &MergedTree, lower: Option<u64>) {
+        if self.is_empty() {
+            if let Some(l) = lower {
+                if tree
+                    .name(l)
+                    .is_some_and(|(p, n)| p == parent && OsStr::new(n) == name)
+                {
+                    *self = Aliases::Tree { parent, ino: l };
+                    return;
+                }
+            }
+        }
+        let mut v = self.take_list(tree);
+        v.push((parent, name.to_os_string()));
+        *self = Aliases::List(v);
+    }
+
+    /// Forget `parent/name`.
+    pub fn remove(&mut self, parent: u64, name: &OsStr, tree: &MergedTree) {
+        if !self.contains(parent, name, tree) {
+            return;
+        }
+        let mut v = self.take_list(tree);
+        v.retain(|(p, n)| !(*p == parent && n == name));
+        *self = if v.is_empty() {
+            Aliases::Empty
+        } else {
+            Aliases::List(v)
+        };
+    }
+
+    pub fn clear(&mut self) {
+        *self = Aliases::Empty;
+    }
+
+    /// The pairs as an owned list (leaves `self` empty).
+    fn take_list(&mut self, tree: &MergedTree) -> Vec<(u64, OsString)> {
+        match std::mem::take(self) {
+            Aliases::Empty => Vec::new(),
+            t @ Aliases::Tree { .. } => t.iter(tree).map(|(p, n)| (p, n.to_os_string())).collect(),
+            Aliases::List(v) => v,
+        }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// The node table is sized by lower-only nodes (one per name a walk met): keep a node
+    /// small. (88 bytes before the aliases and upper key were made compact.)
+    #[test]
+    fn node_stays_small() {
+        assert!(std::mem::size_of::<super::super::fs::Node>() <= 72);
+        assert!(std::mem::size_of::<super::Aliases>() <= 24);
     }
 }

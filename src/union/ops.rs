@@ -223,18 +223,19 @@ impl UnionFs {
         let tmp = u.temp();
         std::fs::hard_link(&src, &tmp).map_err(|e| Error::io("link", &src, e))?;
         u.install(&tmp, &slot.rel)?;
-        Self::add_alias(&mut st, ino, newparent, newname);
+        self.add_alias(&mut st, ino, newparent, newname);
         let a = self.attr_locked(&st, ino)?;
         Self::count_lookup(&mut st, ino);
         Ok(a)
     }
 
     /// Forget the name `parent/name` of `ino` after it was removed.
-    fn drop_alias(st: &mut State, ino: u64, parent: u64, name: &OsStr) {
+    fn drop_alias(&self, st: &mut State, ino: u64, parent: u64, name: &OsStr) {
+        let tree = &*self.tree;
         if let Some(n) = st.nodes.get_mut(&ino) {
-            n.aliases.retain(|(p, nm)| !(*p == parent && nm == name));
+            n.aliases.remove(parent, name, tree);
             if n.aliases.is_empty() {
-                if let Some(k) = n.upper_key.take() {
+                if let Some(k) = n.upper_key.take().map(|k| *k) {
                     st.by_upper.remove(&k);
                     if st.claimed.get(&ino) == Some(&k) {
                         st.claimed.remove(&ino);
@@ -288,7 +289,7 @@ impl UnionFs {
         } else if in_upper && !is_dir {
             u.unlink(&rel)?;
         }
-        Self::drop_alias(st, ino, parent, name);
+        self.drop_alias(st, ino, parent, name);
         Ok(())
     }
 
@@ -429,8 +430,8 @@ impl UnionFs {
                     self.detach_moved(&mut st, i, rel)?;
                 }
             }
-            Self::drop_alias(&mut st, src, parent, name);
-            Self::drop_alias(&mut st, d, newparent, newname);
+            self.drop_alias(&mut st, src, parent, name);
+            self.drop_alias(&mut st, d, newparent, newname);
             self.rekey(&mut st, src, newparent, newname, &drel)?;
             self.rekey(&mut st, d, parent, name, &srel)?;
             return Ok(());
@@ -445,7 +446,7 @@ impl UnionFs {
             {
                 u.remove_tree(&drel)?; // only whiteouts were left in it
             }
-            Self::drop_alias(&mut st, d, newparent, newname);
+            self.drop_alias(&mut st, d, newparent, newname);
         }
         u.move_to(&u.path(&srel), &drel)?;
         if is_dir(&st, src) {
@@ -455,7 +456,7 @@ impl UnionFs {
         if src_lower {
             u.whiteout(&srel)?;
         }
-        Self::drop_alias(&mut st, src, parent, name);
+        self.drop_alias(&mut st, src, parent, name);
         self.rekey(&mut st, src, newparent, newname, &drel)
     }
 
@@ -498,8 +499,8 @@ impl UnionFs {
             if cur == top {
                 return true;
             }
-            match st.nodes.get(&cur).and_then(|n| n.aliases.first()) {
-                Some((p, _)) if cur != ROOT_INO => cur = *p,
+            match st.nodes.get(&cur).and_then(|n| n.aliases.first_parent()) {
+                Some(p) if cur != ROOT_INO => cur = p,
                 _ => return false,
             }
         }
@@ -508,13 +509,13 @@ impl UnionFs {
 
     /// Give `ino` the name `parent/name` at upper path `rel` and refresh its upper key.
     fn rekey(&self, st: &mut State, ino: u64, parent: u64, name: &OsStr, rel: &Path) -> Result<()> {
-        Self::add_alias(st, ino, parent, name);
+        self.add_alias(st, ino, parent, name);
         if let Some(m) = self.upper()?.lstat(rel)? {
             let key = (m.dev(), m.ino());
             st.by_upper.insert(key, ino);
             if let Some(n) = st.nodes.get_mut(&ino) {
                 n.upper = true;
-                n.upper_key = Some(key);
+                n.upper_key = Some(Box::new(key));
             }
         }
         Ok(())
@@ -612,11 +613,7 @@ impl UnionFs {
             .lower
             .and_then(|l| self.tree.node(l))
             .ok_or(Error::StaleInode(ino))?;
-        t.xattrs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .ok_or(Error::NoAttr)
+        t.xattr(name).map(<[u8]>::to_vec).ok_or(Error::NoAttr)
     }
 
     /// `listxattr(ino)`: names, sorted.
@@ -637,7 +634,7 @@ impl UnionFs {
             .lower
             .and_then(|l| self.tree.node(l))
             .ok_or(Error::StaleInode(ino))?;
-        Ok(t.xattrs.iter().map(|(k, _)| k.clone()).collect())
+        Ok(t.xattrs().map(|(k, _)| k.to_string()).collect())
     }
 
     /// `setxattr(ino, name, value, flags)` (`XATTR_CREATE` / `XATTR_REPLACE`).

@@ -6,20 +6,23 @@
 //! does not override a lower directory's attributes; hard links share one node and `nlink`
 //! counts the names that survive. Inode numbers are assigned by a depth-first walk in name
 //! order, so the same layers always give the same numbers (root = 1). Lookup, getattr and
-//! readdir never walk layers. The result is plain vectors indexed by inode, a layout that can
-//! later be written to disk and mmap-ed without changing the accessors.
+//! readdir never walk layers. The result is one flat buffer of fixed-size records and a string
+//! table (`tree_store.rs`): built in memory, stored per image, and mmap-ed at later mounts;
+//! the accessors read records in place and return small copies or borrowed strings.
 
 use super::lower::LowerFile;
-use super::{FileKind, Result, ROOT_INO};
+use super::{Error, FileKind, Result, ROOT_INO};
 use crate::layer::{Entry, EntryKind, Timestamp};
 use std::collections::BTreeMap;
+use std::path::Path;
+use store::u32_at;
 
 #[path = "tree_store.rs"]
 mod store;
 
-/// One object of the merged tree.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TreeNode {
+/// One object of the merged tree: a small copy of its record, with borrowed strings.
+#[derive(Clone, Copy)]
+pub struct TreeNode<'a> {
     pub kind: FileKind,
     /// Permission bits.
     pub mode: u32,
@@ -31,32 +34,128 @@ pub struct TreeNode {
     pub nlink: u32,
     pub dev_major: u32,
     pub dev_minor: u32,
-    /// User-visible xattrs (overlay-private ones removed), sorted by name.
-    pub xattrs: Vec<(String, Vec<u8>)>,
-    pub link_target: String,
-    /// Content of a regular file.
-    pub content: Option<LowerFile>,
+    pub link_target: &'a str,
     /// Parent directory (the first one for hard links; the root is its own parent).
     pub parent: u64,
     /// Layer that provided the attributes.
     pub layer: usize,
+    tree: &'a MergedTree,
+    xattrs: (u32, u32),
+    /// Regular file: content path (string reference) and offset.
+    content: Option<(u32, u32, u64)>,
+}
+
+impl<'a> TreeNode<'a> {
+    /// User-visible xattrs (overlay-private ones removed), sorted by name.
+    pub fn xattrs(&self) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'a {
+        let t = self.tree;
+        let (first, count) = (self.xattrs.0 as usize, self.xattrs.1 as usize);
+        (first..first + count).map(move |i| {
+            let r = t.l.xattrs + i * store::XATTR;
+            let b = t.bytes();
+            (t.str_ref(r), t.blob(u32_at(b, r + 8), u32_at(b, r + 12)))
+        })
+    }
+
+    /// The value of xattr `name`.
+    pub fn xattr(&self, name: &str) -> Option<&'a [u8]> {
+        self.xattrs().find(|(k, _)| *k == name).map(|(_, v)| v)
+    }
+
+    /// Content of a regular file (allocates the path: call it at open, not per lookup).
+    pub fn content(&self) -> Option<LowerFile> {
+        let (off, len, offset) = self.content?;
+        let path = self.tree.str_at(off, len);
+        Some(LowerFile::new(self.layer, path, self.size, offset))
+    }
+}
+
+impl std::fmt::Debug for TreeNode<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TreeNode")
+            .field("kind", &self.kind)
+            .field("mode", &self.mode)
+            .field("size", &self.size)
+            .field("nlink", &self.nlink)
+            .field("parent", &self.parent)
+            .field("layer", &self.layer)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One directory entry of the merged tree.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TreeDirEnt {
-    pub name: String,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TreeDirEnt<'a> {
+    pub name: &'a str,
     pub ino: u64,
 }
 
-/// The immutable merged tree; see the module docs.
-#[derive(Debug, Default)]
+/// Entries of one directory, in name order.
+pub struct Children<'a> {
+    tree: &'a MergedTree,
+    next: usize,
+    end: usize,
+}
+
+impl<'a> Iterator for Children<'a> {
+    type Item = TreeDirEnt<'a>;
+    fn next(&mut self) -> Option<TreeDirEnt<'a>> {
+        if self.next >= self.end {
+            return None;
+        }
+        let d = self.tree.dirent(self.next);
+        self.next += 1;
+        Some(d)
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.end.saturating_sub(self.next);
+        (n, Some(n))
+    }
+}
+
+impl DoubleEndedIterator for Children<'_> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        if self.next >= self.end {
+            return None;
+        }
+        self.end -= 1;
+        Some(self.tree.dirent(self.end))
+    }
+}
+
+impl ExactSizeIterator for Children<'_> {}
+
+/// The bytes a tree is a view of.
+enum Buf {
+    Owned(Vec<u8>),
+    Mapped(memmap2::Mmap),
+}
+
+/// The immutable merged tree; see the module docs. A view over its stored form (see
+/// `tree_store.rs`): records are read in place, nothing is decoded per entry.
 pub struct MergedTree {
-    nodes: Vec<TreeNode>,
-    /// Sorted children of each directory, indexed like `nodes` (empty for non-directories).
-    children: Vec<Vec<TreeDirEnt>>,
-    /// Every path of each node with more than one name.
-    aliases: BTreeMap<u64, Vec<String>>,
+    buf: Buf,
+    l: store::Layout,
+}
+
+impl Default for MergedTree {
+    /// A tree with only the root directory.
+    fn default() -> Self {
+        Self::build::<Vec<Entry>>(&[]).unwrap_or(MergedTree {
+            buf: Buf::Owned(Vec::new()),
+            l: store::Layout::default(),
+        })
+    }
+}
+
+impl std::fmt::Debug for MergedTree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MergedTree")
+            .field("nodes", &self.l.n_nodes)
+            .field("bytes", &self.bytes().len())
+            .field("mapped", &matches!(self.buf, Buf::Mapped(_)))
+            .finish()
+    }
 }
 
 struct BNode {
@@ -230,10 +329,10 @@ impl MergedTree {
                 b.link(e);
             }
         }
-        Ok(Self::finish(b))
+        Self::finish(b, layers.len())
     }
 
-    fn finish(b: Builder) -> Self {
+    fn finish(b: Builder, layers: usize) -> Result<Self> {
         // Depth-first, children in name order: arena id -> ino.
         let mut ino_of: Vec<u64> = vec![0; b.arena.len()];
         let mut order: Vec<(usize, u64)> = Vec::new(); // (arena id, parent ino)
@@ -266,103 +365,284 @@ impl MergedTree {
                 stack.push((child, ino, p));
             }
         }
-        let mut nodes = Vec::with_capacity(order.len());
-        let mut children = Vec::with_capacity(order.len());
-        let mut aliases = BTreeMap::new();
-        for &(id, parent) in &order {
+        store::u32_of(order.len())?;
+        let mut flat = store::Flat::default();
+        // First name of each arena node: set while its first parent (a smaller inode number,
+        // so already written) lists it.
+        let mut name_of: Vec<Option<(u32, u32)>> = vec![None; b.arena.len()];
+        let parent_of: Vec<u64> = {
+            let mut v = vec![0; b.arena.len()];
+            for &(id, p) in &order {
+                if let Some(s) = v.get_mut(id) {
+                    *s = p;
+                }
+            }
+            v
+        };
+        for (i, &(id, parent)) in order.iter().enumerate() {
+            let ino = i as u64 + 1;
             let Some(n) = b.arena.get(id) else { continue };
             let e = &n.entry;
             let kind = kind_of(e.kind);
-            let kids: Vec<TreeDirEnt> = n
-                .children
-                .iter()
-                .map(|(name, &c)| TreeDirEnt {
-                    name: name.clone(),
-                    ino: ino_of.get(c).copied().unwrap_or(0),
-                })
-                .collect();
+            let (mut a, mut bb, mut offset) = (0u32, 0u32, 0u64);
+            match kind {
+                FileKind::Dir => {
+                    a = store::u32_of(flat.dirents.len())?;
+                    bb = store::u32_of(n.children.len())?;
+                    for (name, &c) in &n.children {
+                        let r = flat.str(name.as_bytes())?;
+                        let cino = ino_of.get(c).copied().unwrap_or(0);
+                        flat.dirents.push([r.0, r.1, cino as u32]);
+                        if let Some(slot) = name_of.get_mut(c) {
+                            if slot.is_none() && parent_of.get(c) == Some(&ino) {
+                                *slot = Some(r);
+                            }
+                        }
+                    }
+                }
+                FileKind::File => {
+                    (a, bb) = flat.str(e.path.as_bytes())?;
+                    offset = e.offset;
+                }
+                FileKind::Symlink => (a, bb) = flat.str(e.link_target.as_bytes())?,
+                FileKind::CharDev | FileKind::BlockDev => (a, bb) = (e.dev_major, e.dev_minor),
+                FileKind::Fifo | FileKind::Socket => {}
+            }
             let nlink = if kind == FileKind::Dir {
                 2 + n.children.values().filter(|&&c| b.is_dir(c)).count() as u32
             } else {
                 refs.get(id).copied().unwrap_or(1)
             };
-            let mut xattrs: Vec<(String, Vec<u8>)> = e
+            let mut xattrs: Vec<&(String, Vec<u8>)> = e
                 .xattrs
                 .iter()
                 .filter(|(k, _)| !k.starts_with(super::sys::OVERLAY_PREFIX))
-                .cloned()
                 .collect();
             xattrs.sort();
             xattrs.dedup_by(|a, b| a.0 == b.0);
-            let ino = ino_of.get(id).copied().unwrap_or(0);
+            let x_first = store::u32_of(flat.xattrs.len())?;
+            for (k, v) in &xattrs {
+                let k = flat.str(k.as_bytes())?;
+                let v = flat.blob(v)?;
+                flat.xattrs.push([k.0, k.1, v.0, v.1]);
+            }
             if nlink > 1 && kind != FileKind::Dir {
-                if let Some(p) = paths.remove(&id) {
-                    aliases.insert(ino, p);
+                if let Some(ps) = paths.remove(&id) {
+                    let first = store::u32_of(flat.apaths.len())?;
+                    for p in &ps {
+                        let r = flat.str(p.as_bytes())?;
+                        flat.apaths.push([r.0, r.1]);
+                    }
+                    flat.aliases
+                        .push([ino as u32, first, store::u32_of(ps.len())?]);
                 }
             }
-            let content = (kind == FileKind::File)
-                .then(|| LowerFile::new(n.layer, e.path.clone(), e.size, e.offset));
-            nodes.push(TreeNode {
+            flat.nodes.push(store::NodeRec {
                 kind,
                 mode: e.mode & 0o7777,
                 uid: e.uid,
                 gid: e.gid,
-                size: if kind == FileKind::File {
-                    e.size
-                } else if kind == FileKind::Symlink {
-                    e.link_target.len() as u64
-                } else {
-                    0
+                nlink,
+                layer: store::u32_of(n.layer)?,
+                parent: parent as u32,
+                name: name_of.get(id).copied().flatten().unwrap_or((0, 0)),
+                xattrs: (x_first, store::u32_of(xattrs.len())?),
+                a,
+                b: bb,
+                size: match kind {
+                    FileKind::File => e.size,
+                    FileKind::Symlink => e.link_target.len() as u64,
+                    _ => 0,
                 },
                 mtime: e.mtime,
-                nlink,
-                dev_major: e.dev_major,
-                dev_minor: e.dev_minor,
-                xattrs,
-                link_target: e.link_target.clone(),
-                content,
-                parent,
-                layer: n.layer,
+                offset,
             });
-            children.push(kids);
         }
-        MergedTree {
-            nodes,
-            children,
-            aliases,
+        let layers_u32 = store::u32_of(layers)?;
+        Self::from_vec(flat.finish(layers_u32)?, layers)
+    }
+
+    /// A tree over stored bytes (checked; see `tree_store.rs`) for an image of `layers` layers.
+    pub fn from_vec(bytes: Vec<u8>, layers: usize) -> Result<Self> {
+        let l = store::validate(&bytes, layers)?;
+        Ok(MergedTree {
+            buf: Buf::Owned(bytes),
+            l,
+        })
+    }
+
+    /// Read a tree stored by [`MergedTree::encode`] (copied; see [`MergedTree::open`]).
+    pub fn decode(bytes: &[u8], layers: usize) -> Result<Self> {
+        Self::from_vec(bytes.to_vec(), layers)
+    }
+
+    /// Map a stored tree file. It is checked once here (a linear pass and a CRC, no per-entry
+    /// allocation) and then used in place.
+    pub fn open(path: &Path, layers: usize) -> Result<Self> {
+        let f = std::fs::File::open(path).map_err(|e| Error::io("open stored tree", path, e))?;
+        // SAFETY: tree files live in strata's own 0700 store and are never modified in place:
+        // they are written to a temp file and renamed over (`image/lazy.rs`), and a damaged
+        // one is replaced the same way, so the mapped inode's bytes do not change or shrink
+        // while mapped (which is what could make reads of the mapping fault).
+        let map =
+            unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io("map stored tree", path, e))?;
+        let l = store::validate(&map, layers)?;
+        Ok(MergedTree {
+            buf: Buf::Mapped(map),
+            l,
+        })
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match &self.buf {
+            Buf::Owned(v) => v,
+            Buf::Mapped(m) => m,
+        }
+    }
+
+    /// The string at (`off`, `len`) of the string table ("" if out of range, which
+    /// `validate` rules out).
+    fn str_at(&self, off: u32, len: u32) -> &str {
+        let (s, e) = (off as usize, off as usize + len as usize);
+        let sb = &self.bytes()[self.l.strings.min(self.bytes().len())..];
+        sb.get(s..e)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or("")
+    }
+
+    fn str_bytes(&self, off: u32, len: u32) -> &[u8] {
+        let (s, e) = (off as usize, off as usize + len as usize);
+        self.bytes()
+            .get(self.l.strings..)
+            .and_then(|sb| sb.get(s..e))
+            .unwrap_or(&[])
+    }
+
+    /// The string referenced by the (offset, length) pair at byte `at`.
+    fn str_ref(&self, at: usize) -> &str {
+        let b = self.bytes();
+        self.str_at(u32_at(b, at), u32_at(b, at + 4))
+    }
+
+    fn blob(&self, off: u32, len: u32) -> &[u8] {
+        let (s, e) = (off as usize, off as usize + len as usize);
+        self.bytes()
+            .get(self.l.blobs..)
+            .and_then(|sb| sb.get(s..e))
+            .unwrap_or(&[])
+    }
+
+    /// Byte offset of the record of `ino`.
+    fn rec(&self, ino: u64) -> Option<usize> {
+        let i = usize::try_from(ino.checked_sub(1)?).ok()?;
+        (i < self.l.n_nodes).then(|| self.l.nodes + i * store::NODE)
+    }
+
+    fn dirent(&self, i: usize) -> TreeDirEnt<'_> {
+        let r = self.l.dirents + i * store::DIRENT;
+        TreeDirEnt {
+            name: self.str_ref(r),
+            ino: u64::from(u32_at(self.bytes(), r + 8)),
         }
     }
 
     /// Number of objects (the largest inode number).
     pub fn len(&self) -> u64 {
-        self.nodes.len() as u64
+        self.l.n_nodes as u64
     }
 
     pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
+        self.l.n_nodes == 0
     }
 
     /// The object with inode number `ino`.
-    pub fn node(&self, ino: u64) -> Option<&TreeNode> {
-        self.nodes.get(usize::try_from(ino.checked_sub(1)?).ok()?)
+    pub fn node(&self, ino: u64) -> Option<TreeNode<'_>> {
+        use store::*;
+        let r = self.rec(ino)?;
+        let b = self.bytes();
+        let kind = kind_from(*b.get(r + N_KIND)?)?;
+        let (a, bb) = (u32_at(b, r + N_A), u32_at(b, r + N_B));
+        let dev = matches!(kind, FileKind::CharDev | FileKind::BlockDev);
+        Some(TreeNode {
+            kind,
+            mode: u32_at(b, r + N_MODE),
+            uid: u32_at(b, r + N_UID),
+            gid: u32_at(b, r + N_GID),
+            size: u64_at(b, r + N_SIZE),
+            mtime: Timestamp {
+                sec: u64_at(b, r + N_SEC) as i64,
+                nsec: u32_at(b, r + N_NSEC),
+            },
+            nlink: u32_at(b, r + N_NLINK),
+            dev_major: if dev { a } else { 0 },
+            dev_minor: if dev { bb } else { 0 },
+            link_target: if kind == FileKind::Symlink {
+                self.str_at(a, bb)
+            } else {
+                ""
+            },
+            parent: u64::from(u32_at(b, r + N_PARENT)),
+            layer: u32_at(b, r + N_LAYER) as usize,
+            tree: self,
+            xattrs: (u32_at(b, r + N_XATTRS), u32_at(b, r + N_XATTRS + 4)),
+            content: (kind == FileKind::File).then(|| (a, bb, u64_at(b, r + N_OFFSET))),
+        })
     }
 
-    /// Sorted entries of directory `ino` (empty for anything else).
-    pub fn children(&self, ino: u64) -> &[TreeDirEnt] {
-        ino.checked_sub(1)
-            .and_then(|i| usize::try_from(i).ok())
-            .and_then(|i| self.children.get(i))
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+    /// Kind of `ino` (cheaper than [`node`](Self::node)).
+    pub fn kind(&self, ino: u64) -> Option<FileKind> {
+        store::kind_from(*self.bytes().get(self.rec(ino)? + store::N_KIND)?)
+    }
+
+    /// The first name of `ino`: (parent, name) as the depth-first walk met it (root: `None`).
+    pub fn name(&self, ino: u64) -> Option<(u64, &str)> {
+        let r = self.rec(ino)?;
+        if ino == ROOT_INO {
+            return None;
+        }
+        let b = self.bytes();
+        Some((
+            u64::from(u32_at(b, r + store::N_PARENT)),
+            self.str_ref(r + store::N_NAME),
+        ))
+    }
+
+    /// Sorted entries of directory `ino` (none for anything else).
+    pub fn children(&self, ino: u64) -> Children<'_> {
+        let (next, end) = self
+            .rec(ino)
+            .filter(|&r| {
+                self.bytes().get(r + store::N_KIND) == Some(&store::kind_code(FileKind::Dir))
+            })
+            .map(|r| {
+                let b = self.bytes();
+                let first = u32_at(b, r + store::N_A) as usize;
+                (first, first + u32_at(b, r + store::N_B) as usize)
+            })
+            .unwrap_or((0, 0));
+        Children {
+            tree: self,
+            next,
+            end: end.min(self.l.n_dirents),
+        }
     }
 
     /// `name` in directory `parent`.
     pub fn lookup(&self, parent: u64, name: &str) -> Option<u64> {
         let kids = self.children(parent);
-        kids.binary_search_by(|d| d.name.as_str().cmp(name))
-            .ok()
-            .and_then(|i| kids.get(i))
-            .map(|d| d.ino)
+        let (mut lo, mut hi) = (kids.next, kids.end);
+        let b = self.bytes();
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let r = self.l.dirents + mid * store::DIRENT;
+            let cand = self.str_bytes(u32_at(b, r), u32_at(b, r + 4));
+            match cand.cmp(name.as_bytes()) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some(u64::from(u32_at(b, r + 8))),
+            }
+        }
+        None
     }
 
     /// Resolve a relative path (`""` = root).
@@ -374,8 +654,24 @@ impl MergedTree {
         Some(cur)
     }
 
-    /// Every path of a hard-linked node (empty for nodes with one name).
-    pub fn aliases(&self, ino: u64) -> &[String] {
-        self.aliases.get(&ino).map(Vec::as_slice).unwrap_or(&[])
+    /// Every path of a hard-linked node (none for nodes with one name).
+    pub fn aliases(&self, ino: u64) -> impl Iterator<Item = &str> + '_ {
+        let b = self.bytes();
+        let (mut lo, mut hi) = (0usize, self.l.n_aliases);
+        let mut found = (0usize, 0usize);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let r = self.l.aliases + mid * store::ALIAS;
+            match u64::from(u32_at(b, r)).cmp(&ino) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => {
+                    let first = u32_at(b, r + 4) as usize;
+                    found = (first, first + u32_at(b, r + 8) as usize);
+                    break;
+                }
+            }
+        }
+        (found.0..found.1).map(move |i| self.str_ref(self.l.apaths + i * store::APATH))
     }
 }

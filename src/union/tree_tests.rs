@@ -41,9 +41,9 @@ fn listing(t: &MergedTree) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![(super::ROOT_INO, String::new())];
     while let Some((ino, path)) = stack.pop() {
-        for c in t.children(ino).iter().rev() {
+        for c in t.children(ino).rev() {
             let p = if path.is_empty() {
-                c.name.clone()
+                c.name.to_string()
             } else {
                 format!("{path}/{}", c.name)
             };
@@ -208,9 +208,9 @@ fn content_comes_from_the_top_layer_and_overlay_xattrs_are_hidden() {
     ];
     let t = MergedTree::build(&[vec![d(""), low], vec![d(""), high]]).unwrap();
     let n = t.node(t.resolve("a").unwrap()).unwrap();
-    let c = n.content.as_ref().unwrap();
+    let c = n.content().unwrap();
     assert_eq!((c.layer(), c.offset()), (1, 200));
-    assert_eq!(n.xattrs, vec![("user.k".to_string(), b"v".to_vec())]);
+    assert_eq!(n.xattrs().collect::<Vec<_>>(), vec![("user.k", &b"v"[..])]);
 }
 
 #[test]
