@@ -71,7 +71,8 @@ pub(crate) enum Handle {
     },
     Dir {
         ino: u64,
-        entries: Mutex<Vec<DirEntry>>,
+        /// The listing, taken at the first read from offset 0 (`None` before it).
+        entries: Mutex<Option<Vec<DirEntry>>>,
         /// The upper directory, held open so `fstat` still answers after an `rmdir`.
         upper: Option<Arc<File>>,
     },
@@ -528,16 +529,19 @@ impl UnionFs {
             .ok_or(Error::BadHandle(fh))
     }
 
-    /// Open directory `ino`; the listing is taken now (and again on a read at offset 0).
+    /// Open directory `ino`; the listing is taken at the first read from offset 0 (the
+    /// kernel always starts there, and again after a rewind).
     pub fn opendir(&self, ino: u64) -> Result<u64> {
-        let (entries, path) = {
-            let mut st = self.lock();
-            let entries = self.list_locked(&mut st, ino)?;
-            let path = match (&self.upper, st.nodes.get(&ino)) {
-                (Some(u), Some(n)) if n.upper => Some(u.path(&self.rel_path(&st, ino)?)),
+        let path = {
+            let st = self.lock();
+            let n = st.nodes.get(&ino).ok_or(Error::StaleInode(ino))?;
+            if n.kind != FileKind::Dir {
+                return Err(Error::NotDir(format!("inode {ino}")));
+            }
+            match &self.upper {
+                Some(u) if n.upper => Some(u.path(&self.rel_path(&st, ino)?)),
                 _ => None,
-            };
-            (entries, path)
+            }
         };
         // Best effort: without it, only `fstat` after `rmdir` of an open directory fails.
         let upper = path.and_then(|p| {
@@ -550,33 +554,72 @@ impl UnionFs {
         });
         Ok(self.new_fh(Handle::Dir {
             ino,
-            entries: Mutex::new(entries),
+            entries: Mutex::new(None),
             upper,
         }))
     }
 
-    /// Entries of an open directory after cookie `offset` (0 = from the start).
-    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirEntry>> {
+    /// Call `add` with each entry of an open directory after cookie `offset` (0 = from the
+    /// start, listing the directory afresh) until it returns `true` (reply buffer full).
+    /// Only the entries passed are touched, so a large directory read in many replies costs
+    /// no more per reply than the entries that reply carries.
+    pub fn readdir_each(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(&DirEntry) -> bool,
+    ) -> Result<()> {
         let h = self.handle(fh)?;
         let Handle::Dir { ino, entries, .. } = &*h else {
             return Err(Error::BadHandle(fh));
         };
         let mut e = entries.lock().unwrap_or_else(|p| p.into_inner());
-        if offset == 0 {
+        if offset == 0 || e.is_none() {
             let mut st = self.lock();
-            *e = self.list_locked(&mut st, *ino)?;
+            *e = Some(self.list_locked(&mut st, *ino)?);
         }
-        Ok(e.iter().skip(offset as usize).cloned().collect())
+        for d in e.iter().flatten().skip(offset as usize) {
+            if add(d) {
+                break;
+            }
+        }
+        Ok(())
     }
 
-    /// Like [`readdir`](Self::readdir) with each entry's attributes (`.` and `..` included).
-    pub fn readdirplus(&self, fh: u64, offset: u64) -> Result<Vec<(DirEntry, Attr)>> {
-        let list = self.readdir(fh, offset)?;
-        let dir = self.handle(fh)?.ino();
-        let mut out = Vec::with_capacity(list.len());
+    /// Entries of an open directory after cookie `offset` (0 = from the start).
+    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirEntry>> {
+        let mut out = Vec::new();
+        self.readdir_each(fh, offset, |d| {
+            out.push(d.clone());
+            false
+        })?;
+        Ok(out)
+    }
+
+    /// Like [`readdir_each`](Self::readdir_each) with each entry's attributes (`.` and `..`
+    /// included; the entry's number is `Attr::ino`, which may differ from the listing's for
+    /// an entry replaced since). Every entry `add` accepts (returns `false` for) counts as a lookup the
+    /// kernel now holds; the entry it refuses is not counted and ends the call. Entries
+    /// removed since the listing was taken are skipped.
+    pub fn readdirplus_each(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(&DirEntry, &Attr) -> bool,
+    ) -> Result<()> {
+        let h = self.handle(fh)?;
+        let Handle::Dir { ino, entries, .. } = &*h else {
+            return Err(Error::BadHandle(fh));
+        };
+        let dir = *ino;
+        let mut e = entries.lock().unwrap_or_else(|p| p.into_inner());
         let mut st = self.lock();
-        for d in list {
-            let attr = if d.name == "." || d.name == ".." {
+        if offset == 0 || e.is_none() {
+            *e = Some(self.list_locked(&mut st, dir)?);
+        }
+        for d in e.iter().flatten().skip(offset as usize) {
+            let dots = d.name == "." || d.name == "..";
+            let attr = if dots {
                 self.attr_locked(&st, d.ino)
             } else {
                 match self.resolve(&mut st, dir, &d.name)? {
@@ -584,19 +627,35 @@ impl UnionFs {
                     None => continue, // removed since the listing was taken
                 }
             };
-            match attr {
-                Ok(a) => {
-                    if d.name != "." && d.name != ".." {
-                        // The kernel takes a lookup reference on each entry it is sent; an
-                        // adapter that cannot send one gives it back with `forget`.
-                        Self::count_lookup(&mut st, a.ino);
-                    }
-                    out.push((DirEntry { ino: a.ino, ..d }, a))
-                }
+            let a = match attr {
+                Ok(a) => a,
                 Err(Error::NotFound(_)) => continue,
                 Err(e) => return Err(e),
+            };
+            if add(d, &a) {
+                break;
+            }
+            if !dots {
+                // The kernel takes a lookup reference on each entry it is sent.
+                Self::count_lookup(&mut st, a.ino);
             }
         }
+        Ok(())
+    }
+
+    /// [`readdirplus_each`](Self::readdirplus_each) collecting every entry.
+    pub fn readdirplus(&self, fh: u64, offset: u64) -> Result<Vec<(DirEntry, Attr)>> {
+        let mut out = Vec::new();
+        self.readdirplus_each(fh, offset, |d, a| {
+            out.push((
+                DirEntry {
+                    ino: a.ino,
+                    ..d.clone()
+                },
+                *a,
+            ));
+            false
+        })?;
         Ok(out)
     }
 
