@@ -9,7 +9,8 @@
 //! guards the node table; lower data is never fetched while it is held.
 
 use super::lower::{LowerFile, LowerSource};
-use super::tree::{MergedTree, TreeNode};
+use super::lowertree::LowerTree;
+use super::tree::TreeNode;
 use super::upper::Upper;
 use super::{check_name, sys, Attr, Error, FileKind, Result, ROOT_INO};
 use bytes::Bytes;
@@ -88,7 +89,7 @@ impl Handle {
 
 /// The union filesystem core; see the module docs.
 pub struct UnionFs {
-    pub(crate) tree: Arc<MergedTree>,
+    pub(crate) tree: LowerTree,
     pub(crate) sources: Vec<Arc<dyn LowerSource>>,
     pub(crate) upper: Option<Upper>,
     pub(crate) rt: Option<tokio::runtime::Handle>,
@@ -166,7 +167,7 @@ impl UnionFs {
     /// and an optional `upper` (read-only without one). `rt` runs lower reads that copy-up
     /// must wait for; without it they are driven on the calling thread.
     pub fn new(
-        tree: Arc<MergedTree>,
+        tree: impl Into<LowerTree>,
         sources: Vec<Arc<dyn LowerSource>>,
         upper: Option<Upper>,
         rt: Option<tokio::runtime::Handle>,
@@ -196,7 +197,7 @@ impl UnionFs {
         }
         st.nodes.insert(ROOT_INO, root);
         Ok(UnionFs {
-            tree,
+            tree: tree.into(),
             sources,
             upper,
             rt,
@@ -214,8 +215,8 @@ impl UnionFs {
         self
     }
 
-    /// The merged lower tree.
-    pub fn tree(&self) -> &MergedTree {
+    /// The lower tree.
+    pub fn tree(&self) -> &LowerTree {
         &self.tree
     }
 

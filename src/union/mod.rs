@@ -12,8 +12,10 @@
 
 mod copyup;
 mod dirlower;
+mod dirtree;
 mod fs;
 mod lower;
+mod lowertree;
 mod nodes;
 mod ops;
 /// Thin wrappers over the xattr, mknod and time syscalls, and the overlay whiteout rules.
@@ -26,10 +28,12 @@ mod upper;
 mod tree_tests;
 
 pub use dirlower::DirLower;
+pub use dirtree::DirTree;
 pub use fs::{
     Ctx, DirEntry, Opened, ReadResult, SetAttr, StatFs, Stats, StatsSnapshot, TimeSpec, UnionFs,
 };
 pub use lower::{LowerFile, LowerSource, TarBytesLower};
+pub use lowertree::LowerTree;
 pub use nodes::UPPER_BASE;
 pub use tree::{MergedTree, TreeDirEnt, TreeNode};
 pub use upper::Upper;
