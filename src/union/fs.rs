@@ -227,6 +227,7 @@ impl UnionFs {
             bytes_read: self.stats.bytes_read.load(Ordering::Relaxed),
             lower_reads_waited: self.stats.lower_reads_waited.load(Ordering::Relaxed),
             copy_ups: self.stats.copy_ups.load(Ordering::Relaxed),
+            lookups: self.stats.lookups.load(Ordering::Relaxed),
         }
     }
 
@@ -423,6 +424,7 @@ impl UnionFs {
 
     /// `lookup(parent, name)`.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
+        self.stats.lookups.fetch_add(1, Ordering::Relaxed);
         let mut st = self.lock();
         let ino = self
             .resolve(&mut st, parent, name)?
