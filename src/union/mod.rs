@@ -2,7 +2,9 @@
 //!
 //! Layers below the FUSE adapter and above `layer`/`cache`: [`MergedTree`] applies the typed
 //! layer entries (`layer::Entry`: whiteouts and opaque directories already normalised) bottom
-//! to top once, giving an immutable tree with stable inode numbers. Lower file bytes come
+//! to top once, giving an immutable tree with stable inode numbers; plain directory lowers
+//! (`strata overlay`) are merged by [`DirTree`] instead, one directory at a time when it is
+//! first looked into. [`UnionFs`] sees either through [`LowerTree`]. Lower file bytes come
 //! through the [`LowerSource`] trait (a lazily fetched image layer, a plain directory
 //! [`DirLower`], or an in-memory tar [`TarBytesLower`] for tests), so the union never knows where
 //! bytes live. [`Upper`] is a directory in kernel-overlayfs format (whiteout = char 0/0, opaque
