@@ -65,10 +65,10 @@ impl UnionFs {
         }
         for &d in chain.iter().rev() {
             let lower = st.nodes.get(&d).and_then(|n| n.lower);
-            let t = lower
-                .and_then(|l| self.tree.node(l))
-                .ok_or(Error::StaleInode(d))?
-                .clone();
+            let l = lower
+                .filter(|&l| self.tree.node(l).is_some())
+                .ok_or(Error::StaleInode(d))?;
+            let t = self.tree_node_full(l)?;
             let rel = self.rel_path(st, d)?;
             let tmp = u.temp();
             std::fs::create_dir(&tmp)
@@ -106,7 +106,7 @@ impl UnionFs {
                 return Err(Error::NotFound(format!("inode {ino} (unlinked)")));
             }
             let l = n.lower.ok_or(Error::StaleInode(ino))?;
-            self.tree.node(l).ok_or(Error::StaleInode(ino))?.clone()
+            self.tree_node_full(l)?
         };
         // Build the copy in the work directory, unlocked.
         let tmp = u.temp();
@@ -188,6 +188,16 @@ impl UnionFs {
             Self::add_alias(st, ino, cur, &name);
         }
         Ok(())
+    }
+
+    /// A copy of lower node `l` with its xattrs filled in (a directory lower reads them
+    /// only on demand).
+    fn tree_node_full(&self, l: u64) -> Result<TreeNode> {
+        let mut t = self.tree.node(l).ok_or(Error::StaleInode(l))?.clone();
+        if t.xattrs.is_empty() {
+            t.xattrs = self.tree.xattrs(l).to_vec();
+        }
+        Ok(t)
     }
 
     fn build_copy(&self, tmp: &Path, t: &TreeNode, keep: Option<u64>) -> Result<()> {

@@ -11,7 +11,8 @@
 //! opaque (`trusted.overlay.opaque=y`, `user.` spelling, or an OCI `.wh..wh..opq` inside) or
 //! a non-directory or whiteout is met. A merged directory reports `nlink` 1, as overlayfs
 //! does; everything else its own lower `nlink`. Names of one lower inode (hard links,
-//! `(dev, ino)` equal) share one node; the first path seen holds the content.
+//! `(dev, ino)` equal) share one node; the first path seen holds the content. User xattrs
+//! are read when first asked for ([`DirTree::xattrs`]), not during a walk.
 //!
 //! Inode numbers are handed out in the order directories are first read: stable within a
 //! mount, not across mounts (as with kernel overlayfs without `xino`). Nodes live in an
@@ -43,6 +44,8 @@ struct Slot {
     srcs: Vec<usize>,
     /// The directory's merged entries, once read.
     kids: OnceLock<Vec<TreeDirEnt>>,
+    /// User-visible xattrs, read when first asked for (`TreeNode::xattrs` stays empty).
+    xattrs: OnceLock<Vec<(String, Vec<u8>)>>,
 }
 
 /// What the loader keeps between directory reads.
@@ -153,6 +156,7 @@ impl DirTree {
                 path,
                 srcs,
                 kids: OnceLock::new(),
+                xattrs: OnceLock::new(),
             });
         }
         ld.count += 1;
@@ -199,6 +203,28 @@ impl DirTree {
             .ok()
             .and_then(|i| kids.get(i))
             .map(|d| d.ino)
+    }
+
+    /// User-visible xattrs of `ino` (overlay-private ones left out), sorted by name; read
+    /// from the lower object on first use (a walk does not need them).
+    pub fn xattrs(&self, ino: u64) -> &[(String, Vec<u8>)] {
+        let Some(s) = self.slot(ino) else {
+            return &[];
+        };
+        s.xattrs.get_or_init(|| {
+            let Some(root) = self.layers.get(s.node.layer) else {
+                return Vec::new();
+            };
+            let abs = if s.path.is_empty() {
+                root.clone()
+            } else {
+                root.join(&s.path)
+            };
+            sys::visible_xattrs(&abs).unwrap_or_else(|e| {
+                tracing::warn!(path = %abs.display(), error = %e, "xattrs in lower directory");
+                Vec::new()
+            })
+        })
     }
 
     /// Every path of a node with more than one name. The other names may sit in
@@ -401,10 +427,6 @@ fn node_from(root: &Path, rel: &str, layer: usize, m: &std::fs::Metadata, parent
     } else {
         String::new()
     };
-    let xattrs = sys::visible_xattrs(&abs).unwrap_or_else(|e| {
-        tracing::warn!(path = %abs.display(), error = %e, "xattrs in lower directory");
-        Vec::new()
-    });
     let (dev_major, dev_minor) = if matches!(kind, FileKind::CharDev | FileKind::BlockDev) {
         (libc::major(m.rdev()), libc::minor(m.rdev()))
     } else {
@@ -428,7 +450,7 @@ fn node_from(root: &Path, rel: &str, layer: usize, m: &std::fs::Metadata, parent
         nlink: m.nlink() as u32,
         dev_major,
         dev_minor,
-        xattrs,
+        xattrs: Vec::new(), // read on demand: DirTree::xattrs
         link_target,
         content: (kind == FileKind::File).then(|| LowerFile::new(layer, rel, m.len(), 0)),
         parent,

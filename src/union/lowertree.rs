@@ -62,6 +62,15 @@ impl LowerTree {
         }
     }
 
+    /// User-visible xattrs of `ino`, sorted by name (a [`DirTree`] reads them on first use,
+    /// so use this rather than `TreeNode::xattrs`).
+    pub fn xattrs(&self, ino: u64) -> &[(String, Vec<u8>)] {
+        match self {
+            LowerTree::Merged(t) => t.node(ino).map(|n| n.xattrs.as_slice()).unwrap_or(&[]),
+            LowerTree::Dirs(t) => t.xattrs(ino),
+        }
+    }
+
     /// Every path of a hard-linked node (empty for nodes with one name).
     pub fn aliases(&self, ino: u64) -> Vec<String> {
         match self {

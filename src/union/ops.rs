@@ -608,11 +608,12 @@ impl UnionFs {
                 .map_err(|e| Error::io("getxattr", p, e))?
                 .ok_or(Error::NoAttr);
         }
-        let t = n
+        let l = n
             .lower
-            .and_then(|l| self.tree.node(l))
+            .filter(|&l| self.tree.node(l).is_some())
             .ok_or(Error::StaleInode(ino))?;
-        t.xattrs
+        self.tree
+            .xattrs(l)
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
@@ -633,11 +634,11 @@ impl UnionFs {
             names.sort();
             return Ok(names);
         }
-        let t = n
+        let l = n
             .lower
-            .and_then(|l| self.tree.node(l))
+            .filter(|&l| self.tree.node(l).is_some())
             .ok_or(Error::StaleInode(ino))?;
-        Ok(t.xattrs.iter().map(|(k, _)| k.clone()).collect())
+        Ok(self.tree.xattrs(l).iter().map(|(k, _)| k.clone()).collect())
     }
 
     /// `setxattr(ino, name, value, flags)` (`XATTR_CREATE` / `XATTR_REPLACE`).
