@@ -102,6 +102,21 @@ fn bench(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    c.bench_function("union/readdirplus_1000", |b| {
+        b.iter_batched(
+            || fs.opendir(dir).unwrap_or(0),
+            |fh| {
+                let mut n = 0usize;
+                let _ = fs.readdirplus_each(fh, 0, |_, _| {
+                    n += 1;
+                    false
+                });
+                let _ = fs.releasedir(fh);
+                n
+            },
+            BatchSize::SmallInput,
+        )
+    });
 }
 
 criterion_group!(benches, bench);

@@ -2,8 +2,9 @@
 //! directory lowers: every whiteout spelling in a directory lower, FUSE passthrough (and the
 //! copy-up hazard), a real `mknod c 0 0`, nlink 0 of an unlinked open file, ENAMETOOLONG,
 //! readdir inode == stat inode, hard links, a file beyond 4 GiB, shared writable mmap,
-//! `forget` keeping the node table bounded, and the command line (fuse-overlayfs symlink,
-//! mount.fuse3 helper, read-only mounts, bad input).
+//! `forget` keeping the node table bounded, a walk without a LOOKUP per entry over lazily
+//! read lower directories, and the command line (fuse-overlayfs symlink, mount.fuse3 helper,
+//! read-only mounts, bad input).
 
 #[path = "union_common.rs"]
 mod union_common;
@@ -550,4 +551,55 @@ fn cli_bad_input_fails_with_clear_errors() {
     assert_eq!(std::fs::read(t.join("m/f")).unwrap(), b"lower");
     let e = std::fs::write(t.join("m/new"), b"x").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+}
+
+/// Issue 5: a cold walk (readdir + lstat of every entry, as `find -printf '%s'` does) gets
+/// every entry's attributes from READDIRPLUS and sends (almost) no LOOKUP; lower directories
+/// are read when first looked into, not at mount.
+#[test]
+fn walk_needs_no_lookup_per_entry_and_lowers_are_read_lazily() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (l0, l1) = (tmp.path().join("l0"), tmp.path().join("l1"));
+    for d in 0..4 {
+        for f in 0..700 {
+            let p = l0.join(format!("data/d{d}/f{f:04}"));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, vec![b'x'; f % 50]).unwrap();
+        }
+    }
+    std::fs::create_dir_all(l1.join("data/d1")).unwrap();
+    std::fs::write(l1.join("data/d1/top"), b"top").unwrap();
+    let m = StrataMount::dirs(
+        &[l0.clone(), l1.clone()],
+        None,
+        &tmp.path().join("mnt"),
+        overlay_opts(),
+        MountOptions::default(),
+    );
+    let fs = m.handle.as_ref().unwrap().fs().clone();
+    assert_eq!(fs.tree().len(), 1, "only the root is read at mount");
+    let mut n = 0;
+    let mut bytes = 0;
+    // As find (fts) does: read a whole directory, then lstat its entries. (Reading and
+    // stat-ing in turn would hide READDIRPLUS_AUTO: a stat of an entry the kernel got with
+    // attributes makes it ask for attributes again in the next reply.)
+    let list = |p: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    };
+    for d in list(&m.dir.join("data")) {
+        for f in list(&d) {
+            let md = std::fs::symlink_metadata(f).unwrap();
+            n += 1;
+            bytes += md.len();
+        }
+    }
+    assert_eq!(n, 4 * 700 + 1);
+    let want: u64 = (0..700u64).map(|f| f % 50).sum::<u64>() * 4 + 3;
+    assert_eq!(bytes, want);
+    let lookups = fs.stats().lookups;
+    assert!(lookups < 20, "{lookups} LOOKUPs for {n} entries");
+    assert_eq!(fs.tree().len(), 1 + 1 + 4 + n as u64);
 }

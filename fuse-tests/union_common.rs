@@ -259,18 +259,28 @@ impl StrataMount {
         uopts: strata::union::UnionOptions,
         mopts: strata::fuse::MountOptions,
     ) -> Self {
-        let mut entries = Vec::new();
-        let mut sources: Vec<Arc<dyn LowerSource>> = Vec::new();
-        for l in lowers {
-            let d = strata::union::DirLower::open(l).unwrap();
-            entries.push(d.entries().to_vec());
-            sources.push(Arc::new(d));
-        }
-        Self::with(entries, sources, upper, dir, uopts, mopts)
+        let tree = Arc::new(strata::union::DirTree::open(lowers).unwrap());
+        let sources: Vec<Arc<dyn LowerSource>> = lowers
+            .iter()
+            .map(|l| Arc::new(strata::union::DirLower::at(l)) as Arc<dyn LowerSource>)
+            .collect();
+        Self::mount(tree.into(), sources, upper, dir, uopts, mopts)
     }
 
     pub fn with(
         entries: Vec<Vec<strata::layer::Entry>>,
+        sources: Vec<Arc<dyn LowerSource>>,
+        upper: Option<(&Path, &Path)>,
+        dir: &Path,
+        uopts: strata::union::UnionOptions,
+        mopts: strata::fuse::MountOptions,
+    ) -> Self {
+        let tree = Arc::new(MergedTree::build(&entries).unwrap());
+        Self::mount(tree.into(), sources, upper, dir, uopts, mopts)
+    }
+
+    fn mount(
+        tree: strata::union::LowerTree,
         sources: Vec<Arc<dyn LowerSource>>,
         upper: Option<(&Path, &Path)>,
         dir: &Path,
@@ -283,7 +293,6 @@ impl StrataMount {
             .enable_all()
             .build()
             .unwrap();
-        let tree = Arc::new(MergedTree::build(&entries).unwrap());
         let up = upper.map(|(u, w)| Upper::open(u, w).unwrap());
         let fs = Arc::new(
             UnionFs::new(tree, sources, up, Some(rt.handle().clone()))

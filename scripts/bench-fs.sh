@@ -3,6 +3,8 @@
 # fuse-overlayfs and strata's FUSE mount.
 #
 #   scripts/bench-fs.sh [--quick] [--runs N] [--systems native,overlayfs,fuse-overlayfs,strata-overlay,strata]
+#                       [--tests read,walk]   (default both: read = seqread + randread; walk = walk +
+#                                              create/unlink; `--tests walk` skips the fio file)
 #
 # Data: image "fiodata" (one layer, /data/fio.dat = 1 GiB random bytes) and image "smallfiles"
 # (debian minbase + a layer with 100k small files under /data), both built by scripts/lib/images.sh.
@@ -36,13 +38,14 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib/netns.sh"
 
 [ "$(id -u)" -eq 0 ] || die "run as root (mounts, drop_caches)"
-quick=0 runs="" systems="native,overlayfs,fuse-overlayfs,strata-overlay,strata"
+quick=0 runs="" systems="native,overlayfs,fuse-overlayfs,strata-overlay,strata" tests="read,walk"
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) quick=1 ;;
     --runs) runs=$2; shift ;;
     --systems) systems=$2; shift ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    --tests) tests=$2; shift ;;
+    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
     *) die "unknown argument $1" ;;
   esac
   shift
@@ -51,6 +54,8 @@ done
 rand_rt=10; fio_size=1G
 if [ $quick = 1 ]; then rand_rt=3; fio_size=256M; fi
 IFS=, read -r -a SYSTEMS <<< "$systems"
+want() { [[ ",$tests," == *",$1,"* ]]; }
+want read || want walk || die "--tests takes read and/or walk"
 
 ensure_pkgs fio fuse-overlayfs fuse3 umoci skopeo jq docker-registry
 WORK=${BENCH_WORK:-/var/tmp/strata-bench}
@@ -244,6 +249,7 @@ run_sys() {
   for r in $(seq 1 "$runs"); do
     log "$s run $r/$runs"
     # seqread + randread on one mount, walk + create/unlink on a fresh one
+    if want read; then
     setup_sys "$s"
     drop_caches
     ok=1; v=$(fio_seq "$FIOFILE") || ok=0; rec "$s" seqread-cold "$r" "${v:-0}" MB/s $ok
@@ -252,7 +258,10 @@ run_sys() {
     ok=1; v=$(fio_rand "$FIOFILE") || ok=0; rec "$s" randread4k-cold "$r" "${v:-0}" IOPS $ok
     head -c "$fio_size" "$FIOFILE" > /dev/null
     ok=1; v=$(fio_rand "$FIOFILE") || ok=0; rec "$s" randread4k-warm "$r" "${v:-0}" IOPS $ok
-    teardown_sys; setup_sys "$s"; drop_caches
+    teardown_sys
+    fi
+    want walk || continue
+    setup_sys "$s"; drop_caches
     ok=1; v=$(walk "$TREE") || ok=0; rec "$s" walk-100k-cold "$r" "${v:-0}" s $ok
     ok=1; v=$(walk "$TREE") || ok=0; rec "$s" walk-100k-warm "$r" "${v:-0}" s $ok
     ok=1; read -r c u < <(create_unlink "$WDIR") || ok=0
@@ -266,7 +275,8 @@ for s in "${SYSTEMS[@]}"; do
     strata) [ $strata_ok = 1 ] || continue
             run_sys strata
             # populate the root fully, then measure the cached variant
-            setup_sys strata; head -c "$fio_size" "$FIOFILE" > /dev/null; find "$TREE/data" -type f -exec cat {} + > /dev/null; teardown_sys
+            setup_sys strata; if want read; then head -c "$fio_size" "$FIOFILE" > /dev/null; fi
+            find "$TREE/data" -type f -exec cat {} + > /dev/null; teardown_sys
             run_sys strata-cached
             [ $quick = 1 ] || run_sys strata-passthrough ;;
     native|overlayfs|fuse-overlayfs) run_sys "$s" ;;
@@ -279,5 +289,5 @@ done
 printf '%s\n' "${notes[@]+"${notes[@]}"}" > "$RES/fs-notes.txt"
 if [ $strata_ok = 0 ] && [[ " ${SYSTEMS[*]} " == *" strata "* ]]; then printf 'strata\nstrata-cached\nstrata-passthrough\n'; fi > "$RES/fs-pending.txt"
 python3 "$here/lib/summarize.py" fs "$RES" "$(machine_json)" \
-  "scripts/bench-fs.sh $([ $quick = 1 ] && echo --quick) --runs $runs --systems $systems"
+  "scripts/bench-fs.sh $([ $quick = 1 ] && echo --quick) --runs $runs --systems $systems --tests $tests"
 cat "$RES/fs.md"

@@ -6,11 +6,11 @@
 //! through a symlink named `fuse-overlayfs` or `strata-overlay` (`main.rs` rewrites that
 //! argv[0] to `strata overlay`). Without `-f` it starts itself in the foreground in a new
 //! session and returns once the mount is ready, like fuse-overlayfs. Calls `union` (DirLower,
-//! MergedTree, Upper, UnionFs) and `fuse`; nothing else.
+//! DirTree, Upper, UnionFs) and `fuse`; nothing else.
 
 use super::{Ctx, Error};
 use crate::fuse::{IdMap, MountOptions};
-use crate::union::{DirLower, LowerSource, MergedTree, UnionFs, UnionOptions, Upper};
+use crate::union::{DirLower, DirTree, LowerSource, UnionFs, UnionOptions, Upper};
 use std::io::{BufRead, BufReader, Read, Seek};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -263,20 +263,18 @@ fn check(c: &OverlayConfig, mountpoint: &Path) -> Result<Checked, Error> {
     })
 }
 
-/// Build the union over checked paths (walks every lower directory once).
+/// Build the union over checked paths. Only the lower roots are read here: each lower
+/// directory is read when it is first looked into (see `union::DirTree`).
 pub fn build_union(
     lowers_bottom_first: &[PathBuf],
     upper: Option<(&Path, &Path)>,
     rt: Option<tokio::runtime::Handle>,
 ) -> Result<UnionFs, crate::union::Error> {
-    let mut entries = Vec::with_capacity(lowers_bottom_first.len());
-    let mut sources: Vec<Arc<dyn LowerSource>> = Vec::with_capacity(lowers_bottom_first.len());
-    for l in lowers_bottom_first {
-        let d = DirLower::open(l)?;
-        entries.push(d.entries().to_vec());
-        sources.push(Arc::new(d));
-    }
-    let tree = Arc::new(MergedTree::build(&entries)?);
+    let tree = Arc::new(DirTree::open(lowers_bottom_first)?);
+    let sources: Vec<Arc<dyn LowerSource>> = lowers_bottom_first
+        .iter()
+        .map(|l| Arc::new(DirLower::at(l)) as Arc<dyn LowerSource>)
+        .collect();
     let up = match upper {
         Some((u, w)) => Some(Upper::open(u, w)?),
         None => None,

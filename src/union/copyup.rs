@@ -153,7 +153,7 @@ impl UnionFs {
     /// names to it in the upper.
     fn link_aliases(&self, st: &mut State, ino: u64, lower: u64, first: &Path) -> Result<()> {
         let u = self.upper()?;
-        let paths: Vec<String> = self.tree.aliases(lower).map(String::from).collect();
+        let paths: Vec<String> = self.tree.aliases(lower);
         for p in paths {
             if Path::new(&p) == first {
                 continue;

@@ -1,6 +1,8 @@
 //! A plain directory as a lower layer (issue 9: fuse-overlayfs-style `lowerdir=`).
 //!
-//! [`DirLower::open`] walks the directory once into `layer::Entry` values, honouring both
+//! As a [`LowerSource`] it reads file content from the directory itself, always locally.
+//! `strata overlay` pairs [`DirLower::at`] (no walk) with [`super::DirTree`], which reads
+//! directories as they are looked into. [`DirLower::open`] walks the directory once into `layer::Entry` values, honouring both
 //! whiteout spellings: OCI names (`.wh.x`, `.wh..wh..opq`) and overlay format (char device 0/0,
 //! an empty file with `trusted.overlay.whiteout`, `trusted.overlay.opaque=y` /
 //! `user.overlay.opaque=y`). Files with several names become hard link entries. Content is read
@@ -27,6 +29,15 @@ const WH_PREFIX: &str = ".wh.";
 const WH_OPAQUE: &str = ".wh..wh..opq";
 
 impl DirLower {
+    /// `root` as a content source only, without walking it (entries are read lazily by
+    /// [`super::DirTree`]); [`entries`](Self::entries) is empty.
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        DirLower {
+            root: root.into(),
+            entries: Vec::new(),
+        }
+    }
+
     /// Walk `root` and build its entry list.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root: PathBuf = root.into();

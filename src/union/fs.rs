@@ -9,7 +9,8 @@
 //! guards the node table; lower data is never fetched while it is held.
 
 use super::lower::{LowerFile, LowerSource};
-use super::tree::{MergedTree, TreeNode};
+use super::lowertree::LowerTree;
+use super::tree::TreeNode;
 use super::upper::Upper;
 use super::{check_name, sys, Attr, Error, FileKind, Result, ROOT_INO};
 use bytes::Bytes;
@@ -72,7 +73,8 @@ pub(crate) enum Handle {
     },
     Dir {
         ino: u64,
-        entries: Mutex<Vec<DirEntry>>,
+        /// The listing, taken at the first read from offset 0 (`None` before it).
+        entries: Mutex<Option<Vec<DirEntry>>>,
         /// The upper directory, held open so `fstat` still answers after an `rmdir`.
         upper: Option<Arc<File>>,
     },
@@ -88,7 +90,7 @@ impl Handle {
 
 /// The union filesystem core; see the module docs.
 pub struct UnionFs {
-    pub(crate) tree: Arc<MergedTree>,
+    pub(crate) tree: LowerTree,
     pub(crate) sources: Vec<Arc<dyn LowerSource>>,
     pub(crate) upper: Option<Upper>,
     pub(crate) rt: Option<tokio::runtime::Handle>,
@@ -166,7 +168,7 @@ impl UnionFs {
     /// and an optional `upper` (read-only without one). `rt` runs lower reads that copy-up
     /// must wait for; without it they are driven on the calling thread.
     pub fn new(
-        tree: Arc<MergedTree>,
+        tree: impl Into<LowerTree>,
         sources: Vec<Arc<dyn LowerSource>>,
         upper: Option<Upper>,
         rt: Option<tokio::runtime::Handle>,
@@ -196,7 +198,7 @@ impl UnionFs {
         }
         st.nodes.insert(ROOT_INO, root);
         Ok(UnionFs {
-            tree,
+            tree: tree.into(),
             sources,
             upper,
             rt,
@@ -214,8 +216,8 @@ impl UnionFs {
         self
     }
 
-    /// The merged lower tree.
-    pub fn tree(&self) -> &MergedTree {
+    /// The lower tree.
+    pub fn tree(&self) -> &LowerTree {
         &self.tree
     }
 
@@ -226,6 +228,7 @@ impl UnionFs {
             bytes_read: self.stats.bytes_read.load(Ordering::Relaxed),
             lower_reads_waited: self.stats.lower_reads_waited.load(Ordering::Relaxed),
             copy_ups: self.stats.copy_ups.load(Ordering::Relaxed),
+            lookups: self.stats.lookups.load(Ordering::Relaxed),
         }
     }
 
@@ -422,6 +425,7 @@ impl UnionFs {
 
     /// `lookup(parent, name)`.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
+        self.stats.lookups.fetch_add(1, Ordering::Relaxed);
         let mut st = self.lock();
         let ino = self
             .resolve(&mut st, parent, name)?
@@ -525,16 +529,19 @@ impl UnionFs {
             .ok_or(Error::BadHandle(fh))
     }
 
-    /// Open directory `ino`; the listing is taken now (and again on a read at offset 0).
+    /// Open directory `ino`; the listing is taken at the first read from offset 0 (the
+    /// kernel always starts there, and again after a rewind).
     pub fn opendir(&self, ino: u64) -> Result<u64> {
-        let (entries, path) = {
-            let mut st = self.lock();
-            let entries = self.list_locked(&mut st, ino)?;
-            let path = match (&self.upper, st.nodes.get(&ino)) {
-                (Some(u), Some(n)) if n.upper => Some(u.path(&self.rel_path(&st, ino)?)),
+        let path = {
+            let st = self.lock();
+            let n = st.nodes.get(&ino).ok_or(Error::StaleInode(ino))?;
+            if n.kind != FileKind::Dir {
+                return Err(Error::NotDir(format!("inode {ino}")));
+            }
+            match &self.upper {
+                Some(u) if n.upper => Some(u.path(&self.rel_path(&st, ino)?)),
                 _ => None,
-            };
-            (entries, path)
+            }
         };
         // Best effort: without it, only `fstat` after `rmdir` of an open directory fails.
         let upper = path.and_then(|p| {
@@ -547,33 +554,72 @@ impl UnionFs {
         });
         Ok(self.new_fh(Handle::Dir {
             ino,
-            entries: Mutex::new(entries),
+            entries: Mutex::new(None),
             upper,
         }))
     }
 
-    /// Entries of an open directory after cookie `offset` (0 = from the start).
-    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirEntry>> {
+    /// Call `add` with each entry of an open directory after cookie `offset` (0 = from the
+    /// start, listing the directory afresh) until it returns `true` (reply buffer full).
+    /// Only the entries passed are touched, so a large directory read in many replies costs
+    /// no more per reply than the entries that reply carries.
+    pub fn readdir_each(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(&DirEntry) -> bool,
+    ) -> Result<()> {
         let h = self.handle(fh)?;
         let Handle::Dir { ino, entries, .. } = &*h else {
             return Err(Error::BadHandle(fh));
         };
         let mut e = entries.lock().unwrap_or_else(|p| p.into_inner());
-        if offset == 0 {
+        if offset == 0 || e.is_none() {
             let mut st = self.lock();
-            *e = self.list_locked(&mut st, *ino)?;
+            *e = Some(self.list_locked(&mut st, *ino)?);
         }
-        Ok(e.iter().skip(offset as usize).cloned().collect())
+        for d in e.iter().flatten().skip(offset as usize) {
+            if add(d) {
+                break;
+            }
+        }
+        Ok(())
     }
 
-    /// Like [`readdir`](Self::readdir) with each entry's attributes (`.` and `..` included).
-    pub fn readdirplus(&self, fh: u64, offset: u64) -> Result<Vec<(DirEntry, Attr)>> {
-        let list = self.readdir(fh, offset)?;
-        let dir = self.handle(fh)?.ino();
-        let mut out = Vec::with_capacity(list.len());
+    /// Entries of an open directory after cookie `offset` (0 = from the start).
+    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirEntry>> {
+        let mut out = Vec::new();
+        self.readdir_each(fh, offset, |d| {
+            out.push(d.clone());
+            false
+        })?;
+        Ok(out)
+    }
+
+    /// Like [`readdir_each`](Self::readdir_each) with each entry's attributes (`.` and `..`
+    /// included; the entry's number is `Attr::ino`, which may differ from the listing's for
+    /// an entry replaced since). Every entry `add` accepts (returns `false` for) counts as a lookup the
+    /// kernel now holds; the entry it refuses is not counted and ends the call. Entries
+    /// removed since the listing was taken are skipped.
+    pub fn readdirplus_each(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(&DirEntry, &Attr) -> bool,
+    ) -> Result<()> {
+        let h = self.handle(fh)?;
+        let Handle::Dir { ino, entries, .. } = &*h else {
+            return Err(Error::BadHandle(fh));
+        };
+        let dir = *ino;
+        let mut e = entries.lock().unwrap_or_else(|p| p.into_inner());
         let mut st = self.lock();
-        for d in list {
-            let attr = if d.name == "." || d.name == ".." {
+        if offset == 0 || e.is_none() {
+            *e = Some(self.list_locked(&mut st, dir)?);
+        }
+        for d in e.iter().flatten().skip(offset as usize) {
+            let dots = d.name == "." || d.name == "..";
+            let attr = if dots {
                 self.attr_locked(&st, d.ino)
             } else {
                 match self.resolve(&mut st, dir, &d.name)? {
@@ -581,19 +627,35 @@ impl UnionFs {
                     None => continue, // removed since the listing was taken
                 }
             };
-            match attr {
-                Ok(a) => {
-                    if d.name != "." && d.name != ".." {
-                        // The kernel takes a lookup reference on each entry it is sent; an
-                        // adapter that cannot send one gives it back with `forget`.
-                        Self::count_lookup(&mut st, a.ino);
-                    }
-                    out.push((DirEntry { ino: a.ino, ..d }, a))
-                }
+            let a = match attr {
+                Ok(a) => a,
                 Err(Error::NotFound(_)) => continue,
                 Err(e) => return Err(e),
+            };
+            if add(d, &a) {
+                break;
+            }
+            if !dots {
+                // The kernel takes a lookup reference on each entry it is sent.
+                Self::count_lookup(&mut st, a.ino);
             }
         }
+        Ok(())
+    }
+
+    /// [`readdirplus_each`](Self::readdirplus_each) collecting every entry.
+    pub fn readdirplus(&self, fh: u64, offset: u64) -> Result<Vec<(DirEntry, Attr)>> {
+        let mut out = Vec::new();
+        self.readdirplus_each(fh, offset, |d, a| {
+            out.push((
+                DirEntry {
+                    ino: a.ino,
+                    ..d.clone()
+                },
+                *a,
+            ));
+            false
+        })?;
         Ok(out)
     }
 

@@ -2,7 +2,9 @@
 //!
 //! Layers below the FUSE adapter and above `layer`/`cache`: [`MergedTree`] applies the typed
 //! layer entries (`layer::Entry`: whiteouts and opaque directories already normalised) bottom
-//! to top once, giving an immutable tree with stable inode numbers. Lower file bytes come
+//! to top once, giving an immutable tree with stable inode numbers; plain directory lowers
+//! (`strata overlay`) are merged by [`DirTree`] instead, one directory at a time when it is
+//! first looked into. [`UnionFs`] sees either through [`LowerTree`]. Lower file bytes come
 //! through the [`LowerSource`] trait (a lazily fetched image layer, a plain directory
 //! [`DirLower`], or an in-memory tar [`TarBytesLower`] for tests), so the union never knows where
 //! bytes live. [`Upper`] is a directory in kernel-overlayfs format (whiteout = char 0/0, opaque
@@ -12,8 +14,10 @@
 
 mod copyup;
 mod dirlower;
+mod dirtree;
 mod fs;
 mod lower;
+mod lowertree;
 mod nodes;
 mod ops;
 /// Thin wrappers over the xattr, mknod and time syscalls, and the overlay whiteout rules.
@@ -26,10 +30,12 @@ mod upper;
 mod tree_tests;
 
 pub use dirlower::DirLower;
+pub use dirtree::DirTree;
 pub use fs::{
     Ctx, DirEntry, Opened, ReadResult, SetAttr, StatFs, Stats, StatsSnapshot, TimeSpec, UnionFs,
 };
 pub use lower::{LowerFile, LowerSource, TarBytesLower};
+pub use lowertree::LowerTree;
 pub use nodes::UPPER_BASE;
 pub use tree::{MergedTree, TreeDirEnt, TreeNode};
 pub use upper::Upper;

@@ -11,7 +11,7 @@
 //! numbers from `FALLBACK_BASE`, remembered while the file exists.
 
 use super::fs::{State, UnionFs};
-use super::tree::MergedTree;
+use super::lowertree::LowerTree;
 use super::{sys, Error, FileKind, Result, ROOT_INO};
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
@@ -255,7 +255,7 @@ impl Aliases {
     }
 
     /// (parent, name) pairs, first name first.
-    pub fn iter<'a>(&'a self, tree: &'a MergedTree) -> impl Iterator<Item = (u64, &'a OsStr)> {
+    pub fn iter<'a>(&'a self, tree: &'a LowerTree) -> impl Iterator<Item = (u64, &'a OsStr)> {
         let t = match self {
             Aliases::Tree { parent, ino } => {
                 let name = tree.name(*ino).map_or("", |(_, n)| n);
@@ -268,16 +268,16 @@ impl Aliases {
             .chain(l.iter().map(|(p, n)| (*p, n.as_os_str())))
     }
 
-    pub fn first<'a>(&'a self, tree: &'a MergedTree) -> Option<(u64, &'a OsStr)> {
+    pub fn first<'a>(&'a self, tree: &'a LowerTree) -> Option<(u64, &'a OsStr)> {
         self.iter(tree).next()
     }
 
-    pub fn contains(&self, parent: u64, name: &OsStr, tree: &MergedTree) -> bool {
+    pub fn contains(&self, parent: u64, name: &OsStr, tree: &LowerTree) -> bool {
         self.iter(tree).any(|(p, n)| p == parent && n == name)
     }
 
     /// Add `parent/name` (not already there). `lower` = the tree inode the node shows.
-    pub fn push(&mut self, parent: u64, name: &OsStr, tree: &MergedTree, lower: Option<u64>) {
+    pub fn push(&mut self, parent: u64, name: &OsStr, tree: &LowerTree, lower: Option<u64>) {
         if self.is_empty() {
             if let Some(l) = lower {
                 if tree
@@ -295,7 +295,7 @@ impl Aliases {
     }
 
     /// Forget `parent/name`.
-    pub fn remove(&mut self, parent: u64, name: &OsStr, tree: &MergedTree) {
+    pub fn remove(&mut self, parent: u64, name: &OsStr, tree: &LowerTree) {
         if !self.contains(parent, name, tree) {
             return;
         }
@@ -313,7 +313,7 @@ impl Aliases {
     }
 
     /// The pairs as an owned list (leaves `self` empty).
-    fn take_list(&mut self, tree: &MergedTree) -> Vec<(u64, OsString)> {
+    fn take_list(&mut self, tree: &LowerTree) -> Vec<(u64, OsString)> {
         match std::mem::take(self) {
             Aliases::Empty => Vec::new(),
             t @ Aliases::Tree { .. } => t.iter(tree).map(|(p, n)| (p, n.to_os_string())).collect(),

@@ -231,7 +231,7 @@ impl UnionFs {
 
     /// Forget the name `parent/name` of `ino` after it was removed.
     fn drop_alias(&self, st: &mut State, ino: u64, parent: u64, name: &OsStr) {
-        let tree = &*self.tree;
+        let tree = &self.tree;
         if let Some(n) = st.nodes.get_mut(&ino) {
             n.aliases.remove(parent, name, tree);
             if n.aliases.is_empty() {

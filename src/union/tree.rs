@@ -10,6 +10,7 @@
 //! table (`tree_store.rs`): built in memory, stored per image, and mmap-ed at later mounts;
 //! the accessors read records in place and return small copies or borrowed strings.
 
+use super::dirtree::{DirEnt, DirNode, DirTree};
 use super::lower::LowerFile;
 use super::{Error, FileKind, Result, ROOT_INO};
 use crate::layer::{Entry, EntryKind, Timestamp};
@@ -39,21 +40,70 @@ pub struct TreeNode<'a> {
     pub parent: u64,
     /// Layer that provided the attributes.
     pub layer: usize,
-    tree: &'a MergedTree,
-    xattrs: (u32, u32),
-    /// Regular file: content path (string reference) and offset.
-    content: Option<(u32, u32, u64)>,
+    src: NodeSrc<'a>,
+}
+
+/// Where a node's xattrs and content reference come from.
+#[derive(Clone, Copy)]
+enum NodeSrc<'a> {
+    /// A record of the flat merged tree: xattr range, content path (string reference) and
+    /// offset of a regular file.
+    Merged {
+        tree: &'a MergedTree,
+        xattrs: (u32, u32),
+        content: Option<(u32, u32, u64)>,
+    },
+    /// A node of a directory lower tree: xattrs are read from the lower on first use.
+    Dir {
+        tree: &'a DirTree,
+        ino: u64,
+        content: Option<&'a LowerFile>,
+    },
+}
+
+/// The xattrs of a [`TreeNode`], sorted by name.
+pub struct Xattrs<'a>(XattrsInner<'a>);
+
+enum XattrsInner<'a> {
+    Merged {
+        tree: &'a MergedTree,
+        next: usize,
+        end: usize,
+    },
+    Dir(std::slice::Iter<'a, (String, Vec<u8>)>),
+}
+
+impl<'a> Iterator for Xattrs<'a> {
+    type Item = (&'a str, &'a [u8]);
+    fn next(&mut self) -> Option<Self::Item> {
+        match &mut self.0 {
+            XattrsInner::Merged { tree, next, end } => {
+                if *next >= *end {
+                    return None;
+                }
+                let r = tree.l.xattrs + *next * store::XATTR;
+                *next += 1;
+                let b = tree.bytes();
+                Some((
+                    tree.str_ref(r),
+                    tree.blob(u32_at(b, r + 8), u32_at(b, r + 12)),
+                ))
+            }
+            XattrsInner::Dir(it) => it.next().map(|(k, v)| (k.as_str(), v.as_slice())),
+        }
+    }
 }
 
 impl<'a> TreeNode<'a> {
     /// User-visible xattrs (overlay-private ones removed), sorted by name.
-    pub fn xattrs(&self) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'a {
-        let t = self.tree;
-        let (first, count) = (self.xattrs.0 as usize, self.xattrs.1 as usize);
-        (first..first + count).map(move |i| {
-            let r = t.l.xattrs + i * store::XATTR;
-            let b = t.bytes();
-            (t.str_ref(r), t.blob(u32_at(b, r + 8), u32_at(b, r + 12)))
+    pub fn xattrs(&self) -> Xattrs<'a> {
+        Xattrs(match self.src {
+            NodeSrc::Merged { tree, xattrs, .. } => XattrsInner::Merged {
+                tree,
+                next: xattrs.0 as usize,
+                end: xattrs.0 as usize + xattrs.1 as usize,
+            },
+            NodeSrc::Dir { tree, ino, .. } => XattrsInner::Dir(tree.xattrs(ino).iter()),
         })
     }
 
@@ -64,9 +114,41 @@ impl<'a> TreeNode<'a> {
 
     /// Content of a regular file (allocates the path: call it at open, not per lookup).
     pub fn content(&self) -> Option<LowerFile> {
-        let (off, len, offset) = self.content?;
-        let path = self.tree.str_at(off, len);
-        Some(LowerFile::new(self.layer, path, self.size, offset))
+        match self.src {
+            NodeSrc::Merged { tree, content, .. } => {
+                let (off, len, offset) = content?;
+                Some(LowerFile::new(
+                    self.layer,
+                    tree.str_at(off, len),
+                    self.size,
+                    offset,
+                ))
+            }
+            NodeSrc::Dir { content, .. } => content.cloned(),
+        }
+    }
+
+    /// The view of a directory lower's node (`dirtree.rs`).
+    pub(super) fn of_dir(tree: &'a DirTree, ino: u64, n: &'a DirNode) -> TreeNode<'a> {
+        TreeNode {
+            kind: n.kind,
+            mode: n.mode,
+            uid: n.uid,
+            gid: n.gid,
+            size: n.size,
+            mtime: n.mtime,
+            nlink: n.nlink,
+            dev_major: n.dev_major,
+            dev_minor: n.dev_minor,
+            link_target: &n.link_target,
+            parent: n.parent,
+            layer: n.layer,
+            src: NodeSrc::Dir {
+                tree,
+                ino,
+                content: n.content.as_ref(),
+            },
+        }
     }
 }
 
@@ -92,9 +174,39 @@ pub struct TreeDirEnt<'a> {
 
 /// Entries of one directory, in name order.
 pub struct Children<'a> {
-    tree: &'a MergedTree,
+    src: ChildSrc<'a>,
     next: usize,
     end: usize,
+}
+
+#[derive(Clone, Copy)]
+enum ChildSrc<'a> {
+    Merged(&'a MergedTree),
+    Dir(&'a [DirEnt]),
+}
+
+impl<'a> Children<'a> {
+    /// The entries of a directory lower's directory (`dirtree.rs`).
+    pub(super) fn of_dir(kids: &'a [DirEnt]) -> Children<'a> {
+        Children {
+            src: ChildSrc::Dir(kids),
+            next: 0,
+            end: kids.len(),
+        }
+    }
+
+    fn at(&self, i: usize) -> TreeDirEnt<'a> {
+        match self.src {
+            ChildSrc::Merged(t) => t.dirent(i),
+            ChildSrc::Dir(k) => k.get(i).map_or(
+                TreeDirEnt { name: "", ino: 0 }, // not reached: i < end <= len
+                |d| TreeDirEnt {
+                    name: &d.name,
+                    ino: d.ino,
+                },
+            ),
+        }
+    }
 }
 
 impl<'a> Iterator for Children<'a> {
@@ -103,7 +215,7 @@ impl<'a> Iterator for Children<'a> {
         if self.next >= self.end {
             return None;
         }
-        let d = self.tree.dirent(self.next);
+        let d = self.at(self.next);
         self.next += 1;
         Some(d)
     }
@@ -119,7 +231,7 @@ impl DoubleEndedIterator for Children<'_> {
             return None;
         }
         self.end -= 1;
-        Some(self.tree.dirent(self.end))
+        Some(self.at(self.end))
     }
 }
 
@@ -583,9 +695,11 @@ impl MergedTree {
             },
             parent: u64::from(u32_at(b, r + N_PARENT)),
             layer: u32_at(b, r + N_LAYER) as usize,
-            tree: self,
-            xattrs: (u32_at(b, r + N_XATTRS), u32_at(b, r + N_XATTRS + 4)),
-            content: (kind == FileKind::File).then(|| (a, bb, u64_at(b, r + N_OFFSET))),
+            src: NodeSrc::Merged {
+                tree: self,
+                xattrs: (u32_at(b, r + N_XATTRS), u32_at(b, r + N_XATTRS + 4)),
+                content: (kind == FileKind::File).then(|| (a, bb, u64_at(b, r + N_OFFSET))),
+            },
         })
     }
 
@@ -621,7 +735,7 @@ impl MergedTree {
             })
             .unwrap_or((0, 0));
         Children {
-            tree: self,
+            src: ChildSrc::Merged(self),
             next,
             end: end.min(self.l.n_dirents),
         }

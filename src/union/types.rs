@@ -77,6 +77,7 @@ pub struct Stats {
     pub(crate) bytes_read: AtomicU64,
     pub(crate) lower_reads_waited: AtomicU64,
     pub(crate) copy_ups: AtomicU64,
+    pub(crate) lookups: AtomicU64,
 }
 
 /// A copy of [`Stats`].
@@ -86,4 +87,6 @@ pub struct StatsSnapshot {
     pub bytes_read: u64,
     pub lower_reads_waited: u64,
     pub copy_ups: u64,
+    /// `lookup` calls (a walk whose entries came with READDIRPLUS needs almost none).
+    pub lookups: u64,
 }
