@@ -71,6 +71,7 @@ fn setup(dir: &std::path::Path, memory: u64) -> (Arc<ChunkCache>, Arc<CachedLaye
         digest: Digest::of(&blob),
         layout: Layout::new(index),
         source: Arc::new(MemBlob(blob)),
+        windows: None,
     });
     (cache, layer, off)
 }

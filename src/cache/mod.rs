@@ -14,10 +14,12 @@ mod disk;
 mod layout;
 mod source;
 mod stats;
+mod windows;
 
 pub use layout::Layout;
 pub use source::{BlobSource, LocalBlob, RegistryBlob};
 pub use stats::{Stats, StatsSnapshot};
+pub use windows::RemoteWindows;
 
 use crate::digest::Digest;
 use bytes::Bytes;
@@ -61,6 +63,8 @@ pub struct CachedLayer {
     pub digest: Digest,
     pub layout: Layout,
     pub source: Arc<dyn BlobSource>,
+    /// Where the stored gzip windows come from when the index file holds only its head.
+    pub windows: Option<Arc<RemoteWindows>>,
 }
 
 type SpanFuture = Shared<BoxFuture<'static, Result<Bytes, Error>>>;
@@ -604,10 +608,31 @@ impl ChunkCache {
                 layer: layer.digest,
                 msg: format!("cache closed: {e}"),
             })?;
+        let window_need = layer.layout.remote_window(run.start);
         let mut last_err = None;
         for attempt in 0..FETCH_ATTEMPTS {
             let started = Instant::now();
-            let fetched = layer.source.fetch(crange.clone()).await;
+            // The window (if the index holds only its head) comes with the span's bytes.
+            let window_fut = async {
+                match (&window_need, &layer.windows) {
+                    (None, _) => Ok(None),
+                    (Some((r, d)), Some(w)) => w.get(run.start, r.clone(), *d).await.map(Some),
+                    (Some(_), None) => Err("no source for the index's gzip windows".to_string()),
+                }
+            };
+            let (fetched, window) =
+                futures::future::join(layer.source.fetch(crange.clone()), window_fut).await;
+            let window = match window {
+                Ok(w) => w,
+                Err(msg) => {
+                    tracing::warn!(layer = %layer.digest, attempt, "window fetch failed: {msg}");
+                    last_err = Some(Error::Layer {
+                        layer: layer.digest,
+                        msg: format!("span {}: {msg}", run.start),
+                    });
+                    continue;
+                }
+            };
             let compressed = match fetched {
                 Ok(b) => b,
                 Err(msg) => {
@@ -624,8 +649,10 @@ impl ChunkCache {
                 .fetched(compressed.len() as u64, started.elapsed());
             let l2 = layer.clone();
             let run2 = run.clone();
-            let decoded =
-                tokio::task::spawn_blocking(move || l2.layout.decode(run2, &compressed)).await;
+            let decoded = tokio::task::spawn_blocking(move || {
+                l2.layout.decode(run2, &compressed, window.as_deref())
+            })
+            .await;
             let data = match decoded {
                 Ok(Ok(d)) => Bytes::from(d),
                 Ok(Err(msg)) => {

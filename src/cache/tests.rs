@@ -118,6 +118,7 @@ fn layer(f: &Fixture, delay_ms: u64) -> (Arc<CachedLayer>, Arc<TestSource>) {
         digest: Digest::of(&f.blob),
         layout: Layout::new(f.index.clone()),
         source: src.clone(),
+        windows: None,
     });
     (l, src)
 }
@@ -430,6 +431,7 @@ async fn estargz_chunks_are_one_block_each_and_a_tampered_chunk_is_refetched() {
         digest: Digest::of(&src.blob),
         layout: Layout::new(Arc::new(ix)),
         source: src.clone(),
+        windows: None,
     });
     let cache = open_cache(&f.cache_dir, 1 << 30);
     cache.prefetch_layer(&l).await.unwrap();
@@ -492,4 +494,93 @@ async fn fetch_layer_fetches_every_span_once_verified() {
     assert!(cache2.fetch_layer(&l2).await.is_err());
     cache2.flush().await;
     assert_eq!(cache2.disk_usage().1, 0);
+}
+
+/// A layer whose index is the head alone, its windows served from the full index file (the
+/// sidecar blob) by a second, corruptible source.
+fn head_only_layer(f: &Fixture) -> (Arc<CachedLayer>, Arc<TestSource>, Arc<TestSource>, PathBuf) {
+    let full = std::fs::read(f.index.path()).unwrap();
+    let head = crate::layer::head_len(&full).unwrap();
+    let head_path = f.cache_dir.with_file_name("head-index");
+    std::fs::write(&head_path, &full[..head as usize]).unwrap();
+    let ix = Arc::new(LayerIndex::open(&head_path).unwrap());
+    assert!(!ix.windows_local());
+    let src = Arc::new(TestSource {
+        blob: f.blob.clone(),
+        requests: AtomicU64::new(0),
+        corrupt: AtomicBool::new(false),
+        delay_ms: 5,
+    });
+    let wsrc = Arc::new(TestSource {
+        blob: Bytes::from(full),
+        requests: AtomicU64::new(0),
+        corrupt: AtomicBool::new(false),
+        delay_ms: 5,
+    });
+    let wdir = f.cache_dir.with_file_name("windows");
+    let l = Arc::new(CachedLayer {
+        digest: Digest::of(&f.blob),
+        layout: Layout::new(ix),
+        source: src.clone(),
+        windows: Some(RemoteWindows::new(wsrc.clone(), head, wdir.clone())),
+    });
+    (l, src, wsrc, wdir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn head_only_index_fetches_windows_lazily_verified_and_once() {
+    let f = fixture();
+    let cache = open_cache(&f.cache_dir, 1 << 30);
+    let (l, _src, wsrc, wdir) = head_only_layer(&f);
+    let t = l.layout.index().seek_table().unwrap();
+    let needing: Vec<usize> = (0..t.checkpoints.len())
+        .filter(|&i| t.needs_window(i))
+        .collect();
+    assert!(needing.len() > 4);
+    // Nothing is fetched before a span is needed.
+    assert_eq!(wsrc.requests.load(Ordering::SeqCst), 0);
+    // A corrupt window is an error, is not kept, and the span is not cached.
+    let (name, data) = &f.files[0];
+    let i = needing[1];
+    let sr = t.span_range(i);
+    let e = l.layout.index().lookup(name).unwrap();
+    assert!(sr.start >= e.offset() && sr.end <= e.offset() + data.len() as u64);
+    wsrc.corrupt.store(true, Ordering::SeqCst);
+    let err = cache.read(&l, sr.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("sha256"), "{err}");
+    assert!(!cache.has_span(&l, i));
+    assert!(!wdir.join(i.to_string()).exists());
+    // The next read fetches the window again and gets the right bytes.
+    wsrc.corrupt.store(false, Ordering::SeqCst);
+    let before = wsrc.requests.load(Ordering::SeqCst);
+    let got = cache.read(&l, sr.clone()).await.unwrap();
+    let rel = (sr.start - e.offset()) as usize..(sr.end - e.offset()) as usize;
+    assert_eq!(&got[..], &data[rel]);
+    assert_eq!(wsrc.requests.load(Ordering::SeqCst), before + 1);
+    // Concurrent readers of every file: one window request per run start at most, exact bytes.
+    let mut tasks = Vec::new();
+    for (name, data) in f.files.clone() {
+        let (cache, l) = (cache.clone(), l.clone());
+        tasks.push(tokio::spawn(async move {
+            let len = data.len() as u64;
+            let got = cache.read(&l, vrange(&l, &name, 0..len)).await.unwrap();
+            assert_eq!(&got[..], &data[..], "{name}");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    cache.flush().await;
+    assert!(wsrc.requests.load(Ordering::SeqCst) <= needing.len() as u64);
+    // A damaged local window copy is detected, dropped and fetched again.
+    let cache2 = open_cache(&f.cache_dir.with_file_name("cache2"), 1 << 30);
+    let (l2, _, wsrc2, wdir2) = head_only_layer(&f);
+    assert_eq!(wdir2, wdir);
+    let copy = wdir.join(i.to_string());
+    let mut w = std::fs::read(&copy).unwrap();
+    w[0] ^= 1;
+    std::fs::write(&copy, &w).unwrap();
+    let got = cache2.read(&l2, sr.clone()).await.unwrap();
+    assert_eq!(got, cache.read(&l, sr).await.unwrap());
+    assert_eq!(wsrc2.requests.load(Ordering::SeqCst), 1);
 }

@@ -336,6 +336,7 @@ pub(crate) fn decode_spans(
     table: &SeekTable,
     plan: &SpanPlan,
     compressed: &[u8],
+    window: Option<&[u8]>,
     out: &mut Vec<u8>,
 ) -> Result<()> {
     let first = plan.spans.start;
@@ -356,7 +357,7 @@ pub(crate) fn decode_spans(
             inf.prime(cp.bits, byte >> (8 - cp.bits)).map_err(derr)?;
             input = rest;
         }
-        let window = unpack_window(table.window(first)).map_err(derr)?;
+        let window = unpack_window(table.resume_window(first, window)?).map_err(derr)?;
         inf.set_dictionary(&window).map_err(derr)?;
         inf
     };
@@ -432,7 +433,9 @@ pub(crate) fn unwrap_io(e: std::io::Error, offset: u64) -> Error {
 pub(crate) mod tests {
     use super::*;
     use flate2::write::GzEncoder;
+    use sha2::{Digest as _, Sha256};
     use std::io::Write;
+    use std::ops::Range;
 
     fn gz(data: &[u8]) -> Vec<u8> {
         let mut e = GzEncoder::new(Vec::new(), flate2::Compression::new(6));
@@ -470,7 +473,7 @@ pub(crate) mod tests {
         let t = build_seek_table(&blob[..], 32 << 10, u64::MAX).unwrap();
         assert_eq!(t.uncompressed_size, all.len() as u64);
         assert!(t.checkpoints.len() > 3, "{:?}", t.checkpoints);
-        let t = SeekTable::decode(&t.encode()).unwrap();
+        let t = SeekTable::decode(&t.encode(), &t.windows).unwrap();
         let mut ranges = vec![0..1, 0..all.len() as u64, 699_990..700_010];
         for c in &t.checkpoints {
             let u = c.uout;
@@ -591,16 +594,44 @@ pub(crate) mod tests {
         let start = bad.windows.len() as u64;
         bad.windows.extend(packed);
         bad.checkpoints[i].window = start..bad.windows.len() as u64;
+        bad.window_bytes = bad.windows.len() as u64;
         let r = cp.uout..cp.uout + 10;
-        let err = bad
-            .read_range(r.clone(), |c| {
-                Ok(blob[c.start as usize..c.end as usize].to_vec())
-            })
-            .unwrap_err();
+        let fetch = |c: Range<u64>| Ok(blob[c.start as usize..c.end as usize].to_vec());
+        // The window's sha256 in the head catches it before it is used.
+        let err = bad.read_range(r.clone(), fetch).unwrap_err();
+        assert!(
+            matches!(err, Error::WindowDigest { span, .. } if span == i),
+            "{err}"
+        );
+        // A wrong window with a matching sha256 (a hostile index) still yields no wrong data.
+        bad.window_digests[i] = Sha256::digest(bad.window(i)).into();
+        let err = bad.read_range(r.clone(), fetch).unwrap_err();
         assert!(
             matches!(err, Error::SpanDigest { span, .. } | Error::SpanDecode { span, .. } if span == i),
             "{err}"
         );
+        // Without its window section the table says so instead of guessing.
+        let mut head_only = t.clone();
+        head_only.windows.clear();
+        let err = head_only.read_range(r.clone(), fetch).unwrap_err();
+        assert!(
+            matches!(err, Error::WindowMissing { span } if span == i),
+            "{err}"
+        );
+        // ... and decodes with the window supplied by the caller.
+        let plan = t.span_plan(r.clone()).unwrap();
+        let c = &blob[plan.compressed.start as usize..plan.compressed.end as usize];
+        let got = head_only
+            .decode_spans_with(&plan, c, Some(t.window(i)))
+            .unwrap();
+        assert_eq!(
+            got,
+            &data[plan.uncompressed.start as usize..plan.uncompressed.end as usize]
+        );
+        assert!(matches!(
+            head_only.decode_spans_with(&plan, c, Some(bad.window(i))),
+            Err(Error::WindowDigest { .. })
+        ));
         // Flip one compressed byte in the middle of span i.
         let plan = t.span_plan(r.clone()).unwrap();
         let mut flipped = blob.clone();
