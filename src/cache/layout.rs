@@ -147,6 +147,33 @@ impl Layout {
         }
     }
 
+    /// Partial span fetch: compressed bytes that decode blocks `0..=k` of span `i` (`None` for
+    /// eStargz chunks and layers that cannot decode a prefix).
+    pub fn prefix_plan(&self, i: usize, k: usize) -> Option<Range<u64>> {
+        let t = self
+            .index
+            .seek_table()
+            .filter(|_| self.chunk_starts.is_none())?;
+        t.prefix_plan(i, k)
+    }
+
+    /// Decode and verify blocks `0..=k` of span `i` from exactly `self.prefix_plan(i, k)`.
+    pub fn decode_prefix(
+        &self,
+        i: usize,
+        k: usize,
+        compressed: &[u8],
+        window: Option<&[u8]>,
+    ) -> Result<Vec<u8>, String> {
+        let t = self
+            .index
+            .seek_table()
+            .filter(|_| self.chunk_starts.is_none())
+            .ok_or("no seek table")?;
+        t.decode_prefix(i, k, compressed, window)
+            .map_err(|e| e.to_string())
+    }
+
     /// Number of verification blocks of span `i`: the seek table's per-block sha256s, or one
     /// block (the whole chunk, its `chunkDigest`) for eStargz.
     pub fn block_count(&self, i: usize) -> usize {

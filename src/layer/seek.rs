@@ -459,7 +459,9 @@ impl SeekTable {
                     rest = tail;
                 }
             }
-            Compression::Gzip => gzip::decode_spans(self, plan, compressed, window, &mut out)?,
+            Compression::Gzip => {
+                gzip::decode_spans(self, plan, compressed, window, None, &mut out)?
+            }
             Compression::Zstd => zstd::decode_spans(self, plan, compressed, &mut out)?,
         }
         Ok(out)
@@ -484,6 +486,90 @@ impl SeekTable {
         out.truncate(skip + (range.end - range.start) as usize);
         out.drain(..skip);
         Ok(out)
+    }
+
+    /// Partial span fetch: the compressed bytes that decode blocks `0..=k` of span `i` (from
+    /// the span's checkpoint to block `k`'s bound), or `None` when this table cannot decode a
+    /// prefix (zstd, a single-frame layer) or `k` is not a block of span `i`.
+    pub fn prefix_plan(&self, i: usize, k: usize) -> Option<Range<u64>> {
+        if self.whole || self.compression == Compression::Zstd || k >= self.blocks_of(i).len() {
+            return None;
+        }
+        let cp = self.checkpoints.get(i)?;
+        let cstart = cp.cin - u64::from(cp.bits > 0);
+        let whole = self.span_plan(self.span_range(i)).ok()?.compressed;
+        let bound = self.blocks.get(self.blocks_of(i).start + k)?.cend;
+        Some(cstart..bound.clamp(cstart, whole.end))
+    }
+
+    /// Decode blocks `0..=k` of span `i` from exactly the bytes of
+    /// [`prefix_plan`](Self::prefix_plan) (`window`: the checkpoint's stored window when it is
+    /// not local) and verify each block. Returns the span's first bytes through block `k`.
+    pub fn decode_prefix(
+        &self,
+        i: usize,
+        k: usize,
+        compressed: &[u8],
+        window: Option<&[u8]>,
+    ) -> Result<Vec<u8>> {
+        let crange = self
+            .prefix_plan(i, k)
+            .ok_or_else(|| self.decode_err(i, format!("no prefix plan for block {k}")))?;
+        if compressed.len() as u64 != crange.end - crange.start {
+            return Err(Error::FetchLength {
+                range: crange.clone(),
+                expected: crange.end - crange.start,
+                got: compressed.len() as u64,
+            });
+        }
+        let span = self.span_range(i);
+        let n = self.block_range(i, k).end - span.start;
+        let mut out = Vec::with_capacity(n as usize);
+        match self.compression {
+            Compression::Tar => {
+                let part = compressed
+                    .get(..n as usize)
+                    .ok_or_else(|| self.decode_err(i, "compressed bytes end early"))?;
+                out.extend_from_slice(part);
+                self.verify_prefix(i, &out)?;
+            }
+            Compression::Gzip => {
+                let plan = SpanPlan {
+                    spans: i..i + 1,
+                    compressed: crange,
+                    uncompressed: span.start..span.start + n,
+                };
+                gzip::decode_spans(self, &plan, compressed, window, Some(n), &mut out)?;
+            }
+            Compression::Zstd => return Err(self.decode_err(i, "zstd spans are fetched whole")),
+        }
+        Ok(out)
+    }
+
+    /// Check the first bytes of span `i` (a whole number of blocks, or the whole span) block
+    /// by block.
+    pub(crate) fn verify_prefix(&self, i: usize, data: &[u8]) -> Result<()> {
+        let r = self.span_range(i);
+        let blocks = self.blocks_covering(i, r.start..r.start + data.len() as u64);
+        let covered = blocks
+            .end
+            .checked_sub(1)
+            .map_or(0, |k| self.block_range(i, k).end - r.start);
+        if covered != data.len() as u64 {
+            return Err(self.decode_err(
+                i,
+                format!("{} bytes is not a whole number of blocks", data.len()),
+            ));
+        }
+        for k in blocks {
+            let b = self.block_range(i, k);
+            self.verify_block(
+                i,
+                k,
+                &data[(b.start - r.start) as usize..(b.end - r.start) as usize],
+            )?;
+        }
+        Ok(())
     }
 
     /// Global indices (into [`blocks`](Self::blocks)) of span `i`'s blocks.
