@@ -65,12 +65,15 @@ fn setup(dir: &std::path::Path, memory: u64) -> (Arc<ChunkCache>, Arc<CachedLaye
         disk_bytes: 1 << 30,
         max_concurrent_fetches: 4,
         fetch_timeout: strata::cache::DEFAULT_FETCH_TIMEOUT,
+        partial_spans: false,
+        fetch_ahead: 0,
     })
     .expect("cache");
     let layer = Arc::new(CachedLayer {
         digest: Digest::of(&blob),
         layout: Layout::new(index),
         source: Arc::new(MemBlob(blob)),
+        windows: None,
     });
     (cache, layer, off)
 }

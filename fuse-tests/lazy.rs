@@ -194,6 +194,27 @@ fn sidecar_index_gives_a_lazy_exact_mount() {
         serde_json::json!(["Sidecar", "Sidecar"]),
         "{s}"
     );
+    // The mount fetched the heads of the index blobs only: each layer's gzip windows come
+    // from the sidecar blob one at a time, with the first span that needs them.
+    let ixdir = env.root().join("indexes");
+    let names: Vec<String> = std::fs::read_dir(&ixdir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let heads = names
+        .iter()
+        .filter(|n| n.ends_with(".windows-from"))
+        .count();
+    assert!(heads >= 1, "no head-only index: {names:?}");
+    let windows_fetched: usize = names
+        .iter()
+        .filter(|n| n.ends_with(".windows"))
+        .map(|n| std::fs::read_dir(ixdir.join(n)).unwrap().count())
+        .sum();
+    assert!(
+        windows_fetched <= 2,
+        "{windows_fetched} windows for one small file"
+    );
     reg.settle_logs();
     let served = reg.bytes_served() - served_before;
     assert!(

@@ -3,7 +3,7 @@
 # before every run, registry behind an emulated link (scripts/lib/netns.sh).
 #
 #   scripts/bench-startup.sh [--quick] [--runs N] [--images a,b] [--profiles unshaped,200mbit-10ms]
-#                            [--workloads w1,w2]
+#                            [--workloads w1,w2] [--methods m1,m2]
 #
 # Methods (per image x workload x link profile):
 #   classic       skopeo copy docker://REF -> OCI dir; umoci raw unpack; umoci raw runtime-config;
@@ -16,6 +16,13 @@
 #   strata-profiled  as strata-lazy, after a publisher machine ran the workload once and published
 #                 its access profile (`strata profile push`): the fresh root prefetches those files
 #                 first (the strata-lazy runs set prefetch-profile=local so they never use it)
+#   (--methods picks some of the above, default all; without classic the traced run and the
+#   local runs unpack the image from its local OCI layout instead of the classic run's pull)
+#   strata-estargz   strata run of the image converted to eStargz (examples/estargz_convert.rs,
+#                 strata's own eStargz writer; pushed as bench/NAME-estargz) with an empty
+#                 STRATA_ROOT: the index comes from each layer's TOC, no sidecar. Needs
+#                 target/release/examples/estargz_convert (cargo build --release --example
+#                 estargz_convert) or $ESTARGZ_CONVERT; skipped with a note otherwise
 #   ideal         computed lower bound for a lazy loader: local + gzip(bytes the workload opens) /
 #                 link bandwidth + 3 round trips (connect, manifest, data)
 # Results: bench-results/startup-raw.csv (every run), startup-summary.csv, startup.json,
@@ -34,7 +41,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 [ "$(id -u)" -eq 0 ] || die "run as root (drop_caches, runc, network namespaces)"
 
-quick=0 runs="" images="debian-minbase,python,big" profiles="" only_wl=""
+quick=0 runs="" images="debian-minbase,python,big" profiles="" only_wl="" methods=""
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) quick=1 ;;
@@ -42,12 +49,17 @@ while [ $# -gt 0 ]; do
     --images) images=$2; shift ;;
     --profiles) profiles=$2; shift ;;
     --workloads) only_wl=$2; shift ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    --methods) methods=$2; shift ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     *) die "unknown argument $1" ;;
   esac
   shift
 done
 [ -n "$runs" ] || { [ $quick = 1 ] && runs=2 || runs=5; }
+ALL_METHODS=classic,local,strata-pull,strata-lazy,strata-profiled,strata-estargz
+[ -n "$methods" ] || methods=$ALL_METHODS
+for m in ${methods//,/ }; do [[ ",$ALL_METHODS," == *",$m,"* ]] || die "unknown method $m"; done
+want() { [[ ",$methods," == *",$1,"* ]]; }
 [ -n "$profiles" ] || { [ $quick = 1 ] && profiles=200mbit-10ms || profiles=unshaped,200mbit-10ms; }
 IFS=, read -r -a IMAGES <<< "$images"
 IFS=, read -r -a PROFILES <<< "$profiles"
@@ -99,6 +111,35 @@ for img in "${IMAGES[@]}"; do
          | awk -F': ' 'tolower($1)=="docker-content-digest"{print $2}' | tr -d '\r' || true)
   if [ "$want" != "$have" ]; then log "pushing $img"; push_image "$img" "$REGISTRY_HOST"; fi
 done
+# eStargz variants (converted once per source image, cached next to it)
+estargz_ok=0
+if want strata-estargz; then
+  conv=${ESTARGZ_CONVERT:-$STRATA_REPO_ROOT/target/release/examples/estargz_convert}
+  if [ -x "$conv" ]; then
+    estargz_ok=1
+    for img in "${IMAGES[@]}"; do
+      src=$(image_layout "$img") dst=$(image_layout "$img")-estargz
+      stamp=$(sha256sum "$src/index.json" | cut -d' ' -f1)
+      if [ "$(cat "$dst/.built-from" 2>/dev/null)" != "$stamp" ]; then
+        log "converting $img to eStargz"
+        rm -rf "$dst.tmp"
+        "$conv" "$src" "$dst.tmp" > "$WORK/estargz-$img.log" 2>&1 || { tail -3 "$WORK/estargz-$img.log" >&2; die "eStargz conversion of $img failed"; }
+        echo "$stamp" > "$dst.tmp/.built-from"
+        rm -rf "$dst"; mv "$dst.tmp" "$dst"
+      fi
+      want_d=$(jq -r '.manifests[0].digest' "$dst/index.json")
+      have_d=$(curl -fsI -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+         "http://$REGISTRY_HOST/v2/bench/$img-estargz/manifests/latest" 2>/dev/null \
+         | awk -F': ' 'tolower($1)=="docker-content-digest"{print $2}' | tr -d '\r' || true)
+      if [ "$want_d" != "$have_d" ]; then
+        log "pushing $img-estargz"
+        skopeo copy -q --dest-tls-verify=false "oci:$dst:latest" "docker://$REGISTRY_HOST/bench/$img-estargz:latest"
+      fi
+    done
+  else
+    notes+=("strata-estargz skipped: no converter at $conv (cargo build --release --example estargz_convert)")
+  fi
+fi
 # strata sidecar indexes (once; stored in the same registry storage)
 strata_run_ok=0 strata_index_ok=0
 if strata_has_cmd run; then strata_run_ok=1; else
@@ -181,7 +222,18 @@ print(max(man["layers"], key=lambda l:l["size"])["digest"])' "$lay")
       log "--- $img / $wl / $profile"
       d=$RUNDIR/c
       # classic
+      rm -rf "$d"; mkdir -p "$d/bundle"
+      oci=$d/oci
+      if ! want classic; then
+        # the local image layout stands in for the pulled copy (traced and local runs)
+        oci=$(image_layout "$img")
+        if want local; then
+          umoci raw unpack --image "$oci:latest" "$d/bundle/rootfs" > "$d.log" 2>&1
+          write_config "$oci" "$d/bundle/rootfs" "$argv" "$d/bundle/config.json"
+        fi
+      fi
       for r in $(seq 1 "$runs"); do
+        want classic || break
         rm -rf "$d"; mkdir -p "$d/bundle"
         drop_caches
         off=$(log_size "$REGISTRY_LOG")
@@ -201,6 +253,7 @@ print(max(man["layers"], key=lambda l:l["size"])["digest"])' "$lay")
       done
       # local (bundle from the last classic run)
       for r in $(seq 1 "$runs"); do
+        want local || break
         drop_caches
         t0=$(now_s); ok=1
         runc_run "$d/bundle" "$d/out" || ok=0
@@ -210,7 +263,9 @@ print(max(man["layers"], key=lambda l:l["size"])["digest"])' "$lay")
       # trace of the files the workload reads (once per image/workload, on a fresh unpack)
       key="$img/$wl"
       if [ "$(jq --arg k "$key" 'has($k)' "$TRACES")" != true ]; then
-        rm -rf "$d/bundle/rootfs"; umoci raw unpack --image "$d/oci:latest" "$d/bundle/rootfs"
+        rm -rf "$d/bundle/rootfs"; mkdir -p "$d/bundle"
+        umoci raw unpack --image "$oci:latest" "$d/bundle/rootfs"
+        [ -f "$d/bundle/config.json" ] || write_config "$oci" "$d/bundle/rootfs" "$argv" "$d/bundle/config.json"
         drop_caches
         runc_run "$d/bundle" "$d/out" "$d/strace.log" || log "traced run failed (see $d/out)"
         tr=$(python3 "$here/lib/trace_reads.py" "$d/bundle/rootfs" "$d/strace.log" "$(jq -r '.[0]' <<< "$argv")")
@@ -221,8 +276,12 @@ print(max(man["layers"], key=lambda l:l["size"])["digest"])' "$lay")
       # strata
       if [ $strata_run_ok = 1 ]; then
         mapfile -t cmd < <(jq -r '.[]' <<< "$argv")
-        for method in strata-pull strata-lazy strata-profiled; do
-          [ $method != strata-pull ] && [ $strata_index_ok = 0 ] && continue
+        for method in strata-pull strata-lazy strata-profiled strata-estargz; do
+          want $method || continue
+          [ $method = strata-estargz ] && [ $estargz_ok = 0 ] && continue
+          [ $method != strata-pull ] && [ $method != strata-estargz ] && [ $strata_index_ok = 0 ] && continue
+          mref=$ref
+          [ $method = strata-estargz ] && mref=$REGISTRY_HOST/bench/$img-estargz:latest
           if [ $method = strata-profiled ]; then
             # the publisher: one run records what the workload reads, `profile push` publishes it
             pr=$(mktemp -d "$RUNDIR/proot.XXXXXX")
@@ -237,7 +296,7 @@ print(max(man["layers"], key=lambda l:l["size"])["digest"])' "$lay")
           for r in $(seq 1 "$runs"); do
             sr=$(mktemp -d "$RUNDIR/sroot.XXXXXX")
             # plain lazy runs must not use a profile published by an earlier strata-profiled round
-            [ $method = strata-lazy ] && echo '{"prefetch-profile": "local"}' > "$sr/config.json"
+            case $method in strata-lazy|strata-estargz) echo '{"prefetch-profile": "local"}' > "$sr/config.json" ;; esac
             drop_caches
             off=$(log_size "$REGISTRY_LOG")
             t0=$(now_s); ok=1
@@ -246,7 +305,7 @@ print(max(man["layers"], key=lambda l:l["size"])["digest"])' "$lay")
                 STRATA_ROOT=$sr "$STRATA_BIN" run $STRATA_RUN_ARGS "$ref" "${cmd[@]}"; } \
                 > "$RUNDIR/strata.log" 2>&1 < /dev/null || ok=0
             else
-              STRATA_ROOT=$sr "$STRATA_BIN" run $STRATA_RUN_ARGS "$ref" "${cmd[@]}" \
+              STRATA_ROOT=$sr "$STRATA_BIN" run $STRATA_RUN_ARGS "$mref" "${cmd[@]}" \
                 > "$RUNDIR/strata.log" 2>&1 < /dev/null || ok=0
             fi
             t1=$(now_s)
@@ -267,5 +326,5 @@ done
 
 printf '%s\n' "${notes[@]+"${notes[@]}"}" > "$RES/startup-notes.txt"
 python3 "$here/lib/summarize.py" startup "$RES" "$(machine_json)" \
-  "scripts/bench-startup.sh $([ $quick = 1 ] && echo --quick) --runs $runs --images $images --profiles $profiles"
+  "scripts/bench-startup.sh $([ $quick = 1 ] && echo --quick) --runs $runs --images $images --profiles $profiles$([ "$methods" = "$ALL_METHODS" ] || echo " --methods $methods")"
 cat "$RES/startup.md"

@@ -80,6 +80,17 @@ pub struct Config {
     /// with EIO.
     #[serde(default = "default_fetch_timeout")]
     pub fetch_timeout: u64,
+    /// Partial span fetches: a small read of a file that ends inside a span fetches the span
+    /// only up to the compressed bound of the block holding the file's end (see
+    /// docs/layer-index.md). Off by default: measured slower on the cold-start benchmark.
+    #[serde(default)]
+    pub partial_span_fetch: bool,
+    /// Spans fetched ahead (in the background) after a read on demand misses near an earlier
+    /// miss in the same layer: cold starts read neighbouring files. Off (0) by default: the gain
+    /// was within the noise of the measurements so far, and a read that joins a speculative
+    /// fetch which then fails gets EIO (fuse-tests/faults.rs).
+    #[serde(default = "default_fetch_ahead")]
+    pub fetch_ahead_spans: usize,
 }
 
 fn default_downloads() -> usize {
@@ -96,6 +107,9 @@ fn default_true() -> bool {
 }
 fn default_fetch_timeout() -> u64 {
     60
+}
+fn default_fetch_ahead() -> usize {
+    0
 }
 
 fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -151,6 +165,8 @@ impl Default for Config {
             prefetch: true,
             prefetch_profile: ProfileSource::default(),
             fetch_timeout: default_fetch_timeout(),
+            partial_span_fetch: false,
+            fetch_ahead_spans: default_fetch_ahead(),
         }
     }
 }
@@ -193,6 +209,9 @@ impl Config {
                 "max-concurrent-uploads",
                 "must be between 1 and 64".into(),
             ));
+        }
+        if self.fetch_ahead_spans > 16 {
+            return Err(invalid("fetch-ahead-spans", "must be at most 16".into()));
         }
         if self.fetch_timeout == 0 || self.fetch_timeout > 3600 {
             return Err(invalid(

@@ -51,7 +51,8 @@ pub fn layer_scan(data: &[u8]) {
         }
         // The table we just built must round-trip and plan every span.
         let enc = table.encode();
-        let back = strata::layer::SeekTable::decode(&enc).expect("own seek table decodes");
+        let back =
+            strata::layer::SeekTable::decode(&enc, &table.windows).expect("own seek table decodes");
         assert_eq!(back.encode(), enc, "seek table round trip");
         let size = back.uncompressed_size;
         let _ = back.span_plan(0..size);
@@ -61,7 +62,7 @@ pub fn layer_scan(data: &[u8]) {
 
 /// Seek table decoder, then planning and decoding against the input itself.
 pub fn seek_table(data: &[u8]) {
-    let Ok(t) = strata::layer::SeekTable::decode(data) else {
+    let Ok(t) = strata::layer::SeekTable::decode(data, &[]) else {
         return;
     };
     let size = t.uncompressed_size;

@@ -61,7 +61,7 @@ def startup():
         else:
             failed[key] = failed.get(key, 0) + 1
     out = []
-    methods = ["classic", "local", "strata-pull", "strata-lazy", "strata-profiled"]
+    methods = ["classic", "local", "strata-pull", "strata-lazy", "strata-profiled", "strata-estargz"]
     for k in order:
         img, prof, wl = k
         ent = {"image": img, "profile": prof, "workload": wl, "methods": {}}
@@ -98,6 +98,11 @@ def startup():
         if pf and "ideal" in ent:
             ratios["profiled_over_ideal"] = pf / ent["ideal"]["seconds"]
             ratios["profiled_bytes_over_read"] = ent["methods"]["strata-profiled"]["bytes_fetched"] / max(1, ent["ideal"]["bytes_read"])
+        ez = ent["methods"].get("strata-estargz", {}).get("median")
+        if ez and "ideal" in ent:
+            ratios["estargz_over_ideal"] = ez / ent["ideal"]["seconds"]
+        if c and ez:
+            ratios["classic_over_estargz"] = c / ez
         ent["ratios"] = ratios
         out.append(ent)
 
@@ -147,6 +152,20 @@ def startup():
                 "%s (%s), %d files" % (mb(e["ideal"]["bytes_read"]), mb(e["ideal"]["bytes_read_gzip"]), e["ideal"]["files"])
                 if "ideal" in e else "—"))
         md.append("")
+        ez = [e for e in out if e["profile"] == prof and e["methods"].get("strata-estargz", {}).get("n")]
+        if ez:
+            md.append("eStargz variant (the image converted by examples/estargz_convert.rs, no sidecar index):")
+            md.append("")
+            md.append("| image | workload | strata lazy (sidecar index) | strata lazy (eStargz) | eStargz / ideal | "
+                      "fetched: lazy | fetched: eStargz |")
+            md.append("|---|---|---|---|---|---|---|")
+            for e in ez:
+                M, r = e["methods"], e["ratios"]
+                md.append("| %s | %s | %s | %s | %s | %s | %s |" % (
+                    e["image"], e["workload"], fmt_s(M.get("strata-lazy")), fmt_s(M["strata-estargz"]),
+                    "%.2fx" % r["estargz_over_ideal"] if "estargz_over_ideal" in r else "—",
+                    mb(M.get("strata-lazy", {}).get("bytes_fetched")), mb(M["strata-estargz"]["bytes_fetched"])))
+            md.append("")
     for n in notes():
         md.append("- note: " + n)
     open(P("startup.md"), "w").write("\n".join(md) + "\n")

@@ -110,8 +110,27 @@ impl Layout {
         }
     }
 
+    /// The stored window decoding span `i` needs that is not local: its range in the index's
+    /// window section and its sha256 (`None` when no window is needed or the file has them).
+    pub fn remote_window(&self, i: usize) -> Option<(Range<u64>, [u8; 32])> {
+        let t = self
+            .index
+            .seek_table()
+            .filter(|_| self.chunk_starts.is_none())?;
+        if t.windows_local() || !t.needs_window(i) {
+            return None;
+        }
+        Some((t.window_range(i), t.window_digests.get(i).copied()?))
+    }
+
     /// Decode spans `run` from exactly `self.compressed(run)` bytes; verified, concatenated.
-    pub fn decode(&self, run: Range<usize>, compressed: &[u8]) -> Result<Vec<u8>, String> {
+    /// `window`: the stored window of the run's first checkpoint when it is not local.
+    pub fn decode(
+        &self,
+        run: Range<usize>,
+        compressed: &[u8],
+        window: Option<&[u8]>,
+    ) -> Result<Vec<u8>, String> {
         match (&self.chunk_starts, self.index.seek_table()) {
             (Some(_), _) => {
                 let range = self.compressed(run.clone())?;
@@ -121,10 +140,38 @@ impl Layout {
             (None, Some(t)) => {
                 let r = t.span_range(run.start).start..t.span_range(run.end - 1).end;
                 let plan = t.span_plan(r).map_err(|e| e.to_string())?;
-                t.decode_spans(&plan, compressed).map_err(|e| e.to_string())
+                t.decode_spans_with(&plan, compressed, window)
+                    .map_err(|e| e.to_string())
             }
             (None, None) => Err("index has neither a seek table nor chunks".into()),
         }
+    }
+
+    /// Partial span fetch: compressed bytes that decode blocks `0..=k` of span `i` (`None` for
+    /// eStargz chunks and layers that cannot decode a prefix).
+    pub fn prefix_plan(&self, i: usize, k: usize) -> Option<Range<u64>> {
+        let t = self
+            .index
+            .seek_table()
+            .filter(|_| self.chunk_starts.is_none())?;
+        t.prefix_plan(i, k)
+    }
+
+    /// Decode and verify blocks `0..=k` of span `i` from exactly `self.prefix_plan(i, k)`.
+    pub fn decode_prefix(
+        &self,
+        i: usize,
+        k: usize,
+        compressed: &[u8],
+        window: Option<&[u8]>,
+    ) -> Result<Vec<u8>, String> {
+        let t = self
+            .index
+            .seek_table()
+            .filter(|_| self.chunk_starts.is_none())
+            .ok_or("no seek table")?;
+        t.decode_prefix(i, k, compressed, window)
+            .map_err(|e| e.to_string())
     }
 
     /// Number of verification blocks of span `i`: the seek table's per-block sha256s, or one

@@ -14,10 +14,12 @@ mod disk;
 mod layout;
 mod source;
 mod stats;
+mod windows;
 
 pub use layout::Layout;
 pub use source::{BlobSource, LocalBlob, RegistryBlob};
 pub use stats::{Stats, StatsSnapshot};
+pub use windows::RemoteWindows;
 
 use crate::digest::Digest;
 use bytes::Bytes;
@@ -61,6 +63,8 @@ pub struct CachedLayer {
     pub digest: Digest,
     pub layout: Layout,
     pub source: Arc<dyn BlobSource>,
+    /// Where the stored gzip windows come from when the index file holds only its head.
+    pub windows: Option<Arc<RemoteWindows>>,
 }
 
 type SpanFuture = Shared<BoxFuture<'static, Result<Bytes, Error>>>;
@@ -90,6 +94,11 @@ pub struct CacheConfig {
     /// Overall deadline for fetching one run of spans, all retries included: a read waiting
     /// on the network fails (EIO) after this instead of hanging on a stalled registry.
     pub fetch_timeout: std::time::Duration,
+    /// Fetch only a prefix of a span for a small read of a file ending in it (config
+    /// `partial-span-fetch`).
+    pub partial_spans: bool,
+    /// Spans fetched ahead after a miss near an earlier one (config `fetch-ahead-spans`).
+    pub fetch_ahead: usize,
 }
 
 /// The shared cache. One per process; all methods take `&self`.
@@ -97,8 +106,16 @@ pub struct ChunkCache {
     mem: Mutex<Memory>,
     disk: disk::Disk,
     inflight: Mutex<HashMap<SpanKey, SpanFuture>>,
+    /// Partial span fetches in flight: the last block each produces, and its future (the
+    /// span's bytes through that block). Lock order: `inflight`, then `partial`.
+    partial: Mutex<HashMap<SpanKey, (usize, SpanFuture)>>,
     fetch_permits: Arc<tokio::sync::Semaphore>,
     fetch_timeout: std::time::Duration,
+    partial_spans: bool,
+    fetch_ahead: usize,
+    /// Per layer, the spans of the last few reads on demand that had to fetch (neighbour
+    /// fetch-ahead).
+    recent_misses: Mutex<HashMap<Digest, std::collections::VecDeque<usize>>>,
     pub stats: Arc<Stats>,
     /// Per layer, the last span a large read on demand had to fetch (sequential detection).
     last_miss: Mutex<HashMap<Digest, usize>>,
@@ -116,6 +133,10 @@ pub struct ChunkCache {
 const READAHEAD_MIN_READ: u64 = 64 << 10;
 /// Spans fetched ahead of a sequential reader.
 const READAHEAD_SPANS: usize = 8;
+/// A miss this many spans or fewer from one of the layer's last [`RECENT_MISSES`] misses
+/// starts neighbour fetch-ahead.
+const NEAR_MISS: usize = 8;
+const RECENT_MISSES: usize = 8;
 
 /// Whole-layer prefetch waits until reads on demand have not fetched for this long.
 pub const PREFETCH_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -156,10 +177,14 @@ impl ChunkCache {
             }),
             disk,
             inflight: Mutex::new(HashMap::new()),
+            partial: Mutex::new(HashMap::new()),
             fetch_permits: Arc::new(tokio::sync::Semaphore::new(
                 cfg.max_concurrent_fetches.max(1),
             )),
             fetch_timeout: cfg.fetch_timeout,
+            partial_spans: cfg.partial_spans,
+            fetch_ahead: cfg.fetch_ahead,
+            recent_misses: Mutex::new(HashMap::new()),
             stats: Arc::new(Stats::default()),
             pending_writes: Mutex::new(Vec::new()),
             writing: Mutex::new(HashMap::new()),
@@ -386,6 +411,16 @@ impl ChunkCache {
             self.last_demand
                 .store(now, std::sync::atomic::Ordering::Relaxed);
         }
+        if demand && file_end.is_some() {
+            self.fetch_ahead(layer, spans.clone());
+        }
+        if let (Some(fe), 1, true) = (file_end, spans.len(), self.partial_spans) {
+            if let Some(f) = self.prefix_future(layer, spans.start, &range, fe) {
+                let b = f.await?;
+                let s = layer.layout.span_range(spans.start);
+                return Ok(cut_parts(s.start, &[b], range));
+            }
+        }
         let waits = self.futures_for(layer, spans.clone(), &parts);
         if let Some(file_end) = file_end {
             if range.end - range.start >= READAHEAD_MIN_READ {
@@ -576,6 +611,48 @@ impl ChunkCache {
         drop(self.futures_for(layer, next, &parts));
     }
 
+    /// Neighbour fetch-ahead: a read on demand that misses in spans `spans` within
+    /// [`NEAR_MISS`] spans of one of the layer's last misses is part of a cold start walking
+    /// neighbouring files (a package's modules sit together in the tar stream): start fetching
+    /// the next `fetch_ahead` spans in the background (one Range request, not awaited; spans
+    /// local or in flight are skipped). Uses the link while the reader works on what it got
+    /// instead of paying a round trip per span.
+    fn fetch_ahead(self: &Arc<Self>, layer: &Arc<CachedLayer>, spans: Range<usize>) {
+        if self.fetch_ahead == 0 || spans.is_empty() {
+            return;
+        }
+        let near = {
+            let mut recent = lock(&self.recent_misses);
+            let r = recent.entry(layer.digest).or_default();
+            let near = r
+                .iter()
+                .any(|&p| p + NEAR_MISS >= spans.start && p <= spans.end + NEAR_MISS);
+            r.push_back(spans.end - 1);
+            if r.len() > RECENT_MISSES {
+                r.pop_front();
+            }
+            near
+        };
+        if !near {
+            return;
+        }
+        let end = (spans.end + self.fetch_ahead).min(layer.layout.count());
+        if end <= spans.end {
+            return;
+        }
+        let next = spans.end..end;
+        let parts: Vec<Option<Bytes>> = next
+            .clone()
+            .map(|i| self.has_span(layer, i).then(Bytes::new))
+            .collect();
+        if parts.iter().all(Option::is_some) {
+            return;
+        }
+        self.stats
+            .fetched_ahead(parts.iter().filter(|p| p.is_none()).count() as u64);
+        drop(self.futures_for(layer, next, &parts));
+    }
+
     /// Wait until every span fetched so far is on disk (before unmounting, in tests).
     pub async fn flush(&self) {
         let tasks: Vec<_> = std::mem::take(&mut *lock(&self.pending_writes));
@@ -596,6 +673,50 @@ impl ChunkCache {
                 layer: layer.digest,
                 msg,
             })?;
+        let run2 = run.clone();
+        let data = self
+            .fetch_decode(layer, run.start, crange, move |l, c, w| {
+                l.layout.decode(run2.clone(), c, w)
+            })
+            .await?;
+        let mut out = Vec::with_capacity(run.len());
+        self.stats.spans(run.len() as u64);
+        let base = layer.layout.span_range(run.start).start;
+        for i in run.clone() {
+            let r = rel_range(&layer.layout, i, base);
+            if r.end > data.len() {
+                return Err(Error::Layer {
+                    layer: layer.digest,
+                    msg: format!("span {i}: decoded data too short"),
+                });
+            }
+            let part = data.slice(r);
+            let key = SpanKey {
+                layer: layer.digest,
+                span: i as u32,
+            };
+            lock(&self.mem).insert(MemKey::whole(key), part.clone());
+            out.push(part);
+        }
+        Ok(out)
+    }
+
+    /// Fetch compressed bytes `crange` (decoded from span `first`'s checkpoint) under a fetch
+    /// permit, with the checkpoint's window when the index holds only its head, and decode and
+    /// verify them on the blocking pool; retried [`FETCH_ATTEMPTS`] times.
+    async fn fetch_decode<F>(
+        &self,
+        layer: &Arc<CachedLayer>,
+        first: usize,
+        crange: Range<u64>,
+        decode: F,
+    ) -> Result<Bytes, Error>
+    where
+        F: Fn(&CachedLayer, &[u8], Option<&[u8]>) -> Result<Vec<u8>, String>
+            + Clone
+            + Send
+            + 'static,
+    {
         let _permit = self
             .fetch_permits
             .acquire()
@@ -604,10 +725,32 @@ impl ChunkCache {
                 layer: layer.digest,
                 msg: format!("cache closed: {e}"),
             })?;
+        let window_need = layer.layout.remote_window(first);
+        tracing::debug!(layer = %layer.digest, span = first, ?crange, window = window_need.is_some(), "fetch");
         let mut last_err = None;
         for attempt in 0..FETCH_ATTEMPTS {
             let started = Instant::now();
-            let fetched = layer.source.fetch(crange.clone()).await;
+            // The window (if the index holds only its head) comes with the span's bytes.
+            let window_fut = async {
+                match (&window_need, &layer.windows) {
+                    (None, _) => Ok(None),
+                    (Some((r, d)), Some(w)) => w.get(first, r.clone(), *d).await.map(Some),
+                    (Some(_), None) => Err("no source for the index's gzip windows".to_string()),
+                }
+            };
+            let (fetched, window) =
+                futures::future::join(layer.source.fetch(crange.clone()), window_fut).await;
+            let window = match window {
+                Ok(w) => w,
+                Err(msg) => {
+                    tracing::warn!(layer = %layer.digest, attempt, "window fetch failed: {msg}");
+                    last_err = Some(Error::Layer {
+                        layer: layer.digest,
+                        msg: format!("span {first}: {msg}"),
+                    });
+                    continue;
+                }
+            };
             let compressed = match fetched {
                 Ok(b) => b,
                 Err(msg) => {
@@ -622,19 +765,25 @@ impl ChunkCache {
             };
             self.stats
                 .fetched(compressed.len() as u64, started.elapsed());
-            let l2 = layer.clone();
-            let run2 = run.clone();
+            let net = started.elapsed();
+            let (l2, dec) = (layer.clone(), decode.clone());
             let decoded =
-                tokio::task::spawn_blocking(move || l2.layout.decode(run2, &compressed)).await;
-            let data = match decoded {
-                Ok(Ok(d)) => Bytes::from(d),
+                tokio::task::spawn_blocking(move || dec(&l2, &compressed, window.as_deref())).await;
+            tracing::debug!(
+                layer = %layer.digest,
+                span = first,
+                net_ms = net.as_millis() as u64,
+                decode_ms = (started.elapsed() - net).as_millis() as u64,
+                "fetched"
+            );
+            match decoded {
+                Ok(Ok(d)) => return Ok(Bytes::from(d)),
                 Ok(Err(msg)) => {
                     tracing::error!(layer = %layer.digest, attempt, "fetched bytes failed verification: {msg}");
                     last_err = Some(Error::Layer {
                         layer: layer.digest,
                         msg,
                     });
-                    continue;
                 }
                 Err(e) => {
                     return Err(Error::Layer {
@@ -642,32 +791,127 @@ impl ChunkCache {
                         msg: format!("decoder task: {e}"),
                     })
                 }
-            };
-            let mut out = Vec::with_capacity(run.len());
-            self.stats.spans(run.len() as u64);
-            let base = layer.layout.span_range(run.start).start;
-            for i in run.clone() {
-                let r = rel_range(&layer.layout, i, base);
-                if r.end > data.len() {
-                    return Err(Error::Layer {
-                        layer: layer.digest,
-                        msg: format!("span {i}: decoded data too short"),
-                    });
-                }
-                let part = data.slice(r);
-                let key = SpanKey {
-                    layer: layer.digest,
-                    span: i as u32,
-                };
-                lock(&self.mem).insert(MemKey::whole(key), part.clone());
-                out.push(part);
             }
-            return Ok(out);
         }
         Err(last_err.unwrap_or(Error::Layer {
             layer: layer.digest,
             msg: "fetch failed".into(),
         }))
+    }
+
+    /// Partial span fetch for a small read of a file that ends in span `i`: a future for the
+    /// span's verified bytes through the block holding the file's end (or `range`'s end, if
+    /// later), fetched from the checkpoint to that block's compressed bound only. `None` when
+    /// the whole span should be fetched instead: the file goes on past the span (a sequential
+    /// reader wants the rest), the prefix would save little, the whole span is already being
+    /// fetched, a shorter prefix of it is (decoding cannot resume where that one stops), or a
+    /// prefix of it was fetched before (this span is being read piece by piece).
+    /// Verified blocks go to the memory tier one by one; the disk tier keeps whole spans only.
+    fn prefix_future(
+        self: &Arc<Self>,
+        layer: &Arc<CachedLayer>,
+        i: usize,
+        range: &Range<u64>,
+        file_end: u64,
+    ) -> Option<SpanFuture> {
+        let span = layer.layout.span_range(i);
+        if file_end >= span.end || range.end > span.end || range.start < span.start {
+            return None;
+        }
+        let upto = file_end.max(range.end);
+        let k = layer
+            .layout
+            .blocks_covering(i, range.start..upto)
+            .end
+            .checked_sub(1)?;
+        let crange = layer.layout.prefix_plan(i, k)?;
+        let whole = layer.layout.compressed(i..i + 1).ok()?;
+        if (crange.end - crange.start) * 4 > (whole.end - whole.start) * 3 {
+            return None;
+        }
+        let key = SpanKey {
+            layer: layer.digest,
+            span: i as u32,
+        };
+        let inflight = lock(&self.inflight);
+        if inflight.contains_key(&key) {
+            return None;
+        }
+        let mut partial = lock(&self.partial);
+        if let Some((bound, f)) = partial.get(&key) {
+            if *bound >= k {
+                self.stats.joined();
+                return Some(f.clone());
+            }
+            return None;
+        }
+        // A span touched a second time after a prefix fetch is fetched whole: small files
+        // read one after another in one span would otherwise each refetch a longer prefix.
+        let block0 = MemKey {
+            span: key,
+            block: 0,
+        };
+        if lock(&self.mem).lru.peek(&block0).is_some() {
+            return None;
+        }
+        // A prefix or whole fetch may have finished since the caller looked.
+        let upto_block = layer.layout.block_range(i, k).end;
+        if let Some(b) = self.local_piece(layer, i, span.start..upto_block) {
+            return Some(futures::future::ready(Ok(b)).boxed().shared());
+        }
+        drop(inflight);
+        let me = self.clone();
+        let l = layer.clone();
+        let task = tokio::spawn(async move {
+            let deadline = me.fetch_timeout;
+            let fetch = me.fetch_decode(&l, i, crange.clone(), move |l, c, w| {
+                l.layout.decode_prefix(i, k, c, w)
+            });
+            let r = match tokio::time::timeout(deadline, fetch).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::Fetch {
+                    layer: l.digest,
+                    range: crange,
+                    msg: format!("no verified bytes within the fetch timeout ({deadline:?})"),
+                }),
+            };
+            if let Ok(bytes) = &r {
+                me.stats.partial();
+                let mut mem = lock(&me.mem);
+                for b in 0..=k {
+                    let br = l.layout.block_range(i, b);
+                    let (s, e) = (
+                        (br.start - span.start) as usize,
+                        (br.end - span.start) as usize,
+                    );
+                    if e <= bytes.len() {
+                        mem.insert(
+                            MemKey {
+                                span: key,
+                                block: b as u32,
+                            },
+                            bytes.slice(s..e),
+                        );
+                    }
+                }
+            }
+            lock(&me.partial).remove(&key);
+            r
+        });
+        let digest = layer.digest;
+        let f: SpanFuture = async move {
+            match task.await {
+                Ok(r) => r,
+                Err(e) => Err(Error::Layer {
+                    layer: digest,
+                    msg: format!("fetch task failed: {e}"),
+                }),
+            }
+        }
+        .boxed()
+        .shared();
+        partial.insert(key, (k, f.clone()));
+        Some(f)
     }
 
     /// Drop cached spans until the disk tier is under `target` bytes; returns bytes freed.

@@ -13,6 +13,8 @@ pub struct Stats {
     joined: AtomicU64,
     prefetched_spans: AtomicU64,
     spans_fetched: AtomicU64,
+    partial_spans: AtomicU64,
+    ahead_spans: AtomicU64,
     /// Fetch latencies in microseconds (bounded sample).
     latencies: Mutex<Vec<u32>>,
 }
@@ -26,6 +28,12 @@ pub struct StatsSnapshot {
     pub joined_inflight: u64,
     pub prefetched_spans: u64,
     pub spans_fetched: u64,
+    /// Spans of which only a prefix (the blocks a file read needed) was fetched.
+    #[serde(default)]
+    pub partial_spans: u64,
+    /// Spans fetched ahead of reads on demand (neighbour fetch-ahead).
+    #[serde(default)]
+    pub ahead_spans: u64,
     pub fetch_avg_ms: f64,
     pub fetch_p99_ms: f64,
 }
@@ -43,6 +51,12 @@ impl Stats {
     }
     pub(super) fn spans(&self, n: u64) {
         self.spans_fetched.fetch_add(n, Relaxed);
+    }
+    pub(super) fn partial(&self) {
+        self.partial_spans.fetch_add(1, Relaxed);
+    }
+    pub(super) fn fetched_ahead(&self, n: u64) {
+        self.ahead_spans.fetch_add(n, Relaxed);
     }
     pub(super) fn mem_hit(&self) {
         self.mem_hits.fetch_add(1, Relaxed);
@@ -82,6 +96,8 @@ impl Stats {
             joined_inflight: self.joined.load(Relaxed),
             prefetched_spans: self.prefetched_spans.load(Relaxed),
             spans_fetched: self.spans_fetched.load(Relaxed),
+            partial_spans: self.partial_spans.load(Relaxed),
+            ahead_spans: self.ahead_spans.load(Relaxed),
             fetch_avg_ms: avg,
             fetch_p99_ms: p99,
         }

@@ -60,13 +60,14 @@ fn pseudo_random(seed: u64, n: usize) -> Vec<u8> {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(&[3usize << 20, 100, 0, 700_000, 2 << 20, 5000])
+}
+
+fn fixture_with(sizes: &[usize]) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let mut files = Vec::new();
     let mut tar = ::tar::Builder::new(Vec::new());
-    for (i, size) in [3usize << 20, 100, 0, 700_000, 2 << 20, 5000]
-        .iter()
-        .enumerate()
-    {
+    for (i, size) in sizes.iter().enumerate() {
         let name = format!("dir/file{i}");
         let data = pseudo_random(i as u64 + 1, *size);
         let mut h = ::tar::Header::new_gnu();
@@ -96,6 +97,18 @@ fn fixture() -> Fixture {
     }
 }
 
+fn config(dir: &std::path::Path) -> CacheConfig {
+    CacheConfig {
+        dir: dir.to_path_buf(),
+        memory_bytes: 1 << 20,
+        disk_bytes: 1 << 30,
+        max_concurrent_fetches: 4,
+        fetch_timeout: super::DEFAULT_FETCH_TIMEOUT,
+        partial_spans: false,
+        fetch_ahead: 0,
+    }
+}
+
 fn open_cache(dir: &std::path::Path, disk: u64) -> Arc<ChunkCache> {
     ChunkCache::open(CacheConfig {
         dir: dir.to_path_buf(),
@@ -103,6 +116,8 @@ fn open_cache(dir: &std::path::Path, disk: u64) -> Arc<ChunkCache> {
         disk_bytes: disk,
         max_concurrent_fetches: 4,
         fetch_timeout: super::DEFAULT_FETCH_TIMEOUT,
+        partial_spans: false,
+        fetch_ahead: 0,
     })
     .unwrap()
 }
@@ -118,6 +133,7 @@ fn layer(f: &Fixture, delay_ms: u64) -> (Arc<CachedLayer>, Arc<TestSource>) {
         digest: Digest::of(&f.blob),
         layout: Layout::new(f.index.clone()),
         source: src.clone(),
+        windows: None,
     });
     (l, src)
 }
@@ -324,6 +340,8 @@ fn open_cache_mem(dir: &std::path::Path, memory: u64) -> Arc<ChunkCache> {
         disk_bytes: 1 << 30,
         max_concurrent_fetches: 4,
         fetch_timeout: super::DEFAULT_FETCH_TIMEOUT,
+        partial_spans: false,
+        fetch_ahead: 0,
     })
     .unwrap()
 }
@@ -430,6 +448,7 @@ async fn estargz_chunks_are_one_block_each_and_a_tampered_chunk_is_refetched() {
         digest: Digest::of(&src.blob),
         layout: Layout::new(Arc::new(ix)),
         source: src.clone(),
+        windows: None,
     });
     let cache = open_cache(&f.cache_dir, 1 << 30);
     cache.prefetch_layer(&l).await.unwrap();
@@ -492,4 +511,283 @@ async fn fetch_layer_fetches_every_span_once_verified() {
     assert!(cache2.fetch_layer(&l2).await.is_err());
     cache2.flush().await;
     assert_eq!(cache2.disk_usage().1, 0);
+}
+
+/// A layer whose index is the head alone, its windows served from the full index file (the
+/// sidecar blob) by a second, corruptible source.
+fn head_only_layer(f: &Fixture) -> (Arc<CachedLayer>, Arc<TestSource>, Arc<TestSource>, PathBuf) {
+    let full = std::fs::read(f.index.path()).unwrap();
+    let head = crate::layer::head_len(&full).unwrap();
+    let head_path = f.cache_dir.with_file_name("head-index");
+    std::fs::write(&head_path, &full[..head as usize]).unwrap();
+    let ix = Arc::new(LayerIndex::open(&head_path).unwrap());
+    assert!(!ix.windows_local());
+    let src = Arc::new(TestSource {
+        blob: f.blob.clone(),
+        requests: AtomicU64::new(0),
+        corrupt: AtomicBool::new(false),
+        delay_ms: 5,
+    });
+    let wsrc = Arc::new(TestSource {
+        blob: Bytes::from(full),
+        requests: AtomicU64::new(0),
+        corrupt: AtomicBool::new(false),
+        delay_ms: 5,
+    });
+    let wdir = f.cache_dir.with_file_name("windows");
+    let l = Arc::new(CachedLayer {
+        digest: Digest::of(&f.blob),
+        layout: Layout::new(ix),
+        source: src.clone(),
+        windows: Some(RemoteWindows::new(wsrc.clone(), head, wdir.clone())),
+    });
+    (l, src, wsrc, wdir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn head_only_index_fetches_windows_lazily_verified_and_once() {
+    let f = fixture();
+    let cache = open_cache(&f.cache_dir, 1 << 30);
+    let (l, _src, wsrc, wdir) = head_only_layer(&f);
+    let t = l.layout.index().seek_table().unwrap();
+    let needing: Vec<usize> = (0..t.checkpoints.len())
+        .filter(|&i| t.needs_window(i))
+        .collect();
+    assert!(needing.len() > 4);
+    // Nothing is fetched before a span is needed.
+    assert_eq!(wsrc.requests.load(Ordering::SeqCst), 0);
+    // A corrupt window is an error, is not kept, and the span is not cached.
+    let (name, data) = &f.files[0];
+    let i = needing[1];
+    let sr = t.span_range(i);
+    let e = l.layout.index().lookup(name).unwrap();
+    assert!(sr.start >= e.offset() && sr.end <= e.offset() + data.len() as u64);
+    wsrc.corrupt.store(true, Ordering::SeqCst);
+    let err = cache.read(&l, sr.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("sha256"), "{err}");
+    assert!(!cache.has_span(&l, i));
+    assert!(!wdir.join(i.to_string()).exists());
+    // The next read fetches the window again and gets the right bytes.
+    wsrc.corrupt.store(false, Ordering::SeqCst);
+    let before = wsrc.requests.load(Ordering::SeqCst);
+    let got = cache.read(&l, sr.clone()).await.unwrap();
+    let rel = (sr.start - e.offset()) as usize..(sr.end - e.offset()) as usize;
+    assert_eq!(&got[..], &data[rel]);
+    assert_eq!(wsrc.requests.load(Ordering::SeqCst), before + 1);
+    // Concurrent readers of every file: one window request per run start at most, exact bytes.
+    let mut tasks = Vec::new();
+    for (name, data) in f.files.clone() {
+        let (cache, l) = (cache.clone(), l.clone());
+        tasks.push(tokio::spawn(async move {
+            let len = data.len() as u64;
+            let got = cache.read(&l, vrange(&l, &name, 0..len)).await.unwrap();
+            assert_eq!(&got[..], &data[..], "{name}");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    cache.flush().await;
+    assert!(wsrc.requests.load(Ordering::SeqCst) <= needing.len() as u64);
+    // A damaged local window copy is detected, dropped and fetched again.
+    let cache2 = open_cache(&f.cache_dir.with_file_name("cache2"), 1 << 30);
+    let (l2, _, wsrc2, wdir2) = head_only_layer(&f);
+    assert_eq!(wdir2, wdir);
+    let copy = wdir.join(i.to_string());
+    let mut w = std::fs::read(&copy).unwrap();
+    w[0] ^= 1;
+    std::fs::write(&copy, &w).unwrap();
+    let got = cache2.read(&l2, sr.clone()).await.unwrap();
+    assert_eq!(got, cache.read(&l, sr).await.unwrap());
+    assert_eq!(wsrc2.requests.load(Ordering::SeqCst), 1);
+}
+
+/// Small files packed into 256 KiB spans: a cold read of one fetches the span only up to the
+/// bound of the block holding the file's end; every byte read is checked against the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partial_span_reads_are_exact_verified_and_smaller() {
+    let sizes: Vec<usize> = (0..240).map(|i| 2000 + (i * 7919) % 9000).collect();
+    let f = fixture_with(&sizes);
+    // Memory large enough that no prefix is evicted before its span is fetched whole.
+    let cache = ChunkCache::open(CacheConfig {
+        dir: f.cache_dir.clone(),
+        memory_bytes: 64 << 20,
+        disk_bytes: 1 << 30,
+        max_concurrent_fetches: 4,
+        fetch_timeout: super::DEFAULT_FETCH_TIMEOUT,
+        partial_spans: true,
+        fetch_ahead: 0,
+    })
+    .unwrap();
+    let (l, src) = layer(&f, 0);
+    let count = l.layout.count();
+    assert!(count >= 4, "{count} spans");
+    let span_of = |name: &str| {
+        let e = l.layout.index().lookup(name).unwrap();
+        l.layout.locate(e.offset()..e.offset() + e.size()).unwrap()
+    };
+    // A file in the first half of a span, not touching the next one.
+    let (name, data) = f
+        .files
+        .iter()
+        .find(|(n, d)| {
+            let s = span_of(n);
+            let sr = l.layout.span_range(s.start);
+            let e = l.layout.index().lookup(n).unwrap();
+            s.len() == 1
+                && e.offset() > sr.start
+                && e.offset() + d.len() as u64 - sr.start < 64 << 10
+        })
+        .unwrap()
+        .clone();
+    let i = span_of(&name).start;
+    let e = l.layout.index().lookup(&name).unwrap();
+    let file_end = e.offset() + e.size();
+    let got = cache
+        .read_file(&l, vrange(&l, &name, 0..4096), file_end)
+        .await
+        .unwrap();
+    assert_eq!(&got[..], &data[..4096.min(data.len())]);
+    let s = cache.stats.snapshot();
+    assert_eq!(s.partial_spans, 1, "{s:?}");
+    let whole = l.layout.compressed(i..i + 1).unwrap();
+    assert!(
+        s.bytes_fetched * 4 <= (whole.end - whole.start) * 3,
+        "prefix fetch moved {} of the span's {} bytes",
+        s.bytes_fetched,
+        whole.end - whole.start
+    );
+    // Only verified blocks are kept, in memory: the span is not whole, nothing on disk.
+    assert!(!cache.has_span(&l, i));
+    cache.flush().await;
+    assert_eq!(cache.disk_usage().1, 0);
+    // The rest of the file is local now.
+    let len = data.len() as u64;
+    let rest = cache
+        .try_read_local(&l, vrange(&l, &name, 0..len))
+        .unwrap()
+        .unwrap();
+    assert_eq!(&rest[..], &data[..]);
+    // Every file, read in 4 KiB pieces in a scrambled order: exact, each span fetched whole
+    // at most once after its prefix.
+    let mut order: Vec<usize> = (0..f.files.len()).collect();
+    let mut x = 7u64;
+    for k in (1..order.len()).rev() {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        order.swap(k, (x >> 33) as usize % (k + 1));
+    }
+    for idx in order {
+        let (name, data) = &f.files[idx];
+        let e = l.layout.index().lookup(name).unwrap();
+        let fe = e.offset() + e.size();
+        let len = data.len() as u64;
+        let mut at = 0;
+        while at < len {
+            let end = (at + 4096).min(len);
+            let got = cache
+                .read_file(&l, vrange(&l, name, at..end), fe)
+                .await
+                .unwrap();
+            assert_eq!(&got[..], &data[at as usize..end as usize], "{name} {at}");
+            at = end;
+        }
+    }
+    let s = cache.stats.snapshot();
+    assert!(
+        s.partial_spans >= 1 && s.partial_spans <= count as u64,
+        "{s:?}"
+    );
+    assert!(src.requests.load(Ordering::SeqCst) <= s.partial_spans + count as u64);
+}
+
+#[tokio::test]
+async fn corrupt_prefix_is_refused_and_nothing_kept() {
+    let sizes: Vec<usize> = (0..120).map(|i| 3000 + (i * 104_729) % 5000).collect();
+    let f = fixture_with(&sizes);
+    let cache = ChunkCache::open(CacheConfig {
+        partial_spans: true,
+        ..config(&f.cache_dir)
+    })
+    .unwrap();
+    let (l, src) = layer(&f, 0);
+    let (name, data) = f.files[3].clone();
+    let e = l.layout.index().lookup(&name).unwrap();
+    let fe = e.offset() + e.size();
+    let r = vrange(&l, &name, 0..data.len() as u64);
+    src.corrupt.store(true, Ordering::SeqCst);
+    assert!(cache.read_file(&l, r.clone(), fe).await.is_err());
+    assert!(cache.try_read_local(&l, r.clone()).is_none());
+    assert_eq!(lock(&cache.mem).lru.len(), 0, "unverified bytes kept");
+    src.corrupt.store(false, Ordering::SeqCst);
+    let got = cache.read_file(&l, r, fe).await.unwrap();
+    assert_eq!(&got[..], &data[..]);
+    assert_eq!(cache.stats.snapshot().partial_spans, 1);
+}
+
+/// Neighbour fetch-ahead: a miss near an earlier miss of the same layer starts fetching the
+/// next spans in the background; an isolated miss does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_near_an_earlier_one_fetches_the_next_spans_ahead() {
+    let sizes: Vec<usize> = (0..300).map(|i| 3000 + (i * 7919) % 6000).collect();
+    let f = fixture_with(&sizes);
+    let cache = ChunkCache::open(CacheConfig {
+        fetch_ahead: 2,
+        memory_bytes: 64 << 20,
+        ..config(&f.cache_dir)
+    })
+    .unwrap();
+    let (l, _src) = layer(&f, 0);
+    assert!(l.layout.count() >= 6);
+    let in_span = |i: usize| {
+        let r = l.layout.span_range(i);
+        f.files
+            .iter()
+            .find(|(n, d)| {
+                let e = l.layout.index().lookup(n).unwrap();
+                e.offset() >= r.start && e.offset() + d.len() as u64 <= r.end
+            })
+            .unwrap()
+            .clone()
+    };
+    let read = |name: String, data: Vec<u8>| {
+        let (cache, l) = (cache.clone(), l.clone());
+        async move {
+            let e = l.layout.index().lookup(&name).unwrap();
+            let fe = e.offset() + e.size();
+            let len = data.len() as u64;
+            let got = cache
+                .read_file(&l, vrange(&l, &name, 0..len), fe)
+                .await
+                .unwrap();
+            assert_eq!(&got[..], &data[..], "{name}");
+        }
+    };
+    let (n0, d0) = in_span(0);
+    read(n0, d0).await;
+    assert_eq!(
+        cache.stats.snapshot().ahead_spans,
+        0,
+        "an isolated miss fetched ahead"
+    );
+    let (n1, d1) = in_span(1);
+    read(n1, d1).await;
+    assert_eq!(cache.stats.snapshot().ahead_spans, 2);
+    // The spans ahead arrive without another read asking for them; reading them is local.
+    for _ in 0..200 {
+        if cache.has_span(&l, 2) && cache.has_span(&l, 3) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(cache.has_span(&l, 2) && cache.has_span(&l, 3));
+    let (n3, d3) = in_span(3);
+    let e = l.layout.index().lookup(&n3).unwrap();
+    let got = cache
+        .try_read_local(&l, vrange(&l, &n3, 0..d3.len() as u64))
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got[..], &d3[..]);
+    assert!(!cache.has_span(&l, 4), "{}", e.offset());
 }

@@ -317,6 +317,8 @@ impl Ctx {
             disk_bytes: self.config.cache_size,
             max_concurrent_fetches: 8,
             fetch_timeout: std::time::Duration::from_secs(self.config.fetch_timeout),
+            partial_spans: self.config.partial_span_fetch,
+            fetch_ahead: self.config.fetch_ahead_spans,
         })
         .map_err(|e| Error::Usage(e.to_string()))
     }

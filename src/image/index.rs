@@ -18,14 +18,23 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Artifact type of sidecars holding layer index files of format version 2. The
+/// Artifact type of sidecars holding layer index files of format version 3. The
 /// version is in the type so a sidecar of another format is recognised (and skipped with a
 /// note) from the referrers list alone, without fetching its blobs.
-pub const ARTIFACT_TYPE: &str = "application/vnd.strata.index.v2";
-pub const INDEX_MEDIA_TYPE: &str = "application/vnd.strata.layer.index.v2";
-/// Artifact types of sidecars an older strata published (index format 1: no block hashes).
-const OLD_ARTIFACT_TYPES: &[&str] = &["application/vnd.strata.index.v1"];
+pub const ARTIFACT_TYPE: &str = "application/vnd.strata.index.v3";
+pub const INDEX_MEDIA_TYPE: &str = "application/vnd.strata.layer.index.v3";
+/// Artifact types of sidecars an older strata published (index format 1: no block hashes;
+/// 2: windows inside the seek section, so a mount had to fetch all of them).
+const OLD_ARTIFACT_TYPES: &[&str] = &[
+    "application/vnd.strata.index.v1",
+    "application/vnd.strata.index.v2",
+];
 pub const LAYER_ANNOTATION: &str = "dev.strata.layer.digest";
+/// Length of the index blob's head (everything before the window section): a mount fetches
+/// only these bytes, and each window later with a Range request.
+pub const HEAD_SIZE_ANNOTATION: &str = "dev.strata.index.head.size";
+/// sha256 of the head (the blob digest covers the whole blob, which a mount never fetches).
+pub const HEAD_DIGEST_ANNOTATION: &str = "dev.strata.index.head.digest";
 pub const TOC_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
 /// Largest index blob accepted from a registry.
 const MAX_INDEX_BYTES: usize = 512 << 20;
@@ -47,6 +56,57 @@ pub enum IndexSource {
 
 pub fn index_path(store: &Store, layer: &Digest) -> PathBuf {
     store.root().join("indexes").join(layer.hex())
+}
+
+/// Where a head-only index (from a sidecar) records the blob its windows are in.
+fn windows_from_path(store: &Store, layer: &Digest) -> PathBuf {
+    store
+        .root()
+        .join("indexes")
+        .join(format!("{}.windows-from", layer.hex()))
+}
+
+/// Local copies of a head-only index's windows, one file per checkpoint.
+fn windows_dir(store: &Store, layer: &Digest) -> PathBuf {
+    store
+        .root()
+        .join("indexes")
+        .join(format!("{}.windows", layer.hex()))
+}
+
+/// The sidecar blob holding the windows of a head-only index.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WindowsFrom {
+    blob: Digest,
+    head: u64,
+}
+
+/// For a layer whose local index holds only its head: where its gzip windows are fetched from
+/// (the sidecar blob in `reference`'s repository). `None` when the index has its windows.
+pub fn remote_windows(
+    client: &Arc<Client>,
+    store: &Store,
+    reference: &Reference,
+    layer: &Digest,
+    index: &LayerIndex,
+) -> Option<Arc<crate::cache::RemoteWindows>> {
+    if index.windows_local() {
+        return None;
+    }
+    let from: WindowsFrom = store
+        .read_json(&windows_from_path(store, layer))
+        .ok()
+        .flatten()?;
+    Some(crate::cache::RemoteWindows::new(
+        Arc::new(crate::cache::RegistryBlob {
+            client: client.clone(),
+            registry: reference.registry.clone(),
+            repository: reference.repository.clone(),
+            digest: from.blob,
+        }),
+        from.head,
+        windows_dir(store, layer),
+    ))
 }
 
 fn layer_err(digest: Digest, e: impl Into<Error>) -> Error {
@@ -71,6 +131,12 @@ fn open_local(store: &Store, d: &Digest) -> Option<LayerIndex> {
         return None;
     }
     match LayerIndex::open(&p) {
+        // A head without a record of where its windows are cannot be read: fetch it again.
+        Ok(i) if !i.windows_local() && !windows_from_path(store, d).exists() => {
+            tracing::warn!(layer = %d, "dropping a head-only index with no window source");
+            let _ = std::fs::remove_file(&p);
+            None
+        }
         Ok(i) => Some(i),
         Err(e) => {
             tracing::warn!(layer = %d, "dropping unreadable local index: {e}");
@@ -251,34 +317,56 @@ async fn sidecar_indexes(
             found.insert(layer, layer);
             continue;
         }
-        wanted.push((d.digest, layer, image_layer.size));
+        wanted.push((d, layer, image_layer.size));
     }
-    let fetched = futures::future::try_join_all(wanted.into_iter().map(|(blob, layer, size)| {
-        fetch_sidecar_index(client, store, reference, blob, layer, size)
-    }))
+    let fetched = futures::future::try_join_all(
+        wanted
+            .into_iter()
+            .map(|(d, layer, size)| fetch_sidecar_index(client, store, reference, d, layer, size)),
+    )
     .await?;
     found.extend(fetched.into_iter().map(|l| (l, l)));
     Ok(found)
 }
 
-/// Download one sidecar index blob, validate it (structure, and that it describes a blob of
-/// the layer's size) and only then make it visible in `indexes/`.
+/// Download one sidecar index blob's head (a Range request checked against the head sha256 in
+/// the descriptor's annotations; the whole blob, verified, when they are missing), validate it
+/// (structure, and that it describes a blob of the layer's size) and only then make it visible
+/// in `indexes/`, with a record of the blob its windows are fetched from.
 async fn fetch_sidecar_index(
     client: &Client,
     store: &Store,
     reference: &Reference,
-    blob: Digest,
+    desc: &Descriptor,
     layer: Digest,
     layer_size: u64,
 ) -> Result<Digest, Error> {
-    let body = client
-        .get_blob_verified(
-            &reference.registry,
-            &reference.repository,
-            &blob,
-            MAX_INDEX_BYTES,
+    let (reg, repo) = (&reference.registry, &reference.repository);
+    let head = desc
+        .annotation(HEAD_SIZE_ANNOTATION)
+        .and_then(|s| s.parse::<u64>().ok())
+        .zip(
+            desc.annotation(HEAD_DIGEST_ANNOTATION)
+                .and_then(|s| s.parse::<Digest>().ok()),
         )
-        .await?;
+        .filter(|(n, _)| *n <= desc.size && *n <= MAX_INDEX_BYTES as u64);
+    let body = match head {
+        Some((n, digest)) if n < desc.size => {
+            let b = client.get_blob_range(reg, repo, &desc.digest, 0..n).await?;
+            if Digest::of(&b) != digest {
+                return Err(Error::Invalid {
+                    what: format!("index blob {} for layer {layer}", desc.digest),
+                    msg: format!("head of {n} bytes does not match {HEAD_DIGEST_ANNOTATION}"),
+                });
+            }
+            b
+        }
+        _ => {
+            client
+                .get_blob_verified(reg, repo, &desc.digest, MAX_INDEX_BYTES)
+                .await?
+        }
+    };
     let path = index_path(store, &layer);
     let tmp = store.temp_path("index");
     std::fs::write(&tmp, &body).map_err(|e| Error::Io {
@@ -301,6 +389,15 @@ async fn fetch_sidecar_index(
                 ix.meta().compressed_size,
             ),
         });
+    }
+    if !ix.windows_local() {
+        let from = WindowsFrom {
+            blob: desc.digest,
+            head: body.len() as u64,
+        };
+        // Windows fetched for an earlier index of this layer are not this blob's.
+        let _ = std::fs::remove_dir_all(windows_dir(store, &layer));
+        store.write_json(&windows_from_path(store, &layer), &from)?;
     }
     drop(ix);
     std::fs::rename(&tmp, &path).map_err(|e| Error::Io {
@@ -353,7 +450,7 @@ pub async fn index_image(
 ) -> Result<Option<Digest>, Error> {
     let mut descs = Vec::new();
     for l in &rec.layers {
-        let ix = match open_local(store, &l.digest) {
+        let ix = match open_local(store, &l.digest).filter(LayerIndex::windows_local) {
             Some(ix) => ix,
             None => {
                 progress.line(&format!("{}: indexing", l.digest.short()));
@@ -371,10 +468,15 @@ pub async fn index_image(
             bytes.len()
         ));
         let mut d = Descriptor::new(INDEX_MEDIA_TYPE, Digest::of(&bytes), bytes.len() as u64);
-        d.annotations = Some(BTreeMap::from([(
-            LAYER_ANNOTATION.to_string(),
-            l.digest.to_string(),
-        )]));
+        let mut notes = BTreeMap::from([(LAYER_ANNOTATION.to_string(), l.digest.to_string())]);
+        if let Some(head) = layer::head_len(&bytes).filter(|&h| h <= bytes.len() as u64) {
+            notes.insert(HEAD_SIZE_ANNOTATION.to_string(), head.to_string());
+            notes.insert(
+                HEAD_DIGEST_ANNOTATION.to_string(),
+                Digest::of(&bytes[..head as usize]).to_string(),
+            );
+        }
+        d.annotations = Some(notes);
         descs.push((d, Bytes::from(bytes)));
     }
     if !push {

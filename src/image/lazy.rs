@@ -412,10 +412,12 @@ pub async fn open(
             })
         };
         indexes_for_tree.push(index.clone());
+        let windows = super::index::remote_windows(client, store, reference, &desc.digest, &index);
         let layer = Arc::new(CachedLayer {
             digest: desc.digest,
             layout: Layout::new(index),
             source,
+            windows,
         });
         lowers.push(Arc::new(CacheLower {
             cache: cache.clone(),

@@ -68,6 +68,14 @@ pub enum Error {
         expected: Digest,
         got: Digest,
     },
+    #[error("checkpoint {span}: stored window sha256 is {got}, the index says {expected}")]
+    WindowDigest {
+        span: usize,
+        expected: Digest,
+        got: Digest,
+    },
+    #[error("checkpoint {span}: its window is not local (fetch it from the sidecar first)")]
+    WindowMissing { span: usize },
     #[error("span {span} (uncompressed bytes {range:?}) could not be decoded: {reason}")]
     SpanDecode {
         span: usize,

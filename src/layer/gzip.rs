@@ -332,10 +332,14 @@ impl<R: Read> Read for GzipIndexer<R> {
 }
 
 /// Decode the spans of `plan` (gzip table) from `compressed` into `out`, verifying each.
+/// With `prefix = Some(n)` (a one-span plan) only the span's first `n` bytes are decoded, a
+/// whole number of blocks, and only those blocks verified (partial span fetch).
 pub(crate) fn decode_spans(
     table: &SeekTable,
     plan: &SpanPlan,
     compressed: &[u8],
+    window: Option<&[u8]>,
+    prefix: Option<u64>,
     out: &mut Vec<u8>,
 ) -> Result<()> {
     let first = plan.spans.start;
@@ -356,14 +360,14 @@ pub(crate) fn decode_spans(
             inf.prime(cp.bits, byte >> (8 - cp.bits)).map_err(derr)?;
             input = rest;
         }
-        let window = unpack_window(table.window(first)).map_err(derr)?;
+        let window = unpack_window(table.resume_window(first, window)?).map_err(derr)?;
         inf.set_dictionary(&window).map_err(derr)?;
         inf
     };
     let mut buf = vec![0u8; BUF];
     for i in plan.spans.clone() {
         let r = table.span_range(i);
-        let len = r.end - r.start;
+        let len = prefix.unwrap_or(r.end - r.start).min(r.end - r.start);
         let start = out.len();
         let mut filled: u64 = 0;
         while filled < len {
@@ -375,7 +379,11 @@ pub(crate) fn decode_spans(
             match step.code {
                 z::Z_STREAM_END => {
                     if inf.is_raw() {
-                        // Raw inflate stops before the member's 8-byte trailer.
+                        // Raw inflate stops before the member's 8-byte trailer. A prefix whose
+                        // bound is the member's end has all its bytes without it.
+                        if input.len() < 8 && prefix.is_some() && filled == len {
+                            break;
+                        }
                         if input.len() < 8 {
                             return Err(table.decode_err(i, "gzip trailer missing"));
                         }
@@ -400,7 +408,10 @@ pub(crate) fn decode_spans(
                 }
             }
         }
-        table.verify(i, &out[start..])?;
+        match prefix {
+            Some(_) => table.verify_prefix(i, &out[start..])?,
+            None => table.verify(i, &out[start..])?,
+        }
     }
     Ok(())
 }
@@ -432,7 +443,9 @@ pub(crate) fn unwrap_io(e: std::io::Error, offset: u64) -> Error {
 pub(crate) mod tests {
     use super::*;
     use flate2::write::GzEncoder;
+    use sha2::{Digest as _, Sha256};
     use std::io::Write;
+    use std::ops::Range;
 
     fn gz(data: &[u8]) -> Vec<u8> {
         let mut e = GzEncoder::new(Vec::new(), flate2::Compression::new(6));
@@ -470,7 +483,7 @@ pub(crate) mod tests {
         let t = build_seek_table(&blob[..], 32 << 10, u64::MAX).unwrap();
         assert_eq!(t.uncompressed_size, all.len() as u64);
         assert!(t.checkpoints.len() > 3, "{:?}", t.checkpoints);
-        let t = SeekTable::decode(&t.encode()).unwrap();
+        let t = SeekTable::decode(&t.encode(), &t.windows).unwrap();
         let mut ranges = vec![0..1, 0..all.len() as u64, 699_990..700_010];
         for c in &t.checkpoints {
             let u = c.uout;
@@ -551,6 +564,55 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn every_block_prefix_decodes_exactly_from_its_bound_and_is_verified() {
+        let data = pseudo_text(1_500_000, 21);
+        let blob = gz(&data);
+        let t = build_seek_table(&blob[..], 128 << 10, u64::MAX).unwrap();
+        let mut head_only = t.clone();
+        head_only.windows.clear();
+        let (mut saved, mut flipped_errors) = (0u64, 0);
+        for i in 0..t.checkpoints.len() {
+            let span = t.span_range(i);
+            let whole = t.span_plan(span.clone()).unwrap().compressed;
+            for k in 0..t.blocks_of(i).len() {
+                let c = t.prefix_plan(i, k).unwrap();
+                assert!(
+                    c.start == whole.start && c.end <= whole.end,
+                    "{c:?} {whole:?}"
+                );
+                let bytes = &blob[c.start as usize..c.end as usize];
+                let got = t.decode_prefix(i, k, bytes, None).unwrap();
+                let end = t.block_range(i, k).end;
+                assert_eq!(
+                    got,
+                    &data[span.start as usize..end as usize],
+                    "span {i} block {k}"
+                );
+                // The same with the window supplied (head-only index).
+                let w = t.needs_window(i).then(|| t.window(i));
+                assert_eq!(head_only.decode_prefix(i, k, bytes, w).unwrap(), got);
+                // One flipped byte: an error, never wrong bytes (a byte past what the decoder
+                // needed may go unnoticed, the output is still right).
+                let mut bad = bytes.to_vec();
+                let mid = bad.len() / 3;
+                bad[mid] ^= 0x08;
+                match t.decode_prefix(i, k, &bad, None) {
+                    Ok(b) => assert_eq!(b, got, "span {i} block {k}"),
+                    Err(_) => flipped_errors += 1,
+                }
+                // Too few bytes: an error.
+                assert!(t
+                    .decode_prefix(i, k, &bytes[..bytes.len() - 1], None)
+                    .is_err());
+                saved += whole.end - c.end;
+            }
+            assert!(t.prefix_plan(i, t.blocks_of(i).len()).is_none());
+        }
+        assert!(saved > 0);
+        assert!(flipped_errors > t.blocks.len() / 2, "{flipped_errors}");
+    }
+
+    #[test]
     fn truncated_gzip_is_an_error() {
         let blob = gz(&pseudo_text(200_000, 3));
         let err = build_seek_table(&blob[..blob.len() / 2], 64 << 10, u64::MAX).unwrap_err();
@@ -591,16 +653,44 @@ pub(crate) mod tests {
         let start = bad.windows.len() as u64;
         bad.windows.extend(packed);
         bad.checkpoints[i].window = start..bad.windows.len() as u64;
+        bad.window_bytes = bad.windows.len() as u64;
         let r = cp.uout..cp.uout + 10;
-        let err = bad
-            .read_range(r.clone(), |c| {
-                Ok(blob[c.start as usize..c.end as usize].to_vec())
-            })
-            .unwrap_err();
+        let fetch = |c: Range<u64>| Ok(blob[c.start as usize..c.end as usize].to_vec());
+        // The window's sha256 in the head catches it before it is used.
+        let err = bad.read_range(r.clone(), fetch).unwrap_err();
+        assert!(
+            matches!(err, Error::WindowDigest { span, .. } if span == i),
+            "{err}"
+        );
+        // A wrong window with a matching sha256 (a hostile index) still yields no wrong data.
+        bad.window_digests[i] = Sha256::digest(bad.window(i)).into();
+        let err = bad.read_range(r.clone(), fetch).unwrap_err();
         assert!(
             matches!(err, Error::SpanDigest { span, .. } | Error::SpanDecode { span, .. } if span == i),
             "{err}"
         );
+        // Without its window section the table says so instead of guessing.
+        let mut head_only = t.clone();
+        head_only.windows.clear();
+        let err = head_only.read_range(r.clone(), fetch).unwrap_err();
+        assert!(
+            matches!(err, Error::WindowMissing { span } if span == i),
+            "{err}"
+        );
+        // ... and decodes with the window supplied by the caller.
+        let plan = t.span_plan(r.clone()).unwrap();
+        let c = &blob[plan.compressed.start as usize..plan.compressed.end as usize];
+        let got = head_only
+            .decode_spans_with(&plan, c, Some(t.window(i)))
+            .unwrap();
+        assert_eq!(
+            got,
+            &data[plan.uncompressed.start as usize..plan.uncompressed.end as usize]
+        );
+        assert!(matches!(
+            head_only.decode_spans_with(&plan, c, Some(bad.window(i))),
+            Err(Error::WindowDigest { .. })
+        ));
         // Flip one compressed byte in the middle of span i.
         let plan = t.span_plan(r.clone()).unwrap();
         let mut flipped = blob.clone();

@@ -20,9 +20,12 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 pub const MAGIC: &[u8; 8] = b"STRATAIX";
-/// Format version. 2: per-block (64 KiB) sha256 and compressed bounds in the seek section;
-/// version 1 files are refused with [`Error::IndexVersion`] (rebuild them).
-pub const VERSION: u32 = 2;
+/// Format version. 2: per-block (64 KiB) sha256 and compressed bounds in the seek section.
+/// 3: the gzip windows moved out of the seek section into a window section at the end of the
+/// file, each with its sha256 in the seek section, so the head (everything before the windows)
+/// is a complete index that can be fetched alone and windows fetched one at a time. Files of
+/// other versions are refused with [`Error::IndexVersion`] (rebuild them).
+pub const VERSION: u32 = 3;
 const HEADER: usize = 128;
 const RECORD: usize = 88;
 const XATTR: usize = 16;
@@ -206,7 +209,19 @@ pub fn encode(
     out.extend_from_slice(&strings.blob);
     out.extend_from_slice(&seek_bytes);
     out.extend_from_slice(&chunk_bytes);
+    if let Some(t) = seek {
+        out.extend_from_slice(&t.windows);
+    }
     Ok(out)
+}
+
+/// Length of the head of an index file (everything before the window section), from its
+/// header; `None` if `header` is not a current index header.
+pub fn head_len(header: &[u8]) -> Option<u64> {
+    if header.len() < HEADER || &header[..8] != MAGIC || u32_at(header, 8) != VERSION {
+        return None;
+    }
+    u64_at(header, 72).checked_add(u64_at(header, 80).checked_mul(CHUNK as u64)?)
 }
 
 /// Write `bytes` to `path` atomically: temp file in the same directory, fsync, rename, fsync
@@ -325,6 +340,12 @@ impl LayerIndex {
         let seek_off = section(u64_at(b, 56), u64_at(b, 64), 1, "seek")?;
         let seek_len = u64_at(b, 64) as usize;
         let chunks = section(u64_at(b, 72), nchunks, CHUNK, "chunk")?;
+        // The window section follows the chunk records; the file ends either there (the head
+        // alone: windows are fetched one at a time) or after the whole window section.
+        let head = chunks + nchunks as usize * CHUNK;
+        if seek_off + seek_len > head {
+            return Err(corrupt(path, "seek section after the chunk records"));
+        }
         let compression =
             Compression::from_u8(b[88]).ok_or_else(|| corrupt(path, "unknown compression"))?;
         let meta = LayerMeta {
@@ -337,7 +358,8 @@ impl LayerIndex {
         let seek = if seek_len == 0 {
             None
         } else {
-            let t = SeekTable::decode(&b[seek_off..seek_off + seek_len])
+            let tail = &b[head..];
+            let t = SeekTable::decode(&b[seek_off..seek_off + seek_len], tail)
                 .map_err(|r| corrupt(path, r))?;
             if t.compression != compression || t.uncompressed_size != meta.uncompressed_size {
                 return Err(corrupt(
@@ -349,6 +371,9 @@ impl LayerIndex {
         };
         if seek.is_none() && !meta.estargz {
             return Err(corrupt(path, "no seek table"));
+        }
+        if seek.is_none() && b.len() != head {
+            return Err(corrupt(path, "bytes after the last section"));
         }
         let ix = LayerIndex {
             map,
@@ -476,6 +501,12 @@ impl LayerIndex {
 
     pub fn meta(&self) -> LayerMeta {
         self.meta
+    }
+
+    /// Whether this file holds its window section (built here) or only its head (from a
+    /// sidecar: windows are fetched one at a time when a span is first decoded).
+    pub fn windows_local(&self) -> bool {
+        self.seek.as_ref().is_none_or(SeekTable::windows_local)
     }
 
     pub fn seek_table(&self) -> Option<&SeekTable> {

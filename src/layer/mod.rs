@@ -21,7 +21,7 @@ pub mod zstd;
 
 pub use entry::{normalize_path, split_path, Entry, EntryKind, EntryTable, Timestamp};
 pub use error::{Error, Result};
-pub use index::{Chunk, EntryRef, LayerIndex, LayerMeta};
+pub use index::{head_len, Chunk, EntryRef, LayerIndex, LayerMeta};
 pub use seek::{Block, Checkpoint, Compression, SeekTable, SpanPlan, BLOCK, DEFAULT_SPAN};
 pub use tar::{RawEntry, TarReader, MAX_META};
 

@@ -83,8 +83,14 @@ pub struct SeekTable {
     pub blocks: Vec<Block>,
     /// Index in `blocks` of span *i*'s first block, plus the total at the end (derived).
     pub block_starts: Vec<usize>,
-    /// Concatenated deflate-compressed windows.
+    /// Concatenated deflate-compressed windows: the index file's window section. Empty when
+    /// the file holds only its head (windows fetched one at a time from a sidecar; see
+    /// [`SeekTable::windows_local`]).
     pub windows: Vec<u8>,
+    /// sha256 of each checkpoint's stored (compressed) window, one per checkpoint.
+    pub window_digests: Vec<[u8; 32]>,
+    /// Total length of the window section (whether or not it is in `windows`).
+    pub window_bytes: u64,
 }
 
 /// One verification block of a span.
@@ -113,6 +119,7 @@ pub(crate) struct SpanHasher {
     pub(crate) checkpoints: Vec<Checkpoint>,
     pub(crate) digests: Vec<[u8; 32]>,
     pub(crate) windows: Vec<u8>,
+    window_digests: Vec<[u8; 32]>,
     pub(crate) uout: u64,
     limit: u64,
     block: u64,
@@ -134,6 +141,7 @@ impl SpanHasher {
             checkpoints: Vec::new(),
             digests: Vec::new(),
             windows: Vec::new(),
+            window_digests: Vec::new(),
             uout: 0,
             limit,
             block: BLOCK,
@@ -206,6 +214,7 @@ impl SpanHasher {
         self.block_starts.push(self.blocks.len());
         let start = self.windows.len() as u64;
         self.windows.extend_from_slice(window);
+        self.window_digests.push(Sha256::digest(window).into());
         self.checkpoints.push(Checkpoint {
             uout: self.uout,
             cin,
@@ -239,7 +248,9 @@ impl SpanHasher {
             block: self.block,
             blocks: self.blocks,
             block_starts: self.block_starts,
+            window_bytes: self.windows.len() as u64,
             windows: self.windows,
+            window_digests: self.window_digests,
         }
     }
 }
@@ -303,7 +314,26 @@ impl SeekTable {
         start..end
     }
 
-    /// Compressed window of checkpoint `i` (empty for member starts and non-gzip tables).
+    /// Whether the window section is in memory (always for a table built here; not for an
+    /// index file holding only its head).
+    pub fn windows_local(&self) -> bool {
+        self.windows.len() as u64 == self.window_bytes
+    }
+
+    /// Whether decoding from checkpoint `i` needs a stored window (gzip, not a member start).
+    pub fn needs_window(&self, i: usize) -> bool {
+        self.checkpoints
+            .get(i)
+            .is_some_and(|c| !c.window.is_empty())
+    }
+
+    /// Range of checkpoint `i`'s stored window in the window section.
+    pub fn window_range(&self, i: usize) -> Range<u64> {
+        self.checkpoints.get(i).map_or(0..0, |c| c.window.clone())
+    }
+
+    /// Stored window of checkpoint `i` if the window section is local (empty for member
+    /// starts, non-gzip tables and windows not fetched yet).
     pub fn window(&self, i: usize) -> &[u8] {
         self.checkpoints
             .get(i)
@@ -312,6 +342,41 @@ impl SeekTable {
                     .get(c.window.start as usize..c.window.end as usize)
             })
             .unwrap_or(&[])
+    }
+
+    /// Check a stored window of checkpoint `i` (local or fetched) against its sha256.
+    pub fn check_window(&self, i: usize, packed: &[u8]) -> Result<()> {
+        let expected = self.window_digests.get(i).copied().unwrap_or([0; 32]);
+        let got: [u8; 32] = Sha256::digest(packed).into();
+        if got != expected
+            || packed.len() as u64 != self.window_range(i).end - self.window_range(i).start
+        {
+            return Err(Error::WindowDigest {
+                span: i,
+                expected: Digest::from_bytes(expected),
+                got: Digest::from_bytes(got),
+            });
+        }
+        Ok(())
+    }
+
+    /// The verified window to resume decoding at checkpoint `i`: `given` (fetched by the
+    /// caller) or the local one.
+    pub(crate) fn resume_window<'a>(
+        &'a self,
+        i: usize,
+        given: Option<&'a [u8]>,
+    ) -> Result<&'a [u8]> {
+        if !self.needs_window(i) {
+            return Ok(&[]);
+        }
+        let w = match given {
+            Some(w) => w,
+            None if self.windows_local() => self.window(i),
+            None => return Err(Error::WindowMissing { span: i }),
+        };
+        self.check_window(i, w)?;
+        Ok(w)
     }
 
     /// Pure planning: which spans cover `range` and which compressed bytes to fetch.
@@ -356,6 +421,17 @@ impl SeekTable {
     /// Decode the spans of `plan` from exactly `plan.compressed` bytes and verify each span's
     /// sha256. Returns the bytes of `plan.uncompressed`; never unverified bytes.
     pub fn decode_spans(&self, plan: &SpanPlan, compressed: &[u8]) -> Result<Vec<u8>> {
+        self.decode_spans_with(plan, compressed, None)
+    }
+
+    /// [`decode_spans`](Self::decode_spans) with the stored window of the plan's first
+    /// checkpoint supplied by the caller (fetched from a sidecar; checked against its sha256).
+    pub fn decode_spans_with(
+        &self,
+        plan: &SpanPlan,
+        compressed: &[u8],
+        window: Option<&[u8]>,
+    ) -> Result<Vec<u8>> {
         let want = plan.compressed.end - plan.compressed.start;
         if compressed.len() as u64 != want {
             return Err(Error::FetchLength {
@@ -383,7 +459,9 @@ impl SeekTable {
                     rest = tail;
                 }
             }
-            Compression::Gzip => gzip::decode_spans(self, plan, compressed, &mut out)?,
+            Compression::Gzip => {
+                gzip::decode_spans(self, plan, compressed, window, None, &mut out)?
+            }
             Compression::Zstd => zstd::decode_spans(self, plan, compressed, &mut out)?,
         }
         Ok(out)
@@ -408,6 +486,90 @@ impl SeekTable {
         out.truncate(skip + (range.end - range.start) as usize);
         out.drain(..skip);
         Ok(out)
+    }
+
+    /// Partial span fetch: the compressed bytes that decode blocks `0..=k` of span `i` (from
+    /// the span's checkpoint to block `k`'s bound), or `None` when this table cannot decode a
+    /// prefix (zstd, a single-frame layer) or `k` is not a block of span `i`.
+    pub fn prefix_plan(&self, i: usize, k: usize) -> Option<Range<u64>> {
+        if self.whole || self.compression == Compression::Zstd || k >= self.blocks_of(i).len() {
+            return None;
+        }
+        let cp = self.checkpoints.get(i)?;
+        let cstart = cp.cin - u64::from(cp.bits > 0);
+        let whole = self.span_plan(self.span_range(i)).ok()?.compressed;
+        let bound = self.blocks.get(self.blocks_of(i).start + k)?.cend;
+        Some(cstart..bound.clamp(cstart, whole.end))
+    }
+
+    /// Decode blocks `0..=k` of span `i` from exactly the bytes of
+    /// [`prefix_plan`](Self::prefix_plan) (`window`: the checkpoint's stored window when it is
+    /// not local) and verify each block. Returns the span's first bytes through block `k`.
+    pub fn decode_prefix(
+        &self,
+        i: usize,
+        k: usize,
+        compressed: &[u8],
+        window: Option<&[u8]>,
+    ) -> Result<Vec<u8>> {
+        let crange = self
+            .prefix_plan(i, k)
+            .ok_or_else(|| self.decode_err(i, format!("no prefix plan for block {k}")))?;
+        if compressed.len() as u64 != crange.end - crange.start {
+            return Err(Error::FetchLength {
+                range: crange.clone(),
+                expected: crange.end - crange.start,
+                got: compressed.len() as u64,
+            });
+        }
+        let span = self.span_range(i);
+        let n = self.block_range(i, k).end - span.start;
+        let mut out = Vec::with_capacity(n as usize);
+        match self.compression {
+            Compression::Tar => {
+                let part = compressed
+                    .get(..n as usize)
+                    .ok_or_else(|| self.decode_err(i, "compressed bytes end early"))?;
+                out.extend_from_slice(part);
+                self.verify_prefix(i, &out)?;
+            }
+            Compression::Gzip => {
+                let plan = SpanPlan {
+                    spans: i..i + 1,
+                    compressed: crange,
+                    uncompressed: span.start..span.start + n,
+                };
+                gzip::decode_spans(self, &plan, compressed, window, Some(n), &mut out)?;
+            }
+            Compression::Zstd => return Err(self.decode_err(i, "zstd spans are fetched whole")),
+        }
+        Ok(out)
+    }
+
+    /// Check the first bytes of span `i` (a whole number of blocks, or the whole span) block
+    /// by block.
+    pub(crate) fn verify_prefix(&self, i: usize, data: &[u8]) -> Result<()> {
+        let r = self.span_range(i);
+        let blocks = self.blocks_covering(i, r.start..r.start + data.len() as u64);
+        let covered = blocks
+            .end
+            .checked_sub(1)
+            .map_or(0, |k| self.block_range(i, k).end - r.start);
+        if covered != data.len() as u64 {
+            return Err(self.decode_err(
+                i,
+                format!("{} bytes is not a whole number of blocks", data.len()),
+            ));
+        }
+        for k in blocks {
+            let b = self.block_range(i, k);
+            self.verify_block(
+                i,
+                k,
+                &data[(b.start - r.start) as usize..(b.end - r.start) as usize],
+            )?;
+        }
+        Ok(())
     }
 
     /// Global indices (into [`blocks`](Self::blocks)) of span `i`'s blocks.
@@ -498,11 +660,12 @@ impl SeekTable {
         }
     }
 
-    /// Serialise (little-endian): 64-byte header, 32-byte checkpoint records, 32-byte span
-    /// digests, 40-byte block records, window blob.
+    /// Serialise the seek section (little-endian): 64-byte header, 32-byte checkpoint records,
+    /// 32-byte span digests, 32-byte window digests, 40-byte block records. The windows
+    /// themselves ([`windows`](Self::windows)) go to the index file's window section.
     pub fn encode(&self) -> Vec<u8> {
         let n = self.checkpoints.len();
-        let mut b = Vec::with_capacity(64 + n * 64 + self.blocks.len() * 40 + self.windows.len());
+        let mut b = Vec::with_capacity(64 + n * 96 + self.blocks.len() * 40);
         b.push(self.compression as u8);
         b.push(self.whole as u8);
         b.extend_from_slice(&[0; 6]);
@@ -511,7 +674,7 @@ impl SeekTable {
             self.uncompressed_size,
             self.compressed_size,
             n as u64,
-            self.windows.len() as u64,
+            self.window_bytes,
             self.block,
             self.blocks.len() as u64,
         ] {
@@ -527,19 +690,19 @@ impl SeekTable {
             b.push(c.member_start as u8);
             b.extend_from_slice(&[0, 0]);
         }
-        for d in &self.digests {
+        for d in self.digests.iter().chain(&self.window_digests) {
             b.extend_from_slice(d);
         }
         for blk in &self.blocks {
             b.extend_from_slice(&blk.digest);
             b.extend_from_slice(&blk.cend.to_le_bytes());
         }
-        b.extend_from_slice(&self.windows);
         b
     }
 
     /// Inverse of [`encode`](Self::encode), with every offset and invariant checked.
-    pub fn decode(b: &[u8]) -> std::result::Result<Self, String> {
+    /// `windows` is the window section, or empty when it is not local (fetched per window).
+    pub fn decode(b: &[u8], windows: &[u8]) -> std::result::Result<Self, String> {
         let u64_at = |o: usize| -> std::result::Result<u64, String> {
             b.get(o..o + 8)
                 .and_then(|s| s.try_into().ok())
@@ -558,7 +721,7 @@ impl SeekTable {
             u64_at(48)?,
             u64_at(56)?,
         );
-        let need = (n as u128) * 64 + 64 + (nblocks as u128) * 40 + wlen as u128;
+        let need = (n as u128) * 96 + 64 + (nblocks as u128) * 40;
         if need != b.len() as u128 || n == 0 {
             return Err(format!(
                 "seek table size {} does not match {n} checkpoints, {nblocks} blocks and \
@@ -570,8 +733,14 @@ impl SeekTable {
             return Err("seek table has no verification block size".into());
         }
         let n = n as usize;
-        let bbase = 64 + n * 64;
-        let wbase = bbase + nblocks as usize * 40;
+        if !windows.is_empty() && windows.len() as u64 != wlen {
+            return Err(format!(
+                "window section has {} bytes, the seek table says {wlen}",
+                windows.len()
+            ));
+        }
+        let bbase = 64 + n * 96;
+        let mut window_digests = Vec::with_capacity(n);
         let mut checkpoints = Vec::with_capacity(n);
         let mut digests = Vec::with_capacity(n);
         for i in 0..n {
@@ -604,6 +773,9 @@ impl SeekTable {
             let mut digest = [0u8; 32];
             digest.copy_from_slice(&b[d..d + 32]);
             digests.push(digest);
+            let w = 64 + n * 64 + i * 32;
+            digest.copy_from_slice(&b[w..w + 32]);
+            window_digests.push(digest);
         }
         // Each span has ceil(len / block) blocks, in order; bounds never decrease.
         let mut block_starts = Vec::with_capacity(n + 1);
@@ -644,7 +816,9 @@ impl SeekTable {
             block,
             blocks,
             block_starts,
-            windows: b[wbase..].to_vec(),
+            windows: windows.to_vec(),
+            window_digests,
+            window_bytes: wlen,
         })
     }
 }
@@ -681,7 +855,7 @@ mod tests {
         std::io::copy(&mut r, &mut std::io::sink()).unwrap();
         let t = r.finish();
         assert_eq!(t.checkpoints.len(), 10);
-        let t2 = SeekTable::decode(&t.encode()).unwrap();
+        let t2 = SeekTable::decode(&t.encode(), &t.windows).unwrap();
         assert_eq!(t, t2);
         let p = t.span_plan(1500..2500).unwrap();
         assert_eq!(p.spans, 1..3);
@@ -718,7 +892,7 @@ mod tests {
         assert_eq!(t.blocks_covering(3, 0..3001), 0..1);
         // Plain tar: the bound of a block is its end.
         assert_eq!(t.blocks[13].cend, 3600);
-        let t2 = SeekTable::decode(&t.encode()).unwrap();
+        let t2 = SeekTable::decode(&t.encode(), &t.windows).unwrap();
         assert_eq!(t, t2);
         for k in 0..4 {
             let br = t.block_range(3, k);
@@ -743,7 +917,7 @@ mod tests {
         // A table whose block records do not add up is refused.
         let mut enc = t.encode();
         enc[48..56].copy_from_slice(&400u64.to_le_bytes());
-        assert!(SeekTable::decode(&enc).is_err());
+        assert!(SeekTable::decode(&enc, &[]).is_err());
     }
 
     #[test]
@@ -753,10 +927,10 @@ mod tests {
         std::io::copy(&mut r, &mut std::io::sink()).unwrap();
         let enc = r.finish().encode();
         for cut in [0, 10, 64, enc.len() - 1] {
-            assert!(SeekTable::decode(&enc[..cut]).is_err());
+            assert!(SeekTable::decode(&enc[..cut], &[]).is_err());
         }
         let mut swapped = enc.clone();
         swapped[64..72].copy_from_slice(&7000u64.to_le_bytes());
-        assert!(SeekTable::decode(&swapped).is_err());
+        assert!(SeekTable::decode(&swapped, &[]).is_err());
     }
 }

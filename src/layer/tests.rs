@@ -429,7 +429,7 @@ fn corrupt_index_files_are_errors() {
             err,
             Error::IndexVersion {
                 found: 1,
-                supported: 2,
+                supported: 3,
                 ..
             }
         ),
@@ -467,4 +467,87 @@ fn lookup_on_many_entries() {
     assert_eq!(ix.lookup("d49/f039").unwrap().path(), "d49/f039");
     assert!(ix.lookup("d49/f040").is_none());
     assert!(ix.lookup("d5").is_none());
+}
+
+#[test]
+fn head_only_index_and_damaged_window_section() {
+    let fx = fixture();
+    let blob = gzip(&fx.tar);
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full");
+    build_index_with(&blob[..], MEDIA_TAR_GZIP, &full, &opts()).unwrap();
+    let bytes = std::fs::read(&full).unwrap();
+    let ix = LayerIndex::open(&full).unwrap();
+    assert!(ix.windows_local());
+    let t = ix.seek_table().unwrap();
+    let head = head_len(&bytes).unwrap() as usize;
+    assert_eq!((bytes.len() - head) as u64, t.window_bytes);
+    assert!(t.window_bytes > 0 && (0..t.checkpoints.len()).any(|i| t.needs_window(i)));
+    let at = |name: &str, b: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, b).unwrap();
+        p
+    };
+    // The head alone is a complete index: entries, spans and hashes, no windows.
+    let hp = at("head", &bytes[..head]);
+    let hix = LayerIndex::open(&hp).unwrap();
+    assert!(!hix.windows_local());
+    assert_eq!(hix.len(), ix.len());
+    let ht = hix.seek_table().unwrap();
+    // Every span reads back through the head with the windows supplied one at a time
+    // (what the cache does with windows fetched from a sidecar), every byte checked.
+    for i in 0..ht.checkpoints.len() {
+        let r = ht.span_range(i);
+        let plan = ht.span_plan(r.clone()).unwrap();
+        let c = &blob[plan.compressed.start as usize..plan.compressed.end as usize];
+        let w = ht.window_range(i);
+        let win = &bytes[head + w.start as usize..head + w.end as usize];
+        let got = ht
+            .decode_spans_with(&plan, c, ht.needs_window(i).then_some(win))
+            .unwrap();
+        assert_eq!(got, fx_tar_range(&fx, r), "span {i}");
+        if ht.needs_window(i) {
+            assert!(matches!(
+                ht.decode_spans(&plan, c),
+                Err(Error::WindowMissing { span }) if span == i
+            ));
+        }
+    }
+    // A truncated window section is refused at open (neither head-only nor whole).
+    for cut in [head + 1, head + (bytes.len() - head) / 2, bytes.len() - 1] {
+        let p = at("cut", &bytes[..cut]);
+        assert!(
+            matches!(LayerIndex::open(&p), Err(Error::CorruptIndex { .. })),
+            "cut at {cut}"
+        );
+    }
+    // A damaged window opens (windows are checked when used) and fails its sha256 then.
+    let e = ix.lookup("usr/lib/bigger.bin").unwrap();
+    let inside = |i: usize| {
+        let s = t.span_range(i).start;
+        s > e.offset() && s < e.offset() + e.size()
+    };
+    let i = (0..t.checkpoints.len())
+        .find(|&i| t.needs_window(i) && inside(i))
+        .unwrap();
+    let mut b = bytes.clone();
+    b[head + t.window_range(i).start as usize + 3] ^= 0x40;
+    let dp = at("damaged", &b);
+    let dix = LayerIndex::open(&dp).unwrap();
+    let e = dix.lookup("usr/lib/bigger.bin").unwrap();
+    let dt = dix.seek_table().unwrap();
+    let rel = dt.span_range(i).start - e.offset();
+    let err = dix
+        .read(&e, rel..rel + 10, |r| {
+            Ok(blob[r.start as usize..r.end as usize].to_vec())
+        })
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::WindowDigest { span, .. } if span == i),
+        "{err}"
+    );
+}
+
+fn fx_tar_range(fx: &Fixture, r: std::ops::Range<u64>) -> Vec<u8> {
+    fx.tar[r.start as usize..r.end as usize].to_vec()
 }
