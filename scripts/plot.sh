@@ -24,10 +24,11 @@ for prof, d in by.items():
     with open("%s/startup-%s.dat" % (sys.argv[2], prof), "w") as f:
         for (img, wl), m in d.items():
             f.write('"%s\\n%s" %s\n' % (img, wl, " ".join(m.get(k, "NaN") or "NaN" for k in
-                                                        ("classic", "strata-pull", "strata-lazy", "strata-profiled", "ideal"))))
+                                                        ("classic", "strata-pull", "strata-lazy", "strata-profiled", "strata-estargz", "ideal"))))
     titles = [("classic", "classic: skopeo + umoci + runc", "#c0504d"), ("strata-pull", "strata pull + run", "#f79646"),
               ("strata-lazy", "strata lazy (sidecar index)", "#4f81bd"),
-              ("strata-profiled", "strata lazy + published profile", "#1f497d"), ("ideal", "ideal lazy bound", "#9bbb59")]
+              ("strata-profiled", "strata lazy + published profile", "#1f497d"),
+              ("strata-estargz", "strata lazy (eStargz)", "#8064a2"), ("ideal", "ideal lazy bound", "#9bbb59")]
     cl, pend = [], []
     for i, (k, t, c) in enumerate(titles):
         if any(k in m for m in d.values()):
