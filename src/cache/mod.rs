@@ -602,13 +602,26 @@ impl ChunkCache {
         if end <= spans.end {
             return;
         }
-        let next = spans.end..end;
+        self.fetch_in_background(layer, spans.end..end);
+    }
+
+    /// Start fetching the spans of `next` that are not local (joining fetches already in
+    /// flight); nobody waits: the fetch tasks are spawned and registered as in flight.
+    /// Returns how many spans were not local.
+    fn fetch_in_background(
+        self: &Arc<Self>,
+        layer: &Arc<CachedLayer>,
+        next: Range<usize>,
+    ) -> usize {
         let parts: Vec<Option<Bytes>> = next
             .clone()
             .map(|i| self.has_span(layer, i).then(Bytes::new))
             .collect();
-        // The fetch tasks are spawned and registered as in flight; nobody needs to wait here.
-        drop(self.futures_for(layer, next, &parts));
+        let missing = parts.iter().filter(|p| p.is_none()).count();
+        if missing > 0 {
+            drop(self.futures_for(layer, next, &parts));
+        }
+        missing
     }
 
     /// Neighbour fetch-ahead: a read on demand that misses in spans `spans` within
@@ -640,17 +653,10 @@ impl ChunkCache {
         if end <= spans.end {
             return;
         }
-        let next = spans.end..end;
-        let parts: Vec<Option<Bytes>> = next
-            .clone()
-            .map(|i| self.has_span(layer, i).then(Bytes::new))
-            .collect();
-        if parts.iter().all(Option::is_some) {
-            return;
+        let missing = self.fetch_in_background(layer, spans.end..end);
+        if missing > 0 {
+            self.stats.fetched_ahead(missing as u64);
         }
-        self.stats
-            .fetched_ahead(parts.iter().filter(|p| p.is_none()).count() as u64);
-        drop(self.futures_for(layer, next, &parts));
     }
 
     /// Wait until every span fetched so far is on disk (before unmounting, in tests).

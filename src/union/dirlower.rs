@@ -25,8 +25,8 @@ pub struct DirLower {
     entries: Vec<Entry>,
 }
 
-const WH_PREFIX: &str = ".wh.";
-const WH_OPAQUE: &str = ".wh..wh..opq";
+pub(super) const WH_PREFIX: &str = ".wh.";
+pub(super) const WH_OPAQUE: &str = ".wh..wh..opq";
 
 impl DirLower {
     /// `root` as a content source only, without walking it (entries are read lazily by

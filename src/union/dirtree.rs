@@ -19,17 +19,16 @@
 //! append-only table of fixed segments, so references handed out stay valid while the tree
 //! grows. Lower directories are read with the caller's locks held; they are local.
 
+use super::dirlower::{WH_OPAQUE, WH_PREFIX};
 use super::lower::LowerFile;
 use super::tree::{Children, TreeNode};
 use super::{sys, Error, FileKind, Result, ROOT_INO};
 use crate::layer::Timestamp;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-const WH_PREFIX: &str = ".wh.";
-const WH_OPAQUE: &str = ".wh..wh..opq";
 /// Slots in the first segment; segment k holds `SEG0 << k`.
 const SEG0: usize = 1024;
 /// Segments: room for `SEG0 * (2^SEGS - 1)` nodes.
@@ -440,25 +439,6 @@ fn read_layer_dir(abs: &Path) -> std::io::Result<(Vec<(String, Found)>, Vec<Stri
     Ok((found, whiteouts))
 }
 
-fn kind_of(m: &std::fs::Metadata) -> FileKind {
-    let ft = m.file_type();
-    if ft.is_dir() {
-        FileKind::Dir
-    } else if ft.is_symlink() {
-        FileKind::Symlink
-    } else if ft.is_char_device() {
-        FileKind::CharDev
-    } else if ft.is_block_device() {
-        FileKind::BlockDev
-    } else if ft.is_fifo() {
-        FileKind::Fifo
-    } else if ft.is_socket() {
-        FileKind::Socket
-    } else {
-        FileKind::File
-    }
-}
-
 /// The tree node for the object `m` at `rel` in layer `layer` (rooted at `root`).
 fn node_from(root: &Path, rel: &str, layer: usize, m: &std::fs::Metadata, parent: u64) -> DirNode {
     let abs = if rel.is_empty() {
@@ -466,7 +446,7 @@ fn node_from(root: &Path, rel: &str, layer: usize, m: &std::fs::Metadata, parent
     } else {
         root.join(rel)
     };
-    let kind = kind_of(m);
+    let kind = FileKind::from_mode(m.mode()).unwrap_or(FileKind::File);
     let link_target = if kind == FileKind::Symlink {
         match std::fs::read_link(&abs) {
             Ok(t) => t.to_string_lossy().into_owned(),
