@@ -9,14 +9,14 @@ use futures::FutureExt;
 use std::io::Write;
 use std::ops::Range;
 use std::sync::Arc;
-use strata::cache::{BlobSource, CacheConfig, CachedLayer, ChunkCache, Layout};
+use strata::cache::{BlobSource, CacheConfig, CachedLayer, ChunkCache, FetchError, Layout};
 use strata::digest::Digest;
 use strata::layer::{BuildOptions, MEDIA_TAR_GZIP};
 
 struct MemBlob(Bytes);
 
 impl BlobSource for MemBlob {
-    fn fetch(&self, r: Range<u64>) -> BoxFuture<'static, Result<Bytes, String>> {
+    fn fetch(&self, r: Range<u64>) -> BoxFuture<'static, Result<Bytes, FetchError>> {
         let b = self.0.slice(r.start as usize..r.end as usize);
         async move { Ok(b) }.boxed()
     }

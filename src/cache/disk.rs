@@ -1,12 +1,14 @@
-//! On-disk span files: `<dir>/<layer-hex>/<span>`, written temp + rename after verification
-//! (no fsync: a span file is re-verified whenever it is loaded); a failed write removes its
-//! temp file. Size-capped with least-recently-used eviction across all layers.
+//! The disk tier: on-disk span files `<dir>/<layer-hex>/<span>`, written temp + rename after
+//! verification (no fsync: a span file is re-verified whenever it is loaded, by `local.rs`); a
+//! failed write removes its temp file. Size-capped with least-recently-used eviction across
+//! all layers. Calls nothing outside `cache/`; its lock covers the LRU map only, never a
+//! file operation.
 
 use super::{Error, SpanKey};
 use crate::digest::Digest;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 pub(super) struct Disk {
     dir: PathBuf,
@@ -24,7 +26,7 @@ impl Disk {
     pub(super) fn open(dir: PathBuf, cap: u64) -> Result<Disk, Error> {
         let io = |e: std::io::Error| Error::Io {
             path: dir.clone(),
-            msg: e.to_string(),
+            source: Arc::new(e),
         };
         std::fs::create_dir_all(&dir).map_err(io)?;
         let mut found = Vec::new();
@@ -117,7 +119,7 @@ impl Disk {
             .unwrap_or_else(|| self.dir.clone());
         let io = |e: std::io::Error| Error::Io {
             path: final_path.clone(),
-            msg: e.to_string(),
+            source: Arc::new(e),
         };
         std::fs::create_dir_all(&dir).map_err(io)?;
         let tmp = dir.join(format!("{}.tmp.{}", k.span, std::process::id()));

@@ -10,6 +10,33 @@ use crate::layer::{EntryKind, EntryRef, LayerIndex};
 use std::ops::Range;
 use std::sync::Arc;
 
+/// Why a layout could not map or decode a range: the layer decoder's error (a digest
+/// mismatch names its span or block and both digests) or an index that cannot serve it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum LayoutError {
+    #[error(transparent)]
+    Layer(Arc<crate::layer::Error>),
+    #[error("range {range:?} beyond the layer's {total} chunk bytes")]
+    BeyondChunks { range: Range<u64>, total: u64 },
+    #[error("index has neither a seek table nor chunks")]
+    NoSpans,
+    #[error("{path}: hard link target not in this layer")]
+    LinkTarget { path: String },
+    #[error("{path}: not a regular file")]
+    NotAFile { path: String },
+    #[error("{path}: no chunks for a {size}-byte file")]
+    NoChunks { path: String, size: u64 },
+    #[error("{path}: file extends beyond any layer offset")]
+    Overflow { path: String },
+}
+
+impl From<crate::layer::Error> for LayoutError {
+    fn from(e: crate::layer::Error) -> Self {
+        LayoutError::Layer(Arc::new(e))
+    }
+}
+
 /// A layer's spans; see the module docs.
 pub struct Layout {
     index: Arc<LayerIndex>,
@@ -64,7 +91,7 @@ impl Layout {
     }
 
     /// Spans covering a virtual range.
-    pub fn locate(&self, r: Range<u64>) -> Result<Range<usize>, String> {
+    pub fn locate(&self, r: Range<u64>) -> Result<Range<usize>, LayoutError> {
         if r.is_empty() {
             return Ok(0..0);
         }
@@ -72,16 +99,14 @@ impl Layout {
             (Some(s), _) => {
                 let total = s[s.len() - 1];
                 if r.end > total {
-                    return Err(format!(
-                        "range {r:?} beyond the layer's {total} chunk bytes"
-                    ));
+                    return Err(LayoutError::BeyondChunks { range: r, total });
                 }
                 let a = s.partition_point(|&x| x <= r.start) - 1;
                 let b = s.partition_point(|&x| x < r.end);
                 Ok(a..b)
             }
-            (None, Some(t)) => t.span_plan(r).map(|p| p.spans).map_err(|e| e.to_string()),
-            (None, None) => Err("index has neither a seek table nor chunks".into()),
+            (None, Some(t)) => Ok(t.span_plan(r)?.spans),
+            (None, None) => Err(LayoutError::NoSpans),
         }
     }
 
@@ -96,17 +121,15 @@ impl Layout {
     }
 
     /// Compressed bytes holding spans `run`.
-    pub fn compressed(&self, run: Range<usize>) -> Result<Range<u64>, String> {
+    pub fn compressed(&self, run: Range<usize>) -> Result<Range<u64>, LayoutError> {
         match (&self.chunk_starts, self.index.seek_table()) {
             (Some(_), _) => Ok(self.index.chunk_at(run.start).compressed.start
                 ..self.index.chunk_at(run.end - 1).compressed.end),
             (None, Some(t)) => {
                 let r = t.span_range(run.start).start..t.span_range(run.end - 1).end;
-                t.span_plan(r)
-                    .map(|p| p.compressed)
-                    .map_err(|e| e.to_string())
+                Ok(t.span_plan(r)?.compressed)
             }
-            (None, None) => Err("index has neither a seek table nor chunks".into()),
+            (None, None) => Err(LayoutError::NoSpans),
         }
     }
 
@@ -130,20 +153,24 @@ impl Layout {
         run: Range<usize>,
         compressed: &[u8],
         window: Option<&[u8]>,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Vec<u8>, LayoutError> {
         match (&self.chunk_starts, self.index.seek_table()) {
             (Some(_), _) => {
                 let range = self.compressed(run.clone())?;
-                crate::layer::estargz::decode_chunks(&self.index, "chunk", run, range, compressed)
-                    .map_err(|e| e.to_string())
+                Ok(crate::layer::estargz::decode_chunks(
+                    &self.index,
+                    "chunk",
+                    run,
+                    range,
+                    compressed,
+                )?)
             }
             (None, Some(t)) => {
                 let r = t.span_range(run.start).start..t.span_range(run.end - 1).end;
-                let plan = t.span_plan(r).map_err(|e| e.to_string())?;
-                t.decode_spans_with(&plan, compressed, window)
-                    .map_err(|e| e.to_string())
+                let plan = t.span_plan(r)?;
+                Ok(t.decode_spans_with(&plan, compressed, window)?)
             }
-            (None, None) => Err("index has neither a seek table nor chunks".into()),
+            (None, None) => Err(LayoutError::NoSpans),
         }
     }
 
@@ -164,14 +191,13 @@ impl Layout {
         k: usize,
         compressed: &[u8],
         window: Option<&[u8]>,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Vec<u8>, LayoutError> {
         let t = self
             .index
             .seek_table()
             .filter(|_| self.chunk_starts.is_none())
-            .ok_or("no seek table")?;
-        t.decode_prefix(i, k, compressed, window)
-            .map_err(|e| e.to_string())
+            .ok_or(LayoutError::NoSpans)?;
+        Ok(t.decode_prefix(i, k, compressed, window)?)
     }
 
     /// Number of verification blocks of span `i`: the seek table's per-block sha256s, or one
@@ -242,15 +268,21 @@ impl Layout {
         &self,
         entry: &EntryRef<'_>,
         range: Range<u64>,
-    ) -> Result<Range<u64>, String> {
+    ) -> Result<Range<u64>, LayoutError> {
         let f = match entry.kind() {
             EntryKind::File => *entry,
             EntryKind::Hardlink => self
                 .index
                 .lookup(entry.link())
                 .filter(|t| t.kind() == EntryKind::File)
-                .ok_or_else(|| format!("{}: hard link target not in this layer", entry.path()))?,
-            _ => return Err(format!("{}: not a regular file", entry.path())),
+                .ok_or_else(|| LayoutError::LinkTarget {
+                    path: entry.path().to_string(),
+                })?,
+            _ => {
+                return Err(LayoutError::NotAFile {
+                    path: entry.path().to_string(),
+                })
+            }
         };
         let size = f.size();
         let (s, e) = (range.start.min(size), range.end.min(size));
@@ -262,7 +294,10 @@ impl Layout {
                     if size == 0 {
                         return Ok(0..0);
                     }
-                    return Err(format!("{}: no chunks for a {size}-byte file", f.path()));
+                    return Err(LayoutError::NoChunks {
+                        path: f.path().to_string(),
+                        size,
+                    });
                 }
                 starts[chunks.start]
             }
@@ -271,10 +306,9 @@ impl Layout {
         // Offsets and sizes come from the index (maybe a registry's sidecar): no overflow.
         match (base.checked_add(s), base.checked_add(e)) {
             (Some(a), Some(b)) => Ok(a..b),
-            _ => Err(format!(
-                "{}: file extends beyond any layer offset",
-                f.path()
-            )),
+            _ => Err(LayoutError::Overflow {
+                path: f.path().to_string(),
+            }),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Where a layer's compressed bytes come from: the registry (Range requests) or a local blob.
+//! Where a layer's compressed bytes come from: the registry (Range requests through
+//! `registry::Client`) or a local blob file. Knows nothing of spans or verification.
 
 use crate::digest::Digest;
 use crate::registry::Client;
@@ -9,9 +10,46 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// Why a [`BlobSource`] could not deliver a range. `Clone` (causes behind `Arc`) because a
+/// fetch's result is shared by every reader waiting on it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    #[error("registry")]
+    Registry(#[source] Arc<crate::registry::Error>),
+    #[error("local blob {path}")]
+    Local {
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error("reading local blob {path}: task failed")]
+    Task {
+        path: PathBuf,
+        #[source]
+        source: Arc<tokio::task::JoinError>,
+    },
+}
+
+impl FetchError {
+    /// `ETIMEDOUT` for a request that timed out, a local blob's own I/O errno, else `EIO`.
+    pub fn errno(&self) -> i32 {
+        use crate::registry::Error as R;
+        match self {
+            FetchError::Registry(e) => match &**e {
+                R::Http { source, .. } if source.is_timeout() => libc::ETIMEDOUT,
+                R::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+                _ => libc::EIO,
+            },
+            FetchError::Local { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            FetchError::Task { .. } => libc::EIO,
+        }
+    }
+}
+
 /// Compressed bytes of one layer blob, by range.
 pub trait BlobSource: Send + Sync {
-    fn fetch(&self, range: Range<u64>) -> BoxFuture<'static, Result<Bytes, String>>;
+    fn fetch(&self, range: Range<u64>) -> BoxFuture<'static, Result<Bytes, FetchError>>;
 }
 
 /// A blob in a registry (mirrors first, as the client is configured).
@@ -23,14 +61,14 @@ pub struct RegistryBlob {
 }
 
 impl BlobSource for RegistryBlob {
-    fn fetch(&self, range: Range<u64>) -> BoxFuture<'static, Result<Bytes, String>> {
+    fn fetch(&self, range: Range<u64>) -> BoxFuture<'static, Result<Bytes, FetchError>> {
         let client = self.client.clone();
         let (reg, repo, d) = (self.registry.clone(), self.repository.clone(), self.digest);
         async move {
             client
                 .get_blob_range(&reg, &repo, &d, range)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| FetchError::Registry(Arc::new(e)))
         }
         .boxed()
     }
@@ -42,20 +80,29 @@ pub struct LocalBlob {
 }
 
 impl BlobSource for LocalBlob {
-    fn fetch(&self, range: Range<u64>) -> BoxFuture<'static, Result<Bytes, String>> {
+    fn fetch(&self, range: Range<u64>) -> BoxFuture<'static, Result<Bytes, FetchError>> {
         let path = self.path.clone();
         async move {
-            tokio::task::spawn_blocking(move || {
+            let p = path.clone();
+            let read = tokio::task::spawn_blocking(move || {
                 use std::os::unix::fs::FileExt;
-                let f =
-                    std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let f = std::fs::File::open(&p)?;
                 let mut buf = vec![0u8; (range.end - range.start) as usize];
-                f.read_exact_at(&mut buf, range.start)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                Ok(Bytes::from(buf))
+                f.read_exact_at(&mut buf, range.start)?;
+                Ok::<_, std::io::Error>(Bytes::from(buf))
             })
-            .await
-            .map_err(|e| e.to_string())?
+            .await;
+            match read {
+                Ok(Ok(b)) => Ok(b),
+                Ok(Err(e)) => Err(FetchError::Local {
+                    path,
+                    source: Arc::new(e),
+                }),
+                Err(e) => Err(FetchError::Task {
+                    path,
+                    source: Arc::new(e),
+                }),
+            }
         }
         .boxed()
     }

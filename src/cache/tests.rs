@@ -13,7 +13,7 @@ struct TestSource {
 }
 
 impl BlobSource for TestSource {
-    fn fetch(&self, range: Range<u64>) -> BoxFuture<'static, Result<Bytes, String>> {
+    fn fetch(&self, range: Range<u64>) -> BoxFuture<'static, Result<Bytes, FetchError>> {
         self.requests.fetch_add(1, Ordering::SeqCst);
         let mut data = self
             .blob
@@ -564,7 +564,7 @@ async fn head_only_index_fetches_windows_lazily_verified_and_once() {
     assert!(sr.start >= e.offset() && sr.end <= e.offset() + data.len() as u64);
     wsrc.corrupt.store(true, Ordering::SeqCst);
     let err = cache.read(&l, sr.clone()).await.unwrap_err();
-    assert!(err.to_string().contains("sha256"), "{err}");
+    assert!(err.report().contains("sha256"), "{}", err.report());
     assert!(!cache.has_span(&l, i));
     assert!(!wdir.join(i.to_string()).exists());
     // The next read fetches the window again and gets the right bytes.
@@ -719,7 +719,7 @@ async fn corrupt_prefix_is_refused_and_nothing_kept() {
     src.corrupt.store(true, Ordering::SeqCst);
     assert!(cache.read_file(&l, r.clone(), fe).await.is_err());
     assert!(cache.try_read_local(&l, r.clone()).is_none());
-    assert_eq!(lock(&cache.mem).lru.len(), 0, "unverified bytes kept");
+    assert_eq!(cache.tiers.mem.len(), 0, "unverified bytes kept");
     src.corrupt.store(false, Ordering::SeqCst);
     let got = cache.read_file(&l, r, fe).await.unwrap();
     assert_eq!(&got[..], &data[..]);

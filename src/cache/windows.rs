@@ -4,11 +4,13 @@
 //! compressed bytes), checked against the sha256 the head carries, and kept in memory and as one
 //! small file per checkpoint next to the index. Single-flight per checkpoint; a window that
 //! fails its sha256 is an error and is neither kept nor cached, so the next attempt fetches it
-//! again. A local copy is re-verified whenever it is read.
+//! again. A local copy is re-verified whenever it is read. Single-flight through `flight.rs`;
+//! the window file is read and written by the flight's task, never under its table lock.
 
-use super::BlobSource;
+use super::flight::SingleFlight;
+use super::source::{BlobSource, FetchError};
 use bytes::Bytes;
-use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::future::FutureExt;
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::ops::Range;
@@ -16,7 +18,36 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-type WindowFuture = Shared<BoxFuture<'static, Result<Bytes, String>>>;
+/// Why a stored window could not be had. `Clone`: one fetch serves every waiter.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum WindowError {
+    #[error("fetching the window of checkpoint {checkpoint} (sidecar bytes {range:?})")]
+    Fetch {
+        checkpoint: usize,
+        range: Range<u64>,
+        #[source]
+        source: FetchError,
+    },
+    #[error("window of checkpoint {checkpoint} (sidecar bytes {range:?}) does not match its sha256")]
+    Digest { checkpoint: usize, range: Range<u64> },
+    #[error("window of checkpoint {checkpoint}: task failed")]
+    Task {
+        checkpoint: usize,
+        #[source]
+        source: Arc<tokio::task::JoinError>,
+    },
+}
+
+impl WindowError {
+    /// The fetch's errno (`ETIMEDOUT`, ...), `EIO` for a mismatch.
+    pub fn errno(&self) -> i32 {
+        match self {
+            WindowError::Fetch { source, .. } => source.errno(),
+            _ => libc::EIO,
+        }
+    }
+}
 
 /// Where a layer's windows come from; see the module docs.
 pub struct RemoteWindows {
@@ -27,7 +58,7 @@ pub struct RemoteWindows {
     /// Local copies, `<dir>/<checkpoint>`.
     dir: PathBuf,
     mem: Mutex<HashMap<usize, Bytes>>,
-    inflight: Mutex<HashMap<usize, WindowFuture>>,
+    inflight: SingleFlight<usize, Bytes, WindowError>,
     /// Windows fetched from the registry, and their bytes.
     pub fetched: AtomicU64,
     pub fetched_bytes: AtomicU64,
@@ -44,7 +75,7 @@ impl RemoteWindows {
             base,
             dir,
             mem: Mutex::new(HashMap::new()),
-            inflight: Mutex::new(HashMap::new()),
+            inflight: SingleFlight::new(),
             fetched: AtomicU64::new(0),
             fetched_bytes: AtomicU64::new(0),
         })
@@ -57,34 +88,35 @@ impl RemoteWindows {
         i: usize,
         range: Range<u64>,
         digest: [u8; 32],
-    ) -> Result<Bytes, String> {
+    ) -> Result<Bytes, WindowError> {
         if let Some(w) = lock(&self.mem).get(&i).cloned() {
             return Ok(w);
         }
-        let fut = {
-            let mut inflight = lock(&self.inflight);
-            if let Some(f) = inflight.get(&i) {
-                f.clone()
-            } else {
-                let me = self.clone();
-                let f = async move {
-                    let r = me.load(i, range, digest).await;
-                    if let Ok(w) = &r {
-                        lock(&me.mem).insert(i, w.clone());
-                    }
-                    lock(&me.inflight).remove(&i);
-                    r
+        let me = self.clone();
+        let work = move || {
+            async move {
+                let r = me.load(i, range, digest).await;
+                if let Ok(w) = &r {
+                    lock(&me.mem).insert(i, w.clone());
                 }
-                .boxed()
-                .shared();
-                inflight.insert(i, f.clone());
-                f
+                r
             }
+            .boxed()
         };
-        fut.await
+        let failed = move |e| WindowError::Task {
+            checkpoint: i,
+            source: Arc::new(e),
+        };
+        // A window loaded between the memory lookup and here is loaded again (rare, cheap).
+        self.inflight.join_or_start(i, (), work, failed).await
     }
 
-    async fn load(&self, i: usize, range: Range<u64>, digest: [u8; 32]) -> Result<Bytes, String> {
+    async fn load(
+        &self,
+        i: usize,
+        range: Range<u64>,
+        digest: [u8; 32],
+    ) -> Result<Bytes, WindowError> {
         let path = self.dir.join(i.to_string());
         let ok = |b: &[u8]| {
             b.len() as u64 == range.end - range.start
@@ -99,17 +131,27 @@ impl RemoteWindows {
                 checkpoint = i,
                 "local window copy failed verification; fetching it again"
             );
-            let _ = std::fs::remove_file(&path);
+            let p2 = path.clone();
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(p2)).await;
         }
         let abs = self.base + range.start..self.base + range.end;
-        let b = self.source.fetch(abs.clone()).await?;
+        let b = self
+            .source
+            .fetch(abs.clone())
+            .await
+            .map_err(|source| WindowError::Fetch {
+                checkpoint: i,
+                range: abs.clone(),
+                source,
+            })?;
         self.fetched.fetch_add(1, Relaxed);
         self.fetched_bytes.fetch_add(b.len() as u64, Relaxed);
         if !ok(&b) {
             tracing::error!(checkpoint = i, range = ?abs, "sidecar window failed its sha256");
-            return Err(format!(
-                "window of checkpoint {i} (sidecar bytes {abs:?}) does not match its sha256"
-            ));
+            return Err(WindowError::Digest {
+                checkpoint: i,
+                range: abs,
+            });
         }
         let (dir, bytes) = (self.dir.clone(), b.clone());
         // Best effort: a missing copy is fetched again; a torn one fails verification.

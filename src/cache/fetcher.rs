@@ -1,0 +1,276 @@
+//! Fetching spans: which missing spans go out together (adjacent runs, coalesced into one
+//! Range request), and for one run or span prefix the request itself under a fetch permit,
+//! with the checkpoint's gzip window when the index holds only its head (`windows.rs`),
+//! decoded and verified block by block on the blocking pool, retried, all within the fetch
+//! deadline. Calls the layer's [`BlobSource`](super::BlobSource) (the registry or a local
+//! blob) and `layout.rs`; stores nothing and takes no lock of the cache (single-flight and
+//! storing the result are the caller's, in `mod.rs`).
+
+use super::layout::{Layout, LayoutError};
+use super::{CachedLayer, Error, Stats};
+use bytes::Bytes;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most spans fetched by one Range request.
+const MAX_COALESCE_SPANS: usize = 16;
+/// Whole-fetch attempts per run of spans (the registry client retries requests on its own).
+const FETCH_ATTEMPTS: u32 = 3;
+
+/// Runs of spans to fetch together: `missing` (ascending span numbers) cut where a span is
+/// not the next one, where the layout cannot continue one request (eStargz chunks that are
+/// not adjacent in the blob), and every [`MAX_COALESCE_SPANS`].
+pub(super) fn coalesce(layout: &Layout, missing: &[usize]) -> Vec<Range<usize>> {
+    let mut runs: Vec<Range<usize>> = Vec::new();
+    for &i in missing {
+        match runs.last_mut() {
+            Some(r)
+                if r.end == i
+                    && layout.adjacent(i - 1)
+                    && r.end - r.start < MAX_COALESCE_SPANS =>
+            {
+                r.end = i + 1
+            }
+            _ => runs.push(i..i + 1),
+        }
+    }
+    runs
+}
+
+pub(super) struct Fetcher {
+    permits: tokio::sync::Semaphore,
+    timeout: Duration,
+    stats: Arc<Stats>,
+}
+
+/// What a fetch decodes: a run of whole spans, or blocks `0..=k` of one span.
+#[derive(Clone)]
+enum Decode {
+    Run(Range<usize>),
+    Prefix { span: usize, last_block: usize },
+}
+
+impl Decode {
+    fn apply(
+        &self,
+        layout: &Layout,
+        compressed: &[u8],
+        window: Option<&[u8]>,
+    ) -> Result<Vec<u8>, LayoutError> {
+        match self {
+            Decode::Run(run) => layout.decode(run.clone(), compressed, window),
+            Decode::Prefix { span, last_block } => {
+                layout.decode_prefix(*span, *last_block, compressed, window)
+            }
+        }
+    }
+
+    fn spans(&self) -> Range<usize> {
+        match self {
+            Decode::Run(run) => run.clone(),
+            Decode::Prefix { span, .. } => *span..*span + 1,
+        }
+    }
+}
+
+impl Fetcher {
+    pub(super) fn new(max_concurrent: usize, timeout: Duration, stats: Arc<Stats>) -> Fetcher {
+        Fetcher {
+            permits: tokio::sync::Semaphore::new(max_concurrent.max(1)),
+            timeout,
+            stats,
+        }
+    }
+
+    /// Whether a fetch could start now without waiting for a permit.
+    pub(super) fn permits_free(&self) -> bool {
+        self.permits.available_permits() > 0
+    }
+
+    /// Fetch, decode and verify spans `run` (one Range request); one verified buffer per span.
+    pub(super) async fn run(
+        &self,
+        layer: &Arc<CachedLayer>,
+        run: Range<usize>,
+    ) -> Result<Vec<Bytes>, Error> {
+        let crange = layer
+            .layout
+            .compressed(run.clone())
+            .map_err(|source| Error::Index {
+                layer: layer.digest,
+                source,
+            })?;
+        let data = self
+            .within_deadline(layer, crange.clone(), async {
+                self.fetch_decode(layer, crange.clone(), Decode::Run(run.clone()))
+                    .await
+            })
+            .await?;
+        self.stats.spans(run.len() as u64);
+        let base = layer.layout.span_range(run.start).start;
+        run.map(|i| {
+            let r = layer.layout.span_range(i);
+            let r = (r.start - base) as usize..(r.end - base) as usize;
+            if r.end > data.len() {
+                return Err(Error::Short {
+                    layer: layer.digest,
+                    span: i,
+                    got: data.len().saturating_sub(r.start),
+                    want: r.len(),
+                });
+            }
+            Ok(data.slice(r))
+        })
+        .collect()
+    }
+
+    /// Fetch compressed bytes `crange` (from span `i`'s checkpoint to block `k`'s bound) and
+    /// decode and verify blocks `0..=k` of span `i`: the span's first bytes through block `k`.
+    pub(super) async fn prefix(
+        &self,
+        layer: &Arc<CachedLayer>,
+        i: usize,
+        k: usize,
+        crange: Range<u64>,
+    ) -> Result<Bytes, Error> {
+        let decode = Decode::Prefix {
+            span: i,
+            last_block: k,
+        };
+        self.within_deadline(layer, crange.clone(), async {
+            self.fetch_decode(layer, crange.clone(), decode).await
+        })
+        .await
+    }
+
+    /// `fetch` within the fetch deadline (all retries included).
+    async fn within_deadline<T>(
+        &self,
+        layer: &CachedLayer,
+        range: Range<u64>,
+        fetch: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let after = self.timeout;
+        match tokio::time::timeout(after, fetch).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::error!(layer = %layer.digest, ?range, "fetch timed out after {after:?}");
+                Err(Error::Timeout {
+                    layer: layer.digest,
+                    range,
+                    after,
+                })
+            }
+        }
+    }
+
+    /// Fetch compressed bytes `crange` under a fetch permit, with the first checkpoint's
+    /// window when the index holds only its head, and decode and verify them on the blocking
+    /// pool; [`FETCH_ATTEMPTS`] attempts.
+    async fn fetch_decode(
+        &self,
+        layer: &Arc<CachedLayer>,
+        crange: Range<u64>,
+        decode: Decode,
+    ) -> Result<Bytes, Error> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| Error::Closed {
+                layer: layer.digest,
+            })?;
+        let first = decode.spans().start;
+        let window_need = layer.layout.remote_window(first);
+        tracing::debug!(layer = %layer.digest, span = first, ?crange, window = window_need.is_some(), "fetch");
+        let mut attempt = 0;
+        loop {
+            let err = match self
+                .attempt(layer, &crange, &decode, window_need.as_ref())
+                .await
+            {
+                Ok(b) => return Ok(b),
+                Err(e @ Error::Task { .. }) => return Err(e),
+                Err(e) => e,
+            };
+            match &err {
+                Error::Verify { .. } => tracing::error!(layer = %layer.digest, attempt, "fetched bytes failed verification: {}", err.report()),
+                Error::Window { .. } | Error::NoWindowSource { .. } => tracing::warn!(layer = %layer.digest, attempt, "window fetch failed: {}", err.report()),
+                _ => tracing::warn!(layer = %layer.digest, attempt, "fetch failed: {}", err.report()),
+            }
+            attempt += 1;
+            if attempt >= FETCH_ATTEMPTS {
+                return Err(err);
+            }
+        }
+    }
+
+    /// One attempt of [`fetch_decode`](Self::fetch_decode).
+    async fn attempt(
+        &self,
+        layer: &Arc<CachedLayer>,
+        crange: &Range<u64>,
+        decode: &Decode,
+        window_need: Option<&(Range<u64>, [u8; 32])>,
+    ) -> Result<Bytes, Error> {
+        let first = decode.spans().start;
+        let started = Instant::now();
+        // The window (if the index holds only its head) comes with the span's bytes.
+        let window_fut = async {
+            match (window_need, &layer.windows) {
+                (None, _) => Ok(None),
+                (Some((r, d)), Some(w)) => w
+                    .get(first, r.clone(), *d)
+                    .await
+                    .map(Some)
+                    .map_err(|source| Error::Window {
+                        layer: layer.digest,
+                        span: first,
+                        source,
+                    }),
+                (Some(_), None) => Err(Error::NoWindowSource {
+                    layer: layer.digest,
+                    span: first,
+                }),
+            }
+        };
+        let (fetched, window) =
+            futures::future::join(layer.source.fetch(crange.clone()), window_fut).await;
+        let window = window?;
+        let compressed = fetched.map_err(|source| Error::Fetch {
+            layer: layer.digest,
+            range: crange.clone(),
+            source,
+        })?;
+        self.stats
+            .fetched(compressed.len() as u64, started.elapsed());
+        let net = started.elapsed();
+        let (l2, dec) = (layer.clone(), decode.clone());
+        let decoded = tokio::task::spawn_blocking(move || {
+            dec.apply(&l2.layout, &compressed, window.as_deref())
+        })
+        .await;
+        tracing::debug!(
+            layer = %layer.digest,
+            span = first,
+            net_ms = net.as_millis() as u64,
+            decode_ms = (started.elapsed() - net).as_millis() as u64,
+            "fetched"
+        );
+        match decoded {
+            Ok(Ok(d)) => Ok(Bytes::from(d)),
+            Ok(Err(source)) => Err(Error::Verify {
+                layer: layer.digest,
+                spans: decode.spans(),
+                range: crange.clone(),
+                source,
+            }),
+            Err(e) => Err(Error::Task {
+                layer: layer.digest,
+                what: "decode",
+                source: Arc::new(e),
+            }),
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! What to fetch besides the bytes a read asked for, and when: readahead for a sequential
+//! reader of a large file, neighbour fetch-ahead for a cold start walking nearby files, partial
+//! span fetches for small files, and the pacing of background prefetch behind reads on demand.
+//! Pure decisions over a layer's span layout and this module's own small state (the recent
+//! misses per layer, the time of the last demand miss); the cache acts on them. Calls nothing
+//! outside `cache/`; no I/O.
+
+use super::CachedLayer;
+use crate::digest::Digest;
+use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Reads at least this long (the kernel's large sequential reads) may trigger readahead.
+const READAHEAD_MIN_READ: u64 = 64 << 10;
+/// Spans fetched ahead of a sequential reader.
+const READAHEAD_SPANS: usize = 8;
+/// A miss this many spans or fewer from one of the layer's last [`RECENT_MISSES`] misses
+/// starts neighbour fetch-ahead.
+const NEAR_MISS: usize = 8;
+const RECENT_MISSES: usize = 8;
+
+/// Whole-layer prefetch waits until reads on demand have not fetched for this long.
+pub const PREFETCH_IDLE: Duration = Duration::from_secs(1);
+
+pub(super) struct Policy {
+    /// Fetch only a prefix of a span for a small read of a file ending in it.
+    pub(super) partial_spans: bool,
+    /// Spans fetched ahead after a miss near an earlier one (0 = off).
+    fetch_ahead: usize,
+    /// Per layer, the spans of the last few reads on demand that had to fetch.
+    recent_misses: Mutex<HashMap<Digest, VecDeque<usize>>>,
+    /// Per layer, the last span a large read on demand had to fetch (sequential detection).
+    last_miss: Mutex<HashMap<Digest, usize>>,
+    /// When this policy was made; `last_demand` counts milliseconds from here.
+    epoch: Instant,
+    /// Last time a read on demand had to fetch (ms since `epoch`, 0 = never).
+    last_demand: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Policy {
+    pub(super) fn new(partial_spans: bool, fetch_ahead: usize) -> Policy {
+        Policy {
+            partial_spans,
+            fetch_ahead,
+            recent_misses: Mutex::new(HashMap::new()),
+            last_miss: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
+            last_demand: AtomicU64::new(0),
+        }
+    }
+
+    /// A read on demand had to fetch.
+    pub(super) fn note_demand_miss(&self) {
+        let now = (self.epoch.elapsed().as_millis() as u64).max(1);
+        self.last_demand.store(now, Relaxed);
+    }
+
+    /// How long reads on demand have not had to fetch.
+    fn demand_idle(&self) -> Duration {
+        let last = self.last_demand.load(Relaxed);
+        if last == 0 {
+            return Duration::MAX;
+        }
+        let now = self.epoch.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(last))
+    }
+
+    /// Background prefetch yields to reads on demand: wait until they have been quiet for
+    /// [`PREFETCH_IDLE`] and a fetch permit is free (`permits_free`).
+    pub(super) async fn wait_for_quiet(&self, permits_free: impl Fn() -> bool) {
+        loop {
+            let idle = self.demand_idle();
+            if idle >= PREFETCH_IDLE && permits_free() {
+                return;
+            }
+            let wait = PREFETCH_IDLE
+                .saturating_sub(idle)
+                .max(Duration::from_millis(20));
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Readahead: a large read (`read_len`) that missed in `spans` right after an earlier miss
+    /// a few spans before it looks like a file being streamed; the next spans of the file
+    /// (which ends at virtual `file_end`) to fetch now, so the reader finds them local instead
+    /// of waiting a round trip per span. Small reads (small files, the cold-start pattern)
+    /// never trigger it.
+    pub(super) fn readahead(
+        &self,
+        layer: &CachedLayer,
+        spans: Range<usize>,
+        read_len: u64,
+        file_end: u64,
+    ) -> Option<Range<usize>> {
+        if read_len < READAHEAD_MIN_READ {
+            return None;
+        }
+        let sequential = {
+            let mut last = lock(&self.last_miss);
+            let prev = last.insert(layer.digest, spans.end.saturating_sub(1));
+            prev.is_some_and(|p| p + 1 < spans.end && spans.start <= p + 2 * READAHEAD_SPANS)
+        };
+        if !sequential {
+            return None;
+        }
+        let mut end = (spans.end + READAHEAD_SPANS).min(layer.layout.count());
+        // Never past the file being read.
+        while end > spans.end && layer.layout.span_range(end - 1).start >= file_end {
+            end -= 1;
+        }
+        (end > spans.end).then_some(spans.end..end)
+    }
+
+    /// Neighbour fetch-ahead: a read on demand that misses in `spans` within [`NEAR_MISS`]
+    /// spans of one of the layer's last misses is part of a cold start walking neighbouring
+    /// files (a package's modules sit together in the tar stream): the next `fetch_ahead`
+    /// spans to fetch in the background (one Range request, not awaited), using the link while
+    /// the reader works on what it got.
+    pub(super) fn fetch_ahead(
+        &self,
+        layer: &CachedLayer,
+        spans: Range<usize>,
+    ) -> Option<Range<usize>> {
+        if self.fetch_ahead == 0 || spans.is_empty() {
+            return None;
+        }
+        let near = {
+            let mut recent = lock(&self.recent_misses);
+            let r = recent.entry(layer.digest).or_default();
+            let near = r
+                .iter()
+                .any(|&p| p + NEAR_MISS >= spans.start && p <= spans.end + NEAR_MISS);
+            r.push_back(spans.end - 1);
+            if r.len() > RECENT_MISSES {
+                r.pop_front();
+            }
+            near
+        };
+        if !near {
+            return None;
+        }
+        let end = (spans.end + self.fetch_ahead).min(layer.layout.count());
+        (end > spans.end).then_some(spans.end..end)
+    }
+
+    /// Partial span fetch: for a small read `range` of a file ending at virtual `file_end`
+    /// inside span `i`, the last block to fetch and the compressed bytes that decode blocks
+    /// up to it. `None` when the whole span should be fetched: the file goes on past the span
+    /// (a sequential reader wants the rest), the read leaves the span, the layer cannot decode
+    /// a prefix, or the prefix would save little (over 3/4 of the span's compressed bytes).
+    pub(super) fn prefix(
+        &self,
+        layer: &CachedLayer,
+        i: usize,
+        range: &Range<u64>,
+        file_end: u64,
+    ) -> Option<(usize, Range<u64>)> {
+        if !self.partial_spans {
+            return None;
+        }
+        let span = layer.layout.span_range(i);
+        if file_end >= span.end || range.end > span.end || range.start < span.start {
+            return None;
+        }
+        let upto = file_end.max(range.end);
+        let k = layer
+            .layout
+            .blocks_covering(i, range.start..upto)
+            .end
+            .checked_sub(1)?;
+        let crange = layer.layout.prefix_plan(i, k)?;
+        let whole = layer.layout.compressed(i..i + 1).ok()?;
+        if (crange.end - crange.start) * 4 > (whole.end - whole.start) * 3 {
+            return None;
+        }
+        Some((k, crange))
+    }
+}
