@@ -3,7 +3,7 @@
 //! Every failing step keeps its cause as a `#[source]` (the registry's or the local blob's
 //! error, the layer decoder's digest mismatch, the cache directory's I/O error). Errors are
 //! `Clone` because a fetch's result is shared by every reader waiting on it: causes that are
-//! not `Clone` sit behind an `Arc`. Calls nothing outside `cache/` but `registry::Error` (to
+//! not `Clone` sit behind an `Arc`, nested causes in a `Box` (the error stays small). Calls nothing outside `cache/` but `registry::Error` (to
 //! tell a timed-out request) and `layer::Error` (as a cause).
 
 use super::layout::LayoutError;
@@ -25,7 +25,7 @@ pub enum Error {
     Index {
         layer: Digest,
         #[source]
-        source: LayoutError,
+        source: Box<LayoutError>,
     },
     /// `path` is not a file of the layer's index.
     #[error("layer {layer}: {path} is not in the index")]
@@ -36,7 +36,7 @@ pub enum Error {
         layer: Digest,
         range: Range<u64>,
         #[source]
-        source: FetchError,
+        source: Box<FetchError>,
     },
     /// The stored gzip window decoding span `span` could not be had.
     #[error("layer {layer}: span {span}: gzip window of its checkpoint")]
@@ -44,10 +44,12 @@ pub enum Error {
         layer: Digest,
         span: usize,
         #[source]
-        source: WindowError,
+        source: Box<WindowError>,
     },
     /// The index holds only its head and nothing says where its gzip windows are.
-    #[error("layer {layer}: span {span}: the index holds no gzip windows and names no source for them")]
+    #[error(
+        "layer {layer}: span {span}: the index holds no gzip windows and names no source for them"
+    )]
     NoWindowSource { layer: Digest, span: usize },
     /// Fetched bytes did not decode into the spans the index describes, or failed their
     /// sha256 (the cause names the span or block and both digests).
@@ -57,7 +59,7 @@ pub enum Error {
         spans: Range<usize>,
         range: Range<u64>,
         #[source]
-        source: LayoutError,
+        source: Box<LayoutError>,
     },
     /// A decoded run was shorter than the index says its span is.
     #[error("layer {layer}: span {span}: decoded data too short ({got} of {want} bytes)")]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Most spans fetched by one Range request.
-const MAX_COALESCE_SPANS: usize = 16;
+pub(super) const MAX_COALESCE_SPANS: usize = 16;
 /// Whole-fetch attempts per run of spans (the registry client retries requests on its own).
 const FETCH_ATTEMPTS: u32 = 3;
 
@@ -26,9 +26,7 @@ pub(super) fn coalesce(layout: &Layout, missing: &[usize]) -> Vec<Range<usize>> 
     for &i in missing {
         match runs.last_mut() {
             Some(r)
-                if r.end == i
-                    && layout.adjacent(i - 1)
-                    && r.end - r.start < MAX_COALESCE_SPANS =>
+                if r.end == i && layout.adjacent(i - 1) && r.end - r.start < MAX_COALESCE_SPANS =>
             {
                 r.end = i + 1
             }
@@ -99,7 +97,7 @@ impl Fetcher {
             .compressed(run.clone())
             .map_err(|source| Error::Index {
                 layer: layer.digest,
-                source,
+                source: Box::new(source),
             })?;
         let data = self
             .within_deadline(layer, crange.clone(), async {
@@ -174,13 +172,9 @@ impl Fetcher {
         crange: Range<u64>,
         decode: Decode,
     ) -> Result<Bytes, Error> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| Error::Closed {
-                layer: layer.digest,
-            })?;
+        let _permit = self.permits.acquire().await.map_err(|_| Error::Closed {
+            layer: layer.digest,
+        })?;
         let first = decode.spans().start;
         let window_need = layer.layout.remote_window(first);
         tracing::debug!(layer = %layer.digest, span = first, ?crange, window = window_need.is_some(), "fetch");
@@ -195,9 +189,15 @@ impl Fetcher {
                 Err(e) => e,
             };
             match &err {
-                Error::Verify { .. } => tracing::error!(layer = %layer.digest, attempt, "fetched bytes failed verification: {}", err.report()),
-                Error::Window { .. } | Error::NoWindowSource { .. } => tracing::warn!(layer = %layer.digest, attempt, "window fetch failed: {}", err.report()),
-                _ => tracing::warn!(layer = %layer.digest, attempt, "fetch failed: {}", err.report()),
+                Error::Verify { .. } => {
+                    tracing::error!(layer = %layer.digest, attempt, "fetched bytes failed verification: {}", err.report())
+                }
+                Error::Window { .. } | Error::NoWindowSource { .. } => {
+                    tracing::warn!(layer = %layer.digest, attempt, "window fetch failed: {}", err.report())
+                }
+                _ => {
+                    tracing::warn!(layer = %layer.digest, attempt, "fetch failed: {}", err.report())
+                }
             }
             attempt += 1;
             if attempt >= FETCH_ATTEMPTS {
@@ -220,15 +220,16 @@ impl Fetcher {
         let window_fut = async {
             match (window_need, &layer.windows) {
                 (None, _) => Ok(None),
-                (Some((r, d)), Some(w)) => w
-                    .get(first, r.clone(), *d)
-                    .await
-                    .map(Some)
-                    .map_err(|source| Error::Window {
-                        layer: layer.digest,
-                        span: first,
-                        source,
-                    }),
+                (Some((r, d)), Some(w)) => {
+                    w.get(first, r.clone(), *d)
+                        .await
+                        .map(Some)
+                        .map_err(|source| Error::Window {
+                            layer: layer.digest,
+                            span: first,
+                            source: Box::new(source),
+                        })
+                }
                 (Some(_), None) => Err(Error::NoWindowSource {
                     layer: layer.digest,
                     span: first,
@@ -241,7 +242,7 @@ impl Fetcher {
         let compressed = fetched.map_err(|source| Error::Fetch {
             layer: layer.digest,
             range: crange.clone(),
-            source,
+            source: Box::new(source),
         })?;
         self.stats
             .fetched(compressed.len() as u64, started.elapsed());
@@ -264,7 +265,7 @@ impl Fetcher {
                 layer: layer.digest,
                 spans: decode.spans(),
                 range: crange.clone(),
-                source,
+                source: Box::new(source),
             }),
             Err(e) => Err(Error::Task {
                 layer: layer.digest,

@@ -105,7 +105,11 @@ impl Memory {
     }
 
     /// Keep verified blocks `(k, bytes)` of span `key`.
-    pub(super) fn insert_blocks(&self, key: SpanKey, blocks: impl IntoIterator<Item = (usize, Bytes)>) {
+    pub(super) fn insert_blocks(
+        &self,
+        key: SpanKey,
+        blocks: impl IntoIterator<Item = (usize, Bytes)>,
+    ) {
         let mut m = lock(&self.lru);
         for (k, b) in blocks {
             m.insert(MemKey::block(key, k), b);

@@ -86,7 +86,7 @@ impl CachedLayer {
             .file_range(&entry, 0..u64::MAX)
             .map_err(|source| Error::Index {
                 layer: self.digest,
-                source,
+                source: Box::new(source),
             })
     }
 }
@@ -173,7 +173,7 @@ impl ChunkCache {
             Err(source) => {
                 return Some(Err(Error::Index {
                     layer: layer.digest,
-                    source,
+                    source: Box::new(source),
                 }))
             }
         };
@@ -248,7 +248,7 @@ impl ChunkCache {
             Err(source) => {
                 return Read::Local(Err(Error::Index {
                     layer: layer.digest,
-                    source,
+                    source: Box::new(source),
                 }))
             }
         };
@@ -268,7 +268,9 @@ impl ChunkCache {
             parts
         };
         let (me, layer) = (self.clone(), layer.clone());
-        Read::Fetch(async move { me.fetch_missing(&layer, range, spans, parts, want).await }.boxed())
+        Read::Fetch(
+            async move { me.fetch_missing(&layer, range, spans, parts, want).await }.boxed(),
+        )
     }
 
     /// The rest of a read whose local `parts` (one per span of `spans`) have gaps: note the
@@ -478,7 +480,11 @@ impl ChunkCache {
     /// Start fetching the spans of `next` that are not local (joining fetches already in
     /// flight); nobody waits: the fetch tasks run on their own. Returns how many spans were
     /// not local.
-    fn fetch_in_background(self: &Arc<Self>, layer: &Arc<CachedLayer>, next: Range<usize>) -> usize {
+    fn fetch_in_background(
+        self: &Arc<Self>,
+        layer: &Arc<CachedLayer>,
+        next: Range<usize>,
+    ) -> usize {
         let need: Vec<usize> = next.filter(|&i| !self.tiers.has_span(layer, i)).collect();
         if !need.is_empty() {
             let mut started = Vec::new();

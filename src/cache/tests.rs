@@ -1,5 +1,6 @@
 //! Cache tests over real gzip layers built in code and a counting, optionally corrupting source.
 
+use super::fetcher::MAX_COALESCE_SPANS;
 use super::*;
 use crate::layer::{BuildOptions, LayerIndex, MEDIA_TAR_GZIP};
 use std::io::Write;
@@ -791,3 +792,4 @@ async fn a_miss_near_an_earlier_one_fetches_the_next_spans_ahead() {
     assert_eq!(&got[..], &d3[..]);
     assert!(!cache.has_span(&l, 4), "{}", e.offset());
 }
+

@@ -29,8 +29,13 @@ pub enum WindowError {
         #[source]
         source: FetchError,
     },
-    #[error("window of checkpoint {checkpoint} (sidecar bytes {range:?}) does not match its sha256")]
-    Digest { checkpoint: usize, range: Range<u64> },
+    #[error(
+        "window of checkpoint {checkpoint} (sidecar bytes {range:?}) does not match its sha256"
+    )]
+    Digest {
+        checkpoint: usize,
+        range: Range<u64>,
+    },
     #[error("window of checkpoint {checkpoint}: task failed")]
     Task {
         checkpoint: usize,

@@ -5,11 +5,12 @@
 //! Calls `cache` (reads) and `union` (the `LowerSource` trait it implements); no network of
 //! its own, no FUSE.
 
-use crate::cache::{CachedLayer, ChunkCache};
-use crate::union::{LowerFile, LowerSource};
+use crate::cache::{CachedLayer, ChunkCache, Read};
+use crate::union::{LowerFile, LowerRead, LowerSource};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -53,79 +54,96 @@ pub struct CacheLower {
     pub profile: Arc<AccessProfile>,
 }
 
-fn eio(msg: String) -> std::io::Error {
-    std::io::Error::other(msg)
+/// A cache error as the `io::Error` the union carries to the FUSE adapter: the cause kept
+/// inside, the kind naming the errno [`cache::Error::errno`](crate::cache::Error::errno)
+/// chose (`TimedOut` for ETIMEDOUT, `StorageFull` for ENOSPC, `Other` for EIO). An errno no
+/// kind stands for goes as the raw code, its cause logged first.
+fn io_error(e: crate::cache::Error) -> std::io::Error {
+    let code = e.errno();
+    if code == libc::EIO {
+        return std::io::Error::other(e);
+    }
+    let kind = std::io::Error::from_raw_os_error(code).kind();
+    if crate::union::kind_errno(kind) == Some(code) {
+        std::io::Error::new(kind, e)
+    } else {
+        tracing::warn!("lower read failed with errno {code}: {}", e.report());
+        std::io::Error::from_raw_os_error(code)
+    }
 }
 
 impl CacheLower {
     /// Virtual range of `[offset, offset+len)` of `file` (clamped), and where the file's bytes
-    /// end (to bound readahead to this file). One index lookup.
+    /// end (to bound readahead to this file). The file's extent is resolved (one index lookup
+    /// by path) the first time an open file is read and kept with its `LowerFile`; that first
+    /// read also notes the file in the access profile.
     fn vrange(
         &self,
         file: &LowerFile,
         offset: u64,
         len: u32,
-    ) -> std::io::Result<(std::ops::Range<u64>, u64)> {
-        let (start, n) = file.clamp(offset, len);
-        self.profile.note(file);
-        let index = self.layer.layout.index();
-        let entry = index.lookup(file.path()).ok_or_else(|| {
-            eio(format!(
-                "layer {}: {} not in index",
-                self.layer.digest,
-                file.path()
-            ))
+    ) -> std::io::Result<(Range<u64>, u64)> {
+        let ext = file.extent(|f| {
+            self.profile.note(f);
+            self.layer.file_extent(f.path()).map_err(io_error)
         })?;
-        let layout = &self.layer.layout;
-        let r = layout
-            .file_range(&entry, start..start + n as u64)
-            .map_err(eio)?;
-        let end = layout
-            .file_range(&entry, u64::MAX..u64::MAX)
-            .map_err(eio)?
-            .end;
-        Ok((r, end))
+        let (start, n) = file.clamp(offset, len);
+        let size = ext.end - ext.start;
+        let a = ext.start + start.min(size);
+        let b = ext.start + start.saturating_add(n as u64).min(size);
+        Ok((a..b, ext.end))
     }
 }
 
 impl LowerSource for CacheLower {
+    /// The local tiers are looked at once: a hit answers at once, a miss gets the future
+    /// that fetches only the spans that were missing.
+    fn start_read(&self, file: &LowerFile, offset: u64, len: u32) -> LowerRead {
+        let (r, file_end) = match self.vrange(file, offset, len) {
+            Ok(v) => v,
+            Err(e) => return LowerRead::Ready(Err(e)),
+        };
+        if r.is_empty() {
+            return LowerRead::Ready(Ok(Bytes::new()));
+        }
+        match self.cache.start_read_file(&self.layer, r, file_end) {
+            Read::Local(res) => LowerRead::Ready(res.map_err(io_error)),
+            Read::Fetch(f) => LowerRead::Pending(
+                async move {
+                    f.await.map_err(|e| {
+                        tracing::error!("lazy read failed: {}", e.report());
+                        io_error(e)
+                    })
+                }
+                .boxed(),
+            ),
+        }
+    }
+
     fn read(
         &self,
         file: &LowerFile,
         offset: u64,
         len: u32,
     ) -> BoxFuture<'static, std::io::Result<Bytes>> {
-        let r = self.vrange(file, offset, len);
-        let (cache, layer) = (self.cache.clone(), self.layer.clone());
-        async move {
-            let (r, file_end) = r?;
-            if r.is_empty() {
-                return Ok(Bytes::new());
-            }
-            cache.read_file(&layer, r, file_end).await.map_err(|e| {
-                tracing::error!("lazy read failed: {e}");
-                eio(e.to_string())
-            })
+        match self.start_read(file, offset, len) {
+            LowerRead::Ready(r) => futures::future::ready(r).boxed(),
+            LowerRead::Pending(f) => f,
         }
-        .boxed()
     }
 
+    /// A miss returns `None` without starting anything (the fetch would start when the
+    /// dropped future is first polled).
     fn try_read_local(
         &self,
         file: &LowerFile,
         offset: u64,
         len: u32,
     ) -> Option<std::io::Result<Bytes>> {
-        let r = match self.vrange(file, offset, len) {
-            Ok((r, _)) => r,
-            Err(e) => return Some(Err(e)),
-        };
-        if r.is_empty() {
-            return Some(Ok(Bytes::new()));
+        match self.start_read(file, offset, len) {
+            LowerRead::Ready(r) => Some(r),
+            LowerRead::Pending(_) => None,
         }
-        self.cache
-            .try_read_local(&self.layer, r)
-            .map(|res| res.map_err(|e| eio(e.to_string())))
     }
 
     fn local_path(&self, _file: &LowerFile) -> Option<PathBuf> {

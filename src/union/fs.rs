@@ -8,7 +8,7 @@
 //! found under (`aliases`, parent inode + name), so paths follow directory renames. One mutex
 //! guards the node table; lower data is never fetched while it is held.
 
-use super::lower::{LowerFile, LowerSource};
+use super::lower::{LowerFile, LowerRead, LowerSource};
 use super::lowertree::LowerTree;
 use super::tree::TreeNode;
 use super::upper::Upper;
@@ -770,18 +770,20 @@ impl UnionFs {
                         source,
                     }
                 };
-                if let Some(r) = src.try_read_local(file, offset, size) {
-                    let b = r.map_err(wrap)?;
-                    self.stats
-                        .bytes_read
-                        .fetch_add(b.len() as u64, Ordering::Relaxed);
-                    return Ok(ReadResult::Ready(b));
-                }
+                let fut = match src.start_read(file, offset, size) {
+                    LowerRead::Ready(r) => {
+                        let b = r.map_err(wrap)?;
+                        self.stats
+                            .bytes_read
+                            .fetch_add(b.len() as u64, Ordering::Relaxed);
+                        return Ok(ReadResult::Ready(b));
+                    }
+                    LowerRead::Pending(fut) => fut,
+                };
                 self.stats
                     .lower_reads_waited
                     .fetch_add(1, Ordering::Relaxed);
                 let stats = self.stats.clone();
-                let fut = src.read(file, offset, size);
                 Ok(ReadResult::Pending(
                     async move {
                         let b = fut.await.map_err(wrap)?;

@@ -1,29 +1,55 @@
 //! How the union gets the bytes of lower files: the [`LowerSource`] trait, the cheap
-//! [`LowerFile`] identity it is asked about, and [`TarBytesLower`], an uncompressed tar held in
-//! memory (tests and benches; an optional per-read delay stands in for a slow registry).
+//! [`LowerFile`] identity it is asked about (with a slot where a source keeps the file's
+//! extent once it has resolved it), and [`TarBytesLower`], an uncompressed tar held in memory
+//! (tests and benches; an optional per-read delay stands in for a slow registry).
 //!
-//! A source serves one layer; the union keeps one source per layer index. Implementations for
-//! lazily fetched image layers live in `cache/`; this file must not know about them.
+//! A source serves one layer; the union keeps one source per layer index. Implementations:
+//! `dirlower.rs` (a plain directory), and for lazily fetched image layers `mount::CacheLower`
+//! (bytes through the chunk cache); this file must not know about the latter.
 
 use super::{Error, Result};
 use crate::layer::{Compression, Entry};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug)]
 struct FileId {
     layer: usize,
     path: String,
     size: u64,
     offset: u64,
+    /// The content's extent in its source's own coordinates, once the source resolved it.
+    extent: OnceLock<Range<u64>>,
+}
+
+impl FileId {
+    fn key(&self) -> (usize, &str, u64, u64) {
+        (self.layer, &self.path, self.size, self.offset)
+    }
+}
+
+impl PartialEq for FileId {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for FileId {}
+
+impl std::hash::Hash for FileId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key().hash(state)
+    }
 }
 
 /// One lower file's content: layer index (bottom = 0), path in that layer, size, and where the
-/// content starts in the layer's uncompressed stream. Cheap to clone.
+/// content starts in the layer's uncompressed stream. Cheap to clone; equality and hashing
+/// look at those four only. The union makes one per open file.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct LowerFile(Arc<FileId>);
 
@@ -34,6 +60,7 @@ impl LowerFile {
             path: path.into(),
             size,
             offset,
+            extent: OnceLock::new(),
         }))
     }
     /// Index of the layer (0 = bottom) this content belongs to.
@@ -57,6 +84,28 @@ impl LowerFile {
         let end = offset.saturating_add(u64::from(len)).min(self.size());
         (start, (end - start) as usize)
     }
+    /// The content's extent in the source's own coordinates (e.g. the chunk cache's virtual
+    /// offsets): `resolve`d the first time a source asks and kept with this `LowerFile`, so
+    /// a source's per-read work does not depend on a lookup by path. (A `LowerFile` belongs to
+    /// one layer, hence to one source.) A failed resolution is not kept.
+    pub fn extent(
+        &self,
+        resolve: impl FnOnce(&LowerFile) -> std::io::Result<Range<u64>>,
+    ) -> std::io::Result<Range<u64>> {
+        if let Some(e) = self.0.extent.get() {
+            return Ok(e.clone());
+        }
+        let e = resolve(self)?;
+        Ok(self.0.extent.get_or_init(|| e).clone())
+    }
+}
+
+/// A read started with [`LowerSource::start_read`].
+pub enum LowerRead {
+    /// Answered without waiting (the bytes were local), or failed at once.
+    Ready(std::io::Result<Bytes>),
+    /// Must wait (a fetch): the future answers.
+    Pending(BoxFuture<'static, std::io::Result<Bytes>>),
 }
 
 /// Where lower file bytes come from. Reads past the end return fewer bytes (none at EOF).
@@ -79,6 +128,16 @@ pub trait LowerSource: Send + Sync {
 
     /// A local file holding the full content, read-only, if one exists (for passthrough).
     fn local_path(&self, file: &LowerFile) -> Option<PathBuf>;
+
+    /// [`try_read_local`](Self::try_read_local) and, on a miss, [`read`](Self::read), in one
+    /// call: the union reads through this. A source whose local lookup is costly (the chunk
+    /// cache) overrides it so that a miss looks at its local copies once.
+    fn start_read(&self, file: &LowerFile, offset: u64, len: u32) -> LowerRead {
+        match self.try_read_local(file, offset, len) {
+            Some(r) => LowerRead::Ready(r),
+            None => LowerRead::Pending(self.read(file, offset, len)),
+        }
+    }
 }
 
 /// An uncompressed tar layer held in memory.
@@ -179,10 +238,10 @@ pub(crate) fn read_blocking(
         path: file.path().to_string(),
         source,
     };
-    if let Some(r) = source.try_read_local(file, offset, len) {
-        return r.map_err(wrap);
-    }
-    let fut = source.read(file, offset, len);
+    let fut = match source.start_read(file, offset, len) {
+        LowerRead::Ready(r) => return r.map_err(wrap),
+        LowerRead::Pending(fut) => fut,
+    };
     let r = match rt {
         // Inside a multi-thread runtime worker (a caller in async code), let the runtime
         // move its other tasks away first; elsewhere (FUSE dispatch or blocking-pool

@@ -34,7 +34,7 @@ pub use dirtree::DirTree;
 pub use fs::{
     Ctx, DirEntry, Opened, ReadResult, SetAttr, StatFs, Stats, StatsSnapshot, TimeSpec, UnionFs,
 };
-pub use lower::{LowerFile, LowerSource, TarBytesLower};
+pub use lower::{LowerFile, LowerRead, LowerSource, TarBytesLower};
 pub use lowertree::LowerTree;
 pub use nodes::UPPER_BASE;
 pub use tree::{MergedTree, TreeDirEnt, TreeNode};
@@ -178,13 +178,33 @@ impl Error {
         }
     }
 
-    /// The OS error code carried by an I/O failure, if any.
+    /// The OS error code carried by an I/O failure, if any. A lower source's error may carry
+    /// its cause with only a kind that names the errno (a fetch deadline: `TimedOut`).
     pub fn os_error(&self) -> Option<i32> {
         match self {
-            Error::Io { source, .. } | Error::Lower { source, .. } => source.raw_os_error(),
+            Error::Io { source, .. } => source.raw_os_error(),
+            Error::Lower { source, .. } => {
+                source.raw_os_error().or_else(|| kind_errno(source.kind()))
+            }
             _ => None,
         }
     }
+}
+
+/// The errno an I/O error kind without an OS error code stands for (the kinds a lower source
+/// uses to carry a typed cause); `None` for the rest (EIO).
+pub fn kind_errno(kind: std::io::ErrorKind) -> Option<i32> {
+    use std::io::ErrorKind as K;
+    Some(match kind {
+        K::TimedOut => libc::ETIMEDOUT,
+        K::StorageFull => libc::ENOSPC,
+        K::QuotaExceeded => libc::EDQUOT,
+        K::ReadOnlyFilesystem => libc::EROFS,
+        K::PermissionDenied => libc::EACCES,
+        K::OutOfMemory => libc::ENOMEM,
+        K::StaleNetworkFileHandle => libc::ESTALE,
+        _ => return None,
+    })
 }
 
 /// `Result` with the union [`Error`].
