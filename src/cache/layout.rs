@@ -1,5 +1,6 @@
 //! How a layer's verified units ("spans") map to compressed bytes, for both kinds of index:
-//! seek-table spans (plain tar, gzip checkpoints, zstd frames) and eStargz chunks.
+//! seek-table spans (plain tar, gzip checkpoints, zstd frames) and eStargz chunks. Calls
+//! `layer` (seek tables, eStargz chunk decoding) and nothing else; no I/O, no locks.
 //!
 //! Both are seen through one coordinate: a *virtual uncompressed offset*. For seek-table
 //! layers it is the offset in the uncompressed tar stream (a file's bytes start at its entry's

@@ -1,4 +1,5 @@
 //! Cache counters for `strata stats`: bytes fetched, hits, prefetch progress, fetch latency.
+//! Atomics (and one small mutex for the latency sample); calls nothing.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;

@@ -2,10 +2,11 @@
 //! format 3): each checkpoint's window is fetched with one Range request on the sidecar blob
 //! the first time a span decoded from that checkpoint is fetched (concurrently with the span's
 //! compressed bytes), checked against the sha256 the head carries, and kept in memory and as one
-//! small file per checkpoint next to the index. Single-flight per checkpoint; a window that
-//! fails its sha256 is an error and is neither kept nor cached, so the next attempt fetches it
-//! again. A local copy is re-verified whenever it is read. Single-flight through `flight.rs`;
-//! the window file is read and written by the flight's task, never under its table lock.
+//! small file per checkpoint next to the index. A window that fails its sha256 is an error and
+//! is neither kept nor cached, so the next attempt fetches it again. A local copy is
+//! re-verified whenever it is read. Calls the sidecar's [`BlobSource`] and `flight.rs`
+//! (single-flight per checkpoint); the window file is read and written by the flight's task,
+//! never under the table's lock.
 
 use super::flight::SingleFlight;
 use super::source::{BlobSource, FetchError};

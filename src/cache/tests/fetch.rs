@@ -1,0 +1,250 @@
+//! Fetching: single-flight under concurrent readers, corrupt bytes refused, whole-layer fetch,
+//! stored gzip windows, and the errno each failure gives a reader.
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_random_reads_are_exact_and_single_flight() {
+    let f = fixture();
+    let cache = open_cache(&f.cache_dir, 1 << 30);
+    let (l, src) = layer(&f, 20);
+    let mut tasks = Vec::new();
+    for t in 0..16u64 {
+        let (cache, l) = (cache.clone(), l.clone());
+        let files = f.files.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut x = t * 7919 + 1;
+            for _ in 0..40 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                let (name, data) = &files[(x >> 33) as usize % files.len()];
+                let len = data.len() as u64;
+                let start = if len == 0 { 0 } else { (x >> 20) % len };
+                let end = (start + (x >> 40) % (600 << 10)).min(len);
+                let got = cache.read(&l, vrange(&l, name, start..end)).await.unwrap();
+                assert_eq!(
+                    &got[..],
+                    &data[start as usize..end as usize],
+                    "{name} {start}..{end}"
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    cache.flush().await;
+    let s = cache.stats.snapshot();
+    // Every span was fetched at most once however many readers wanted it.
+    let touched = (0..l.layout.count())
+        .filter(|&i| cache.has_span(&l, i))
+        .count() as u64;
+    assert_eq!(s.spans_fetched, touched, "{s:?}");
+    assert!(src.requests.load(Ordering::SeqCst) <= touched);
+    // Everything again from a fresh process view: served from disk, no request.
+    let cache2 = open_cache(&f.cache_dir, 1 << 30);
+    let before = src.requests.load(Ordering::SeqCst);
+    for (name, data) in &f.files {
+        let len = data.len() as u64;
+        if (0..l.layout.count()).all(|i| cache2.has_span(&l, i)) {
+            let got = cache2.read(&l, vrange(&l, name, 0..len)).await.unwrap();
+            assert_eq!(&got[..], &data[..]);
+        }
+    }
+    assert_eq!(src.requests.load(Ordering::SeqCst), before);
+}
+
+#[tokio::test]
+async fn corrupt_bytes_are_refused_and_not_cached_then_recover() {
+    let f = fixture();
+    let cache = open_cache(&f.cache_dir, 1 << 30);
+    let (l, src) = layer(&f, 0);
+    src.corrupt.store(true, Ordering::SeqCst);
+    let (name, data) = &f.files[0];
+    let r = vrange(&l, name, 0..data.len() as u64);
+    let err = cache.read(&l, r.clone()).await.unwrap_err();
+    assert!(err.to_string().contains(&l.digest.to_string()), "{err}");
+    assert_eq!(
+        cache.disk_usage().1,
+        0,
+        "nothing may be cached from corrupt bytes"
+    );
+    assert!(cache.try_read_local(&l, r.clone()).is_none());
+    src.corrupt.store(false, Ordering::SeqCst);
+    let got = cache.read(&l, r.clone()).await.unwrap();
+    assert_eq!(&got[..], &data[..]);
+    cache.flush().await;
+    assert_eq!(
+        &cache.try_read_local(&l, r).unwrap().unwrap()[..],
+        &data[..]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_layer_fetches_every_span_once_verified() {
+    let f = fixture();
+    let cache = open_cache(&f.cache_dir, 1 << 30);
+    let (l, src) = layer(&f, 5);
+    let n = l.layout.count();
+    assert!(n > 4);
+    assert_eq!(cache.fetch_layer(&l).await.unwrap(), n);
+    cache.flush().await;
+    assert!((0..n).all(|i| cache.has_span(&l, i)));
+    let requests = src.requests.load(Ordering::SeqCst);
+    // Runs of up to MAX_COALESCE_SPANS spans: one request each.
+    assert_eq!(requests, n.div_ceil(MAX_COALESCE_SPANS) as u64);
+    for (name, data) in &f.files {
+        let r = vrange(&l, name, 0..data.len() as u64);
+        assert_eq!(
+            &cache.try_read_local(&l, r).unwrap().unwrap()[..],
+            &data[..]
+        );
+    }
+    // Nothing left to fetch; corrupt bytes are refused, not cached.
+    assert_eq!(cache.fetch_layer(&l).await.unwrap(), 0);
+    assert_eq!(src.requests.load(Ordering::SeqCst), requests);
+    let f2 = fixture();
+    let cache2 = open_cache(&f2.cache_dir, 1 << 30);
+    let (l2, src2) = layer(&f2, 0);
+    src2.corrupt.store(true, Ordering::SeqCst);
+    assert!(cache2.fetch_layer(&l2).await.is_err());
+    cache2.flush().await;
+    assert_eq!(cache2.disk_usage().1, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn head_only_index_fetches_windows_lazily_verified_and_once() {
+    let f = fixture();
+    let cache = open_cache(&f.cache_dir, 1 << 30);
+    let (l, _src, wsrc, wdir) = head_only_layer(&f);
+    let t = l.layout.index().seek_table().unwrap();
+    let needing: Vec<usize> = (0..t.checkpoints.len())
+        .filter(|&i| t.needs_window(i))
+        .collect();
+    assert!(needing.len() > 4);
+    // Nothing is fetched before a span is needed.
+    assert_eq!(wsrc.requests.load(Ordering::SeqCst), 0);
+    // A corrupt window is an error, is not kept, and the span is not cached.
+    let (name, data) = &f.files[0];
+    let i = needing[1];
+    let sr = t.span_range(i);
+    let e = l.layout.index().lookup(name).unwrap();
+    assert!(sr.start >= e.offset() && sr.end <= e.offset() + data.len() as u64);
+    wsrc.corrupt.store(true, Ordering::SeqCst);
+    let err = cache.read(&l, sr.clone()).await.unwrap_err();
+    assert!(err.report().contains("sha256"), "{}", err.report());
+    assert!(!cache.has_span(&l, i));
+    assert!(!wdir.join(i.to_string()).exists());
+    // The next read fetches the window again and gets the right bytes.
+    wsrc.corrupt.store(false, Ordering::SeqCst);
+    let before = wsrc.requests.load(Ordering::SeqCst);
+    let got = cache.read(&l, sr.clone()).await.unwrap();
+    let rel = (sr.start - e.offset()) as usize..(sr.end - e.offset()) as usize;
+    assert_eq!(&got[..], &data[rel]);
+    assert_eq!(wsrc.requests.load(Ordering::SeqCst), before + 1);
+    // Concurrent readers of every file: one window request per run start at most, exact bytes.
+    let mut tasks = Vec::new();
+    for (name, data) in f.files.clone() {
+        let (cache, l) = (cache.clone(), l.clone());
+        tasks.push(tokio::spawn(async move {
+            let len = data.len() as u64;
+            let got = cache.read(&l, vrange(&l, &name, 0..len)).await.unwrap();
+            assert_eq!(&got[..], &data[..], "{name}");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    cache.flush().await;
+    assert!(wsrc.requests.load(Ordering::SeqCst) <= needing.len() as u64);
+    // A damaged local window copy is detected, dropped and fetched again.
+    let cache2 = open_cache(&f.cache_dir.with_file_name("cache2"), 1 << 30);
+    let (l2, _, wsrc2, wdir2) = head_only_layer(&f);
+    assert_eq!(wdir2, wdir);
+    let copy = wdir.join(i.to_string());
+    let mut w = std::fs::read(&copy).unwrap();
+    w[0] ^= 1;
+    std::fs::write(&copy, &w).unwrap();
+    let got = cache2.read(&l2, sr.clone()).await.unwrap();
+    assert_eq!(got, cache.read(&l, sr).await.unwrap());
+    assert_eq!(wsrc2.requests.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn corrupt_prefix_is_refused_and_nothing_kept() {
+    let sizes: Vec<usize> = (0..120).map(|i| 3000 + (i * 104_729) % 5000).collect();
+    let f = fixture_with(&sizes);
+    let cache = ChunkCache::open(CacheConfig {
+        partial_spans: true,
+        ..config(&f.cache_dir)
+    })
+    .unwrap();
+    let (l, src) = layer(&f, 0);
+    let (name, data) = f.files[3].clone();
+    let e = l.layout.index().lookup(&name).unwrap();
+    let fe = e.offset() + e.size();
+    let r = vrange(&l, &name, 0..data.len() as u64);
+    src.corrupt.store(true, Ordering::SeqCst);
+    assert!(cache.read_file(&l, r.clone(), fe).await.is_err());
+    assert!(cache.try_read_local(&l, r.clone()).is_none());
+    assert_eq!(cache.tiers.mem.len(), 0, "unverified bytes kept");
+    src.corrupt.store(false, Ordering::SeqCst);
+    let got = cache.read_file(&l, r, fe).await.unwrap();
+    assert_eq!(&got[..], &data[..]);
+    assert_eq!(cache.stats.snapshot().partial_spans, 1);
+}
+
+/// A source that never answers.
+struct Stalled;
+
+impl BlobSource for Stalled {
+    fn fetch(&self, _range: Range<u64>) -> BoxFuture<'static, Result<Bytes, FetchError>> {
+        futures::future::pending().boxed()
+    }
+}
+
+/// The errno a reader gets follows the cause: the fetch deadline ETIMEDOUT, a local blob that
+/// cannot be read its own OS error, bytes that fail their sha256 EIO; each error names the
+/// layer and keeps its cause.
+#[tokio::test]
+async fn each_failure_gives_the_errno_of_its_cause() {
+    let f = fixture();
+    let r = 0..4096;
+    let mut cfg = config(&f.cache_dir);
+    cfg.fetch_timeout = std::time::Duration::from_millis(200);
+    let cache = ChunkCache::open(cfg).unwrap();
+    let stalled = Arc::new(CachedLayer {
+        digest: Digest::of(&f.blob),
+        layout: Layout::new(f.index.clone()),
+        source: Arc::new(Stalled),
+        windows: None,
+    });
+    let err = cache.read(&stalled, r.clone()).await.unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{}", err.report());
+    assert_eq!(err.errno(), libc::ETIMEDOUT);
+    assert!(err.to_string().contains(&stalled.digest.to_string()));
+
+    let gone = Arc::new(CachedLayer {
+        digest: Digest::of(b"gone"),
+        layout: Layout::new(f.index.clone()),
+        source: Arc::new(LocalBlob {
+            path: f.cache_dir.join("no-such-blob"),
+        }),
+        windows: None,
+    });
+    let err = cache.read(&gone, r.clone()).await.unwrap_err();
+    assert!(matches!(err, Error::Fetch { .. }), "{}", err.report());
+    assert_eq!(err.errno(), libc::ENOENT);
+    assert!(err.report().contains("no-such-blob"), "{}", err.report());
+
+    let (l, src) = layer(&f, 0);
+    src.corrupt.store(true, Ordering::SeqCst);
+    let err = cache.read(&l, r).await.unwrap_err();
+    assert!(matches!(err, Error::Verify { .. }), "{}", err.report());
+    assert_eq!(err.errno(), libc::EIO);
+    let cause = std::error::Error::source(&err).map(|c| c.to_string());
+    assert!(
+        cause.is_some_and(|c| c.contains("span")),
+        "{}",
+        err.report()
+    );
+}
