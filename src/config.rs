@@ -77,7 +77,7 @@ pub struct Config {
     #[serde(default, deserialize_with = "de_profile_source")]
     pub prefetch_profile: ProfileSource,
     /// Seconds a lazy read may wait for its bytes (all retries included) before it fails
-    /// with EIO.
+    /// with ETIMEDOUT.
     #[serde(default = "default_fetch_timeout")]
     pub fetch_timeout: u64,
     /// Partial span fetches: a small read of a file that ends inside a span fetches the span
