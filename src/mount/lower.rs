@@ -2,8 +2,9 @@
 //! bytes through the chunk cache, and [`AccessProfile`] notes which files a workload read, in
 //! first-read order (kept as the image's profile, prefetched first at the next mount).
 //!
-//! Calls `cache` (reads) and `union` (the `LowerSource` trait it implements); no network of
-//! its own, no FUSE.
+//! Calls `cache` (reads; a failure's errno) and `union` (the `LowerSource` trait it
+//! implements, `kind_errno` to carry that errno in an `io::Error` with the cause inside); no
+//! network of its own, no FUSE.
 
 use crate::cache::{CachedLayer, ChunkCache, Read};
 use crate::union::{LowerFile, LowerRead, LowerSource};
