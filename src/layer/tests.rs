@@ -455,7 +455,7 @@ fn lookup_on_many_entries() {
         uncompressed_size: 0,
         compressed_size: 0,
     };
-    let table = seek::TarSpans::new(&b""[..], 1024, 10).finish();
+    let table = codec::index_stream(plain::TarSpans::new(&b""[..], 1024, 10)).unwrap();
     let bytes = index::encode(&meta, &entries, Some(&table), &[]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("ix");
