@@ -6,8 +6,8 @@
 //! never buffered: a size claimed beyond the end of the stream is reported as
 //! [`Error::Truncated`] when the stream runs out. GNU sparse members are refused. The reader
 //! yields members in archive order; duplicate paths are the caller's business (see
-//! `entry::EntryTable`: the last one wins). Produces `entry::RawEntry`s; calls nothing else in
-//! the crate.
+//! `entry::EntryTable`: the last one wins). Uses only `entry` (it yields `RawEntry`s) and the
+//! layer error type.
 
 use super::entry::{RawEntry, Timestamp};
 use super::error::{Error, Result};
