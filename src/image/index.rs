@@ -9,8 +9,8 @@
 use super::{Error, Progress};
 use crate::digest::Digest;
 use crate::layer::{self, LayerIndex};
+use crate::oci::{Descriptor, ImageManifest, OCI_EMPTY, OCI_INDEX, OCI_MANIFEST};
 use crate::reference::Reference;
-use crate::registry::manifest::{Descriptor, ImageManifest, OCI_EMPTY, OCI_INDEX, OCI_MANIFEST};
 use crate::registry::{referrers_tag, Client};
 use crate::store::{ImageRecord, Store};
 use bytes::Bytes;
@@ -573,7 +573,7 @@ pub(super) async fn find_artifact(
     client: &Client,
     reference: &Reference,
     rec: &ImageRecord,
-    referrers: &crate::registry::manifest::ImageIndex,
+    referrers: &crate::oci::ImageIndex,
     artifact_type: &str,
     what: &str,
 ) -> Result<Option<(Digest, ImageManifest)>, Error> {
@@ -592,7 +592,7 @@ pub(super) async fn find_artifact(
     let m = client
         .get_manifest(&reference.with_digest(art.digest))
         .await?;
-    let crate::registry::manifest::AnyManifest::Image(am) = m.manifest else {
+    let crate::oci::AnyManifest::Image(am) = m.manifest else {
         return Err(bad("not a manifest"));
     };
     if am.subject.as_ref().map(|s| s.digest) != Some(rec.manifest_digest) {

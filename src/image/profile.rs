@@ -12,8 +12,8 @@
 
 use super::Error;
 use crate::digest::Digest;
+use crate::oci::Descriptor;
 use crate::reference::Reference;
-use crate::registry::manifest::Descriptor;
 use crate::registry::Client;
 use crate::store::{ImageRecord, Store};
 use bytes::Bytes;

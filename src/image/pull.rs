@@ -3,8 +3,8 @@
 
 use super::{Error, Progress};
 use crate::digest::Digest;
+use crate::oci::{ImageConfig, Platform};
 use crate::reference::Reference;
-use crate::registry::manifest::{ImageConfig, Platform};
 use crate::registry::{Client, Resolved};
 use crate::store::{ImageRecord, Store};
 use futures::StreamExt;

@@ -13,8 +13,8 @@ use crate::cache::{BlobSource, CachedLayer, ChunkCache, Layout, LocalBlob, Regis
 use crate::image::index::{layer_indexes, IndexSource};
 use crate::image::Progress;
 use crate::layer::{Entry, LayerIndex};
+use crate::oci::ImageConfig;
 use crate::reference::Reference;
-use crate::registry::manifest::ImageConfig;
 use crate::registry::Client;
 use crate::store::{ImageRecord, Store};
 use crate::union::{LowerSource, MergedTree};

@@ -3,13 +3,16 @@
 //! and the catalog. Uses the parent's client, error type and helpers, and `manifest` for the
 //! documents.
 
-use super::manifest::{self, AnyManifest, Platform, ACCEPT_MANIFESTS};
 use super::{check_status, content_type, read_limited, Client, Error, MAX_MANIFEST_BYTES};
 use crate::digest::Digest;
+use crate::oci::{self, AnyManifest, Platform};
 use crate::reference::Reference;
 use bytes::Bytes;
 use reqwest::header::ACCEPT;
 use reqwest::Method;
+
+/// Every manifest type strata accepts, for the `Accept` header.
+pub const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 
 /// A manifest or index as fetched: raw bytes, their digest, the content type, parsed form.
 #[derive(Debug, Clone)]
@@ -27,7 +30,7 @@ pub struct Resolved {
     pub repo_digest: Digest,
     pub index: Option<FetchedManifest>,
     pub manifest: FetchedManifest,
-    pub image: manifest::ImageManifest,
+    pub image: oci::ImageManifest,
 }
 
 impl Client {
@@ -87,11 +90,11 @@ impl Client {
                     AnyManifest::Index(i) => i
                         .media_type
                         .clone()
-                        .unwrap_or_else(|| manifest::OCI_INDEX.into()),
+                        .unwrap_or_else(|| oci::OCI_INDEX.into()),
                     AnyManifest::Image(m) => m
                         .media_type
                         .clone()
-                        .unwrap_or_else(|| manifest::OCI_MANIFEST.into()),
+                        .unwrap_or_else(|| oci::OCI_MANIFEST.into()),
                 });
                 Ok(FetchedManifest {
                     bytes,
@@ -201,12 +204,12 @@ impl Client {
         registry: &str,
         repo: &str,
         subject: &Digest,
-    ) -> Result<(manifest::ImageIndex, bool), Error> {
+    ) -> Result<(oci::ImageIndex, bool), Error> {
         let ep = self.upstream(registry);
         let url = format!("{}/v2/{}/referrers/{}", ep.base, repo, subject);
         let resp = self
             .send(&ep, &Self::scope_pull(repo), Method::GET, &url, |r| {
-                r.header(ACCEPT, manifest::OCI_INDEX)
+                r.header(ACCEPT, oci::OCI_INDEX)
             })
             .await?;
         if resp.status().is_success() {
@@ -232,9 +235,9 @@ impl Client {
                 }),
             },
             Err(Error::NotFound { .. }) => Ok((
-                manifest::ImageIndex {
+                oci::ImageIndex {
                     schema_version: 2,
-                    media_type: Some(manifest::OCI_INDEX.into()),
+                    media_type: Some(oci::OCI_INDEX.into()),
                     manifests: Vec::new(),
                     annotations: None,
                 },

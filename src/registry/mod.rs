@@ -10,7 +10,6 @@
 pub mod auth;
 mod blobs;
 mod endpoint;
-pub mod manifest;
 mod manifests;
 mod range;
 mod uploads;
