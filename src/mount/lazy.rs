@@ -159,8 +159,7 @@ pub async fn open(
         } else {
             Arc::new(RegistryBlob {
                 client: client.clone(),
-                registry: reference.registry.clone(),
-                repository: reference.repository.clone(),
+                repo: reference.repo(),
                 digest: desc.digest,
             })
         };

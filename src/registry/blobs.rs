@@ -4,6 +4,7 @@
 
 use super::{check_status, range, read_limited, Client, Error};
 use crate::digest::Digest;
+use crate::reference::Repository;
 use bytes::Bytes;
 use reqwest::header::RANGE;
 use reqwest::{Method, Response, StatusCode};
@@ -13,18 +14,17 @@ impl Client {
     /// Start a blob download, optionally of a byte range. The caller streams and verifies.
     pub async fn get_blob(
         &self,
-        registry: &str,
-        repo: &str,
+        repo: &Repository,
         digest: &Digest,
         range: Option<Range<u64>>,
     ) -> Result<Response, Error> {
-        let what = format!("blob {digest} in {registry}/{repo}");
-        self.on_endpoints(registry, |ep| {
+        let what = format!("blob {digest} in {repo}");
+        self.on_endpoints(&repo.registry, |ep| {
             let range = range.clone();
             let what = what.clone();
             async move {
-                let url = format!("{}/v2/{}/blobs/{}", ep.base, repo, digest);
-                let scope = Self::scope_pull(repo);
+                let url = format!("{}/v2/{}/blobs/{}", ep.base, repo.name, digest);
+                let scope = Self::scope_pull(&repo.name);
                 let resp = self
                     .send(&ep, &scope, Method::GET, &url, |r| match &range {
                         Some(rg) => r.header(
@@ -53,17 +53,13 @@ impl Client {
     /// Fetch a byte range of a blob into memory (bounded by the range length).
     pub async fn get_blob_range(
         &self,
-        registry: &str,
-        repo: &str,
+        repo: &Repository,
         digest: &Digest,
         range: Range<u64>,
     ) -> Result<Bytes, Error> {
         let len = range.end.saturating_sub(range.start) as usize;
-        let url = format!(
-            "{registry}/{repo}@{digest} bytes {}..{}",
-            range.start, range.end
-        );
-        let resp = self.get_blob(registry, repo, digest, Some(range)).await?;
+        let url = format!("{repo}@{digest} bytes {}..{}", range.start, range.end);
+        let resp = self.get_blob(repo, digest, Some(range)).await?;
         let body = read_limited(resp, len, &url).await?;
         if body.len() != len {
             return Err(Error::Status {
@@ -79,13 +75,12 @@ impl Client {
     /// Fetch a whole small blob (config, index artifact) and verify it.
     pub async fn get_blob_verified(
         &self,
-        registry: &str,
-        repo: &str,
+        repo: &Repository,
         digest: &Digest,
         limit: usize,
     ) -> Result<Bytes, Error> {
-        let resp = self.get_blob(registry, repo, digest, None).await?;
-        let what = format!("blob {digest} in {registry}/{repo}");
+        let resp = self.get_blob(repo, digest, None).await?;
+        let what = format!("blob {digest} in {repo}");
         let body = read_limited(resp, limit, &what).await?;
         let got = Digest::of(&body);
         if got != *digest {

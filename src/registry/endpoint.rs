@@ -305,11 +305,11 @@ impl Client {
         self.ping(registry).await
     }
 
-    pub(super) fn scope_pull(repo: &str) -> String {
-        format!("repository:{repo}:pull")
+    pub(super) fn scope_pull(name: &str) -> String {
+        format!("repository:{name}:pull")
     }
 
-    pub(super) fn scope_push(repo: &str) -> String {
-        format!("repository:{repo}:pull,push")
+    pub(super) fn scope_push(name: &str) -> String {
+        format!("repository:{name}:pull,push")
     }
 }

@@ -6,7 +6,7 @@
 use super::{check_status, content_type, read_limited, Client, Error, MAX_MANIFEST_BYTES};
 use crate::digest::Digest;
 use crate::oci::{self, AnyManifest, Platform};
-use crate::reference::Reference;
+use crate::reference::{Reference, Repository};
 use bytes::Bytes;
 use reqwest::header::ACCEPT;
 use reqwest::Method;
@@ -201,14 +201,13 @@ impl Client {
     /// whether it came from the tag schema.
     pub async fn referrers(
         &self,
-        registry: &str,
-        repo: &str,
+        repo: &Repository,
         subject: &Digest,
     ) -> Result<(oci::ImageIndex, bool), Error> {
-        let ep = self.upstream(registry);
-        let url = format!("{}/v2/{}/referrers/{}", ep.base, repo, subject);
+        let ep = self.upstream(&repo.registry);
+        let url = format!("{}/v2/{}/referrers/{}", ep.base, repo.name, subject);
         let resp = self
-            .send(&ep, &Self::scope_pull(repo), Method::GET, &url, |r| {
+            .send(&ep, &Self::scope_pull(&repo.name), Method::GET, &url, |r| {
                 r.header(ACCEPT, oci::OCI_INDEX)
             })
             .await?;
@@ -220,12 +219,7 @@ impl Client {
             })?;
             return Ok((idx, false));
         }
-        let tag_ref = Reference {
-            registry: registry.to_string(),
-            repository: repo.to_string(),
-            tag: Some(referrers_tag(subject)),
-            digest: None,
-        };
+        let tag_ref = repo.tag(referrers_tag(subject));
         match self.get_manifest(&tag_ref).await {
             Ok(f) => match f.manifest {
                 AnyManifest::Index(i) => Ok((i, true)),
@@ -248,13 +242,13 @@ impl Client {
     }
 
     /// Tags of one repository.
-    pub async fn tags(&self, registry: &str, repo: &str) -> Result<Vec<String>, Error> {
-        let ep = self.upstream(registry);
-        let url = format!("{}/v2/{}/tags/list", ep.base, repo);
+    pub async fn tags(&self, repo: &Repository) -> Result<Vec<String>, Error> {
+        let ep = self.upstream(&repo.registry);
+        let url = format!("{}/v2/{}/tags/list", ep.base, repo.name);
         let resp = self
-            .send(&ep, &Self::scope_pull(repo), Method::GET, &url, |r| r)
+            .send(&ep, &Self::scope_pull(&repo.name), Method::GET, &url, |r| r)
             .await?;
-        let resp = check_status(resp, Method::GET, &url, &format!("{registry}/{repo}")).await?;
+        let resp = check_status(resp, Method::GET, &url, &repo.to_string()).await?;
         #[derive(serde::Deserialize)]
         struct Tags {
             #[serde(default)]
