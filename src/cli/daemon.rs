@@ -54,7 +54,7 @@ pub async fn daemon(ctx: &Ctx, args: DaemonArgs) -> Result<i32, Error> {
     }
     let log = root.join("daemon.log");
     crate::daemon::start_background(&root, ctx.config_path.as_deref(), &log, idle_exit)?;
-    let mut c = Client::connect_or_start(&root, ctx.config_path.as_deref()).await?;
+    let mut c = Client::wait_for(&root, &log).await?;
     let r = c.call(&Request::Ping).await?;
     println!("strata daemon serving {} (pid {})", root.display(), r.pid);
     Ok(0)

@@ -133,14 +133,25 @@ impl Client {
         }
         let log = root.join("daemon.log");
         start_background(root, config, &log, Some(AUTO_IDLE_EXIT))?;
+        Client::wait_for(root, &log).await
+    }
+
+    /// Connect to the daemon of `root` that is starting (its log in `log`), waiting up to
+    /// 20 s for its socket to answer.
+    pub async fn wait_for(root: &Path, log: &Path) -> Result<Client, Error> {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             match Client::connect(root).await {
                 Ok(c) => return Ok(c),
                 Err(_) if std::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await
+                    tokio::time::sleep(Duration::from_millis(10)).await
                 }
-                Err(_) => return Err(Error::NotStarted { secs: 20, log }),
+                Err(_) => {
+                    return Err(Error::NotStarted {
+                        secs: 20,
+                        log: log.to_path_buf(),
+                    })
+                }
             }
         }
     }
