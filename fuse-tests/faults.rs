@@ -81,15 +81,7 @@ fn expect_eio(r: std::io::Result<Vec<u8>>, what: &str) {
 }
 
 fn daemon_log(env: &StrataEnv) -> String {
-    let mut s = String::new();
-    if let Ok(rd) = std::fs::read_dir(env.root().join("mounts")) {
-        for e in rd.flatten() {
-            if e.path().extension().is_some_and(|x| x == "log") {
-                s.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
-            }
-        }
-    }
-    s
+    env.daemon_logs()
 }
 
 fn assert_no_panic(env: &StrataEnv) {
