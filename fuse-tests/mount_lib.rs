@@ -6,14 +6,14 @@
 
 mod common;
 
-use common::{ImageBuilder, Layer, Registry, StrataEnv};
+use common::{ImageBuilder, Layer, OutputExt, Registry, StrataEnv};
 use std::path::Path;
 use std::sync::Arc;
 use strata::mount::{MountSpec, Services};
 
 fn data(seed: u8, n: usize) -> Vec<u8> {
     // Not compressible to nothing, so that a read costs registry bytes.
-    let mut x = u64::from(seed) * 0x9E37_79B9_7F4A_7C15 | 1;
+    let mut x = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)
         .map(|_| {
             x ^= x << 13;
