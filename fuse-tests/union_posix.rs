@@ -216,8 +216,6 @@ fn posix_extras_same_results_as_kernel_overlayfs() {
     let lowers = extract_all(&layers, &t.join("x"));
 
     let (ou, ow) = (t.join("o-upper"), t.join("o-work"));
-    std::fs::create_dir_all(&ou).unwrap();
-    std::fs::create_dir_all(&ow).unwrap();
     let ovl = OverlayMount::new(&lowers, Some((&ou, &ow)), &t.join("ovl"));
     let want_log = run_ops(&ovl.dir);
     let want = listing(&ovl.dir);

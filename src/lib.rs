@@ -16,4 +16,8 @@ pub mod layer;
 pub mod reference;
 pub mod registry;
 pub mod store;
+#[cfg(test)]
+mod testdata;
+#[cfg(test)]
+mod testdata_tests;
 pub mod union;

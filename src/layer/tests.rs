@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::digest::Digest;
-use crate::layer::gzip::tests::pseudo_text;
+use crate::testdata::pseudo_text;
 use std::collections::BTreeMap;
 use std::io::Write;
 
