@@ -4,7 +4,7 @@
 //! (`containers/<id>/upper`) and hands the mount to the launcher. Foreground containers are
 //! served by this process; detached ones by a mount daemon (`strata mount --foreground`).
 
-use super::mount::{is_mounted, mount_image, MountArgs, MountSpec};
+use super::mount::MountArgs;
 use super::util::{human_age, human_size, print_table};
 use super::{Ctx, Error};
 use crate::image::Progress;
@@ -12,6 +12,7 @@ use crate::launcher::{
     parse_signal, ExecOptions, Launcher, MountPaths, NewContainer, ProcessIo, RunOptions,
     RunOutcome, Status,
 };
+use crate::mount::{is_mounted, MountSpec};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -150,7 +151,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
     }
     let image = &args.image_and_command[0];
     let (reference, rec) =
-        super::images::resolve_record(ctx, image, args.platform.as_deref()).await?;
+        crate::image::resolve(&ctx.client, &ctx.store, image, args.platform.as_deref()).await?;
     let pinned = format!("{}@{}", reference.name(), rec.manifest_digest);
     let l = launcher(ctx);
     let c = l.create(NewContainer {
@@ -184,7 +185,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
                 Ok(0)
             }
             Err(e) => {
-                let _ = super::mount::umount(ctx, &p.rootfs, true);
+                let _ = crate::mount::unmount(&ctx.store, &p.rootfs, true);
                 Err(e.into())
             }
         };
@@ -199,7 +200,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
         passthrough: false,
         allow_other: true,
     };
-    let served = mount_image(ctx, spec, &progress).await?;
+    let served = crate::mount::mount_image(&ctx.services()?, spec, &progress).await?;
     let t_mount = t0.elapsed();
     let result = l
         .run(
@@ -212,19 +213,8 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
     let t_exit = t0.elapsed();
     let stats = served.cache.stats.snapshot();
     let image_bytes = served.lazy.record.size();
-    let sources: Vec<String> = served
-        .lazy
-        .index_sources
-        .iter()
-        .map(|s| format!("{s:?}"))
-        .collect();
-    if let Some(pf) = &served.prefetch {
-        pf.abort();
-    }
-    crate::image::lazy::save_profile(&ctx.store, &served.lazy);
-    served.cache.flush().await;
-    let handle = served.handle;
-    tokio::task::spawn_blocking(move || drop(handle)).await.ok();
+    let sources = served.index_sources();
+    served.shutdown(&ctx.store).await;
     if args.timing {
         eprintln!(
             "strata: mounted in {} ms (indexes: {}), runtime started at {} ms, exited at {} ms; fetched {} of {} ({:.1}%) in {} requests",
@@ -275,9 +265,9 @@ fn ensure_mounted(ctx: &Ctx, image: &str, p: &Paths, prefetch: bool) -> Result<(
 fn unmount_rootfs(ctx: &Ctx, l: &Launcher, id: &str) {
     let rootfs = paths(l, id).rootfs;
     if is_mounted(&rootfs) {
-        if let Err(e) = super::mount::umount(ctx, &rootfs, false) {
+        if let Err(e) = crate::mount::unmount(&ctx.store, &rootfs, false) {
             tracing::warn!("unmounting {}: {e}; detaching", rootfs.display());
-            let _ = super::mount::umount(ctx, &rootfs, true);
+            let _ = crate::mount::unmount(&ctx.store, &rootfs, true);
         }
     }
 }
