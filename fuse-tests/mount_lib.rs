@@ -7,7 +7,7 @@
 mod common;
 
 use common::testdata::pseudo;
-use common::{ImageBuilder, Layer, Registry, StrataEnv};
+use common::{ImageBuilder, Layer, OutputExt, Registry, StrataEnv};
 use std::path::Path;
 use std::sync::Arc;
 use strata::mount::{MountSpec, Services};

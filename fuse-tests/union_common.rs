@@ -1,7 +1,9 @@
 //! Helpers for the union FUSE tests: fixture layers built in code as tar files, a strata
 //! mount over them (`TarBytesLower`), the kernel-overlayfs oracle over the same layers
 //! extracted with `tar -x --xattrs` (OCI whiteouts converted to overlay format), RAII guards
-//! that unmount on drop (also on panic), and a tree listing used to compare mounts.
+//! that unmount on drop (also on panic), and a tree listing used to compare mounts. Unlike
+//! `common` (which it builds on: each includer also declares `mod common`), it calls the
+//! strata library.
 #![allow(dead_code)]
 
 use sha2::{Digest, Sha256};
@@ -90,11 +92,7 @@ impl LayerTar {
     }
 }
 
-/// The shared test-data generator (also `common::testdata`; these binaries do not all
-/// include `common`).
-#[path = "../src/testdata.rs"]
-pub mod testdata;
-pub use testdata::pseudo;
+pub use crate::common::testdata::pseudo;
 
 pub fn set_xattr(p: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
     let (cp, cn) = (

@@ -3,6 +3,7 @@
 //! must match. Then kernel overlayfs is mounted over strata's upper directory and must show
 //! the same tree (upper format compatibility).
 
+mod common;
 #[path = "union_common.rs"]
 mod union_common;
 

@@ -4,6 +4,7 @@
 //! across a copy-up, fsync / fdatasync, statfs. The same steps run on kernel overlayfs over
 //! the same layers; every result and the final trees must match.
 
+mod common;
 #[path = "union_common.rs"]
 mod union_common;
 

@@ -5,7 +5,7 @@
 //! std only and no `crate::` paths, because the same source is compiled into three kinds of
 //! crate: the library's unit tests (`#[cfg(test)] mod testdata` in lib.rs, never in a release
 //! build), the criterion benches and the integration tests (`#[path]` includes from
-//! `benches/*.rs`, `fuse-tests/common/mod.rs` and `fuse-tests/union_common.rs`). It calls
+//! `benches/*.rs`, `fuse-tests/bigfile.rs` and `fuse-tests/common/mod.rs`). It calls
 //! nothing in strata. A given seed gives the same bytes on every platform and version: tests
 //! compare mounts against these bytes and benches compare numbers across commits, so a
 //! change to any shape here changes every fixture built from it.
