@@ -209,10 +209,10 @@ pub async fn open(
             what: format!("{reference}: merging {n_layers} layers"),
             source,
         })?
-        .map_err(|source| Error::Tree {
+        .map_err(|e| Error::Tree {
             image: reference.to_string(),
             layers: n_layers,
-            source,
+            source: Box::new(e),
         })?;
     tracing::debug!(
         ms = t1.elapsed().as_secs_f64() * 1e3,

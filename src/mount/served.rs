@@ -89,6 +89,27 @@ impl Served {
             .collect()
     }
 
+    /// The status line a mount prints when it is ready: `IMAGE mounted at DIR in N ms`, and
+    /// how many layers had no lazy index (downloaded whole).
+    pub fn status_line(&self, ready_ms: u64) -> String {
+        let whole = self
+            .lazy
+            .index_sources
+            .iter()
+            .filter(|s| matches!(s, crate::image::index::IndexSource::Built))
+            .count();
+        format!(
+            "{} mounted at {} in {ready_ms} ms{}",
+            self.lazy.reference,
+            self.handle.mountpoint().display(),
+            if whole > 0 {
+                format!(" ({whole} layer(s) were downloaded whole: no lazy index)")
+            } else {
+                String::new()
+            }
+        )
+    }
+
     /// Write the record for `strata stats` (best effort: a failure is logged).
     pub fn publish(&self, store: &Store, ready_ms: u64) {
         if let Some(dir) = self.record_path.parent() {
