@@ -600,36 +600,5 @@ fn concurrent_readers_fetch_each_byte_once() {
         }
     });
     let layer_digests: Vec<String> = img.layers.iter().map(|l| l.digest.clone()).collect();
-    let mut ranges: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
-    for r in proxy.handle().requests() {
-        let Some(d) = layer_digests.iter().find(|d| r.path.ends_with(d.as_str())) else {
-            continue;
-        };
-        let spec = r
-            .range
-            .as_deref()
-            .expect("layer blobs are fetched by Range");
-        let (a, b) = spec
-            .trim_start_matches("bytes=")
-            .split_once('-')
-            .expect("bytes=A-B");
-        ranges
-            .entry(d.clone())
-            .or_default()
-            .push((a.parse().unwrap(), b.parse().unwrap()));
-    }
-    assert!(!ranges.is_empty(), "no Range request seen at the proxy");
-    for (d, rs) in &mut ranges {
-        rs.sort();
-        // Ranges are inclusive; neighbouring spans share at most the one byte that holds a
-        // gzip checkpoint (checkpoints fall on bit positions inside a byte).
-        for w in rs.windows(2) {
-            assert!(
-                w[0].1 <= w[1].0,
-                "{d}: bytes {:?} and {:?} were fetched twice",
-                w[0],
-                w[1]
-            );
-        }
-    }
+    proxy.handle().assert_ranges_fetched_once(&layer_digests);
 }
