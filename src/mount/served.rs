@@ -146,9 +146,11 @@ impl Served {
 
     /// Stop prefetching, keep the access profile, flush the cache's pending writes, remove
     /// the published record and end the FUSE session (unmounting if still mounted).
-    pub async fn shutdown(self, store: &Store) {
-        if let Some(p) = &self.prefetch {
+    pub async fn shutdown(mut self, store: &Store) {
+        if let Some(p) = self.prefetch.take() {
+            // Wait for the task to be gone, so that it no longer holds the image open.
             p.abort();
+            let _ = p.await;
         }
         save_profile(store, &self.lazy);
         self.cache.flush().await;
