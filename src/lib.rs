@@ -21,4 +21,8 @@ pub mod mount;
 pub mod reference;
 pub mod registry;
 pub mod store;
+#[cfg(test)]
+mod testdata;
+#[cfg(test)]
+mod testdata_tests;
 pub mod union;
