@@ -81,15 +81,7 @@ fn expect_eio(r: std::io::Result<Vec<u8>>, what: &str) {
 }
 
 fn daemon_log(env: &StrataEnv) -> String {
-    let mut s = String::new();
-    if let Ok(rd) = std::fs::read_dir(env.root().join("mounts")) {
-        for e in rd.flatten() {
-            if e.path().extension().is_some_and(|x| x == "log") {
-                s.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
-            }
-        }
-    }
-    s
+    env.daemon_logs()
 }
 
 fn assert_no_panic(env: &StrataEnv) {
@@ -663,8 +655,10 @@ fn disk_full_while_caching_serves_from_the_network_then_recovers() {
     eprintln!("disk full: {partial} of {total} spans cached");
     assert!(partial < total, "every span was cached on a full disk?");
 
-    // Free the space: the next mount caches the rest.
+    // Free the space: the next mount caches the rest. (A fresh daemon: spans the old one
+    // kept in memory only would be served from there, not written again.)
     std::fs::remove_file(&filler).unwrap();
+    env.stop_daemon();
     let m = mount(&env, &reference, &[]);
     read_all(&m);
     drop(m);
@@ -674,8 +668,10 @@ fn disk_full_while_caching_serves_from_the_network_then_recovers() {
         "spans on disk after space was freed"
     );
 
-    // Registry gone: a fresh mount (empty memory tier) serves everything from the disk.
+    // Registry gone: a fresh mount (new daemon, empty memory tier) serves everything from
+    // the disk.
     proxy.set(Fault::Refuse);
+    env.stop_daemon();
     let m = mount(&env, &reference, &[]);
     read_all(&m);
     drop(m);

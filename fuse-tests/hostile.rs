@@ -254,30 +254,16 @@ fn assert_no_panic(env: &StrataEnv, outputs: &[&std::process::Output]) {
         text.push_str(&o.stderr_str());
         text.push_str(&o.stdout_str());
     }
-    if let Ok(rd) = std::fs::read_dir(env.root().join("mounts")) {
-        for e in rd.flatten() {
-            if e.path().extension().is_some_and(|x| x == "log") {
-                text.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
-            }
-        }
-    }
+    text.push_str(&env.daemon_logs());
     assert!(
         !text.contains("panicked") && !text.contains("panic:"),
         "strata panicked:\n{text}"
     );
 }
 
-/// The mount daemons' logs.
+/// The serving processes' logs.
 fn daemon_logs(env: &StrataEnv) -> String {
-    let mut text = String::new();
-    if let Ok(rd) = std::fs::read_dir(env.root().join("mounts")) {
-        for e in rd.flatten() {
-            if e.path().extension().is_some_and(|x| x == "log") {
-                text.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
-            }
-        }
-    }
-    text
+    env.daemon_logs()
 }
 
 /// Files (recursively) below `dir` whose name is `name`.

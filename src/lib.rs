@@ -3,16 +3,21 @@
 //! Library crate behind the `strata` binary; tests and benches call it directly.
 //! Layering (each module may call only those listed before it):
 //! `digest`, `reference`, `config` -> `registry` -> `store` -> `layer` -> `cache` -> `union` ->
-//! `fuse` -> `launcher` -> `cli`.
+//! `image` -> `fuse` -> `mount` -> `daemon` -> `launcher` -> `cli`. `image` (pull, push, save/load, commit,
+//! index and profile artifacts) joins the registry and the store; `mount` is the one place a
+//! mount is assembled from (client, store, cache, config), for the CLI, tests and the daemon;
+//! `daemon` serves every mount of a root from one process.
 
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod digest;
 pub mod fuse;
 pub mod image;
 pub mod launcher;
 pub mod layer;
+pub mod mount;
 pub mod reference;
 pub mod registry;
 pub mod store;

@@ -4,11 +4,11 @@
 //! `image::commit` for the work; formats output and errors for humans. `export` reads the
 //! container's mounted rootfs, mounting it for the duration when no mount serves it.
 
-use super::mount::{is_mounted, mount_image, MountSpec};
 use super::{Ctx, Error};
 use crate::image::commit::{self as lib, CommitOptions};
 use crate::image::Progress;
 use crate::launcher::{ContainerRecord, Launcher};
+use crate::mount::{is_mounted, mount_image, MountSpec};
 use crate::reference::Reference;
 use crate::store::ImageRecord;
 use std::io::IsTerminal;
@@ -62,7 +62,10 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
 }
 
 fn joined<T>(r: Result<T, tokio::task::JoinError>, what: &str) -> Result<T, Error> {
-    r.map_err(|e| Error::Usage(format!("{what}: worker failed: {e}")))
+    r.map_err(|source| Error::Join {
+        what: what.to_string(),
+        source,
+    })
 }
 
 /// The image a container was created from.
@@ -190,14 +193,12 @@ async fn mount_for_export(
         passthrough: false,
         allow_other: false,
     };
-    let served = mount_image(ctx, spec, &Progress::silent())
+    let served = mount_image(&ctx.services()?, spec, &Progress::silent())
         .await
-        .map_err(|e| {
-            Error::Usage(format!(
-                "container {}: rootfs {} is not mounted and mounting it failed: {e}",
-                r.name,
-                rootfs.display()
-            ))
+        .map_err(|e| Error::RootfsMount {
+            container: r.name.clone(),
+            rootfs: rootfs.to_path_buf(),
+            source: Box::new(e),
         })?;
     Ok(served.handle)
 }

@@ -2,7 +2,7 @@
 //! logout, system df.
 
 use super::util::{human_age, human_size, print_table};
-use super::{CacheCommand, Command, Ctx, Error, SystemCommand};
+use super::{CacheCommand, Ctx, Error};
 use crate::image::{self, Progress};
 use crate::reference::Reference;
 use crate::registry::auth::{CredentialStore, Credentials, Secret};
@@ -10,90 +10,7 @@ use crate::registry::manifest::Platform;
 use crate::store::ImageRecord;
 use std::io::{BufRead, IsTerminal, Write};
 
-pub async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<i32, Error> {
-    match cmd {
-        Command::Pull {
-            image,
-            platform,
-            quiet,
-        } => pull(ctx, &image, platform.as_deref(), quiet).await,
-        Command::Images {
-            quiet,
-            digests,
-            no_trunc,
-        } => images(ctx, quiet, digests, no_trunc),
-        Command::Inspect { images } => inspect(ctx, &images),
-        Command::History { image, no_trunc } => history(ctx, &image, no_trunc),
-        Command::Tag { source, target } => {
-            let rec = ctx.store.find_image(&source)?;
-            let dst: Reference = target.parse()?;
-            ctx.store.tag(&dst, &rec.manifest_digest)?;
-            Ok(0)
-        }
-        Command::Rmi { force, images } => rmi(ctx, &images, force),
-        Command::Push { image, quiet } => {
-            let target: Reference = image.parse()?;
-            let rec = ctx.store.find_image(&image)?;
-            image::push(
-                &ctx.client,
-                &ctx.store,
-                &rec,
-                &target,
-                &Progress::new(quiet),
-            )
-            .await?;
-            Ok(0)
-        }
-        Command::Save { output, images } => save(ctx, output, &images),
-        Command::Load { input, quiet } => load(ctx, input, quiet),
-        Command::Search { term, limit } => search(ctx, &term, limit).await,
-        Command::Login {
-            registry,
-            username,
-            password,
-            password_stdin,
-        } => login(ctx, registry, username, password, password_stdin).await,
-        Command::Logout { registry } => {
-            let reg = registry_name(registry);
-            let creds = CredentialStore::default_location();
-            if creds.remove(&reg)? {
-                println!("Removing login credentials for {reg}");
-            } else {
-                println!("Not logged in to {reg}");
-            }
-            Ok(0)
-        }
-        Command::System {
-            command: SystemCommand::Df,
-        } => system_df(ctx),
-        Command::Index {
-            image,
-            push,
-            platform,
-        } => index(ctx, &image, push, platform.as_deref()).await,
-        Command::Profile { command } => profile(ctx, command).await,
-        Command::Cache { command } => cache(ctx, command).await,
-        Command::Mount(args) => super::mount::mount(ctx, args).await,
-        Command::Overlay(args) => super::overlay::overlay(ctx, args).await,
-        Command::Run(args) => super::run::run(ctx, *args).await,
-        Command::Ps { all, quiet } => super::run::ps(ctx, all, quiet).await,
-        Command::Start { containers } => super::run::start(ctx, &containers).await,
-        Command::Stop { time, containers } => super::run::stop(ctx, &containers, time).await,
-        Command::Restart { time, containers } => super::run::restart(ctx, &containers, time).await,
-        Command::Kill { signal, containers } => super::run::kill(ctx, &containers, &signal).await,
-        Command::Rm { force, containers } => super::run::rm(ctx, &containers, force).await,
-        Command::Logs { follow, container } => super::run::logs(ctx, &container, follow).await,
-        Command::Exec(args) => super::run::exec(ctx, args).await,
-        Command::Wait { containers } => super::run::wait(ctx, &containers).await,
-        Command::Commit(args) => super::commit::commit(ctx, args).await,
-        Command::Export(args) => super::commit::export(ctx, args).await,
-        Command::Import(args) => super::commit::import(ctx, args).await,
-        Command::Umount { mountpoint, force } => super::mount::umount(ctx, &mountpoint, force),
-        Command::Stats { mountpoint, json } => super::mount::stats(ctx, &mountpoint, json),
-    }
-}
-
-fn registry_name(r: Option<String>) -> String {
+pub(super) fn registry_name(r: Option<String>) -> String {
     match r {
         None => crate::reference::DEFAULT_REGISTRY.to_string(),
         Some(r) => {
@@ -111,28 +28,21 @@ fn registry_name(r: Option<String>) -> String {
     }
 }
 
-/// An image's record: local if known, else resolved in the registry (manifest and config
-/// stored, layers not fetched).
-pub async fn resolve_record(
+/// An image's record: local if known, else resolved in the registry (see `image::resolve`).
+async fn resolve_record(
     ctx: &Ctx,
     image: &str,
     platform: Option<&str>,
 ) -> Result<(Reference, ImageRecord), Error> {
-    let reference: Reference = image.parse()?;
-    if let Ok(rec) = ctx.store.find_image(image) {
-        return Ok((reference, rec));
-    }
-    let platform = match platform {
-        Some(p) => p.parse::<Platform>().map_err(Error::Usage)?,
-        None => Platform::host(),
-    };
-    let resolved = ctx.client.resolve(&reference, &platform).await?;
-    let (rec, _) =
-        image::record_image(&ctx.client, &ctx.store, &reference, &resolved, &platform).await?;
-    Ok((reference, rec))
+    Ok(image::resolve(&ctx.client, &ctx.store, image, platform).await?)
 }
 
-async fn index(ctx: &Ctx, image: &str, push: bool, platform: Option<&str>) -> Result<i32, Error> {
+pub(super) async fn index(
+    ctx: &Ctx,
+    image: &str,
+    push: bool,
+    platform: Option<&str>,
+) -> Result<i32, Error> {
     let (reference, rec) = resolve_record(ctx, image, platform).await?;
     let progress = Progress::new(false);
     match image::index::index_image(&ctx.client, &ctx.store, &reference, &rec, push, &progress)
@@ -147,7 +57,7 @@ async fn index(ctx: &Ctx, image: &str, push: bool, platform: Option<&str>) -> Re
     Ok(0)
 }
 
-async fn profile(ctx: &Ctx, cmd: super::ProfileCommand) -> Result<i32, Error> {
+pub(super) async fn profile(ctx: &Ctx, cmd: super::ProfileCommand) -> Result<i32, Error> {
     match cmd {
         super::ProfileCommand::Show { image, platform } => {
             let (_, rec) = resolve_record(ctx, &image, platform.as_deref()).await?;
@@ -170,20 +80,17 @@ async fn profile(ctx: &Ctx, cmd: super::ProfileCommand) -> Result<i32, Error> {
 
 /// `strata cache fetch IMAGE`: every layer into the chunk cache, all layers at once.
 async fn cache_fetch(
-    ctx: &Ctx,
-    cache: &std::sync::Arc<crate::cache::ChunkCache>,
+    svc: &crate::mount::Services,
     image: &str,
     platform: Option<&str>,
 ) -> Result<i32, Error> {
-    let (reference, rec) = resolve_record(ctx, image, platform).await?;
     let progress = Progress::new(false);
-    let lazy =
-        image::lazy::open(&ctx.client, &ctx.store, cache, &reference, rec, &progress).await?;
+    let lazy = crate::mount::open_image(svc, image, platform, &progress).await?;
+    let cache = &svc.cache;
     let started = std::time::Instant::now();
     let fetches = lazy.layers.iter().map(|l| cache.fetch_layer(l));
     let spans: usize = futures::future::try_join_all(fetches)
-        .await
-        .map_err(|e| Error::Usage(e.to_string()))?
+        .await?
         .into_iter()
         .sum();
     cache.flush().await;
@@ -198,11 +105,12 @@ async fn cache_fetch(
     Ok(0)
 }
 
-async fn cache(ctx: &Ctx, cmd: CacheCommand) -> Result<i32, Error> {
-    let cache = ctx.cache()?;
+pub(super) async fn cache(ctx: &Ctx, cmd: CacheCommand) -> Result<i32, Error> {
+    let svc = ctx.services()?;
+    let cache = &svc.cache;
     match cmd {
         CacheCommand::Fetch { image, platform } => {
-            return cache_fetch(ctx, &cache, &image, platform.as_deref()).await;
+            return cache_fetch(&svc, &image, platform.as_deref()).await;
         }
         CacheCommand::Ls => {
             let mut per_layer: std::collections::BTreeMap<String, (u64, usize)> =
@@ -253,7 +161,12 @@ async fn cache(ctx: &Ctx, cmd: CacheCommand) -> Result<i32, Error> {
     Ok(0)
 }
 
-async fn pull(ctx: &Ctx, image: &str, platform: Option<&str>, quiet: bool) -> Result<i32, Error> {
+pub(super) async fn pull(
+    ctx: &Ctx,
+    image: &str,
+    platform: Option<&str>,
+    quiet: bool,
+) -> Result<i32, Error> {
     let reference: Reference = image.parse()?;
     let platform = match platform {
         Some(p) => p.parse::<Platform>().map_err(Error::Usage)?,
@@ -279,7 +192,7 @@ fn split_name_tag(name_tag: &str) -> (String, String) {
     }
 }
 
-fn images(ctx: &Ctx, quiet: bool, digests: bool, no_trunc: bool) -> Result<i32, Error> {
+pub(super) fn images(ctx: &Ctx, quiet: bool, digests: bool, no_trunc: bool) -> Result<i32, Error> {
     let recs = ctx.store.images()?;
     let tags = ctx.store.tags()?;
     let id = |r: &ImageRecord| {
@@ -348,7 +261,7 @@ fn images(ctx: &Ctx, quiet: bool, digests: bool, no_trunc: bool) -> Result<i32, 
     Ok(0)
 }
 
-fn inspect(ctx: &Ctx, queries: &[String]) -> Result<i32, Error> {
+pub(super) fn inspect(ctx: &Ctx, queries: &[String]) -> Result<i32, Error> {
     let mut out = Vec::new();
     let mut missing = Vec::new();
     for q in queries {
@@ -398,7 +311,7 @@ fn inspect(ctx: &Ctx, queries: &[String]) -> Result<i32, Error> {
     Ok(0)
 }
 
-fn history(ctx: &Ctx, q: &str, no_trunc: bool) -> Result<i32, Error> {
+pub(super) fn history(ctx: &Ctx, q: &str, no_trunc: bool) -> Result<i32, Error> {
     let rec = ctx.store.find_image(q)?;
     let (cfg, _) = ctx.store.config(&rec)?;
     let mut layer_sizes = rec.layers.iter().map(|l| l.size);
@@ -436,7 +349,7 @@ fn history(ctx: &Ctx, q: &str, no_trunc: bool) -> Result<i32, Error> {
     Ok(0)
 }
 
-fn rmi(ctx: &Ctx, queries: &[String], force: bool) -> Result<i32, Error> {
+pub(super) fn rmi(ctx: &Ctx, queries: &[String], force: bool) -> Result<i32, Error> {
     let mut code = 0;
     for q in queries {
         let rec = match ctx.store.find_image(q) {
@@ -480,7 +393,11 @@ fn rmi(ctx: &Ctx, queries: &[String], force: bool) -> Result<i32, Error> {
     Ok(code)
 }
 
-fn save(ctx: &Ctx, output: Option<std::path::PathBuf>, queries: &[String]) -> Result<i32, Error> {
+pub(super) fn save(
+    ctx: &Ctx,
+    output: Option<std::path::PathBuf>,
+    queries: &[String],
+) -> Result<i32, Error> {
     let Some(out) = output else {
         return Err(Error::Usage(
             "save: -o FILE is required (refusing to write a tar to the terminal)".into(),
@@ -507,7 +424,11 @@ fn save(ctx: &Ctx, output: Option<std::path::PathBuf>, queries: &[String]) -> Re
     Ok(0)
 }
 
-fn load(ctx: &Ctx, input: Option<std::path::PathBuf>, quiet: bool) -> Result<i32, Error> {
+pub(super) fn load(
+    ctx: &Ctx,
+    input: Option<std::path::PathBuf>,
+    quiet: bool,
+) -> Result<i32, Error> {
     let loaded = match &input {
         Some(p) => {
             let f = std::fs::File::open(p).map_err(|source| Error::Io {
@@ -533,7 +454,7 @@ fn load(ctx: &Ctx, input: Option<std::path::PathBuf>, quiet: bool) -> Result<i32
     Ok(0)
 }
 
-async fn search(ctx: &Ctx, term: &str, limit: usize) -> Result<i32, Error> {
+pub(super) async fn search(ctx: &Ctx, term: &str, limit: usize) -> Result<i32, Error> {
     let (registry, needle) = match term.split_once('/') {
         Some((first, rest))
             if first.contains('.') || first.contains(':') || first == "localhost" =>
@@ -563,7 +484,7 @@ async fn search(ctx: &Ctx, term: &str, limit: usize) -> Result<i32, Error> {
     Ok(0)
 }
 
-async fn login(
+pub(super) async fn login(
     ctx: &Ctx,
     registry: Option<String>,
     username: Option<String>,
@@ -645,7 +566,7 @@ fn read_password() -> std::io::Result<String> {
     r.map(|_| p.trim_end_matches(['\n', '\r']).to_string())
 }
 
-fn system_df(ctx: &Ctx) -> Result<i32, Error> {
+pub(super) fn system_df(ctx: &Ctx) -> Result<i32, Error> {
     let images = ctx.store.images()?;
     let blobs = ctx.store.du("blobs");
     let rows = vec![

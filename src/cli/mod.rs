@@ -1,7 +1,10 @@
-//! Command line: argument parsing (clap) and human output. Calls `image`, `store`, `registry`.
-//! Every command returns `Result<i32, Error>`; `main.rs` prints the error and exits.
+//! Command line: argument parsing (clap), dispatch and human output; no mount or image logic
+//! of its own. Calls `image`, `mount`, `launcher`, `store`, `registry`, `cache` (stats, prune)
+//! and `config`. Every command returns `Result<i32, Error>`; `main.rs` prints the error and
+//! exits.
 
 mod commit;
+mod daemon;
 mod images;
 pub mod mount;
 mod overlay;
@@ -31,9 +34,28 @@ pub enum Error {
     #[error(transparent)]
     Launcher(#[from] crate::launcher::Error),
     #[error(transparent)]
+    Mount(#[from] crate::mount::Error),
+    #[error(transparent)]
+    Daemon(#[from] crate::daemon::Error),
+    #[error(transparent)]
+    Cache(#[from] crate::cache::Error),
+    #[error(transparent)]
     Creds(#[from] crate::registry::auth::CredError),
     #[error("{0}")]
     Usage(String),
+    #[error("{what}: worker task failed")]
+    Join {
+        what: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    #[error("container {container}: rootfs {} is not mounted and mounting it failed", .rootfs.display())]
+    RootfsMount {
+        container: String,
+        rootfs: PathBuf,
+        #[source]
+        source: Box<crate::mount::Error>,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -167,6 +189,8 @@ pub enum Command {
     },
     /// Mount an image lazily as a FUSE union file system
     Mount(mount::MountArgs),
+    /// Run the daemon that serves every mount of this root (started on demand otherwise)
+    Daemon(daemon::DaemonArgs),
     /// Mount a union of plain directories, fuse-overlayfs compatible (-o lowerdir=...)
     Overlay(overlay::OverlayArgs),
     /// Unmount a strata mount
@@ -303,24 +327,22 @@ impl Error {
 
 /// Everything a command needs, opened once.
 pub struct Ctx {
+    /// `--config` as given (passed on to a daemon this command starts).
+    pub config_path: Option<PathBuf>,
     pub store: Arc<Store>,
     pub config: Arc<Config>,
     pub client: Arc<Client>,
 }
 
 impl Ctx {
-    /// The process-wide chunk cache under `ROOT/cache`.
-    pub fn cache(&self) -> Result<Arc<crate::cache::ChunkCache>, Error> {
-        crate::cache::ChunkCache::open(crate::cache::CacheConfig {
-            dir: self.store.root().join("cache"),
-            memory_bytes: 256 << 20,
-            disk_bytes: self.config.cache_size,
-            max_concurrent_fetches: 8,
-            fetch_timeout: std::time::Duration::from_secs(self.config.fetch_timeout),
-            partial_spans: self.config.partial_span_fetch,
-            fetch_ahead: self.config.fetch_ahead_spans,
-        })
-        .map_err(|e| Error::Usage(e.to_string()))
+    /// The registry client, store, configuration and a chunk cache over `ROOT/cache`, for
+    /// the commands that mount or read images lazily.
+    pub fn services(&self) -> Result<crate::mount::Services, Error> {
+        Ok(crate::mount::Services::open(
+            self.client.clone(),
+            self.store.clone(),
+            self.config.clone(),
+        )?)
     }
 }
 
@@ -337,6 +359,7 @@ impl Ctx {
             CredentialStore::default_location(),
         )?);
         Ok(Ctx {
+            config_path: cli.config.clone(),
             store,
             config,
             client,
@@ -354,5 +377,90 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
             source,
         })?;
     let ctx = Ctx::open(&cli)?;
-    rt.block_on(images::dispatch(&ctx, cli.command))
+    rt.block_on(dispatch(&ctx, cli.command))
+}
+
+/// Run one command.
+async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<i32, Error> {
+    match cmd {
+        Command::Pull {
+            image,
+            platform,
+            quiet,
+        } => images::pull(ctx, &image, platform.as_deref(), quiet).await,
+        Command::Images {
+            quiet,
+            digests,
+            no_trunc,
+        } => images::images(ctx, quiet, digests, no_trunc),
+        Command::Inspect { images } => images::inspect(ctx, &images),
+        Command::History { image, no_trunc } => images::history(ctx, &image, no_trunc),
+        Command::Tag { source, target } => {
+            let rec = ctx.store.find_image(&source)?;
+            let dst: crate::reference::Reference = target.parse()?;
+            ctx.store.tag(&dst, &rec.manifest_digest)?;
+            Ok(0)
+        }
+        Command::Rmi { force, images } => images::rmi(ctx, &images, force),
+        Command::Push { image, quiet } => {
+            let target: crate::reference::Reference = image.parse()?;
+            let rec = ctx.store.find_image(&image)?;
+            crate::image::push(
+                &ctx.client,
+                &ctx.store,
+                &rec,
+                &target,
+                &crate::image::Progress::new(quiet),
+            )
+            .await?;
+            Ok(0)
+        }
+        Command::Save { output, images } => images::save(ctx, output, &images),
+        Command::Load { input, quiet } => images::load(ctx, input, quiet),
+        Command::Search { term, limit } => images::search(ctx, &term, limit).await,
+        Command::Login {
+            registry,
+            username,
+            password,
+            password_stdin,
+        } => images::login(ctx, registry, username, password, password_stdin).await,
+        Command::Logout { registry } => {
+            let reg = images::registry_name(registry);
+            let creds = crate::registry::auth::CredentialStore::default_location();
+            if creds.remove(&reg)? {
+                println!("Removing login credentials for {reg}");
+            } else {
+                println!("Not logged in to {reg}");
+            }
+            Ok(0)
+        }
+        Command::System {
+            command: SystemCommand::Df,
+        } => images::system_df(ctx),
+        Command::Index {
+            image,
+            push,
+            platform,
+        } => images::index(ctx, &image, push, platform.as_deref()).await,
+        Command::Profile { command } => images::profile(ctx, command).await,
+        Command::Cache { command } => images::cache(ctx, command).await,
+        Command::Mount(args) => mount::mount(ctx, args).await,
+        Command::Daemon(args) => daemon::daemon(ctx, args).await,
+        Command::Overlay(args) => overlay::overlay(ctx, args).await,
+        Command::Run(args) => run::run(ctx, *args).await,
+        Command::Ps { all, quiet } => run::ps(ctx, all, quiet).await,
+        Command::Start { containers } => run::start(ctx, &containers).await,
+        Command::Stop { time, containers } => run::stop(ctx, &containers, time).await,
+        Command::Restart { time, containers } => run::restart(ctx, &containers, time).await,
+        Command::Kill { signal, containers } => run::kill(ctx, &containers, &signal).await,
+        Command::Rm { force, containers } => run::rm(ctx, &containers, force).await,
+        Command::Logs { follow, container } => run::logs(ctx, &container, follow).await,
+        Command::Exec(args) => run::exec(ctx, args).await,
+        Command::Wait { containers } => run::wait(ctx, &containers).await,
+        Command::Commit(args) => commit::commit(ctx, args).await,
+        Command::Export(args) => commit::export(ctx, args).await,
+        Command::Import(args) => commit::import(ctx, args).await,
+        Command::Umount { mountpoint, force } => mount::umount(ctx, &mountpoint, force),
+        Command::Stats { mountpoint, json } => mount::stats(ctx, &mountpoint, json),
+    }
 }

@@ -5,16 +5,15 @@
 //! MOUNTPOINT` as `/sbin/mount.fuse3` passes them), so it can be podman's `mount_program`
 //! through a symlink named `fuse-overlayfs` or `strata-overlay` (`main.rs` rewrites that
 //! argv[0] to `strata overlay`). Without `-f` it starts itself in the foreground in a new
-//! session and returns once the mount is ready, like fuse-overlayfs. Calls `union` (DirLower,
-//! DirTree, Upper, UnionFs) and `fuse`; nothing else.
+//! session and returns once the mount is ready, like fuse-overlayfs. Parses and checks the
+//! options here; the union is assembled and mounted by `mount::overlay`. Calls `mount` and
+//! `fuse` (mount options); nothing else.
 
 use super::{Ctx, Error};
 use crate::fuse::{IdMap, MountOptions};
-use crate::union::{DirLower, DirTree, LowerSource, UnionFs, UnionOptions, Upper};
 use std::io::{BufRead, BufReader, Read, Seek};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// Environment variable asking a foreground overlay daemon to print `ready` on stdout.
 const NOTIFY_ENV: &str = "STRATA_OVERLAY_NOTIFY";
@@ -263,29 +262,6 @@ fn check(c: &OverlayConfig, mountpoint: &Path) -> Result<Checked, Error> {
     })
 }
 
-/// Build the union over checked paths. Only the lower roots are read here: each lower
-/// directory is read when it is first looked into (see `union::DirTree`).
-pub fn build_union(
-    lowers_bottom_first: &[PathBuf],
-    upper: Option<(&Path, &Path)>,
-    rt: Option<tokio::runtime::Handle>,
-) -> Result<UnionFs, crate::union::Error> {
-    let tree = Arc::new(DirTree::open(lowers_bottom_first)?);
-    let sources: Vec<Arc<dyn LowerSource>> = lowers_bottom_first
-        .iter()
-        .map(|l| Arc::new(DirLower::at(l)) as Arc<dyn LowerSource>)
-        .collect();
-    let up = match upper {
-        Some((u, w)) => Some(Upper::open(u, w)?),
-        None => None,
-    };
-    Ok(
-        UnionFs::new(tree, sources, up, rt)?.with_options(UnionOptions {
-            allow_chardev00: true,
-        }),
-    )
-}
-
 /// `strata overlay`.
 pub async fn overlay(ctx: &Ctx, args: OverlayArgs) -> Result<i32, Error> {
     let c = parse_options(&args.options)?;
@@ -371,27 +347,7 @@ async fn serve(
     source: Option<String>,
     passthrough_flag: bool,
 ) -> Result<i32, Error> {
-    let rt = tokio::runtime::Handle::current();
-    let upper = checked
-        .upper
-        .as_ref()
-        .map(|(u, w)| (u.as_path(), w.as_path()));
-    let read_only = c.read_only || upper.is_none();
-    let fs = {
-        let lowers = checked.lowers.clone();
-        let (u, w) = match upper {
-            Some((u, w)) => (Some(u.to_path_buf()), Some(w.to_path_buf())),
-            None => (None, None),
-        };
-        let rt2 = rt.clone();
-        tokio::task::spawn_blocking(move || {
-            let up = u.as_deref().zip(w.as_deref());
-            build_union(&lowers, up, Some(rt2))
-        })
-        .await
-        .map_err(|e| usage(format!("building the union: {e}")))?
-        .map_err(|e| usage(error_chain(&e)))?
-    };
+    let read_only = c.read_only || checked.upper.is_none();
     let opts = MountOptions {
         passthrough: c.passthrough || passthrough_flag,
         read_only,
@@ -400,8 +356,14 @@ async fn serve(
         ids: c.ids.clone(),
         ..MountOptions::default()
     };
-    let handle = crate::fuse::mount(Arc::new(fs), &checked.mountpoint, opts, rt)
-        .map_err(|e| usage(error_chain(&e)))?;
+    let handle = crate::mount::overlay::mount_dirs(
+        checked.lowers.clone(),
+        checked.upper.clone(),
+        &checked.mountpoint,
+        opts,
+    )
+    .await
+    .map_err(|e| usage(error_chain(&e)))?;
     tracing::info!(mountpoint = %checked.mountpoint.display(), passthrough = handle.passthrough_active(), "overlay ready");
     // Do not keep a directory of the caller busy.
     let _ = std::env::set_current_dir("/");

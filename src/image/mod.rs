@@ -1,18 +1,21 @@
-//! Image operations that join the registry client and the store: pull, push, save, load.
+//! Image operations that join the registry client and the store: resolve, pull, push, save,
+//! load, commit/import/export, and the artifacts published next to an image (layer index
+//! sidecars in `index`, access profiles in `profile`).
 //!
-//! Calls `registry` and `store`; formats nothing for humans (that is `cli/`), except progress
-//! reporting through [`Progress`].
+//! Calls `registry`, `store`, `layer`, `cache` (the blob source and windows of a sidecar
+//! index) and `union::sys` (upper-directory conventions for commit); formats nothing for
+//! humans (that is `cli/`), except progress reporting through [`Progress`]. Mounting is
+//! `mount/`'s.
 
 mod archive;
 pub mod commit;
 pub mod index;
-pub mod lazy;
 pub mod profile;
 mod pull;
 mod push;
 
 pub use archive::{load, save};
-pub use pull::{pull, record_image};
+pub use pull::{pull, record_image, resolve};
 pub use push::push;
 
 use crate::digest::Digest;
@@ -23,6 +26,8 @@ pub enum Error {
     Registry(#[from] crate::registry::Error),
     #[error(transparent)]
     Store(#[from] crate::store::Error),
+    #[error(transparent)]
+    Reference(#[from] crate::reference::ReferenceError),
     #[error("layer {digest}: {source}")]
     Layer {
         digest: Digest,
@@ -40,6 +45,7 @@ pub enum Error {
 }
 
 /// Progress reporting: indicatif bars on a TTY, one plain line per event otherwise.
+#[derive(Clone)]
 pub struct Progress {
     multi: Option<indicatif::MultiProgress>,
     quiet: bool,

@@ -223,3 +223,28 @@ pub(super) async fn fetch_blob(
         }
     }
 }
+
+/// An image's record: local if the store knows `image` (a name, an id or a digest), else
+/// resolved in its registry for `platform` (default: the host's) with the manifest and config
+/// stored and no layer fetched.
+pub async fn resolve(
+    client: &Arc<Client>,
+    store: &Arc<Store>,
+    image: &str,
+    platform: Option<&str>,
+) -> Result<(Reference, ImageRecord), Error> {
+    let reference: Reference = image.parse()?;
+    if let Ok(rec) = store.find_image(image) {
+        return Ok((reference, rec));
+    }
+    let platform = match platform {
+        Some(p) => p.parse::<Platform>().map_err(|msg| Error::Invalid {
+            what: format!("platform {p}"),
+            msg,
+        })?,
+        None => Platform::host(),
+    };
+    let resolved = client.resolve(&reference, &platform).await?;
+    let (rec, _) = record_image(client, store, &reference, &resolved, &platform).await?;
+    Ok((reference, rec))
+}

@@ -1,0 +1,132 @@
+//! The library's one mount assembly (`strata::mount`) used in-process, as the daemon will:
+//! one `Services` (registry client, store, chunk cache) serving two mounts of the same image
+//! at once. A real registry, `strata index --push` by the CLI as publisher, real FUSE mounts;
+//! bytes checked against the pushed layers, the cache's byte counter against the registry's
+//! own access log, and the second mount served from the shared cache (no second fetch).
+
+mod common;
+
+use common::{ImageBuilder, Layer, OutputExt, Registry, StrataEnv};
+use std::path::Path;
+use std::sync::Arc;
+use strata::mount::{MountSpec, Services};
+
+fn data(seed: u8, n: usize) -> Vec<u8> {
+    // Not compressible to nothing, so that a read costs registry bytes.
+    let mut x = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn services(root: &Path) -> Services {
+    let config = Arc::new(strata::config::Config::default());
+    let store = Arc::new(strata::store::Store::open(root).expect("store"));
+    let creds = strata::registry::auth::CredentialStore::new(root.join("creds.json"));
+    let client = Arc::new(strata::registry::Client::new(config.clone(), creds).expect("client"));
+    Services::open(client, store, config).expect("services")
+}
+
+fn spec<'a>(image: &'a str, mountpoint: &'a Path) -> MountSpec<'a> {
+    MountSpec {
+        image,
+        platform: None,
+        mountpoint,
+        upper: None,
+        prefetch: false,
+        passthrough: false,
+        allow_other: false,
+    }
+}
+
+#[test]
+fn two_mounts_in_one_process_share_one_cache() {
+    let reg = Registry::start();
+    let big = data(7, 6 << 20);
+    let img = ImageBuilder::new()
+        .layer(
+            Layer::new()
+                .dir("data")
+                .file("data/big.bin", big.clone())
+                .file("data/small.txt", "small\n"),
+        )
+        .build("v1");
+    img.push(&reg, "inproc/app:v1");
+    let reference = format!("{}/inproc/app:v1", reg.host());
+    let publisher = StrataEnv::new();
+    publisher
+        .run(&["index", &reference, "--push"])
+        .assert_success();
+
+    let root = tempfile::tempdir().unwrap();
+    let (m1, m2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let svc = services(root.path());
+    reg.settle_logs();
+    let served_before = reg.bytes_served();
+
+    let progress = strata::image::Progress::silent();
+    let a = rt
+        .block_on(strata::mount::mount_image(
+            &svc,
+            spec(&reference, m1.path()),
+            &progress,
+        ))
+        .expect("first mount");
+    let b = rt
+        .block_on(strata::mount::mount_image(
+            &svc,
+            spec(&reference, m2.path()),
+            &progress,
+        ))
+        .expect("second mount");
+    assert!(strata::mount::is_mounted(m1.path()) && strata::mount::is_mounted(m2.path()));
+
+    // First mount: the bytes are fetched (and verified) on read.
+    assert_eq!(std::fs::read(m1.path().join("data/big.bin")).unwrap(), big);
+    let fetched = svc.cache.stats.snapshot().bytes_fetched;
+    reg.settle_logs();
+    let served_first = reg.bytes_served() - served_before;
+    assert!(fetched > 0, "the read fetched nothing");
+    // The registry served the layer bytes the cache counted, plus manifests, config and
+    // index heads/windows: never fewer bytes than the cache says it fetched.
+    assert!(
+        served_first >= fetched,
+        "registry served {served_first} bytes, cache counted {fetched}"
+    );
+
+    // Second mount of the same image in the same process: served from the shared cache.
+    assert_eq!(std::fs::read(m2.path().join("data/big.bin")).unwrap(), big);
+    assert_eq!(
+        std::fs::read(m2.path().join("data/small.txt")).unwrap(),
+        b"small\n"
+    );
+    assert_eq!(
+        svc.cache.stats.snapshot().bytes_fetched,
+        fetched,
+        "the second mount fetched again"
+    );
+    reg.settle_logs();
+    assert_eq!(
+        reg.bytes_served() - served_before,
+        served_first,
+        "the registry served bytes for the second mount"
+    );
+
+    // The record `strata stats` reads names the mount and counts the reads it served.
+    let rec = b.record(0);
+    assert_eq!(rec.mountpoint, m2.path().canonicalize().unwrap());
+    assert!(rec.fs_reads > 0, "{rec:?}");
+    assert_eq!(rec.fs_bytes_read, big.len() as u64 + 6, "{rec:?}");
+
+    let store = svc.store.clone();
+    rt.block_on(a.shutdown(&store));
+    rt.block_on(b.shutdown(&store));
+    assert!(!strata::mount::is_mounted(m1.path()));
+    assert!(!strata::mount::is_mounted(m2.path()));
+}

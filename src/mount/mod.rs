@@ -1,0 +1,303 @@
+//! Assembling a mount: the one place where an image (or a set of plain directories) becomes a
+//! served FUSE union file system. [`mount_image`] resolves the image, opens its layer indexes
+//! and merged tree ([`lazy`]), puts one [`lower::CacheLower`] per layer under a `UnionFs` with
+//! an optional upper, mounts it with `fuse` and starts the background prefetch ([`prefetch`]);
+//! [`overlay`] does the same for directory lowers (`strata overlay`). The caller hands in the
+//! shared parts ([`Services`]: registry client, store, chunk cache, configuration), so one
+//! process may serve many mounts from one cache.
+//!
+//! Calls `image` (resolve, index sources, profiles), `cache`, `union`, `fuse`, `store`,
+//! `registry` and `config`; formats nothing for humans (that is `cli/`).
+
+mod images;
+pub mod lazy;
+mod lower;
+pub mod overlay;
+pub mod prefetch;
+mod served;
+
+pub use lazy::LazyImage;
+pub use lower::{AccessProfile, CacheLower};
+pub use prefetch::{save_profile, ProfileProgress};
+pub use served::{read_record, record_path, MountRecord, Served};
+
+use crate::cache::{CacheConfig, ChunkCache};
+use crate::config::Config;
+use crate::image::Progress;
+use crate::registry::Client;
+use crate::store::Store;
+use crate::union::{UnionFs, Upper};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Why a mount could not be assembled, served or taken down.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Image(#[from] crate::image::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::Error),
+    #[error("opening the chunk cache")]
+    Cache(#[source] crate::cache::Error),
+    #[error("{image}: merging {layers} layer(s) into one tree")]
+    Tree {
+        image: String,
+        layers: usize,
+        #[source]
+        source: Box<crate::union::Error>,
+    },
+    #[error("{what}: worker task failed")]
+    Join {
+        what: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    #[error("upper directory {}", .path.display())]
+    Upper {
+        path: PathBuf,
+        #[source]
+        source: Box<crate::union::Error>,
+    },
+    #[error(transparent)]
+    Union(Box<crate::union::Error>),
+    /// The failure of an image open shared by several mounts.
+    #[error(transparent)]
+    Shared(Arc<Error>),
+    #[error(transparent)]
+    Fuse(#[from] crate::fuse::MountError),
+    #[error("mountpoint {} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    #[error("{} is already a mount point", .0.display())]
+    AlreadyMounted(PathBuf),
+    #[error("{}: busy or stale (daemon gone); use `strata umount -f` to detach it", .0.display())]
+    Busy(PathBuf),
+    #[error("{}: not a strata mount of this root", .0.display())]
+    NotStrataMount(PathBuf),
+    #[error("{}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What every mount of one process shares: the registry client (its connections and tokens),
+/// the store, the chunk cache (single-flight and both tiers) and the configuration.
+#[derive(Clone)]
+pub struct Services {
+    pub client: Arc<Client>,
+    pub store: Arc<Store>,
+    pub cache: Arc<ChunkCache>,
+    pub config: Arc<Config>,
+    /// Images open for the mounts of this process (shared by mounts of the same image).
+    images: Arc<images::OpenImages>,
+}
+
+impl Services {
+    /// Services over the chunk cache of `store`'s root, configured from `config`.
+    pub fn open(
+        client: Arc<Client>,
+        store: Arc<Store>,
+        config: Arc<Config>,
+    ) -> Result<Services, Error> {
+        let cache = open_cache(&store, &config)?;
+        Ok(Services {
+            client,
+            store,
+            cache,
+            config,
+            images: Arc::default(),
+        })
+    }
+}
+
+/// The chunk cache under `ROOT/cache`, sized and tuned by the configuration.
+pub fn open_cache(store: &Store, config: &Config) -> Result<Arc<ChunkCache>, Error> {
+    ChunkCache::open(CacheConfig {
+        dir: store.root().join("cache"),
+        memory_bytes: 256 << 20,
+        disk_bytes: config.cache_size,
+        max_concurrent_fetches: 8,
+        fetch_timeout: std::time::Duration::from_secs(config.fetch_timeout),
+        partial_spans: config.partial_span_fetch,
+        fetch_ahead: config.fetch_ahead_spans,
+    })
+    .map_err(Error::Cache)
+}
+
+/// What to mount where.
+pub struct MountSpec<'a> {
+    pub image: &'a str,
+    pub platform: Option<&'a str>,
+    pub mountpoint: &'a Path,
+    /// (upper, work) directories; none = read-only
+    pub upper: Option<(PathBuf, PathBuf)>,
+    pub prefetch: bool,
+    pub passthrough: bool,
+    /// Other users may use the mount (containers need it: their processes run as other uids).
+    pub allow_other: bool,
+}
+
+/// Check that `mountpoint` is a directory and not yet a mount point; its canonical path.
+pub fn check_mountpoint(mountpoint: &Path) -> Result<PathBuf, Error> {
+    if !mountpoint.is_dir() {
+        return Err(Error::NotADirectory(mountpoint.to_path_buf()));
+    }
+    let mp = std::fs::canonicalize(mountpoint).map_err(io_err(mountpoint))?;
+    if is_mounted(&mp) {
+        return Err(Error::AlreadyMounted(mp));
+    }
+    Ok(mp)
+}
+
+/// Open an image for lazy reading without mounting it: its record resolved (locally or in its
+/// registry), layer indexes and merged tree (`strata cache fetch` and the mount use this).
+pub async fn open_image(
+    svc: &Services,
+    image: &str,
+    platform: Option<&str>,
+    progress: &Progress,
+) -> Result<LazyImage, Error> {
+    let (reference, rec) = crate::image::resolve(&svc.client, &svc.store, image, platform).await?;
+    lazy::open(
+        &svc.client,
+        &svc.store,
+        &svc.cache,
+        &reference,
+        rec,
+        progress,
+    )
+    .await
+}
+
+/// Mount an image (with an optional upper) and start its background prefetch.
+pub async fn mount_image(
+    svc: &Services,
+    spec: MountSpec<'_>,
+    progress: &Progress,
+) -> Result<Served, Error> {
+    let MountSpec {
+        image,
+        platform,
+        mountpoint: mp,
+        upper,
+        prefetch,
+        passthrough,
+        allow_other,
+    } = spec;
+    let started = std::time::Instant::now();
+    lazy::tune_allocator();
+    let (reference, rec) = crate::image::resolve(&svc.client, &svc.store, image, platform).await?;
+    let lazy = svc.images.get(svc, &reference, rec, progress).await?;
+    let upper = match upper {
+        Some((u, w)) => {
+            for d in [&u, &w] {
+                std::fs::create_dir_all(d).map_err(io_err(d))?;
+            }
+            let path = u.clone();
+            Some(Upper::open(u, w).map_err(|e| Error::Upper {
+                path,
+                source: Box::new(e),
+            })?)
+        }
+        None => None,
+    };
+    let rt = tokio::runtime::Handle::current();
+    let fs = UnionFs::new(
+        lazy.tree.clone(),
+        lazy.lowers.clone(),
+        upper,
+        Some(rt.clone()),
+    )
+    .map_err(|e| Error::Union(Box::new(e)))?;
+    let opts = crate::fuse::MountOptions {
+        read_only: false,
+        passthrough,
+        allow_other,
+        fsname: format!("strata:{}", lazy.reference),
+        ..Default::default()
+    };
+    let handle = crate::fuse::mount(Arc::new(fs), mp, opts, rt)?;
+    let prefetch_done = Arc::new(std::sync::atomic::AtomicBool::new(!prefetch));
+    let prefetch = prefetch.then(|| {
+        let (store, cache, lazy, done, client) = (
+            svc.store.clone(),
+            svc.cache.clone(),
+            lazy.clone(),
+            prefetch_done.clone(),
+            svc.client.clone(),
+        );
+        let source = svc.config.prefetch_profile;
+        tokio::spawn(async move {
+            match prefetch::prefetch(store, cache, lazy, client, source).await {
+                Ok(()) => done.store(true, std::sync::atomic::Ordering::Relaxed),
+                Err(e) => tracing::warn!("prefetch stopped: {e}"),
+            }
+        })
+    });
+    Ok(Served {
+        handle,
+        lazy,
+        cache: svc.cache.clone(),
+        record_path: record_path(svc.store.root(), mp),
+        started,
+        prefetch,
+        prefetch_done,
+    })
+}
+
+/// Whether `p` is a mount point (per /proc/self/mountinfo).
+pub fn is_mounted(p: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = p.to_string_lossy();
+    info.lines()
+        .any(|l| l.split(' ').nth(4).map(|m| m.replace("\\040", " ")) == Some(want.to_string()))
+}
+
+/// Unmount `mountpoint` (`force`: detach it even if busy or its daemon is gone) and wait
+/// briefly for the process that served it to exit.
+pub fn unmount(store: &Store, mountpoint: &Path, force: bool) -> Result<(), Error> {
+    let mp = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    let flags = if force {
+        nix::mount::MntFlags::MNT_DETACH
+    } else {
+        nix::mount::MntFlags::empty()
+    };
+    let rec = read_record(store, &mp).ok().flatten();
+    match nix::mount::umount2(&mp, flags) {
+        Ok(()) => {}
+        Err(nix::errno::Errno::ENOTCONN) | Err(nix::errno::Errno::EBUSY) if !force => {
+            return Err(Error::Busy(mp))
+        }
+        Err(e) => {
+            return Err(Error::Io {
+                path: mp,
+                source: e.into(),
+            })
+        }
+    }
+    if let Some(r) = rec {
+        // Wait briefly for the serving process to let go of it: it removes the record when
+        // the mount is shut down (a one-mount process then exits; a daemon serves on).
+        let path = record_path(store.root(), &mp);
+        for _ in 0..100 {
+            if !path.exists() || !Path::new(&format!("/proc/{}", r.pid)).exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    let _ = std::fs::remove_file(record_path(store.root(), &mp));
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! Background prefetch of a mounted image: the files of its access profile first (recorded
+//! here, published next to the image, or an eStargz layer's prioritised files), then every
+//! layer whole after a grace period; demand reads keep priority inside the cache.
+//!
+//! Calls `image` (profile storage and fetch, eStargz prefetch lists), `cache` and `store`.
+
+use super::lazy::LazyImage;
+use crate::cache::ChunkCache;
+use crate::config::ProfileSource;
+use crate::registry::Client;
+use crate::store::Store;
+use std::sync::Arc;
+
+/// How long after mounting the background fetch of whole layers starts.
+pub const BULK_PREFETCH_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Keep the profile of this run if the image has none yet (the first, cold run is the one
+/// that shows what a start needs).
+pub fn save_profile(store: &Store, image: &LazyImage) {
+    crate::image::profile::keep(store, &image.record.manifest_digest, &image.profile.files());
+}
+
+/// Progress of the profile-first prefetch, for `strata stats`.
+#[derive(Default, Debug)]
+pub struct ProfilePrefetch {
+    source: std::sync::Mutex<&'static str>,
+    files: std::sync::atomic::AtomicUsize,
+    done: std::sync::atomic::AtomicUsize,
+}
+
+/// A snapshot of [`ProfilePrefetch`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProfileProgress {
+    /// `local`, `registry`, `estargz` (the layers' prefetch landmarks) or empty (none).
+    pub source: String,
+    /// Files of the profile that were not local at mount time.
+    pub files: usize,
+    /// Of those, fetched so far.
+    pub done: usize,
+}
+
+impl ProfilePrefetch {
+    pub fn snapshot(&self) -> ProfileProgress {
+        use std::sync::atomic::Ordering::Relaxed;
+        ProfileProgress {
+            source: self
+                .source
+                .lock()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            files: self.files.load(Relaxed),
+            done: self.done.load(Relaxed),
+        }
+    }
+}
+
+/// How many profile files are fetched at once: enough to fill a link with a round trip of
+/// tens of milliseconds, few enough that the first-read files go out first.
+const PROFILE_CONCURRENCY: usize = 6;
+
+/// Prefetch in the background: the files of the image's access profile first (the one
+/// recorded here, else — with `prefetch-profile: registry` — one published with `strata
+/// profile push`), then every layer in order. Reads on demand keep priority (see
+/// `ChunkCache::prefetch_layer`).
+pub async fn prefetch(
+    store: Arc<Store>,
+    cache: Arc<ChunkCache>,
+    image: Arc<LazyImage>,
+    client: Arc<Client>,
+    source: ProfileSource,
+) -> Result<(), crate::cache::Error> {
+    use futures::StreamExt;
+    let manifest = image.record.manifest_digest;
+    use std::sync::atomic::Ordering::Relaxed;
+    let progress = &image.profile_prefetch;
+    let set_source = |s: &'static str| {
+        if let Ok(mut g) = progress.source.lock() {
+            *g = s;
+        }
+    };
+    let mut profile = match source {
+        ProfileSource::None => Vec::new(),
+        _ => crate::image::profile::local(&store, &manifest).unwrap_or_default(),
+    };
+    if !profile.is_empty() {
+        set_source("local");
+    }
+    if profile.is_empty() && source == ProfileSource::Registry {
+        match crate::image::profile::fetch(&client, &image.reference, &image.record).await {
+            Ok(Some(p)) => {
+                tracing::info!(files = p.len(), "prefetching a published access profile");
+                set_source("registry");
+                profile = p;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("published access profile not used: {e}"),
+        }
+    }
+    if profile.is_empty() && source != ProfileSource::None {
+        // eStargz layers built with prioritised files (`.prefetch.landmark`), bottom first.
+        for (i, l) in image.layers.iter().enumerate() {
+            let path = crate::image::index::prefetch_list_path(&store, &l.digest);
+            let files: Vec<String> = store.read_json(&path).ok().flatten().unwrap_or_default();
+            profile.extend(files.into_iter().map(|f| (i, f)));
+        }
+        if !profile.is_empty() {
+            set_source("estargz");
+        }
+    }
+    // Virtual ranges in first-read order, one per file not yet local.
+    let ranges: Vec<_> = profile
+        .iter()
+        .filter_map(|(layer, path)| {
+            let l = image.layers.get(*layer)?;
+            let entry = l.layout.index().lookup(path)?;
+            let r = l.layout.file_range(&entry, 0..u64::MAX).ok()?;
+            (!r.is_empty() && cache.try_read_local(l, r.clone()).is_none()).then(|| (l.clone(), r))
+        })
+        .collect();
+    progress.files.store(ranges.len(), Relaxed);
+    let mut fetches = futures::stream::iter(ranges)
+        .map(|(l, r)| {
+            let cache = cache.clone();
+            async move {
+                cache.read_prefetch(&l, r).await?;
+                progress.done.fetch_add(1, Relaxed);
+                Ok::<(), crate::cache::Error>(())
+            }
+        })
+        .buffered(PROFILE_CONCURRENCY);
+    while let Some(res) = fetches.next().await {
+        res?;
+    }
+    drop(fetches);
+    // Whole layers only after a grace period: a short-lived command's cold start should not
+    // share the link with bytes it will never read.
+    tokio::time::sleep(BULK_PREFETCH_DELAY).await;
+    for l in &image.layers {
+        cache.prefetch_layer(l).await?;
+    }
+    Ok(())
+}
