@@ -4,21 +4,9 @@
 
 mod common;
 
+use common::testdata::pseudo;
 use common::{busybox_image, FaultProxy, Layer, OutputExt, Registry, StrataEnv};
-use std::collections::BTreeMap;
 use std::path::Path;
-
-fn noise(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn daemon_pid(root: &Path) -> Option<i32> {
     std::fs::read_to_string(root.join("daemon.pid"))
@@ -51,7 +39,7 @@ fn stop_daemon(env: &StrataEnv) {
 #[test]
 fn concurrent_cold_runs_share_one_daemon_and_fetch_each_span_once() {
     let reg = Registry::start();
-    let big = noise(3, 5 << 20);
+    let big = pseudo(5 << 20, 3);
     let img = busybox_image()
         .layer(Layer::new().dir("data").file("data/big.bin", big.clone()))
         .build("v1");
@@ -98,36 +86,7 @@ fn concurrent_cold_runs_share_one_daemon_and_fetch_each_span_once() {
     // Every Range of each layer blob reached the registry once: sorted, they never overlap
     // beyond the one byte neighbouring gzip spans share.
     let layer_digests: Vec<String> = img.layers.iter().map(|l| l.digest.clone()).collect();
-    let mut ranges: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
-    for r in proxy.handle().requests() {
-        let Some(d) = layer_digests.iter().find(|d| r.path.ends_with(d.as_str())) else {
-            continue;
-        };
-        let spec = r
-            .range
-            .as_deref()
-            .expect("layer blobs are fetched by Range");
-        let (a, b) = spec
-            .trim_start_matches("bytes=")
-            .split_once('-')
-            .expect("bytes=A-B");
-        ranges
-            .entry(d.clone())
-            .or_default()
-            .push((a.parse().unwrap(), b.parse().unwrap()));
-    }
-    assert!(!ranges.is_empty(), "no Range request reached the registry");
-    for (d, rs) in &mut ranges {
-        rs.sort();
-        for w in rs.windows(2) {
-            assert!(
-                w[0].1 <= w[1].0,
-                "{d}: bytes {:?} and {:?} were fetched twice",
-                w[0],
-                w[1]
-            );
-        }
-    }
+    proxy.handle().assert_ranges_fetched_once(&layer_digests);
     // And the sidecar index heads were fetched once, not once per run.
     let manifests_of_index = proxy
         .handle()

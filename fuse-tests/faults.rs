@@ -7,6 +7,7 @@
 
 mod common;
 use common::cli::Mounted;
+use common::testdata::pseudo;
 
 use common::{DeadPort, Fault, FaultProxy, ImageBuilder, Layer, OutputExt, Registry, StrataEnv};
 use std::collections::BTreeMap;
@@ -14,25 +15,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn pseudo_random(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Files of the test image: path -> bytes.
 fn files() -> BTreeMap<&'static str, Vec<u8>> {
     BTreeMap::from([
         ("etc/os-release", b"NAME=faults\n".to_vec()),
-        ("usr/lib/a.bin", pseudo_random(1, 3 << 20)),
-        ("usr/lib/b.bin", pseudo_random(2, 5 << 20)),
-        ("usr/lib/c.bin", pseudo_random(3, 2 << 20)),
+        ("usr/lib/a.bin", pseudo(3 << 20, 1)),
+        ("usr/lib/b.bin", pseudo(5 << 20, 2)),
+        ("usr/lib/c.bin", pseudo(2 << 20, 3)),
         ("usr/share/small.txt", b"small\n".to_vec()),
     ])
 }

@@ -24,4 +24,8 @@ pub mod oci;
 pub mod reference;
 pub mod registry;
 pub mod store;
+#[cfg(test)]
+mod testdata;
+#[cfg(test)]
+mod testdata_tests;
 pub mod union;

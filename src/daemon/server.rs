@@ -61,8 +61,17 @@ fn take_lock(root: &Path) -> Result<std::fs::File, Error> {
         .map_err(io)?;
     // SAFETY: flock on a descriptor we own; no memory is shared with the kernel.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        // The winner may have the lock and not yet have written its pid: wait a moment.
         let mut pid = String::new();
-        let _ = f.read_to_string(&mut pid);
+        for _ in 0..100 {
+            pid.clear();
+            let _ = f.rewind();
+            let _ = f.read_to_string(&mut pid);
+            if !pid.trim().is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         return Err(Error::AlreadyRunning {
             root: root.to_path_buf(),
             pid: pid.trim().to_string(),

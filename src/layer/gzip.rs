@@ -471,8 +471,9 @@ pub(crate) fn unpack_window(packed: &[u8]) -> std::result::Result<Vec<u8>, Strin
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::testdata::pseudo_text;
     use flate2::write::GzEncoder;
     use sha2::{Digest as _, Sha256};
     use std::io::Write;
@@ -482,26 +483,6 @@ pub(crate) mod tests {
         let mut e = GzEncoder::new(Vec::new(), flate2::Compression::new(6));
         e.write_all(data).unwrap();
         e.finish().unwrap()
-    }
-
-    pub(crate) fn pseudo_text(n: usize, seed: u64) -> Vec<u8> {
-        let words = [
-            "alpha ", "beta ", "gamma ", "delta\n", "usr/lib ", "0x7f3a ", "strata ", "{}\n",
-        ];
-        let mut s = seed | 1;
-        let mut out = Vec::with_capacity(n);
-        while out.len() < n {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            if s.is_multiple_of(5) {
-                out.push((s >> 32) as u8);
-            } else {
-                out.extend_from_slice(words[(s >> 40) as usize % words.len()].as_bytes());
-            }
-        }
-        out.truncate(n);
-        out
     }
 
     #[test]

@@ -205,7 +205,7 @@ fn decode_spans(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layer::gzip::tests::pseudo_text;
+    use crate::testdata::pseudo_text;
 
     fn index(blob: &[u8], span: u64) -> Result<SeekTable> {
         crate::layer::codec::index_stream(ZstdIndexer::new(blob, span, u64::MAX)?)

@@ -2,8 +2,9 @@
 //! [`LowerFile`] identity it is asked about, and [`TarBytesLower`], an uncompressed tar held in
 //! memory (tests and benches; an optional per-read delay stands in for a slow registry).
 //!
-//! A source serves one layer; the union keeps one source per layer index. Implementations for
-//! lazily fetched image layers live in `cache/`; this file must not know about them.
+//! A source serves one layer; the union keeps one source per layer index. It uses `layer` (to
+//! read the test tar). Implementations for lazily fetched image layers live above the union
+//! (`mount/lower.rs`); this file must not know about them.
 
 use super::{Error, Result};
 use crate::layer::{Compression, Entry};
