@@ -13,6 +13,10 @@ use strata::cache::{BlobSource, CacheConfig, CachedLayer, ChunkCache, FetchError
 use strata::digest::Digest;
 use strata::layer::{BuildOptions, MEDIA_TAR_GZIP};
 
+#[path = "../src/testdata.rs"]
+mod testdata;
+use testdata::XorShift64;
+
 struct MemBlob(Bytes);
 
 impl BlobSource for MemBlob {
@@ -23,19 +27,13 @@ impl BlobSource for MemBlob {
 }
 
 fn content(n: usize) -> Vec<u8> {
-    let mut s = 0x2545_f491_4f6c_dd1du64;
-    (0..n)
-        .map(|i| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            if i % 3 == 0 {
-                s as u8
-            } else {
-                b"abcdefgh"[(s >> 60) as usize % 8]
-            }
-        })
-        .collect()
+    XorShift64::from_state(0x2545_f491_4f6c_dd1d).bytes(n, |i, s| {
+        if i % 3 == 0 {
+            s as u8
+        } else {
+            b"abcdefgh"[(s >> 60) as usize % 8]
+        }
+    })
 }
 
 fn setup(dir: &std::path::Path, memory: u64) -> (Arc<ChunkCache>, Arc<CachedLayer>, u64) {

@@ -6,25 +6,20 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use std::io::Write;
 use strata::layer::{self, BuildOptions, EntryKind, LayerIndex};
 
+#[path = "../src/testdata.rs"]
+mod testdata;
+use testdata::{Words, XorShift64};
+
 /// Text-like content that compresses roughly like /usr (about 2.5:1).
 fn content(n: usize, seed: u64) -> Vec<u8> {
-    let words = [
-        "alpha ", "beta ", "gamma ", "delta\n", "usr/lib/", "0x7f3a ", "strata ", "{}\n",
-    ];
-    let mut s = seed | 1;
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        if s.is_multiple_of(3) {
-            out.extend_from_slice(&s.to_le_bytes()[..3]);
-        } else {
-            out.extend_from_slice(words[(s >> 40) as usize % words.len()].as_bytes());
-        }
-    }
-    out.truncate(n);
-    out
+    const USR: Words = Words {
+        words: &[
+            "alpha ", "beta ", "gamma ", "delta\n", "usr/lib/", "0x7f3a ", "strata ", "{}\n",
+        ],
+        one_in: 3,
+        raw: 0..3,
+    };
+    XorShift64::from_state(seed | 1).words(n, &USR)
 }
 
 fn tar_of(files: usize, size: usize) -> Vec<u8> {

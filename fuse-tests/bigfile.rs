@@ -3,6 +3,10 @@
 //! original bytes. Library-level: no registry, no mount.
 
 use std::io::Write;
+use testdata::XorShift64;
+
+#[path = "../src/testdata.rs"]
+mod testdata;
 use strata::layer::{BuildOptions, LayerIndex, MEDIA_TAR, MEDIA_TAR_GZIP};
 
 const SIZE: usize = 130 << 20;
@@ -10,11 +14,9 @@ const SIZE: usize = 130 << 20;
 fn data() -> Vec<u8> {
     // Runs of a repeated byte between pseudo-random words: compresses ~3:1, fast to make.
     let mut out = Vec::with_capacity(SIZE);
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rng = XorShift64::from_state(0x9E37_79B9_7F4A_7C15);
     while out.len() < SIZE {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        let x = rng.next_u64();
         out.extend_from_slice(&x.to_le_bytes());
         out.resize(out.len() + (x >> 59) as usize, (x >> 8) as u8);
     }

@@ -7,6 +7,7 @@
 
 mod common;
 use common::cli::Mounted;
+use common::testdata::pseudo;
 
 use common::{DeadPort, Fault, FaultProxy, ImageBuilder, Layer, OutputExt, Registry, StrataEnv};
 use std::collections::BTreeMap;
@@ -14,25 +15,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn pseudo_random(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Files of the test image: path -> bytes.
 fn files() -> BTreeMap<&'static str, Vec<u8>> {
     BTreeMap::from([
         ("etc/os-release", b"NAME=faults\n".to_vec()),
-        ("usr/lib/a.bin", pseudo_random(1, 3 << 20)),
-        ("usr/lib/b.bin", pseudo_random(2, 5 << 20)),
-        ("usr/lib/c.bin", pseudo_random(3, 2 << 20)),
+        ("usr/lib/a.bin", pseudo(3 << 20, 1)),
+        ("usr/lib/b.bin", pseudo(5 << 20, 2)),
+        ("usr/lib/c.bin", pseudo(2 << 20, 3)),
         ("usr/share/small.txt", b"small\n".to_vec()),
     ])
 }
@@ -88,15 +77,7 @@ fn expect_errno(r: std::io::Result<Vec<u8>>, errno: i32, what: &str) {
 }
 
 fn daemon_log(env: &StrataEnv) -> String {
-    let mut s = String::new();
-    if let Ok(rd) = std::fs::read_dir(env.root().join("mounts")) {
-        for e in rd.flatten() {
-            if e.path().extension().is_some_and(|x| x == "log") {
-                s.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
-            }
-        }
-    }
-    s
+    env.daemon_logs()
 }
 
 fn assert_no_panic(env: &StrataEnv) {
@@ -671,8 +652,10 @@ fn disk_full_while_caching_serves_from_the_network_then_recovers() {
     eprintln!("disk full: {partial} of {total} spans cached");
     assert!(partial < total, "every span was cached on a full disk?");
 
-    // Free the space: the next mount caches the rest.
+    // Free the space: the next mount caches the rest. (A fresh daemon: spans the old one
+    // kept in memory only would be served from there, not written again.)
     std::fs::remove_file(&filler).unwrap();
+    env.stop_daemon();
     let m = mount(&env, &reference, &[]);
     read_all(&m);
     drop(m);
@@ -682,8 +665,10 @@ fn disk_full_while_caching_serves_from_the_network_then_recovers() {
         "spans on disk after space was freed"
     );
 
-    // Registry gone: a fresh mount (empty memory tier) serves everything from the disk.
+    // Registry gone: a fresh mount (new daemon, empty memory tier) serves everything from
+    // the disk.
     proxy.set(Fault::Refuse);
+    env.stop_daemon();
     let m = mount(&env, &reference, &[]);
     read_all(&m);
     drop(m);

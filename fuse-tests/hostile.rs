@@ -7,6 +7,7 @@
 
 mod common;
 use common::cli::Mounted;
+use common::testdata::XorShift64;
 #[path = "../fuzz/src/lib.rs"]
 mod fuzz_entry;
 
@@ -254,30 +255,16 @@ fn assert_no_panic(env: &StrataEnv, outputs: &[&std::process::Output]) {
         text.push_str(&o.stderr_str());
         text.push_str(&o.stdout_str());
     }
-    if let Ok(rd) = std::fs::read_dir(env.root().join("mounts")) {
-        for e in rd.flatten() {
-            if e.path().extension().is_some_and(|x| x == "log") {
-                text.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
-            }
-        }
-    }
+    text.push_str(&env.daemon_logs());
     assert!(
         !text.contains("panicked") && !text.contains("panic:"),
         "strata panicked:\n{text}"
     );
 }
 
-/// The mount daemons' logs.
+/// The serving processes' logs.
 fn daemon_logs(env: &StrataEnv) -> String {
-    let mut text = String::new();
-    if let Ok(rd) = std::fs::read_dir(env.root().join("mounts")) {
-        for e in rd.flatten() {
-            if e.path().extension().is_some_and(|x| x == "log") {
-                text.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
-            }
-        }
-    }
-    text
+    env.daemon_logs()
 }
 
 /// Files (recursively) below `dir` whose name is `name`.
@@ -1012,30 +999,12 @@ fn index_artifact_describing_another_layer_never_serves_wrong_bytes() {
 // ---------------------------------------------------------------------------------------------
 // Deterministic mutation smoke run over the fuzz entry points.
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-}
-
 const INTERESTING: &[u8] = &[
     0, 1, 0x7f, 0x80, 0xff, b'0', b'7', b'9', b' ', b'/', b'.', b'\n', b'"',
 ];
 
 /// One random edit (or a few) of `seed`; `others` supplies splice material.
-fn mutate(rng: &mut Rng, seed: &[u8], others: &[Vec<u8>]) -> Vec<u8> {
+fn mutate(rng: &mut XorShift64, seed: &[u8], others: &[Vec<u8>]) -> Vec<u8> {
     let mut v = seed.to_vec();
     for _ in 0..1 + rng.below(4) {
         let len = v.len();
@@ -1057,14 +1026,21 @@ fn mutate(rng: &mut Rng, seed: &[u8], others: &[Vec<u8>]) -> Vec<u8> {
             4 => {
                 let at = rng.below(len + 1);
                 let n = 1 + rng.below(32);
-                let bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                let bytes: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
                 v.splice(at..at, bytes);
             }
             5 if len > 8 => {
                 // Overwrite 8 bytes with a big or small integer (sizes, offsets, counts).
                 let i = rng.below(len - 8);
-                let x: u64 =
-                    [0, 1, u64::MAX, u64::MAX / 2, 1 << 32, 1 << 40, rng.next()][rng.below(7)];
+                let x: u64 = [
+                    0,
+                    1,
+                    u64::MAX,
+                    u64::MAX / 2,
+                    1 << 32,
+                    1 << 40,
+                    rng.next_u64(),
+                ][rng.below(7)];
                 if rng.below(2) == 0 {
                     v[i..i + 8].copy_from_slice(&x.to_le_bytes());
                 } else {
@@ -1242,7 +1218,7 @@ fn fuzz_smoke() {
     );
     let mut scratch = fuzz_entry::Scratch::new();
     for (t, ss) in &all {
-        let mut rng = Rng(0x5EED_0000 ^ (t.len() as u64 * 0x9E37_79B9));
+        let mut rng = XorShift64::from_state(0x5EED_0000 ^ (t.len() as u64 * 0x9E37_79B9));
         let started = Instant::now();
         // The seeds themselves first.
         for s in ss {

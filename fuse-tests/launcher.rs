@@ -13,7 +13,7 @@ use strata::launcher::{
     Containers, Error, ExecOptions, Launcher, NewContainer, ProcessIo, RunOptions, RunOutcome,
     Status, StdStream, Volume,
 };
-use strata::registry::manifest::{ContainerConfig, ImageConfig};
+use strata::oci::{ContainerConfig, ImageConfig};
 
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "id", "env", "pwd", "hostname", "ls", "sleep", "touch", "true",

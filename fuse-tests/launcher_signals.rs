@@ -9,7 +9,7 @@ use nix::unistd::Pid;
 use strata::launcher::{
     Containers, Launcher, NewContainer, ProcessIo, RunOptions, RunOutcome, StdStream,
 };
-use strata::registry::manifest::{ContainerConfig, ImageConfig};
+use strata::oci::{ContainerConfig, ImageConfig};
 
 fn rootfs(dir: &std::path::Path) {
     for d in ["bin", "etc", "proc", "sys", "dev", "tmp"] {

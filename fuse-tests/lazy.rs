@@ -5,27 +5,19 @@
 
 mod common;
 use common::cli::Mounted;
+use common::testdata::{pseudo_mixed, Mix, XorShift64};
 
 use common::{Fault, FaultProxy, ImageBuilder, Layer, OutputExt, Registry, StrataEnv};
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-fn pseudo_random(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|i| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            if i % 48 < 24 {
-                x as u8
-            } else {
-                b'a' + (i % 5) as u8
-            }
-        })
-        .collect()
-}
+/// Half random, half letters: the layers compress a little, like real files.
+const HALF_TEXT: Mix = Mix {
+    random: 24,
+    period: 48,
+    letters: 5,
+};
 
 /// What the merged tree must contain: path -> Some(bytes) for files, None for dirs.
 type Model = BTreeMap<String, Option<Vec<u8>>>;
@@ -87,7 +79,7 @@ fn walk(root: &Path, rel: &str, out: &mut BTreeMap<String, Option<String>>) {
 }
 
 fn test_layers() -> (Vec<Layer>, Model) {
-    let big = pseudo_random(1, 12 << 20);
+    let big = pseudo_mixed(12 << 20, 1, HALF_TEXT);
     let l1: LayerSpec = vec![
         ("etc", None),
         ("etc/os-release", Some(b"NAME=strata-test\n".to_vec())),
@@ -107,7 +99,7 @@ fn test_layers() -> (Vec<Layer>, Model) {
         ("opt/old/.wh..wh..opq", None),
         ("opt/old/c", Some(b"new c".to_vec())),
         ("etc/os-release", Some(b"NAME=strata-test v2\n".to_vec())),
-        ("usr/lib/mid.bin", Some(pseudo_random(2, 3 << 20))),
+        ("usr/lib/mid.bin", Some(pseudo_mixed(3 << 20, 2, HALF_TEXT))),
     ];
     let expected = model(&[l1.clone(), l2.clone()]);
     let to_layer = |entries: &[(&str, Option<Vec<u8>>)]| {
@@ -538,13 +530,13 @@ fn published_access_profile_is_prefetched_on_a_fresh_machine() {
 #[test]
 fn estargz_prefetch_landmark_files_are_fetched_first() {
     let reg = Registry::start();
-    let first = pseudo_random(7, 3 << 20);
+    let first = pseudo_mixed(3 << 20, 7, HALF_TEXT);
     let layer = Layer::new()
         .dir("app")
         .file("app/first.bin", first.clone())
         .file("app/second.txt", b"second\n".to_vec())
         .file(".prefetch.landmark", vec![0xf])
-        .file("app/later.bin", pseudo_random(8, 3 << 20));
+        .file("app/later.bin", pseudo_mixed(3 << 20, 8, HALF_TEXT));
     let img = ImageBuilder::new().layer(layer).build("v1");
     push_as_estargz(&img, &reg, "lazy/landmark:v1");
     let reference = format!("{}/lazy/landmark:v1", reg.host());
@@ -591,11 +583,9 @@ fn concurrent_readers_fetch_each_byte_once() {
         for t in 0..8u64 {
             let (dir, expected) = (&m.dir, &expected);
             s.spawn(move || {
-                let mut x = t.wrapping_mul(0x9E37_79B9) | 1;
+                let mut rng = XorShift64::from_state(t.wrapping_mul(0x9E37_79B9) | 1);
                 for i in 0..60 {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
+                    let x = rng.next_u64();
                     let name = files[(i + t as usize) % 2];
                     let want = expected[name].as_ref().unwrap();
                     let start = (x % want.len() as u64) as usize;
@@ -610,36 +600,5 @@ fn concurrent_readers_fetch_each_byte_once() {
         }
     });
     let layer_digests: Vec<String> = img.layers.iter().map(|l| l.digest.clone()).collect();
-    let mut ranges: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
-    for r in proxy.handle().requests() {
-        let Some(d) = layer_digests.iter().find(|d| r.path.ends_with(d.as_str())) else {
-            continue;
-        };
-        let spec = r
-            .range
-            .as_deref()
-            .expect("layer blobs are fetched by Range");
-        let (a, b) = spec
-            .trim_start_matches("bytes=")
-            .split_once('-')
-            .expect("bytes=A-B");
-        ranges
-            .entry(d.clone())
-            .or_default()
-            .push((a.parse().unwrap(), b.parse().unwrap()));
-    }
-    assert!(!ranges.is_empty(), "no Range request seen at the proxy");
-    for (d, rs) in &mut ranges {
-        rs.sort();
-        // Ranges are inclusive; neighbouring spans share at most the one byte that holds a
-        // gzip checkpoint (checkpoints fall on bit positions inside a byte).
-        for w in rs.windows(2) {
-            assert!(
-                w[0].1 <= w[1].0,
-                "{d}: bytes {:?} and {:?} were fetched twice",
-                w[0],
-                w[1]
-            );
-        }
-    }
+    proxy.handle().assert_ranges_fetched_once(&layer_digests);
 }

@@ -6,23 +6,11 @@
 
 mod common;
 
-use common::{ImageBuilder, Layer, Registry, StrataEnv};
+use common::testdata::pseudo;
+use common::{ImageBuilder, Layer, OutputExt, Registry, StrataEnv};
 use std::path::Path;
 use std::sync::Arc;
 use strata::mount::{MountSpec, Services};
-
-fn data(seed: u8, n: usize) -> Vec<u8> {
-    // Not compressible to nothing, so that a read costs registry bytes.
-    let mut x = u64::from(seed) * 0x9E37_79B9_7F4A_7C15 | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn services(root: &Path) -> Services {
     let config = Arc::new(strata::config::Config::default());
@@ -47,7 +35,8 @@ fn spec<'a>(image: &'a str, mountpoint: &'a Path) -> MountSpec<'a> {
 #[test]
 fn two_mounts_in_one_process_share_one_cache() {
     let reg = Registry::start();
-    let big = data(7, 6 << 20);
+    // Incompressible, so that a read costs registry bytes.
+    let big = pseudo(6 << 20, 7);
     let img = ImageBuilder::new()
         .layer(
             Layer::new()

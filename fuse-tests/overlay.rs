@@ -6,6 +6,7 @@
 //! read lower directories, and the command line (fuse-overlayfs symlink, mount.fuse3 helper,
 //! read-only mounts, bad input).
 
+mod common;
 #[path = "union_common.rs"]
 mod union_common;
 

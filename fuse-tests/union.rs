@@ -2,6 +2,7 @@
 //! over the same layers; a slow lower read does not block other requests; a 5000-entry
 //! directory merged across layers lists without duplicates and with stable offsets.
 
+mod common;
 #[path = "union_common.rs"]
 mod union_common;
 

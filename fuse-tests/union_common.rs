@@ -1,7 +1,9 @@
 //! Helpers for the union FUSE tests: fixture layers built in code as tar files, a strata
 //! mount over them (`TarBytesLower`), the kernel-overlayfs oracle over the same layers
 //! extracted with `tar -x --xattrs` (OCI whiteouts converted to overlay format), RAII guards
-//! that unmount on drop (also on panic), and a tree listing used to compare mounts.
+//! that unmount on drop (also on panic), and a tree listing used to compare mounts. Unlike
+//! `common` (which it builds on: each includer also declares `mod common`), it calls the
+//! strata library.
 #![allow(dead_code)]
 
 use sha2::{Digest, Sha256};
@@ -90,18 +92,7 @@ impl LayerTar {
     }
 }
 
-/// Deterministic incompressible-ish bytes.
-pub fn pseudo(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+pub use crate::common::testdata::pseudo;
 
 pub fn set_xattr(p: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
     let (cp, cn) = (
@@ -186,14 +177,30 @@ pub fn extract_for_overlay(tar: &[u8], dir: &Path) {
     }
 }
 
-/// A kernel overlayfs mount, unmounted on drop.
+/// Kernel overlayfs options that make its writes behave as strata's: `redirect_dir=on` (a
+/// lower directory can be renamed; strata never returns EXDEV) and `index=on` (copy-up keeps
+/// hard links together, as strata always does).
+pub const AS_STRATA: &[&str] = &["redirect_dir=on", "index=on"];
+
+/// A kernel overlayfs mount, the oracle of the union tests, unmounted on drop.
 pub struct OverlayMount {
     pub dir: PathBuf,
 }
 
 impl OverlayMount {
-    /// `lowers` bottom first.
+    /// `lowers` bottom first; `upper` is (upperdir, workdir).
     pub fn new(lowers: &[PathBuf], upper: Option<(&Path, &Path)>, dir: &Path) -> Self {
+        Self::with_options(lowers, upper, dir, &[])
+    }
+
+    /// As [`OverlayMount::new`], with mount `options` after the directories (e.g.
+    /// [`AS_STRATA`]). Creates `dir` and the upper and work directories if missing.
+    pub fn with_options(
+        lowers: &[PathBuf],
+        upper: Option<(&Path, &Path)>,
+        dir: &Path,
+        options: &[&str],
+    ) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let lowerdir: Vec<String> = lowers
             .iter()
@@ -202,11 +209,17 @@ impl OverlayMount {
             .collect();
         let mut opts = format!("lowerdir={}", lowerdir.join(":"));
         if let Some((u, w)) = upper {
+            std::fs::create_dir_all(u).unwrap();
+            std::fs::create_dir_all(w).unwrap();
             opts.push_str(&format!(
                 ",upperdir={},workdir={}",
                 u.display(),
                 w.display()
             ));
+        }
+        for o in options {
+            opts.push(',');
+            opts.push_str(o);
         }
         let st = Command::new("mount")
             .args(["-t", "overlay", "overlay", "-o", &opts])

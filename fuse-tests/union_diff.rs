@@ -3,6 +3,7 @@
 //! must match. Then kernel overlayfs is mounted over strata's upper directory and must show
 //! the same tree (upper format compatibility).
 
+mod common;
 #[path = "union_common.rs"]
 mod union_common;
 
@@ -268,31 +269,9 @@ fn differential(kind: Lowers) {
     let layers = fixture_layers();
     let lowers = extract_all(&layers, &t.join("x"));
 
-    // Oracle: kernel overlayfs with redirect_dir=on (renames lower directories instead of
-    // EXDEV) and index=on (copy-up keeps hard links, as strata always does).
+    // Oracle: kernel overlayfs with its writes made to behave as strata's.
     let (ou, ow) = (t.join("o-upper"), t.join("o-work"));
-    std::fs::create_dir_all(&ou).unwrap();
-    std::fs::create_dir_all(&ow).unwrap();
-    let ovl_dir = t.join("ovl");
-    std::fs::create_dir_all(&ovl_dir).unwrap();
-    let lowerdir: Vec<String> = lowers
-        .iter()
-        .rev()
-        .map(|p| p.display().to_string())
-        .collect();
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={},redirect_dir=on,index=on",
-        lowerdir.join(":"),
-        ou.display(),
-        ow.display()
-    );
-    let st = std::process::Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o", &opts])
-        .arg(&ovl_dir)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let ovl = OverlayMount { dir: ovl_dir };
+    let ovl = OverlayMount::with_options(&lowers, Some((&ou, &ow)), &t.join("ovl"), AS_STRATA);
     let want_log = run_ops(&ovl.dir);
     let want = listing(&ovl.dir);
 
@@ -319,7 +298,6 @@ fn differential(kind: Lowers) {
 
     // Kernel overlayfs over strata's upper shows the same tree.
     let w2 = t.join("k-work");
-    std::fs::create_dir_all(&w2).unwrap();
     let compat = OverlayMount::new(&lowers, Some((&su, &w2)), &t.join("compat"));
     let again = listing(&compat.dir);
     assert_same(

@@ -16,28 +16,19 @@
 
 mod common;
 
+use common::testdata::{pseudo_mixed, Mix};
 use common::union_extra::{assert_same_meta, publish_indexed, walk_meta, LazyMount};
 use common::{skopeo, skopeo_copy, Compression, Entry, ImageBuilder, Layer, Registry, StrataEnv};
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-fn pseudo(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|i| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            // Half random, half text: compresses a little, like real files.
-            if i % 64 < 40 {
-                x as u8
-            } else {
-                b'a' + (i % 7) as u8
-            }
-        })
-        .collect()
-}
+/// Mostly random, some letters: compresses a little, like real files.
+const SOME_TEXT: Mix = Mix {
+    random: 40,
+    period: 64,
+    letters: 7,
+};
 
 fn test_image() -> ImageBuilder {
     let l0 = Layer::new()
@@ -62,12 +53,12 @@ fn test_image() -> ImageBuilder {
             "etc/os-release",
             "NAME=strata-test\nVERSION=1\n",
         ))
-        .add(Entry::file("bin/tool", pseudo(300_000, 1)).mode(0o755))
+        .add(Entry::file("bin/tool", pseudo_mixed(300_000, 1, SOME_TEXT)).mode(0o755))
         .hardlink("bin/tool-a", "bin/tool")
         .hardlink("bin/tool-b", "bin/tool")
-        .add(Entry::file("bin/su", pseudo(5000, 2)).mode(0o4755))
+        .add(Entry::file("bin/su", pseudo_mixed(5000, 2, SOME_TEXT)).mode(0o4755))
         .add(
-            Entry::file("bin/wall", pseudo(3000, 3))
+            Entry::file("bin/wall", pseudo_mixed(3000, 3, SOME_TEXT))
                 .mode(0o2755)
                 .owner(0, 5),
         )
@@ -87,14 +78,17 @@ fn test_image() -> ImageBuilder {
         .add(
             Entry::file("etc/capable", "cap")
                 .xattr("user.mime_type", "text/plain")
-                .xattr("user.long", pseudo(2000, 9)),
+                .xattr("user.long", pseudo_mixed(2000, 9, SOME_TEXT)),
         )
         .add(Entry::dir("var/lib").xattr("user.dir", "yes"))
         .symlink("bin/sh", "tool")
         .symlink("etc/localtime", "/usr/share/zoneinfo/UTC")
         .symlink("etc/dangling", "../nowhere/at/all")
         .file("usr/share/doc/pkg/README", "readme")
-        .file("usr/share/doc/pkg/COPYING", pseudo(20_000, 4))
+        .file(
+            "usr/share/doc/pkg/COPYING",
+            pseudo_mixed(20_000, 4, SOME_TEXT),
+        )
         .file("opt/app/old/a", "a")
         .file("opt/app/old/sub/b", "b")
         .file("opt/app/config", "v1")
@@ -119,7 +113,7 @@ fn test_image() -> ImageBuilder {
         .whiteout("opt/app/old")
         .opaque("usr/share/doc")
         .file("usr/share/doc/only-new", "the old docs are hidden")
-        .add(Entry::file("usr/lib-big.bin", pseudo(6 << 20, 5)).mode(0o644))
+        .add(Entry::file("usr/lib-big.bin", pseudo_mixed(6 << 20, 5, SOME_TEXT)).mode(0o644))
         .file("opt/app/h1", "hard in layer 1")
         .hardlink("opt/app/h2", "opt/app/h1")
         .whiteout("opt/app/becomes-dir")

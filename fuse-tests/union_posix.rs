@@ -4,6 +4,7 @@
 //! across a copy-up, fsync / fdatasync, statfs. The same steps run on kernel overlayfs over
 //! the same layers; every result and the final trees must match.
 
+mod common;
 #[path = "union_common.rs"]
 mod union_common;
 
@@ -216,8 +217,6 @@ fn posix_extras_same_results_as_kernel_overlayfs() {
     let lowers = extract_all(&layers, &t.join("x"));
 
     let (ou, ow) = (t.join("o-upper"), t.join("o-work"));
-    std::fs::create_dir_all(&ou).unwrap();
-    std::fs::create_dir_all(&ow).unwrap();
     let ovl = OverlayMount::new(&lowers, Some((&ou, &ow)), &t.join("ovl"));
     let want_log = run_ops(&ovl.dir);
     let want = listing(&ovl.dir);

@@ -33,7 +33,8 @@ mod common;
 #[path = "union_common.rs"]
 mod union_common;
 
-use common::union_extra::{assert_same_meta, publish_indexed, walk_meta, LazyMount, Meta, Rng};
+use common::testdata::SplitMix64;
+use common::union_extra::{assert_same_meta, publish_indexed, walk_meta, LazyMount, Meta};
 use common::{Entry, ImageBuilder, Layer, Registry, StrataEnv};
 use sha2::{Digest as _, Sha256};
 use std::cell::RefCell;
@@ -46,7 +47,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use union_common::{extract_for_overlay, OverlayMount, StrataMount};
+use union_common::{extract_for_overlay, OverlayMount, StrataMount, AS_STRATA};
 
 // ---------------------------------------------------------------------------------------
 // Fixture
@@ -213,35 +214,6 @@ fn nops() -> usize {
         .unwrap_or(250)
 }
 
-/// Mount kernel overlayfs over `lowers` with a fresh upper under `t`.
-fn oracle(lowers: &[PathBuf], t: &Path) -> (OverlayMount, PathBuf) {
-    let (ou, ow) = (t.join("o-upper"), t.join("o-work"));
-    std::fs::create_dir_all(&ou).unwrap();
-    std::fs::create_dir_all(&ow).unwrap();
-    let dir = t.join("ovl");
-    std::fs::create_dir_all(&dir).unwrap();
-    let lowerdir: Vec<String> = lowers
-        .iter()
-        .rev()
-        .map(|p| p.display().to_string())
-        .collect();
-    // redirect_dir=on: lower directories can be renamed (strata never returns EXDEV);
-    // index=on: copy-up keeps hard links together, as strata does.
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={},redirect_dir=on,index=on",
-        lowerdir.join(":"),
-        ou.display(),
-        ow.display()
-    );
-    let st = std::process::Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o", &opts])
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount overlay {opts}");
-    (OverlayMount { dir }, ou)
-}
-
 /// The one asymmetric normalisation: `fstat` of a descriptor open on a lower file whose
 /// last name was removed. Kernel overlayfs answers from the real lower inode, which was never
 /// unlinked (nlink 1); strata reports 0, as POSIX wants for an unlinked open file (and as
@@ -277,12 +249,14 @@ fn run_seed<'a>(
         what: format!("{what} seed {seed}"),
         log: &log,
     };
-    let (ovl, o_upper) = oracle(lowers, t);
+    let (o_upper, o_work) = (t.join("o-upper"), t.join("o-work"));
+    let ovl =
+        OverlayMount::with_options(lowers, Some((&o_upper, &o_work)), &t.join("ovl"), AS_STRATA);
     let (su, sw) = (t.join("s-upper"), t.join("s-work"));
     let sm = make(&su, &sw);
     let mut a = Side::new(sm.dir());
     let mut b = Side::new(&ovl.dir);
-    let mut rng = Rng::new(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut pool = Pool::scan(&ovl.dir);
     for i in 0..nops {
         let op = gen(&mut rng, &pool);
@@ -318,7 +292,6 @@ fn run_seed<'a>(
 
     // strata's upper is a kernel-overlayfs upper: the kernel shows the same tree over it.
     let kw = t.join("k-work");
-    std::fs::create_dir_all(&kw).unwrap();
     let compat = OverlayMount::new(lowers, Some((&su, &kw)), &t.join("compat"));
     assert_same_meta(
         &format!("{what} seed {seed}: kernel overlayfs over strata's upper vs strata"),

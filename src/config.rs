@@ -1,6 +1,9 @@
 //! Configuration: `$STRATA_ROOT/config.json` (or `--config`), daemon.json style.
 //!
-//! Leaf module. Read once at start; unknown keys and bad values are errors naming the key.
+//! Leaf module: calls nothing else in the crate. Read once at start (by `cli::Ctx`, and by a
+//! daemon when it starts) and handed down as `Arc<Config>`: the registry client takes mirrors,
+//! insecure registries and retries from it, `mount` the cache sizes, fetch deadline and
+//! prefetch switches. Unknown keys and bad values are errors naming the key.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;

@@ -2,21 +2,30 @@
 //!
 //! Library crate behind the `strata` binary; tests and benches call it directly.
 //! Layering (each module may call only those listed before it):
-//! `digest`, `reference`, `config` -> `registry` -> `store` -> `layer` -> `cache` -> `union` ->
-//! `image` -> `fuse` -> `mount` -> `launcher` -> `cli`. `image` (pull, push, save/load, commit,
-//! index and profile artifacts) joins the registry and the store; `mount` is the one place a
-//! mount is assembled from (client, store, cache, config), for the CLI, tests and the daemon.
+//! `digest`, `reference`, `oci`, `config` -> `registry` -> `store` -> `layer` -> `cache` ->
+//! `union` -> `image` -> `fuse` -> `mount` -> `daemon` -> `launcher` -> `cli`. `oci` holds the
+//! image documents (manifests, indexes, configs, descriptors) that `registry`, `store` and those
+//! above share. `image` (pull, push, save/load, commit, index and profile artifacts) joins the
+//! registry and the store; `mount` is the one place a mount is assembled from (client, store,
+//! cache, config), for the CLI, tests and the daemon; `daemon` serves every mount of a root from
+//! one process.
 
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod digest;
 pub mod fuse;
 pub mod image;
 pub mod launcher;
 pub mod layer;
 pub mod mount;
+pub mod oci;
 pub mod reference;
 pub mod registry;
 pub mod store;
+#[cfg(test)]
+mod testdata;
+#[cfg(test)]
+mod testdata_tests;
 pub mod union;

@@ -1,7 +1,8 @@
 //! Image references, normalised the way docker does it.
 //!
 //! Leaf module (uses only `digest`). `busybox` -> `docker.io/library/busybox:latest`;
-//! `host:5000/a/b:tag`; `name@sha256:<hex>`; `name:tag@sha256:<hex>`.
+//! `host:5000/a/b:tag`; `name@sha256:<hex>`; `name:tag@sha256:<hex>`. A [`Repository`]
+//! (registry host + repository path, no tag or digest) is what every registry call addresses.
 
 use crate::digest::Digest;
 use std::fmt;
@@ -228,6 +229,14 @@ impl Reference {
         }
     }
 
+    /// The repository this reference is in (what registry calls address).
+    pub fn repo(&self) -> Repository {
+        Repository {
+            registry: self.registry.clone(),
+            name: self.repository.clone(),
+        }
+    }
+
     /// Same repository, pinned to `digest`, tag dropped.
     pub fn with_digest(&self, digest: Digest) -> Reference {
         Reference {
@@ -235,6 +244,34 @@ impl Reference {
             tag: None,
             ..self.clone()
         }
+    }
+}
+
+/// A repository on a registry: `registry/name`, no tag or digest. Built from a [`Reference`]
+/// ([`Reference::repo`]); every registry call that addresses a repository takes one.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Repository {
+    /// Registry host as used for the API, e.g. `docker.io` or `127.0.0.1:5000`.
+    pub registry: String,
+    /// Repository path, e.g. `library/busybox`.
+    pub name: String,
+}
+
+impl Repository {
+    /// A reference to `tag` in this repository.
+    pub fn tag(&self, tag: impl Into<String>) -> Reference {
+        Reference {
+            registry: self.registry.clone(),
+            repository: self.name.clone(),
+            tag: Some(tag.into()),
+            digest: None,
+        }
+    }
+}
+
+impl fmt::Display for Repository {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.registry, self.name)
     }
 }
 
@@ -376,5 +413,19 @@ mod tests {
         let r: Reference = "127.0.0.1:5000/a/b:t".parse().unwrap();
         assert_eq!(r.familiar_name(), "127.0.0.1:5000/a/b");
         assert_eq!(r.api_reference(), "t");
+    }
+
+    #[test]
+    fn repository_of_a_reference() {
+        let r: Reference = "127.0.0.1:5000/a/b:t@sha256:0000000000000000000000000000000000000000000000000000000000000000"
+            .parse()
+            .unwrap();
+        let repo = r.repo();
+        assert_eq!(repo.registry, "127.0.0.1:5000");
+        assert_eq!(repo.name, "a/b");
+        assert_eq!(repo.to_string(), r.name());
+        let t = repo.tag("sha256-00");
+        assert_eq!(t.to_string(), "127.0.0.1:5000/a/b:sha256-00");
+        assert_eq!(t.repo(), repo);
     }
 }

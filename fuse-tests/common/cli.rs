@@ -23,6 +23,13 @@ pub struct StrataEnv {
     pub timeout: Duration,
 }
 
+/// A daemon this environment started (on demand) is stopped with it.
+impl Drop for StrataEnv {
+    fn drop(&mut self) {
+        self.stop_daemon();
+    }
+}
+
 impl Default for StrataEnv {
     fn default() -> Self {
         Self::new()
@@ -52,6 +59,49 @@ impl StrataEnv {
     /// `$DOCKER_CONFIG` (credentials live in `config.json` here).
     pub fn docker_config(&self) -> PathBuf {
         self.dir.path().join("docker")
+    }
+
+    /// What the processes serving this root's mounts logged: the daemon's log
+    /// (`daemon.log`) and those of one-mount processes (`mounts/*.log`).
+    pub fn daemon_logs(&self) -> String {
+        let mut text = fs::read_to_string(self.root().join("daemon.log")).unwrap_or_default();
+        if let Ok(rd) = fs::read_dir(self.root().join("mounts")) {
+            for e in rd.flatten() {
+                if e.path().extension().is_some_and(|x| x == "log") {
+                    text.push_str(&fs::read_to_string(e.path()).unwrap_or_default());
+                }
+            }
+        }
+        text
+    }
+
+    /// Stop the daemon serving this root, if one runs (SIGTERM: it unmounts what it serves
+    /// and flushes its cache), and wait until it has exited. The next command that needs a
+    /// mount starts a fresh one (empty memory tier).
+    pub fn stop_daemon(&self) {
+        let Some(pid) = fs::read_to_string(self.root().join("daemon.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        else {
+            return;
+        };
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let root = self.root();
+        if !String::from_utf8_lossy(&cmdline).contains(root.to_string_lossy().as_ref()) {
+            return; // gone, or the pid was reused by another process
+        }
+        // SAFETY: kill(2) with a pid read from our own root's pid file; no memory shared.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let running = || {
+            fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit_once(") ")
+                    .is_some_and(|(_, r)| !r.starts_with('Z'))
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// A scratch directory for the test's own files (save archives, ...).

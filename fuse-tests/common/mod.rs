@@ -14,6 +14,9 @@ pub mod proxy;
 pub mod registry;
 pub mod rel;
 pub mod skopeo;
+/// Deterministic test data: the library's unit tests and the benches compile the same file.
+#[path = "../../src/testdata.rs"]
+pub mod testdata;
 pub mod token;
 pub mod union_extra;
 

@@ -8,7 +8,7 @@
 //! `Truncate` fit only blob downloads (`GET .../blobs/sha256:...`) and are spent only on a
 //! 2xx answer with a body, so an auth round trip does not use them up.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -184,6 +184,45 @@ impl FaultHandle {
     /// Every request so far, oldest first.
     pub fn requests(&self) -> Vec<ProxyRequest> {
         self.state.lock().unwrap().log.clone()
+    }
+
+    /// Every byte of the blobs named by `digests` went through the proxy at most once: all
+    /// their requests carry a `Range: bytes=A-B`, and sorted per blob they never overlap
+    /// beyond the one byte neighbouring gzip spans share (ranges are inclusive; a checkpoint
+    /// falls on a bit position inside a byte). Panics, naming the blob, otherwise, and when
+    /// no such request was seen at all.
+    pub fn assert_ranges_fetched_once(&self, digests: &[String]) {
+        let mut ranges: BTreeMap<&str, Vec<(u64, u64)>> = BTreeMap::new();
+        let requests = self.requests();
+        for r in &requests {
+            let Some(d) = digests.iter().find(|d| r.path.ends_with(d.as_str())) else {
+                continue;
+            };
+            let spec = r
+                .range
+                .as_deref()
+                .expect("layer blobs are fetched by Range");
+            let (a, b) = spec
+                .trim_start_matches("bytes=")
+                .split_once('-')
+                .expect("bytes=A-B");
+            ranges
+                .entry(d)
+                .or_default()
+                .push((a.parse().unwrap(), b.parse().unwrap()));
+        }
+        assert!(!ranges.is_empty(), "no Range request reached the proxy");
+        for (d, rs) in &mut ranges {
+            rs.sort();
+            for w in rs.windows(2) {
+                assert!(
+                    w[0].1 <= w[1].0,
+                    "{d}: bytes {:?} and {:?} were fetched twice",
+                    w[0],
+                    w[1]
+                );
+            }
+        }
     }
 
     /// How many requests had a fault other than `Pass` applied.

@@ -1,7 +1,7 @@
 //! Helpers for the union tests that go through a real registry: publishing an image with its
 //! strata sidecar index, a lazy `strata mount` daemon (optionally with an upper) unmounted on
-//! drop, killing that daemon from a watchdog, a reproducible PRNG, and a metadata + sha256
-//! walk of a tree for comparisons against an independent extraction.
+//! drop, killing that daemon from a watchdog, and a metadata + sha256 walk of a tree for
+//! comparisons against an independent extraction.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -15,36 +15,6 @@ use sha2::{Digest as _, Sha256};
 use super::cli::{OutputExt, StrataEnv};
 use super::image::BuiltImage;
 use super::registry::Registry;
-
-/// SplitMix64: tiny, seedable, stable across crate versions (a seed replays exactly).
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `0..n` (n > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    pub fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len() as u64) as usize]
-    }
-    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next_u64() as u8).collect()
-    }
-}
 
 /// Push `img` to `reg` as `repo_tag`, build and push its strata sidecar index (so a mount is
 /// lazy), and return the full reference.

@@ -52,7 +52,7 @@ fn concurrent_lazy_reads_and_upper_writes_are_exact_and_finish() {
         let (files, root, tx) = (files.clone(), root.clone(), tx.clone());
         handles.push(std::thread::spawn(move || {
             let out = std::panic::catch_unwind(move || {
-                let mut rng = Rng::new(1000 + r);
+                let mut rng = SplitMix64::new(1000 + r);
                 let end = Instant::now() + budget;
                 let mut checked = 0u64;
                 while Instant::now() < end {
@@ -115,7 +115,7 @@ fn concurrent_lazy_reads_and_upper_writes_are_exact_and_finish() {
                     n += 1;
                 }
                 // Then keep changing metadata of the copies while readers read them.
-                let mut rng = Rng::new(3000);
+                let mut rng = SplitMix64::new(3000);
                 let cu: Vec<&(String, Vec<u8>)> =
                     files.iter().filter(|(p, _)| p.starts_with("cu/")).collect();
                 let end = Instant::now() + budget;
@@ -138,7 +138,7 @@ fn concurrent_lazy_reads_and_upper_writes_are_exact_and_finish() {
         let (root, tx) = (root.clone(), tx.clone());
         handles.push(std::thread::spawn(move || {
             let out = std::panic::catch_unwind(move || {
-                let mut rng = Rng::new(2000 + wi);
+                let mut rng = SplitMix64::new(2000 + wi);
                 let dir = root.join(format!("w{wi}"));
                 std::fs::create_dir(&dir).unwrap();
                 let end = Instant::now() + budget;

@@ -141,7 +141,7 @@ impl Pool {
         p
     }
 
-    fn existing(&self, rng: &mut Rng) -> String {
+    fn existing(&self, rng: &mut SplitMix64) -> String {
         if self.paths.is_empty() {
             return rng.pick(NAMES).to_string();
         }
@@ -149,7 +149,7 @@ impl Pool {
     }
 
     /// Mostly an existing path, else a fresh name in an existing (rarely a missing) dir.
-    fn any(&self, rng: &mut Rng, existing_pct: u64) -> String {
+    fn any(&self, rng: &mut SplitMix64, existing_pct: u64) -> String {
         if rng.chance(existing_pct) {
             return self.existing(rng);
         }
@@ -167,7 +167,7 @@ impl Pool {
     }
 }
 
-pub(super) fn gen(rng: &mut Rng, pool: &Pool) -> Op {
+pub(super) fn gen(rng: &mut SplitMix64, pool: &Pool) -> Op {
     let table: &[(u64, u8)] = &[
         (14, 0),
         (8, 1),
@@ -435,7 +435,7 @@ impl Side {
     }
 
     pub(super) fn apply(&mut self, op: &Op, data_seed: u64) -> String {
-        let data = |len: usize| Rng::new(data_seed).bytes(len);
+        let data = |len: usize| SplitMix64::new(data_seed).bytes(len);
         let nb = libc::O_NOFOLLOW | libc::O_NONBLOCK;
         match op {
             Op::Create {

@@ -48,7 +48,6 @@ fn renamed_directory_carries_no_whiteouts() {
             "whiteout {p} left in an opaque directory"
         );
     }
-    std::fs::create_dir_all(t.join("k-work")).unwrap();
     let k = OverlayMount::new(
         &lowers,
         Some((&t.join("s-upper"), &t.join("k-work"))),

@@ -329,7 +329,7 @@ fn crc32(data: &[u8]) -> u32 {
 
 /// Manifest / index parser, with each content type a registry might send.
 pub fn manifest(data: &[u8]) {
-    use strata::registry::manifest::{AnyManifest, DOCKER_MANIFEST, OCI_INDEX};
+    use strata::oci::{AnyManifest, DOCKER_MANIFEST, OCI_INDEX};
     for ct in [
         None,
         Some(OCI_INDEX),
@@ -344,7 +344,7 @@ pub fn manifest(data: &[u8]) {
                     }
                 }
                 AnyManifest::Index(i) => {
-                    let host = strata::registry::manifest::Platform::host();
+                    let host = strata::oci::Platform::host();
                     for d in &i.manifests {
                         if let Some(p) = &d.platform {
                             let _ = host.matches(p);

@@ -2,6 +2,7 @@
 //! `registry::Client`) or a local blob file. Knows nothing of spans or verification.
 
 use crate::digest::Digest;
+use crate::reference::Repository;
 use crate::registry::Client;
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -55,18 +56,17 @@ pub trait BlobSource: Send + Sync {
 /// A blob in a registry (mirrors first, as the client is configured).
 pub struct RegistryBlob {
     pub client: Arc<Client>,
-    pub registry: String,
-    pub repository: String,
+    pub repo: Repository,
     pub digest: Digest,
 }
 
 impl BlobSource for RegistryBlob {
     fn fetch(&self, range: Range<u64>) -> BoxFuture<'static, Result<Bytes, FetchError>> {
         let client = self.client.clone();
-        let (reg, repo, d) = (self.registry.clone(), self.repository.clone(), self.digest);
+        let (repo, d) = (self.repo.clone(), self.digest);
         async move {
             client
-                .get_blob_range(&reg, &repo, &d, range)
+                .get_blob_range(&repo, &d, range)
                 .await
                 .map_err(|e| FetchError::Registry(Arc::new(e)))
         }

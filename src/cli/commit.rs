@@ -195,10 +195,10 @@ async fn mount_for_export(
     };
     let served = mount_image(&ctx.services()?, spec, &Progress::silent())
         .await
-        .map_err(|source| Error::RootfsMount {
+        .map_err(|e| Error::RootfsMount {
             container: r.name.clone(),
             rootfs: rootfs.to_path_buf(),
-            source,
+            source: Box::new(e),
         })?;
     Ok(served.handle)
 }

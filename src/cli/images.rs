@@ -4,9 +4,9 @@
 use super::util::{human_age, human_size, print_table};
 use super::{CacheCommand, Ctx, Error};
 use crate::image::{self, Progress};
+use crate::oci::Platform;
 use crate::reference::Reference;
 use crate::registry::auth::{CredentialStore, Credentials, Secret};
-use crate::registry::manifest::Platform;
 use crate::store::ImageRecord;
 use std::io::{BufRead, IsTerminal, Write};
 

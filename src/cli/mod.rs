@@ -4,6 +4,7 @@
 //! exits.
 
 mod commit;
+mod daemon;
 mod images;
 pub mod mount;
 mod overlay;
@@ -35,6 +36,8 @@ pub enum Error {
     #[error(transparent)]
     Mount(#[from] crate::mount::Error),
     #[error(transparent)]
+    Daemon(#[from] crate::daemon::Error),
+    #[error(transparent)]
     Cache(#[from] crate::cache::Error),
     #[error(transparent)]
     Creds(#[from] crate::registry::auth::CredError),
@@ -51,7 +54,7 @@ pub enum Error {
         container: String,
         rootfs: PathBuf,
         #[source]
-        source: crate::mount::Error,
+        source: Box<crate::mount::Error>,
     },
     #[error("{context}: {source}")]
     Io {
@@ -186,6 +189,8 @@ pub enum Command {
     },
     /// Mount an image lazily as a FUSE union file system
     Mount(mount::MountArgs),
+    /// Run the daemon that serves every mount of this root (started on demand otherwise)
+    Daemon(daemon::DaemonArgs),
     /// Mount a union of plain directories, fuse-overlayfs compatible (-o lowerdir=...)
     Overlay(overlay::OverlayArgs),
     /// Unmount a strata mount
@@ -322,6 +327,8 @@ impl Error {
 
 /// Everything a command needs, opened once.
 pub struct Ctx {
+    /// `--config` as given (passed on to a daemon this command starts).
+    pub config_path: Option<PathBuf>,
     pub store: Arc<Store>,
     pub config: Arc<Config>,
     pub client: Arc<Client>,
@@ -352,6 +359,7 @@ impl Ctx {
             CredentialStore::default_location(),
         )?);
         Ok(Ctx {
+            config_path: cli.config.clone(),
             store,
             config,
             client,
@@ -437,6 +445,7 @@ async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<i32, Error> {
         Command::Profile { command } => images::profile(ctx, command).await,
         Command::Cache { command } => images::cache(ctx, command).await,
         Command::Mount(args) => mount::mount(ctx, args).await,
+        Command::Daemon(args) => daemon::daemon(ctx, args).await,
         Command::Overlay(args) => overlay::overlay(ctx, args).await,
         Command::Run(args) => run::run(ctx, *args).await,
         Command::Ps { all, quiet } => run::ps(ctx, all, quiet).await,

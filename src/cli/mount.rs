@@ -1,16 +1,15 @@
 //! `mount`, `umount`, `stats`: a lazily loaded image as a FUSE union file system.
 //!
-//! `strata mount` starts a daemon (itself with `--foreground`, in a new session) and returns
-//! when the mount is ready; the daemon serves the mount (assembled by `crate::mount`, which
-//! also prefetches and writes the counters to `ROOT/mounts/<key>.json` for `strata stats`).
-//! This file parses arguments, starts the daemon process and prints.
+//! `strata mount` asks the root's daemon (`crate::daemon`, started when none runs) to mount and
+//! returns when the mount is ready; `--foreground` serves the one mount in this process
+//! instead. Either way the mount is assembled by `crate::mount`, which also prefetches and
+//! writes the counters to `ROOT/mounts/<key>.json` for `strata stats`. This file parses
+//! arguments, talks to the daemon and prints.
 
 use super::util::{human_size, print_table};
 use super::{Ctx, Error};
-use crate::image::index::IndexSource;
 use crate::image::Progress;
 use crate::mount::MountSpec;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -46,101 +45,17 @@ pub async fn mount(ctx: &Ctx, args: MountArgs) -> Result<i32, Error> {
     if args.foreground {
         return serve(ctx, args, mp).await;
     }
-    daemonize(ctx, &args, &mp, false)
+    let req = request(ctx, &args, mp);
+    let resp = super::daemon::mount(ctx, req).await?;
+    if let Some(m) = resp.message {
+        println!("{m}");
+    }
+    Ok(0)
 }
 
-/// Start a mount daemon without printing its status line (for `run -d`, `start`).
-pub fn daemonize_quiet(ctx: &Ctx, args: &MountArgs, mp: &Path) -> Result<(), Error> {
-    daemonize(ctx, args, mp, true).map(|_| ())
-}
-
-/// Re-run ourselves with `--foreground` in a new session; return when it says "ready".
-fn daemonize(ctx: &Ctx, args: &MountArgs, mp: &Path, quiet: bool) -> Result<i32, Error> {
-    use std::os::unix::process::CommandExt;
-    let exe = std::env::current_exe().map_err(|source| Error::Io {
-        context: "locating strata".into(),
-        source,
-    })?;
-    let log_dir = ctx.store.root().join("mounts");
-    std::fs::create_dir_all(&log_dir).map_err(|source| Error::Io {
-        context: log_dir.display().to_string(),
-        source,
-    })?;
-    let log_path = crate::mount::record_path(ctx.store.root(), mp).with_extension("log");
-    let log = std::fs::File::create(&log_path).map_err(|source| Error::Io {
-        context: log_path.display().to_string(),
-        source,
-    })?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("--root")
-        .arg(ctx.store.root())
-        .arg("mount")
-        .arg("--foreground")
-        .arg(&args.image)
-        .arg(mp);
-    if let Some(u) = &args.upper {
-        cmd.arg("--upper").arg(u);
-    }
-    if let Some(w) = &args.work {
-        cmd.arg("--work").arg(w);
-    }
-    if args.no_prefetch {
-        cmd.arg("--no-prefetch");
-    }
-    if args.passthrough {
-        cmd.arg("--passthrough");
-    }
-    if args.allow_other {
-        cmd.arg("--allow-other");
-    }
-    if let Some(p) = &args.platform {
-        cmd.arg("--platform").arg(p);
-    }
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(log);
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().map_err(|source| Error::Io {
-        context: "starting mount daemon".into(),
-        source,
-    })?;
-    let Some(out) = child.stdout.take() else {
-        return Err(Error::Usage("mount daemon has no stdout".into()));
-    };
-    for line in BufReader::new(out).lines() {
-        let line = line.map_err(|source| Error::Io {
-            context: "mount daemon".into(),
-            source,
-        })?;
-        if line.starts_with("ready") {
-            if !quiet {
-                println!("{}", line.trim_start_matches("ready").trim());
-            }
-            return Ok(0);
-        }
-        if !quiet {
-            println!("{line}");
-        }
-    }
-    let status = child.wait().map_err(|source| Error::Io {
-        context: "mount daemon".into(),
-        source,
-    })?;
-    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    Err(Error::Usage(format!(
-        "mount failed ({status}): {}",
-        log.trim()
-    )))
-}
-
-async fn serve(ctx: &Ctx, args: MountArgs, mp: PathBuf) -> Result<i32, Error> {
-    let upper = args.upper.as_ref().map(|u| {
+/// The (upper, work) pair of the arguments: work defaults to `UPPER.work` beside the upper.
+fn upper_work(args: &MountArgs) -> Option<(PathBuf, PathBuf)> {
+    args.upper.as_ref().map(|u| {
         let w = args.work.clone().unwrap_or_else(|| {
             u.with_file_name(format!(
                 "{}.work",
@@ -150,7 +65,25 @@ async fn serve(ctx: &Ctx, args: MountArgs, mp: PathBuf) -> Result<i32, Error> {
             ))
         });
         (u.clone(), w)
-    });
+    })
+}
+
+/// What the daemon is asked to mount for these arguments.
+pub fn request(ctx: &Ctx, args: &MountArgs, mountpoint: PathBuf) -> crate::daemon::MountRequest {
+    crate::daemon::MountRequest {
+        image: args.image.clone(),
+        platform: args.platform.clone(),
+        mountpoint,
+        upper: upper_work(args),
+        prefetch: ctx.config.prefetch && !args.no_prefetch,
+        passthrough: args.passthrough,
+        allow_other: args.allow_other,
+    }
+}
+
+/// `mount --foreground`: serve the one mount in this process until it is unmounted.
+async fn serve(ctx: &Ctx, args: MountArgs, mp: PathBuf) -> Result<i32, Error> {
+    let upper = upper_work(&args);
     let prefetch = ctx.config.prefetch && !args.no_prefetch;
     let progress = Progress::new(true);
     let spec = MountSpec {
@@ -166,22 +99,7 @@ async fn serve(ctx: &Ctx, args: MountArgs, mp: PathBuf) -> Result<i32, Error> {
     let served = crate::mount::mount_image(&svc, spec, &progress).await?;
     let ready_ms = served.started.elapsed().as_millis() as u64;
     served.publish(&ctx.store, ready_ms);
-    let lazy_note = served
-        .lazy
-        .index_sources
-        .iter()
-        .filter(|s| matches!(s, IndexSource::Built))
-        .count();
-    println!(
-        "ready {} mounted at {} in {ready_ms} ms{}",
-        served.lazy.reference,
-        mp.display(),
-        if lazy_note > 0 {
-            format!(" ({lazy_note} layer(s) were downloaded whole: no lazy index)")
-        } else {
-            String::new()
-        }
-    );
+    println!("ready {}", served.status_line(ready_ms));
     use tokio::signal::unix::{signal, SignalKind};
     let signals = |kind: SignalKind| {
         signal(kind).map_err(|source| Error::Io {

@@ -1,18 +1,16 @@
 //! `run` and the container lifecycle: ps, start, stop, restart, kill, rm, logs, exec, wait.
 //!
-//! `run` resolves the image without pulling it, mounts it lazily over a per-container upper
-//! (`containers/<id>/upper`) and hands the mount to the launcher. Foreground containers are
-//! served by this process; detached ones by a mount daemon (`strata mount --foreground`).
+//! `run` resolves the image without pulling it, has the root's daemon mount it lazily over a
+//! per-container upper (`containers/<id>/upper`) and hands the mount to the launcher; a
+//! foreground run unmounts it when the container exits.
 
-use super::mount::MountArgs;
 use super::util::{human_age, human_size, print_table};
 use super::{Ctx, Error};
-use crate::image::Progress;
 use crate::launcher::{
     parse_signal, ExecOptions, Launcher, MountPaths, NewContainer, ProcessIo, RunOptions,
     RunOutcome, Status,
 };
-use crate::mount::{is_mounted, MountSpec};
+use crate::mount::is_mounted;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -175,7 +173,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
     let (config, _) = ctx.store.config(&rec)?;
     let prefetch = ctx.config.prefetch && !args.no_prefetch;
     if opts.detach {
-        ensure_mounted(ctx, &pinned, &p, prefetch)?;
+        ensure_mounted(ctx, &pinned, &p, prefetch).await?;
         let outcome = l
             .run(&c.id, &config, &p.rootfs, ProcessIo::inherit(false))
             .await;
@@ -190,17 +188,17 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
             }
         };
     }
-    let progress = Progress::new(true);
-    let spec = MountSpec {
-        image: &pinned,
-        platform: args.platform.as_deref(),
-        mountpoint: &p.rootfs,
+    let rootfs = std::fs::canonicalize(&p.rootfs).unwrap_or_else(|_| p.rootfs.clone());
+    let req = crate::daemon::MountRequest {
+        image: pinned.clone(),
+        platform: args.platform.clone(),
+        mountpoint: rootfs.clone(),
         upper: Some((p.upper.clone(), p.work.clone())),
         prefetch,
         passthrough: false,
         allow_other: true,
     };
-    let served = crate::mount::mount_image(&ctx.services()?, spec, &progress).await?;
+    let mounted = super::daemon::mount(ctx, req).await?;
     let t_mount = t0.elapsed();
     let result = l
         .run(
@@ -211,21 +209,31 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
         )
         .await;
     let t_exit = t0.elapsed();
-    let stats = served.cache.stats.snapshot();
-    let image_bytes = served.lazy.record.size();
-    let sources = served.index_sources();
-    served.shutdown(&ctx.store).await;
-    if args.timing {
+    // The daemon's cache is shared by all its mounts: count what it fetched meanwhile.
+    let before = mounted.record.map(|r| *r);
+    let after = if args.timing {
+        super::daemon::stats(ctx, &rootfs).await.ok().flatten()
+    } else {
+        None
+    };
+    unmount_rootfs(ctx, &l, &c.id);
+    if let (Some(before), Some(after)) = (before, after) {
+        let fetched = after
+            .cache
+            .bytes_fetched
+            .saturating_sub(before.cache.bytes_fetched);
+        let requests = after.cache.requests.saturating_sub(before.cache.requests);
+        let image_bytes = after.image_bytes;
         eprintln!(
             "strata: mounted in {} ms (indexes: {}), runtime started at {} ms, exited at {} ms; fetched {} of {} ({:.1}%) in {} requests",
             t_mount.as_millis(),
-            sources.join(","),
+            after.index_sources.join(","),
             t_mount.as_millis(),
             t_exit.as_millis(),
-            human_size(stats.bytes_fetched),
+            human_size(fetched),
             human_size(image_bytes),
-            100.0 * stats.bytes_fetched as f64 / image_bytes.max(1) as f64,
-            stats.requests,
+            100.0 * fetched as f64 / image_bytes.max(1) as f64,
+            requests,
         );
     }
     if opts.remove {
@@ -242,24 +250,22 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
     }
 }
 
-/// Make sure a detached container's rootfs is served by a mount daemon.
-fn ensure_mounted(ctx: &Ctx, image: &str, p: &Paths, prefetch: bool) -> Result<(), Error> {
+/// Make sure a detached container's rootfs is served by the daemon.
+async fn ensure_mounted(ctx: &Ctx, image: &str, p: &Paths, prefetch: bool) -> Result<(), Error> {
     let rootfs = std::fs::canonicalize(&p.rootfs).unwrap_or_else(|_| p.rootfs.clone());
     if is_mounted(&rootfs) {
         return Ok(());
     }
-    let args = MountArgs {
+    let req = crate::daemon::MountRequest {
         image: image.to_string(),
-        mountpoint: rootfs.clone(),
-        upper: Some(p.upper.clone()),
-        work: Some(p.work.clone()),
-        foreground: false,
-        no_prefetch: !prefetch,
+        platform: None,
+        mountpoint: rootfs,
+        upper: Some((p.upper.clone(), p.work.clone())),
+        prefetch,
         passthrough: false,
         allow_other: true,
-        platform: None,
     };
-    super::mount::daemonize_quiet(ctx, &args, &rootfs)
+    super::daemon::mount(ctx, req).await.map(|_| ())
 }
 
 fn unmount_rootfs(ctx: &Ctx, l: &Launcher, id: &str) {
@@ -343,7 +349,7 @@ pub async fn start(ctx: &Ctx, queries: &[String]) -> Result<i32, Error> {
         let (config, _) = ctx.store.config(&img)?;
         let name = r.image.parse::<crate::reference::Reference>()?.name();
         let pinned = format!("{name}@{}", img.manifest_digest);
-        ensure_mounted(ctx, &pinned, &p, ctx.config.prefetch)?;
+        ensure_mounted(ctx, &pinned, &p, ctx.config.prefetch).await?;
         l.start(&r.id, &config, &p.rootfs).await?;
         println!("{q}");
     }

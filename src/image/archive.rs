@@ -4,11 +4,11 @@
 
 use super::Error;
 use crate::digest::Digest;
-use crate::reference::Reference;
-use crate::registry::manifest::{
+use crate::oci::{
     AnyManifest, Descriptor, ImageConfig, ImageManifest, DOCKER_CONFIG, DOCKER_MANIFEST, OCI_INDEX,
     OCI_LAYER_ZSTD,
 };
+use crate::reference::Reference;
 use crate::store::{ImageRecord, Store};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -264,7 +264,7 @@ pub fn load(
                     md,
                     im.media_type
                         .clone()
-                        .unwrap_or_else(|| crate::registry::manifest::OCI_MANIFEST.into()),
+                        .unwrap_or_else(|| crate::oci::OCI_MANIFEST.into()),
                     im,
                 ),
                 None => synthesize(store, cfg, &layers)?,
@@ -278,9 +278,8 @@ pub fn load(
             out.push((rec, tags));
         }
     } else if small.contains_key("index.json") {
-        let idx: crate::registry::manifest::ImageIndex =
-            serde_json::from_slice(&small["index.json"])
-                .map_err(|e| bad(format!("index.json: {e}")))?;
+        let idx: crate::oci::ImageIndex = serde_json::from_slice(&small["index.json"])
+            .map_err(|e| bad(format!("index.json: {e}")))?;
         for d in idx.manifests {
             let b = store.read_blob(&d.digest)?;
             let AnyManifest::Image(im) =
@@ -316,7 +315,7 @@ fn index_manifests(store: &Store, small: &BTreeMap<String, Vec<u8>>) -> Result<V
     let Some(b) = small.get("index.json") else {
         return Ok(Vec::new());
     };
-    let idx: crate::registry::manifest::ImageIndex = match serde_json::from_slice(b) {
+    let idx: crate::oci::ImageIndex = match serde_json::from_slice(b) {
         Ok(i) => i,
         Err(_) => return Ok(Vec::new()),
     };
@@ -346,7 +345,7 @@ fn synthesize(
             .and_then(|mut f| f.read(&mut magic))
             .unwrap_or(0);
         let mt = match &magic[..n.min(4)] {
-            [0x1f, 0x8b, ..] => crate::registry::manifest::DOCKER_LAYER_GZIP,
+            [0x1f, 0x8b, ..] => crate::oci::DOCKER_LAYER_GZIP,
             [0x28, 0xb5, 0x2f, 0xfd] => OCI_LAYER_ZSTD,
             _ => "application/vnd.docker.image.rootfs.diff.tar",
         };

@@ -16,11 +16,11 @@ pub use walk::{Mode, WalkStats};
 
 use super::{Error, Progress};
 use crate::digest::Digest;
-use crate::reference::Reference;
-use crate::registry::manifest::{
+use crate::oci::{
     Descriptor, Platform, DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST, OCI_CONFIG,
     OCI_LAYER_GZIP, OCI_MANIFEST,
 };
+use crate::reference::Reference;
 use crate::registry::Client;
 use crate::store::{ImageRecord, Store};
 use futures::StreamExt;

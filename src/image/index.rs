@@ -9,8 +9,8 @@
 use super::{Error, Progress};
 use crate::digest::Digest;
 use crate::layer::{self, LayerIndex};
+use crate::oci::{Descriptor, ImageManifest, OCI_EMPTY, OCI_INDEX, OCI_MANIFEST};
 use crate::reference::Reference;
-use crate::registry::manifest::{Descriptor, ImageManifest, OCI_EMPTY, OCI_INDEX, OCI_MANIFEST};
 use crate::registry::{referrers_tag, Client};
 use crate::store::{ImageRecord, Store};
 use bytes::Bytes;
@@ -100,8 +100,7 @@ pub fn remote_windows(
     Some(crate::cache::RemoteWindows::new(
         Arc::new(crate::cache::RegistryBlob {
             client: client.clone(),
-            registry: reference.registry.clone(),
-            repository: reference.repository.clone(),
+            repo: reference.repo(),
             digest: from.blob,
         }),
         from.head,
@@ -216,7 +215,7 @@ async fn estargz_index(
 ) -> Result<LayerIndex, Error> {
     let fr = layer::estargz::footer_range(l.size)?;
     let footer = client
-        .get_blob_range(&reference.registry, &reference.repository, &l.digest, fr)
+        .get_blob_range(&reference.repo(), &l.digest, fr)
         .await?;
     let tr = layer::estargz::toc_range(&footer, l.size)?;
     if tr.end - tr.start > MAX_TOC_BYTES {
@@ -226,7 +225,7 @@ async fn estargz_index(
         });
     }
     let toc_gz = client
-        .get_blob_range(&reference.registry, &reference.repository, &l.digest, tr)
+        .get_blob_range(&reference.repo(), &l.digest, tr)
         .await?;
     let out = index_path(store, &l.digest);
     let toc = *toc;
@@ -269,11 +268,7 @@ async fn sidecar_indexes(
     progress: &Progress,
 ) -> Result<BTreeMap<Digest, Digest>, Error> {
     let (referrers, _) = client
-        .referrers(
-            &reference.registry,
-            &reference.repository,
-            &rec.manifest_digest,
-        )
+        .referrers(&reference.repo(), &rec.manifest_digest)
         .await?;
     let Some((_, am)) = find_artifact(
         client,
@@ -341,7 +336,7 @@ async fn fetch_sidecar_index(
     layer: Digest,
     layer_size: u64,
 ) -> Result<Digest, Error> {
-    let (reg, repo) = (&reference.registry, &reference.repository);
+    let repo = reference.repo();
     let head = desc
         .annotation(HEAD_SIZE_ANNOTATION)
         .and_then(|s| s.parse::<u64>().ok())
@@ -352,7 +347,7 @@ async fn fetch_sidecar_index(
         .filter(|(n, _)| *n <= desc.size && *n <= MAX_INDEX_BYTES as u64);
     let body = match head {
         Some((n, digest)) if n < desc.size => {
-            let b = client.get_blob_range(reg, repo, &desc.digest, 0..n).await?;
+            let b = client.get_blob_range(&repo, &desc.digest, 0..n).await?;
             if Digest::of(&b) != digest {
                 return Err(Error::Invalid {
                     what: format!("index blob {} for layer {layer}", desc.digest),
@@ -363,7 +358,7 @@ async fn fetch_sidecar_index(
         }
         _ => {
             client
-                .get_blob_verified(reg, repo, &desc.digest, MAX_INDEX_BYTES)
+                .get_blob_verified(&repo, &desc.digest, MAX_INDEX_BYTES)
                 .await?
         }
     };
@@ -482,9 +477,9 @@ pub async fn index_image(
     if !push {
         return Ok(None);
     }
-    let (reg, repo) = (&reference.registry, &reference.repository);
+    let repo = reference.repo();
     for (_, body) in &descs {
-        client.upload_bytes(reg, repo, body.clone()).await?;
+        client.upload_bytes(&repo, body.clone()).await?;
     }
     let layers = descs.into_iter().map(|(d, _)| d).collect();
     let art_digest = publish_artifact(client, store, reference, rec, ARTIFACT_TYPE, layers).await?;
@@ -507,7 +502,7 @@ pub(super) async fn publish_artifact(
     artifact_type: &str,
     layers: Vec<Descriptor>,
 ) -> Result<Digest, Error> {
-    let (reg, repo) = (&reference.registry, &reference.repository);
+    let repo = reference.repo();
     let json = |v: serde_json::Result<Vec<u8>>, what: &str| {
         v.map(Bytes::from).map_err(|e| Error::Invalid {
             what: what.into(),
@@ -515,7 +510,7 @@ pub(super) async fn publish_artifact(
         })
     };
     let empty = Bytes::from_static(b"{}");
-    let empty_digest = client.upload_bytes(reg, repo, empty.clone()).await?;
+    let empty_digest = client.upload_bytes(&repo, empty.clone()).await?;
     let manifest_size = store.read_blob(&rec.manifest_digest)?.len() as u64;
     let art = ImageManifest {
         schema_version: 2,
@@ -536,15 +531,9 @@ pub(super) async fn publish_artifact(
     let body = json(serde_json::to_vec(&art), "artifact")?;
     let art_digest = Digest::of(&body);
     client
-        .put_manifest(
-            reg,
-            repo,
-            &art_digest.to_string(),
-            OCI_MANIFEST,
-            body.clone(),
-        )
+        .put_manifest(&repo, &art_digest.to_string(), OCI_MANIFEST, body.clone())
         .await?;
-    let (mut idx, from_tag) = client.referrers(reg, repo, &rec.manifest_digest).await?;
+    let (mut idx, from_tag) = client.referrers(&repo, &rec.manifest_digest).await?;
     if from_tag {
         idx.manifests.retain(|d| {
             d.digest != art_digest && d.artifact_type.as_deref() != Some(artifact_type)
@@ -555,13 +544,7 @@ pub(super) async fn publish_artifact(
         idx.media_type = Some(OCI_INDEX.into());
         let ib = json(serde_json::to_vec(&idx), "referrers index")?;
         client
-            .put_manifest(
-                reg,
-                repo,
-                &referrers_tag(&rec.manifest_digest),
-                OCI_INDEX,
-                ib,
-            )
+            .put_manifest(&repo, &referrers_tag(&rec.manifest_digest), OCI_INDEX, ib)
             .await?;
     }
     Ok(art_digest)
@@ -573,7 +556,7 @@ pub(super) async fn find_artifact(
     client: &Client,
     reference: &Reference,
     rec: &ImageRecord,
-    referrers: &crate::registry::manifest::ImageIndex,
+    referrers: &crate::oci::ImageIndex,
     artifact_type: &str,
     what: &str,
 ) -> Result<Option<(Digest, ImageManifest)>, Error> {
@@ -592,7 +575,7 @@ pub(super) async fn find_artifact(
     let m = client
         .get_manifest(&reference.with_digest(art.digest))
         .await?;
-    let crate::registry::manifest::AnyManifest::Image(am) = m.manifest else {
+    let crate::oci::AnyManifest::Image(am) = m.manifest else {
         return Err(bad("not a manifest"));
     };
     if am.subject.as_ref().map(|s| s.digest) != Some(rec.manifest_digest) {

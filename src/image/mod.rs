@@ -45,6 +45,7 @@ pub enum Error {
 }
 
 /// Progress reporting: indicatif bars on a TTY, one plain line per event otherwise.
+#[derive(Clone)]
 pub struct Progress {
     multi: Option<indicatif::MultiProgress>,
     quiet: bool,

@@ -12,8 +12,8 @@
 
 use super::Error;
 use crate::digest::Digest;
+use crate::oci::Descriptor;
 use crate::reference::Reference;
-use crate::registry::manifest::Descriptor;
 use crate::registry::Client;
 use crate::store::{ImageRecord, Store};
 use bytes::Bytes;
@@ -97,8 +97,7 @@ pub async fn push(
         what: "access profile".into(),
         msg: e.to_string(),
     })?);
-    let (reg, repo) = (&reference.registry, &reference.repository);
-    let profile_digest = client.upload_bytes(reg, repo, body.clone()).await?;
+    let profile_digest = client.upload_bytes(&reference.repo(), body.clone()).await?;
     let layer = Descriptor::new(PROFILE_MEDIA_TYPE, profile_digest, body.len() as u64);
     super::index::publish_artifact(
         client,
@@ -118,11 +117,7 @@ pub async fn fetch(
     rec: &ImageRecord,
 ) -> Result<Option<Profile>, Error> {
     let (referrers, _) = client
-        .referrers(
-            &reference.registry,
-            &reference.repository,
-            &rec.manifest_digest,
-        )
+        .referrers(&reference.repo(), &rec.manifest_digest)
         .await?;
     let Some((art, am)) = super::index::find_artifact(
         client,
@@ -152,12 +147,7 @@ pub async fn fetch(
         return Err(bad("profile larger than 16 MiB"));
     }
     let body = client
-        .get_blob_verified(
-            &reference.registry,
-            &reference.repository,
-            &layer.digest,
-            layer.size as usize,
-        )
+        .get_blob_verified(&reference.repo(), &layer.digest, layer.size as usize)
         .await?;
     let profile: Profile =
         serde_json::from_slice(&body).map_err(|e| bad(&format!("profile JSON: {e}")))?;

@@ -3,8 +3,8 @@
 
 use super::{Error, Progress};
 use crate::digest::Digest;
+use crate::oci::{ImageConfig, Platform};
 use crate::reference::Reference;
-use crate::registry::manifest::{ImageConfig, Platform};
 use crate::registry::{Client, Resolved};
 use crate::store::{ImageRecord, Store};
 use futures::StreamExt;
@@ -37,12 +37,7 @@ pub async fn record_image(
         bytes::Bytes::from(store.read_blob(&cfg_desc.digest)?)
     } else {
         let b = client
-            .get_blob_verified(
-                &reference.registry,
-                &reference.repository,
-                &cfg_desc.digest,
-                MAX_CONFIG_BYTES,
-            )
+            .get_blob_verified(&reference.repo(), &cfg_desc.digest, MAX_CONFIG_BYTES)
             .await?;
         store.put_blob(cfg_desc.digest, &b, &format!("config {}", cfg_desc.digest))?;
         b
@@ -180,9 +175,7 @@ pub(super) async fn fetch_blob(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let resp = client
-            .get_blob(&reference.registry, &reference.repository, digest, None)
-            .await?;
+        let resp = client.get_blob(&reference.repo(), digest, None).await?;
         let mut w = store.blob_writer(*digest, format!("layer {digest}"))?;
         let mut stream = resp.bytes_stream();
         let mut cut = None;

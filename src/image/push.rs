@@ -36,22 +36,13 @@ pub async fn push(
     let mut blobs: Vec<Digest> = rec.layers.iter().map(|l| l.digest).collect();
     blobs.push(rec.config_digest);
     let limit = client.config().max_concurrent_uploads.max(1);
+    let repo = &target.repo();
     let results: Vec<Result<(Digest, bool), Error>> =
         futures::stream::iter(blobs.into_iter().map(|d| async move {
-            if client
-                .blob_exists(&target.registry, &target.repository, &d)
-                .await?
-            {
+            if client.blob_exists(repo, &d).await? {
                 return Ok((d, false));
             }
-            client
-                .upload_blob(
-                    &target.registry,
-                    &target.repository,
-                    &d,
-                    &store.blob_path(&d),
-                )
-                .await?;
+            client.upload_blob(repo, &d, &store.blob_path(&d)).await?;
             Ok((d, true))
         }))
         .buffer_unordered(limit)
@@ -75,13 +66,7 @@ pub async fn push(
         .clone()
         .unwrap_or_else(|| rec.manifest_digest.to_string());
     client
-        .put_manifest(
-            &target.registry,
-            &target.repository,
-            &tag,
-            &rec.manifest_media_type,
-            body.into(),
-        )
+        .put_manifest(repo, &tag, &rec.manifest_media_type, body.into())
         .await?;
     progress.line(&format!(
         "{tag}: digest: {} size: {}",

@@ -12,7 +12,7 @@
 
 use super::options::{RunOptions, Ulimit};
 use super::{resolve_user, Error, Network, ResolvedUser};
-use crate::registry::manifest::{ContainerConfig, ImageConfig};
+use crate::oci::{ContainerConfig, ImageConfig};
 use oci_spec::runtime::{
     Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder,
     LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder,

@@ -9,7 +9,7 @@ use super::containers::{ContainerRecord, Containers, NewContainer, Status};
 use super::runc::{DetachedFiles, DetachedStart, ExecOptions, ProcessIo, Runtime};
 use super::user::scoped_path;
 use super::{parse_signal, Error};
-use crate::registry::manifest::ImageConfig;
+use crate::oci::ImageConfig;
 use crate::store::Store;
 use chrono::Utc;
 use nix::sys::signal::Signal;

@@ -5,7 +5,7 @@
 //! docker-style [`RunOptions`] into an OCI runtime spec ([`bundle`]), drives an OCI runtime
 //! binary, `runc` by default ([`runc`]), and keeps container records under
 //! `$STRATA_ROOT/containers/<id>/` ([`containers`]). [`Launcher`] ties the three together.
-//! It may use `store` (record files), `registry::manifest` (image config types) and
+//! It may use `store` (record files), `oci` (image config types) and
 //! `digest`; it must not mount or unmount anything and never talks to a registry.
 //!
 //! Caller flow for `strata run`: [`Launcher::create`] (record, id, name) -> the caller mounts

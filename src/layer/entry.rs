@@ -6,11 +6,34 @@
 //! normalised once here (relative, no `./`, no `..`, no absolute escapes) so `union/` never
 //! parses tar names. [`EntryTable`] applies the tar extraction rule that the *last* entry for a
 //! path wins, synthesises missing parent directories (marked `implicit`), and sorts entries by
-//! (parent directory, name), the order the on-disk index uses. Depends only on `tar.rs`.
+//! (parent directory, name), the order the on-disk index uses. [`RawEntry`] is the input: one
+//! member as `tar.rs` (or the eStargz TOC) describes it. Calls nothing else in `layer/` but its
+//! error type.
 
 use super::error::{Error, Result};
-use super::tar::RawEntry;
 use std::collections::{HashMap, HashSet};
+
+/// One tar member as the archive describes it (path not yet normalised).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RawEntry {
+    pub path: String,
+    pub typeflag: u8,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    /// Content size (0 for header-only types such as directories and links).
+    pub size: u64,
+    pub mtime: Timestamp,
+    pub link: String,
+    pub dev_major: u64,
+    pub dev_minor: u64,
+    pub xattrs: Vec<(String, Vec<u8>)>,
+    /// Offset of the first header block of this member (including its PAX / long-name
+    /// headers) in the uncompressed stream.
+    pub header_offset: u64,
+    /// Offset of the content in the uncompressed stream.
+    pub offset: u64,
+}
 
 /// What an entry is. Whiteouts are a kind of their own; opaque directories are `Dir` with
 /// [`Entry::opaque`] set.

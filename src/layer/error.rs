@@ -132,3 +132,20 @@ pub enum Error {
     #[error("entry {path:?} has no readable content ({reason})")]
     NotReadable { path: String, reason: &'static str },
 }
+
+/// Recover a layer [`Error`] that travelled through `std::io::Error` (an indexer's error read
+/// through `codec::IndexReader`); any other I/O error becomes [`Error::Read`] at `offset`.
+pub(crate) fn unwrap_io(e: std::io::Error, offset: u64) -> Error {
+    if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+        if let Some(inner) = e.into_inner() {
+            if let Ok(err) = inner.downcast::<Error>() {
+                return *err;
+            }
+        }
+        return Error::Read {
+            offset,
+            source: std::io::Error::other("lost error"),
+        };
+    }
+    Error::Read { offset, source: e }
+}

@@ -11,11 +11,11 @@
 //! is verified against it. The `.prefetch.landmark` / `.no.prefetch.landmark` files are
 //! dropped. [`build`] writes the published layout and is used by tests here and elsewhere.
 
-use super::entry::{EntryKind, EntryTable, Timestamp};
+use super::entry::{EntryKind, EntryTable, RawEntry, Timestamp};
 use super::error::{Error, Result};
 use super::index::{self, Chunk, LayerIndex, LayerMeta};
 use super::seek::Compression;
-use super::tar::{RawEntry, TarReader};
+use super::tar::TarReader;
 use crate::digest::Digest;
 use base64::Engine as _;
 use flate2::write::GzEncoder;

@@ -1,19 +1,23 @@
 //! zran-style random access into gzip layers (single- or multi-member, e.g. eStargz).
 //!
-//! [`GzipIndexer`] inflates the compressed stream once, as a `Read` of the uncompressed bytes
-//! (so the tar reader can parse it at the same time), in bounded memory: a 64 KiB input and a
-//! 64 KiB output buffer plus zlib's 32 KiB window. Every SPAN bytes of output it records a
-//! checkpoint at a deflate block boundary (compressed byte offset, unused bit count, the
-//! 32 KiB window compressed with deflate) or, for free, at the start of a gzip member (no
-//! window needed); and the sha256 of each span. [`decode_spans`] restarts the inflater from a
+//! [`GzipIndexer`] inflates the compressed stream once (read through `codec::IndexReader`, so
+//! the tar reader can parse the uncompressed bytes at the same time), in bounded memory: a
+//! 64 KiB input and a 64 KiB output buffer plus zlib's 32 KiB window. Every SPAN bytes of output
+//! it records a checkpoint at a deflate block boundary (compressed byte offset, unused bit count,
+//! the 32 KiB window compressed with deflate) or, for free, at the start of a gzip member (no
+//! window needed); and the sha256 of each span. The `Gzip` codec restarts the inflater from a
 //! checkpoint (`inflatePrime` + `inflateSetDictionary`), crosses member boundaries, stops each
-//! span at its known length and verifies it. The only `unsafe` in `layer/` is the small
+//! span at its known length and verifies it. Implements the `codec.rs` traits; uses `seek.rs`,
+//! `spans.rs` and the layer error type. The only `unsafe` in `layer/` is the small
 //! [`Inflater`] wrapper around the libz-rs-sys C API.
 
+use super::codec::{self, Codec, Indexer};
 use super::error::{Error, Result};
-use super::seek::{pack_window, unpack_window, Compression, SeekTable, SpanHasher, SpanPlan};
+use super::seek::{Compression, SeekTable, SpanPlan};
+use super::spans::SpanHasher;
 use libz_rs_sys as z;
-use std::io::{ErrorKind, Read};
+use std::io::{ErrorKind, Read, Write};
+use std::ops::Range;
 
 const BUF: usize = 64 << 10;
 /// gzip-only window bits (15 + 16): refuse zlib streams and raw deflate.
@@ -157,7 +161,7 @@ enum State {
     Done,
 }
 
-/// Inflating `Read` adapter that builds the gzip seek table; see the module docs.
+/// Inflating indexer that builds the gzip seek table; see the module docs.
 pub struct GzipIndexer<R> {
     input: R,
     inbuf: Vec<u8>,
@@ -167,9 +171,6 @@ pub struct GzipIndexer<R> {
     cin: u64,
     eof: bool,
     inflater: Inflater,
-    outbuf: Vec<u8>,
-    out_pos: usize,
-    out_len: usize,
     state: State,
     spans: SpanHasher,
     span: u64,
@@ -187,26 +188,10 @@ impl<R: Read> GzipIndexer<R> {
             cin: 0,
             eof: false,
             inflater,
-            outbuf: vec![0; BUF],
-            out_pos: 0,
-            out_len: 0,
             state: State::BetweenMembers,
             spans: SpanHasher::new(limit),
             span: span.max(1),
         })
-    }
-
-    /// The seek table; call after reading to the end.
-    pub fn finish(self) -> Result<SeekTable> {
-        if self.state != State::Done {
-            return Err(Error::Gzip {
-                offset: self.cin,
-                reason: "seek table requested before the end of the stream".into(),
-            });
-        }
-        Ok(self
-            .spans
-            .finish(Compression::Gzip, self.span, self.cin, false))
     }
 
     fn refill(&mut self) -> Result<()> {
@@ -243,11 +228,11 @@ impl<R: Read> GzipIndexer<R> {
         }
     }
 
-    /// Produce the next batch of output into `outbuf`; `false` at the end of the stream.
-    fn fill(&mut self) -> Result<bool> {
+    /// Produce the next batch of output into `out`; 0 at the end of the stream.
+    fn inflate_some(&mut self, out: &mut [u8]) -> Result<usize> {
         loop {
             match self.state {
-                State::Done => return Ok(false),
+                State::Done => return Ok(0),
                 State::BetweenMembers => {
                     self.refill()?;
                     if self.in_pos == self.in_len {
@@ -255,7 +240,7 @@ impl<R: Read> GzipIndexer<R> {
                             return Err(self.err("empty gzip stream"));
                         }
                         self.state = State::Done;
-                        return Ok(false);
+                        return Ok(0);
                     }
                     if self.inbuf[self.in_pos] == 0 && !self.spans.checkpoints.is_empty() {
                         // Trailing zero padding after the last member (tolerated, as gzip -d).
@@ -286,12 +271,12 @@ impl<R: Read> GzipIndexer<R> {
                     }
                     let step = self.inflater.inflate(
                         &self.inbuf[self.in_pos..self.in_len],
-                        &mut self.outbuf,
+                        out,
                         z::Z_BLOCK,
                     );
                     self.in_pos += step.consumed;
                     self.cin += step.consumed as u64;
-                    self.spans.output(&self.outbuf[..step.produced], self.cin)?;
+                    self.spans.output(&out[..step.produced], self.cin)?;
                     match step.code {
                         z::Z_STREAM_END => self.state = State::BetweenMembers,
                         z::Z_OK | z::Z_BUF_ERROR => {
@@ -309,9 +294,7 @@ impl<R: Read> GzipIndexer<R> {
                         }
                     }
                     if step.produced > 0 {
-                        self.out_pos = 0;
-                        self.out_len = step.produced;
-                        return Ok(true);
+                        return Ok(step.produced);
                     }
                 }
             }
@@ -319,22 +302,67 @@ impl<R: Read> GzipIndexer<R> {
     }
 }
 
-impl<R: Read> Read for GzipIndexer<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.out_pos == self.out_len && !self.fill().map_err(std::io::Error::other)? {
-            return Ok(0);
+impl<R: Read> Indexer for GzipIndexer<R> {
+    fn fill(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        self.inflate_some(out).map_err(std::io::Error::other)
+    }
+
+    fn finish(self) -> Result<SeekTable> {
+        if self.state != State::Done {
+            return Err(Error::Gzip {
+                offset: self.cin,
+                reason: "seek table requested before the end of the stream".into(),
+            });
         }
-        let n = (self.out_len - self.out_pos).min(buf.len());
-        buf[..n].copy_from_slice(&self.outbuf[self.out_pos..self.out_pos + n]);
-        self.out_pos += n;
-        Ok(n)
+        Ok(self
+            .spans
+            .finish(Compression::Gzip, self.span, self.cin, false))
+    }
+}
+
+/// The gzip [`Codec`]: restarts the inflater at a checkpoint; decodes span prefixes.
+pub(crate) struct Gzip;
+
+impl Codec for Gzip {
+    fn decode_spans(
+        &self,
+        table: &SeekTable,
+        plan: &SpanPlan,
+        compressed: &[u8],
+        window: Option<&[u8]>,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        decode_spans(table, plan, compressed, window, None, out)
+    }
+
+    fn decodes_prefix(&self) -> bool {
+        true
+    }
+
+    fn decode_prefix(
+        &self,
+        table: &SeekTable,
+        i: usize,
+        n: u64,
+        crange: Range<u64>,
+        compressed: &[u8],
+        window: Option<&[u8]>,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        let start = table.span_range(i).start;
+        let plan = SpanPlan {
+            spans: i..i + 1,
+            compressed: crange,
+            uncompressed: start..start + n,
+        };
+        decode_spans(table, &plan, compressed, window, Some(n), out)
     }
 }
 
 /// Decode the spans of `plan` (gzip table) from `compressed` into `out`, verifying each.
 /// With `prefix = Some(n)` (a one-span plan) only the span's first `n` bytes are decoded, a
 /// whole number of blocks, and only those blocks verified (partial span fetch).
-pub(crate) fn decode_spans(
+fn decode_spans(
     table: &SeekTable,
     plan: &SpanPlan,
     compressed: &[u8],
@@ -418,30 +446,34 @@ pub(crate) fn decode_spans(
 
 /// Build a gzip seek table by reading `input` to the end (tests and tools).
 pub fn build_seek_table(input: impl Read, span: u64, limit: u64) -> Result<SeekTable> {
-    let mut ix = GzipIndexer::new(input, span, limit)?;
-    std::io::copy(&mut ix, &mut std::io::sink()).map_err(|e| unwrap_io(e, 0))?;
-    ix.finish()
+    codec::index_stream(GzipIndexer::new(input, span, limit)?)
 }
 
-/// Recover a layer [`Error`] that travelled through `std::io::Error`.
-pub(crate) fn unwrap_io(e: std::io::Error, offset: u64) -> Error {
-    if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
-        if let Some(inner) = e.into_inner() {
-            if let Ok(err) = inner.downcast::<Error>() {
-                return *err;
-            }
-        }
-        return Error::Read {
-            offset,
-            source: std::io::Error::other("lost error"),
-        };
+/// Deflate-compress a window for storage.
+pub(crate) fn pack_window(window: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    // Writing to a Vec cannot fail.
+    let _ = enc.write_all(window);
+    enc.finish().unwrap_or_default()
+}
+
+/// Inflate a stored window, refusing anything over 32 KiB.
+pub(crate) fn unpack_window(packed: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(32 << 10);
+    flate2::read::DeflateDecoder::new(packed)
+        .take((32 << 10) + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("stored window is corrupt: {e}"))?;
+    if out.len() > 32 << 10 {
+        return Err("stored window is larger than 32 KiB".into());
     }
-    Error::Read { offset, source: e }
+    Ok(out)
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::testdata::pseudo_text;
     use flate2::write::GzEncoder;
     use sha2::{Digest as _, Sha256};
     use std::io::Write;
@@ -451,26 +483,6 @@ pub(crate) mod tests {
         let mut e = GzEncoder::new(Vec::new(), flate2::Compression::new(6));
         e.write_all(data).unwrap();
         e.finish().unwrap()
-    }
-
-    pub(crate) fn pseudo_text(n: usize, seed: u64) -> Vec<u8> {
-        let words = [
-            "alpha ", "beta ", "gamma ", "delta\n", "usr/lib ", "0x7f3a ", "strata ", "{}\n",
-        ];
-        let mut s = seed | 1;
-        let mut out = Vec::with_capacity(n);
-        while out.len() < n {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            if s.is_multiple_of(5) {
-                out.push((s >> 32) as u8);
-            } else {
-                out.extend_from_slice(words[(s >> 40) as usize % words.len()].as_bytes());
-            }
-        }
-        out.truncate(n);
-        out
     }
 
     #[test]

@@ -9,22 +9,33 @@
 //! code, call the pure [`LayerIndex::plan_read`], fetch [`ReadPlan::compressed`] however you
 //! like, then [`LayerIndex::decode_read`]. Format details and the SPAN trade-off:
 //! `docs/layer-index.md`.
+//!
+//! Inside, each file uses only those before it: `error`; `entry` (typed entries, ingest rules,
+//! `RawEntry`) and `tar` (the streaming reader); `seek` (the seek table), `spans` (building
+//! one), `codec` (the codec traits and the one `Read` adapter); the codecs `plain`, `gzip`,
+//! `zstd`; `dispatch` (compression kind -> codec, the table's decode methods); `index` (the
+//! index file) and `estargz`; this file (scan, read plans).
 
+mod codec;
+mod dispatch;
 mod entry;
 mod error;
 pub mod estargz;
 pub mod gzip;
 mod index;
+mod plain;
 mod seek;
+mod spans;
 mod tar;
 pub mod zstd;
 
-pub use entry::{normalize_path, split_path, Entry, EntryKind, EntryTable, Timestamp};
+pub use entry::{normalize_path, split_path, Entry, EntryKind, EntryTable, RawEntry, Timestamp};
 pub use error::{Error, Result};
 pub use index::{head_len, Chunk, EntryRef, LayerIndex, LayerMeta};
 pub use seek::{Block, Checkpoint, Compression, SeekTable, SpanPlan, BLOCK, DEFAULT_SPAN};
-pub use tar::{RawEntry, TarReader, MAX_META};
+pub use tar::{TarReader, MAX_META};
 
+use codec::{IndexReader, Indexer};
 use std::io::Read;
 use std::ops::Range;
 use std::path::Path;
@@ -62,20 +73,6 @@ impl Default for BuildOptions {
     }
 }
 
-/// Counts compressed bytes read.
-struct Counting<R> {
-    inner: R,
-    n: u64,
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.n += n as u64;
-        Ok(n)
-    }
-}
-
 /// Build the index of a whole layer stream (source "none": the blob is read once, decompressed
 /// while streaming) and write it atomically to `out`. Uses [`BuildOptions::default`].
 pub fn build_index(reader: impl Read, media_type: &str, out: &Path) -> Result<LayerIndex> {
@@ -109,39 +106,22 @@ pub fn scan(
     compression: Compression,
     opts: &BuildOptions,
 ) -> Result<(Vec<Entry>, SeekTable)> {
-    let counting = Counting {
-        inner: reader,
-        n: 0,
-    };
+    let (span, limit) = (opts.span, opts.max_uncompressed);
     match compression {
-        Compression::Tar => {
-            let mut r = TarReader::new(seek::TarSpans::new(
-                counting,
-                opts.span,
-                opts.max_uncompressed,
-            ));
-            let entries = read_entries(&mut r)?;
-            let mut inner = r.into_inner();
-            drain(&mut inner)?;
-            Ok((entries, inner.finish()))
-        }
-        Compression::Gzip => {
-            let ix = gzip::GzipIndexer::new(counting, opts.span, opts.max_uncompressed)?;
-            let mut r = TarReader::new(ix);
-            let entries = read_entries(&mut r)?;
-            let mut inner = r.into_inner();
-            drain(&mut inner)?;
-            Ok((entries, inner.finish()?))
-        }
-        Compression::Zstd => {
-            let ix = zstd::ZstdIndexer::new(counting, opts.span, opts.max_uncompressed)?;
-            let mut r = TarReader::new(ix);
-            let entries = read_entries(&mut r)?;
-            let mut inner = r.into_inner();
-            drain(&mut inner)?;
-            Ok((entries, inner.finish()?))
-        }
+        Compression::Tar => scan_with(plain::TarSpans::new(reader, span, limit)),
+        Compression::Gzip => scan_with(gzip::GzipIndexer::new(reader, span, limit)?),
+        Compression::Zstd => scan_with(zstd::ZstdIndexer::new(reader, span, limit)?),
     }
+}
+
+/// Parse the tar that `indexer` decompresses while it builds the seek table, then read the
+/// rest of the stream (end-of-archive padding) so the table covers all of it.
+fn scan_with(indexer: impl Indexer) -> Result<(Vec<Entry>, SeekTable)> {
+    let mut r = TarReader::new(IndexReader::new(indexer));
+    let entries = read_entries(&mut r)?;
+    let mut inner = r.into_inner();
+    codec::drain(&mut inner)?;
+    Ok((entries, inner.finish()?))
 }
 
 fn read_entries<R: Read>(r: &mut TarReader<R>) -> Result<Vec<Entry>> {
@@ -156,18 +136,11 @@ fn read_entries<R: Read>(r: &mut TarReader<R>) -> Result<Vec<Entry>> {
     Ok(table.finish())
 }
 
-/// Read the rest of the stream (end-of-archive padding) so the seek table covers all of it.
-fn drain(r: &mut impl Read) -> Result<()> {
-    std::io::copy(r, &mut std::io::sink())
-        .map(|_| ())
-        .map_err(|e| gzip::unwrap_io(e, 0))
-}
-
 /// A layer error that travelled through `std::io::Error` inside [`Error::Read`] comes out as
 /// itself (so a gzip bomb is `OutputLimit`, not "read error").
 fn lift(e: Error) -> Error {
     match e {
-        Error::Read { offset, source } => gzip::unwrap_io(source, offset),
+        Error::Read { offset, source } => error::unwrap_io(source, offset),
         e => e,
     }
 }

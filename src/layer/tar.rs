@@ -6,37 +6,16 @@
 //! never buffered: a size claimed beyond the end of the stream is reported as
 //! [`Error::Truncated`] when the stream runs out. GNU sparse members are refused. The reader
 //! yields members in archive order; duplicate paths are the caller's business (see
-//! `entry::EntryTable`: the last one wins). Calls nothing else in the crate.
+//! `entry::EntryTable`: the last one wins). Uses only `entry` (it yields `RawEntry`s) and the
+//! layer error type.
 
-use super::entry::Timestamp;
+use super::entry::{RawEntry, Timestamp};
 use super::error::{Error, Result};
 use std::io::{ErrorKind, Read};
 
 /// Largest PAX / GNU long-name header body accepted.
 pub const MAX_META: u64 = 1 << 20;
 const BLOCK: u64 = 512;
-
-/// One tar member as the archive describes it (path not yet normalised).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RawEntry {
-    pub path: String,
-    pub typeflag: u8,
-    pub mode: u32,
-    pub uid: u64,
-    pub gid: u64,
-    /// Content size (0 for header-only types such as directories and links).
-    pub size: u64,
-    pub mtime: Timestamp,
-    pub link: String,
-    pub dev_major: u64,
-    pub dev_minor: u64,
-    pub xattrs: Vec<(String, Vec<u8>)>,
-    /// Offset of the first header block of this member (including its PAX / long-name
-    /// headers) in the uncompressed stream.
-    pub header_offset: u64,
-    /// Offset of the content in the uncompressed stream.
-    pub offset: u64,
-}
 
 /// Pending overrides from PAX and GNU headers.
 #[derive(Default, Clone)]

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::digest::Digest;
-use crate::layer::gzip::tests::pseudo_text;
+use crate::testdata::{pseudo_text, XorShift64};
 use std::collections::BTreeMap;
 use std::io::Write;
 
@@ -109,7 +109,7 @@ fn opts() -> BuildOptions {
 
 fn check_reads(ix: &LayerIndex, blob: &[u8], files: &BTreeMap<String, Vec<u8>>) {
     let fetch = |r: std::ops::Range<u64>| Ok(blob[r.start as usize..r.end as usize].to_vec());
-    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rng = XorShift64::from_state(0x9e37_79b9_7f4a_7c15);
     for (path, data) in files {
         let e = ix.lookup(path).unwrap_or_else(|| panic!("missing {path}"));
         assert_eq!(e.size(), data.len() as u64, "{path}");
@@ -121,9 +121,7 @@ fn check_reads(ix: &LayerIndex, blob: &[u8], files: &BTreeMap<String, Vec<u8>>) 
             0..len + 100,
         ];
         for _ in 0..12 {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
+            let s = rng.next_u64();
             let a = s % (len + 1);
             let n = (s >> 32) % 300_000;
             ranges.push(a..(a + n));
@@ -455,7 +453,7 @@ fn lookup_on_many_entries() {
         uncompressed_size: 0,
         compressed_size: 0,
     };
-    let table = seek::TarSpans::new(&b""[..], 1024, 10).finish();
+    let table = codec::index_stream(plain::TarSpans::new(&b""[..], 1024, 10)).unwrap();
     let bytes = index::encode(&meta, &entries, Some(&table), &[]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("ix");

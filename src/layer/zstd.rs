@@ -1,20 +1,26 @@
 //! Seek tables for zstd layers: frame starts are the only places a zstd stream can be
 //! entered, so checkpoints sit at frame boundaries (at least SPAN apart).
 //!
-//! [`ZstdIndexer`] decompresses the stream once as a `Read` (bounded memory: zstd's window,
-//! capped by libzstd's default 128 MiB window limit, plus two 64 KiB buffers) and records the
-//! compressed offset of each frame start it chooses as a checkpoint and the sha256 of each
-//! span. A layer that is a single frame gets one checkpoint and `whole = true` in the table:
-//! it cannot be read lazily and should be fetched whole. Skippable frames are passed over.
+//! [`ZstdIndexer`] decompresses the stream once, read through `codec::IndexReader` (bounded
+//! memory: zstd's window, capped by libzstd's default 128 MiB window limit, plus two 64 KiB
+//! buffers) and records the compressed offset of each frame start it chooses as a checkpoint
+//! and the sha256 of each span. A layer that is a single frame gets one checkpoint and
+//! `whole = true` in the table: it cannot be read lazily and should be fetched whole. Skippable
+//! frames are passed over. The `Zstd` codec decodes whole spans from a frame start (no span
+//! prefixes). Implements the `codec.rs` traits; uses `seek.rs`, `spans.rs` and the layer error
+//! type.
 
+use super::codec::{Codec, Indexer};
 use super::error::{Error, Result};
-use super::seek::{Compression, SeekTable, SpanHasher, SpanPlan};
+use super::seek::{Compression, SeekTable, SpanPlan};
+use super::spans::SpanHasher;
 use std::io::{ErrorKind, Read};
+use std::ops::Range;
 use zstd::zstd_safe::{DCtx, InBuffer, OutBuffer};
 
 const BUF: usize = 64 << 10;
 
-/// Decompressing `Read` adapter that builds the zstd seek table.
+/// Decompressing indexer that builds the zstd seek table.
 pub struct ZstdIndexer<R> {
     input: R,
     inbuf: Vec<u8>,
@@ -23,9 +29,6 @@ pub struct ZstdIndexer<R> {
     eof: bool,
     cin: u64,
     dctx: DCtx<'static>,
-    outbuf: Vec<u8>,
-    out_pos: usize,
-    out_len: usize,
     at_frame_start: bool,
     frames: u64,
     spans: SpanHasher,
@@ -46,28 +49,11 @@ impl<R: Read> ZstdIndexer<R> {
             eof: false,
             cin: 0,
             dctx,
-            outbuf: vec![0; BUF],
-            out_pos: 0,
-            out_len: 0,
             at_frame_start: true,
             frames: 0,
             spans: SpanHasher::new(limit),
             span: span.max(1),
         })
-    }
-
-    /// The seek table; call after reading to the end.
-    pub fn finish(self) -> Result<SeekTable> {
-        if !self.eof || !self.at_frame_start {
-            return Err(Error::Zstd {
-                offset: self.cin,
-                reason: "seek table requested before the end of the stream".into(),
-            });
-        }
-        let whole = self.frames <= 1;
-        Ok(self
-            .spans
-            .finish(Compression::Zstd, self.span, self.cin, whole))
     }
 
     fn err(&self, reason: impl Into<String>) -> Error {
@@ -92,7 +78,8 @@ impl<R: Read> ZstdIndexer<R> {
         Ok(())
     }
 
-    fn fill(&mut self) -> Result<bool> {
+    /// Produce the next batch of output into `out`; 0 at the end of the stream.
+    fn decompress_some(&mut self, out: &mut [u8]) -> Result<usize> {
         loop {
             self.refill()?;
             if self.in_pos == self.in_len {
@@ -102,7 +89,7 @@ impl<R: Read> ZstdIndexer<R> {
                 if self.frames == 0 {
                     return Err(self.err("empty zstd stream"));
                 }
-                return Ok(false);
+                return Ok(0);
             }
             if self.at_frame_start {
                 if self.spans.since_last() >= self.span {
@@ -112,7 +99,7 @@ impl<R: Read> ZstdIndexer<R> {
                 self.frames += 1;
             }
             let mut inb = InBuffer::around(&self.inbuf[self.in_pos..self.in_len]);
-            let mut outb = OutBuffer::around(&mut self.outbuf[..]);
+            let mut outb = OutBuffer::around(&mut out[..]);
             let hint = self.dctx.decompress_stream(&mut outb, &mut inb);
             let (consumed, produced) = (inb.pos, outb.pos());
             self.in_pos += consumed;
@@ -123,14 +110,12 @@ impl<R: Read> ZstdIndexer<R> {
                     zstd::zstd_safe::get_error_name(code)
                 ))
             })?;
-            self.spans.output(&self.outbuf[..produced], self.cin)?;
+            self.spans.output(&out[..produced], self.cin)?;
             if hint == 0 {
                 self.at_frame_start = true;
             }
             if produced > 0 {
-                self.out_pos = 0;
-                self.out_len = produced;
-                return Ok(true);
+                return Ok(produced);
             }
             if consumed == 0 && hint != 0 {
                 return Err(self.err("zstd decoder made no progress"));
@@ -139,20 +124,60 @@ impl<R: Read> ZstdIndexer<R> {
     }
 }
 
-impl<R: Read> Read for ZstdIndexer<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.out_pos == self.out_len && !self.fill().map_err(std::io::Error::other)? {
-            return Ok(0);
+impl<R: Read> Indexer for ZstdIndexer<R> {
+    fn fill(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        self.decompress_some(out).map_err(std::io::Error::other)
+    }
+
+    fn finish(self) -> Result<SeekTable> {
+        if !self.eof || !self.at_frame_start {
+            return Err(Error::Zstd {
+                offset: self.cin,
+                reason: "seek table requested before the end of the stream".into(),
+            });
         }
-        let n = (self.out_len - self.out_pos).min(buf.len());
-        buf[..n].copy_from_slice(&self.outbuf[self.out_pos..self.out_pos + n]);
-        self.out_pos += n;
-        Ok(n)
+        let whole = self.frames <= 1;
+        Ok(self
+            .spans
+            .finish(Compression::Zstd, self.span, self.cin, whole))
+    }
+}
+
+/// The zstd [`Codec`]: whole spans from a frame start; no stored windows, no span prefixes.
+pub(crate) struct Zstd;
+
+impl Codec for Zstd {
+    fn decode_spans(
+        &self,
+        table: &SeekTable,
+        plan: &SpanPlan,
+        compressed: &[u8],
+        _window: Option<&[u8]>,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        decode_spans(table, plan, compressed, out)
+    }
+
+    fn decodes_prefix(&self) -> bool {
+        false
+    }
+
+    fn decode_prefix(
+        &self,
+        table: &SeekTable,
+        i: usize,
+        _n: u64,
+        _crange: Range<u64>,
+        _compressed: &[u8],
+        _window: Option<&[u8]>,
+        _out: &mut Vec<u8>,
+    ) -> Result<()> {
+        Err(table.decode_err(i, "zstd spans are fetched whole"))
     }
 }
 
 /// Decode the spans of `plan` (zstd table, starting at a frame boundary) into `out`.
-pub(crate) fn decode_spans(
+fn decode_spans(
     table: &SeekTable,
     plan: &SpanPlan,
     compressed: &[u8],
@@ -180,13 +205,10 @@ pub(crate) fn decode_spans(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layer::gzip::tests::pseudo_text;
+    use crate::testdata::pseudo_text;
 
     fn index(blob: &[u8], span: u64) -> Result<SeekTable> {
-        let mut ix = ZstdIndexer::new(blob, span, u64::MAX)?;
-        std::io::copy(&mut ix, &mut std::io::sink())
-            .map_err(|e| crate::layer::gzip::unwrap_io(e, 0))?;
-        ix.finish()
+        crate::layer::codec::index_stream(ZstdIndexer::new(blob, span, u64::MAX)?)
     }
 
     #[test]

@@ -13,8 +13,8 @@ use crate::cache::{BlobSource, CachedLayer, ChunkCache, Layout, LocalBlob, Regis
 use crate::image::index::{layer_indexes, IndexSource};
 use crate::image::Progress;
 use crate::layer::{Entry, LayerIndex};
+use crate::oci::ImageConfig;
 use crate::reference::Reference;
-use crate::registry::manifest::ImageConfig;
 use crate::registry::Client;
 use crate::store::{ImageRecord, Store};
 use crate::union::{LowerSource, MergedTree};
@@ -159,8 +159,7 @@ pub async fn open(
         } else {
             Arc::new(RegistryBlob {
                 client: client.clone(),
-                registry: reference.registry.clone(),
-                repository: reference.repository.clone(),
+                repo: reference.repo(),
                 digest: desc.digest,
             })
         };
@@ -209,10 +208,10 @@ pub async fn open(
             what: format!("{reference}: merging {n_layers} layers"),
             source,
         })?
-        .map_err(|source| Error::Tree {
+        .map_err(|e| Error::Tree {
             image: reference.to_string(),
             layers: n_layers,
-            source,
+            source: Box::new(e),
         })?;
     tracing::debug!(
         ms = t1.elapsed().as_secs_f64() * 1e3,

@@ -9,6 +9,7 @@
 //! Calls `image` (resolve, index sources, profiles), `cache`, `union`, `fuse`, `store`,
 //! `registry` and `config`; formats nothing for humans (that is `cli/`).
 
+mod images;
 pub mod lazy;
 mod lower;
 pub mod overlay;
@@ -45,7 +46,7 @@ pub enum Error {
         image: String,
         layers: usize,
         #[source]
-        source: crate::union::Error,
+        source: Box<crate::union::Error>,
     },
     #[error("{what}: worker task failed")]
     Join {
@@ -57,10 +58,13 @@ pub enum Error {
     Upper {
         path: PathBuf,
         #[source]
-        source: crate::union::Error,
+        source: Box<crate::union::Error>,
     },
     #[error(transparent)]
-    Union(crate::union::Error),
+    Union(Box<crate::union::Error>),
+    /// The failure of an image open shared by several mounts.
+    #[error(transparent)]
+    Shared(Arc<Error>),
     #[error(transparent)]
     Fuse(#[from] crate::fuse::MountError),
     #[error("mountpoint {} is not a directory", .0.display())]
@@ -94,6 +98,8 @@ pub struct Services {
     pub store: Arc<Store>,
     pub cache: Arc<ChunkCache>,
     pub config: Arc<Config>,
+    /// Images open for the mounts of this process (shared by mounts of the same image).
+    images: Arc<images::OpenImages>,
 }
 
 impl Services {
@@ -109,6 +115,7 @@ impl Services {
             store,
             cache,
             config,
+            images: Arc::default(),
         })
     }
 }
@@ -189,14 +196,18 @@ pub async fn mount_image(
     } = spec;
     let started = std::time::Instant::now();
     lazy::tune_allocator();
-    let lazy = Arc::new(open_image(svc, image, platform, progress).await?);
+    let (reference, rec) = crate::image::resolve(&svc.client, &svc.store, image, platform).await?;
+    let lazy = svc.images.get(svc, &reference, rec, progress).await?;
     let upper = match upper {
         Some((u, w)) => {
             for d in [&u, &w] {
                 std::fs::create_dir_all(d).map_err(io_err(d))?;
             }
             let path = u.clone();
-            Some(Upper::open(u, w).map_err(|source| Error::Upper { path, source })?)
+            Some(Upper::open(u, w).map_err(|e| Error::Upper {
+                path,
+                source: Box::new(e),
+            })?)
         }
         None => None,
     };
@@ -207,7 +218,7 @@ pub async fn mount_image(
         upper,
         Some(rt.clone()),
     )
-    .map_err(Error::Union)?;
+    .map_err(|e| Error::Union(Box::new(e)))?;
     let opts = crate::fuse::MountOptions {
         read_only: false,
         passthrough,
@@ -277,9 +288,11 @@ pub fn unmount(store: &Store, mountpoint: &Path, force: bool) -> Result<(), Erro
         }
     }
     if let Some(r) = rec {
-        // Wait briefly for the daemon to notice and exit.
+        // Wait briefly for the serving process to let go of it: it removes the record when
+        // the mount is shut down (a one-mount process then exits; a daemon serves on).
+        let path = record_path(store.root(), &mp);
         for _ in 0..100 {
-            if !Path::new(&format!("/proc/{}", r.pid)).exists() {
+            if !path.exists() || !Path::new(&format!("/proc/{}", r.pid)).exists() {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));

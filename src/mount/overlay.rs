@@ -52,6 +52,6 @@ pub async fn mount_dirs(
         what: "building the union".into(),
         source,
     })?
-    .map_err(Error::Union)?;
+    .map_err(|e| Error::Union(Box::new(e)))?;
     Ok(crate::fuse::mount(Arc::new(fs), mountpoint, opts, rt)?)
 }

@@ -89,6 +89,27 @@ impl Served {
             .collect()
     }
 
+    /// The status line a mount prints when it is ready: `IMAGE mounted at DIR in N ms`, and
+    /// how many layers had no lazy index (downloaded whole).
+    pub fn status_line(&self, ready_ms: u64) -> String {
+        let whole = self
+            .lazy
+            .index_sources
+            .iter()
+            .filter(|s| matches!(s, crate::image::index::IndexSource::Built))
+            .count();
+        format!(
+            "{} mounted at {} in {ready_ms} ms{}",
+            self.lazy.reference,
+            self.handle.mountpoint().display(),
+            if whole > 0 {
+                format!(" ({whole} layer(s) were downloaded whole: no lazy index)")
+            } else {
+                String::new()
+            }
+        )
+    }
+
     /// Write the record for `strata stats` (best effort: a failure is logged).
     pub fn publish(&self, store: &Store, ready_ms: u64) {
         if let Some(dir) = self.record_path.parent() {
@@ -125,9 +146,11 @@ impl Served {
 
     /// Stop prefetching, keep the access profile, flush the cache's pending writes, remove
     /// the published record and end the FUSE session (unmounting if still mounted).
-    pub async fn shutdown(self, store: &Store) {
-        if let Some(p) = &self.prefetch {
+    pub async fn shutdown(mut self, store: &Store) {
+        if let Some(p) = self.prefetch.take() {
+            // Wait for the task to be gone, so that it no longer holds the image open.
             p.abort();
+            let _ = p.await;
         }
         save_profile(store, &self.lazy);
         self.cache.flush().await;

@@ -2,16 +2,16 @@
 //!
 //! Layout: `blobs/sha256/<hex>` (verified before visible), `tmp/` (in-progress writes, cleaned of
 //! dead writers at open), `refs.json` (name:tag -> image), `images/<manifest-hex>.json` (image
-//! records), `indexes/`, `containers/`. Uses `digest`, `reference`, `registry::manifest`
-//! types only; it never talks to the network.
+//! records), `indexes/`, `containers/`. Uses `digest`, `reference`, `oci` types
+//! only; it never talks to the network (nor knows the registry client).
 
 mod blobs;
 
 pub use blobs::BlobWriter;
 
 use crate::digest::Digest;
+use crate::oci::{Descriptor, ImageConfig};
 use crate::reference::Reference;
-use crate::registry::manifest::{Descriptor, ImageConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -8,9 +8,10 @@
 //! number never stands for two different files. Data is always copied (no metacopy): an upper
 //! written here must stay readable by kernel overlayfs mounted without `metacopy=on`.
 
-use super::fs::{State, UnionFs};
+use super::backend::TreeNode;
+use super::fs::UnionFs;
 use super::lower::read_blocking;
-use super::tree::TreeNode;
+use super::nodes::NodeTable;
 use super::{sys, Error, FileKind, Result, ROOT_INO};
 use std::ffi::OsString;
 use std::io::Write;
@@ -40,13 +41,13 @@ fn apply_meta(p: &Path, t: &TreeNode) -> Result<()> {
 
 impl UnionFs {
     /// Make directory `ino` (and its parents) exist in the upper. Holds the lock; no data.
-    pub(crate) fn ensure_upper_dir(&self, st: &mut State, ino: u64) -> Result<()> {
+    pub(crate) fn ensure_upper_dir(&self, st: &mut NodeTable, ino: u64) -> Result<()> {
         let u = self.upper()?;
         // Chain of directories from `ino` up to the first one already in the upper.
         let mut chain = Vec::new();
         let mut cur = ino;
         loop {
-            let n = st.nodes.get(&cur).ok_or(Error::StaleInode(cur))?;
+            let n = st.node(cur)?;
             if n.upper {
                 break;
             }
@@ -63,11 +64,11 @@ impl UnionFs {
                 .ok_or_else(|| Error::NotFound(format!("inode {cur}")))?;
         }
         for &d in chain.iter().rev() {
-            let lower = st.nodes.get(&d).and_then(|n| n.lower);
+            let lower = st.get(d).and_then(|n| n.lower);
             let t = lower
                 .and_then(|l| self.tree.node(l))
                 .ok_or(Error::StaleInode(d))?;
-            let rel = self.rel_path(st, d)?;
+            let rel = st.rel_path(d)?;
             let tmp = u.temp();
             std::fs::create_dir(&tmp)
                 .map_err(|e| Error::io("create copy-up directory", &tmp, e))?;
@@ -77,11 +78,7 @@ impl UnionFs {
                 .lstat(&rel)?
                 .ok_or_else(|| Error::NotFound(rel.display().to_string()))?;
             let key = (m.dev(), m.ino());
-            st.by_upper.insert(key, d);
-            if let Some(n) = st.nodes.get_mut(&d) {
-                n.upper = true;
-                n.upper_key = Some(Box::new(key));
-            }
+            st.set_upper(d, key);
             self.count_copy_up();
         }
         Ok(())
@@ -93,7 +90,7 @@ impl UnionFs {
         let u = self.upper()?;
         let t: TreeNode<'_> = {
             let mut st = self.lock();
-            let n = st.nodes.get(&ino).ok_or(Error::StaleInode(ino))?;
+            let n = st.node(ino)?;
             if n.upper {
                 return Ok(());
             }
@@ -114,7 +111,7 @@ impl UnionFs {
             return Err(e);
         }
         let mut st = self.lock();
-        let Some(n) = st.nodes.get(&ino) else {
+        let Some(n) = st.get(ino) else {
             let _ = std::fs::remove_file(&tmp);
             return Err(Error::StaleInode(ino));
         };
@@ -131,19 +128,15 @@ impl UnionFs {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
-        let rel = self.rel_path(&st, ino)?;
+        let rel = st.rel_path(ino)?;
         u.install(&tmp, &rel)?;
         let m = u
             .lstat(&rel)?
             .ok_or_else(|| Error::NotFound(rel.display().to_string()))?;
         let key = (m.dev(), m.ino());
-        st.by_upper.insert(key, ino);
-        if let Some(n) = st.nodes.get_mut(&ino) {
-            n.upper = true;
-            n.upper_key = Some(Box::new(key));
-        }
+        st.set_upper(ino, key);
         self.count_copy_up();
-        if let Some(l) = st.nodes.get(&ino).and_then(|n| n.lower) {
+        if let Some(l) = st.get(ino).and_then(|n| n.lower) {
             self.link_aliases(&mut st, ino, l, &rel)?;
         }
         Ok(())
@@ -151,7 +144,7 @@ impl UnionFs {
 
     /// After copying up a hard-linked lower file at `first`, link its other visible lower
     /// names to it in the upper.
-    fn link_aliases(&self, st: &mut State, ino: u64, lower: u64, first: &Path) -> Result<()> {
+    fn link_aliases(&self, st: &mut NodeTable, ino: u64, lower: u64, first: &Path) -> Result<()> {
         let u = self.upper()?;
         let paths: Vec<String> = self.tree.aliases(lower);
         for p in paths {
@@ -172,18 +165,18 @@ impl UnionFs {
                     }
                 }
             }
-            if !ok || st.nodes.get(&cur).is_none_or(|n| n.kind != FileKind::Dir) {
+            if !ok || st.get(cur).is_none_or(|n| n.kind != FileKind::Dir) {
                 continue;
             }
-            let parent_rel = self.rel_path(st, cur)?;
+            let parent_rel = st.rel_path(cur)?;
             let rel = parent_rel.join(&name);
-            if u.lstat(&rel)?.is_some() || self.lower_child(st, cur, &name) != Some(lower) {
+            if u.lstat(&rel)?.is_some() || st.lower_child(cur, &name) != Some(lower) {
                 continue;
             }
             self.ensure_upper_dir(st, cur)?;
             let (a, b) = (u.path(first), u.path(&rel));
             std::fs::hard_link(&a, &b).map_err(|e| Error::io("link copy-up alias", b, e))?;
-            self.add_alias(st, ino, cur, &name);
+            st.add_alias(ino, cur, &name);
         }
         Ok(())
     }
@@ -245,7 +238,7 @@ impl UnionFs {
         while let Some(cur) = stack.pop() {
             let kind = {
                 let st = self.lock();
-                st.nodes.get(&cur).ok_or(Error::StaleInode(cur))?.kind
+                st.node(cur)?.kind
             };
             if kind != FileKind::Dir {
                 self.copy_up(cur, None)?;
@@ -254,14 +247,14 @@ impl UnionFs {
             let children = {
                 let mut st = self.lock();
                 self.ensure_upper_dir(&mut st, cur)?;
-                if st.nodes.get(&cur).is_some_and(|n| n.lower.is_none()) {
+                if st.get(cur).is_some_and(|n| n.lower.is_none()) {
                     continue;
                 }
                 let list = self.list_locked(&mut st, cur)?;
                 let mut kids = Vec::new();
                 for d in list.into_iter().skip(2) {
                     if let Some(i) = self.resolve(&mut st, cur, &d.name)? {
-                        let n = st.nodes.get(&i);
+                        let n = st.get(i);
                         if n.is_some_and(|n| {
                             !n.upper || (n.kind == FileKind::Dir && n.lower.is_some())
                         }) {

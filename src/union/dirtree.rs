@@ -2,7 +2,10 @@
 //! a directory's entries are read from its layers (one `read_dir` + `lstat` per name and
 //! layer) the first time it is looked into, merged, numbered and kept for the life of the
 //! mount. Mounting costs one `stat` per layer instead of a walk of every lower directory,
-//! as fuse-overlayfs does.
+//! as fuse-overlayfs does. It is the [`LowerBackend`] (`backend.rs`) of `strata overlay`; it
+//! reads the lower directories itself (std::fs, `sys` for xattrs and whiteouts, `dirlower`'s
+//! OCI whiteout names) and must not know the merged tree of image layers, the node table or
+//! the upper.
 //!
 //! The merge follows kernel overlayfs: layers are searched top down; the topmost object of
 //! a name decides its type and attributes; a whiteout (char device 0/0, an empty file with
@@ -12,19 +15,20 @@
 //! a non-directory or whiteout is met. A merged directory reports `nlink` 1, as overlayfs
 //! does; everything else its own lower `nlink`. Names of one lower inode (hard links,
 //! `(dev, ino)` equal) share one node; the first path seen holds the content. User xattrs
-//! are read when first asked for ([`DirTree::xattrs`]), not during a walk.
+//! are read when first asked for (through [`TreeNode::xattrs`]), not during a walk.
 //!
 //! Inode numbers are handed out in the order directories are first read: stable within a
 //! mount, not across mounts (as with kernel overlayfs without `xino`). Nodes live in an
 //! append-only table of fixed segments, so references handed out stay valid while the tree
 //! grows. Lower directories are read with the caller's locks held; they are local.
 
+use super::backend::{LowerBackend, TreeDirEnt, TreeNode};
 use super::dirlower::{WH_OPAQUE, WH_PREFIX};
 use super::lower::LowerFile;
-use super::tree::{Children, TreeNode};
 use super::{sys, Error, FileKind, Result, ROOT_INO};
 use crate::layer::Timestamp;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Range;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -36,27 +40,27 @@ const SEGS: usize = 40;
 
 /// A node's attributes as read from its lower (the union sees them as a [`TreeNode`]).
 #[derive(Clone, Debug)]
-pub(crate) struct DirNode {
-    pub kind: FileKind,
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub size: u64,
-    pub mtime: Timestamp,
-    pub nlink: u32,
-    pub dev_major: u32,
-    pub dev_minor: u32,
-    pub link_target: String,
-    pub content: Option<LowerFile>,
-    pub parent: u64,
-    pub layer: usize,
+struct DirNode {
+    kind: FileKind,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    mtime: Timestamp,
+    nlink: u32,
+    dev_major: u32,
+    dev_minor: u32,
+    link_target: String,
+    content: Option<LowerFile>,
+    parent: u64,
+    layer: usize,
 }
 
 /// One entry of a directory read from the lowers.
 #[derive(Clone, Debug)]
-pub(crate) struct DirEnt {
-    pub name: String,
-    pub ino: u64,
+struct DirEnt {
+    name: String,
+    ino: u64,
 }
 
 /// One node of the tree and what is needed to read it as a directory.
@@ -187,47 +191,6 @@ impl DirTree {
         ld.count
     }
 
-    /// Number of nodes read so far (the largest inode number).
-    pub fn len(&self) -> u64 {
-        self.lock_load().count
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The object with inode number `ino` (every number handed out has one).
-    pub fn node(&self, ino: u64) -> Option<TreeNode<'_>> {
-        self.slot(ino).map(|s| TreeNode::of_dir(self, ino, &s.node))
-    }
-
-    /// Kind of `ino`.
-    pub fn kind(&self, ino: u64) -> Option<FileKind> {
-        self.slot(ino).map(|s| s.node.kind)
-    }
-
-    /// The first name of `ino`: (parent, name) where it was first read (root: `None`).
-    pub fn name(&self, ino: u64) -> Option<(u64, &str)> {
-        if ino == ROOT_INO {
-            return None;
-        }
-        let s = self.slot(ino)?;
-        let name = s.path.rsplit('/').next().unwrap_or(&s.path);
-        Some((s.node.parent, name))
-    }
-
-    /// Sorted entries of directory `ino`, read from the layers on first use.
-    pub fn children(&self, ino: u64) -> Children<'_> {
-        Children::of_dir(self.kids(ino))
-    }
-
-    /// Resolve a relative path (`""` = root), reading the directories on the way.
-    pub fn resolve(&self, path: &str) -> Option<u64> {
-        path.split('/')
-            .filter(|c| !c.is_empty())
-            .try_fold(ROOT_INO, |cur, c| self.lookup(cur, c))
-    }
-
     fn kids(&self, ino: u64) -> &[DirEnt] {
         let Some(s) = self.slot(ino) else {
             return &[];
@@ -246,18 +209,9 @@ impl DirTree {
         s.kids.get_or_init(|| kids)
     }
 
-    /// `name` in directory `parent`.
-    pub fn lookup(&self, parent: u64, name: &str) -> Option<u64> {
-        let kids = self.kids(parent);
-        kids.binary_search_by(|d| d.name.as_str().cmp(name))
-            .ok()
-            .and_then(|i| kids.get(i))
-            .map(|d| d.ino)
-    }
-
     /// User-visible xattrs of `ino` (overlay-private ones left out), sorted by name; read
     /// from the lower object on first use (a walk does not need them).
-    pub fn xattrs(&self, ino: u64) -> &[(String, Vec<u8>)] {
+    fn xattr_list(&self, ino: u64) -> &[(String, Vec<u8>)] {
         let Some(s) = self.slot(ino) else {
             return &[];
         };
@@ -275,31 +229,6 @@ impl DirTree {
                 Vec::new()
             })
         })
-    }
-
-    /// Every path of a node with more than one name. The other names may sit in
-    /// directories not read yet, so this reads every directory first (only copy-up of a
-    /// hard-linked file asks).
-    pub fn aliases(&self, ino: u64) -> Vec<String> {
-        if self
-            .node(ino)
-            .is_none_or(|n| n.nlink < 2 || n.kind == FileKind::Dir)
-        {
-            return Vec::new();
-        }
-        let mut i = ROOT_INO;
-        while i <= self.len() {
-            self.kids(i);
-            i += 1;
-        }
-        let ld = self.lock_load();
-        let mut v = ld.paths.get(&ino).cloned().unwrap_or_default();
-        v.sort();
-        v.dedup();
-        if v.len() < 2 {
-            v.clear();
-        }
-        v
     }
 
     /// Read and merge directory `ino` from its layers, numbering new children.
@@ -394,6 +323,109 @@ impl DirTree {
             ld.paths.entry(i).or_default().push(path);
         }
         i
+    }
+}
+
+/// The trait view: positions are indices into a directory's entry list and a node's xattr
+/// list, both read on first use.
+impl LowerBackend for DirTree {
+    /// Number of nodes read so far (the largest inode number).
+    fn len(&self) -> u64 {
+        self.lock_load().count
+    }
+
+    /// The object with inode number `ino` (every number handed out has one).
+    fn node(&self, ino: u64) -> Option<TreeNode<'_>> {
+        let n = &self.slot(ino)?.node;
+        Some(TreeNode {
+            kind: n.kind,
+            mode: n.mode,
+            uid: n.uid,
+            gid: n.gid,
+            size: n.size,
+            mtime: n.mtime,
+            nlink: n.nlink,
+            dev_major: n.dev_major,
+            dev_minor: n.dev_minor,
+            link_target: &n.link_target,
+            parent: n.parent,
+            layer: n.layer,
+            ino,
+            tree: self,
+        })
+    }
+
+    fn kind(&self, ino: u64) -> Option<FileKind> {
+        self.slot(ino).map(|s| s.node.kind)
+    }
+
+    /// The first name of `ino`: (parent, name) where it was first read (root: `None`).
+    fn name(&self, ino: u64) -> Option<(u64, &str)> {
+        if ino == ROOT_INO {
+            return None;
+        }
+        let s = self.slot(ino)?;
+        let name = s.path.rsplit('/').next().unwrap_or(&s.path);
+        Some((s.node.parent, name))
+    }
+
+    /// `name` in directory `parent`, read from the layers on first use.
+    fn lookup(&self, parent: u64, name: &str) -> Option<u64> {
+        let kids = self.kids(parent);
+        kids.binary_search_by(|d| d.name.as_str().cmp(name))
+            .ok()
+            .and_then(|i| kids.get(i))
+            .map(|d| d.ino)
+    }
+
+    /// Every path of a node with more than one name. The other names may sit in
+    /// directories not read yet, so this reads every directory first (only copy-up of a
+    /// hard-linked file asks).
+    fn aliases(&self, ino: u64) -> Vec<String> {
+        if self
+            .node(ino)
+            .is_none_or(|n| n.nlink < 2 || n.kind == FileKind::Dir)
+        {
+            return Vec::new();
+        }
+        let mut i = ROOT_INO;
+        while i <= self.len() {
+            self.kids(i);
+            i += 1;
+        }
+        let ld = self.lock_load();
+        let mut v = ld.paths.get(&ino).cloned().unwrap_or_default();
+        v.sort();
+        v.dedup();
+        if v.len() < 2 {
+            v.clear();
+        }
+        v
+    }
+
+    fn content(&self, ino: u64) -> Option<LowerFile> {
+        self.slot(ino)?.node.content.clone()
+    }
+
+    fn child_range(&self, ino: u64) -> Range<usize> {
+        0..self.kids(ino).len()
+    }
+
+    fn child_at(&self, dir: u64, i: usize) -> Option<TreeDirEnt<'_>> {
+        self.kids(dir).get(i).map(|d| TreeDirEnt {
+            name: &d.name,
+            ino: d.ino,
+        })
+    }
+
+    fn xattr_range(&self, ino: u64) -> Range<usize> {
+        0..self.xattr_list(ino).len()
+    }
+
+    fn xattr_at(&self, ino: u64, i: usize) -> Option<(&str, &[u8])> {
+        self.xattr_list(ino)
+            .get(i)
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
     }
 }
 
@@ -529,7 +561,7 @@ mod tests {
         l
     }
 
-    fn walk_eq(lazy: &DirTree, eager: &MergedTree, li: u64, ei: u64, path: &str) {
+    fn walk_eq(lazy: &dyn LowerBackend, eager: &MergedTree, li: u64, ei: u64, path: &str) {
         let (ln, en) = (lazy.node(li).unwrap(), eager.node(ei).unwrap());
         assert_eq!(
             (ln.kind, ln.mode, ln.uid, ln.gid, ln.size),

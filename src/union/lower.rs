@@ -3,9 +3,9 @@
 //! extent once it has resolved it), and [`TarBytesLower`], an uncompressed tar held in memory
 //! (tests and benches; an optional per-read delay stands in for a slow registry).
 //!
-//! A source serves one layer; the union keeps one source per layer index. Implementations:
-//! `dirlower.rs` (a plain directory), and for lazily fetched image layers `mount::CacheLower`
-//! (bytes through the chunk cache); this file must not know about the latter.
+//! A source serves one layer; the union keeps one source per layer index. It uses `layer` (to
+//! read the test tar). Implementations: `dirlower.rs` (a plain directory), and for lazily
+//! fetched image layers `mount/lower.rs` (above the union; this file must not know about it).
 
 use super::{Error, Result};
 use crate::layer::{Compression, Entry};

@@ -1,23 +1,29 @@
 //! Union tree: merged lower layers, upper directory, copy-up. Knows neither fuser nor HTTP.
+//! Layers below the FUSE adapter and above `layer`/`cache`: it may call `layer` (entry types,
+//! path helpers) and the OS (std::fs, libc, nix); it must not name fuser types, the cache,
+//! the registry or the store — lower bytes come through the [`LowerSource`] trait (a lazily
+//! fetched image layer, implemented above the union; a plain directory [`DirLower`]; or an
+//! in-memory tar [`TarBytesLower`] for tests), so the union never knows where bytes live.
 //!
-//! Layers below the FUSE adapter and above `layer`/`cache`: [`MergedTree`] applies the typed
-//! layer entries (`layer::Entry`: whiteouts and opaque directories already normalised) bottom
-//! to top once, giving an immutable tree with stable inode numbers; plain directory lowers
-//! (`strata overlay`) are merged by [`DirTree`] instead, one directory at a time when it is
-//! first looked into. [`UnionFs`] sees either through [`LowerTree`]. Lower file bytes come
-//! through the [`LowerSource`] trait (a lazily fetched image layer, a plain directory
-//! [`DirLower`], or an in-memory tar [`TarBytesLower`] for tests), so the union never knows where
-//! bytes live. [`Upper`] is a directory in kernel-overlayfs format (whiteout = char 0/0, opaque
-//! directory = `trusted.overlay.opaque=y`), written atomically through a work directory.
-//! [`UnionFs`] is the filesystem core: one fallible method per operation, called by `fuse/`
-//! (or by tests directly). It may call `layer` for entry types; it must not name fuser types.
+//! The lower side is one trait, [`LowerBackend`] (`backend.rs`), held as a [`LowerTree`]:
+//! [`MergedTree`] applies the typed layer entries (`layer::Entry`: whiteouts and opaque
+//! directories already normalised) bottom to top once, giving an immutable tree with stable
+//! inode numbers; plain directory lowers (`strata overlay`) are merged by [`DirTree`] instead,
+//! one directory at a time when it is first looked into. [`Upper`] is a directory in
+//! kernel-overlayfs format (whiteout = char 0/0, opaque directory =
+//! `trusted.overlay.opaque=y`), written atomically through a work directory. [`UnionFs`] is
+//! the filesystem core: one fallible method per operation, called by `fuse/` (or by tests
+//! directly), over a node table (`nodes.rs`) that numbers and tracks the objects the kernel
+//! knows.
 
+mod aliases;
+mod backend;
 mod copyup;
 mod dirlower;
 mod dirtree;
+mod files;
 mod fs;
 mod lower;
-mod lowertree;
 mod nodes;
 mod ops;
 /// Thin wrappers over the xattr, mknod and time syscalls, and the overlay whiteout rules.
@@ -29,15 +35,15 @@ mod upper;
 #[cfg(test)]
 mod tree_tests;
 
+pub use backend::{Children, LowerBackend, LowerTree, TreeDirEnt, TreeNode, Xattrs};
 pub use dirlower::DirLower;
 pub use dirtree::DirTree;
 pub use fs::{
     Ctx, DirEntry, Opened, ReadResult, SetAttr, StatFs, Stats, StatsSnapshot, TimeSpec, UnionFs,
 };
 pub use lower::{LowerFile, LowerRead, LowerSource, TarBytesLower};
-pub use lowertree::LowerTree;
 pub use nodes::UPPER_BASE;
-pub use tree::{MergedTree, TreeDirEnt, TreeNode};
+pub use tree::MergedTree;
 pub use upper::Upper;
 
 use std::path::PathBuf;

@@ -3,7 +3,9 @@
 //! lseek, statfs. Every change lands in the upper directory in overlay format; operations on
 //! lower objects copy them up first (`copyup.rs`).
 
-use super::fs::{attr_from_meta, Ctx, Handle, Opened, SetAttr, StatFs, State, TimeSpec, UnionFs};
+use super::files::Handle;
+use super::fs::{attr_from_meta, Ctx, Opened, SetAttr, StatFs, TimeSpec, UnionFs};
+use super::nodes::NodeTable;
 use super::{check_name, sys, Attr, Error, FileKind, Result, ROOT_INO};
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
@@ -26,20 +28,20 @@ struct Slot {
 
 impl UnionFs {
     /// Check that `parent/name` is free and make `parent` exist in the upper.
-    fn new_slot(&self, st: &mut State, parent: u64, name: &OsStr) -> Result<Slot> {
+    fn new_slot(&self, st: &mut NodeTable, parent: u64, name: &OsStr) -> Result<Slot> {
         self.upper()?;
         check_name(name)?;
         if self.resolve(st, parent, name)?.is_some() {
             return Err(Error::Exists(name.to_string_lossy().into_owned()));
         }
         self.ensure_upper_dir(st, parent)?;
-        let rel = self.rel_path(st, parent)?.join(name);
-        let lower_exists = self.lower_child(st, parent, name).is_some();
+        let rel = st.rel_path(parent)?.join(name);
+        let lower_exists = st.lower_child(parent, name).is_some();
         Ok(Slot { rel, lower_exists })
     }
 
     /// Owner for a new object: the caller, or the parent's group if it is setgid.
-    fn owner(&self, st: &State, parent: u64, ctx: &Ctx) -> Result<(u32, u32, bool)> {
+    fn owner(&self, st: &NodeTable, parent: u64, ctx: &Ctx) -> Result<(u32, u32, bool)> {
         let pa = self.attr_locked(st, parent)?;
         let sgid = u32::from(pa.perm) & libc::S_ISGID != 0;
         Ok((ctx.uid, if sgid { pa.gid } else { ctx.gid }, sgid))
@@ -48,7 +50,7 @@ impl UnionFs {
     /// Install a finished object from the work directory and return its attributes.
     fn finish_new(
         &self,
-        st: &mut State,
+        st: &mut NodeTable,
         parent: u64,
         name: &OsStr,
         tmp: &Path,
@@ -61,7 +63,7 @@ impl UnionFs {
             .ok_or_else(|| Error::NotFound(slot.rel.display().to_string()))?;
         let ino = self.node_for_upper(st, parent, name, &m, true)?;
         let a = attr_from_meta(ino, &m)?;
-        Self::count_lookup(st, ino);
+        st.count_lookup(ino);
         Ok(a)
     }
 
@@ -94,7 +96,7 @@ impl UnionFs {
                     let ino = self
                         .resolve(&mut st, parent, name)?
                         .ok_or(Error::NotFound(n))?;
-                    Self::count_lookup(&mut st, ino);
+                    st.count_lookup(ino);
                     drop(st);
                     let o = self.open(ino, flags)?;
                     if flags & libc::O_TRUNC != 0 {
@@ -205,51 +207,28 @@ impl UnionFs {
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr> {
         self.upper()?;
         check_name(newname)?;
-        if self
-            .lock()
-            .nodes
-            .get(&ino)
-            .ok_or(Error::StaleInode(ino))?
-            .kind
-            == FileKind::Dir
-        {
+        if self.lock().node(ino)?.kind == FileKind::Dir {
             return Err(Error::NotPermitted("hard link to a directory"));
         }
         self.copy_up(ino, None)?;
         let mut st = self.lock();
         let slot = self.new_slot(&mut st, newparent, newname)?;
         let u = self.upper()?;
-        let src = u.path(&self.rel_path(&st, ino)?);
+        let src = u.path(&st.rel_path(ino)?);
         let tmp = u.temp();
         std::fs::hard_link(&src, &tmp).map_err(|e| Error::io("link", &src, e))?;
         u.install(&tmp, &slot.rel)?;
-        self.add_alias(&mut st, ino, newparent, newname);
+        st.add_alias(ino, newparent, newname);
         let a = self.attr_locked(&st, ino)?;
-        Self::count_lookup(&mut st, ino);
+        st.count_lookup(ino);
         Ok(a)
-    }
-
-    /// Forget the name `parent/name` of `ino` after it was removed.
-    fn drop_alias(&self, st: &mut State, ino: u64, parent: u64, name: &OsStr) {
-        let tree = &self.tree;
-        if let Some(n) = st.nodes.get_mut(&ino) {
-            n.aliases.remove(parent, name, tree);
-            if n.aliases.is_empty() {
-                if let Some(k) = n.upper_key.take().map(|k| *k) {
-                    st.by_upper.remove(&k);
-                    if st.claimed.get(&ino) == Some(&k) {
-                        st.claimed.remove(&ino);
-                    }
-                }
-            }
-        }
     }
 
     /// Before the last known name of the upper object `ino` (at `rel`) goes, keep an `O_PATH`
     /// descriptor of it, so it can still be `fstat`ed while the kernel holds it open.
-    fn hold_orphan(&self, st: &mut State, ino: u64, rel: &Path) {
+    fn hold_orphan(&self, st: &mut NodeTable, ino: u64, rel: &Path) {
         let Ok(u) = self.upper() else { return };
-        let Some(n) = st.nodes.get_mut(&ino) else {
+        let Some(n) = st.get_mut(ino) else {
             return;
         };
         if n.aliases.len() > 1 {
@@ -267,7 +246,7 @@ impl UnionFs {
     /// lower entry of that name exists.
     fn remove_entry(
         &self,
-        st: &mut State,
+        st: &mut NodeTable,
         parent: u64,
         name: &OsStr,
         ino: u64,
@@ -275,9 +254,9 @@ impl UnionFs {
     ) -> Result<()> {
         let u = self.upper()?;
         self.ensure_upper_dir(st, parent)?;
-        let rel = self.rel_path(st, parent)?.join(name);
-        let lower_exists = self.lower_child(st, parent, name).is_some();
-        let in_upper = st.nodes.get(&ino).is_some_and(|n| n.upper) && u.lstat(&rel)?.is_some();
+        let rel = st.rel_path(parent)?.join(name);
+        let lower_exists = st.lower_child(parent, name).is_some();
+        let in_upper = st.get(ino).is_some_and(|n| n.upper) && u.lstat(&rel)?.is_some();
         if in_upper {
             self.hold_orphan(st, ino, &rel);
         }
@@ -289,7 +268,7 @@ impl UnionFs {
         } else if in_upper && !is_dir {
             u.unlink(&rel)?;
         }
-        self.drop_alias(st, ino, parent, name);
+        st.drop_alias(ino, parent, name);
         Ok(())
     }
 
@@ -303,7 +282,7 @@ impl UnionFs {
         let ino = self
             .resolve(&mut st, parent, name)?
             .ok_or_else(|| Error::NotFound(name.to_string_lossy().into_owned()))?;
-        if st.nodes.get(&ino).is_some_and(|n| n.kind == FileKind::Dir) {
+        if st.get(ino).is_some_and(|n| n.kind == FileKind::Dir) {
             return Err(Error::IsDir(name.to_string_lossy().into_owned()));
         }
         if self.lower_hardlink(&st, ino) {
@@ -318,8 +297,8 @@ impl UnionFs {
     }
 
     /// Is `ino` a lower-only non-directory with several names in the lower tree?
-    fn lower_hardlink(&self, st: &State, ino: u64) -> bool {
-        st.nodes.get(&ino).is_some_and(|n| {
+    fn lower_hardlink(&self, st: &NodeTable, ino: u64) -> bool {
+        st.get(ino).is_some_and(|n| {
             !n.upper
                 && n.kind != FileKind::Dir
                 && n.lower
@@ -335,7 +314,7 @@ impl UnionFs {
         let ino = self
             .resolve(&mut st, parent, name)?
             .ok_or_else(|| Error::NotFound(name.to_string_lossy().into_owned()))?;
-        if st.nodes.get(&ino).is_some_and(|n| n.kind != FileKind::Dir) {
+        if st.get(ino).is_some_and(|n| n.kind != FileKind::Dir) {
             return Err(Error::NotDir(name.to_string_lossy().into_owned()));
         }
         if ino == ROOT_INO {
@@ -381,7 +360,7 @@ impl UnionFs {
         if exchange && dst.is_none() {
             return Err(Error::NotFound(newname.to_string_lossy().into_owned()));
         }
-        let kind_of = |i: u64| self.lock().nodes.get(&i).map(|n| n.kind);
+        let kind_of = |i: u64| self.lock().get(i).map(|n| n.kind);
         let skind = kind_of(src).ok_or(Error::StaleInode(src))?;
         if let (Some(d), false) = (dst, exchange) {
             let dkind = kind_of(d).ok_or(Error::StaleInode(d))?;
@@ -410,10 +389,10 @@ impl UnionFs {
         let mut st = self.lock();
         self.ensure_upper_dir(&mut st, parent)?;
         self.ensure_upper_dir(&mut st, newparent)?;
-        let srel = self.rel_path(&st, parent)?.join(name);
-        let drel = self.rel_path(&st, newparent)?.join(newname);
-        let src_lower = self.lower_child(&st, parent, name).is_some();
-        let is_dir = |st: &State, i: u64| st.nodes.get(&i).is_some_and(|n| n.kind == FileKind::Dir);
+        let srel = st.rel_path(parent)?.join(name);
+        let drel = st.rel_path(newparent)?.join(newname);
+        let src_lower = st.lower_child(parent, name).is_some();
+        let is_dir = |st: &NodeTable, i: u64| st.get(i).is_some_and(|n| n.kind == FileKind::Dir);
         if exchange {
             let d = dst.ok_or(Error::StaleInode(0))?;
             nix::fcntl::renameat2(
@@ -430,23 +409,20 @@ impl UnionFs {
                     self.detach_moved(&mut st, i, rel)?;
                 }
             }
-            self.drop_alias(&mut st, src, parent, name);
-            self.drop_alias(&mut st, d, newparent, newname);
+            st.drop_alias(src, parent, name);
+            st.drop_alias(d, newparent, newname);
             self.rekey(&mut st, src, newparent, newname, &drel)?;
             self.rekey(&mut st, d, parent, name, &srel)?;
             return Ok(());
         }
         if let Some(d) = dst {
-            if st.nodes.get(&d).is_some_and(|n| n.upper) {
+            if st.get(d).is_some_and(|n| n.upper) {
                 self.hold_orphan(&mut st, d, &drel);
             }
-            if is_dir(&st, d)
-                && st.nodes.get(&d).is_some_and(|n| n.upper)
-                && u.lstat(&drel)?.is_some()
-            {
+            if is_dir(&st, d) && st.get(d).is_some_and(|n| n.upper) && u.lstat(&drel)?.is_some() {
                 u.remove_tree(&drel)?; // only whiteouts were left in it
             }
-            self.drop_alias(&mut st, d, newparent, newname);
+            st.drop_alias(d, newparent, newname);
         }
         u.move_to(&u.path(&srel), &drel)?;
         if is_dir(&st, src) {
@@ -456,7 +432,7 @@ impl UnionFs {
         if src_lower {
             u.whiteout(&srel)?;
         }
-        self.drop_alias(&mut st, src, parent, name);
+        st.drop_alias(src, parent, name);
         self.rekey(&mut st, src, newparent, newname, &drel)
     }
 
@@ -465,7 +441,7 @@ impl UnionFs {
     /// of every directory node in the subtree and remove the whiteouts carried along (in a
     /// directory that is not merged, kernel overlayfs lists a whiteout as an entry that
     /// cannot be looked up).
-    fn detach_moved(&self, st: &mut State, ino: u64, rel: &Path) -> Result<()> {
+    fn detach_moved(&self, st: &mut NodeTable, ino: u64, rel: &Path) -> Result<()> {
         let u = self.upper()?;
         let mut stack = vec![rel.to_path_buf()];
         while let Some(d) = stack.pop() {
@@ -477,46 +453,23 @@ impl UnionFs {
                 }
             }
         }
-        let below: Vec<u64> = st
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.kind == FileKind::Dir && n.lower.is_some())
-            .map(|(i, _)| *i)
-            .filter(|&i| Self::is_within(st, i, ino))
-            .collect();
-        for i in below {
-            if let Some(n) = st.nodes.get_mut(&i) {
-                n.lower = None;
-            }
-        }
+        st.detach_lower_below(ino);
         Ok(())
     }
 
-    /// Is node `ino` the directory `top` or below it (following first names upwards)?
-    fn is_within(st: &State, ino: u64, top: u64) -> bool {
-        let mut cur = ino;
-        for _ in 0..4096 {
-            if cur == top {
-                return true;
-            }
-            match st.nodes.get(&cur).and_then(|n| n.aliases.first_parent()) {
-                Some(p) if cur != ROOT_INO => cur = p,
-                _ => return false,
-            }
-        }
-        false
-    }
-
     /// Give `ino` the name `parent/name` at upper path `rel` and refresh its upper key.
-    fn rekey(&self, st: &mut State, ino: u64, parent: u64, name: &OsStr, rel: &Path) -> Result<()> {
-        self.add_alias(st, ino, parent, name);
+    fn rekey(
+        &self,
+        st: &mut NodeTable,
+        ino: u64,
+        parent: u64,
+        name: &OsStr,
+        rel: &Path,
+    ) -> Result<()> {
+        st.add_alias(ino, parent, name);
         if let Some(m) = self.upper()?.lstat(rel)? {
             let key = (m.dev(), m.ino());
-            st.by_upper.insert(key, ino);
-            if let Some(n) = st.nodes.get_mut(&ino) {
-                n.upper = true;
-                n.upper_key = Some(Box::new(key));
-            }
+            st.set_upper(ino, key);
         }
         Ok(())
     }
@@ -534,7 +487,7 @@ impl UnionFs {
                 _ => None,
             });
         let st = self.lock();
-        let path = match self.rel_path(&st, ino) {
+        let path = match st.rel_path(ino) {
             Ok(rel) => Some(self.upper()?.path(&rel)),
             Err(Error::NotFound(_)) if file.is_some() => None,
             Err(e) => return Err(e),
@@ -602,9 +555,9 @@ impl UnionFs {
             return Err(Error::NoAttr);
         }
         let st = self.lock();
-        let n = st.nodes.get(&ino).ok_or(Error::StaleInode(ino))?;
+        let n = st.node(ino)?;
         if n.upper {
-            let p = self.upper()?.path(&self.rel_path(&st, ino)?);
+            let p = self.upper()?.path(&st.rel_path(ino)?);
             return sys::get_xattr(&p, name)
                 .map_err(|e| Error::io("getxattr", p, e))?
                 .ok_or(Error::NoAttr);
@@ -619,9 +572,9 @@ impl UnionFs {
     /// `listxattr(ino)`: names, sorted.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<String>> {
         let st = self.lock();
-        let n = st.nodes.get(&ino).ok_or(Error::StaleInode(ino))?;
+        let n = st.node(ino)?;
         if n.upper {
-            let p = self.upper()?.path(&self.rel_path(&st, ino)?);
+            let p = self.upper()?.path(&st.rel_path(ino)?);
             let mut names: Vec<String> = sys::list_xattrs(&p)
                 .map_err(|e| Error::io("listxattr", p, e))?
                 .into_iter()

@@ -1,4 +1,7 @@
-//! The merged lower tree: N layers' entry lists applied bottom to top, once.
+//! The merged lower tree: N layers' entry lists applied bottom to top, once — the
+//! [`LowerBackend`] (`backend.rs`) of image mounts. It uses `layer` for the entry types and
+//! its stored form (`tree_store.rs`); it must not know directory lowers (`dirtree.rs`), the
+//! node table or the upper.
 //!
 //! Rules (kernel overlayfs / OCI): a whiteout removes the name (and its subtree) from the
 //! layers below; an opaque directory hides everything below it; a directory over a directory
@@ -10,232 +13,17 @@
 //! table (`tree_store.rs`): built in memory, stored per image, and mmap-ed at later mounts;
 //! the accessors read records in place and return small copies or borrowed strings.
 
-use super::dirtree::{DirEnt, DirNode, DirTree};
+use super::backend::{Children, LowerBackend, TreeDirEnt, TreeNode};
 use super::lower::LowerFile;
 use super::{Error, FileKind, Result, ROOT_INO};
 use crate::layer::{Entry, EntryKind, Timestamp};
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::Path;
 use store::u32_at;
 
 #[path = "tree_store.rs"]
 mod store;
-
-/// One object of the merged tree: a small copy of its record, with borrowed strings.
-#[derive(Clone, Copy)]
-pub struct TreeNode<'a> {
-    pub kind: FileKind,
-    /// Permission bits.
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub size: u64,
-    pub mtime: Timestamp,
-    /// Names of a non-directory; 2 + subdirectories for a directory.
-    pub nlink: u32,
-    pub dev_major: u32,
-    pub dev_minor: u32,
-    pub link_target: &'a str,
-    /// Parent directory (the first one for hard links; the root is its own parent).
-    pub parent: u64,
-    /// Layer that provided the attributes.
-    pub layer: usize,
-    src: NodeSrc<'a>,
-}
-
-/// Where a node's xattrs and content reference come from.
-#[derive(Clone, Copy)]
-enum NodeSrc<'a> {
-    /// A record of the flat merged tree: xattr range, content path (string reference) and
-    /// offset of a regular file.
-    Merged {
-        tree: &'a MergedTree,
-        xattrs: (u32, u32),
-        content: Option<(u32, u32, u64)>,
-    },
-    /// A node of a directory lower tree: xattrs are read from the lower on first use.
-    Dir {
-        tree: &'a DirTree,
-        ino: u64,
-        content: Option<&'a LowerFile>,
-    },
-}
-
-/// The xattrs of a [`TreeNode`], sorted by name.
-pub struct Xattrs<'a>(XattrsInner<'a>);
-
-enum XattrsInner<'a> {
-    Merged {
-        tree: &'a MergedTree,
-        next: usize,
-        end: usize,
-    },
-    Dir(std::slice::Iter<'a, (String, Vec<u8>)>),
-}
-
-impl<'a> Iterator for Xattrs<'a> {
-    type Item = (&'a str, &'a [u8]);
-    fn next(&mut self) -> Option<Self::Item> {
-        match &mut self.0 {
-            XattrsInner::Merged { tree, next, end } => {
-                if *next >= *end {
-                    return None;
-                }
-                let r = tree.l.xattrs + *next * store::XATTR;
-                *next += 1;
-                let b = tree.bytes();
-                Some((
-                    tree.str_ref(r),
-                    tree.blob(u32_at(b, r + 8), u32_at(b, r + 12)),
-                ))
-            }
-            XattrsInner::Dir(it) => it.next().map(|(k, v)| (k.as_str(), v.as_slice())),
-        }
-    }
-}
-
-impl<'a> TreeNode<'a> {
-    /// User-visible xattrs (overlay-private ones removed), sorted by name.
-    pub fn xattrs(&self) -> Xattrs<'a> {
-        Xattrs(match self.src {
-            NodeSrc::Merged { tree, xattrs, .. } => XattrsInner::Merged {
-                tree,
-                next: xattrs.0 as usize,
-                end: xattrs.0 as usize + xattrs.1 as usize,
-            },
-            NodeSrc::Dir { tree, ino, .. } => XattrsInner::Dir(tree.xattrs(ino).iter()),
-        })
-    }
-
-    /// The value of xattr `name`.
-    pub fn xattr(&self, name: &str) -> Option<&'a [u8]> {
-        self.xattrs().find(|(k, _)| *k == name).map(|(_, v)| v)
-    }
-
-    /// Content of a regular file (allocates the path: call it at open, not per lookup).
-    pub fn content(&self) -> Option<LowerFile> {
-        match self.src {
-            NodeSrc::Merged { tree, content, .. } => {
-                let (off, len, offset) = content?;
-                Some(LowerFile::new(
-                    self.layer,
-                    tree.str_at(off, len),
-                    self.size,
-                    offset,
-                ))
-            }
-            NodeSrc::Dir { content, .. } => content.cloned(),
-        }
-    }
-
-    /// The view of a directory lower's node (`dirtree.rs`).
-    pub(super) fn of_dir(tree: &'a DirTree, ino: u64, n: &'a DirNode) -> TreeNode<'a> {
-        TreeNode {
-            kind: n.kind,
-            mode: n.mode,
-            uid: n.uid,
-            gid: n.gid,
-            size: n.size,
-            mtime: n.mtime,
-            nlink: n.nlink,
-            dev_major: n.dev_major,
-            dev_minor: n.dev_minor,
-            link_target: &n.link_target,
-            parent: n.parent,
-            layer: n.layer,
-            src: NodeSrc::Dir {
-                tree,
-                ino,
-                content: n.content.as_ref(),
-            },
-        }
-    }
-}
-
-impl std::fmt::Debug for TreeNode<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TreeNode")
-            .field("kind", &self.kind)
-            .field("mode", &self.mode)
-            .field("size", &self.size)
-            .field("nlink", &self.nlink)
-            .field("parent", &self.parent)
-            .field("layer", &self.layer)
-            .finish_non_exhaustive()
-    }
-}
-
-/// One directory entry of the merged tree.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TreeDirEnt<'a> {
-    pub name: &'a str,
-    pub ino: u64,
-}
-
-/// Entries of one directory, in name order.
-pub struct Children<'a> {
-    src: ChildSrc<'a>,
-    next: usize,
-    end: usize,
-}
-
-#[derive(Clone, Copy)]
-enum ChildSrc<'a> {
-    Merged(&'a MergedTree),
-    Dir(&'a [DirEnt]),
-}
-
-impl<'a> Children<'a> {
-    /// The entries of a directory lower's directory (`dirtree.rs`).
-    pub(super) fn of_dir(kids: &'a [DirEnt]) -> Children<'a> {
-        Children {
-            src: ChildSrc::Dir(kids),
-            next: 0,
-            end: kids.len(),
-        }
-    }
-
-    fn at(&self, i: usize) -> TreeDirEnt<'a> {
-        match self.src {
-            ChildSrc::Merged(t) => t.dirent(i),
-            ChildSrc::Dir(k) => k.get(i).map_or(
-                TreeDirEnt { name: "", ino: 0 }, // not reached: i < end <= len
-                |d| TreeDirEnt {
-                    name: &d.name,
-                    ino: d.ino,
-                },
-            ),
-        }
-    }
-}
-
-impl<'a> Iterator for Children<'a> {
-    type Item = TreeDirEnt<'a>;
-    fn next(&mut self) -> Option<TreeDirEnt<'a>> {
-        if self.next >= self.end {
-            return None;
-        }
-        let d = self.at(self.next);
-        self.next += 1;
-        Some(d)
-    }
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.end.saturating_sub(self.next);
-        (n, Some(n))
-    }
-}
-
-impl DoubleEndedIterator for Children<'_> {
-    fn next_back(&mut self) -> Option<Self::Item> {
-        if self.next >= self.end {
-            return None;
-        }
-        self.end -= 1;
-        Some(self.at(self.end))
-    }
-}
-
-impl ExactSizeIterator for Children<'_> {}
 
 /// The bytes a tree is a view of.
 enum Buf {
@@ -695,11 +483,8 @@ impl MergedTree {
             },
             parent: u64::from(u32_at(b, r + N_PARENT)),
             layer: u32_at(b, r + N_LAYER) as usize,
-            src: NodeSrc::Merged {
-                tree: self,
-                xattrs: (u32_at(b, r + N_XATTRS), u32_at(b, r + N_XATTRS + 4)),
-                content: (kind == FileKind::File).then(|| (a, bb, u64_at(b, r + N_OFFSET))),
-            },
+            ino,
+            tree: self,
         })
     }
 
@@ -723,6 +508,11 @@ impl MergedTree {
 
     /// Sorted entries of directory `ino` (none for anything else).
     pub fn children(&self, ino: u64) -> Children<'_> {
+        Children::new(self, ino)
+    }
+
+    /// Dirent record indices of directory `ino` (empty for anything else).
+    fn dirents_of(&self, ino: u64) -> Range<usize> {
         let (next, end) = self
             .rec(ino)
             .filter(|&r| {
@@ -734,17 +524,15 @@ impl MergedTree {
                 (first, first + u32_at(b, r + store::N_B) as usize)
             })
             .unwrap_or((0, 0));
-        Children {
-            src: ChildSrc::Merged(self),
-            next,
-            end: end.min(self.l.n_dirents),
-        }
+        next..end.min(self.l.n_dirents)
     }
 
     /// `name` in directory `parent`.
     pub fn lookup(&self, parent: u64, name: &str) -> Option<u64> {
-        let kids = self.children(parent);
-        let (mut lo, mut hi) = (kids.next, kids.end);
+        let Range {
+            start: mut lo,
+            end: mut hi,
+        } = self.dirents_of(parent);
         let b = self.bytes();
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
@@ -787,5 +575,77 @@ impl MergedTree {
             }
         }
         (found.0..found.1).map(move |i| self.str_ref(self.l.apaths + i * store::APATH))
+    }
+}
+
+/// The trait view of the merged tree: the inherent accessors above, and record reads for the
+/// cursors (positions are record indices of the dirent and xattr tables).
+impl LowerBackend for MergedTree {
+    fn len(&self) -> u64 {
+        MergedTree::len(self)
+    }
+
+    fn node(&self, ino: u64) -> Option<TreeNode<'_>> {
+        MergedTree::node(self, ino)
+    }
+
+    fn kind(&self, ino: u64) -> Option<FileKind> {
+        MergedTree::kind(self, ino)
+    }
+
+    fn name(&self, ino: u64) -> Option<(u64, &str)> {
+        MergedTree::name(self, ino)
+    }
+
+    fn lookup(&self, parent: u64, name: &str) -> Option<u64> {
+        MergedTree::lookup(self, parent, name)
+    }
+
+    fn resolve(&self, path: &str) -> Option<u64> {
+        MergedTree::resolve(self, path)
+    }
+
+    fn aliases(&self, ino: u64) -> Vec<String> {
+        MergedTree::aliases(self, ino).map(String::from).collect()
+    }
+
+    fn content(&self, ino: u64) -> Option<LowerFile> {
+        let r = self.rec(ino)?;
+        let b = self.bytes();
+        if store::kind_from(*b.get(r + store::N_KIND)?)? != FileKind::File {
+            return None;
+        }
+        Some(LowerFile::new(
+            u32_at(b, r + store::N_LAYER) as usize,
+            self.str_at(u32_at(b, r + store::N_A), u32_at(b, r + store::N_B)),
+            store::u64_at(b, r + store::N_SIZE),
+            store::u64_at(b, r + store::N_OFFSET),
+        ))
+    }
+
+    fn child_range(&self, ino: u64) -> Range<usize> {
+        self.dirents_of(ino)
+    }
+
+    fn child_at(&self, _dir: u64, i: usize) -> Option<TreeDirEnt<'_>> {
+        Some(self.dirent(i))
+    }
+
+    fn xattr_range(&self, ino: u64) -> Range<usize> {
+        let Some(r) = self.rec(ino) else {
+            return 0..0;
+        };
+        let b = self.bytes();
+        let first = u32_at(b, r + store::N_XATTRS) as usize;
+        first..first + u32_at(b, r + store::N_XATTRS + 4) as usize
+    }
+
+    fn xattr_at(&self, _ino: u64, i: usize) -> Option<(&str, &[u8])> {
+        let r = self.l.xattrs + i * store::XATTR;
+        let b = self.bytes();
+        Some((
+            self.str_ref(r),
+            self.blob(u32_at(b, r + 8), u32_at(b, r + 12)),
+        ))
     }
 }

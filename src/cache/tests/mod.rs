@@ -5,6 +5,7 @@
 use super::fetcher::MAX_COALESCE_SPANS;
 use super::*;
 use crate::layer::{BuildOptions, LayerIndex, MEDIA_TAR_GZIP};
+use crate::testdata::{Mix, XorShift64};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -43,23 +44,17 @@ struct Fixture {
     blob: Bytes,
 }
 
+/// Half-compressible: runs of letters between random bytes.
 fn pseudo_random(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed
+    let state = seed
         .wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|i| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            // Half-compressible: runs of repeated bytes between random ones.
-            if i % 64 < 32 {
-                (x & 0xff) as u8
-            } else {
-                b'a' + (i % 7) as u8
-            }
-        })
-        .collect()
+    let mix = Mix {
+        random: 32,
+        period: 64,
+        letters: 7,
+    };
+    XorShift64::from_state(state).mixed(n, mix)
 }
 
 fn fixture() -> Fixture {

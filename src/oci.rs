@@ -1,6 +1,9 @@
-//! Manifest, index and config documents as they cross the wire (Docker schema2 and OCI).
+//! OCI image documents: manifest, index and config (Docker schema2 and OCI), descriptors,
+//! platforms and the media types, as they cross the wire and as strata records them.
 //!
-//! Parsed with serde from the raw bytes; the raw bytes are kept by callers, because digests are
+//! Leaf module (uses only `digest`), below `registry` (which fetches and pushes them), `store`
+//! (image records hold descriptors; configs are read from blobs) and everything above. Parsed
+//! with serde from the raw bytes; the raw bytes are kept by callers, because digests are
 //! computed over them, never over a re-serialisation.
 
 use crate::digest::Digest;
@@ -20,9 +23,6 @@ pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
-
-/// Every manifest type strata accepts, for the `Accept` header.
-pub const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Platform {

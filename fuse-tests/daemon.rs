@@ -1,0 +1,155 @@
+//! The strata daemon: one process per root serving every mount from one cache. Real
+//! registry behind a pass-through proxy (it counts the Range requests that reach the
+//! registry), real FUSE, real runc.
+
+mod common;
+
+use common::testdata::pseudo;
+use common::{busybox_image, FaultProxy, Layer, OutputExt, Registry, StrataEnv};
+use std::path::Path;
+
+fn daemon_pid(root: &Path) -> Option<i32> {
+    std::fs::read_to_string(root.join("daemon.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn stop_daemon(env: &StrataEnv) {
+    env.run(&["daemon", "--stop"]).assert_success();
+    if let Some(pid) = daemon_pid(&env.root()) {
+        for _ in 0..200 {
+            if !alive(pid) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!("daemon {pid} did not exit after --stop");
+    }
+}
+
+/// Concurrent cold `strata run`s of one image on one root: one daemon serves them all, and
+/// every byte range of the layers reaches the registry once (the proxy's log), while every
+/// container reads the right bytes.
+#[test]
+fn concurrent_cold_runs_share_one_daemon_and_fetch_each_span_once() {
+    let reg = Registry::start();
+    let big = pseudo(5 << 20, 3);
+    let img = busybox_image()
+        .layer(Layer::new().dir("data").file("data/big.bin", big.clone()))
+        .build("v1");
+    img.push(&reg, "daemon/app:v1");
+    StrataEnv::new()
+        .run(&["index", &format!("{}/daemon/app:v1", reg.host()), "--push"])
+        .assert_success();
+    let proxy = FaultProxy::in_front_of(&reg);
+    let reference = format!("{}/daemon/app:v1", proxy.host());
+    let env = StrataEnv::new();
+    let want = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(&big))
+    };
+    const N: usize = 6;
+    let outs: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..N)
+            .map(|_| {
+                s.spawn(|| {
+                    env.run(&[
+                        "run",
+                        "--rm",
+                        "--no-prefetch",
+                        &reference,
+                        "sha256sum",
+                        "/data/big.bin",
+                    ])
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for o in &outs {
+        o.assert_success();
+        assert!(o.stdout_str().starts_with(&want), "{}", o.stdout_str());
+    }
+    // One daemon served them all and is still there (idle exit comes later).
+    let pid = daemon_pid(&env.root()).expect("daemon.pid");
+    assert!(alive(pid), "daemon {pid} is gone");
+    let log = std::fs::read_to_string(env.root().join("daemon.log")).unwrap_or_default();
+    let serving = log.matches("serving").count();
+    assert_eq!(serving, 1, "more than one daemon served the root:\n{log}");
+
+    // Every Range of each layer blob reached the registry once: sorted, they never overlap
+    // beyond the one byte neighbouring gzip spans share.
+    let layer_digests: Vec<String> = img.layers.iter().map(|l| l.digest.clone()).collect();
+    proxy.handle().assert_ranges_fetched_once(&layer_digests);
+    // And the sidecar index heads were fetched once, not once per run.
+    let manifests_of_index = proxy
+        .handle()
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/manifests/sha256-"))
+        .count();
+    assert!(
+        manifests_of_index <= 1,
+        "referrers tag resolved {manifests_of_index} times"
+    );
+    stop_daemon(&env);
+}
+
+/// Two daemons started at once on one root: exactly one serves, the other exits 1 and says
+/// which process serves; the socket is 0600; a socket left by a killed daemon is replaced.
+#[test]
+fn exactly_one_daemon_serves_a_root_and_stale_sockets_are_replaced() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = StrataEnv::new();
+    let spawn = || {
+        env.command(&["daemon", "--foreground"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (mut a, mut b) = (spawn(), spawn());
+    let sock = env.root().join("strata.sock");
+    let t0 = std::time::Instant::now();
+    let loser = loop {
+        if let Some(st) = a.try_wait().unwrap() {
+            break (st, a.wait_with_output().unwrap(), b);
+        }
+        if let Some(st) = b.try_wait().unwrap() {
+            break (st, b.wait_with_output().unwrap(), a);
+        }
+        assert!(t0.elapsed().as_secs() < 20, "neither daemon gave way");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let (status, out, mut winner) = loser;
+    assert_eq!(status.code(), Some(1));
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(msg.contains("already serves"), "{msg}");
+    let pid = winner.id() as i32;
+    assert!(msg.contains(&pid.to_string()), "{msg}");
+    while !sock.exists() {
+        assert!(t0.elapsed().as_secs() < 20, "no socket");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(daemon_pid(&env.root()), Some(pid));
+
+    // kill -9: the socket file stays behind; the next command starts a new daemon anyway.
+    winner.kill().unwrap();
+    winner.wait().unwrap();
+    assert!(sock.exists());
+    let out = env.run(&["daemon"]);
+    out.assert_success();
+    let new_pid = daemon_pid(&env.root()).expect("new daemon.pid");
+    assert_ne!(new_pid, pid);
+    assert!(alive(new_pid));
+    stop_daemon(&env);
+    assert!(!sock.exists(), "socket left after --stop");
+}

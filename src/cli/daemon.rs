@@ -1,0 +1,81 @@
+//! `strata daemon`: the one process that serves every mount of a root (see `crate::daemon`),
+//! and the CLI's side of talking to it: mount requests from `mount`, `run`, `start`.
+
+use super::{Ctx, Error};
+use crate::daemon::{Client, MountRequest, Request, Response};
+use std::time::Duration;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DaemonArgs {
+    /// Serve in this process (for service managers) instead of starting in the background
+    #[arg(long)]
+    pub foreground: bool,
+    /// Exit after this many seconds without any mount (default: serve until stopped)
+    #[arg(long, value_name = "SECS")]
+    pub idle_exit: Option<u64>,
+    /// Ask the running daemon to unmount everything and exit
+    #[arg(long, conflicts_with_all = ["foreground", "idle_exit"])]
+    pub stop: bool,
+}
+
+pub async fn daemon(ctx: &Ctx, args: DaemonArgs) -> Result<i32, Error> {
+    let root = ctx.store.root().to_path_buf();
+    if args.stop {
+        return match Client::connect(&root).await {
+            Ok(mut c) => {
+                let r = c.call(&Request::Shutdown).await?;
+                println!("strata daemon (pid {}) stopping", r.pid);
+                Ok(0)
+            }
+            Err(_) => {
+                println!("no strata daemon serves {}", root.display());
+                Ok(0)
+            }
+        };
+    }
+    let idle_exit = args.idle_exit.map(Duration::from_secs);
+    if args.foreground {
+        let svc = ctx.services()?;
+        let opts = crate::daemon::DaemonOptions { idle_exit };
+        crate::daemon::serve(svc, opts, |sock| {
+            eprintln!("strata daemon: serving {}", sock.display())
+        })
+        .await?;
+        return Ok(0);
+    }
+    if let Ok(mut c) = Client::connect(&root).await {
+        let r = c.call(&Request::Ping).await?;
+        println!(
+            "strata daemon already serving {} (pid {})",
+            root.display(),
+            r.pid
+        );
+        return Ok(0);
+    }
+    let log = root.join("daemon.log");
+    crate::daemon::start_background(&root, ctx.config_path.as_deref(), &log, idle_exit)?;
+    let mut c = Client::wait_for(&root, &log).await?;
+    let r = c.call(&Request::Ping).await?;
+    println!("strata daemon serving {} (pid {})", root.display(), r.pid);
+    Ok(0)
+}
+
+/// Ask the root's daemon (started if none runs) to mount; its answer.
+pub async fn mount(ctx: &Ctx, req: MountRequest) -> Result<Response, Error> {
+    let mut c = Client::connect_or_start(ctx.store.root(), ctx.config_path.as_deref()).await?;
+    Ok(c.call(&Request::Mount(req)).await?)
+}
+
+/// The daemon's fresh record of one of its mounts.
+pub async fn stats(
+    ctx: &Ctx,
+    mountpoint: &std::path::Path,
+) -> Result<Option<crate::mount::MountRecord>, Error> {
+    let mut c = Client::connect(ctx.store.root()).await?;
+    let r = c
+        .call(&Request::Stats {
+            mountpoint: mountpoint.to_path_buf(),
+        })
+        .await?;
+    Ok(r.record.map(|b| *b))
+}

@@ -1,0 +1,315 @@
+//! Where and how requests go: the endpoints of a registry (configured mirrors in order, then
+//! the upstream), answering 401 challenges (Basic or a Bearer token, cached per auth host and
+//! scope), and [`Client::send`], the one place with retries and backoff. Uses the parent's
+//! client, error type and helpers, `auth` and `config`.
+
+use super::auth::{self, Challenge, Credentials};
+use super::{check_status, lock, read_limited, Client, Error};
+use base64::Engine as _;
+use reqwest::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use std::time::Duration;
+
+/// Bounded retries with exponential backoff, shared by every request.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 4,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn delay(&self, attempt: u32) -> Duration {
+        let d = self.base_delay.saturating_mul(1u32 << attempt.min(10));
+        d.min(self.max_delay)
+    }
+}
+
+/// One base URL to talk to for a registry: a mirror or the upstream itself.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// e.g. `http://127.0.0.1:5000` (no trailing slash)
+    pub base: String,
+    /// Host whose credentials apply (the mirror's own host for mirrors).
+    pub auth_host: String,
+    pub mirror: bool,
+}
+
+impl Client {
+    /// The upstream endpoint of a registry host.
+    pub fn upstream(&self, registry: &str) -> Endpoint {
+        let api_host = if registry == crate::reference::DEFAULT_REGISTRY {
+            "registry-1.docker.io"
+        } else {
+            registry
+        };
+        let scheme = if self.config.is_insecure(registry) {
+            "http"
+        } else {
+            "https"
+        };
+        Endpoint {
+            base: format!("{scheme}://{api_host}"),
+            auth_host: registry.to_string(),
+            mirror: false,
+        }
+    }
+
+    /// Mirrors (in configured order) then the upstream.
+    pub fn endpoints(&self, registry: &str) -> Vec<Endpoint> {
+        let mut out: Vec<Endpoint> = self
+            .config
+            .mirrors_for(registry)
+            .into_iter()
+            .map(|m| {
+                let base = m.trim_end_matches('/').to_string();
+                let host = base
+                    .split("://")
+                    .nth(1)
+                    .unwrap_or(&base)
+                    .split('/')
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                Endpoint {
+                    base,
+                    auth_host: host,
+                    mirror: true,
+                }
+            })
+            .collect();
+        out.push(self.upstream(registry));
+        out
+    }
+
+    fn credentials(&self, host: &str) -> Option<Credentials> {
+        if let Some(c) = lock(&self.override_creds).get(host) {
+            return Some(c.clone());
+        }
+        match self.creds.get(host) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("ignoring credentials file: {e}");
+                None
+            }
+        }
+    }
+
+    /// Answer a 401 challenge: returns the Authorization header to retry with.
+    async fn authorize(
+        &self,
+        ep: &Endpoint,
+        challenge: &str,
+        scope: &str,
+    ) -> Result<String, Error> {
+        let creds = self.credentials(&ep.auth_host);
+        let unauthorized = |detail: String| Error::Unauthorized {
+            registry: ep.auth_host.clone(),
+            detail,
+        };
+        match auth::parse_challenge(challenge) {
+            Some(Challenge::Basic { .. }) => {
+                let c = creds
+                    .ok_or_else(|| unauthorized("no credentials; run `strata login`".into()))?;
+                let raw = format!("{}:{}", c.username, c.password.expose());
+                Ok(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(raw)
+                ))
+            }
+            Some(Challenge::Bearer {
+                realm,
+                service,
+                scope: ch_scope,
+            }) => {
+                let scope = if scope.is_empty() {
+                    ch_scope.unwrap_or_default()
+                } else {
+                    scope.to_string()
+                };
+                let mut req = self.http.get(&realm);
+                let mut query: Vec<(&str, &str)> = Vec::new();
+                if let Some(s) = &service {
+                    query.push(("service", s));
+                }
+                if !scope.is_empty() {
+                    query.push(("scope", &scope));
+                }
+                req = req.query(&query);
+                if let Some(c) = &creds {
+                    req = req.basic_auth(&c.username, Some(c.password.expose()));
+                }
+                let resp = req.send().await.map_err(|source| Error::Http {
+                    method: Method::GET,
+                    url: realm.clone(),
+                    source,
+                })?;
+                if !resp.status().is_success() {
+                    return Err(unauthorized(format!(
+                        "token service {realm} answered {}",
+                        resp.status()
+                    )));
+                }
+                #[derive(serde::Deserialize)]
+                struct Tok {
+                    token: Option<String>,
+                    access_token: Option<String>,
+                }
+                let body = read_limited(resp, 1 << 20, &realm).await?;
+                let tok: Tok = serde_json::from_slice(&body).map_err(|e| {
+                    unauthorized(format!("token service {realm} sent bad JSON: {e}"))
+                })?;
+                let t = tok
+                    .token
+                    .or(tok.access_token)
+                    .ok_or_else(|| unauthorized(format!("token service {realm} sent no token")))?;
+                Ok(format!("Bearer {t}"))
+            }
+            None => Err(unauthorized(format!("unsupported challenge {challenge:?}"))),
+        }
+    }
+
+    /// Send a request with auth, one re-auth on 401 and bounded retries on connect errors,
+    /// 5xx and 429. `make` builds a fresh request for each attempt.
+    pub async fn send(
+        &self,
+        ep: &Endpoint,
+        scope: &str,
+        method: Method,
+        url: &str,
+        make: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Response, Error> {
+        let key = (ep.auth_host.clone(), scope.to_string());
+        let mut auth_header = lock(&self.auth_cache).get(&key).cloned();
+        let mut reauthed = false;
+        let mut attempt = 0u32;
+        // A mirror gets one try: on failure the next endpoint is better than a backoff.
+        let attempts = if ep.mirror { 1 } else { self.retry.attempts };
+        loop {
+            let mut rb = make(self.http.request(method.clone(), url));
+            if let Some(h) = &auth_header {
+                rb = rb.header(AUTHORIZATION, h);
+            }
+            let result = rb.send().await;
+            let retry_after = match result {
+                Err(e) => {
+                    if attempt + 1 >= attempts
+                        || !(e.is_connect() || e.is_timeout() || e.is_request())
+                    {
+                        return Err(Error::Http {
+                            method,
+                            url: url.to_string(),
+                            source: e,
+                        });
+                    }
+                    tracing::warn!(%url, attempt, "request failed, retrying: {e}");
+                    None
+                }
+                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !reauthed => {
+                    reauthed = true;
+                    let challenge = resp
+                        .headers()
+                        .get(WWW_AUTHENTICATE)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                        .ok_or_else(|| Error::Unauthorized {
+                            registry: ep.auth_host.clone(),
+                            detail: "401 without WWW-Authenticate".into(),
+                        })?;
+                    let h = self.authorize(ep, &challenge, scope).await?;
+                    lock(&self.auth_cache).insert(key.clone(), h.clone());
+                    auth_header = Some(h);
+                    continue;
+                }
+                Ok(resp)
+                    if resp.status() == StatusCode::UNAUTHORIZED
+                        || resp.status() == StatusCode::FORBIDDEN =>
+                {
+                    lock(&self.auth_cache).remove(&key);
+                    return Err(Error::Unauthorized {
+                        registry: ep.auth_host.clone(),
+                        detail: format!("{method} {url} answered {}", resp.status()),
+                    });
+                }
+                Ok(resp)
+                    if (resp.status().is_server_error()
+                        || resp.status() == StatusCode::TOO_MANY_REQUESTS)
+                        && attempt + 1 < attempts =>
+                {
+                    tracing::warn!(%url, attempt, status = %resp.status(), "retrying");
+                    resp.headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(|s| Duration::from_secs(s.min(30)))
+                }
+                Ok(resp) => return Ok(resp),
+            };
+            tokio::time::sleep(retry_after.unwrap_or_else(|| self.retry.delay(attempt))).await;
+            attempt += 1;
+        }
+    }
+
+    /// Try each endpoint in order; the first success wins. A not-found on the upstream is final.
+    pub(super) async fn on_endpoints<T, F, Fut>(&self, registry: &str, f: F) -> Result<T, Error>
+    where
+        F: Fn(Endpoint) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
+        let eps = self.endpoints(registry);
+        let n = eps.len();
+        let mut last = None;
+        for (i, ep) in eps.into_iter().enumerate() {
+            let mirror = ep.mirror;
+            let base = ep.base.clone();
+            match f(ep).await {
+                Ok(v) => return Ok(v),
+                Err(e) if i + 1 < n => {
+                    if mirror && !e.is_not_found() {
+                        tracing::warn!("mirror {base} failed, trying next: {e}");
+                    }
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(Error::NotFound {
+            what: registry.to_string(),
+        }))
+    }
+
+    /// `GET /v2/` with authentication: used by `login` to verify credentials.
+    pub async fn ping(&self, registry: &str) -> Result<(), Error> {
+        let ep = self.upstream(registry);
+        let url = format!("{}/v2/", ep.base);
+        let resp = self.send(&ep, "", Method::GET, &url, |r| r).await?;
+        check_status(resp, Method::GET, &url, registry)
+            .await
+            .map(|_| ())
+    }
+
+    /// Check credentials against the registry without storing them.
+    pub async fn verify_login(&self, registry: &str, creds: Credentials) -> Result<(), Error> {
+        lock(&self.override_creds).insert(registry.to_string(), creds);
+        lock(&self.auth_cache).retain(|(h, _), _| h != registry);
+        self.ping(registry).await
+    }
+
+    pub(super) fn scope_pull(name: &str) -> String {
+        format!("repository:{name}:pull")
+    }
+
+    pub(super) fn scope_push(name: &str) -> String {
+        format!("repository:{name}:pull,push")
+    }
+}
