@@ -1,7 +1,7 @@
 //! FUSE adapter: the only module that names fuser types.
 //!
 //! A thin translation from fuser 0.18 callbacks to [`UnionFs`] calls: decode, call the core,
-//! reply. Lower reads that would wait (the source's `try_read_local` missed) move their
+//! reply. Lower reads that would wait (the source's `start_read` found bytes missing) move their
 //! `ReplyData` into a task on the tokio runtime given at mount, so the dispatch threads never
 //! wait on the network; operations that may copy a lower file up (and so fetch its data) run
 //! on the runtime's blocking pool. Immutable lower entries get long TTLs and `KEEP_CACHE`;
