@@ -112,18 +112,6 @@ impl Error {
 
     /// The message with every cause, `: `-separated (for logs).
     pub fn report(&self) -> String {
-        chain(self)
+        crate::report::chain(self)
     }
-}
-
-/// `e` and its sources, `: `-separated.
-pub(super) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -79,3 +79,20 @@ pub async fn stats(
         .await?;
     Ok(r.record.map(|b| *b))
 }
+
+/// Have the root's daemon unmount `mountpoint` (canonical) if it serves it: `Ok(false)` when no
+/// daemon runs or it does not serve that mount (the caller unmounts it itself).
+pub async fn unmount(ctx: &Ctx, mountpoint: &std::path::Path, force: bool) -> Result<bool, Error> {
+    let Ok(mut c) = Client::connect(ctx.store.root()).await else {
+        return Ok(false);
+    };
+    let req = Request::Unmount {
+        mountpoint: mountpoint.to_path_buf(),
+        force,
+    };
+    match c.call(&req).await {
+        Ok(_) => Ok(true),
+        Err(crate::daemon::Error::Remote(msg)) if msg.contains("not a strata mount") => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}

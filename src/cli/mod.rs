@@ -460,7 +460,7 @@ async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<i32, Error> {
         Command::Commit(args) => commit::commit(ctx, args).await,
         Command::Export(args) => commit::export(ctx, args).await,
         Command::Import(args) => commit::import(ctx, args).await,
-        Command::Umount { mountpoint, force } => mount::umount(ctx, &mountpoint, force),
+        Command::Umount { mountpoint, force } => mount::umount(ctx, &mountpoint, force).await,
         Command::Stats { mountpoint, json } => mount::stats(ctx, &mountpoint, json),
     }
 }

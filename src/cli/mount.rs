@@ -121,8 +121,12 @@ async fn serve(ctx: &Ctx, args: MountArgs, mp: PathBuf) -> Result<i32, Error> {
     Ok(0)
 }
 
-pub fn umount(ctx: &Ctx, mountpoint: &Path, force: bool) -> Result<i32, Error> {
-    crate::mount::unmount(&ctx.store, mountpoint, force)?;
+/// Unmount: through the daemon when it serves the mount (released at once), else directly.
+pub async fn umount(ctx: &Ctx, mountpoint: &Path, force: bool) -> Result<i32, Error> {
+    let mp = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    if !super::daemon::unmount(ctx, &mp, force).await? {
+        crate::mount::unmount(&ctx.store, &mp, force)?;
+    }
     Ok(0)
 }
 

@@ -363,7 +363,7 @@ async fn serve(
         opts,
     )
     .await
-    .map_err(|e| usage(error_chain(&e)))?;
+    .map_err(|e| usage(crate::report::chain(&e)))?;
     tracing::info!(mountpoint = %checked.mountpoint.display(), passthrough = handle.passthrough_active(), "overlay ready");
     // Do not keep a directory of the caller busy.
     let _ = std::env::set_current_dir("/");
@@ -417,17 +417,6 @@ async fn wait_unmounted(handle: crate::fuse::MountHandle, mp: &Path) {
         let _ = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH);
     }
     let _ = join.await;
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

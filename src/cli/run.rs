@@ -183,7 +183,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
                 Ok(0)
             }
             Err(e) => {
-                let _ = crate::mount::unmount(&ctx.store, &p.rootfs, true);
+                let _ = super::mount::umount(ctx, &p.rootfs, true).await;
                 Err(e.into())
             }
         };
@@ -216,7 +216,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
     } else {
         None
     };
-    unmount_rootfs(ctx, &l, &c.id);
+    unmount_rootfs(ctx, &l, &c.id).await;
     if let (Some(before), Some(after)) = (before, after) {
         let fetched = after
             .cache
@@ -268,12 +268,12 @@ async fn ensure_mounted(ctx: &Ctx, image: &str, p: &Paths, prefetch: bool) -> Re
     super::daemon::mount(ctx, req).await.map(|_| ())
 }
 
-fn unmount_rootfs(ctx: &Ctx, l: &Launcher, id: &str) {
+async fn unmount_rootfs(ctx: &Ctx, l: &Launcher, id: &str) {
     let rootfs = paths(l, id).rootfs;
     if is_mounted(&rootfs) {
-        if let Err(e) = crate::mount::unmount(&ctx.store, &rootfs, false) {
+        if let Err(e) = super::mount::umount(ctx, &rootfs, false).await {
             tracing::warn!("unmounting {}: {e}; detaching", rootfs.display());
-            let _ = crate::mount::unmount(&ctx.store, &rootfs, true);
+            let _ = super::mount::umount(ctx, &rootfs, true).await;
         }
     }
 }
@@ -398,7 +398,7 @@ pub async fn rm(ctx: &Ctx, queries: &[String], force: bool) -> Result<i32, Error
                 continue;
             }
         };
-        unmount_rootfs(ctx, &l, &r.id);
+        unmount_rootfs(ctx, &l, &r.id).await;
         match l.remove(&r.id) {
             Ok(()) => println!("{q}"),
             Err(e) => {

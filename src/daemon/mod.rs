@@ -74,6 +74,12 @@ pub enum Request {
     Released {
         mountpoint: PathBuf,
     },
+    /// Unmount one of the daemon's mounts (`force`: detach it even if busy) and release it
+    /// at once (no wait for the next check of the mount table).
+    Unmount {
+        mountpoint: PathBuf,
+        force: bool,
+    },
     /// The counters of one mount (fresh, not the published file).
     Stats {
         mountpoint: PathBuf,

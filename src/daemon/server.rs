@@ -186,15 +186,8 @@ async fn connection(state: Arc<State>, stream: UnixStream) {
 
 fn failed(e: impl std::error::Error) -> Response {
     // The whole chain, as `main` prints errors.
-    let mut msg = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        msg.push_str(": ");
-        msg.push_str(&c.to_string());
-        cur = c.source();
-    }
     Response {
-        error: Some(msg),
+        error: Some(crate::report::chain(&e)),
         ..Default::default()
     }
 }
@@ -233,16 +226,52 @@ async fn handle(state: &Arc<State>, req: Request) -> Response {
                 None => failed(crate::mount::Error::NotStrataMount(mountpoint)),
             }
         }
-        Request::Released { mountpoint } => {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let wait = state.released.notified();
-                if !lock(&state.mounts).contains_key(&mountpoint) || Instant::now() > deadline {
-                    break ok;
-                }
-                let _ = tokio::time::timeout(Duration::from_millis(200), wait).await;
+        Request::Unmount { mountpoint, force } => {
+            if !lock(&state.mounts).contains_key(&mountpoint) {
+                return failed(crate::mount::Error::NotStrataMount(mountpoint));
             }
+            let flags = if force {
+                nix::mount::MntFlags::MNT_DETACH
+            } else {
+                nix::mount::MntFlags::empty()
+            };
+            match nix::mount::umount2(&mountpoint, flags) {
+                Ok(()) => {}
+                Err(nix::errno::Errno::ENOTCONN) | Err(nix::errno::Errno::EBUSY) if !force => {
+                    return failed(crate::mount::Error::Busy(mountpoint))
+                }
+                Err(e) => {
+                    return failed(crate::mount::Error::Io {
+                        path: mountpoint,
+                        source: e.into(),
+                    })
+                }
+            }
+            let stop = lock(&state.mounts)
+                .get_mut(&mountpoint)
+                .and_then(|e| e.stop.take());
+            if let Some(s) = stop {
+                let _ = s.send(());
+            }
+            wait_released(state, &mountpoint).await;
+            ok
         }
+        Request::Released { mountpoint } => {
+            wait_released(state, &mountpoint).await;
+            ok
+        }
+    }
+}
+
+/// Wait (at most 10 s) until the mount at `mp` has been shut down and released.
+async fn wait_released(state: &State, mp: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let wait = state.released.notified();
+        if !lock(&state.mounts).contains_key(mp) || Instant::now() > deadline {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), wait).await;
     }
 }
 
