@@ -148,6 +148,13 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
         ));
     }
     let image = &args.image_and_command[0];
+    // The daemon (started if none runs) comes up while the image is resolved here.
+    let daemon = {
+        let (root, config) = (ctx.store.root().to_path_buf(), ctx.config_path.clone());
+        tokio::spawn(async move {
+            crate::daemon::Client::connect_or_start(&root, config.as_deref()).await
+        })
+    };
     let (reference, rec) =
         crate::image::resolve(&ctx.client, &ctx.store, image, args.platform.as_deref()).await?;
     let pinned = format!("{}@{}", reference.name(), rec.manifest_digest);
@@ -198,7 +205,11 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
         passthrough: false,
         allow_other: true,
     };
-    let mounted = super::daemon::mount(ctx, req).await?;
+    let mut daemon = daemon.await.map_err(|source| Error::Join {
+        what: "starting the strata daemon".into(),
+        source,
+    })??;
+    let mounted = daemon.call(&crate::daemon::Request::Mount(req)).await?;
     let t_mount = t0.elapsed();
     let result = l
         .run(
