@@ -9,7 +9,6 @@
 use crate::cache::{CachedLayer, ChunkCache, Read};
 use crate::union::{LowerFile, LowerRead, LowerSource};
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use futures::FutureExt;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -118,32 +117,6 @@ impl LowerSource for CacheLower {
                 }
                 .boxed(),
             ),
-        }
-    }
-
-    fn read(
-        &self,
-        file: &LowerFile,
-        offset: u64,
-        len: u32,
-    ) -> BoxFuture<'static, std::io::Result<Bytes>> {
-        match self.start_read(file, offset, len) {
-            LowerRead::Ready(r) => futures::future::ready(r).boxed(),
-            LowerRead::Pending(f) => f,
-        }
-    }
-
-    /// A miss returns `None` without starting anything (the fetch would start when the
-    /// dropped future is first polled).
-    fn try_read_local(
-        &self,
-        file: &LowerFile,
-        offset: u64,
-        len: u32,
-    ) -> Option<std::io::Result<Bytes>> {
-        match self.start_read(file, offset, len) {
-            LowerRead::Ready(r) => Some(r),
-            LowerRead::Pending(_) => None,
         }
     }
 

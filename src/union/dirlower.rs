@@ -8,13 +8,11 @@
 //! `user.overlay.opaque=y`). Files with several names become hard link entries. Content is read
 //! from the files themselves, always locally.
 
-use super::lower::{LowerFile, LowerSource};
+use super::lower::{LowerFile, LowerRead, LowerSource};
 use super::sys;
 use super::{Error, Result};
 use crate::layer::{Entry, EntryKind, EntryTable, Timestamp};
 use bytes::Bytes;
-use futures::future::BoxFuture;
-use futures::FutureExt;
 use std::collections::HashMap;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -187,23 +185,8 @@ fn entry_from(path: &Path, rel: &str, meta: &std::fs::Metadata) -> Result<Entry>
 }
 
 impl LowerSource for DirLower {
-    fn read(
-        &self,
-        file: &LowerFile,
-        offset: u64,
-        len: u32,
-    ) -> BoxFuture<'static, std::io::Result<Bytes>> {
-        let r = self.read_at(file, offset, len);
-        async move { r }.boxed()
-    }
-
-    fn try_read_local(
-        &self,
-        file: &LowerFile,
-        offset: u64,
-        len: u32,
-    ) -> Option<std::io::Result<Bytes>> {
-        Some(self.read_at(file, offset, len))
+    fn start_read(&self, file: &LowerFile, offset: u64, len: u32) -> LowerRead {
+        LowerRead::Ready(self.read_at(file, offset, len))
     }
 
     fn local_path(&self, file: &LowerFile) -> Option<PathBuf> {

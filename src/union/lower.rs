@@ -110,34 +110,13 @@ pub enum LowerRead {
 
 /// Where lower file bytes come from. Reads past the end return fewer bytes (none at EOF).
 pub trait LowerSource: Send + Sync {
-    /// Read `len` bytes at `offset`; may wait on the network.
-    fn read(
-        &self,
-        file: &LowerFile,
-        offset: u64,
-        len: u32,
-    ) -> BoxFuture<'static, std::io::Result<Bytes>>;
-
-    /// The same read if it can be answered without waiting (cache hit); `None` = would wait.
-    fn try_read_local(
-        &self,
-        file: &LowerFile,
-        offset: u64,
-        len: u32,
-    ) -> Option<std::io::Result<Bytes>>;
+    /// Read `len` bytes at `offset`: answered at once when the bytes are local (or the read
+    /// failed at once), else a future that may wait on the network. The union reads through
+    /// this only; a source with costly local lookups (the chunk cache) looks once per read.
+    fn start_read(&self, file: &LowerFile, offset: u64, len: u32) -> LowerRead;
 
     /// A local file holding the full content, read-only, if one exists (for passthrough).
     fn local_path(&self, file: &LowerFile) -> Option<PathBuf>;
-
-    /// [`try_read_local`](Self::try_read_local) and, on a miss, [`read`](Self::read), in one
-    /// call: the union reads through this. A source whose local lookup is costly (the chunk
-    /// cache) overrides it so that a miss looks at its local copies once.
-    fn start_read(&self, file: &LowerFile, offset: u64, len: u32) -> LowerRead {
-        match self.try_read_local(file, offset, len) {
-            Some(r) => LowerRead::Ready(r),
-            None => LowerRead::Pending(self.read(file, offset, len)),
-        }
-    }
 }
 
 /// An uncompressed tar layer held in memory.
@@ -163,8 +142,8 @@ impl TarBytesLower {
         })
     }
 
-    /// Make every read wait `delay` (on the tokio timer) before answering; `try_read_local`
-    /// then always reports a miss.
+    /// Make every read wait `delay` (on the tokio timer) before answering: every read
+    /// then looks like a miss.
     pub fn with_delay(mut self, delay: Duration) -> Self {
         self.delay = Some(delay);
         self
@@ -190,32 +169,17 @@ impl TarBytesLower {
 }
 
 impl LowerSource for TarBytesLower {
-    fn read(
-        &self,
-        file: &LowerFile,
-        offset: u64,
-        len: u32,
-    ) -> BoxFuture<'static, std::io::Result<Bytes>> {
+    fn start_read(&self, file: &LowerFile, offset: u64, len: u32) -> LowerRead {
         let out = self.slice(file, offset, len);
-        let delay = self.delay;
-        async move {
-            if let Some(d) = delay {
-                tokio::time::sleep(d).await;
-            }
-            out
-        }
-        .boxed()
-    }
-
-    fn try_read_local(
-        &self,
-        file: &LowerFile,
-        offset: u64,
-        len: u32,
-    ) -> Option<std::io::Result<Bytes>> {
         match self.delay {
-            Some(_) => None,
-            None => Some(self.slice(file, offset, len)),
+            None => LowerRead::Ready(out),
+            Some(d) => LowerRead::Pending(
+                async move {
+                    tokio::time::sleep(d).await;
+                    out
+                }
+                .boxed(),
+            ),
         }
     }
 
