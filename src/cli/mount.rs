@@ -69,7 +69,7 @@ fn upper_work(args: &MountArgs) -> Option<(PathBuf, PathBuf)> {
 }
 
 /// What the daemon is asked to mount for these arguments.
-pub fn request(ctx: &Ctx, args: &MountArgs, mountpoint: PathBuf) -> crate::daemon::MountRequest {
+fn request(ctx: &Ctx, args: &MountArgs, mountpoint: PathBuf) -> crate::daemon::MountRequest {
     crate::daemon::MountRequest {
         image: args.image.clone(),
         platform: args.platform.clone(),

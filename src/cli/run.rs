@@ -196,15 +196,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
         };
     }
     let rootfs = std::fs::canonicalize(&p.rootfs).unwrap_or_else(|_| p.rootfs.clone());
-    let req = crate::daemon::MountRequest {
-        image: pinned.clone(),
-        platform: args.platform.clone(),
-        mountpoint: rootfs.clone(),
-        upper: Some((p.upper.clone(), p.work.clone())),
-        prefetch,
-        passthrough: false,
-        allow_other: true,
-    };
+    let req = rootfs_request(&pinned, args.platform.clone(), &p, rootfs.clone(), prefetch);
     let mut daemon = daemon.await.map_err(|source| Error::Join {
         what: "starting the strata daemon".into(),
         source,
@@ -261,21 +253,33 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
     }
 }
 
+/// A container's root file system: the image over the container's upper, usable by the
+/// container's users (allow_other).
+fn rootfs_request(
+    image: &str,
+    platform: Option<String>,
+    p: &Paths,
+    mountpoint: PathBuf,
+    prefetch: bool,
+) -> crate::daemon::MountRequest {
+    crate::daemon::MountRequest {
+        image: image.to_string(),
+        platform,
+        mountpoint,
+        upper: Some((p.upper.clone(), p.work.clone())),
+        prefetch,
+        passthrough: false,
+        allow_other: true,
+    }
+}
+
 /// Make sure a detached container's rootfs is served by the daemon.
 async fn ensure_mounted(ctx: &Ctx, image: &str, p: &Paths, prefetch: bool) -> Result<(), Error> {
     let rootfs = std::fs::canonicalize(&p.rootfs).unwrap_or_else(|_| p.rootfs.clone());
     if is_mounted(&rootfs) {
         return Ok(());
     }
-    let req = crate::daemon::MountRequest {
-        image: image.to_string(),
-        platform: None,
-        mountpoint: rootfs,
-        upper: Some((p.upper.clone(), p.work.clone())),
-        prefetch,
-        passthrough: false,
-        allow_other: true,
-    };
+    let req = rootfs_request(image, None, p, rootfs, prefetch);
     super::daemon::mount(ctx, req).await.map(|_| ())
 }
 

@@ -17,7 +17,7 @@ use crate::mount::MountRecord;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 /// Name of the control socket under the root.
@@ -70,10 +70,6 @@ pub enum Request {
     /// Is it there, and which process is it.
     Ping,
     Mount(MountRequest),
-    /// Wait until the mount at `mountpoint` is no longer served (after an umount).
-    Released {
-        mountpoint: PathBuf,
-    },
     /// Unmount one of the daemon's mounts (`force`: detach it even if busy) and release it
     /// at once (no wait for the next check of the mount table).
     Unmount {
@@ -262,5 +258,3 @@ async fn read_request(
         serde_json::from_slice(&buf).map_err(|e| format!("bad request: {e}")),
     ))
 }
-
-use tokio::io::AsyncReadExt as _;

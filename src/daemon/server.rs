@@ -26,6 +26,8 @@ pub struct DaemonOptions {
 struct Entry {
     served: Option<Arc<Served>>,
     stop: Option<oneshot::Sender<()>>,
+    /// How long the mount took to be ready (for its records).
+    ready_ms: u64,
 }
 
 struct State {
@@ -214,15 +216,12 @@ async fn handle(state: &Arc<State>, req: Request) -> Response {
         Request::Stats { mountpoint } => {
             let served = lock(&state.mounts)
                 .get(&mountpoint)
-                .and_then(|e| e.served.clone());
+                .and_then(|e| Some((e.served.clone()?, e.ready_ms)));
             match served {
-                Some(s) => {
-                    let ready = s.started.elapsed().as_millis() as u64;
-                    Response {
-                        record: Some(Box::new(s.record(ready))),
-                        ..ok
-                    }
-                }
+                Some((s, ready_ms)) => Response {
+                    record: Some(Box::new(s.record(ready_ms))),
+                    ..ok
+                },
                 None => failed(crate::mount::Error::NotStrataMount(mountpoint)),
             }
         }
@@ -253,10 +252,6 @@ async fn handle(state: &Arc<State>, req: Request) -> Response {
             if let Some(s) = stop {
                 let _ = s.send(());
             }
-            wait_released(state, &mountpoint).await;
-            ok
-        }
-        Request::Released { mountpoint } => {
             wait_released(state, &mountpoint).await;
             ok
         }
@@ -303,6 +298,7 @@ async fn mount(
         Entry {
             served: Some(served.clone()),
             stop: Some(stop),
+            ready_ms,
         },
     );
     tokio::spawn(watch(state.clone(), mp, served, ready_ms, stopped));
@@ -316,20 +312,14 @@ async fn watch(
     mp: PathBuf,
     served: Arc<Served>,
     ready_ms: u64,
-    mut stopped: oneshot::Receiver<()>,
+    stopped: oneshot::Receiver<()>,
 ) {
     let store = state.svc.store.clone();
-    loop {
-        tokio::select! {
-            _ = &mut stopped => break,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                served.publish(&store, ready_ms);
-                if !crate::mount::is_mounted(&mp) {
-                    break;
-                }
-            }
-        }
-    }
+    served
+        .watch(&store, ready_ms, async {
+            let _ = stopped.await;
+        })
+        .await;
     if let Some(e) = lock(&state.mounts).get_mut(&mp) {
         e.served = None;
     }

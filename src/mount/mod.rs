@@ -160,23 +160,16 @@ pub fn check_mountpoint(mountpoint: &Path) -> Result<PathBuf, Error> {
 }
 
 /// Open an image for lazy reading without mounting it: its record resolved (locally or in its
-/// registry), layer indexes and merged tree (`strata cache fetch` and the mount use this).
+/// registry), layer indexes and merged tree — shared with any mount of this process that has
+/// the same image open (`strata cache fetch` and the mount use this).
 pub async fn open_image(
     svc: &Services,
     image: &str,
     platform: Option<&str>,
     progress: &Progress,
-) -> Result<LazyImage, Error> {
+) -> Result<Arc<LazyImage>, Error> {
     let (reference, rec) = crate::image::resolve(&svc.client, &svc.store, image, platform).await?;
-    lazy::open(
-        &svc.client,
-        &svc.store,
-        &svc.cache,
-        &reference,
-        rec,
-        progress,
-    )
-    .await
+    svc.images.get(svc, &reference, rec, progress).await
 }
 
 /// Mount an image (with an optional upper) and start its background prefetch.
@@ -196,8 +189,7 @@ pub async fn mount_image(
     } = spec;
     let started = std::time::Instant::now();
     lazy::tune_allocator();
-    let (reference, rec) = crate::image::resolve(&svc.client, &svc.store, image, platform).await?;
-    let lazy = svc.images.get(svc, &reference, rec, progress).await?;
+    let lazy = open_image(svc, image, platform, progress).await?;
     let upper = match upper {
         Some((u, w)) => {
             for d in [&u, &w] {

@@ -120,28 +120,39 @@ impl Served {
         }
     }
 
-    /// Serve until the mount goes away (umount from outside) or `stop` completes, publishing
-    /// the record twice a second; then shut down.
+    /// Serve until the mount goes away (umount from outside) or `stop` completes (see
+    /// [`watch`](Self::watch)); then shut down.
     pub async fn serve_until(
         self,
         store: &Store,
         ready_ms: u64,
         stop: impl std::future::Future<Output = ()>,
     ) {
+        self.watch(store, ready_ms, stop).await;
+        self.shutdown(store).await;
+    }
+
+    /// Publish the record twice a second until the mount goes away (umount from outside) or
+    /// `stop` completes.
+    pub async fn watch(
+        &self,
+        store: &Store,
+        ready_ms: u64,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
         tokio::pin!(stop);
-        let mp = self.handle.mountpoint().to_path_buf();
+        let mp = self.handle.mountpoint();
         loop {
             tokio::select! {
-                _ = &mut stop => break,
+                _ = &mut stop => return,
                 _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {
                     self.publish(store, ready_ms);
-                    if !super::is_mounted(&mp) {
-                        break;
+                    if !super::is_mounted(mp) {
+                        return;
                     }
                 }
             }
         }
-        self.shutdown(store).await;
     }
 
     /// Stop prefetching, keep the access profile, flush the cache's pending writes, remove
