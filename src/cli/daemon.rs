@@ -82,11 +82,11 @@ pub async fn daemon(ctx: &Ctx, args: DaemonArgs) -> Result<i32, Error> {
             config: ctx.config_path.clone(),
             idle_exit_secs: args.idle_exit,
         };
-        eprintln!(
-            "strata daemon: serving {}",
-            crate::daemon::socket_path(&root).display()
-        );
-        return Ok(crate::daemon::supervise(opts).await?);
+        let code = crate::daemon::supervise(opts, |sock| {
+            eprintln!("strata daemon: serving {}", sock.display())
+        })
+        .await?;
+        return Ok(code);
     }
     if let Ok(mut c) = Client::connect(&root).await {
         let r = c.call(&Request::Ping).await?;

@@ -103,10 +103,10 @@ fn take_lock(root: &Path) -> Result<OwnedFd, Error> {
         .map_err(io_at(&path))?;
     // SAFETY: flock on a descriptor we own; no memory is shared with the kernel.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        // Name the serving process (its pid file may lag a moment behind the lock).
+        // Name the supervisor holding it (its pid may lag a moment behind the lock).
         let mut pid = String::new();
         for _ in 0..100 {
-            pid = std::fs::read_to_string(root.join(super::PID_FILE)).unwrap_or_default();
+            pid = std::fs::read_to_string(&path).unwrap_or_default();
             if !pid.trim().is_empty() {
                 break;
             }
@@ -133,11 +133,12 @@ fn bind(root: &Path) -> Result<OwnedFd, Error> {
     Ok(l.into())
 }
 
-/// Supervise a root: take its lock, listen, run servers until one exits on purpose
-/// (shutdown, idle) or a signal stops us. The exit code.
-pub async fn supervise(opts: SupervisorOptions) -> Result<i32, Error> {
+/// Supervise a root: take its lock, listen (then call `ready` with the socket's path), run
+/// servers until one exits on purpose (shutdown, idle) or a signal stops us. The exit code.
+pub async fn supervise(opts: SupervisorOptions, ready: impl FnOnce(&Path)) -> Result<i32, Error> {
     let lock = take_lock(&opts.root)?;
     let listener = bind(&opts.root)?;
+    ready(&socket_path(&opts.root));
     let (tx, rx) = mpsc::unbounded_channel();
     let mut sup = Sup {
         opts,

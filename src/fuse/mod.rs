@@ -221,22 +221,25 @@ impl MountHandle {
     }
 
     fn finish(&mut self) -> Result<(), MountError> {
-        if self.attached && self.session.is_some() {
-            // Not mounted by this process: unmount by path (gone already is fine).
-            match nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::empty()) {
-                Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-                Err(_) => {
-                    let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
-                }
+        let Some(s) = self.session.take() else {
+            return Ok(());
+        };
+        let err = |source| MountError::Unmount {
+            path: self.mountpoint.clone(),
+            source,
+        };
+        if !is_mounted(&self.mountpoint) {
+            // Unmounted already (by the daemon, or from outside): the session is ending.
+            return s.join().map_err(err);
+        }
+        if self.attached {
+            // Not mounted by this process: unmount by path.
+            if nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::empty()).is_err() {
+                let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
             }
+            return s.join().map_err(err);
         }
-        match self.session.take() {
-            Some(s) => s.umount_and_join().map_err(|source| MountError::Unmount {
-                path: self.mountpoint.clone(),
-                source,
-            }),
-            None => Ok(()),
-        }
+        s.umount_and_join().map_err(err)
     }
 }
 
@@ -361,6 +364,16 @@ pub fn resend(device: BorrowedFd<'_>) -> std::io::Result<()> {
         return Err(std::io::Error::other("short write of FUSE_NOTIFY_RESEND"));
     }
     Ok(())
+}
+
+/// Whether `p` is a mount point (per /proc/self/mountinfo).
+pub fn is_mounted(p: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = p.to_string_lossy();
+    info.lines()
+        .any(|l| l.split(' ').nth(4).map(|m| m.replace("\\040", " ")) == Some(want.to_string()))
 }
 
 /// The errno a union error becomes (unknown failures: EIO).

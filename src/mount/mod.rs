@@ -288,12 +288,7 @@ fn start(
 
 /// Whether `p` is a mount point (per /proc/self/mountinfo).
 pub fn is_mounted(p: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = p.to_string_lossy();
-    info.lines()
-        .any(|l| l.split(' ').nth(4).map(|m| m.replace("\\040", " ")) == Some(want.to_string()))
+    crate::fuse::is_mounted(p)
 }
 
 /// Unmount `mountpoint` (`force`: detach it even if busy or its daemon is gone) and wait
