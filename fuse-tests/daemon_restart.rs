@@ -51,6 +51,8 @@ struct Setup {
     proxy: FaultProxy,
     env: StrataEnv,
     mnt: PathBuf,
+    /// The image, through the proxy.
+    reference: String,
     /// (path in the mount, sha256)
     files: Vec<(PathBuf, String)>,
 }
@@ -101,6 +103,7 @@ fn setup() -> Setup {
         proxy,
         env,
         mnt,
+        reference,
         files,
     }
 }
@@ -341,4 +344,55 @@ fn restart_and_upgrade_hand_over_under_load() {
     s.env
         .run(&["umount", s.mnt.to_str().unwrap()])
         .assert_success();
+}
+
+/// A detached container reads its lazily fetched rootfs in a loop while the server is
+/// killed: it runs on, every read right; when it exits, the daemon unmounts its rootfs.
+#[test]
+fn detached_container_runs_through_a_kill_and_its_rootfs_is_released_when_it_exits() {
+    let s = setup();
+    let root = s.env.root();
+    let want = &s.files[12].1;
+    let out = s.env.run(&[
+        "run",
+        "-d",
+        "--no-prefetch",
+        &s.reference,
+        "sh",
+        "-c",
+        "for i in $(seq 40); do sha256sum /data/f12.bin /data/f13.bin; sleep 0.1; done",
+    ]);
+    out.assert_success();
+    let id = out.stdout_str().trim().to_string();
+    let rootfs = root.join("containers").join(&id).join("rootfs");
+    assert!(
+        common::rel::mountinfo_options(&rootfs).is_some(),
+        "rootfs not mounted"
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    let old = server_pid(&root).expect("daemon.pid");
+    // SAFETY: kill(2) of the server process of our own root.
+    assert_eq!(unsafe { libc::kill(old, libc::SIGKILL) }, 0);
+    wait_new_server(&root, old);
+    let t0 = Instant::now();
+    while common::rel::mountinfo_options(&rootfs).is_some() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "the rootfs of the exited container is still mounted\n{}",
+            s.env.daemon_logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let logs = s.env.run(&["logs", &id]);
+    logs.assert_success();
+    let text = logs.stdout_str();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 80, "{text}\n{}", logs.stderr_str());
+    let want13 = &s.files[13].1;
+    for pair in lines.chunks(2) {
+        assert!(pair[0].starts_with(want.as_str()), "{text}");
+        assert!(pair[1].starts_with(want13.as_str()), "{text}");
+    }
+    s.env.run(&["rm", &id]).assert_success();
+    s.proxy.handle().set(Fault::Pass);
 }

@@ -90,6 +90,12 @@ pub enum Request {
     Restart {
         binary: Option<PathBuf>,
     },
+    /// The mount is the rootfs of the detached container whose init is `pid`: unmount it
+    /// when that process is gone.
+    Watch {
+        mountpoint: PathBuf,
+        pid: i32,
+    },
 }
 
 /// The answer to one request.

@@ -35,6 +35,10 @@ struct Entry {
     stop: Option<oneshot::Sender<()>>,
     /// How long the mount took to be ready (for its records).
     ready_ms: u64,
+    /// Its saved form (for a successor; kept up to date).
+    saved: Option<SavedMount>,
+    /// A detached container's init (pid, start time): the mount ends when it is gone.
+    container: Arc<Mutex<Option<(i32, u64)>>>,
 }
 
 struct State {
@@ -259,6 +263,7 @@ async fn restore_all(
     }
     for (p, dev) in prepared {
         let mp = p.saved.mountpoint.clone();
+        let saved = p.saved.clone();
         let Ok(keep) = dev.try_clone() else {
             abandon(state, &mp, dev, "duplicating its FUSE device");
             continue;
@@ -269,7 +274,7 @@ async fn restore_all(
                     tracing::warn!(mountpoint = %mp.display(), "asking the kernel to resend: {e}");
                 }
                 let ready_ms = served.started.elapsed().as_millis() as u64;
-                register(state, mp, served, ready_ms);
+                register(state, mp, served, ready_ms, saved);
             }
             Err(e) => abandon(state, &mp, keep, &crate::report::chain(&e)),
         }
@@ -351,6 +356,26 @@ async fn handle(state: &Arc<State>, req: Request) -> Response {
         Request::Ping => ok,
         Request::Shutdown => {
             state.shutdown.notify_one();
+            ok
+        }
+        Request::Watch { mountpoint, pid } => {
+            let Some(start) = crate::mount::process_start(pid) else {
+                return failed(crate::mount::Error::Io {
+                    path: PathBuf::from(format!("/proc/{pid}")),
+                    source: std::io::ErrorKind::NotFound.into(),
+                });
+            };
+            let mut mounts = lock(&state.mounts);
+            let Some(e) = mounts.get_mut(&mountpoint) else {
+                return failed(crate::mount::Error::NotStrataMount(mountpoint));
+            };
+            *lock(&e.container) = Some((pid, start));
+            if let Some(s) = e.saved.as_mut() {
+                s.container = Some((pid, start));
+                if let Err(e) = s.save(&state.svc.store) {
+                    tracing::warn!("saving the mount for a restart: {e}");
+                }
+            }
             ok
         }
         Request::Restart { binary } => match restart(state, binary).await {
@@ -474,6 +499,7 @@ async fn mount(
         passthrough: m.passthrough,
         passthrough_active: served.handle.passthrough_active(),
         allow_other: m.allow_other,
+        container: None,
     };
     if let Err(e) = saved.save(&state.svc.store) {
         tracing::warn!("saving the mount for a restart: {e}");
@@ -487,24 +513,35 @@ async fn mount(
     );
     let message = served.status_line(ready_ms);
     let record = served.record(ready_ms);
-    register(state, mp, served, ready_ms);
+    register(state, mp, served, ready_ms, saved);
     Ok((message, record))
 }
 
-/// Serve `served` (at `mp`) from now on: publish its record, keep it in the table, watch it.
-fn register(state: &Arc<State>, mp: PathBuf, served: Served, ready_ms: u64) {
+/// Serve `served` (at `mp`, saved as `saved`) from now on: publish its record, keep it in
+/// the table, watch it.
+fn register(state: &Arc<State>, mp: PathBuf, served: Served, ready_ms: u64, saved: SavedMount) {
     served.publish(&state.svc.store, ready_ms);
     let served = Arc::new(served);
     let (stop, stopped) = oneshot::channel();
+    let container = Arc::new(Mutex::new(saved.container));
     lock(&state.mounts).insert(
         mp.clone(),
         Entry {
             served: Some(served.clone()),
             stop: Some(stop),
             ready_ms,
+            saved: Some(saved),
+            container: container.clone(),
         },
     );
-    tokio::spawn(watch(state.clone(), mp, served, ready_ms, stopped));
+    tokio::spawn(watch(
+        state.clone(),
+        mp,
+        served,
+        ready_ms,
+        stopped,
+        container,
+    ));
 }
 
 /// Publish a mount's record twice a second until it is unmounted or stopped; then shut it
@@ -515,11 +552,26 @@ async fn watch(
     served: Arc<Served>,
     ready_ms: u64,
     stopped: oneshot::Receiver<()>,
+    container: Arc<Mutex<Option<(i32, u64)>>>,
 ) {
     let store = state.svc.store.clone();
     served
         .watch(&store, ready_ms, async {
-            let _ = stopped.await;
+            tokio::pin!(stopped);
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        let c = *lock(&container);
+                        if let Some((pid, start)) = c {
+                            if crate::mount::process_start(pid) != Some(start) {
+                                tracing::info!(mountpoint = %mp.display(), pid, "container gone: unmounting its rootfs");
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
         })
         .await;
     if let Some(e) = lock(&state.mounts).get_mut(&mp) {

@@ -20,7 +20,7 @@ mod served;
 pub use lazy::LazyImage;
 pub use lower::{AccessProfile, CacheLower};
 pub use prefetch::{save_profile, ProfileProgress};
-pub use restore::{prepare, saved_mounts, Prepared, SavedMount};
+pub use restore::{prepare, process_start, saved_mounts, Prepared, SavedMount};
 pub use served::{read_record, record_path, MountRecord, Served};
 
 use crate::cache::{CacheConfig, ChunkCache};

@@ -29,6 +29,10 @@ pub struct SavedMount {
     /// The kernel accepted passthrough at the connection's INIT.
     pub passthrough_active: bool,
     pub allow_other: bool,
+    /// The rootfs of a detached container: its init's (pid, start time); unmounted when
+    /// that process is gone.
+    #[serde(default)]
+    pub container: Option<(i32, u64)>,
 }
 
 /// Where the saved form of the mount at `mountpoint` (canonical) is kept under `root`.
@@ -55,6 +59,18 @@ pub fn saved_mounts(store: &Store) -> Vec<SavedMount> {
         }
     }
     out
+}
+
+/// Start time (clock ticks after boot) of a running process, `None` if gone or a zombie:
+/// with the pid it names one process, whatever pids are reused later.
+pub fn process_start(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    let fields: Vec<&str> = rest.split(' ').collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
 }
 
 impl SavedMount {
