@@ -396,3 +396,57 @@ fn detached_container_runs_through_a_kill_and_its_rootfs_is_released_when_it_exi
     s.env.run(&["rm", &id]).assert_success();
     s.proxy.handle().set(Fault::Pass);
 }
+
+/// Supervisor and server both killed: the mount is dead (nothing holds its connection). The
+/// next daemon detaches it and forgets it, and the image mounts there again.
+#[test]
+fn a_new_daemon_cleans_up_the_mounts_of_a_dead_one() {
+    let s = setup();
+    let root = s.env.root();
+    let (sup, server) = (
+        supervisor_pid(&root).expect("daemon.lock"),
+        server_pid(&root).expect("daemon.pid"),
+    );
+    for pid in [sup, server] {
+        // SAFETY: kill(2) of the daemon processes of our own root.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    }
+    let t0 = Instant::now();
+    while alive(sup) || alive(server) {
+        assert!(t0.elapsed() < Duration::from_secs(20), "daemon not gone");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(common::rel::mountinfo_options(&s.mnt).is_some());
+    // A name the kernel has not cached needs the (dead) server.
+    let e = std::fs::metadata(s.mnt.join("never-looked-up")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
+    s.env.run(&["daemon"]).assert_success();
+    assert!(
+        common::rel::mountinfo_options(&s.mnt).is_none(),
+        "the dead mount is still there\n{}",
+        s.env.daemon_logs()
+    );
+    let saved: Vec<_> = std::fs::read_dir(root.join("mounts"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "saved"))
+        .collect();
+    assert!(saved.is_empty(), "saved mounts left: {saved:?}");
+    s.proxy.handle().set(Fault::Pass);
+    s.env
+        .run(&[
+            "mount",
+            "--no-prefetch",
+            &s.reference,
+            s.mnt.to_str().unwrap(),
+        ])
+        .assert_success();
+    assert_eq!(
+        sha(&std::fs::read(&s.files[0].0).unwrap()),
+        s.files[0].1,
+        "remounted image reads wrong"
+    );
+    s.env
+        .run(&["umount", s.mnt.to_str().unwrap()])
+        .assert_success();
+}

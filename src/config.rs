@@ -72,6 +72,10 @@ pub struct Config {
     /// Chunk cache size cap, e.g. "20GiB".
     #[serde(default = "default_cache_size", deserialize_with = "de_size")]
     pub cache_size: u64,
+    /// Memory tier of the chunk cache (decompressed spans kept in the daemon), e.g. "64MiB":
+    /// most of the daemon's memory.
+    #[serde(default = "default_memory_cache_size", deserialize_with = "de_size")]
+    pub memory_cache_size: u64,
     #[serde(default = "default_true")]
     pub prefetch: bool,
     /// Which access profile steers the first prefetch of a mount: `registry` (the local one,
@@ -104,6 +108,9 @@ fn default_uploads() -> usize {
 }
 fn default_cache_size() -> u64 {
     20 << 30
+}
+fn default_memory_cache_size() -> u64 {
+    64 << 20
 }
 fn default_true() -> bool {
     true
@@ -165,6 +172,7 @@ impl Default for Config {
             max_concurrent_downloads: default_downloads(),
             max_concurrent_uploads: default_uploads(),
             cache_size: default_cache_size(),
+            memory_cache_size: default_memory_cache_size(),
             prefetch: true,
             prefetch_profile: ProfileSource::default(),
             fetch_timeout: default_fetch_timeout(),

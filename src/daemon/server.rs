@@ -239,8 +239,19 @@ async fn restore_all(
             (mp, dev, r)
         }
     });
+    let results = futures::future::join_all(jobs).await;
+    // Saved mounts nobody handed down: left by a daemon that died with its supervisor. A
+    // mount still there is dead (no process has its connection): detach it.
+    for mp in saved.into_keys() {
+        tracing::warn!(mountpoint = %mp.display(), "cleaning up a mount of a dead daemon");
+        if crate::mount::is_mounted(&mp) {
+            let _ = nix::mount::umount2(&mp, nix::mount::MntFlags::MNT_DETACH);
+        }
+        SavedMount::remove(&svc.store, &mp);
+        let _ = std::fs::remove_file(crate::mount::record_path(svc.store.root(), &mp));
+    }
     let mut prepared = Vec::new();
-    for (mp, dev, r) in futures::future::join_all(jobs).await {
+    for (mp, dev, r) in results {
         match r {
             Ok(p) => prepared.push((p, dev)),
             Err(e) => abandon(state, &mp, dev, &e),

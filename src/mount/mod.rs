@@ -126,7 +126,7 @@ impl Services {
 pub fn open_cache(store: &Store, config: &Config) -> Result<Arc<ChunkCache>, Error> {
     ChunkCache::open(CacheConfig {
         dir: store.root().join("cache"),
-        memory_bytes: 256 << 20,
+        memory_bytes: config.memory_cache_size,
         disk_bytes: config.cache_size,
         max_concurrent_fetches: 8,
         fetch_timeout: std::time::Duration::from_secs(config.fetch_timeout),
