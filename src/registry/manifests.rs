@@ -37,7 +37,7 @@ impl Client {
     /// Fetch a manifest or index by tag or digest, verifying its digest.
     pub async fn get_manifest(&self, reference: &Reference) -> Result<FetchedManifest, Error> {
         let what = reference.to_string();
-        self.on_endpoints(&reference.registry, |ep| {
+        self.on_endpoints(&reference.registry, None, |ep| {
             let what = what.clone();
             async move {
                 let url = format!(
