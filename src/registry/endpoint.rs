@@ -342,7 +342,7 @@ impl Client {
         match (e.mirror_verdict(), blob) {
             (None, _) => tracing::debug!(mirror = %base, "mirror does not have it: {e}"),
             (Some(Skip::Blob), Some(b)) => match self.health.blob_failed(base, b, now) {
-                Some(hold) => tracing::info!(
+                Some(hold) => tracing::warn!(
                     mirror = %base,
                     "mirror does not serve blob {b} by range yet; going upstream for it for {hold:?}: {e}"
                 ),
