@@ -122,11 +122,7 @@ fn a_mirror_filling_a_blob_is_skipped_for_that_blob_until_it_serves_ranges() {
     let layer = publish(&reg, "mirror/fill:v1");
     let proxy = FaultProxy::in_front_of(&reg);
     proxy.on_path(&layer, None, Fault::IgnoreRange);
-    let env = env_with_mirror(
-        &reg,
-        &proxy,
-        serde_json::json!({"mirror-retry-after": 1.5}),
-    );
+    let env = env_with_mirror(&reg, &proxy, serde_json::json!({"mirror-retry-after": 1.5}));
     let m = mount(&env, &format!("{}/mirror/fill:v1", reg.host()));
     let t0 = Instant::now();
     for i in 0..FILES - 1 {
@@ -141,7 +137,11 @@ fn a_mirror_filling_a_blob_is_skipped_for_that_blob_until_it_serves_ranges() {
         .count();
     // Asked once, then the layer went upstream (a slow machine may have passed the
     // hold-off once: still not every read).
-    let allowed = if t0.elapsed() < Duration::from_millis(1500) { 1 } else { FILES - 2 };
+    let allowed = if t0.elapsed() < Duration::from_millis(1500) {
+        1
+    } else {
+        FILES - 2
+    };
     assert!(
         (1..=allowed).contains(&during_fill),
         "{during_fill} mirror GETs of the layer: {:?}",
@@ -228,17 +228,28 @@ fn range_requests_to_a_mirror_are_cut_at_its_slice_size() {
         .iter()
         .filter(|r| r.path.contains(&layer))
         .filter_map(|r| {
-            let (a, b) = r.range.as_deref()?.strip_prefix("bytes=")?.split_once('-')?;
+            let (a, b) = r
+                .range
+                .as_deref()?
+                .strip_prefix("bytes=")?
+                .split_once('-')?;
             Some((a.parse().ok()?, b.parse().ok()?))
         })
         .collect();
-    assert!(ranges.len() >= 8, "one 2 MiB span in 256 KiB pieces: {ranges:?}");
+    assert!(
+        ranges.len() >= 8,
+        "one 2 MiB span in 256 KiB pieces: {ranges:?}"
+    );
     for (a, b) in &ranges {
         assert_eq!(a / SLICE, b / SLICE, "bytes={a}-{b} straddles a slice");
     }
     let mut sorted = ranges.clone();
     sorted.sort();
     for w in sorted.windows(2) {
-        assert_eq!(w[0].1 + 1, w[1].0, "pieces leave a gap or overlap: {sorted:?}");
+        assert_eq!(
+            w[0].1 + 1,
+            w[1].0,
+            "pieces leave a gap or overlap: {sorted:?}"
+        );
     }
 }

@@ -254,9 +254,7 @@ impl Config {
                 "must be between 1 and 3600 seconds".into(),
             ));
         }
-        if self.mirror_slice_size != 0
-            && !(4096..=(64 << 20)).contains(&self.mirror_slice_size)
-        {
+        if self.mirror_slice_size != 0 && !(4096..=(64 << 20)).contains(&self.mirror_slice_size) {
             return Err(invalid(
                 "mirror-slice-size",
                 "must be 0 (off) or between 4KiB and 64MiB".into(),

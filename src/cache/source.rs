@@ -78,7 +78,8 @@ impl BlobSource for RegistryBlob {
     }
 
     fn distrust(&self) {
-        self.client.distrust_mirrors(&self.repo.registry, &self.digest);
+        self.client
+            .distrust_mirrors(&self.repo.registry, &self.digest);
     }
 }
 

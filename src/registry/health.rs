@@ -81,10 +81,7 @@ impl Health {
 
     /// Whether requests (for `blob`, if given) should skip mirror `base` now.
     pub fn skip(&self, base: &str, blob: Option<&Digest>, now: Instant) -> Option<Skip> {
-        if lock(&self.mirrors)
-            .get(base)
-            .is_some_and(|d| d.until > now)
-        {
+        if lock(&self.mirrors).get(base).is_some_and(|d| d.until > now) {
             return Some(Skip::Mirror);
         }
         let blob = blob?;
@@ -138,7 +135,10 @@ mod tests {
         assert_eq!(h.mirror_failed("m", t0), Some(Duration::from_secs(10)));
         // requests that were in flight fail too: no new hold-off, no growth
         assert_eq!(h.mirror_failed("m", t0 + Duration::from_secs(1)), None);
-        assert_eq!(h.skip("m", None, t0 + Duration::from_secs(9)), Some(Skip::Mirror));
+        assert_eq!(
+            h.skip("m", None, t0 + Duration::from_secs(9)),
+            Some(Skip::Mirror)
+        );
         assert_eq!(h.skip("m", Some(&d(1)), t0), Some(Skip::Mirror));
         assert_eq!(h.skip("other", None, t0), None);
         // the probe after the hold-off fails again: twice as long, then 4x, ... up to 16x
