@@ -45,7 +45,12 @@ start_nginx_mirror() {
   local dir=$1 ns=${2:-}
   _in_netns "$ns" nginx -t -q -c "$dir/nginx.conf" -p "$dir" 2>"$dir/test.log" \
     || { cat "$dir/test.log" >&2; die "nginx mirror config does not load"; }
-  _in_netns "$ns" nginx -c "$dir/nginx.conf" -p "$dir" > "$dir/nginx.out" 2>&1 &
+  # (nsenter execs nginx: $! is the master's pid)
+  if [ -n "$ns" ]; then
+    nsenter --net="/run/netns/$ns" -- nginx -c "$dir/nginx.conf" -p "$dir" > "$dir/nginx.out" 2>&1 &
+  else
+    nginx -c "$dir/nginx.conf" -p "$dir" > "$dir/nginx.out" 2>&1 &
+  fi
   MIRROR_PIDS+=($!)
   for _ in $(seq 1 100); do [ -s "$dir/nginx.pid" ] && return 0; sleep 0.05; done
   cat "$dir/nginx.out" "$dir/error.log" >&2 2>/dev/null; die "nginx mirror did not start"
@@ -71,7 +76,11 @@ log:
   accesslog:
     disabled: false
 YML
-  _in_netns "$ns" docker-registry serve "$dir/config.yml" > "$dir/registry.log" 2>&1 &
+  if [ -n "$ns" ]; then
+    nsenter --net="/run/netns/$ns" -- docker-registry serve "$dir/config.yml" > "$dir/registry.log" 2>&1 &
+  else
+    docker-registry serve "$dir/config.yml" > "$dir/registry.log" 2>&1 &
+  fi
   MIRROR_PIDS+=($!)
   for _ in $(seq 1 100); do
     _in_netns "$ns" curl -fs "http://$listen/v2/" >/dev/null 2>&1 && return 0

@@ -11,7 +11,8 @@
 # _node_config K MODE: the node's config.json
 _node_config() {
   local k=$1 mode=$2 hub up mirrors=""
-  hub=$(node_hub_ip "$k"); up="$hub:5002"
+  hub=$(node_hub_ip "$k")
+  up="$hub:5002"
   case $mode in
     nginx) mirrors="\"http://$hub:5000\"" ;;
     distribution) mirrors="\"http://$hub:5001\"" ;;
@@ -28,7 +29,8 @@ EOF
 
 # _nodes_round MODE COUNT: COUNT nodes (1..COUNT) cold-start the image at once
 _nodes_round() {
-  local mode=$1 count=$2 k t0 pids=() fails=0 mdir="$NODES_WORK/mirror-$mode-$count"
+  local mode=$1 count=$2 k pids=() fails=0
+  local mdir="$NODES_WORK/mirror-$mode-$count"
   rm -rf "$mdir"; mkdir -p "$mdir"
   case $mode in
     nginx)
