@@ -4,17 +4,6 @@
 #
 #   scripts/bench-scale.sh [--n 20] [--image big] [--profiles unshaped,200mbit-10ms] [--runs 1]
 #
-# Many nodes, one upstream (issue 22): --nodes N makes N nodes as network namespaces (each its
-# own strata root, daemon and address), one registry behind a shaped link (the first profile;
-# default 200mbit-10ms) and a mirror in between, and has 1 then N nodes cold-start the image
-# at once, for each mode: no mirror, the nginx lazy-pull mirror (contrib/nginx, slice
-# $NODES_NGINX_SLICE, default 256k; strata's mirror-slice-size $NODES_SLICE, default 256KiB),
-# distribution's pull-through cache. Reports upstream bytes, mirror bytes, per-node times
-# (lib/scale_nodes.sh; bench-results/scale-nodes.md).
-#
-#   scripts/bench-scale.sh --nodes 10 [--image big] [--profiles 200mbit-10ms]
-#                          [--modes none,nginx,distribution]
-#
 # For each link profile: a fresh root and one `strata run --rm` (the single-run reference),
 # then a fresh root and N of them started together. Measured: wall time (first start to last
 # exit), registry bytes (the registry's access log, `http.response.written`), the daemon's
@@ -22,6 +11,17 @@
 # one run, wall <= 2x one run, daemon RSS < 200 MiB with 20 mounts.
 # Needs the bench images (scripts/build-images.sh) and target/release/strata (or $STRATA).
 # Results: bench-results/scale.csv and scale.md.
+#
+# Many nodes, one upstream (issue 22): --nodes N makes N nodes as network namespaces (each its
+# own strata root, daemon and address), one registry behind a shaped link (the first profile;
+# default 200mbit-10ms) and a mirror in between, and has 1 then N nodes cold-start the image
+# at once, for each mode: no mirror, the nginx lazy-pull mirror (contrib/nginx, slice
+# $NODES_NGINX_SLICE, default 128k; strata's mirror-slice-size $NODES_SLICE, default 128KiB),
+# distribution's pull-through cache. Reports upstream bytes, mirror bytes, per-node times
+# (lib/scale_nodes.sh; bench-results/scale-nodes.md).
+#
+#   scripts/bench-scale.sh --nodes 10 [--image big] [--profiles 200mbit-10ms]
+#                          [--modes none,nginx,distribution]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib/common.sh"

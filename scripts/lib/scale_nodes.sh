@@ -89,8 +89,8 @@ scale_nodes_main() {
   ensure_pkgs nginx
   nginx -V 2>&1 | grep -q http_slice_module || die "this nginx lacks the slice module (Debian's nginx package has it)"
   NODES_IMG=$img NODES_PROFILE=${profiles%%,*}
-  NODES_SLICE=${NODES_SLICE:-256KiB}
-  NODES_NGINX_SLICE=${NODES_NGINX_SLICE:-256k}
+  NODES_SLICE=${NODES_SLICE:-128KiB}
+  NODES_NGINX_SLICE=${NODES_NGINX_SLICE:-128k}
   case $img in
     big) NODES_ARGV=(python3 -c 'import numpy, scipy') ;;
     python) NODES_ARGV=(python3 -c 'import json') ;;
