@@ -127,11 +127,11 @@ fn wait_http(ns: &Netns, url: &str, log: &Path) {
 /// The hub: the upstream registry (on `storage`, optionally redirecting blob GETs to the
 /// static storage server) and nginx with the contrib mirror config.
 struct Hub {
-    dir: tempfile::TempDir,
-    // Dropped in this order: processes first, then the namespaces.
+    // Dropped in this order: processes first, then the namespaces, then their files.
     _procs: Vec<Proc>,
     nodes: Vec<Netns>,
     _ns: Netns,
+    dir: tempfile::TempDir,
 }
 
 impl Hub {
@@ -268,10 +268,10 @@ impl Hub {
         };
         wait_http(probe, &url, &d.join("error.log"));
         Hub {
-            dir,
             _procs: procs,
             nodes: node_ns,
             _ns: ns,
+            dir,
         }
     }
 
