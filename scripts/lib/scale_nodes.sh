@@ -10,11 +10,11 @@
 
 # _node_config K MODE: the node's config.json
 _node_config() {
-  local k=$1 mode=$2 hub up mirrors=""
+  local k=$1 mode=$2 hub up mirrors="" slice=0
   hub=$(node_hub_ip "$k")
   up="$hub:5002"
   case $mode in
-    nginx) mirrors="\"http://$hub:5000\"" ;;
+    nginx) mirrors="\"http://$hub:5000\""; slice=$NODES_SLICE ;;
     distribution) mirrors="\"http://$hub:5001\"" ;;
   esac
   cat <<EOF
@@ -22,7 +22,7 @@ _node_config() {
   "registry-mirrors-by-host": {"$up": [$mirrors]},
   "insecure-registries": ["$up", "$hub:5000", "$hub:5001"],
   "prefetch": false,
-  "mirror-slice-size": "$NODES_SLICE"
+  "mirror-slice-size": "$slice"
 }
 EOF
 }

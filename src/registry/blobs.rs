@@ -91,6 +91,9 @@ impl Client {
                 });
             }
             range::check_content_range(resp.headers(), rg, &what)?;
+            if ep.mirror {
+                self.health.served_range(&ep.base, digest);
+            }
         }
         Ok(resp)
     }
@@ -118,7 +121,18 @@ impl Client {
                     return self.range_from(&ep, repo, digest, range).await;
                 }
                 let mut out = Vec::with_capacity((range.end - range.start) as usize);
-                let mut bodies = futures::stream::iter(pieces)
+                let mut rest = &pieces[..];
+                if !self.health.serves_ranges(&ep.base, digest) {
+                    // The first piece alone: a mirror that does not hold the blob would start
+                    // a whole-blob stream (or a fill) for every piece sent at once.
+                    out.extend_from_slice(
+                        &self
+                            .range_from(&ep, repo, digest, pieces[0].clone())
+                            .await?,
+                    );
+                    rest = &pieces[1..];
+                }
+                let mut bodies = futures::stream::iter(rest.iter().cloned())
                     .map(|p| self.range_from(&ep, repo, digest, p))
                     .buffered(MAX_PIECES_IN_FLIGHT);
                 while let Some(b) = bodies.next().await {

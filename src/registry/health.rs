@@ -7,11 +7,13 @@
 //! cache does both); that blob goes to the next endpoint while the mirror fills, and the
 //! other blobs keep using the mirror. The hold-off starts at `mirror-retry-after` and doubles
 //! with each further failure of the probe that follows it, up to [`MAX_BACKOFF`] times; a
-//! success forgets the mirror's failures. Pure bookkeeping, no I/O; used by `endpoint.rs`
-//! and `blobs.rs`. Uses `digest` only.
+//! success forgets the mirror's failures. It also remembers which blobs a mirror has served
+//! by range, so that a range cut into slice pieces is sent whole only to a mirror known to hold
+//! the blob (a mirror filling a blob would start one whole-blob stream per piece). Pure
+//! bookkeeping, no I/O; used by `endpoint.rs` and `blobs.rs`. Uses `digest` only.
 
 use crate::digest::Digest;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -37,6 +39,8 @@ pub struct Health {
     first: Duration,
     mirrors: Mutex<HashMap<String, Down>>,
     blobs: Mutex<HashMap<(String, Digest), Down>>,
+    /// (mirror, blob) pairs the mirror has answered with a range: it holds the blob.
+    ranged: Mutex<HashSet<(String, Digest)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -76,7 +80,22 @@ impl Health {
             first,
             mirrors: Mutex::new(HashMap::new()),
             blobs: Mutex::new(HashMap::new()),
+            ranged: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// The mirror answered a Range request for `blob` with that range.
+    pub fn served_range(&self, base: &str, blob: &Digest) {
+        let mut r = lock(&self.ranged);
+        if !r.contains(&(base.to_string(), *blob)) {
+            r.insert((base.to_string(), *blob));
+        }
+    }
+
+    /// Whether the mirror has answered a Range request for `blob` with that range before
+    /// (and has not failed on it since).
+    pub fn serves_ranges(&self, base: &str, blob: &Digest) -> bool {
+        lock(&self.ranged).contains(&(base.to_string(), *blob))
     }
 
     /// Whether requests (for `blob`, if given) should skip mirror `base` now.
@@ -99,6 +118,7 @@ impl Health {
     /// The mirror does not serve `blob` by range yet; `Some(hold-off)` when the blob starts
     /// skipping it now.
     pub fn blob_failed(&self, base: &str, blob: &Digest, now: Instant) -> Option<Duration> {
+        lock(&self.ranged).remove(&(base.to_string(), *blob));
         strike(&self.blobs, (base.to_string(), *blob), self.first, now)
     }
 
@@ -174,5 +194,11 @@ mod tests {
         );
         h.ok("m", Some(&d(1)));
         assert_eq!(h.skip("m", Some(&d(1)), later), None);
+        assert!(!h.serves_ranges("m", &d(1)));
+        h.served_range("m", &d(1));
+        assert!(h.serves_ranges("m", &d(1)));
+        assert!(!h.serves_ranges("m", &d(2)) && !h.serves_ranges("n", &d(1)));
+        h.blob_failed("m", &d(1), later);
+        assert!(!h.serves_ranges("m", &d(1)));
     }
 }
