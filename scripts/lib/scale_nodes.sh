@@ -118,6 +118,7 @@ scale_nodes_main() {
   done
   nodes_down
   trap - EXIT
+  rm -rf "$NODES_WORK"/node*/ "$NODES_WORK"/mirror-*/cache "$NODES_WORK"/mirror-*/data
   python3 - "$NODES_CSV" "$n" > "$RES/scale-nodes.md" <<'EOF'
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1]))); n = sys.argv[2]
