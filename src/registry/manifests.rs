@@ -37,7 +37,7 @@ impl Client {
     /// Fetch a manifest or index by tag or digest, verifying its digest.
     pub async fn get_manifest(&self, reference: &Reference) -> Result<FetchedManifest, Error> {
         let what = reference.to_string();
-        self.on_endpoints(&reference.registry, |ep| {
+        self.on_endpoints(&reference.registry, None, |ep| {
             let what = what.clone();
             async move {
                 let url = format!(
@@ -204,20 +204,32 @@ impl Client {
         repo: &Repository,
         subject: &Digest,
     ) -> Result<(oci::ImageIndex, bool), Error> {
-        let ep = self.upstream(&repo.registry);
-        let url = format!("{}/v2/{}/referrers/{}", ep.base, repo.name, subject);
-        let resp = self
-            .send(&ep, &Self::scope_pull(&repo.name), Method::GET, &url, |r| {
-                r.header(ACCEPT, oci::OCI_INDEX)
+        // Mirrors first, as for manifests and blobs: a node may reach only its mirror. Any
+        // answer but a success means "no referrers API here" (the tag schema follows); only a
+        // failure to get an answer moves on to the next endpoint.
+        let api = self
+            .on_endpoints(&repo.registry, None, |ep| async move {
+                let url = format!("{}/v2/{}/referrers/{}", ep.base, repo.name, subject);
+                let resp = self
+                    .send(&ep, &Self::scope_pull(&repo.name), Method::GET, &url, |r| {
+                        r.header(ACCEPT, oci::OCI_INDEX)
+                    })
+                    .await?;
+                if !resp.status().is_success() {
+                    return Ok(None);
+                }
+                let body = read_limited(resp, MAX_MANIFEST_BYTES, &url).await?;
+                let idx = serde_json::from_slice(&body).map_err(|e| Error::BadManifest {
+                    what: url.clone(),
+                    msg: e.to_string(),
+                })?;
+                Ok(Some(idx))
             })
-            .await?;
-        if resp.status().is_success() {
-            let body = read_limited(resp, MAX_MANIFEST_BYTES, &url).await?;
-            let idx = serde_json::from_slice(&body).map_err(|e| Error::BadManifest {
-                what: url.clone(),
-                msg: e.to_string(),
-            })?;
-            return Ok((idx, false));
+            .await;
+        match api {
+            Ok(Some(idx)) => return Ok((idx, false)),
+            Ok(None) => {}
+            Err(e) => tracing::debug!("referrers API of {repo}: {e}; trying the tag schema"),
         }
         let tag_ref = repo.tag(referrers_tag(subject));
         match self.get_manifest(&tag_ref).await {

@@ -1,15 +1,18 @@
 //! Distribution v2 client: ping, auth, manifests, ranged blob reads, uploads, catalog.
 //!
 //! Uses `reference`, `digest`, `config`; knows nothing of the store or of FUSE. Mirrors are tried
-//! in order before the upstream; retries with backoff live in one place ([`Client::send`]).
+//! in order before the upstream, skipping those that failed a moment ago (`health.rs`);
+//! retries with backoff live in one place ([`Client::send`]).
 //! This file holds the client, its error type and the response helpers; the requests are split
 //! by what they touch: `endpoint.rs` (mirrors and upstream, auth, `send` and its retries),
+//! `health.rs` (which mirrors, and which blobs on a mirror, to skip for a while),
 //! `manifests.rs` (manifests, platform resolution, referrers, tags, catalog), `blobs.rs` (blob
 //! downloads, ranged and verified), `uploads.rs` (blob and manifest uploads).
 
 pub mod auth;
 mod blobs;
 mod endpoint;
+mod health;
 mod manifests;
 mod range;
 mod uploads;
@@ -69,6 +72,12 @@ pub enum Error {
     TooLarge { what: String, limit: usize },
     #[error("{what}: registry ignored the Range request ({status})")]
     RangeIgnored { what: String, status: StatusCode },
+    #[error("{what}: mirror {mirror} did not answer a Range request within {after:?}")]
+    MirrorSlow {
+        what: String,
+        mirror: String,
+        after: Duration,
+    },
     #[error("{what}: asked for bytes {asked}, registry answered 206 with Content-Range {got:?}")]
     BadContentRange {
         what: String,
@@ -90,6 +99,27 @@ impl Error {
     fn is_not_found(&self) -> bool {
         matches!(self, Error::NotFound { .. })
     }
+
+    /// What a mirror's failure says about the mirror: `None` when nothing (it does not have
+    /// the thing: try the next endpoint, ask it again next time), `Some(Skip::Blob)` when it
+    /// does not serve this blob by range yet (it answered with the whole blob, or slowly),
+    /// `Some(Skip::Mirror)` when the mirror itself is broken for now.
+    fn mirror_verdict(&self) -> Option<health::Skip> {
+        match self {
+            Error::NotFound { .. }
+            | Error::BadManifest { .. }
+            | Error::NoPlatform { .. }
+            | Error::Io { .. }
+            | Error::Client(_) => None,
+            Error::RangeIgnored { .. } | Error::MirrorSlow { .. } => Some(health::Skip::Blob),
+            Error::Http { .. }
+            | Error::Status { .. }
+            | Error::Unauthorized { .. }
+            | Error::DigestMismatch { .. }
+            | Error::TooLarge { .. }
+            | Error::BadContentRange { .. } => Some(health::Skip::Mirror),
+        }
+    }
 }
 
 /// The registry client. Cheap to share behind an `Arc`; every method takes `&self`.
@@ -101,6 +131,8 @@ pub struct Client {
     /// (auth host, scope) -> Authorization header value.
     auth_cache: Mutex<HashMap<(String, String), String>>,
     retry: RetryPolicy,
+    /// Mirrors (and blobs on mirrors) skipped for a while after a failure.
+    health: health::Health,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -116,6 +148,8 @@ impl Client {
             .pool_max_idle_per_host(16)
             .build()
             .map_err(Error::Client)?;
+        let hold = Duration::try_from_secs_f64(config.mirror_retry_after)
+            .unwrap_or(Duration::from_secs(10));
         Ok(Client {
             http,
             config,
@@ -123,6 +157,7 @@ impl Client {
             override_creds: Mutex::new(HashMap::new()),
             auth_cache: Mutex::new(HashMap::new()),
             retry: RetryPolicy::default(),
+            health: health::Health::new(hold),
         })
     }
 
