@@ -164,7 +164,7 @@ use ops::*;
 
 /// The strata side of a case.
 enum Under<'a> {
-    Dirs(StrataMount),
+    Dirs(Box<StrataMount>),
     Lazy(LazyMount<'a>),
 }
 
@@ -375,13 +375,13 @@ fn random_operations_match_kernel_overlayfs_with_directory_lowers() {
             &lowers.clone(),
             t,
             |u, w| {
-                Under::Dirs(StrataMount::dirs(
+                Under::Dirs(Box::new(StrataMount::dirs(
                     &lowers,
                     Some((u, w)),
                     &t.join("mnt"),
                     Default::default(),
                     Default::default(),
-                ))
+                )))
             },
         );
     }

@@ -173,9 +173,6 @@ pub struct MountHandle {
     /// a successor; all dispatch threads share this one open file, so a copy held elsewhere
     /// keeps every request in flight alive when this process dies).
     device: OwnedFd,
-    /// Attached to an existing connection ([`attach`]): no mount of our own to drop, so
-    /// ending it unmounts by path.
-    attached: bool,
     /// The connection's number under /sys/fs/fuse/connections (the mount's st_dev).
     conn: Option<u64>,
 }
@@ -309,7 +306,6 @@ pub fn mount(
         fs,
         passthrough,
         device,
-        attached: false,
         conn,
     })
 }
@@ -355,7 +351,6 @@ pub fn attach(
         fs,
         passthrough: pt,
         device: mine,
-        attached: true,
         conn,
     })
 }
