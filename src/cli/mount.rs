@@ -130,13 +130,20 @@ pub async fn umount(ctx: &Ctx, mountpoint: &Path, force: bool) -> Result<i32, Er
     Ok(0)
 }
 
-pub fn stats(ctx: &Ctx, mountpoint: &Path, json: bool) -> Result<i32, Error> {
+/// The mount's counters: live from the daemon when it serves the mount, else the record its
+/// serving process publishes twice a second (`mount --foreground`).
+pub async fn stats(ctx: &Ctx, mountpoint: &Path, json: bool) -> Result<i32, Error> {
     let mp = std::fs::canonicalize(mountpoint).map_err(|source| Error::Io {
         context: format!("mountpoint {}", mountpoint.display()),
         source,
     })?;
-    let Some(r) = crate::mount::read_record(&ctx.store, &mp)? else {
-        return Err(crate::mount::Error::NotStrataMount(mp).into());
+    let live = super::daemon::stats(ctx, &mp).await.ok().flatten();
+    let r = match live {
+        Some(r) => r,
+        None => match crate::mount::read_record(&ctx.store, &mp)? {
+            Some(r) => r,
+            None => return Err(crate::mount::Error::NotStrataMount(mp).into()),
+        },
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
