@@ -84,7 +84,10 @@ fn pulls_and_mounts_share_one_root_at_once() {
                 s.spawn(move || {
                     let dir = env.scratch().join(name);
                     let r = if name == "m2" { ra } else { rb };
-                    env.try_mount_at(r, &dir, &["--no-prefetch"]).0
+                    let (out, guard) = env.try_mount_at(r, &dir, &["--no-prefetch"]);
+                    // Unmounted by the guards made again below, after the threads.
+                    std::mem::forget(guard);
+                    out
                 })
             })
             .collect();
@@ -242,7 +245,6 @@ fn non_root_user_writes_on_an_allow_other_mount() {
 /// Files created by a non-root user belong to that user (POSIX; ext4 and kernel overlayfs
 /// do so).
 #[test]
-#[ignore = "issue 17: files created by a non-root caller on a strata mount belong to root"]
 fn files_created_by_a_non_root_user_belong_to_it() {
     let reg = Registry::start();
     let img = ImageBuilder::new()
@@ -265,6 +267,8 @@ fn files_created_by_a_non_root_user_belong_to_it() {
     for p in ["tmp/f", "tmp/dir"] {
         let meta = std::fs::metadata(m.dir.join(p)).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{p} through the mount");
+        let meta = std::fs::metadata(upper.join(p)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{p} in the upper");
     }
 }
 
@@ -415,28 +419,39 @@ fn long_lower_paths_read_through_the_mount() {
     assert_eq!(s, "at the bottom\n");
 }
 
-/// Writes at paths up to PATH_MAX - 1 inside a mount with an upper: every step the host
-/// file system takes (see the test above) must work on strata too.
-#[test]
-#[ignore = "issue 17: writes at full paths near PATH_MAX fail inside a strata mount (see the report in the test's panic)"]
-fn long_paths_work_inside_a_mount_with_an_upper() {
+/// Every step of [`long_path_ops`] at a `total`-byte path inside a mount with an upper.
+fn long_path_in_a_mount(total: usize) {
     let reg = Registry::start();
     let img = ImageBuilder::new()
-        .layer(Layer::new().dir("w"))
+        .layer(Layer::new().dir("etc"))
         .build("v1");
     img.push(&reg, "share/long:v1");
     let reference = format!("{}/share/long:v1", reg.host());
     let env = StrataEnv::new();
     let upper = env.scratch().join("upper");
-    for total in LONG {
-        let mnt = env.scratch().join(format!("mnt{total}"));
-        let m = env.mount_at(&reference, &mnt, &["--upper", upper.to_str().unwrap()]);
-        let r = long_path_ops(&m.dir.join("w"), total);
-        if let Err((step, e)) = r {
-            panic!(
-                "strata mount, {total}-byte path: {step}: errno {e} ({})",
-                std::io::Error::from_raw_os_error(e)
-            );
-        }
+    let m = env.mount(&reference, &["--upper", upper.to_str().unwrap()]);
+    // A fresh top-level directory, and the rest of the path sized so that the whole path
+    // inside the mount is `total` bytes.
+    let top = format!("w{total}");
+    std::fs::create_dir(m.dir.join(&top)).unwrap();
+    if let Err((step, e)) = long_path_ops(&m.dir.join(&top), total - top.len() - 1) {
+        panic!(
+            "strata mount, {total}-byte path: {step}: errno {e} ({})",
+            std::io::Error::from_raw_os_error(e)
+        );
     }
+}
+
+/// Writes at a 2000-byte path inside a mount with an upper: every step the host file system
+/// takes (see above) works on strata too.
+#[test]
+fn long_paths_work_inside_a_mount_with_an_upper() {
+    long_path_in_a_mount(LONG[0]);
+}
+
+/// The same at PATH_MAX - 1 bytes.
+#[test]
+#[ignore = "issue 17: at 4095 bytes, openat(O_CREAT) fails with ENAMETOOLONG inside a strata mount (mkdirat of the 3800-byte parents works; the host file system takes it all)"]
+fn path_max_paths_work_inside_a_mount_with_an_upper() {
+    long_path_in_a_mount(LONG[1]);
 }
