@@ -49,7 +49,10 @@ fn fixture() -> ImageBuilder {
         .file("etc/os-release", "NAME=foreign\n")
         .add(Entry::file("etc/empty", Vec::new()))
         .add(Entry::file("etc/secret", "s").mode(0o600).owner(7, 8))
-        .add(Entry::file("usr/lib/big.bin", pseudo_mixed((1 << 20) + 4321, 1, SOME_TEXT)))
+        .add(Entry::file(
+            "usr/lib/big.bin",
+            pseudo_mixed((1 << 20) + 4321, 1, SOME_TEXT),
+        ))
         .add(Entry::file("usr/lib/tool", pseudo_mixed(70_000, 2, SOME_TEXT)).mode(0o4755))
         .hardlink("usr/lib/tool-link", "usr/lib/tool")
         .symlink("usr/lib/current", "tool")
@@ -71,7 +74,10 @@ fn fixture() -> ImageBuilder {
         .opaque("opt/old")
         .file("opt/old/b", "b")
         .file("etc/os-release", "NAME=foreign v2\n")
-        .add(Entry::file("usr/lib/mid.bin", pseudo_mixed(300_000, 3, SOME_TEXT)));
+        .add(Entry::file(
+            "usr/lib/mid.bin",
+            pseudo_mixed(300_000, 3, SOME_TEXT),
+        ));
     ImageBuilder::new().layer(l0).layer(l1)
 }
 
@@ -289,8 +295,7 @@ fn strata_encoder_writes_what_the_reference_writer_writes() {
         let theirs_toc_digest = desc["annotations"]["containerd.io/snapshot/stargz/toc.digest"]
             .as_str()
             .unwrap();
-        let (their_footer, their_toc_off, theirs) =
-            footer_and_toc(&theirs_blob, theirs_toc_digest);
+        let (their_footer, their_toc_off, theirs) = footer_and_toc(&theirs_blob, theirs_toc_digest);
         let (our_blob, our_toc_digest) = estargz::build(&orig.tar, CHUNK).unwrap();
         let (our_footer, _, ours) = footer_and_toc(&our_blob, &our_toc_digest.to_string());
 

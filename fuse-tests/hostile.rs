@@ -11,9 +11,7 @@ use common::testdata::XorShift64;
 #[path = "../fuzz/src/lib.rs"]
 mod fuzz_entry;
 
-use common::{
-    http, Entry, Fault, FaultProxy, ImageBuilder, Layer, OutputExt, Registry, StrataEnv,
-};
+use common::{http, Entry, Fault, FaultProxy, ImageBuilder, Layer, OutputExt, Registry, StrataEnv};
 use serde_json::json;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

@@ -693,7 +693,10 @@ fn counters_agree_with_the_reads_made_and_the_registry_log() {
     let big = expected["usr/lib/big.bin"].as_ref().unwrap();
     for (i, off) in [0u64, 5 << 20, 10 << 20].into_iter().enumerate() {
         let got = direct_pread(&big_path, off, 4096);
-        assert!(got == big[off as usize..off as usize + 4096], "big.bin @{off}");
+        assert!(
+            got == big[off as usize..off as usize + 4096],
+            "big.bin @{off}"
+        );
         let s = stats(&env, &m.dir);
         let k = i as u64 + 1;
         assert_eq!(n(&s, "fs_reads") - n(&s0, "fs_reads"), k, "{s}");
@@ -716,7 +719,11 @@ fn counters_agree_with_the_reads_made_and_the_registry_log() {
     assert!(got == big[..4096]);
     let s = stats(&env, &m.dir);
     assert_eq!(n(&s, "fs_reads"), n(&before, "fs_reads") + 1, "{s}");
-    assert_eq!(n(&s, "fs_reads_waited"), n(&before, "fs_reads_waited"), "{s}");
+    assert_eq!(
+        n(&s, "fs_reads_waited"),
+        n(&before, "fs_reads_waited"),
+        "{s}"
+    );
     assert_eq!(
         c(&s, "mem_hits") + c(&s, "disk_hits"),
         c(&before, "mem_hits") + c(&before, "disk_hits") + 1,

@@ -126,7 +126,11 @@ fn pulls_and_mounts_share_one_root_at_once() {
     let images = env.run(&["images"]);
     images.assert_success();
     for repo in ["share/a", "share/b"] {
-        assert!(images.stdout_str().contains(repo), "{}", images.stdout_str());
+        assert!(
+            images.stdout_str().contains(repo),
+            "{}",
+            images.stdout_str()
+        );
     }
     // Nothing left half-written.
     let tmp: Vec<_> = std::fs::read_dir(env.root().join("tmp"))
@@ -217,7 +221,10 @@ fn non_root_user_writes_on_an_allow_other_mount() {
         std::fs::read(m.dir.join("home/nobody/notes")).unwrap(),
         b"lower line\nmore\n"
     );
-    assert_eq!(std::fs::read(m.dir.join("home/nobody/g")).unwrap(), b"deep\n");
+    assert_eq!(
+        std::fs::read(m.dir.join("home/nobody/g")).unwrap(),
+        b"deep\n"
+    );
     // In the upper, the copied-up file kept its owner.
     let meta = std::fs::metadata(upper.join("home/nobody/notes")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
@@ -266,7 +273,11 @@ fn files_created_by_a_non_root_user_belong_to_it() {
     assert_eq!(code, 0, "{err}");
     for p in ["tmp/f", "tmp/dir"] {
         let meta = std::fs::metadata(m.dir.join(p)).unwrap();
-        assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{p} through the mount");
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (65534, 65534),
+            "{p} through the mount"
+        );
         let meta = std::fs::metadata(upper.join(p)).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{p} in the upper");
     }
@@ -343,8 +354,7 @@ fn long_path_ops(root: &Path, total: usize) -> Result<(), (String, i32)> {
     // SAFETY: stat is plain old data.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: valid dirfd, path and stat buffer.
-    if unsafe { libc::fstatat(r, cpath(&full).as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } != 0
-    {
+    if unsafe { libc::fstatat(r, cpath(&full).as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
         return Err(("fstatat".into(), errno()));
     }
     if st.st_size != 5 {
@@ -356,7 +366,13 @@ fn long_path_ops(root: &Path, total: usize) -> Result<(), (String, i32)> {
         return Err(("renameat".into(), errno()));
     }
     // SAFETY: as above.
-    let f = unsafe { libc::openat(r, cpath(&renamed).as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    let f = unsafe {
+        libc::openat(
+            r,
+            cpath(&renamed).as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
     if f < 0 {
         return Err(("openat read".into(), errno()));
     }
@@ -384,9 +400,8 @@ const LONG: [usize; 2] = [2000, libc::PATH_MAX as usize - 1];
 fn long_paths_work_on_the_host_file_system() {
     for total in LONG {
         let dir = tempfile::tempdir().unwrap();
-        long_path_ops(dir.path(), total).unwrap_or_else(|(step, e)| {
-            panic!("host fs, {total}-byte path: {step}: errno {e}")
-        });
+        long_path_ops(dir.path(), total)
+            .unwrap_or_else(|(step, e)| panic!("host fs, {total}-byte path: {step}: errno {e}"));
     }
 }
 
@@ -411,7 +426,11 @@ fn long_lower_paths_read_through_the_mount() {
     use std::os::fd::{AsRawFd, FromRawFd};
     // SAFETY: valid dirfd and path.
     let f = unsafe { libc::openat(fd.as_raw_fd(), cpath(&full).as_ptr(), libc::O_RDONLY) };
-    assert!(f >= 0, "openat of a 4000-byte lower path: errno {}", errno());
+    assert!(
+        f >= 0,
+        "openat of a 4000-byte lower path: errno {}",
+        errno()
+    );
     // SAFETY: f is a fresh descriptor we own.
     let mut f = unsafe { std::fs::File::from_raw_fd(f) };
     let mut s = String::new();

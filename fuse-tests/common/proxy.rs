@@ -54,7 +54,12 @@ pub struct Canned {
 
 impl std::fmt::Debug for Canned {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Canned({}, {} bytes)", self.content_type, self.body.len())
+        write!(
+            f,
+            "Canned({}, {} bytes)",
+            self.content_type,
+            self.body.len()
+        )
     }
 }
 
