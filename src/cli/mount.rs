@@ -3,7 +3,8 @@
 //! `strata mount` asks the root's daemon (`crate::daemon`, started when none runs) to mount and
 //! returns when the mount is ready; `--foreground` serves the one mount in this process
 //! instead. Either way the mount is assembled by `crate::mount`, which also prefetches and
-//! writes the counters to `ROOT/mounts/<key>.json` for `strata stats`. This file parses
+//! writes the counters to `ROOT/mounts/<key>.json`. `strata stats` asks the daemon for its
+//! live counters and falls back to that file (`--foreground` mounts). This file parses
 //! arguments, talks to the daemon and prints.
 
 use super::util::{human_size, print_table};
