@@ -233,6 +233,17 @@ impl Sup {
         });
     }
 
+    /// Every mount's device, as passed on to a new process.
+    fn mount_list(&self) -> Vec<InheritedMount> {
+        self.mounts
+            .iter()
+            .map(|(mp, fd)| InheritedMount {
+                fd: fd.as_raw_fd(),
+                mountpoint: mp.clone(),
+            })
+            .collect()
+    }
+
     /// Forward the messages of `server` as events.
     fn listen_to(&self, server: &Server) {
         let (tx, ctl, pid) = (self.tx.clone(), server.ctl.clone(), server.pid);
@@ -254,14 +265,7 @@ impl Sup {
             ctl: theirs.as_raw_fd(),
             lock: self.lock.as_raw_fd(),
             generation: self.generation,
-            mounts: self
-                .mounts
-                .iter()
-                .map(|(mp, fd)| InheritedMount {
-                    fd: fd.as_raw_fd(),
-                    mountpoint: mp.clone(),
-                })
-                .collect(),
+            mounts: self.mount_list(),
             handover,
             idle_exit_secs: self.opts.idle_exit_secs,
         };
@@ -506,14 +510,7 @@ impl Sup {
             listener: self.listener.as_raw_fd(),
             server_pid: server.pid,
             server_ctl: server.ctl.as_raw_fd(),
-            mounts: self
-                .mounts
-                .iter()
-                .map(|(mp, fd)| InheritedMount {
-                    fd: fd.as_raw_fd(),
-                    mountpoint: mp.clone(),
-                })
-                .collect(),
+            mounts: self.mount_list(),
             generation: self.generation,
         };
         let json = match serde_json::to_string(&carried) {

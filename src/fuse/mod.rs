@@ -277,19 +277,8 @@ pub fn mount(
         mo.push(MountOption::Dev);
         mo.push(MountOption::Suid);
     }
-    let mut config = Config::default();
+    let mut config = session_config(&opts);
     config.mount_options = mo;
-    config.acl = if opts.allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
-    };
-    config.n_threads = Some(opts.threads.max(1));
-    // One open file for all threads (no FUSE_DEV_IOC_CLONE): requests a thread has read
-    // live in that file's queue, so a copy of the descriptor kept by a supervisor keeps them
-    // for a successor to have resent when this process dies (a clone's queue would be
-    // aborted with its file).
-    config.clone_fd = false;
     let passthrough = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let adapter = adapter::Adapter::new(fs.clone(), opts, rt, passthrough.clone());
     let err = |source| MountError::Mount {
@@ -310,6 +299,23 @@ pub fn mount(
     })
 }
 
+/// Session settings shared by [`mount`] and [`attach`].
+fn session_config(opts: &MountOptions) -> Config {
+    let mut config = Config::default();
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(opts.threads.max(1));
+    // One open file for all threads (no FUSE_DEV_IOC_CLONE): requests a thread has read
+    // live in that file's queue, so a copy of the descriptor kept by a supervisor keeps them
+    // for a successor to have resent when this process dies (a clone's queue would be
+    // aborted with its file).
+    config.clone_fd = false;
+    config
+}
+
 /// Serve `fs` on the FUSE connection `device` that an earlier process set up and
 /// initialised (mounted at `mountpoint`; `passthrough` = the kernel accepted passthrough at
 /// its INIT). Nodes and handles the kernel holds from the earlier server are brought back
@@ -324,14 +330,7 @@ pub fn attach(
     rt: tokio::runtime::Handle,
 ) -> Result<MountHandle, MountError> {
     let mountpoint = mountpoint.as_ref().to_path_buf();
-    let mut config = Config::default();
-    config.acl = if opts.allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
-    };
-    config.n_threads = Some(opts.threads.max(1));
-    config.clone_fd = false;
+    let config = session_config(&opts);
     let err = |source| MountError::Mount {
         path: mountpoint.clone(),
         source,
