@@ -1,8 +1,8 @@
 //! Blob downloads: a streamed GET (optionally of a byte range, the answer's `Content-Range`
 //! checked), a ranged read into memory, and a whole small blob verified against its digest.
-//! Mirrors first, then the upstream. Uses the parent's client, error type and helpers.
+//! Mirrors first (those that serve content by digest), then the upstream. Uses the parent's client, error type and helpers.
 
-use super::{check_status, range, read_limited, Client, Error};
+use super::{check_status, range, read_limited, Client, Error, Op};
 use crate::digest::Digest;
 use crate::reference::Repository;
 use bytes::Bytes;
@@ -19,12 +19,12 @@ impl Client {
         range: Option<Range<u64>>,
     ) -> Result<Response, Error> {
         let what = format!("blob {digest} in {repo}");
-        self.on_endpoints(&repo.registry, |ep| {
+        self.on_endpoints(repo, Op::Pull, |ep| {
             let range = range.clone();
             let what = what.clone();
             async move {
-                let url = format!("{}/v2/{}/blobs/{}", ep.base, repo.name, digest);
-                let scope = Self::scope_pull(&repo.name);
+                let url = ep.url(&repo.name, &format!("blobs/{digest}"));
+                let scope = Self::scope_pull(ep.repo_name(&repo.name));
                 let resp = self
                     .send(&ep, &scope, Method::GET, &url, |r| match &range {
                         Some(rg) => r.header(
