@@ -174,19 +174,11 @@ pub(super) async fn pull(
     };
     // A short name may mean several registries (registries.conf): the first that has it.
     let candidates = ctx.client.candidates(image)?;
-    let reference = match &candidates[..] {
-        [one] => one.clone(),
-        _ => {
-            image::resolve_first(&ctx.client, &candidates, &platform)
-                .await?
-                .0
-        }
-    };
     let progress = Progress::new(quiet);
-    image::pull(
+    let (reference, _) = image::pull_first(
         ctx.client.clone(),
         ctx.store.clone(),
-        &reference,
+        &candidates,
         &platform,
         &progress,
     )

@@ -104,12 +104,42 @@ pub async fn pull(
     platform: &Platform,
     progress: &Progress,
 ) -> Result<ImageRecord, Error> {
+    pull_first(
+        client,
+        store,
+        std::slice::from_ref(reference),
+        platform,
+        progress,
+    )
+    .await
+    .map(|(_, rec)| rec)
+}
+
+/// Pull the first of `candidates` the registry has (the search registries of a short name,
+/// in order); returns which one it was.
+pub async fn pull_first(
+    client: Arc<Client>,
+    store: Arc<Store>,
+    candidates: &[Reference],
+    platform: &Platform,
+    progress: &Progress,
+) -> Result<(Reference, ImageRecord), Error> {
+    if let [one] = candidates {
+        progress.line(&format!(
+            "{}: Pulling from {}",
+            one.api_reference(),
+            one.familiar_name()
+        ));
+    }
+    let (reference, resolved) = resolve_first(&client, candidates, platform).await?;
+    let reference = &reference;
     let tag_or_digest = reference.api_reference();
-    progress.line(&format!(
-        "{tag_or_digest}: Pulling from {}",
-        reference.familiar_name()
-    ));
-    let resolved = client.resolve(reference, platform).await?;
+    if candidates.len() > 1 {
+        progress.line(&format!(
+            "{tag_or_digest}: Pulling from {}",
+            reference.familiar_name()
+        ));
+    }
     let layers = resolved.image.layers.clone();
     let limit = client.config().max_concurrent_downloads.max(1);
     let results: Vec<Result<(), Error>> = futures::stream::iter(layers.iter().map(|l| {
@@ -160,7 +190,7 @@ pub async fn pull(
         "Status: Downloaded image for {}",
         reference.familiar_name() + ":" + &tag_or_digest
     ));
-    Ok(rec)
+    Ok((reference.clone(), rec))
 }
 
 /// Stream one blob into the store, verifying it; retried whole when the body is cut.

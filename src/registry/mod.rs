@@ -158,11 +158,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Client {
-    /// A client for `config`; reads the registries.conf it names (hosts.toml and certificate
-    /// directories are read at a host's first use).
+    /// A client for `config`. The registries.conf, hosts.toml and certificate files it names
+    /// are read at first use.
     pub fn new(config: Arc<Config>, creds: CredentialStore) -> Result<Self, Error> {
         Ok(Client {
-            routes: routes::Routes::new(config.clone())?,
+            routes: routes::Routes::new(config.clone()),
             config,
             creds,
             override_creds: Mutex::new(HashMap::new()),
@@ -175,7 +175,7 @@ impl Client {
     /// The references `input` may mean, in the order to try (registries.conf aliases and
     /// `unqualified-search-registries` for short names; an error when ambiguous).
     pub fn candidates(&self, input: &str) -> Result<Vec<crate::reference::Reference>, Error> {
-        self.routes.registries_conf().candidates(input)
+        self.routes.registries_conf()?.candidates(input)
     }
 
     /// The credential files this client reads.

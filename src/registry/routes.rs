@@ -12,8 +12,8 @@
 //! Scheme of an upstream or registries.conf mirror: http when the host is in
 //! `insecure-registries` or the registries.conf entry says `insecure`, or is a loopback
 //! address without any TLS configuration; https otherwise. hosts.toml and daemon.json mirrors
-//! carry their own scheme. The files are read when the client is made (hosts.toml and
-//! certificate directories at a host's first use) and kept.
+//! carry their own scheme. The files are read at first use (registries.conf at the first
+//! request, hosts.toml and certificate directories at a host's first use) and kept.
 //!
 //! Uses `config`, `reference`, `hosts`, `regconf`, `tls` and the parent's `Endpoint`/`Error`.
 
@@ -61,7 +61,8 @@ impl Op {
 /// The mirror configuration of one client.
 pub struct Routes {
     config: Arc<Config>,
-    regconf: RegistriesConf,
+    /// Read at first use (commands that talk to no registry do not need it to be valid).
+    regconf: Mutex<Option<Arc<RegistriesConf>>>,
     hosts: Mutex<HashMap<String, Option<Arc<HostsFile>>>>,
     certs: Mutex<HashMap<String, TlsSettings>>,
     clients: Clients,
@@ -71,27 +72,33 @@ pub struct Routes {
 const DOCKER_HUB_API: &str = "registry-1.docker.io";
 
 impl Routes {
-    pub fn new(config: Arc<Config>) -> Result<Routes, Error> {
-        let path = match &config.registries_conf {
+    /// Nothing is read yet: every file at its first use.
+    pub fn new(config: Arc<Config>) -> Routes {
+        Routes {
+            config,
+            regconf: Mutex::new(None),
+            hosts: Mutex::new(HashMap::new()),
+            certs: Mutex::new(HashMap::new()),
+            clients: Clients::new(),
+        }
+    }
+
+    /// The registries.conf in effect (read at the first call; an error is not kept).
+    pub fn registries_conf(&self) -> Result<Arc<RegistriesConf>, Error> {
+        if let Some(c) = lock(&self.regconf).as_ref() {
+            return Ok(c.clone());
+        }
+        let path = match &self.config.registries_conf {
             Some(p) if p.as_os_str().is_empty() => None,
             Some(p) => Some(p.clone()),
             None => Some(RegistriesConf::default_path()),
         };
-        let regconf = match path {
+        let conf = Arc::new(match path {
             Some(p) => RegistriesConf::load(&p)?,
             None => RegistriesConf::default(),
-        };
-        Ok(Routes {
-            config,
-            regconf,
-            hosts: Mutex::new(HashMap::new()),
-            certs: Mutex::new(HashMap::new()),
-            clients: Clients::new()?,
-        })
-    }
-
-    pub fn registries_conf(&self) -> &RegistriesConf {
-        &self.regconf
+        });
+        *lock(&self.regconf) = Some(conf.clone());
+        Ok(conf)
     }
 
     /// The hosts.toml that applies to `registry` (cached after the first read).
@@ -193,7 +200,8 @@ impl Routes {
 
     /// The endpoints for `repo` and `op`, in the order to try (the upstream last).
     pub fn endpoints(&self, repo: &Repository, op: Op) -> Result<Vec<Endpoint>, Error> {
-        let m = self.regconf.find(&repo.registry, &repo.name);
+        let regconf = self.registries_conf()?;
+        let m = regconf.find(&repo.registry, &repo.name);
         if let Some(m) = &m {
             if m.entry.blocked {
                 return Err(Error::Blocked {
@@ -254,7 +262,8 @@ impl Routes {
 
     /// The upstream alone (pushes, tags, catalog, ping), whatever its capabilities say.
     pub fn upstream(&self, repo: &Repository) -> Result<Endpoint, Error> {
-        let m = self.regconf.find(&repo.registry, &repo.name);
+        let regconf = self.registries_conf()?;
+        let m = regconf.find(&repo.registry, &repo.name);
         if let Some(m) = &m {
             if m.entry.blocked {
                 return Err(Error::Blocked {

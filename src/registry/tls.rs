@@ -92,18 +92,17 @@ pub fn for_host(dirs: &[PathBuf], host: &str) -> Result<TlsSettings, Error> {
 }
 
 /// HTTP clients, one per TLS setting, built on first use.
+#[derive(Default)]
 pub struct Clients {
     cache: Mutex<HashMap<TlsSettings, reqwest::Client>>,
 }
 
 impl Clients {
-    pub fn new() -> Result<Clients, Error> {
-        let c = Clients {
+    /// No client is built (nor the system roots read) before the first request.
+    pub fn new() -> Clients {
+        Clients {
             cache: Mutex::new(HashMap::new()),
-        };
-        // Build the default client now: a broken TLS stack fails at start, not mid-pull.
-        c.get(&TlsSettings::default())?;
-        Ok(c)
+        }
     }
 
     /// The client for `tls`.
