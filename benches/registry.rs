@@ -21,10 +21,12 @@ fn bench(c: &mut Criterion) {
         name: "team/app".into(),
     };
 
-    let mut plain = Config::default();
-    plain.hosts_dir = d.join("none");
-    plain.certs_dirs = vec![];
-    plain.registries_conf = Some("".into());
+    let plain = Config {
+        hosts_dir: d.join("none"),
+        certs_dirs: vec![],
+        registries_conf: Some("".into()),
+        ..Config::default()
+    };
     let plain = client(plain, d);
     plain.endpoints(&repo, Op::Pull).unwrap();
     c.bench_function("endpoints/default", |b| {
@@ -53,10 +55,12 @@ fn bench(c: &mut Criterion) {
          [[registry.mirror]]\nlocation = \"cache.local:5000/team\"\n",
     );
     std::fs::write(d.join("registries.conf"), conf).unwrap();
-    let mut full = Config::default();
-    full.hosts_dir = d.join("hosts");
-    full.certs_dirs = vec![d.join("certs.d")];
-    full.registries_conf = Some(d.join("registries.conf"));
+    let full = Config {
+        hosts_dir: d.join("hosts"),
+        certs_dirs: vec![d.join("certs.d")],
+        registries_conf: Some(d.join("registries.conf")),
+        ..Config::default()
+    };
     let full = client(full, d);
     assert_eq!(full.endpoints(&repo, Op::Pull).unwrap().len(), 4);
     c.bench_function("endpoints/hosts.toml+registries.conf", |b| {
