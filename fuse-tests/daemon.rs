@@ -16,8 +16,12 @@ fn daemon_pid(root: &Path) -> Option<i32> {
         .ok()
 }
 
+/// Running (not gone, not a zombie).
 fn alive(pid: i32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(") ")
+            .is_some_and(|(_, r)| !r.starts_with('Z'))
+    })
 }
 
 fn stop_daemon(env: &StrataEnv) {
@@ -139,16 +143,40 @@ fn exactly_one_daemon_serves_a_root_and_stale_sockets_are_replaced() {
     }
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    assert_eq!(daemon_pid(&env.root()), Some(pid));
+    // daemon.pid names the server, a child of the supervisor that won.
+    let server = loop {
+        if let Some(p) = daemon_pid(&env.root()).filter(|p| *p != pid && alive(*p)) {
+            break p;
+        }
+        assert!(t0.elapsed().as_secs() < 20, "no server pid");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{server}/stat")).unwrap();
+    let ppid: i32 = stat
+        .rsplit_once(") ")
+        .unwrap()
+        .1
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(ppid, pid, "the server is not the supervisor's child");
 
-    // kill -9: the socket file stays behind; the next command starts a new daemon anyway.
+    // kill -9 of both: the socket file stays behind; the next command starts a new daemon
+    // anyway.
     winner.kill().unwrap();
     winner.wait().unwrap();
+    // SAFETY: kill(2) of the server of our own root.
+    unsafe { libc::kill(server, libc::SIGKILL) };
+    while alive(server) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert!(sock.exists());
     let out = env.run(&["daemon"]);
     out.assert_success();
     let new_pid = daemon_pid(&env.root()).expect("new daemon.pid");
-    assert_ne!(new_pid, pid);
+    assert_ne!(new_pid, server);
     assert!(alive(new_pid));
     stop_daemon(&env);
     assert!(!sock.exists(), "socket left after --stop");

@@ -240,8 +240,8 @@ fn is_mounted(p: &Path) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
 }
 
-/// `kill -9` of the daemon while reads wait on slow fetches and after fsync-ed writes: the
-/// mount turns stale (callers get errors, not a hang), `umount -f` cleans it, the cache holds
+/// `kill -9` of the daemon (supervisor and server) while reads wait on slow fetches and after
+/// fsync-ed writes: the mount turns stale (callers get errors, not a hang), `umount -f` cleans it, the cache holds
 /// only verified spans, the upper keeps the fsync-ed data, and a new mount reads everything
 /// right.
 #[test]
@@ -291,6 +291,14 @@ fn kill_9_during_reads_leaves_a_consistent_cache_and_upper() {
     )
     .unwrap();
     let pid = s["pid"].as_i64().expect("daemon pid") as i32;
+    // The whole daemon dies: its supervisor first (else it would start a new server on the
+    // same mounts, fuse-tests/daemon_restart.rs), then the server.
+    let sup: i32 = std::fs::read_to_string(env.root().join("daemon.lock"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup), nix::sys::signal::SIGKILL).unwrap();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
     let killed = Instant::now();
     for r in readers {

@@ -11,18 +11,34 @@
 # one run, wall <= 2x one run, daemon RSS < 200 MiB with 20 mounts.
 # Needs the bench images (scripts/build-images.sh) and target/release/strata (or $STRATA).
 # Results: bench-results/scale.csv and scale.md.
+#
+# Many nodes, one upstream (issue 22): --nodes N makes N nodes as network namespaces (each its
+# own strata root, daemon and address), one registry behind a shaped link (the first profile;
+# default 200mbit-10ms) and a mirror in between, and has 1 then N nodes cold-start the image
+# at once, for each mode: no mirror, the nginx lazy-pull mirror (contrib/nginx, slice
+# $NODES_NGINX_SLICE, default 128k; strata's mirror-slice-size $NODES_SLICE, default 128KiB),
+# distribution's pull-through cache. Reports upstream bytes, mirror bytes, per-node times
+# (lib/scale_nodes.sh; bench-results/scale-nodes.md).
+#
+#   scripts/bench-scale.sh --nodes 10 [--image big] [--profiles 200mbit-10ms]
+#                          [--modes none,nginx,distribution]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib/common.sh"
 . "$here/lib/registry.sh"
 . "$here/lib/images.sh"
 . "$here/lib/netns.sh"
+. "$here/lib/mirror.sh"
+. "$here/lib/nodes.sh"
+. "$here/lib/scale_nodes.sh"
 
 [ "$(id -u)" -eq 0 ] || die "run as root (drop_caches, runc, network namespaces)"
-n=20 img=big profiles=unshaped,200mbit-10ms runs=1
+n=20 img=big profiles=unshaped,200mbit-10ms runs=1 nodes=0 modes=none,nginx,distribution
 while [ $# -gt 0 ]; do
   case $1 in
     --n) n=$2; shift ;;
+    --nodes) nodes=$2; shift ;;
+    --modes) modes=$2; shift ;;
     --image) img=$2; shift ;;
     --profiles) profiles=$2; shift ;;
     --runs) runs=$2; shift ;;
@@ -40,6 +56,12 @@ REGDATA=$WORK/registry-data
 RES=$(bench_results_dir)
 CSV=$RES/scale.csv
 mkdir -p "$WORK"
+if [ "$nodes" -gt 0 ]; then
+  [ "$profiles" != unshaped,200mbit-10ms ] || profiles=200mbit-10ms
+  ensure_pkgs util-linux
+  scale_nodes_main "$nodes"
+  exit 0
+fi
 case $img in
   big) argv=(python3 -c 'import numpy') ;;
   python) argv=(python3 -c 'import json') ;;

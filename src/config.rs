@@ -73,6 +73,10 @@ pub struct Config {
     /// Chunk cache size cap, e.g. "20GiB".
     #[serde(default = "default_cache_size", deserialize_with = "de_size")]
     pub cache_size: u64,
+    /// Memory tier of the chunk cache (decompressed spans kept in the daemon), e.g. "64MiB":
+    /// most of the daemon's memory.
+    #[serde(default = "default_memory_cache_size", deserialize_with = "de_size")]
+    pub memory_cache_size: u64,
     #[serde(default = "default_true")]
     pub prefetch: bool,
     /// Which access profile steers the first prefetch of a mount: `registry` (the local one,
@@ -111,6 +115,21 @@ pub struct Config {
     /// `/etc/containers/registries.conf`; "" turns it off.
     #[serde(default)]
     pub registries_conf: Option<PathBuf>,
+    /// The slice size of Range-aware caching mirrors (nginx's slice module, contrib/nginx):
+    /// a Range request to a mirror is cut at multiples of it and the pieces are fetched
+    /// concurrently, so each request maps to one cached slice. 0 (default) = off.
+    #[serde(default, deserialize_with = "de_slice_size")]
+    pub mirror_slice_size: u64,
+    /// Seconds a mirror may take to answer a blob Range request (headers) before the
+    /// request goes to the next endpoint and that blob skips the mirror for a while: a
+    /// mirror slow to serve a range of a blob it does not hold (it fetches the whole blob
+    /// first).
+    #[serde(default = "default_mirror_timeout")]
+    pub mirror_timeout: f64,
+    /// Seconds a failed mirror (or a blob a mirror answered slowly or with the whole blob)
+    /// is skipped before it is tried again; doubled after each further failure, up to 16x.
+    #[serde(default = "default_mirror_retry_after")]
+    pub mirror_retry_after: f64,
 }
 
 fn default_downloads() -> usize {
@@ -121,6 +140,9 @@ fn default_uploads() -> usize {
 }
 fn default_cache_size() -> u64 {
     20 << 30
+}
+fn default_memory_cache_size() -> u64 {
+    64 << 20
 }
 fn default_true() -> bool {
     true
@@ -140,8 +162,22 @@ fn default_certs_dirs() -> Vec<PathBuf> {
         PathBuf::from("/etc/containers/certs.d"),
     ]
 }
+fn default_mirror_timeout() -> f64 {
+    5.0
+}
+fn default_mirror_retry_after() -> f64 {
+    10.0
+}
 
 fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    de_size_named(d, "cache-size")
+}
+
+fn de_slice_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    de_size_named(d, "mirror-slice-size")
+}
+
+fn de_size_named<'de, D: serde::Deserializer<'de>>(d: D, key: &str) -> Result<u64, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum S {
@@ -151,7 +187,7 @@ fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     match S::deserialize(d)? {
         S::N(n) => Ok(n),
         S::S(s) => parse_size(&s).ok_or_else(|| {
-            serde::de::Error::custom(format!("cache-size {s:?} is not a size like \"20GiB\""))
+            serde::de::Error::custom(format!("{key} {s:?} is not a size like \"20GiB\""))
         }),
     }
 }
@@ -191,6 +227,7 @@ impl Default for Config {
             max_concurrent_downloads: default_downloads(),
             max_concurrent_uploads: default_uploads(),
             cache_size: default_cache_size(),
+            memory_cache_size: default_memory_cache_size(),
             prefetch: true,
             prefetch_profile: ProfileSource::default(),
             fetch_timeout: default_fetch_timeout(),
@@ -200,6 +237,9 @@ impl Default for Config {
             hosts_dir: default_hosts_dir(),
             certs_dirs: default_certs_dirs(),
             registries_conf: None,
+            mirror_slice_size: 0,
+            mirror_timeout: default_mirror_timeout(),
+            mirror_retry_after: default_mirror_retry_after(),
         }
     }
 }
@@ -250,6 +290,24 @@ impl Config {
             return Err(invalid(
                 "fetch-timeout",
                 "must be between 1 and 3600 seconds".into(),
+            ));
+        }
+        if self.mirror_slice_size != 0 && !(4096..=(64 << 20)).contains(&self.mirror_slice_size) {
+            return Err(invalid(
+                "mirror-slice-size",
+                "must be 0 (off) or between 4KiB and 64MiB".into(),
+            ));
+        }
+        if !(0.05..=600.0).contains(&self.mirror_timeout) {
+            return Err(invalid(
+                "mirror-timeout",
+                "must be between 0.05 and 600 seconds".into(),
+            ));
+        }
+        if !(0.05..=3600.0).contains(&self.mirror_retry_after) {
+            return Err(invalid(
+                "mirror-retry-after",
+                "must be between 0.05 and 3600 seconds".into(),
             ));
         }
         let all = self
@@ -381,6 +439,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("registry-mirrors"), "{e}");
+        for bad in [
+            r#"{"mirror-slice-size": "100"}"#,
+            r#"{"mirror-slice-size": "1GiB"}"#,
+            r#"{"mirror-slice-size": "lots"}"#,
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("mirror-slice-size"), "{bad}: {e}");
+        }
+        let e = parse(r#"{"mirror-timeout": 0}"#).unwrap_err().to_string();
+        assert!(e.contains("mirror-timeout"), "{e}");
+        let e = parse(r#"{"mirror-retry-after": -1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mirror-retry-after"), "{e}");
+        let c = parse(r#"{"mirror-slice-size": "256KiB", "mirror-timeout": 0.5}"#).unwrap();
+        assert_eq!(c.mirror_slice_size, 256 << 10);
+        assert_eq!(c.mirror_timeout, 0.5);
+        assert_eq!(Config::default().mirror_slice_size, 0);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 """Throttling TCP forwarder: emulates a slow link between a client in this network namespace
 and a server (e.g. a registry) in another one.
 
-Listens on 127.0.0.1:PORT in the namespace it was started in, then (with --netns) switches the
+Listens on ADDR:PORT (default 127.0.0.1) in the namespace it was started in, then (with --netns) switches the
 process into the named network namespace (/run/netns/NAME), so every upstream connection is
 made inside it. Each direction of the link is a shared bottleneck: a byte stream is serialised at
 RATE (token bucket with no burst allowance: one reservation per chunk read) and each chunk is
@@ -10,7 +10,7 @@ delivered DELAY later (one-way propagation delay). A new connection waits one ro
 data flows (the TCP handshake). Not modelled: slow start, loss, the kernel's own queueing.
 
   shaper.py --target 127.0.0.1:5000 [--netns NAME] [--rate-mbit 200] [--delay-ms 10]
-            [--port 0] [--port-file FILE]
+            [--listen-addr 127.0.0.1] [--port 0] [--port-file FILE]
 """
 import argparse
 import asyncio
@@ -115,7 +115,7 @@ async def handle(creader, cwriter, args, up, down):
 async def main(args):
     lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    lsock.bind(("127.0.0.1", args.port))
+    lsock.bind((args.listen_addr, args.port))
     lsock.listen(256)
     if args.netns:
         setns(args.netns)  # the listening socket stays in the original namespace
@@ -142,6 +142,7 @@ if __name__ == "__main__":
     p.add_argument("--netns")
     p.add_argument("--rate-mbit", type=float, default=200)
     p.add_argument("--delay-ms", type=float, default=10)
+    p.add_argument("--listen-addr", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--port-file")
     a = p.parse_args()

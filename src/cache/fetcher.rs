@@ -190,7 +190,8 @@ impl Fetcher {
             };
             match &err {
                 Error::Verify { .. } => {
-                    tracing::error!(layer = %layer.digest, attempt, "fetched bytes failed verification: {}", err.report())
+                    tracing::error!(layer = %layer.digest, attempt, "fetched bytes failed verification: {}", err.report());
+                    layer.source.distrust();
                 }
                 Error::Window { .. } | Error::NoWindowSource { .. } => {
                     tracing::warn!(layer = %layer.digest, attempt, "window fetch failed: {}", err.report())

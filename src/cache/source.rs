@@ -51,6 +51,10 @@ impl FetchError {
 /// Compressed bytes of one layer blob, by range.
 pub trait BlobSource: Send + Sync {
     fn fetch(&self, range: Range<u64>) -> BoxFuture<'static, Result<Bytes, FetchError>>;
+
+    /// Bytes this source delivered failed verification: where it can choose (a registry's
+    /// mirrors), the next fetch should come from elsewhere.
+    fn distrust(&self) {}
 }
 
 /// A blob in a registry (mirrors first, as the client is configured).
@@ -71,6 +75,10 @@ impl BlobSource for RegistryBlob {
                 .map_err(|e| FetchError::Registry(Arc::new(e)))
         }
         .boxed()
+    }
+
+    fn distrust(&self) {
+        self.client.distrust_mirrors(&self.repo, &self.digest);
     }
 }
 

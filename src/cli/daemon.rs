@@ -16,10 +16,52 @@ pub struct DaemonArgs {
     /// Ask the running daemon to unmount everything and exit
     #[arg(long, conflicts_with_all = ["foreground", "idle_exit"])]
     pub stop: bool,
+    /// (internal) Serve as the server process under a supervisor
+    #[arg(long, hide = true)]
+    pub serve_child: bool,
+    #[command(subcommand)]
+    pub action: Option<DaemonAction>,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum DaemonAction {
+    /// Hand every mount to a new server process without unmounting (readers only pause)
+    Restart,
+    /// Like restart, running BINARY (default: this strata executable) from now on
+    Upgrade {
+        #[arg(long, value_name = "PATH")]
+        binary: Option<std::path::PathBuf>,
+    },
 }
 
 pub async fn daemon(ctx: &Ctx, args: DaemonArgs) -> Result<i32, Error> {
     let root = ctx.store.root().to_path_buf();
+    if let Some(action) = &args.action {
+        return restart(ctx, action).await;
+    }
+    if args.serve_child {
+        let inh = match crate::daemon::Inherited::from_env() {
+            Some(Ok(i)) => i,
+            Some(Err(msg)) => return Err(Error::Usage(msg)),
+            None => {
+                return Err(Error::Usage(
+                    "--serve-child is started by `strata daemon`, not by hand".into(),
+                ))
+            }
+        };
+        let svc = ctx.services()?;
+        let opts = crate::daemon::DaemonOptions {
+            idle_exit: inh.idle_exit_secs.map(Duration::from_secs),
+        };
+        crate::daemon::serve(svc, opts, inh, |sock| {
+            tracing::info!("strata server: serving {}", sock.display())
+        })
+        .await?;
+        return Ok(0);
+    }
+    if let Some(r) = crate::daemon::resume().await {
+        return Ok(r?);
+    }
     if args.stop {
         return match Client::connect(&root).await {
             Ok(mut c) => {
@@ -35,13 +77,16 @@ pub async fn daemon(ctx: &Ctx, args: DaemonArgs) -> Result<i32, Error> {
     }
     let idle_exit = args.idle_exit.map(Duration::from_secs);
     if args.foreground {
-        let svc = ctx.services()?;
-        let opts = crate::daemon::DaemonOptions { idle_exit };
-        crate::daemon::serve(svc, opts, |sock| {
+        let opts = crate::daemon::SupervisorOptions {
+            root: root.clone(),
+            config: ctx.config_path.clone(),
+            idle_exit_secs: args.idle_exit,
+        };
+        let code = crate::daemon::supervise(opts, |sock| {
             eprintln!("strata daemon: serving {}", sock.display())
         })
         .await?;
-        return Ok(0);
+        return Ok(code);
     }
     if let Ok(mut c) = Client::connect(&root).await {
         let r = c.call(&Request::Ping).await?;
@@ -58,6 +103,57 @@ pub async fn daemon(ctx: &Ctx, args: DaemonArgs) -> Result<i32, Error> {
     let r = c.call(&Request::Ping).await?;
     println!("strata daemon serving {} (pid {})", root.display(), r.pid);
     Ok(0)
+}
+
+/// `strata daemon restart|upgrade`: have the running daemon hand its mounts to a new server
+/// and wait until that one answers.
+async fn restart(ctx: &Ctx, action: &DaemonAction) -> Result<i32, Error> {
+    let root = ctx.store.root();
+    let binary = match action {
+        DaemonAction::Restart => None,
+        DaemonAction::Upgrade { binary: Some(b) } => Some(
+            std::fs::canonicalize(b).map_err(|e| Error::Usage(format!("{}: {e}", b.display())))?,
+        ),
+        DaemonAction::Upgrade { binary: None } => Some(
+            std::env::current_exe()
+                .map_err(|e| Error::Usage(format!("this executable's path: {e}")))?,
+        ),
+    };
+    let t0 = std::time::Instant::now();
+    let mut c = match Client::connect(root).await {
+        Ok(c) => c,
+        Err(_) => {
+            println!("no strata daemon serves {}", root.display());
+            return Ok(1);
+        }
+    };
+    let old = c.call(&Request::Ping).await?.pid;
+    let r = c.call(&Request::Restart { binary }).await?;
+    drop(c);
+    let deadline = t0 + Duration::from_secs(150);
+    loop {
+        if let Ok(mut c) = Client::connect(root).await {
+            if let Ok(p) = c.call(&Request::Ping).await {
+                if p.pid != old {
+                    println!(
+                        "strata daemon restarted: server pid {old} -> {} in {} ms ({})",
+                        p.pid,
+                        t0.elapsed().as_millis(),
+                        r.message.unwrap_or_default()
+                    );
+                    return Ok(0);
+                }
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            eprintln!(
+                "strata daemon: no new server answered within 150 s (log: {})",
+                root.join("daemon.log").display()
+            );
+            return Ok(1);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Ask the root's daemon (started if none runs) to mount; its answer.

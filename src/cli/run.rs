@@ -185,7 +185,8 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
             .run(&c.id, &config, &p.rootfs, ProcessIo::inherit(false))
             .await;
         return match outcome {
-            Ok(_) => {
+            Ok(o) => {
+                watch_container(ctx, &p.rootfs, &o).await;
                 println!("{}", c.id);
                 Ok(0)
             }
@@ -283,6 +284,29 @@ async fn ensure_mounted(ctx: &Ctx, image: &str, p: &Paths, prefetch: bool) -> Re
     super::daemon::mount(ctx, req).await.map(|_| ())
 }
 
+/// Have the daemon unmount a detached container's rootfs when its init exits (best effort:
+/// without it the rootfs stays mounted until `rm` or `stop`).
+async fn watch_container(ctx: &Ctx, rootfs: &std::path::Path, o: &RunOutcome) {
+    let RunOutcome::Detached { pid: Some(pid), .. } = o else {
+        return;
+    };
+    let mountpoint = std::fs::canonicalize(rootfs).unwrap_or_else(|_| rootfs.to_path_buf());
+    let req = crate::daemon::Request::Watch {
+        mountpoint,
+        pid: *pid,
+    };
+    let r = match crate::daemon::Client::connect(ctx.store.root()).await {
+        Ok(mut c) => c.call(&req).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = r {
+        tracing::warn!(
+            "the daemon will not unmount {} by itself: {e}",
+            rootfs.display()
+        );
+    }
+}
+
 async fn unmount_rootfs(ctx: &Ctx, l: &Launcher, id: &str) {
     let rootfs = paths(l, id).rootfs;
     if is_mounted(&rootfs) {
@@ -365,7 +389,8 @@ pub async fn start(ctx: &Ctx, queries: &[String]) -> Result<i32, Error> {
         let name = r.image.parse::<crate::reference::Reference>()?.name();
         let pinned = format!("{name}@{}", img.manifest_digest);
         ensure_mounted(ctx, &pinned, &p, ctx.config.prefetch).await?;
-        l.start(&r.id, &config, &p.rootfs).await?;
+        let o = l.start(&r.id, &config, &p.rootfs).await?;
+        watch_container(ctx, &p.rootfs, &o).await;
         println!("{q}");
     }
     Ok(0)

@@ -9,9 +9,13 @@
 //! Calls `mount` (assembly and serving of mounts), `store` and `config`; the CLI (`cli/`)
 //! calls this module. Formats nothing for humans beyond the messages it returns.
 
+mod ctl;
 mod server;
+mod supervisor;
 
+pub use ctl::Inherited;
 pub use server::{serve, DaemonOptions};
+pub use supervisor::{resume, supervise, SupervisorOptions, LOCK_FILE};
 
 use crate::mount::MountRecord;
 use serde::{Deserialize, Serialize};
@@ -82,6 +86,16 @@ pub enum Request {
     },
     /// Unmount everything and exit.
     Shutdown,
+    /// Hand every mount to a new server process (of `binary`: an upgrade) without unmounting.
+    Restart {
+        binary: Option<PathBuf>,
+    },
+    /// The mount is the rootfs of the detached container whose init is `pid`: unmount it
+    /// when that process is gone.
+    Watch {
+        mountpoint: PathBuf,
+        pid: i32,
+    },
 }
 
 /// The answer to one request.

@@ -40,6 +40,9 @@ pub(super) struct Shared {
 pub(super) struct Adapter {
     s: Arc<Shared>,
     rt: tokio::runtime::Handle,
+    /// Attached to a connection an earlier server initialised: nodes and handles the kernel
+    /// holds may be unknown here and are brought back on first use (`union/revive.rs`).
+    restored: bool,
 }
 
 fn file_type(k: FileKind) -> FileType {
@@ -96,7 +99,41 @@ impl Adapter {
             pt_handles: Mutex::new(HashMap::new()),
             cached: Mutex::new(HashMap::new()),
         };
-        Adapter { s: Arc::new(s), rt }
+        Adapter {
+            s: Arc::new(s),
+            rt,
+            restored: false,
+        }
+    }
+
+    /// The adapter for a connection an earlier server initialised (no INIT will come).
+    pub(super) fn restored(mut self) -> Self {
+        self.restored = true;
+        self
+    }
+
+    /// After a restart: bring back the nodes `inos` if the kernel holds them from an earlier
+    /// server (a failure shows as the operation's own error).
+    fn known(&self, inos: &[u64]) {
+        if self.restored {
+            for &i in inos {
+                let _ = self.s.fs.revive(i);
+            }
+        }
+    }
+
+    /// After a restart: open again the handle `fh` on `ino` an earlier server gave out.
+    fn adopt(&self, fh: u64, ino: u64, flags: Option<i32>) {
+        if self.restored {
+            let _ = self.s.fs.adopt_handle(fh, ino, flags);
+        }
+    }
+
+    /// After a restart: open again the directory handle `fh` on `ino`.
+    fn adopt_dir(&self, fh: u64, ino: u64) {
+        if self.restored {
+            let _ = self.s.fs.adopt_dir(fh, ino);
+        }
     }
 
     /// Credentials for new objects, mapped to the ids stored on disk.
@@ -274,6 +311,7 @@ impl Filesystem for Adapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.known(&[parent.0]);
         self.entry(reply, self.s.fs.lookup(parent.0, name));
     }
 
@@ -282,6 +320,7 @@ impl Filesystem for Adapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.known(&[ino.0]);
         match self.s.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&self.s.ttl(&a), &fattr(&a, &self.s.opts.ids)),
             Err(e) => reply.error(errno(&e)),
@@ -306,6 +345,7 @@ impl Filesystem for Adapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.known(&[ino.0]);
         let ids = self.s.opts.ids.clone();
         let s = SetAttr {
             mode,
@@ -323,6 +363,7 @@ impl Filesystem for Adapter {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.known(&[ino.0]);
         match self.s.fs.readlink(ino.0) {
             Ok(t) => reply.data(t.as_bytes()),
             Err(e) => reply.error(errno(&e)),
@@ -339,6 +380,7 @@ impl Filesystem for Adapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.known(&[parent.0]);
         self.entry(
             reply,
             self.s
@@ -356,6 +398,7 @@ impl Filesystem for Adapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        self.known(&[parent.0]);
         self.entry(
             reply,
             self.s.fs.mkdir(&self.ctx(req, umask), parent.0, name, mode),
@@ -363,12 +406,14 @@ impl Filesystem for Adapter {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.known(&[parent.0]);
         // Unlinking a name of a hard-linked lower file copies it up (may wait for data).
         let name = name.to_os_string();
         self.blocking(move |fs| reply_empty(reply, fs.unlink(parent.0, &name)));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.known(&[parent.0]);
         reply_empty(reply, self.s.fs.rmdir(parent.0, name));
     }
 
@@ -380,6 +425,7 @@ impl Filesystem for Adapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        self.known(&[parent.0]);
         self.entry(
             reply,
             self.s
@@ -398,6 +444,7 @@ impl Filesystem for Adapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.known(&[parent.0, newparent.0]);
         let (name, newname) = (name.to_os_string(), newname.to_os_string());
         self.blocking(move |fs| {
             reply_empty(
@@ -415,6 +462,7 @@ impl Filesystem for Adapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.known(&[ino.0, newparent.0]);
         let newname = newname.to_os_string();
         let ttl = self.s.opts.upper_ttl;
         let ids = self.s.opts.ids.clone();
@@ -425,6 +473,7 @@ impl Filesystem for Adapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.known(&[ino.0]);
         let flags = flags.0;
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         if write && self.s.fs.needs_copy_up(ino.0) {
@@ -443,14 +492,15 @@ impl Filesystem for Adapter {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.adopt(fh.0, ino.0, Some(flags.0));
         match self.s.fs.read(fh.0, offset, size) {
             Ok(ReadResult::Ready(b)) => reply.data(&b),
             Ok(ReadResult::Pending(fut)) => {
@@ -468,15 +518,16 @@ impl Filesystem for Adapter {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.adopt(fh.0, ino.0, Some(flags.0));
         match self.s.fs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
@@ -491,6 +542,10 @@ impl Filesystem for Adapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        if self.restored && self.s.fs.handle_ino(fh.0).is_err() {
+            // A handle of an earlier server: its data went to the upper file already.
+            return reply.ok();
+        }
         reply_empty(reply, self.s.fs.flush(fh.0));
     }
 
@@ -505,21 +560,26 @@ impl Filesystem for Adapter {
         reply: ReplyEmpty,
     ) {
         self.s.release_backing(fh.0);
+        if self.restored && self.s.fs.handle_ino(fh.0).is_err() {
+            return reply.ok();
+        }
         reply_empty(reply, self.s.fs.release(fh.0));
     }
 
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.adopt(fh.0, ino.0, None);
         reply_empty(reply, self.s.fs.fsync(fh.0, datasync));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.known(&[ino.0]);
         match self.s.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
@@ -529,11 +589,12 @@ impl Filesystem for Adapter {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.adopt_dir(fh.0, ino.0);
         let r = self.s.fs.readdir_each(fh.0, offset, |d| {
             reply.add(INodeNo(d.ino), d.offset, file_type(d.kind), &d.name)
         });
@@ -546,11 +607,12 @@ impl Filesystem for Adapter {
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.adopt_dir(fh.0, ino.0);
         // The core counts a lookup for each entry accepted here, and stops at the first one
         // that does not fit (not counted).
         let r = self.s.fs.readdirplus_each(fh.0, offset, |d, a| {
@@ -577,6 +639,9 @@ impl Filesystem for Adapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        if self.restored && self.s.fs.handle_ino(fh.0).is_err() {
+            return reply.ok();
+        }
         reply_empty(reply, self.s.fs.releasedir(fh.0));
     }
 
@@ -610,6 +675,7 @@ impl Filesystem for Adapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.known(&[ino.0]);
         let Some(name) = name.to_str().map(str::to_string) else {
             return reply.error(Errno::EINVAL);
         };
@@ -618,6 +684,7 @@ impl Filesystem for Adapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.known(&[ino.0]);
         let Some(name) = name.to_str() else {
             return reply.error(Errno::ENODATA);
         };
@@ -628,6 +695,7 @@ impl Filesystem for Adapter {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.known(&[ino.0]);
         match self.s.fs.listxattr(ino.0) {
             Ok(names) => {
                 let mut buf = Vec::new();
@@ -642,6 +710,7 @@ impl Filesystem for Adapter {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.known(&[ino.0]);
         let Some(name) = name.to_str().map(str::to_string) else {
             return reply.error(Errno::ENODATA);
         };
@@ -662,6 +731,7 @@ impl Filesystem for Adapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.known(&[parent.0]);
         match self
             .s
             .fs
@@ -694,25 +764,27 @@ impl Filesystem for Adapter {
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.adopt(fh.0, ino.0, None);
         reply_empty(reply, self.s.fs.fallocate(fh.0, mode, offset, length));
     }
 
     fn lseek(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
+        self.adopt(fh.0, ino.0, None);
         match self.s.fs.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(errno(&e)),

@@ -14,6 +14,7 @@ mod adapter;
 
 use crate::union::{Error as UnionError, StatsSnapshot, UnionFs};
 use fuser::{BackgroundSession, Config, Errno, MountOption, SessionACL};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -168,6 +169,13 @@ pub struct MountHandle {
     mountpoint: PathBuf,
     fs: Arc<UnionFs>,
     passthrough: Arc<std::sync::atomic::AtomicBool>,
+    /// A duplicate of the connection's /dev/fuse descriptor (to hand over to a supervisor or
+    /// a successor; all dispatch threads share this one open file, so a copy held elsewhere
+    /// keeps every request in flight alive when this process dies).
+    device: OwnedFd,
+    /// Attached to an existing connection ([`attach`]): no mount of our own to drop, so
+    /// ending it unmounts by path.
+    attached: bool,
 }
 
 impl MountHandle {
@@ -191,6 +199,11 @@ impl MountHandle {
         self.passthrough.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The connection's /dev/fuse descriptor.
+    pub fn device(&self) -> BorrowedFd<'_> {
+        self.device.as_fd()
+    }
+
     /// Unmount now and wait for the session threads.
     pub fn unmount(mut self) -> Result<(), MountError> {
         self.finish()
@@ -208,13 +221,25 @@ impl MountHandle {
     }
 
     fn finish(&mut self) -> Result<(), MountError> {
-        match self.session.take() {
-            Some(s) => s.umount_and_join().map_err(|source| MountError::Unmount {
-                path: self.mountpoint.clone(),
-                source,
-            }),
-            None => Ok(()),
+        let Some(s) = self.session.take() else {
+            return Ok(());
+        };
+        let err = |source| MountError::Unmount {
+            path: self.mountpoint.clone(),
+            source,
+        };
+        if !is_mounted(&self.mountpoint) {
+            // Unmounted already (by the daemon, or from outside): the session is ending.
+            return s.join().map_err(err);
         }
+        if self.attached {
+            // Not mounted by this process: unmount by path.
+            if nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::empty()).is_err() {
+                let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+            }
+            return s.join().map_err(err);
+        }
+        s.umount_and_join().map_err(err)
     }
 }
 
@@ -258,21 +283,97 @@ pub fn mount(
         SessionACL::Owner
     };
     config.n_threads = Some(opts.threads.max(1));
-    config.clone_fd = opts.threads > 1;
+    // One open file for all threads (no FUSE_DEV_IOC_CLONE): requests a thread has read
+    // live in that file's queue, so a copy of the descriptor kept by a supervisor keeps them
+    // for a successor to have resent when this process dies (a clone's queue would be
+    // aborted with its file).
+    config.clone_fd = false;
     let passthrough = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let adapter = adapter::Adapter::new(fs.clone(), opts, rt, passthrough.clone());
-    let session = fuser::Session::new(adapter, &mountpoint, &config)
-        .and_then(|s| s.spawn())
-        .map_err(|source| MountError::Mount {
-            path: mountpoint.clone(),
-            source,
-        })?;
+    let err = |source| MountError::Mount {
+        path: mountpoint.clone(),
+        source,
+    };
+    let session = fuser::Session::new(adapter, &mountpoint, &config).map_err(err)?;
+    let device = session.as_fd().try_clone_to_owned().map_err(err)?;
+    let session = session.spawn().map_err(err)?;
     Ok(MountHandle {
         session: Some(session),
         mountpoint,
         fs,
         passthrough,
+        device,
+        attached: false,
     })
+}
+
+/// Serve `fs` on the FUSE connection `device` that an earlier process set up and
+/// initialised (mounted at `mountpoint`; `passthrough` = the kernel accepted passthrough at
+/// its INIT). Nodes and handles the kernel holds from the earlier server are brought back
+/// on first use. Call [`resend`] once the earlier server is gone, so that the requests it
+/// had read and not answered come again.
+pub fn attach(
+    fs: Arc<UnionFs>,
+    device: OwnedFd,
+    mountpoint: impl AsRef<Path>,
+    opts: MountOptions,
+    passthrough: bool,
+    rt: tokio::runtime::Handle,
+) -> Result<MountHandle, MountError> {
+    let mountpoint = mountpoint.as_ref().to_path_buf();
+    let mut config = Config::default();
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = false;
+    let err = |source| MountError::Mount {
+        path: mountpoint.clone(),
+        source,
+    };
+    let mine = device.try_clone().map_err(err)?;
+    let pt = Arc::new(std::sync::atomic::AtomicBool::new(
+        passthrough && opts.passthrough,
+    ));
+    let adapter = adapter::Adapter::new(fs.clone(), opts, rt, pt.clone()).restored();
+    let session = fuser::Session::from_fd_initialized(adapter, device, config.acl, config)
+        .spawn()
+        .map_err(err)?;
+    Ok(MountHandle {
+        session: Some(session),
+        mountpoint,
+        fs,
+        passthrough: pt,
+        device: mine,
+        attached: true,
+    })
+}
+
+/// `FUSE_NOTIFY_RESEND` (Linux 6.9+): the kernel queues again every request of the
+/// connection `device` that was read and not answered (by a server that died).
+pub fn resend(device: BorrowedFd<'_>) -> std::io::Result<()> {
+    const FUSE_NOTIFY_RESEND: i32 = 7;
+    let mut msg = [0u8; 16];
+    msg[0..4].copy_from_slice(&16u32.to_ne_bytes());
+    msg[4..8].copy_from_slice(&FUSE_NOTIFY_RESEND.to_ne_bytes());
+    // unique = 0: a notification.
+    let n = nix::unistd::write(device, &msg)?;
+    if n != msg.len() {
+        return Err(std::io::Error::other("short write of FUSE_NOTIFY_RESEND"));
+    }
+    Ok(())
+}
+
+/// Whether `p` is a mount point (per /proc/self/mountinfo).
+pub fn is_mounted(p: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = p.to_string_lossy();
+    info.lines()
+        .any(|l| l.split(' ').nth(4).map(|m| m.replace("\\040", " ")) == Some(want.to_string()))
 }
 
 /// The errno a union error becomes (unknown failures: EIO).

@@ -14,11 +14,13 @@ pub mod lazy;
 mod lower;
 pub mod overlay;
 pub mod prefetch;
+pub mod restore;
 mod served;
 
 pub use lazy::LazyImage;
 pub use lower::{AccessProfile, CacheLower};
 pub use prefetch::{save_profile, ProfileProgress};
+pub use restore::{prepare, process_start, saved_mounts, Prepared, SavedMount};
 pub use served::{read_record, record_path, MountRecord, Served};
 
 use crate::cache::{CacheConfig, ChunkCache};
@@ -124,7 +126,7 @@ impl Services {
 pub fn open_cache(store: &Store, config: &Config) -> Result<Arc<ChunkCache>, Error> {
     ChunkCache::open(CacheConfig {
         dir: store.root().join("cache"),
-        memory_bytes: 256 << 20,
+        memory_bytes: config.memory_cache_size,
         disk_bytes: config.cache_size,
         max_concurrent_fetches: 8,
         fetch_timeout: std::time::Duration::from_secs(config.fetch_timeout),
@@ -172,6 +174,22 @@ pub async fn open_image(
     svc.images.get(svc, &reference, rec, progress).await
 }
 
+/// Open the image `image` exactly as the manifest `manifest` (which the store has: it was
+/// mounted before), shared like [`open_image`].
+async fn open_pinned(
+    svc: &Services,
+    image: &str,
+    manifest: crate::digest::Digest,
+) -> Result<Arc<LazyImage>, Error> {
+    let reference: crate::reference::Reference = image
+        .parse()
+        .map_err(|e| Error::Image(crate::image::Error::from(e)))?;
+    let rec = svc.store.find_image(&manifest.to_string())?;
+    svc.images
+        .get(svc, &reference, rec, &Progress::silent())
+        .await
+}
+
 /// Mount an image (with an optional upper) and start its background prefetch.
 pub async fn mount_image(
     svc: &Services,
@@ -190,6 +208,15 @@ pub async fn mount_image(
     let started = std::time::Instant::now();
     lazy::tune_allocator();
     let lazy = open_image(svc, image, platform, progress).await?;
+    let fs = union_over(&lazy, upper)?;
+    let opts = fuse_options(&lazy, passthrough, allow_other);
+    let rt = tokio::runtime::Handle::current();
+    let handle = crate::fuse::mount(Arc::new(fs), mp, opts, rt)?;
+    Ok(start(svc, handle, lazy, prefetch, started))
+}
+
+/// The union of an open image's layers with an optional (upper, work) pair.
+fn union_over(lazy: &LazyImage, upper: Option<(PathBuf, PathBuf)>) -> Result<UnionFs, Error> {
     let upper = match upper {
         Some((u, w)) => {
             for d in [&u, &w] {
@@ -204,21 +231,32 @@ pub async fn mount_image(
         None => None,
     };
     let rt = tokio::runtime::Handle::current();
-    let fs = UnionFs::new(
-        lazy.tree.clone(),
-        lazy.lowers.clone(),
-        upper,
-        Some(rt.clone()),
-    )
-    .map_err(|e| Error::Union(Box::new(e)))?;
-    let opts = crate::fuse::MountOptions {
+    UnionFs::new(lazy.tree.clone(), lazy.lowers.clone(), upper, Some(rt))
+        .map_err(|e| Error::Union(Box::new(e)))
+}
+
+fn fuse_options(
+    lazy: &LazyImage,
+    passthrough: bool,
+    allow_other: bool,
+) -> crate::fuse::MountOptions {
+    crate::fuse::MountOptions {
         read_only: false,
         passthrough,
         allow_other,
         fsname: format!("strata:{}", lazy.reference),
         ..Default::default()
-    };
-    let handle = crate::fuse::mount(Arc::new(fs), mp, opts, rt)?;
+    }
+}
+
+/// A served mount of `lazy` on `handle`, with its background prefetch started if asked.
+fn start(
+    svc: &Services,
+    handle: crate::fuse::MountHandle,
+    lazy: Arc<LazyImage>,
+    prefetch: bool,
+    started: std::time::Instant,
+) -> Served {
     let prefetch_done = Arc::new(std::sync::atomic::AtomicBool::new(!prefetch));
     let prefetch = prefetch.then(|| {
         let (store, cache, lazy, done, client) = (
@@ -236,25 +274,21 @@ pub async fn mount_image(
             }
         })
     });
-    Ok(Served {
+    let record_path = record_path(svc.store.root(), handle.mountpoint());
+    Served {
         handle,
         lazy,
         cache: svc.cache.clone(),
-        record_path: record_path(svc.store.root(), mp),
+        record_path,
         started,
         prefetch,
         prefetch_done,
-    })
+    }
 }
 
 /// Whether `p` is a mount point (per /proc/self/mountinfo).
 pub fn is_mounted(p: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = p.to_string_lossy();
-    info.lines()
-        .any(|l| l.split(' ').nth(4).map(|m| m.replace("\\040", " ")) == Some(want.to_string()))
+    crate::fuse::is_mounted(p)
 }
 
 /// Unmount `mountpoint` (`force`: detach it even if busy or its daemon is gone) and wait

@@ -1,14 +1,37 @@
 //! Blob downloads: a streamed GET (optionally of a byte range, the answer's `Content-Range`
-//! checked), a ranged read into memory, and a whole small blob verified against its digest.
-//! Mirrors first (those that serve content by digest), then the upstream. Uses the parent's client, error type and helpers.
+//! checked), a ranged read into memory (cut at the mirror's slice size for a Range-aware
+//! caching mirror), and a whole small blob verified against its digest. Mirrors first (those
+//! that serve content by digest), then the upstream; a mirror that answers a Range with the whole blob or too slowly is skipped
+//! for that blob for a while (`health.rs`). Uses the parent's client, error type, helpers and
+//! endpoint walk.
 
-use super::{check_status, range, read_limited, Client, Error, Op};
+use super::{check_status, range, read_limited, Client, Endpoint, Error, Op};
 use crate::digest::Digest;
 use crate::reference::Repository;
 use bytes::Bytes;
+use futures::StreamExt;
 use reqwest::header::RANGE;
 use reqwest::{Method, Response, StatusCode};
 use std::ops::Range;
+use std::time::Duration;
+
+/// Slice-aligned pieces of one range fetched from a mirror at once.
+const MAX_PIECES_IN_FLIGHT: usize = 8;
+
+/// `range` cut at multiples of `slice` (0 = not cut).
+fn slice_pieces(range: &Range<u64>, slice: u64) -> Vec<Range<u64>> {
+    if slice == 0 || range.is_empty() {
+        return vec![range.clone()];
+    }
+    let mut out = Vec::new();
+    let mut at = range.start;
+    while at < range.end {
+        let next = ((at / slice) + 1).saturating_mul(slice).min(range.end);
+        out.push(at..next);
+        at = next;
+    }
+    out
+}
 
 impl Client {
     /// Start a blob download, optionally of a byte range. The caller streams and verifies.
@@ -18,48 +41,120 @@ impl Client {
         digest: &Digest,
         range: Option<Range<u64>>,
     ) -> Result<Response, Error> {
-        let what = format!("blob {digest} in {repo}");
-        self.on_endpoints(repo, Op::Pull, |ep| {
+        self.on_endpoints(repo, Op::Pull, Some(digest), |ep| {
             let range = range.clone();
-            let what = what.clone();
-            async move {
-                let url = ep.url(&repo.name, &format!("blobs/{digest}"));
-                let scope = Self::scope_pull(ep.repo_name(&repo.name));
-                let resp = self
-                    .send(&ep, &scope, Method::GET, &url, |r| match &range {
-                        Some(rg) => r.header(
-                            RANGE,
-                            format!("bytes={}-{}", rg.start, rg.end.saturating_sub(1)),
-                        ),
-                        None => r,
-                    })
-                    .await?;
-                let resp = check_status(resp, Method::GET, &url, &what).await?;
-                if let Some(rg) = &range {
-                    if resp.status() != StatusCode::PARTIAL_CONTENT {
-                        return Err(Error::RangeIgnored {
-                            what,
-                            status: resp.status(),
-                        });
-                    }
-                    range::check_content_range(resp.headers(), rg, &what)?;
-                }
-                Ok(resp)
-            }
+            async move { self.blob_response(&ep, repo, digest, range).await }
         })
         .await
     }
 
-    /// Fetch a byte range of a blob into memory (bounded by the range length).
+    /// A blob GET on one endpoint, its status and `Content-Range` checked. A mirror gets
+    /// `mirror-timeout` to answer a Range request: one that takes longer is filling the blob
+    /// before it answers, and the request moves on to the next endpoint.
+    async fn blob_response(
+        &self,
+        ep: &Endpoint,
+        repo: &Repository,
+        digest: &Digest,
+        range: Option<Range<u64>>,
+    ) -> Result<Response, Error> {
+        let what = format!("blob {digest} in {repo}");
+        let url = ep.url(&repo.name, &format!("blobs/{digest}"));
+        let scope = Self::scope_pull(ep.repo_name(&repo.name));
+        let send = self.send(ep, &scope, Method::GET, &url, |r| match &range {
+            Some(rg) => r.header(
+                RANGE,
+                format!("bytes={}-{}", rg.start, rg.end.saturating_sub(1)),
+            ),
+            None => r,
+        });
+        let resp = match (&range, ep.mirror) {
+            (Some(_), true) => {
+                let after = Duration::try_from_secs_f64(self.config.mirror_timeout)
+                    .unwrap_or(Duration::from_secs(5));
+                tokio::time::timeout(after, send)
+                    .await
+                    .map_err(|_| Error::MirrorSlow {
+                        what: what.clone(),
+                        mirror: ep.base.clone(),
+                        after,
+                    })??
+            }
+            _ => send.await?,
+        };
+        let resp = check_status(resp, Method::GET, &url, &what).await?;
+        if let Some(rg) = &range {
+            if resp.status() != StatusCode::PARTIAL_CONTENT {
+                return Err(Error::RangeIgnored {
+                    what,
+                    status: resp.status(),
+                });
+            }
+            range::check_content_range(resp.headers(), rg, &what)?;
+            if ep.mirror {
+                self.health.served_range(&ep.base, digest);
+            }
+        }
+        Ok(resp)
+    }
+
+    /// Fetch a byte range of a blob into memory (bounded by the range length). From a mirror
+    /// with `mirror-slice-size` set, the range is cut at slice boundaries and the pieces are
+    /// fetched concurrently: each maps to one slice of the mirror's cache (collapsed with
+    /// every other client's request for it), and none waits for the mirror to walk several
+    /// slices in turn.
     pub async fn get_blob_range(
         &self,
         repo: &Repository,
         digest: &Digest,
         range: Range<u64>,
     ) -> Result<Bytes, Error> {
+        let slice = self.config.mirror_slice_size;
+        self.on_endpoints(repo, Op::Pull, Some(digest), |ep| {
+            let range = range.clone();
+            async move {
+                let pieces = match ep.mirror {
+                    true => slice_pieces(&range, slice),
+                    false => vec![range.clone()],
+                };
+                if pieces.len() <= 1 {
+                    return self.range_from(&ep, repo, digest, range).await;
+                }
+                let mut out = Vec::with_capacity((range.end - range.start) as usize);
+                let mut rest = &pieces[..];
+                if !self.health.serves_ranges(&ep.base, digest) {
+                    // The first piece alone: a mirror that does not hold the blob would start
+                    // a whole-blob stream (or a fill) for every piece sent at once.
+                    out.extend_from_slice(
+                        &self
+                            .range_from(&ep, repo, digest, pieces[0].clone())
+                            .await?,
+                    );
+                    rest = &pieces[1..];
+                }
+                let mut bodies = futures::stream::iter(rest.iter().cloned())
+                    .map(|p| self.range_from(&ep, repo, digest, p))
+                    .buffered(MAX_PIECES_IN_FLIGHT);
+                while let Some(b) = bodies.next().await {
+                    out.extend_from_slice(&b?);
+                }
+                Ok(Bytes::from(out))
+            }
+        })
+        .await
+    }
+
+    /// Bytes `range` of a blob from one endpoint, the body's length checked.
+    async fn range_from(
+        &self,
+        ep: &Endpoint,
+        repo: &Repository,
+        digest: &Digest,
+        range: Range<u64>,
+    ) -> Result<Bytes, Error> {
         let len = range.end.saturating_sub(range.start) as usize;
         let url = format!("{repo}@{digest} bytes {}..{}", range.start, range.end);
-        let resp = self.get_blob(repo, digest, Some(range)).await?;
+        let resp = self.blob_response(ep, repo, digest, Some(range)).await?;
         let body = read_limited(resp, len, &url).await?;
         if body.len() != len {
             return Err(Error::Status {
@@ -72,24 +167,47 @@ impl Client {
         Ok(body)
     }
 
-    /// Fetch a whole small blob (config, index artifact) and verify it.
+    /// Fetch a whole small blob (config, index artifact) and verify it. Bytes from a mirror
+    /// that fail verification count as the mirror's failure: the next endpoint is tried.
     pub async fn get_blob_verified(
         &self,
         repo: &Repository,
         digest: &Digest,
         limit: usize,
     ) -> Result<Bytes, Error> {
-        let resp = self.get_blob(repo, digest, None).await?;
-        let what = format!("blob {digest} in {repo}");
-        let body = read_limited(resp, limit, &what).await?;
-        let got = Digest::of(&body);
-        if got != *digest {
-            return Err(Error::DigestMismatch {
-                what,
-                expected: *digest,
-                got,
-            });
-        }
-        Ok(body)
+        self.on_endpoints(repo, Op::Pull, Some(digest), |ep| async move {
+            let resp = self.blob_response(&ep, repo, digest, None).await?;
+            let what = format!("blob {digest} in {repo}");
+            let body = read_limited(resp, limit, &what).await?;
+            let got = Digest::of(&body);
+            if got != *digest {
+                return Err(Error::DigestMismatch {
+                    what,
+                    expected: *digest,
+                    got,
+                });
+            }
+            Ok(body)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slice_pieces;
+
+    #[test]
+    fn ranges_are_cut_at_slice_boundaries() {
+        assert_eq!(slice_pieces(&(10..20), 0), vec![10..20]);
+        assert_eq!(slice_pieces(&(10..20), 100), vec![10..20]);
+        assert_eq!(slice_pieces(&(0..100), 100), vec![0..100]);
+        assert_eq!(slice_pieces(&(90..110), 100), vec![90..100, 100..110]);
+        assert_eq!(
+            slice_pieces(&(50..350), 100),
+            vec![50..100, 100..200, 200..300, 300..350]
+        );
+        assert_eq!(slice_pieces(&(100..300), 100), vec![100..200, 200..300]);
+        assert_eq!(slice_pieces(&(5..5), 100), vec![5..5]);
     }
 }

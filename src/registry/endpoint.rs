@@ -2,17 +2,19 @@
 //! API root, repository name, headers and TLS client), answering 401 challenges (Basic, or a
 //! Bearer token fetched with the password or, for an identity token, the OAuth2 refresh
 //! grant; cached per auth host and scope), [`Client::send`], the one place with retries and
-//! backoff, and trying the endpoints in order. Uses the parent's client, error type and
-//! helpers, `auth`, `routes` and `config`.
+//! backoff, and the walk over the endpoints in order that skips and records failed mirrors.
+//! Uses the parent's client, error type and helpers, `auth`, `routes`, `health` and `config`.
 
 use super::auth::{self, Challenge, Credentials, Secret};
+use super::health::Skip;
 use super::routes::Op;
 use super::{check_status, lock, read_limited, Client, Error};
+use crate::digest::Digest;
 use crate::reference::Repository;
 use base64::Engine as _;
 use reqwest::header::{HeaderMap, AUTHORIZATION, WWW_AUTHENTICATE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Bounded retries with exponential backoff, shared by every request.
 #[derive(Debug, Clone, Copy)]
@@ -298,36 +300,110 @@ impl Client {
 
     /// Try each endpoint for `repo` and `op` in order; the first success wins. A not-found on
     /// the upstream is final.
+    /// Mirrors that failed a moment ago (for `blob`, when given) are skipped (`health.rs`),
+    /// unless the upstream fails too: then they are the last resort. A mirror's failure is
+    /// judged by [`Error::mirror_verdict`] and recorded.
     pub(super) async fn on_endpoints<T, F, Fut>(
         &self,
         repo: &Repository,
         op: Op,
+        blob: Option<&Digest>,
         f: F,
     ) -> Result<T, Error>
     where
         F: Fn(Endpoint) -> Fut,
         Fut: std::future::Future<Output = Result<T, Error>>,
     {
-        let eps = self.endpoints(repo, op)?;
-        let n = eps.len();
+        let mut skipped = Vec::new();
         let mut last = None;
-        for (i, ep) in eps.into_iter().enumerate() {
-            let mirror = ep.mirror;
-            let base = ep.base.clone();
-            match f(ep).await {
-                Ok(v) => return Ok(v),
-                Err(e) if i + 1 < n => {
-                    if mirror && !e.is_not_found() {
-                        tracing::warn!("mirror {base} failed, trying next: {e}");
-                    }
-                    last = Some(e);
+        for ep in self.endpoints(repo, op)? {
+            if ep.mirror {
+                if let Some(why) = self.health.skip(&ep.base, blob, Instant::now()) {
+                    tracing::debug!(mirror = %ep.base, ?why, "skipping mirror for now");
+                    skipped.push(ep);
+                    continue;
                 }
-                Err(e) => return Err(e),
+            }
+            match self.on_endpoint(ep, blob, &f).await {
+                Ok(v) => return Ok(v),
+                Err((false, e)) if skipped.is_empty() || e.is_not_found() => return Err(e),
+                Err((false, e)) => {
+                    // The upstream failed: the mirrors skipped for now are the last resort,
+                    // and the upstream's error is the one to report.
+                    for ep in skipped {
+                        if let Ok(v) = self.on_endpoint(ep, blob, &f).await {
+                            return Ok(v);
+                        }
+                    }
+                    return Err(e);
+                }
+                Err((true, e)) => last = Some(e),
             }
         }
         Err(last.unwrap_or(Error::NotFound {
             what: repo.to_string(),
         }))
+    }
+
+    /// One endpoint of [`on_endpoints`](Self::on_endpoints); a mirror's answer is recorded in
+    /// its health. The error comes with whether the next endpoint may be tried.
+    async fn on_endpoint<T, F, Fut>(
+        &self,
+        ep: Endpoint,
+        blob: Option<&Digest>,
+        f: &F,
+    ) -> Result<T, (bool, Error)>
+    where
+        F: Fn(Endpoint) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
+        let (mirror, base) = (ep.mirror, ep.base.clone());
+        match f(ep).await {
+            Ok(v) => {
+                if mirror {
+                    self.health.ok(&base, blob);
+                }
+                Ok(v)
+            }
+            Err(e) if !mirror => Err((false, e)),
+            Err(e) => {
+                self.mirror_failed(&base, blob, &e);
+                Err((true, e))
+            }
+        }
+    }
+
+    /// Record a mirror's failure `e` (for `blob`, when given) in its health.
+    pub(super) fn mirror_failed(&self, base: &str, blob: Option<&Digest>, e: &Error) {
+        let now = Instant::now();
+        match (e.mirror_verdict(), blob) {
+            (None, _) => tracing::debug!(mirror = %base, "mirror does not have it: {e}"),
+            (Some(Skip::Blob), Some(b)) => match self.health.blob_failed(base, b, now) {
+                Some(hold) => tracing::warn!(
+                    mirror = %base,
+                    "mirror does not serve blob {b} by range yet; going upstream for it for {hold:?}: {e}"
+                ),
+                None => tracing::debug!(mirror = %base, "mirror failed again: {e}"),
+            },
+            (Some(_), _) => match self.health.mirror_failed(base, now) {
+                Some(hold) => {
+                    tracing::warn!(mirror = %base, "mirror failed; skipping it for {hold:?}: {e}")
+                }
+                None => tracing::debug!(mirror = %base, "mirror failed again: {e}"),
+            },
+        }
+    }
+
+    /// Bytes of `blob` failed verification: skip every mirror of `repo` for that blob for a
+    /// while (the bytes may have come from one of them; the upstream is the reference).
+    pub fn distrust_mirrors(&self, repo: &Repository, blob: &Digest) {
+        let now = Instant::now();
+        let eps = self.endpoints(repo, Op::Pull).unwrap_or_default();
+        for ep in eps.into_iter().filter(|e| e.mirror) {
+            if let Some(hold) = self.health.blob_failed(&ep.base, blob, now) {
+                tracing::warn!(mirror = %ep.base, "bytes of blob {blob} failed verification; not asking mirrors for it for {hold:?}");
+            }
+        }
     }
 
     /// `GET /v2/` with authentication: used by `login` to verify credentials.

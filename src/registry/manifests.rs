@@ -39,7 +39,7 @@ impl Client {
         let what = reference.to_string();
         let repo = reference.repo();
         let op = Op::for_reference(reference);
-        self.on_endpoints(&repo, op, |ep| {
+        self.on_endpoints(&repo, op, None, |ep| {
             let what = what.clone();
             async move {
                 let url = ep.url(
@@ -207,10 +207,11 @@ impl Client {
         repo: &Repository,
         subject: &Digest,
     ) -> Result<(oci::ImageIndex, bool), Error> {
-        // Any endpoint that serves content by digest may answer; one without the API (404 or
-        // another refusal) sends us to the tag schema, which goes through the mirrors too.
-        let found = self
-            .on_endpoints(repo, Op::Pull, |ep| async move {
+        // Mirrors first, as for manifests and blobs: a node may reach only its mirror. Any
+        // answer but a success means "no referrers API here" (the tag schema follows); only a
+        // failure to get an answer moves on to the next endpoint.
+        let api = self
+            .on_endpoints(repo, Op::Pull, None, |ep| async move {
                 let url = ep.url(&repo.name, &format!("referrers/{subject}"));
                 let resp = self
                     .send(
@@ -225,16 +226,17 @@ impl Client {
                     return Ok(None);
                 }
                 let body = read_limited(resp, MAX_MANIFEST_BYTES, &url).await?;
-                let idx: oci::ImageIndex =
-                    serde_json::from_slice(&body).map_err(|e| Error::BadManifest {
-                        what: url.clone(),
-                        msg: e.to_string(),
-                    })?;
+                let idx = serde_json::from_slice(&body).map_err(|e| Error::BadManifest {
+                    what: url.clone(),
+                    msg: e.to_string(),
+                })?;
                 Ok(Some(idx))
             })
-            .await?;
-        if let Some(idx) = found {
-            return Ok((idx, false));
+            .await;
+        match api {
+            Ok(Some(idx)) => return Ok((idx, false)),
+            Ok(None) => {}
+            Err(e) => tracing::debug!("referrers API of {repo}: {e}; trying the tag schema"),
         }
         let tag_ref = repo.tag(referrers_tag(subject));
         match self.get_manifest(&tag_ref).await {

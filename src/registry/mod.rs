@@ -1,9 +1,11 @@
 //! Distribution v2 client: ping, auth, manifests, ranged blob reads, uploads, catalog.
 //!
 //! Uses `reference`, `digest`, `config`; knows nothing of the store or of FUSE. Mirrors are tried
-//! in order before the upstream; retries with backoff live in one place ([`Client::send`]).
+//! in order before the upstream, skipping those that failed a moment ago (`health.rs`);
+//! retries with backoff live in one place ([`Client::send`]).
 //! This file holds the client, its error type and the response helpers; the requests are split
 //! by what they touch: `endpoint.rs` (auth, `send` and its retries, trying endpoints in order),
+//! `health.rs` (which mirrors, and which blobs on a mirror, to skip for a while),
 //! `manifests.rs` (manifests, platform resolution, referrers, tags, catalog), `blobs.rs` (blob
 //! downloads, ranged and verified), `uploads.rs` (blob and manifest uploads). Where requests
 //! go: `routes.rs` builds the mirror list from `config`, containerd's hosts.toml (`hosts.rs`)
@@ -16,6 +18,7 @@ mod blobs;
 pub mod credhelper;
 pub mod creds;
 mod endpoint;
+mod health;
 pub mod hosts;
 mod manifests;
 mod range;
@@ -37,6 +40,7 @@ use reqwest::header::{HeaderMap, CONTENT_TYPE, LOCATION};
 use reqwest::{Method, Response, StatusCode};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Largest manifest or index document accepted.
 pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
@@ -79,6 +83,12 @@ pub enum Error {
     TooLarge { what: String, limit: usize },
     #[error("{what}: registry ignored the Range request ({status})")]
     RangeIgnored { what: String, status: StatusCode },
+    #[error("{what}: mirror {mirror} did not answer a Range request within {after:?}")]
+    MirrorSlow {
+        what: String,
+        mirror: String,
+        after: Duration,
+    },
     #[error("{what}: asked for bytes {asked}, registry answered 206 with Content-Range {got:?}")]
     BadContentRange {
         what: String,
@@ -138,6 +148,36 @@ impl Error {
     fn is_not_found(&self) -> bool {
         matches!(self, Error::NotFound { .. })
     }
+
+    /// What a mirror's failure says about the mirror: `None` when nothing (it does not have
+    /// the thing: try the next endpoint, ask it again next time), `Some(Skip::Blob)` when it
+    /// does not serve this blob by range yet (it answered with the whole blob, or slowly),
+    /// `Some(Skip::Mirror)` when the mirror itself is broken for now.
+    fn mirror_verdict(&self) -> Option<health::Skip> {
+        match self {
+            Error::NotFound { .. }
+            | Error::BadManifest { .. }
+            | Error::NoPlatform { .. }
+            | Error::Io { .. }
+            | Error::Client(_)
+            | Error::ConfigFile { .. }
+            | Error::ConfigValue { .. }
+            | Error::Blocked { .. }
+            | Error::NoEndpoint { .. }
+            | Error::AmbiguousShortName { .. }
+            | Error::ShortName { .. }
+            | Error::Credentials(_) => None,
+            Error::RangeIgnored { .. } | Error::MirrorSlow { .. } => Some(health::Skip::Blob),
+            Error::Http { .. }
+            | Error::Status { .. }
+            | Error::Unauthorized { .. }
+            | Error::DigestMismatch { .. }
+            | Error::TooLarge { .. }
+            | Error::BadContentRange { .. }
+            | Error::Certificate { .. }
+            | Error::BadCertificate { .. } => Some(health::Skip::Mirror),
+        }
+    }
 }
 
 /// The registry client. Cheap to share behind an `Arc`; every method takes `&self`.
@@ -151,6 +191,8 @@ pub struct Client {
     /// auth host -> refresh token a token service handed out during `verify_login`.
     refresh_tokens: Mutex<HashMap<String, auth::Secret>>,
     retry: RetryPolicy,
+    /// Mirrors (and blobs on mirrors) skipped for a while after a failure.
+    health: health::Health,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -161,6 +203,8 @@ impl Client {
     /// A client for `config`. The registries.conf, hosts.toml and certificate files it names
     /// are read at first use.
     pub fn new(config: Arc<Config>, creds: CredentialStore) -> Result<Self, Error> {
+        let hold = Duration::try_from_secs_f64(config.mirror_retry_after)
+            .unwrap_or(Duration::from_secs(10));
         Ok(Client {
             routes: routes::Routes::new(config.clone()),
             config,
@@ -169,6 +213,7 @@ impl Client {
             auth_cache: Mutex::new(HashMap::new()),
             refresh_tokens: Mutex::new(HashMap::new()),
             retry: RetryPolicy::default(),
+            health: health::Health::new(hold),
         })
     }
 

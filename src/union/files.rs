@@ -46,6 +46,11 @@ impl Handle {
 impl UnionFs {
     pub(crate) fn new_fh(&self, h: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.put_fh(fh, h)
+    }
+
+    /// Keep `h` under the number `fh` (a fresh one, or one the kernel already holds).
+    pub(crate) fn put_fh(&self, fh: u64, h: Handle) -> u64 {
         self.handles
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -99,6 +104,15 @@ impl UnionFs {
     /// Open file `ino` with open(2) `flags`. Write access copies a lower file up first (this
     /// may wait for lower data; call it off the FUSE dispatch thread when it can).
     pub fn open(&self, ino: u64, flags: i32) -> Result<Opened> {
+        self.open_as(ino, flags, None)
+    }
+
+    /// [`open`](Self::open), keeping the handle under `fh` when given.
+    pub(crate) fn open_as(&self, ino: u64, flags: i32, fh: Option<u64>) -> Result<Opened> {
+        let keep = |h: Handle| match fh {
+            Some(fh) => self.put_fh(fh, h),
+            None => self.new_fh(h),
+        };
         let acc = flags & libc::O_ACCMODE;
         let write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let (kind, is_upper) = {
@@ -119,7 +133,7 @@ impl UnionFs {
             let p = self.upper()?.path(&st.rel_path(ino)?);
             drop(st);
             let file = open_flags(&p, flags)?;
-            let fh = self.new_fh(Handle::Upper {
+            let fh = keep(Handle::Upper {
                 ino,
                 file: Arc::new(file),
             });
@@ -131,7 +145,7 @@ impl UnionFs {
             .ok_or(Error::StaleInode(ino))?;
         let file = t.content().ok_or(Error::Invalid("not a regular file"))?;
         drop(st);
-        let fh = self.new_fh(Handle::Lower { ino, file });
+        let fh = keep(Handle::Lower { ino, file });
         Ok(Opened { fh, lower: true })
     }
 

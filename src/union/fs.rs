@@ -367,6 +367,11 @@ impl UnionFs {
     /// Open directory `ino`; the listing is taken at the first read from offset 0 (the
     /// kernel always starts there, and again after a rewind).
     pub fn opendir(&self, ino: u64) -> Result<u64> {
+        self.opendir_as(ino, None)
+    }
+
+    /// [`opendir`](Self::opendir), keeping the handle under `fh` when given.
+    pub(crate) fn opendir_as(&self, ino: u64, fh: Option<u64>) -> Result<u64> {
         let path = {
             let st = self.lock();
             let n = st.node(ino)?;
@@ -387,11 +392,15 @@ impl UnionFs {
                 .ok()
                 .map(Arc::new)
         });
-        Ok(self.new_fh(Handle::Dir {
+        let h = Handle::Dir {
             ino,
             entries: Mutex::new(None),
             upper,
-        }))
+        };
+        Ok(match fh {
+            Some(fh) => self.put_fh(fh, h),
+            None => self.new_fh(h),
+        })
     }
 
     /// Call `add` with each entry of an open directory after cookie `offset` (0 = from the

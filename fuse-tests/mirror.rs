@@ -1,0 +1,255 @@
+//! Mirror health under a lazy mount: a mirror (the fault proxy in front of the real registry)
+//! that answers errors, ignores Range (a pull-through cache that fetches the whole blob
+//! first), is slow, or serves bytes that fail verification is asked once and then skipped
+//! (for every blob, or for that blob) while the reads go to the upstream and return the right
+//! bytes; once the hold-off has passed and the mirror serves ranges, reads use it again.
+//! Range requests to a mirror with `mirror-slice-size` never straddle a slice. The nginx
+//! mirror with many nodes is `mirror_nodes.rs`.
+
+mod common;
+use common::cli::Mounted;
+use common::testdata::pseudo;
+
+use common::{Fault, FaultProxy, ImageBuilder, Layer, OutputExt, Registry, StrataEnv};
+use std::io::Read as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const FILES: usize = 4;
+const FILE_LEN: usize = 2 << 20;
+
+/// A layer of `FILES` incompressible files of 2 MiB: the first bytes of each sit in their own
+/// 2 MiB span, so reading them is `FILES` separate fetches.
+fn file(i: usize) -> Vec<u8> {
+    pseudo(FILE_LEN, 100 + i as u64)
+}
+
+/// Push the image and its sidecar index straight to the registry; returns the layer digest.
+fn publish(reg: &Registry, repo_tag: &str) -> String {
+    let mut l = Layer::new().dir("data");
+    for i in 0..FILES {
+        l = l.file(&format!("data/f{i}"), file(i));
+    }
+    let img = ImageBuilder::new().layer(l).build("v1");
+    img.push(reg, repo_tag);
+    StrataEnv::new()
+        .run(&["index", &format!("{}/{repo_tag}", reg.host()), "--push"])
+        .assert_success();
+    img.layers[0].digest.clone()
+}
+
+/// A strata root whose only mirror for `reg` is `proxy`, with `extra` config keys.
+fn env_with_mirror(reg: &Registry, proxy: &FaultProxy, extra: serde_json::Value) -> StrataEnv {
+    let env = StrataEnv::new();
+    let mut cfg = serde_json::json!({
+        "registry-mirrors-by-host": { reg.host(): [proxy.url()] },
+    });
+    if let (Some(c), Some(e)) = (cfg.as_object_mut(), extra.as_object()) {
+        c.extend(e.clone());
+    }
+    env.write_config(&cfg);
+    env
+}
+
+fn mount<'a>(env: &'a StrataEnv, reference: &str) -> Mounted<'a> {
+    env.mount(reference, &["--no-prefetch"])
+}
+
+/// The first 4 KiB of file `i` through the mount, checked.
+fn read_head(mnt: &Path, i: usize) {
+    let mut buf = vec![0u8; 4096];
+    let mut f = std::fs::File::open(mnt.join(format!("data/f{i}"))).unwrap();
+    f.read_exact(&mut buf).unwrap();
+    assert_eq!(buf, file(i)[..4096], "data/f{i}");
+}
+
+/// Blob GETs of `digest` the mirror saw.
+fn mirror_gets(proxy: &FaultProxy, digest: &str) -> usize {
+    proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains(digest))
+        .count()
+}
+
+/// A mirror answering 500 to blob requests is asked once, then skipped for every blob: the
+/// index blobs and each span come from the upstream without another try of the mirror.
+#[test]
+fn a_failing_mirror_is_skipped_for_a_while() {
+    let reg = Registry::start();
+    let layer = publish(&reg, "mirror/errors:v1");
+    let proxy = FaultProxy::in_front_of(&reg);
+    proxy.on_path("/blobs/", None, Fault::status(500));
+    let env = env_with_mirror(&reg, &proxy, serde_json::json!({"mirror-retry-after": 60}));
+    let m = mount(&env, &format!("{}/mirror/errors:v1", reg.host()));
+    for i in 0..FILES {
+        read_head(&m.dir, i);
+    }
+    let blob_gets = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/blobs/"))
+        .count();
+    assert_eq!(
+        blob_gets,
+        1,
+        "the mirror should be asked once, then skipped: {:?}",
+        proxy.requests()
+    );
+    assert_eq!(mirror_gets(&proxy, &layer), 0);
+    // The upstream served every span: FILES separate Range requests for the layer.
+    reg.settle_logs();
+    let upstream_layer_gets = reg
+        .log()
+        .lines()
+        .filter(|l| l.contains("response completed") && l.contains(&layer))
+        .count();
+    assert!(upstream_layer_gets >= FILES, "{upstream_layer_gets}");
+    let log = env.daemon_logs();
+    assert_eq!(
+        log.matches("mirror failed; skipping it").count(),
+        1,
+        "one warning, not one per request:\n{log}"
+    );
+}
+
+/// A mirror that answers a Range with the whole blob (200: distribution's pull-through
+/// cache filling the blob) is skipped for that blob only, and only for a while: after the
+/// hold-off, once it serves ranges, the layer's reads use it again.
+#[test]
+fn a_mirror_filling_a_blob_is_skipped_for_that_blob_until_it_serves_ranges() {
+    let reg = Registry::start();
+    let layer = publish(&reg, "mirror/fill:v1");
+    let proxy = FaultProxy::in_front_of(&reg);
+    proxy.on_path(&layer, None, Fault::IgnoreRange);
+    let env = env_with_mirror(&reg, &proxy, serde_json::json!({"mirror-retry-after": 1.5}));
+    let m = mount(&env, &format!("{}/mirror/fill:v1", reg.host()));
+    let t0 = Instant::now();
+    for i in 0..FILES - 1 {
+        read_head(&m.dir, i);
+    }
+    let during_fill = mirror_gets(&proxy, &layer);
+    // The index blobs (served by range) kept coming from the mirror.
+    let index_from_mirror = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/blobs/") && !r.path.contains(&layer) && r.status == 206)
+        .count();
+    // Asked once, then the layer went upstream (a slow machine may have passed the
+    // hold-off once: still not every read).
+    let allowed = if t0.elapsed() < Duration::from_millis(1500) {
+        1
+    } else {
+        FILES - 2
+    };
+    assert!(
+        (1..=allowed).contains(&during_fill),
+        "{during_fill} mirror GETs of the layer: {:?}",
+        proxy.requests()
+    );
+    assert!(index_from_mirror >= 1, "{:?}", proxy.requests());
+    // The mirror has filled the blob; after the hold-off the next read asks it again.
+    proxy.clear();
+    std::thread::sleep(Duration::from_millis(1600));
+    read_head(&m.dir, FILES - 1);
+    let served: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains(&layer) && r.status == 206)
+        .collect();
+    assert_eq!(served.len(), 1, "{:?}", proxy.requests());
+    let log = env.daemon_logs();
+    assert!(log.contains("does not serve blob"), "{log}");
+}
+
+/// A mirror slower than `mirror-timeout` to answer a Range: the read does not wait for it,
+/// and the layer's later reads do not ask it again.
+#[test]
+fn a_slow_mirror_does_not_hold_reads_up() {
+    let reg = Registry::start();
+    let layer = publish(&reg, "mirror/slow:v1");
+    let proxy = FaultProxy::in_front_of(&reg);
+    proxy.on_path(&layer, None, Fault::Delay(Duration::from_secs(2)));
+    let env = env_with_mirror(
+        &reg,
+        &proxy,
+        serde_json::json!({"mirror-timeout": 0.3, "mirror-retry-after": 60}),
+    );
+    let m = mount(&env, &format!("{}/mirror/slow:v1", reg.host()));
+    let t0 = Instant::now();
+    for i in 0..FILES {
+        read_head(&m.dir, i);
+    }
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_millis(1800),
+        "{FILES} reads took {took:?}: the slow mirror held them up"
+    );
+    // The proxy records a request once it has answered it, 2 s after it came: let every
+    // delayed request that was sent during the reads finish (no event to wait on).
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(mirror_gets(&proxy, &layer), 1, "{:?}", proxy.requests());
+}
+
+/// Bytes from a mirror that fail verification: the retry goes to the upstream and the read
+/// returns the right bytes (not EIO after three tries of the same mirror).
+#[test]
+fn bytes_failing_verification_send_the_blob_upstream() {
+    let reg = Registry::start();
+    let layer = publish(&reg, "mirror/flip:v1");
+    let proxy = FaultProxy::in_front_of(&reg);
+    proxy.on_path(&layer, None, Fault::FlipByte);
+    let env = env_with_mirror(&reg, &proxy, serde_json::json!({"mirror-retry-after": 60}));
+    let m = mount(&env, &format!("{}/mirror/flip:v1", reg.host()));
+    for i in 0..FILES {
+        read_head(&m.dir, i);
+    }
+    assert_eq!(mirror_gets(&proxy, &layer), 1, "{:?}", proxy.requests());
+    assert!(env.daemon_logs().contains("failed verification"));
+}
+
+/// With `mirror-slice-size`, no Range request to the mirror crosses a slice boundary, and a
+/// span larger than a slice is fetched as several requests that together cover it.
+#[test]
+fn range_requests_to_a_mirror_are_cut_at_its_slice_size() {
+    const SLICE: u64 = 256 << 10;
+    let reg = Registry::start();
+    let layer = publish(&reg, "mirror/slices:v1");
+    let proxy = FaultProxy::in_front_of(&reg);
+    let env = env_with_mirror(
+        &reg,
+        &proxy,
+        serde_json::json!({"mirror-slice-size": "256KiB"}),
+    );
+    let m = mount(&env, &format!("{}/mirror/slices:v1", reg.host()));
+    read_head(&m.dir, 1);
+    let ranges: Vec<(u64, u64)> = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains(&layer))
+        .filter_map(|r| {
+            let (a, b) = r
+                .range
+                .as_deref()?
+                .strip_prefix("bytes=")?
+                .split_once('-')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .collect();
+    assert!(
+        ranges.len() >= 8,
+        "one 2 MiB span in 256 KiB pieces: {ranges:?}"
+    );
+    for (a, b) in &ranges {
+        assert_eq!(a / SLICE, b / SLICE, "bytes={a}-{b} straddles a slice");
+    }
+    let mut sorted = ranges.clone();
+    sorted.sort();
+    for w in sorted.windows(2) {
+        assert_eq!(
+            w[0].1 + 1,
+            w[1].0,
+            "pieces leave a gap or overlap: {sorted:?}"
+        );
+    }
+}

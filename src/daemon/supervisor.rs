@@ -1,0 +1,548 @@
+//! The supervisor: the small process `strata daemon --foreground` runs (the one a service
+//! manager watches). It holds the root's lock (`ROOT/daemon.lock`), the listening control
+//! socket and a copy of every mount's FUSE device, and runs the server (`server.rs`, the
+//! process named in `ROOT/daemon.pid`) as its child. The FUSE connections live as long as
+//! any copy of their device is open, so when the server dies the mounts stay and the
+//! requests it had read wait in the kernel: the supervisor starts a new server with the
+//! devices, which serves the mounts again and has the kernel resend what was lost. A
+//! restart or upgrade asked for hands over in order (new server prepared, old one told to
+//! quit, new one told to go); an upgrade first re-executes the supervisor as the new binary,
+//! keeping its descriptors and its child.
+//!
+//! Calls `ctl` (the channel to the server) and the OS; of the mount machinery only the path
+//! of saved mounts (to clean them when giving up).
+
+use super::ctl::{self, Ctl, Inherited, InheritedMount};
+use super::{socket_path, Error};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Name of the supervisor's lock file under the root.
+pub const LOCK_FILE: &str = "daemon.lock";
+/// Give up after this many server crashes within [`CRASH_WINDOW`].
+const MAX_CRASHES: usize = 5;
+const CRASH_WINDOW: Duration = Duration::from_secs(60);
+/// How long a new server may take to prepare every mount before a handover is abandoned.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the old server may take to quit before it is killed.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the supervisor runs its servers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SupervisorOptions {
+    pub root: PathBuf,
+    /// Passed on to servers as `--config`.
+    pub config: Option<PathBuf>,
+    /// Servers exit after this long without mounts (then so does the supervisor).
+    pub idle_exit_secs: Option<u64>,
+}
+
+/// The supervisor's state carried across an upgrade `exec` (descriptor numbers stay).
+#[derive(Debug, Serialize, Deserialize)]
+struct Carried {
+    opts: SupervisorOptions,
+    lock: RawFd,
+    listener: RawFd,
+    server_pid: i32,
+    server_ctl: RawFd,
+    mounts: Vec<InheritedMount>,
+    generation: u64,
+}
+
+struct Server {
+    pid: i32,
+    ctl: Arc<OwnedFd>,
+}
+
+enum Event {
+    Msg {
+        pid: i32,
+        msg: Ctl,
+        fd: Option<OwnedFd>,
+    },
+    Exited {
+        pid: i32,
+        clean: bool,
+    },
+}
+
+struct Sup {
+    opts: SupervisorOptions,
+    lock: OwnedFd,
+    listener: OwnedFd,
+    mounts: BTreeMap<PathBuf, OwnedFd>,
+    generation: u64,
+    tx: mpsc::UnboundedSender<Event>,
+    rx: mpsc::UnboundedReceiver<Event>,
+    crashes: VecDeque<Instant>,
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Take the root's lock (exclusive `flock` on `ROOT/daemon.lock`, held while this process or
+/// a server it started lives) and write our pid into it.
+fn take_lock(root: &Path) -> Result<OwnedFd, Error> {
+    use std::io::Write;
+    let path = root.join(LOCK_FILE);
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_at(&path))?;
+    // SAFETY: flock on a descriptor we own; no memory is shared with the kernel.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        // Name the supervisor holding it (its pid may lag a moment behind the lock).
+        let mut pid = String::new();
+        for _ in 0..100 {
+            pid = std::fs::read_to_string(&path).unwrap_or_default();
+            if !pid.trim().is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        return Err(Error::AlreadyRunning {
+            root: root.to_path_buf(),
+            pid: pid.trim().to_string(),
+        });
+    }
+    f.set_len(0).map_err(io_at(&path))?;
+    writeln!(f, "{}", std::process::id()).map_err(io_at(&path))?;
+    Ok(f.into())
+}
+
+/// Bind the control socket (0600), replacing one left by a dead daemon (we hold the lock).
+fn bind(root: &Path) -> Result<OwnedFd, Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let sock = socket_path(root);
+    let _ = std::fs::remove_file(&sock);
+    let l = std::os::unix::net::UnixListener::bind(&sock).map_err(io_at(&sock))?;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
+        .map_err(io_at(&sock))?;
+    Ok(l.into())
+}
+
+/// Supervise a root: take its lock, listen (then call `ready` with the socket's path), run
+/// servers until one exits on purpose (shutdown, idle) or a signal stops us. The exit code.
+pub async fn supervise(opts: SupervisorOptions, ready: impl FnOnce(&Path)) -> Result<i32, Error> {
+    let lock = take_lock(&opts.root)?;
+    let listener = bind(&opts.root)?;
+    ready(&socket_path(&opts.root));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut sup = Sup {
+        opts,
+        lock,
+        listener,
+        mounts: BTreeMap::new(),
+        generation: 1,
+        tx,
+        rx,
+        crashes: VecDeque::new(),
+    };
+    sup.start_reaper();
+    let server = sup
+        .spawn_server(false)
+        .map_err(io_at(Path::new("strata daemon")))?;
+    Ok(sup.run(server, false).await)
+}
+
+/// Continue as the supervisor after an upgrade `exec` (state in the environment): hand the
+/// mounts to a server of this binary. `None` when not resuming.
+pub async fn resume() -> Option<Result<i32, Error>> {
+    let v = std::env::var(ctl::SUPERVISOR_ENV).ok()?;
+    let c: Carried = match serde_json::from_str(&v) {
+        Ok(c) => c,
+        Err(e) => {
+            return Some(Err(Error::Protocol {
+                socket: PathBuf::from(ctl::SUPERVISOR_ENV),
+                what: e.to_string(),
+            }))
+        }
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    // SAFETY: the numbers were ours before `exec` and were kept open for us.
+    let own = |fd| unsafe { ctl::own(fd) };
+    let sup = Sup {
+        opts: c.opts,
+        lock: own(c.lock),
+        listener: own(c.listener),
+        mounts: c
+            .mounts
+            .into_iter()
+            .map(|m| (m.mountpoint, own(m.fd)))
+            .collect(),
+        generation: c.generation,
+        tx,
+        rx,
+        crashes: VecDeque::new(),
+    };
+    for fd in [sup.lock.as_raw_fd(), sup.listener.as_raw_fd(), c.server_ctl]
+        .into_iter()
+        .chain(sup.mounts.values().map(|f| f.as_raw_fd()))
+    {
+        // SAFETY: fcntl on our own descriptor.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    sup.start_reaper();
+    let server = Server {
+        pid: c.server_pid,
+        ctl: Arc::new(own(c.server_ctl)),
+    };
+    sup.listen_to(&server);
+    tracing::warn!(pid = std::process::id(), "strata supervisor upgraded");
+    Some(Ok(sup.run(server, true).await))
+}
+
+impl Sup {
+    /// Reap children forever, reporting each exit.
+    fn start_reaper(&self) {
+        use nix::sys::wait::{waitpid, WaitStatus};
+        let tx = self.tx.clone();
+        std::thread::spawn(move || loop {
+            match waitpid(None, None) {
+                Ok(st) => {
+                    let (pid, clean) = match st {
+                        WaitStatus::Exited(p, code) => (p, code == 0),
+                        WaitStatus::Signaled(p, _, _) => (p, false),
+                        _ => continue,
+                    };
+                    if tx
+                        .send(Event::Exited {
+                            pid: pid.as_raw(),
+                            clean,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        });
+    }
+
+    /// Forward the messages of `server` as events.
+    fn listen_to(&self, server: &Server) {
+        let (tx, ctl, pid) = (self.tx.clone(), server.ctl.clone(), server.pid);
+        std::thread::spawn(move || {
+            while let Ok(Some((msg, fd))) = ctl::recv(&ctl) {
+                if tx.send(Event::Msg { pid, msg, fd }).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Start a server with every mount's device (`handover`: it waits for `Go`).
+    fn spawn_server(&mut self, handover: bool) -> std::io::Result<Server> {
+        use std::os::unix::process::CommandExt;
+        let (mine, theirs) = ctl::pair()?;
+        let inh = Inherited {
+            listener: self.listener.as_raw_fd(),
+            ctl: theirs.as_raw_fd(),
+            lock: self.lock.as_raw_fd(),
+            generation: self.generation,
+            mounts: self
+                .mounts
+                .iter()
+                .map(|(mp, fd)| InheritedMount {
+                    fd: fd.as_raw_fd(),
+                    mountpoint: mp.clone(),
+                })
+                .collect(),
+            handover,
+            idle_exit_secs: self.opts.idle_exit_secs,
+        };
+        self.generation += 1;
+        let keep: Vec<RawFd> = [inh.listener, inh.ctl, inh.lock]
+            .into_iter()
+            .chain(inh.mounts.iter().map(|m| m.fd))
+            .collect();
+        // The binary this process runs, even if its file was replaced since.
+        let mut cmd = std::process::Command::new("/proc/self/exe");
+        cmd.arg("--root").arg(&self.opts.root);
+        if let Some(c) = &self.opts.config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.args(["daemon", "--serve-child"])
+            .env(ctl::CHILD_ENV, serde_json::to_string(&inh)?)
+            .env_remove(ctl::SUPERVISOR_ENV)
+            .stdin(std::process::Stdio::null());
+        // SAFETY: only fcntl between fork and exec (async-signal-safe).
+        unsafe {
+            cmd.pre_exec(move || {
+                for &fd in &keep {
+                    ctl::inheritable(fd)?;
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        drop(theirs);
+        let server = Server {
+            pid: child.id() as i32,
+            ctl: Arc::new(mine),
+        };
+        // Reaped by the reaper thread, not through `child`.
+        drop(child);
+        self.listen_to(&server);
+        tracing::info!(pid = server.pid, handover, "strata server started");
+        Ok(server)
+    }
+
+    /// Serve until the current server exits on purpose or a signal stops us.
+    async fn run(mut self, mut current: Server, handover_first: bool) -> i32 {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot handle signals");
+            return 1;
+        };
+        if handover_first {
+            current = self.handover(current).await;
+        }
+        loop {
+            tokio::select! {
+                ev = self.rx.recv() => {
+                    let Some(ev) = ev else { return 1 };
+                    match ev {
+                        Event::Msg { pid, msg, fd } if pid == current.pid => match msg {
+                            Ctl::Add { mountpoint } => {
+                                if let Some(fd) = fd {
+                                    self.mounts.insert(mountpoint, fd);
+                                }
+                            }
+                            Ctl::Del { mountpoint } => {
+                                self.mounts.remove(&mountpoint);
+                            }
+                            Ctl::Restart { binary } => {
+                                if let Some(b) = binary {
+                                    let e = self.reexec(&b, &current);
+                                    tracing::error!("upgrade to {}: {e}; restarting on this binary", b.display());
+                                }
+                                current = self.handover(current).await;
+                            }
+                            other => tracing::debug!("unexpected {other:?} from the server"),
+                        },
+                        Event::Exited { pid, clean } if pid == current.pid => {
+                            if clean {
+                                tracing::info!("server exited: supervisor done");
+                                return 0;
+                            }
+                            match self.recover() {
+                                Some(s) => current = s,
+                                None => return 1,
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                _ = term.recv() => { let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(current.pid), nix::sys::signal::Signal::SIGTERM); }
+                _ = int.recv() => { let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(current.pid), nix::sys::signal::Signal::SIGTERM); }
+            }
+        }
+    }
+
+    /// The server died: start another on the same mounts, unless it keeps dying.
+    fn recover(&mut self) -> Option<Server> {
+        let now = Instant::now();
+        self.crashes.push_back(now);
+        while self
+            .crashes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > CRASH_WINDOW)
+        {
+            self.crashes.pop_front();
+        }
+        if self.crashes.len() > MAX_CRASHES {
+            tracing::error!(
+                "the strata server died {} times within {CRASH_WINDOW:?}: giving up; its mounts are detached",
+                self.crashes.len()
+            );
+            self.give_up();
+            return None;
+        }
+        tracing::warn!(
+            mounts = self.mounts.len(),
+            "the strata server died: starting a new one on its mounts"
+        );
+        match self.spawn_server(false) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!("starting a new server: {e}; giving up");
+                self.give_up();
+                None
+            }
+        }
+    }
+
+    /// Nothing will serve the mounts again: detach them (readers see the connection end)
+    /// and forget them.
+    fn give_up(&mut self) {
+        for mp in std::mem::take(&mut self.mounts).into_keys() {
+            let _ = nix::mount::umount2(&mp, nix::mount::MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_file(crate::mount::restore::saved_path(&self.opts.root, &mp));
+            let _ = std::fs::remove_file(crate::mount::record_path(&self.opts.root, &mp));
+        }
+    }
+
+    /// Hand the mounts from `old` to a new server; the server serving afterwards (`old` if
+    /// the new one could not be started).
+    async fn handover(&mut self, old: Server) -> Server {
+        let started = Instant::now();
+        let new = match self.spawn_server(true) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("restart: starting a new server: {e}; the old one serves on");
+                let _ = ctl::send(&old.ctl, &Ctl::Go, None);
+                return old;
+            }
+        };
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        let mut old_alive = true;
+        loop {
+            let ev = tokio::select! {
+                ev = self.rx.recv() => ev,
+                _ = tokio::time::sleep_until(deadline) => None,
+            };
+            match ev {
+                Some(Event::Msg {
+                    pid,
+                    msg: Ctl::Ready { mounts },
+                    ..
+                }) if pid == new.pid => {
+                    tracing::warn!(mounts, "restart: new server ready");
+                    break;
+                }
+                Some(Event::Msg { pid, msg, fd }) if pid == old.pid => match msg {
+                    Ctl::Add { mountpoint } => {
+                        if let Some(fd) = fd {
+                            self.mounts.insert(mountpoint, fd);
+                        }
+                    }
+                    Ctl::Del { mountpoint } => {
+                        self.mounts.remove(&mountpoint);
+                    }
+                    _ => {}
+                },
+                Some(Event::Exited { pid, .. }) if pid == old.pid => old_alive = false,
+                Some(Event::Exited { pid, .. }) if pid == new.pid => {
+                    tracing::error!(
+                        "restart: the new server died while preparing; the old one serves on"
+                    );
+                    if old_alive {
+                        let _ = ctl::send(&old.ctl, &Ctl::Go, None);
+                        return old;
+                    }
+                    return self.recover().unwrap_or(new);
+                }
+                Some(_) => {}
+                None => {
+                    tracing::error!(
+                        "restart: the new server was not ready in time; the old one serves on"
+                    );
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(new.pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    let _ = ctl::send(&old.ctl, &Ctl::Go, None);
+                    return old;
+                }
+            }
+        }
+        if old_alive {
+            let _ = ctl::send(&old.ctl, &Ctl::Quit, None);
+            let deadline = tokio::time::Instant::now() + QUIT_TIMEOUT;
+            let mut killed = false;
+            loop {
+                let ev = tokio::select! {
+                    ev = self.rx.recv() => ev,
+                    _ = tokio::time::sleep_until(deadline), if !killed => None,
+                };
+                match ev {
+                    Some(Event::Exited { pid, .. }) if pid == old.pid => break,
+                    Some(_) => {}
+                    None => {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(old.pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                        killed = true;
+                    }
+                }
+            }
+        }
+        let _ = ctl::send(&new.ctl, &Ctl::Go, None);
+        tracing::warn!(
+            old = old.pid,
+            new = new.pid,
+            ms = started.elapsed().as_millis() as u64,
+            "restart: handed over"
+        );
+        new
+    }
+
+    /// Become `binary` (an upgrade), keeping our descriptors and our child; returns only on
+    /// failure.
+    fn reexec(&self, binary: &Path, server: &Server) -> std::io::Error {
+        use std::os::unix::process::CommandExt;
+        let carried = Carried {
+            opts: self.opts.clone(),
+            lock: self.lock.as_raw_fd(),
+            listener: self.listener.as_raw_fd(),
+            server_pid: server.pid,
+            server_ctl: server.ctl.as_raw_fd(),
+            mounts: self
+                .mounts
+                .iter()
+                .map(|(mp, fd)| InheritedMount {
+                    fd: fd.as_raw_fd(),
+                    mountpoint: mp.clone(),
+                })
+                .collect(),
+            generation: self.generation,
+        };
+        let json = match serde_json::to_string(&carried) {
+            Ok(j) => j,
+            Err(e) => return std::io::Error::other(e),
+        };
+        for fd in [carried.lock, carried.listener, carried.server_ctl]
+            .into_iter()
+            .chain(carried.mounts.iter().map(|m| m.fd))
+        {
+            if let Err(e) = ctl::inheritable(fd) {
+                return e;
+            }
+        }
+        let mut cmd = std::process::Command::new(binary);
+        cmd.arg("--root").arg(&self.opts.root);
+        if let Some(c) = &self.opts.config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.args(["daemon", "--foreground"])
+            .env(ctl::SUPERVISOR_ENV, json);
+        let e = cmd.exec();
+        for fd in [carried.lock, carried.listener, carried.server_ctl]
+            .into_iter()
+            .chain(carried.mounts.iter().map(|m| m.fd))
+        {
+            // SAFETY: fcntl on our own descriptor.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+        e
+    }
+}
