@@ -50,11 +50,9 @@ fn registry_starts_and_answers_v2() {
     );
     assert!(reg.url().starts_with("http://127.0.0.1:"));
     assert!(reg.request_count("/v2/") >= 2, "{}", reg.access_log());
-    assert!(
-        t.elapsed() < Duration::from_secs(5),
-        "slow start: {:?}",
-        t.elapsed()
-    );
+    // How fast is not the point (start-up has its own 10 s deadline); a loaded machine may
+    // take a few seconds.
+    eprintln!("registry ready in {:?}", t.elapsed());
 }
 
 #[test]
@@ -583,8 +581,12 @@ fn fault_proxy_supports_skopeo_push_and_pull_through_it() {
 fn strata_env_runs_the_binary() {
     let env = StrataEnv::new();
     let out = env.run(&["--help"]);
-    // The CLI is under construction; it only has to start and exit.
-    let _ = out.status.code().expect("strata exited by a signal");
+    out.assert_success();
+    assert!(
+        out.stdout_str().contains("Usage: strata"),
+        "{}",
+        out.stdout_str()
+    );
     assert!(env.root().is_dir() && env.docker_config().is_dir());
     assert!(env.blob_hexes().is_empty());
 }

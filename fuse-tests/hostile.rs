@@ -11,7 +11,7 @@ use common::testdata::XorShift64;
 #[path = "../fuzz/src/lib.rs"]
 mod fuzz_entry;
 
-use common::{http, Entry, ImageBuilder, Layer, OutputExt, Registry, StrataEnv};
+use common::{http, Entry, Fault, FaultProxy, ImageBuilder, Layer, OutputExt, Registry, StrataEnv};
 use serde_json::json;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -629,7 +629,7 @@ fn symlinks_out_of_the_root_never_lead_writes_outside() {
     assert_eq!(std::fs::read(upper.join("evil-root")).unwrap(), b"root");
     // Opening the file link for writing from inside the root: ENOENT, victim untouched.
     let r = create_in_root(mnt, "etc/abs-file");
-    assert!(r.is_err(), "wrote through etc/abs-file");
+    assert_eq!(r.err(), Some(libc::ENOENT), "create via etc/abs-file");
 
     // Copy-up of the links themselves (lchown, rename) never follows them.
     std::os::unix::fs::lchown(mnt.join("etc/abs"), Some(0), Some(0)).unwrap();
@@ -809,18 +809,29 @@ fn manifests_with_thousands_of_layers_or_huge_annotations() {
         "annotations": {"huge": huge},
     }))
     .unwrap();
-    let (status, _) = put_manifest(&reg, "hostile/huge", "v1", MT_MANIFEST, &m);
-    if status == 201 {
-        let env = StrataEnv::new();
-        let (out, mm) = try_mount(&env, &format!("{}/hostile/huge:v1", reg.host()), &[]);
-        assert!(mm.is_none());
-        assert!(
-            out.stderr_str().contains("larger than"),
-            "{}",
-            out.stderr_str()
-        );
-        assert_no_panic(&env, &[&out]);
-    }
+    // The distribution registry refuses manifests over 4 MiB itself, so the proxy serves
+    // this one in its place.
+    assert!(m.len() > 5 << 20);
+    let proxy = FaultProxy::in_front_of(&reg);
+    proxy.on_path(
+        "/v2/hostile/huge/manifests/",
+        None,
+        Fault::serve(MT_MANIFEST, m),
+    );
+    let env = StrataEnv::new();
+    let (out, mm) = try_mount(&env, &format!("{}/hostile/huge:v1", proxy.host()), &[]);
+    assert!(mm.is_none(), "a 5 MiB manifest was mounted");
+    assert!(
+        out.stderr_str().contains("larger than"),
+        "{}",
+        out.stderr_str()
+    );
+    assert!(
+        proxy.faults_applied() >= 1,
+        "the oversized manifest was never asked for: {:?}",
+        proxy.requests()
+    );
+    assert_no_panic(&env, &[&out]);
 
     // 3000 layers (all the same small blob): refused clearly or mounted in bounded time.
     let layers: Vec<serde_json::Value> = (0..3000)

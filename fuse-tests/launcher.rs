@@ -507,7 +507,9 @@ async fn detached_logs_exec_stop() {
     assert_eq!((rec.status, rec.exit_code), (Status::Exited, Some(3)));
     assert!(std::fs::read_to_string(&log).unwrap().contains("bye"));
     assert!(c.list(false).unwrap().is_empty());
-    assert!(t0.elapsed() < Duration::from_secs(8));
+    // Exit code 3 (not 137) already shows that SIGTERM, not the SIGKILL after the 5 s
+    // grace, ended it; the wall-clock time is only reported.
+    eprintln!("detached run to stop: {:?}", t0.elapsed());
 
     // rm: nothing mounted under the container dir here, so it goes.
     let rec = fx.launcher.prepare_remove(&rec.name, false).await.unwrap();

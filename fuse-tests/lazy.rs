@@ -519,9 +519,23 @@ fn published_access_profile_is_prefetched_on_a_fresh_machine() {
     let c = StrataEnv::new();
     c.write_config(&serde_json::json!({"prefetch-profile": "local"}));
     let m = c.mount(&reference, &[]);
-    std::thread::sleep(Duration::from_millis(1500));
-    let s = stats(&c, &m.dir);
+    // The profile phase comes first, the whole layers after it: once the whole image is
+    // prefetched, no profile was chosen.
+    let s = poll_until(
+        "prefetch done on machine C",
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        || {
+            let s = stats(&c, &m.dir);
+            (s["prefetch_done"] == true).then_some(s)
+        },
+    );
     assert_eq!(s["profile"]["source"], "", "{s}");
+    assert_eq!(s["profile"]["files"], 0, "{s}");
+    assert!(
+        s["cache"]["prefetched_spans"].as_u64().unwrap() > 0,
+        "the whole-layer prefetch never ran: {s}"
+    );
     check_tree(&m.dir, &expected);
 }
 
@@ -601,4 +615,136 @@ fn concurrent_readers_fetch_each_byte_once() {
     });
     let layer_digests: Vec<String> = img.layers.iter().map(|l| l.digest.clone()).collect();
     proxy.handle().assert_ranges_fetched_once(&layer_digests);
+}
+
+/// `len` bytes at `offset` of `path` read with one `pread` on an `O_DIRECT` descriptor: no
+/// page cache, so the kernel sends exactly one FUSE READ of `len` bytes (for `len` up to the
+/// mount's max read size) — the reads made are known independently of strata's counters.
+fn direct_pread(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .unwrap();
+    // O_DIRECT wants an aligned buffer.
+    let layout = std::alloc::Layout::from_size_align(len, 4096).unwrap();
+    // SAFETY: layout has a non-zero size; the buffer is freed below and only read as
+    // initialised after pread wrote `n` bytes into it.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+    assert!(!ptr.is_null());
+    // SAFETY: ptr points to `len` zeroed bytes owned here.
+    let buf = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+    let n = f.read_at(buf, offset).unwrap();
+    let out = buf[..n].to_vec();
+    // SAFETY: allocated above with the same layout.
+    unsafe { std::alloc::dealloc(ptr, layout) };
+    out
+}
+
+/// The counters `strata stats` shows, checked against independent measurements rather than
+/// against zero: the reads this test makes (one FUSE READ per `O_DIRECT` pread, known byte
+/// counts), and the registry's access log (every Range request it answered for the layer
+/// blobs, and the bytes it sent). A counter stuck at 0, or counting twice, fails here.
+#[test]
+fn counters_agree_with_the_reads_made_and_the_registry_log() {
+    let reg = Registry::start();
+    let (layers, expected) = test_layers();
+    let mut b = ImageBuilder::new();
+    for l in layers {
+        b = b.layer(l);
+    }
+    let img = b.build("v1");
+    img.push(&reg, "lazy/counted:v1");
+    let reference = format!("{}/lazy/counted:v1", reg.host());
+    StrataEnv::new()
+        .run(&["index", &reference, "--push"])
+        .assert_success();
+    let layer_digests: Vec<String> = img.layers.iter().map(|l| l.digest.clone()).collect();
+    let env = StrataEnv::new();
+    let m = env.mount(&reference, &["--no-prefetch"]);
+    let mark = reg.served().len();
+    let s0 = stats(&env, &m.dir);
+    let n = |s: &serde_json::Value, k: &str| s[k].as_u64().unwrap_or_else(|| panic!("{k}: {s}"));
+    let c = |s: &serde_json::Value, k: &str| {
+        s["cache"][k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("cache.{k}: {s}"))
+    };
+    // The cache counters against what the registry served since the mount.
+    let agree_with_registry = |s: &serde_json::Value, what: &str| {
+        let (gets, bytes) = reg.range_gets_since(mark, &layer_digests);
+        assert_eq!(
+            c(s, "requests") - c(&s0, "requests"),
+            gets as u64,
+            "{what}: cache.requests vs Range GETs the registry answered: {s}"
+        );
+        assert_eq!(
+            c(s, "bytes_fetched") - c(&s0, "bytes_fetched"),
+            bytes,
+            "{what}: cache.bytes_fetched vs bytes the registry sent: {s}"
+        );
+        gets
+    };
+
+    // Three cold 4 KiB reads, 5 MiB apart in big.bin (different 2 MiB spans): three FUSE
+    // READs, each waited on the network, each caused at least one Range request.
+    let big_path = m.dir.join("usr/lib/big.bin");
+    let big = expected["usr/lib/big.bin"].as_ref().unwrap();
+    for (i, off) in [0u64, 5 << 20, 10 << 20].into_iter().enumerate() {
+        let got = direct_pread(&big_path, off, 4096);
+        assert!(
+            got == big[off as usize..off as usize + 4096],
+            "big.bin @{off}"
+        );
+        let s = stats(&env, &m.dir);
+        let k = i as u64 + 1;
+        assert_eq!(n(&s, "fs_reads") - n(&s0, "fs_reads"), k, "{s}");
+        assert_eq!(
+            n(&s, "fs_bytes_read") - n(&s0, "fs_bytes_read"),
+            4096 * k,
+            "{s}"
+        );
+        assert_eq!(
+            n(&s, "fs_reads_waited") - n(&s0, "fs_reads_waited"),
+            k,
+            "{s}"
+        );
+        let gets = agree_with_registry(&s, &format!("cold read {k}"));
+        assert!(gets >= k as usize, "{gets} Range GETs for {k} cold reads");
+    }
+    // The same bytes again: a READ served from the cache, nothing waited, nothing fetched.
+    let before = stats(&env, &m.dir);
+    let got = direct_pread(&big_path, 0, 4096);
+    assert!(got == big[..4096]);
+    let s = stats(&env, &m.dir);
+    assert_eq!(n(&s, "fs_reads"), n(&before, "fs_reads") + 1, "{s}");
+    assert_eq!(
+        n(&s, "fs_reads_waited"),
+        n(&before, "fs_reads_waited"),
+        "{s}"
+    );
+    assert_eq!(
+        c(&s, "mem_hits") + c(&s, "disk_hits"),
+        c(&before, "mem_hits") + c(&before, "disk_hits") + 1,
+        "{s}"
+    );
+    assert_eq!(c(&s, "requests"), c(&before, "requests"), "{s}");
+    agree_with_registry(&s, "cached read");
+
+    // A whole file through the page cache: every byte of it crosses FUSE once.
+    let mid = std::fs::read(m.dir.join("usr/lib/mid.bin")).unwrap();
+    assert!(&mid == expected["usr/lib/mid.bin"].as_ref().unwrap());
+    let s2 = stats(&env, &m.dir);
+    assert_eq!(
+        n(&s2, "fs_bytes_read") - n(&s, "fs_bytes_read"),
+        mid.len() as u64,
+        "{s2}"
+    );
+    let reads = n(&s2, "fs_reads") - n(&s, "fs_reads");
+    assert!(
+        (3..=mid.len() as u64 / 4096).contains(&reads),
+        "{reads} READs for a 3 MiB file: {s2}"
+    );
+    agree_with_registry(&s2, "whole file");
 }

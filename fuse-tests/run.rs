@@ -156,3 +156,78 @@ fn detached_container_keeps_its_upper_across_stop_and_start() {
     assert!(!env.root().join("containers").join(&id).exists());
     assert_eq!(mounts_under(&env.root()), 0);
 }
+
+/// docker-style size as `strata run --timing` prints it (decimal units, 3 significant digits):
+/// the display rule, written again here so the test does not call strata's own.
+fn human_size(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
+    let (mut v, mut i) = (n as f64, 0);
+    while v >= 1000.0 && i + 1 < UNITS.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        return format!("{n}B");
+    }
+    let s = format!("{v:.3}");
+    let s = if s.len() > 4 {
+        s[..4].trim_end_matches('.').to_string()
+    } else {
+        s
+    };
+    format!("{s}{}", UNITS[i])
+}
+
+/// The `run --timing` line's "fetched X of Y in N requests" against the registry's access log:
+/// N is the number of Range requests the registry answered for the image's layers during the
+/// run, X the bytes it sent for them, Y the image's compressed size.
+#[test]
+fn timing_line_counts_what_the_registry_sent() {
+    let reg = Registry::start();
+    let data = common::testdata::pseudo(3 << 20, 21);
+    let img = busybox_image()
+        .layer(Layer::new().dir("data").file("data/blob.bin", data.clone()))
+        .build("v1");
+    img.push(&reg, "run/timed:v1");
+    let reference = format!("{}/run/timed:v1", reg.host());
+    StrataEnv::new()
+        .run(&["index", &reference, "--push"])
+        .assert_success();
+    let digests: Vec<String> = img.layers.iter().map(|l| l.digest.clone()).collect();
+    let image_bytes: u64 = img.layers.iter().map(|l| l.size).sum();
+    let env = StrataEnv::new();
+    let mark = reg.served().len();
+    let out = env.run(&[
+        "run",
+        "--rm",
+        "--timing",
+        "--no-prefetch",
+        &reference,
+        "sha256sum",
+        "/data/blob.bin",
+    ]);
+    out.assert_success();
+    let want = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(&data))
+    };
+    assert!(out.stdout_str().starts_with(&want), "{}", out.stdout_str());
+    let (gets, bytes) = reg.range_gets_since(mark, &digests);
+    assert!(
+        bytes >= (data.len() as u64) / 2,
+        "reading 3 MiB fetched only {bytes} bytes"
+    );
+    let err = out.stderr_str();
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("strata: mounted in"))
+        .unwrap_or_else(|| panic!("no timing line:\n{err}"));
+    let tail = line.split("; fetched ").nth(1).expect("fetched part");
+    let want_tail = format!(
+        "{} of {} ({:.1}%) in {gets} requests",
+        human_size(bytes),
+        human_size(image_bytes),
+        100.0 * bytes as f64 / image_bytes as f64
+    );
+    assert_eq!(tail, want_tail, "{line}");
+}

@@ -164,7 +164,7 @@ use ops::*;
 
 /// The strata side of a case.
 enum Under<'a> {
-    Dirs(StrataMount),
+    Dirs(Box<StrataMount>),
     Lazy(LazyMount<'a>),
 }
 
@@ -180,6 +180,8 @@ impl Under<'_> {
 /// Prints the op log if the run panics anywhere (also inside a helper).
 struct LogOnPanic<'a> {
     what: String,
+    seed: u64,
+    nops: usize,
     log: &'a RefCell<Vec<String>>,
 }
 
@@ -187,10 +189,12 @@ impl Drop for LogOnPanic<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!(
-                "\n==== {} — operation log ({} ops) ====\n{}\n==== replay: STRATA_SEED=<seed> cargo test --test union_random ====",
+                "\n==== {} — operation log ({} ops) ====\n{}\n==== replay: STRATA_SEED={} STRATA_OPS={} cargo test --test union_random ====",
                 self.what,
                 self.log.borrow().len(),
-                self.log.borrow().join("\n")
+                self.log.borrow().join("\n"),
+                self.seed,
+                self.nops
             );
         }
     }
@@ -243,10 +247,14 @@ fn run_seed<'a>(
     t: &Path,
     make: impl FnOnce(&Path, &Path) -> Under<'a>,
 ) {
-    println!("{what}: seed {seed}, {nops} ops (replay with STRATA_SEED={seed})");
+    // stderr as well as the panic guard below: the seed is shown with any failure output,
+    // also one that happens before the first operation (a mount that fails, say).
+    eprintln!("{what}: seed {seed}, {nops} ops (replay with STRATA_SEED={seed} STRATA_OPS={nops})");
     let log = RefCell::new(Vec::new());
     let _guard = LogOnPanic {
         what: format!("{what} seed {seed}"),
+        seed,
+        nops,
         log: &log,
     };
     let (o_upper, o_work) = (t.join("o-upper"), t.join("o-work"));
@@ -375,13 +383,13 @@ fn random_operations_match_kernel_overlayfs_with_directory_lowers() {
             &lowers.clone(),
             t,
             |u, w| {
-                Under::Dirs(StrataMount::dirs(
+                Under::Dirs(Box::new(StrataMount::dirs(
                     &lowers,
                     Some((u, w)),
                     &t.join("mnt"),
                     Default::default(),
                     Default::default(),
-                ))
+                )))
             },
         );
     }

@@ -8,6 +8,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod cli;
+pub mod containerd;
 pub mod http;
 pub mod image;
 pub mod pki;

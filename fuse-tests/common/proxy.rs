@@ -39,6 +39,28 @@ pub enum Fault {
     /// forwarding, and pass the registry's honest 206 on: the client gets other bytes than it
     /// asked for, with a `Content-Range` that says so. Requests without a Range pass.
     MoveRange { start: i64, end: i64 },
+    /// Answer `200` with this body without forwarding (a manifest no registry would accept,
+    /// say); `HEAD` gets the headers only.
+    Serve(Canned),
+}
+
+/// A canned answer for [`Fault::Serve`]: `Content-Type` and body; `Docker-Content-Digest`
+/// is the body's sha256. Debug-prints the body's length only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Canned {
+    pub content_type: String,
+    pub body: Arc<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Canned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Canned({}, {} bytes)",
+            self.content_type,
+            self.body.len()
+        )
+    }
 }
 
 impl Fault {
@@ -56,6 +78,14 @@ impl Fault {
             code: 429,
             retry_after: Some(1),
         }
+    }
+
+    /// `Serve` with this content type and body.
+    pub fn serve(content_type: &str, body: Vec<u8>) -> Fault {
+        Fault::Serve(Canned {
+            content_type: content_type.to_string(),
+            body: Arc::new(body),
+        })
     }
 
     fn body_fault(&self) -> bool {
@@ -421,6 +451,25 @@ fn serve(client: TcpStream, upstream: &str, handle: &FaultHandle) {
             if method != "HEAD" {
                 let _ = client.write_all(body.as_bytes());
             }
+            return;
+        }
+        Fault::Serve(c) => {
+            let mut head = Head {
+                start: "HTTP/1.1 200 OK".to_string(),
+                headers: vec![],
+            };
+            head.set("Content-Type", &c.content_type);
+            head.set("Content-Length", &c.body.len().to_string());
+            head.set("Docker-Content-Digest", &super::sha256_digest(&c.body));
+            head.set("Docker-Distribution-Api-Version", "registry/2.0");
+            head.set("Connection", "close");
+            record(200, fault.clone());
+            let _ = client.write_all(&head.to_bytes());
+            if method != "HEAD" {
+                let _ = client.write_all(&c.body);
+            }
+            let _ = client.flush();
+            let _ = client.shutdown(std::net::Shutdown::Both);
             return;
         }
         Fault::Delay(d) => std::thread::sleep(*d),

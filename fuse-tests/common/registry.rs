@@ -309,6 +309,35 @@ impl Registry {
             .collect()
     }
 
+    /// Every response in the access log with its body size, oldest first. Take
+    /// `served().len()` as a mark before an action and look at what came after it.
+    pub fn served(&self) -> Vec<Served> {
+        self.settle_logs();
+        self.access_log()
+            .lines()
+            .filter_map(parse_served_line)
+            .collect()
+    }
+
+    /// What the registry sent for the blobs named by `digests` after `mark` (a length of
+    /// [`served`](Self::served)): the number of `GET`s it answered `206 Partial Content` (the
+    /// Range requests) and the body bytes of those answers. Panics if any such blob `GET` was
+    /// answered otherwise (a whole-blob download is not what a lazy read should cause).
+    pub fn range_gets_since(&self, mark: usize, digests: &[String]) -> (usize, u64) {
+        let all = self.served();
+        let mut n = 0;
+        let mut bytes = 0;
+        for s in all.iter().skip(mark) {
+            if s.method != "GET" || !digests.iter().any(|d| s.uri.ends_with(d.as_str())) {
+                continue;
+            }
+            assert_eq!(s.status, 206, "blob GET not answered by Range: {s:?}");
+            n += 1;
+            bytes += s.bytes;
+        }
+        (n, bytes)
+    }
+
     /// Number of requests whose URI contains `path_substring`.
     pub fn request_count(&self, path_substring: &str) -> usize {
         self.requests()
@@ -424,6 +453,30 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         return q.split('"').next();
     }
     rest.split(' ').next()
+}
+
+/// One answered request of the access log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Served {
+    pub method: String,
+    pub uri: String,
+    pub status: u16,
+    /// Body bytes sent (Apache's `%b`; `-` counts as 0).
+    pub bytes: u64,
+}
+
+/// `127.0.0.1 - - [date] "GET /v2/ HTTP/1.1" 206 100 "" "ua"` -> GET, /v2/, 206, 100 bytes.
+fn parse_served_line(line: &str) -> Option<Served> {
+    let (method, uri, status) = parse_access_line(line)?;
+    let q1 = line.find('"')?;
+    let q2 = q1 + 1 + line[q1 + 1..].find('"')?;
+    let bytes = line[q2 + 1..].split_whitespace().nth(1)?;
+    Some(Served {
+        method,
+        uri,
+        status,
+        bytes: bytes.parse().unwrap_or(0),
+    })
 }
 
 /// `127.0.0.1 - - [date] "GET /v2/ HTTP/1.1" 200 2 "" "ua"` -> (GET, /v2/, 200).

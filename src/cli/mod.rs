@@ -460,6 +460,6 @@ async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<i32, Error> {
         Command::Export(args) => commit::export(ctx, args).await,
         Command::Import(args) => commit::import(ctx, args).await,
         Command::Umount { mountpoint, force } => mount::umount(ctx, &mountpoint, force).await,
-        Command::Stats { mountpoint, json } => mount::stats(ctx, &mountpoint, json),
+        Command::Stats { mountpoint, json } => mount::stats(ctx, &mountpoint, json).await,
     }
 }

@@ -3,7 +3,8 @@
 //! `strata mount` asks the root's daemon (`crate::daemon`, started when none runs) to mount and
 //! returns when the mount is ready; `--foreground` serves the one mount in this process
 //! instead. Either way the mount is assembled by `crate::mount`, which also prefetches and
-//! writes the counters to `ROOT/mounts/<key>.json` for `strata stats`. This file parses
+//! writes the counters to `ROOT/mounts/<key>.json`. `strata stats` asks the daemon for its
+//! live counters and falls back to that file (`--foreground` mounts). This file parses
 //! arguments, talks to the daemon and prints.
 
 use super::util::{human_size, print_table};
@@ -130,13 +131,20 @@ pub async fn umount(ctx: &Ctx, mountpoint: &Path, force: bool) -> Result<i32, Er
     Ok(0)
 }
 
-pub fn stats(ctx: &Ctx, mountpoint: &Path, json: bool) -> Result<i32, Error> {
+/// The mount's counters: live from the daemon when it serves the mount, else the record its
+/// serving process publishes twice a second (`mount --foreground`).
+pub async fn stats(ctx: &Ctx, mountpoint: &Path, json: bool) -> Result<i32, Error> {
     let mp = std::fs::canonicalize(mountpoint).map_err(|source| Error::Io {
         context: format!("mountpoint {}", mountpoint.display()),
         source,
     })?;
-    let Some(r) = crate::mount::read_record(&ctx.store, &mp)? else {
-        return Err(crate::mount::Error::NotStrataMount(mp).into());
+    let live = super::daemon::stats(ctx, &mp).await.ok().flatten();
+    let r = match live {
+        Some(r) => r,
+        None => match crate::mount::read_record(&ctx.store, &mp)? {
+            Some(r) => r,
+            None => return Err(crate::mount::Error::NotStrataMount(mp).into()),
+        },
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());

@@ -173,9 +173,8 @@ pub struct MountHandle {
     /// a successor; all dispatch threads share this one open file, so a copy held elsewhere
     /// keeps every request in flight alive when this process dies).
     device: OwnedFd,
-    /// Attached to an existing connection ([`attach`]): no mount of our own to drop, so
-    /// ending it unmounts by path.
-    attached: bool,
+    /// The connection's number under /sys/fs/fuse/connections (the mount's st_dev).
+    conn: Option<u64>,
 }
 
 impl MountHandle {
@@ -228,18 +227,21 @@ impl MountHandle {
             path: self.mountpoint.clone(),
             source,
         };
-        if !is_mounted(&self.mountpoint) {
-            // Unmounted already (by the daemon, or from outside): the session is ending.
-            return s.join().map_err(err);
-        }
-        if self.attached {
-            // Not mounted by this process: unmount by path.
+        if is_mounted(&self.mountpoint) {
+            // Unmount by path (an attached connection has no mount object of ours; fuser's
+            // own umount fails on a path unmounted already).
             if nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::empty()).is_err() {
                 let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
             }
+        }
+        // Copies of the device (ours, a supervisor's) keep the connection alive after the
+        // unmount: end it, so the dispatch threads see ENODEV and return.
+        if let Some(c) = self.conn {
+            let _ = std::fs::write(format!("/sys/fs/fuse/connections/{c}/abort"), b"1");
             return s.join().map_err(err);
         }
-        s.umount_and_join().map_err(err)
+        drop(s);
+        Ok(())
     }
 }
 
@@ -297,13 +299,14 @@ pub fn mount(
     let session = fuser::Session::new(adapter, &mountpoint, &config).map_err(err)?;
     let device = session.as_fd().try_clone_to_owned().map_err(err)?;
     let session = session.spawn().map_err(err)?;
+    let conn = connection_of(&mountpoint);
     Ok(MountHandle {
         session: Some(session),
         mountpoint,
         fs,
         passthrough,
         device,
-        attached: false,
+        conn,
     })
 }
 
@@ -341,13 +344,14 @@ pub fn attach(
     let session = fuser::Session::from_fd_initialized(adapter, device, config.acl, config)
         .spawn()
         .map_err(err)?;
+    let conn = connection_of(&mountpoint);
     Ok(MountHandle {
         session: Some(session),
         mountpoint,
         fs,
         passthrough: pt,
         device: mine,
-        attached: true,
+        conn,
     })
 }
 
@@ -364,6 +368,25 @@ pub fn resend(device: BorrowedFd<'_>) -> std::io::Result<()> {
         return Err(std::io::Error::other("short write of FUSE_NOTIFY_RESEND"));
     }
     Ok(())
+}
+
+/// The FUSE connection number of the mount at `mountpoint` (its st_dev, as named under
+/// /sys/fs/fuse/connections), if that directory knows it.
+fn connection_of(mountpoint: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(mountpoint).ok()?.dev();
+    let dir = format!("/sys/fs/fuse/connections/{dev}");
+    if !Path::new(&dir).exists() {
+        // fusectl not mounted yet (root may mount it; best effort).
+        let _ = nix::mount::mount(
+            Some("fusectl"),
+            "/sys/fs/fuse/connections",
+            Some("fusectl"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        );
+    }
+    Path::new(&dir).exists().then_some(dev)
 }
 
 /// Whether `p` is a mount point (per /proc/self/mountinfo).

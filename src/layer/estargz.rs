@@ -555,8 +555,11 @@ pub fn build(tar: &[u8], chunk_size: u64) -> Result<(Vec<u8>, Digest)> {
                 .collect(),
             ..TocEntry::default()
         };
-        if kind == "reg" && e.size > 0 {
+        if kind == "reg" {
+            // Like the reference writer (stargz-snapshotter), empty files carry a digest too.
             te.digest = Digest::of(content).to_string();
+        }
+        if kind == "reg" && e.size > 0 {
             for (i, chunk) in content.chunks(chunk_size as usize).enumerate() {
                 blob.extend(gz_member(&pending));
                 pending.clear();
@@ -571,7 +574,9 @@ pub fn build(tar: &[u8], chunk_size: u64) -> Result<(Vec<u8>, Digest)> {
                 };
                 ce.offset = blob.len() as i64;
                 ce.chunk_offset = i as i64 * chunk_size as i64;
-                if e.size > chunk_size {
+                // The spec: chunkSize is 0 (absent) for the last chunk and for a file that is
+                // not chunked.
+                if (i as u64 + 1) * chunk_size < e.size {
                     ce.chunk_size = chunk.len() as i64;
                 }
                 ce.chunk_digest = Digest::of(chunk).to_string();

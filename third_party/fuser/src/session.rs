@@ -242,7 +242,10 @@ impl<FS: Filesystem> Session<FS> {
             },
             allowed: acl,
             session_owner: geteuid(),
-            proto_version: Some(Version(abi::FUSE_KERNEL_VERSION, abi::FUSE_KERNEL_MINOR_VERSION)),
+            proto_version: Some(Version(
+                abi::FUSE_KERNEL_VERSION,
+                abi::FUSE_KERNEL_MINOR_VERSION,
+            )),
             config,
         }
     }
