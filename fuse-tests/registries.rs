@@ -8,9 +8,10 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use common::credhelper::{helper_log, install_helper};
+use common::pki::tls_registry;
 use common::*;
 
 /// A one-layer image whose content depends on `name`.
@@ -52,62 +53,6 @@ fn assert_pulled(env: &StrataEnv, img: &BuiltImage) {
 
 // ---------------------------------------------------------------------------------------
 // Credentials
-
-/// A `docker-credential-NAME` helper (python3) that keeps its secrets in `helper-db.json`
-/// beside itself and logs each action (never the secret) to `helper.log`.
-const HELPER: &str = r#"#!/usr/bin/env python3
-import json, os, sys
-here = os.path.dirname(os.path.abspath(__file__))
-db = os.path.join(here, "helper-db.json")
-action = sys.argv[1] if len(sys.argv) > 1 else ""
-data = sys.stdin.read()
-try:
-    with open(db) as f:
-        store = json.load(f)
-except FileNotFoundError:
-    store = {}
-server = json.loads(data)["ServerURL"] if action == "store" else data.strip()
-with open(os.path.join(here, "helper.log"), "a") as f:
-    f.write(action + " " + server + "\n")
-if action == "get":
-    e = store.get(server)
-    if e is None:
-        print("credentials not found in native keychain")
-        sys.exit(1)
-    print(json.dumps({"ServerURL": server, "Username": e[0], "Secret": e[1]}))
-elif action == "store":
-    d = json.loads(data)
-    store[server] = [d["Username"], d["Secret"]]
-    with open(db, "w") as f:
-        json.dump(store, f)
-elif action == "erase":
-    if store.pop(server, None) is None:
-        print("credentials not found in native keychain")
-        sys.exit(1)
-    with open(db, "w") as f:
-        json.dump(store, f)
-elif action == "list":
-    print(json.dumps({k: v[0] for k, v in store.items()}))
-else:
-    sys.exit(2)
-"#;
-
-/// Install the helper as `docker-credential-<name>` in `<env>/bin`, put that first on the
-/// PATH of `env`'s commands; returns the bin directory.
-fn install_helper(env: &mut StrataEnv, name: &str) -> PathBuf {
-    let bin = env.base_dir().join("bin");
-    fs::create_dir_all(&bin).unwrap();
-    let path = bin.join(format!("docker-credential-{name}"));
-    fs::write(&path, HELPER).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-    let old = std::env::var("PATH").unwrap_or_default();
-    env.set_env("PATH", &format!("{}:{old}", bin.display()));
-    bin
-}
-
-fn helper_log(bin: &Path) -> String {
-    fs::read_to_string(bin.join("helper.log")).unwrap_or_default()
-}
 
 #[test]
 fn login_and_pull_through_credential_helper() {
@@ -307,50 +252,6 @@ fn login_keeps_identity_token_and_pulls_with_refresh_grant() {
 
 // ---------------------------------------------------------------------------------------
 // TLS
-
-/// Push `img` to a TLS registry with skopeo, trusting and presenting what `cert_dir` holds.
-fn push_tls(img: &BuiltImage, reg: &Registry, repo_tag: &str, cert_dir: &Path) {
-    let dest = format!("docker://{}/{repo_tag}", reg.host());
-    let oci = img.oci_ref();
-    let creds = reg.creds().map(|(u, p)| format!("{u}:{p}"));
-    let mut args = vec![
-        "copy",
-        "--quiet",
-        "--preserve-digests",
-        "--dest-tls-verify=true",
-        "--dest-cert-dir",
-        cert_dir.to_str().unwrap(),
-    ];
-    if let Some(c) = &creds {
-        args.extend(["--dest-creds", c.as_str()]);
-    }
-    args.extend([oci.as_str(), dest.as_str()]);
-    let out = skopeo(&args);
-    assert!(
-        out.status.success(),
-        "skopeo {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A TLS registry signed by `ca` (client certificates from `ca` required when `mtls`),
-/// holding `img` as `repo_tag`.
-fn tls_registry(ca: &TestCa, mtls: bool, img: &BuiltImage, repo_tag: &str) -> Registry {
-    let server = ca.server();
-    let reg = Registry::with_tls(
-        RegistryAuth::Anonymous,
-        RegistryTls {
-            cert_pem: server.cert_pem,
-            key_pem: server.key_pem,
-            client_ca_pem: mtls.then(|| ca.cert_pem()),
-        },
-    );
-    let push_dir = tempfile::tempdir().unwrap();
-    ca.write_cert(&push_dir.path().join("ca.crt"));
-    ca.client("pusher").write_pair(push_dir.path(), "client");
-    push_tls(img, &reg, repo_tag, push_dir.path());
-    reg
-}
 
 #[test]
 fn private_ca_from_certs_dir() {

@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod containerd;
+pub mod credhelper;
 pub mod http;
 pub mod image;
 pub mod pki;

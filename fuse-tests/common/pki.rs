@@ -1,9 +1,14 @@
 //! A throwaway certificate authority for TLS tests (rcgen): a CA certificate, server
 //! certificates for 127.0.0.1, client certificates, all ECDSA P-256 in PEM. Files written by
-//! the test where it needs them (certs.d directories, hosts.toml paths, the registry).
+//! the test where it needs them (certs.d directories, hosts.toml paths, the registry); a TLS
+//! registry holding an image, pushed with skopeo over verified TLS.
 
 use std::fs;
 use std::path::Path;
+
+use super::image::BuiltImage;
+use super::registry::{Registry, RegistryAuth, RegistryTls};
+use super::skopeo::skopeo;
 
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
@@ -87,4 +92,48 @@ impl TestCa {
     pub fn client(&self, cn: &str) -> Issued {
         self.issue(&[], cn, ExtendedKeyUsagePurpose::ClientAuth)
     }
+}
+
+/// Push `img` to a TLS registry with skopeo, trusting and presenting what `cert_dir` holds.
+pub fn push_tls(img: &BuiltImage, reg: &Registry, repo_tag: &str, cert_dir: &Path) {
+    let dest = format!("docker://{}/{repo_tag}", reg.host());
+    let oci = img.oci_ref();
+    let creds = reg.creds().map(|(u, p)| format!("{u}:{p}"));
+    let mut args = vec![
+        "copy",
+        "--quiet",
+        "--preserve-digests",
+        "--dest-tls-verify=true",
+        "--dest-cert-dir",
+        cert_dir.to_str().unwrap(),
+    ];
+    if let Some(c) = &creds {
+        args.extend(["--dest-creds", c.as_str()]);
+    }
+    args.extend([oci.as_str(), dest.as_str()]);
+    let out = skopeo(&args);
+    assert!(
+        out.status.success(),
+        "skopeo {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A TLS registry signed by `ca` (client certificates from `ca` required when `mtls`),
+/// holding `img` as `repo_tag`.
+pub fn tls_registry(ca: &TestCa, mtls: bool, img: &BuiltImage, repo_tag: &str) -> Registry {
+    let server = ca.server();
+    let reg = Registry::with_tls(
+        RegistryAuth::Anonymous,
+        RegistryTls {
+            cert_pem: server.cert_pem,
+            key_pem: server.key_pem,
+            client_ca_pem: mtls.then(|| ca.cert_pem()),
+        },
+    );
+    let push_dir = tempfile::tempdir().unwrap();
+    ca.write_cert(&push_dir.path().join("ca.crt"));
+    ca.client("pusher").write_pair(push_dir.path(), "client");
+    push_tls(img, &reg, repo_tag, push_dir.path());
+    reg
 }
