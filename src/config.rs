@@ -1,9 +1,10 @@
 //! Configuration: `$STRATA_ROOT/config.json` (or `--config`), daemon.json style.
 //!
-//! Leaf module: calls nothing else in the crate. Read once at start (by `cli::Ctx`, and by a
-//! daemon when it starts) and handed down as `Arc<Config>`: the registry client takes mirrors,
-//! insecure registries and retries from it, `mount` the cache sizes, fetch deadline and
-//! prefetch switches. Unknown keys and bad values are errors naming the key.
+//! Leaf module: calls nothing else in the crate but `reference` (Docker Hub's name). Read once
+//! at start (by `cli::Ctx`, and by a daemon when it starts) and handed down as `Arc<Config>`:
+//! the registry client takes mirrors and their headers, insecure registries, where the
+//! hosts.toml, certificate and registries.conf files are, `mount` the cache sizes, fetch
+//! deadline and prefetch switches. Unknown keys and bad values are errors naming the key.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -98,6 +99,22 @@ pub struct Config {
     /// fetch which then fails gets EIO (fuse-tests/faults.rs).
     #[serde(default = "default_fetch_ahead")]
     pub fetch_ahead_spans: usize,
+    /// Extra request headers per mirror URL of `registry-mirrors` / `registry-mirrors-by-host`
+    /// (P2P proxies such as Dragonfly want one naming the upstream registry).
+    #[serde(default)]
+    pub registry_mirror_headers: BTreeMap<String, BTreeMap<String, String>>,
+    /// containerd's registry host directory (`<dir>/<host>/hosts.toml`); "" turns it off.
+    #[serde(default = "default_hosts_dir")]
+    pub hosts_dir: PathBuf,
+    /// docker-style certificate directories (`<dir>/<host[:port]>/` with `*.crt` CAs and
+    /// `*.cert` + `*.key` client pairs), searched in order.
+    #[serde(default = "default_certs_dirs")]
+    pub certs_dirs: Vec<PathBuf>,
+    /// containers' registries.conf (v2); absent: `$CONTAINERS_REGISTRIES_CONF`, else
+    /// `~/.config/containers/registries.conf` if present, else
+    /// `/etc/containers/registries.conf`; "" turns it off.
+    #[serde(default)]
+    pub registries_conf: Option<PathBuf>,
     /// The slice size of Range-aware caching mirrors (nginx's slice module, contrib/nginx):
     /// a Range request to a mirror is cut at multiples of it and the pieces are fetched
     /// concurrently, so each request maps to one cached slice. 0 (default) = off.
@@ -135,6 +152,15 @@ fn default_fetch_timeout() -> u64 {
 }
 fn default_fetch_ahead() -> usize {
     0
+}
+fn default_hosts_dir() -> PathBuf {
+    PathBuf::from("/etc/containerd/certs.d")
+}
+fn default_certs_dirs() -> Vec<PathBuf> {
+    vec![
+        PathBuf::from("/etc/docker/certs.d"),
+        PathBuf::from("/etc/containers/certs.d"),
+    ]
 }
 fn default_mirror_timeout() -> f64 {
     5.0
@@ -207,6 +233,10 @@ impl Default for Config {
             fetch_timeout: default_fetch_timeout(),
             partial_span_fetch: false,
             fetch_ahead_spans: default_fetch_ahead(),
+            registry_mirror_headers: BTreeMap::new(),
+            hosts_dir: default_hosts_dir(),
+            certs_dirs: default_certs_dirs(),
+            registries_conf: None,
             mirror_slice_size: 0,
             mirror_timeout: default_mirror_timeout(),
             mirror_retry_after: default_mirror_retry_after(),
@@ -292,7 +322,52 @@ impl Config {
                 ));
             }
         }
+        for (m, headers) in &self.registry_mirror_headers {
+            if !(m.starts_with("http://") || m.starts_with("https://")) {
+                return Err(invalid(
+                    "registry-mirror-headers",
+                    format!("mirror {m:?} must be an http:// or https:// URL"),
+                ));
+            }
+            for (k, v) in headers {
+                let name_ok = !k.is_empty()
+                    && k.bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c));
+                let value_ok = v.bytes().all(|c| c == b'\t' || (0x20..0x7f).contains(&c));
+                if !name_ok || !value_ok {
+                    return Err(invalid(
+                        "registry-mirror-headers",
+                        format!("mirror {m:?}: bad header {k:?}"),
+                    ));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Headers to send to mirror `url` (`registry-mirror-headers`, trailing `/` ignored).
+    pub fn mirror_headers(&self, url: &str) -> Vec<(String, String)> {
+        let want = url.trim_end_matches('/');
+        self.registry_mirror_headers
+            .iter()
+            .filter(|(m, _)| m.trim_end_matches('/') == want)
+            .flat_map(|(_, h)| h.iter().map(|(k, v)| (k.clone(), v.clone())))
+            .collect()
+    }
+
+    /// Whether `host` is a loopback name or address (spoken to over plain http unless TLS is
+    /// configured for it).
+    pub fn is_loopback(host: &str) -> bool {
+        let bare = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+        bare == "localhost" || bare.starts_with("127.") || bare == "[::1]"
+    }
+
+    /// Whether `host` is listed in `insecure-registries`.
+    pub fn is_listed_insecure(&self, host: &str) -> bool {
+        let bare = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+        self.insecure_registries
+            .iter()
+            .any(|h| h == host || h == bare)
     }
 
     /// Mirrors to try before `registry` itself, in order.
@@ -310,14 +385,7 @@ impl Config {
 
     /// Whether `host` may be spoken to over plain http.
     pub fn is_insecure(&self, host: &str) -> bool {
-        let bare = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
-        bare == "localhost"
-            || bare.starts_with("127.")
-            || bare == "[::1]"
-            || self
-                .insecure_registries
-                .iter()
-                .any(|h| h == host || h == bare)
+        Self::is_loopback(host) || self.is_listed_insecure(host)
     }
 }
 

@@ -202,6 +202,17 @@ impl FromStr for Reference {
     }
 }
 
+/// Whether `input` names no registry (`alpine`, `user/app:1`), so that docker puts it on
+/// docker.io and registries.conf may search for it; `host.example/a`, `host:5000/a` and
+/// `localhost/a` name one.
+pub fn is_short_name(input: &str) -> bool {
+    let name = input.split('@').next().unwrap_or(input);
+    match name.split_once('/') {
+        Some((first, _)) => !(first.contains('.') || first.contains(':') || first == "localhost"),
+        None => true,
+    }
+}
+
 impl Reference {
     /// `registry/repository` without tag or digest.
     pub fn name(&self) -> String {
@@ -374,6 +385,21 @@ mod tests {
             assert_eq!(r.repository, repo, "{input}");
             assert_eq!(r.tag.as_deref(), tag, "{input}");
             assert_eq!(r.digest.is_some(), has_digest, "{input}");
+        }
+    }
+
+    #[test]
+    fn short_names() {
+        for s in ["alpine", "alpine:3", "user/app:1", "a/b/c@sha256:00"] {
+            assert!(is_short_name(s), "{s}");
+        }
+        for s in [
+            "docker.io/alpine",
+            "host:5000/a",
+            "localhost/a:1",
+            "r.example/x/y",
+        ] {
+            assert!(!is_short_name(s), "{s}");
         }
     }
 

@@ -21,6 +21,8 @@ pub const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct StrataEnv {
     dir: TempDir,
     pub timeout: Duration,
+    /// Extra environment of every command (set with [`StrataEnv::set_env`]).
+    extra_env: Vec<(String, String)>,
 }
 
 /// A daemon this environment started (on demand) is stopped with it.
@@ -48,6 +50,7 @@ impl StrataEnv {
         StrataEnv {
             dir,
             timeout: RUN_TIMEOUT,
+            extra_env: Vec::new(),
         }
     }
 
@@ -118,6 +121,17 @@ impl StrataEnv {
         .expect("write config.json");
     }
 
+    /// Set `key=value` in the environment of every later command (replacing an earlier value).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.extra_env.retain(|(k, _)| k != key);
+        self.extra_env.push((key.to_string(), value.to_string()));
+    }
+
+    /// The tempdir everything of this environment lives in.
+    pub fn base_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// `strata <args>` with this environment (not yet run).
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(STRATA_BIN);
@@ -129,12 +143,16 @@ impl StrataEnv {
             .env_remove("XDG_CONFIG_HOME")
             .env_remove("XDG_RUNTIME_DIR")
             .env_remove("REGISTRY_AUTH_FILE")
+            .env_remove("CONTAINERS_REGISTRIES_CONF")
             .env_remove("HTTP_PROXY")
             .env_remove("HTTPS_PROXY")
             .env_remove("http_proxy")
             .env_remove("https_proxy")
             .env_remove("ALL_PROXY")
             .env_remove("all_proxy");
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
         cmd
     }
 

@@ -9,8 +9,10 @@
 
 pub mod cli;
 pub mod containerd;
+pub mod credhelper;
 pub mod http;
 pub mod image;
+pub mod pki;
 pub mod proxy;
 pub mod registry;
 pub mod rel;
@@ -26,8 +28,9 @@ pub use image::{
     busybox_image, two_platform_index, BuiltImage, BuiltIndex, BuiltLayer, Compression, Entry,
     ImageBuilder, Layer,
 };
+pub use pki::TestCa;
 pub use proxy::{Fault, FaultProxy};
-pub use registry::{Registry, RegistryAuth};
+pub use registry::{Registry, RegistryAuth, RegistryTls};
 pub use skopeo::{skopeo, skopeo_copy};
 pub use token::{TokenOptions, TokenServer};
 

@@ -104,6 +104,19 @@ pub struct ProxyRequest {
     pub fault: Fault,
     /// The request's `Range` header, if any.
     pub range: Option<String>,
+    /// Every request header as received (name, value), in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl ProxyRequest {
+    /// Values of header `name` (case-insensitive).
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
 }
 
 #[derive(Debug)]
@@ -120,6 +133,8 @@ struct State {
     next_id: u64,
     log: Vec<ProxyRequest>,
     counts: HashMap<String, usize>,
+    /// Request paths starting with `.0` are forwarded with `.1` in its place.
+    rewrite: Option<(String, String)>,
 }
 
 impl State {
@@ -189,6 +204,13 @@ impl FaultHandle {
     /// Apply `fault` to requests whose path contains `path_contains`, `n` times or forever.
     pub fn on_path(&self, path_contains: &str, n: Option<usize>, fault: Fault) {
         self.add(fault, Some(path_contains), n);
+    }
+
+    /// Forward request paths that start with `from` with `to` in its place (a registry
+    /// served under another API root, as hosts.toml `override_path` is for). Logged paths
+    /// are the ones the client sent.
+    pub fn rewrite_prefix(&self, from: &str, to: &str) {
+        self.state.lock().unwrap().rewrite = Some((from.to_string(), to.to_string()));
     }
 
     /// Remove all rules.
@@ -375,9 +397,21 @@ fn serve(client: TcpStream, upstream: &str, handle: &FaultHandle) {
     let method = req.method().to_string();
     let path = req.path().to_string();
     let range = req.get("Range").map(str::to_string);
+    let headers = req.headers.clone();
     let (rule_id, fault) = {
         let mut st = handle.state.lock().unwrap();
         *st.counts.entry(path.clone()).or_default() += 1;
+        if let Some((from, to)) = &st.rewrite {
+            if let Some(rest) = path.strip_prefix(from.as_str()) {
+                let version = req
+                    .start
+                    .rsplit(' ')
+                    .next()
+                    .unwrap_or("HTTP/1.1")
+                    .to_string();
+                req.start = format!("{method} {to}{rest} {version}");
+            }
+        }
         st.pick(&method, &path)
     };
     let mut client = client;
@@ -388,6 +422,7 @@ fn serve(client: TcpStream, upstream: &str, handle: &FaultHandle) {
             status,
             fault,
             range: range.clone(),
+            headers: headers.clone(),
         });
     };
     match &fault {

@@ -1,6 +1,7 @@
 //! A real `docker-registry serve` (distribution v2.8) on 127.0.0.1:ephemeral with storage,
-//! config and logs in a tempdir. Anonymous, htpasswd (bcrypt) or bearer-token auth. Ready
-//! means `GET /v2/` answered; the process is killed on Drop (also while a test unwinds) and,
+//! config and logs in a tempdir. Anonymous, htpasswd (bcrypt) or bearer-token auth; plain
+//! http, or TLS with optional client certificates (`http.tls.clientcas`). Ready means
+//! `GET /v2/` answered (for TLS: the "HTTP request to an HTTPS server" 400); the process is killed on Drop (also while a test unwinds) and,
 //! through PR_SET_PDEATHSIG, when the thread that started it dies, so start a `Registry` on
 //! the test's own thread.
 
@@ -25,6 +26,15 @@ pub enum RegistryAuth {
     Token { user: String, pass: String },
 }
 
+/// TLS for a [`Registry`]: its certificate chain and key (PEM) and, to require client
+/// certificates, the CA certificates that sign them.
+#[derive(Clone, Debug)]
+pub struct RegistryTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub client_ca_pem: Option<String>,
+}
+
 /// A running registry process.
 pub struct Registry {
     child: Child,
@@ -32,12 +42,22 @@ pub struct Registry {
     dir: TempDir,
     auth: RegistryAuth,
     token: Option<TokenServer>,
+    tls: bool,
 }
 
 impl Registry {
     /// Anonymous pull and push.
     pub fn start() -> Registry {
-        Self::spawn(RegistryAuth::Anonymous, None)
+        Self::spawn(RegistryAuth::Anonymous, None, None)
+    }
+
+    /// Serving TLS only (`auth`: anonymous or htpasswd).
+    pub fn with_tls(auth: RegistryAuth, tls: RegistryTls) -> Registry {
+        assert!(
+            !matches!(auth, RegistryAuth::Token { .. }),
+            "token auth with TLS is not wired up"
+        );
+        Self::spawn(auth, None, Some(tls))
     }
 
     /// htpasswd auth with one bcrypt user (`htpasswd -Bbn`); anonymous requests get 401.
@@ -47,6 +67,7 @@ impl Registry {
                 user: user.into(),
                 pass: pass.into(),
             },
+            None,
             None,
         )
     }
@@ -63,10 +84,10 @@ impl Registry {
             user: opts.user.clone(),
             pass: opts.pass.clone(),
         };
-        Self::spawn(auth, Some(TokenServer::start(opts)))
+        Self::spawn(auth, Some(TokenServer::start(opts)), None)
     }
 
-    fn spawn(auth: RegistryAuth, token: Option<TokenServer>) -> Registry {
+    fn spawn(auth: RegistryAuth, token: Option<TokenServer>, tls: Option<RegistryTls>) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("strata-registry-")
             .tempdir()
@@ -100,6 +121,26 @@ impl Registry {
                 )
             }
         };
+        let tls_yaml = match &tls {
+            None => String::new(),
+            Some(t) => {
+                let cert = dir.path().join("server.crt");
+                let key = dir.path().join("server.key");
+                fs::write(&cert, &t.cert_pem).expect("write server.crt");
+                fs::write(&key, &t.key_pem).expect("write server.key");
+                let mut y = format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    cert.display(),
+                    key.display()
+                );
+                if let Some(ca) = &t.client_ca_pem {
+                    let p = dir.path().join("client-ca.crt");
+                    fs::write(&p, ca).expect("write client-ca.crt");
+                    y.push_str(&format!("    clientcas:\n      - {}\n", p.display()));
+                }
+                y
+            }
+        };
         let mut last_log = String::new();
         for _attempt in 0..8 {
             let port = super::free_port();
@@ -110,7 +151,7 @@ impl Registry {
                  maintenance:\n    uploadpurging:\n      enabled: false\n\
                  http:\n  addr: 127.0.0.1:{port}\n  secret: strata-test-secret\n  \
                  headers:\n    X-Content-Type-Options: [nosniff]\n\
-                 {auth_yaml}",
+                 {tls_yaml}{auth_yaml}",
                 data = dir.path().join("data").display(),
             );
             let config_path = dir.path().join("config.yml");
@@ -134,7 +175,14 @@ impl Registry {
             let mut child = cmd
                 .spawn()
                 .unwrap_or_else(|e| panic!("spawn {REGISTRY_BIN}: {e}"));
-            match wait_ready(port, &mut child, dir.path(), Duration::from_secs(10)) {
+            let tls_on = tls.is_some();
+            match wait_ready(
+                port,
+                &mut child,
+                dir.path(),
+                Duration::from_secs(10),
+                tls_on,
+            ) {
                 Ok(()) => {
                     return Registry {
                         child,
@@ -142,6 +190,7 @@ impl Registry {
                         dir,
                         auth,
                         token,
+                        tls: tls_on,
                     }
                 }
                 Err(log) => {
@@ -157,9 +206,10 @@ impl Registry {
         panic!("docker-registry could not bind a free port:\n{last_log}");
     }
 
-    /// "http://127.0.0.1:PORT".
+    /// "http://127.0.0.1:PORT" ("https://..." when serving TLS).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// "127.0.0.1:PORT" (the registry part of an image reference).
@@ -366,9 +416,16 @@ impl Drop for Registry {
     }
 }
 
-/// Poll `GET /v2/` until any HTTP answer (200 or 401), the process exits, or the deadline.
+/// Poll `GET /v2/` until any HTTP answer (200 or 401; for a TLS registry the 400 Go's TLS
+/// server gives a plain-HTTP request), the process exits, or the deadline.
 /// On failure returns the process log.
-fn wait_ready(port: u16, child: &mut Child, dir: &Path, timeout: Duration) -> Result<(), String> {
+fn wait_ready(
+    port: u16,
+    child: &mut Child,
+    dir: &Path,
+    timeout: Duration,
+    tls: bool,
+) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     let addr = format!("127.0.0.1:{port}");
     let log = || fs::read_to_string(dir.join("registry.log")).unwrap_or_default();
@@ -377,7 +434,7 @@ fn wait_ready(port: u16, child: &mut Child, dir: &Path, timeout: Duration) -> Re
             return Err(format!("exited with {status}\n{}", log()));
         }
         if let Ok(resp) = http::get(&addr, "/v2/") {
-            if resp.status == 200 || resp.status == 401 {
+            if resp.status == 200 || resp.status == 401 || (tls && resp.status == 400) {
                 return Ok(());
             }
         }

@@ -1,6 +1,7 @@
 //! In-process bearer-token issuer for `Registry::with_token_auth` (the docker "token
 //! authentication specification"): `GET /token?service=..&scope=..&account=..` with optional
-//! basic auth, and the OAuth2 `POST /token` password grant. Tokens are ES256 JWTs whose
+//! basic auth (and `offline_token=true`: a refresh token in the answer, when configured), and
+//! the OAuth2 `POST /token` password and refresh-token grants. Tokens are ES256 JWTs whose
 //! `x5c` header carries a self-signed certificate that the registry trusts through its
 //! `rootcertbundle`. Runs on its own thread on 127.0.0.1:ephemeral; stops on Drop.
 
@@ -36,6 +37,9 @@ pub struct TokenOptions {
     /// (distribution accepts a token until `exp + 60 s`): with 60 the registry refuses a token
     /// `expires_in` seconds after it was issued. 0: `exp = iat + expires_in`.
     pub registry_leeway: u64,
+    /// Hand out this refresh token (identity token) to `offline_token=true` requests with
+    /// good credentials, and accept it in the OAuth2 `refresh_token` grant.
+    pub refresh_token: Option<String>,
 }
 
 impl Default for TokenOptions {
@@ -48,6 +52,7 @@ impl Default for TokenOptions {
             service: "strata-test-registry".into(),
             issuer: "strata-test-issuer".into(),
             registry_leeway: 0,
+            refresh_token: None,
         }
     }
 }
@@ -62,6 +67,10 @@ pub struct TokenRequest {
     pub scopes: Vec<String>,
     /// HTTP status the issuer answered (200 or 401).
     pub status: u16,
+    /// The POST form's `grant_type` (`password`, `refresh_token`), `None` for a GET.
+    pub grant: Option<String>,
+    /// Whether a refresh token was handed out.
+    pub gave_refresh_token: bool,
 }
 
 struct Shared {
@@ -193,35 +202,58 @@ fn serve(conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
     }
     let mut params = http::parse_query(query);
     let mut creds = parse_basic(&head);
+    let mut grant = None;
+    let opts = &shared.opts;
     if head.method() == "POST" {
         let form = http::parse_query(&String::from_utf8_lossy(&body));
         let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        if field("grant_type").as_deref() == Some("password") {
-            creds = Some((
-                field("username").unwrap_or_default(),
-                field("password").unwrap_or_default(),
-            ));
+        grant = field("grant_type");
+        match grant.as_deref() {
+            Some("password") => {
+                creds = Some((
+                    field("username").unwrap_or_default(),
+                    field("password").unwrap_or_default(),
+                ));
+            }
+            Some("refresh_token") => {
+                let good =
+                    opts.refresh_token.is_some() && field("refresh_token") == opts.refresh_token;
+                // A good refresh token stands for the user; a bad one is refused.
+                creds = Some(if good {
+                    (opts.user.clone(), opts.pass.clone())
+                } else {
+                    ("<refresh-token>".into(), String::new())
+                });
+            }
+            _ => {}
         }
         params.extend(form);
     }
+    let offline = params
+        .iter()
+        .any(|(k, v)| k == "offline_token" && v == "true");
     let scopes: Vec<String> = params
         .iter()
         .filter(|(k, _)| k == "scope")
         .flat_map(|(_, v)| v.split(' ').map(str::to_string).collect::<Vec<_>>())
         .filter(|s| !s.is_empty())
         .collect();
-    let opts = &shared.opts;
     let (status, account) = match &creds {
         Some((u, p)) if *u == opts.user && *p == opts.pass => (200, Some(u.clone())),
         Some((u, _)) => (401, Some(u.clone())),
         None if opts.allow_anonymous => (200, None),
         None => (401, None),
     };
+    let refresh = (status == 200 && offline && head.method() == "GET")
+        .then(|| opts.refresh_token.clone())
+        .flatten();
     shared.log.lock().unwrap().push(TokenRequest {
         method: head.method().to_string(),
         account: account.clone(),
         scopes: scopes.clone(),
         status,
+        grant: grant.clone(),
+        gave_refresh_token: refresh.is_some(),
     });
     if status != 200 {
         let body = json!({"errors": [{"code": "UNAUTHORIZED", "message": "bad credentials"}]});
@@ -240,12 +272,15 @@ fn serve(conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
         account.as_deref().unwrap_or(""),
         &grants(&scopes, account.is_some()),
     );
-    let body = json!({
+    let mut body = json!({
         "token": token,
         "access_token": token,
         "expires_in": opts.expires_in,
         "issued_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     });
+    if let Some(r) = refresh {
+        body["refresh_token"] = json!(r);
+    }
     respond(
         &mut conn,
         200,

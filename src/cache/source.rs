@@ -78,8 +78,7 @@ impl BlobSource for RegistryBlob {
     }
 
     fn distrust(&self) {
-        self.client
-            .distrust_mirrors(&self.repo.registry, &self.digest);
+        self.client.distrust_mirrors(&self.repo, &self.digest);
     }
 }
 

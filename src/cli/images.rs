@@ -6,7 +6,7 @@ use super::{CacheCommand, Ctx, Error};
 use crate::image::{self, Progress};
 use crate::oci::Platform;
 use crate::reference::Reference;
-use crate::registry::auth::{CredentialStore, Credentials, Secret};
+use crate::registry::auth::{Credentials, Secret, Stored};
 use crate::store::ImageRecord;
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -167,16 +167,18 @@ pub(super) async fn pull(
     platform: Option<&str>,
     quiet: bool,
 ) -> Result<i32, Error> {
-    let reference: Reference = image.parse()?;
+    let _: Reference = image.parse()?;
     let platform = match platform {
         Some(p) => p.parse::<Platform>().map_err(Error::Usage)?,
         None => Platform::host(),
     };
+    // A short name may mean several registries (registries.conf): the first that has it.
+    let candidates = ctx.client.candidates(image)?;
     let progress = Progress::new(quiet);
-    image::pull(
+    let (reference, _) = image::pull_first(
         ctx.client.clone(),
         ctx.store.clone(),
-        &reference,
+        &candidates,
         &platform,
         &progress,
     )
@@ -541,12 +543,19 @@ pub(super) async fn login(
             "login: username and password must not be empty".into(),
         ));
     }
-    let creds = Credentials {
-        username,
-        password: Secret::new(password),
-    };
-    ctx.client.verify_login(&reg, creds.clone()).await?;
-    CredentialStore::default_location().set(&reg, &creds)?;
+    let creds = Credentials::basic(username, Secret::new(password));
+    // What the registry accepted: the password, or an identity token its token service gave.
+    let keep = ctx.client.verify_login(&reg, creds).await?;
+    let store = ctx.client.credential_store();
+    if let Stored::File(path) = store.set(&reg, &keep)? {
+        if keep.identity_token.is_none() {
+            eprintln!(
+                "WARNING! Your password is stored unencrypted in {}. Configure a credential \
+                 helper (\"credsStore\" or \"credHelpers\" there) to avoid this.",
+                path.display()
+            );
+        }
+    }
     println!("Login Succeeded");
     Ok(0)
 }

@@ -426,8 +426,7 @@ async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<i32, Error> {
         } => images::login(ctx, registry, username, password, password_stdin).await,
         Command::Logout { registry } => {
             let reg = images::registry_name(registry);
-            let creds = crate::registry::auth::CredentialStore::default_location();
-            if creds.remove(&reg)? {
+            if ctx.client.credential_store().remove(&reg)? {
                 println!("Removing login credentials for {reg}");
             } else {
                 println!("Not logged in to {reg}");

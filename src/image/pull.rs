@@ -104,12 +104,42 @@ pub async fn pull(
     platform: &Platform,
     progress: &Progress,
 ) -> Result<ImageRecord, Error> {
+    pull_first(
+        client,
+        store,
+        std::slice::from_ref(reference),
+        platform,
+        progress,
+    )
+    .await
+    .map(|(_, rec)| rec)
+}
+
+/// Pull the first of `candidates` the registry has (the search registries of a short name,
+/// in order); returns which one it was.
+pub async fn pull_first(
+    client: Arc<Client>,
+    store: Arc<Store>,
+    candidates: &[Reference],
+    platform: &Platform,
+    progress: &Progress,
+) -> Result<(Reference, ImageRecord), Error> {
+    if let [one] = candidates {
+        progress.line(&format!(
+            "{}: Pulling from {}",
+            one.api_reference(),
+            one.familiar_name()
+        ));
+    }
+    let (reference, resolved) = resolve_first(&client, candidates, platform).await?;
+    let reference = &reference;
     let tag_or_digest = reference.api_reference();
-    progress.line(&format!(
-        "{tag_or_digest}: Pulling from {}",
-        reference.familiar_name()
-    ));
-    let resolved = client.resolve(reference, platform).await?;
+    if candidates.len() > 1 {
+        progress.line(&format!(
+            "{tag_or_digest}: Pulling from {}",
+            reference.familiar_name()
+        ));
+    }
     let layers = resolved.image.layers.clone();
     let limit = client.config().max_concurrent_downloads.max(1);
     let results: Vec<Result<(), Error>> = futures::stream::iter(layers.iter().map(|l| {
@@ -160,7 +190,7 @@ pub async fn pull(
         "Status: Downloaded image for {}",
         reference.familiar_name() + ":" + &tag_or_digest
     ));
-    Ok(rec)
+    Ok((reference.clone(), rec))
 }
 
 /// Stream one blob into the store, verifying it; retried whole when the body is cut.
@@ -219,7 +249,8 @@ pub(super) async fn fetch_blob(
 
 /// An image's record: local if the store knows `image` (a name, an id or a digest), else
 /// resolved in its registry for `platform` (default: the host's) with the manifest and config
-/// stored and no layer fetched.
+/// stored and no layer fetched. A short name goes through the client's registries.conf rules
+/// (alias, search registries in order; ambiguous is an error).
 pub async fn resolve(
     client: &Arc<Client>,
     store: &Arc<Store>,
@@ -237,7 +268,40 @@ pub async fn resolve(
         })?,
         None => Platform::host(),
     };
-    let resolved = client.resolve(&reference, &platform).await?;
+    let candidates = client.candidates(image)?;
+    for c in &candidates {
+        if let Ok(rec) = store.find_image(&c.to_string()) {
+            return Ok((c.clone(), rec));
+        }
+    }
+    let (reference, resolved) = resolve_first(client, &candidates, &platform).await?;
     let (rec, _) = record_image(client, store, &reference, &resolved, &platform).await?;
     Ok((reference, rec))
+}
+
+/// The first of `candidates` that the registry resolves; a candidate that is not found (or
+/// refused) passes to the next, the last one's error is returned.
+pub async fn resolve_first(
+    client: &Client,
+    candidates: &[Reference],
+    platform: &Platform,
+) -> Result<(Reference, crate::registry::Resolved), Error> {
+    let mut last = None;
+    for (i, c) in candidates.iter().enumerate() {
+        match client.resolve(c, platform).await {
+            Ok(r) => return Ok((c.clone(), r)),
+            Err(e) if i + 1 < candidates.len() => {
+                tracing::info!("{c}: {e}; trying the next search registry");
+                last = Some(e);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(match last {
+        Some(e) => e.into(),
+        None => Error::Invalid {
+            what: "image name".into(),
+            msg: "no candidate reference".into(),
+        },
+    })
 }

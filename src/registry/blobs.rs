@@ -1,11 +1,11 @@
 //! Blob downloads: a streamed GET (optionally of a byte range, the answer's `Content-Range`
 //! checked), a ranged read into memory (cut at the mirror's slice size for a Range-aware
-//! caching mirror), and a whole small blob verified against its digest. Mirrors first, then
-//! the upstream; a mirror that answers a Range with the whole blob or too slowly is skipped
+//! caching mirror), and a whole small blob verified against its digest. Mirrors first (those
+//! that serve content by digest), then the upstream; a mirror that answers a Range with the whole blob or too slowly is skipped
 //! for that blob for a while (`health.rs`). Uses the parent's client, error type, helpers and
 //! endpoint walk.
 
-use super::{check_status, range, read_limited, Client, Endpoint, Error};
+use super::{check_status, range, read_limited, Client, Endpoint, Error, Op};
 use crate::digest::Digest;
 use crate::reference::Repository;
 use bytes::Bytes;
@@ -41,7 +41,7 @@ impl Client {
         digest: &Digest,
         range: Option<Range<u64>>,
     ) -> Result<Response, Error> {
-        self.on_endpoints(&repo.registry, Some(digest), |ep| {
+        self.on_endpoints(repo, Op::Pull, Some(digest), |ep| {
             let range = range.clone();
             async move { self.blob_response(&ep, repo, digest, range).await }
         })
@@ -59,8 +59,8 @@ impl Client {
         range: Option<Range<u64>>,
     ) -> Result<Response, Error> {
         let what = format!("blob {digest} in {repo}");
-        let url = format!("{}/v2/{}/blobs/{}", ep.base, repo.name, digest);
-        let scope = Self::scope_pull(&repo.name);
+        let url = ep.url(&repo.name, &format!("blobs/{digest}"));
+        let scope = Self::scope_pull(ep.repo_name(&repo.name));
         let send = self.send(ep, &scope, Method::GET, &url, |r| match &range {
             Some(rg) => r.header(
                 RANGE,
@@ -110,7 +110,7 @@ impl Client {
         range: Range<u64>,
     ) -> Result<Bytes, Error> {
         let slice = self.config.mirror_slice_size;
-        self.on_endpoints(&repo.registry, Some(digest), |ep| {
+        self.on_endpoints(repo, Op::Pull, Some(digest), |ep| {
             let range = range.clone();
             async move {
                 let pieces = match ep.mirror {
@@ -175,7 +175,7 @@ impl Client {
         digest: &Digest,
         limit: usize,
     ) -> Result<Bytes, Error> {
-        self.on_endpoints(&repo.registry, Some(digest), |ep| async move {
+        self.on_endpoints(repo, Op::Pull, Some(digest), |ep| async move {
             let resp = self.blob_response(&ep, repo, digest, None).await?;
             let what = format!("blob {digest} in {repo}");
             let body = read_limited(resp, limit, &what).await?;

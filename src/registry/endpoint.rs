@@ -1,15 +1,18 @@
-//! Where and how requests go: the endpoints of a registry (configured mirrors in order, then
-//! the upstream), answering 401 challenges (Basic or a Bearer token, cached per auth host and
-//! scope), [`Client::send`], the one place with retries and backoff, and the walk over the
-//! endpoints that skips and records failed mirrors. Uses the parent's client, error type and
-//! helpers, `auth`, `health` and `config`.
+//! How requests go: an [`Endpoint`] (built by `routes`: a mirror or the upstream, with its
+//! API root, repository name, headers and TLS client), answering 401 challenges (Basic, or a
+//! Bearer token fetched with the password or, for an identity token, the OAuth2 refresh
+//! grant; cached per auth host and scope), [`Client::send`], the one place with retries and
+//! backoff, and the walk over the endpoints in order that skips and records failed mirrors.
+//! Uses the parent's client, error type and helpers, `auth`, `routes`, `health` and `config`.
 
-use super::auth::{self, Challenge, Credentials};
+use super::auth::{self, Challenge, Credentials, Secret};
 use super::health::Skip;
+use super::routes::Op;
 use super::{check_status, lock, read_limited, Client, Error};
 use crate::digest::Digest;
+use crate::reference::Repository;
 use base64::Engine as _;
-use reqwest::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use reqwest::header::{HeaderMap, AUTHORIZATION, WWW_AUTHENTICATE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use std::time::{Duration, Instant};
 
@@ -38,72 +41,65 @@ impl RetryPolicy {
     }
 }
 
-/// One base URL to talk to for a registry: a mirror or the upstream itself.
+/// One place to send a repository's requests: a mirror or the upstream itself.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
-    /// e.g. `http://127.0.0.1:5000` (no trailing slash)
+    /// `scheme://host[:port]` (no trailing slash): where relative `Location`s point.
     pub base: String,
+    /// The API root requests are made under, normally `{base}/v2`.
+    pub api: String,
     /// Host whose credentials apply (the mirror's own host for mirrors).
     pub auth_host: String,
     pub mirror: bool,
+    /// Extra headers sent with every request (hosts.toml `header`, `registry-mirror-headers`).
+    pub headers: HeaderMap,
+    /// The HTTP client with this endpoint's TLS settings.
+    pub(super) http: reqwest::Client,
+    /// The repository's name here when a registries.conf prefix rewrites it.
+    pub(super) name: Option<String>,
+}
+
+impl Endpoint {
+    /// The repository's name on this endpoint (`name` unless a prefix rewrite applies).
+    pub fn repo_name<'a>(&'a self, name: &'a str) -> &'a str {
+        self.name.as_deref().unwrap_or(name)
+    }
+
+    /// `{api}/{name}/{tail}` for repository `name`.
+    pub fn url(&self, name: &str, tail: &str) -> String {
+        format!("{}/{}/{}", self.api, self.repo_name(name), tail)
+    }
 }
 
 impl Client {
-    /// The upstream endpoint of a registry host.
-    pub fn upstream(&self, registry: &str) -> Endpoint {
-        let api_host = if registry == crate::reference::DEFAULT_REGISTRY {
-            "registry-1.docker.io"
-        } else {
-            registry
-        };
-        let scheme = if self.config.is_insecure(registry) {
-            "http"
-        } else {
-            "https"
-        };
-        Endpoint {
-            base: format!("{scheme}://{api_host}"),
-            auth_host: registry.to_string(),
-            mirror: false,
-        }
+    /// The upstream endpoint of a repository (after registries.conf and hosts.toml).
+    pub fn upstream(&self, repo: &Repository) -> Result<Endpoint, Error> {
+        self.routes.upstream(repo)
     }
 
-    /// Mirrors (in configured order) then the upstream.
-    pub fn endpoints(&self, registry: &str) -> Vec<Endpoint> {
-        let mut out: Vec<Endpoint> = self
-            .config
-            .mirrors_for(registry)
-            .into_iter()
-            .map(|m| {
-                let base = m.trim_end_matches('/').to_string();
-                let host = base
-                    .split("://")
-                    .nth(1)
-                    .unwrap_or(&base)
-                    .split('/')
-                    .next()
-                    .unwrap_or("")
-                    .to_string();
-                Endpoint {
-                    base,
-                    auth_host: host,
-                    mirror: true,
-                }
-            })
-            .collect();
-        out.push(self.upstream(registry));
-        out
+    /// The endpoints to try for `repo` and `op`: mirrors in order, then the upstream.
+    pub fn endpoints(&self, repo: &Repository, op: Op) -> Result<Vec<Endpoint>, Error> {
+        self.routes.endpoints(repo, op)
     }
 
-    fn credentials(&self, host: &str) -> Option<Credentials> {
+    /// Credentials for `host`: the ones `verify_login` is checking, else the credential
+    /// files (a helper program may run: on the blocking pool). A file or helper failure is
+    /// logged and treated as no credentials.
+    async fn credentials(&self, host: &str) -> (Option<Credentials>, bool) {
         if let Some(c) = lock(&self.override_creds).get(host) {
-            return Some(c.clone());
+            return (Some(c.clone()), true);
         }
-        match self.creds.get(host) {
-            Ok(c) => c,
+        let store = self.creds.clone();
+        let h = host.to_string();
+        match tokio::task::spawn_blocking(move || store.get(&h)).await {
+            Ok(Ok(c)) => (c, false),
+            Ok(Err(e)) => {
+                tracing::warn!("credentials for {host}: {e}");
+                (None, false)
+            }
             Err(e) => {
-                tracing::warn!("ignoring credentials file: {e}");
-                None
+                tracing::warn!("credentials for {host}: lookup task failed: {e}");
+                (None, false)
             }
         }
     }
@@ -115,7 +111,7 @@ impl Client {
         challenge: &str,
         scope: &str,
     ) -> Result<String, Error> {
-        let creds = self.credentials(&ep.auth_host);
+        let (creds, logging_in) = self.credentials(&ep.auth_host).await;
         let unauthorized = |detail: String| Error::Unauthorized {
             registry: ep.auth_host.clone(),
             detail,
@@ -124,6 +120,12 @@ impl Client {
             Some(Challenge::Basic { .. }) => {
                 let c = creds
                     .ok_or_else(|| unauthorized("no credentials; run `strata login`".into()))?;
+                if c.password.expose().is_empty() {
+                    return Err(unauthorized(
+                        "the registry wants a password, the stored login holds an identity token"
+                            .into(),
+                    ));
+                }
                 let raw = format!("{}:{}", c.username, c.password.expose());
                 Ok(format!(
                     "Basic {}",
@@ -140,18 +142,44 @@ impl Client {
                 } else {
                     scope.to_string()
                 };
-                let mut req = self.http.get(&realm);
-                let mut query: Vec<(&str, &str)> = Vec::new();
-                if let Some(s) = &service {
-                    query.push(("service", s));
-                }
-                if !scope.is_empty() {
-                    query.push(("scope", &scope));
-                }
-                req = req.query(&query);
-                if let Some(c) = &creds {
-                    req = req.basic_auth(&c.username, Some(c.password.expose()));
-                }
+                let http = self.routes.client_for_url(&realm)?;
+                let req = match creds.as_ref().and_then(|c| c.identity_token.as_ref()) {
+                    // An identity token: the OAuth2 refresh grant (docker's `identitytoken`).
+                    Some(tok) => {
+                        let mut form: Vec<(&str, &str)> = vec![
+                            ("grant_type", "refresh_token"),
+                            ("refresh_token", tok.expose()),
+                            ("client_id", "strata"),
+                        ];
+                        if let Some(s) = &service {
+                            form.push(("service", s));
+                        }
+                        if !scope.is_empty() {
+                            form.push(("scope", &scope));
+                        }
+                        http.post(&realm).form(&form)
+                    }
+                    None => {
+                        let mut query: Vec<(&str, &str)> = Vec::new();
+                        if let Some(s) = &service {
+                            query.push(("service", s));
+                        }
+                        if !scope.is_empty() {
+                            query.push(("scope", &scope));
+                        }
+                        if logging_in {
+                            // As docker login: ask for a refresh token to keep instead of the
+                            // password, where the token service hands them out.
+                            query.push(("offline_token", "true"));
+                            query.push(("client_id", "strata"));
+                        }
+                        let mut req = http.get(&realm).query(&query);
+                        if let Some(c) = &creds {
+                            req = req.basic_auth(&c.username, Some(c.password.expose()));
+                        }
+                        req
+                    }
+                };
                 let resp = req.send().await.map_err(|source| Error::Http {
                     method: Method::GET,
                     url: realm.clone(),
@@ -167,11 +195,15 @@ impl Client {
                 struct Tok {
                     token: Option<String>,
                     access_token: Option<String>,
+                    refresh_token: Option<String>,
                 }
                 let body = read_limited(resp, 1 << 20, &realm).await?;
                 let tok: Tok = serde_json::from_slice(&body).map_err(|e| {
                     unauthorized(format!("token service {realm} sent bad JSON: {e}"))
                 })?;
+                if let (true, Some(r)) = (logging_in, tok.refresh_token.filter(|r| !r.is_empty())) {
+                    lock(&self.refresh_tokens).insert(ep.auth_host.clone(), Secret::new(r));
+                }
                 let t = tok
                     .token
                     .or(tok.access_token)
@@ -199,7 +231,10 @@ impl Client {
         // A mirror gets one try: on failure the next endpoint is better than a backoff.
         let attempts = if ep.mirror { 1 } else { self.retry.attempts };
         loop {
-            let mut rb = make(self.http.request(method.clone(), url));
+            let mut rb = make(ep.http.request(method.clone(), url));
+            for (k, v) in &ep.headers {
+                rb = rb.header(k, v);
+            }
             if let Some(h) = &auth_header {
                 rb = rb.header(AUTHORIZATION, h);
             }
@@ -263,13 +298,15 @@ impl Client {
         }
     }
 
-    /// Try each endpoint in order; the first success wins. A not-found on the upstream is final.
+    /// Try each endpoint for `repo` and `op` in order; the first success wins. A not-found on
+    /// the upstream is final.
     /// Mirrors that failed a moment ago (for `blob`, when given) are skipped (`health.rs`),
     /// unless the upstream fails too: then they are the last resort. A mirror's failure is
     /// judged by [`Error::mirror_verdict`] and recorded.
     pub(super) async fn on_endpoints<T, F, Fut>(
         &self,
-        registry: &str,
+        repo: &Repository,
+        op: Op,
         blob: Option<&Digest>,
         f: F,
     ) -> Result<T, Error>
@@ -279,7 +316,7 @@ impl Client {
     {
         let mut skipped = Vec::new();
         let mut last = None;
-        for ep in self.endpoints(registry) {
+        for ep in self.endpoints(repo, op)? {
             if ep.mirror {
                 if let Some(why) = self.health.skip(&ep.base, blob, Instant::now()) {
                     tracing::debug!(mirror = %ep.base, ?why, "skipping mirror for now");
@@ -304,7 +341,7 @@ impl Client {
             }
         }
         Err(last.unwrap_or(Error::NotFound {
-            what: registry.to_string(),
+            what: repo.to_string(),
         }))
     }
 
@@ -357,12 +394,12 @@ impl Client {
         }
     }
 
-    /// Bytes of `blob` failed verification: skip every mirror of `registry` for that blob
-    /// for a while (the bytes may have come from one of them; the upstream is the
-    /// reference).
-    pub fn distrust_mirrors(&self, registry: &str, blob: &Digest) {
+    /// Bytes of `blob` failed verification: skip every mirror of `repo` for that blob for a
+    /// while (the bytes may have come from one of them; the upstream is the reference).
+    pub fn distrust_mirrors(&self, repo: &Repository, blob: &Digest) {
         let now = Instant::now();
-        for ep in self.endpoints(registry).into_iter().filter(|e| e.mirror) {
+        let eps = self.endpoints(repo, Op::Pull).unwrap_or_default();
+        for ep in eps.into_iter().filter(|e| e.mirror) {
             if let Some(hold) = self.health.blob_failed(&ep.base, blob, now) {
                 tracing::warn!(mirror = %ep.base, "bytes of blob {blob} failed verification; not asking mirrors for it for {hold:?}");
             }
@@ -371,19 +408,42 @@ impl Client {
 
     /// `GET /v2/` with authentication: used by `login` to verify credentials.
     pub async fn ping(&self, registry: &str) -> Result<(), Error> {
-        let ep = self.upstream(registry);
-        let url = format!("{}/v2/", ep.base);
+        let ep = self.upstream(&Repository {
+            registry: registry.to_string(),
+            name: String::new(),
+        })?;
+        let url = format!("{}/", ep.api);
         let resp = self.send(&ep, "", Method::GET, &url, |r| r).await?;
         check_status(resp, Method::GET, &url, registry)
             .await
             .map(|_| ())
     }
 
-    /// Check credentials against the registry without storing them.
-    pub async fn verify_login(&self, registry: &str, creds: Credentials) -> Result<(), Error> {
-        lock(&self.override_creds).insert(registry.to_string(), creds);
-        lock(&self.auth_cache).retain(|(h, _), _| h != registry);
-        self.ping(registry).await
+    /// Check credentials against the registry without storing them. Returns what to store:
+    /// the credentials, or an identity token in place of the password when the registry's
+    /// token service handed one out (as `docker login` keeps).
+    pub async fn verify_login(
+        &self,
+        registry: &str,
+        creds: Credentials,
+    ) -> Result<Credentials, Error> {
+        let host = self
+            .upstream(&Repository {
+                registry: registry.to_string(),
+                name: String::new(),
+            })?
+            .auth_host;
+        lock(&self.override_creds).insert(host.clone(), creds.clone());
+        lock(&self.auth_cache).retain(|(h, _), _| *h != host);
+        lock(&self.refresh_tokens).remove(&host);
+        let r = self.ping(registry).await;
+        lock(&self.override_creds).remove(&host);
+        lock(&self.auth_cache).retain(|(h, _), _| *h != host);
+        r?;
+        Ok(match lock(&self.refresh_tokens).remove(&host) {
+            Some(tok) => Credentials::identity_token(creds.username, tok),
+            None => creds,
+        })
     }
 
     pub(super) fn scope_pull(name: &str) -> String {

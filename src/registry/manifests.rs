@@ -3,7 +3,7 @@
 //! and the catalog. Uses the parent's client, error type and helpers, and `manifest` for the
 //! documents.
 
-use super::{check_status, content_type, read_limited, Client, Error, MAX_MANIFEST_BYTES};
+use super::{check_status, content_type, read_limited, Client, Error, Op, MAX_MANIFEST_BYTES};
 use crate::digest::Digest;
 use crate::oci::{self, AnyManifest, Platform};
 use crate::reference::{Reference, Repository};
@@ -37,16 +37,16 @@ impl Client {
     /// Fetch a manifest or index by tag or digest, verifying its digest.
     pub async fn get_manifest(&self, reference: &Reference) -> Result<FetchedManifest, Error> {
         let what = reference.to_string();
-        self.on_endpoints(&reference.registry, None, |ep| {
+        let repo = reference.repo();
+        let op = Op::for_reference(reference);
+        self.on_endpoints(&repo, op, None, |ep| {
             let what = what.clone();
             async move {
-                let url = format!(
-                    "{}/v2/{}/manifests/{}",
-                    ep.base,
-                    reference.repository,
-                    reference.api_reference()
+                let url = ep.url(
+                    &reference.repository,
+                    &format!("manifests/{}", reference.api_reference()),
                 );
-                let scope = Self::scope_pull(&reference.repository);
+                let scope = Self::scope_pull(ep.repo_name(&reference.repository));
                 let resp = self
                     .send(&ep, &scope, Method::GET, &url, |r| {
                         r.header(ACCEPT, ACCEPT_MANIFESTS)
@@ -157,8 +157,11 @@ impl Client {
 
     /// Repository names from the catalog API (all pages).
     pub async fn catalog(&self, registry: &str) -> Result<Vec<String>, Error> {
-        let ep = self.upstream(registry);
-        let mut url = format!("{}/v2/_catalog?n=1000", ep.base);
+        let ep = self.upstream(&Repository {
+            registry: registry.to_string(),
+            name: String::new(),
+        })?;
+        let mut url = format!("{}/_catalog?n=1000", ep.api);
         let mut out = Vec::new();
         for _ in 0..1000 {
             let resp = self
@@ -208,12 +211,16 @@ impl Client {
         // answer but a success means "no referrers API here" (the tag schema follows); only a
         // failure to get an answer moves on to the next endpoint.
         let api = self
-            .on_endpoints(&repo.registry, None, |ep| async move {
-                let url = format!("{}/v2/{}/referrers/{}", ep.base, repo.name, subject);
+            .on_endpoints(repo, Op::Pull, None, |ep| async move {
+                let url = ep.url(&repo.name, &format!("referrers/{subject}"));
                 let resp = self
-                    .send(&ep, &Self::scope_pull(&repo.name), Method::GET, &url, |r| {
-                        r.header(ACCEPT, oci::OCI_INDEX)
-                    })
+                    .send(
+                        &ep,
+                        &Self::scope_pull(ep.repo_name(&repo.name)),
+                        Method::GET,
+                        &url,
+                        |r| r.header(ACCEPT, oci::OCI_INDEX),
+                    )
                     .await?;
                 if !resp.status().is_success() {
                     return Ok(None);
@@ -255,10 +262,16 @@ impl Client {
 
     /// Tags of one repository.
     pub async fn tags(&self, repo: &Repository) -> Result<Vec<String>, Error> {
-        let ep = self.upstream(&repo.registry);
-        let url = format!("{}/v2/{}/tags/list", ep.base, repo.name);
+        let ep = self.upstream(repo)?;
+        let url = ep.url(&repo.name, "tags/list");
         let resp = self
-            .send(&ep, &Self::scope_pull(&repo.name), Method::GET, &url, |r| r)
+            .send(
+                &ep,
+                &Self::scope_pull(ep.repo_name(&repo.name)),
+                Method::GET,
+                &url,
+                |r| r,
+            )
             .await?;
         let resp = check_status(resp, Method::GET, &url, &repo.to_string()).await?;
         #[derive(serde::Deserialize)]

@@ -4,21 +4,32 @@
 //! in order before the upstream, skipping those that failed a moment ago (`health.rs`);
 //! retries with backoff live in one place ([`Client::send`]).
 //! This file holds the client, its error type and the response helpers; the requests are split
-//! by what they touch: `endpoint.rs` (mirrors and upstream, auth, `send` and its retries),
+//! by what they touch: `endpoint.rs` (auth, `send` and its retries, trying endpoints in order),
 //! `health.rs` (which mirrors, and which blobs on a mirror, to skip for a while),
 //! `manifests.rs` (manifests, platform resolution, referrers, tags, catalog), `blobs.rs` (blob
-//! downloads, ranged and verified), `uploads.rs` (blob and manifest uploads).
+//! downloads, ranged and verified), `uploads.rs` (blob and manifest uploads). Where requests
+//! go: `routes.rs` builds the mirror list from `config`, containerd's hosts.toml (`hosts.rs`)
+//! and containers' registries.conf (`regconf.rs`), with TLS per host (`tls.rs`). Credentials:
+//! `auth.rs` (types, challenges), `creds.rs` (docker config.json, auth.json) and
+//! `credhelper.rs` (the `docker-credential-*` protocol).
 
 pub mod auth;
 mod blobs;
+pub mod credhelper;
+pub mod creds;
 mod endpoint;
 mod health;
+pub mod hosts;
 mod manifests;
 mod range;
+pub mod regconf;
+pub mod routes;
+pub mod tls;
 mod uploads;
 
 pub use endpoint::{Endpoint, RetryPolicy};
 pub use manifests::{referrers_tag, FetchedManifest, Resolved};
+pub use routes::Op;
 
 use crate::config::Config;
 use crate::digest::Digest;
@@ -92,6 +103,44 @@ pub enum Error {
     },
     #[error("building HTTP client: {0}")]
     Client(#[source] reqwest::Error),
+    #[error("certificate {path}: {source}")]
+    Certificate {
+        path: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("certificate {path}: {msg}")]
+    BadCertificate { path: String, msg: String },
+    #[error("{path}: {source}")]
+    ConfigFile {
+        path: String,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("{path}: key {key}: {msg}")]
+    ConfigValue {
+        path: String,
+        key: String,
+        msg: String,
+    },
+    #[error("{what}: blocked by {path}")]
+    Blocked { what: String, path: String },
+    #[error("{what}: no endpoint may {op} (capabilities in {path})")]
+    NoEndpoint {
+        what: String,
+        op: String,
+        path: String,
+    },
+    #[error("short name {name:?} is ambiguous: it may mean {candidates} (unqualified-search-registries in {files}); use a fully qualified name such as {first}", first = .candidates.split(", ").next().unwrap_or(""))]
+    AmbiguousShortName {
+        name: String,
+        candidates: String,
+        files: String,
+    },
+    #[error("image name {name:?}: {msg}")]
+    ShortName { name: String, msg: String },
+    #[error(transparent)]
+    Credentials(#[from] auth::CredError),
 }
 
 impl Error {
@@ -110,26 +159,37 @@ impl Error {
             | Error::BadManifest { .. }
             | Error::NoPlatform { .. }
             | Error::Io { .. }
-            | Error::Client(_) => None,
+            | Error::Client(_)
+            | Error::ConfigFile { .. }
+            | Error::ConfigValue { .. }
+            | Error::Blocked { .. }
+            | Error::NoEndpoint { .. }
+            | Error::AmbiguousShortName { .. }
+            | Error::ShortName { .. }
+            | Error::Credentials(_) => None,
             Error::RangeIgnored { .. } | Error::MirrorSlow { .. } => Some(health::Skip::Blob),
             Error::Http { .. }
             | Error::Status { .. }
             | Error::Unauthorized { .. }
             | Error::DigestMismatch { .. }
             | Error::TooLarge { .. }
-            | Error::BadContentRange { .. } => Some(health::Skip::Mirror),
+            | Error::BadContentRange { .. }
+            | Error::Certificate { .. }
+            | Error::BadCertificate { .. } => Some(health::Skip::Mirror),
         }
     }
 }
 
 /// The registry client. Cheap to share behind an `Arc`; every method takes `&self`.
 pub struct Client {
-    http: reqwest::Client,
+    routes: routes::Routes,
     config: Arc<Config>,
     creds: CredentialStore,
     override_creds: Mutex<HashMap<String, Credentials>>,
     /// (auth host, scope) -> Authorization header value.
     auth_cache: Mutex<HashMap<(String, String), String>>,
+    /// auth host -> refresh token a token service handed out during `verify_login`.
+    refresh_tokens: Mutex<HashMap<String, auth::Secret>>,
     retry: RetryPolicy,
     /// Mirrors (and blobs on mirrors) skipped for a while after a failure.
     health: health::Health,
@@ -140,25 +200,32 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Client {
+    /// A client for `config`. The registries.conf, hosts.toml and certificate files it names
+    /// are read at first use.
     pub fn new(config: Arc<Config>, creds: CredentialStore) -> Result<Self, Error> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(16)
-            .build()
-            .map_err(Error::Client)?;
         let hold = Duration::try_from_secs_f64(config.mirror_retry_after)
             .unwrap_or(Duration::from_secs(10));
         Ok(Client {
-            http,
+            routes: routes::Routes::new(config.clone()),
             config,
             creds,
             override_creds: Mutex::new(HashMap::new()),
             auth_cache: Mutex::new(HashMap::new()),
+            refresh_tokens: Mutex::new(HashMap::new()),
             retry: RetryPolicy::default(),
             health: health::Health::new(hold),
         })
+    }
+
+    /// The references `input` may mean, in the order to try (registries.conf aliases and
+    /// `unqualified-search-registries` for short names; an error when ambiguous).
+    pub fn candidates(&self, input: &str) -> Result<Vec<crate::reference::Reference>, Error> {
+        self.routes.registries_conf()?.candidates(input)
+    }
+
+    /// The credential files this client reads.
+    pub fn credential_store(&self) -> &CredentialStore {
+        &self.creds
     }
 
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {

@@ -1,4 +1,4 @@
-//! Uploads (to the upstream only, never a mirror): whether a blob exists, monolithic blob
+//! Uploads (to the upstream only, never a mirror; registries.conf rewrites apply): whether a blob exists, monolithic blob
 //! uploads (POST, PATCH, PUT with the digest) from a file or memory, and manifest PUTs. Uses the
 //! parent's client, error type and helpers.
 
@@ -12,12 +12,12 @@ use reqwest::{Method, StatusCode};
 impl Client {
     /// Whether the registry already has a blob (HEAD).
     pub async fn blob_exists(&self, repo: &Repository, digest: &Digest) -> Result<bool, Error> {
-        let ep = self.upstream(&repo.registry);
-        let url = format!("{}/v2/{}/blobs/{}", ep.base, repo.name, digest);
+        let ep = self.upstream(repo)?;
+        let url = ep.url(&repo.name, &format!("blobs/{digest}"));
         let resp = self
             .send(
                 &ep,
-                &Self::scope_push(&repo.name),
+                &Self::scope_push(ep.repo_name(&repo.name)),
                 Method::HEAD,
                 &url,
                 |r| r,
@@ -56,9 +56,9 @@ impl Client {
         digest: &Digest,
         data: Bytes,
     ) -> Result<(), Error> {
-        let ep = self.upstream(&repo.registry);
-        let scope = Self::scope_push(&repo.name);
-        let post_url = format!("{}/v2/{}/blobs/uploads/", ep.base, repo.name);
+        let ep = self.upstream(repo)?;
+        let scope = Self::scope_push(ep.repo_name(&repo.name));
+        let post_url = ep.url(&repo.name, "blobs/uploads/");
         let resp = self
             .send(&ep, &scope, Method::POST, &post_url, |r| {
                 r.header(reqwest::header::CONTENT_LENGTH, "0")
@@ -93,12 +93,16 @@ impl Client {
         media_type: &str,
         body: Bytes,
     ) -> Result<(), Error> {
-        let ep = self.upstream(&repo.registry);
-        let url = format!("{}/v2/{}/manifests/{}", ep.base, repo.name, reference);
+        let ep = self.upstream(repo)?;
+        let url = ep.url(&repo.name, &format!("manifests/{reference}"));
         let resp = self
-            .send(&ep, &Self::scope_push(&repo.name), Method::PUT, &url, |r| {
-                r.header(CONTENT_TYPE, media_type).body(body.clone())
-            })
+            .send(
+                &ep,
+                &Self::scope_push(ep.repo_name(&repo.name)),
+                Method::PUT,
+                &url,
+                |r| r.header(CONTENT_TYPE, media_type).body(body.clone()),
+            )
             .await?;
         check_status(resp, Method::PUT, &url, &repo.name).await?;
         Ok(())
