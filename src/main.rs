@@ -15,6 +15,18 @@ fn args() -> Vec<std::ffi::OsString> {
     args
 }
 
+/// A `println!`/`eprintln!` that failed because the reader went away (`strata images | head
+/// -1`): Rust ignores SIGPIPE, so the write fails with EPIPE and the print macros panic.
+fn closed_pipe(info: &std::panic::PanicHookInfo<'_>) -> bool {
+    let msg = info
+        .payload()
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| info.payload().downcast_ref::<&str>().copied())
+        .unwrap_or_default();
+    msg.starts_with("failed printing to std") && msg.contains("Broken pipe")
+}
+
 fn main() {
     // What strata writes (store, cache, container dirs, logs) is never group- or
     // world-writable, whatever umask the caller had (a stricter one is kept). Modes inside a
@@ -24,7 +36,19 @@ fn main() {
         let old = umask(Mode::from_bits_truncate(0o022));
         umask(old | Mode::from_bits_truncate(0o022));
     }
-    let cli = strata::cli::Cli::parse_from(args());
+    let args = strata::cli::aliases::expand(args());
+    let cli = match strata::cli::Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            let code = match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+                _ if strata::cli::aliases::is_run_command(&args) => 125,
+                _ => e.exit_code(),
+            };
+            std::process::exit(code);
+        }
+    };
     let filter = if cli.debug {
         "debug".to_string()
     } else {
@@ -35,8 +59,12 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     std::panic::set_hook(Box::new(|info| {
+        if closed_pipe(info) {
+            strata::cli::end_by_sigpipe();
+        }
         tracing::error!("panic: {info}");
-        eprintln!("strata: internal error: {info}");
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "strata: internal error: {info}");
     }));
     match strata::cli::run(cli) {
         Ok(code) => std::process::exit(code),

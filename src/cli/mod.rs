@@ -3,13 +3,19 @@
 //! and `config`. Every command returns `Result<i32, Error>`; `main.rs` prints the error and
 //! exits.
 
+pub mod aliases;
 mod commit;
 mod daemon;
+mod format;
 mod images;
+mod listing;
 pub mod mount;
 mod overlay;
 mod run;
+mod system;
 mod util;
+
+pub use util::end_by_sigpipe;
 
 use crate::config::Config;
 use crate::registry::auth::CredentialStore;
@@ -62,13 +68,17 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Any failure of `run` before or around the container (docker's exit status 125).
+    #[error(transparent)]
+    InRun(Box<Error>),
 }
 
 #[derive(Parser, Debug)]
 #[command(
     name = "strata",
     version,
-    about = "Run containers from OCI/Docker images without pulling them first"
+    about = "Run containers from OCI/Docker images without pulling them first",
+    after_help = "docker's management forms work too: `image ls|rm|pull|push|tag|inspect|history|save|load|import|prune` and `container ls|rm|kill|stop|start|restart|logs|inspect|run|exec|wait|attach|pause|unpause|commit|export|prune`."
 )]
 pub struct Cli {
     /// State directory (blobs, indexes, containers, cache)
@@ -102,23 +112,36 @@ pub enum Command {
     },
     /// List images
     Images {
+        /// Accepted for docker compatibility: strata keeps no intermediate images
+        #[arg(short, long)]
+        all: bool,
         #[arg(short, long)]
         quiet: bool,
         #[arg(long)]
         digests: bool,
         #[arg(long)]
         no_trunc: bool,
+        #[command(flatten)]
+        list: listing::ListArgs,
     },
-    /// Show an image's record and configuration as JSON
+    /// Show images' or containers' records as JSON (or through --format)
     Inspect {
+        /// image or container (default: images first, then containers)
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// Go-template style, e.g. "{{.Config.Env}}" or "{{json .State}}"
+        #[arg(short, long)]
+        format: Option<String>,
         #[arg(required = true)]
-        images: Vec<String>,
+        names: Vec<String>,
     },
     /// Show an image's history
     History {
         image: String,
         #[arg(long)]
         no_trunc: bool,
+        #[arg(long)]
+        format: Option<String>,
     },
     /// Give an image another name
     Tag { source: String, target: String },
@@ -214,7 +237,24 @@ pub enum Command {
         all: bool,
         #[arg(short, long)]
         quiet: bool,
+        #[arg(long)]
+        no_trunc: bool,
+        #[command(flatten)]
+        list: listing::ListArgs,
     },
+    /// Freeze every process of running containers (runc pause, cgroup freezer)
+    Pause {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Thaw paused containers
+    Unpause {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Follow a detached container's output until it exits; its exit code (stdin is not
+    /// attached)
+    Attach { container: String },
     /// Start stopped containers (detached)
     Start {
         #[arg(required = true)]
@@ -267,10 +307,39 @@ pub enum Command {
     Export(commit::ExportArgs),
     /// Create a one-layer image from a root file system tar (plain, gzip or zstd)
     Import(commit::ImportArgs),
-    /// System information
+    /// System information and cleanup
     System {
         #[command(subcommand)]
         command: SystemCommand,
+    },
+    /// Image management (`image prune`; the other `image` verbs alias top-level commands)
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+    /// Container management (`container prune`; the other verbs alias top-level commands)
+    Container {
+        #[command(subcommand)]
+        command: ContainerCommand,
+    },
+    /// Version of strata and of the OCI runtime
+    Version,
+    /// Root, containers, images, cache size and use, mirrors, daemon state
+    Info,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Remove untagged images no container uses (-a: every image no container uses)
+    Prune(system::PruneArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ContainerCommand {
+    /// Remove all stopped containers
+    Prune {
+        #[arg(short, long)]
+        force: bool,
     },
 }
 
@@ -313,13 +382,24 @@ pub enum CacheCommand {
 pub enum SystemCommand {
     /// Disk usage of images, indexes, cache and containers
     Df,
+    /// Remove stopped containers, dangling (-a: unused) images, unreferenced blobs, the
+    /// chunk cache
+    Prune(system::PruneArgs),
+    /// Same as `strata info`
+    Info,
 }
 
 impl Error {
-    /// Exit status for this failure: docker's 125/127 for `run` failures, else 1.
+    /// Exit status for this failure, as docker's: 127 for a command not found in the
+    /// container, 126 for one that is not executable, 125 for any other failure of `run`
+    /// (registry, image, options, runtime), else 1.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Launcher(e) => e.exit_code(),
+            Error::Launcher(e) if e.exit_code() != 125 => e.exit_code(),
+            Error::InRun(e) => match e.exit_code() {
+                1 => 125,
+                c => c,
+            },
             _ => 1,
         }
     }
@@ -376,8 +456,12 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
             context: "starting tokio runtime".into(),
             source,
         })?;
-    let ctx = Ctx::open(&cli)?;
-    rt.block_on(dispatch(&ctx, cli.command))
+    let in_run = matches!(cli.command, Command::Run(_));
+    let result = Ctx::open(&cli).and_then(|ctx| rt.block_on(dispatch(&ctx, cli.command)));
+    match result {
+        Err(e) if in_run => Err(Error::InRun(Box::new(e))),
+        r => r,
+    }
 }
 
 /// Run one command.
@@ -389,12 +473,22 @@ async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<i32, Error> {
             quiet,
         } => images::pull(ctx, &image, platform.as_deref(), quiet).await,
         Command::Images {
+            all: _,
             quiet,
             digests,
             no_trunc,
-        } => images::images(ctx, quiet, digests, no_trunc),
-        Command::Inspect { images } => images::inspect(ctx, &images),
-        Command::History { image, no_trunc } => images::history(ctx, &image, no_trunc),
+            list,
+        } => listing::images(ctx, quiet, digests, no_trunc, &list),
+        Command::Inspect {
+            kind,
+            format,
+            names,
+        } => listing::inspect(ctx, &names, kind.as_deref(), format.as_deref()).await,
+        Command::History {
+            image,
+            no_trunc,
+            format,
+        } => listing::history(ctx, &image, no_trunc, format.as_deref()),
         Command::Tag { source, target } => {
             let rec = ctx.store.find_image(&source)?;
             let dst: crate::reference::Reference = target.parse()?;
@@ -433,9 +527,19 @@ async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<i32, Error> {
             }
             Ok(0)
         }
-        Command::System {
-            command: SystemCommand::Df,
-        } => images::system_df(ctx),
+        Command::System { command } => match command {
+            SystemCommand::Df => system::system_df(ctx),
+            SystemCommand::Prune(args) => system::system_prune(ctx, &args).await,
+            SystemCommand::Info => system::info(ctx).await,
+        },
+        Command::Image {
+            command: ImageCommand::Prune(args),
+        } => system::image_prune(ctx, &args),
+        Command::Container {
+            command: ContainerCommand::Prune { force },
+        } => system::container_prune(ctx, force).await,
+        Command::Version => system::version(),
+        Command::Info => system::info(ctx).await,
         Command::Index {
             image,
             push,
@@ -447,7 +551,15 @@ async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<i32, Error> {
         Command::Daemon(args) => daemon::daemon(ctx, args).await,
         Command::Overlay(args) => overlay::overlay(ctx, args).await,
         Command::Run(args) => run::run(ctx, *args).await,
-        Command::Ps { all, quiet } => run::ps(ctx, all, quiet).await,
+        Command::Ps {
+            all,
+            quiet,
+            no_trunc,
+            list,
+        } => listing::ps(ctx, all, quiet, no_trunc, &list).await,
+        Command::Pause { containers } => run::pause(ctx, &containers, true).await,
+        Command::Unpause { containers } => run::pause(ctx, &containers, false).await,
+        Command::Attach { container } => run::attach(ctx, &container).await,
         Command::Start { containers } => run::start(ctx, &containers).await,
         Command::Stop { time, containers } => run::stop(ctx, &containers, time).await,
         Command::Restart { time, containers } => run::restart(ctx, &containers, time).await,

@@ -1,10 +1,11 @@
-//! `run` and the container lifecycle: ps, start, stop, restart, kill, rm, logs, exec, wait.
+//! `run` and the container lifecycle: start, stop, restart, kill, rm, logs, attach, pause,
+//! exec, wait (`ps` is in `listing`).
 //!
 //! `run` resolves the image without pulling it, has the root's daemon mount it lazily over a
 //! per-container upper (`containers/<id>/upper`) and hands the mount to the launcher; a
 //! foreground run unmounts it when the container exits.
 
-use super::util::{human_age, human_size, print_table};
+use super::util::human_size;
 use super::{Ctx, Error};
 use crate::launcher::{
     parse_signal, ExecOptions, Launcher, MountPaths, NewContainer, ProcessIo, RunOptions,
@@ -307,7 +308,7 @@ async fn watch_container(ctx: &Ctx, rootfs: &std::path::Path, o: &RunOutcome) {
     }
 }
 
-async fn unmount_rootfs(ctx: &Ctx, l: &Launcher, id: &str) {
+pub(super) async fn unmount_rootfs(ctx: &Ctx, l: &Launcher, id: &str) {
     let rootfs = paths(l, id).rootfs;
     if is_mounted(&rootfs) {
         if let Err(e) = super::mount::umount(ctx, &rootfs, false).await {
@@ -315,65 +316,6 @@ async fn unmount_rootfs(ctx: &Ctx, l: &Launcher, id: &str) {
             let _ = super::mount::umount(ctx, &rootfs, true).await;
         }
     }
-}
-
-pub async fn ps(ctx: &Ctx, all: bool, quiet: bool) -> Result<i32, Error> {
-    let l = launcher(ctx);
-    let mut rows = Vec::new();
-    for r in l.containers().list(true)? {
-        let r = l
-            .containers()
-            .refresh(&r.id, &l.runtime_for(&r))
-            .await
-            .unwrap_or(r);
-        if !all && r.status != Status::Running {
-            continue;
-        }
-        if quiet {
-            println!("{}", r.short_id());
-            continue;
-        }
-        let status = match r.status {
-            Status::Running => format!(
-                "Up (since {})",
-                human_age(r.started_at.map(|t| t.to_rfc3339()).as_deref())
-            ),
-            Status::Exited => format!(
-                "Exited ({}) {}",
-                r.exit_code
-                    .map(|c| c.to_string())
-                    .unwrap_or_else(|| "?".into()),
-                human_age(r.finished_at.map(|t| t.to_rfc3339()).as_deref())
-            ),
-            Status::Created => "Created".into(),
-        };
-        let mut cmd = r.command.join(" ");
-        if cmd.chars().count() > 30 {
-            cmd = cmd.chars().take(29).collect::<String>() + "…";
-        }
-        rows.push(vec![
-            r.short_id().to_string(),
-            r.image.clone(),
-            format!("\"{cmd}\""),
-            human_age(Some(&r.created.to_rfc3339())),
-            status,
-            r.name.clone(),
-        ]);
-    }
-    if !quiet {
-        print_table(
-            &[
-                "CONTAINER ID",
-                "IMAGE",
-                "COMMAND",
-                "CREATED",
-                "STATUS",
-                "NAMES",
-            ],
-            &rows,
-        );
-    }
-    Ok(0)
 }
 
 pub async fn start(ctx: &Ctx, queries: &[String]) -> Result<i32, Error> {
@@ -451,15 +393,30 @@ pub async fn rm(ctx: &Ctx, queries: &[String], force: bool) -> Result<i32, Error
 }
 
 pub async fn logs(ctx: &Ctx, query: &str, follow: bool) -> Result<i32, Error> {
-    use std::io::{Read, Seek, Write};
     let l = launcher(ctx);
     let r = l.containers().lookup(query)?;
+    copy_log(ctx, &l, &r, follow, false).await?;
+    Ok(0)
+}
+
+/// Copy a detached container's log to stdout: from the start, or (`from_end`) only what it
+/// writes from now on; with `follow` until the container is no longer running.
+async fn copy_log(
+    ctx: &Ctx,
+    l: &Launcher,
+    r: &crate::launcher::ContainerRecord,
+    follow: bool,
+    from_end: bool,
+) -> Result<(), Error> {
+    use std::io::{Read, Seek, Write};
+    let _ = ctx;
     let path = l.containers().log_path(&r.id);
     let mut f = match std::fs::File::open(&path) {
         Ok(f) => f,
         Err(_) if !r.options.detach => {
             return Err(Error::Usage(format!(
-                "{query}: logs are kept for detached (-d) containers only"
+                "{}: logs are kept for detached (-d) containers only",
+                r.name
             )))
         }
         Err(source) => {
@@ -469,6 +426,9 @@ pub async fn logs(ctx: &Ctx, query: &str, follow: bool) -> Result<i32, Error> {
             })
         }
     };
+    if from_end {
+        let _ = f.seek(std::io::SeekFrom::End(0));
+    }
     let mut out = std::io::stdout();
     let mut buf = vec![0u8; 64 << 10];
     loop {
@@ -477,25 +437,60 @@ pub async fn logs(ctx: &Ctx, query: &str, follow: bool) -> Result<i32, Error> {
             source,
         })?;
         if n > 0 {
-            let _ = out.write_all(&buf[..n]);
+            write_out(&mut out, &buf[..n]);
             continue;
         }
         let _ = out.flush();
         if !follow {
-            return Ok(0);
+            return Ok(());
         }
-        let now = l.containers().refresh(&r.id, &l.runtime_for(&r)).await?;
+        let now = l.containers().refresh(&r.id, &l.runtime_for(r)).await?;
         if now.status != Status::Running {
             // Drain what was written just before the exit.
-            let pos = f.stream_position().unwrap_or(0);
-            let _ = pos;
             let mut rest = Vec::new();
             let _ = f.read_to_end(&mut rest);
-            let _ = out.write_all(&rest);
-            return Ok(0);
+            write_out(&mut out, &rest);
+            let _ = out.flush();
+            return Ok(());
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+/// Write to stdout; a reader that went away ends the process as SIGPIPE would.
+fn write_out(out: &mut std::io::Stdout, bytes: &[u8]) {
+    use std::io::Write;
+    if let Err(e) = out.write_all(bytes) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            super::util::end_by_sigpipe();
+        }
+    }
+}
+
+/// `strata attach`: follow a running detached container's output from now until it exits;
+/// the container's exit code. Signals are not forwarded and stdin is not attached.
+pub async fn attach(ctx: &Ctx, query: &str) -> Result<i32, Error> {
+    let l = launcher(ctx);
+    let r = l.containers().lookup(query)?;
+    let r = l.containers().refresh(&r.id, &l.runtime_for(&r)).await?;
+    if r.status != Status::Running {
+        return Err(Error::Usage(format!(
+            "{query}: you cannot attach to a stopped container, start it first"
+        )));
+    }
+    copy_log(ctx, &l, &r, true, true).await?;
+    let code = l.wait(&r.id).await?;
+    Ok(code.unwrap_or(0))
+}
+
+/// `strata pause` / `unpause`.
+pub async fn pause(ctx: &Ctx, queries: &[String], freeze: bool) -> Result<i32, Error> {
+    let l = launcher(ctx);
+    for q in queries {
+        l.pause(q, freeze).await?;
+        println!("{q}");
+    }
+    Ok(0)
 }
 
 pub async fn exec(ctx: &Ctx, args: ExecArgs) -> Result<i32, Error> {

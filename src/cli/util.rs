@@ -1,4 +1,4 @@
-//! Human formatting shared by commands: sizes, ages, tables.
+//! Human formatting shared by commands: sizes, ages, tables; the quiet end on a closed pipe.
 
 /// docker-style size: "4.26MB" (decimal units).
 pub fn human_size(n: u64) -> String {
@@ -75,6 +75,18 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     for r in rows {
         line(r.clone());
     }
+}
+
+/// End as a C tool does when its reader is gone: killed by SIGPIPE, quietly (the shell
+/// prints nothing for it), instead of a panic message and a SIGABRT from a second panic.
+pub fn end_by_sigpipe() -> ! {
+    // SAFETY: resetting a signal disposition and raising it in our own process; nothing else
+    // is shared. The process ends here.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+    }
+    std::process::exit(141)
 }
 
 #[cfg(test)]

@@ -263,6 +263,25 @@ impl Launcher {
         runtime.kill(&rec.id, sig, false).await
     }
 
+    /// `strata pause` / `unpause`: freeze or thaw every process of a running container.
+    pub async fn pause(&self, query: &str, pause: bool) -> Result<(), Error> {
+        let rec = self.containers.lookup(query)?;
+        let runtime = self.runtime_for(&rec);
+        if self.containers.refresh(&rec.id, &runtime).await?.status != Status::Running {
+            return Err(Error::NotRunning(rec.id));
+        }
+        runtime.pause(&rec.id, pause).await
+    }
+
+    /// Whether the runtime has this running container frozen (`pause`).
+    pub async fn is_paused(&self, rec: &ContainerRecord) -> bool {
+        rec.status == Status::Running
+            && matches!(
+                self.runtime_for(rec).state(&rec.id).await,
+                Ok(Some(s)) if s.status == "paused"
+            )
+    }
+
     /// `strata exec`: another process in a running container; its exit code.
     pub async fn exec(&self, query: &str, opts: &ExecOptions, io: ProcessIo) -> Result<i32, Error> {
         let rec = self.containers.lookup(query)?;
@@ -303,7 +322,8 @@ impl Launcher {
 }
 
 /// docker's "executable file not found" check, done before starting so the error is clear
-/// and the exit status 127: argv[0] through the process PATH, inside the rootfs.
+/// and the exit status 127 (126 when the file is there but not an executable file): argv[0]
+/// through the process PATH, inside the rootfs.
 fn check_command(rootfs: &Path, spec: &Spec) -> Result<(), Error> {
     let Some(process) = spec.process().as_ref() else {
         return Err(Error::NoCommand);
@@ -311,11 +331,19 @@ fn check_command(rootfs: &Path, spec: &Spec) -> Result<(), Error> {
     let Some(argv0) = process.args().as_ref().and_then(|a| a.first()) else {
         return Err(Error::NoCommand);
     };
-    let executable = |p: &str| -> Result<bool, Error> {
+    #[derive(PartialEq)]
+    enum Found {
+        Executable,
+        NotExecutable,
+        Missing,
+    }
+    let probe = |p: &str| -> Result<Found, Error> {
         let path = scoped_path(rootfs, p)?;
-        Ok(std::fs::metadata(&path)
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false))
+        Ok(match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Found::Executable,
+            Ok(_) => Found::NotExecutable,
+            Err(_) => Found::Missing,
+        })
     };
     if argv0.contains('/') {
         let full = if argv0.starts_with('/') {
@@ -323,10 +351,10 @@ fn check_command(rootfs: &Path, spec: &Spec) -> Result<(), Error> {
         } else {
             format!("{}/{argv0}", process.cwd().display())
         };
-        return if executable(&full)? {
-            Ok(())
-        } else {
-            Err(Error::CommandNotFound(argv0.clone()))
+        return match probe(&full)? {
+            Found::Executable => Ok(()),
+            Found::NotExecutable => Err(Error::NotExecutable(argv0.clone())),
+            Found::Missing => Err(Error::CommandNotFound(argv0.clone())),
         };
     }
     let path = process
@@ -334,10 +362,16 @@ fn check_command(rootfs: &Path, spec: &Spec) -> Result<(), Error> {
         .as_ref()
         .and_then(|env| env.iter().find_map(|e| e.strip_prefix("PATH=")))
         .unwrap_or(super::bundle::DEFAULT_PATH);
+    let mut not_executable = false;
     for dir in path.split(':').filter(|d| d.starts_with('/')) {
-        if executable(&format!("{dir}/{argv0}"))? {
-            return Ok(());
+        match probe(&format!("{dir}/{argv0}"))? {
+            Found::Executable => return Ok(()),
+            Found::NotExecutable => not_executable = true,
+            Found::Missing => {}
         }
+    }
+    if not_executable {
+        return Err(Error::NotExecutable(argv0.clone()));
     }
     Err(Error::CommandNotFound(argv0.clone()))
 }

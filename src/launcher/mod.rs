@@ -63,6 +63,9 @@ pub enum Error {
     /// docker's message; exit status 127.
     #[error("exec: \"{0}\": executable file not found in $PATH")]
     CommandNotFound(String),
+    /// docker's message; exit status 126.
+    #[error("exec: \"{0}\": permission denied (not an executable file)")]
+    NotExecutable(String),
     #[error("container {0} is not running")]
     NotRunning(String),
     #[error("unable to find user {0}: no matching entries in passwd file")]
@@ -101,10 +104,12 @@ pub enum Error {
 
 impl Error {
     /// The exit status docker gives a `run` that fails this way: 127 for a command that is
-    /// not found, 125 for everything else (a failure before the container runs).
+    /// not found, 126 for one that is not executable, 125 for everything else (a failure
+    /// before the container runs).
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::CommandNotFound(_) => 127,
+            Error::NotExecutable(_) => 126,
             _ => 125,
         }
     }

@@ -425,6 +425,12 @@ impl Runtime {
         self.call("kill", id, &args).await.map(drop)
     }
 
+    /// `runc pause ID` (cgroup freezer) or `runc resume ID`.
+    pub async fn pause(&self, id: &str, pause: bool) -> Result<(), Error> {
+        let op = if pause { "pause" } else { "resume" };
+        self.call(op, id, &[op.into(), id.into()]).await.map(drop)
+    }
+
     /// `runc state ID`; `None` when the runtime does not know the container.
     pub async fn state(&self, id: &str) -> Result<Option<RuntimeState>, Error> {
         match self.call("state", id, &["state".into(), id.into()]).await {

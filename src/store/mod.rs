@@ -388,6 +388,41 @@ impl Store {
         Ok(deleted)
     }
 
+    /// Delete blobs no image record names (left by an interrupted pull or `rmi` of another
+    /// tool) whose last change is older than `min_age`, so a pull or commit still writing its
+    /// blobs before the record is not raced. Returns (blobs deleted, bytes freed).
+    pub fn gc_blobs(&self, min_age: std::time::Duration) -> Result<(usize, u64), Error> {
+        let _l = self.lock()?;
+        let mut in_use = BTreeSet::new();
+        for rec in self.images()? {
+            in_use.insert(rec.manifest_digest.hex());
+            in_use.insert(rec.config_digest.hex());
+            in_use.extend(rec.index_digest.map(|d| d.hex()));
+            in_use.extend(rec.layers.iter().map(|l| l.digest.hex()));
+        }
+        let dir = self.root.join("blobs/sha256");
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return Ok((0, 0));
+        };
+        let (mut n, mut bytes) = (0, 0);
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Ok(m) = e.metadata() else { continue };
+            let old = m
+                .modified()
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= min_age);
+            if !m.is_file() || in_use.contains(&name) || !old || name.len() != 64 {
+                continue;
+            }
+            std::fs::remove_file(e.path()).map_err(|err| Error::io(&e.path(), err))?;
+            n += 1;
+            bytes += m.len();
+        }
+        Ok((n, bytes))
+    }
+
     /// Parsed config of an image.
     pub fn config(&self, rec: &ImageRecord) -> Result<(ImageConfig, serde_json::Value), Error> {
         let raw = self.read_blob(&rec.config_digest)?;
