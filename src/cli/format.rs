@@ -17,7 +17,10 @@ pub struct Template {
 #[derive(Debug, Clone)]
 enum Part {
     Text(String),
-    Action { func: Option<Func>, path: Vec<String> },
+    Action {
+        func: Option<Func>,
+        path: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -272,11 +275,9 @@ pub fn glob(pattern: &str, text: &str) -> bool {
     fn m(p: &[char], t: &[char]) -> bool {
         match p.split_first() {
             None => t.is_empty(),
-            Some(('*', rest)) => {
-                (0..=t.len())
-                    .take_while(|&i| i == 0 || t[i - 1] != '/')
-                    .any(|i| m(rest, &t[i..]))
-            }
+            Some(('*', rest)) => (0..=t.len())
+                .take_while(|&i| i == 0 || t[i - 1] != '/')
+                .any(|i| m(rest, &t[i..])),
             Some(('?', rest)) => t.first().is_some_and(|c| *c != '/') && m(rest, &t[1..]),
             Some((c, rest)) => t.first() == Some(c) && m(rest, &t[1..]),
         }
@@ -298,10 +299,7 @@ mod tests {
         let t = Template::parse("{{.Repository}}:{{.Tag}}").unwrap();
         assert_eq!(t.render(&row), "busybox:1.36");
         let t = Template::parse("{{ .Config.Env }} {{json .Config}} {{upper .Tag}}").unwrap();
-        assert_eq!(
-            t.render(&row),
-            r#"[A=1 B=2] {"Env":["A=1","B=2"]} 1.36"#
-        );
+        assert_eq!(t.render(&row), r#"[A=1 B=2] {"Env":["A=1","B=2"]} 1.36"#);
         let t = Template::parse("{{.Nope}}").unwrap();
         assert_eq!(t.render(&row), "<no value>");
         assert!(Template::parse("{{.ID").is_err());
@@ -309,10 +307,7 @@ mod tests {
         assert!(Template::parse("{{printf \"%s\" .X}}").is_err());
         let t = Template::parse("table {{.ID}}\\t{{.Repository}}").unwrap();
         assert!(t.table);
-        assert_eq!(
-            t.header(&[("ID", "IMAGE ID")]),
-            "IMAGE ID\tREPOSITORY"
-        );
+        assert_eq!(t.header(&[("ID", "IMAGE ID")]), "IMAGE ID\tREPOSITORY");
     }
 
     #[test]

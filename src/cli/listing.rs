@@ -40,6 +40,8 @@ fn image_rows(ctx: &Ctx, no_trunc: bool) -> Result<Vec<Value>, Error> {
             .filter(|(_, d)| **d == r.manifest_digest)
             .map(|(nt, _)| split_name_tag(nt))
             .collect();
+        // docker's dangling: no tag (an image pulled by digest only is one too).
+        let dangling = names.is_empty();
         if names.is_empty() {
             // Pulled by digest only: docker shows the repository with tag <none>.
             names.extend(r.repo_digests.iter().filter_map(|rd| {
@@ -51,8 +53,7 @@ fn image_rows(ctx: &Ctx, no_trunc: bool) -> Result<Vec<Value>, Error> {
             }));
             names.dedup();
         }
-        let dangling = names.is_empty();
-        if dangling {
+        if names.is_empty() {
             names.push(("<none>".into(), "<none>".into()));
         }
         for (repo, tag) in names {
@@ -420,7 +421,10 @@ pub(super) async fn ps(
             )));
         }
     }
-    let all = all || filters.values("status").any(|s| s != "running" && s != "paused");
+    let all = all
+        || filters
+            .values("status")
+            .any(|s| s != "running" && s != "paused");
     let template = list.format.as_deref().map(Template::parse).transpose()?;
     let l = Launcher::new(&ctx.store);
     let mut rows = Vec::new();
