@@ -68,6 +68,24 @@ pub struct RunArgs {
     pub runtime: Option<PathBuf>,
     #[arg(long)]
     pub platform: Option<String>,
+    /// When to ask the registry for the image: always, missing (default) or never
+    #[arg(long, default_value = "missing")]
+    pub pull: String,
+    /// Memory limit, e.g. 256m or 1g (memory cgroup)
+    #[arg(short, long)]
+    pub memory: Option<String>,
+    /// Number of CPUs, e.g. 1.5 (CFS quota)
+    #[arg(long)]
+    pub cpus: Option<String>,
+    /// Add a Linux capability (NAME or ALL)
+    #[arg(long)]
+    pub cap_add: Vec<String>,
+    /// Drop a Linux capability (NAME or ALL)
+    #[arg(long)]
+    pub cap_drop: Vec<String>,
+    /// Every capability strata holds, no masked /proc paths, all devices allowed
+    #[arg(long)]
+    pub privileged: bool,
     /// Print where the time went and how many bytes were fetched
     #[arg(long)]
     pub timing: bool,
@@ -92,6 +110,9 @@ where
 
 impl RunArgs {
     fn options(&self) -> Result<RunOptions, Error> {
+        for c in self.cap_add.iter().chain(&self.cap_drop) {
+            crate::launcher::caps::parse_cap(c)?;
+        }
         Ok(RunOptions {
             args: self.image_and_command[1..].to_vec(),
             entrypoint: self.entrypoint.as_ref().map(|e| {
@@ -117,8 +138,39 @@ impl RunArgs {
             tmpfs: parse_all(&self.tmpfs)?,
             ulimits: parse_all(&self.ulimit)?,
             runtime: self.runtime.clone(),
+            cap_add: self.cap_add.clone(),
+            cap_drop: self.cap_drop.clone(),
+            privileged: self.privileged,
+            memory: self.memory.as_deref().map(parse_memory).transpose()?,
+            milli_cpus: self
+                .cpus
+                .as_deref()
+                .map(crate::launcher::caps::parse_cpus)
+                .transpose()?,
         })
     }
+}
+
+/// docker's `--memory` units: b, k, m, g (binary), at least 6 MiB as docker requires.
+fn parse_memory(s: &str) -> Result<i64, Error> {
+    let t = s.trim().to_ascii_lowercase();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'b')) => (&t[..i], 1),
+        Some((i, 'k')) => (&t[..i], 1 << 10),
+        Some((i, 'm')) => (&t[..i], 1 << 20),
+        Some((i, 'g')) => (&t[..i], 1 << 30),
+        _ => (t.as_str(), 1),
+    };
+    let n: i64 = num
+        .parse()
+        .map_err(|_| Error::Usage(format!("invalid --memory {s:?}: expected e.g. 256m")))?;
+    let bytes = n.saturating_mul(mult);
+    if bytes < 6 << 20 {
+        return Err(Error::Usage(format!(
+            "invalid --memory {s:?}: the minimum is 6m"
+        )));
+    }
+    Ok(bytes)
 }
 
 fn launcher(ctx: &Ctx) -> Launcher {
@@ -156,8 +208,15 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
             crate::daemon::Client::connect_or_start(&root, config.as_deref()).await
         })
     };
-    let (reference, rec) =
-        crate::image::resolve(&ctx.client, &ctx.store, image, args.platform.as_deref()).await?;
+    let policy: crate::image::PullPolicy = args.pull.parse().map_err(Error::Usage)?;
+    let (reference, rec) = crate::image::resolve_with(
+        &ctx.client,
+        &ctx.store,
+        image,
+        args.platform.as_deref(),
+        policy,
+    )
+    .await?;
     let pinned = format!("{}@{}", reference.name(), rec.manifest_digest);
     let l = launcher(ctx);
     let c = l.create(NewContainer {

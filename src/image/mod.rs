@@ -15,7 +15,7 @@ mod pull;
 mod push;
 
 pub use archive::{load, save};
-pub use pull::{pull, pull_first, record_image, resolve, resolve_first};
+pub use pull::{pull, pull_first, record_image, resolve, resolve_first, resolve_with, PullPolicy};
 pub use push::push;
 
 use crate::digest::Digest;

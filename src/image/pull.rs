@@ -279,6 +279,73 @@ pub async fn resolve(
     Ok((reference, rec))
 }
 
+/// docker's `run --pull`: when to ask the registry for an image's manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PullPolicy {
+    /// Always resolve the name in the registry (a moved tag is followed).
+    Always,
+    /// Only when the store does not know the image (the default).
+    #[default]
+    Missing,
+    /// Never: an image the store does not know is an error.
+    Never,
+}
+
+impl std::str::FromStr for PullPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "always" => Ok(PullPolicy::Always),
+            "missing" => Ok(PullPolicy::Missing),
+            "never" => Ok(PullPolicy::Never),
+            _ => Err(format!(
+                "invalid --pull {s:?}: expected always, missing or never"
+            )),
+        }
+    }
+}
+
+/// [`resolve`] under a pull policy.
+pub async fn resolve_with(
+    client: &Arc<Client>,
+    store: &Arc<Store>,
+    image: &str,
+    platform: Option<&str>,
+    policy: PullPolicy,
+) -> Result<(Reference, ImageRecord), Error> {
+    match policy {
+        PullPolicy::Missing => resolve(client, store, image, platform).await,
+        PullPolicy::Never => {
+            let reference: Reference = image.parse()?;
+            if let Ok(rec) = store.find_image(image) {
+                return Ok((reference, rec));
+            }
+            for c in client.candidates(image)? {
+                if let Ok(rec) = store.find_image(&c.to_string()) {
+                    return Ok((c, rec));
+                }
+            }
+            Err(Error::Invalid {
+                what: format!("image {image}"),
+                msg: "not known locally and --pull never forbids asking the registry".into(),
+            })
+        }
+        PullPolicy::Always => {
+            let platform = match platform {
+                Some(p) => p.parse::<Platform>().map_err(|msg| Error::Invalid {
+                    what: format!("platform {p}"),
+                    msg,
+                })?,
+                None => Platform::host(),
+            };
+            let candidates = client.candidates(image)?;
+            let (reference, resolved) = resolve_first(client, &candidates, &platform).await?;
+            let (rec, _) = record_image(client, store, &reference, &resolved, &platform).await?;
+            Ok((reference, rec))
+        }
+    }
+}
+
 /// The first of `candidates` that the registry resolves; a candidate that is not found (or
 /// refused) passes to the next, the last one's error is returned.
 pub async fn resolve_first(

@@ -2,8 +2,8 @@
 //!
 //! Docker's rules, implemented here and nowhere else: Entrypoint/Cmd overrides, environment
 //! merge (default PATH, HOSTNAME, TERM for `-t`, then image Env, then the user's), WorkingDir,
-//! `--user` (through [`super::user`]), the default capability set, masked and read-only
-//! paths, the default mounts plus generated /etc/hosts, /etc/hostname and /etc/resolv.conf
+//! `--user` (through [`super::user`]), the capability set (defaults, `--cap-add/--cap-drop`,
+//! `--privileged`: [`super::caps`]), memory and CPU limits, masked and read-only paths, the default mounts plus generated /etc/hosts, /etc/hostname and /etc/resolv.conf
 //! (files in the container directory, bind-mounted read-only), volumes and tmpfs mounts.
 //! Namespaces: pid, ipc, uts, mount, and network only for `--network none`. Resource limits
 //! are clamped to strata's own hard limits: without CAP_SYS_RESOURCE runc cannot raise a
@@ -14,10 +14,10 @@ use super::options::{RunOptions, Ulimit};
 use super::{resolve_user, Error, Network, ResolvedUser};
 use crate::oci::{ContainerConfig, ImageConfig};
 use oci_spec::runtime::{
-    Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder,
-    PosixRlimit, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
-    SpecBuilder, UserBuilder,
+    Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
+    LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimit, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -347,10 +347,6 @@ pub fn rlimits(ulimits: &[Ulimit]) -> Result<Vec<PosixRlimit>, Error> {
     Ok(out)
 }
 
-fn caps() -> Capabilities {
-    DEFAULT_CAPABILITIES.iter().copied().collect()
-}
-
 /// The complete runtime spec. Reads the rootfs's /etc/passwd and /etc/group for `--user`,
 /// env files, and strata's rlimits; writes nothing.
 pub fn build_spec(inp: &BundleInputs<'_>) -> Result<Spec, Error> {
@@ -374,6 +370,7 @@ pub fn build_spec(inp: &BundleInputs<'_>) -> Result<Spec, Error> {
     if !user.additional_gids.is_empty() {
         spec_user = spec_user.additional_gids(user.additional_gids.clone());
     }
+    let caps = super::caps::capabilities(opts)?;
     let process = build(
         ProcessBuilder::default()
             .terminal(opts.tty)
@@ -382,10 +379,14 @@ pub fn build_spec(inp: &BundleInputs<'_>) -> Result<Spec, Error> {
             .env(env)
             .cwd(cwd)
             .capabilities(build(
+                // docker's sets: inheritable and ambient empty (oci-spec's builder would
+                // fill them with its own defaults, which also break `--cap-drop ALL`).
                 LinuxCapabilitiesBuilder::default()
-                    .bounding(caps())
-                    .effective(caps())
-                    .permitted(caps())
+                    .inheritable(Capabilities::new())
+                    .ambient(Capabilities::new())
+                    .bounding(caps.clone())
+                    .effective(caps.clone())
+                    .permitted(caps)
                     .build(),
             )?)
             .rlimits(rlimits(&opts.ulimits)?)
@@ -406,30 +407,36 @@ pub fn build_spec(inp: &BundleInputs<'_>) -> Result<Spec, Error> {
     for k in kinds {
         namespaces.push(build(LinuxNamespaceBuilder::default().typ(k).build())?);
     }
-    let mut linux = LinuxBuilder::default()
-        .namespaces(namespaces)
-        .masked_paths(
-            MASKED_PATHS
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .readonly_paths(
-            READONLY_PATHS
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .resources(build(
-            LinuxResourcesBuilder::default()
-                .devices(vec![build(
-                    LinuxDeviceCgroupBuilder::default()
-                        .allow(false)
-                        .access("rwm")
-                        .build(),
-                )?])
+    let paths = |p: &[&str]| -> Vec<String> {
+        if opts.privileged {
+            Vec::new()
+        } else {
+            p.iter().map(|s| s.to_string()).collect()
+        }
+    };
+    let mut resources = LinuxResourcesBuilder::default().devices(vec![build(
+        LinuxDeviceCgroupBuilder::default()
+            .allow(opts.privileged)
+            .access("rwm")
+            .build(),
+    )?]);
+    if let Some(limit) = opts.memory {
+        resources = resources.memory(build(LinuxMemoryBuilder::default().limit(limit).build())?);
+    }
+    if let Some(m) = opts.milli_cpus {
+        let (quota, period) = super::caps::cpu_quota(m);
+        resources = resources.cpu(build(
+            LinuxCpuBuilder::default()
+                .quota(quota)
+                .period(period)
                 .build(),
         )?);
+    }
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .masked_paths(paths(MASKED_PATHS))
+        .readonly_paths(paths(READONLY_PATHS))
+        .resources(build(resources.build())?);
     if opts.network == Network::None {
         linux = linux.sysctl(HashMap::from([
             (

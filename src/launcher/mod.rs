@@ -14,6 +14,7 @@
 //! unmounting.
 
 pub mod bundle;
+pub mod caps;
 pub mod containers;
 mod lifecycle;
 pub mod options;

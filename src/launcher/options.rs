@@ -56,6 +56,17 @@ pub struct RunOptions {
     pub ulimits: Vec<Ulimit>,
     /// `--runtime`: the OCI runtime binary; default `runc` from PATH.
     pub runtime: Option<PathBuf>,
+    /// `--cap-add NAME|ALL`.
+    pub cap_add: Vec<String>,
+    /// `--cap-drop NAME|ALL`.
+    pub cap_drop: Vec<String>,
+    /// `--privileged`: every capability strata holds, no masked or read-only /proc paths,
+    /// all devices allowed by the device cgroup.
+    pub privileged: bool,
+    /// `--memory`: memory cgroup limit in bytes.
+    pub memory: Option<i64>,
+    /// `--cpus` in thousandths of a CPU (CFS quota over a 100 ms period).
+    pub milli_cpus: Option<u64>,
 }
 
 impl RunOptions {
