@@ -271,6 +271,7 @@ fn rootfs_request(
         prefetch,
         passthrough: false,
         allow_other: true,
+        layer: None,
     }
 }
 

@@ -10,6 +10,7 @@
 //! `registry` and `config`; formats nothing for humans (that is `cli/`).
 
 mod images;
+pub mod layer;
 pub mod lazy;
 mod lower;
 pub mod overlay;
@@ -17,6 +18,7 @@ pub mod prefetch;
 pub mod restore;
 mod served;
 
+pub use layer::mount_layer;
 pub use lazy::LazyImage;
 pub use lower::{AccessProfile, CacheLower};
 pub use prefetch::{save_profile, ProfileProgress};
@@ -69,6 +71,11 @@ pub enum Error {
     Shared(Arc<Error>),
     #[error(transparent)]
     Fuse(#[from] crate::fuse::MountError),
+    #[error("{image} has no layer {layer}")]
+    NoSuchLayer {
+        image: String,
+        layer: crate::digest::Digest,
+    },
     #[error("mountpoint {} is not a directory", .0.display())]
     NotADirectory(PathBuf),
     #[error("{} is already a mount point", .0.display())]
