@@ -9,9 +9,11 @@
 //! - The container sees the image as kernel overlayfs over the layer views shows it:
 //!   whiteouts hide, opaque directories hide what is below.
 //! - The sandbox image has no lazy index: its layer is extracted (the plain overlay path).
-//! - `strata daemon restart` keeps a running container's rootfs readable (ExecSync reads a
-//!   file nobody read before, through the new server).
+//! - `strata daemon restart` and a kill -9 of the server keep a running container's rootfs
+//!   readable (ExecSync reads a file nobody read before, through the new server).
 //! - RemoveImage removes the remote snapshots and unmounts their layer views.
+//! - After the whole daemon was stopped and started, the snapshots are known (a pull finds
+//!   them) and the layer views are mounted again from the stored metadata.
 
 mod common;
 
@@ -454,6 +456,39 @@ fn cri_pull_and_run_reads_the_image_lazily_through_remote_snapshots() {
     assert_eq!(exec.exit_code, 0, "{got} {}", String::from_utf8_lossy(&exec.stderr));
     assert!(got.starts_with(&want), "sha256sum after restart: {got}");
 
+    // And through a crash of the server (kill -9; the supervisor starts a new one).
+    let server: i32 = std::fs::read_to_string(root.join("daemon.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) of the strata server this test's daemon started.
+    unsafe { libc::kill(server, libc::SIGKILL) };
+    poll_until(
+        "a strata server after the crash",
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        || {
+            std::fs::read_to_string(root.join("daemon.pid"))
+                .ok()
+                .filter(|p| p.trim() != server.to_string())
+        },
+    );
+    let want = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(pseudo(25 << 20, 104)))
+    };
+    let exec = rt
+        .block_on(runtime.exec_sync(cri::ExecSyncRequest {
+            container_id: sleeper.clone(),
+            cmd: vec!["sha256sum".into(), "/data/f4".into()],
+            timeout: 60,
+        }))
+        .unwrap_or_else(|e| fail("ExecSync after a crash", e))
+        .into_inner();
+    let got = String::from_utf8_lossy(&exec.stdout).to_string();
+    assert!(got.starts_with(&want), "sha256sum after a crash: {got}");
+
     // Tear down the pod, then remove the image: its remote snapshots go, and their views.
     for id in [&printer, &sleeper] {
         let _ = rt.block_on(runtime.stop_container(cri::StopContainerRequest {
@@ -482,6 +517,60 @@ fn cri_pull_and_run_reads_the_image_lazily_through_remote_snapshots() {
     .unwrap_or_else(|e| fail("RemoveImage", e));
     poll_until(
         "the remote snapshots to be removed",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || (remote_snapshots(&root) == 0 && layer_view_mounts() == 0).then_some(()),
+    );
+
+    // Pulled again, then the whole daemon stopped (its mounts end) and started: the
+    // snapshots are still known and the layer views are mounted again from the metadata.
+    let pull = |rt: &tokio::runtime::Runtime, images: &mut ImageServiceClient<Channel>| {
+        rt.block_on(images.pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: reference.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+        .unwrap_or_else(|e| fail("PullImage", e))
+        .into_inner()
+        .image_ref
+    };
+    let image_ref = pull(&rt, &mut images);
+    assert_eq!((remote_snapshots(&root), layer_view_mounts()), (2, 2));
+    env.run(&["daemon", "--stop"]).assert_success();
+    poll_until(
+        "the layer views to end with the daemon",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || (layer_view_mounts() == 0).then_some(()),
+    );
+    env.run(&["daemon"]).assert_success();
+    poll_until(
+        "the layer views to be mounted again",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || (layer_view_mounts() == 2).then_some(()),
+    );
+    let hello: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("strata-layer:"))
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter_map(|mp| std::fs::read_to_string(Path::new(mp).join("data/hello.txt")).ok())
+        .collect();
+    assert_eq!(hello, vec!["hello from a lazy layer\n".to_string()]);
+    // Pulling again finds the snapshots; removing the image removes them.
+    assert_eq!(pull(&rt, &mut images), image_ref);
+    rt.block_on(images.remove_image(cri::RemoveImageRequest {
+        image: Some(cri::ImageSpec {
+            image: image_ref.clone(),
+            ..Default::default()
+        }),
+    }))
+    .unwrap_or_else(|e| fail("RemoveImage", e));
+    poll_until(
+        "the remote snapshots to be removed again",
         Duration::from_secs(30),
         Duration::from_millis(50),
         || (remote_snapshots(&root) == 0 && layer_view_mounts() == 0).then_some(()),
