@@ -2,7 +2,9 @@
 //! served FUSE union file system. [`mount_image`] resolves the image, opens its layer indexes
 //! and merged tree ([`lazy`]), puts one [`lower::CacheLower`] per layer under a `UnionFs` with
 //! an optional upper, mounts it with `fuse` and starts the background prefetch ([`prefetch`]);
-//! [`overlay`] does the same for directory lowers (`strata overlay`). The caller hands in the
+//! [`overlay`] does the same for directory lowers (`strata overlay`); [`layer`] mounts one
+//! layer of an image alone, read-only in overlay lower format (the containerd snapshotter's
+//! remote snapshots). The caller hands in the
 //! shared parts ([`Services`]: registry client, store, chunk cache, configuration), so one
 //! process may serve many mounts from one cache.
 //!
