@@ -31,7 +31,8 @@
 #          (about 4-5 minutes on 2 vCPUs; explicit --runs/--profiles/--workloads still apply).
 # Environment: STRATA (binary, default target/release/strata), STRATA_RUN_ARGS (default: --rm when
 #   `strata run --help` mentions it), BENCH_WORK (scratch, default /var/tmp/strata-bench),
-#   STRATA_IMAGE_CACHE, BENCH_RESULTS.
+#   STRATA_IMAGE_CACHE, BENCH_RESULTS, BENCH_KEEP_LOGS (a directory: each strata run's CLI and daemon
+#   log is kept there; set RUST_LOG too for detail).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib/common.sh"
@@ -315,6 +316,12 @@ print(max(man["layers"], key=lambda l:l["size"])["digest"])' "$lay")
             by=$(registry_bytes_written "$REGISTRY_LOG" "$off")
             [ $ok = 1 ] || { log "$method run failed:"; tail -5 "$RUNDIR/strata.log" >&2; }
             record "$img" "$profile" "$wl" "$method" "$r" "$(elapsed "$t0" "$t1")" "$by" "$ok"
+            if [ -n "${BENCH_KEEP_LOGS:-}" ]; then
+              # RUST_LOG reaches the CLI and the daemon it starts; keep both logs per run
+              mkdir -p "$BENCH_KEEP_LOGS"
+              cp "$RUNDIR/strata.log" "$BENCH_KEEP_LOGS/$img-$wl-$method-$r.cli.log" 2>/dev/null || true
+              cp "$sr/daemon.log" "$BENCH_KEEP_LOGS/$img-$wl-$method-$r.daemon.log" 2>/dev/null || true
+            fi
             # leave nothing mounted behind, then remove the root
             awk -v p="$sr" 'index($2, p) == 1 {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
             rm -rf "$sr" 2>/dev/null || log "could not remove $sr"

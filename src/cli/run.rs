@@ -204,6 +204,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
     })??;
     let mounted = daemon.call(&crate::daemon::Request::Mount(req)).await?;
     let t_mount = t0.elapsed();
+    tracing::debug!(ms = t_mount.as_millis() as u64, "run: mounted");
     let result = l
         .run(
             &c.id,
@@ -213,6 +214,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
         )
         .await;
     let t_exit = t0.elapsed();
+    tracing::debug!(ms = t_exit.as_millis() as u64, "run: runtime exited");
     // The daemon's cache is shared by all its mounts: count what it fetched meanwhile.
     let before = mounted.record.map(|r| *r);
     let after = if args.timing {
@@ -221,6 +223,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
         None
     };
     unmount_rootfs(ctx, &l, &c.id).await;
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "run: unmounted");
     if let (Some(before), Some(after)) = (before, after) {
         let fetched = after
             .cache
@@ -247,6 +250,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
             tracing::warn!("removing container {}: {e}", c.id);
         }
     }
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "run: done");
     match result {
         Ok(RunOutcome::Exited(code)) => Ok(code),
         Ok(RunOutcome::Detached { .. }) => Ok(0),
