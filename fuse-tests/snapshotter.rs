@@ -20,9 +20,9 @@ mod common;
 use common::testdata::pseudo;
 use common::{busybox_image, poll_until, Layer, OutputExt, Registry, StrataEnv};
 use hyper_util::rt::TokioIo;
+use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1 as cri;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -93,7 +93,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                 Ok(())
             });
         }
-        let child = cmd.spawn().expect("spawn containerd (scripts/install-deps.sh)");
+        let child = cmd
+            .spawn()
+            .expect("spawn containerd (scripts/install-deps.sh)");
         let c = Containerd { child, dir };
         poll_until(
             "containerd's socket",
@@ -262,7 +264,10 @@ fn cri_pull_and_run_reads_the_image_lazily_through_remote_snapshots() {
     // ~200 MB of incompressible data in one layer, then a layer with a whiteout and an
     // opaque directory over it.
     let (total, layer_digests) = {
-        let mut data = Layer::new().dir("data").dir("data/old").file("data/old/a", "a");
+        let mut data = Layer::new()
+            .dir("data")
+            .dir("data/old")
+            .file("data/old/a", "a");
         for i in 0..8 {
             data = data.file(&format!("data/f{i}"), pseudo(25 << 20, 100 + i));
         }
@@ -292,7 +297,11 @@ fn cri_pull_and_run_reads_the_image_lazily_through_remote_snapshots() {
         "the snapshotter socket",
         Duration::from_secs(30),
         Duration::from_millis(20),
-        || root.join("containerd-snapshotter.sock").exists().then_some(()),
+        || {
+            root.join("containerd-snapshotter.sock")
+                .exists()
+                .then_some(())
+        },
     );
     let ctd = Containerd::start(&root, &host, &format!("{host}/pause:v1"));
     let logs = ctd.dir.path().join("pod-logs");
@@ -377,16 +386,15 @@ fn cri_pull_and_run_reads_the_image_lazily_through_remote_snapshots() {
             "cat /data/hello.txt; ls /data/old; test -e /data/f7 || echo f7-gone",
         ],
     );
-    let state = |rt: &tokio::runtime::Runtime,
-                 runtime: &mut RuntimeServiceClient<Channel>,
-                 id: &str| {
-        rt.block_on(runtime.container_status(cri::ContainerStatusRequest {
-            container_id: id.to_string(),
-            verbose: false,
-        }))
-        .ok()
-        .and_then(|r| r.into_inner().status)
-    };
+    let state =
+        |rt: &tokio::runtime::Runtime, runtime: &mut RuntimeServiceClient<Channel>, id: &str| {
+            rt.block_on(runtime.container_status(cri::ContainerStatusRequest {
+                container_id: id.to_string(),
+                verbose: false,
+            }))
+            .ok()
+            .and_then(|r| r.into_inner().status)
+        };
     let st = poll_until(
         "the printer container to exit",
         Duration::from_secs(60),
@@ -453,7 +461,12 @@ fn cri_pull_and_run_reads_the_image_lazily_through_remote_snapshots() {
         .unwrap_or_else(|e| fail("ExecSync", e))
         .into_inner();
     let got = String::from_utf8_lossy(&exec.stdout).to_string();
-    assert_eq!(exec.exit_code, 0, "{got} {}", String::from_utf8_lossy(&exec.stderr));
+    assert_eq!(
+        exec.exit_code,
+        0,
+        "{got} {}",
+        String::from_utf8_lossy(&exec.stderr)
+    );
     assert!(got.starts_with(&want), "sha256sum after restart: {got}");
 
     // And through a crash of the server (kill -9; the supervisor starts a new one).

@@ -73,10 +73,7 @@ impl cs::Snapshotter for Service {
         fieldpaths: Option<Vec<String>>,
     ) -> Result<cs::Info, Status> {
         let fields = fieldpaths.unwrap_or_default();
-        let r = self
-            .0
-            .update(&i.name, i.labels, &fields)
-            .map_err(status)?;
+        let r = self.0.update(&i.name, i.labels, &fields).map_err(status)?;
         Ok(info(i.name, r))
     }
 
@@ -136,13 +133,15 @@ impl cs::Snapshotter for Service {
     type InfoStream = InfoStream;
 
     /// Every snapshot (containerd's metadata store above applies the filters).
-    async fn list(&self, _snapshotter: String, _filters: Vec<String>) -> Result<InfoStream, Status> {
-        let all: Vec<Result<cs::Info, Status>> = self
-            .0
-            .list()
-            .into_iter()
-            .map(|(k, r)| Ok(info(k, r)))
-            .collect();
+    async fn list(
+        &self,
+        _snapshotter: String,
+        _filters: Vec<String>,
+    ) -> Result<InfoStream, Status> {
+        let mut all: Vec<Result<cs::Info, Status>> = Vec::new();
+        for (k, r) in self.0.list() {
+            all.push(Ok(info(k, r)));
+        }
         Ok(futures::stream::iter(all))
     }
 }
@@ -183,10 +182,7 @@ impl AsyncWrite for Conn {
 
 /// Serve containerd's snapshots API on a new socket at `path` (a file left there is
 /// replaced; mode 0600) until the returned task is aborted.
-pub fn serve(
-    snap: Arc<Snapshotter>,
-    path: &Path,
-) -> Result<tokio::task::JoinHandle<()>, Error> {
+pub fn serve(snap: Arc<Snapshotter>, path: &Path) -> Result<tokio::task::JoinHandle<()>, Error> {
     use std::os::unix::fs::PermissionsExt;
     let io = |source| Error::Io {
         path: path.to_path_buf(),

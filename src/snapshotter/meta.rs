@@ -175,7 +175,9 @@ impl Meta {
         }
         let rec = self.get(key)?;
         if rec.kind != Kind::Active {
-            return Err(Error::Precondition(format!("{key} is not an active snapshot")));
+            return Err(Error::Precondition(format!(
+                "{key} is not an active snapshot"
+            )));
         }
         let mut rec = rec.clone();
         rec.kind = Kind::Committed;
@@ -255,8 +257,7 @@ impl Meta {
 
     /// Directory ids under `ROOT/snapshots` that no record names (left by a crash).
     pub fn orphans(&self) -> Vec<PathBuf> {
-        let ids: std::collections::HashSet<u64> =
-            self.t.snapshots.values().map(|r| r.id).collect();
+        let ids: std::collections::HashSet<u64> = self.t.snapshots.values().map(|r| r.id).collect();
         let Ok(rd) = std::fs::read_dir(&self.dir) else {
             return Vec::new();
         };

@@ -55,12 +55,6 @@ pub enum Error {
     Store(#[from] crate::store::Error),
     #[error(transparent)]
     Image(#[from] crate::image::Error),
-    #[error("mounting the layer view of snapshot {key}")]
-    Mount {
-        key: String,
-        #[source]
-        source: crate::mount::Error,
-    },
     #[error("{}", .path.display())]
     Io {
         path: PathBuf,
@@ -273,7 +267,12 @@ impl Snapshotter {
     }
 
     /// Make `target` a remote snapshot if its layer can be served lazily; whether it is one.
-    async fn try_remote(&self, target: &str, parent: &str, labels: &HashMap<String, String>) -> bool {
+    async fn try_remote(
+        &self,
+        target: &str,
+        parent: &str,
+        labels: &HashMap<String, String>,
+    ) -> bool {
         let remote = match remote::lazy_layer(&self.svc, labels).await {
             Ok(Some(r)) => r,
             Ok(None) => return false,

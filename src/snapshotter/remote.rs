@@ -31,7 +31,9 @@ pub async fn lazy_layer(
     };
     let reference: Reference = image
         .parse()
-        .map_err(|e: crate::reference::ReferenceError| bad(IMAGE_REF_LABEL, image, e.to_string()))?;
+        .map_err(|e: crate::reference::ReferenceError| {
+            bad(IMAGE_REF_LABEL, image, e.to_string())
+        })?;
     let manifest: Digest = manifest
         .parse()
         .map_err(|e: crate::digest::DigestError| bad(MANIFEST_LABEL, manifest, e.to_string()))?;
@@ -39,8 +41,7 @@ pub async fn lazy_layer(
         .parse()
         .map_err(|e: crate::digest::DigestError| bad(LAYER_LABEL, layer, e.to_string()))?;
     let pinned = reference.with_digest(manifest).to_string();
-    let (reference, rec) =
-        crate::image::resolve(&svc.client, &svc.store, &pinned, None).await?;
+    let (reference, rec) = crate::image::resolve(&svc.client, &svc.store, &pinned, None).await?;
     if !rec.layers.iter().any(|l| l.digest == layer) {
         return Err(Error::Invalid(format!(
             "image {pinned} has no layer {layer}"
