@@ -40,6 +40,7 @@ fn names(dir: &Path) -> Vec<String> {
 fn overlay_opts() -> UnionOptions {
     UnionOptions {
         allow_chardev00: true,
+        ..Default::default()
     }
 }
 

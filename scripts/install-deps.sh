@@ -3,9 +3,10 @@
 set -euo pipefail
 # time, procps: /usr/bin/time and ps/pgrep, used by tests. containerd + stargz-snapshotter
 # (ctr-remote): another implementation's eStargz writer, whose layers lazy.rs reads.
+# protobuf-compiler: protoc, for the gRPC crates (containerd snapshotter service, CRI client).
 pkgs=(docker-registry skopeo umoci runc fuse3 busybox-static apache2-utils openssl jq
       fuse-overlayfs podman netavark iproute2 fio kmod bc curl python3 debootstrap debian-archive-keyring
-      nginx time procps util-linux containerd stargz-snapshotter)
+      nginx time procps util-linux containerd stargz-snapshotter protobuf-compiler)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

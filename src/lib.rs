@@ -3,12 +3,14 @@
 //! Library crate behind the `strata` binary; tests and benches call it directly.
 //! Layering (each module may call only those listed before it):
 //! `digest`, `reference`, `oci`, `config`, `report` -> `registry` -> `store` -> `layer` ->
-//! `cache` -> `union` -> `image` -> `fuse` -> `mount` -> `daemon` -> `launcher` -> `cli`.
+//! `cache` -> `union` -> `image` -> `fuse` -> `mount` -> `snapshotter` -> `daemon` ->
+//! `launcher` -> `cli`.
 //! `oci` holds the image documents (manifests, indexes, configs, descriptors) that `registry`,
 //! `store` and those above share; `report` formats an error with its causes. `image` (pull,
 //! push, save/load, commit, index and profile artifacts) joins the registry and the store;
 //! `mount` is the one place a mount is assembled from (client, store, cache, config), for the
-//! CLI, tests and the daemon; `daemon` serves every mount of a root from one process.
+//! CLI, tests and the daemon; `snapshotter` is containerd's remote snapshotter (served by the
+//! daemon); `daemon` serves every mount of a root from one process.
 
 pub mod cache;
 pub mod cli;
@@ -24,6 +26,7 @@ pub mod oci;
 pub mod reference;
 pub mod registry;
 pub mod report;
+pub mod snapshotter;
 pub mod store;
 #[cfg(test)]
 mod testdata;

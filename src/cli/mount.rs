@@ -79,6 +79,7 @@ fn request(ctx: &Ctx, args: &MountArgs, mountpoint: PathBuf) -> crate::daemon::M
         prefetch: ctx.config.prefetch && !args.no_prefetch,
         passthrough: args.passthrough,
         allow_other: args.allow_other,
+        layer: None,
     }
 }
 

@@ -335,6 +335,7 @@ fn rootfs_request(
         prefetch,
         passthrough: false,
         allow_other: true,
+        layer: None,
     }
 }
 

@@ -65,6 +65,9 @@ pub struct MountRequest {
     pub prefetch: bool,
     pub passthrough: bool,
     pub allow_other: bool,
+    /// Serve only this layer of the image, read-only in overlay format (`mount::layer`).
+    #[serde(default)]
+    pub layer: Option<crate::digest::Digest>,
 }
 
 /// One request on the control socket.

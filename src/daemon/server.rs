@@ -7,7 +7,11 @@
 //! profile kept, cache flushed), exits on SIGTERM/SIGINT, on a `shutdown` request or after
 //! an idle period without mounts, and quits without unmounting when a successor takes over.
 //!
-//! Calls `mount`, `fuse` (resend only) and `store` (through the services), and `ctl`.
+//! Serves containerd's snapshots API too (`snapshotter`), whose layer views are mounts of
+//! this daemon.
+//!
+//! Calls `mount`, `fuse` (resend only), `snapshotter` and `store` (through the services), and
+//! `ctl`.
 
 use super::ctl::{self, Ctl, Inherited};
 use super::{read_request, socket_path, Error, MountRequest, Request, Response, PID_FILE};
@@ -117,6 +121,7 @@ pub async fn serve(
     });
     let mut from_sup = listen_to_supervisor(&state.ctl);
     restore_all(&state, devices, inh.generation, inh.handover, &mut from_sup).await;
+    let snapshotter = start_snapshotter(&state);
     ready(&sock);
     tracing::info!(root = %root.display(), pid = std::process::id(), "strata daemon serving");
     use tokio::signal::unix::{signal, SignalKind};
@@ -163,6 +168,10 @@ pub async fn serve(
     // Stop listening first, then end every mount in order.
     drop(listener);
     let _ = std::fs::remove_file(&sock);
+    if let Some(t) = snapshotter {
+        t.abort();
+        let _ = std::fs::remove_file(root.join(crate::snapshotter::SOCKET));
+    }
     let stops: Vec<_> = lock(&state.mounts)
         .values_mut()
         .filter_map(|e| e.stop.take())
@@ -419,37 +428,106 @@ async fn handle(state: &Arc<State>, req: Request) -> Response {
                 None => failed(crate::mount::Error::NotStrataMount(mountpoint)),
             }
         }
-        Request::Unmount { mountpoint, force } => {
-            if !lock(&state.mounts).contains_key(&mountpoint) {
-                return failed(crate::mount::Error::NotStrataMount(mountpoint));
-            }
-            let flags = if force {
-                nix::mount::MntFlags::MNT_DETACH
-            } else {
-                nix::mount::MntFlags::empty()
-            };
-            match nix::mount::umount2(&mountpoint, flags) {
-                Ok(()) => {}
-                Err(nix::errno::Errno::ENOTCONN) | Err(nix::errno::Errno::EBUSY) if !force => {
-                    return failed(crate::mount::Error::Busy(mountpoint))
-                }
-                Err(e) => {
-                    return failed(crate::mount::Error::Io {
-                        path: mountpoint,
-                        source: e.into(),
-                    })
-                }
-            }
-            let stop = lock(&state.mounts)
-                .get_mut(&mountpoint)
-                .and_then(|e| e.stop.take());
-            if let Some(s) = stop {
-                let _ = s.send(());
-            }
-            wait_released(state, &mountpoint).await;
-            ok
+        Request::Unmount { mountpoint, force } => match unmount(state, mountpoint, force).await {
+            Ok(()) => ok,
+            Err(e) => failed(e),
+        },
+    }
+}
+
+/// Unmount one of the daemon's mounts (`force`: detached even if busy) and release it.
+async fn unmount(
+    state: &State,
+    mountpoint: PathBuf,
+    force: bool,
+) -> Result<(), crate::mount::Error> {
+    if !lock(&state.mounts).contains_key(&mountpoint) {
+        return Err(crate::mount::Error::NotStrataMount(mountpoint));
+    }
+    let flags = if force {
+        nix::mount::MntFlags::MNT_DETACH
+    } else {
+        nix::mount::MntFlags::empty()
+    };
+    match nix::mount::umount2(&mountpoint, flags) {
+        Ok(()) => {}
+        Err(nix::errno::Errno::ENOTCONN) | Err(nix::errno::Errno::EBUSY) if !force => {
+            return Err(crate::mount::Error::Busy(mountpoint))
+        }
+        Err(e) => {
+            return Err(crate::mount::Error::Io {
+                path: mountpoint,
+                source: e.into(),
+            })
         }
     }
+    let stop = lock(&state.mounts)
+        .get_mut(&mountpoint)
+        .and_then(|e| e.stop.take());
+    if let Some(s) = stop {
+        let _ = s.send(());
+    }
+    wait_released(state, &mountpoint).await;
+    Ok(())
+}
+
+/// The containerd snapshotter's way to have layer views mounted: as mounts of this daemon.
+struct LayerMounter(Arc<State>);
+
+impl crate::snapshotter::Mounter for LayerMounter {
+    fn mount_layer(
+        &self,
+        image: String,
+        layer: crate::digest::Digest,
+        mountpoint: PathBuf,
+    ) -> futures::future::BoxFuture<'static, Result<(), crate::mount::Error>> {
+        let state = self.0.clone();
+        Box::pin(async move {
+            let req = MountRequest {
+                image,
+                platform: None,
+                mountpoint,
+                upper: None,
+                prefetch: false,
+                passthrough: false,
+                allow_other: true,
+                layer: Some(layer),
+            };
+            mount(&state, req).await.map(|_| ())
+        })
+    }
+
+    fn unmount(
+        &self,
+        mountpoint: PathBuf,
+    ) -> futures::future::BoxFuture<'static, Result<(), crate::mount::Error>> {
+        let state = self.0.clone();
+        Box::pin(async move { unmount(&state, mountpoint, true).await })
+    }
+}
+
+/// Serve containerd's snapshots API on `ROOT/containerd-snapshotter.sock` and mount again
+/// the remote layers no handed-down connection brought back. A failure to start it is
+/// logged: the daemon's own mounts are served regardless.
+fn start_snapshotter(state: &Arc<State>) -> Option<tokio::task::JoinHandle<()>> {
+    let mounter = Arc::new(LayerMounter(state.clone()));
+    let snap = match crate::snapshotter::Snapshotter::open(state.svc.clone(), mounter) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("containerd snapshotter: {}", crate::report::chain(&e));
+            return None;
+        }
+    };
+    let path = state.svc.store.root().join(crate::snapshotter::SOCKET);
+    let task = match crate::snapshotter::serve(snap.clone(), &path) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("containerd snapshotter: {}", crate::report::chain(&e));
+            return None;
+        }
+    };
+    tokio::spawn(async move { snap.reattach().await });
+    Some(task)
 }
 
 /// Stop taking requests, let the ones under way finish (30 s at most), then ask the
@@ -498,8 +576,12 @@ async fn mount(
         passthrough: m.passthrough,
         allow_other: m.allow_other,
     };
-    let served =
-        crate::mount::mount_image(&state.svc, spec, &crate::image::Progress::silent()).await?;
+    let served = match &m.layer {
+        Some(layer) => crate::mount::mount_layer(&state.svc, &m.image, layer, &mp).await?,
+        None => {
+            crate::mount::mount_image(&state.svc, spec, &crate::image::Progress::silent()).await?
+        }
+    };
     let ready_ms = served.started.elapsed().as_millis() as u64;
     let saved = SavedMount {
         image: m.image.clone(),
@@ -511,6 +593,7 @@ async fn mount(
         passthrough_active: served.handle.passthrough_active(),
         allow_other: m.allow_other,
         container: None,
+        layer: m.layer,
     };
     if let Err(e) = saved.save(&state.svc.store) {
         tracing::warn!("saving the mount for a restart: {e}");

@@ -153,6 +153,30 @@ pub async fn layer_indexes(
     rec: &ImageRecord,
     progress: &Progress,
 ) -> Result<Vec<(Arc<LayerIndex>, IndexSource)>, Error> {
+    let mut out = lazy_indexes(client, store, reference, rec, progress).await?;
+    for (i, l) in rec.layers.iter().enumerate() {
+        if out[i].is_some() {
+            continue;
+        }
+        progress.line(&format!(
+            "{}: no lazy index (not eStargz, no `strata index --push` artifact): downloading the whole layer",
+            l.digest.short()
+        ));
+        let idx = build_from_blob(client, store, reference, l).await?;
+        out[i] = Some((Arc::new(idx), IndexSource::Built));
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
+/// The index of each layer of `image` that has one without downloading the layer (local,
+/// eStargz TOC, sidecar artifact); `None` for the others.
+pub async fn lazy_indexes(
+    client: &Arc<Client>,
+    store: &Arc<Store>,
+    reference: &Reference,
+    rec: &ImageRecord,
+    progress: &Progress,
+) -> Result<Vec<Option<(Arc<LayerIndex>, IndexSource)>>, Error> {
     let mut out: Vec<Option<(Arc<LayerIndex>, IndexSource)>> = rec
         .layers
         .iter()
@@ -191,18 +215,7 @@ pub async fn layer_indexes(
             Err(e) => tracing::warn!("no sidecar index for {reference}: {e}"),
         }
     }
-    for (i, l) in rec.layers.iter().enumerate() {
-        if out[i].is_some() {
-            continue;
-        }
-        progress.line(&format!(
-            "{}: no lazy index (not eStargz, no `strata index --push` artifact): downloading the whole layer",
-            l.digest.short()
-        ));
-        let idx = build_from_blob(client, store, reference, l).await?;
-        out[i] = Some((Arc::new(idx), IndexSource::Built));
-    }
-    Ok(out.into_iter().flatten().collect())
+    Ok(out)
 }
 
 /// Footer + TOC with two Range reads; TOC digest checked against the annotation.

@@ -2,7 +2,9 @@
 //! served FUSE union file system. [`mount_image`] resolves the image, opens its layer indexes
 //! and merged tree ([`lazy`]), puts one [`lower::CacheLower`] per layer under a `UnionFs` with
 //! an optional upper, mounts it with `fuse` and starts the background prefetch ([`prefetch`]);
-//! [`overlay`] does the same for directory lowers (`strata overlay`). The caller hands in the
+//! [`overlay`] does the same for directory lowers (`strata overlay`); [`layer`] mounts one
+//! layer of an image alone, read-only in overlay lower format (the containerd snapshotter's
+//! remote snapshots). The caller hands in the
 //! shared parts ([`Services`]: registry client, store, chunk cache, configuration), so one
 //! process may serve many mounts from one cache.
 //!
@@ -10,6 +12,7 @@
 //! `registry` and `config`; formats nothing for humans (that is `cli/`).
 
 mod images;
+pub mod layer;
 pub mod lazy;
 mod lower;
 pub mod overlay;
@@ -17,6 +20,7 @@ pub mod prefetch;
 pub mod restore;
 mod served;
 
+pub use layer::mount_layer;
 pub use lazy::LazyImage;
 pub use lower::{AccessProfile, CacheLower};
 pub use prefetch::{save_profile, ProfileProgress};
@@ -69,6 +73,11 @@ pub enum Error {
     Shared(Arc<Error>),
     #[error(transparent)]
     Fuse(#[from] crate::fuse::MountError),
+    #[error("{image} has no layer {layer}")]
+    NoSuchLayer {
+        image: String,
+        layer: crate::digest::Digest,
+    },
     #[error("mountpoint {} is not a directory", .0.display())]
     NotADirectory(PathBuf),
     #[error("{} is already a mount point", .0.display())]

@@ -29,6 +29,7 @@ pub fn build_union(
     Ok(
         UnionFs::new(tree, sources, up, rt)?.with_options(UnionOptions {
             allow_chardev00: true,
+            ..Default::default()
         }),
     )
 }

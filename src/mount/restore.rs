@@ -33,6 +33,9 @@ pub struct SavedMount {
     /// that process is gone.
     #[serde(default)]
     pub container: Option<(i32, u64)>,
+    /// A view of this one layer of the image (`mount::layer`), not the whole image.
+    #[serde(default)]
+    pub layer: Option<Digest>,
 }
 
 /// Where the saved form of the mount at `mountpoint` (canonical) is kept under `root`.
@@ -103,7 +106,10 @@ pub async fn prepare(
 ) -> Result<Prepared, Error> {
     let started = std::time::Instant::now();
     let lazy = open_pinned(svc, &saved.image, saved.manifest).await?;
-    let fs = union_over(&lazy, saved.upper.clone())?;
+    let fs = match &saved.layer {
+        Some(layer) => super::layer::layer_union(svc, &lazy, layer)?,
+        None => union_over(&lazy, saved.upper.clone())?,
+    };
     fs.set_handle_base(handle_base);
     Ok(Prepared {
         fs,
@@ -119,7 +125,10 @@ impl Prepared {
     /// server is surely gone.
     pub fn attach(self, svc: &Services, device: OwnedFd) -> Result<Served, Error> {
         let s = &self.saved;
-        let opts = fuse_options(&self.lazy, s.passthrough, s.allow_other);
+        let opts = match &s.layer {
+            Some(layer) => super::layer::layer_options(&self.lazy, layer),
+            None => fuse_options(&self.lazy, s.passthrough, s.allow_other),
+        };
         let rt = tokio::runtime::Handle::current();
         let handle = crate::fuse::attach(
             Arc::new(self.fs),

@@ -63,6 +63,9 @@ pub struct UnionOptions {
     /// never takes it for a whiteout. Kernel overlayfs cannot show such a device and treats
     /// it as a whiteout; without this switch the call fails with EPERM, as in the kernel.
     pub allow_chardev00: bool,
+    /// Answer `getxattr` of `trusted.overlay.*` names from the lower tree (a read-only layer
+    /// view that kernel overlayfs uses as a lower directory: its opaque markers must show).
+    pub overlay_xattrs: bool,
 }
 
 /// Type of a union object.

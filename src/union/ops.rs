@@ -551,7 +551,7 @@ impl UnionFs {
 
     /// `getxattr(ino, name)`.
     pub fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>> {
-        if name.starts_with(sys::OVERLAY_PREFIX) {
+        if name.starts_with(sys::OVERLAY_PREFIX) && !self.opts.overlay_xattrs {
             return Err(Error::NoAttr);
         }
         let st = self.lock();

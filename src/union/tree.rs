@@ -66,6 +66,8 @@ struct BNode {
 
 struct Builder {
     arena: Vec<BNode>,
+    /// Keep `trusted.overlay.*` xattrs (a layer view in overlay format shows them).
+    keep_overlay_xattrs: bool,
 }
 
 impl Builder {
@@ -218,7 +220,10 @@ impl MergedTree {
     pub fn build<L: AsRef<[Entry]>>(layers: &[L]) -> Result<Self> {
         let mut root = Entry::new("", EntryKind::Dir);
         root.implicit = true;
-        let mut b = Builder { arena: Vec::new() };
+        let mut b = Builder {
+            arena: Vec::new(),
+            keep_overlay_xattrs: false,
+        };
         b.new_node(root, 0);
         for (li, entries) in layers.iter().enumerate() {
             let mut links = Vec::new();
@@ -230,6 +235,40 @@ impl MergedTree {
             }
         }
         Self::finish(b, layers.len())
+    }
+
+    /// One layer as kernel overlayfs expects a lower layer directory (a containerd remote
+    /// snapshot): its whiteouts as character devices 0/0 and its opaque directories with
+    /// `trusted.overlay.opaque=y`, nothing applied or hidden. Entries as for [`build`](Self::build).
+    pub fn build_layer_view(entries: &[Entry]) -> Result<Self> {
+        let mut root = Entry::new("", EntryKind::Dir);
+        root.implicit = true;
+        let mut b = Builder {
+            arena: Vec::new(),
+            keep_overlay_xattrs: true,
+        };
+        b.new_node(root, 0);
+        let mut links = Vec::new();
+        for e in entries {
+            let mut e = e.clone();
+            match e.kind {
+                EntryKind::Whiteout => {
+                    e.kind = EntryKind::CharDev;
+                    (e.dev_major, e.dev_minor, e.mode, e.size) = (0, 0, 0, 0);
+                }
+                EntryKind::Dir if e.opaque => {
+                    e.opaque = false;
+                    e.xattrs
+                        .push((super::sys::OPAQUE_XATTR.to_string(), b"y".to_vec()));
+                }
+                _ => {}
+            }
+            b.apply(0, &e, &mut links);
+        }
+        for e in &links {
+            b.link(e);
+        }
+        Self::finish(b, 1)
     }
 
     fn finish(b: Builder, layers: usize) -> Result<Self> {
@@ -316,7 +355,9 @@ impl MergedTree {
             let mut xattrs: Vec<&(String, Vec<u8>)> = e
                 .xattrs
                 .iter()
-                .filter(|(k, _)| !k.starts_with(super::sys::OVERLAY_PREFIX))
+                .filter(|(k, _)| {
+                    b.keep_overlay_xattrs || !k.starts_with(super::sys::OVERLAY_PREFIX)
+                })
                 .collect();
             xattrs.sort();
             xattrs.dedup_by(|a, b| a.0 == b.0);

@@ -220,3 +220,37 @@ fn directory_nlink_counts_subdirectories() {
     assert_eq!(t.node(t.resolve("a").unwrap()).unwrap().nlink, 4);
     assert_eq!(t.node(1).unwrap().nlink, 3);
 }
+
+#[test]
+fn layer_view_shows_whiteouts_and_opaque_directories_in_overlay_format() {
+    let layer = sorted(vec![
+        d(""),
+        opq("etc"),
+        f("etc/new"),
+        wh("gone"),
+        d("usr"),
+        f("usr/a"),
+        hl("usr/b", "usr/a"),
+    ]);
+    let t = MergedTree::build_layer_view(&layer).unwrap();
+    let gone = t.node(t.resolve("gone").unwrap()).unwrap();
+    assert_eq!(
+        (gone.kind, gone.dev_major, gone.dev_minor, gone.mode),
+        (FileKind::CharDev, 0, 0, 0)
+    );
+    let etc = t.node(t.resolve("etc").unwrap()).unwrap();
+    assert_eq!(etc.kind, FileKind::Dir);
+    assert_eq!(
+        etc.xattrs().collect::<Vec<_>>(),
+        vec![("trusted.overlay.opaque", &b"y"[..])]
+    );
+    assert!(t.resolve("etc/new").is_some());
+    let usr = t.node(t.resolve("usr").unwrap()).unwrap();
+    assert_eq!(usr.xattrs().count(), 0);
+    assert_eq!(t.node(t.resolve("usr/b").unwrap()).unwrap().nlink, 2);
+    // The same layer merged as an image hides the whiteout and keeps no marker.
+    let merged = MergedTree::build(&[layer]).unwrap();
+    assert!(merged.resolve("gone").is_none());
+    let etc = merged.node(merged.resolve("etc").unwrap()).unwrap();
+    assert_eq!(etc.xattrs().count(), 0);
+}
