@@ -138,15 +138,7 @@ pub(super) fn images(
     }
     fields.extend(["ID", "CreatedSince", "Size"]);
     header.extend(["IMAGE ID", "CREATED", "SIZE"]);
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            fields
-                .iter()
-                .map(|f| r[*f].as_str().unwrap_or_default().to_string())
-                .collect()
-        })
-        .collect();
+    let cells = field_cells(&rows, &fields);
     print_table(&header, &cells);
     Ok(0)
 }
@@ -348,15 +340,7 @@ pub(super) fn history(
         return Ok(0);
     }
     let fields = ["ID", "CreatedSince", "CreatedBy", "Size", "Comment"];
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            fields
-                .iter()
-                .map(|f| r[*f].as_str().unwrap_or_default().to_string())
-                .collect()
-        })
-        .collect();
+    let cells = field_cells(&rows, &fields);
     print_table(
         &["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"],
         &cells,
@@ -474,15 +458,7 @@ pub(super) async fn ps(
         return Ok(0);
     }
     let fields = ["ID", "Image", "Command", "RunningFor", "Status", "Names"];
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            fields
-                .iter()
-                .map(|f| r[*f].as_str().unwrap_or_default().to_string())
-                .collect()
-        })
-        .collect();
+    let cells = field_cells(&rows, &fields);
     print_table(
         &[
             "CONTAINER ID",
@@ -495,4 +471,16 @@ pub(super) async fn ps(
         &cells,
     );
     Ok(0)
+}
+
+/// The string values of `fields` of each row, as table cells.
+fn field_cells(rows: &[serde_json::Value], fields: &[&str]) -> Vec<Vec<String>> {
+    rows.iter()
+        .map(|r| {
+            fields
+                .iter()
+                .map(|f| r[*f].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .collect()
 }

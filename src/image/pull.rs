@@ -261,21 +261,48 @@ pub async fn resolve(
     if let Ok(rec) = store.find_image(image) {
         return Ok((reference, rec));
     }
-    let platform = match platform {
+    let platform = parse_platform(platform)?;
+    if let Some(found) = find_candidate(client, store, image)? {
+        return Ok(found);
+    }
+    resolve_remote(client, store, image, &platform).await
+}
+
+/// `--platform` parsed, or the host's.
+fn parse_platform(platform: Option<&str>) -> Result<Platform, Error> {
+    match platform {
         Some(p) => p.parse::<Platform>().map_err(|msg| Error::Invalid {
             what: format!("platform {p}"),
             msg,
-        })?,
-        None => Platform::host(),
-    };
-    let candidates = client.candidates(image)?;
-    for c in &candidates {
+        }),
+        None => Ok(Platform::host()),
+    }
+}
+
+/// The first name `image` stands for (registries.conf rules) that the store knows.
+fn find_candidate(
+    client: &Client,
+    store: &Store,
+    image: &str,
+) -> Result<Option<(Reference, ImageRecord)>, Error> {
+    for c in client.candidates(image)? {
         if let Ok(rec) = store.find_image(&c.to_string()) {
-            return Ok((c.clone(), rec));
+            return Ok(Some((c, rec)));
         }
     }
-    let (reference, resolved) = resolve_first(client, &candidates, &platform).await?;
-    let (rec, _) = record_image(client, store, &reference, &resolved, &platform).await?;
+    Ok(None)
+}
+
+/// `image` resolved in its registry (the first candidate name found) and recorded.
+async fn resolve_remote(
+    client: &Arc<Client>,
+    store: &Arc<Store>,
+    image: &str,
+    platform: &Platform,
+) -> Result<(Reference, ImageRecord), Error> {
+    let candidates = client.candidates(image)?;
+    let (reference, resolved) = resolve_first(client, &candidates, platform).await?;
+    let (rec, _) = record_image(client, store, &reference, &resolved, platform).await?;
     Ok((reference, rec))
 }
 
@@ -320,28 +347,14 @@ pub async fn resolve_with(
             if let Ok(rec) = store.find_image(image) {
                 return Ok((reference, rec));
             }
-            for c in client.candidates(image)? {
-                if let Ok(rec) = store.find_image(&c.to_string()) {
-                    return Ok((c, rec));
-                }
-            }
-            Err(Error::Invalid {
+            find_candidate(client, store, image)?.ok_or_else(|| Error::Invalid {
                 what: format!("image {image}"),
                 msg: "not known locally and --pull never forbids asking the registry".into(),
             })
         }
         PullPolicy::Always => {
-            let platform = match platform {
-                Some(p) => p.parse::<Platform>().map_err(|msg| Error::Invalid {
-                    what: format!("platform {p}"),
-                    msg,
-                })?,
-                None => Platform::host(),
-            };
-            let candidates = client.candidates(image)?;
-            let (reference, resolved) = resolve_first(client, &candidates, &platform).await?;
-            let (rec, _) = record_image(client, store, &reference, &resolved, &platform).await?;
-            Ok((reference, rec))
+            let platform = parse_platform(platform)?;
+            resolve_remote(client, store, image, &platform).await
         }
     }
 }
