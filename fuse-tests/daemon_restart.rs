@@ -5,6 +5,8 @@
 //! registry behind a delaying pass-through proxy, real FUSE, the real supervisor.
 
 mod common;
+#[path = "daemon_restart/fdstore.rs"]
+mod fdstore;
 
 use common::testdata::pseudo;
 use common::{busybox_image, Fault, FaultProxy, Layer, OutputExt, Registry, StrataEnv};
@@ -58,6 +60,12 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with(|_| {})
+}
+
+/// [`setup`], calling `before_mount` with the environment before the first command that
+/// needs a daemon (to start one of the test's own).
+fn setup_with(before_mount: impl FnOnce(&StrataEnv)) -> Setup {
     let reg = Registry::start();
     let mut layer = Layer::new().dir("data");
     let mut contents = Vec::new();
@@ -76,6 +84,7 @@ fn setup() -> Setup {
     let mnt = env.mnt_dir();
     let upper = env.scratch().join("upper");
     let reference = format!("{}/restart/app:v1", proxy.host());
+    before_mount(&env);
     env.run(&[
         "mount",
         "--no-prefetch",

@@ -59,6 +59,10 @@ pub struct Inherited {
     /// Wait for `Go` after `Ready` before attaching (an old server still runs).
     pub handover: bool,
     pub idle_exit_secs: Option<u64>,
+    /// The supervisor keeps the devices in systemd's store: when it dies, quit at once
+    /// (systemd starts a new one with the devices; it needs the root's lock).
+    #[serde(default)]
+    pub fd_store: bool,
 }
 
 impl Inherited {

@@ -10,6 +10,7 @@
 //! calls this module. Formats nothing for humans beyond the messages it returns.
 
 mod ctl;
+mod sdnotify;
 mod server;
 mod supervisor;
 

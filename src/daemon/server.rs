@@ -146,6 +146,10 @@ pub async fn serve(
                     state.handing_over.store(false, Ordering::SeqCst);
                 }
                 Some(other) => tracing::debug!("unexpected {other:?} from the supervisor"),
+                None if inh.fd_store => {
+                    tracing::warn!("the supervisor is gone; systemd keeps the devices: quitting for its successor");
+                    quit(&state).await
+                }
                 None => {
                     tracing::warn!("the supervisor is gone: a crash of this server will end its mounts");
                     supervised = false;

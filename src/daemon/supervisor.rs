@@ -9,10 +9,18 @@
 //! quit, new one told to go); an upgrade first re-executes the supervisor as the new binary,
 //! keeping its descriptors and its child.
 //!
-//! Calls `ctl` (the channel to the server) and the OS; of the mount machinery only the path
-//! of saved mounts (to clean them when giving up).
+//! Under systemd (`NOTIFY_SOCKET`) it also keeps every device in systemd's file descriptor
+//! store (`sdnotify`), so the mounts outlive the supervisor too: the next start gets the
+//! devices back (`LISTEN_FDS`) and serves the saved mounts again; the server of a dead
+//! supervisor quits at once to let it. Server generations (`ROOT/daemon.generation`) keep
+//! counting across supervisors, so file handles of a new server never collide with those
+//! the kernel still holds.
+//!
+//! Calls `ctl` (the channel to the server), `sdnotify` and the OS; of the mount machinery
+//! only the paths of saved mounts (to find them again, and to clean them when giving up).
 
 use super::ctl::{self, Ctl, Inherited, InheritedMount};
+use super::sdnotify::{self, Notifier};
 use super::{socket_path, Error};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -24,6 +32,8 @@ use tokio::sync::mpsc;
 
 /// Name of the supervisor's lock file under the root.
 pub const LOCK_FILE: &str = "daemon.lock";
+/// The next server generation, kept across supervisors.
+const GENERATION_FILE: &str = "daemon.generation";
 /// Give up after this many server crashes within [`CRASH_WINDOW`].
 const MAX_CRASHES: usize = 5;
 const CRASH_WINDOW: Duration = Duration::from_secs(60);
@@ -80,6 +90,59 @@ struct Sup {
     tx: mpsc::UnboundedSender<Event>,
     rx: mpsc::UnboundedReceiver<Event>,
     crashes: VecDeque<Instant>,
+    /// systemd's notification socket: devices are kept in its descriptor store too.
+    notifier: Option<Notifier>,
+}
+
+/// The key of a mount's files under `ROOT/mounts` (and of its device in systemd's store).
+fn mount_key(root: &Path, mountpoint: &Path) -> String {
+    crate::mount::record_path(root, mountpoint)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The generation the next server gets (at least 1): counting goes on across supervisors.
+fn read_generation(root: &Path) -> u64 {
+    std::fs::read_to_string(root.join(GENERATION_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// The FUSE devices systemd kept for us (named `fuse-KEY`), matched with the saved mounts
+/// they serve; devices of mounts that are gone are closed.
+fn devices_from_store(root: &Path) -> BTreeMap<PathBuf, OwnedFd> {
+    let passed = sdnotify::take_listen_fds();
+    if passed.is_empty() {
+        return BTreeMap::new();
+    }
+    let store = match crate::store::Store::open(root) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("devices from systemd's store: {e}; closing them");
+            return BTreeMap::new();
+        }
+    };
+    let by_key: BTreeMap<String, PathBuf> = crate::mount::saved_mounts(&store)
+        .into_iter()
+        .map(|s| (mount_key(root, &s.mountpoint), s.mountpoint))
+        .collect();
+    let mut out = BTreeMap::new();
+    for (name, fd) in passed {
+        let mp = name
+            .strip_prefix(sdnotify::FUSE_PREFIX)
+            .and_then(|k| by_key.get(k));
+        match mp {
+            Some(mp) if crate::mount::is_mounted(mp) => {
+                tracing::warn!(mountpoint = %mp.display(), "device kept by systemd: serving the mount again");
+                out.insert(mp.clone(), fd);
+            }
+            _ => tracing::warn!(name, "systemd kept a device of no live mount: closing it"),
+        }
+    }
+    out
 }
 
 fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -138,22 +201,29 @@ fn bind(root: &Path) -> Result<OwnedFd, Error> {
 pub async fn supervise(opts: SupervisorOptions, ready: impl FnOnce(&Path)) -> Result<i32, Error> {
     let lock = take_lock(&opts.root)?;
     let listener = bind(&opts.root)?;
-    ready(&socket_path(&opts.root));
+    let mounts = devices_from_store(&opts.root);
     let (tx, rx) = mpsc::unbounded_channel();
     let mut sup = Sup {
+        generation: read_generation(&opts.root),
         opts,
         lock,
         listener,
-        mounts: BTreeMap::new(),
-        generation: 1,
+        mounts,
         tx,
         rx,
         crashes: VecDeque::new(),
+        notifier: Notifier::from_env(),
     };
     sup.start_reaper();
     let server = sup
         .spawn_server(false)
         .map_err(io_at(Path::new("strata daemon")))?;
+    ready(&socket_path(&sup.opts.root));
+    if let Some(n) = &sup.notifier {
+        if let Err(e) = n.send(&format!("READY=1\nMAINPID={}\n", std::process::id()), &[]) {
+            tracing::warn!("telling systemd we are ready: {e}");
+        }
+    }
     Ok(sup.run(server, false).await)
 }
 
@@ -186,6 +256,7 @@ pub async fn resume() -> Option<Result<i32, Error>> {
         tx,
         rx,
         crashes: VecDeque::new(),
+        notifier: Notifier::from_env(),
     };
     for fd in [sup.lock.as_raw_fd(), sup.listener.as_raw_fd(), c.server_ctl]
         .into_iter()
@@ -205,6 +276,29 @@ pub async fn resume() -> Option<Result<i32, Error>> {
 }
 
 impl Sup {
+    /// Keep a copy of a new mount's device (and one in systemd's store, if there is one).
+    fn add(&mut self, mountpoint: PathBuf, fd: Option<OwnedFd>) {
+        let Some(fd) = fd else { return };
+        if let Some(n) = &self.notifier {
+            let name = sdnotify::fuse_name(&mount_key(&self.opts.root, &mountpoint));
+            if let Err(e) = n.store(&name, fd.as_raw_fd()) {
+                tracing::warn!(mountpoint = %mountpoint.display(), "keeping the device in systemd's store: {e}");
+            }
+        }
+        self.mounts.insert(mountpoint, fd);
+    }
+
+    /// The mount is gone: drop its device (here and in systemd's store).
+    fn del(&mut self, mountpoint: &Path) {
+        if let Some(n) = &self.notifier {
+            let name = sdnotify::fuse_name(&mount_key(&self.opts.root, mountpoint));
+            if let Err(e) = n.unstore(&name) {
+                tracing::warn!(mountpoint = %mountpoint.display(), "dropping the device from systemd's store: {e}");
+            }
+        }
+        self.mounts.remove(mountpoint);
+    }
+
     /// Reap children forever, reporting each exit.
     fn start_reaper(&self) {
         use nix::sys::wait::{waitpid, WaitStatus};
@@ -268,8 +362,13 @@ impl Sup {
             mounts: self.mount_list(),
             handover,
             idle_exit_secs: self.opts.idle_exit_secs,
+            fd_store: self.notifier.is_some(),
         };
         self.generation += 1;
+        let gen_path = self.opts.root.join(GENERATION_FILE);
+        if let Err(e) = std::fs::write(&gen_path, format!("{}\n", self.generation)) {
+            tracing::warn!("{}: {e}", gen_path.display());
+        }
         let keep: Vec<RawFd> = [inh.listener, inh.ctl, inh.lock]
             .into_iter()
             .chain(inh.mounts.iter().map(|m| m.fd))
@@ -325,14 +424,8 @@ impl Sup {
                     let Some(ev) = ev else { return 1 };
                     match ev {
                         Event::Msg { pid, msg, fd } if pid == current.pid => match msg {
-                            Ctl::Add { mountpoint } => {
-                                if let Some(fd) = fd {
-                                    self.mounts.insert(mountpoint, fd);
-                                }
-                            }
-                            Ctl::Del { mountpoint } => {
-                                self.mounts.remove(&mountpoint);
-                            }
+                            Ctl::Add { mountpoint } => self.add(mountpoint, fd),
+                            Ctl::Del { mountpoint } => self.del(&mountpoint),
                             Ctl::Restart { binary } => {
                                 if let Some(b) = binary {
                                     let e = self.reexec(&b, &current);
@@ -397,7 +490,11 @@ impl Sup {
     /// Nothing will serve the mounts again: detach them (readers see the connection end)
     /// and forget them.
     fn give_up(&mut self) {
-        for mp in std::mem::take(&mut self.mounts).into_keys() {
+        let mps: Vec<PathBuf> = self.mounts.keys().cloned().collect();
+        for mp in &mps {
+            self.del(mp);
+        }
+        for mp in mps {
             let _ = nix::mount::umount2(&mp, nix::mount::MntFlags::MNT_DETACH);
             let _ = std::fs::remove_file(crate::mount::restore::saved_path(&self.opts.root, &mp));
             let _ = std::fs::remove_file(crate::mount::record_path(&self.opts.root, &mp));
@@ -433,14 +530,8 @@ impl Sup {
                     break;
                 }
                 Some(Event::Msg { pid, msg, fd }) if pid == old.pid => match msg {
-                    Ctl::Add { mountpoint } => {
-                        if let Some(fd) = fd {
-                            self.mounts.insert(mountpoint, fd);
-                        }
-                    }
-                    Ctl::Del { mountpoint } => {
-                        self.mounts.remove(&mountpoint);
-                    }
+                    Ctl::Add { mountpoint } => self.add(mountpoint, fd),
+                    Ctl::Del { mountpoint } => self.del(&mountpoint),
                     _ => {}
                 },
                 Some(Event::Exited { pid, .. }) if pid == old.pid => old_alive = false,
