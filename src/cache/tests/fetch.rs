@@ -217,6 +217,7 @@ async fn each_failure_gives_the_errno_of_its_cause() {
         layout: Layout::new(f.index.clone()),
         source: Arc::new(Stalled),
         windows: None,
+        check: Default::default(),
     });
     let err = cache.read(&stalled, r.clone()).await.unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{}", err.report());
@@ -230,6 +231,7 @@ async fn each_failure_gives_the_errno_of_its_cause() {
             path: f.cache_dir.join("no-such-blob"),
         }),
         windows: None,
+        check: Default::default(),
     });
     let err = cache.read(&gone, r.clone()).await.unwrap_err();
     assert!(matches!(err, Error::Fetch { .. }), "{}", err.report());
