@@ -50,10 +50,19 @@ fn hex(d: &str) -> &str {
 
 fn put_blob(reg: &Registry, repo: &str, data: &[u8]) -> String {
     let d = sha256_digest(data);
+    let r = http::request(&reg.host(), "POST", &format!("/v2/{repo}/blobs/uploads/"), &[], &[])
+        .expect("start upload");
+    assert_eq!(r.status, 202, "start upload: {}", r.text());
+    let loc = r.header("location").expect("upload location").to_string();
+    let path = match loc.find("/v2/") {
+        Some(i) => loc[i..].to_string(),
+        None => loc,
+    };
+    let sep = if path.contains('?') { '&' } else { '?' };
     let r = http::request(
         &reg.host(),
-        "POST",
-        &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
+        "PUT",
+        &format!("{path}{sep}digest={d}"),
         &[("Content-Type", "application/octet-stream")],
         data,
     )
@@ -271,7 +280,7 @@ fn bound_policy_uses_the_bound_index_and_ignores_forged_referrers() {
     let bound = out
         .stdout_str()
         .lines()
-        .find(|l| l.contains('@'))
+        .find(|l| l.starts_with(&format!("{}/trust/b@", reg.host())))
         .expect("bound reference printed")
         .to_string();
     assert!(bound.starts_with(&format!("{}/trust/b@sha256:", reg.host())), "{bound}");
@@ -299,15 +308,18 @@ fn bound_policy_uses_the_bound_index_and_ignores_forged_referrers() {
     drop(m);
 
     // Naming the bare manifest (no binding) under `bound`: no sidecar is believed at all; the
-    // layer is downloaded whole (digest-checked) instead of read lazily.
+    // layer is downloaded whole (digest-checked: the mirror's altered blob fails, the mirror is
+    // dropped, the upstream's is taken) instead of read lazily.
     let env3 = mirror_env(&reg, &proxy, serde_json::json!({"index-trust": "bound"}));
     let plain = format!("{}/trust/b@{}", reg.host(), good.manifest_digest);
-    let (out, m) = env3.try_mount_at(&plain, &env3.mnt_dir(), &["--no-prefetch"]);
-    if let Some(m) = m {
-        assert_eq!(read_all_never_altered(&m.dir), FILES);
-    }
-    let text = format!("{}{}{}", out.stdout_str(), out.stderr_str(), env3.daemon_logs());
-    assert!(text.contains("unbound sidecar indexes are not used"), "{text}");
+    let m = env3.mount(&plain, &["--no-prefetch"]);
+    assert_eq!(read_all_never_altered(&m.dir), FILES);
+    let stats = env3.run(&["stats", "--json", m.dir.to_str().unwrap()]);
+    assert!(stats.stdout_str().contains("Built"), "{}", stats.stdout_str());
+    drop(m);
+    let log = env3.daemon_logs();
+    assert!(log.contains("downloaded layer does not match its digest"), "{log}");
+    assert!(log.contains(&proxy.url()), "the mirror is named: {log}");
     assert_eq!(proxy.request_count(&art), 0);
 }
 
