@@ -24,11 +24,21 @@ fn index_identity(layer: &CachedLayer) -> String {
 }
 
 impl ChunkCache {
+    /// Where the verdict `what` (`verified`, `bad`) on `layer` is kept: beside the cache
+    /// directory (`<cache dir>.verdicts/`), whose entries are layer directories only. A verdict
+    /// names the index it was reached under, so it stays true when spans are pruned.
     fn verdict_path(&self, layer: &Digest, what: &str) -> PathBuf {
-        self.tiers
-            .disk
-            .dir()
-            .join(format!("{}.{what}", layer.hex()))
+        let mut dir = self.tiers.disk.dir().as_os_str().to_owned();
+        dir.push(".verdicts");
+        PathBuf::from(dir).join(format!("{}.{what}", layer.hex()))
+    }
+
+    fn write_verdict(&self, layer: &CachedLayer, what: &str) -> std::io::Result<()> {
+        let p = self.verdict_path(&layer.digest, what);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        std::fs::write(&p, index_identity(layer))
     }
 
     /// Whether a process sharing this cache found `layer`'s bytes (under this index) false.
@@ -58,8 +68,8 @@ impl ChunkCache {
             .tiers
             .disk
             .dir()
-            .join("whole")
-            .join(format!("{}.part.{}", layer.digest.hex(), std::process::id()));
+            .join(layer.digest.hex())
+            .join(format!("whole.part.{}", std::process::id()));
         layer.check.begin(&part).map_err(|e| Error::Io {
             path: part,
             source: Arc::new(e),
@@ -80,14 +90,14 @@ impl ChunkCache {
         let n = match r {
             Ok(n) => n,
             Err(e) => {
-                if let Some((p, _)) = layer.check.end() {
+                if let Some((_, p, _)) = layer.check.end() {
                     let _ = std::fs::remove_file(p);
                 }
                 return Err(e);
             }
         };
         let filled = self.fill_recording(layer).await;
-        let Some((path, conflict)) = layer.check.end() else {
+        let Some((file, path, conflict)) = layer.check.end() else {
             // Another whole-layer fetch of this layer finishes the check.
             return filled.map(|()| n);
         };
@@ -96,13 +106,12 @@ impl ChunkCache {
             return Err(e);
         }
         let l2 = layer.clone();
-        let p2 = path.clone();
         let verdict = tokio::task::spawn_blocking(move || {
-            let got = hash_file(&p2).map_err(|e| e.to_string())?;
+            let got = hash_file(&file).map_err(|e| e.to_string())?;
             if got != l2.digest {
                 return Ok(Some(format!("the layer's bytes hash to {got}")));
             }
-            Ok::<_, String>(check_spans(&p2, &l2.layout).err())
+            Ok::<_, String>(check_spans(&file, &l2.layout).err())
         })
         .await;
         let _ = std::fs::remove_file(&path);
@@ -126,8 +135,7 @@ impl ChunkCache {
         };
         match problem {
             None => {
-                let v = self.verdict_path(&layer.digest, "verified");
-                if let Err(e) = std::fs::write(&v, index_identity(layer)) {
+                if let Err(e) = self.write_verdict(layer, "verified") {
                     tracing::warn!(layer = %layer.digest, "keeping the whole-layer verdict: {e}");
                 }
                 tracing::info!(layer = %layer.digest, "layer fetched whole matches its digest");
@@ -171,9 +179,8 @@ impl ChunkCache {
     async fn poison_layer(&self, layer: &Arc<CachedLayer>, problem: String) -> Error {
         layer.check.poison();
         self.tiers.drop_layer(&layer.digest).await;
-        let bad = self.verdict_path(&layer.digest, "bad");
-        if let Err(e) = std::fs::write(&bad, index_identity(layer)) {
-            tracing::error!(layer = %layer.digest, "recording the bad layer in {}: {e}", bad.display());
+        if let Err(e) = self.write_verdict(layer, "bad") {
+            tracing::error!(layer = %layer.digest, "recording the bad layer: {e}");
         }
         let _ = std::fs::remove_file(self.verdict_path(&layer.digest, "verified"));
         let mirrors = layer.source.drop_servers();

@@ -1,6 +1,7 @@
 //! The whole-layer digest check: while a layer is being fetched whole (background prefetch,
 //! `strata cache fetch`), the compressed bytes every fetch decodes are also written, at their
-//! offsets, into a sparse file `<cache dir>/whole/<layer hex>.part`; when every span is in,
+//! offsets, into a sparse file `<cache dir>/<layer hex>/whole.part.<pid>` (beside the span
+//! files: a killed process's one is removed by the next open of the cache, as temp files are); when every span is in,
 //! the spans not decoded during the recording are fetched (and verified) once more, the bytes
 //! that belong to no span (gzip trailer, eStargz TOC) are fetched raw, and the file's sha256 is
 //! compared with the layer digest from the image manifest.
@@ -11,8 +12,8 @@
 //! one blob range); so when the file matches the layer digest, every span the cache holds is
 //! the decode of the layer's true bytes, whatever index vouched for it. On a mismatch the layer
 //! is poisoned (every later read fails with EIO), its spans are dropped from both tiers, and a
-//! marker `<cache dir>/<layer hex>.bad` tells other processes sharing the cache. A match
-//! leaves `<cache dir>/<layer hex>.verified` naming the index file it was checked under.
+//! marker `<cache dir>.verdicts/<layer hex>.bad` tells other processes sharing the cache. A match
+//! leaves `<cache dir>.verdicts/<layer hex>.verified` naming the index file it was checked under.
 //!
 //! Calls nothing outside `cache/` but `digest`; the fetching is `mod.rs`'s.
 
@@ -21,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -181,9 +183,9 @@ impl WholeCheck {
         }
     }
 
-    /// Leave the recording; the last user gets the recorded file's path and whether fetches
-    /// disagreed (the caller hashes, then removes it).
-    pub(super) fn end(&self) -> Option<(PathBuf, bool)> {
+    /// Leave the recording; the last user gets the recorded file (open, and its path) and
+    /// whether fetches disagreed (the caller hashes it, then removes it).
+    pub(super) fn end(&self) -> Option<(std::fs::File, PathBuf, bool)> {
         let mut g = lock(&self.rec);
         let r = g.as_mut()?;
         r.users -= 1;
@@ -191,7 +193,7 @@ impl WholeCheck {
             return None;
         }
         let r = g.take()?;
-        Some((r.path, r.conflict))
+        Some((r.file, r.path, r.conflict))
     }
 }
 
@@ -201,14 +203,16 @@ impl WholeCheck {
 /// forged index could still decode into altered spans; this pass compares the index with the
 /// layer itself. eStargz layouts are skipped (their TOC digest is in the manifest).
 /// Blocking; returns the first span that does not match.
-pub(super) fn check_spans(path: &Path, layout: &super::Layout) -> Result<(), String> {
+pub(super) fn check_spans(file: &std::fs::File, layout: &super::Layout) -> Result<(), String> {
     use crate::layer::Compression;
-    use std::io::Read;
+    use std::io::{Read, Seek};
     let meta = layout.index().meta();
     if meta.estargz {
         return Ok(());
     }
-    let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut f = file.try_clone().map_err(|e| e.to_string())?;
+    f.seek(std::io::SeekFrom::Start(0))
+        .map_err(|e| e.to_string())?;
     let r = std::io::BufReader::with_capacity(1 << 20, f);
     let mut dec: Box<dyn Read> = match meta.compression {
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
@@ -237,19 +241,20 @@ pub(super) fn check_spans(path: &Path, layout: &super::Layout) -> Result<(), Str
     Ok(())
 }
 
-/// sha256 of the file at `path` (blocking).
-pub(super) fn hash_file(path: &Path) -> std::io::Result<Digest> {
+/// sha256 of `file` from its start (blocking; positional reads: the file may have been
+/// unlinked by another process's cleanup of the cache directory meanwhile).
+pub(super) fn hash_file(file: &std::fs::File) -> std::io::Result<Digest> {
     use sha2::Digest as _;
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
     let mut h = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
     loop {
-        let n = f.read(&mut buf)?;
+        let n = file.read_at(&mut buf, at)?;
         if n == 0 {
             break;
         }
         h.update(&buf[..n]);
+        at += n as u64;
     }
     Ok(Digest::from_bytes(h.finalize().into()))
 }
@@ -282,8 +287,9 @@ mod tests {
         assert_eq!(spans, vec![1]);
         assert_eq!(holes, vec![6..8]);
         w.record(5, b"Xgh", Some(1..2));
-        let (path, conflict) = w.end().unwrap();
+        let (file, path, conflict) = w.end().unwrap();
         assert!(conflict, "byte 5 was f, then X");
         assert_eq!(std::fs::read(path).unwrap(), b"abcdefgh");
+        assert_eq!(hash_file(&file).unwrap(), Digest::of(b"abcdefgh"));
     }
 }

@@ -289,7 +289,8 @@ async fn a_layer_fetched_whole_that_does_not_match_its_digest_is_poisoned() {
     assert_eq!(err.errno(), libc::EIO);
     cache.flush().await;
     assert_eq!(cache.disk_usage().1, 0, "spans of the layer left on disk");
-    let bad = f.cache_dir.join(format!("{}.bad", l.digest.hex()));
+    let verdicts = f.cache_dir.with_file_name("cache.verdicts");
+    let bad = verdicts.join(format!("{}.bad", l.digest.hex()));
     assert!(bad.exists());
     // Another process over the same cache: refused at its first fetch.
     let cache2 = open_cache(&f.cache_dir, 1 << 30);
@@ -299,7 +300,7 @@ async fn a_layer_fetched_whole_that_does_not_match_its_digest_is_poisoned() {
     assert!(matches!(err, Error::Poisoned { .. }), "{}", err.report());
     // The layer under its true digest is unaffected, and checked once: the verdict is kept.
     assert!(cache.fetch_layer(&honest).await.is_ok());
-    let verified = f.cache_dir.join(format!("{}.verified", honest.digest.hex()));
+    let verified = verdicts.join(format!("{}.verified", honest.digest.hex()));
     assert!(verified.exists());
     let before = src.requests.load(Ordering::SeqCst);
     let (again, src3) = layer(&f, 0);
@@ -325,6 +326,7 @@ async fn the_whole_layer_check_refetches_spans_read_before_it() {
     assert!(fetched < n, "{fetched} of {n}");
     assert!(f
         .cache_dir
+        .with_file_name("cache.verdicts")
         .join(format!("{}.verified", l.digest.hex()))
         .exists());
     assert!(!l.check.is_poisoned());
