@@ -378,3 +378,31 @@ fn a_layer_fetched_whole_that_fails_its_digest_is_dropped() {
         spans.display()
     );
 }
+
+/// `strata cache fetch` (every layer whole, in the CLI's own process) under the same attack:
+/// the command fails naming the layer, the forged index is dropped from the store, and the
+/// verdict is kept for processes sharing the cache.
+#[test]
+fn cache_fetch_of_a_layer_that_fails_its_digest_fails_loudly() {
+    let reg = Registry::start();
+    let (good, evil) = (image(honest), image(altered));
+    good.push(&reg, "trust/d:v1");
+    let forged = forge(&reg, &good, &evil, "d", "trust/d");
+    let proxy = FaultProxy::in_front_of(&reg);
+    poison_proxy(&proxy, "trust/d", "d", &good, &forged, false);
+    assert_proxy_serves_altered(&proxy, "trust/d", &good, &evil);
+    let env = mirror_env(&reg, &proxy, serde_json::json!({}));
+    let out = env.run(&["cache", "fetch", &format!("{}/trust/d:v1", reg.host())]);
+    out.assert_failure();
+    let err = out.stderr_str();
+    let layer = &good.layers[0].digest;
+    assert!(err.contains("does not match its digest"), "{err}");
+    assert!(err.contains(layer.as_str()), "{err}");
+    assert!(err.contains(&proxy.url()), "the mirror is named: {err}");
+    assert!(!env.root().join("indexes").join(hex(layer)).exists());
+    assert!(env
+        .root()
+        .join("cache.verdicts")
+        .join(format!("{}.bad", hex(layer)))
+        .exists());
+}
