@@ -18,7 +18,9 @@
 mod common;
 use common::image::{BuiltImage, Compression};
 use common::testdata::pseudo;
-use common::{http, sha256_digest, FaultProxy, ImageBuilder, Layer, OutputExt, Registry, StrataEnv};
+use common::{
+    http, sha256_digest, FaultProxy, ImageBuilder, Layer, OutputExt, Registry, StrataEnv,
+};
 use std::path::Path;
 use std::time::Duration;
 
@@ -50,8 +52,14 @@ fn hex(d: &str) -> &str {
 
 fn put_blob(reg: &Registry, repo: &str, data: &[u8]) -> String {
     let d = sha256_digest(data);
-    let r = http::request(&reg.host(), "POST", &format!("/v2/{repo}/blobs/uploads/"), &[], &[])
-        .expect("start upload");
+    let r = http::request(
+        &reg.host(),
+        "POST",
+        &format!("/v2/{repo}/blobs/uploads/"),
+        &[],
+        &[],
+    )
+    .expect("start upload");
     assert_eq!(r.status, 202, "start upload: {}", r.text());
     let loc = r.header("location").expect("upload location").to_string();
     let path = match loc.find("/v2/") {
@@ -130,7 +138,13 @@ fn forge(reg: &Registry, good: &BuiltImage, evil: &BuiltImage, name: &str, into:
     });
     let art = serde_json::to_vec(&art).unwrap();
     let art_digest = sha256_digest(&art);
-    put_manifest(reg, into, &art_digest, "application/vnd.oci.image.manifest.v1+json", &art);
+    put_manifest(
+        reg,
+        into,
+        &art_digest,
+        "application/vnd.oci.image.manifest.v1+json",
+        &art,
+    );
     let referrers = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",
@@ -159,7 +173,14 @@ fn forge(reg: &Registry, good: &BuiltImage, evil: &BuiltImage, name: &str, into:
 /// Make `proxy` answer requests about `repo`'s image with the altered layer and, with
 /// `referrers`, the forged sidecar (kept in `evil/<name>`): referrers API and tag, the
 /// artifact, its blobs.
-fn poison_proxy(proxy: &FaultProxy, repo: &str, name: &str, good: &BuiltImage, f: &Forged, referrers: bool) {
+fn poison_proxy(
+    proxy: &FaultProxy,
+    repo: &str,
+    name: &str,
+    good: &BuiltImage,
+    f: &Forged,
+    referrers: bool,
+) {
     let evil_repo = format!("evil/{name}");
     proxy.substitute(
         &format!("/v2/{repo}/blobs/{}", good.layers[0].digest),
@@ -179,7 +200,12 @@ fn poison_proxy(proxy: &FaultProxy, repo: &str, name: &str, good: &BuiltImage, f
 }
 
 /// The proxy really serves the altered layer bytes under the honest layer digest.
-fn assert_proxy_serves_altered(proxy: &FaultProxy, repo: &str, good: &BuiltImage, evil: &BuiltImage) {
+fn assert_proxy_serves_altered(
+    proxy: &FaultProxy,
+    repo: &str,
+    good: &BuiltImage,
+    evil: &BuiltImage,
+) {
     let r = http::request(
         &proxy.host(),
         "GET",
@@ -189,7 +215,10 @@ fn assert_proxy_serves_altered(proxy: &FaultProxy, repo: &str, good: &BuiltImage
     )
     .unwrap();
     assert_eq!(r.status, 200);
-    assert_eq!(r.body, evil.layers[0].blob, "the proxy must serve the altered layer");
+    assert_eq!(
+        r.body, evil.layers[0].blob,
+        "the proxy must serve the altered layer"
+    );
     assert_ne!(r.body, good.layers[0].blob);
 }
 
@@ -201,7 +230,10 @@ fn read_all_never_altered(mnt: &Path) -> usize {
         match std::fs::read(mnt.join(format!("data/f{i}"))) {
             Ok(b) => {
                 assert!(b != altered(i), "data/f{i}: ALTERED bytes reached a reader");
-                assert!(b == honest(i), "data/f{i}: neither honest nor altered bytes");
+                assert!(
+                    b == honest(i),
+                    "data/f{i}: neither honest nor altered bytes"
+                );
                 ok += 1;
             }
             Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "data/f{i}: {e}"),
@@ -246,17 +278,25 @@ fn default_policy_takes_no_sidecar_from_a_mirror() {
         "control: a believed forged index serves the altered bytes"
     );
     drop(m);
-    assert!(proxy.request_count(&art) > 0, "control fetched the forged artifact");
+    assert!(
+        proxy.request_count(&art) > 0,
+        "control fetched the forged artifact"
+    );
 
     // The same proxy as a mirror, default policy.
     let seen = proxy.requests().len();
     let env = mirror_env(&reg, &proxy, serde_json::json!({}));
     let m = env.mount(&format!("{}/trust/a:v1", reg.host()), &["--no-prefetch"]);
     let ok = read_all_never_altered(&m.dir);
-    assert_eq!(ok, FILES, "the upstream's honest bytes after the mirror's failed verification");
+    assert_eq!(
+        ok, FILES,
+        "the upstream's honest bytes after the mirror's failed verification"
+    );
     let asked: Vec<_> = proxy.requests()[seen..].to_vec();
     assert!(
-        asked.iter().any(|r| r.path.contains(&good.layers[0].digest)),
+        asked
+            .iter()
+            .any(|r| r.path.contains(&good.layers[0].digest)),
         "the mirror was asked for the layer (and served altered bytes): {asked:?}"
     );
     assert!(
@@ -275,7 +315,12 @@ fn bound_policy_uses_the_bound_index_and_ignores_forged_referrers() {
     let reg = Registry::start();
     let (good, evil) = (image(honest), image(altered));
     good.push(&reg, "trust/b:v1");
-    let out = StrataEnv::new().run(&["index", &format!("{}/trust/b:v1", reg.host()), "--push", "--bind"]);
+    let out = StrataEnv::new().run(&[
+        "index",
+        &format!("{}/trust/b:v1", reg.host()),
+        "--push",
+        "--bind",
+    ]);
     out.assert_success();
     let bound = out
         .stdout_str()
@@ -283,7 +328,10 @@ fn bound_policy_uses_the_bound_index_and_ignores_forged_referrers() {
         .find(|l| l.starts_with(&format!("{}/trust/b@", reg.host())))
         .expect("bound reference printed")
         .to_string();
-    assert!(bound.starts_with(&format!("{}/trust/b@sha256:", reg.host())), "{bound}");
+    assert!(
+        bound.starts_with(&format!("{}/trust/b@sha256:", reg.host())),
+        "{bound}"
+    );
     let forged = forge(&reg, &good, &evil, "b", "evil/b");
     let art = forged.art.clone();
     let proxy = FaultProxy::in_front_of(&reg);
@@ -295,9 +343,17 @@ fn bound_policy_uses_the_bound_index_and_ignores_forged_referrers() {
     assert_eq!(read_all_never_altered(&m.dir), FILES);
     let stats = env.run(&["stats", "--json", m.dir.to_str().unwrap()]);
     stats.assert_success();
-    assert!(stats.stdout_str().contains("Bound"), "index source: {}", stats.stdout_str());
+    assert!(
+        stats.stdout_str().contains("Bound"),
+        "index source: {}",
+        stats.stdout_str()
+    );
     drop(m);
-    assert_eq!(proxy.request_count(&art), 0, "the forged artifact was fetched");
+    assert_eq!(
+        proxy.request_count(&art),
+        0,
+        "the forged artifact was fetched"
+    );
     assert_eq!(proxy.request_count("/referrers/"), 0);
     assert_eq!(proxy.request_count("manifests/sha256-"), 0);
 
@@ -315,10 +371,17 @@ fn bound_policy_uses_the_bound_index_and_ignores_forged_referrers() {
     let m = env3.mount(&plain, &["--no-prefetch"]);
     assert_eq!(read_all_never_altered(&m.dir), FILES);
     let stats = env3.run(&["stats", "--json", m.dir.to_str().unwrap()]);
-    assert!(stats.stdout_str().contains("Built"), "{}", stats.stdout_str());
+    assert!(
+        stats.stdout_str().contains("Built"),
+        "{}",
+        stats.stdout_str()
+    );
     drop(m);
     let log = env3.daemon_logs();
-    assert!(log.contains("downloaded layer does not match its digest"), "{log}");
+    assert!(
+        log.contains("downloaded layer does not match its digest"),
+        "{log}"
+    );
     assert!(log.contains(&proxy.url()), "the mirror is named: {log}");
     assert_eq!(proxy.request_count(&art), 0);
 }
@@ -342,7 +405,11 @@ fn a_layer_fetched_whole_that_fails_its_digest_is_dropped() {
     // vouches for the altered bytes: this is the gap the check closes, and proof that the
     // proxy's bytes pass every per-span check.
     let early = std::fs::read(m.dir.join("data/f0")).unwrap();
-    assert_eq!(early, altered(0), "control: altered bytes before the whole-layer check");
+    assert_eq!(
+        early,
+        altered(0),
+        "control: altered bytes before the whole-layer check"
+    );
     let layer = &good.layers[0].digest;
     let log = common::poll_until(
         "the whole-layer check failing loudly",
@@ -355,7 +422,9 @@ fn a_layer_fetched_whole_that_fails_its_digest_is_dropped() {
     );
     let line = log
         .lines()
-        .find(|l| l.contains("ERROR") && l.contains("image ") && l.contains("does not match its digest"))
+        .find(|l| {
+            l.contains("ERROR") && l.contains("image ") && l.contains("does not match its digest")
+        })
         .unwrap_or_else(|| panic!("no error line naming the image:\n{log}"));
     assert!(line.contains("trust/c"), "{line}");
     assert!(line.contains(layer.as_str()), "{line}");

@@ -425,7 +425,11 @@ fn serve(client: TcpStream, upstream: &str, handle: &FaultHandle) {
             .next()
             .unwrap_or("HTTP/1.1")
             .to_string();
-        if let Some((from, to)) = st.substitutions.iter().find(|(f, _)| path.contains(f.as_str())) {
+        if let Some((from, to)) = st
+            .substitutions
+            .iter()
+            .find(|(f, _)| path.contains(f.as_str()))
+        {
             req.start = format!("{method} {} {version}", path.replacen(from.as_str(), to, 1));
             substituted = true;
         }

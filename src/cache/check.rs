@@ -117,7 +117,9 @@ impl ChunkCache {
         let _ = std::fs::remove_file(&path);
         let problem = match verdict {
             Ok(Ok(None)) if !conflict => None,
-            Ok(Ok(None)) => Some("two fetches of the same blob range returned different bytes".into()),
+            Ok(Ok(None)) => {
+                Some("two fetches of the same blob range returned different bytes".into())
+            }
             Ok(Ok(Some(p))) => Some(p),
             Ok(Err(io)) => {
                 return Err(Error::Io {
@@ -156,11 +158,15 @@ impl ChunkCache {
         }
         let (_, holes) = layer.check.missing(layer.layout.count(), size);
         for h in holes {
-            let b = layer.source.fetch(h.clone()).await.map_err(|source| Error::Fetch {
-                layer: layer.digest,
-                range: h.clone(),
-                source: Box::new(source),
-            })?;
+            let b = layer
+                .source
+                .fetch(h.clone())
+                .await
+                .map_err(|source| Error::Fetch {
+                    layer: layer.digest,
+                    range: h.clone(),
+                    source: Box::new(source),
+                })?;
             let l2 = layer.clone();
             tokio::task::spawn_blocking(move || l2.check.record(h.start, &b, None))
                 .await

@@ -216,7 +216,9 @@ pub(super) fn check_spans(file: &std::fs::File, layout: &super::Layout) -> Resul
     let r = std::io::BufReader::with_capacity(1 << 20, f);
     let mut dec: Box<dyn Read> = match meta.compression {
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(r).map_err(|e| e.to_string())?),
+        Compression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::new(r).map_err(|e| e.to_string())?)
+        }
         _ => Box::new(r),
     };
     let mut pos = 0u64;

@@ -180,7 +180,9 @@ pub async fn publish_bound(
         .put_manifest(&repo, &digest.to_string(), OCI_INDEX, body.clone())
         .await?;
     if let Some(tag) = &reference.tag {
-        client.put_manifest(&repo, tag, OCI_INDEX, body.clone()).await?;
+        client
+            .put_manifest(&repo, tag, OCI_INDEX, body.clone())
+            .await?;
     }
     store.put_blob(digest, &body, &format!("bound image index {digest}"))?;
     rec.index_digest = Some(digest);

@@ -590,8 +590,8 @@ pub async fn index_image(
     ));
     let bound = match bind_it {
         true => {
-            let d = bind::publish_bound(client, store, reference, rec, art_digest, art_size)
-                .await?;
+            let d =
+                bind::publish_bound(client, store, reference, rec, art_digest, art_size).await?;
             progress.line(&format!(
                 "bound image index {}@{d} pushed{}: name it to have the index trusted",
                 reference.name(),

@@ -150,7 +150,11 @@ pub async fn prefetch(
 /// layer, dropped its spans and the mirrors that served it): drop the layer's stored index so
 /// that no later mount believes it, and say loudly what happened, naming the image. Returns
 /// whether it was that error.
-pub fn whole_layer_failed(store: &Store, image: &crate::reference::Reference, e: &crate::cache::Error) -> bool {
+pub fn whole_layer_failed(
+    store: &Store,
+    image: &crate::reference::Reference,
+    e: &crate::cache::Error,
+) -> bool {
     let crate::cache::Error::LayerDigest {
         layer,
         problem,

@@ -277,11 +277,7 @@ async fn a_layer_fetched_whole_that_does_not_match_its_digest_is_poisoned() {
     let r = vrange(&l, name, 0..4096);
     assert_eq!(&cache.read(&l, r.clone()).await.unwrap()[..], &data[..4096]);
     let err = cache.fetch_layer(&l).await.unwrap_err();
-    assert!(
-        matches!(err, Error::LayerDigest { .. }),
-        "{}",
-        err.report()
-    );
+    assert!(matches!(err, Error::LayerDigest { .. }), "{}", err.report());
     assert!(err.report().contains("hash to"), "{}", err.report());
     // ...and nothing after it, not even what is in memory.
     let err = cache.read(&l, r.clone()).await.unwrap_err();
