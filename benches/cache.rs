@@ -72,6 +72,7 @@ fn setup(dir: &std::path::Path, memory: u64) -> (Arc<ChunkCache>, Arc<CachedLaye
         layout: Layout::new(index),
         source: Arc::new(MemBlob(blob)),
         windows: None,
+        check: Default::default(),
     });
     (cache, layer, off)
 }

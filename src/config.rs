@@ -53,6 +53,40 @@ fn de_profile_source<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ProfileSo
     }
 }
 
+/// Which sidecar layer indexes a mount trusts (`index-trust`). Indexes bound to the image
+/// (named by the digest the user gave, through a bound image index) and eStargz TOCs (their
+/// digest is in the layer annotations) are trusted under every policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IndexTrust {
+    /// Also unbound sidecars (found through the referrers API or tag), but only when they
+    /// come from the image's own registry, never through a mirror.
+    #[default]
+    Registry,
+    /// Only bound indexes and eStargz TOCs; a layer without one is fetched whole (its digest
+    /// checked) and indexed here.
+    Bound,
+}
+
+impl IndexTrust {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IndexTrust::Registry => "registry",
+            IndexTrust::Bound => "bound",
+        }
+    }
+}
+
+fn de_index_trust<'de, D: serde::Deserializer<'de>>(d: D) -> Result<IndexTrust, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.as_str() {
+        "registry" => Ok(IndexTrust::Registry),
+        "bound" => Ok(IndexTrust::Bound),
+        _ => Err(serde::de::Error::custom(format!(
+            "index-trust: {s:?} is not one of registry, bound"
+        ))),
+    }
+}
+
 /// The whole configuration tree with defaults.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -84,6 +118,10 @@ pub struct Config {
     /// `none`.
     #[serde(default, deserialize_with = "de_profile_source")]
     pub prefetch_profile: ProfileSource,
+    /// Which unbound sidecar indexes are trusted: `registry` (default: from the image's own
+    /// registry, never through a mirror) or `bound` (none: only bound indexes and eStargz).
+    #[serde(default, deserialize_with = "de_index_trust")]
+    pub index_trust: IndexTrust,
     /// Seconds a lazy read may wait for its bytes (all retries included) before it fails
     /// with ETIMEDOUT.
     #[serde(default = "default_fetch_timeout")]
@@ -230,6 +268,7 @@ impl Default for Config {
             memory_cache_size: default_memory_cache_size(),
             prefetch: true,
             prefetch_profile: ProfileSource::default(),
+            index_trust: IndexTrust::default(),
             fetch_timeout: default_fetch_timeout(),
             partial_span_fetch: false,
             fetch_ahead_spans: default_fetch_ahead(),
@@ -431,6 +470,15 @@ mod tests {
                 .prefetch_profile,
             ProfileSource::Local
         );
+        let e = parse(r#"{"index-trust": "anyone"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("index-trust"), "{e}");
+        assert_eq!(
+            parse(r#"{"index-trust": "bound"}"#).unwrap().index_trust,
+            IndexTrust::Bound
+        );
+        assert_eq!(Config::default().index_trust, IndexTrust::Registry);
         let e = parse(r#"{"max-concurrent-downloads": 0}"#)
             .unwrap_err()
             .to_string();

@@ -135,6 +135,9 @@ struct State {
     counts: HashMap<String, usize>,
     /// Request paths starting with `.0` are forwarded with `.1` in its place.
     rewrite: Option<(String, String)>,
+    /// Request paths containing `.0` are forwarded with (its first occurrence) replaced by
+    /// `.1`: the first that fits is used.
+    substitutions: Vec<(String, String)>,
 }
 
 impl State {
@@ -211,6 +214,20 @@ impl FaultHandle {
     /// are the ones the client sent.
     pub fn rewrite_prefix(&self, from: &str, to: &str) {
         self.state.lock().unwrap().rewrite = Some((from.to_string(), to.to_string()));
+    }
+
+    /// Forward requests whose path contains `from` with `from` replaced by `to` (a malicious
+    /// mirror answering a request for one blob, manifest or tag with another's, e.g. altered
+    /// layer bytes pushed under their own digest, or a forged referrers index from another
+    /// repository). The registry's answer passes unchanged, except that a
+    /// `Docker-Content-Digest` header is dropped (it would name what was really served).
+    /// Logged paths are the ones the client sent.
+    pub fn substitute(&self, from: &str, to: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .substitutions
+            .push((from.to_string(), to.to_string()));
     }
 
     /// Remove all rules.
@@ -398,10 +415,25 @@ fn serve(client: TcpStream, upstream: &str, handle: &FaultHandle) {
     let path = req.path().to_string();
     let range = req.get("Range").map(str::to_string);
     let headers = req.headers.clone();
+    let mut substituted = false;
     let (rule_id, fault) = {
         let mut st = handle.state.lock().unwrap();
         *st.counts.entry(path.clone()).or_default() += 1;
-        if let Some((from, to)) = &st.rewrite {
+        let version = req
+            .start
+            .rsplit(' ')
+            .next()
+            .unwrap_or("HTTP/1.1")
+            .to_string();
+        if let Some((from, to)) = st
+            .substitutions
+            .iter()
+            .find(|(f, _)| path.contains(f.as_str()))
+        {
+            req.start = format!("{method} {} {version}", path.replacen(from.as_str(), to, 1));
+            substituted = true;
+        }
+        if let Some((from, to)) = st.rewrite.as_ref().filter(|_| !substituted) {
             if let Some(rest) = path.strip_prefix(from.as_str()) {
                 let version = req
                     .start
@@ -557,6 +589,9 @@ fn serve(client: TcpStream, upstream: &str, handle: &FaultHandle) {
     }
     resp.remove("transfer-encoding");
     resp.remove("keep-alive");
+    if substituted {
+        resp.remove("docker-content-digest");
+    }
     resp.set("Connection", "close");
     if has_body {
         resp.set("Content-Length", &resp_body.len().to_string());

@@ -108,6 +108,30 @@ impl Disk {
         let _ = std::fs::remove_file(self.path(k));
     }
 
+    /// Remove every span file of `layer`.
+    pub(super) fn drop_layer(&self, layer: &Digest) {
+        {
+            let mut s = self.state();
+            let keys: Vec<SpanKey> = s
+                .lru
+                .iter()
+                .filter(|(k, _)| k.layer == *layer)
+                .map(|(k, _)| *k)
+                .collect();
+            for k in keys {
+                if let Some(len) = s.lru.pop(&k) {
+                    s.bytes -= len;
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(self.dir.join(layer.hex()));
+    }
+
+    /// The cache directory.
+    pub(super) fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     pub(super) fn write(&self, k: &SpanKey, data: &[u8]) -> Result<(), Error> {
         if self.cap == 0 || self.contains(k) {
             return Ok(());

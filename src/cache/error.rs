@@ -91,6 +91,17 @@ pub enum Error {
         #[source]
         source: Arc<tokio::task::JoinError>,
     },
+    /// The layer, fetched whole, did not match the digest in the image manifest (or its spans
+    /// did not match the decompressed layer): none of its bytes is served any more.
+    #[error("layer {layer}: fetched whole, it does not match its digest: {problem}; its spans were dropped (mirrors dropped: {mirrors:?})")]
+    LayerDigest {
+        layer: Digest,
+        problem: String,
+        mirrors: Vec<String>,
+    },
+    /// An earlier whole-layer check of this layer failed (here or in another process).
+    #[error("layer {layer}: refused: its bytes failed the whole-layer digest check")]
+    Poisoned { layer: Digest },
     /// The fetch permits were closed (the cache is being torn down).
     #[error("layer {layer}: the cache is closed")]
     Closed { layer: Digest },

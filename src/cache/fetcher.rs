@@ -249,8 +249,18 @@ impl Fetcher {
             .fetched(compressed.len() as u64, started.elapsed());
         let net = started.elapsed();
         let (l2, dec) = (layer.clone(), decode.clone());
+        let at = crange.start;
         let decoded = tokio::task::spawn_blocking(move || {
-            dec.apply(&l2.layout, &compressed, window.as_deref())
+            let out = dec.apply(&l2.layout, &compressed, window.as_deref());
+            // A whole-layer fetch is recording what the spans were decoded from.
+            if out.is_ok() && l2.check.recording() {
+                let spans = match &dec {
+                    Decode::Run(run) => Some(run.clone()),
+                    Decode::Prefix { .. } => None,
+                };
+                l2.check.record(at, &compressed, spans);
+            }
+            out
         })
         .await;
         tracing::debug!(

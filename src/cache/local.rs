@@ -152,6 +152,14 @@ impl Tiers {
         pending.push(task);
     }
 
+    /// Drop every span of `layer` from both tiers, after the disk writes in flight (which
+    /// could otherwise put a span file back).
+    pub(super) async fn drop_layer(&self, layer: &crate::digest::Digest) {
+        self.flush().await;
+        self.mem.drop_layer(layer);
+        self.disk.drop_layer(layer);
+    }
+
     /// Wait until every span fetched so far is on disk.
     pub(super) async fn flush(&self) {
         let tasks: Vec<_> = std::mem::take(&mut *lock(&self.pending_writes));

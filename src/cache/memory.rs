@@ -125,6 +125,25 @@ impl Memory {
         lock(&self.writing).remove(key);
     }
 
+    /// Drop every span and block of `layer` (its bytes must not be served again).
+    pub(super) fn drop_layer(&self, layer: &crate::digest::Digest) {
+        {
+            let mut m = lock(&self.lru);
+            let keys: Vec<MemKey> = m
+                .lru
+                .iter()
+                .filter(|(k, _)| k.span.layer == *layer)
+                .map(|(k, _)| *k)
+                .collect();
+            for k in keys {
+                if let Some(old) = m.lru.pop(&k) {
+                    m.bytes -= old.len() as u64;
+                }
+            }
+        }
+        lock(&self.writing).retain(|k, _| k.layer != *layer);
+    }
+
     /// Entries in the LRU.
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {

@@ -14,7 +14,10 @@
 //!   under a fetch permit, decoding and verification, retries, the deadline;
 //! - `policy.rs`: readahead, neighbour fetch-ahead, partial span fetches, prefetch pacing;
 //! - `layout.rs`: spans and blocks of a layer in one virtual coordinate; `source.rs`: where
-//!   compressed bytes come from; `error.rs`: the typed [`Error`] and its errno.
+//!   compressed bytes come from; `error.rs`: the typed [`Error`] and its errno;
+//! - `whole.rs`: the digest check of a layer fetched whole (its compressed bytes recorded
+//!   while fetched, hashed and compared with the manifest's layer digest; a mismatch poisons
+//!   the layer and drops its spans).
 //!
 //! This file ties them together: a read checks the local tiers once; what is missing is
 //! joined or fetched through the single-flight table, whose lock is held for map lookups only
@@ -31,6 +34,7 @@ mod memory;
 mod policy;
 mod source;
 mod stats;
+mod whole;
 mod windows;
 
 pub use error::Error;
@@ -38,6 +42,7 @@ pub use layout::{Layout, LayoutError};
 pub use policy::PREFETCH_IDLE;
 pub use source::{BlobSource, FetchError, LocalBlob, RegistryBlob};
 pub use stats::{Stats, StatsSnapshot};
+pub use whole::WholeCheck;
 pub use windows::{RemoteWindows, WindowError};
 
 use crate::digest::Digest;
@@ -68,6 +73,8 @@ pub struct CachedLayer {
     pub source: Arc<dyn BlobSource>,
     /// Where the stored gzip windows come from when the index file holds only its head.
     pub windows: Option<Arc<RemoteWindows>>,
+    /// The whole-layer digest check (`whole.rs`); `Default::default()`.
+    pub check: WholeCheck,
 }
 
 impl CachedLayer {
@@ -243,6 +250,11 @@ impl ChunkCache {
     }
 
     fn start(self: &Arc<Self>, layer: &Arc<CachedLayer>, range: Range<u64>, want: Want) -> Read {
+        if layer.check.is_poisoned() {
+            return Read::Local(Err(Error::Poisoned {
+                layer: layer.digest,
+            }));
+        }
         let spans = match layer.layout.locate(range.clone()) {
             Ok(s) => s,
             Err(source) => {
@@ -284,6 +296,14 @@ impl ChunkCache {
         mut parts: Vec<Option<Bytes>>,
         want: Want,
     ) -> Result<Bytes, Error> {
+        // Another process sharing this cache may have found the layer's bytes false.
+        if self.marked_bad(layer) {
+            layer.check.poison();
+            self.tiers.drop_layer(&layer.digest).await;
+            return Err(Error::Poisoned {
+                layer: layer.digest,
+            });
+        }
         if want.demand {
             self.policy.note_demand_miss();
             if want.file_end.is_some() {
@@ -514,6 +534,12 @@ impl ChunkCache {
     /// core each, from their own checkpoints). Unlike [`prefetch_layer`](Self::prefetch_layer)
     /// it does not yield to reads on demand. Returns the spans fetched.
     pub async fn fetch_layer(self: &Arc<Self>, layer: &Arc<CachedLayer>) -> Result<usize, Error> {
+        let checking = self.begin_whole(layer)?;
+        let r = self.fetch_layer_spans(layer).await;
+        self.finish_whole(layer, checking, r).await
+    }
+
+    async fn fetch_layer_spans(self: &Arc<Self>, layer: &Arc<CachedLayer>) -> Result<usize, Error> {
         let n = layer.layout.count();
         let need: Vec<usize> = (0..n).filter(|&i| !self.tiers.has_span(layer, i)).collect();
         let mut waits = Vec::new();
@@ -530,6 +556,15 @@ impl ChunkCache {
     /// Fetch every span of a layer not yet local, in order, one run at a time (background
     /// prefetch), yielding to reads on demand. Stops at the first error; returns spans fetched.
     pub async fn prefetch_layer(
+        self: &Arc<Self>,
+        layer: &Arc<CachedLayer>,
+    ) -> Result<usize, Error> {
+        let checking = self.begin_whole(layer)?;
+        let r = self.prefetch_layer_spans(layer).await;
+        self.finish_whole(layer, checking, r).await
+    }
+
+    async fn prefetch_layer_spans(
         self: &Arc<Self>,
         layer: &Arc<CachedLayer>,
     ) -> Result<usize, Error> {
@@ -554,6 +589,8 @@ impl ChunkCache {
         Ok(fetched)
     }
 }
+
+mod check;
 
 impl std::future::IntoFuture for Read {
     type Output = Result<Bytes, Error>;

@@ -55,6 +55,18 @@ pub trait BlobSource: Send + Sync {
     /// Bytes this source delivered failed verification: where it can choose (a registry's
     /// mirrors), the next fetch should come from elsewhere.
     fn distrust(&self) {}
+
+    /// Whether the whole blob was verified against its digest already (a blob of the local
+    /// store): the whole-layer check is then not needed.
+    fn verified_whole(&self) -> bool {
+        false
+    }
+
+    /// The blob, fetched whole, did not match its digest: stop using every mirror that
+    /// served part of it; returns them.
+    fn drop_servers(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A blob in a registry (mirrors first, as the client is configured).
@@ -80,6 +92,10 @@ impl BlobSource for RegistryBlob {
     fn distrust(&self) {
         self.client.distrust_mirrors(&self.repo, &self.digest);
     }
+
+    fn drop_servers(&self) -> Vec<String> {
+        self.client.drop_mirrors_that_served(&self.digest)
+    }
 }
 
 /// A blob already in the local store.
@@ -88,6 +104,10 @@ pub struct LocalBlob {
 }
 
 impl BlobSource for LocalBlob {
+    fn verified_whole(&self) -> bool {
+        true
+    }
+
     fn fetch(&self, range: Range<u64>) -> BoxFuture<'static, Result<Bytes, FetchError>> {
         let path = self.path.clone();
         async move {

@@ -42,14 +42,28 @@ pub(super) async fn index(
     ctx: &Ctx,
     image: &str,
     push: bool,
+    bind: bool,
     platform: Option<&str>,
 ) -> Result<i32, Error> {
-    let (reference, rec) = resolve_record(ctx, image, platform).await?;
+    let (reference, mut rec) = resolve_record(ctx, image, platform).await?;
     let progress = Progress::new(false);
-    match image::index::index_image(&ctx.client, &ctx.store, &reference, &rec, push, &progress)
-        .await?
+    match image::index::index_image(
+        &ctx.client,
+        &ctx.store,
+        &reference,
+        &mut rec,
+        push,
+        bind,
+        &progress,
+    )
+    .await?
     {
-        Some(d) => println!("{d}"),
+        Some(p) => {
+            println!("{}", p.artifact);
+            if let Some(b) = p.bound {
+                println!("{}@{b}", reference.name());
+            }
+        }
         None => println!(
             "indexed {} layer(s); use --push to publish them",
             rec.layers.len()
@@ -90,10 +104,22 @@ async fn cache_fetch(
     let cache = &svc.cache;
     let started = std::time::Instant::now();
     let fetches = lazy.layers.iter().map(|l| cache.fetch_layer(l));
-    let spans: usize = futures::future::try_join_all(fetches)
-        .await?
-        .into_iter()
-        .sum();
+    let mut spans = 0;
+    let mut failed = None;
+    for r in futures::future::join_all(fetches).await {
+        match r {
+            Ok(n) => spans += n,
+            Err(e) => {
+                if crate::mount::whole_layer_failed(&svc.store, &lazy.reference, &e) {
+                    eprintln!("strata: {}", e.report());
+                }
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
     cache.flush().await;
     let took = started.elapsed().as_secs_f64();
     let s = cache.stats.snapshot();

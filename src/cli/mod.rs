@@ -197,6 +197,10 @@ pub enum Command {
         image: String,
         #[arg(long)]
         push: bool,
+        /// With --push: also publish an image index binding the image to its sidecar, so
+        /// the digest of that index covers the sidecar (a tag named is moved to it)
+        #[arg(long, requires = "push")]
+        bind: bool,
         #[arg(long)]
         platform: Option<String>,
     },
@@ -543,8 +547,9 @@ async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<i32, Error> {
         Command::Index {
             image,
             push,
+            bind,
             platform,
-        } => images::index(ctx, &image, push, platform.as_deref()).await,
+        } => images::index(ctx, &image, push, bind, platform.as_deref()).await,
         Command::Profile { command } => images::profile(ctx, command).await,
         Command::Cache { command } => images::cache(ctx, command).await,
         Command::Mount(args) => mount::mount(ctx, args).await,

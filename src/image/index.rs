@@ -4,14 +4,18 @@
 //! The sidecar is an OCI artifact manifest (`artifactType` [`ARTIFACT_TYPE`], empty config)
 //! whose `subject` is the image manifest; one layer blob per image layer holds that layer's
 //! index file, annotated with the image layer's digest. Discovery uses the referrers API and
-//! falls back to the referrers tag schema (`sha256-<hex>`).
+//! falls back to the referrers tag schema (`sha256-<hex>`). Which sidecars are believed
+//! (bound to the image, or listed by its own registry) is `bind.rs`'s: every index file
+//! written here gets its trust mark there.
 
+use super::bind::{self, Mark};
 use super::{Error, Progress};
+use crate::config::IndexTrust;
 use crate::digest::Digest;
 use crate::layer::{self, LayerIndex};
 use crate::oci::{Descriptor, ImageManifest, OCI_EMPTY, OCI_INDEX, OCI_MANIFEST};
 use crate::reference::Reference;
-use crate::registry::{referrers_tag, Client};
+use crate::registry::{referrers_tag, Client, Op};
 use crate::store::{ImageRecord, Store};
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -48,8 +52,10 @@ pub enum IndexSource {
     Local,
     /// From the layer's eStargz TOC (two Range reads).
     Estargz,
-    /// From the strata sidecar artifact in the registry.
+    /// From the strata sidecar artifact in the registry (listed by the image's own registry).
     Sidecar,
+    /// From the sidecar bound to the image through the image index the user named.
+    Bound,
     /// Built by downloading the whole layer (not lazy).
     Built,
 }
@@ -124,6 +130,16 @@ impl From<layer::Error> for Error {
     }
 }
 
+/// The stored index of layer `d` if policy `trust` accepts how it was obtained (an index
+/// without a trust mark, from an older strata, is fetched again).
+fn open_trusted(store: &Store, d: &Digest, trust: IndexTrust) -> Option<(LayerIndex, Mark)> {
+    let mark = bind::mark_of(store, d)?;
+    if !mark.allowed(trust) {
+        return None;
+    }
+    open_local(store, d).map(|i| (i, mark))
+}
+
 fn open_local(store: &Store, d: &Digest) -> Option<LayerIndex> {
     let p = index_path(store, d);
     if !p.exists() {
@@ -169,7 +185,10 @@ pub async fn layer_indexes(
 }
 
 /// The index of each layer of `image` that has one without downloading the layer (local,
-/// eStargz TOC, sidecar artifact); `None` for the others.
+/// eStargz TOC, sidecar artifact) and that the `index-trust` policy accepts; `None` for the
+/// others. A sidecar bound to the image (through the image index the user named) is used
+/// under every policy; an unbound one only under `registry`, and only as listed by the
+/// image's own registry (never through a mirror).
 pub async fn lazy_indexes(
     client: &Arc<Client>,
     store: &Arc<Store>,
@@ -177,10 +196,13 @@ pub async fn lazy_indexes(
     rec: &ImageRecord,
     progress: &Progress,
 ) -> Result<Vec<Option<(Arc<LayerIndex>, IndexSource)>>, Error> {
+    let trust = client.config().index_trust;
     let mut out: Vec<Option<(Arc<LayerIndex>, IndexSource)>> = rec
         .layers
         .iter()
-        .map(|l| open_local(store, &l.digest).map(|i| (Arc::new(i), IndexSource::Local)))
+        .map(|l| {
+            open_trusted(store, &l.digest, trust).map(|(i, _)| (Arc::new(i), IndexSource::Local))
+        })
         .collect();
     for (i, l) in rec.layers.iter().enumerate() {
         if out[i].is_some() {
@@ -191,29 +213,54 @@ pub async fn lazy_indexes(
                 what: format!("layer {}", l.digest),
                 msg: format!("bad {TOC_ANNOTATION} annotation: {e}"),
             })?;
+            bind::clear_mark(store, &l.digest);
             let idx = estargz_index(client, store, reference, l, &toc)
                 .await
                 .map_err(|e| layer_err(l.digest, e))?;
+            bind::set_mark(store, &l.digest, Mark::Estargz)?;
             out[i] = Some((Arc::new(idx), IndexSource::Estargz));
         }
     }
-    if out.iter().any(Option::is_none) {
-        match sidecar_indexes(client, store, reference, rec, progress).await {
-            Ok(found) => {
-                for (i, l) in rec.layers.iter().enumerate() {
-                    if out[i].is_none() {
-                        if let Some(idx) = found.get(&l.digest) {
-                            if let Some(ix) =
-                                open_local(store, &l.digest).filter(|_| idx == &l.digest)
-                            {
-                                out[i] = Some((Arc::new(ix), IndexSource::Sidecar));
-                            }
-                        }
+    if out.iter().all(Option::is_some) {
+        return Ok(out);
+    }
+    let need: std::collections::BTreeSet<Digest> = rec
+        .layers
+        .iter()
+        .zip(&out)
+        .filter(|(_, o)| o.is_none())
+        .map(|(l, _)| l.digest)
+        .collect();
+    let found = match bind::bound_artifact(store, rec) {
+        Some(art) => {
+            let got =
+                sidecar_indexes(client, store, reference, rec, &need, Some(art), progress).await;
+            (Mark::Bound, IndexSource::Bound, got)
+        }
+        None if trust == IndexTrust::Registry => {
+            let got = sidecar_indexes(client, store, reference, rec, &need, None, progress).await;
+            (Mark::Registry, IndexSource::Sidecar, got)
+        }
+        None => {
+            progress.line(&format!(
+                "{reference}: index-trust is `bound` and the image names no bound index: \
+                 unbound sidecar indexes are not used"
+            ));
+            return Ok(out);
+        }
+    };
+    match found {
+        (mark, source, Ok(found)) => {
+            for (i, l) in rec.layers.iter().enumerate() {
+                if out[i].is_none() && found.contains(&l.digest) {
+                    if let Some(ix) = open_local(store, &l.digest) {
+                        bind::set_mark(store, &l.digest, mark)?;
+                        out[i] = Some((Arc::new(ix), source));
                     }
                 }
             }
-            Err(e) => tracing::warn!("no sidecar index for {reference}: {e}"),
         }
+        (_, _, Err(e)) => tracing::warn!("no sidecar index for {reference}: {e}"),
     }
     Ok(out)
 }
@@ -272,17 +319,39 @@ pub fn prefetch_list_path(store: &Store, layer: &Digest) -> PathBuf {
         .join(format!("{}.prefetch.json", layer.hex()))
 }
 
-/// Fetch the sidecar artifact's index blobs into `indexes/`; returns layer -> layer.
+/// Fetch the sidecar artifact's index blobs into `indexes/` (each replacing a stored index
+/// whose trust mark the caller did not accept); returns the layers that now have one. The
+/// artifact is `bound` (from the image index the user named) or else the newest one the
+/// referrers list *of the upstream alone* names: a mirror could list a forged one.
 async fn sidecar_indexes(
     client: &Client,
     store: &Store,
     reference: &Reference,
     rec: &ImageRecord,
+    need: &std::collections::BTreeSet<Digest>,
+    bound: Option<Digest>,
     progress: &Progress,
-) -> Result<BTreeMap<Digest, Digest>, Error> {
-    let (referrers, _) = client
-        .referrers(&reference.repo(), &rec.manifest_digest)
-        .await?;
+) -> Result<std::collections::BTreeSet<Digest>, Error> {
+    let referrers = match bound {
+        // The bound entry, as if it were the only referrer (its manifest is fetched by digest
+        // and checked: any endpoint may serve it).
+        Some(d) => {
+            let mut e = Descriptor::new(OCI_MANIFEST, d, 0);
+            e.artifact_type = Some(ARTIFACT_TYPE.into());
+            crate::oci::ImageIndex {
+                schema_version: 2,
+                media_type: Some(OCI_INDEX.into()),
+                manifests: vec![e],
+                annotations: None,
+            }
+        }
+        None => {
+            client
+                .referrers_via(&reference.repo(), &rec.manifest_digest, Op::PullUpstream)
+                .await?
+                .0
+        }
+    };
     let Some((_, am)) = find_artifact(
         client,
         reference,
@@ -305,11 +374,11 @@ async fn sidecar_indexes(
                 old.artifact_type.as_deref().unwrap_or_default()
             ));
         }
-        return Ok(BTreeMap::new());
+        return Ok(Default::default());
     };
     // Every index blob this image still needs, fetched at once: on a link with a round trip
     // of tens of milliseconds one-after-the-other downloads add up at every cold mount.
-    let mut found = BTreeMap::new();
+    let mut found = std::collections::BTreeSet::new();
     let mut wanted = Vec::new();
     for d in &am.layers {
         let Some(layer) = d
@@ -321,8 +390,7 @@ async fn sidecar_indexes(
         let Some(image_layer) = rec.layers.iter().find(|l| l.digest == layer) else {
             continue;
         };
-        if open_local(store, &layer).is_some() {
-            found.insert(layer, layer);
+        if !need.contains(&layer) {
             continue;
         }
         wanted.push((d, layer, image_layer.size));
@@ -333,7 +401,7 @@ async fn sidecar_indexes(
             .map(|(d, layer, size)| fetch_sidecar_index(client, store, reference, d, layer, size)),
     )
     .await?;
-    found.extend(fetched.into_iter().map(|l| (l, l)));
+    found.extend(fetched);
     Ok(found)
 }
 
@@ -408,6 +476,7 @@ async fn fetch_sidecar_index(
         store.write_json(&windows_from_path(store, &layer), &from)?;
     }
     drop(ix);
+    bind::clear_mark(store, &layer);
     std::fs::rename(&tmp, &path).map_err(|e| Error::Io {
         path: path.display().to_string(),
         source: e,
@@ -431,7 +500,8 @@ async fn build_from_blob(
     let out = index_path(store, &l.digest);
     let media = l.media_type.clone();
     let digest = l.digest;
-    tokio::task::spawn_blocking(move || {
+    bind::clear_mark(store, &digest);
+    let ix = tokio::task::spawn_blocking(move || {
         let f = std::fs::File::open(&blob).map_err(|e| Error::Io {
             path: blob.display().to_string(),
             source: e,
@@ -443,22 +513,39 @@ async fn build_from_blob(
     .map_err(|e| Error::Invalid {
         what: "index build".into(),
         msg: e.to_string(),
-    })?
+    })??;
+    bind::set_mark(store, &digest, Mark::Built)?;
+    Ok(ix)
 }
 
-/// `strata index REF [--push]`: build (or reuse) every layer's index; with `push`, publish them
-/// as a sidecar artifact referring to the image manifest. Returns the artifact digest if pushed.
+/// What `strata index --push` published.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// The sidecar artifact.
+    pub artifact: Digest,
+    /// With `--bind`: the image index binding the image to it.
+    pub bound: Option<Digest>,
+}
+
+/// `strata index REF [--push [--bind]]`: build (or reuse) every layer's index; with `push`,
+/// publish them as a sidecar artifact referring to the image manifest; with `bind`, also an
+/// image index binding the image to it (see `bind.rs`). Only indexes built here from the
+/// digest-checked layer (or its eStargz TOC) are published, never one fetched from a sidecar.
 pub async fn index_image(
     client: &Arc<Client>,
     store: &Arc<Store>,
     reference: &Reference,
-    rec: &ImageRecord,
+    rec: &mut ImageRecord,
     push: bool,
+    bind_it: bool,
     progress: &Progress,
-) -> Result<Option<Digest>, Error> {
+) -> Result<Option<Published>, Error> {
     let mut descs = Vec::new();
     for l in &rec.layers {
-        let ix = match open_local(store, &l.digest).filter(LayerIndex::windows_local) {
+        let local = open_trusted(store, &l.digest, IndexTrust::Bound)
+            .filter(|(ix, m)| *m != Mark::Bound && ix.windows_local())
+            .map(|(ix, _)| ix);
+        let ix = match local {
             Some(ix) => ix,
             None => {
                 progress.line(&format!("{}: indexing", l.digest.short()));
@@ -495,18 +582,40 @@ pub async fn index_image(
         client.upload_bytes(&repo, body.clone()).await?;
     }
     let layers = descs.into_iter().map(|(d, _)| d).collect();
-    let art_digest = publish_artifact(client, store, reference, rec, ARTIFACT_TYPE, layers).await?;
+    let (art_digest, art_size) =
+        publish_artifact(client, store, reference, rec, ARTIFACT_TYPE, layers).await?;
     progress.line(&format!(
         "index artifact {art_digest} pushed for {}",
         rec.manifest_digest
     ));
-    Ok(Some(art_digest))
+    let bound = match bind_it {
+        true => {
+            let d =
+                bind::publish_bound(client, store, reference, rec, art_digest, art_size).await?;
+            progress.line(&format!(
+                "bound image index {}@{d} pushed{}: name it to have the index trusted",
+                reference.name(),
+                reference
+                    .tag
+                    .as_ref()
+                    .map(|t| format!(" (tag {t} moved to it)"))
+                    .unwrap_or_default()
+            ));
+            Some(d)
+        }
+        false => None,
+    };
+    Ok(Some(Published {
+        artifact: art_digest,
+        bound,
+    }))
 }
 
 /// Publish an artifact about image `rec` (layers already uploaded): an OCI manifest with
 /// `artifact_type`, the empty config, `layers` and `subject` = the image manifest. Registries
 /// without the referrers API get the `sha256-<hex>` fallback tag's index updated: an earlier
-/// artifact of the same type is replaced, every other one kept. Returns the artifact digest.
+/// artifact of the same type is replaced, every other one kept. Returns the artifact's digest
+/// and size.
 pub(super) async fn publish_artifact(
     client: &Client,
     store: &Store,
@@ -514,7 +623,7 @@ pub(super) async fn publish_artifact(
     rec: &ImageRecord,
     artifact_type: &str,
     layers: Vec<Descriptor>,
-) -> Result<Digest, Error> {
+) -> Result<(Digest, u64), Error> {
     let repo = reference.repo();
     let json = |v: serde_json::Result<Vec<u8>>, what: &str| {
         v.map(Bytes::from).map_err(|e| Error::Invalid {
@@ -560,7 +669,7 @@ pub(super) async fn publish_artifact(
             .put_manifest(&repo, &referrers_tag(&rec.manifest_digest), OCI_INDEX, ib)
             .await?;
     }
-    Ok(art_digest)
+    Ok((art_digest, body.len() as u64))
 }
 
 /// The newest artifact of `artifact_type` about image `rec` among `referrers`, with its

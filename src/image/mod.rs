@@ -1,6 +1,7 @@
 //! Image operations that join the registry client and the store: resolve, pull, push, save,
 //! load, commit/import/export, and the artifacts published next to an image (layer index
-//! sidecars in `index`, access profiles in `profile`).
+//! sidecars in `index`, which of them to trust and indexes bound to the image in `bind`,
+//! access profiles in `profile`).
 //!
 //! Calls `registry`, `store`, `layer`, `cache` (the blob source and windows of a sidecar
 //! index) and `union::sys` (upper-directory conventions for commit); formats nothing for
@@ -8,6 +9,7 @@
 //! `mount/`'s.
 
 mod archive;
+pub mod bind;
 pub mod commit;
 pub mod index;
 pub mod profile;

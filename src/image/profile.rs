@@ -108,6 +108,7 @@ pub async fn push(
         vec![layer],
     )
     .await
+    .map(|(d, _)| d)
 }
 
 /// The newest profile published for the image, if any (checked: size, layers, JSON).

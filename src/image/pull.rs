@@ -232,7 +232,24 @@ pub(super) async fn fetch_blob(
             }
         }
         match cut {
-            None => return Ok(w.commit()?),
+            None => match w.commit() {
+                Ok(()) => return Ok(()),
+                // Bytes that are not the blob: the mirrors that served them are dropped and
+                // the download is tried again (from the upstream, the reference).
+                Err(e @ crate::store::Error::DigestMismatch { .. }) => {
+                    let dropped = client.drop_mirrors_that_served(digest);
+                    tracing::error!(
+                        image = %reference,
+                        layer = %digest,
+                        mirrors = ?dropped,
+                        "downloaded layer does not match its digest; mirrors that served it are dropped: {e}"
+                    );
+                    if dropped.is_empty() || attempt >= BLOB_ATTEMPTS {
+                        return Err(e.into());
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            },
             Some(e) if attempt < BLOB_ATTEMPTS => {
                 tracing::warn!(layer = %digest, attempt, "download cut, retrying: {e}");
             }

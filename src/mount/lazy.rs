@@ -171,6 +171,7 @@ pub async fn open(
             layout: Layout::new(index),
             source,
             windows,
+            check: Default::default(),
         });
         lowers.push(Arc::new(CacheLower {
             cache: cache.clone(),

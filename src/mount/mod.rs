@@ -23,7 +23,7 @@ mod served;
 pub use layer::mount_layer;
 pub use lazy::LazyImage;
 pub use lower::{AccessProfile, CacheLower};
-pub use prefetch::{save_profile, ProfileProgress};
+pub use prefetch::{save_profile, whole_layer_failed, ProfileProgress};
 pub use restore::{prepare, process_start, saved_mounts, Prepared, SavedMount};
 pub use served::{read_record, record_path, MountRecord, Served};
 

@@ -136,7 +136,42 @@ pub async fn prefetch(
     // share the link with bytes it will never read.
     tokio::time::sleep(BULK_PREFETCH_DELAY).await;
     for l in &image.layers {
-        cache.prefetch_layer(l).await?;
+        match cache.prefetch_layer(l).await {
+            Ok(_) => {}
+            // That layer is refused from now on; the others are still worth fetching.
+            Err(e) if whole_layer_failed(&store, &image.reference, &e) => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
+}
+
+/// If `e` says a layer fetched whole did not match its digest (the cache has refused the
+/// layer, dropped its spans and the mirrors that served it): drop the layer's stored index so
+/// that no later mount believes it, and say loudly what happened, naming the image. Returns
+/// whether it was that error.
+pub fn whole_layer_failed(
+    store: &Store,
+    image: &crate::reference::Reference,
+    e: &crate::cache::Error,
+) -> bool {
+    let crate::cache::Error::LayerDigest {
+        layer,
+        problem,
+        mirrors,
+    } = e
+    else {
+        return false;
+    };
+    crate::image::bind::forget_index(store, layer);
+    tracing::error!(
+        image = %image,
+        layer = %layer,
+        mirrors = ?mirrors,
+        "image {image}: layer {layer} does not match its digest ({problem}); its index and \
+         cached spans are dropped, reads of it fail with EIO; mirrors that served it, now \
+         dropped: {}",
+        if mirrors.is_empty() { "none".to_string() } else { mirrors.join(", ") }
+    );
+    true
 }

@@ -318,6 +318,10 @@ impl Client {
         let mut last = None;
         for ep in self.endpoints(repo, op)? {
             if ep.mirror {
+                if self.health.is_dropped(&ep.base) {
+                    tracing::debug!(mirror = %ep.base, "mirror dropped (served a layer that did not match its digest)");
+                    continue;
+                }
                 if let Some(why) = self.health.skip(&ep.base, blob, Instant::now()) {
                     tracing::debug!(mirror = %ep.base, ?why, "skipping mirror for now");
                     skipped.push(ep);
@@ -362,6 +366,9 @@ impl Client {
             Ok(v) => {
                 if mirror {
                     self.health.ok(&base, blob);
+                    if let Some(b) = blob {
+                        self.health.served_blob(&base, b);
+                    }
                 }
                 Ok(v)
             }
@@ -404,6 +411,13 @@ impl Client {
                 tracing::warn!(mirror = %ep.base, "bytes of blob {blob} failed verification; not asking mirrors for it for {hold:?}");
             }
         }
+    }
+
+    /// A layer fetched whole did not match its digest: drop, for the life of this client,
+    /// every mirror that served bytes of it. Returns the mirrors dropped (none when every
+    /// byte came from the upstream).
+    pub fn drop_mirrors_that_served(&self, blob: &Digest) -> Vec<String> {
+        self.health.drop_servers_of(blob)
     }
 
     /// `GET /v2/` with authentication: used by `login` to verify credentials.

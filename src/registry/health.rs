@@ -9,7 +9,9 @@
 //! with each further failure of the probe that follows it, up to [`MAX_BACKOFF`] times; a
 //! success forgets the mirror's failures. It also remembers which blobs a mirror has served
 //! by range, so that a range cut into slice pieces is sent whole only to a mirror known to hold
-//! the blob (a mirror filling a blob would start one whole-blob stream per piece). Pure
+//! the blob (a mirror filling a blob would start one whole-blob stream per piece), and which
+//! mirrors served bytes of a blob at all: when a layer fetched whole does not match its digest,
+//! those mirrors are dropped for the life of the client. Pure
 //! bookkeeping, no I/O; used by `endpoint.rs` and `blobs.rs`. Uses `digest` only.
 
 use crate::digest::Digest;
@@ -41,6 +43,11 @@ pub struct Health {
     blobs: Mutex<HashMap<(String, Digest), Down>>,
     /// (mirror, blob) pairs the mirror has answered with a range: it holds the blob.
     ranged: Mutex<HashSet<(String, Digest)>>,
+    /// Mirrors that answered with any bytes of a blob (for naming and dropping them when the
+    /// blob, fetched whole, turns out not to match its digest).
+    served: Mutex<HashMap<Digest, HashSet<String>>>,
+    /// Mirrors dropped for good (served bytes of a layer whose digest did not match).
+    dropped: Mutex<HashSet<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -81,7 +88,35 @@ impl Health {
             mirrors: Mutex::new(HashMap::new()),
             blobs: Mutex::new(HashMap::new()),
             ranged: Mutex::new(HashSet::new()),
+            served: Mutex::new(HashMap::new()),
+            dropped: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// The mirror answered a request for `blob` with bytes.
+    pub fn served_blob(&self, base: &str, blob: &Digest) {
+        let mut m = lock(&self.served);
+        let set = m.entry(*blob).or_default();
+        if !set.contains(base) {
+            set.insert(base.to_string());
+        }
+    }
+
+    /// Drop every mirror that served bytes of `blob` for the life of this client; returns
+    /// them.
+    pub fn drop_servers_of(&self, blob: &Digest) -> Vec<String> {
+        let bases: Vec<String> = lock(&self.served)
+            .remove(blob)
+            .map(|s| s.into_iter().collect())
+            .unwrap_or_default();
+        lock(&self.dropped).extend(bases.iter().cloned());
+        bases
+    }
+
+    /// Whether mirror `base` was dropped for good.
+    pub fn is_dropped(&self, base: &str) -> bool {
+        let d = lock(&self.dropped);
+        !d.is_empty() && d.contains(base)
     }
 
     /// The mirror answered a Range request for `blob` with that range.
@@ -100,6 +135,9 @@ impl Health {
 
     /// Whether requests (for `blob`, if given) should skip mirror `base` now.
     pub fn skip(&self, base: &str, blob: Option<&Digest>, now: Instant) -> Option<Skip> {
+        if self.is_dropped(base) {
+            return Some(Skip::Mirror);
+        }
         if lock(&self.mirrors).get(base).is_some_and(|d| d.until > now) {
             return Some(Skip::Mirror);
         }

@@ -36,9 +36,19 @@ pub struct Resolved {
 impl Client {
     /// Fetch a manifest or index by tag or digest, verifying its digest.
     pub async fn get_manifest(&self, reference: &Reference) -> Result<FetchedManifest, Error> {
+        self.get_manifest_via(reference, Op::for_reference(reference))
+            .await
+    }
+
+    /// [`get_manifest`](Self::get_manifest) from the endpoints of `op` (`Op::PullUpstream`:
+    /// the upstream alone).
+    pub async fn get_manifest_via(
+        &self,
+        reference: &Reference,
+        op: Op,
+    ) -> Result<FetchedManifest, Error> {
         let what = reference.to_string();
         let repo = reference.repo();
-        let op = Op::for_reference(reference);
         self.on_endpoints(&repo, op, None, |ep| {
             let what = what.clone();
             async move {
@@ -122,9 +132,12 @@ impl Client {
                 index: None,
             }),
             AnyManifest::Index(idx) => {
+                // Artifacts bound to an image (a sidecar index entry of `strata index
+                // --bind`) carry the image's platform too: they are never the image.
                 let chosen = idx
                     .manifests
                     .iter()
+                    .filter(|d| d.artifact_type.is_none())
                     .find(|d| d.platform.as_ref().is_some_and(|p| platform.matches(p)))
                     .ok_or_else(|| Error::NoPlatform {
                         reference: reference.to_string(),
@@ -207,11 +220,22 @@ impl Client {
         repo: &Repository,
         subject: &Digest,
     ) -> Result<(oci::ImageIndex, bool), Error> {
-        // Mirrors first, as for manifests and blobs: a node may reach only its mirror. Any
-        // answer but a success means "no referrers API here" (the tag schema follows); only a
-        // failure to get an answer moves on to the next endpoint.
+        self.referrers_via(repo, subject, Op::Pull).await
+    }
+
+    /// [`referrers`](Self::referrers) from the endpoints of `op` (`Op::PullUpstream`: the
+    /// upstream alone, where a mirror cannot slip a forged referrer in).
+    pub async fn referrers_via(
+        &self,
+        repo: &Repository,
+        subject: &Digest,
+        op: Op,
+    ) -> Result<(oci::ImageIndex, bool), Error> {
+        // Mirrors first (with `Op::Pull`), as for manifests and blobs: a node may reach only
+        // its mirror. Any answer but a success means "no referrers API here" (the tag schema
+        // follows); only a failure to get an answer moves on to the next endpoint.
         let api = self
-            .on_endpoints(repo, Op::Pull, None, |ep| async move {
+            .on_endpoints(repo, op, None, |ep| async move {
                 let url = ep.url(&repo.name, &format!("referrers/{subject}"));
                 let resp = self
                     .send(
@@ -239,7 +263,8 @@ impl Client {
             Err(e) => tracing::debug!("referrers API of {repo}: {e}; trying the tag schema"),
         }
         let tag_ref = repo.tag(referrers_tag(subject));
-        match self.get_manifest(&tag_ref).await {
+        let tag_op = if op == Op::Pull { Op::Resolve } else { op };
+        match self.get_manifest_via(&tag_ref, tag_op).await {
             Ok(f) => match f.manifest {
                 AnyManifest::Index(i) => Ok((i, true)),
                 AnyManifest::Image(_) => Err(Error::BadManifest {

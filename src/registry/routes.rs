@@ -6,7 +6,7 @@
 //! hosts.toml (`hosts`) that have the capability; the `[[registry.mirror]]`s of the
 //! registries.conf entry matching the repository (`regconf`, names rewritten by prefix);
 //! then the upstream: hosts.toml `server`, else the registries.conf `location` (prefix
-//! rewritten), else the registry itself. Pushes go to the upstream only. A registries.conf
+//! rewritten), else the registry itself. Pushes (and `Op::PullUpstream`) go to the upstream only. A registries.conf
 //! entry marked `blocked` refuses every request.
 //!
 //! Scheme of an upstream or registries.conf mirror: http when the host is in
@@ -37,6 +37,9 @@ pub enum Op {
     Pull,
     /// Uploads.
     Push,
+    /// Content by digest (or referrers) from the upstream alone, never a mirror: what a
+    /// mirror could forge and nothing the user named covers (unbound sidecar indexes).
+    PullUpstream,
 }
 
 impl Op {
@@ -54,7 +57,13 @@ impl Op {
             Op::Resolve => caps.resolve,
             Op::Pull => caps.pull,
             Op::Push => caps.push,
+            Op::PullUpstream => caps.pull,
         }
+    }
+
+    /// Whether mirrors may answer this kind of request.
+    fn via_mirrors(self) -> bool {
+        matches!(self, Op::Resolve | Op::Pull)
     }
 }
 
@@ -212,7 +221,7 @@ impl Routes {
         }
         let hf = self.hosts_file(&repo.registry)?;
         let mut out = Vec::new();
-        if op != Op::Push {
+        if op.via_mirrors() {
             for url in self.config.mirrors_for(&repo.registry) {
                 let api = ApiUrl::parse(&url, false).ok_or_else(|| Error::ConfigValue {
                     path: "config".into(),

@@ -217,6 +217,7 @@ async fn each_failure_gives_the_errno_of_its_cause() {
         layout: Layout::new(f.index.clone()),
         source: Arc::new(Stalled),
         windows: None,
+        check: Default::default(),
     });
     let err = cache.read(&stalled, r.clone()).await.unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{}", err.report());
@@ -230,6 +231,7 @@ async fn each_failure_gives_the_errno_of_its_cause() {
             path: f.cache_dir.join("no-such-blob"),
         }),
         windows: None,
+        check: Default::default(),
     });
     let err = cache.read(&gone, r.clone()).await.unwrap_err();
     assert!(matches!(err, Error::Fetch { .. }), "{}", err.report());
@@ -247,4 +249,81 @@ async fn each_failure_gives_the_errno_of_its_cause() {
         "{}",
         err.report()
     );
+}
+
+/// A layer fetched whole whose bytes (here: honest bytes that the index describes, under a
+/// manifest digest they do not have, which is what altered bytes with a forged index look like
+/// from the cache) do not match the digest: the fetch fails naming it, the layer is refused
+/// from then on (also to a new `CachedLayer` over the same cache dir: another process), and
+/// none of its spans is left in either tier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_layer_fetched_whole_that_does_not_match_its_digest_is_poisoned() {
+    let f = fixture();
+    let cache = open_cache(&f.cache_dir, 1 << 30);
+    let (honest, _) = layer(&f, 0);
+    let lie = |src: Arc<TestSource>| {
+        Arc::new(CachedLayer {
+            digest: Digest::of(b"the manifest names other bytes"),
+            layout: Layout::new(f.index.clone()),
+            source: src,
+            windows: None,
+            check: Default::default(),
+        })
+    };
+    let (_, src) = layer(&f, 0);
+    let l = lie(src.clone());
+    // A read before the whole fetch is served (the index vouches for the bytes)...
+    let (name, data) = &f.files[0];
+    let r = vrange(&l, name, 0..4096);
+    assert_eq!(&cache.read(&l, r.clone()).await.unwrap()[..], &data[..4096]);
+    let err = cache.fetch_layer(&l).await.unwrap_err();
+    assert!(matches!(err, Error::LayerDigest { .. }), "{}", err.report());
+    assert!(err.report().contains("hash to"), "{}", err.report());
+    // ...and nothing after it, not even what is in memory.
+    let err = cache.read(&l, r.clone()).await.unwrap_err();
+    assert!(matches!(err, Error::Poisoned { .. }), "{}", err.report());
+    assert_eq!(err.errno(), libc::EIO);
+    cache.flush().await;
+    assert_eq!(cache.disk_usage().1, 0, "spans of the layer left on disk");
+    let verdicts = f.cache_dir.with_file_name("cache.verdicts");
+    let bad = verdicts.join(format!("{}.bad", l.digest.hex()));
+    assert!(bad.exists());
+    // Another process over the same cache: refused at its first fetch.
+    let cache2 = open_cache(&f.cache_dir, 1 << 30);
+    let (_, src2) = layer(&f, 0);
+    let l2 = lie(src2);
+    let err = cache2.read(&l2, r).await.unwrap_err();
+    assert!(matches!(err, Error::Poisoned { .. }), "{}", err.report());
+    // The layer under its true digest is unaffected, and checked once: the verdict is kept.
+    assert!(cache.fetch_layer(&honest).await.is_ok());
+    let verified = verdicts.join(format!("{}.verified", honest.digest.hex()));
+    assert!(verified.exists());
+    let before = src.requests.load(Ordering::SeqCst);
+    let (again, src3) = layer(&f, 0);
+    assert_eq!(cache.fetch_layer(&again).await.unwrap(), 0);
+    assert_eq!(src3.requests.load(Ordering::SeqCst), 0);
+    assert_eq!(src.requests.load(Ordering::SeqCst), before);
+}
+
+/// A whole fetch of a layer partly read before: the spans read earlier are fetched again for
+/// the check (their compressed bytes were not kept), the rest once; the check passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_whole_layer_check_refetches_spans_read_before_it() {
+    let f = fixture();
+    let cache = open_cache(&f.cache_dir, 1 << 30);
+    let (l, src) = layer(&f, 0);
+    let (name, data) = &f.files[3];
+    let r = vrange(&l, name, 0..data.len() as u64);
+    assert_eq!(&cache.read(&l, r).await.unwrap()[..], &data[..]);
+    let early = src.requests.load(Ordering::SeqCst);
+    assert!(early > 0);
+    let n = l.layout.count();
+    let fetched = cache.fetch_layer(&l).await.unwrap();
+    assert!(fetched < n, "{fetched} of {n}");
+    assert!(f
+        .cache_dir
+        .with_file_name("cache.verdicts")
+        .join(format!("{}.verified", l.digest.hex()))
+        .exists());
+    assert!(!l.check.is_poisoned());
 }

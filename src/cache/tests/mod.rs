@@ -132,6 +132,7 @@ fn layer(f: &Fixture, delay_ms: u64) -> (Arc<CachedLayer>, Arc<TestSource>) {
         layout: Layout::new(f.index.clone()),
         source: src.clone(),
         windows: None,
+        check: Default::default(),
     });
     (l, src)
 }
@@ -203,6 +204,7 @@ fn head_only_layer(f: &Fixture) -> (Arc<CachedLayer>, Arc<TestSource>, Arc<TestS
         layout: Layout::new(ix),
         source: src.clone(),
         windows: Some(RemoteWindows::new(wsrc.clone(), head, wdir.clone())),
+        check: Default::default(),
     });
     (l, src, wsrc, wdir)
 }
