@@ -42,15 +42,36 @@ fn fixture() -> Vec<Layer> {
         .add(Entry::dir("w/sg").mode(0o2777).owner(0, 3000))
         .add(Entry::dir("w/st").mode(0o1777))
         .add(Entry::dir("w/ld").mode(0o755).owner(1000, 1000))
-        .add(Entry::file("w/ld/a", "alice's\n").mode(0o644).owner(1000, 1000))
+        .add(
+            Entry::file("w/ld/a", "alice's\n")
+                .mode(0o644)
+                .owner(1000, 1000),
+        )
         .add(Entry::file("w/lf", "root's\n").mode(0o644))
-        .add(Entry::file("w/st/a", "sticky\n").mode(0o666).owner(1000, 1000))
-        .add(Entry::file("w/sg/lf", "group\n").mode(0o664).owner(1000, 3000));
+        .add(Entry::dir("w/rd").mode(0o755))
+        .add(
+            Entry::file("w/st/a", "sticky\n")
+                .mode(0o666)
+                .owner(1000, 1000),
+        )
+        .add(
+            Entry::file("w/sg/lf", "group\n")
+                .mode(0o664)
+                .owner(1000, 3000),
+        );
     let l1 = Layer::new()
         .add(Entry::dir("w").mode(0o777))
-        .add(Entry::file("w/mine", "bob's\n").mode(0o666).owner(2000, 2000))
+        .add(
+            Entry::file("w/mine", "bob's\n")
+                .mode(0o666)
+                .owner(2000, 2000),
+        )
         .add(Entry::dir("w/st").mode(0o1777))
-        .add(Entry::file("w/st/b", "bob's\n").mode(0o644).owner(2000, 2000));
+        .add(
+            Entry::file("w/st/b", "bob's\n")
+                .mode(0o644)
+                .owner(2000, 2000),
+        );
     vec![l0, l1]
 }
 
@@ -214,11 +235,23 @@ fn random_operations_match_ext4_as_root_and_as_users() {
         let sm = env.mount_at(
             &reference,
             &t.join("strata"),
-            &["--allow-other", "--no-prefetch", "--upper", upper.to_str().unwrap()],
+            &[
+                "--allow-other",
+                "--no-prefetch",
+                "--upper",
+                upper.to_str().unwrap(),
+            ],
         );
-        assert_eq!(tree(&sm.dir), tree(&ext4.dir), "seed {seed}: starting trees");
+        assert_eq!(
+            tree(&sm.dir),
+            tree(&ext4.dir),
+            "seed {seed}: starting trees"
+        );
 
-        eprintln!("seed {seed}, {} ops (replay with STRATA_SEED={seed})", nops());
+        eprintln!(
+            "seed {seed}, {} ops (replay with STRATA_SEED={seed})",
+            nops()
+        );
         let log = RefCell::new(Vec::new());
         let _guard = LogOnPanic { seed, log: &log };
         let mut rng = SplitMix64::new(seed);
@@ -270,7 +303,12 @@ fn objects_of_every_type_keep_owner_and_inode_across_rename() {
     let sm = env.mount_at(
         &reference,
         &t.join("strata"),
-        &["--allow-other", "--no-prefetch", "--upper", t.join("up").to_str().unwrap()],
+        &[
+            "--allow-other",
+            "--no-prefetch",
+            "--upper",
+            t.join("up").to_str().unwrap(),
+        ],
     );
     let st = Command::new("cp")
         .args(["-a"])
@@ -322,6 +360,164 @@ fn objects_of_every_type_keep_owner_and_inode_across_rename() {
                     },
                 ));
             }
+        }
+        // Named cases, one per class of issue 17 the kernel decides with strata's attributes.
+        for (who, op) in [
+            // 8: moving a directory to another parent needs write permission on it
+            (
+                BOB,
+                Op::Rename {
+                    from: "w/rd".into(),
+                    to: "w/sg/rd".into(),
+                },
+            ),
+            (
+                ROOT,
+                Op::Rename {
+                    from: "w/rd".into(),
+                    to: "w/sg/rd".into(),
+                },
+            ),
+            // 4: utimensat by non-owners
+            (
+                BOB,
+                Op::Utimens {
+                    path: "w/lf".into(),
+                    times: Times::Now,
+                },
+            ),
+            (
+                BOB,
+                Op::Utimens {
+                    path: "w/st/a".into(),
+                    times: Times::Now,
+                },
+            ),
+            (
+                BOB,
+                Op::Utimens {
+                    path: "w/st/a".into(),
+                    times: Times::Null,
+                },
+            ),
+            (
+                BOB,
+                Op::Utimens {
+                    path: "w/st/a".into(),
+                    times: Times::Set(1_000_000_000),
+                },
+            ),
+            // 5: chmod by an owner not in the file's group clears S_ISGID
+            (
+                ROOT,
+                Op::Chown {
+                    path: "w/ld/a".into(),
+                    uid: 1000,
+                    gid: 2000,
+                },
+            ),
+            (
+                ALICE,
+                Op::Chmod {
+                    path: "w/ld/a".into(),
+                    mode: 0o2755,
+                },
+            ),
+            (
+                ALICE,
+                Op::Chmod {
+                    path: "w/sg/lf".into(),
+                    mode: 0o2755,
+                },
+            ),
+            // 2: refused operations leave ctime alone (lower objects: no copy-up)
+            (
+                BOB,
+                Op::Unlink {
+                    path: "w/ld/a".into(),
+                },
+            ),
+            (
+                BOB,
+                Op::Chmod {
+                    path: "w/lf".into(),
+                    mode: 0o777,
+                },
+            ),
+            (
+                BOB,
+                Op::Chown {
+                    path: "w/lf".into(),
+                    uid: 2000,
+                    gid: u32::MAX,
+                },
+            ),
+            (
+                BOB,
+                Op::Link {
+                    from: "w/lf".into(),
+                    to: "w/mine".into(),
+                },
+            ),
+            (
+                BOB,
+                Op::Rename {
+                    from: "w/st/a".into(),
+                    to: "w/st/b".into(),
+                },
+            ),
+            (
+                ALICE,
+                Op::Rmdir {
+                    path: "w/sg".into(),
+                },
+            ),
+            (
+                ALICE,
+                Op::Truncate {
+                    path: "w/lf".into(),
+                    len: 0,
+                },
+            ),
+            // 6: open flags on existing files
+            (
+                ALICE,
+                Op::Open {
+                    path: "w/lf".into(),
+                    flags: libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+                    mode: 0o644,
+                    len: 0,
+                },
+            ),
+            (
+                ALICE,
+                Op::Open {
+                    path: "w/lf".into(),
+                    flags: libc::O_RDONLY | libc::O_TRUNC,
+                    mode: 0,
+                    len: 0,
+                },
+            ),
+            (
+                ALICE,
+                Op::Open {
+                    path: "w/ld/a".into(),
+                    flags: libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC,
+                    mode: 0o600,
+                    len: 9,
+                },
+            ),
+            (
+                ALICE,
+                Op::Open {
+                    path: "w/lf".into(),
+                    flags: libc::O_CREAT | libc::O_DIRECTORY | libc::O_RDONLY,
+                    mode: 0o600,
+                    len: 0,
+                },
+            ),
+        ] {
+            out.push(format!("uid {} {op:?}: {}", who.uid, apply(root, who, &op)));
         }
         lines.push((name, out));
     }

@@ -6,9 +6,9 @@
 //! inode number is the one the object had before).
 
 use super::*;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 /// Who runs an operation: real, effective and saved ids plus supplementary groups.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -344,9 +344,7 @@ fn run(root: &Path, op: &Op) -> String {
                 err(libc::rename(c(root, from).as_ptr(), c(root, to).as_ptr()))
             }
             Op::Chmod { path, mode } => err(libc::chmod(c(root, path).as_ptr(), *mode)),
-            Op::Chown { path, uid, gid } => {
-                err(libc::lchown(c(root, path).as_ptr(), *uid, *gid))
-            }
+            Op::Chown { path, uid, gid } => err(libc::lchown(c(root, path).as_ptr(), *uid, *gid)),
             Op::Utimens { path, times } => {
                 let ts = |sec, nsec| libc::timespec {
                     tv_sec: sec,
@@ -430,7 +428,10 @@ pub(super) fn apply(root: &Path, caller: Caller, op: &Op) -> String {
         out.push_str(&format!(" | {p}: {text}"));
     }
     if let (Some((from, to)), true) = (moved, out.starts_with("ok")) {
-        let was = paths.iter().position(|p| p == from).and_then(|i| before[i].as_ref());
+        let was = paths
+            .iter()
+            .position(|p| p == from)
+            .and_then(|i| before[i].as_ref());
         let now = look(root, to);
         if let (Some(was), Some(now)) = (was, now) {
             out.push_str(&format!(" | ino kept: {}", was.ino == now.ino));
