@@ -193,7 +193,7 @@ fn nops() -> usize {
 }
 
 #[test]
-#[ignore = "issue 17: seed 2 ends with w/sg/target mode 2600 on strata, 600 on ext4: ext4 drops S_ISGID (even without group exec) when a caller outside the file's group truncates or writes it; the FUSE kernel drops it only with group exec, so strata must (FUSE_HANDLE_KILLPRIV_V2)"]
+#[ignore = "issue 17: two differences left: seed 2 ends with w/sg/target mode 2600 on strata, 600 on ext4 (ext4 drops S_ISGID without group exec when a non-member truncates or writes; the FUSE kernel only with group exec); seed 6 op #251: chown(f, -1, -1) as root moves ctime on ext4, not on strata"]
 fn random_operations_match_ext4_as_root_and_as_users() {
     // SAFETY: umask(2) cannot fail; the same mask applies to all three file systems.
     unsafe { libc::umask(0o022) };
