@@ -470,7 +470,6 @@ fn long_paths_work_inside_a_mount_with_an_upper() {
 
 /// The same at PATH_MAX - 1 bytes.
 #[test]
-#[ignore = "issue 17: at 4095 bytes, openat(O_CREAT) fails with ENAMETOOLONG inside a strata mount (mkdirat of the 3800-byte parents works; the host file system takes it all)"]
 fn path_max_paths_work_inside_a_mount_with_an_upper() {
     long_path_in_a_mount(LONG[1]);
 }

@@ -6,7 +6,7 @@ set -euo pipefail
 # protobuf-compiler: protoc, for the gRPC crates (containerd snapshotter service, CRI client).
 pkgs=(docker-registry skopeo umoci runc fuse3 busybox-static apache2-utils openssl jq
       fuse-overlayfs podman netavark iproute2 fio kmod bc curl python3 debootstrap debian-archive-keyring
-      nginx time procps util-linux containerd stargz-snapshotter protobuf-compiler)
+      nginx time procps util-linux containerd stargz-snapshotter protobuf-compiler e2fsprogs)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -73,15 +73,46 @@ impl UnionFs {
             std::fs::create_dir(&tmp)
                 .map_err(|e| Error::io("create copy-up directory", &tmp, e))?;
             apply_meta(&tmp, &t)?;
-            u.install(&tmp, &rel)?;
+            let parent = st.node(d)?.aliases.first_parent().unwrap_or(ROOT_INO);
+            self.quietly(st, parent, |_| u.install(&tmp, &rel))?;
             let m = u
                 .lstat(&rel)?
                 .ok_or_else(|| Error::NotFound(rel.display().to_string()))?;
             let key = (m.dev(), m.ino());
             st.set_upper(d, key);
+            st.mask_ctime(d, (m.ctime(), m.ctime_nsec()), super::fs::ts(t.mtime));
             self.count_copy_up();
         }
         Ok(())
+    }
+
+    /// Run `change`, strata's own change inside the upper directory `dir` (installing a
+    /// copied-up child), so that it does not show in `dir`'s times: the atime and mtime shown
+    /// before are put back and the ctime shown before is kept (masked) until the user
+    /// changes the directory. Kernel overlayfs restores the times too, but not the ctime.
+    fn quietly<T>(
+        &self,
+        st: &mut NodeTable,
+        dir: u64,
+        change: impl FnOnce(&mut NodeTable) -> Result<T>,
+    ) -> Result<T> {
+        let before = st
+            .get(dir)
+            .is_some_and(|n| n.upper)
+            .then(|| self.attr_locked(st, dir).ok())
+            .flatten();
+        let r = change(st)?;
+        if let Some(b) = before {
+            let u = self.upper()?;
+            let rel = st.rel_path(dir)?;
+            let p = u.path(&rel)?;
+            sys::set_times(&p, Some(b.atime), Some(b.mtime))
+                .map_err(|e| Error::io("restore directory times", &p, e))?;
+            if let Some(m) = u.lstat(&rel)? {
+                st.mask_ctime(dir, (m.ctime(), m.ctime_nsec()), b.ctime);
+            }
+        }
+        Ok(r)
     }
 
     /// Copy the non-directory `ino` up (directories: metadata only). `keep` limits how many
@@ -129,7 +160,7 @@ impl UnionFs {
             return Err(e);
         }
         let rel = st.rel_path(ino)?;
-        u.install(&tmp, &rel)?;
+        self.quietly(&mut st, parent, |_| u.install(&tmp, &rel))?;
         let m = u
             .lstat(&rel)?
             .ok_or_else(|| Error::NotFound(rel.display().to_string()))?;
@@ -138,6 +169,10 @@ impl UnionFs {
         self.count_copy_up();
         if let Some(l) = st.get(ino).and_then(|n| n.lower) {
             self.link_aliases(&mut st, ino, l, &rel)?;
+        }
+        // The copy is the same object to the user: its ctime stays the lower one.
+        if let Some(m) = u.lstat(&rel)? {
+            st.mask_ctime(ino, (m.ctime(), m.ctime_nsec()), super::fs::ts(t.mtime));
         }
         Ok(())
     }
@@ -174,8 +209,10 @@ impl UnionFs {
                 continue;
             }
             self.ensure_upper_dir(st, cur)?;
-            let (a, b) = (u.path(first), u.path(&rel));
-            std::fs::hard_link(&a, &b).map_err(|e| Error::io("link copy-up alias", b, e))?;
+            let (a, b) = (u.path(first)?, u.path(&rel)?);
+            self.quietly(st, cur, |_| {
+                std::fs::hard_link(&a, &b).map_err(|e| Error::io("link copy-up alias", &b, e))
+            })?;
             st.add_alias(ino, cur, &name);
         }
         Ok(())

@@ -130,7 +130,7 @@ impl UnionFs {
         let st = self.lock();
         let n = st.node(ino)?;
         if n.upper {
-            let p = self.upper()?.path(&st.rel_path(ino)?);
+            let p = self.upper()?.path(&st.rel_path(ino)?)?;
             drop(st);
             let file = open_flags(&p, flags)?;
             let fh = keep(Handle::Upper {
@@ -257,7 +257,7 @@ impl UnionFs {
             let st = self.lock();
             match st.get(ino) {
                 Some(n) if n.upper && !n.aliases.is_empty() => {
-                    Ok(self.upper()?.path(&st.rel_path(ino)?))
+                    Ok(self.upper()?.path(&st.rel_path(ino)?)?)
                 }
                 Some(Node {
                     upper: true,

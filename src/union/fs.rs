@@ -85,6 +85,14 @@ pub(crate) fn attr_from_meta(ino: u64, m: &std::fs::Metadata) -> Result<Attr> {
     })
 }
 
+/// `a` (of the upper object `m`) with the ctime the node table says to show, if masked.
+fn mask_ctime(st: &NodeTable, mut a: Attr, m: &std::fs::Metadata) -> Attr {
+    if let Some(c) = st.shown_ctime(a.ino, (m.ctime(), m.ctime_nsec())) {
+        a.ctime = c;
+    }
+    a
+}
+
 pub(crate) fn attr_from_tree(ino: u64, n: &TreeNode) -> Attr {
     let t = ts(n.mtime);
     Attr {
@@ -182,7 +190,7 @@ impl UnionFs {
 
     /// Is the upper directory at union path `rel` opaque?
     fn upper_opaque(&self, rel: &Path) -> Result<bool> {
-        Ok(sys::is_opaque(&self.upper()?.path(rel)))
+        Ok(sys::is_opaque(&self.upper()?.path(rel)?))
     }
 
     /// Node for an upper object found at `parent/name`. `fresh` = just created by us (never
@@ -225,7 +233,7 @@ impl UnionFs {
             if let Some(u) = &self.upper {
                 let rel = st.rel_path(parent)?.join(name);
                 if let Some(m) = u.lstat(&rel)? {
-                    if sys::is_whiteout(&u.path(&rel), &m) {
+                    if sys::is_whiteout(&u.path(&rel)?, &m) {
                         return Ok(None);
                     }
                     return self.node_for_upper(st, parent, name, &m, false).map(Some);
@@ -247,7 +255,7 @@ impl UnionFs {
                     let m = f
                         .metadata()
                         .map_err(|e| Error::io("fstat upper", format!("inode {ino}"), e))?;
-                    return attr_from_meta(ino, &m);
+                    return Ok(mask_ctime(st, attr_from_meta(ino, &m)?, &m));
                 }
                 // Removed while open, with no upper descriptor to ask: a copied-up lower
                 // object still has its lower attributes (link count 0).
@@ -262,7 +270,7 @@ impl UnionFs {
             let m = u
                 .lstat(&rel)?
                 .ok_or_else(|| Error::NotFound(rel.display().to_string()))?;
-            let mut a = attr_from_meta(ino, &m)?;
+            let mut a = mask_ctime(st, attr_from_meta(ino, &m)?, &m);
             if a.kind == FileKind::Dir && n.lower.is_some() {
                 a.nlink = 1; // merged directory, as kernel overlayfs reports it
             }
@@ -303,7 +311,7 @@ impl UnionFs {
             return Err(Error::Invalid("not a symlink"));
         }
         if n.upper {
-            let p = self.upper()?.path(&st.rel_path(ino)?);
+            let p = self.upper()?.path(&st.rel_path(ino)?)?;
             return std::fs::read_link(&p)
                 .map(|t| t.into_os_string())
                 .map_err(|e| Error::io("readlink", p, e));
@@ -379,7 +387,7 @@ impl UnionFs {
                 return Err(Error::NotDir(format!("inode {ino}")));
             }
             match &self.upper {
-                Some(u) if n.upper => Some(u.path(&st.rel_path(ino)?)),
+                Some(u) if n.upper => Some(u.path(&st.rel_path(ino)?)?),
                 _ => None,
             }
         };

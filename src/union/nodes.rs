@@ -71,7 +71,14 @@ pub(crate) struct NodeTable {
     next_ino: u64,
     /// Node count after the last sweep of unreferenced nodes.
     swept_at: usize,
+    /// Union inode -> (upper `st_ctime` right after strata's own change, ctime to show):
+    /// changes the union makes on its own (a copy-up, installing a copied-up child) are not
+    /// the user's and must not move `st_ctime`; the mask holds until the upper ctime moves.
+    ctimes: HashMap<u64, (CTime, std::time::SystemTime)>,
 }
+
+/// `(st_ctime, st_ctime_nsec)` of an upper object.
+pub(crate) type CTime = (i64, i64);
 
 impl NodeTable {
     /// A table holding the root over `tree`; `upper_root` = the upper root's key and whether
@@ -84,6 +91,7 @@ impl NodeTable {
             claimed: HashMap::new(),
             next_ino: FALLBACK_BASE,
             swept_at: 0,
+            ctimes: HashMap::new(),
         };
         let mut root = Node {
             kind: FileKind::Dir,
@@ -104,6 +112,20 @@ impl NodeTable {
         }
         t.nodes.insert(ROOT_INO, root);
         t
+    }
+
+    /// Show `shown` as the ctime of `ino` while its upper ctime stays `upper`.
+    pub fn mask_ctime(&mut self, ino: u64, upper: CTime, shown: std::time::SystemTime) {
+        self.ctimes.insert(ino, (upper, shown));
+    }
+
+    /// The ctime to show for `ino` whose upper ctime is `upper`, if masked (a mask whose upper
+    /// ctime moved is dropped).
+    pub fn shown_ctime(&self, ino: u64, upper: CTime) -> Option<std::time::SystemTime> {
+        match self.ctimes.get(&ino) {
+            Some((u, shown)) if *u == upper => Some(*shown),
+            _ => None,
+        }
     }
 
     pub fn get(&self, ino: u64) -> Option<&Node> {

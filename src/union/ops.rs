@@ -6,6 +6,7 @@
 use super::files::Handle;
 use super::fs::{attr_from_meta, Ctx, Opened, SetAttr, StatFs, TimeSpec, UnionFs};
 use super::nodes::NodeTable;
+use super::upper::UPath;
 use super::{check_name, sys, Attr, Error, FileKind, Result, ROOT_INO};
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
@@ -214,7 +215,7 @@ impl UnionFs {
         let mut st = self.lock();
         let slot = self.new_slot(&mut st, newparent, newname)?;
         let u = self.upper()?;
-        let src = u.path(&st.rel_path(ino)?);
+        let src = u.path(&st.rel_path(ino)?)?;
         let tmp = u.temp();
         std::fs::hard_link(&src, &tmp).map_err(|e| Error::io("link", &src, e))?;
         u.install(&tmp, &slot.rel)?;
@@ -234,10 +235,15 @@ impl UnionFs {
         if n.aliases.len() > 1 {
             return;
         }
-        n.orphan = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
-            .open(u.path(rel))
+        n.orphan = u
+            .path(rel)
+            .and_then(|p| {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+                    .open(&p)
+                    .map_err(|e| Error::io("hold removed object", &p, e))
+            })
             .ok()
             .map(Arc::new);
     }
@@ -395,14 +401,15 @@ impl UnionFs {
         let is_dir = |st: &NodeTable, i: u64| st.get(i).is_some_and(|n| n.kind == FileKind::Dir);
         if exchange {
             let d = dst.ok_or(Error::StaleInode(0))?;
+            let (sp, dp) = (u.path(&srel)?, u.path(&drel)?);
             nix::fcntl::renameat2(
                 None,
-                &u.path(&srel),
+                &*sp,
                 None,
-                &u.path(&drel),
+                &*dp,
                 nix::fcntl::RenameFlags::RENAME_EXCHANGE,
             )
-            .map_err(|e| Error::io("rename exchange", u.path(&srel), e.into()))?;
+            .map_err(|e| Error::io("rename exchange", &sp, e.into()))?;
             for (i, rel) in [(src, &drel), (d, &srel)] {
                 if is_dir(&st, i) {
                     u.set_opaque(rel)?;
@@ -424,7 +431,7 @@ impl UnionFs {
             }
             st.drop_alias(d, newparent, newname);
         }
-        u.move_to(&u.path(&srel), &drel)?;
+        u.move_to(&u.path(&srel)?, &drel)?;
         if is_dir(&st, src) {
             u.set_opaque(&drel)?;
             self.detach_moved(&mut st, src, &drel)?;
@@ -479,7 +486,7 @@ impl UnionFs {
         &self,
         ino: u64,
         fh: Option<u64>,
-    ) -> Result<(Option<PathBuf>, Option<Arc<std::fs::File>>)> {
+    ) -> Result<(Option<UPath>, Option<Arc<std::fs::File>>)> {
         let file = fh
             .and_then(|f| self.handle(f).ok())
             .and_then(|h| match &*h {
@@ -488,7 +495,7 @@ impl UnionFs {
             });
         let st = self.lock();
         let path = match st.rel_path(ino) {
-            Ok(rel) => Some(self.upper()?.path(&rel)),
+            Ok(rel) => Some(self.upper()?.path(&rel)?),
             Err(Error::NotFound(_)) if file.is_some() => None,
             Err(e) => return Err(e),
         };
@@ -502,7 +509,8 @@ impl UnionFs {
         self.copy_up(ino, s.size)?;
         let (path, file) = self.upper_target(ino, fh)?;
         let what = path
-            .clone()
+            .as_ref()
+            .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(format!("inode {ino}")));
         if s.uid.is_some() || s.gid.is_some() {
             match (&path, &file) {
@@ -557,7 +565,7 @@ impl UnionFs {
         let st = self.lock();
         let n = st.node(ino)?;
         if n.upper {
-            let p = self.upper()?.path(&st.rel_path(ino)?);
+            let p = self.upper()?.path(&st.rel_path(ino)?)?;
             return sys::get_xattr(&p, name)
                 .map_err(|e| Error::io("getxattr", p, e))?
                 .ok_or(Error::NoAttr);
@@ -574,7 +582,7 @@ impl UnionFs {
         let st = self.lock();
         let n = st.node(ino)?;
         if n.upper {
-            let p = self.upper()?.path(&st.rel_path(ino)?);
+            let p = self.upper()?.path(&st.rel_path(ino)?)?;
             let mut names: Vec<String> = sys::list_xattrs(&p)
                 .map_err(|e| Error::io("listxattr", p, e))?
                 .into_iter()
