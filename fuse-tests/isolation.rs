@@ -11,9 +11,9 @@ use common::{busybox_image, Entry, Layer, OutputExt, Registry, StrataEnv};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A static C program: `keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING)`, printing
@@ -43,7 +43,11 @@ fn keyctl_binary(dir: &Path) -> Vec<u8> {
         .arg(&src)
         .output()
         .expect("cc");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::read(bin).unwrap()
 }
 
@@ -52,13 +56,12 @@ fn push(reg: &Registry, env: &StrataEnv, repo_tag: &str) -> String {
     let mut layer = Layer::new()
         .add(Entry::file("usr/bin/keyctl", keyctl_binary(&env.scratch())).mode(0o755))
         .file("www/index.html", "hello from the container\n");
-    for applet in ["nc", "httpd", "unshare", "ip", "cat", "grep", "tail", "printf", "kill"] {
+    for applet in [
+        "nc", "httpd", "unshare", "ip", "cat", "grep", "tail", "printf", "kill",
+    ] {
         layer = layer.symlink(&format!("usr/bin/{applet}"), "/bin/busybox");
     }
-    busybox_image()
-        .layer(layer)
-        .build("v1")
-        .push(reg, repo_tag);
+    busybox_image().layer(layer).build("v1").push(reg, repo_tag);
     format!("{}/{repo_tag}", reg.host())
 }
 
@@ -126,7 +129,11 @@ fn seccomp_default_profile_unconfined_and_files() {
     std::fs::write(&profile, r#"{"defaultAction": "SCMP_ACT_WHATEVER"}"#).unwrap();
     let out = env.run(&["run", "--rm", "--security-opt", &opt, &reference, "true"]);
     assert_eq!(out.status.code(), Some(125), "{}", out.stderr_str());
-    assert!(out.stderr_str().contains("profile.json"), "{}", out.stderr_str());
+    assert!(
+        out.stderr_str().contains("profile.json"),
+        "{}",
+        out.stderr_str()
+    );
     let out = env.run(&["run", "--rm", "--security-opt", "bogus", &reference, "true"]);
     assert_eq!(out.status.code(), Some(125), "{}", out.stderr_str());
 
@@ -205,7 +212,10 @@ fn bridge_network_is_private_with_nat_and_published_ports() {
 
     // The container's own interfaces: lo and slirp's tap0, not the host's.
     let ifaces = run_sh(&env, &[], &reference, "cat /proc/net/dev");
-    assert!(ifaces.contains("tap0:") && ifaces.contains("lo:"), "{ifaces}");
+    assert!(
+        ifaces.contains("tap0:") && ifaces.contains("lo:"),
+        "{ifaces}"
+    );
     assert!(!ifaces.contains("eth0:"), "{ifaces}");
     let resolv = run_sh(&env, &[], &reference, "cat /etc/resolv.conf");
     assert_eq!(resolv, "nameserver 10.0.2.3\n");
@@ -221,7 +231,12 @@ fn bridge_network_is_private_with_nat_and_published_ports() {
     let out = run_sh(&env, &[], &reference, &fetch("10.0.2.2"));
     assert_eq!(out, "unreachable\n");
     assert_eq!(server.accepted.load(Ordering::Relaxed), 0);
-    let out = run_sh(&env, &["--network", "host"], &reference, &fetch("127.0.0.1"));
+    let out = run_sh(
+        &env,
+        &["--network", "host"],
+        &reference,
+        &fetch("127.0.0.1"),
+    );
     assert_eq!(out, "host-loopback\n");
     assert_eq!(server.accepted.load(Ordering::Relaxed), 1);
     drop(server);
@@ -245,12 +260,7 @@ fn bridge_network_is_private_with_nat_and_published_ports() {
             let l = TcpListener::bind((ip, 0)).unwrap();
             let port = l.local_addr().unwrap().port();
             let server = serve(l, "outbound\n");
-            let out = run_sh(
-                &env,
-                &[],
-                &reference,
-                &http_get(&ip.to_string(), port),
-            );
+            let out = run_sh(&env, &[], &reference, &http_get(&ip.to_string(), port));
             assert_eq!(out, "outbound\n");
             assert_eq!(server.accepted.load(Ordering::Relaxed), 1);
         }
@@ -292,7 +302,11 @@ fn bridge_network_is_private_with_nat_and_published_ports() {
         "true",
     ]);
     assert_eq!(out.status.code(), Some(125), "{}", out.stderr_str());
-    assert!(out.stderr_str().contains("publishing"), "{}", out.stderr_str());
+    assert!(
+        out.stderr_str().contains("publishing"),
+        "{}",
+        out.stderr_str()
+    );
     let out = env.run(&["run", "--rm", "-p", "80", &reference, "true"]);
     assert_eq!(out.status.code(), Some(125), "{}", out.stderr_str());
 

@@ -9,7 +9,9 @@ use std::process::Command;
 
 fn push(reg: &Registry, repo_tag: &str) -> String {
     // A few MB so the whole-layer download is not instant.
-    let data: Vec<u8> = (0..4u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..4u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     busybox_image()
         .layer(Layer::new().file("data/blob", data))
         .build("v1")
@@ -45,7 +47,11 @@ fn a_bar_on_a_terminal() {
     let base = env.command(&["cache", "fetch", &reference]);
     let bin = base.get_program().to_string_lossy().into_owned();
     let mut cmd = Command::new("script");
-    cmd.args(["-qec", &format!("{bin} cache fetch {reference}"), "/dev/null"]);
+    cmd.args([
+        "-qec",
+        &format!("{bin} cache fetch {reference}"),
+        "/dev/null",
+    ]);
     for (k, v) in base.get_envs() {
         match v {
             Some(v) => cmd.env(k, v),
@@ -56,6 +62,9 @@ fn a_bar_on_a_terminal() {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{text}");
     // The cache bar ends at the image's full size.
-    assert!(text.contains("fetching") || text.contains("fetched ["), "{text:?}");
+    assert!(
+        text.contains("fetching") || text.contains("fetched ["),
+        "{text:?}"
+    );
     assert!(text.contains("] "), "{text:?}");
 }

@@ -25,8 +25,15 @@ fn fake_hub() -> (String, Arc<Mutex<Vec<String>>>) {
             };
             let path = head.path().to_string();
             seen2.lock().unwrap().push(path.clone());
-            let q = path.split_once('?').map(|(_, q)| parse_query(q)).unwrap_or_default();
-            let term = q.iter().find(|(k, _)| k == "q").map(|(_, v)| v.clone()).unwrap_or_default();
+            let q = path
+                .split_once('?')
+                .map(|(_, q)| parse_query(q))
+                .unwrap_or_default();
+            let term = q
+                .iter()
+                .find(|(k, _)| k == "q")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
             let (status, body) = if path.starts_with("/v1/search?") {
                 let body = serde_json::json!({
                     "num_results": 2, "query": term, "page": 1,
@@ -64,13 +71,20 @@ fn docker_hub_names_use_the_search_api() {
         assert_eq!(lines.len(), 3, "{text}");
         assert!(lines[0].starts_with("NAME"), "{text}");
         let first: Vec<&str> = lines[1].split_whitespace().collect();
-        assert_eq!(first, ["redis", "The", "official", "image", "3210", "[OK]"], "{text}");
+        assert_eq!(
+            first,
+            ["redis", "The", "official", "image", "3210", "[OK]"],
+            "{text}"
+        );
         assert!(lines[2].starts_with("someone/redis-tools"), "{text}");
         assert!(!lines[2].contains("[OK]"), "{text}");
     }
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 3, "{seen:?}");
-    assert!(seen.iter().all(|p| p == "/v1/search?q=redis&n=5"), "{seen:?}");
+    assert!(
+        seen.iter().all(|p| p == "/v1/search?q=redis&n=5"),
+        "{seen:?}"
+    );
     // --limit caps what is shown.
     let out = env.run(&["search", "--limit", "1", "redis"]);
     out.assert_success();
@@ -102,6 +116,9 @@ fn other_registries_use_the_catalog() {
     let out = env.run(&["search", &format!("{}/findme", reg.host())]);
     out.assert_success();
     let text = out.stdout_str();
-    assert!(text.contains(&format!("{}/tools/findme", reg.host())), "{text}");
+    assert!(
+        text.contains(&format!("{}/tools/findme", reg.host())),
+        "{text}"
+    );
     assert!(!text.contains("other/thing"), "{text}");
 }

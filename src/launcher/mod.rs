@@ -33,10 +33,10 @@ pub use options::{
     apply_security_opt, parse_signal, Network, PortMapping, Proto, RunOptions, Tmpfs, Ulimit,
     Volume,
 };
-pub use seccomp::SeccompOption;
 pub use runc::{
     DetachedFiles, DetachedStart, ExecOptions, ProcessIo, Runtime, RuntimeState, StdStream,
 };
+pub use seccomp::SeccompOption;
 pub use user::{resolve_user, ResolvedUser};
 
 use std::path::{Path, PathBuf};

@@ -196,31 +196,32 @@ impl FromStr for PortMapping {
             }
         };
         // IP:HOST:CONTAINER, with an IPv6 address in brackets.
-        let (ip, rest) = match spec.strip_prefix('[') {
-            Some(v6) => {
-                let (ip, rest) = v6
-                    .split_once("]:")
-                    .ok_or_else(|| bad("expected [IPv6]:HOST:CONTAINER"))?;
-                (Some(ip), rest)
-            }
-            None => match spec.matches(':').count() {
-                2 => {
-                    let (ip, rest) = spec.split_once(':').unwrap_or_default();
+        let (ip, rest) =
+            match spec.strip_prefix('[') {
+                Some(v6) => {
+                    let (ip, rest) = v6
+                        .split_once("]:")
+                        .ok_or_else(|| bad("expected [IPv6]:HOST:CONTAINER"))?;
                     (Some(ip), rest)
                 }
-                1 => (None, spec),
-                _ => {
-                    return Err(bad(
+                None => match spec.matches(':').count() {
+                    2 => {
+                        let (ip, rest) = spec.split_once(':').unwrap_or_default();
+                        (Some(ip), rest)
+                    }
+                    1 => (None, spec),
+                    _ => return Err(bad(
                         "expected HOST:CONTAINER or IP:HOST:CONTAINER (a host port is required)",
-                    ))
-                }
-            },
-        };
+                    )),
+                },
+            };
         let (host, ctr) = rest
             .split_once(':')
             .ok_or_else(|| bad("expected HOST:CONTAINER"))?;
         if host.is_empty() {
-            return Err(bad("a host port is required (random host ports are not supported)"));
+            return Err(bad(
+                "a host port is required (random host ports are not supported)",
+            ));
         }
         let host_ip = match ip {
             None | Some("") => std::net::IpAddr::from([0, 0, 0, 0]),
@@ -488,14 +489,29 @@ mod tests {
     #[test]
     fn port_mappings() {
         let p: PortMapping = "8080:80".parse().unwrap();
-        assert_eq!((p.host_port, p.container_port, p.proto), (8080, 80, Proto::Tcp));
+        assert_eq!(
+            (p.host_port, p.container_port, p.proto),
+            (8080, 80, Proto::Tcp)
+        );
         assert_eq!(p.host_ip.to_string(), "0.0.0.0");
         let p: PortMapping = "127.0.0.1:5353:53/udp".parse().unwrap();
         assert_eq!(p.host_ip.to_string(), "127.0.0.1");
-        assert_eq!((p.host_port, p.container_port, p.proto), (5353, 53, Proto::Udp));
+        assert_eq!(
+            (p.host_port, p.container_port, p.proto),
+            (5353, 53, Proto::Udp)
+        );
         let p: PortMapping = "[::1]:8080:80".parse().unwrap();
         assert_eq!(p.host_ip.to_string(), "::1");
-        for bad in ["80", ":80", "8080:80/sctp", "x:80", "1-2:80", "0:80", "a:1:2:3", "9.9:1:2"] {
+        for bad in [
+            "80",
+            ":80",
+            "8080:80/sctp",
+            "x:80",
+            "1-2:80",
+            "0:80",
+            "a:1:2:3",
+            "9.9:1:2",
+        ] {
             assert!(bad.parse::<PortMapping>().is_err(), "{bad} accepted");
         }
     }

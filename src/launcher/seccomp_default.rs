@@ -128,7 +128,12 @@ fn allow(names: &str) -> Rule {
     }
 }
 
-fn arg(index: usize, value: u64, value_two: Option<u64>, op: LinuxSeccompOperator) -> LinuxSeccompArg {
+fn arg(
+    index: usize,
+    value: u64,
+    value_two: Option<u64>,
+    op: LinuxSeccompOperator,
+) -> LinuxSeccompArg {
     let b = LinuxSeccompArgBuilder::default()
         .index(index)
         .value(value)
@@ -221,7 +226,10 @@ pub fn default_profile() -> Profile {
         default_errno_ret: Some(libc::EPERM as u32),
         architectures: Vec::new(),
         arch_map: vec![
-            map(Arch::ScmpArchX86_64, &[Arch::ScmpArchX86, Arch::ScmpArchX32]),
+            map(
+                Arch::ScmpArchX86_64,
+                &[Arch::ScmpArchX86, Arch::ScmpArchX32],
+            ),
             map(Arch::ScmpArchAarch64, &[Arch::ScmpArchArm]),
             map(
                 Arch::ScmpArchMips64,
