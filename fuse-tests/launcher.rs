@@ -418,8 +418,16 @@ async fn network_none_has_only_lo() {
         .filter_map(|l| l.split_once(':').map(|(n, _)| n.trim()))
         .collect();
     assert_eq!(ifaces, ["lo"], "{}", r.out);
-    // Host networking (the default) sees the host's interfaces.
-    let r = fx.sh("cat /proc/net/dev", RunOptions::default()).await;
+    // Host networking sees the host's interfaces.
+    let r = fx
+        .sh(
+            "cat /proc/net/dev",
+            RunOptions {
+                network: strata::launcher::Network::Host,
+                ..Default::default()
+            },
+        )
+        .await;
     let host = std::fs::read_to_string("/proc/net/dev").unwrap();
     assert_eq!(r.out.lines().count(), host.lines().count());
 }
@@ -456,6 +464,7 @@ async fn detached_logs_exec_stop() {
             "-c",
             "echo started; trap 'echo bye; exit 3' TERM; while true; do sleep 0.1; done",
         ]),
+        network: strata::launcher::Network::Host,
         ..Default::default()
     });
     let t0 = Instant::now();

@@ -85,7 +85,7 @@ fn missing_command_is_127_and_bad_options_are_named() {
         "{}",
         out.stderr_str()
     );
-    let out = env.run(&["run", "--rm", "--network", "bridge", &reference, "true"]);
+    let out = env.run(&["run", "--rm", "--network", "mynet", &reference, "true"]);
     assert!(!out.status.success());
     assert!(
         out.stderr_str().contains("--network"),

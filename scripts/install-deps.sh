@@ -4,9 +4,10 @@ set -euo pipefail
 # time, procps: /usr/bin/time and ps/pgrep, used by tests. containerd + stargz-snapshotter
 # (ctr-remote): another implementation's eStargz writer, whose layers lazy.rs reads.
 # protobuf-compiler: protoc, for the gRPC crates (containerd snapshotter service, CRI client).
+# slirp4netns: user-mode NAT for the default (bridge) network of `strata run`.
 pkgs=(docker-registry skopeo umoci runc fuse3 busybox-static apache2-utils openssl jq
       fuse-overlayfs podman netavark iproute2 fio kmod bc curl python3 debootstrap debian-archive-keyring
-      nginx time procps util-linux containerd stargz-snapshotter protobuf-compiler e2fsprogs)
+       nginx time procps util-linux containerd stargz-snapshotter protobuf-compiler e2fsprogs slirp4netns)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -100,13 +100,29 @@ async fn cache_fetch(
     platform: Option<&str>,
 ) -> Result<i32, Error> {
     let progress = Progress::new(false);
-    let lazy = crate::mount::open_image(svc, image, platform, &progress).await?;
+    // Images without a lazy index: their whole layers are downloaded while opening.
+    let watch = super::progress::LayerDownloads::start_image(svc.store.clone(), image.into());
+    let lazy = crate::mount::open_image(svc, image, platform, &progress).await;
+    if let Some(w) = watch {
+        w.finish().await;
+    }
+    let lazy = lazy?;
     let cache = &svc.cache;
     let started = std::time::Instant::now();
+    let stats = cache.stats.clone();
+    let bar = super::progress::CacheFetch::start(
+        lazy.record.layers.iter().map(|l| l.size).sum(),
+        move || stats.snapshot().bytes_fetched,
+        lazy.record.manifest_digest.short(),
+    );
     let fetches = lazy.layers.iter().map(|l| cache.fetch_layer(l));
     let mut spans = 0;
     let mut failed = None;
-    for r in futures::future::join_all(fetches).await {
+    let results = futures::future::join_all(fetches).await;
+    if let Some(b) = bar {
+        b.finish().await;
+    }
+    for r in results {
         match r {
             Ok(n) => spans += n,
             Err(e) => {
@@ -331,20 +347,38 @@ pub(super) async fn search(ctx: &Ctx, term: &str, limit: usize) -> Result<i32, E
             term.to_string(),
         ),
     };
-    let repos = ctx.client.catalog(&registry).await?;
-    let rows: Vec<Vec<String>> = repos
-        .into_iter()
-        .filter(|r| r.contains(&needle))
-        .take(limit)
-        .map(|r| {
-            vec![
-                format!("{registry}/{r}"),
-                String::new(),
-                "0".into(),
-                String::new(),
-            ]
-        })
-        .collect();
+    let rows: Vec<Vec<String>> = if crate::registry::search::is_docker_hub(&registry) {
+        // Docker Hub has no _catalog: its search API answers.
+        ctx.client
+            .hub_search(&needle, limit)
+            .await?
+            .into_iter()
+            .map(|r| {
+                vec![
+                    r.name,
+                    r.description.replace(['\n', '\t'], " "),
+                    r.star_count.to_string(),
+                    if r.is_official { "[OK]" } else { "" }.to_string(),
+                ]
+            })
+            .collect()
+    } else {
+        ctx.client
+            .catalog(&registry)
+            .await?
+            .into_iter()
+            .filter(|r| r.contains(&needle))
+            .take(limit)
+            .map(|r| {
+                vec![
+                    format!("{registry}/{r}"),
+                    String::new(),
+                    "0".into(),
+                    String::new(),
+                ]
+            })
+            .collect()
+    };
     print_table(&["NAME", "DESCRIPTION", "STARS", "OFFICIAL"], &rows);
     Ok(0)
 }

@@ -11,6 +11,7 @@ mod images;
 mod listing;
 pub mod mount;
 mod overlay;
+mod progress;
 mod run;
 mod system;
 mod util;
@@ -172,7 +173,7 @@ pub enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
-    /// Search a registry's catalog: [REGISTRY/]TERM
+    /// Search Docker Hub (its search API) or a registry's catalog: [REGISTRY/]TERM
     Search {
         term: String,
         #[arg(long, default_value_t = 25)]

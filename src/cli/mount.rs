@@ -47,7 +47,12 @@ pub async fn mount(ctx: &Ctx, args: MountArgs) -> Result<i32, Error> {
         return serve(ctx, args, mp).await;
     }
     let req = request(ctx, &args, mp);
-    let resp = super::daemon::mount(ctx, req).await?;
+    let watch = super::progress::LayerDownloads::start_image(ctx.store.clone(), args.image.clone());
+    let resp = super::daemon::mount(ctx, req).await;
+    if let Some(w) = watch {
+        w.finish().await;
+    }
+    let resp = resp?;
     if let Some(m) = resp.message {
         println!("{m}");
     }

@@ -49,9 +49,16 @@ pub struct RunArgs {
     /// Bind mount HOST:CONTAINER[:ro|:rw]
     #[arg(short, long = "volume")]
     pub volume: Vec<String>,
-    /// host (default: strata sets up no bridge network) or none (loopback only)
-    #[arg(long, default_value = "host")]
+    /// bridge (default: a private network namespace with slirp4netns NAT), host or none
+    /// (loopback only)
+    #[arg(long, default_value = "bridge")]
     pub network: String,
+    /// Publish a container port: [IP:]HOST:CONTAINER[/tcp|/udp] (bridge network)
+    #[arg(short, long = "publish")]
+    pub publish: Vec<String>,
+    /// seccomp=unconfined, seccomp=PROFILE.json (docker's format), no-new-privileges
+    #[arg(long = "security-opt")]
+    pub security_opt: Vec<String>,
     #[arg(long)]
     pub hostname: Option<String>,
     /// Mount the container's root file system read-only
@@ -113,7 +120,7 @@ impl RunArgs {
         for c in self.cap_add.iter().chain(&self.cap_drop) {
             crate::launcher::caps::parse_cap(c)?;
         }
-        Ok(RunOptions {
+        let mut opts = RunOptions {
             args: self.image_and_command[1..].to_vec(),
             entrypoint: self.entrypoint.as_ref().map(|e| {
                 if e.is_empty() {
@@ -147,7 +154,18 @@ impl RunArgs {
                 .as_deref()
                 .map(crate::launcher::caps::parse_cpus)
                 .transpose()?,
-        })
+            publish: parse_all(&self.publish)?,
+            ..Default::default()
+        };
+        for s in &self.security_opt {
+            crate::launcher::apply_security_opt(&mut opts, s)?;
+        }
+        if opts.network == crate::launcher::Network::None && !opts.publish.is_empty() {
+            return Err(Error::Usage(
+                "-p needs a network: --network none has only a loopback interface".into(),
+            ));
+        }
+        Ok(opts)
     }
 }
 
@@ -239,8 +257,15 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
     )?;
     let (config, _) = ctx.store.config(&rec)?;
     let prefetch = ctx.config.prefetch && !args.no_prefetch;
+    // A bar per whole layer the daemon downloads (images without a lazy index).
+    let layers: Vec<_> = rec.layers.iter().map(|l| (l.digest, l.size)).collect();
+    let watch = super::progress::LayerDownloads::start_layers(ctx.store.clone(), layers);
     if opts.detach {
-        ensure_mounted(ctx, &pinned, &p, prefetch).await?;
+        let mounted = ensure_mounted(ctx, &pinned, &p, prefetch).await;
+        if let Some(w) = watch {
+            w.finish().await;
+        }
+        mounted?;
         let outcome = l
             .run(&c.id, &config, &p.rootfs, ProcessIo::inherit(false))
             .await;
@@ -262,7 +287,11 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
         what: "starting the strata daemon".into(),
         source,
     })??;
-    let mounted = daemon.call(&crate::daemon::Request::Mount(req)).await?;
+    let mounted = daemon.call(&crate::daemon::Request::Mount(req)).await;
+    if let Some(w) = watch {
+        w.finish().await;
+    }
+    let mounted = mounted?;
     let t_mount = t0.elapsed();
     tracing::debug!(ms = t_mount.as_millis() as u64, "run: mounted");
     let result = l

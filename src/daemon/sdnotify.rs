@@ -72,6 +72,13 @@ impl Notifier {
     }
 }
 
+/// Whether the service manager passed descriptors to this process (`LISTEN_PID` is ours).
+pub fn listen_fds_for_us() -> bool {
+    let pid = std::env::var("LISTEN_PID").ok();
+    pid.and_then(|p| p.trim().parse::<u32>().ok()) == Some(std::process::id())
+        && std::env::var("LISTEN_FDS").is_ok_and(|n| n.trim() != "0")
+}
+
 /// The descriptors the service manager passed to this process, with their names (empty
 /// when unnamed); none unless `LISTEN_PID` is our pid. The variables are removed (children
 /// must not take them for theirs) and every descriptor made close-on-exec.

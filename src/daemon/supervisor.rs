@@ -199,7 +199,18 @@ fn bind(root: &Path) -> Result<OwnedFd, Error> {
 /// Supervise a root: take its lock, listen (then call `ready` with the socket's path), run
 /// servers until one exits on purpose (shutdown, idle) or a signal stops us. The exit code.
 pub async fn supervise(opts: SupervisorOptions, ready: impl FnOnce(&Path)) -> Result<i32, Error> {
-    let lock = take_lock(&opts.root)?;
+    // Started again by systemd with stored devices: the server of the dead supervisor may
+    // still be quitting (it flushes the cache first) and hold the lock a moment longer.
+    let restarted = sdnotify::listen_fds_for_us();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let lock = loop {
+        match take_lock(&opts.root) {
+            Err(Error::AlreadyRunning { .. }) if restarted && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            r => break r?,
+        }
+    };
     let listener = bind(&opts.root)?;
     let mounts = devices_from_store(&opts.root);
     let (tx, rx) = mpsc::unbounded_channel();

@@ -5,7 +5,9 @@
 //! `--user` (through [`super::user`]), the capability set (defaults, `--cap-add/--cap-drop`,
 //! `--privileged`: [`super::caps`]), memory and CPU limits, masked and read-only paths, the default mounts plus generated /etc/hosts, /etc/hostname and /etc/resolv.conf
 //! (files in the container directory, bind-mounted read-only), volumes and tmpfs mounts.
-//! Namespaces: pid, ipc, uts, mount, and network only for `--network none`. Resource limits
+//! Namespaces: pid, ipc, uts, mount, and network unless `--network host` (`bridge` joins
+//! the namespace [`super::network`] pinned). Seccomp: docker's default profile unless
+//! unconfined or privileged ([`super::seccomp`]); `no-new-privileges`. Resource limits
 //! are clamped to strata's own hard limits: without CAP_SYS_RESOURCE runc cannot raise a
 //! hard limit and would fail to start the container. Uses oci-spec builders; writes files
 //! only into the container directory, never into the rootfs.
@@ -371,6 +373,12 @@ pub fn build_spec(inp: &BundleInputs<'_>) -> Result<Spec, Error> {
         spec_user = spec_user.additional_gids(user.additional_gids.clone());
     }
     let caps = super::caps::capabilities(opts)?;
+    // docker: --privileged implies seccomp=unconfined.
+    let seccomp = if opts.privileged {
+        None
+    } else {
+        super::seccomp::for_container(&opts.seccomp, &caps)?
+    };
     let process = build(
         ProcessBuilder::default()
             .terminal(opts.tty)
@@ -390,22 +398,33 @@ pub fn build_spec(inp: &BundleInputs<'_>) -> Result<Spec, Error> {
                     .build(),
             )?)
             .rlimits(rlimits(&opts.ulimits)?)
-            .no_new_privileges(false)
+            .no_new_privileges(opts.no_new_privileges)
             .build(),
     )?;
 
     let mut namespaces = Vec::new();
-    let mut kinds = vec![
+    let kinds = [
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Mount,
     ];
-    if opts.network == Network::None {
-        kinds.push(LinuxNamespaceType::Network);
-    }
     for k in kinds {
         namespaces.push(build(LinuxNamespaceBuilder::default().typ(k).build())?);
+    }
+    match opts.network {
+        Network::Host => {}
+        Network::None => namespaces.push(build(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Network)
+                .build(),
+        )?),
+        Network::Bridge => namespaces.push(build(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Network)
+                .path(super::network::netns_path(inp.id))
+                .build(),
+        )?),
     }
     let paths = |p: &[&str]| -> Vec<String> {
         if opts.privileged {
@@ -437,7 +456,10 @@ pub fn build_spec(inp: &BundleInputs<'_>) -> Result<Spec, Error> {
         .masked_paths(paths(MASKED_PATHS))
         .readonly_paths(paths(READONLY_PATHS))
         .resources(build(resources.build())?);
-    if opts.network == Network::None {
+    if let Some(s) = seccomp {
+        linux = linux.seccomp(s);
+    }
+    if opts.network != Network::Host {
         linux = linux.sysctl(HashMap::from([
             (
                 "net.ipv4.ip_unprivileged_port_start".to_string(),
@@ -547,8 +569,14 @@ pub fn write_bundle(inp: &BundleInputs<'_>) -> Result<(PathBuf, Spec), Error> {
         hosts_file(inp.options.network, &host, host_hosts.as_deref()).as_bytes(),
     )?;
     write_file(&dir.join("hostname"), format!("{host}\n").as_bytes())?;
-    let resolv = std::fs::read("/etc/resolv.conf")
-        .unwrap_or_else(|_| b"nameserver 8.8.8.8\nnameserver 8.8.4.4\n".to_vec());
+    let resolv = if inp.options.network == Network::Bridge {
+        // slirp4netns forwards DNS to the host's resolvers (which may be on the host's
+        // loopback, out of the container's reach).
+        format!("nameserver {}\n", super::network::DNS).into_bytes()
+    } else {
+        std::fs::read("/etc/resolv.conf")
+            .unwrap_or_else(|_| b"nameserver 8.8.8.8\nnameserver 8.8.4.4\n".to_vec())
+    };
     write_file(&dir.join("resolv.conf"), &resolv)?;
     // docker creates a missing bind-mount source directory.
     for v in &inp.options.volumes {

@@ -155,6 +155,7 @@ impl Launcher {
         let (bundle, spec) = self.prepare(id, image, rootfs)?;
         // Leftovers of a crashed earlier run would make `runc run` fail.
         runtime.delete(id, true).await?;
+        self.network_setup(&rec)?;
         let command = spec
             .process()
             .as_ref()
@@ -197,6 +198,7 @@ impl Launcher {
                 }
                 Err(e) => {
                     let _ = runtime.delete(id, true).await;
+                    let _ = self.network_teardown(id);
                     self.containers.mark_exited(id, None)?;
                     Err(e)
                 }
@@ -208,11 +210,35 @@ impl Launcher {
         let result = runtime.run(id, &bundle, io, tty, Some(&pid_file)).await;
         // `runc run` deletes its state on exit; this covers runc itself failing.
         let cleanup = runtime.delete(id, true).await;
+        let net = self.network_teardown(id);
         let code = result.as_ref().ok().copied();
         self.containers.mark_exited(id, code)?;
         let code = result?;
         cleanup?;
+        net?;
         Ok(RunOutcome::Exited(code))
+    }
+
+    /// The container's own network namespace and slirp4netns for `--network bridge`.
+    fn network_setup(&self, rec: &ContainerRecord) -> Result<(), Error> {
+        let opts = &rec.options;
+        match opts.network {
+            super::Network::Bridge => super::network::setup(&rec.id, opts),
+            super::Network::Host | super::Network::None => {
+                if !opts.publish.is_empty() {
+                    tracing::warn!(
+                        "published ports are discarded with --network {:?}",
+                        opts.network
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Stop the container's slirp4netns and drop its network namespace (if any).
+    pub fn network_teardown(&self, id: &str) -> Result<(), Error> {
+        super::network::teardown(id)
     }
 
     /// docker stop: the image's StopSignal (or SIGTERM), SIGKILL after `timeout` (default
@@ -226,6 +252,8 @@ impl Launcher {
         let runtime = self.runtime_for(&rec);
         let rec = self.containers.refresh(&rec.id, &runtime).await?;
         if rec.status != Status::Running {
+            // It exited by itself: its network may still be up.
+            self.network_teardown(&rec.id)?;
             return Ok(rec);
         }
         let sig = match rec.stop_signal.as_deref() {
@@ -235,7 +263,9 @@ impl Launcher {
         runtime
             .stop(&rec.id, sig, timeout.unwrap_or(DEFAULT_STOP_TIMEOUT))
             .await?;
-        self.settle(&rec, &runtime).await
+        let rec = self.settle(&rec, &runtime).await?;
+        self.network_teardown(&rec.id)?;
+        Ok(rec)
     }
 
     /// After the process is gone: let a detached container's shim write its exit code, then
@@ -310,9 +340,12 @@ impl Launcher {
     pub async fn prepare_remove(&self, query: &str, force: bool) -> Result<ContainerRecord, Error> {
         let rec = self.containers.lookup(query)?;
         let runtime = self.runtime_for(&rec);
-        self.containers
+        let rec = self
+            .containers
             .prepare_remove(&rec.id, force, &runtime)
-            .await
+            .await?;
+        self.network_teardown(&rec.id)?;
+        Ok(rec)
     }
 
     /// `strata rm`, last step: delete the record and directory (nothing may be mounted).

@@ -5,8 +5,11 @@
 //! docker-style [`RunOptions`] into an OCI runtime spec ([`bundle`]), drives an OCI runtime
 //! binary, `runc` by default ([`runc`]), and keeps container records under
 //! `$STRATA_ROOT/containers/<id>/` ([`containers`]). [`Launcher`] ties the three together.
-//! It may use `store` (record files), `oci` (image config types) and
-//! `digest`; it must not mount or unmount anything and never talks to a registry.
+//! Isolation follows docker's defaults: docker's seccomp profile ([`seccomp`]) and a private
+//! network namespace with slirp4netns NAT and `-p` forwards ([`network`]).
+//! It may use `store` (record files), `oci` (image config types) and `digest`; it never
+//! talks to a registry and mounts nothing but the pinned network namespace file of
+//! [`network`] (the caller owns the rootfs mount).
 //!
 //! Caller flow for `strata run`: [`Launcher::create`] (record, id, name) -> the caller mounts
 //! the rootfs and records its paths with [`Containers::set_mount`] -> [`Launcher::run`]
@@ -17,17 +20,23 @@ pub mod bundle;
 pub mod caps;
 pub mod containers;
 mod lifecycle;
+pub mod network;
 pub mod options;
 pub mod runc;
+pub mod seccomp;
 pub mod user;
 
 pub use bundle::{build_spec, process_args, write_bundle, BundleInputs};
 pub use containers::{ContainerRecord, Containers, MountPaths, NewContainer, Status};
 pub use lifecycle::{Launcher, RunOutcome, DEFAULT_STOP_TIMEOUT};
-pub use options::{parse_signal, Network, RunOptions, Tmpfs, Ulimit, Volume};
+pub use options::{
+    apply_security_opt, parse_signal, Network, PortMapping, Proto, RunOptions, Tmpfs, Ulimit,
+    Volume,
+};
 pub use runc::{
     DetachedFiles, DetachedStart, ExecOptions, ProcessIo, Runtime, RuntimeState, StdStream,
 };
+pub use seccomp::SeccompOption;
 pub use user::{resolve_user, ResolvedUser};
 
 use std::path::{Path, PathBuf};
@@ -99,6 +108,9 @@ pub enum Error {
         status: String,
         stderr: String,
     },
+    /// Setting up the container's network (slirp4netns, `-p`).
+    #[error("container network: {0}")]
+    Network(String),
     #[error("timed out after {secs}s waiting for {what}")]
     Timeout { what: String, secs: u64 },
 }

@@ -4,6 +4,7 @@
 //! fills a [`RunOptions`]; [`super::bundle`] turns it into an OCI spec. The options are
 //! serialised into the container record so `start` can rebuild the same bundle.
 
+use super::seccomp::SeccompOption;
 use super::Error;
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
@@ -46,8 +47,16 @@ pub struct RunOptions {
     pub remove: bool,
     /// `-v HOST:CTR[:ro|:rw]` bind mounts.
     pub volumes: Vec<Volume>,
-    /// `--network`: `host` (default: strata sets up no bridge) or `none`.
+    /// `--network`: `bridge` (default: a private namespace with slirp4netns), `host` or
+    /// `none`.
     pub network: Network,
+    /// `-p [IP:]HOST:CONTAINER[/tcp|/udp]`: host ports forwarded into a `bridge` container.
+    pub publish: Vec<PortMapping>,
+    /// `--security-opt seccomp=...`: docker's default profile, unconfined or a file's.
+    pub seccomp: SeccompOption,
+    /// `--security-opt no-new-privileges`: the process cannot gain privileges (setuid
+    /// binaries, file capabilities).
+    pub no_new_privileges: bool,
     /// `--read-only`: mount the container's root filesystem read-only.
     pub read_only: bool,
     /// `--tmpfs PATH[:OPTIONS]`.
@@ -123,8 +132,12 @@ fn env_entry(s: &str, host: &impl Fn(&str) -> Option<String>) -> Result<Option<S
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
-    /// Share the host's network namespace. The default, because strata sets up no bridge.
+    /// docker's default: a private network namespace of the container's own (its loopback
+    /// is its own) with outbound access through slirp4netns (user-mode NAT, no host
+    /// interface touched) and `-p` forwards ([`super::network`]).
     #[default]
+    Bridge,
+    /// Share the host's network namespace.
     Host,
     /// A new, empty network namespace: only the loopback interface (runc brings `lo` up).
     None,
@@ -134,14 +147,119 @@ impl FromStr for Network {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
         match s {
+            "bridge" | "default" | "slirp4netns" => Ok(Network::Bridge),
             "host" => Ok(Network::Host),
             "none" => Ok(Network::None),
             _ => Err(Error::Unsupported(
                 "--network",
-                format!("{s:?}: strata sets up no bridge; use host or none"),
+                format!(
+                    "{s:?}: user-defined networks are not supported; use bridge (default), host or none"
+                ),
             )),
         }
     }
+}
+
+/// Transport of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// `-p [IP:]HOST:CONTAINER[/tcp|/udp]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapping {
+    /// The host address to listen on; docker's default is every address.
+    pub host_ip: std::net::IpAddr,
+    pub host_port: u16,
+    pub container_port: u16,
+    pub proto: Proto,
+}
+
+impl FromStr for PortMapping {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let bad = |reason: &str| Error::invalid("port mapping", s, reason);
+        let (spec, proto) = match s.rsplit_once('/') {
+            Some((spec, "tcp")) => (spec, Proto::Tcp),
+            Some((spec, "udp")) => (spec, Proto::Udp),
+            Some(_) => return Err(bad("the protocol must be tcp or udp")),
+            None => (s, Proto::Tcp),
+        };
+        let port = |p: &str| -> Result<u16, Error> {
+            match p.parse::<u16>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ if p.contains('-') => Err(bad("port ranges are not supported")),
+                _ => Err(bad(&format!("{p:?} is not a port number (1-65535)"))),
+            }
+        };
+        // IP:HOST:CONTAINER, with an IPv6 address in brackets.
+        let (ip, rest) =
+            match spec.strip_prefix('[') {
+                Some(v6) => {
+                    let (ip, rest) = v6
+                        .split_once("]:")
+                        .ok_or_else(|| bad("expected [IPv6]:HOST:CONTAINER"))?;
+                    (Some(ip), rest)
+                }
+                None => match spec.matches(':').count() {
+                    2 => {
+                        let (ip, rest) = spec.split_once(':').unwrap_or_default();
+                        (Some(ip), rest)
+                    }
+                    1 => (None, spec),
+                    _ => return Err(bad(
+                        "expected HOST:CONTAINER or IP:HOST:CONTAINER (a host port is required)",
+                    )),
+                },
+            };
+        let (host, ctr) = rest
+            .split_once(':')
+            .ok_or_else(|| bad("expected HOST:CONTAINER"))?;
+        if host.is_empty() {
+            return Err(bad(
+                "a host port is required (random host ports are not supported)",
+            ));
+        }
+        let host_ip = match ip {
+            None | Some("") => std::net::IpAddr::from([0, 0, 0, 0]),
+            Some(ip) => ip
+                .parse()
+                .map_err(|_| bad(&format!("{ip:?} is not an IP address")))?,
+        };
+        Ok(PortMapping {
+            host_ip,
+            host_port: port(host)?,
+            container_port: port(ctr)?,
+            proto,
+        })
+    }
+}
+
+/// One `--security-opt` value, applied to `opts`: `seccomp=unconfined|FILE`,
+/// `no-new-privileges[=true|false]` (also docker's old `:` form); `apparmor=unconfined`
+/// and `label=disable` are accepted and change nothing (strata applies neither).
+pub fn apply_security_opt(opts: &mut RunOptions, value: &str) -> Result<(), Error> {
+    let (key, val) = value
+        .split_once('=')
+        .or_else(|| value.split_once(':'))
+        .unwrap_or((value, ""));
+    match (key, val) {
+        ("seccomp", v) if !v.is_empty() => opts.seccomp = SeccompOption::parse(v)?,
+        ("no-new-privileges", "" | "true") => opts.no_new_privileges = true,
+        ("no-new-privileges", "false") => opts.no_new_privileges = false,
+        ("apparmor", "unconfined") | ("label", "disable") => {}
+        _ => {
+            return Err(Error::invalid(
+                "--security-opt",
+                value,
+                "supported: seccomp=unconfined, seccomp=FILE, no-new-privileges[=true|false]",
+            ))
+        }
+    }
+    Ok(())
 }
 
 /// `-v HOST:CTR[:ro|:rw]`.
@@ -363,6 +481,51 @@ mod tests {
         assert_eq!(parse_signal("10").unwrap(), Signal::SIGUSR1);
         assert!(parse_signal("NOPE").is_err());
         assert_eq!("none".parse::<Network>().unwrap(), Network::None);
-        assert!("bridge".parse::<Network>().is_err());
+        assert_eq!("bridge".parse::<Network>().unwrap(), Network::Bridge);
+        assert_eq!(Network::default(), Network::Bridge);
+        assert!("mynet".parse::<Network>().is_err());
+    }
+
+    #[test]
+    fn port_mappings() {
+        let p: PortMapping = "8080:80".parse().unwrap();
+        assert_eq!(
+            (p.host_port, p.container_port, p.proto),
+            (8080, 80, Proto::Tcp)
+        );
+        assert_eq!(p.host_ip.to_string(), "0.0.0.0");
+        let p: PortMapping = "127.0.0.1:5353:53/udp".parse().unwrap();
+        assert_eq!(p.host_ip.to_string(), "127.0.0.1");
+        assert_eq!(
+            (p.host_port, p.container_port, p.proto),
+            (5353, 53, Proto::Udp)
+        );
+        let p: PortMapping = "[::1]:8080:80".parse().unwrap();
+        assert_eq!(p.host_ip.to_string(), "::1");
+        for bad in [
+            "80",
+            ":80",
+            "8080:80/sctp",
+            "x:80",
+            "1-2:80",
+            "0:80",
+            "a:1:2:3",
+            "9.9:1:2",
+        ] {
+            assert!(bad.parse::<PortMapping>().is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn security_opts() {
+        let mut o = RunOptions::default();
+        apply_security_opt(&mut o, "no-new-privileges").unwrap();
+        assert!(o.no_new_privileges);
+        apply_security_opt(&mut o, "no-new-privileges:false").unwrap();
+        assert!(!o.no_new_privileges);
+        apply_security_opt(&mut o, "seccomp=unconfined").unwrap();
+        assert_eq!(o.seccomp, SeccompOption::Unconfined);
+        assert!(apply_security_opt(&mut o, "seccomp=/nonexistent/profile.json").is_err());
+        assert!(apply_security_opt(&mut o, "apparmor=docker-default").is_err());
     }
 }

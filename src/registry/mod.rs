@@ -24,6 +24,7 @@ mod manifests;
 mod range;
 pub mod regconf;
 pub mod routes;
+pub mod search;
 pub mod tls;
 mod uploads;
 
@@ -141,6 +142,8 @@ pub enum Error {
     ShortName { name: String, msg: String },
     #[error(transparent)]
     Credentials(#[from] auth::CredError),
+    #[error("cannot reach Docker Hub's search API at {url}: {detail} (search needs network access to Docker Hub; offline?)")]
+    SearchUnavailable { url: String, detail: String },
 }
 
 impl Error {
@@ -166,6 +169,7 @@ impl Error {
             | Error::NoEndpoint { .. }
             | Error::AmbiguousShortName { .. }
             | Error::ShortName { .. }
+            | Error::SearchUnavailable { .. }
             | Error::Credentials(_) => None,
             Error::RangeIgnored { .. } | Error::MirrorSlow { .. } => Some(health::Skip::Blob),
             Error::Http { .. }
