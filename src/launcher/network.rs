@@ -75,7 +75,18 @@ fn setup_inner(id: &str, opts: &RunOptions) -> Result<(), Error> {
         .try_clone()
         .map_err(|e| Error::io("duplicating", &log_path, e))?;
     let api = api_socket(id);
-    let mut child = std::process::Command::new(SLIRP4NETNS)
+    let mut cmd = std::process::Command::new(SLIRP4NETNS);
+    // It outlives us (a detached container's network): it must hold no descriptor of ours
+    // (a lock, a test harness's pipe) beyond its stdio.
+    // SAFETY: only close_range(2) between fork and exec (async-signal-safe).
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let mut child = cmd
         .arg("--configure")
         .arg("--mtu=65520")
         .arg("--disable-host-loopback")
