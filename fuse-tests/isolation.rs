@@ -314,4 +314,16 @@ fn bridge_network_is_private_with_nat_and_published_ports() {
     env.run(&["rm", "-f", "web"]).assert_success();
     assert!(TcpStream::connect(("127.0.0.1", hostport)).is_err());
     assert_eq!(leftovers(), before);
+
+    // A detached container that exits by itself: its network ends with it (the daemon sees
+    // its init go), without `rm`.
+    env.run(&["run", "-d", "--name", "brief", &reference, "sleep", "1"])
+        .assert_success();
+    assert_ne!(leftovers(), before, "the detached container has no network");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while leftovers() != before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(leftovers(), before, "{}", env.daemon_logs());
+    env.run(&["rm", "brief"]).assert_success();
 }

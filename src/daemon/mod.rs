@@ -6,8 +6,9 @@
 //! ([`Client::connect_or_start`]). `ROOT/daemon.pid` names the serving process and carries
 //! the lock that lets exactly one daemon serve a root.
 //!
-//! Calls `mount` (assembly and serving of mounts), `store` and `config`; the CLI (`cli/`)
-//! calls this module. Formats nothing for humans beyond the messages it returns.
+//! Calls `mount` (assembly and serving of mounts), `store` and `config`, and
+//! `launcher::network` only to end the network of a detached container that exited by
+//! itself; the CLI (`cli/`) calls this module. Formats nothing for humans beyond the messages it returns.
 
 mod ctl;
 mod sdnotify;

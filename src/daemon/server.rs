@@ -664,6 +664,7 @@ async fn watch(
                         if let Some((pid, start)) = c {
                             if crate::mount::process_start(pid) != Some(start) {
                                 tracing::info!(mountpoint = %mp.display(), pid, "container gone: unmounting its rootfs");
+                                release_network(store.root(), &mp).await;
                                 return;
                             }
                         }
@@ -699,4 +700,25 @@ async fn watch(
     *lock(&state.idle_since) = Instant::now();
     state.released.notify_waiters();
     tracing::info!(mountpoint = %mp.display(), "released");
+}
+
+/// A detached container that exited by itself: end its private network (slirp4netns and the
+/// pinned namespace, `launcher::network`) with its rootfs, as docker does; `rm`/`start`
+/// would otherwise find it still running. Its rootfs is `ROOT/containers/ID/rootfs`.
+async fn release_network(root: &Path, rootfs: &Path) {
+    let containers = root.join("containers");
+    let dir = rootfs
+        .parent()
+        .filter(|d| d.parent() == Some(containers.as_path()));
+    let Some(id) = dir
+        .filter(|_| rootfs.file_name().is_some_and(|n| n == "rootfs"))
+        .and_then(|d| d.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+    else {
+        return;
+    };
+    let r = tokio::task::spawn_blocking(move || crate::launcher::network::teardown(&id)).await;
+    if let Ok(Err(e)) = r {
+        tracing::warn!(rootfs = %rootfs.display(), "ending the container's network: {e}");
+    }
 }
