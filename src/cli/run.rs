@@ -434,18 +434,27 @@ pub async fn start(ctx: &Ctx, queries: &[String]) -> Result<i32, Error> {
 pub async fn stop(ctx: &Ctx, queries: &[String], timeout: Option<u64>) -> Result<i32, Error> {
     let l = launcher(ctx);
     for q in queries {
-        l.stop(q, timeout.map(std::time::Duration::from_secs))
-            .await?;
+        stop_one(ctx, &l, q, timeout).await?;
         println!("{q}");
     }
     Ok(0)
 }
 
+/// Stop a container and unmount its rootfs now (the upper stays). Left to the daemon's
+/// watch (up to a second after the init exits), the unmount could hit the rootfs a `start`
+/// right after this had found still mounted and reused.
+async fn stop_one(ctx: &Ctx, l: &Launcher, q: &str, timeout: Option<u64>) -> Result<(), Error> {
+    l.stop(q, timeout.map(std::time::Duration::from_secs))
+        .await?;
+    let id = l.containers().lookup(q)?.id;
+    unmount_rootfs(ctx, l, &id).await;
+    Ok(())
+}
+
 pub async fn restart(ctx: &Ctx, queries: &[String], timeout: Option<u64>) -> Result<i32, Error> {
+    let l = launcher(ctx);
     for q in queries {
-        launcher(ctx)
-            .stop(q, timeout.map(std::time::Duration::from_secs))
-            .await?;
+        stop_one(ctx, &l, q, timeout).await?;
         start(ctx, std::slice::from_ref(q)).await?;
     }
     Ok(0)
