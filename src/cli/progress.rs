@@ -55,40 +55,55 @@ fn partial_bytes(tmp: &Path, hex: &str) -> Option<u64> {
     found
 }
 
-/// Bars for whole-layer downloads by the daemon (see the module doc).
-pub struct LayerDownloads {
+/// Bars being drawn by a task of their own until [`Bars::finish`].
+pub struct Bars {
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
+impl Bars {
+    /// Run `draw` (given the flag that asks it to make its final update and return).
+    fn spawn<F>(draw: impl FnOnce(Arc<AtomicBool>) -> F) -> Bars
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(draw(stop.clone()));
+        Bars { stop, task }
+    }
+
+    /// Final update, then stop drawing.
+    pub async fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+    }
+}
+
+/// Bars for whole-layer downloads by the daemon (see the module doc).
+pub struct LayerDownloads;
+
 impl LayerDownloads {
     /// Watch these layers. `None` when stderr is not a terminal.
-    pub fn start_layers(store: Arc<Store>, layers: Vec<(Digest, u64)>) -> Option<LayerDownloads> {
+    pub fn start_layers(store: Arc<Store>, layers: Vec<(Digest, u64)>) -> Option<Bars> {
         Self::start(store, layers, String::new())
     }
 
     /// Watch the layers of `image` (looked up in the store on every tick until the daemon
     /// has resolved it). `None` when stderr is not a terminal.
-    pub fn start_image(store: Arc<Store>, image: String) -> Option<LayerDownloads> {
+    pub fn start_image(store: Arc<Store>, image: String) -> Option<Bars> {
         Self::start(store, Vec::new(), image)
     }
 
-    fn start(
-        store: Arc<Store>,
-        mut layers: Vec<(Digest, u64)>,
-        image: String,
-    ) -> Option<LayerDownloads> {
+    fn start(store: Arc<Store>, mut layers: Vec<(Digest, u64)>, image: String) -> Option<Bars> {
         if !interactive() {
             return None;
         }
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let task = tokio::spawn(async move {
+        Some(Bars::spawn(|stop| async move {
             let multi = MultiProgress::new();
             let mut bars: HashMap<Digest, ProgressBar> = HashMap::new();
             let tmp = store.root().join("tmp");
             loop {
-                let stopping = stop2.load(Ordering::Relaxed);
+                let stopping = stop.load(Ordering::Relaxed);
                 if layers.is_empty() && !image.is_empty() {
                     if let Ok(rec) = store.find_image(&image) {
                         layers = rec.layers.iter().map(|l| (l.digest, l.size)).collect();
@@ -128,22 +143,12 @@ impl LayerDownloads {
                 }
                 tokio::time::sleep(TICK).await;
             }
-        });
-        Some(LayerDownloads { stop, task })
-    }
-
-    /// Final update, then stop drawing.
-    pub async fn finish(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.task.await;
+        }))
     }
 }
 
 /// One bar for `cache fetch`: compressed bytes fetched against the image's size.
-pub struct CacheFetch {
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
+pub struct CacheFetch;
 
 impl CacheFetch {
     /// `fetched()` is read every tick; `None` when stderr is not a terminal.
@@ -151,18 +156,16 @@ impl CacheFetch {
         total: u64,
         fetched: impl Fn() -> u64 + Send + 'static,
         label: String,
-    ) -> Option<CacheFetch> {
+    ) -> Option<Bars> {
         if !interactive() {
             return None;
         }
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let task = tokio::spawn(async move {
+        Some(Bars::spawn(|stop| async move {
             let multi = MultiProgress::new();
             let pb = new_bar(&multi, &label, "fetching", total);
             let base = fetched();
             loop {
-                let stopping = stop2.load(Ordering::Relaxed);
+                let stopping = stop.load(Ordering::Relaxed);
                 pb.set_position(fetched().saturating_sub(base).min(total));
                 if stopping {
                     // Everything is cached now (what was cached before was not fetched).
@@ -172,12 +175,6 @@ impl CacheFetch {
                 }
                 tokio::time::sleep(TICK).await;
             }
-        });
-        Some(CacheFetch { stop, task })
-    }
-
-    pub async fn finish(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.task.await;
+        }))
     }
 }
