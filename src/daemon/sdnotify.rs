@@ -83,13 +83,12 @@ pub fn listen_fds_for_us() -> bool {
 /// when unnamed); none unless `LISTEN_PID` is our pid. The variables are removed (children
 /// must not take them for theirs) and every descriptor made close-on-exec.
 pub fn take_listen_fds() -> Vec<(String, OwnedFd)> {
-    let pid = std::env::var("LISTEN_PID").ok();
+    let ours = listen_fds_for_us();
     let n = std::env::var("LISTEN_FDS").ok();
     let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
     for v in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
         std::env::remove_var(v);
     }
-    let ours = pid.and_then(|p| p.trim().parse::<u32>().ok()) == Some(std::process::id());
     let Some(n) = n
         .and_then(|n| n.trim().parse::<RawFd>().ok())
         .filter(|_| ours)
