@@ -270,7 +270,7 @@ fn files_created_by_a_non_root_user_belong_to_it() {
     );
     let d = m.dir.display();
     let (code, err) = as_nobody(&format!("echo x > {d}/tmp/f && mkdir {d}/tmp/dir"));
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(code, 0, "{err}\n{}", env.daemon_logs());
     for p in ["tmp/f", "tmp/dir"] {
         let meta = std::fs::metadata(m.dir.join(p)).unwrap();
         assert_eq!(
@@ -452,7 +452,9 @@ fn long_path_in_a_mount(total: usize) {
     // A fresh top-level directory, and the rest of the path sized so that the whole path
     // inside the mount is `total` bytes.
     let top = format!("w{total}");
-    std::fs::create_dir(m.dir.join(&top)).unwrap();
+    if let Err(e) = std::fs::create_dir(m.dir.join(&top)) {
+        panic!("mkdir {top} in the mount: {e}\n{}", env.daemon_logs());
+    }
     if let Err((step, e)) = long_path_ops(&m.dir.join(&top), total - top.len() - 1) {
         panic!(
             "strata mount, {total}-byte path: {step}: errno {e} ({})",

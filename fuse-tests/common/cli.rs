@@ -234,6 +234,14 @@ impl StrataEnv {
     pub fn mount_at(&self, reference: &str, dir: &Path, extra: &[&str]) -> Mounted<'_> {
         let (out, m) = self.try_mount_at(reference, dir, extra);
         out.assert_success();
+        // A mount that `strata mount` reported is usable at once.
+        if let Err(e) = fs::metadata(dir) {
+            panic!(
+                "stat of {} right after `strata mount`: {e}\n{}",
+                dir.display(),
+                self.daemon_logs()
+            );
+        }
         m.expect("mount guard after success")
     }
 

@@ -173,8 +173,12 @@ pub struct MountHandle {
     /// a successor; all dispatch threads share this one open file, so a copy held elsewhere
     /// keeps every request in flight alive when this process dies).
     device: OwnedFd,
-    /// The connection's number under /sys/fs/fuse/connections (the mount's st_dev).
-    conn: Option<u64>,
+    /// The connection's `abort` file under /sys/fs/fuse/connections, opened while the mount
+    /// was known to hold its number (the mount's st_dev). Once the superblock is gone (an
+    /// unmount by anyone) the number is free and a later mount may get it: a write to this
+    /// open file reaches only our connection, or nothing if it has ended; a write by path
+    /// could abort a stranger's mount.
+    abort: Option<std::fs::File>,
 }
 
 impl MountHandle {
@@ -236,8 +240,8 @@ impl MountHandle {
         }
         // Copies of the device (ours, a supervisor's) keep the connection alive after the
         // unmount: end it, so the dispatch threads see ENODEV and return.
-        if let Some(c) = self.conn {
-            let _ = std::fs::write(format!("/sys/fs/fuse/connections/{c}/abort"), b"1");
+        if let Some(mut f) = self.abort.take() {
+            let _ = std::io::Write::write_all(&mut f, b"1");
             return s.join().map_err(err);
         }
         drop(s);
@@ -288,14 +292,14 @@ pub fn mount(
     let session = fuser::Session::new(adapter, &mountpoint, &config).map_err(err)?;
     let device = session.as_fd().try_clone_to_owned().map_err(err)?;
     let session = session.spawn().map_err(err)?;
-    let conn = connection_of(&mountpoint);
+    let abort = connection_abort_file(&mountpoint);
     Ok(MountHandle {
         session: Some(session),
         mountpoint,
         fs,
         passthrough,
         device,
-        conn,
+        abort,
     })
 }
 
@@ -343,14 +347,14 @@ pub fn attach(
     let session = fuser::Session::from_fd_initialized(adapter, device, config.acl, config)
         .spawn()
         .map_err(err)?;
-    let conn = connection_of(&mountpoint);
+    let abort = connection_abort_file(&mountpoint);
     Ok(MountHandle {
         session: Some(session),
         mountpoint,
         fs,
         passthrough: pt,
         device: mine,
-        conn,
+        abort,
     })
 }
 
@@ -369,9 +373,9 @@ pub fn resend(device: BorrowedFd<'_>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The FUSE connection number of the mount at `mountpoint` (its st_dev, as named under
-/// /sys/fs/fuse/connections), if that directory knows it.
-fn connection_of(mountpoint: &Path) -> Option<u64> {
+/// The `abort` file of the FUSE connection of the mount at `mountpoint` (its st_dev names
+/// it under /sys/fs/fuse/connections), opened for writing, if that directory knows it.
+fn connection_abort_file(mountpoint: &Path) -> Option<std::fs::File> {
     use std::os::unix::fs::MetadataExt;
     let dev = std::fs::metadata(mountpoint).ok()?.dev();
     let dir = format!("/sys/fs/fuse/connections/{dev}");
@@ -385,7 +389,10 @@ fn connection_of(mountpoint: &Path) -> Option<u64> {
             None::<&str>,
         );
     }
-    Path::new(&dir).exists().then_some(dev)
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("{dir}/abort"))
+        .ok()
 }
 
 /// Whether `p` is a mount point (per /proc/self/mountinfo).
