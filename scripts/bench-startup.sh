@@ -31,7 +31,8 @@
 #          (about 4-5 minutes on 2 vCPUs; explicit --runs/--profiles/--workloads still apply).
 # Environment: STRATA (binary, default target/release/strata), STRATA_RUN_ARGS (default: --rm when
 #   `strata run --help` mentions it), BENCH_WORK (scratch, default /var/tmp/strata-bench),
-#   STRATA_IMAGE_CACHE, BENCH_RESULTS, BENCH_KEEP_LOGS (a directory: each strata run's CLI and daemon
+#   STRATA_IMAGE_CACHE, BENCH_STRATA_CONFIG (JSON object merged into each measured root's
+#   config.json, e.g. '{"fetch-ahead-spans": 0}' for an A/B), BENCH_RESULTS, BENCH_KEEP_LOGS (a directory: each strata run's CLI and daemon
 #   log is kept there; set RUST_LOG too for detail).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -299,7 +300,9 @@ print(max(man["layers"], key=lambda l:l["size"])["digest"])' "$lay")
           for r in $(seq 1 "$runs"); do
             sr=$(mktemp -d "$RUNDIR/sroot.XXXXXX")
             # plain lazy runs must not use a profile published by an earlier strata-profiled round
-            case $method in strata-lazy|strata-estargz) echo '{"prefetch-profile": "local"}' > "$sr/config.json" ;; esac
+            case $method in strata-lazy|strata-estargz) echo '{"prefetch-profile": "local"}' > "$sr/config.json" ;; *) echo '{}' > "$sr/config.json" ;; esac
+            # BENCH_STRATA_CONFIG: extra config keys of every measured root (A/B of a setting)
+            jq -s '.[0] * .[1]' "$sr/config.json" <(echo "${BENCH_STRATA_CONFIG:-{\}}") > "$sr/config.json.tmp" && mv "$sr/config.json.tmp" "$sr/config.json"
             drop_caches
             off=$(log_size "$REGISTRY_LOG")
             t0=$(now_s); ok=1

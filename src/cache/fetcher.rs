@@ -17,10 +17,35 @@ use std::time::{Duration, Instant};
 pub(super) const MAX_COALESCE_SPANS: usize = 16;
 /// Most spans of one speculative request: a read on demand that joins it waits for the whole
 /// run, so speculation goes out in small pieces.
-pub(super) const MAX_SPEC_SPANS: usize = 4;
-/// Speculative requests in flight at most (each also takes a common permit): the rest of the
-/// common permits stay free for reads on demand.
-const SPEC_PERMITS: usize = 3;
+pub(super) const MAX_SPEC_SPANS: usize = 2;
+/// Speculative requests in flight at most (each also takes a common permit).
+const SPEC_PERMITS: usize = 1;
+
+/// A speculative fetch that a read on demand joined: it stops waiting for an idle link.
+#[derive(Default)]
+pub(super) struct Promote {
+    wanted: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Promote {
+    pub(super) fn promote(&self) {
+        self.wanted.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+}
+
+/// Counts the fetches that are not speculative while they run; wakes speculation when none
+/// is left (the link is then idle, and a guess costs a reader nothing).
+struct Busy<'a>(&'a Fetcher);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        if self.0.busy.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
 /// Whole-fetch attempts per run of spans (the registry client retries requests on its own).
 const FETCH_ATTEMPTS: u32 = 3;
 
@@ -46,6 +71,10 @@ pub(super) struct Fetcher {
     permits: tokio::sync::Semaphore,
     /// Taken before a common permit by speculative fetches.
     spec_permits: tokio::sync::Semaphore,
+    /// Fetches on demand (and readahead, prefetch) running now.
+    busy: std::sync::atomic::AtomicUsize,
+    /// Notified when `busy` drops to 0.
+    idle: tokio::sync::Notify,
     timeout: Duration,
     stats: Arc<Stats>,
 }
@@ -80,11 +109,27 @@ impl Decode {
     }
 }
 
+/// Resolves once `p` is promoted.
+async fn wanted(p: &Promote) {
+    use std::sync::atomic::Ordering::SeqCst;
+    loop {
+        let n = p.notify.notified();
+        tokio::pin!(n);
+        n.as_mut().enable();
+        if p.wanted.load(SeqCst) {
+            return;
+        }
+        n.await;
+    }
+}
+
 impl Fetcher {
     pub(super) fn new(max_concurrent: usize, timeout: Duration, stats: Arc<Stats>) -> Fetcher {
         Fetcher {
             permits: tokio::sync::Semaphore::new(max_concurrent.max(1)),
-            spec_permits: tokio::sync::Semaphore::new(SPEC_PERMITS.min(max_concurrent / 2).max(1)),
+            spec_permits: tokio::sync::Semaphore::new(SPEC_PERMITS),
+            busy: std::sync::atomic::AtomicUsize::new(0),
+            idle: tokio::sync::Notify::new(),
             timeout,
             stats,
         }
@@ -96,19 +141,46 @@ impl Fetcher {
     }
 
     /// Fetch, decode and verify spans `run` (one Range request); one verified buffer per span.
-    /// `spec`: a speculative fetch, which waits for a permit of the speculative lane first.
+    /// `spec`: a speculative fetch, which waits for the permit of the speculative lane and
+    /// then for an idle link (no other fetch running), unless a read on demand joins it
+    /// (`Promote`) meanwhile.
     pub(super) async fn run(
         &self,
         layer: &Arc<CachedLayer>,
         run: Range<usize>,
-        spec: bool,
+        spec: Option<&Promote>,
     ) -> Result<Vec<Bytes>, Error> {
+        use std::sync::atomic::Ordering::SeqCst;
         let _spec = match spec {
-            true => Some(self.spec_permits.acquire().await.map_err(|_| Error::Closed {
-                layer: layer.digest,
-            })?),
-            false => None,
+            Some(p) => {
+                let permit = tokio::select! {
+                    p = self.spec_permits.acquire() => Some(p.map_err(|_| Error::Closed {
+                        layer: layer.digest,
+                    })?),
+                    () = wanted(p) => None,
+                };
+                loop {
+                    let idle = self.idle.notified();
+                    let promoted = p.notify.notified();
+                    tokio::pin!(idle, promoted);
+                    idle.as_mut().enable();
+                    promoted.as_mut().enable();
+                    if self.busy.load(SeqCst) == 0 || p.wanted.load(SeqCst) {
+                        break;
+                    }
+                    tokio::select! {
+                        () = idle => {}
+                        () = promoted => {}
+                    }
+                }
+                permit
+            }
+            None => None,
         };
+        let _busy = spec.is_none().then(|| {
+            self.busy.fetch_add(1, SeqCst);
+            Busy(self)
+        });
         let crange = layer
             .layout
             .compressed(run.clone())

@@ -152,7 +152,7 @@ type Joined = (usize, SpanFlight, bool);
 pub struct ChunkCache {
     tiers: Arc<Tiers>,
     /// Whole spans in flight (each part of a run fetched by one request).
-    spans: SingleFlight<SpanKey, Bytes, Error, Kind>,
+    spans: SingleFlight<SpanKey, Bytes, Error, (Kind, Option<Arc<fetcher::Promote>>)>,
     /// Partial span fetches in flight, tagged with the last block each produces (its future
     /// yields the span's bytes through that block).
     prefixes: SingleFlight<SpanKey, Bytes, Error, usize>,
@@ -418,8 +418,13 @@ impl ChunkCache {
         let mut claim = Vec::new();
         let mut table = self.spans.lock();
         for &i in need {
-            if let Some((k, f)) = table.get(&span_key(layer, i)) {
+            if let Some(((k, promote), f)) = table.get(&span_key(layer, i)) {
                 self.stats.joined();
+                if kind == Kind::Demand {
+                    if let Some(p) = promote {
+                        p.promote();
+                    }
+                }
                 out.push((i, f.clone(), *k == Kind::Demand));
             } else if recheck && self.tiers.has_span(layer, i) {
                 local.push(i);
@@ -434,8 +439,10 @@ impl ChunkCache {
         for run in fetcher::coalesce(&layer.layout, &claim, max) {
             let keys: Vec<SpanKey> = run.clone().map(|i| span_key(layer, i)).collect();
             let (me, l, r, k2) = (self.clone(), layer.clone(), run.clone(), keys.clone());
+            let promote = (kind == Kind::Spec).then(|| Arc::new(fetcher::Promote::default()));
+            let p2 = promote.clone();
             let work = async move {
-                let parts = me.fetcher.run(&l, r, kind == Kind::Spec).await?;
+                let parts = me.fetcher.run(&l, r, p2.as_deref()).await?;
                 me.tiers
                     .keep_fetched(k2.into_iter().zip(parts.iter().cloned()).collect());
                 Ok(parts)
@@ -461,7 +468,7 @@ impl ChunkCache {
                 }
                 .boxed()
                 .shared();
-                table.insert(key, kind, f.clone());
+                table.insert(key, (kind, promote.clone()), f.clone());
                 out.push((i, f, kind == Kind::Demand));
             }
         }

@@ -23,7 +23,7 @@ const READAHEAD_SPANS: usize = 8;
 const NEAR_MISS: usize = 8;
 const RECENT_MISSES: usize = 8;
 /// Misses this many spans apart or closer fill the gap between them.
-const GAP: usize = 12;
+const GAP: usize = 6;
 /// A layer of at least this many spans whose missed spans reach 1/[`WHOLE_FRACTION`] of
 /// them is fetched whole.
 const WHOLE_MIN_SPANS: usize = 4;
