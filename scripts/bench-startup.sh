@@ -80,16 +80,21 @@ LINKS=$RES/startup-links.json
 STRATA_BIN=$(strata_bin)
 notes=()
 
-# workloads: NAME<TAB>JSON argv
+# workloads: NAME<TAB>JSON argv. read-most reads more than half of the image (every file under
+# /usr): no lazy loader may be slower than pulling first there (issue 16's "no cliff").
+READ_MOST='["sh","-c","tar cf - /usr 2>/dev/null | wc -c"]'
 workloads_for() {
   case $1 in
-    debian-minbase) printf 'echo\t["sh","-c","echo hi"]\n' ;;
+    debian-minbase) printf 'echo\t["sh","-c","echo hi"]\n'
+                    printf 'read-most\t%s\n' "$READ_MOST" ;;
     python) printf 'import-json\t["python3","-c","import json"]\n'
-            printf 'echo\t["sh","-c","echo hi"]\n' ;;
+            printf 'echo\t["sh","-c","echo hi"]\n'
+            printf 'read-most\t%s\n' "$READ_MOST" ;;
     big) printf 'import-numpy\t["python3","-c","import numpy"]\n'
          printf 'gcc-hello\t["sh","-c","printf %s > /tmp/h.c && gcc -o /tmp/h /tmp/h.c && /tmp/h"]\n' \
            "'int main(void){return 0;}\\\\n'"
-         printf 'import-json\t["python3","-c","import json"]\n' ;;
+         printf 'import-json\t["python3","-c","import json"]\n'
+         printf 'read-most\t%s\n' "$READ_MOST" ;;
     smallfiles) printf 'echo\t["sh","-c","echo hi"]\n' ;;
     *) die "no workloads for image $1" ;;
   esac
@@ -166,7 +171,7 @@ if [ $strata_run_ok = 1 ] && [ -z "${STRATA_RUN_ARGS}" ] && "$STRATA_BIN" run --
 fi
 stop_bench_registry
 
-echo "image,profile,workload,method,run,seconds,bytes_fetched,ok" > "$RAW"
+echo "image,profile,workload,method,run,seconds,bytes_fetched,ok,runtime_start_s" > "$RAW"
 echo '{}' > "$TRACES"; echo '{}' > "$LINKS"
 
 RUNDIR=$WORK/run-$$
@@ -195,7 +200,12 @@ runc_run() {
   return $rc
 }
 
-record() { echo "$1,$2,$3,$4,$5,$6,$7,$8" >> "$RAW"; }
+record() { echo "$1,$2,$3,$4,$5,$6,$7,$8,${9:-}" >> "$RAW"; }
+# When the container's runtime was started, in seconds after `strata run` began (the CLI's
+# "run: mounted ms=N" debug line), or empty.
+runtime_start() {
+  sed 's/\x1b\[[0-9;]*m//g' "$1" 2>/dev/null | awk '/run: mounted/ { for (i = 1; i <= NF; i++) if ($i ~ /^ms=/) { printf "%.3f", substr($i, 4) / 1000; exit } }'
+}
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", b-a}'; }
 
 for profile in "${PROFILES[@]}"; do
@@ -311,14 +321,15 @@ print(max(man["layers"], key=lambda l:l["size"])["digest"])' "$lay")
                 STRATA_ROOT=$sr "$STRATA_BIN" run $STRATA_RUN_ARGS "$ref" "${cmd[@]}"; } \
                 > "$RUNDIR/strata.log" 2>&1 < /dev/null || ok=0
             else
-              STRATA_ROOT=$sr "$STRATA_BIN" run $STRATA_RUN_ARGS "$mref" "${cmd[@]}" \
+              STRATA_ROOT=$sr RUST_LOG=${RUST_LOG:-strata::cli::run=debug} "$STRATA_BIN" run $STRATA_RUN_ARGS "$mref" "${cmd[@]}" \
                 > "$RUNDIR/strata.log" 2>&1 < /dev/null || ok=0
             fi
             t1=$(now_s)
             sleep 0.2
             by=$(registry_bytes_written "$REGISTRY_LOG" "$off")
             [ $ok = 1 ] || { log "$method run failed:"; tail -5 "$RUNDIR/strata.log" >&2; }
-            record "$img" "$profile" "$wl" "$method" "$r" "$(elapsed "$t0" "$t1")" "$by" "$ok"
+            st=""; [ $method = strata-pull ] || st=$(runtime_start "$RUNDIR/strata.log")
+            record "$img" "$profile" "$wl" "$method" "$r" "$(elapsed "$t0" "$t1")" "$by" "$ok" "$st"
             if [ -n "${BENCH_KEEP_LOGS:-}" ]; then
               # RUST_LOG reaches the CLI and the daemon it starts; keep both logs per run
               mkdir -p "$BENCH_KEEP_LOGS"

@@ -48,7 +48,7 @@ def startup():
     rows = list(csv.DictReader(open(P("startup-raw.csv"))))
     traces = json.load(open(P("startup-traces.json")))
     links = json.load(open(P("startup-links.json")))
-    groups, bytes_, failed = {}, {}, {}
+    groups, bytes_, failed, starts = {}, {}, {}, {}
     order = []
     for r in rows:
         k = (r["image"], r["profile"], r["workload"])
@@ -58,6 +58,8 @@ def startup():
         if r["ok"] == "1":
             groups.setdefault(key, []).append(float(r["seconds"]))
             bytes_.setdefault(key, []).append(int(r["bytes_fetched"]))
+            if r.get("runtime_start_s"):
+                starts.setdefault(key, []).append(float(r["runtime_start_s"]))
         else:
             failed[key] = failed.get(key, 0) + 1
     out = []
@@ -70,6 +72,8 @@ def startup():
                 st = stats(groups[k + (m,)])
                 st["bytes_fetched"] = int(statistics.median(bytes_[k + (m,)]))
                 st["failed_runs"] = failed.get(k + (m,), 0)
+                if (k + (m,)) in starts:
+                    st["runtime_start_s"] = statistics.median(starts[k + (m,)])
                 ent["methods"][m] = st
             elif (k + (m,)) in failed:
                 ent["methods"][m] = {"n": 0, "failed_runs": failed[k + (m,)]}
@@ -98,6 +102,9 @@ def startup():
         if pf and "ideal" in ent:
             ratios["profiled_over_ideal"] = pf / ent["ideal"]["seconds"]
             ratios["profiled_bytes_over_read"] = ent["methods"]["strata-profiled"]["bytes_fetched"] / max(1, ent["ideal"]["bytes_read"])
+        sp_ = ent["methods"].get("strata-pull", {}).get("median")
+        if lz and sp_:
+            ratios["lazy_over_pull"] = lz / sp_
         ez = ent["methods"].get("strata-estargz", {}).get("median")
         if ez and "ideal" in ent:
             ratios["estargz_over_ideal"] = ez / ent["ideal"]["seconds"]
@@ -128,9 +135,10 @@ def startup():
             prof, ln.get("rtt_s", 0) * 1000, ln.get("bandwidth_Bps", 0) / 1e6))
         md.append("")
         md.append("| image | workload | classic: skopeo+umoci+runc | local runc (no fetch) | strata pull+run | "
-                  "strata lazy | strata lazy + published profile | ideal lazy | classic / lazy (profiled) | "
+                  "strata lazy | runtime starts (lazy) | lazy / pull+run | strata lazy + published profile | "
+                  "ideal lazy | classic / lazy (profiled) | "
                   "lazy / ideal (profiled) | fetched: classic | fetched: lazy (profiled) | workload reads (gzip) |")
-        md.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        md.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for e in out:
             if e["profile"] != prof:
                 continue
@@ -142,8 +150,11 @@ def startup():
             r = e["ratios"]
             both = lambda a, b, f: "%s (%s)" % (f % r[a] if a in r else pend, f % r[b] if b in r else "—")
             fetched = lambda m: mb(M[m]["bytes_fetched"]) if m in M and M[m].get("n") else "—"
-            md.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-                e["image"], e["workload"], fmt_s(M.get("classic")), fmt_s(M.get("local")), sp, sl, spf,
+            rs = M.get("strata-lazy", {}).get("runtime_start_s")
+            md.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                e["image"], e["workload"], fmt_s(M.get("classic")), fmt_s(M.get("local")), sp, sl,
+                "%.2f s" % rs if rs is not None else "—",
+                "%.2fx" % r["lazy_over_pull"] if "lazy_over_pull" in r else "—", spf,
                 "%.2f s" % e["ideal"]["seconds"] if "ideal" in e else "—",
                 both("classic_over_lazy", "classic_over_profiled", "%.1fx"),
                 both("lazy_over_ideal", "profiled_over_ideal", "%.2fx"),
