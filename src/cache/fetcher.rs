@@ -35,11 +35,26 @@ impl Promote {
     }
 }
 
-/// Counts the fetches that are not speculative while they run; wakes speculation when none
-/// is left (the link is then idle, and a guess costs a reader nothing).
-struct Busy<'a>(&'a Fetcher);
+/// The fetches that are not speculative, counted from the moment they are started (before
+/// their task first runs) until they end; speculation waits until none is left (the link is
+/// then idle, and a guess costs a reader nothing).
+#[derive(Default)]
+pub(super) struct LinkUse {
+    busy: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
 
-impl Drop for Busy<'_> {
+/// One fetch counted in [`LinkUse`] while this lives.
+pub(super) struct Busy(Arc<LinkUse>);
+
+impl LinkUse {
+    pub(super) fn enter(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Busy(self.clone())
+    }
+}
+
+impl Drop for Busy {
     fn drop(&mut self) {
         if self.0.busy.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
             self.0.idle.notify_waiters();
@@ -71,10 +86,8 @@ pub(super) struct Fetcher {
     permits: tokio::sync::Semaphore,
     /// Taken before a common permit by speculative fetches.
     spec_permits: tokio::sync::Semaphore,
-    /// Fetches on demand (and readahead, prefetch) running now.
-    busy: std::sync::atomic::AtomicUsize,
-    /// Notified when `busy` drops to 0.
-    idle: tokio::sync::Notify,
+    /// Fetches on demand (and readahead, prefetch) started and not ended.
+    pub(super) link: Arc<LinkUse>,
     timeout: Duration,
     stats: Arc<Stats>,
 }
@@ -128,8 +141,7 @@ impl Fetcher {
         Fetcher {
             permits: tokio::sync::Semaphore::new(max_concurrent.max(1)),
             spec_permits: tokio::sync::Semaphore::new(SPEC_PERMITS),
-            busy: std::sync::atomic::AtomicUsize::new(0),
-            idle: tokio::sync::Notify::new(),
+            link: Arc::new(LinkUse::default()),
             timeout,
             stats,
         }
@@ -160,12 +172,12 @@ impl Fetcher {
                     () = wanted(p) => None,
                 };
                 loop {
-                    let idle = self.idle.notified();
+                    let idle = self.link.idle.notified();
                     let promoted = p.notify.notified();
                     tokio::pin!(idle, promoted);
                     idle.as_mut().enable();
                     promoted.as_mut().enable();
-                    if self.busy.load(SeqCst) == 0 || p.wanted.load(SeqCst) {
+                    if self.link.busy.load(SeqCst) == 0 || p.wanted.load(SeqCst) {
                         break;
                     }
                     tokio::select! {
@@ -177,10 +189,7 @@ impl Fetcher {
             }
             None => None,
         };
-        let _busy = spec.is_none().then(|| {
-            self.busy.fetch_add(1, SeqCst);
-            Busy(self)
-        });
+        // Not speculative: counted in `link` by the caller from the moment it was started.
         let crange = layer
             .layout
             .compressed(run.clone())

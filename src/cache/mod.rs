@@ -322,15 +322,6 @@ impl ChunkCache {
         }
         if want.demand {
             self.policy.note_demand_miss();
-            if want.file_end.is_some() {
-                let mut ahead = 0;
-                for next in self.policy.speculate(layer, spans.clone()) {
-                    ahead += self.fetch_in_background(layer, next, Kind::Spec);
-                }
-                if ahead > 0 {
-                    self.stats.fetched_ahead(ahead as u64);
-                }
-            }
         }
         if let (Some(fe), 1) = (want.file_end, spans.len()) {
             if let Some(f) = self.prefix_flight(layer, spans.start, &range, fe) {
@@ -346,6 +337,17 @@ impl ChunkCache {
             .map(|(i, _)| i)
             .collect();
         let waits = self.join_or_fetch(layer, need);
+        // Speculation after the read's own fetches are started (they count as the link's use
+        // that speculation waits for).
+        if want.demand && want.file_end.is_some() {
+            let mut ahead = 0;
+            for next in self.policy.speculate(layer, spans.clone()) {
+                ahead += self.fetch_in_background(layer, next, Kind::Spec);
+            }
+            if ahead > 0 {
+                self.stats.fetched_ahead(ahead as u64);
+            }
+        }
         if let Some(fe) = want.file_end {
             let len = range.end - range.start;
             if let Some(next) = self.policy.readahead(layer, spans.clone(), len, fe) {
@@ -441,7 +443,9 @@ impl ChunkCache {
             let (me, l, r, k2) = (self.clone(), layer.clone(), run.clone(), keys.clone());
             let promote = (kind == Kind::Spec).then(|| Arc::new(fetcher::Promote::default()));
             let p2 = promote.clone();
+            let busy = (kind != Kind::Spec).then(|| self.fetcher.link.enter());
             let work = async move {
+                let _busy = busy;
                 let parts = me.fetcher.run(&l, r, p2.as_deref()).await?;
                 me.tiers
                     .keep_fetched(k2.into_iter().zip(parts.iter().cloned()).collect());

@@ -160,7 +160,7 @@ impl Policy {
                 if n >= WHOLE_MIN_SPANS && d.spans.len() * WHOLE_FRACTION >= n {
                     d.whole = true;
                     d.spans = Default::default();
-                    return vec![0..n];
+                    return std::iter::once(0..n).collect();
                 }
             }
         }
