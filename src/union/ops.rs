@@ -669,6 +669,15 @@ impl UnionFs {
     }
 }
 
+/// `O_LARGEFILE` as the kernel sets it in the flags it forwards (always, on 64-bit); glibc's
+/// `O_LARGEFILE` is 0 there.
+#[cfg(target_arch = "x86_64")]
+const KERNEL_O_LARGEFILE: i32 = 0o100000;
+#[cfg(target_arch = "aarch64")]
+const KERNEL_O_LARGEFILE: i32 = 0o400000;
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const KERNEL_O_LARGEFILE: i32 = libc::O_LARGEFILE;
+
 /// May the read-write descriptor a create made serve as the handle for open(2) `flags`?
 /// Yes for write opens that ask for nothing more than a plain descriptor has (`O_APPEND`,
 /// `O_SYNC`, `O_NOATIME`... and read-only opens get a descriptor of their own).
@@ -679,7 +688,7 @@ fn reusable_create_fd(flags: i32) -> bool {
         | libc::O_NOCTTY
         | libc::O_TRUNC
         | libc::O_CLOEXEC
-        | libc::O_LARGEFILE
+        | KERNEL_O_LARGEFILE
         | libc::O_NOFOLLOW
         | libc::O_NONBLOCK;
     flags & libc::O_ACCMODE != libc::O_RDONLY && flags & !plain == 0

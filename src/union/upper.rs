@@ -3,7 +3,8 @@
 //! Whiteout = character device 0/0; opaque directory = `trusted.overlay.opaque=y`. Everything
 //! that must appear atomically (copy-ups, whiteouts over existing entries, new objects over a
 //! whiteout) is built under `<work>/strata-tmp` and renamed into place; work and upper must be
-//! on one filesystem. Paths handed in are relative to the upper root. Knows nothing of the
+//! on one filesystem. Other new objects are made in place by the caller (`ops.rs`), as kernel
+//! overlayfs does. Paths handed in are relative to the upper root. Knows nothing of the
 //! lower tree.
 //!
 //! A union path may be longer than the OS takes in one argument (PATH_MAX, 4096 bytes with
