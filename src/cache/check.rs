@@ -153,8 +153,8 @@ impl ChunkCache {
     async fn fill_recording(self: &Arc<Self>, layer: &Arc<CachedLayer>) -> Result<(), Error> {
         let size = layer.layout.index().meta().compressed_size;
         let (spans, _) = layer.check.missing(layer.layout.count(), size);
-        for run in super::fetcher::coalesce(&layer.layout, &spans) {
-            self.fetcher.run(layer, run).await?;
+        for run in super::fetcher::coalesce(&layer.layout, &spans, super::fetcher::MAX_COALESCE_SPANS) {
+            self.fetcher.run(layer, run, false).await?;
         }
         let (_, holes) = layer.check.missing(layer.layout.count(), size);
         for h in holes {

@@ -15,18 +15,24 @@ use std::time::{Duration, Instant};
 
 /// Most spans fetched by one Range request.
 pub(super) const MAX_COALESCE_SPANS: usize = 16;
+/// Most spans of one speculative request: a read on demand that joins it waits for the whole
+/// run, so speculation goes out in small pieces.
+pub(super) const MAX_SPEC_SPANS: usize = 4;
+/// Speculative requests in flight at most (each also takes a common permit): the rest of the
+/// common permits stay free for reads on demand.
+const SPEC_PERMITS: usize = 3;
 /// Whole-fetch attempts per run of spans (the registry client retries requests on its own).
 const FETCH_ATTEMPTS: u32 = 3;
 
 /// Runs of spans to fetch together: `missing` (ascending span numbers) cut where a span is
 /// not the next one, where the layout cannot continue one request (eStargz chunks that are
-/// not adjacent in the blob), and every [`MAX_COALESCE_SPANS`].
-pub(super) fn coalesce(layout: &Layout, missing: &[usize]) -> Vec<Range<usize>> {
+/// not adjacent in the blob), and every `max` spans ([`MAX_COALESCE_SPANS`], or
+/// [`MAX_SPEC_SPANS`] for speculation).
+pub(super) fn coalesce(layout: &Layout, missing: &[usize], max: usize) -> Vec<Range<usize>> {
     let mut runs: Vec<Range<usize>> = Vec::new();
     for &i in missing {
         match runs.last_mut() {
-            Some(r)
-                if r.end == i && layout.adjacent(i - 1) && r.end - r.start < MAX_COALESCE_SPANS =>
+            Some(r) if r.end == i && layout.adjacent(i - 1) && r.end - r.start < max =>
             {
                 r.end = i + 1
             }
@@ -38,6 +44,8 @@ pub(super) fn coalesce(layout: &Layout, missing: &[usize]) -> Vec<Range<usize>> 
 
 pub(super) struct Fetcher {
     permits: tokio::sync::Semaphore,
+    /// Taken before a common permit by speculative fetches.
+    spec_permits: tokio::sync::Semaphore,
     timeout: Duration,
     stats: Arc<Stats>,
 }
@@ -76,6 +84,7 @@ impl Fetcher {
     pub(super) fn new(max_concurrent: usize, timeout: Duration, stats: Arc<Stats>) -> Fetcher {
         Fetcher {
             permits: tokio::sync::Semaphore::new(max_concurrent.max(1)),
+            spec_permits: tokio::sync::Semaphore::new(SPEC_PERMITS.min(max_concurrent / 2).max(1)),
             timeout,
             stats,
         }
@@ -87,11 +96,19 @@ impl Fetcher {
     }
 
     /// Fetch, decode and verify spans `run` (one Range request); one verified buffer per span.
+    /// `spec`: a speculative fetch, which waits for a permit of the speculative lane first.
     pub(super) async fn run(
         &self,
         layer: &Arc<CachedLayer>,
         run: Range<usize>,
+        spec: bool,
     ) -> Result<Vec<Bytes>, Error> {
+        let _spec = match spec {
+            true => Some(self.spec_permits.acquire().await.map_err(|_| Error::Closed {
+                layer: layer.digest,
+            })?),
+            false => None,
+        };
         let crange = layer
             .layout
             .compressed(run.clone())

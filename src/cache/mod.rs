@@ -132,11 +132,27 @@ struct Want {
 
 type SpanFlight = Flight<Bytes, Error>;
 
+/// Who starts a span fetch, which decides its lane and what a reader that joins it does when
+/// it fails.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    /// A read on demand (or `cache fetch`, prefetch): the common permits.
+    Demand,
+    /// Readahead of a sequential reader: the common permits, but not asked for by anyone.
+    Ahead,
+    /// Policy speculation: the speculative lane, in small runs.
+    Spec,
+}
+
+/// A span's flight, and whether a read on demand started it (else a reader that joined it
+/// fetches the span again on its own if it fails: a failed guess never costs a reader EIO).
+type Joined = (usize, SpanFlight, bool);
+
 /// The shared cache. One per process; all methods take `&self`.
 pub struct ChunkCache {
     tiers: Arc<Tiers>,
     /// Whole spans in flight (each part of a run fetched by one request).
-    spans: SingleFlight<SpanKey, Bytes, Error>,
+    spans: SingleFlight<SpanKey, Bytes, Error, Kind>,
     /// Partial span fetches in flight, tagged with the last block each produces (its future
     /// yields the span's bytes through that block).
     prefixes: SingleFlight<SpanKey, Bytes, Error, usize>,
@@ -307,11 +323,12 @@ impl ChunkCache {
         if want.demand {
             self.policy.note_demand_miss();
             if want.file_end.is_some() {
-                if let Some(next) = self.policy.fetch_ahead(layer, spans.clone()) {
-                    let missing = self.fetch_in_background(layer, next);
-                    if missing > 0 {
-                        self.stats.fetched_ahead(missing as u64);
-                    }
+                let mut ahead = 0;
+                for next in self.policy.speculate(layer, spans.clone()) {
+                    ahead += self.fetch_in_background(layer, next, Kind::Spec);
+                }
+                if ahead > 0 {
+                    self.stats.fetched_ahead(ahead as u64);
                 }
             }
         }
@@ -332,11 +349,24 @@ impl ChunkCache {
         if let Some(fe) = want.file_end {
             let len = range.end - range.start;
             if let Some(next) = self.policy.readahead(layer, spans.clone(), len, fe) {
-                self.fetch_in_background(layer, next);
+                self.fetch_in_background(layer, next, Kind::Ahead);
             }
         }
-        for (i, fut) in waits {
-            let whole = fut.await?;
+        for (i, fut, demand) in waits {
+            let whole = match fut.await {
+                Ok(b) => b,
+                // A guess that failed (a speculative or readahead fetch this read joined):
+                // the read fetches the span itself, with its own attempts and deadline.
+                Err(e) if !demand && !matches!(e, Error::Poisoned { .. }) => {
+                    tracing::debug!(layer = %layer.digest, span = i, "joined speculative fetch failed, fetching on demand: {}", e.report());
+                    let mut again = self.join_or_fetch(layer, vec![i]);
+                    match again.pop() {
+                        Some((_, f, _)) => f.await?,
+                        None => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            };
             let s = layer.layout.span_range(i);
             let r = range.start.max(s.start)..range.end.min(s.end);
             parts[i - spans.start] = Some(cut_parts(s.start, &[whole], r));
@@ -351,17 +381,17 @@ impl ChunkCache {
         self: &Arc<Self>,
         layer: &Arc<CachedLayer>,
         mut need: Vec<usize>,
-    ) -> Vec<(usize, SpanFlight)> {
+    ) -> Vec<Joined> {
         let mut out = Vec::new();
         // A span reported local whose bytes then fail to load (a span file that went away or
         // failed verification) is looked up again; the second time it is fetched.
         for recheck in [true, false] {
-            let local = self.flights_for(layer, &need, recheck, &mut out);
+            let local = self.flights_for(layer, &need, recheck, Kind::Demand, &mut out);
             need.clear();
             for i in local {
                 let r = layer.layout.span_range(i);
                 match self.tiers.piece(layer, i, r) {
-                    Some(b) => out.push((i, futures::future::ready(Ok(b)).boxed().shared())),
+                    Some(b) => out.push((i, futures::future::ready(Ok(b)).boxed().shared(), true)),
                     None => need.push(i),
                 }
             }
@@ -381,26 +411,31 @@ impl ChunkCache {
         layer: &Arc<CachedLayer>,
         need: &[usize],
         recheck: bool,
-        out: &mut Vec<(usize, SpanFlight)>,
+        kind: Kind,
+        out: &mut Vec<Joined>,
     ) -> Vec<usize> {
         let mut local = Vec::new();
         let mut claim = Vec::new();
         let mut table = self.spans.lock();
         for &i in need {
-            if let Some((_, f)) = table.get(&span_key(layer, i)) {
+            if let Some((k, f)) = table.get(&span_key(layer, i)) {
                 self.stats.joined();
-                out.push((i, f.clone()));
+                out.push((i, f.clone(), *k == Kind::Demand));
             } else if recheck && self.tiers.has_span(layer, i) {
                 local.push(i);
             } else {
                 claim.push(i);
             }
         }
-        for run in fetcher::coalesce(&layer.layout, &claim) {
+        let max = match kind {
+            Kind::Spec => fetcher::MAX_SPEC_SPANS,
+            _ => fetcher::MAX_COALESCE_SPANS,
+        };
+        for run in fetcher::coalesce(&layer.layout, &claim, max) {
             let keys: Vec<SpanKey> = run.clone().map(|i| span_key(layer, i)).collect();
             let (me, l, r, k2) = (self.clone(), layer.clone(), run.clone(), keys.clone());
             let work = async move {
-                let parts = me.fetcher.run(&l, r).await?;
+                let parts = me.fetcher.run(&l, r, kind == Kind::Spec).await?;
                 me.tiers
                     .keep_fetched(k2.into_iter().zip(parts.iter().cloned()).collect());
                 Ok(parts)
@@ -426,8 +461,8 @@ impl ChunkCache {
                 }
                 .boxed()
                 .shared();
-                table.insert(key, (), f.clone());
-                out.push((i, f));
+                table.insert(key, kind, f.clone());
+                out.push((i, f, kind == Kind::Demand));
             }
         }
         local
@@ -504,11 +539,12 @@ impl ChunkCache {
         self: &Arc<Self>,
         layer: &Arc<CachedLayer>,
         next: Range<usize>,
+        kind: Kind,
     ) -> usize {
         let need: Vec<usize> = next.filter(|&i| !self.tiers.has_span(layer, i)).collect();
         if !need.is_empty() {
             let mut started = Vec::new();
-            self.flights_for(layer, &need, true, &mut started);
+            self.flights_for(layer, &need, true, kind, &mut started);
         }
         need.len()
     }
@@ -543,10 +579,10 @@ impl ChunkCache {
         let n = layer.layout.count();
         let need: Vec<usize> = (0..n).filter(|&i| !self.tiers.has_span(layer, i)).collect();
         let mut waits = Vec::new();
-        self.flights_for(layer, &need, true, &mut waits);
+        self.flights_for(layer, &need, true, Kind::Demand, &mut waits);
         // Drop each span's bytes as soon as it is in (they are in the memory and disk tiers).
         let mut pending: futures::stream::FuturesUnordered<_> =
-            waits.into_iter().map(|(_, f)| f).collect();
+            waits.into_iter().map(|(_, f, _)| f).collect();
         while let Some(r) = futures::StreamExt::next(&mut pending).await {
             r?;
         }

@@ -1,5 +1,6 @@
 //! What to fetch besides the bytes a read asked for, and when: readahead for a sequential
-//! reader of a large file, neighbour fetch-ahead for a cold start walking nearby files, partial
+//! reader of a large file, speculation for a cold start walking nearby files (gap filling,
+//! fetch-ahead, whole layers that are mostly needed), partial
 //! span fetches for small files, and the pacing of background prefetch behind reads on demand.
 //! Pure decisions over a layer's span layout and this module's own small state (the recent
 //! misses per layer, the time of the last demand miss); the cache acts on them. Calls nothing
@@ -21,6 +22,20 @@ const READAHEAD_SPANS: usize = 8;
 /// starts neighbour fetch-ahead.
 const NEAR_MISS: usize = 8;
 const RECENT_MISSES: usize = 8;
+/// Misses this many spans apart or closer fill the gap between them.
+const GAP: usize = 12;
+/// A layer of at least this many spans whose missed spans reach 1/[`WHOLE_FRACTION`] of
+/// them is fetched whole.
+const WHOLE_MIN_SPANS: usize = 4;
+const WHOLE_FRACTION: usize = 4;
+
+/// The distinct spans of one layer reads on demand had to fetch, until the layer is fetched
+/// whole.
+#[derive(Default)]
+struct Missed {
+    spans: std::collections::BTreeSet<usize>,
+    whole: bool,
+}
 
 /// Whole-layer prefetch waits until reads on demand have not fetched for this long.
 pub const PREFETCH_IDLE: Duration = Duration::from_secs(1);
@@ -28,10 +43,12 @@ pub const PREFETCH_IDLE: Duration = Duration::from_secs(1);
 pub(super) struct Policy {
     /// Fetch only a prefix of a span for a small read of a file ending in it.
     pub(super) partial_spans: bool,
-    /// Spans fetched ahead after a miss near an earlier one (0 = off).
+    /// Spans fetched ahead after a miss near an earlier one (0 = no speculation at all).
     fetch_ahead: usize,
     /// Per layer, the spans of the last few reads on demand that had to fetch.
     recent_misses: Mutex<HashMap<Digest, VecDeque<usize>>>,
+    /// Per layer, the distinct spans reads on demand had to fetch (the whole-layer rule).
+    missed: Mutex<HashMap<Digest, Missed>>,
     /// Per layer, the last span a large read on demand had to fetch (sequential detection).
     last_miss: Mutex<HashMap<Digest, usize>>,
     /// When this policy was made; `last_demand` counts milliseconds from here.
@@ -50,6 +67,7 @@ impl Policy {
             partial_spans,
             fetch_ahead,
             recent_misses: Mutex::new(HashMap::new()),
+            missed: Mutex::new(HashMap::new()),
             last_miss: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
             last_demand: AtomicU64::new(0),
@@ -118,36 +136,57 @@ impl Policy {
         (end > spans.end).then_some(spans.end..end)
     }
 
-    /// Neighbour fetch-ahead: a read on demand that misses in `spans` within [`NEAR_MISS`]
-    /// spans of one of the layer's last misses is part of a cold start walking neighbouring
-    /// files (a package's modules sit together in the tar stream): the next `fetch_ahead`
-    /// spans to fetch in the background (one Range request, not awaited), using the link while
-    /// the reader works on what it got.
-    pub(super) fn fetch_ahead(
-        &self,
-        layer: &CachedLayer,
-        spans: Range<usize>,
-    ) -> Option<Range<usize>> {
+    /// Speculation after a read on demand missed in `spans` of `layer` (off when
+    /// `fetch_ahead` is 0): the runs of spans to fetch in the background, in the speculative
+    /// lane (fewer requests in flight than reads on demand may use). A cold start walks a
+    /// package: its files sit together in the tar stream, read in another order than stored,
+    /// so misses land close to each other. Three rules:
+    /// - a miss within [`GAP`] spans of one of the layer's last [`RECENT_MISSES`] misses fills
+    ///   the gap between them (the files in between belong to the same region);
+    /// - a miss within [`NEAR_MISS`] of an earlier one fetches the next `fetch_ahead` spans;
+    /// - a layer of which a quarter of the spans has missed is mostly needed: all of it is
+    ///   fetched (at full link speed, several requests in flight), once.
+    pub(super) fn speculate(&self, layer: &CachedLayer, spans: Range<usize>) -> Vec<Range<usize>> {
         if self.fetch_ahead == 0 || spans.is_empty() {
-            return None;
+            return Vec::new();
         }
-        let near = {
-            let mut recent = lock(&self.recent_misses);
-            let r = recent.entry(layer.digest).or_default();
-            let near = r
-                .iter()
-                .any(|&p| p + NEAR_MISS >= spans.start && p <= spans.end + NEAR_MISS);
-            r.push_back(spans.end - 1);
-            if r.len() > RECENT_MISSES {
-                r.pop_front();
+        let n = layer.layout.count();
+        let mut out = Vec::new();
+        {
+            let mut dense = lock(&self.missed);
+            let d = dense.entry(layer.digest).or_default();
+            if !d.whole {
+                d.spans.extend(spans.clone());
+                if n >= WHOLE_MIN_SPANS && d.spans.len() * WHOLE_FRACTION >= n {
+                    d.whole = true;
+                    d.spans = Default::default();
+                    return vec![0..n];
+                }
             }
-            near
-        };
-        if !near {
-            return None;
         }
-        let end = (spans.end + self.fetch_ahead).min(layer.layout.count());
-        (end > spans.end).then_some(spans.end..end)
+        let mut recent = lock(&self.recent_misses);
+        let r = recent.entry(layer.digest).or_default();
+        let mut near = false;
+        for &p in r.iter() {
+            if p < spans.start && spans.start - p <= GAP {
+                out.push(p + 1..spans.start);
+            } else if p >= spans.end && p - spans.end < GAP {
+                out.push(spans.end..p);
+            }
+            near |= p + NEAR_MISS >= spans.start && p <= spans.end + NEAR_MISS;
+        }
+        r.push_back(spans.end - 1);
+        if r.len() > RECENT_MISSES {
+            r.pop_front();
+        }
+        if near {
+            let end = (spans.end + self.fetch_ahead).min(n);
+            if end > spans.end {
+                out.push(spans.end..end);
+            }
+        }
+        out.retain(|r| !r.is_empty());
+        out
     }
 
     /// Partial span fetch: for a small read `range` of a file ending at virtual `file_end`

@@ -14,11 +14,22 @@ struct TestSource {
     requests: AtomicU64,
     corrupt: AtomicBool,
     delay_ms: u64,
+    /// Requests for more than this many bytes fail (0: no limit).
+    max_len: AtomicU64,
 }
 
 impl BlobSource for TestSource {
     fn fetch(&self, range: Range<u64>) -> BoxFuture<'static, Result<Bytes, FetchError>> {
         self.requests.fetch_add(1, Ordering::SeqCst);
+        let max = self.max_len.load(Ordering::SeqCst);
+        if max > 0 && range.end - range.start > max {
+            let e = std::io::Error::other("test source: request too long");
+            return futures::future::ready(Err(FetchError::Local {
+                path: "test-source".into(),
+                source: Arc::new(e),
+            }))
+            .boxed();
+        }
         let mut data = self
             .blob
             .slice(range.start as usize..range.end as usize)
@@ -126,6 +137,7 @@ fn layer(f: &Fixture, delay_ms: u64) -> (Arc<CachedLayer>, Arc<TestSource>) {
         requests: AtomicU64::new(0),
         corrupt: AtomicBool::new(false),
         delay_ms,
+        max_len: AtomicU64::new(0),
     });
     let l = Arc::new(CachedLayer {
         digest: Digest::of(&f.blob),
@@ -191,12 +203,14 @@ fn head_only_layer(f: &Fixture) -> (Arc<CachedLayer>, Arc<TestSource>, Arc<TestS
         requests: AtomicU64::new(0),
         corrupt: AtomicBool::new(false),
         delay_ms: 5,
+        max_len: AtomicU64::new(0),
     });
     let wsrc = Arc::new(TestSource {
         blob: Bytes::from(full),
         requests: AtomicU64::new(0),
         corrupt: AtomicBool::new(false),
         delay_ms: 5,
+        max_len: AtomicU64::new(0),
     });
     let wdir = f.cache_dir.with_file_name("windows");
     let l = Arc::new(CachedLayer {

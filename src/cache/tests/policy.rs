@@ -175,68 +175,156 @@ async fn partial_span_reads_are_exact_verified_and_smaller() {
     assert!(src.requests.load(Ordering::SeqCst) <= s.partial_spans + count as u64);
 }
 
-/// Neighbour fetch-ahead: a miss near an earlier miss of the same layer starts fetching the
-/// next spans in the background; an isolated miss does not.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_miss_near_an_earlier_one_fetches_the_next_spans_ahead() {
-    let sizes: Vec<usize> = (0..300).map(|i| 3000 + (i * 7919) % 6000).collect();
-    let f = fixture_with(&sizes);
-    let cache = ChunkCache::open(CacheConfig {
-        fetch_ahead: 2,
-        memory_bytes: 64 << 20,
-        ..config(&f.cache_dir)
-    })
-    .unwrap();
-    let (l, _src) = layer(&f, 0);
-    assert!(l.layout.count() >= 6);
-    let in_span = |i: usize| {
-        let r = l.layout.span_range(i);
-        f.files
+/// A cache with speculation on (`ahead` spans fetched ahead) and a layer of many small files
+/// (256 KiB spans), with a helper giving a file that lies wholly inside span `i`.
+struct Spec {
+    cache: Arc<ChunkCache>,
+    l: Arc<CachedLayer>,
+    src: Arc<TestSource>,
+    f: Fixture,
+}
+
+impl Spec {
+    fn new(files: usize, ahead: usize, delay_ms: u64) -> Spec {
+        let sizes: Vec<usize> = (0..files).map(|i| 3000 + (i * 7919) % 6000).collect();
+        let f = fixture_with(&sizes);
+        let cache = ChunkCache::open(CacheConfig {
+            fetch_ahead: ahead,
+            memory_bytes: 64 << 20,
+            ..config(&f.cache_dir)
+        })
+        .unwrap();
+        let (l, src) = layer(&f, delay_ms);
+        Spec { cache, l, src, f }
+    }
+
+    fn in_span(&self, i: usize) -> (String, Vec<u8>) {
+        let r = self.l.layout.span_range(i);
+        self.f
+            .files
             .iter()
             .find(|(n, d)| {
-                let e = l.layout.index().lookup(n).unwrap();
+                let e = self.l.layout.index().lookup(n).unwrap();
                 e.offset() >= r.start && e.offset() + d.len() as u64 <= r.end
             })
             .unwrap()
             .clone()
-    };
-    let read = |name: String, data: Vec<u8>| {
-        let (cache, l) = (cache.clone(), l.clone());
-        async move {
-            let e = l.layout.index().lookup(&name).unwrap();
-            let fe = e.offset() + e.size();
-            let len = data.len() as u64;
-            let got = cache
-                .read_file(&l, vrange(&l, &name, 0..len), fe)
-                .await
-                .unwrap();
-            assert_eq!(&got[..], &data[..], "{name}");
+    }
+
+    /// Read the whole of a file inside span `i` on demand and check its bytes.
+    async fn read(&self, i: usize) {
+        let (name, data) = self.in_span(i);
+        let e = self.l.layout.index().lookup(&name).unwrap();
+        let fe = e.offset() + e.size();
+        let got = self
+            .cache
+            .read_file(&self.l, vrange(&self.l, &name, 0..data.len() as u64), fe)
+            .await
+            .unwrap();
+        assert_eq!(&got[..], &data[..], "{name}");
+    }
+
+    /// Wait (up to 2 s) until every span of `spans` is local.
+    async fn wait_local(&self, spans: Range<usize>) -> bool {
+        for _ in 0..200 {
+            if spans.clone().all(|i| self.cache.has_span(&self.l, i)) {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-    };
-    let (n0, d0) = in_span(0);
-    read(n0, d0).await;
+        false
+    }
+}
+
+/// Neighbour fetch-ahead: a miss near an earlier miss of the same layer starts fetching the
+/// next spans in the background; an isolated miss does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_near_an_earlier_one_fetches_the_next_spans_ahead() {
+    let s = Spec::new(1500, 2, 0);
+    let n = s.l.layout.count();
+    assert!(n >= 24, "{n} spans");
+    s.read(0).await;
     assert_eq!(
-        cache.stats.snapshot().ahead_spans,
+        s.cache.stats.snapshot().ahead_spans,
         0,
         "an isolated miss fetched ahead"
     );
-    let (n1, d1) = in_span(1);
-    read(n1, d1).await;
-    assert_eq!(cache.stats.snapshot().ahead_spans, 2);
+    s.read(1).await;
+    assert_eq!(s.cache.stats.snapshot().ahead_spans, 2);
     // The spans ahead arrive without another read asking for them; reading them is local.
-    for _ in 0..200 {
-        if cache.has_span(&l, 2) && cache.has_span(&l, 3) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert!(cache.has_span(&l, 2) && cache.has_span(&l, 3));
-    let (n3, d3) = in_span(3);
-    let e = l.layout.index().lookup(&n3).unwrap();
-    let got = cache
-        .try_read_local(&l, vrange(&l, &n3, 0..d3.len() as u64))
+    assert!(s.wait_local(2..4).await);
+    let (n3, d3) = s.in_span(3);
+    let got = s
+        .cache
+        .try_read_local(&s.l, vrange(&s.l, &n3, 0..d3.len() as u64))
         .unwrap()
         .unwrap();
     assert_eq!(&got[..], &d3[..]);
-    assert!(!cache.has_span(&l, 4), "{}", e.offset());
+    assert!(!s.cache.has_span(&s.l, 4));
+}
+
+/// Two misses a few spans apart: the spans between them are fetched in the background (the
+/// files of one package, read out of tar order); misses far apart fill nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gap_between_two_nearby_misses_is_filled() {
+    let s = Spec::new(1500, 1, 0);
+    let n = s.l.layout.count();
+    assert!(n >= 24, "{n} spans");
+    s.read(10).await;
+    s.read(4).await;
+    assert!(s.wait_local(5..10).await, "gap 5..10 not filled");
+    // One ahead of the nearby miss at 4 is 5 (inside the gap): nothing else.
+    assert!(!s.cache.has_span(&s.l, 3) && !s.cache.has_span(&s.l, 11));
+    // 4 -> 23: too far apart (more than the gap rule's reach): nothing fetched between.
+    s.read(23).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!((12..23).all(|i| !s.cache.has_span(&s.l, i)));
+}
+
+/// A layer a quarter of whose spans were missed by reads far apart is fetched whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mostly_needed_layer_is_fetched_whole() {
+    let s = Spec::new(1500, 1, 0);
+    let n = s.l.layout.count();
+    let quarter = n.div_ceil(4);
+    // Misses on distinct spans until one short of a quarter: the layer is not fetched whole
+    // (the gaps between them are).
+    let far: Vec<usize> = (0..quarter).map(|k| (k * 31) % n).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for &i in &far[..quarter - 1] {
+        seen.insert(i);
+        s.read(i).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let local = (0..n).filter(|&i| s.cache.has_span(&s.l, i)).count();
+    assert!(local < n, "all {n} spans local before the quarter");
+    // The read that reaches a quarter of the spans starts the whole layer.
+    let last = (0..n).find(|i| !seen.contains(i) && !s.cache.has_span(&s.l, *i)).unwrap();
+    s.read(last).await;
+    assert!(s.wait_local(0..n).await, "layer not fetched whole");
+}
+
+/// A read that joined a speculative fetch which then failed (here: the source refuses long
+/// requests, so the speculative run of several spans fails and a single span succeeds)
+/// fetches its span on its own: no error for a failed guess.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_joined_a_failed_speculative_fetch_fetches_on_its_own() {
+    let s = Spec::new(1500, 4, 150);
+    let one = (0..8)
+        .map(|i| {
+            let c = s.l.layout.compressed(i..i + 1).unwrap();
+            c.end - c.start
+        })
+        .max()
+        .unwrap();
+    s.src.max_len.store(one + 1, Ordering::SeqCst);
+    s.read(0).await;
+    s.read(1).await; // near 0: spans 2..6 go out speculatively as one run (fails, slowly)
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let joined = s.cache.stats.snapshot().joined_inflight;
+    s.read(3).await; // joins the run in flight, which fails: read on its own
+    assert!(
+        s.cache.stats.snapshot().joined_inflight > joined,
+        "the read did not join the speculative fetch"
+    );
 }

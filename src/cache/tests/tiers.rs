@@ -120,6 +120,7 @@ async fn estargz_chunks_are_one_block_each_and_a_tampered_chunk_is_refetched() {
         requests: AtomicU64::new(0),
         corrupt: AtomicBool::new(false),
         delay_ms: 0,
+        max_len: AtomicU64::new(0),
     });
     let l = Arc::new(CachedLayer {
         digest: Digest::of(&src.blob),
