@@ -3,8 +3,13 @@
 # fuse-overlayfs and strata's FUSE mount.
 #
 #   scripts/bench-fs.sh [--quick] [--runs N] [--systems native,overlayfs,fuse-overlayfs,strata-overlay,strata]
-#                       [--tests read,walk]   (default both: read = seqread + randread; walk = walk +
-#                                              create/unlink; `--tests walk` skips the fio file)
+#                       [--scratch-tmpfs]   (uppers, work dirs and scratch dirs on a tmpfs mounted
+#                                            per run: metadata figures without ext4's allocator
+#                                            noise, see setup_sys)
+#                       [--tests read,walk,meta]   (default read,walk: read = seqread + randread;
+#                                              walk = walk + create/unlink; meta = the metadata
+#                                              write workloads below; `--tests walk` skips the fio
+#                                              file; `--tests meta` alone needs only debian-minbase)
 #
 # Data: image "fiodata" (one layer, /data/fio.dat = 1 GiB random bytes) and image "smallfiles"
 # (debian minbase + a layer with 100k small files under /data), both built by scripts/lib/images.sh.
@@ -27,6 +32,12 @@
 #   randread  fio randread, bs=4k, time based (10 s; --quick 3 s)      IOPS
 #   walk      find /data -printf (lstat of 100k entries)               seconds
 #   create / unlink  10k files of 100 bytes in a new directory         seconds
+#   meta-*    (--tests meta) in a new directory: meta-create (10k files of 100 bytes, open
+#             O_CREAT|O_EXCL + write + close), meta-rename (each renamed in place), meta-unlink,
+#             meta-mkdir / meta-rmdir (10k directories), meta-tarx (`tar xf` of an archive of
+#             10k files of 100 bytes in 100 directories, from native disk)      seconds
+#             With only meta selected the lower image is debian-minbase (the workloads write
+#             into a new directory, the lower's content does not matter).
 # Results: bench-results/fs-raw.csv, fs-summary.csv, fs.json, fs.md. Default 5 runs; --quick:
 # 1 run, 256 MiB of the fio file, 3 s random reads, no passthrough variants (strata-overlay-pt,
 # strata-passthrough): about 4.5 minutes on 2 vCPUs.
@@ -38,14 +49,15 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib/netns.sh"
 
 [ "$(id -u)" -eq 0 ] || die "run as root (mounts, drop_caches)"
-quick=0 runs="" systems="native,overlayfs,fuse-overlayfs,strata-overlay,strata" tests="read,walk"
+scratch_tmpfs=0 quick=0 runs="" systems="native,overlayfs,fuse-overlayfs,strata-overlay,strata" tests="read,walk"
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) quick=1 ;;
     --runs) runs=$2; shift ;;
     --systems) systems=$2; shift ;;
     --tests) tests=$2; shift ;;
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    --scratch-tmpfs) scratch_tmpfs=1 ;;
+    -h|--help) sed -n '2,44p' "$0"; exit 0 ;;
     *) die "unknown argument $1" ;;
   esac
   shift
@@ -55,7 +67,9 @@ rand_rt=10; fio_size=1G
 if [ $quick = 1 ]; then rand_rt=3; fio_size=256M; fi
 IFS=, read -r -a SYSTEMS <<< "$systems"
 want() { [[ ",$tests," == *",$1,"* ]]; }
-want read || want walk || die "--tests takes read and/or walk"
+want read || want walk || want meta || die "--tests takes read, walk and/or meta"
+# Images behind the lowers: fiodata + smallfiles for read/walk; debian-minbase alone for meta.
+if want read || want walk; then DATA_IMGS=(fiodata smallfiles); else DATA_IMGS=(debian-minbase); fi
 
 ensure_pkgs fio fuse-overlayfs fuse3 umoci skopeo jq docker-registry
 WORK=${BENCH_WORK:-/var/tmp/strata-bench}
@@ -73,12 +87,13 @@ cleanup() {
     mountpoint -q "${MOUNTS[$i]}" 2>/dev/null && umount "${MOUNTS[$i]}" 2>/dev/null || umount -l "${MOUNTS[$i]}" 2>/dev/null || true
   done
   for i in "${STRATA_PIDS[@]+"${STRATA_PIDS[@]}"}"; do kill "$i" 2>/dev/null || true; done
+  if [ $scratch_tmpfs = 1 ] && mountpoint -q "$FSW/run" 2>/dev/null; then umount -l "$FSW/run" 2>/dev/null || true; fi
   stop_bench_registry
   exit $rc
 }
 trap cleanup EXIT INT TERM
 
-for img in debian-minbase smallfiles fiodata; do build_image "$img"; done
+for img in debian-minbase "${DATA_IMGS[@]}"; do build_image "$img"; done
 
 # layer_dirs IMAGE -> extracted layer directories, bottom first (cached under $FSW/layers)
 layer_dirs() {
@@ -117,7 +132,7 @@ PY
   touch "$d.done"
 }
 LOWERS=()   # top first, for lowerdir=
-for img in fiodata smallfiles; do
+for img in "${DATA_IMGS[@]}"; do
   mapfile -t hexes < <(layer_dirs "$img")
   for h in "${hexes[@]}"; do extract_layer "$img" "$h"; done
   for ((i=${#hexes[@]}-1; i>=0; i--)); do LOWERS+=("$FSW/layers/${hexes[$i]}"); done
@@ -125,7 +140,7 @@ done
 # fiodata's layer first (top), then smallfiles' layers top to bottom
 LOWERDIR=$(IFS=:; echo "${LOWERS[*]}")
 FIO_LAYER=${LOWERS[0]}
-if [ ! -f "$FSW/native-smallfiles.done" ]; then
+if [[ " ${DATA_IMGS[*]} " == *" smallfiles "* ]] && [ ! -f "$FSW/native-smallfiles.done" ]; then
   rm -rf "$FSW/native-smallfiles"
   umoci raw unpack --image "$(image_layout smallfiles):latest" "$FSW/native-smallfiles" >/dev/null
   touch "$FSW/native-smallfiles.done"
@@ -140,7 +155,7 @@ if [[ " ${SYSTEMS[*]} " == *" strata "* ]]; then
 fi
 if [ $strata_ok = 1 ]; then
   start_bench_registry "$FSW/reg" "$WORK/registry-data" unshaped
-  for img in smallfiles fiodata; do
+  for img in "${DATA_IMGS[@]}"; do
     push_image "$img" "$REGISTRY_HOST"
     r=$(mktemp -d "$FSW/sidx.XXXXXX")
     STRATA_ROOT=$r "$STRATA_BIN" index "$(image_ref "$img" "$REGISTRY_HOST")" --push > "$FSW/index-$img.log" 2>&1 \
@@ -164,6 +179,13 @@ strata_mount() {  # strata_mount ROOT REF DIR [extra args]: foreground server, w
 setup_sys() {
   local s=$1
   rm -rf "$FSW/run"; mkdir -p "$FSW/run"
+  # ext4 without a journal (as on the benchmark VMs) skips inodes freed in the last 60-360 s
+  # when it allocates, scanning past them: a run whose directories land in the block group
+  # the previous system's run just emptied creates several times slower (kernel overlayfs
+  # 10k creates: 0.6 s fresh, 5.2 s there). TOPDIR spreads the run's directories over the
+  # groups (Orlov), so each system starts on a group without such inodes.
+  chattr +T "$FSW/run" 2>/dev/null || true
+  if [ $scratch_tmpfs = 1 ]; then mount -t tmpfs -o size=4g,mode=755 tmpfs "$FSW/run"; fi
   case $s in
     native)
       FIOFILE=$FIO_LAYER/data/fio.dat; TREE=$FSW/native-smallfiles; WDIR=$FSW/run/scratch ;;
@@ -183,8 +205,10 @@ setup_sys() {
       if [ "$s" = strata ]; then rm_root "$root"; fi
       [ "$s" = strata-passthrough ] && extra=(--passthrough)
       mkdir -p "$root"
-      strata_mount "$root" "$(image_ref fiodata "$REGISTRY_HOST")" "$FSW/run/m-fio" "${extra[@]+"${extra[@]}"}"
-      strata_mount "$root" "$(image_ref smallfiles "$REGISTRY_HOST")" "$FSW/run/m-small" "${extra[@]+"${extra[@]}"}"
+      if [ "${DATA_IMGS[0]}" = fiodata ]; then
+        strata_mount "$root" "$(image_ref fiodata "$REGISTRY_HOST")" "$FSW/run/m-fio" "${extra[@]+"${extra[@]}"}"
+      fi
+      strata_mount "$root" "$(image_ref "${DATA_IMGS[-1]}" "$REGISTRY_HOST")" "$FSW/run/m-small" "${extra[@]+"${extra[@]}"}"
       FIOFILE=$FSW/run/m-fio/data/fio.dat; TREE=$FSW/run/m-small; WDIR=$FSW/run/m-small/tmp/scratch ;;
   esac
 }
@@ -206,6 +230,7 @@ teardown_sys() {
     kill "$i" 2>/dev/null || true; wait "$i" 2>/dev/null || true
   done
   STRATA_PIDS=()
+  if [ $scratch_tmpfs = 1 ]; then umount "$FSW/run" 2>/dev/null || umount -l "$FSW/run"; fi
   rm_root "$FSW/run"
 }
 
@@ -244,6 +269,55 @@ print("%.3f %.3f" % (t1 - t0, t2 - t1))
 PY
 }
 
+meta_ops() {  # meta_ops DIR ARCHIVE -> "create rename unlink mkdir rmdir tarx" seconds
+  python3 - "$1" "$2" <<'PY'
+import os, subprocess, sys, time
+d, archive = sys.argv[1], sys.argv[2]
+os.makedirs(d, exist_ok=True)
+N = 10000
+names = [os.path.join(d, "f%05d" % i) for i in range(N)]
+out = []
+t = time.perf_counter()
+for p in names:
+    fd = os.open(p, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o644)
+    os.write(fd, b"x" * 100)
+    os.close(fd)
+out.append(time.perf_counter() - t); t = time.perf_counter()
+for p in names:
+    os.rename(p, p + "r")
+out.append(time.perf_counter() - t); t = time.perf_counter()
+for p in names:
+    os.unlink(p + "r")
+out.append(time.perf_counter() - t); t = time.perf_counter()
+for p in names:
+    os.mkdir(p)
+out.append(time.perf_counter() - t); t = time.perf_counter()
+for p in names:
+    os.rmdir(p)
+out.append(time.perf_counter() - t)
+x = os.path.join(d, "x")
+os.mkdir(x)
+t = time.perf_counter()
+subprocess.run(["tar", "xf", archive, "-C", x], check=True)
+out.append(time.perf_counter() - t)
+print(" ".join("%.3f" % v for v in out))
+PY
+}
+META_TAR=$FSW/meta-10k.tar
+if want meta && [ ! -f "$META_TAR" ]; then
+  python3 - "$META_TAR" <<'PY'
+import io, sys, tarfile
+with tarfile.open(sys.argv[1] + ".tmp", "w") as tf:
+    for d in range(100):
+        di = tarfile.TarInfo("d%02d" % d); di.type = tarfile.DIRTYPE; di.mode = 0o755
+        tf.addfile(di)
+        for f in range(100):
+            ti = tarfile.TarInfo("d%02d/f%03d" % (d, f)); ti.size = 100; ti.mode = 0o644
+            tf.addfile(ti, io.BytesIO(b"x" * 100))
+PY
+  mv "$META_TAR.tmp" "$META_TAR"
+fi
+
 run_sys() {
   local s=$1 r v ok c u
   for r in $(seq 1 "$runs"); do
@@ -259,6 +333,14 @@ run_sys() {
     head -c "$fio_size" "$FIOFILE" > /dev/null
     ok=1; v=$(fio_rand "$FIOFILE") || ok=0; rec "$s" randread4k-warm "$r" "${v:-0}" IOPS $ok
     teardown_sys
+    fi
+    if want meta; then
+      setup_sys "$s"
+      ok=1; read -r c n u m rd x < <(meta_ops "$WDIR" "$META_TAR") || ok=0
+      rec "$s" meta-create "$r" "${c:-0}" s $ok; rec "$s" meta-rename "$r" "${n:-0}" s $ok
+      rec "$s" meta-unlink "$r" "${u:-0}" s $ok; rec "$s" meta-mkdir "$r" "${m:-0}" s $ok
+      rec "$s" meta-rmdir "$r" "${rd:-0}" s $ok; rec "$s" meta-tarx "$r" "${x:-0}" s $ok
+      teardown_sys
     fi
     want walk || continue
     setup_sys "$s"; drop_caches
@@ -276,7 +358,7 @@ for s in "${SYSTEMS[@]}"; do
             run_sys strata
             # populate the root fully, then measure the cached variant
             setup_sys strata; if want read; then head -c "$fio_size" "$FIOFILE" > /dev/null; fi
-            find "$TREE/data" -type f -exec cat {} + > /dev/null; teardown_sys
+            if want walk; then find "$TREE/data" -type f -exec cat {} + > /dev/null; fi; teardown_sys
             run_sys strata-cached
             [ $quick = 1 ] || run_sys strata-passthrough ;;
     native|overlayfs|fuse-overlayfs) run_sys "$s" ;;
@@ -289,5 +371,5 @@ done
 printf '%s\n' "${notes[@]+"${notes[@]}"}" > "$RES/fs-notes.txt"
 if [ $strata_ok = 0 ] && [[ " ${SYSTEMS[*]} " == *" strata "* ]]; then printf 'strata\nstrata-cached\nstrata-passthrough\n'; fi > "$RES/fs-pending.txt"
 python3 "$here/lib/summarize.py" fs "$RES" "$(machine_json)" \
-  "scripts/bench-fs.sh $([ $quick = 1 ] && echo --quick) --runs $runs --systems $systems --tests $tests"
+  "scripts/bench-fs.sh $([ $quick = 1 ] && echo --quick) $([ $scratch_tmpfs = 1 ] && echo --scratch-tmpfs) --runs $runs --systems $systems --tests $tests"
 cat "$RES/fs.md"

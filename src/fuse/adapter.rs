@@ -255,18 +255,22 @@ impl Shared {
     ) {
         match r {
             Ok(o) => match self.backing_for(ino, o.fh, |f| reply.open_backing(f)) {
-                Some(id) => reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id),
+                Some(id) => {
+                    reply.opened_passthrough(FileHandle(o.fh), FopenFlags::FOPEN_NOFLUSH, &id)
+                }
                 None => reply.opened(FileHandle(o.fh), Self::open_flags(o.lower)),
             },
             Err(e) => reply.error(errno(&e)),
         }
     }
 
+    /// Reply flags of a file open. `FOPEN_NOFLUSH`: nothing is buffered here (no writeback
+    /// cache, no remote locks), so a close costs no FLUSH round trip.
     fn open_flags(lower: bool) -> FopenFlags {
         if lower {
-            FopenFlags::FOPEN_KEEP_CACHE
+            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
         } else {
-            FopenFlags::empty()
+            FopenFlags::FOPEN_NOFLUSH
         }
     }
 }
@@ -356,10 +360,16 @@ impl Filesystem for Adapter {
             mtime: time(mtime),
         };
         let ttl = self.s.opts.upper_ttl;
-        self.blocking(move |fs| match fs.setattr(ino.0, fh.map(|f| f.0), &s) {
+        let done = move |r: crate::union::Result<Attr>| match r {
             Ok(a) => reply.attr(&ttl, &fattr(&a, &ids)),
             Err(e) => reply.error(errno(&e)),
-        });
+        };
+        if self.s.fs.needs_copy_up(ino.0) {
+            // The copy-up may wait for lower data: finish on the blocking pool.
+            self.blocking(move |fs| done(fs.setattr(ino.0, fh.map(|f| f.0), &s)));
+        } else {
+            done(self.s.fs.setattr(ino.0, fh.map(|f| f.0), &s));
+        }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -407,7 +417,11 @@ impl Filesystem for Adapter {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.known(&[parent.0]);
-        // Unlinking a name of a hard-linked lower file copies it up (may wait for data).
+        // Unlinking a name of a hard-linked lower file copies it up (may wait for data):
+        // only that case goes to the blocking pool.
+        if let Some(r) = self.s.fs.try_unlink(parent.0, name) {
+            return reply_empty(reply, r);
+        }
         let name = name.to_os_string();
         self.blocking(move |fs| reply_empty(reply, fs.unlink(parent.0, &name)));
     }
@@ -445,6 +459,14 @@ impl Filesystem for Adapter {
         reply: ReplyEmpty,
     ) {
         self.known(&[parent.0, newparent.0]);
+        // Only a rename that copies lower file data up (may wait for it) leaves this thread.
+        if let Some(r) = self
+            .s
+            .fs
+            .try_rename(parent.0, name, newparent.0, newname, flags.bits())
+        {
+            return reply_empty(reply, r);
+        }
         let (name, newname) = (name.to_os_string(), newname.to_os_string());
         self.blocking(move |fs| {
             reply_empty(
@@ -745,7 +767,7 @@ impl Filesystem for Adapter {
                         &fattr(&a, &self.s.opts.ids),
                         Generation(0),
                         FileHandle(o.fh),
-                        FopenFlags::empty(),
+                        FopenFlags::FOPEN_NOFLUSH,
                         &id,
                     ),
                     None => reply.created(

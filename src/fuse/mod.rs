@@ -4,8 +4,12 @@
 //! reply. Lower reads that would wait (the source's `start_read` found bytes missing) move their
 //! `ReplyData` into a task on the tokio runtime given at mount, so the dispatch threads never
 //! wait on the network; operations that may copy a lower file up (and so fetch its data) run
-//! on the runtime's blocking pool. Immutable lower entries get long TTLs and `KEEP_CACHE`;
-//! upper ones a short TTL. FUSE passthrough is used for upper files and lower files with a
+//! on the runtime's blocking pool, the rest inline. Entries and attributes get long TTLs,
+//! lower and upper alike: every change to the union goes through this connection (the
+//! kernel refreshes what it changes: replies carry new attributes, writes, unlinks and
+//! renames invalidate), copy-ups keep inode numbers and shown attributes, and nothing else
+//! may write the upper while mounted (as with kernel overlayfs). Lower files get
+//! `KEEP_CACHE`; no file open asks for FLUSH (nothing is buffered here). FUSE passthrough is used for upper files and lower files with a
 //! local copy when asked for and the kernel allows it, with the normal read path as the
 //! fallback. [`errno`] is the one place union errors become errno values. May call `union`;
 //! nothing below it calls this module.
@@ -34,7 +38,8 @@ pub struct MountOptions {
     pub dev_suid: bool,
     /// Entry / attribute TTL for immutable lower objects.
     pub lower_ttl: Duration,
-    /// Entry / attribute TTL for upper objects.
+    /// Entry / attribute TTL for upper objects (long: the kernel sees every change, see the
+    /// module docs).
     pub upper_ttl: Duration,
     /// Source name shown in /proc/self/mountinfo.
     pub fsname: String,
@@ -139,7 +144,7 @@ impl Default for MountOptions {
             read_only: false,
             dev_suid: true,
             lower_ttl: Duration::from_secs(24 * 3600),
-            upper_ttl: Duration::from_secs(1),
+            upper_ttl: Duration::from_secs(24 * 3600),
             fsname: "strata".to_string(),
             ids: IdMap::default(),
         }

@@ -224,6 +224,17 @@ impl UnionFs {
         parent: u64,
         name: &OsStr,
     ) -> Result<Option<u64>> {
+        Ok(self.resolve_meta(st, parent, name)?.map(|(ino, _)| ino))
+    }
+
+    /// [`resolve`](Self::resolve), with the upper object's metadata when the name is in the
+    /// upper (read once for both).
+    fn resolve_meta(
+        &self,
+        st: &mut NodeTable,
+        parent: u64,
+        name: &OsStr,
+    ) -> Result<Option<(u64, Option<std::fs::Metadata>)>> {
         check_name(name)?;
         let p = st.node(parent)?;
         if p.kind != FileKind::Dir {
@@ -236,14 +247,24 @@ impl UnionFs {
                     if sys::is_whiteout(&u.path(&rel)?, &m) {
                         return Ok(None);
                     }
-                    return self.node_for_upper(st, parent, name, &m, false).map(Some);
+                    let ino = self.node_for_upper(st, parent, name, &m, false)?;
+                    return Ok(Some((ino, Some(m))));
                 }
             }
         }
         let Some(l) = st.lower_child(parent, name) else {
             return Ok(None);
         };
-        Ok(Some(st.lower_node(l, parent, name)))
+        Ok(Some((st.lower_node(l, parent, name), None)))
+    }
+
+    /// Attributes of the upper node `ino` (known by a name) whose object has metadata `m`.
+    fn upper_attr(&self, st: &NodeTable, ino: u64, m: &std::fs::Metadata) -> Result<Attr> {
+        let mut a = mask_ctime(st, attr_from_meta(ino, m)?, m);
+        if a.kind == FileKind::Dir && st.node(ino)?.lower.is_some() {
+            a.nlink = 1; // merged directory, as kernel overlayfs reports it
+        }
+        Ok(a)
     }
 
     pub(crate) fn attr_locked(&self, st: &NodeTable, ino: u64) -> Result<Attr> {
@@ -270,11 +291,7 @@ impl UnionFs {
             let m = u
                 .lstat(&rel)?
                 .ok_or_else(|| Error::NotFound(rel.display().to_string()))?;
-            let mut a = mask_ctime(st, attr_from_meta(ino, &m)?, &m);
-            if a.kind == FileKind::Dir && n.lower.is_some() {
-                a.nlink = 1; // merged directory, as kernel overlayfs reports it
-            }
-            return Ok(a);
+            return self.upper_attr(st, ino, &m);
         }
         let l = n.lower.ok_or(Error::StaleInode(ino))?;
         let t = self.tree.node(l).ok_or(Error::StaleInode(ino))?;
@@ -289,10 +306,14 @@ impl UnionFs {
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
         self.stats.lookups.fetch_add(1, Ordering::Relaxed);
         let mut st = self.lock();
-        let ino = self
-            .resolve(&mut st, parent, name)?
+        let (ino, meta) = self
+            .resolve_meta(&mut st, parent, name)?
             .ok_or_else(|| Error::NotFound(name.to_string_lossy().into_owned()))?;
-        let a = self.attr_locked(&st, ino)?;
+        // Found in the upper (a name, so not an orphan): its metadata was just read.
+        let a = match meta {
+            Some(m) if st.node(ino)?.upper && ino != ROOT_INO => self.upper_attr(&st, ino, &m)?,
+            _ => self.attr_locked(&st, ino)?,
+        };
         st.count_lookup(ino);
         Ok(a)
     }

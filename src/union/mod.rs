@@ -26,6 +26,7 @@ mod fs;
 mod lower;
 mod nodes;
 mod ops;
+mod rename;
 mod revive;
 /// Thin wrappers over the xattr, mknod and time syscalls, and the overlay whiteout rules.
 pub mod sys;

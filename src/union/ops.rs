@@ -1,5 +1,5 @@
-//! Mutating operations of [`UnionFs`]: create, mkdir, mknod, symlink, link, unlink, rmdir,
-//! rename (with `RENAME_NOREPLACE` / `RENAME_EXCHANGE`), setattr, xattrs, fsync, fallocate,
+//! Mutating operations of [`UnionFs`]: create, mkdir, mknod, symlink, link, unlink, rmdir
+//! (rename is in `rename.rs`), setattr, xattrs, fsync, fallocate,
 //! lseek, statfs. Every change lands in the upper directory in overlay format; operations on
 //! lower objects copy them up first (`copyup.rs`).
 
@@ -10,15 +10,10 @@ use super::upper::UPath;
 use super::{check_name, sys, Attr, Error, FileKind, Result, ROOT_INO};
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
-
-/// `renameat2` flag: fail if the target exists.
-pub const RENAME_NOREPLACE: u32 = 1;
-/// `renameat2` flag: swap source and target.
-pub const RENAME_EXCHANGE: u32 = 2;
 
 /// Where a new object goes.
 struct Slot {
@@ -48,17 +43,20 @@ impl UnionFs {
         Ok((ctx.uid, if sgid { pa.gid } else { ctx.gid }, sgid))
     }
 
-    /// Install a finished object from the work directory and return its attributes.
+    /// Install a finished object from the work directory (`tmp`; `None`: it was made in
+    /// place) and return its attributes.
     fn finish_new(
         &self,
         st: &mut NodeTable,
         parent: u64,
         name: &OsStr,
-        tmp: &Path,
+        tmp: Option<&Path>,
         slot: &Slot,
     ) -> Result<Attr> {
         let u = self.upper()?;
-        u.install(tmp, &slot.rel)?;
+        if let Some(tmp) = tmp {
+            u.install(tmp, &slot.rel)?;
+        }
         let m = u
             .lstat(&slot.rel)?
             .ok_or_else(|| Error::NotFound(slot.rel.display().to_string()))?;
@@ -115,20 +113,88 @@ impl UnionFs {
                 Err(e) => return Err(e),
                 Ok(slot) => {
                     let (uid, gid, _) = self.owner(&st, parent, ctx)?;
-                    let tmp = self.upper()?.temp();
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .open(&tmp)
-                        .map_err(|e| Error::io("create file", &tmp, e))?;
-                    Self::set_owner_mode(&tmp, uid, gid, Some(mode & !ctx.umask & 0o7777))?;
-                    self.finish_new(&mut st, parent, name, &tmp, &slot)?
+                    let u = self.upper()?;
+                    // Built through its descriptor (no path walks), which then serves as
+                    // the handle when the open asks for nothing a plain read-write
+                    // descriptor does not give. Made in place unless a whiteout holds the
+                    // name (see `in_place`).
+                    let new_file = |p: &Path| {
+                        std::fs::OpenOptions::new()
+                            .read(true)
+                            .write(true)
+                            .create_new(true)
+                            .mode(0o600)
+                            .custom_flags(libc::O_NOFOLLOW)
+                            .open(p)
+                    };
+                    let mode = mode & !ctx.umask & 0o7777;
+                    // `Ok`: made in place at that path; `Err`: built at that temp path.
+                    let (file, at) = match self.in_place(&slot, new_file)? {
+                        Some((f, dst)) => (f, Ok(dst)),
+                        None => {
+                            let tmp = u.temp();
+                            let f =
+                                new_file(&tmp).map_err(|e| Error::io("create file", &tmp, e))?;
+                            (f, Err(tmp))
+                        }
+                    };
+                    let path: &Path = match &at {
+                        Ok(dst) => dst,
+                        Err(tmp) => tmp,
+                    };
+                    if let Err(e) = fchown_fchmod(&file, uid, gid, mode) {
+                        let _ = std::fs::remove_file(path);
+                        return Err(Error::io("chown/chmod new file", path, e));
+                    }
+                    if let Err(tmp) = &at {
+                        u.install_nondir(tmp, &slot.rel)?;
+                    }
+                    let m = file
+                        .metadata()
+                        .map_err(|e| Error::io("fstat new file", path, e))?;
+                    let ino = self.node_for_upper(&mut st, parent, name, &m, true)?;
+                    let a = attr_from_meta(ino, &m)?;
+                    st.count_lookup(ino);
+                    (a, file)
                 }
             }
         };
-        let o = self.open(attr.ino, flags & !libc::O_TRUNC)?;
+        let (attr, file) = attr;
+        let o = if reusable_create_fd(flags) {
+            let fh = self.new_fh(Handle::Upper {
+                ino: attr.ino,
+                file: Arc::new(file),
+            });
+            Opened { fh, lower: false }
+        } else {
+            drop(file);
+            self.open(attr.ino, flags & !libc::O_TRUNC)?
+        };
         Ok((attr, o))
+    }
+
+    /// Make a new object at `slot` in place, straight in the upper directory (`make(path)`),
+    /// as kernel overlayfs does: `Ok(None)` when it must be built in the work directory
+    /// and renamed over instead (a lower entry of that name exists, so a whiteout holds
+    /// the name or the new directory must be opaque from its first moment), or the name is
+    /// taken in the upper (`EEXIST`: a whiteout). In place spares a rename, and keeps new
+    /// inodes out of the work directory, whose ext4 block group fills with recently
+    /// deleted inodes that every allocation there then scans. The node table lock held by
+    /// the caller keeps the half-made object out of every other operation's sight.
+    fn in_place<T>(
+        &self,
+        slot: &Slot,
+        make: impl FnOnce(&Path) -> std::io::Result<T>,
+    ) -> Result<Option<(T, super::upper::UPath)>> {
+        if slot.lower_exists {
+            return Ok(None);
+        }
+        let dst = self.upper()?.path(&slot.rel)?;
+        match make(&dst) {
+            Ok(t) => Ok(Some((t, dst))),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(Error::io("create in upper", &dst, e)),
+        }
     }
 
     /// `mkdir(parent, name, mode)`.
@@ -136,18 +202,25 @@ impl UnionFs {
         let mut st = self.lock();
         let slot = self.new_slot(&mut st, parent, name)?;
         let (uid, gid, sgid) = self.owner(&st, parent, ctx)?;
-        let tmp = self.upper()?.temp();
-        std::fs::create_dir(&tmp).map_err(|e| Error::io("create directory", &tmp, e))?;
         let mut m = mode & !ctx.umask & 0o7777;
         if sgid {
             m |= libc::S_ISGID;
         }
+        if let Some(((), dst)) = self.in_place(&slot, |p| std::fs::create_dir(p))? {
+            if let Err(e) = Self::set_owner_mode(&dst, uid, gid, Some(m)) {
+                let _ = std::fs::remove_dir(&*dst);
+                return Err(e);
+            }
+            return self.finish_new(&mut st, parent, name, None, &slot);
+        }
+        let tmp = self.upper()?.temp();
+        std::fs::create_dir(&tmp).map_err(|e| Error::io("create directory", &tmp, e))?;
         Self::set_owner_mode(&tmp, uid, gid, Some(m))?;
         if slot.lower_exists {
             sys::set_xattr(&tmp, sys::OPAQUE_XATTR, b"y", 0)
                 .map_err(|e| Error::io("set opaque xattr", &tmp, e))?;
         }
-        self.finish_new(&mut st, parent, name, &tmp, &slot)
+        self.finish_new(&mut st, parent, name, Some(&tmp), &slot)
     }
 
     /// `mknod(parent, name, mode, rdev)`: fifos, sockets, devices, regular files. A char
@@ -189,7 +262,7 @@ impl UnionFs {
             }
         }
         Self::set_owner_mode(&tmp, uid, gid, Some(mode & !ctx.umask & 0o7777))?;
-        self.finish_new(&mut st, parent, name, &tmp, &slot)
+        self.finish_new(&mut st, parent, name, Some(&tmp), &slot)
     }
 
     /// `symlink(parent, name -> target)`.
@@ -197,11 +270,18 @@ impl UnionFs {
         let mut st = self.lock();
         let slot = self.new_slot(&mut st, parent, name)?;
         let (uid, gid, _) = self.owner(&st, parent, ctx)?;
+        if let Some(((), dst)) = self.in_place(&slot, |p| std::os::unix::fs::symlink(target, p))? {
+            if let Err(e) = Self::set_owner_mode(&dst, uid, gid, None) {
+                let _ = std::fs::remove_file(&*dst);
+                return Err(e);
+            }
+            return self.finish_new(&mut st, parent, name, None, &slot);
+        }
         let tmp = self.upper()?.temp();
         std::os::unix::fs::symlink(target, &tmp)
             .map_err(|e| Error::io("create symlink", &tmp, e))?;
         Self::set_owner_mode(&tmp, uid, gid, None)?;
-        self.finish_new(&mut st, parent, name, &tmp, &slot)
+        self.finish_new(&mut st, parent, name, Some(&tmp), &slot)
     }
 
     /// `link(ino -> newparent/newname)`; a lower file is copied up first (all its names).
@@ -227,7 +307,7 @@ impl UnionFs {
 
     /// Before the last known name of the upper object `ino` (at `rel`) goes, keep an `O_PATH`
     /// descriptor of it, so it can still be `fstat`ed while the kernel holds it open.
-    fn hold_orphan(&self, st: &mut NodeTable, ino: u64, rel: &Path) {
+    pub(super) fn hold_orphan(&self, st: &mut NodeTable, ino: u64, rel: &Path) {
         let Ok(u) = self.upper() else { return };
         let Some(n) = st.get_mut(ino) else {
             return;
@@ -250,7 +330,7 @@ impl UnionFs {
 
     /// Remove the union entry `parent/name` of `ino` from the upper, leaving a whiteout if a
     /// lower entry of that name exists.
-    fn remove_entry(
+    pub(super) fn remove_entry(
         &self,
         st: &mut NodeTable,
         parent: u64,
@@ -278,11 +358,25 @@ impl UnionFs {
         Ok(())
     }
 
-    /// `unlink(parent, name)`.
     /// `unlink(parent, name)`. Removing one name of a hard-linked lower file copies it up
     /// first (all its names linked, as kernel overlayfs with `index=on` does), so the link
     /// count of the names left is the upper file's. May wait for lower data.
     pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.unlink_inner(parent, name, true).map(|_| ())
+    }
+
+    /// [`unlink`](Self::unlink) if it needs no copy-up (so cannot wait for lower data);
+    /// `None`, with nothing changed, when it does.
+    pub fn try_unlink(&self, parent: u64, name: &OsStr) -> Option<Result<()>> {
+        match self.unlink_inner(parent, name, false) {
+            Ok(true) => Some(Ok(())),
+            Ok(false) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// `Ok(false)`: `may_wait` is false and a copy-up would be needed (nothing done).
+    fn unlink_inner(&self, parent: u64, name: &OsStr, may_wait: bool) -> Result<bool> {
         self.upper()?;
         let mut st = self.lock();
         let ino = self
@@ -292,6 +386,9 @@ impl UnionFs {
             return Err(Error::IsDir(name.to_string_lossy().into_owned()));
         }
         if self.lower_hardlink(&st, ino) {
+            if !may_wait {
+                return Ok(false);
+            }
             drop(st);
             self.copy_up(ino, None)?;
             st = self.lock();
@@ -300,10 +397,11 @@ impl UnionFs {
             }
         }
         self.remove_entry(&mut st, parent, name, ino, false)
+            .map(|()| true)
     }
 
     /// Is `ino` a lower-only non-directory with several names in the lower tree?
-    fn lower_hardlink(&self, st: &NodeTable, ino: u64) -> bool {
+    pub(super) fn lower_hardlink(&self, st: &NodeTable, ino: u64) -> bool {
         st.get(ino).is_some_and(|n| {
             !n.upper
                 && n.kind != FileKind::Dir
@@ -330,155 +428,6 @@ impl UnionFs {
             return Err(Error::NotEmpty(name.to_string_lossy().into_owned()));
         }
         self.remove_entry(&mut st, parent, name, ino, true)
-    }
-
-    /// `rename(parent/name -> newparent/newname, flags)` with `RENAME_NOREPLACE` and
-    /// `RENAME_EXCHANGE`. Lower directories are copied up whole first, so this never fails
-    /// with EXDEV.
-    pub fn rename(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        newparent: u64,
-        newname: &OsStr,
-        flags: u32,
-    ) -> Result<()> {
-        let u = self.upper()?;
-        check_name(newname)?;
-        if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0 {
-            return Err(Error::Invalid("unsupported rename flags"));
-        }
-        let exchange = flags & RENAME_EXCHANGE != 0;
-        let (src, dst) = {
-            let mut st = self.lock();
-            let src = self
-                .resolve(&mut st, parent, name)?
-                .ok_or_else(|| Error::NotFound(name.to_string_lossy().into_owned()))?;
-            let dst = self.resolve(&mut st, newparent, newname)?;
-            (src, dst)
-        };
-        if dst == Some(src) {
-            return Ok(());
-        }
-        if flags & RENAME_NOREPLACE != 0 && dst.is_some() {
-            return Err(Error::Exists(newname.to_string_lossy().into_owned()));
-        }
-        if exchange && dst.is_none() {
-            return Err(Error::NotFound(newname.to_string_lossy().into_owned()));
-        }
-        let kind_of = |i: u64| self.lock().get(i).map(|n| n.kind);
-        let skind = kind_of(src).ok_or(Error::StaleInode(src))?;
-        if let (Some(d), false) = (dst, exchange) {
-            let dkind = kind_of(d).ok_or(Error::StaleInode(d))?;
-            match (skind == FileKind::Dir, dkind == FileKind::Dir) {
-                (true, false) => return Err(Error::NotDir(newname.to_string_lossy().into_owned())),
-                (false, true) => return Err(Error::IsDir(newname.to_string_lossy().into_owned())),
-                (true, true) => {
-                    let mut st = self.lock();
-                    if self.list_locked(&mut st, d)?.len() > 2 {
-                        return Err(Error::NotEmpty(newname.to_string_lossy().into_owned()));
-                    }
-                }
-                _ => {}
-            }
-        }
-        if let (Some(d), false) = (dst, exchange) {
-            // The replaced name of a hard-linked lower file: its other names keep counting.
-            if self.lower_hardlink(&self.lock(), d) {
-                self.copy_up(d, None)?;
-            }
-        }
-        self.copy_up_deep(src)?;
-        if let (Some(d), true) = (dst, exchange) {
-            self.copy_up_deep(d)?;
-        }
-        let mut st = self.lock();
-        self.ensure_upper_dir(&mut st, parent)?;
-        self.ensure_upper_dir(&mut st, newparent)?;
-        let srel = st.rel_path(parent)?.join(name);
-        let drel = st.rel_path(newparent)?.join(newname);
-        let src_lower = st.lower_child(parent, name).is_some();
-        let is_dir = |st: &NodeTable, i: u64| st.get(i).is_some_and(|n| n.kind == FileKind::Dir);
-        if exchange {
-            let d = dst.ok_or(Error::StaleInode(0))?;
-            let (sp, dp) = (u.path(&srel)?, u.path(&drel)?);
-            nix::fcntl::renameat2(
-                None,
-                &*sp,
-                None,
-                &*dp,
-                nix::fcntl::RenameFlags::RENAME_EXCHANGE,
-            )
-            .map_err(|e| Error::io("rename exchange", &sp, e.into()))?;
-            for (i, rel) in [(src, &drel), (d, &srel)] {
-                if is_dir(&st, i) {
-                    u.set_opaque(rel)?;
-                    self.detach_moved(&mut st, i, rel)?;
-                }
-            }
-            st.drop_alias(src, parent, name);
-            st.drop_alias(d, newparent, newname);
-            self.rekey(&mut st, src, newparent, newname, &drel)?;
-            self.rekey(&mut st, d, parent, name, &srel)?;
-            return Ok(());
-        }
-        if let Some(d) = dst {
-            if st.get(d).is_some_and(|n| n.upper) {
-                self.hold_orphan(&mut st, d, &drel);
-            }
-            if is_dir(&st, d) && st.get(d).is_some_and(|n| n.upper) && u.lstat(&drel)?.is_some() {
-                u.remove_tree(&drel)?; // only whiteouts were left in it
-            }
-            st.drop_alias(d, newparent, newname);
-        }
-        u.move_to(&u.path(&srel)?, &drel)?;
-        if is_dir(&st, src) {
-            u.set_opaque(&drel)?;
-            self.detach_moved(&mut st, src, &drel)?;
-        }
-        if src_lower {
-            u.whiteout(&srel)?;
-        }
-        st.drop_alias(src, parent, name);
-        self.rekey(&mut st, src, newparent, newname, &drel)
-    }
-
-    /// The directory `ino`, just moved to the upper path `rel` and made opaque there, merges
-    /// no lower entries any more, and neither does anything below it: forget the lower view
-    /// of every directory node in the subtree and remove the whiteouts carried along (in a
-    /// directory that is not merged, kernel overlayfs lists a whiteout as an entry that
-    /// cannot be looked up).
-    fn detach_moved(&self, st: &mut NodeTable, ino: u64, rel: &Path) -> Result<()> {
-        let u = self.upper()?;
-        let mut stack = vec![rel.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for (name, m, wh) in u.list(&d)? {
-                if wh {
-                    u.unlink(&d.join(&name))?;
-                } else if m.is_dir() {
-                    stack.push(d.join(&name));
-                }
-            }
-        }
-        st.detach_lower_below(ino);
-        Ok(())
-    }
-
-    /// Give `ino` the name `parent/name` at upper path `rel` and refresh its upper key.
-    fn rekey(
-        &self,
-        st: &mut NodeTable,
-        ino: u64,
-        parent: u64,
-        name: &OsStr,
-        rel: &Path,
-    ) -> Result<()> {
-        st.add_alias(ino, parent, name);
-        if let Some(m) = self.upper()?.lstat(rel)? {
-            let key = (m.dev(), m.ino());
-            st.set_upper(ino, key);
-        }
-        Ok(())
     }
 
     /// Upper path of `ino`, or the open upper file when it has no name left.
@@ -718,4 +667,39 @@ impl UnionFs {
             frsize: s.fragment_size() as u32,
         })
     }
+}
+
+/// `O_LARGEFILE` as the kernel sets it in the flags it forwards (always, on 64-bit); glibc's
+/// `O_LARGEFILE` is 0 there.
+#[cfg(target_arch = "x86_64")]
+const KERNEL_O_LARGEFILE: i32 = 0o100000;
+#[cfg(target_arch = "aarch64")]
+const KERNEL_O_LARGEFILE: i32 = 0o400000;
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const KERNEL_O_LARGEFILE: i32 = libc::O_LARGEFILE;
+
+/// May the read-write descriptor a create made serve as the handle for open(2) `flags`?
+/// Yes for write opens that ask for nothing more than a plain descriptor has (`O_APPEND`,
+/// `O_SYNC`, `O_NOATIME`... and read-only opens get a descriptor of their own).
+fn reusable_create_fd(flags: i32) -> bool {
+    let plain = libc::O_ACCMODE
+        | libc::O_CREAT
+        | libc::O_EXCL
+        | libc::O_NOCTTY
+        | libc::O_TRUNC
+        | libc::O_CLOEXEC
+        | KERNEL_O_LARGEFILE
+        | libc::O_NOFOLLOW
+        | libc::O_NONBLOCK;
+    flags & libc::O_ACCMODE != libc::O_RDONLY && flags & !plain == 0
+}
+
+/// `fchown` then `fchmod` (in this order: a chown clears set-id bits) of a new file.
+fn fchown_fchmod(f: &std::fs::File, uid: u32, gid: u32, mode: u32) -> std::io::Result<()> {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(f);
+    // SAFETY: `fd` is owned by `f`, alive for both calls.
+    if unsafe { libc::fchown(fd, uid, gid) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
 }

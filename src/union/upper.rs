@@ -3,7 +3,8 @@
 //! Whiteout = character device 0/0; opaque directory = `trusted.overlay.opaque=y`. Everything
 //! that must appear atomically (copy-ups, whiteouts over existing entries, new objects over a
 //! whiteout) is built under `<work>/strata-tmp` and renamed into place; work and upper must be
-//! on one filesystem. Paths handed in are relative to the upper root. Knows nothing of the
+//! on one filesystem. Other new objects are made in place by the caller (`ops.rs`), as kernel
+//! overlayfs does. Paths handed in are relative to the upper root. Knows nothing of the
 //! lower tree.
 //!
 //! A union path may be longer than the OS takes in one argument (PATH_MAX, 4096 bytes with
@@ -30,6 +31,8 @@ pub struct Upper {
     root_fd: OwnedFd,
     tmp: PathBuf,
     counter: AtomicU64,
+    /// This process's id, part of every temp name (read once: it is a syscall).
+    pid: u32,
 }
 
 /// A path the OS accepts for an object of the upper (see the module docs): the absolute
@@ -127,6 +130,7 @@ impl Upper {
             root_fd,
             tmp,
             counter: AtomicU64::new(0),
+            pid: std::process::id(),
         })
     }
 
@@ -187,7 +191,7 @@ impl Upper {
     /// A fresh, unused path in the work directory.
     pub fn temp(&self) -> PathBuf {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        self.tmp.join(format!("t{}.{n}", std::process::id()))
+        self.tmp.join(format!("t{}.{n}", self.pid))
     }
 
     /// `lstat` of `rel`; `None` if it does not exist.
@@ -228,6 +232,16 @@ impl Upper {
     pub fn install(&self, tmp: &Path, rel: &Path) -> Result<()> {
         self.move_to(tmp, rel).inspect_err(|_| {
             let _ = std::fs::remove_file(tmp);
+        })
+    }
+
+    /// [`install`](Self::install) of a `tmp` known not to be a directory (a plain rename:
+    /// it replaces a whiteout or any other non-directory at `rel`).
+    pub fn install_nondir(&self, tmp: &Path, rel: &Path) -> Result<()> {
+        let dst = self.path(rel)?;
+        std::fs::rename(tmp, &dst).map_err(|e| {
+            let _ = std::fs::remove_file(tmp);
+            Error::io("rename into upper", &dst, e)
         })
     }
 
