@@ -153,7 +153,9 @@ impl ChunkCache {
     async fn fill_recording(self: &Arc<Self>, layer: &Arc<CachedLayer>) -> Result<(), Error> {
         let size = layer.layout.index().meta().compressed_size;
         let (spans, _) = layer.check.missing(layer.layout.count(), size);
-        for run in super::fetcher::coalesce(&layer.layout, &spans, super::fetcher::MAX_COALESCE_SPANS) {
+        for run in
+            super::fetcher::coalesce(&layer.layout, &spans, super::fetcher::MAX_COALESCE_SPANS)
+        {
             self.fetcher.run(layer, run, None).await?;
         }
         let (_, holes) = layer.check.missing(layer.layout.count(), size);

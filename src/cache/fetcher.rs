@@ -56,7 +56,12 @@ impl LinkUse {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        if self.0.busy.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+        if self
+            .0
+            .busy
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
             self.0.idle.notify_waiters();
         }
     }
@@ -72,8 +77,7 @@ pub(super) fn coalesce(layout: &Layout, missing: &[usize], max: usize) -> Vec<Ra
     let mut runs: Vec<Range<usize>> = Vec::new();
     for &i in missing {
         match runs.last_mut() {
-            Some(r) if r.end == i && layout.adjacent(i - 1) && r.end - r.start < max =>
-            {
+            Some(r) if r.end == i && layout.adjacent(i - 1) && r.end - r.start < max => {
                 r.end = i + 1
             }
             _ => runs.push(i..i + 1),

@@ -299,7 +299,9 @@ async fn a_mostly_needed_layer_is_fetched_whole() {
     let local = (0..n).filter(|&i| s.cache.has_span(&s.l, i)).count();
     assert!(local < n, "all {n} spans local before the quarter");
     // The read that reaches a quarter of the spans starts the whole layer.
-    let last = (0..n).find(|i| !seen.contains(i) && !s.cache.has_span(&s.l, *i)).unwrap();
+    let last = (0..n)
+        .find(|i| !seen.contains(i) && !s.cache.has_span(&s.l, *i))
+        .unwrap();
     s.read(last).await;
     assert!(s.wait_local(0..n).await, "layer not fetched whole");
 }
