@@ -126,17 +126,16 @@ impl Decode {
     }
 }
 
-/// Resolves once `p` is promoted.
-async fn wanted(p: &Promote) {
-    use std::sync::atomic::Ordering::SeqCst;
+/// Resolves once `cond` holds; `n` is notified whenever it may have become true.
+async fn until(n: &tokio::sync::Notify, cond: impl Fn() -> bool) {
     loop {
-        let n = p.notify.notified();
-        tokio::pin!(n);
-        n.as_mut().enable();
-        if p.wanted.load(SeqCst) {
+        let woken = n.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if cond() {
             return;
         }
-        n.await;
+        woken.await;
     }
 }
 
@@ -169,25 +168,16 @@ impl Fetcher {
         use std::sync::atomic::Ordering::SeqCst;
         let _spec = match spec {
             Some(p) => {
+                let wanted = || p.wanted.load(SeqCst);
                 let permit = tokio::select! {
                     p = self.spec_permits.acquire() => Some(p.map_err(|_| Error::Closed {
                         layer: layer.digest,
                     })?),
-                    () = wanted(p) => None,
+                    () = until(&p.notify, wanted) => None,
                 };
-                loop {
-                    let idle = self.link.idle.notified();
-                    let promoted = p.notify.notified();
-                    tokio::pin!(idle, promoted);
-                    idle.as_mut().enable();
-                    promoted.as_mut().enable();
-                    if self.link.busy.load(SeqCst) == 0 || p.wanted.load(SeqCst) {
-                        break;
-                    }
-                    tokio::select! {
-                        () = idle => {}
-                        () = promoted => {}
-                    }
+                tokio::select! {
+                    () = until(&self.link.idle, || self.link.busy.load(SeqCst) == 0) => {}
+                    () = until(&p.notify, wanted) => {}
                 }
                 permit
             }

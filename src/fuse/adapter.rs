@@ -1,12 +1,13 @@
 //! The `fuser::Filesystem` implementation: one callback per operation, each decoding its
 //! arguments, calling [`UnionFs`] (inline, on the blocking pool when it may copy up, or
-//! finishing in a task when a lower read must wait) and replying exactly once.
+//! finishing in a task when a lower read must wait) and replying exactly once. Passthrough
+//! bookkeeping (backing files per inode, the open reply) is in `adapter/passthrough.rs`.
 
 use super::{errno, IdMap, MountOptions};
 use crate::union::{Attr, Ctx, FileKind, ReadResult, SetAttr, TimeSpec, UnionFs};
 use fuser::{
-    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
@@ -18,11 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-/// Backing file registered for passthrough on one inode, shared by its open handles.
-struct Backing {
-    id: Arc<BackingId>,
-    opens: usize,
-}
+mod passthrough;
+use passthrough::Backing;
 
 /// State shared between the dispatch threads and tasks that reply later.
 pub(super) struct Shared {
@@ -169,108 +167,6 @@ impl Shared {
         match r {
             Ok(a) => reply.entry(&self.ttl(&a), &fattr(&a, &self.opts.ids), Generation(0)),
             Err(e) => reply.error(errno(&e)),
-        }
-    }
-
-    /// Passthrough registration for a freshly opened handle: `Some(id)` to reply with, or
-    /// `None` for the normal path. The kernel allows one backing file per inode and refuses
-    /// (EIO) to mix passthrough and cached opens of an inode, so: an inode with a backing
-    /// file shares it; an inode with cached opens gets another cached open; only then is a
-    /// new backing file registered. The core never offers a lower file as backing on a
-    /// writable union, so a writer after copy-up can never end up on the lower file.
-    fn backing_for(
-        &self,
-        ino: u64,
-        fh: u64,
-        reg: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
-    ) -> Option<Arc<BackingId>> {
-        if !self.passthrough.load(Ordering::Relaxed) {
-            return None;
-        }
-        let mut map = self.backing.lock().unwrap_or_else(|p| p.into_inner());
-        let mut pt = self.pt_handles.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(b) = map.get_mut(&ino) {
-            b.opens += 1;
-            pt.insert(fh, ino);
-            return Some(b.id.clone());
-        }
-        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
-        let file = if cached.values().any(|&i| i == ino) {
-            None
-        } else {
-            self.fs.backing_file(fh)
-        };
-        let registered = file.map(|f| reg(&f)).and_then(|r| {
-            r.inspect_err(|e| tracing::debug!(ino, error = %e, "passthrough refused; normal reads"))
-                .ok()
-        });
-        match registered {
-            Some(id) => {
-                let id = Arc::new(id);
-                map.insert(
-                    ino,
-                    Backing {
-                        id: id.clone(),
-                        opens: 1,
-                    },
-                );
-                pt.insert(fh, ino);
-                Some(id)
-            }
-            None => {
-                // Decided under the same locks, so no passthrough open can slip in between.
-                cached.insert(fh, ino);
-                None
-            }
-        }
-    }
-
-    fn release_backing(&self, fh: u64) {
-        self.cached
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&fh);
-        let Some(ino) = self
-            .pt_handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&fh)
-        else {
-            return;
-        };
-        let mut map = self.backing.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(b) = map.get_mut(&ino) {
-            b.opens = b.opens.saturating_sub(1);
-            if b.opens == 0 {
-                map.remove(&ino);
-            }
-        }
-    }
-
-    fn reply_open(
-        &self,
-        ino: u64,
-        r: crate::union::Result<crate::union::Opened>,
-        reply: ReplyOpen,
-    ) {
-        match r {
-            Ok(o) => match self.backing_for(ino, o.fh, |f| reply.open_backing(f)) {
-                Some(id) => {
-                    reply.opened_passthrough(FileHandle(o.fh), FopenFlags::FOPEN_NOFLUSH, &id)
-                }
-                None => reply.opened(FileHandle(o.fh), Self::open_flags(o.lower)),
-            },
-            Err(e) => reply.error(errno(&e)),
-        }
-    }
-
-    /// Reply flags of a file open. `FOPEN_NOFLUSH`: nothing is buffered here (no writeback
-    /// cache, no remote locks), so a close costs no FLUSH round trip.
-    fn open_flags(lower: bool) -> FopenFlags {
-        if lower {
-            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
-        } else {
-            FopenFlags::FOPEN_NOFLUSH
         }
     }
 }
