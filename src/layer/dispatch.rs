@@ -6,7 +6,7 @@
 
 use super::codec::Codec;
 use super::error::{Error, Result};
-use super::seek::{Compression, SeekTable, SpanPlan};
+use super::seek::{Compression, SeekTable, SpanCheck, SpanPlan};
 use super::{gzip, plain, zstd};
 use std::ops::Range;
 
@@ -21,7 +21,7 @@ pub(crate) fn codec(c: Compression) -> &'static dyn Codec {
 
 impl SeekTable {
     /// Decode the spans of `plan` from exactly `plan.compressed` bytes and verify each span's
-    /// sha256. Returns the bytes of `plan.uncompressed`; never unverified bytes.
+    /// sha256 (a SOCI table: each span's compressed bytes, before decoding). Returns the bytes of `plan.uncompressed`; never unverified bytes.
     pub fn decode_spans(&self, plan: &SpanPlan, compressed: &[u8]) -> Result<Vec<u8>> {
         self.decode_spans_with(plan, compressed, None)
     }
@@ -45,6 +45,7 @@ impl SeekTable {
         if plan.spans.is_empty() {
             return Ok(Vec::new());
         }
+        self.check_compressed(plan, compressed)?;
         let mut out = Vec::new();
         codec(self.compression).decode_spans(self, plan, compressed, window, &mut out)?;
         Ok(out)
@@ -75,7 +76,11 @@ impl SeekTable {
     /// the span's checkpoint to block `k`'s bound), or `None` when this table cannot decode a
     /// prefix (zstd, a single-frame layer) or `k` is not a block of span `i`.
     pub fn prefix_plan(&self, i: usize, k: usize) -> Option<Range<u64>> {
-        if self.whole || !codec(self.compression).decodes_prefix() || k >= self.blocks_of(i).len() {
+        if self.whole
+            || self.check == SpanCheck::Compressed
+            || !codec(self.compression).decodes_prefix()
+            || k >= self.blocks_of(i).len()
+        {
             return None;
         }
         let cp = self.checkpoints.get(i)?;

@@ -68,6 +68,18 @@ pub enum Error {
         expected: Digest,
         got: Digest,
     },
+    #[error(
+        "span {span} (compressed bytes {range:?}) failed verification against the zTOC's \
+         span digest: expected {expected}, got {got}"
+    )]
+    CompressedDigest {
+        span: usize,
+        range: Range<u64>,
+        expected: Digest,
+        got: Digest,
+    },
+    #[error("SOCI zTOC: {0}")]
+    Ztoc(String),
     #[error("checkpoint {span}: stored window sha256 is {got}, the index says {expected}")]
     WindowDigest {
         span: usize,

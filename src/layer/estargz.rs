@@ -196,7 +196,7 @@ pub fn parse_toc(toc_gz: &[u8], expected: &Digest) -> Result<Toc> {
 }
 
 /// RFC 3339 (`2006-01-02T15:04:05[.frac](Z|±hh:mm)`) to a timestamp.
-fn parse_rfc3339(s: &str) -> Option<Timestamp> {
+pub(crate) fn parse_rfc3339(s: &str) -> Option<Timestamp> {
     let b = s.as_bytes();
     let num =
         |r: Range<usize>| -> Option<i64> { std::str::from_utf8(b.get(r)?).ok()?.parse().ok() };

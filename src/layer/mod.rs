@@ -3,7 +3,8 @@
 //! This module turns one OCI layer blob into a [`LayerIndex`]: an mmap-ed table of typed
 //! entries (whiteouts and opaque directories normalised here) plus what is needed to produce
 //! *verified* bytes of any file range from ranged reads of the compressed blob (a seek table
-//! with per-span and per-64 KiB-block sha256, or eStargz per-chunk digests). It may call
+//! with per-span and per-64 KiB-block sha256, eStargz per-chunk digests, or a SOCI zTOC's
+//! per-span digests of the compressed bytes). It may call
 //! `digest` only; it knows nothing of HTTP, the store layout, the cache or FUSE. Fetching is
 //! the caller's: either pass a blocking `fetch` closure ([`LayerIndex::read`]) or, from async
 //! code, call the pure [`LayerIndex::plan_read`], fetch [`ReadPlan::compressed`] however you
@@ -14,17 +15,20 @@
 //! `RawEntry`) and `tar` (the streaming reader); `seek` (the seek table), `spans` (building
 //! one), `codec` (the codec traits and the one `Read` adapter); the codecs `plain`, `gzip`,
 //! `zstd`; `dispatch` (compression kind -> codec, the table's decode methods); `index` (the
-//! index file) and `estargz`; this file (scan, read plans).
+//! index file), `estargz` and `soci` (SOCI zTOCs, read through the bounds-checked FlatBuffers
+//! reader `flatbuf`); this file (scan, read plans).
 
 mod codec;
 mod dispatch;
 mod entry;
 mod error;
 pub mod estargz;
+mod flatbuf;
 pub mod gzip;
 mod index;
 mod plain;
 mod seek;
+pub mod soci;
 mod spans;
 mod tar;
 pub mod zstd;
@@ -32,7 +36,9 @@ pub mod zstd;
 pub use entry::{normalize_path, split_path, Entry, EntryKind, EntryTable, RawEntry, Timestamp};
 pub use error::{Error, Result};
 pub use index::{head_len, Chunk, EntryRef, LayerIndex, LayerMeta};
-pub use seek::{Block, Checkpoint, Compression, SeekTable, SpanPlan, BLOCK, DEFAULT_SPAN};
+pub use seek::{
+    Block, Checkpoint, Compression, SeekTable, SpanCheck, SpanPlan, BLOCK, DEFAULT_SPAN,
+};
 pub use tar::{TarReader, MAX_META};
 
 use codec::{IndexReader, Indexer};

@@ -50,6 +50,22 @@ impl Compression {
     }
 }
 
+/// What a table's span sha256s are of, and so how fetched bytes are checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum SpanCheck {
+    /// strata's own: span and per-block sha256s of the *uncompressed* output; every decoded
+    /// block is checked.
+    #[default]
+    Blocks = 0,
+    /// A SOCI zTOC's: one sha256 per span of the *compressed* bytes that decode it (from the
+    /// checkpoint, with its partial byte, to the next checkpoint). The bytes are checked before
+    /// decoding; the index holds no block digests (its block records are zero), so a cached
+    /// span is checked against the digests its first decode produced (`cache/learned.rs`), and
+    /// no span is fetched in part.
+    Compressed = 1,
+}
+
 /// One access point.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checkpoint {
@@ -93,6 +109,8 @@ pub struct SeekTable {
     pub window_digests: Vec<[u8; 32]>,
     /// Total length of the window section (whether or not it is in `windows`).
     pub window_bytes: u64,
+    /// What `digests` are of (byte 2 of the encoded header).
+    pub check: SpanCheck,
 }
 
 /// One verification block of a span.
@@ -283,9 +301,13 @@ impl SeekTable {
         a.min(n)..b.min(n)
     }
 
-    /// Check the bytes of block `k` of span `i` against its sha256.
+    /// Check the bytes of block `k` of span `i` against its sha256 (always an error for a
+    /// [`SpanCheck::Compressed`] table, which has none).
     pub fn verify_block(&self, i: usize, k: usize, data: &[u8]) -> Result<()> {
         let r = self.block_range(i, k);
+        if self.check == SpanCheck::Compressed {
+            return Err(self.decode_err(i, "the index has no block digests (SOCI zTOC)"));
+        }
         let expected = self
             .blocks
             .get(self.blocks_of(i).start + k)
@@ -304,6 +326,8 @@ impl SeekTable {
     }
 
     /// Check all bytes of span `i`, block by block (every byte is covered by a block sha256).
+    /// A [`SpanCheck::Compressed`] table checks the length only: its compressed bytes were
+    /// checked before they were decoded ([`check_compressed`](Self::check_compressed)).
     pub(crate) fn verify(&self, i: usize, data: &[u8]) -> Result<()> {
         let r = self.span_range(i);
         if data.len() as u64 != r.end - r.start {
@@ -312,10 +336,59 @@ impl SeekTable {
                 format!("{} bytes, expected {}", data.len(), r.end - r.start),
             ));
         }
+        if self.check == SpanCheck::Compressed {
+            return Ok(());
+        }
         for k in 0..self.blocks_of(i).len() {
             let b = self.block_range(i, k);
             let part = &data[(b.start - r.start) as usize..(b.end - r.start) as usize];
             self.verify_block(i, k, part)?;
+        }
+        Ok(())
+    }
+
+    /// Compressed bytes of span `i` (from its checkpoint, with the partial byte, to the next
+    /// checkpoint or the end of the blob): what a [`SpanCheck::Compressed`] digest covers.
+    pub fn compressed_span(&self, i: usize) -> Range<u64> {
+        let start = self
+            .checkpoints
+            .get(i)
+            .map_or(0, |c| c.cin - u64::from(c.bits > 0));
+        let end = self
+            .checkpoints
+            .get(i + 1)
+            .map_or(self.compressed_size, |c| c.cin);
+        start..end.max(start)
+    }
+
+    /// For a [`SpanCheck::Compressed`] table: check the compressed bytes of each span of
+    /// `plan` (`compressed` is exactly `plan.compressed`) against its sha256 before anything
+    /// is decoded from them. A no-op for other tables.
+    pub(crate) fn check_compressed(&self, plan: &SpanPlan, compressed: &[u8]) -> Result<()> {
+        if self.check != SpanCheck::Compressed {
+            return Ok(());
+        }
+        for i in plan.spans.clone() {
+            let c = self.compressed_span(i);
+            let (s, e) = (
+                c.start.checked_sub(plan.compressed.start),
+                c.end.checked_sub(plan.compressed.start),
+            );
+            let bytes = match (s, e) {
+                (Some(s), Some(e)) => compressed.get(s as usize..e as usize),
+                _ => None,
+            }
+            .ok_or_else(|| self.decode_err(i, "compressed span outside the fetched bytes"))?;
+            let got: [u8; 32] = Sha256::digest(bytes).into();
+            let expected = self.digests.get(i).copied().unwrap_or([0; 32]);
+            if got != expected {
+                return Err(Error::CompressedDigest {
+                    span: i,
+                    range: c,
+                    expected: Digest::from_bytes(expected),
+                    got: Digest::from_bytes(got),
+                });
+            }
         }
         Ok(())
     }
@@ -351,7 +424,8 @@ impl SeekTable {
         let mut b = Vec::with_capacity(64 + n * 96 + self.blocks.len() * 40);
         b.push(self.compression as u8);
         b.push(self.whole as u8);
-        b.extend_from_slice(&[0; 6]);
+        b.push(self.check as u8);
+        b.extend_from_slice(&[0; 5]);
         for v in [
             self.span,
             self.uncompressed_size,
@@ -395,6 +469,11 @@ impl SeekTable {
         let compression = Compression::from_u8(*b.first().ok_or("empty seek table")?)
             .ok_or("unknown compression kind")?;
         let whole = b.get(1).copied().unwrap_or(0) != 0;
+        let check = match b.get(2).copied().unwrap_or(0) {
+            0 => SpanCheck::Blocks,
+            1 => SpanCheck::Compressed,
+            k => return Err(format!("unknown span check kind {k}")),
+        };
         let (span, usize_, csize, n, wlen, block, nblocks) = (
             u64_at(8)?,
             u64_at(16)?,
@@ -502,6 +581,7 @@ impl SeekTable {
             windows: windows.to_vec(),
             window_digests,
             window_bytes: wlen,
+            check,
         })
     }
 }

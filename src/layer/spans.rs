@@ -157,6 +157,7 @@ impl SpanHasher {
             window_bytes: self.windows.len() as u64,
             windows: self.windows,
             window_digests: self.window_digests,
+            check: super::seek::SpanCheck::Blocks,
         }
     }
 }
