@@ -1,13 +1,16 @@
 //! How a layer's verified units ("spans") map to compressed bytes, for both kinds of index:
 //! seek-table spans (plain tar, gzip checkpoints, zstd frames) and eStargz chunks. Calls
-//! `layer` (seek tables, eStargz chunk decoding) and nothing else; no I/O, no locks.
+//! `layer` (seek tables, eStargz chunk decoding) and `learned.rs` (the block digests a SOCI
+//! zTOC's index lacks, learned at the first decode; its only I/O) and nothing else.
 //!
 //! Both are seen through one coordinate: a *virtual uncompressed offset*. For seek-table
 //! layers it is the offset in the uncompressed tar stream (a file's bytes start at its entry's
 //! `offset`); for eStargz it is the position in the concatenation of all chunks in index order
 //! (a file's chunks are consecutive, so its bytes are one contiguous virtual range).
 
-use crate::layer::{EntryKind, EntryRef, LayerIndex};
+use super::learned::Learned;
+use crate::layer::{EntryKind, EntryRef, LayerIndex, SpanCheck};
+use sha2::{Digest as _, Sha256};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -43,6 +46,8 @@ pub struct Layout {
     index: Arc<LayerIndex>,
     /// eStargz only: virtual start of each chunk, plus the total at the end.
     chunk_starts: Option<Vec<u64>>,
+    /// A seek table without block digests (SOCI): the ones its decodes produced.
+    learned: Option<Learned>,
 }
 
 impl Layout {
@@ -63,9 +68,19 @@ impl Layout {
             starts.push(at);
             starts
         });
+        let learned = index
+            .seek_table()
+            .filter(|t| t.check == SpanCheck::Compressed && chunk_starts.is_none())
+            .map(|t| {
+                let mut p = index.path().as_os_str().to_owned();
+                p.push(".blocks");
+                let identity = <[u8; 32]>::from(Sha256::digest(t.encode()));
+                Learned::open(std::path::Path::new(&p), t.blocks.len(), identity)
+            });
         Layout {
             index,
             chunk_starts,
+            learned,
         }
     }
 
@@ -169,7 +184,19 @@ impl Layout {
             (None, Some(t)) => {
                 let r = t.span_range(run.start).start..t.span_range(run.end - 1).end;
                 let plan = t.span_plan(r)?;
-                Ok(t.decode_spans_with(&plan, compressed, window)?)
+                let out = t.decode_spans_with(&plan, compressed, window)?;
+                if let Some(l) = &self.learned {
+                    for i in run {
+                        for k in 0..t.blocks_of(i).len() {
+                            let b = t.block_range(i, k);
+                            let (s, e) = (b.start - plan.uncompressed.start, b.end - plan.uncompressed.start);
+                            if let Some(bytes) = out.get(s as usize..e as usize) {
+                                l.learn(t.blocks_of(i).start + k, bytes);
+                            }
+                        }
+                    }
+                }
+                Ok(out)
             }
             (None, None) => Err(LayoutError::NoSpans),
         }
@@ -259,7 +286,10 @@ impl Layout {
                 k == 0
                     && crate::digest::Digest::of(data).as_bytes() == &self.index.chunk_at(i).digest
             }
-            (None, Some(t)) => t.verify_block(i, k, data).is_ok(),
+            (None, Some(t)) => match &self.learned {
+                Some(l) => k < t.blocks_of(i).len() && l.check(t.blocks_of(i).start + k, data),
+                None => t.verify_block(i, k, data).is_ok(),
+            },
             (None, None) => false,
         }
     }

@@ -13,7 +13,8 @@
 //! - `fetcher.rs`: coalescing adjacent missing spans into one Range request, the request
 //!   under a fetch permit, decoding and verification, retries, the deadline;
 //! - `policy.rs`: readahead, neighbour fetch-ahead, partial span fetches, prefetch pacing;
-//! - `layout.rs`: spans and blocks of a layer in one virtual coordinate; `source.rs`: where
+//! - `layout.rs`: spans and blocks of a layer in one virtual coordinate (`learned.rs`: the
+//!   block digests a SOCI zTOC's index lacks, learned at the first decode); `source.rs`: where
 //!   compressed bytes come from; `error.rs`: the typed [`Error`] and its errno;
 //! - `whole.rs`: the digest check of a layer fetched whole (its compressed bytes recorded
 //!   while fetched, hashed and compared with the manifest's layer digest; a mismatch poisons
@@ -29,6 +30,7 @@ mod error;
 mod fetcher;
 mod flight;
 mod layout;
+mod learned;
 mod local;
 mod memory;
 mod policy;

@@ -193,13 +193,14 @@ pub async fn publish_bound(
 }
 
 /// Drop the stored index of `layer` and everything fetched with it (its trust mark, window
-/// source and windows, eStargz prefetch list): after its layer failed the digest check.
+/// source and windows, eStargz prefetch list, block digests learned for a SOCI index): after
+/// its layer failed the digest check, or before another index replaces it.
 pub fn forget_index(store: &Store, layer: &Digest) {
     clear_mark(store, layer);
     let dir = store.root().join("indexes");
     let hex = layer.hex();
     let _ = std::fs::remove_file(index_path(store, layer));
-    for suffix in ["windows-from", "prefetch.json"] {
+    for suffix in ["windows-from", "prefetch.json", "blocks"] {
         let _ = std::fs::remove_file(dir.join(format!("{hex}.{suffix}")));
     }
     let _ = std::fs::remove_dir_all(dir.join(format!("{hex}.windows")));

@@ -1,5 +1,6 @@
 //! Layer indexes for an image: find them (local store -> eStargz TOC -> strata sidecar
-//! artifact -> build from the whole blob) and publish sidecar artifacts (`strata index --push`).
+//! artifact -> SOCI index (`soci.rs`) -> build from the whole blob) and publish sidecar
+//! artifacts (`strata index --push`).
 //!
 //! The sidecar is an OCI artifact manifest (`artifactType` [`ARTIFACT_TYPE`], empty config)
 //! whose `subject` is the image manifest; one layer blob per image layer holds that layer's
@@ -56,6 +57,11 @@ pub enum IndexSource {
     Sidecar,
     /// From the sidecar bound to the image through the image index the user named.
     Bound,
+    /// From a SOCI v1 index (a referrer listed by the image's own registry).
+    Soci,
+    /// From a SOCI v2 index bound to the image (its manifest's annotation, or the image
+    /// index the user named).
+    SociBound,
     /// Built by downloading the whole layer (not lazy).
     Built,
 }
@@ -175,7 +181,7 @@ pub async fn layer_indexes(
             continue;
         }
         progress.line(&format!(
-            "{}: no lazy index (not eStargz, no `strata index --push` artifact): downloading the whole layer",
+            "{}: no lazy index (not eStargz, no `strata index --push` artifact, no SOCI index): downloading the whole layer",
             l.digest.short()
         ));
         let idx = build_from_blob(client, store, reference, l).await?;
@@ -185,8 +191,8 @@ pub async fn layer_indexes(
 }
 
 /// The index of each layer of `image` that has one without downloading the layer (local,
-/// eStargz TOC, sidecar artifact) and that the `index-trust` policy accepts; `None` for the
-/// others. A sidecar bound to the image (through the image index the user named) is used
+/// eStargz TOC, sidecar artifact, SOCI index) and that the `index-trust` policy accepts;
+/// `None` for the others. A sidecar bound to the image (through the image index the user named) is used
 /// under every policy; an unbound one only under `registry`, and only as listed by the
 /// image's own registry (never through a mirror).
 pub async fn lazy_indexes(
@@ -235,22 +241,16 @@ pub async fn lazy_indexes(
         Some(art) => {
             let got =
                 sidecar_indexes(client, store, reference, rec, &need, Some(art), progress).await;
-            (Mark::Bound, IndexSource::Bound, got)
+            Some((Mark::Bound, IndexSource::Bound, got))
         }
         None if trust == IndexTrust::Registry => {
             let got = sidecar_indexes(client, store, reference, rec, &need, None, progress).await;
-            (Mark::Registry, IndexSource::Sidecar, got)
+            Some((Mark::Registry, IndexSource::Sidecar, got))
         }
-        None => {
-            progress.line(&format!(
-                "{reference}: index-trust is `bound` and the image names no bound index: \
-                 unbound sidecar indexes are not used"
-            ));
-            return Ok(out);
-        }
+        None => None,
     };
     match found {
-        (mark, source, Ok(found)) => {
+        Some((mark, source, Ok(found))) => {
             for (i, l) in rec.layers.iter().enumerate() {
                 if out[i].is_none() && found.contains(&l.digest) {
                     if let Some(ix) = open_local(store, &l.digest) {
@@ -260,7 +260,39 @@ pub async fn lazy_indexes(
                 }
             }
         }
-        (_, _, Err(e)) => tracing::warn!("no sidecar index for {reference}: {e}"),
+        Some((_, _, Err(e))) => tracing::warn!("no sidecar index for {reference}: {e}"),
+        None => {}
+    }
+    // Then a SOCI index (v2 bound to the image, or a v1 referrer under `registry`).
+    let need: std::collections::BTreeSet<Digest> = rec
+        .layers
+        .iter()
+        .zip(&out)
+        .filter(|(_, o)| o.is_none())
+        .map(|(l, _)| l.digest)
+        .collect();
+    if need.is_empty() {
+        return Ok(out);
+    }
+    if !super::soci::usable(store, rec, trust) {
+        progress.line(&format!(
+            "{reference}: index-trust is `bound` and the image names no bound index: \
+             unbound sidecar and SOCI indexes are not used"
+        ));
+        return Ok(out);
+    }
+    match super::soci::soci_indexes(client, store, reference, rec, &need, progress).await {
+        Ok((found, mark, source)) => {
+            for (i, l) in rec.layers.iter().enumerate() {
+                if out[i].is_none() && found.contains(&l.digest) {
+                    if let Some(ix) = open_local(store, &l.digest) {
+                        bind::set_mark(store, &l.digest, mark)?;
+                        out[i] = Some((Arc::new(ix), source));
+                    }
+                }
+            }
+        }
+        Err(e) => tracing::warn!("no SOCI index for {reference}: {e}"),
     }
     Ok(out)
 }

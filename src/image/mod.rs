@@ -15,6 +15,7 @@ pub mod index;
 pub mod profile;
 mod pull;
 mod push;
+pub mod soci;
 
 pub use archive::{load, save};
 pub use pull::{pull, pull_first, record_image, resolve, resolve_first, resolve_with, PullPolicy};
