@@ -17,6 +17,7 @@ pub mod proxy;
 pub mod registry;
 pub mod rel;
 pub mod skopeo;
+pub mod soci;
 /// Deterministic test data: the library's unit tests and the benches compile the same file.
 #[path = "../../src/testdata.rs"]
 pub mod testdata;

@@ -151,12 +151,16 @@ pub async fn soci_indexes(
             Ok(()) => {
                 found.insert(layer);
             }
-            Err(e) => progress.line(&format!(
-                "{}: SOCI zTOC {} not used: {}",
-                layer.short(),
-                d.digest,
-                crate::report::chain(&e)
-            )),
+            Err(e) => {
+                let msg = format!(
+                    "{}: SOCI zTOC {} not used: {}",
+                    layer.short(),
+                    d.digest,
+                    crate::report::chain(&e)
+                );
+                tracing::warn!(layer = %layer, "{msg}");
+                progress.line(&msg);
+            }
         }
     }
     Ok((found, mark, source))

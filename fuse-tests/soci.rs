@@ -1,0 +1,397 @@
+//! SOCI indexes (issue 20, reuse): images indexed the way AWS's SOCI tools index them mount
+//! lazily without `strata index`. The SOCI CLI is Go and cannot be installed here, so the
+//! indexes are written by the harness's own writer (`common/soci.rs`, field by field after
+//! soci-snapshotter's sources, independent of strata's code) and pushed to the real
+//! registry:
+//! - v1: a referrer of the image manifest (the `sha256-<hex>` referrers tag, as the registry
+//!   has no referrers API); read lazily, a fraction of the layer fetched, every byte right;
+//!   cached spans survive a restart of the daemon (block digests learned at the first decode);
+//! - v2: `soci convert`'s SOCI-enabled image (the image manifest annotated with the index
+//!   digest, both in an image index): used under `index-trust: bound`;
+//! - a mirror that serves altered layer bytes with a forged v1 SOCI index consistent with
+//!   them: never believed under the default policy (control: believed when the proxy *is*
+//!   the registry, which shows the forgery works);
+//! - a malformed zTOC: a clear error in the log, no panic, nothing kept from it (the layer is
+//!   downloaded whole instead).
+
+mod common;
+use common::soci::{self, SociLayer};
+use common::testdata::pseudo;
+use common::{http, sha256_digest, FaultProxy, ImageBuilder, Layer, OutputExt, Registry, StrataEnv};
+use std::path::Path;
+
+const FILES: usize = 8;
+const FILE_LEN: usize = 1 << 20;
+const SPAN: usize = 256 << 10;
+
+fn honest(i: usize) -> Vec<u8> {
+    pseudo(FILE_LEN, 500 + i as u64)
+}
+
+fn altered(i: usize) -> Vec<u8> {
+    pseudo(FILE_LEN, 700 + i as u64)
+}
+
+fn hex(d: &str) -> &str {
+    d.trim_start_matches("sha256:")
+}
+
+fn put_blob(reg: &Registry, repo: &str, data: &[u8]) -> String {
+    let d = sha256_digest(data);
+    let r = http::request(&reg.host(), "POST", &format!("/v2/{repo}/blobs/uploads/"), &[], &[])
+        .expect("start upload");
+    assert_eq!(r.status, 202, "start upload: {}", r.text());
+    let loc = r.header("location").expect("upload location").to_string();
+    let path = match loc.find("/v2/") {
+        Some(i) => loc[i..].to_string(),
+        None => loc,
+    };
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let r = http::request(
+        &reg.host(),
+        "PUT",
+        &format!("{path}{sep}digest={d}"),
+        &[("Content-Type", "application/octet-stream")],
+        data,
+    )
+    .expect("upload");
+    assert_eq!(r.status, 201, "upload {d}: {}", r.text());
+    d
+}
+
+fn put_manifest(reg: &Registry, repo: &str, reference: &str, media_type: &str, body: &[u8]) {
+    let r = http::request(
+        &reg.host(),
+        "PUT",
+        &format!("/v2/{repo}/manifests/{reference}"),
+        &[("Content-Type", media_type)],
+        body,
+    )
+    .expect("put manifest");
+    assert_eq!(r.status, 201, "put {repo}:{reference}: {}", r.text());
+}
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+/// An image pushed by hand: one gzip layer (the writer's gzip, so its zTOC describes it).
+struct Pushed {
+    manifest: Vec<u8>,
+    manifest_digest: String,
+    layer_digest: String,
+    layer: SociLayer,
+    arch: String,
+    os: String,
+}
+
+/// Build the one-layer image of `content`'s files and push it to `repo:tag`.
+fn push_image(reg: &Registry, repo: &str, tag: &str, content: fn(usize) -> Vec<u8>) -> Pushed {
+    push_image_level(reg, repo, tag, content, 6)
+}
+
+/// [`push_image`] with deflate `level` (0 for layers whose size must not depend on content).
+fn push_image_level(
+    reg: &Registry,
+    repo: &str,
+    tag: &str,
+    content: fn(usize) -> Vec<u8>,
+    level: u32,
+) -> Pushed {
+    let mut l = Layer::new().compression(common::Compression::None).dir("data");
+    for i in 0..FILES {
+        l = l.file(&format!("data/f{i}"), content(i));
+    }
+    // The builder's image gives the config (diff_ids are of the uncompressed tar).
+    let img = ImageBuilder::new().layer(l).build("v1");
+    let layer = soci::gzip_layer(&img.layers[0].tar, SPAN, level);
+    let config = put_blob(reg, repo, &img.config);
+    let layer_digest = put_blob(reg, repo, &layer.blob);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": img.config.len()},
+        "layers": [{"mediaType": GZIP_LAYER, "digest": layer_digest, "size": layer.blob.len()}],
+    });
+    let manifest = serde_json::to_vec(&manifest).unwrap();
+    let manifest_digest = sha256_digest(&manifest);
+    put_manifest(reg, repo, tag, OCI_MANIFEST, &manifest);
+    Pushed {
+        manifest,
+        manifest_digest,
+        layer_digest,
+        layer,
+        arch: img.architecture.clone(),
+        os: img.os.clone(),
+    }
+}
+
+/// Publish a v1 SOCI index for `img` in `repo` (zTOC `ztoc`, which claims to index
+/// `img`'s layer) with the referrers tag pointing at it; returns the index digest.
+fn push_soci_v1(reg: &Registry, repo: &str, img: &Pushed, ztoc: &[u8]) -> String {
+    let zd = put_blob(reg, repo, ztoc);
+    put_blob(reg, repo, b"{}");
+    let index = soci::index_manifest(
+        soci::V1,
+        &[(zd, ztoc.len(), img.layer_digest.clone(), GZIP_LAYER.into())],
+        Some((&img.manifest_digest, img.manifest.len())),
+        SPAN,
+    );
+    let d = sha256_digest(&index);
+    put_manifest(reg, repo, &d, OCI_MANIFEST, &index);
+    // What oras writes for a registry without the referrers API: artifactType is the
+    // manifest's config media type.
+    let referrers = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": d, "size": index.len(), "artifactType": soci::V1}],
+    });
+    put_manifest(
+        reg,
+        repo,
+        &format!("sha256-{}", hex(&img.manifest_digest)),
+        OCI_INDEX,
+        &serde_json::to_vec(&referrers).unwrap(),
+    );
+    d
+}
+
+fn stats(env: &StrataEnv, dir: &Path) -> String {
+    let out = env.run(&["stats", "--json", dir.to_str().unwrap()]);
+    out.assert_success();
+    out.stdout_str()
+}
+
+/// Every file through the mount: honest bytes, or EIO; never altered. How many were honest.
+fn read_all_never_altered(mnt: &Path) -> usize {
+    let mut ok = 0;
+    for i in 0..FILES {
+        match std::fs::read(mnt.join(format!("data/f{i}"))) {
+            Ok(b) => {
+                assert!(b != altered(i), "data/f{i}: ALTERED bytes reached a reader");
+                assert!(b == honest(i), "data/f{i}: neither honest nor altered bytes");
+                ok += 1;
+            }
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "data/f{i}: {e}"),
+        }
+    }
+    ok
+}
+
+#[test]
+fn soci_v1_index_mounts_lazily_and_survives_a_daemon_restart() {
+    let reg = Registry::start();
+    let img = push_image(&reg, "soci/a", "v1", honest);
+    push_soci_v1(&reg, "soci/a", &img, &img.layer.ztoc);
+    let env = StrataEnv::new();
+    let mark = reg.served().len();
+    let m = env.mount(&format!("{}/soci/a:v1", reg.host()), &["--no-prefetch"]);
+    assert_eq!(std::fs::read(m.dir.join("data/f3")).unwrap(), honest(3));
+    let s = stats(&env, &m.dir);
+    assert!(s.contains("\"Soci\""), "index source: {s}");
+    let layers = [img.layer_digest.clone()];
+    let (n, bytes) = reg.range_gets_since(mark, &layers);
+    let size = img.layer.blob.len() as u64;
+    assert!(n > 0, "the file was read by Range requests");
+    assert!(
+        bytes * 4 < size,
+        "one file of {FILES} fetched {bytes} of the layer's {size} bytes"
+    );
+    eprintln!("soci v1: one 1 MiB file fetched {bytes} of {size} bytes in {n} requests");
+    // Every file right, still lazily (Range requests only, never the whole blob).
+    assert_eq!(read_all_never_altered(&m.dir), FILES);
+    let (_, all) = reg.range_gets_since(mark, &layers);
+    assert!(all <= size + size / 10, "{all} of {size}");
+    drop(m);
+    // A new daemon: spans come back from the disk tier, checked against the block digests
+    // learned at their first decode; nothing is fetched again.
+    env.stop_daemon();
+    let mark = reg.served().len();
+    let m = env.mount(&format!("{}/soci/a:v1", reg.host()), &["--no-prefetch"]);
+    assert_eq!(read_all_never_altered(&m.dir), FILES);
+    let (n, _) = reg.range_gets_since(mark, &layers);
+    assert_eq!(n, 0, "cached spans were fetched again");
+    drop(m);
+    let log = env.daemon_logs();
+    assert!(!log.contains("failed verification"), "{log}");
+
+    // Under `index-trust: bound` an unbound (v1) SOCI index is not used.
+    let strict = StrataEnv::new();
+    strict.write_config(&serde_json::json!({"index-trust": "bound"}));
+    let m = strict.mount(&format!("{}/soci/a:v1", reg.host()), &["--no-prefetch"]);
+    assert_eq!(read_all_never_altered(&m.dir), FILES);
+    let s = stats(&strict, &m.dir);
+    assert!(s.contains("\"Built\"") && !s.contains("Soci"), "{s}");
+}
+
+#[test]
+fn soci_v2_enabled_image_is_bound_and_used_under_bound_policy() {
+    let reg = Registry::start();
+    let img = push_image(&reg, "soci/b", "orig", honest);
+    // `soci convert`: the v2 index (no subject), the image manifest annotated with its
+    // digest, both in an image index.
+    let zd = put_blob(&reg, "soci/b", &img.layer.ztoc);
+    put_blob(&reg, "soci/b", b"{}");
+    let index = soci::index_manifest(
+        soci::V2,
+        &[(zd, img.layer.ztoc.len(), img.layer_digest.clone(), GZIP_LAYER.into())],
+        None,
+        SPAN,
+    );
+    let index_digest = sha256_digest(&index);
+    put_manifest(&reg, "soci/b", &index_digest, OCI_MANIFEST, &index);
+    let mut m: serde_json::Value = serde_json::from_slice(&img.manifest).unwrap();
+    m["annotations"] = serde_json::json!({"com.amazon.soci.index-digest": index_digest});
+    let manifest = serde_json::to_vec(&m).unwrap();
+    let manifest_digest = sha256_digest(&manifest);
+    put_manifest(&reg, "soci/b", &manifest_digest, OCI_MANIFEST, &manifest);
+    let platform = serde_json::json!({"architecture": img.arch, "os": img.os});
+    let oci_index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": manifest_digest, "size": manifest.len(),
+             "platform": platform, "annotations": {"com.amazon.soci.index-digest": index_digest}},
+            {"mediaType": OCI_MANIFEST, "digest": index_digest, "size": index.len(),
+             "artifactType": soci::V2, "platform": platform,
+             "annotations": {"com.amazon.soci.image-manifest-digest": manifest_digest}},
+        ],
+    });
+    put_manifest(&reg, "soci/b", "v1-soci", OCI_INDEX, &serde_json::to_vec(&oci_index).unwrap());
+
+    let env = StrataEnv::new();
+    env.write_config(&serde_json::json!({"index-trust": "bound"}));
+    let mark = reg.served().len();
+    let m = env.mount(&format!("{}/soci/b:v1-soci", reg.host()), &["--no-prefetch"]);
+    assert_eq!(std::fs::read(m.dir.join("data/f5")).unwrap(), honest(5));
+    let s = stats(&env, &m.dir);
+    assert!(s.contains("\"SociBound\""), "index source: {s}");
+    let (_, bytes) = reg.range_gets_since(mark, &[img.layer_digest.clone()]);
+    let size = img.layer.blob.len() as u64;
+    assert!(bytes * 4 < size, "{bytes} of {size}");
+    assert_eq!(read_all_never_altered(&m.dir), FILES);
+    drop(m);
+    assert_eq!(
+        reg.request_count("/referrers/") + reg.request_count("manifests/sha256-"),
+        0,
+        "a bound index needs no referrers lookup"
+    );
+}
+
+/// The attack: altered layer bytes and a forged v1 SOCI index consistent with them.
+struct Attack {
+    good: Pushed,
+    proxy: FaultProxy,
+    forged: String,
+}
+
+fn attack(reg: &Registry, name: &str) -> Attack {
+    let repo = format!("soci/{name}");
+    let good = push_image_level(reg, &repo, "v1", honest, 0);
+    let evil_repo = format!("evil/{name}");
+    let evil = push_image_level(reg, &evil_repo, "v1", altered, 0);
+    assert_eq!(
+        evil.layer.blob.len(),
+        good.layer.blob.len(),
+        "the altered layer must have the honest one's size for the forgery to be believable"
+    );
+    // A zTOC over the altered blob, claiming to index the honest layer of the honest image.
+    let forged_for = Pushed {
+        manifest: good.manifest.clone(),
+        manifest_digest: good.manifest_digest.clone(),
+        layer_digest: good.layer_digest.clone(),
+        layer: SociLayer {
+            blob: Vec::new(),
+            ztoc: Vec::new(),
+        },
+        arch: good.arch.clone(),
+        os: good.os.clone(),
+    };
+    let forged = push_soci_v1(reg, &evil_repo, &forged_for, &evil.layer.ztoc);
+    let proxy = FaultProxy::in_front_of(reg);
+    proxy.substitute(
+        &format!("/v2/{repo}/blobs/{}", good.layer_digest),
+        &format!("/v2/{evil_repo}/blobs/{}", evil.layer_digest),
+    );
+    let zd = sha256_digest(&evil.layer.ztoc);
+    for p in [
+        "referrers/".to_string(),
+        "manifests/sha256-".to_string(),
+        format!("manifests/{forged}"),
+        format!("blobs/{zd}"),
+        format!("blobs/{}", sha256_digest(b"{}")),
+    ] {
+        proxy.substitute(&format!("/v2/{repo}/{p}"), &format!("/v2/{evil_repo}/{p}"));
+    }
+    Attack { good, proxy, forged }
+}
+
+#[test]
+fn a_mirror_serving_a_forged_soci_index_is_never_believed() {
+    let reg = Registry::start();
+    let a = attack(&reg, "c");
+    // Control: the proxy named as the registry itself (trusted by definition under the
+    // default policy) has its forged index believed and the altered bytes served.
+    let direct = StrataEnv::new();
+    let m = direct.mount(&format!("{}/soci/c:v1", a.proxy.host()), &["--no-prefetch"]);
+    assert_eq!(
+        std::fs::read(m.dir.join("data/f0")).unwrap(),
+        altered(0),
+        "control: a believed forged SOCI index serves the altered bytes"
+    );
+    assert!(stats(&direct, &m.dir).contains("\"Soci\""));
+    drop(m);
+    assert!(a.proxy.request_count(&a.forged) > 0);
+
+    // The proxy as a mirror, default policy: no SOCI lookup through it, no altered byte.
+    let seen = a.proxy.requests().len();
+    let env = StrataEnv::new();
+    env.write_config(&serde_json::json!({
+        "registry-mirrors-by-host": {reg.host(): [a.proxy.url()]}
+    }));
+    let m = env.mount(&format!("{}/soci/c:v1", reg.host()), &["--no-prefetch"]);
+    assert_eq!(read_all_never_altered(&m.dir), FILES);
+    let s = stats(&env, &m.dir);
+    assert!(!s.contains("Soci"), "{s}");
+    drop(m);
+    let asked: Vec<_> = a.proxy.requests()[seen..].to_vec();
+    assert!(
+        !asked.iter().any(|r| r.path.contains("/referrers/")
+            || r.path.contains("manifests/sha256-")
+            || r.path.contains(&a.forged)),
+        "a SOCI index was looked up through the mirror: {asked:?}"
+    );
+    assert!(
+        asked.iter().any(|r| r.path.contains(&a.good.layer_digest)),
+        "the mirror was asked for the layer (and served altered bytes): {asked:?}"
+    );
+}
+
+#[test]
+fn a_malformed_ztoc_is_an_error_and_leaves_nothing() {
+    let reg = Registry::start();
+    let img = push_image(&reg, "soci/d", "v1", honest);
+    // A zTOC cut in half: structurally broken.
+    let bad = img.layer.ztoc[..img.layer.ztoc.len() / 2].to_vec();
+    push_soci_v1(&reg, "soci/d", &img, &bad);
+    let env = StrataEnv::new();
+    let m = env.mount(&format!("{}/soci/d:v1", reg.host()), &["--no-prefetch"]);
+    assert_eq!(read_all_never_altered(&m.dir), FILES);
+    let s = stats(&env, &m.dir);
+    assert!(s.contains("\"Built\""), "{s}");
+    drop(m);
+    let log = env.daemon_logs();
+    assert!(log.contains("SOCI zTOC") && log.contains("not used"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    let tmp: Vec<_> = std::fs::read_dir(env.root().join("tmp"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(tmp.is_empty(), "left in tmp/: {tmp:?}");
+    let trust = std::fs::read_to_string(
+        env.root()
+            .join("indexes")
+            .join(format!("{}.trust", hex(&img.layer_digest))),
+    )
+    .unwrap();
+    assert_eq!(trust, "built", "the layer's index is the one built from the blob");
+}
