@@ -17,7 +17,9 @@
 mod common;
 use common::soci::{self, SociLayer};
 use common::testdata::pseudo;
-use common::{http, sha256_digest, FaultProxy, ImageBuilder, Layer, OutputExt, Registry, StrataEnv};
+use common::{
+    http, sha256_digest, FaultProxy, ImageBuilder, Layer, OutputExt, Registry, StrataEnv,
+};
 use std::path::Path;
 
 const FILES: usize = 8;
@@ -38,8 +40,14 @@ fn hex(d: &str) -> &str {
 
 fn put_blob(reg: &Registry, repo: &str, data: &[u8]) -> String {
     let d = sha256_digest(data);
-    let r = http::request(&reg.host(), "POST", &format!("/v2/{repo}/blobs/uploads/"), &[], &[])
-        .expect("start upload");
+    let r = http::request(
+        &reg.host(),
+        "POST",
+        &format!("/v2/{repo}/blobs/uploads/"),
+        &[],
+        &[],
+    )
+    .expect("start upload");
     assert_eq!(r.status, 202, "start upload: {}", r.text());
     let loc = r.header("location").expect("upload location").to_string();
     let path = match loc.find("/v2/") {
@@ -98,7 +106,9 @@ fn push_image_level(
     content: fn(usize) -> Vec<u8>,
     level: u32,
 ) -> Pushed {
-    let mut l = Layer::new().compression(common::Compression::None).dir("data");
+    let mut l = Layer::new()
+        .compression(common::Compression::None)
+        .dir("data");
     for i in 0..FILES {
         l = l.file(&format!("data/f{i}"), content(i));
     }
@@ -169,7 +179,10 @@ fn read_all_never_altered(mnt: &Path) -> usize {
         match std::fs::read(mnt.join(format!("data/f{i}"))) {
             Ok(b) => {
                 assert!(b != altered(i), "data/f{i}: ALTERED bytes reached a reader");
-                assert!(b == honest(i), "data/f{i}: neither honest nor altered bytes");
+                assert!(
+                    b == honest(i),
+                    "data/f{i}: neither honest nor altered bytes"
+                );
                 ok += 1;
             }
             Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "data/f{i}: {e}"),
@@ -234,7 +247,12 @@ fn soci_v2_enabled_image_is_bound_and_used_under_bound_policy() {
     put_blob(&reg, "soci/b", b"{}");
     let index = soci::index_manifest(
         soci::V2,
-        &[(zd, img.layer.ztoc.len(), img.layer_digest.clone(), GZIP_LAYER.into())],
+        &[(
+            zd,
+            img.layer.ztoc.len(),
+            img.layer_digest.clone(),
+            GZIP_LAYER.into(),
+        )],
         None,
         SPAN,
     );
@@ -257,16 +275,25 @@ fn soci_v2_enabled_image_is_bound_and_used_under_bound_policy() {
              "annotations": {"com.amazon.soci.image-manifest-digest": manifest_digest}},
         ],
     });
-    put_manifest(&reg, "soci/b", "v1-soci", OCI_INDEX, &serde_json::to_vec(&oci_index).unwrap());
+    put_manifest(
+        &reg,
+        "soci/b",
+        "v1-soci",
+        OCI_INDEX,
+        &serde_json::to_vec(&oci_index).unwrap(),
+    );
 
     let env = StrataEnv::new();
     env.write_config(&serde_json::json!({"index-trust": "bound"}));
     let mark = reg.served().len();
-    let m = env.mount(&format!("{}/soci/b:v1-soci", reg.host()), &["--no-prefetch"]);
+    let m = env.mount(
+        &format!("{}/soci/b:v1-soci", reg.host()),
+        &["--no-prefetch"],
+    );
     assert_eq!(std::fs::read(m.dir.join("data/f5")).unwrap(), honest(5));
     let s = stats(&env, &m.dir);
     assert!(s.contains("\"SociBound\""), "index source: {s}");
-    let (_, bytes) = reg.range_gets_since(mark, &[img.layer_digest.clone()]);
+    let (_, bytes) = reg.range_gets_since(mark, std::slice::from_ref(&img.layer_digest));
     let size = img.layer.blob.len() as u64;
     assert!(bytes * 4 < size, "{bytes} of {size}");
     assert_eq!(read_all_never_altered(&m.dir), FILES);
@@ -323,7 +350,11 @@ fn attack(reg: &Registry, name: &str) -> Attack {
     ] {
         proxy.substitute(&format!("/v2/{repo}/{p}"), &format!("/v2/{evil_repo}/{p}"));
     }
-    Attack { good, proxy, forged }
+    Attack {
+        good,
+        proxy,
+        forged,
+    }
 }
 
 #[test]
@@ -381,7 +412,10 @@ fn a_malformed_ztoc_is_an_error_and_leaves_nothing() {
     assert!(s.contains("\"Built\""), "{s}");
     drop(m);
     let log = env.daemon_logs();
-    assert!(log.contains("SOCI zTOC") && log.contains("not used"), "{log}");
+    assert!(
+        log.contains("SOCI zTOC") && log.contains("not used"),
+        "{log}"
+    );
     assert!(!log.contains("panicked"), "{log}");
     let tmp: Vec<_> = std::fs::read_dir(env.root().join("tmp"))
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
@@ -393,5 +427,8 @@ fn a_malformed_ztoc_is_an_error_and_leaves_nothing() {
             .join(format!("{}.trust", hex(&img.layer_digest))),
     )
     .unwrap();
-    assert_eq!(trust, "built", "the layer's index is the one built from the blob");
+    assert_eq!(
+        trust, "built",
+        "the layer's index is the one built from the blob"
+    );
 }

@@ -49,7 +49,7 @@ pub enum F {
 }
 
 fn pad(buf: &mut Vec<u8>, align: usize) {
-    while buf.len() % align != 0 {
+    while !buf.len().is_multiple_of(align) {
         buf.push(0);
     }
 }
@@ -73,7 +73,7 @@ fn table(buf: &mut Vec<u8>, fields: &[Option<F>]) -> usize {
     let vsize = 4 + 2 * fields.len();
     buf.resize(vt + vsize, 0);
     // Table start: 8-aligned so that 8-byte fields can be aligned by their offsets.
-    while buf.len() % 8 != 0 {
+    while !buf.len().is_multiple_of(8) {
         buf.push(0);
     }
     let t = buf.len();
@@ -193,7 +193,8 @@ fn gzip_with_points(tar: &[u8], span: usize, level: u32) -> (Vec<u8>, Vec<Point>
             let st = c.compress_vec(&tar[pos..end], &mut out, flush).unwrap();
             pos += (c.total_in() - before) as usize;
             let room = out.len() < out.capacity();
-            if st == flate2::Status::StreamEnd || (pos == end && room && flush != FlushCompress::Finish)
+            if st == flate2::Status::StreamEnd
+                || (pos == end && room && flush != FlushCompress::Finish)
             {
                 break;
             }
@@ -231,7 +232,10 @@ fn toc(tar: &[u8]) -> Vec<Vec<Option<F>>> {
             t => panic!("tar entry type {t:?}"),
         };
         let name = e.path_bytes().into_owned();
-        let link = e.link_name_bytes().map(|l| l.into_owned()).unwrap_or_default();
+        let link = e
+            .link_name_bytes()
+            .map(|l| l.into_owned())
+            .unwrap_or_default();
         let mut pax = Vec::new();
         if let Ok(Some(exts)) = e.pax_extensions() {
             for x in exts.flatten() {

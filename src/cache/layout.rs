@@ -189,7 +189,10 @@ impl Layout {
                     for i in run {
                         for k in 0..t.blocks_of(i).len() {
                             let b = t.block_range(i, k);
-                            let (s, e) = (b.start - plan.uncompressed.start, b.end - plan.uncompressed.start);
+                            let (s, e) = (
+                                b.start - plan.uncompressed.start,
+                                b.end - plan.uncompressed.start,
+                            );
                             if let Some(bytes) = out.get(s as usize..e as usize) {
                                 l.learn(t.blocks_of(i).start + k, bytes);
                             }

@@ -126,7 +126,10 @@ pub async fn soci_indexes(
     if soci.config.media_type != want_type {
         return Err(invalid(
             digest,
-            &format!("config media type {} is not {want_type}", soci.config.media_type),
+            &format!(
+                "config media type {} is not {want_type}",
+                soci.config.media_type
+            ),
         ));
     }
     let mut found = BTreeSet::new();

@@ -56,9 +56,10 @@ impl<'a> Table<'a> {
         let vtable = (pos as i64)
             .checked_sub(i64::from(soff))
             .filter(|&v| v >= 0)
-            .ok_or_else(|| format!("{what}: vtable before the buffer"))? as usize;
+            .ok_or_else(|| format!("{what}: vtable before the buffer"))?
+            as usize;
         let vlen = u16_at(buf, vtable, what)? as usize;
-        if vlen < 4 || vlen % 2 != 0 || vtable + vlen > buf.len() {
+        if vlen < 4 || !vlen.is_multiple_of(2) || vtable + vlen > buf.len() {
             return Err(format!("{what}: bad vtable (size {vlen})"));
         }
         let tlen = u16_at(buf, vtable + 2, what)? as usize;
@@ -157,8 +158,7 @@ impl<'a> Table<'a> {
 
     /// A string field (absent: empty); not UTF-8 is an error.
     pub(crate) fn str(&self, id: usize, what: &str) -> Result<&'a str, String> {
-        std::str::from_utf8(self.bytes_field(id, what)?)
-            .map_err(|_| format!("{what}: not UTF-8"))
+        std::str::from_utf8(self.bytes_field(id, what)?).map_err(|_| format!("{what}: not UTF-8"))
     }
 
     /// A vector of tables (absent: empty).
@@ -220,7 +220,7 @@ pub mod build {
         }
 
         fn pad_to(&mut self, align: usize, extra: usize) {
-            while (self.rev.len() + extra) % align != 0 {
+            while !(self.rev.len() + extra).is_multiple_of(align) {
                 self.rev.push(0);
             }
         }

@@ -82,7 +82,10 @@ fn parse(buf: &[u8]) -> std::result::Result<Ztoc<'_>, String> {
         let w = |f: &str| format!("toc entry {k}: {f}");
         let mut pax = Vec::new();
         for x in m.tables(13, &w("xattrs"))? {
-            pax.push((x.str(0, &w("xattr key"))?, x.bytes_field(1, &w("xattr value"))?));
+            pax.push((
+                x.str(0, &w("xattr key"))?,
+                x.bytes_field(1, &w("xattr value"))?,
+            ));
         }
         files.push(FileMeta {
             name: m.str(0, &w("name"))?,
@@ -246,7 +249,9 @@ fn seek_table(z: &Ztoc<'_>, compression: Compression, size: u64) -> Result<(Seek
             )));
         }
         if p.bits > 0 && p.cin == 0 {
-            return Err(bad(format!("checkpoint {k}: bits without a byte before it")));
+            return Err(bad(format!(
+                "checkpoint {k}: bits without a byte before it"
+            )));
         }
         let window = match (compression, p.window) {
             (Compression::Tar, _) => 0..0,
@@ -309,9 +314,8 @@ fn seek_table(z: &Ztoc<'_>, compression: Compression, size: u64) -> Result<(Seek
 
 fn raw_entry(f: &FileMeta<'_>, usize_: u64) -> Result<RawEntry> {
     let name = f.name;
-    let nonneg = |v: i64, what: &str| {
-        u64::try_from(v).map_err(|_| bad(format!("{name}: negative {what}")))
-    };
+    let nonneg =
+        |v: i64, what: &str| u64::try_from(v).map_err(|_| bad(format!("{name}: negative {what}")));
     let typeflag = match f.kind {
         "reg" => b'0',
         "hardlink" => b'1',

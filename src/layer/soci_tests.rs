@@ -13,7 +13,10 @@ fn tar_layer() -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
         ("usr/share/empty".to_string(), Vec::new()),
     ];
     for k in 0..20 {
-        files.push((format!("usr/share/doc/f{k}"), pseudo_text(5_000 + k * 777, k as u64)));
+        files.push((
+            format!("usr/share/doc/f{k}"),
+            pseudo_text(5_000 + k * 777, k as u64),
+        ));
     }
     let mut b = tar::Builder::new(Vec::new());
     for (p, data) in &files {
@@ -27,7 +30,8 @@ fn tar_layer() -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
     let mut h = tar::Header::new_ustar();
     h.set_entry_type(tar::EntryType::Symlink);
     h.set_size(0);
-    b.append_link(&mut h, "usr/bin/motd", "../../etc/motd").unwrap();
+    b.append_link(&mut h, "usr/bin/motd", "../../etc/motd")
+        .unwrap();
     let mut h = tar::Header::new_ustar();
     h.set_entry_type(tar::EntryType::Link);
     h.set_size(0);
@@ -100,8 +104,13 @@ fn tar_ztoc_round_trip() {
     let (tar, files) = tar_layer();
     let ztoc = write_ztoc(&tar, Compression::Tar, 100_000).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let ix = index_from_ztoc(&ztoc, Compression::Tar, tar.len() as u64, &dir.path().join("ix"))
-        .unwrap();
+    let ix = index_from_ztoc(
+        &ztoc,
+        Compression::Tar,
+        tar.len() as u64,
+        &dir.path().join("ix"),
+    )
+    .unwrap();
     assert_eq!(
         ix.seek_table().unwrap().checkpoints.len(),
         tar.len().div_ceil(100_000)
@@ -115,8 +124,13 @@ fn altered_compressed_bytes_are_refused_before_decoding() {
     let blob = gz(&tar);
     let ztoc = write_ztoc(&blob, Compression::Gzip, 64 << 10).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let ix = index_from_ztoc(&ztoc, Compression::Gzip, blob.len() as u64, &dir.path().join("ix"))
-        .unwrap();
+    let ix = index_from_ztoc(
+        &ztoc,
+        Compression::Gzip,
+        blob.len() as u64,
+        &dir.path().join("ix"),
+    )
+    .unwrap();
     let e = ix.lookup("usr/lib/big.txt").unwrap();
     let mut bad = blob.clone();
     let t = ix.seek_table().unwrap();
@@ -124,7 +138,9 @@ fn altered_compressed_bytes_are_refused_before_decoding() {
     // A flip in the last byte of span 2 (which a decoder might not even read).
     bad[r.end as usize - 1] ^= 1;
     let err = ix
-        .read(&e, 0..u64::MAX, |r| Ok(bad[r.start as usize..r.end as usize].to_vec()))
+        .read(&e, 0..u64::MAX, |r| {
+            Ok(bad[r.start as usize..r.end as usize].to_vec())
+        })
         .unwrap_err();
     assert!(
         matches!(err, Error::CompressedDigest { span: 2, .. }),
@@ -149,7 +165,10 @@ fn version_1_zinfo_without_checkpoint_0_is_read() {
     assert_eq!((pts1[0].cin, pts1[0].uout, pts1[0].bits), (10, 0, 0));
     assert!(pts1[0].window.is_none());
     for (a, b) in pts.iter().zip(&pts1).skip(1) {
-        assert_eq!((a.cin, a.uout, a.bits, a.window), (b.cin, b.uout, b.bits, b.window));
+        assert_eq!(
+            (a.cin, a.uout, a.bits, a.window),
+            (b.cin, b.uout, b.bits, b.window)
+        );
     }
     let _ = files;
 }
@@ -198,7 +217,9 @@ fn hostile_ztoc_never_panics() {
     // Flips anywhere except inside the windows (which only change what decodes, checked by
     // the span digests at read time).
     for _ in 0..3000 {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let mut bad = ztoc.clone();
         let at = (s >> 33) as usize % bad.len();
         bad[at] ^= 1 << ((s >> 20) % 8);
