@@ -235,6 +235,19 @@ fn soci_v1_index_mounts_lazily_and_survives_a_daemon_restart() {
     assert_eq!(read_all_never_altered(&m.dir), FILES);
     let s = stats(&strict, &m.dir);
     assert!(s.contains("\"Built\"") && !s.contains("Soci"), "{s}");
+    drop(m);
+
+    // A whole-layer fetch of a SOCI layer passes the digest check: the layer's hash, and
+    // every span decoded through the zTOC compared with the layer decompressed from its start.
+    let whole = StrataEnv::new();
+    whole
+        .run(&["cache", "fetch", &format!("{}/soci/a:v1", reg.host())])
+        .assert_success();
+    assert!(whole
+        .root()
+        .join("cache.verdicts")
+        .join(format!("{}.verified", hex(&img.layer_digest)))
+        .exists());
 }
 
 #[test]
@@ -313,6 +326,12 @@ struct Attack {
 }
 
 fn attack(reg: &Registry, name: &str) -> Attack {
+    attack_into(reg, name, &format!("evil/{name}"))
+}
+
+/// [`attack`] with the forged SOCI index published in repository `into` (the image's own
+/// repository: someone with push rights).
+fn attack_into(reg: &Registry, name: &str, into: &str) -> Attack {
     let repo = format!("soci/{name}");
     let good = push_image_level(reg, &repo, "v1", honest, 0);
     let evil_repo = format!("evil/{name}");
@@ -334,21 +353,23 @@ fn attack(reg: &Registry, name: &str) -> Attack {
         arch: good.arch.clone(),
         os: good.os.clone(),
     };
-    let forged = push_soci_v1(reg, &evil_repo, &forged_for, &evil.layer.ztoc);
+    let forged = push_soci_v1(reg, into, &forged_for, &evil.layer.ztoc);
     let proxy = FaultProxy::in_front_of(reg);
     proxy.substitute(
         &format!("/v2/{repo}/blobs/{}", good.layer_digest),
         &format!("/v2/{evil_repo}/blobs/{}", evil.layer_digest),
     );
     let zd = sha256_digest(&evil.layer.ztoc);
-    for p in [
-        "referrers/".to_string(),
-        "manifests/sha256-".to_string(),
-        format!("manifests/{forged}"),
-        format!("blobs/{zd}"),
-        format!("blobs/{}", sha256_digest(b"{}")),
-    ] {
-        proxy.substitute(&format!("/v2/{repo}/{p}"), &format!("/v2/{evil_repo}/{p}"));
+    if into != repo {
+        for p in [
+            "referrers/".to_string(),
+            "manifests/sha256-".to_string(),
+            format!("manifests/{forged}"),
+            format!("blobs/{zd}"),
+            format!("blobs/{}", sha256_digest(b"{}")),
+        ] {
+            proxy.substitute(&format!("/v2/{repo}/{p}"), &format!("/v2/{evil_repo}/{p}"));
+        }
     }
     Attack {
         good,
@@ -431,4 +452,30 @@ fn a_malformed_ztoc_is_an_error_and_leaves_nothing() {
         trust, "built",
         "the layer's index is the one built from the blob"
     );
+}
+
+/// A forged SOCI index that *is* trusted (pushed to the repository itself) while a mirror
+/// serves the altered bytes: `strata cache fetch` (the layer fetched whole) fails its digest
+/// check loudly, and the forged index is dropped from the store.
+#[test]
+fn a_trusted_forged_soci_index_fails_the_whole_layer_check() {
+    let reg = Registry::start();
+    let a = attack_into(&reg, "e", "soci/e");
+    let env = StrataEnv::new();
+    env.write_config(&serde_json::json!({
+        "registry-mirrors-by-host": {reg.host(): [a.proxy.url()]}
+    }));
+    let out = env.run(&["cache", "fetch", &format!("{}/soci/e:v1", reg.host())]);
+    out.assert_failure();
+    let err = out.stderr_str();
+    assert!(err.contains("does not match its digest"), "{err}");
+    assert!(err.contains(a.good.layer_digest.as_str()), "{err}");
+    let layer = hex(&a.good.layer_digest);
+    assert!(!env.root().join("indexes").join(layer).exists());
+    assert!(!env.root().join("indexes").join(format!("{layer}.blocks")).exists());
+    assert!(env
+        .root()
+        .join("cache.verdicts")
+        .join(format!("{layer}.bad"))
+        .exists());
 }
