@@ -5,7 +5,8 @@
 //! knows nothing of FUSE or the union tree. The unit of fetching and of the disk tier is one
 //! span of a layer's [`SeekTable`](crate::layer::SeekTable); the unit of verification is one
 //! block (64 KiB) of a span, each with its own sha256 in the index (an eStargz chunk is one
-//! block). The parts, nydus-style:
+//! block; a SOCI layer's index vouches for each span's compressed bytes, and its block
+//! digests are learned at the first decode). The parts, nydus-style:
 //! - `memory.rs`, `disk.rs`: the two storage tiers; `local.rs` reads them as one (a disk hit
 //!   preads only the blocks a read covers and verifies those) and hands fetched spans to them;
 //! - `flight.rs`: generic single-flight (a table of shared futures run as tasks), used for

@@ -1,7 +1,7 @@
 //! Image operations that join the registry client and the store: resolve, pull, push, save,
 //! load, commit/import/export, and the artifacts published next to an image (layer index
 //! sidecars in `index`, which of them to trust and indexes bound to the image in `bind`,
-//! access profiles in `profile`).
+//! SOCI indexes published by AWS's SOCI tools in `soci`, access profiles in `profile`).
 //!
 //! Calls `registry`, `store`, `layer`, `cache` (the blob source and windows of a sidecar
 //! index) and `union::sys` (upper-directory conventions for commit); formats nothing for
