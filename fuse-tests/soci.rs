@@ -472,10 +472,99 @@ fn a_trusted_forged_soci_index_fails_the_whole_layer_check() {
     assert!(err.contains(a.good.layer_digest.as_str()), "{err}");
     let layer = hex(&a.good.layer_digest);
     assert!(!env.root().join("indexes").join(layer).exists());
-    assert!(!env.root().join("indexes").join(format!("{layer}.blocks")).exists());
+    assert!(!env
+        .root()
+        .join("indexes")
+        .join(format!("{layer}.blocks"))
+        .exists());
     assert!(env
         .root()
         .join("cache.verdicts")
         .join(format!("{layer}.bad"))
         .exists());
+}
+
+/// `strata run` on a SOCI-indexed image (busybox and a data layer, both gzip with zTOCs, one
+/// v1 SOCI index): the container reads the right bytes, and the data layer is read lazily.
+#[test]
+fn strata_run_reads_a_soci_indexed_image_lazily() {
+    let reg = Registry::start();
+    let mut data = Layer::new()
+        .compression(common::Compression::None)
+        .dir("data");
+    for i in 0..FILES {
+        data = data.file(&format!("data/f{i}"), honest(i));
+    }
+    let img = common::busybox_image().layer(data).build("v1");
+    let repo = "soci/run";
+    let config = put_blob(&reg, repo, &img.config);
+    let mut descs = Vec::new();
+    let mut ztocs = Vec::new();
+    let mut sizes = Vec::new();
+    for l in &img.layers {
+        let sl = soci::gzip_layer(&l.tar, SPAN, 6);
+        let d = put_blob(&reg, repo, &sl.blob);
+        descs
+            .push(serde_json::json!({"mediaType": GZIP_LAYER, "digest": d, "size": sl.blob.len()}));
+        let zd = put_blob(&reg, repo, &sl.ztoc);
+        ztocs.push((zd, sl.ztoc.len(), d.clone(), GZIP_LAYER.to_string()));
+        sizes.push((d, sl.blob.len() as u64));
+    }
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": img.config.len()},
+        "layers": descs,
+    }))
+    .unwrap();
+    let manifest_digest = sha256_digest(&manifest);
+    put_manifest(&reg, repo, "v1", OCI_MANIFEST, &manifest);
+    put_blob(&reg, repo, b"{}");
+    let index = soci::index_manifest(
+        soci::V1,
+        &ztocs,
+        Some((&manifest_digest, manifest.len())),
+        SPAN,
+    );
+    let index_digest = sha256_digest(&index);
+    put_manifest(&reg, repo, &index_digest, OCI_MANIFEST, &index);
+    let referrers = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": index_digest, "size": index.len(), "artifactType": soci::V1}],
+    });
+    put_manifest(
+        &reg,
+        repo,
+        &format!("sha256-{}", hex(&manifest_digest)),
+        OCI_INDEX,
+        &serde_json::to_vec(&referrers).unwrap(),
+    );
+    let env = StrataEnv::new();
+    env.write_config(&serde_json::json!({"prefetch": false}));
+    let mark = reg.served().len();
+    let out = env.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &format!("{}/{repo}:v1", reg.host()),
+        "sha256sum",
+        "/data/f6",
+    ]);
+    out.assert_success();
+    let want = hex(&sha256_digest(&honest(6))).to_string();
+    assert!(out.stdout_str().starts_with(&want), "{}", out.stdout_str());
+    let (data_layer, size) = sizes[1].clone();
+    let (n, bytes) = reg.range_gets_since(mark, &[data_layer]);
+    assert!(
+        n > 0 && bytes * 4 < size,
+        "data layer: {bytes} of {size} bytes"
+    );
+    let whole = reg.served()[mark..]
+        .iter()
+        .filter(|s| s.method == "GET" && s.status == 200 && s.uri.contains("/blobs/sha256:"))
+        .filter(|s| sizes.iter().any(|(d, _)| s.uri.ends_with(d.as_str())))
+        .count();
+    assert_eq!(whole, 0, "a layer was downloaded whole");
 }
