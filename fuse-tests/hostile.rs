@@ -1090,7 +1090,7 @@ fn mutate(rng: &mut XorShift64, seed: &[u8], others: &[Vec<u8>]) -> Vec<u8> {
 /// Valid inputs for each target (also written as cargo-fuzz corpus seeds when
 /// `STRATA_FUZZ_SEEDS` names a directory).
 fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
-    use strata::layer::{BuildOptions, Compression};
+    use strata::layer::{soci, BuildOptions, Compression};
     let layer = Layer::new()
         .dir("etc")
         .file("etc/passwd", "root:x:0:0::/:/bin/sh\n")
@@ -1179,6 +1179,13 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             .iter()
             .map(|s| s.as_bytes().to_vec())
             .collect(),
+        ),
+        (
+            "ztoc",
+            vec![
+                [&[0u8][..], &soci::write_ztoc(&gz, Compression::Gzip, 4096).unwrap()].concat(),
+                [&[1u8][..], &soci::write_ztoc(&t, Compression::Tar, 4096).unwrap()].concat(),
+            ],
         ),
     ]
 }

@@ -372,6 +372,30 @@ pub fn reference(data: &[u8]) {
     }
 }
 
+/// SOCI zTOC (first byte: 0 gzip layer, else uncompressed) into the index converter, at the
+/// blob size the zTOC claims (so the checks past the size comparison are reached), then a
+/// walk of the index.
+pub fn ztoc(scratch: &mut Scratch, data: &[u8]) {
+    use strata::layer::{soci, Compression};
+    let Some((&kind, z)) = data.split_first() else {
+        return;
+    };
+    let c = if kind == 0 {
+        Compression::Gzip
+    } else {
+        Compression::Tar
+    };
+    let size = soci::described_size(z).unwrap_or(0) % (1 << 40);
+    let out = scratch.next();
+    if let Ok(ix) = soci::index_from_ztoc(z, c, size, &out) {
+        exercise_index(ix);
+    }
+    let _ = std::fs::remove_file(&out);
+    let mut blocks = out.into_os_string();
+    blocks.push(".blocks");
+    let _ = std::fs::remove_file(blocks);
+}
+
 /// Every target by name, for the smoke run: (name, function).
 pub fn run_target(name: &str, scratch: &mut Scratch, data: &[u8]) {
     match name {
@@ -384,6 +408,7 @@ pub fn run_target(name: &str, scratch: &mut Scratch, data: &[u8]) {
         "estargz_toc_json" => estargz_toc_json(scratch, data),
         "manifest" => manifest(data),
         "reference" => reference(data),
+        "ztoc" => ztoc(scratch, data),
         other => panic!("unknown fuzz target {other}"),
     }
 }
@@ -399,6 +424,7 @@ pub const TARGETS: &[&str] = &[
     "estargz_toc_json",
     "manifest",
     "reference",
+    "ztoc",
 ];
 
 /// Write `data` as corpus seed file `name` under `dir/target/`.

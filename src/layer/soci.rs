@@ -361,6 +361,14 @@ fn raw_entry(f: &FileMeta<'_>, usize_: u64) -> Result<RawEntry> {
     })
 }
 
+/// The size of the blob a zTOC describes (`compressed_archive_size`), to compare with the
+/// layer's before converting it.
+pub fn described_size(bytes: &[u8]) -> Result<u64> {
+    let root = flatbuf::root(bytes).map_err(bad)?;
+    let n = root.i64(2, 0, "compressed_archive_size").map_err(bad)?;
+    u64::try_from(n).map_err(|_| bad(format!("compressed_archive_size {n}")))
+}
+
 /// Build the strata index of a layer (`size` bytes, compressed as `compression`) from its
 /// zTOC `bytes`, written atomically to `out`; see the module docs.
 pub fn index_from_ztoc(
