@@ -202,6 +202,13 @@ fn soci_v1_index_mounts_lazily_and_survives_a_daemon_restart() {
     assert_eq!(std::fs::read(m.dir.join("data/f3")).unwrap(), honest(3));
     let s = stats(&env, &m.dir);
     assert!(s.contains("\"Soci\""), "index source: {s}");
+    // One listing for the indexes (strata's sidecar and SOCI v1 share it), one for the
+    // access profile.
+    assert_eq!(
+        reg.request_count(&format!("manifests/sha256-{}", hex(&img.manifest_digest))),
+        2,
+        "referrers tag fetches"
+    );
     let layers = [img.layer_digest.clone()];
     let (n, bytes) = reg.range_gets_since(mark, &layers);
     let size = img.layer.blob.len() as u64;

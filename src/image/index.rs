@@ -237,14 +237,28 @@ pub async fn lazy_indexes(
         .filter(|(_, o)| o.is_none())
         .map(|(l, _)| l.digest)
         .collect();
+    let mut listed = None;
     let found = match bind::bound_artifact(store, rec) {
         Some(art) => {
             let got =
-                sidecar_indexes(client, store, reference, rec, &need, Some(art), progress).await;
+                sidecar_indexes(client, store, reference, rec, &need, Ok(art), progress).await;
             Some((Mark::Bound, IndexSource::Bound, got))
         }
         None if trust == IndexTrust::Registry => {
-            let got = sidecar_indexes(client, store, reference, rec, &need, None, progress).await;
+            // The upstream's referrers, listed once for strata's sidecar and SOCI v1 both.
+            let got = match client
+                .referrers_via(&reference.repo(), &rec.manifest_digest, Op::PullUpstream)
+                .await
+            {
+                Ok((l, _)) => {
+                    let got =
+                        sidecar_indexes(client, store, reference, rec, &need, Err(&l), progress)
+                            .await;
+                    listed = Some(l);
+                    got
+                }
+                Err(e) => Err(e.into()),
+            };
             Some((Mark::Registry, IndexSource::Sidecar, got))
         }
         None => None,
@@ -281,7 +295,8 @@ pub async fn lazy_indexes(
         ));
         return Ok(out);
     }
-    match super::soci::soci_indexes(client, store, reference, rec, &need, progress).await {
+    let soci = super::soci::soci_indexes(client, store, reference, rec, &need, listed, progress);
+    match soci.await {
         Ok((found, mark, source)) => {
             for (i, l) in rec.layers.iter().enumerate() {
                 if out[i].is_none() && found.contains(&l.digest) {
@@ -353,21 +368,22 @@ pub fn prefetch_list_path(store: &Store, layer: &Digest) -> PathBuf {
 
 /// Fetch the sidecar artifact's index blobs into `indexes/` (each replacing a stored index
 /// whose trust mark the caller did not accept); returns the layers that now have one. The
-/// artifact is `bound` (from the image index the user named) or else the newest one the
-/// referrers list *of the upstream alone* names: a mirror could list a forged one.
+/// artifact is `bound` (`Ok`: from the image index the user named) or else the newest one
+/// the referrers list *of the upstream alone* names (`Err`: fetched by the caller with
+/// `Op::PullUpstream`): a mirror could list a forged one.
 async fn sidecar_indexes(
     client: &Client,
     store: &Store,
     reference: &Reference,
     rec: &ImageRecord,
     need: &std::collections::BTreeSet<Digest>,
-    bound: Option<Digest>,
+    bound: Result<Digest, &crate::oci::ImageIndex>,
     progress: &Progress,
 ) -> Result<std::collections::BTreeSet<Digest>, Error> {
     let referrers = match bound {
         // The bound entry, as if it were the only referrer (its manifest is fetched by digest
         // and checked: any endpoint may serve it).
-        Some(d) => {
+        Ok(d) => {
             let mut e = Descriptor::new(OCI_MANIFEST, d, 0);
             e.artifact_type = Some(ARTIFACT_TYPE.into());
             crate::oci::ImageIndex {
@@ -377,12 +393,7 @@ async fn sidecar_indexes(
                 annotations: None,
             }
         }
-        None => {
-            client
-                .referrers_via(&reference.repo(), &rec.manifest_digest, Op::PullUpstream)
-                .await?
-                .0
-        }
+        Err(listed) => listed.clone(),
     };
     let Some((_, am)) = find_artifact(
         client,

@@ -80,7 +80,8 @@ pub fn usable(store: &Store, rec: &ImageRecord, trust: IndexTrust) -> bool {
 }
 
 /// Fetch the SOCI index of `rec` (v2 bound, else under `registry` policy a v1 referrer from
-/// the upstream) and turn its zTOCs for the layers in `need` into index files in `indexes/`.
+/// the upstream: `listed`, the upstream's referrers if the caller has them already) and turn
+/// its zTOCs for the layers in `need` into index files in `indexes/`.
 /// Returns the layers that now have one, with the mark and source they are used under.
 pub async fn soci_indexes(
     client: &Client,
@@ -88,6 +89,7 @@ pub async fn soci_indexes(
     reference: &Reference,
     rec: &ImageRecord,
     need: &BTreeSet<Digest>,
+    listed: Option<ImageIndex>,
     progress: &Progress,
 ) -> Result<(BTreeSet<Digest>, Mark, IndexSource), Error> {
     let trust = client.config().index_trust;
@@ -100,9 +102,15 @@ pub async fn soci_indexes(
             (d, m, Mark::Bound, IndexSource::SociBound)
         }
         None if trust == IndexTrust::Registry => {
-            let (referrers, _) = client
-                .referrers_via(&reference.repo(), &rec.manifest_digest, Op::PullUpstream)
-                .await?;
+            let referrers = match listed {
+                Some(l) => l,
+                None => {
+                    client
+                        .referrers_via(&reference.repo(), &rec.manifest_digest, Op::PullUpstream)
+                        .await?
+                        .0
+                }
+            };
             let Some((d, m)) = find_artifact(
                 client,
                 reference,
