@@ -9,6 +9,9 @@
 //!   whole-blob GET of a layer, and podman's layers are symlinks into DIR.
 //! - The container sees what kernel overlayfs makes of the layer views: a whiteout hides a
 //!   file, an opaque directory hides what is below.
+//! - `info` is the layer JSON containers/storage decodes; `blob` reads the compressed blob.
+//! - After `strata daemon restart` the store is mounted again and a new container of the
+//!   stored image starts and reads a file nobody read before.
 //! - An image without a lazy index: the store answers ENOENT, podman pulls it itself and runs
 //!   it.
 //! - `podman rmi` releases the layers (containers/storage's rmdir is answered ENOENT) and
@@ -187,6 +190,10 @@ fn podman_runs_an_indexed_image_lazily_through_the_additional_layer_store() {
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // containers/storage warns when creating `use` or removing a layer directory is not
+    // answered ENOENT ("GC doesn't seem to be supported").
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("Additional Layer Store"), "{stderr}");
     let sent: u64 = reg.served().iter().skip(mark).map(|s| s.bytes).sum();
     eprintln!(
         "podman run (pull included) {ran_ms} ms; registry sent {sent} of {total} bytes ({:.2}%)",
@@ -217,6 +224,38 @@ fn podman_runs_an_indexed_image_lazily_through_the_additional_layer_store() {
     .expect("info is JSON");
     assert_eq!(info["compressed-diff-digest"], layer_digests[1].as_str());
     assert_eq!(info["compression"], 2);
+    // blob: the compressed bytes (a gzip member starts 1f 8b), read from the registry.
+    let mut head = [0u8; 2];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open(store.join(&b64).join(&layer_digests[1]).join("blob"))
+            .expect("blob"),
+        &mut head,
+    )
+    .expect("read blob");
+    assert_eq!(head, [0x1f, 0x8b]);
+
+    // A restart of the daemon: the store is mounted again by the new server, layer views are
+    // handed over; a new container of the stored image starts (its lower directories
+    // resolve through the store again) and reads a file nobody read before.
+    env.run(&["daemon", "restart"]).assert_success();
+    common::poll_until(
+        "the store mounted again",
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(50),
+        || {
+            std::fs::metadata(store.join(&b64).join(&layer_digests[1]).join("diff"))
+                .ok()
+                .map(|_| ())
+        },
+    );
+    let mut args: Vec<&str> = vec!["run"];
+    args.extend(RUN_OPTS);
+    args.extend([reference.as_str(), "sh", "-c", "head -c 4096 /data/f3 | wc -c"]);
+    let out = podman.run(&args);
+    if !out.status.success() {
+        fail("podman run after a daemon restart", &out);
+    }
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "4096");
 
     // No lazy index: podman pulls the image itself.
     let plain = format!("{host}/plain:v1");
@@ -240,6 +279,8 @@ fn podman_runs_an_indexed_image_lazily_through_the_additional_layer_store() {
     if !out.status.success() {
         fail("podman rmi", &out);
     }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("Additional Layer Store"), "{stderr}");
     env.run(&["store", "umount", &store_s]).assert_success();
     let still = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
