@@ -11,7 +11,8 @@
 //!   file, an opaque directory hides what is below.
 //! - `info` is the layer JSON containers/storage decodes; `blob` reads the compressed blob.
 //! - After `strata daemon restart` the store is mounted again and a new container of the
-//!   stored image starts and reads a file nobody read before.
+//!   stored image starts and reads a file nobody read before; so does one after the whole
+//!   daemon was stopped and started (the store is mounted from its list, views on lookup).
 //! - An image without a lazy index: the store answers ENOENT, podman pulls it itself and runs
 //!   it.
 //! - `podman rmi` releases the layers (containers/storage's rmdir is answered ENOENT) and
@@ -254,6 +255,35 @@ fn podman_runs_an_indexed_image_lazily_through_the_additional_layer_store() {
     let out = podman.run(&args);
     if !out.status.success() {
         fail("podman run after a daemon restart", &out);
+    }
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "4096");
+
+    // The whole daemon stopped (views and store end) and started again: the new daemon
+    // mounts the store from its list, and the first lookup mounts the layer view again.
+    env.run(&["daemon", "--stop"]).assert_success();
+    common::poll_until(
+        "the daemon gone",
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(50),
+        || (!env.root().join("strata.sock").exists()).then_some(()),
+    );
+    env.run(&["daemon"]).assert_success();
+    common::poll_until(
+        "the store mounted by the new daemon",
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(50),
+        || {
+            std::fs::metadata(store.join(&b64).join(&layer_digests[1]).join("diff"))
+                .ok()
+                .map(|_| ())
+        },
+    );
+    let mut args: Vec<&str> = vec!["run"];
+    args.extend(RUN_OPTS);
+    args.extend([reference.as_str(), "sh", "-c", "head -c 4096 /data/f4 | wc -c"]);
+    let out = podman.run(&args);
+    if !out.status.success() {
+        fail("podman run after the daemon was stopped and started", &out);
     }
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "4096");
 

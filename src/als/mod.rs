@@ -266,7 +266,12 @@ impl LayerStore {
         let view_name = Digest::of(format!("{}\n{}", key.0, digest).as_bytes()).hex();
         let view = self.views.join(&view_name[..32]);
         std::fs::create_dir_all(&view).map_err(|e| format!("{}: {e}", view.display()))?;
-        if !crate::fuse::is_mounted(&view) {
+        let mounted = crate::fuse::is_mounted(&view);
+        if mounted && std::fs::metadata(&view).is_err() {
+            // Left by a daemon that is gone (ENOTCONN): mount it afresh.
+            let _ = nix::mount::umount2(&view, nix::mount::MntFlags::MNT_DETACH);
+        }
+        if !mounted || !crate::fuse::is_mounted(&view) {
             self.mounter
                 .mount_layer(key.0.clone(), *digest, view.clone())
                 .await
