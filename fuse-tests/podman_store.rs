@@ -216,7 +216,11 @@ fn podman_runs_an_indexed_image_lazily_through_the_additional_layer_store() {
         .iter()
         .filter(|(_, t)| t.as_ref().is_some_and(|t| t.starts_with(&store)))
         .count();
-    assert_eq!(additional, layer_digests.len(), "podman's layers: {diffs:?}");
+    assert_eq!(
+        additional,
+        layer_digests.len(),
+        "podman's layers: {diffs:?}"
+    );
     // info as containers/storage reads it.
     let b64 = base64_std(reference.as_bytes());
     let info: serde_json::Value = serde_json::from_slice(
@@ -251,7 +255,12 @@ fn podman_runs_an_indexed_image_lazily_through_the_additional_layer_store() {
     );
     let mut args: Vec<&str> = vec!["run"];
     args.extend(RUN_OPTS);
-    args.extend([reference.as_str(), "sh", "-c", "head -c 4096 /data/f3 | wc -c"]);
+    args.extend([
+        reference.as_str(),
+        "sh",
+        "-c",
+        "head -c 4096 /data/f3 | wc -c",
+    ]);
     let out = podman.run(&args);
     if !out.status.success() {
         fail("podman run after a daemon restart", &out);
@@ -280,7 +289,12 @@ fn podman_runs_an_indexed_image_lazily_through_the_additional_layer_store() {
     );
     let mut args: Vec<&str> = vec!["run"];
     args.extend(RUN_OPTS);
-    args.extend([reference.as_str(), "sh", "-c", "head -c 4096 /data/f4 | wc -c"]);
+    args.extend([
+        reference.as_str(),
+        "sh",
+        "-c",
+        "head -c 4096 /data/f4 | wc -c",
+    ]);
     let out = podman.run(&args);
     if !out.status.success() {
         fail("podman run after the daemon was stopped and started", &out);

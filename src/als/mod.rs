@@ -19,12 +19,12 @@
 
 use crate::digest::Digest;
 use crate::fuse::layer_store::{NodeAttr, NodeKind, StoreFs};
-use futures::future::BoxFuture;
 use crate::image::Progress;
 use crate::mount::Services;
 use crate::reference::Reference;
 use crate::snapshotter::Mounter;
 use base64::Engine;
+use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -34,7 +34,6 @@ use std::sync::{Arc, Mutex};
 pub const ROOT_INO: u64 = 1;
 /// Longest accumulated reference name (a base64 name split by its own `/` characters).
 const MAX_ENCODED: usize = 4096;
-
 
 /// One layer served: the image it was resolved in, its view and its `info`.
 pub struct Layer {
@@ -54,7 +53,9 @@ pub struct Layer {
 enum Node {
     Root,
     /// `encoded`: the base64 name, with `/` where base64 itself put one (nested dirs).
-    Ref { encoded: String },
+    Ref {
+        encoded: String,
+    },
     Layer(Arc<Layer>),
     Diff(Arc<Layer>),
     Info(Arc<Layer>),
@@ -445,7 +446,10 @@ mod tests {
             compression("application/vnd.docker.image.rootfs.diff.tar.gzip"),
             2
         );
-        assert_eq!(compression("application/vnd.oci.image.layer.v1.tar+zstd"), 4);
+        assert_eq!(
+            compression("application/vnd.oci.image.layer.v1.tar+zstd"),
+            4
+        );
         assert_eq!(compression("application/vnd.oci.image.layer.v1.tar"), 0);
     }
 }

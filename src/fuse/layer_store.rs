@@ -5,12 +5,12 @@
 //! cached. Errors are errno values.
 
 use super::MountError;
-use futures::future::BoxFuture;
 use fuser::{
-    BackgroundSession, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, Generation,
-    INodeNo, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, Request, SessionACL, FopenFlags,
+    BackgroundSession, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, Request, SessionACL,
 };
+use futures::future::BoxFuture;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -38,11 +38,20 @@ pub struct NodeAttr {
 
 /// The file system served: inode 1 is the root; errors are errno values.
 pub trait StoreFs: Send + Sync + 'static {
-    fn lookup(self: Arc<Self>, parent: u64, name: String) -> BoxFuture<'static, Result<NodeAttr, i32>>;
+    fn lookup(
+        self: Arc<Self>,
+        parent: u64,
+        name: String,
+    ) -> BoxFuture<'static, Result<NodeAttr, i32>>;
     fn getattr(&self, ino: u64) -> Result<NodeAttr, i32>;
     fn readdir(&self, ino: u64) -> Result<Vec<(u64, NodeKind, String)>, i32>;
     fn readlink(&self, ino: u64) -> Result<PathBuf, i32>;
-    fn read(self: Arc<Self>, ino: u64, offset: u64, size: u32) -> BoxFuture<'static, Result<Vec<u8>, i32>>;
+    fn read(
+        self: Arc<Self>,
+        ino: u64,
+        offset: u64,
+        size: u32,
+    ) -> BoxFuture<'static, Result<Vec<u8>, i32>>;
     /// A file `name` created (or mknod) in `parent`: the errno to answer.
     fn create(&self, parent: u64, name: &str) -> i32;
     /// Directory `name` of `parent` removed: the errno to answer.
@@ -84,7 +93,9 @@ fn kind(k: NodeKind) -> FileType {
 }
 
 fn name_str(name: &OsStr) -> Option<String> {
-    std::str::from_utf8(name.as_bytes()).ok().map(str::to_string)
+    std::str::from_utf8(name.as_bytes())
+        .ok()
+        .map(str::to_string)
 }
 
 impl<S: StoreFs> Filesystem for Adapter<S> {
