@@ -194,6 +194,7 @@ fn podman_runs_an_indexed_image_lazily_through_the_additional_layer_store() {
     // containers/storage warns when creating `use` or removing a layer directory is not
     // answered ENOENT ("GC doesn't seem to be supported").
     let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("podman run's stderr:\n{stderr}");
     assert!(!stderr.contains("Additional Layer Store"), "{stderr}");
     let sent: u64 = reg.served().iter().skip(mark).map(|s| s.bytes).sum();
     eprintln!(
