@@ -9,7 +9,8 @@
 //!   whole-blob GET of a layer, and podman's layers are symlinks into DIR.
 //! - The container sees what kernel overlayfs makes of the layer views: a whiteout hides a
 //!   file, an opaque directory hides what is below.
-//! - `info` is the layer JSON containers/storage decodes; `blob` reads the compressed blob.
+//! - `info` is the layer JSON containers/storage decodes; `blob` reads the compressed blob;
+//!   a user other than root cannot look a layer up.
 //! - After `strata daemon restart` the store is mounted again and a new container of the
 //!   stored image starts and reads a file nobody read before; so does one after the whole
 //!   daemon was stopped and started (the store is mounted from its list, views on lookup).
@@ -230,6 +231,16 @@ fn podman_runs_an_indexed_image_lazily_through_the_additional_layer_store() {
     .expect("info is JSON");
     assert_eq!(info["compressed-diff-digest"], layer_digests[1].as_str());
     assert_eq!(info["compression"], 2);
+    // Only root may look layers up (they resolve with the daemon's credentials).
+    let nobody = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "stat"])
+        .arg(store.join(&b64).join(&layer_digests[1]).join("info"))
+        .output()
+        .expect("setpriv");
+    assert!(
+        !nobody.status.success(),
+        "a non-root user looked a layer up"
+    );
     // blob: the compressed bytes (a gzip member starts 1f 8b), read from the registry.
     let mut head = [0u8; 2];
     std::io::Read::read_exact(

@@ -135,7 +135,10 @@ impl LayerStore {
 
     fn attr_of(ino: u64, node: &Node) -> NodeAttr {
         let (kind, size, perm) = match node {
-            Node::Root | Node::Ref { .. } | Node::Layer(_) => (NodeKind::Dir, 0, 0o755),
+            // Only root may look anything up: a lookup resolves images with the daemon's
+            // credentials (the mount is allow_other with default_permissions).
+            Node::Root => (NodeKind::Dir, 0, 0o700),
+            Node::Ref { .. } | Node::Layer(_) => (NodeKind::Dir, 0, 0o755),
             Node::Diff(l) => (NodeKind::Symlink, l.view.as_os_str().len() as u64, 0o777),
             Node::Info(l) => (NodeKind::File, l.info.len() as u64, 0o444),
             Node::Blob(l) => (NodeKind::File, l.size, 0o444),

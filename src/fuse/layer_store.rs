@@ -253,7 +253,8 @@ impl Drop for StoreMount {
     }
 }
 
-/// Mount `store` at `mountpoint` (read-only, allow_other, fsname `strata-store`).
+/// Mount `store` at `mountpoint` (allow_other, the kernel checks permissions, fsname
+/// `strata-store`; nothing but `create`/`rmdir` answers can be written).
 pub fn mount_store<S: StoreFs>(
     store: Arc<S>,
     mountpoint: &Path,
@@ -265,6 +266,7 @@ pub fn mount_store<S: StoreFs>(
     config.mount_options = vec![
         MountOption::FSName("strata-store".to_string()),
         MountOption::Subtype("strata".to_string()),
+        MountOption::DefaultPermissions,
         // Not RO: containers/storage creates `use` and removes layer directories to count
         // users; the kernel would answer EROFS for it. Nothing else can be written.
         MountOption::RW,
