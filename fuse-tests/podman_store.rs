@@ -231,6 +231,10 @@ fn podman_runs_an_indexed_image_lazily_through_the_additional_layer_store() {
     .expect("info is JSON");
     assert_eq!(info["compressed-diff-digest"], layer_digests[1].as_str());
     assert_eq!(info["compression"], 2);
+    assert!(
+        info["diff-size"].as_u64().is_some_and(|n| n > 200_000_000),
+        "{info}"
+    );
     // Only root may look layers up (they resolve with the daemon's credentials).
     let nobody = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "stat"])

@@ -8,7 +8,7 @@
 //! mounted alone, lazily and read-only, in kernel-overlayfs lower format (`mount::layer`,
 //! the containerd snapshotter's layer views) as a daemon mount under `ROOT/als/views/`, and
 //! `diff` is a symlink to that mount; `info` is the layer JSON containers/storage decodes
-//! into its `Layer` (compressed and uncompressed digests, compressed size, compression);
+//! into its `Layer` (compressed and uncompressed digests and sizes, compression);
 //! `blob` reads the compressed blob from the registry, range by range. Creating `use` in a
 //! layer directory and removing the layer directory (what containers/storage does to
 //! count its users) are counted and answered ENOENT, as stargz-store does.
@@ -50,6 +50,8 @@ pub struct Layer {
     uses: AtomicI64,
 }
 
+type LayerCell = Arc<tokio::sync::OnceCell<Arc<Layer>>>;
+
 enum Node {
     Root,
     /// `encoded`: the base64 name, with `/` where base64 itself put one (nested dirs).
@@ -90,8 +92,8 @@ pub struct LayerStore {
     mounter: Arc<dyn Mounter>,
     views: PathBuf,
     table: Mutex<Table>,
-    /// Layers resolved, by (pinned image, layer): one resolve and one view mount each.
-    layers: tokio::sync::Mutex<HashMap<(String, Digest), Arc<Layer>>>,
+    /// Layers served, by (pinned image, layer): one view mount each.
+    layers: Mutex<HashMap<(String, Digest), LayerCell>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -129,7 +131,7 @@ impl LayerStore {
             mounter,
             views,
             table: Mutex::new(table),
-            layers: tokio::sync::Mutex::new(HashMap::new()),
+            layers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -217,7 +219,8 @@ impl LayerStore {
     }
 
     /// The layer `digest` of `reference`, resolved and its view mounted; `None` when the image
-    /// has no such layer or some layer of it has no lazy index.
+    /// has no such layer or some layer of it has no lazy index (not remembered: an index
+    /// pushed later is found by the next lookup).
     async fn layer(
         &self,
         reference: &Reference,
@@ -225,23 +228,60 @@ impl LayerStore {
     ) -> Result<Option<Arc<Layer>>, String> {
         let svc = &self.svc;
         let name = reference.to_string();
-        let (reference, rec) = crate::image::resolve(&svc.client, &svc.store, &name, None)
+        let chain = |e: crate::image::Error| crate::report::chain(&e);
+        let (mut reference, mut rec) = crate::image::resolve(&svc.client, &svc.store, &name, None)
             .await
-            .map_err(|e| crate::report::chain(&e))?;
+            .map_err(chain)?;
+        if !rec.layers.iter().any(|l| &l.digest == digest) && reference.digest.is_none() {
+            // A tag known here may have moved in the registry since.
+            (reference, rec) = crate::image::resolve_with(
+                &svc.client,
+                &svc.store,
+                &name,
+                None,
+                crate::image::PullPolicy::Always,
+            )
+            .await
+            .map_err(chain)?;
+        }
         let Some(i) = rec.layers.iter().position(|l| &l.digest == digest) else {
             return Ok(None);
         };
         let pinned = reference.with_digest(rec.manifest_digest);
         let key = (pinned.to_string(), *digest);
-        let mut layers = self.layers.lock().await;
-        if let Some(l) = layers.get(&key) {
-            return Ok(Some(l.clone()));
+        // One resolve and one view mount per layer; lookups of other layers go on meanwhile.
+        let cell = lock(&self.layers).entry(key.clone()).or_default().clone();
+        let r = cell
+            .get_or_try_init(|| async {
+                match self.open_layer(&reference, &rec, i, &pinned).await {
+                    Ok(Some(l)) => Ok(l),
+                    Ok(None) => Err(None),
+                    Err(e) => Err(Some(e)),
+                }
+            })
+            .await;
+        match r {
+            Ok(l) => Ok(Some(l.clone())),
+            Err(None) => Ok(None),
+            Err(Some(e)) => Err(e),
         }
+    }
+
+    /// Layer `i` of the image `rec` (`pinned`), if every layer has a lazy index: its `info`
+    /// and its view, mounted.
+    async fn open_layer(
+        &self,
+        reference: &Reference,
+        rec: &crate::store::ImageRecord,
+        i: usize,
+        pinned: &Reference,
+    ) -> Result<Option<Arc<Layer>>, String> {
+        let svc = &self.svc;
         let found = crate::image::index::lazy_indexes(
             &svc.client,
             &svc.store,
-            &reference,
-            &rec,
+            reference,
+            rec,
             &Progress::silent(),
         )
         .await
@@ -253,7 +293,7 @@ impl LayerStore {
         }
         let (config, _) = svc
             .store
-            .config(&rec)
+            .config(rec)
             .map_err(|e| crate::report::chain(&e))?;
         let diff_id = config
             .rootfs
@@ -261,14 +301,17 @@ impl LayerStore {
             .get(i)
             .ok_or_else(|| format!("the config of {pinned} lists no diff id for layer {i}"))?;
         let desc = &rec.layers[i];
-        let info = serde_json::json!({
+        let mut info = serde_json::json!({
             "compressed-diff-digest": desc.digest.to_string(),
             "compressed-size": desc.size,
             "diff-digest": diff_id.to_string(),
             "compression": compression(&desc.media_type),
         });
-        let view_name = Digest::of(format!("{}\n{}", key.0, digest).as_bytes()).hex();
-        let view = self.views.join(&view_name[..32]);
+        if let Some(Some((index, _))) = found.get(i) {
+            info["diff-size"] = index.meta().uncompressed_size.into();
+        }
+        let key = format!("{pinned}\n{}", desc.digest);
+        let view = self.views.join(&Digest::of(key.as_bytes()).hex()[..32]);
         std::fs::create_dir_all(&view).map_err(|e| format!("{}: {e}", view.display()))?;
         let mounted = crate::fuse::is_mounted(&view);
         if mounted && std::fs::metadata(&view).is_err() {
@@ -277,21 +320,19 @@ impl LayerStore {
         }
         if !mounted || !crate::fuse::is_mounted(&view) {
             self.mounter
-                .mount_layer(key.0.clone(), *digest, view.clone())
+                .mount_layer(pinned.to_string(), desc.digest, view.clone())
                 .await
                 .map_err(|e| crate::report::chain(&e))?;
         }
-        tracing::info!(image = %pinned, layer = %digest, view = %view.display(), "additional layer store: layer served lazily");
-        let layer = Arc::new(Layer {
-            image: pinned,
-            digest: *digest,
+        tracing::info!(image = %pinned, layer = %desc.digest, view = %view.display(), "additional layer store: layer served lazily");
+        Ok(Some(Arc::new(Layer {
+            image: pinned.clone(),
+            digest: desc.digest,
             size: desc.size,
             view,
             info: serde_json::to_vec(&info).map_err(|e| e.to_string())?,
             uses: AtomicI64::new(0),
-        });
-        layers.insert(key, layer.clone());
-        Ok(Some(layer))
+        })))
     }
 
     /// Entries of directory `ino`: (inode, kind, name); only names looked up so far.
