@@ -12,7 +12,8 @@
 //! - `info` is the layer JSON containers/storage decodes; `blob` reads the compressed blob;
 //!   a user other than root cannot look a layer up.
 //! - After `strata daemon restart` the store is mounted again and a new container of the
-//!   stored image starts and reads a file nobody read before; so does one after the whole
+//!   stored image starts and reads a file nobody read before; so does one after a kill -9 of
+//!   the server, and one after the whole
 //!   daemon was stopped and started (the store is mounted from its list, views on lookup).
 //! - An image without a lazy index: the store answers ENOENT, podman pulls it itself and runs
 //!   it.
@@ -212,6 +213,21 @@ fn podman_runs_an_indexed_image_lazily_through_the_additional_layer_store() {
             assert_eq!(s.status, 206, "whole-blob GET of a lazy layer: {s:?}");
         }
     }
+    if std::env::var_os("PODMAN_STORE_COMPARE").is_some() {
+        // For docs/integrations.md: the same run by a podman without the store (pulls).
+        let classic = Podman::new(&store);
+        let conf = classic.dir.path().join("storage.conf");
+        let text = std::fs::read_to_string(&conf).unwrap();
+        let text = text.replace("additionallayerstores", "# additionallayerstores");
+        std::fs::write(&conf, text).unwrap();
+        let t = Instant::now();
+        let out = classic.run(&args);
+        assert!(out.status.success(), "classic podman run: {out:?}");
+        eprintln!(
+            "podman run without the store (pull + run): {} ms",
+            t.elapsed().as_millis()
+        );
+    }
     // podman's layers are the store's: their diff is a symlink into DIR.
     let diffs = podman.layer_diffs();
     let additional = diffs
@@ -280,6 +296,42 @@ fn podman_runs_an_indexed_image_lazily_through_the_additional_layer_store() {
     let out = podman.run(&args);
     if !out.status.success() {
         fail("podman run after a daemon restart", &out);
+    }
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "4096");
+
+    // A kill -9 of the server: the supervisor starts a new one with the views' connections;
+    // the store's connection died with the old server and is mounted again.
+    let root = env.root();
+    let pid: i32 = std::fs::read_to_string(root.join("daemon.pid"))
+        .expect("daemon.pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    // SAFETY: kill(2) of the server this test's daemon runs (its pid file).
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    common::poll_until(
+        "a new server with the store mounted",
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_millis(50),
+        || {
+            let now = std::fs::read_to_string(root.join("daemon.pid")).ok()?;
+            (now.trim() != pid.to_string()).then_some(())?;
+            std::fs::metadata(store.join(&b64).join(&layer_digests[1]).join("diff"))
+                .ok()
+                .map(|_| ())
+        },
+    );
+    let mut args: Vec<&str> = vec!["run"];
+    args.extend(RUN_OPTS);
+    args.extend([
+        reference.as_str(),
+        "sh",
+        "-c",
+        "head -c 4096 /data/f5 | wc -c",
+    ]);
+    let out = podman.run(&args);
+    if !out.status.success() {
+        fail("podman run after a kill -9 of the server", &out);
     }
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "4096");
 
