@@ -29,6 +29,7 @@ fn spec<'a>(image: &'a str, mountpoint: &'a Path) -> MountSpec<'a> {
         prefetch: false,
         passthrough: false,
         allow_other: false,
+        warm: Vec::new(),
     }
 }
 
