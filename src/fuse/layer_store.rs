@@ -1,7 +1,7 @@
 //! The FUSE side of the podman additional layer store (`als` implements [`StoreFs`]): a
-//! small read-only file system whose lookups (which may resolve an image and mount a layer
-//! view) and reads run as tasks on the tokio runtime given at mount, so dispatch threads
-//! never wait on the network. Entries and attributes get 1 s TTLs; failed lookups are not
+//! small file system (nothing in it can be written) whose lookups (which may resolve an
+//! image and mount a layer view) and reads run as tasks on the tokio runtime given at mount,
+//! so dispatch threads never wait on the network. Entries and attributes get 1 s TTLs; failed lookups are not
 //! cached. Errors are errno values.
 
 use super::MountError;
