@@ -217,6 +217,12 @@ pub enum Command {
     },
     /// Mount an image lazily as a FUSE union file system
     Mount(mount::MountArgs),
+    /// podman additional layer store (containers/storage `additionallayerstores`), served by
+    /// the daemon
+    Store {
+        #[command(subcommand)]
+        command: daemon::StoreCommand,
+    },
     /// Run the daemon that serves every mount of this root (started on demand otherwise)
     Daemon(daemon::DaemonArgs),
     /// Mount a union of plain directories, fuse-overlayfs compatible (-o lowerdir=...)
@@ -554,6 +560,7 @@ async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<i32, Error> {
         Command::Profile { command } => images::profile(ctx, command).await,
         Command::Cache { command } => images::cache(ctx, command).await,
         Command::Mount(args) => mount::mount(ctx, args).await,
+        Command::Store { command } => daemon::store(ctx, command).await,
         Command::Daemon(args) => daemon::daemon(ctx, args).await,
         Command::Overlay(args) => overlay::overlay(ctx, args).await,
         Command::Run(args) => run::run(ctx, *args).await,
