@@ -265,7 +265,14 @@ pub fn index_from_toc(
     blob_size: u64,
     out: &Path,
 ) -> Result<LayerIndex> {
-    index_from_entries(&toc.entries, &[], toc_offset, blob_size, Compression::Gzip, out)
+    index_from_entries(
+        &toc.entries,
+        &[],
+        toc_offset,
+        blob_size,
+        Compression::Gzip,
+        out,
+    )
 }
 
 /// The shared core of [`index_from_toc`] and the zstd:chunked reader: `entries` in the
@@ -404,9 +411,11 @@ pub(crate) fn index_from_entries(
             continue;
         }
         let next = match end {
-            0 => offsets[offsets
-                .partition_point(|&o| o <= off)
-                .min(offsets.len() - 1)],
+            0 => {
+                offsets[offsets
+                    .partition_point(|&o| o <= off)
+                    .min(offsets.len() - 1)]
+            }
             end => end,
         };
         chunks.push(Chunk {

@@ -590,7 +590,13 @@ fn zstd_chunked_round_trip_checksum_and_chunk_digests() {
     assert!(err.to_string().contains("manifest-checksum"), "{err}");
     assert!(!out2.exists());
     // Bad positions are errors, not panics.
-    for bad in ["1:2:3", "x:1:1:1", "0:0:0:1", "1:2:3:2", &format!("{size}:10:10:1")] {
+    for bad in [
+        "1:2:3",
+        "x:1:1:1",
+        "0:0:0:1",
+        "1:2:3:2",
+        &format!("{size}:10:10:1"),
+    ] {
         assert!(zchunked::parse_position(bad, size).is_err(), "{bad}");
     }
     // A flipped byte inside a frame: an error (digest or zstd), never wrong data.

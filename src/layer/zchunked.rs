@@ -259,23 +259,11 @@ fn to_estargz(toc: &Toc) -> Result<(Vec<TocEntry>, Vec<u64>)> {
 }
 
 /// Turn a verified TOC into an index file at `out`.
-pub fn index_from_toc(
-    toc: &Toc,
-    pos: &Position,
-    blob_size: u64,
-    out: &Path,
-) -> Result<LayerIndex> {
+pub fn index_from_toc(toc: &Toc, pos: &Position, blob_size: u64, out: &Path) -> Result<LayerIndex> {
     let (entries, ends) = to_estargz(toc)?;
     // Data frames precede the TOC's skippable frame header (8 bytes).
     let data_end = pos.offset.saturating_sub(8);
-    estargz::index_from_entries(
-        &entries,
-        &ends,
-        data_end,
-        blob_size,
-        Compression::Zstd,
-        out,
-    )
+    estargz::index_from_entries(&entries, &ends, data_end, blob_size, Compression::Zstd, out)
 }
 
 /// TOC bytes + annotations -> verified index at `out`.
@@ -392,7 +380,9 @@ pub fn build(tar: &[u8], chunk_size: u64) -> Result<(Vec<u8>, BTreeMap<String, S
     blob.extend(skippable(&toc));
     let mut footer = Vec::with_capacity(64);
     for v in [toc_offset, toc.len() as u64, json.len() as u64, 1, 0, 0, 0] {
-        footer.write_all(&v.to_le_bytes()).map_err(|e| err(e.to_string()))?;
+        footer
+            .write_all(&v.to_le_bytes())
+            .map_err(|e| err(e.to_string()))?;
     }
     footer.extend_from_slice(FOOTER_MAGIC);
     blob.extend(skippable(&footer));
