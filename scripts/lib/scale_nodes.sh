@@ -76,11 +76,16 @@ _nodes_round() {
     [ "$(cut -d' ' -f2 "$NODES_WORK/node$k.time")" = 0 ] || { log "node $k failed:"; tail -5 "$NODES_WORK/node$k.out" >&2; }
     worst=$(awk -v a="$worst" -v b="$t" 'BEGIN{print (b>a)?b:a}')
     STRATA_ROOT=$NODES_WORK/node$k "$STRATA_BIN" daemon --stop > /dev/null 2>&1 || true
+    if [ -n "${BENCH_KEEP_LOGS:-}" ]; then
+      mkdir -p "$BENCH_KEEP_LOGS"
+      cp "$NODES_WORK/node$k/daemon.log" "$BENCH_KEEP_LOGS/$mode-x$count-node$k.log" 2>/dev/null || true
+    fi
   done
   local load; load=$(cut -d' ' -f1 /proc/loadavg)
   echo "$NODES_PROFILE,$mode,$count,$up_bytes,$mirror_bytes,$worst,\"$times\",$fails,$load" >> "$NODES_CSV"
   log "$mode x$count: upstream $(awk -v b="$up_bytes" 'BEGIN{printf "%.1f", b/1e6}') MB, mirror sent $(awk -v b="$mirror_bytes" 'BEGIN{printf "%.1f", b/1e6}') MB, slowest node $worst s (all: $times), $fails failed, load $load"
   stop_mirrors
+  [ -z "${BENCH_KEEP_LOGS:-}" ] || cp "$UPSTREAM_LOG" "$BENCH_KEEP_LOGS/$mode-x$count-upstream.log" 2>/dev/null || true
   rm -rf "$mdir/cache" "$mdir/data"
 }
 

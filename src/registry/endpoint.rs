@@ -6,7 +6,7 @@
 //! Uses the parent's client, error type and helpers, `auth`, `routes`, `health` and `config`.
 
 use super::auth::{self, Challenge, Credentials, Secret};
-use super::health::Skip;
+use super::health::{Probe, ProbeGuard, Skip};
 use super::routes::Op;
 use super::{check_status, lock, read_limited, Client, Error};
 use crate::digest::Digest;
@@ -328,6 +328,17 @@ impl Client {
                     continue;
                 }
             }
+            let _probe = match (ep.mirror, blob) {
+                (true, Some(b)) => match self.probe_turn(&ep.base, b).await {
+                    Ok(guard) => guard,
+                    Err(why) => {
+                        tracing::debug!(mirror = %ep.base, ?why, "skipping mirror for now (after its probe)");
+                        skipped.push(ep);
+                        continue;
+                    }
+                },
+                _ => None,
+            };
             match self.on_endpoint(ep, blob, &f).await {
                 Ok(v) => return Ok(v),
                 Err((false, e)) if skipped.is_empty() || e.is_not_found() => return Err(e),
@@ -347,6 +358,31 @@ impl Client {
         Err(last.unwrap_or(Error::NotFound {
             what: repo.to_string(),
         }))
+    }
+
+    /// Wait until a request for `blob` may go to mirror `base`: at once when the mirror serves
+    /// the blob by range or no other request is probing it (then this one is the probe: keep
+    /// the guard until its answer is recorded); otherwise after the probe's verdict. `Err`
+    /// when the verdict says skip the mirror, or when the probe takes longer than
+    /// `mirror-timeout` (the mirror is slow for this blob: the caller goes on without it).
+    async fn probe_turn(&self, base: &str, blob: &Digest) -> Result<Option<ProbeGuard<'_>>, Skip> {
+        let wait = Duration::try_from_secs_f64(self.config.mirror_timeout)
+            .unwrap_or(Duration::from_secs(5));
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(why) = self.health.skip(base, Some(blob), Instant::now()) {
+                return Err(why);
+            }
+            match self.health.probe(base, blob) {
+                Probe::Go(guard) => return Ok(guard),
+                Probe::Wait(mut rx) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if tokio::time::timeout(left, rx.changed()).await.is_err() {
+                        return Err(Skip::Blob);
+                    }
+                }
+            }
+        }
     }
 
     /// One endpoint of [`on_endpoints`](Self::on_endpoints); a mirror's answer is recorded in

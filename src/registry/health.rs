@@ -11,13 +11,18 @@
 //! by range, so that a range cut into slice pieces is sent whole only to a mirror known to hold
 //! the blob (a mirror filling a blob would start one whole-blob stream per piece), and which
 //! mirrors served bytes of a blob at all: when a layer fetched whole does not match its digest,
-//! those mirrors are dropped for the life of the client. Pure
-//! bookkeeping, no I/O; used by `endpoint.rs` and `blobs.rs`. Uses `digest` only.
+//! those mirrors are dropped for the life of the client. Until a mirror has answered a blob by
+//! range, one request for that blob at a time goes to it (the probe, [`Health::probe`]) and
+//! the others wait for its verdict: a pull-through cache that does not hold the blob starts a
+//! whole-blob download from its upstream for every request it gets meanwhile. Pure
+//! bookkeeping, no I/O; used by `endpoint.rs` and `blobs.rs`. Uses `digest` and tokio's
+//! `watch` channel (the probe's end wakes its waiters).
 
 use crate::digest::Digest;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// The hold-off grows to at most this multiple of the first one.
 const MAX_BACKOFF: u32 = 16;
@@ -48,6 +53,31 @@ pub struct Health {
     served: Mutex<HashMap<Digest, HashSet<String>>>,
     /// Mirrors dropped for good (served bytes of a layer whose digest did not match).
     dropped: Mutex<HashSet<String>>,
+    /// (mirror, blob) pairs with a probe in flight: its end (the sender dropped) wakes waiters.
+    probes: Mutex<HashMap<(String, Digest), watch::Receiver<()>>>,
+}
+
+/// What a request for a blob the mirror has not served by range yet does.
+pub enum Probe<'a> {
+    /// Ask the mirror: the request is the probe (or the mirror is known to serve the blob).
+    /// Dropping the guard ends the probe and wakes those waiting for it.
+    Go(Option<ProbeGuard<'a>>),
+    /// Another request is the probe: wait for it to end (`changed()` returns then), then
+    /// decide again.
+    Wait(watch::Receiver<()>),
+}
+
+/// The probe in flight for one (mirror, blob); its drop ends the probe.
+pub struct ProbeGuard<'a> {
+    health: &'a Health,
+    key: (String, Digest),
+    _done: watch::Sender<()>,
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.health.probes).remove(&self.key);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -90,7 +120,29 @@ impl Health {
             ranged: Mutex::new(HashSet::new()),
             served: Mutex::new(HashMap::new()),
             dropped: Mutex::new(HashSet::new()),
+            probes: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// May a request for `blob` go to mirror `base` now? Yes when the mirror serves the blob
+    /// by range already, or when no other request is probing it (this one becomes the
+    /// probe); otherwise wait for the probe's verdict.
+    pub fn probe(&self, base: &str, blob: &Digest) -> Probe<'_> {
+        if self.serves_ranges(base, blob) {
+            return Probe::Go(None);
+        }
+        let key = (base.to_string(), *blob);
+        let mut probes = lock(&self.probes);
+        if let Some(rx) = probes.get(&key) {
+            return Probe::Wait(rx.clone());
+        }
+        let (tx, rx) = watch::channel(());
+        probes.insert(key.clone(), rx);
+        Probe::Go(Some(ProbeGuard {
+            health: self,
+            key,
+            _done: tx,
+        }))
     }
 
     /// The mirror answered a request for `blob` with bytes.
@@ -238,5 +290,30 @@ mod tests {
         assert!(!h.serves_ranges("m", &d(2)) && !h.serves_ranges("n", &d(1)));
         h.blob_failed("m", &d(1), later);
         assert!(!h.serves_ranges("m", &d(1)));
+    }
+
+    #[tokio::test]
+    async fn one_probe_per_mirror_and_blob_the_others_wait_for_its_end() {
+        let h = Health::new(Duration::from_secs(1));
+        let Probe::Go(Some(guard)) = h.probe("m", &d(1)) else {
+            panic!("the first request is the probe");
+        };
+        let Probe::Wait(mut rx) = h.probe("m", &d(1)) else {
+            panic!("a second request waits for the probe");
+        };
+        // other blobs and other mirrors have their own probes
+        assert!(matches!(h.probe("m", &d(2)), Probe::Go(Some(_))));
+        assert!(matches!(h.probe("n", &d(1)), Probe::Go(Some(_))));
+        h.served_range("m", &d(1));
+        drop(guard);
+        // the waiter wakes (the sender is gone) and the mirror now serves the blob by range
+        assert!(rx.changed().await.is_err());
+        assert!(matches!(h.probe("m", &d(1)), Probe::Go(None)));
+        // a probe that ended without a range answer lets the next request probe again
+        let Probe::Go(Some(g)) = h.probe("m", &d(3)) else {
+            panic!("probe");
+        };
+        drop(g);
+        assert!(matches!(h.probe("m", &d(3)), Probe::Go(Some(_))));
     }
 }
