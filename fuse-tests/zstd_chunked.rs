@@ -6,6 +6,7 @@
 //!   original gzip image (type, mode, owner, size, sha256, link target, link count, user
 //!   xattrs of every path); each layer was read by Range only (one request for its TOC), and
 //!   reading one small file fetches a small fraction of the blob.
+//! - `strata run` of a busybox image pushed the same way runs from the lazy rootfs.
 //! - A TOC whose checksum is not the layer's `manifest-checksum` annotation (a forged TOC, or
 //!   one a mirror altered in flight) is refused with an error naming the annotation, and
 //!   nothing of the layer enters the store or the cache.
@@ -22,7 +23,9 @@ use common::proxy::{Fault, FaultProxy};
 use common::skopeo::skopeo_copy;
 use common::testdata::{pseudo_mixed, Mix};
 use common::union_extra::{assert_same_meta, walk_meta, LazyMount};
-use common::{BuiltImage, Entry, ImageBuilder, Layer, OutputExt, Registry, StrataEnv};
+use common::{
+    busybox_image, BuiltImage, Entry, ImageBuilder, Layer, OutputExt, Registry, StrataEnv,
+};
 use std::path::Path;
 use std::process::Command;
 use strata::layer::zchunked;
@@ -200,6 +203,10 @@ fn skopeo_zstd_chunked_layers_mount_lazily_like_umoci_unpacks_the_original() {
     let (_, all) = reg.range_gets_since(mark0, &layer_digests(&m));
     let s = stats(&env, &lm.dir);
     assert_eq!(s["cache"]["bytes_fetched"], all - toc_bytes, "{s}");
+    // The whole-layer path (digest-checked against the manifest) accepts these layouts too.
+    env.run(&["cache", "fetch", &reference]).assert_success();
+    let big = std::fs::read(lm.dir.join("usr/lib/big.bin")).unwrap();
+    assert_eq!(big, pseudo_mixed((4 << 20) + 4321, 1, SOME_TEXT));
 }
 
 /// The one-layer image of `layer` with its blob replaced by `blob` (carrying `annotations`),
@@ -409,4 +416,37 @@ fn strata_writer_matches_skopeo_toc_field_by_field() {
             );
         }
     }
+}
+
+#[test]
+fn strata_run_of_a_skopeo_zstd_chunked_image() {
+    let reg = Registry::start();
+    let img = busybox_image()
+        .layer(Layer::new().file("data/greeting", "hello from zstd:chunked\n"))
+        .build("v1");
+    let dest = format!("docker://{}/run/zc:v1", reg.host());
+    skopeo_copy(
+        &img.oci_ref(),
+        &dest,
+        None,
+        None,
+        &["--dest-compress-format", "zstd:chunked"],
+    );
+    let env = StrataEnv::new();
+    let reference = format!("{}/run/zc:v1", reg.host());
+    let out = env.run(&[
+        "run",
+        "--rm",
+        "--timing",
+        &reference,
+        "cat",
+        "/data/greeting",
+    ]);
+    out.assert_success();
+    assert_eq!(out.stdout_str(), "hello from zstd:chunked\n");
+    let err = out.stderr_str();
+    assert!(
+        err.contains("ZstdChunked"),
+        "index sources not zstd:chunked: {err}"
+    );
 }
