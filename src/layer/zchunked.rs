@@ -198,7 +198,12 @@ pub fn parse_toc(compressed: &[u8], expected: &Digest, pos: &Position) -> Result
             pos.uncompressed
         )));
     }
-    serde_json::from_slice(&json).map_err(|e| err(format!("TOC JSON: {e}")))
+    parse_toc_json(&json)
+}
+
+/// The TOC JSON (already checked and decompressed by [`parse_toc`]; also a fuzz entry point).
+pub fn parse_toc_json(json: &[u8]) -> Result<Toc> {
+    serde_json::from_slice(json).map_err(|e| err(format!("TOC JSON: {e}")))
 }
 
 /// The entries in the eStargz shape plus each chunk's explicit compressed end.
