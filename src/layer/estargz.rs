@@ -302,7 +302,8 @@ pub(crate) fn index_from_entries(
         if e.kind == "reg" {
             owner.insert(name, pos);
         }
-        if LANDMARKS.contains(&name.trim_start_matches("./")) {
+        // Landmarks are eStargz's; in a zstd:chunked layer such a name is an ordinary file.
+        if compression == Compression::Gzip && LANDMARKS.contains(&name.trim_start_matches("./")) {
             continue;
         }
         let typeflag = match e.kind.as_str() {

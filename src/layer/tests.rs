@@ -610,3 +610,28 @@ fn zstd_chunked_round_trip_checksum_and_chunk_digests() {
         "{err}"
     );
 }
+
+#[test]
+fn zstd_chunked_keeps_files_named_like_estargz_landmarks() {
+    let mut b = ::tar::Builder::new(Vec::new());
+    let mut h = header(::tar::EntryType::Regular, 1, 0o644);
+    b.append_data(&mut h, ".prefetch.landmark", &b"x"[..])
+        .unwrap();
+    let tar = b.into_inner().unwrap();
+    let (blob, ann) = zchunked::build(&tar, 1 << 20).unwrap();
+    let (sum, position) = zchunked::annotations(|k| ann.get(k).cloned()).unwrap();
+    let pos = zchunked::parse_position(&position, blob.len() as u64).unwrap();
+    let toc = &blob[pos.range().start as usize..pos.range().end as usize];
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("zc");
+    let ix = zchunked::build_index(
+        toc,
+        &sum.parse().unwrap(),
+        &position,
+        blob.len() as u64,
+        &out,
+    )
+    .unwrap();
+    let files = BTreeMap::from([(".prefetch.landmark".to_string(), b"x".to_vec())]);
+    check_reads(&ix, &blob, &files);
+}
