@@ -140,6 +140,12 @@ pub struct Config {
     /// (docs/benchmarks.md, issue 16); 4 is the setting measured.
     #[serde(default = "default_fetch_ahead")]
     pub fetch_ahead_spans: usize,
+    /// Launch warm-up (`mount/warm.rs`): when `strata run` mounts a container's rootfs, read
+    /// its command, the command's interpreters and libraries and the user database at once
+    /// as soon as the image is open, instead of one round trip after another as the start
+    /// discovers them. On by default.
+    #[serde(default = "default_true")]
+    pub warm_start: bool,
     /// Extra request headers per mirror URL of `registry-mirrors` / `registry-mirrors-by-host`
     /// (P2P proxies such as Dragonfly want one naming the upstream registry).
     #[serde(default)]
@@ -275,6 +281,7 @@ impl Default for Config {
             fetch_timeout: default_fetch_timeout(),
             partial_span_fetch: false,
             fetch_ahead_spans: default_fetch_ahead(),
+            warm_start: true,
             registry_mirror_headers: BTreeMap::new(),
             hosts_dir: default_hosts_dir(),
             certs_dirs: default_certs_dirs(),

@@ -192,6 +192,7 @@ async fn mount_for_export(
         prefetch: false,
         passthrough: false,
         allow_other: false,
+        warm: Vec::new(),
     };
     let served = mount_image(&ctx.services()?, spec, &Progress::silent())
         .await

@@ -85,6 +85,7 @@ fn request(ctx: &Ctx, args: &MountArgs, mountpoint: PathBuf) -> crate::daemon::M
         passthrough: args.passthrough,
         allow_other: args.allow_other,
         layer: None,
+        warm: Vec::new(),
     }
 }
 
@@ -101,6 +102,7 @@ async fn serve(ctx: &Ctx, args: MountArgs, mp: PathBuf) -> Result<i32, Error> {
         prefetch,
         passthrough: args.passthrough,
         allow_other: args.allow_other,
+        warm: Vec::new(),
     };
     let svc = ctx.services()?;
     let served = crate::mount::mount_image(&svc, spec, &progress).await?;

@@ -235,6 +235,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
         policy,
     )
     .await?;
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "run: resolved");
     let pinned = format!("{}@{}", reference.name(), rec.manifest_digest);
     let l = launcher(ctx);
     let c = l.create(NewContainer {
@@ -282,11 +283,20 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
         };
     }
     let rootfs = std::fs::canonicalize(&p.rootfs).unwrap_or_else(|_| p.rootfs.clone());
-    let req = rootfs_request(&pinned, args.platform.clone(), &p, rootfs.clone(), prefetch);
+    let warm = warm_list(&config, &opts);
+    let req = rootfs_request(
+        &pinned,
+        args.platform.clone(),
+        &p,
+        rootfs.clone(),
+        prefetch,
+        warm,
+    );
     let mut daemon = daemon.await.map_err(|source| Error::Join {
         what: "starting the strata daemon".into(),
         source,
     })??;
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "run: daemon ready");
     let mounted = daemon.call(&crate::daemon::Request::Mount(req)).await;
     if let Some(w) = watch {
         w.finish().await;
@@ -355,6 +365,7 @@ fn rootfs_request(
     p: &Paths,
     mountpoint: PathBuf,
     prefetch: bool,
+    warm: crate::mount::warm::WarmList,
 ) -> crate::daemon::MountRequest {
     crate::daemon::MountRequest {
         image: image.to_string(),
@@ -365,6 +376,19 @@ fn rootfs_request(
         passthrough: false,
         allow_other: true,
         layer: None,
+        warm,
+    }
+}
+
+/// What the container's start will read first (`mount::warm`), from its image config and
+/// options.
+fn warm_list(
+    config: &crate::oci::ImageConfig,
+    opts: &crate::launcher::RunOptions,
+) -> crate::mount::warm::WarmList {
+    match crate::launcher::bundle::start_command(config, opts) {
+        Some((argv0, path, cwd)) => crate::mount::warm::for_command(&argv0, &path, &cwd),
+        None => Vec::new(),
     }
 }
 
@@ -374,7 +398,7 @@ async fn ensure_mounted(ctx: &Ctx, image: &str, p: &Paths, prefetch: bool) -> Re
     if is_mounted(&rootfs) {
         return Ok(());
     }
-    let req = rootfs_request(image, None, p, rootfs, prefetch);
+    let req = rootfs_request(image, None, p, rootfs, prefetch, Vec::new());
     super::daemon::mount(ctx, req).await.map(|_| ())
 }
 

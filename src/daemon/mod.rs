@@ -70,6 +70,9 @@ pub struct MountRequest {
     /// Serve only this layer of the image, read-only in overlay format (`mount::layer`).
     #[serde(default)]
     pub layer: Option<crate::digest::Digest>,
+    /// Files to read as soon as the image is open (`mount::warm`).
+    #[serde(default)]
+    pub warm: crate::mount::warm::WarmList,
 }
 
 /// One request on the control socket.

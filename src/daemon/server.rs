@@ -496,6 +496,7 @@ impl crate::snapshotter::Mounter for LayerMounter {
                 passthrough: false,
                 allow_other: true,
                 layer: Some(layer),
+                warm: Vec::new(),
             };
             mount(&state, req).await.map(|_| ())
         })
@@ -579,6 +580,7 @@ async fn mount(
         prefetch: m.prefetch,
         passthrough: m.passthrough,
         allow_other: m.allow_other,
+        warm: m.warm.clone(),
     };
     let served = match &m.layer {
         Some(layer) => crate::mount::mount_layer(&state.svc, &m.image, layer, &mp).await?,

@@ -152,10 +152,19 @@ impl Launcher {
                 "a detached pty needs a console-socket holder, not there yet; drop -t or -d".into(),
             ));
         }
+        let t0 = std::time::Instant::now();
         let (bundle, spec) = self.prepare(id, image, rootfs)?;
+        let t_prepare = t0.elapsed();
         // Leftovers of a crashed earlier run would make `runc run` fail.
         runtime.delete(id, true).await?;
+        let t_delete = t0.elapsed();
         self.network_setup(&rec)?;
+        tracing::debug!(
+            prepare_ms = t_prepare.as_secs_f64() * 1e3,
+            delete_ms = (t_delete - t_prepare).as_secs_f64() * 1e3,
+            network_ms = (t0.elapsed() - t_delete).as_secs_f64() * 1e3,
+            "launch: ready to run"
+        );
         let command = spec
             .process()
             .as_ref()

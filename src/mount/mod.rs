@@ -4,7 +4,8 @@
 //! an optional upper, mounts it with `fuse` and starts the background prefetch ([`prefetch`]);
 //! [`overlay`] does the same for directory lowers (`strata overlay`); [`layer`] mounts one
 //! layer of an image alone, read-only in overlay lower format (the containerd snapshotter's
-//! remote snapshots). The caller hands in the
+//! remote snapshots); [`warm`] reads what a container's start will need as soon as the image
+//! is open. The caller hands in the
 //! shared parts ([`Services`]: registry client, store, chunk cache, configuration), so one
 //! process may serve many mounts from one cache.
 //!
@@ -19,6 +20,7 @@ pub mod overlay;
 pub mod prefetch;
 pub mod restore;
 mod served;
+pub mod warm;
 
 pub use layer::mount_layer;
 pub use lazy::LazyImage;
@@ -156,6 +158,9 @@ pub struct MountSpec<'a> {
     pub passthrough: bool,
     /// Other users may use the mount (containers need it: their processes run as other uids).
     pub allow_other: bool,
+    /// Files to read at once, before anything asks (`warm.rs`): a container's command and
+    /// what its start reads.
+    pub warm: warm::WarmList,
 }
 
 /// Check that `mountpoint` is a directory and not yet a mount point; its canonical path.
@@ -213,10 +218,14 @@ pub async fn mount_image(
         prefetch,
         passthrough,
         allow_other,
+        warm,
     } = spec;
     let started = std::time::Instant::now();
     lazy::tune_allocator();
     let lazy = open_image(svc, image, platform, progress).await?;
+    if svc.config.warm_start && !warm.is_empty() {
+        tokio::spawn(warm::warm(svc.cache.clone(), lazy.clone(), warm));
+    }
     let fs = union_over(&lazy, upper)?;
     let opts = fuse_options(&lazy, passthrough, allow_other);
     let rt = tokio::runtime::Handle::current();

@@ -238,7 +238,15 @@ impl Client {
             if let Some(h) = &auth_header {
                 rb = rb.header(AUTHORIZATION, h);
             }
+            let sent = Instant::now();
             let result = rb.send().await;
+            tracing::trace!(
+                %method,
+                %url,
+                status = result.as_ref().map_or(0, |r| r.status().as_u16()),
+                ms = sent.elapsed().as_secs_f64() * 1e3,
+                "registry request answered"
+            );
             let retry_after = match result {
                 Err(e) => {
                     if attempt + 1 >= attempts
