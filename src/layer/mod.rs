@@ -1,20 +1,21 @@
-//! Layer indexes: tar / gzip-seek / eStargz / zstd -> per-layer entry index.
+//! Layer indexes: tar / gzip-seek / eStargz / zstd / zstd:chunked -> per-layer entry index.
 //!
 //! This module turns one OCI layer blob into a [`LayerIndex`]: an mmap-ed table of typed
 //! entries (whiteouts and opaque directories normalised here) plus what is needed to produce
 //! *verified* bytes of any file range from ranged reads of the compressed blob (a seek table
-//! with per-span and per-64 KiB-block sha256, or eStargz per-chunk digests). It may call
-//! `digest` only; it knows nothing of HTTP, the store layout, the cache or FUSE. Fetching is
-//! the caller's: either pass a blocking `fetch` closure ([`LayerIndex::read`]) or, from async
-//! code, call the pure [`LayerIndex::plan_read`], fetch [`ReadPlan::compressed`] however you
-//! like, then [`LayerIndex::decode_read`]. Format details and the SPAN trade-off:
-//! `docs/layer-index.md`.
+//! with per-span and per-64 KiB-block sha256, or the per-chunk digests of an eStargz or
+//! zstd:chunked TOC). It may call `digest` only; it knows nothing of HTTP, the store layout,
+//! the cache or FUSE. Fetching is the caller's: either pass a blocking `fetch` closure
+//! ([`LayerIndex::read`]) or, from async code, call the pure [`LayerIndex::plan_read`], fetch
+//! [`ReadPlan::compressed`] however you like, then [`LayerIndex::decode_read`]. Format details
+//! and the SPAN trade-off: `docs/layer-index.md`.
 //!
 //! Inside, each file uses only those before it: `error`; `entry` (typed entries, ingest rules,
 //! `RawEntry`) and `tar` (the streaming reader); `seek` (the seek table), `spans` (building
 //! one), `codec` (the codec traits and the one `Read` adapter); the codecs `plain`, `gzip`,
 //! `zstd`; `dispatch` (compression kind -> codec, the table's decode methods); `index` (the
-//! index file) and `estargz`; this file (scan, read plans).
+//! index file) and `estargz`, then `zchunked` (which reuses `estargz`'s TOC-to-index core);
+//! this file (scan, read plans).
 
 mod codec;
 mod dispatch;
@@ -27,6 +28,7 @@ mod plain;
 mod seek;
 mod spans;
 mod tar;
+pub mod zchunked;
 pub mod zstd;
 
 pub use entry::{normalize_path, split_path, Entry, EntryKind, EntryTable, RawEntry, Timestamp};
