@@ -1,6 +1,6 @@
 //! Convert an OCI image layout to eStargz with strata's own writer (`layer::estargz::build`),
-//! for `scripts/bench-startup.sh` (the `strata-estargz` method). strata has no `convert`
-//! command; this is a benchmark tool, not a product feature.
+//! for `scripts/bench-startup.sh` (the `strata-estargz` method): it works on OCI layouts,
+//! without a store or registry; `strata convert --estargz` is the product command.
 //!
 //!   cargo run --release --example estargz_convert -- SRC_LAYOUT DST_LAYOUT [CHUNK_BYTES]
 //!

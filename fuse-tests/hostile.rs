@@ -1164,6 +1164,7 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         ("tree_decode", vec![tree_seed()]),
         ("estargz", vec![sblob[toc_off..].to_vec()]),
         ("estargz_toc_json", vec![toc_json]),
+        ("zchunked_toc_json", vec![zchunked_seed(&t)]),
         ("manifest", vec![img.manifest.clone(), index]),
         (
             "reference",
@@ -1188,6 +1189,23 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             ],
         ),
     ]
+}
+
+/// Our writer's zstd:chunked TOC JSON for `tar`, after the 8-byte blob size.
+fn zchunked_seed(tar: &[u8]) -> Vec<u8> {
+    use strata::layer::zchunked;
+    let (blob, ann) = zchunked::build(tar, 4096).unwrap();
+    let (sum, position) = zchunked::annotations(|k| ann.get(k).cloned()).unwrap();
+    let pos = zchunked::parse_position(&position, blob.len() as u64).unwrap();
+    let toc = zchunked::parse_toc(
+        &blob[pos.range().start as usize..pos.range().end as usize],
+        &sum.parse().unwrap(),
+        &pos,
+    )
+    .unwrap();
+    let mut seed = (blob.len() as u64 * 2).to_le_bytes().to_vec();
+    seed.extend_from_slice(&serde_json::to_vec(&toc).unwrap());
+    seed
 }
 
 /// A stored merged tree of two layers with every kind of record (layer count byte first).

@@ -2,7 +2,8 @@
 //! one `Services` (registry client, store, chunk cache) serving two mounts of the same image
 //! at once. A real registry, `strata index --push` by the CLI as publisher, real FUSE mounts;
 //! bytes checked against the pushed layers, the cache's byte counter against the registry's
-//! own access log, and the second mount served from the shared cache (no second fetch).
+//! own access log, and the second mount served from the shared cache (no second fetch); the
+//! launch warm-up reading a command and what it loads before anything asks.
 
 mod common;
 
@@ -119,4 +120,93 @@ fn two_mounts_in_one_process_share_one_cache() {
     rt.block_on(b.shutdown(&store));
     assert!(!strata::mount::is_mounted(m1.path()));
     assert!(!strata::mount::is_mounted(m2.path()));
+}
+
+/// Launch warm-up (`mount::warm`): a mount asked to warm a command reads, before anything
+/// touches the mount, the command found along PATH through a symlinked directory, its ELF
+/// interpreter (through /lib64's symlink), the library it names, and /etc/passwd — and not
+/// the unrelated files between them. The host's own dynamic `true`, libc and loader are the
+/// ELF objects (real headers, real DT_NEEDED).
+#[test]
+fn warm_up_reads_the_command_and_what_it_loads_before_anything_asks() {
+    let host = |p: &str| std::fs::read(p).unwrap_or_else(|e| panic!("host {p}: {e}"));
+    let (tru, libc, ld) = (
+        host("/usr/bin/true"),
+        host("/lib/x86_64-linux-gnu/libc.so.6"),
+        host("/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"),
+    );
+    let reg = Registry::start();
+    // Incompressible fillers keep each warmed file in spans of its own.
+    let filler = |seed| pseudo(4 << 20, seed);
+    let img = ImageBuilder::new()
+        .layer(
+            Layer::new()
+                .dir("etc")
+                .file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n")
+                .file("etc/filler0", filler(1))
+                .dir("usr")
+                .dir("usr/bin")
+                .symlink("bin", "usr/bin")
+                .file("usr/bin/true", tru.clone())
+                .file("usr/bin/filler1", filler(2))
+                .dir("usr/lib")
+                .dir("usr/lib/x86_64-linux-gnu")
+                .symlink("lib", "usr/lib")
+                .file("usr/lib/x86_64-linux-gnu/libc.so.6", libc.clone())
+                .file("usr/lib/x86_64-linux-gnu/filler2", filler(3))
+                .file("usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", ld.clone())
+                .dir("lib64")
+                .symlink(
+                    "lib64/ld-linux-x86-64.so.2",
+                    "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+                )
+                .file("zz-filler3", filler(4)),
+        )
+        .build("v1");
+    img.push(&reg, "inproc/warm:v1");
+    let reference = format!("{}/inproc/warm:v1", reg.host());
+    StrataEnv::new()
+        .run(&["index", &reference, "--push"])
+        .assert_success();
+
+    let root = tempfile::tempdir().unwrap();
+    let mp = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let svc = services(root.path());
+    let mut s = spec(&reference, mp.path());
+    s.warm = strata::mount::warm::for_command("true", "/usr/local/bin:/bin", "/");
+    let served = rt
+        .block_on(strata::mount::mount_image(
+            &svc,
+            s,
+            &strata::image::Progress::silent(),
+        ))
+        .expect("mount");
+    // The warm-up runs in the background: wait until the cache stops fetching.
+    let fetched = || svc.cache.stats.snapshot().bytes_fetched;
+    let mut last = u64::MAX;
+    for _ in 0..100 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let now = fetched();
+        if now == last && now > 0 {
+            break;
+        }
+        last = now;
+    }
+    let warmed = fetched();
+    assert!(warmed > 0, "the warm-up fetched nothing");
+    let read = |p: &str| std::fs::read(mp.path().join(p)).unwrap();
+    assert_eq!(read("bin/true"), tru);
+    assert_eq!(read("lib/x86_64-linux-gnu/libc.so.6"), libc);
+    assert_eq!(read("lib64/ld-linux-x86-64.so.2"), ld);
+    assert_eq!(read("etc/passwd"), b"root:x:0:0:root:/root:/bin/sh\n");
+    assert_eq!(
+        fetched(),
+        warmed,
+        "reading the command, its loader, its library and passwd fetched more: not warmed"
+    );
+    assert_eq!(read("zz-filler3"), filler(4));
+    assert!(fetched() > warmed, "the unrelated last file was warmed too");
+
+    rt.block_on(served.shutdown(&svc.store));
 }

@@ -23,7 +23,7 @@ shift || true
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-all_targets=(tar_reader layer_scan seek_table index_open tree_decode estargz estargz_toc_json manifest reference)
+all_targets=(tar_reader layer_scan seek_table index_open tree_decode estargz estargz_toc_json zchunked_toc_json manifest reference ztoc)
 if [ "$#" -gt 0 ]; then targets=("$@"); else targets=("${all_targets[@]}"); fi
 
 fallback() {

@@ -260,6 +260,29 @@ pub fn estargz_toc_json(scratch: &mut Scratch, data: &[u8]) {
     let _ = std::fs::remove_file(&out);
 }
 
+/// zstd:chunked TOC JSON (after its checksum and decompression) -> index, then reads: the
+/// first 8 bytes are the blob size (LE), the TOC sits in its second half.
+pub fn zchunked_toc_json(scratch: &mut Scratch, data: &[u8]) {
+    if data.len() < 8 {
+        return;
+    }
+    let (head, json) = data.split_at(8);
+    let blob_size = u64::from_le_bytes(head.try_into().unwrap_or([0; 8])) % (1 << 40);
+    let Ok(toc) = strata::layer::zchunked::parse_toc_json(json) else {
+        return;
+    };
+    let pos = strata::layer::zchunked::Position {
+        offset: blob_size / 2,
+        length: 1,
+        uncompressed: json.len() as u64,
+    };
+    let out = scratch.next();
+    if let Ok(ix) = strata::layer::zchunked::index_from_toc(&toc, &pos, blob_size, &out) {
+        exercise_index(ix);
+    }
+    let _ = std::fs::remove_file(&out);
+}
+
 /// Parse TOC JSON through strata's own `parse_toc`: the TOC travels as a gzip member holding
 /// a tar with one `stargz.index.json` entry, built here in memory (stored deflate blocks).
 fn serde_json_from_slice(json: &[u8]) -> Result<strata::layer::estargz::Toc, ()> {
@@ -406,6 +429,7 @@ pub fn run_target(name: &str, scratch: &mut Scratch, data: &[u8]) {
         "tree_decode" => tree_decode(data),
         "estargz" => estargz(scratch, data),
         "estargz_toc_json" => estargz_toc_json(scratch, data),
+        "zchunked_toc_json" => zchunked_toc_json(scratch, data),
         "manifest" => manifest(data),
         "reference" => reference(data),
         "ztoc" => ztoc(scratch, data),
@@ -422,6 +446,7 @@ pub const TARGETS: &[&str] = &[
     "tree_decode",
     "estargz",
     "estargz_toc_json",
+    "zchunked_toc_json",
     "manifest",
     "reference",
     "ztoc",

@@ -1,5 +1,6 @@
 //! `strata daemon`: the one process that serves every mount of a root (see `crate::daemon`),
-//! and the CLI's side of talking to it: mount requests from `mount`, `run`, `start`.
+//! and the CLI's side of talking to it: mount requests from `mount`, `run`, `start`, and
+//! `strata store mount|umount` (podman additional layer stores).
 
 use super::{Ctx, Error};
 use crate::daemon::{Client, MountRequest, Request, Response};
@@ -191,4 +192,27 @@ pub async fn unmount(ctx: &Ctx, mountpoint: &std::path::Path, force: bool) -> Re
         Err(crate::daemon::Error::Remote(msg)) if msg.contains("not a strata mount") => Ok(false),
         Err(e) => Err(e.into()),
     }
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum StoreCommand {
+    /// Serve DIR as a containers/storage additional layer store (storage.conf:
+    /// additionallayerstores = ["DIR:ref"]); layers of images with lazy indexes are read lazily
+    Mount { dir: std::path::PathBuf },
+    /// Stop serving the store at DIR (layer views podman uses stay mounted)
+    Umount { dir: std::path::PathBuf },
+}
+
+/// `strata store mount|umount DIR`: asked of the daemon (started when none runs).
+pub async fn store(ctx: &Ctx, command: StoreCommand) -> Result<i32, Error> {
+    let req = match command {
+        StoreCommand::Mount { dir } => Request::StoreMount { dir },
+        StoreCommand::Umount { dir } => Request::StoreUnmount { dir },
+    };
+    let mut c = Client::connect_or_start(ctx.store.root(), ctx.config_path.as_deref()).await?;
+    let r = c.call(&req).await?;
+    if let Some(m) = r.message {
+        println!("{m}");
+    }
+    Ok(0)
 }

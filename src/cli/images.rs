@@ -72,6 +72,45 @@ pub(super) async fn index(
     Ok(0)
 }
 
+/// `strata convert --estargz [--profile FILE] SRC DST`.
+pub(super) async fn convert(
+    ctx: &Ctx,
+    src: &str,
+    dst: &str,
+    profile: Option<&std::path::Path>,
+    platform: Option<&str>,
+) -> Result<i32, Error> {
+    let dst_ref: Reference = dst.parse()?;
+    let (reference, rec) = resolve_record(ctx, src, platform).await?;
+    let profile = match profile {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| image::Error::Io {
+                path: p.display().to_string(),
+                source: e,
+            })?;
+            image::convert::parse_profile(&text)?
+        }
+        None => image::profile::local(&ctx.store, &rec.manifest_digest).unwrap_or_default(),
+    };
+    let progress = Progress::new(false);
+    let (new, moved) = image::convert::convert_estargz(
+        &ctx.client,
+        &ctx.store,
+        &rec,
+        &reference,
+        &profile,
+        &progress,
+    )
+    .await?;
+    ctx.store.tag(&dst_ref, &new.manifest_digest)?;
+    eprintln!(
+        "{} eStargz layer(s), prioritised files per layer: {moved:?}",
+        new.layers.len()
+    );
+    println!("{}", new.manifest_digest);
+    Ok(0)
+}
+
 pub(super) async fn profile(ctx: &Ctx, cmd: super::ProfileCommand) -> Result<i32, Error> {
     match cmd {
         super::ProfileCommand::Show { image, platform } => {

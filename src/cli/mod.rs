@@ -205,6 +205,21 @@ pub enum Command {
         #[arg(long)]
         platform: Option<String>,
     },
+    /// Convert an image to eStargz (stored as DST; `strata push DST` publishes it), with the
+    /// files of an access profile first in each layer, before a `.prefetch.landmark`
+    Convert {
+        /// Write eStargz layers (the only target format)
+        #[arg(long, required = true)]
+        estargz: bool,
+        /// Profile file (`strata profile show` output: LAYER<TAB>/PATH per line); default:
+        /// the profile recorded here for SRC, if any
+        #[arg(long)]
+        profile: Option<std::path::PathBuf>,
+        src: String,
+        dst: String,
+        #[arg(long)]
+        platform: Option<String>,
+    },
     /// Access profiles (which files a workload reads first): show or publish
     Profile {
         #[command(subcommand)]
@@ -217,6 +232,12 @@ pub enum Command {
     },
     /// Mount an image lazily as a FUSE union file system
     Mount(mount::MountArgs),
+    /// podman additional layer store (containers/storage `additionallayerstores`), served by
+    /// the daemon
+    Store {
+        #[command(subcommand)]
+        command: daemon::StoreCommand,
+    },
     /// Run the daemon that serves every mount of this root (started on demand otherwise)
     Daemon(daemon::DaemonArgs),
     /// Mount a union of plain directories, fuse-overlayfs compatible (-o lowerdir=...)
@@ -551,9 +572,17 @@ async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<i32, Error> {
             bind,
             platform,
         } => images::index(ctx, &image, push, bind, platform.as_deref()).await,
+        Command::Convert {
+            estargz: _,
+            profile,
+            src,
+            dst,
+            platform,
+        } => images::convert(ctx, &src, &dst, profile.as_deref(), platform.as_deref()).await,
         Command::Profile { command } => images::profile(ctx, command).await,
         Command::Cache { command } => images::cache(ctx, command).await,
         Command::Mount(args) => mount::mount(ctx, args).await,
+        Command::Store { command } => daemon::store(ctx, command).await,
         Command::Daemon(args) => daemon::daemon(ctx, args).await,
         Command::Overlay(args) => overlay::overlay(ctx, args).await,
         Command::Run(args) => run::run(ctx, *args).await,

@@ -6,13 +6,15 @@
 //! ([`Client::connect_or_start`]). `ROOT/daemon.pid` names the serving process and carries
 //! the lock that lets exactly one daemon serve a root.
 //!
-//! Calls `mount` (assembly and serving of mounts), `store` and `config`, and
+//! Calls `mount` (assembly and serving of mounts), `als` (additional layer stores), `store`
+//! and `config`, and
 //! `launcher::network` only to end the network of a detached container that exited by
 //! itself; the CLI (`cli/`) calls this module. Formats nothing for humans beyond the messages it returns.
 
 mod ctl;
 mod sdnotify;
 mod server;
+mod stores;
 mod supervisor;
 
 pub use ctl::Inherited;
@@ -97,6 +99,14 @@ pub enum Request {
     /// Hand every mount to a new server process (of `binary`: an upgrade) without unmounting.
     Restart {
         binary: Option<PathBuf>,
+    },
+    /// Mount a podman additional layer store at `dir` (`strata store mount`).
+    StoreMount {
+        dir: PathBuf,
+    },
+    /// Unmount the additional layer store at `dir`.
+    StoreUnmount {
+        dir: PathBuf,
     },
     /// The mount is the rootfs of the detached container whose init is `pid`: unmount it
     /// when that process is gone.

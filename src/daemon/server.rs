@@ -8,12 +8,13 @@
 //! an idle period without mounts, and quits without unmounting when a successor takes over.
 //!
 //! Serves containerd's snapshots API too (`snapshotter`), whose layer views are mounts of
-//! this daemon.
+//! this daemon, and podman's additional layer stores (`stores.rs`), whose layer views are too.
 //!
-//! Calls `mount`, `fuse` (resend only), `snapshotter` and `store` (through the services), and
-//! `ctl`.
+//! Calls `mount`, `fuse` (resend only), `snapshotter`, `als` (through `stores.rs`) and `store`
+//! (through the services), and `ctl`.
 
 use super::ctl::{self, Ctl, Inherited};
+use super::stores::Stores;
 use super::{read_request, socket_path, Error, MountRequest, Request, Response, PID_FILE};
 use crate::mount::{MountSpec, SavedMount, Served, Services};
 use std::collections::HashMap;
@@ -59,6 +60,8 @@ struct State {
     handing_over: AtomicBool,
     /// Requests being handled now.
     inflight: AtomicUsize,
+    /// podman additional layer stores (set once the server has started).
+    stores: std::sync::OnceLock<Arc<Stores>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -118,10 +121,17 @@ pub async fn serve(
         ctl: Arc::new(ctl_fd),
         handing_over: AtomicBool::new(false),
         inflight: AtomicUsize::new(0),
+        stores: std::sync::OnceLock::new(),
     });
     let mut from_sup = listen_to_supervisor(&state.ctl);
     restore_all(&state, devices, inh.generation, inh.handover, &mut from_sup).await;
     let snapshotter = start_snapshotter(&state);
+    let stores = Arc::new(Stores::new(
+        state.svc.clone(),
+        Arc::new(LayerMounter(state.clone())),
+    ));
+    stores.restore();
+    let _ = state.stores.set(stores.clone());
     ready(&sock);
     tracing::info!(root = %root.display(), pid = std::process::id(), "strata daemon serving");
     use tokio::signal::unix::{signal, SignalKind};
@@ -160,7 +170,7 @@ pub async fn serve(
             _ = state.shutdown.notified() => break,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {
                 if let Some(idle) = opts.idle_exit {
-                    let empty = lock(&state.mounts).is_empty();
+                    let empty = lock(&state.mounts).is_empty() && stores.len() == 0;
                     if empty && accepting && lock(&state.idle_since).elapsed() >= idle {
                         tracing::info!("no mounts for {idle:?}: exiting");
                         break;
@@ -171,6 +181,7 @@ pub async fn serve(
     }
     // Stop listening first, then end every mount in order.
     drop(listener);
+    stores.unmount_all();
     let _ = std::fs::remove_file(&sock);
     if let Some(t) = snapshotter {
         t.abort();
@@ -371,6 +382,29 @@ fn failed(e: impl std::error::Error) -> Response {
     }
 }
 
+/// Mount (or unmount) the additional layer store at `dir`.
+fn store_request(state: &State, dir: &Path, mount: bool) -> Response {
+    let Some(stores) = state.stores.get() else {
+        return failed(std::io::Error::other("the daemon is starting"));
+    };
+    let r = match mount {
+        true => stores
+            .mount(dir)
+            .map(|mp| format!("additional layer store mounted at {}", mp.display())),
+        false => stores
+            .unmount(dir)
+            .map(|mp| format!("additional layer store at {} unmounted", mp.display())),
+    };
+    match r {
+        Ok(message) => Response {
+            ok: true,
+            message: Some(message),
+            ..Default::default()
+        },
+        Err(e) => failed(std::io::Error::other(e)),
+    }
+}
+
 async fn handle(state: &Arc<State>, req: Request) -> Response {
     let ok = Response {
         ok: true,
@@ -420,6 +454,8 @@ async fn handle(state: &Arc<State>, req: Request) -> Response {
             },
             Err(e) => failed(e),
         },
+        Request::StoreMount { dir } => store_request(state, &dir, true),
+        Request::StoreUnmount { dir } => store_request(state, &dir, false),
         Request::Stats { mountpoint } => {
             let served = lock(&state.mounts)
                 .get(&mountpoint)

@@ -11,10 +11,12 @@
 //! may write the upper while mounted (as with kernel overlayfs). Lower files get
 //! `KEEP_CACHE`; no file open asks for FLUSH (nothing is buffered here). FUSE passthrough is used for upper files and lower files with a
 //! local copy when asked for and the kernel allows it, with the normal read path as the
-//! fallback. [`errno`] is the one place union errors become errno values. May call `union`;
-//! nothing below it calls this module.
+//! fallback. [`errno`] is the one place union errors become errno values. The podman
+//! additional layer store has its own small adapter ([`layer_store`], over a [`layer_store::StoreFs`]
+//! that `als` implements). May call `union`; nothing below it calls this module.
 
 mod adapter;
+pub mod layer_store;
 
 use crate::union::{Error as UnionError, StatsSnapshot, UnionFs};
 use fuser::{BackgroundSession, Config, Errno, MountOption, SessionACL};

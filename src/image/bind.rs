@@ -40,6 +40,8 @@ pub enum Mark {
     Built,
     /// From the layer's eStargz TOC (its digest is a layer annotation).
     Estargz,
+    /// From the layer's zstd:chunked TOC (its checksum is a layer annotation).
+    ZstdChunked,
     /// From a sidecar bound to the image through the image index the user named.
     Bound,
     /// From an unbound sidecar listed by the image's own registry.
@@ -51,6 +53,7 @@ impl Mark {
         match self {
             Mark::Built => "built",
             Mark::Estargz => "estargz",
+            Mark::ZstdChunked => "zstd-chunked",
             Mark::Bound => "bound",
             Mark::Registry => "registry",
         }
@@ -60,6 +63,7 @@ impl Mark {
         Some(match s.trim() {
             "built" => Mark::Built,
             "estargz" => Mark::Estargz,
+            "zstd-chunked" => Mark::ZstdChunked,
             "bound" => Mark::Bound,
             "registry" => Mark::Registry,
             _ => return None,
@@ -212,7 +216,13 @@ mod tests {
 
     #[test]
     fn marks_and_policies() {
-        for m in [Mark::Built, Mark::Estargz, Mark::Bound, Mark::Registry] {
+        for m in [
+            Mark::Built,
+            Mark::Estargz,
+            Mark::ZstdChunked,
+            Mark::Bound,
+            Mark::Registry,
+        ] {
             assert_eq!(Mark::parse(m.as_str()), Some(m));
             assert!(m.allowed(IndexTrust::Registry));
         }

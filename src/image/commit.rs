@@ -351,7 +351,7 @@ fn array<'a>(v: &'a mut Value, what: &str) -> Result<&'a mut Vec<Value>, Error> 
 }
 
 /// Store config and manifest blobs and return the (not yet stored) record.
-fn store_image(
+pub(super) fn store_image(
     store: &Store,
     config: Value,
     layers: Vec<Descriptor>,

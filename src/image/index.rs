@@ -1,6 +1,6 @@
-//! Layer indexes for an image: find them (local store -> eStargz TOC -> strata sidecar
-//! artifact -> SOCI index (`soci.rs`) -> build from the whole blob) and publish sidecar
-//! artifacts (`strata index --push`).
+//! Layer indexes for an image: find them (local store -> eStargz TOC -> zstd:chunked TOC ->
+//! strata sidecar artifact -> SOCI index (`soci.rs`) -> build from the whole blob) and
+//! publish sidecar artifacts (`strata index --push`).
 //!
 //! The sidecar is an OCI artifact manifest (`artifactType` [`ARTIFACT_TYPE`], empty config)
 //! whose `subject` is the image manifest; one layer blob per image layer holds that layer's
@@ -53,6 +53,8 @@ pub enum IndexSource {
     Local,
     /// From the layer's eStargz TOC (two Range reads).
     Estargz,
+    /// From the layer's zstd:chunked TOC (one Range read; position and checksum annotated).
+    ZstdChunked,
     /// From the strata sidecar artifact in the registry (listed by the image's own registry).
     Sidecar,
     /// From the sidecar bound to the image through the image index the user named.
@@ -181,7 +183,7 @@ pub async fn layer_indexes(
             continue;
         }
         progress.line(&format!(
-            "{}: no lazy index (not eStargz, no `strata index --push` artifact, no SOCI index): downloading the whole layer",
+            "{}: no lazy index (not eStargz or zstd:chunked, no `strata index --push` artifact, no SOCI index): downloading the whole layer",
             l.digest.short()
         ));
         let idx = build_from_blob(client, store, reference, l).await?;
@@ -191,10 +193,10 @@ pub async fn layer_indexes(
 }
 
 /// The index of each layer of `image` that has one without downloading the layer (local,
-/// eStargz TOC, sidecar artifact, SOCI index) and that the `index-trust` policy accepts;
-/// `None` for the others. A sidecar bound to the image (through the image index the user named) is used
-/// under every policy; an unbound one only under `registry`, and only as listed by the
-/// image's own registry (never through a mirror).
+/// eStargz or zstd:chunked TOC, sidecar artifact, SOCI index) and that the `index-trust`
+/// policy accepts; `None` for the others. A sidecar bound to the image (through the image
+/// index the user named) is used under every policy; an unbound one only under `registry`,
+/// and only as listed by the image's own registry (never through a mirror).
 pub async fn lazy_indexes(
     client: &Arc<Client>,
     store: &Arc<Store>,
@@ -225,6 +227,15 @@ pub async fn lazy_indexes(
                 .map_err(|e| layer_err(l.digest, e))?;
             bind::set_mark(store, &l.digest, Mark::Estargz)?;
             out[i] = Some((Arc::new(idx), IndexSource::Estargz));
+        } else if let Some((sum, position)) =
+            layer::zchunked::annotations(|k| l.annotation(k).map(str::to_string))
+        {
+            bind::clear_mark(store, &l.digest);
+            let idx = zstd_chunked_index(client, store, reference, l, &sum, &position)
+                .await
+                .map_err(|e| layer_err(l.digest, e))?;
+            bind::set_mark(store, &l.digest, Mark::ZstdChunked)?;
+            out[i] = Some((Arc::new(idx), IndexSource::ZstdChunked));
         }
     }
     if out.iter().all(Option::is_some) {
@@ -355,6 +366,46 @@ async fn estargz_index(
         }
     }
     Ok(ix)
+}
+
+/// The zstd:chunked TOC with one Range read, its checksum checked against the annotation
+/// (which the manifest digest covers) before anything in it is used.
+async fn zstd_chunked_index(
+    client: &Client,
+    store: &Store,
+    reference: &Reference,
+    l: &Descriptor,
+    checksum: &str,
+    position: &str,
+) -> Result<LayerIndex, Error> {
+    let bad = |msg: String| Error::Invalid {
+        what: format!("layer {}", l.digest),
+        msg,
+    };
+    if !l.media_type.contains("zstd") {
+        return Err(bad(format!(
+            "zstd:chunked annotations on a layer of media type {}",
+            l.media_type
+        )));
+    }
+    let sum: Digest = checksum.parse().map_err(|e| {
+        bad(format!(
+            "bad zstd:chunked manifest-checksum annotation: {e}"
+        ))
+    })?;
+    let pos = layer::zchunked::parse_position(position, l.size)?;
+    let toc = client
+        .get_blob_range(&reference.repo(), &l.digest, pos.range())
+        .await?;
+    let out = index_path(store, &l.digest);
+    let size = l.size;
+    tokio::task::spawn_blocking(move || {
+        let parsed = layer::zchunked::parse_toc(&toc, &sum, &pos)?;
+        layer::zchunked::index_from_toc(&parsed, &pos, size, &out)
+    })
+    .await
+    .map_err(|e| bad(e.to_string()))?
+    .map_err(Error::from)
 }
 
 /// Where the files an eStargz layer marks for prefetch (before its `.prefetch.landmark`) are

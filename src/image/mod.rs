@@ -1,5 +1,5 @@
 //! Image operations that join the registry client and the store: resolve, pull, push, save,
-//! load, commit/import/export, and the artifacts published next to an image (layer index
+//! load, commit/import/export, convert (to eStargz), and the artifacts published next to an image (layer index
 //! sidecars in `index`, which of them to trust and indexes bound to the image in `bind`,
 //! SOCI indexes published by AWS's SOCI tools in `soci`, access profiles in `profile`).
 //!
@@ -11,6 +11,7 @@
 mod archive;
 pub mod bind;
 pub mod commit;
+pub mod convert;
 pub mod index;
 pub mod profile;
 mod pull;

@@ -155,8 +155,11 @@ impl Launcher {
         let t0 = std::time::Instant::now();
         let (bundle, spec) = self.prepare(id, image, rootfs)?;
         let t_prepare = t0.elapsed();
-        // Leftovers of a crashed earlier run would make `runc run` fail.
-        runtime.delete(id, true).await?;
+        // Leftovers of a crashed earlier run would make `runc run` fail; a container never
+        // started has none (one runc process less on every `strata run`).
+        if rec.started_at.is_some() {
+            runtime.delete(id, true).await?;
+        }
         let t_delete = t0.elapsed();
         self.network_setup(&rec)?;
         tracing::debug!(

@@ -131,8 +131,15 @@ pub enum Error {
     Estargz { reason: String },
     #[error("eStargz TOC digest mismatch: annotation says {expected}, TOC hashes to {got}")]
     TocDigest { expected: Digest, got: Digest },
+    #[error("zstd:chunked: {reason}")]
+    ZstdChunked { reason: String },
     #[error(
-        "eStargz chunk of {path:?} at file offset {offset}: digest mismatch \
+        "zstd:chunked TOC checksum mismatch: the layer's manifest-checksum annotation says \
+         {expected}, the TOC fetched hashes to {got}; refusing the layer"
+    )]
+    ZstdChunkedToc { expected: Digest, got: Digest },
+    #[error(
+        "chunk of {path:?} at file offset {offset}: digest mismatch \
          (expected {expected}, got {got})"
     )]
     ChunkDigest {

@@ -254,14 +254,37 @@ fn digest_field(s: &str, what: &str, name: &str) -> Result<[u8; 32]> {
     Ok(*d.as_bytes())
 }
 
-/// (name, file offset, size, member offset, inner offset, chunkDigest, owning TOC position)
-type RawChunk = (String, u64, u64, u64, u64, [u8; 32], usize);
+/// (name, file offset, size, member offset, explicit end or 0, inner offset, chunkDigest,
+/// owning TOC position)
+type RawChunk = (String, u64, u64, u64, u64, u64, [u8; 32], usize);
 
 /// Turn a verified TOC into an index file at `out`.
 pub fn index_from_toc(
     toc: &Toc,
     toc_offset: u64,
     blob_size: u64,
+    out: &Path,
+) -> Result<LayerIndex> {
+    index_from_entries(
+        &toc.entries,
+        &[],
+        toc_offset,
+        blob_size,
+        Compression::Gzip,
+        out,
+    )
+}
+
+/// The shared core of [`index_from_toc`] and the zstd:chunked reader: `entries` in the
+/// CRFS-style TOC shape both formats use. `ends[i]` (when present and non-zero) is where the
+/// compressed bytes of the chunk at TOC position `i` end; otherwise a chunk runs to the next
+/// chunk offset of any file (or `toc_offset`), as eStargz TOCs imply.
+pub(crate) fn index_from_entries(
+    entries: &[TocEntry],
+    ends: &[u64],
+    toc_offset: u64,
+    blob_size: u64,
+    compression: Compression,
     out: &Path,
 ) -> Result<LayerIndex> {
     let mut table = EntryTable::new();
@@ -274,12 +297,13 @@ pub fn index_from_toc(
     let nonneg = |v: i64, what: &str, name: &str| {
         u64::try_from(v).map_err(|_| err(format!("{name}: negative {what}")))
     };
-    for (pos, e) in toc.entries.iter().enumerate() {
+    for (pos, e) in entries.iter().enumerate() {
         let name = e.name.as_str();
         if e.kind == "reg" {
             owner.insert(name, pos);
         }
-        if LANDMARKS.contains(&name.trim_start_matches("./")) {
+        // Landmarks are eStargz's; in a zstd:chunked layer such a name is an ordinary file.
+        if compression == Compression::Gzip && LANDMARKS.contains(&name.trim_start_matches("./")) {
             continue;
         }
         let typeflag = match e.kind.as_str() {
@@ -326,7 +350,13 @@ pub fn index_from_toc(
             let digest = digest_field(&e.chunk_digest, "chunkDigest", name)?;
             let inner = nonneg(e.inner_offset, "innerOffset", name)?;
             let gen = owner.get(name).copied().unwrap_or(usize::MAX);
-            raw_chunks.push((name.to_string(), coff, csize, off, inner, digest, gen));
+            let end = ends.get(pos).copied().unwrap_or(0);
+            if end != 0 && (end <= off || end > toc_offset) {
+                return Err(err(format!(
+                    "{name}: chunk end {end} is not between its offset {off} and the TOC"
+                )));
+            }
+            raw_chunks.push((name.to_string(), coff, csize, off, end, inner, digest, gen));
         } else if e.kind == "reg" {
             sizes.insert(name, nonneg(e.size, "size", name)?);
         }
@@ -369,7 +399,7 @@ pub fn index_from_toc(
     offsets.sort_unstable();
     offsets.dedup();
     let mut chunks = Vec::with_capacity(raw_chunks.len());
-    for (name, file_offset, size, off, inner, digest, gen) in raw_chunks {
+    for (name, file_offset, size, off, end, inner, digest, gen) in raw_chunks {
         if owner.get(name.as_str()) != Some(&gen) {
             continue;
         }
@@ -381,9 +411,14 @@ pub fn index_from_toc(
         if entries[entry].kind != EntryKind::File {
             continue;
         }
-        let next = offsets[offsets
-            .partition_point(|&o| o <= off)
-            .min(offsets.len() - 1)];
+        let next = match end {
+            0 => {
+                offsets[offsets
+                    .partition_point(|&o| o <= off)
+                    .min(offsets.len() - 1)]
+            }
+            end => end,
+        };
         chunks.push(Chunk {
             entry: entry as u32,
             file_offset,
@@ -396,7 +431,7 @@ pub fn index_from_toc(
     chunks.sort_by_key(|c| (c.entry, c.file_offset));
     chunks.dedup_by_key(|c| (c.entry, c.file_offset));
     let meta = LayerMeta {
-        compression: Compression::Gzip,
+        compression,
         estargz: true,
         whole: false,
         uncompressed_size: 0,
@@ -447,13 +482,22 @@ pub(crate) fn decode_chunks(
             .get(s as usize..e as usize)
             .ok_or_else(|| err(format!("{path}: chunk {i} outside the fetched bytes")))?;
         let start = out.len();
-        let mut dec = flate2::read::MultiGzDecoder::new(member);
-        std::io::copy(&mut (&mut dec).take(c.inner_offset), &mut std::io::sink())
-            .map_err(|e| err(format!("{path}: chunk at {}: {e}", c.file_offset)))?;
-        let n = (&mut dec)
-            .take(c.size)
-            .read_to_end(&mut out)
-            .map_err(|e| err(format!("{path}: chunk at {}: {e}", c.file_offset)))?;
+        let zstd = index.meta().compression == Compression::Zstd;
+        let at = |e: std::io::Error| {
+            let reason = format!("{path}: chunk at {}: {e}", c.file_offset);
+            match zstd {
+                true => Error::ZstdChunked { reason },
+                false => err(reason),
+            }
+        };
+        // eStargz chunks are gzip members, zstd:chunked ones zstd frames (the decoder reads
+        // on across frames and skips skippable ones, as gzip does across members).
+        let mut dec: Box<dyn Read> = match index.meta().compression {
+            Compression::Zstd => Box::new(::zstd::stream::read::Decoder::new(member).map_err(at)?),
+            _ => Box::new(flate2::read::MultiGzDecoder::new(member)),
+        };
+        std::io::copy(&mut (&mut dec).take(c.inner_offset), &mut std::io::sink()).map_err(at)?;
+        let n = (&mut dec).take(c.size).read_to_end(&mut out).map_err(at)?;
         let got = Digest::of(&out[start..]);
         if n as u64 != c.size || got.as_bytes() != &c.digest {
             return Err(Error::ChunkDigest {
@@ -474,7 +518,7 @@ fn gz_member(data: &[u8]) -> Vec<u8> {
     e.finish().unwrap_or_default()
 }
 
-fn toc_kind(typeflag: u8) -> Option<&'static str> {
+pub(crate) fn toc_kind(typeflag: u8) -> Option<&'static str> {
     Some(match typeflag {
         b'0' | 0 | b'7' => "reg",
         b'5' => "dir",
@@ -487,7 +531,7 @@ fn toc_kind(typeflag: u8) -> Option<&'static str> {
     })
 }
 
-fn rfc3339(t: Timestamp) -> String {
+pub(crate) fn rfc3339(t: Timestamp) -> String {
     let days = t.sec.div_euclid(86_400);
     let secs = t.sec.rem_euclid(86_400);
     // Civil from days (Howard Hinnant).

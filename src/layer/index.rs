@@ -3,12 +3,12 @@
 //! Layout (all little-endian; byte-exact description in `docs/layer-index.md`): a 128-byte
 //! header (`STRATAIX`, version, counts, section offsets, layer metadata), fixed 88-byte entry
 //! records sorted by (parent directory, name), 16-byte xattr records, a deduplicated string
-//! table, the encoded [`SeekTable`] and, for eStargz layers, 80-byte chunk records sorted by
-//! (entry, file offset). `lookup` is a binary search, `list_dir` a contiguous range found by
-//! two binary searches. [`LayerIndex::open`] checks every offset, length, kind, UTF-8 string
-//! and the sort order once (a linear pass, ~1 ms per 100k entries), so accessors cannot read
-//! out of bounds and a corrupt file is an error, never a panic. Files are written atomically
-//! (temp file, fsync, rename, fsync of the directory) and never modified in place.
+//! table, the encoded [`SeekTable`] and, for eStargz and zstd:chunked layers, 80-byte chunk
+//! records sorted by (entry, file offset). `lookup` is a binary search, `list_dir` a contiguous
+//! range found by two binary searches. [`LayerIndex::open`] checks every offset, length, kind,
+//! UTF-8 string and the sort order once (a linear pass, ~1 ms per 100k entries), so accessors
+//! cannot read out of bounds and a corrupt file is an error, never a panic. Files are written
+//! atomically (temp file, fsync, rename, fsync of the directory) and never modified in place.
 
 use super::entry::{split_path, Entry, EntryKind, Timestamp};
 use super::error::{Error, Result};
@@ -39,7 +39,8 @@ const META_WHOLE: u8 = 2;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LayerMeta {
     pub compression: Compression,
-    /// Built from an eStargz TOC; content is read per chunk.
+    /// Built from a TOC (eStargz, or zstd:chunked when `compression` is zstd); content is
+    /// read per chunk.
     pub estargz: bool,
     /// No interior access points (single-frame zstd): fetch the blob whole.
     pub whole: bool,
@@ -47,14 +48,15 @@ pub struct LayerMeta {
     pub compressed_size: u64,
 }
 
-/// One eStargz chunk: a gzip member holding `size` bytes of a file from `file_offset`.
+/// One TOC chunk: a gzip member (eStargz) or zstd frame (zstd:chunked) holding `size` bytes
+/// of a file from `file_offset`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Chunk {
     /// Index of the file's record in the entry table.
     pub entry: u32,
     pub file_offset: u64,
     pub size: u64,
-    /// Compressed range of the gzip member(s) holding the chunk.
+    /// Compressed range of the gzip member(s) or zstd frame(s) holding the chunk.
     pub compressed: Range<u64>,
     /// Bytes to skip in the decompressed member before the chunk starts.
     pub inner_offset: u64,

@@ -1,10 +1,10 @@
-//! Layer indexes: tar / gzip-seek / eStargz / zstd -> per-layer entry index.
+//! Layer indexes: tar / gzip-seek / eStargz / zstd / zstd:chunked -> per-layer entry index.
 //!
 //! This module turns one OCI layer blob into a [`LayerIndex`]: an mmap-ed table of typed
 //! entries (whiteouts and opaque directories normalised here) plus what is needed to produce
 //! *verified* bytes of any file range from ranged reads of the compressed blob (a seek table
-//! with per-span and per-64 KiB-block sha256, eStargz per-chunk digests, or a SOCI zTOC's
-//! per-span digests of the compressed bytes). It may call
+//! with per-span and per-64 KiB-block sha256, the per-chunk digests of an eStargz or
+//! zstd:chunked TOC, or a SOCI zTOC's per-span digests of the compressed bytes). It may call
 //! `digest` only; it knows nothing of HTTP, the store layout, the cache or FUSE. Fetching is
 //! the caller's: either pass a blocking `fetch` closure ([`LayerIndex::read`]) or, from async
 //! code, call the pure [`LayerIndex::plan_read`], fetch [`ReadPlan::compressed`] however you
@@ -15,8 +15,9 @@
 //! `RawEntry`) and `tar` (the streaming reader); `seek` (the seek table), `spans` (building
 //! one), `codec` (the codec traits and the one `Read` adapter); the codecs `plain`, `gzip`,
 //! `zstd`; `dispatch` (compression kind -> codec, the table's decode methods); `index` (the
-//! index file), `estargz` and `soci` (SOCI zTOCs, read through the bounds-checked FlatBuffers
-//! reader `flatbuf`); this file (scan, read plans).
+//! index file) and `estargz`, then `zchunked` (which reuses `estargz`'s TOC-to-index core)
+//! and `soci` (SOCI zTOCs, read through the bounds-checked FlatBuffers reader `flatbuf`); this
+//! file (scan, read plans).
 
 mod codec;
 mod dispatch;
@@ -31,6 +32,7 @@ mod seek;
 pub mod soci;
 mod spans;
 mod tar;
+pub mod zchunked;
 pub mod zstd;
 
 pub use entry::{normalize_path, split_path, Entry, EntryKind, EntryTable, RawEntry, Timestamp};

@@ -549,3 +549,89 @@ fn head_only_index_and_damaged_window_section() {
 fn fx_tar_range(fx: &Fixture, r: std::ops::Range<u64>) -> Vec<u8> {
     fx.tar[r.start as usize..r.end as usize].to_vec()
 }
+
+#[test]
+fn zstd_chunked_round_trip_checksum_and_chunk_digests() {
+    let fx = fixture();
+    // Small chunks: big files get many frames, each with its own chunkDigest.
+    let (blob, ann) = zchunked::build(&fx.tar, 64 << 10).unwrap();
+    let get = |k: &str| ann.get(k).cloned();
+    let (checksum, position) = zchunked::annotations(get).unwrap();
+    let checksum: Digest = checksum.parse().unwrap();
+    let size = blob.len() as u64;
+    let pos = zchunked::parse_position(&position, size).unwrap();
+    let toc = &blob[pos.range().start as usize..pos.range().end as usize];
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("zc");
+    let ix = zchunked::build_index(toc, &checksum, &position, size, &out).unwrap();
+    assert!(ix.meta().estargz);
+    assert_eq!(ix.meta().compression, Compression::Zstd);
+    check_entries(&ix, false);
+    check_reads(&ix, &blob, &fx.files);
+    // Every chunk's range is exactly its frame(s): never past the next file's data.
+    let big = ix.lookup("usr/lib/big.bin").unwrap();
+    let chunks: Vec<Chunk> = ix.chunks_of(big.index()).map(|i| ix.chunk_at(i)).collect();
+    assert!(chunks.len() > 2, "{}", chunks.len());
+    for w in chunks.windows(2) {
+        assert_eq!(w[0].compressed.end, w[1].compressed.start);
+    }
+    // The same blob is an ordinary zstd layer too (the TOC is in skippable frames).
+    let mut plain = Vec::new();
+    ::zstd::stream::read::Decoder::new(&blob[..])
+        .unwrap()
+        .read_to_end(&mut plain)
+        .unwrap();
+    assert_eq!(plain, fx.tar);
+    // Wrong checksum: refused before anything in the TOC is used, no index written.
+    let wrong = Digest::of(b"not the toc");
+    let out2 = dir.path().join("zc2");
+    let err = zchunked::build_index(toc, &wrong, &position, size, &out2).unwrap_err();
+    assert!(matches!(err, Error::ZstdChunkedToc { .. }), "{err}");
+    assert!(err.to_string().contains("manifest-checksum"), "{err}");
+    assert!(!out2.exists());
+    // Bad positions are errors, not panics.
+    for bad in [
+        "1:2:3",
+        "x:1:1:1",
+        "0:0:0:1",
+        "1:2:3:2",
+        &format!("{size}:10:10:1"),
+    ] {
+        assert!(zchunked::parse_position(bad, size).is_err(), "{bad}");
+    }
+    // A flipped byte inside a frame: an error (digest or zstd), never wrong data.
+    let plan = ix.plan_read(&big, 100..200).unwrap();
+    let mut bad = blob[plan.compressed.start as usize..plan.compressed.end as usize].to_vec();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x20;
+    let err = ix.decode_read(&plan, &bad).unwrap_err();
+    assert!(
+        matches!(err, Error::ChunkDigest { .. } | Error::ZstdChunked { .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn zstd_chunked_keeps_files_named_like_estargz_landmarks() {
+    let mut b = ::tar::Builder::new(Vec::new());
+    let mut h = header(::tar::EntryType::Regular, 1, 0o644);
+    b.append_data(&mut h, ".prefetch.landmark", &b"x"[..])
+        .unwrap();
+    let tar = b.into_inner().unwrap();
+    let (blob, ann) = zchunked::build(&tar, 1 << 20).unwrap();
+    let (sum, position) = zchunked::annotations(|k| ann.get(k).cloned()).unwrap();
+    let pos = zchunked::parse_position(&position, blob.len() as u64).unwrap();
+    let toc = &blob[pos.range().start as usize..pos.range().end as usize];
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("zc");
+    let ix = zchunked::build_index(
+        toc,
+        &sum.parse().unwrap(),
+        &position,
+        blob.len() as u64,
+        &out,
+    )
+    .unwrap();
+    let files = BTreeMap::from([(".prefetch.landmark".to_string(), b"x".to_vec())]);
+    check_reads(&ix, &blob, &files);
+}

@@ -237,14 +237,19 @@ struct Elf {
     runpath: Vec<String>,
 }
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+/// `N` bytes of `b` at `at + off` (`None` past the end or on overflow).
+fn bytes_at<const N: usize>(b: &[u8], at: usize, off: usize) -> Option<[u8; N]> {
+    let s = at.checked_add(off)?;
+    b.get(s..s.checked_add(N)?)?.try_into().ok()
 }
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+fn u16_at(b: &[u8], at: usize, off: usize) -> Option<u16> {
+    bytes_at(b, at, off).map(u16::from_le_bytes)
 }
-fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+fn u32_at(b: &[u8], at: usize, off: usize) -> Option<u32> {
+    bytes_at(b, at, off).map(u32::from_le_bytes)
+}
+fn u64_at(b: &[u8], at: usize, off: usize) -> Option<u64> {
+    bytes_at(b, at, off).map(u64::from_le_bytes)
 }
 fn cstr(b: &[u8], at: usize) -> Option<String> {
     let s = b.get(at..)?;
@@ -260,20 +265,20 @@ impl Elf {
         if b.get(0..4)? != b"\x7fELF" || b.get(4)? != &2 || b.get(5)? != &1 {
             return None;
         }
-        let machine = u16_at(b, 18)?;
-        let phoff = usize::try_from(u64_at(b, 32)?).ok()?;
-        let phentsize = usize::from(u16_at(b, 54)?);
-        let phnum = usize::from(u16_at(b, 56)?).min(256);
+        let machine = u16_at(b, 0, 18)?;
+        let phoff = usize::try_from(u64_at(b, 0, 32)?).ok()?;
+        let phentsize = usize::from(u16_at(b, 0, 54)?);
+        let phnum = usize::from(u16_at(b, 0, 56)?).min(256);
         if phentsize < 56 {
             return None;
         }
         let (mut loads, mut dynamic, mut interp) = (Vec::new(), None, None);
         for i in 0..phnum {
             let p = phoff.checked_add(i.checked_mul(phentsize)?)?;
-            let off = u64_at(b, p + 8)?;
-            let vaddr = u64_at(b, p + 16)?;
-            let filesz = u64_at(b, p + 32)?;
-            match u32_at(b, p)? {
+            let off = u64_at(b, p, 8)?;
+            let vaddr = u64_at(b, p, 16)?;
+            let filesz = u64_at(b, p, 32)?;
+            match u32_at(b, p, 0)? {
                 1 => loads.push((vaddr, off, filesz)),
                 2 => dynamic = Some((off, filesz)),
                 3 => interp = cstr(b, usize::try_from(off).ok()?),
@@ -292,7 +297,7 @@ impl Elf {
         let doff = usize::try_from(doff).ok()?;
         for i in 0..usize::try_from(dsize / 16).ok()?.min(4096) {
             let at = doff.checked_add(i * 16)?;
-            let (tag, val) = (u64_at(b, at)?, u64_at(b, at + 8)?);
+            let (tag, val) = (u64_at(b, at, 0)?, u64_at(b, at, 8)?);
             match tag {
                 0 => break,
                 1 => needed.push(val),
@@ -307,7 +312,7 @@ impl Elf {
         let (lv, lo, _) = *loads
             .iter()
             .find(|(v, _, sz)| *v <= strtab && strtab < v.saturating_add(*sz))?;
-        let base = usize::try_from(strtab - lv + lo).ok()?;
+        let base = usize::try_from((strtab - lv).checked_add(lo)?).ok()?;
         let name = |off: u64| cstr(b, base.checked_add(usize::try_from(off).ok()?)?);
         elf.needed = needed.into_iter().filter_map(name).collect();
         elf.runpath = runpath.into_iter().filter_map(name).collect();
