@@ -275,52 +275,34 @@ pub async fn lazy_indexes(
         None => None,
     };
     match found {
-        Some((mark, source, Ok(found))) => {
-            for (i, l) in rec.layers.iter().enumerate() {
-                if out[i].is_none() && found.contains(&l.digest) {
-                    if let Some(ix) = open_local(store, &l.digest) {
-                        bind::set_mark(store, &l.digest, mark)?;
-                        out[i] = Some((Arc::new(ix), source));
-                    }
-                }
-            }
-        }
+        Some((mark, source, Ok(found))) => adopt(store, rec, &mut out, &found, mark, source)?,
         Some((_, _, Err(e))) => tracing::warn!("no sidecar index for {reference}: {e}"),
         None => {}
     }
     // Then a SOCI index (v2 bound to the image, or a v1 referrer under `registry`).
-    let need: std::collections::BTreeSet<Digest> = rec
-        .layers
-        .iter()
-        .zip(&out)
-        .filter(|(_, o)| o.is_none())
-        .map(|(l, _)| l.digest)
-        .collect();
-    if need.is_empty() {
-        return Ok(out);
-    }
-    if !super::soci::usable(store, rec, trust) {
-        progress.line(&format!(
-            "{reference}: index-trust is `bound` and the image names no bound index: \
-             unbound sidecar and SOCI indexes are not used"
-        ));
-        return Ok(out);
-    }
-    let soci = super::soci::soci_indexes(client, store, reference, rec, &need, listed, progress);
-    match soci.await {
-        Ok((found, mark, source)) => {
-            for (i, l) in rec.layers.iter().enumerate() {
-                if out[i].is_none() && found.contains(&l.digest) {
-                    if let Some(ix) = open_local(store, &l.digest) {
-                        bind::set_mark(store, &l.digest, mark)?;
-                        out[i] = Some((Arc::new(ix), source));
-                    }
-                }
+    super::soci::fill(client, store, reference, rec, &mut out, listed, progress).await?;
+    Ok(out)
+}
+
+/// Use the indexes just stored for the layers in `found` that have none in `out` yet, with
+/// trust mark `mark`.
+pub(super) fn adopt(
+    store: &Store,
+    rec: &ImageRecord,
+    out: &mut [Option<(Arc<LayerIndex>, IndexSource)>],
+    found: &std::collections::BTreeSet<Digest>,
+    mark: Mark,
+    source: IndexSource,
+) -> Result<(), Error> {
+    for (i, l) in rec.layers.iter().enumerate() {
+        if out[i].is_none() && found.contains(&l.digest) {
+            if let Some(ix) = open_local(store, &l.digest) {
+                bind::set_mark(store, &l.digest, mark)?;
+                out[i] = Some((Arc::new(ix), source));
             }
         }
-        Err(e) => tracing::warn!("no SOCI index for {reference}: {e}"),
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Footer + TOC with two Range reads; TOC digest checked against the annotation.

@@ -75,15 +75,53 @@ fn bound_index(store: &Store, rec: &ImageRecord) -> Option<Digest> {
 
 /// Whether a SOCI index may be looked for under policy `trust`: always when one is bound to
 /// the image, a referrer only under `registry`.
-pub fn usable(store: &Store, rec: &ImageRecord, trust: IndexTrust) -> bool {
+fn usable(store: &Store, rec: &ImageRecord, trust: IndexTrust) -> bool {
     trust == IndexTrust::Registry || bound_index(store, rec).is_some()
+}
+
+/// The SOCI step of `index::lazy_indexes`: for the layers still `None` in `out`, the SOCI
+/// index the policy allows (see the module docs), adopted with its trust mark. `listed`: the
+/// upstream's referrers if the caller has them. A failure to find or fetch one is logged.
+pub(super) async fn fill(
+    client: &Client,
+    store: &Store,
+    reference: &Reference,
+    rec: &ImageRecord,
+    out: &mut [Option<(std::sync::Arc<crate::layer::LayerIndex>, IndexSource)>],
+    listed: Option<ImageIndex>,
+    progress: &Progress,
+) -> Result<(), Error> {
+    let need: BTreeSet<Digest> = rec
+        .layers
+        .iter()
+        .zip(out.iter())
+        .filter(|(_, o)| o.is_none())
+        .map(|(l, _)| l.digest)
+        .collect();
+    if need.is_empty() {
+        return Ok(());
+    }
+    if !usable(store, rec, client.config().index_trust) {
+        progress.line(&format!(
+            "{reference}: index-trust is `bound` and the image names no bound index: \
+             unbound sidecar and SOCI indexes are not used"
+        ));
+        return Ok(());
+    }
+    match soci_indexes(client, store, reference, rec, &need, listed, progress).await {
+        Ok((found, mark, source)) => super::index::adopt(store, rec, out, &found, mark, source),
+        Err(e) => {
+            tracing::warn!("no SOCI index for {reference}: {e}");
+            Ok(())
+        }
+    }
 }
 
 /// Fetch the SOCI index of `rec` (v2 bound, else under `registry` policy a v1 referrer from
 /// the upstream: `listed`, the upstream's referrers if the caller has them already) and turn
 /// its zTOCs for the layers in `need` into index files in `indexes/`.
 /// Returns the layers that now have one, with the mark and source they are used under.
-pub async fn soci_indexes(
+async fn soci_indexes(
     client: &Client,
     store: &Store,
     reference: &Reference,
