@@ -71,7 +71,16 @@ fn main() {
         Err(e) => {
             let code = e.exit_code();
             let e = anyhow::Error::from(e);
-            eprintln!("Error: {e:#}");
+            // The cause chain, each cause once: many errors already print their source in
+            // their own message (and name it as `source()` too).
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg = format!("{msg}: {c}");
+                }
+            }
+            eprintln!("Error: {msg}");
             std::process::exit(code);
         }
     }
