@@ -26,6 +26,7 @@
 #                  (fetches most of the image)
 #   walk-cached    page cache dropped, chunk cache full
 #   walk-warm      again, nothing dropped
+#   find-warm      chroot DIR find /usr -type f (the walk without the reads), nothing dropped
 #
 # Results: bench-results/cri-raw.csv, cri-fs-raw.csv, cri.md. Environment: STRATA (binary,
 # default target/release/strata), CRI_BENCH (default target/release/examples/cri_bench:
@@ -206,6 +207,7 @@ fs_steps() {
   fs_step "$sys" "$r" walk-first 0 "$dir" sh -c 'find /usr -type f -print0 | xargs -0 cat'
   fs_step "$sys" "$r" walk-cached 1 "$dir" sh -c 'find /usr -type f -print0 | xargs -0 cat'
   fs_step "$sys" "$r" walk-warm 0 "$dir" sh -c 'find /usr -type f -print0 | xargs -0 cat'
+  fs_step "$sys" "$r" find-warm 0 "$dir" find /usr -type f
 }
 if part fs; then
   profile=${PROFILES[0]}
