@@ -65,6 +65,7 @@ fn setup(dir: &std::path::Path, memory: u64) -> (Arc<ChunkCache>, Arc<CachedLaye
         fetch_timeout: strata::cache::DEFAULT_FETCH_TIMEOUT,
         partial_spans: false,
         fetch_ahead: 0,
+        siblings_after: 0,
     })
     .expect("cache");
     let layer = Arc::new(CachedLayer {

@@ -140,12 +140,23 @@ pub struct Config {
     /// (docs/benchmarks.md, issue 16); 4 is the setting measured.
     #[serde(default = "default_fetch_ahead")]
     pub fetch_ahead_spans: usize,
+    /// Sibling fetch (`cache/policy.rs` `siblings`): once this many distinct files of one
+    /// directory of a layer have been read, the directory's other files that share a name
+    /// suffix with them (up to 1 MiB each, the 4 spans nearest) are fetched at once instead
+    /// of one round trip each as a program loading a package asks for them. 0 turns it off.
+    #[serde(default = "default_fetch_siblings")]
+    pub fetch_siblings: usize,
     /// Launch warm-up (`mount/warm.rs`): when `strata run` mounts a container's rootfs, read
     /// its command, the command's interpreters and libraries and the user database at once
     /// as soon as the image is open, instead of one round trip after another as the start
     /// discovers them. On by default.
     #[serde(default = "default_true")]
     pub warm_start: bool,
+    /// Warm-up of the ELF objects a container opens as it runs (`mount/warm.rs` `LoadWarm`):
+    /// at the first read of an object's header, its first 4 MiB, its writable segment and the
+    /// libraries it needs are fetched at once. On by default.
+    #[serde(default = "default_true")]
+    pub warm_libraries: bool,
     /// Extra request headers per mirror URL of `registry-mirrors` / `registry-mirrors-by-host`
     /// (P2P proxies such as Dragonfly want one naming the upstream registry).
     #[serde(default)]
@@ -199,6 +210,9 @@ fn default_fetch_timeout() -> u64 {
 }
 fn default_fetch_ahead() -> usize {
     0
+}
+fn default_fetch_siblings() -> usize {
+    2
 }
 fn default_hosts_dir() -> PathBuf {
     PathBuf::from("/etc/containerd/certs.d")
@@ -281,6 +295,8 @@ impl Default for Config {
             fetch_timeout: default_fetch_timeout(),
             partial_span_fetch: false,
             fetch_ahead_spans: default_fetch_ahead(),
+            fetch_siblings: default_fetch_siblings(),
+            warm_libraries: true,
             warm_start: true,
             registry_mirror_headers: BTreeMap::new(),
             hosts_dir: default_hosts_dir(),

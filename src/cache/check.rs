@@ -156,7 +156,9 @@ impl ChunkCache {
         for run in
             super::fetcher::coalesce(&layer.layout, &spans, super::fetcher::MAX_COALESCE_SPANS)
         {
-            self.fetcher.run(layer, run, None).await?;
+            self.fetcher
+                .run(layer, run, super::fetcher::Lane::Common)
+                .await?;
         }
         let (_, holes) = layer.check.missing(layer.layout.count(), size);
         for h in holes {

@@ -20,6 +20,23 @@ pub(super) const MAX_COALESCE_SPANS: usize = 16;
 pub(super) const MAX_SPEC_SPANS: usize = 2;
 /// Speculative requests in flight at most (each also takes a common permit).
 const SPEC_PERMITS: usize = 1;
+/// Most spans of one background request (warm-up pieces, siblings): small, so that a read on
+/// demand that joins one waits for little.
+pub(super) const MAX_BACKGROUND_SPANS: usize = 2;
+/// Background requests in flight at most (each also takes a common permit): the rest of the
+/// common permits stay free for reads on demand.
+const BACKGROUND_PERMITS: usize = 4;
+
+/// Which permits a fetch takes besides a common one.
+#[derive(Clone, Copy)]
+pub(super) enum Lane<'a> {
+    /// Reads on demand, readahead, prefetch: a common permit only.
+    Common,
+    /// Speculation: the speculative permit, then an idle link.
+    Spec(&'a Promote),
+    /// Fetches nobody waits for yet (warm-up, siblings): a background permit.
+    Background(&'a Promote),
+}
 
 /// A speculative fetch that a read on demand joined: it stops waiting for an idle link.
 #[derive(Default)]
@@ -90,6 +107,8 @@ pub(super) struct Fetcher {
     permits: tokio::sync::Semaphore,
     /// Taken before a common permit by speculative fetches.
     spec_permits: tokio::sync::Semaphore,
+    /// Taken before a common permit by background fetches.
+    bg_permits: tokio::sync::Semaphore,
     /// Fetches on demand (and readahead, prefetch) started and not ended.
     pub(super) link: Arc<LinkUse>,
     timeout: Duration,
@@ -144,6 +163,7 @@ impl Fetcher {
         Fetcher {
             permits: tokio::sync::Semaphore::new(max_concurrent.max(1)),
             spec_permits: tokio::sync::Semaphore::new(SPEC_PERMITS),
+            bg_permits: tokio::sync::Semaphore::new(BACKGROUND_PERMITS),
             link: Arc::new(LinkUse::default()),
             timeout,
             stats,
@@ -156,23 +176,25 @@ impl Fetcher {
     }
 
     /// Fetch, decode and verify spans `run` (one Range request); one verified buffer per span.
-    /// `spec`: a speculative fetch, which waits for the permit of the speculative lane and
-    /// then for an idle link (no other fetch running), unless a read on demand joins it
-    /// (`Promote`) meanwhile.
+    /// A speculative fetch waits for the permit of the speculative lane and then for an idle
+    /// link (no other fetch running), a background one for a background permit; either stops
+    /// waiting when a read on demand joins it (`Promote`) meanwhile.
     pub(super) async fn run(
         &self,
         layer: &Arc<CachedLayer>,
         run: Range<usize>,
-        spec: Option<&Promote>,
+        lane: Lane<'_>,
     ) -> Result<Vec<Bytes>, Error> {
         use std::sync::atomic::Ordering::SeqCst;
-        let _spec = match spec {
-            Some(p) => {
+        let closed = || Error::Closed {
+            layer: layer.digest,
+        };
+        let _lane = match lane {
+            Lane::Common => None,
+            Lane::Spec(p) => {
                 let wanted = || p.wanted.load(SeqCst);
                 let permit = tokio::select! {
-                    p = self.spec_permits.acquire() => Some(p.map_err(|_| Error::Closed {
-                        layer: layer.digest,
-                    })?),
+                    p = self.spec_permits.acquire() => Some(p.map_err(|_| closed())?),
                     () = until(&p.notify, wanted) => None,
                 };
                 tokio::select! {
@@ -181,7 +203,13 @@ impl Fetcher {
                 }
                 permit
             }
-            None => None,
+            Lane::Background(p) => {
+                let wanted = || p.wanted.load(SeqCst);
+                tokio::select! {
+                    p = self.bg_permits.acquire() => Some(p.map_err(|_| closed())?),
+                    () = until(&p.notify, wanted) => None,
+                }
+            }
         };
         // Not speculative: counted in `link` by the caller from the moment it was started.
         let crange = layer

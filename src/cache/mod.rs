@@ -116,6 +116,9 @@ pub struct CacheConfig {
     pub partial_spans: bool,
     /// Spans fetched ahead after a miss near an earlier one (config `fetch-ahead-spans`).
     pub fetch_ahead: usize,
+    /// Distinct files first read from one directory of a layer after which the directory's
+    /// other files like them are fetched (config `fetch-siblings`; 0 = off).
+    pub siblings_after: usize,
 }
 
 /// A read started with [`ChunkCache::start_read_file`]: answered from the local tiers, or
@@ -145,6 +148,9 @@ enum Kind {
     Ahead,
     /// Policy speculation: the speculative lane, in small runs.
     Spec,
+    /// Fetches nobody waits for yet (warm-up pieces, siblings): the background lane, in
+    /// small runs, counted as the link's use.
+    Background,
 }
 
 /// A span's flight, and whether a read on demand started it (else a reader that joined it
@@ -177,7 +183,7 @@ impl ChunkCache {
             spans: SingleFlight::new(),
             prefixes: SingleFlight::new(),
             fetcher: Fetcher::new(cfg.max_concurrent_fetches, cfg.fetch_timeout, stats.clone()),
-            policy: Policy::new(cfg.partial_spans, cfg.fetch_ahead),
+            policy: Policy::new(cfg.partial_spans, cfg.fetch_ahead, cfg.siblings_after),
             stats,
         }))
     }
@@ -439,17 +445,24 @@ impl ChunkCache {
         }
         let max = match kind {
             Kind::Spec => fetcher::MAX_SPEC_SPANS,
+            Kind::Background => fetcher::MAX_BACKGROUND_SPANS,
             _ => fetcher::MAX_COALESCE_SPANS,
         };
         for run in fetcher::coalesce(&layer.layout, &claim, max) {
             let keys: Vec<SpanKey> = run.clone().map(|i| span_key(layer, i)).collect();
             let (me, l, r, k2) = (self.clone(), layer.clone(), run.clone(), keys.clone());
-            let promote = (kind == Kind::Spec).then(|| Arc::new(fetcher::Promote::default()));
+            let promote = matches!(kind, Kind::Spec | Kind::Background)
+                .then(|| Arc::new(fetcher::Promote::default()));
             let p2 = promote.clone();
             let busy = (kind != Kind::Spec).then(|| self.fetcher.link.enter());
             let work = async move {
                 let _busy = busy;
-                let parts = me.fetcher.run(&l, r, p2.as_deref()).await?;
+                let lane = match (kind, p2.as_deref()) {
+                    (Kind::Spec, Some(p)) => fetcher::Lane::Spec(p),
+                    (Kind::Background, Some(p)) => fetcher::Lane::Background(p),
+                    _ => fetcher::Lane::Common,
+                };
+                let parts = me.fetcher.run(&l, r, lane).await?;
                 me.tiers
                     .keep_fetched(k2.into_iter().zip(parts.iter().cloned()).collect());
                 Ok(parts)
@@ -561,6 +574,46 @@ impl ChunkCache {
             self.flights_for(layer, &need, true, kind, &mut started);
         }
         need.len()
+    }
+
+    /// Start fetching the spans holding virtual `range` of `layer` that are neither local nor
+    /// in flight, in the background lane (small requests, at most a few at a time, a read on
+    /// demand that joins one lifts it out of the lane); nothing waits for them. Returns the
+    /// spans started. Must run inside the runtime.
+    pub fn fetch_background(
+        self: &Arc<Self>,
+        layer: &Arc<CachedLayer>,
+        range: Range<u64>,
+    ) -> usize {
+        if layer.check.is_poisoned() || range.is_empty() {
+            return 0;
+        }
+        match layer.layout.locate(range) {
+            Ok(spans) => self.fetch_in_background(layer, spans, Kind::Background),
+            Err(_) => 0,
+        }
+    }
+
+    /// The first read of the file at `path` of `layer` (its extent just resolved): start the
+    /// fetches of the siblings the policy names ([`Policy::siblings`]), in the background lane
+    /// (a reader that joins one which fails fetches on its own). Returns the spans
+    /// started. Must run inside the runtime (it spawns the fetches).
+    pub fn first_read(self: &Arc<Self>, layer: &Arc<CachedLayer>, path: &str) -> usize {
+        if layer.check.is_poisoned() {
+            return 0;
+        }
+        let have = |i: usize| {
+            self.tiers.has_span(layer, i) || self.spans.lock().get(&span_key(layer, i)).is_some()
+        };
+        let mut n = 0;
+        for run in self.policy.siblings(layer, path, have) {
+            n += self.fetch_in_background(layer, run, Kind::Background);
+        }
+        if n > 0 {
+            self.stats.fetched_ahead(n as u64);
+            tracing::debug!(layer = %layer.digest, path, spans = n, "sibling fetch");
+        }
+        n
     }
 
     /// Wait until every span fetched so far is on disk (before unmounting, in tests).

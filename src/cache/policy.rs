@@ -1,9 +1,11 @@
 //! What to fetch besides the bytes a read asked for, and when: readahead for a sequential
 //! reader of a large file, speculation for a cold start walking nearby files (gap filling,
-//! fetch-ahead, whole layers that are mostly needed), partial
+//! fetch-ahead, whole layers that are mostly needed), the siblings of files read from one
+//! directory (a package being imported), partial
 //! span fetches for small files, and the pacing of background prefetch behind reads on demand.
 //! Pure decisions over a layer's span layout and this module's own small state (the recent
-//! misses per layer, the time of the last demand miss); the cache acts on them. Calls nothing
+//! misses per layer, the directories files were read from, the time of the last demand miss);
+//! the cache acts on them. Calls nothing
 //! outside `cache/`; no I/O.
 
 use super::CachedLayer;
@@ -28,6 +30,26 @@ const GAP: usize = 6;
 /// them is fetched whole.
 const WHOLE_MIN_SPANS: usize = 4;
 const WHOLE_FRACTION: usize = 4;
+/// Sibling fetch: files larger than this are left to reads on demand.
+const SIBLING_MAX_FILE: u64 = 1 << 20;
+/// Sibling fetch: most spans fetched for one directory (nearest the file that triggered it).
+const SIBLING_MAX_SPANS: usize = 4;
+/// Sibling fetch: most directory entries looked at.
+const SIBLING_MAX_ENTRIES: usize = 4096;
+/// Sibling fetch: most name suffixes remembered per directory.
+const SIBLING_SUFFIXES: usize = 8;
+/// Sibling fetch: most directories remembered per layer (a walk of a huge tree stops
+/// triggering; nothing else changes).
+const SIBLING_MAX_DIRS: usize = 65_536;
+
+/// What a directory of a layer has seen: distinct files first read, their name suffixes, and
+/// whether its siblings were fetched already.
+#[derive(Default)]
+struct DirSeen {
+    files: usize,
+    suffixes: Vec<Box<str>>,
+    done: bool,
+}
 
 /// The distinct spans of one layer reads on demand had to fetch, until the layer is fetched
 /// whole.
@@ -55,6 +77,11 @@ pub(super) struct Policy {
     epoch: Instant,
     /// Last time a read on demand had to fetch (ms since `epoch`, 0 = never).
     last_demand: AtomicU64,
+    /// Distinct files first read from one directory of a layer after which its other files
+    /// like them are fetched (0 = never).
+    siblings_after: usize,
+    /// Per layer, the directories files were first read from.
+    dirs: Mutex<HashMap<Digest, HashMap<Box<str>, DirSeen>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -62,10 +89,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Policy {
-    pub(super) fn new(partial_spans: bool, fetch_ahead: usize) -> Policy {
+    pub(super) fn new(partial_spans: bool, fetch_ahead: usize, siblings_after: usize) -> Policy {
         Policy {
             partial_spans,
             fetch_ahead,
+            siblings_after,
+            dirs: Mutex::new(HashMap::new()),
             recent_misses: Mutex::new(HashMap::new()),
             missed: Mutex::new(HashMap::new()),
             last_miss: Mutex::new(HashMap::new()),
@@ -189,6 +218,80 @@ impl Policy {
         out
     }
 
+    /// Sibling fetch, when the file at `path` of `layer` is read for the first time: once
+    /// `siblings_after` distinct files of its directory have been, the spans holding the
+    /// directory's other regular files that share a name suffix with one of them (`.pyc` in a
+    /// `__pycache__`, `.so` next to `.so`) and are at most [`SIBLING_MAX_FILE`] long, at
+    /// most [`SIBLING_MAX_SPANS`] of them (those nearest the file), as runs of adjacent spans;
+    /// once per directory; spans for which `have` holds (local or in flight) are left out
+    /// before choosing. A program loading a package reads its modules one after another,
+    /// each a round trip when it misses: these are the files it is about to ask for.
+    pub(super) fn siblings(
+        &self,
+        layer: &CachedLayer,
+        path: &str,
+        have: impl Fn(usize) -> bool,
+    ) -> Vec<Range<usize>> {
+        if self.siblings_after == 0 {
+            return Vec::new();
+        }
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let suffixes = {
+            let mut dirs = lock(&self.dirs);
+            let per = dirs.entry(layer.digest).or_default();
+            if per.len() >= SIBLING_MAX_DIRS && !per.contains_key(dir) {
+                return Vec::new();
+            }
+            let d = per.entry(dir.into()).or_default();
+            if d.done {
+                return Vec::new();
+            }
+            d.files += 1;
+            let suffix = suffix(name);
+            if d.suffixes.len() < SIBLING_SUFFIXES && !d.suffixes.iter().any(|s| **s == *suffix) {
+                d.suffixes.push(suffix.into());
+            }
+            if d.files < self.siblings_after {
+                return Vec::new();
+            }
+            d.done = true;
+            std::mem::take(&mut d.suffixes)
+        };
+        let layout = &layer.layout;
+        let index = layout.index();
+        let spans_of = |e: &crate::layer::EntryRef<'_>| {
+            layout
+                .file_range(e, 0..u64::MAX)
+                .ok()
+                .and_then(|r| layout.locate(r).ok())
+        };
+        let here = index
+            .lookup(path)
+            .and_then(|e| spans_of(&e))
+            .map_or(0, |s| s.start);
+        let mut spans = std::collections::BTreeSet::new();
+        for e in index.list_dir(dir).take(SIBLING_MAX_ENTRIES) {
+            let fits = e.kind() == crate::layer::EntryKind::File
+                && (1..=SIBLING_MAX_FILE).contains(&e.size())
+                && suffixes.iter().any(|s| **s == *suffix(e.name()));
+            if let Some(s) = fits.then(|| spans_of(&e)).flatten() {
+                spans.extend(s);
+            }
+        }
+        let mut near: Vec<usize> = spans.into_iter().filter(|&i| !have(i)).collect();
+        near.sort_by_key(|&i| i.abs_diff(here));
+        near.truncate(SIBLING_MAX_SPANS);
+        near.sort_unstable();
+        let mut runs: Vec<Range<usize>> = Vec::new();
+        for i in near {
+            match runs.last_mut() {
+                Some(r) if r.end == i => r.end = i + 1,
+                _ => runs.push(i..i + 1),
+            }
+        }
+        runs
+    }
+
     /// Partial span fetch: for a small read `range` of a file ending at virtual `file_end`
     /// inside span `i`, the last block to fetch and the compressed bytes that decode blocks
     /// up to it. `None` when the whole span should be fetched: the file goes on past the span
@@ -221,4 +324,10 @@ impl Policy {
         }
         Some((k, crange))
     }
+}
+
+/// A file name's suffix for sibling matching: what follows its last dot (`pyc`, `so`, `1` of
+/// `libz.so.1`), or the whole name if it has none.
+fn suffix(name: &str) -> &str {
+    name.rsplit_once('.').map_or(name, |(_, s)| s)
 }

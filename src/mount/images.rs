@@ -73,6 +73,9 @@ impl OpenImages {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         match &res {
             Ok(img) => {
+                if svc.config.warm_libraries {
+                    img.load_warm.arm(img, &svc.cache);
+                }
                 slots.insert(key, Slot::Open(Arc::downgrade(img)));
             }
             Err(_) => {

@@ -49,6 +49,7 @@ pub(super) fn layer_union(
         cache: svc.cache.clone(),
         layer: cached.clone(),
         profile: Arc::new(AccessProfile::default()),
+        loads: Some(lazy.load_warm.clone()),
     });
     let rt = tokio::runtime::Handle::current();
     let fs = UnionFs::new(Arc::new(tree), vec![lower], None, Some(rt))

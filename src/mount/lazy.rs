@@ -123,6 +123,9 @@ pub struct LazyImage {
     pub profile: Arc<AccessProfile>,
     /// Progress of the profile-first prefetch.
     pub profile_prefetch: ProfilePrefetch,
+    /// Files the warm-ups read (`warm.rs`), and the warm-up of ELF objects opened later.
+    pub warmed: super::warm::Warmed,
+    pub load_warm: Arc<super::warm::LoadWarm>,
 }
 
 /// Resolve indexes, make cached layers and build the merged tree.
@@ -151,6 +154,7 @@ pub async fn open(
     let mut sources = Vec::new();
     let mut indexes_for_tree = Vec::new();
     let profile = Arc::new(AccessProfile::default());
+    let load_warm = Arc::new(super::warm::LoadWarm::default());
     for (desc, (index, src)) in record.layers.iter().zip(indexes) {
         let source: Arc<dyn BlobSource> = if store.has_blob(&desc.digest) {
             Arc::new(LocalBlob {
@@ -177,6 +181,7 @@ pub async fn open(
             cache: cache.clone(),
             layer: layer.clone(),
             profile: profile.clone(),
+            loads: Some(load_warm.clone()),
         }));
         layers.push(layer);
         sources.push(src);
@@ -229,5 +234,7 @@ pub async fn open(
         lowers,
         profile,
         profile_prefetch: ProfilePrefetch::default(),
+        warmed: Default::default(),
+        load_warm,
     })
 }

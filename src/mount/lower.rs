@@ -29,12 +29,16 @@ type ProfileState = (std::collections::HashSet<LowerFile>, Vec<(usize, String)>)
 pub(super) const PROFILE_MAX_FILES: usize = 100_000;
 
 impl AccessProfile {
-    pub(super) fn note(&self, file: &LowerFile) {
+    /// Note `file` as read; whether it is new to this profile (the first read of that file
+    /// during this mount, while the profile has room).
+    pub(super) fn note(&self, file: &LowerFile) -> bool {
         let mut g = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if g.1.len() < PROFILE_MAX_FILES && !g.0.contains(file) {
             g.0.insert(file.clone());
             g.1.push((file.layer(), file.path().to_string()));
+            return true;
         }
+        false
     }
 
     /// Files in first-read order.
@@ -52,6 +56,8 @@ pub struct CacheLower {
     pub cache: Arc<ChunkCache>,
     pub layer: Arc<CachedLayer>,
     pub profile: Arc<AccessProfile>,
+    /// Told when a file's first read shows an ELF header (`warm.rs`).
+    pub loads: Option<Arc<super::warm::LoadWarm>>,
 }
 
 /// A cache error as the `io::Error` the union carries to the FUSE adapter: the cause kept
@@ -73,51 +79,89 @@ fn io_error(e: crate::cache::Error) -> std::io::Error {
 }
 
 impl CacheLower {
-    /// Virtual range of `[offset, offset+len)` of `file` (clamped), and where the file's bytes
-    /// end (to bound readahead to this file). The file's extent is resolved (one index lookup
-    /// by path) the first time an open file is read and kept with its `LowerFile`; that first
-    /// read also notes the file in the access profile.
+    /// Virtual range of `[offset, offset+len)` of `file` (clamped), where the file's bytes
+    /// end (to bound readahead to this file), and whether this is the file's first read in
+    /// this mount. The file's extent is resolved (one index lookup by path) the first time an
+    /// open file is read and kept with its `LowerFile`; that first read also notes the file in
+    /// the access profile.
     fn vrange(
         &self,
         file: &LowerFile,
         offset: u64,
         len: u32,
-    ) -> std::io::Result<(Range<u64>, u64)> {
+    ) -> std::io::Result<(Range<u64>, u64, bool)> {
+        let mut first = false;
         let ext = file.extent(|f| {
-            self.profile.note(f);
+            first = self.profile.note(f);
             self.layer.file_extent(f.path()).map_err(io_error)
         })?;
         let (start, n) = file.clamp(offset, len);
         let size = ext.end - ext.start;
         let a = ext.start + start.min(size);
         let b = ext.start + start.saturating_add(n as u64).min(size);
-        Ok((a..b, ext.end))
+        Ok((a..b, ext.end, first))
     }
 }
 
 impl LowerSource for CacheLower {
     /// The local tiers are looked at once: a hit answers at once, a miss gets the future
-    /// that fetches only the spans that were missing.
+    /// that fetches only the spans that were missing. A file's first read also tells the
+    /// cache ([`ChunkCache::first_read`]: the sibling fetch), from inside the runtime, after
+    /// the read's own fetches started; and, when it starts at offset 0 and shows an ELF
+    /// header, the image's [`LoadWarm`](super::warm::LoadWarm).
     fn start_read(&self, file: &LowerFile, offset: u64, len: u32) -> LowerRead {
-        let (r, file_end) = match self.vrange(file, offset, len) {
+        let (r, file_end, first) = match self.vrange(file, offset, len) {
             Ok(v) => v,
             Err(e) => return LowerRead::Ready(Err(e)),
         };
-        if r.is_empty() {
-            return LowerRead::Ready(Ok(Bytes::new()));
-        }
-        match self.cache.start_read_file(&self.layer, r, file_end) {
-            Read::Local(res) => LowerRead::Ready(res.map_err(io_error)),
-            Read::Fetch(f) => LowerRead::Pending(
-                async move {
-                    f.await.map_err(|e| {
-                        tracing::error!("lazy read failed: {}", e.report());
-                        io_error(e)
-                    })
+        let read = if r.is_empty() {
+            Read::Local(Ok(Bytes::new()))
+        } else {
+            self.cache.start_read_file(&self.layer, r, file_end)
+        };
+        let (res, f) = match read {
+            Read::Local(res) if !first => return LowerRead::Ready(res.map_err(io_error)),
+            Read::Local(res) => (Some(res), None),
+            Read::Fetch(f) => (None, Some(f)),
+        };
+        let path = file.path().to_string();
+        let (cache, layer) = (self.cache.clone(), self.layer.clone());
+        let loads = self.loads.clone().filter(|_| first && offset == 0);
+        LowerRead::Pending(
+            async move {
+                let t0 = std::time::Instant::now();
+                let res = match (res, f) {
+                    (Some(res), _) => {
+                        cache.first_read(&layer, &path);
+                        res
+                    }
+                    (None, Some(f)) => {
+                        let mut f = std::pin::pin!(f);
+                        let polled = futures::poll!(f.as_mut());
+                        if first {
+                            cache.first_read(&layer, &path);
+                        }
+                        let res = match polled {
+                            std::task::Poll::Ready(res) => res,
+                            std::task::Poll::Pending => f.await,
+                        };
+                        tracing::trace!(path = %path, offset, ms = t0.elapsed().as_secs_f64() * 1e3, "lazy read waited");
+                        res
+                    }
+                    (None, None) => Ok(Bytes::new()),
+                };
+                if let (Some(l), Ok(b)) = (&loads, &res) {
+                    if b.starts_with(b"\x7fELF") {
+                        l.loaded(&path);
+                    }
                 }
-                .boxed(),
-            ),
-        }
+                res.map_err(|e| {
+                    tracing::error!("lazy read failed: {}", e.report());
+                    io_error(e)
+                })
+            }
+            .boxed(),
+        )
     }
 
     fn local_path(&self, _file: &LowerFile) -> Option<PathBuf> {

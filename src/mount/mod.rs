@@ -143,6 +143,7 @@ pub fn open_cache(store: &Store, config: &Config) -> Result<Arc<ChunkCache>, Err
         fetch_timeout: std::time::Duration::from_secs(config.fetch_timeout),
         partial_spans: config.partial_span_fetch,
         fetch_ahead: config.fetch_ahead_spans,
+        siblings_after: config.fetch_siblings,
     })
     .map_err(Error::Cache)
 }
@@ -224,7 +225,8 @@ pub async fn mount_image(
     lazy::tune_allocator();
     let lazy = open_image(svc, image, platform, progress).await?;
     if svc.config.warm_start && !warm.is_empty() {
-        tokio::spawn(warm::warm(svc.cache.clone(), lazy.clone(), warm));
+        let max = warm::LAUNCH_MAX_BYTES;
+        tokio::spawn(warm::warm(svc.cache.clone(), lazy.clone(), warm, max));
     }
     let fs = union_over(&lazy, upper)?;
     let opts = fuse_options(&lazy, passthrough, allow_other);

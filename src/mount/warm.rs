@@ -4,6 +4,11 @@
 //! found along DT_RUNPATH and the standard library directories) — are read through the cache
 //! as soon as the image is open, all at once, instead of one after another as the loader
 //! discovers them (each discovery a round trip to the registry). No access profile needed.
+//! The same happens later for every ELF object a container opens that no warm-up read yet
+//! (a `dlopen` of a Python extension and the libraries it needs): [`LoadWarm`], told by the
+//! lowers when a file's first read shows an ELF header. Objects larger than the bytes read of
+//! one file also get their writable segment and dynamic section read (the loader relocates
+//! them before anything runs).
 //!
 //! Calls `cache` (demand-class reads) and `union` (the merged tree: path and symlink
 //! resolution); no FUSE, no network of its own.
@@ -18,9 +23,12 @@ use std::sync::Arc;
 
 /// Most files one warm-up reads (the command, its interpreters and libraries).
 const MAX_FILES: usize = 48;
-/// Bytes read of one file at most (headers, dynamic section and what the loader maps first
-/// are at the start).
-const MAX_FILE_BYTES: u64 = 16 << 20;
+/// Bytes read of one file at most at a launch (headers, dynamic section and what the loader
+/// maps first are at the start).
+pub const LAUNCH_MAX_BYTES: u64 = 16 << 20;
+/// The same for an object opened later: less, since the container's own reads share the
+/// link with it by then (measured: 16 MiB of a 37 MB library delayed the loader's reads).
+const LOADED_MAX_BYTES: u64 = 4 << 20;
 /// Symlinks followed while resolving one path.
 const MAX_HOPS: usize = 40;
 /// docker's default PATH (for `#!/usr/bin/env CMD`).
@@ -33,10 +41,18 @@ pub type WarmList = Vec<Vec<String>>;
 /// The warm list of a container start: the user database and `argv0` (through `path`, the
 /// process PATH, and `cwd` when it has no `/`).
 pub fn for_command(argv0: &str, path: &str, cwd: &str) -> WarmList {
-    let mut out = vec![
-        vec!["/etc/passwd".to_string()],
-        vec!["/etc/group".to_string()],
-    ];
+    // The user database (the launcher), the loader's cache and the local time zone (glibc),
+    // the C.UTF-8 locale (Python and glibc programs under C.UTF-8 load it at start).
+    let mut out: WarmList = [
+        "/etc/passwd",
+        "/etc/group",
+        "/etc/ld.so.cache",
+        "/etc/localtime",
+        "/usr/lib/locale/C.utf8/LC_CTYPE",
+    ]
+    .iter()
+    .map(|p| vec![p.to_string()])
+    .collect();
     out.push(command_candidates(argv0, path, cwd));
     out
 }
@@ -109,20 +125,78 @@ fn resolve(tree: &MergedTree, path: &str) -> Option<(u64, String)> {
     Some((ino, format!("/{canon}")))
 }
 
-/// Read up to [`MAX_FILE_BYTES`] of the regular file at `ino` through the cache, as a read on
-/// demand would.
-async fn read_file(cache: &Arc<ChunkCache>, image: &LazyImage, ino: u64) -> Option<Bytes> {
+/// The image's files already warmed (by inode), shared by the launch warm-up and the
+/// [`LoadWarm`] of every ELF object opened later, so each is read once.
+#[derive(Default)]
+pub struct Warmed(std::sync::Mutex<HashSet<u64>>);
+
+impl Warmed {
+    fn insert(&self, ino: u64) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(ino)
+    }
+}
+
+/// Warm-up of the ELF objects a container opens as it runs, for the lowers of one image: when
+/// a file's first read (at offset 0) shows an ELF header, the object (up to
+/// `max_bytes`, its writable segment beyond), its interpreter and the libraries it
+/// names are read at once. Armed with the image once it is open (a weak reference: the image
+/// owns its lowers), when the configuration's `warm-start` is on; until then, and for an
+/// image gone, nothing happens.
+#[derive(Default)]
+pub struct LoadWarm {
+    image: std::sync::OnceLock<(std::sync::Weak<LazyImage>, Arc<ChunkCache>)>,
+}
+
+impl LoadWarm {
+    pub fn arm(&self, image: &Arc<LazyImage>, cache: &Arc<ChunkCache>) {
+        let _ = self.image.set((Arc::downgrade(image), cache.clone()));
+    }
+
+    /// The first read of the file at `path` (layer-relative, as the image's tree names it)
+    /// began with an ELF header. Spawns the warm-up; never waits.
+    pub fn loaded(&self, path: &str) {
+        let Some((image, cache)) = self.image.get() else {
+            return;
+        };
+        let Some(image) = image.upgrade() else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let list = vec![vec![format!("/{path}")]];
+        rt.spawn(warm(cache.clone(), image, list, LOADED_MAX_BYTES));
+    }
+}
+
+/// Bytes of a file read first (headers; a script's `#!` line); the rest of the file (up to
+/// `max_bytes`) is then fetched in the cache's background lane, in small requests, so
+/// a read on demand of one part waits for that part only.
+const HEAD: u64 = 64 << 10;
+/// Most bytes of a string table read to name an ELF object's libraries.
+const MAX_STRTAB: u64 = 1 << 20;
+
+/// Read `range` (clamped to the file) of the regular file at `ino` through the cache, as a
+/// read on demand would; with the file's size.
+async fn read_range(
+    cache: &Arc<ChunkCache>,
+    image: &LazyImage,
+    ino: u64,
+    range: std::ops::Range<u64>,
+) -> Option<(Bytes, u64)> {
     let file = image.tree.content(ino)?;
     let layer = image.layers.get(file.layer())?;
     let ext = layer.file_extent(file.path()).ok()?;
-    let end = ext.end.min(ext.start + MAX_FILE_BYTES);
-    if end <= ext.start {
-        return Some(Bytes::new());
+    let start = ext.start.saturating_add(range.start).min(ext.end);
+    let end = ext.start.saturating_add(range.end).min(ext.end);
+    let size = ext.end - ext.start;
+    if end <= start {
+        return Some((Bytes::new(), size));
     }
-    match cache.start_read_file(layer, ext.start..end, ext.end) {
-        Read::Local(r) => r.ok(),
+    match cache.start_read_file(layer, start..end, ext.end) {
+        Read::Local(r) => r.ok().map(|b| (b, size)),
         Read::Fetch(f) => match f.await {
-            Ok(b) => Some(b),
+            Ok(b) => Some((b, size)),
             Err(e) => {
                 tracing::debug!(path = file.path(), "warm-up read failed: {e}");
                 None
@@ -131,60 +205,159 @@ async fn read_file(cache: &Arc<ChunkCache>, image: &LazyImage, ino: u64) -> Opti
     }
 }
 
-async fn job(
+/// One piece of a warm-up read: the file's inode, where the piece starts, its bytes and the
+/// file's size.
+async fn piece(
     cache: Arc<ChunkCache>,
     image: Arc<LazyImage>,
     ino: u64,
-    path: String,
-) -> (String, Option<Bytes>) {
-    let bytes = read_file(&cache, &image, ino).await;
-    (path, bytes)
+    range: std::ops::Range<u64>,
+) -> (u64, u64, Option<(Bytes, u64)>) {
+    let at = range.start;
+    (ino, at, read_range(&cache, &image, ino, range).await)
 }
 
-/// Warm the files of `list` and what they need; returns how many files were read.
-pub async fn warm(cache: Arc<ChunkCache>, image: Arc<LazyImage>, list: WarmList) -> usize {
+/// Start fetching `range` of the regular file at `ino` in the cache's background lane.
+fn background(cache: &Arc<ChunkCache>, image: &LazyImage, ino: u64, range: std::ops::Range<u64>) {
+    let Some(file) = image.tree.content(ino) else {
+        return;
+    };
+    let Some(layer) = image.layers.get(file.layer()) else {
+        return;
+    };
+    let Ok(ext) = layer.file_extent(file.path()) else {
+        return;
+    };
+    let start = ext.start.saturating_add(range.start).min(ext.end);
+    let end = ext.start.saturating_add(range.end).min(ext.end);
+    cache.fetch_background(layer, start..end);
+}
+
+/// A file being warmed: its path, the pieces read so far, whether its string table was asked
+/// for and what it needs started.
+struct Warming {
+    path: String,
+    got: Pieces,
+    strtab_asked: bool,
+    needs_started: bool,
+}
+
+/// Warm the files of `list` and what they need (files another warm-up of this image read
+/// are skipped); returns how many files were read.
+pub async fn warm(
+    cache: Arc<ChunkCache>,
+    image: Arc<LazyImage>,
+    list: WarmList,
+    max_bytes: u64,
+) -> usize {
     let t0 = std::time::Instant::now();
-    let mut seen: HashSet<u64> = HashSet::new();
+    let mut files: std::collections::HashMap<u64, Warming> = Default::default();
     let mut reads = FuturesUnordered::new();
-    let start = |alts: &[String], seen: &mut HashSet<u64>| -> Option<(u64, String)> {
-        let (ino, path) = alts.iter().find_map(|p| {
+    let start = |alts: &[String], files: &mut std::collections::HashMap<u64, Warming>| {
+        let found = alts.iter().find_map(|p| {
             let (ino, path) = resolve(&image.tree, p)?;
             (image.tree.kind(ino)? == FileKind::File).then_some((ino, path))
-        })?;
-        (seen.len() < MAX_FILES && seen.insert(ino)).then_some((ino, path))
+        });
+        let (ino, path) = found?;
+        if files.len() >= MAX_FILES || !image.warmed.insert(ino) {
+            return None;
+        }
+        files.insert(
+            ino,
+            Warming {
+                path,
+                got: Pieces::default(),
+                strtab_asked: false,
+                needs_started: false,
+            },
+        );
+        Some(piece(cache.clone(), image.clone(), ino, 0..HEAD))
     };
     for alts in &list {
-        if let Some((ino, path)) = start(alts, &mut seen) {
-            reads.push(job(cache.clone(), image.clone(), ino, path));
-        }
+        reads.extend(start(alts, &mut files));
     }
-    let mut done = 0;
-    while let Some((path, bytes)) = reads.next().await {
-        done += 1;
-        let Some(bytes) = bytes else { continue };
-        for alts in needs(&path, &bytes) {
-            if let Some((ino, p)) = start(&alts, &mut seen) {
-                reads.push(job(cache.clone(), image.clone(), ino, p));
+    while let Some((ino, at, got)) = reads.next().await {
+        let Some((bytes, size)) = got else { continue };
+        let Some(w) = files.get_mut(&ino) else {
+            continue;
+        };
+        w.got.0.push((at, bytes));
+        if at == 0 {
+            // An ELF object's writable segment and dynamic section (what the loader reads
+            // next) as a read; the rest of the file in the background.
+            let rw = Elf::parse(&w.got).and_then(|e| e.writable);
+            if let Some(rw) = rw.clone().filter(|rw| rw.end > HEAD) {
+                let from = rw.start.max(HEAD);
+                reads.push(piece(cache.clone(), image.clone(), ino, from..rw.end));
             }
+            background(&cache, &image, ino, HEAD..size.min(max_bytes));
+        }
+        if w.needs_started {
+            continue;
+        }
+        let (done, wanted) = needs(&w.path, &w.got);
+        if !done {
+            let strtab = Elf::parse(&w.got).and_then(|e| e.strtab_missing);
+            if let Some(r) = strtab.filter(|_| !w.strtab_asked) {
+                w.strtab_asked = true;
+                reads.push(piece(cache.clone(), image.clone(), ino, r));
+            }
+            continue;
+        }
+        w.needs_started = true;
+        for alts in wanted {
+            reads.extend(start(&alts, &mut files));
         }
     }
     tracing::debug!(
-        files = done,
+        files = files.len(),
         ms = t0.elapsed().as_secs_f64() * 1e3,
-        "launch warm-up done"
+        "warm-up done"
     );
-    done
+    files.len()
 }
 
-/// The files the file at `path` with contents `b` needs to start: a script's interpreter, an
-/// ELF object's interpreter and libraries (each a list of alternatives).
-fn needs(path: &str, b: &[u8]) -> Vec<Vec<String>> {
+/// Pieces of one file read so far: (offset in the file, bytes), in any order.
+#[derive(Default)]
+struct Pieces(Vec<(u64, Bytes)>);
+
+impl Pieces {
+    #[cfg(test)]
+    fn one(b: &[u8]) -> Pieces {
+        Pieces(vec![(0, Bytes::copy_from_slice(b))])
+    }
+
+    /// `n` bytes at file offset `at`, if one piece holds them all.
+    fn get(&self, at: usize, n: usize) -> Option<&[u8]> {
+        let at = at as u64;
+        self.0.iter().find_map(|(o, b)| {
+            let s = usize::try_from(at.checked_sub(*o)?).ok()?;
+            b.get(s..s.checked_add(n)?)
+        })
+    }
+
+    /// From file offset `at` to the end of the piece holding it.
+    fn tail(&self, at: usize) -> Option<&[u8]> {
+        let at = at as u64;
+        self.0.iter().find_map(|(o, b)| {
+            let s = usize::try_from(at.checked_sub(*o)?).ok()?;
+            b.get(s..).filter(|t| !t.is_empty())
+        })
+    }
+}
+
+/// The files the file at `path`, of which `b` was read, needs to start: a script's
+/// interpreter, an ELF object's interpreter and libraries (each a list of alternatives); and
+/// whether that is all (false while an ELF object's dynamic section or string table is not
+/// read yet).
+fn needs(path: &str, got: &Pieces) -> (bool, Vec<Vec<String>>) {
+    let b = got.tail(0).unwrap_or_default();
     if let Some(rest) = b.strip_prefix(b"#!") {
         let line = rest.split(|&c| c == b'\n').next().unwrap_or(&[]);
         let line = String::from_utf8_lossy(line);
         let mut words = line.split_whitespace();
         let Some(interp) = words.next() else {
-            return Vec::new();
+            return (true, Vec::new());
         };
         let mut out = vec![vec![interp.to_string()]];
         if interp.ends_with("/env") {
@@ -192,11 +365,14 @@ fn needs(path: &str, b: &[u8]) -> Vec<Vec<String>> {
                 out.push(command_candidates(cmd, DEFAULT_PATH, "/"));
             }
         }
-        return out;
+        return (true, out);
     }
-    let Some(elf) = Elf::parse(b) else {
-        return Vec::new();
+    let Some(elf) = Elf::parse(got) else {
+        return (true, Vec::new());
     };
+    if !elf.complete {
+        return (false, Vec::new());
+    }
     let origin = path.rsplit_once('/').map_or("/", |(d, _)| d);
     let mut dirs: Vec<String> = elf
         .runpath
@@ -225,7 +401,7 @@ fn needs(path: &str, b: &[u8]) -> Vec<Vec<String>> {
             out.push(dirs.iter().map(|d| format!("{d}/{lib}")).collect());
         }
     }
-    out
+    (true, out)
 }
 
 /// What the dynamic loader reads of a 64-bit little-endian ELF object.
@@ -235,24 +411,30 @@ struct Elf {
     interp: Option<String>,
     needed: Vec<String>,
     runpath: Vec<String>,
+    /// File range of the writable segments and the dynamic section (from the first to the
+    /// last byte of any of them).
+    writable: Option<std::ops::Range<u64>>,
+    /// The dynamic section and the names it points to were read (or there is none).
+    complete: bool,
+    /// File range of the string table when the dynamic section was read but not the names.
+    strtab_missing: Option<std::ops::Range<u64>>,
 }
 
-/// `N` bytes of `b` at `at + off` (`None` past the end or on overflow).
-fn bytes_at<const N: usize>(b: &[u8], at: usize, off: usize) -> Option<[u8; N]> {
-    let s = at.checked_add(off)?;
-    b.get(s..s.checked_add(N)?)?.try_into().ok()
+/// `N` bytes of `b` at `at + off` (`None` past what was read or on overflow).
+fn bytes_at<const N: usize>(b: &Pieces, at: usize, off: usize) -> Option<[u8; N]> {
+    b.get(at.checked_add(off)?, N)?.try_into().ok()
 }
-fn u16_at(b: &[u8], at: usize, off: usize) -> Option<u16> {
+fn u16_at(b: &Pieces, at: usize, off: usize) -> Option<u16> {
     bytes_at(b, at, off).map(u16::from_le_bytes)
 }
-fn u32_at(b: &[u8], at: usize, off: usize) -> Option<u32> {
+fn u32_at(b: &Pieces, at: usize, off: usize) -> Option<u32> {
     bytes_at(b, at, off).map(u32::from_le_bytes)
 }
-fn u64_at(b: &[u8], at: usize, off: usize) -> Option<u64> {
+fn u64_at(b: &Pieces, at: usize, off: usize) -> Option<u64> {
     bytes_at(b, at, off).map(u64::from_le_bytes)
 }
-fn cstr(b: &[u8], at: usize) -> Option<String> {
-    let s = b.get(at..)?;
+fn cstr(b: &Pieces, at: usize) -> Option<String> {
+    let s = b.tail(at)?;
     let end = s.iter().position(|&c| c == 0)?;
     std::str::from_utf8(&s[..end]).ok().map(str::to_string)
 }
@@ -261,8 +443,9 @@ impl Elf {
     /// Parse the program headers and the dynamic section; `None` for anything that is not a
     /// well-formed 64-bit little-endian ELF object within `b`. Bounded: hostile headers only
     /// make it give up.
-    fn parse(b: &[u8]) -> Option<Elf> {
-        if b.get(0..4)? != b"\x7fELF" || b.get(4)? != &2 || b.get(5)? != &1 {
+    fn parse(b: &Pieces) -> Option<Elf> {
+        let ident = b.get(0, 6)?;
+        if &ident[0..4] != b"\x7fELF" || ident[4] != 2 || ident[5] != 1 {
             return None;
         }
         let machine = u16_at(b, 0, 18)?;
@@ -273,12 +456,22 @@ impl Elf {
             return None;
         }
         let (mut loads, mut dynamic, mut interp) = (Vec::new(), None, None);
+        let mut writable: Option<std::ops::Range<u64>> = None;
         for i in 0..phnum {
             let p = phoff.checked_add(i.checked_mul(phentsize)?)?;
+            let typ = u32_at(b, p, 0)?;
+            let flags = u32_at(b, p, 4)?;
             let off = u64_at(b, p, 8)?;
             let vaddr = u64_at(b, p, 16)?;
             let filesz = u64_at(b, p, 32)?;
-            match u32_at(b, p, 0)? {
+            if (typ == 1 && flags & 2 != 0) || typ == 2 {
+                let end = off.saturating_add(filesz);
+                writable = Some(match writable {
+                    Some(w) => w.start.min(off)..w.end.max(end),
+                    None => off..end,
+                });
+            }
+            match typ {
                 1 => loads.push((vaddr, off, filesz)),
                 2 => dynamic = Some((off, filesz)),
                 3 => interp = cstr(b, usize::try_from(off).ok()?),
@@ -288,31 +481,48 @@ impl Elf {
         let mut elf = Elf {
             machine,
             interp,
+            writable,
             ..Elf::default()
         };
         let Some((doff, dsize)) = dynamic else {
+            elf.complete = true;
             return Some(elf);
         };
-        let (mut needed, mut runpath, mut strtab) = (Vec::new(), Vec::new(), None);
+        let (mut needed, mut runpath, mut strtab, mut strsz) = (Vec::new(), Vec::new(), None, 0);
         let doff = usize::try_from(doff).ok()?;
         for i in 0..usize::try_from(dsize / 16).ok()?.min(4096) {
             let at = doff.checked_add(i * 16)?;
-            let (tag, val) = (u64_at(b, at, 0)?, u64_at(b, at, 8)?);
+            // Not read yet (or past the file: then it never completes).
+            let (Some(tag), Some(val)) = (u64_at(b, at, 0), u64_at(b, at, 8)) else {
+                return Some(elf);
+            };
             match tag {
                 0 => break,
                 1 => needed.push(val),
                 5 => strtab = Some(val),
+                10 => strsz = val,
                 15 | 29 => runpath.push(val),
                 _ => {}
             }
         }
         let Some(strtab) = strtab else {
+            elf.complete = true;
             return Some(elf);
         };
         let (lv, lo, _) = *loads
             .iter()
             .find(|(v, _, sz)| *v <= strtab && strtab < v.saturating_add(*sz))?;
         let base = usize::try_from((strtab - lv).checked_add(lo)?).ok()?;
+        if b.get(base, 1).is_none() {
+            let len = if strsz == 0 {
+                HEAD
+            } else {
+                strsz.min(MAX_STRTAB)
+            };
+            elf.strtab_missing = Some(base as u64..(base as u64).saturating_add(len));
+            return Some(elf);
+        }
+        elf.complete = true;
         let name = |off: u64| cstr(b, base.checked_add(usize::try_from(off).ok()?)?);
         elf.needed = needed.into_iter().filter_map(name).collect();
         elf.runpath = runpath.into_iter().filter_map(name).collect();
@@ -359,12 +569,15 @@ mod tests {
 
     #[test]
     fn elf_interpreter_libraries_and_runpath() {
-        let e = Elf::parse(&tiny_elf()).expect("parses");
+        let e = Elf::parse(&Pieces::one(&tiny_elf())).expect("parses");
+        assert!(e.complete);
+        assert_eq!(e.writable, Some(0x300..0x350));
         assert_eq!(e.machine, 62);
         assert_eq!(e.interp.as_deref(), Some("/lib64/ld-linux-x86-64.so.2"));
         assert_eq!(e.needed, vec!["libc.so.6", "libm.so.6"]);
         assert_eq!(e.runpath, vec!["$ORIGIN/../lib"]);
-        let n = needs("/opt/app/bin/tool", &tiny_elf());
+        let (done, n) = needs("/opt/app/bin/tool", &Pieces::one(&tiny_elf()));
+        assert!(done);
         assert_eq!(n[0], vec!["/lib64/ld-linux-x86-64.so.2"]);
         assert_eq!(n[1][0], "/opt/app/bin/../lib/libc.so.6");
         assert!(n[1].contains(&"/usr/lib/x86_64-linux-gnu/libc.so.6".to_string()));
@@ -375,24 +588,46 @@ mod tests {
     fn hostile_or_truncated_elf_gives_nothing_and_never_panics() {
         let good = tiny_elf();
         for cut in 0..good.len() {
-            let _ = Elf::parse(&good[..cut]);
+            let _ = Elf::parse(&Pieces::one(&good[..cut]));
         }
         let mut bad = good.clone();
         bad[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert_eq!(Elf::parse(&bad), None);
+        assert_eq!(Elf::parse(&Pieces::one(&bad)), None);
         let mut bad = good;
         bad[0x308..0x310].copy_from_slice(&u64::MAX.to_le_bytes()); // DT_NEEDED offset
-        let e = Elf::parse(&bad).expect("the rest parses");
+        let e = Elf::parse(&Pieces::one(&bad)).expect("the rest parses");
         assert_eq!(e.needed, vec!["libm.so.6"]);
     }
 
     #[test]
+    fn an_elf_read_in_pieces_completes_when_its_dynamic_section_and_names_arrive() {
+        let b = tiny_elf();
+        let mut got = Pieces(vec![(0, Bytes::copy_from_slice(&b[..0x100]))]);
+        let e = Elf::parse(&got).expect("headers parse");
+        assert!(!e.complete && e.needed.is_empty());
+        assert_eq!(needs("/t", &got), (false, vec![]));
+        got.0
+            .push((0x300, Bytes::copy_from_slice(&b[0x300..0x350])));
+        assert!(
+            !Elf::parse(&got).expect("parses").complete,
+            "names not read"
+        );
+        got.0
+            .push((0x280, Bytes::copy_from_slice(&b[0x280..0x2a8])));
+        let e = Elf::parse(&got).expect("parses");
+        assert!(e.complete);
+        assert_eq!(e.needed, vec!["libc.so.6", "libm.so.6"]);
+        assert!(needs("/t", &got).0);
+    }
+
+    #[test]
     fn scripts_name_their_interpreter() {
-        assert_eq!(needs("/x", b"#!/bin/sh -e\necho"), vec![vec!["/bin/sh"]]);
-        let n = needs("/x", b"#!/usr/bin/env python3\n");
+        let n = |b: &[u8]| needs("/x", &Pieces::one(b)).1;
+        assert_eq!(n(b"#!/bin/sh -e\necho"), vec![vec!["/bin/sh"]]);
+        let n = n(b"#!/usr/bin/env python3\n");
         assert_eq!(n[0], vec!["/usr/bin/env"]);
         assert!(n[1].contains(&"/usr/bin/python3".to_string()));
-        assert!(needs("/x", b"plain text").is_empty());
+        assert!(needs("/x", &Pieces::one(b"plain text")).1.is_empty());
     }
 
     #[test]

@@ -73,11 +73,21 @@ fn fixture() -> Fixture {
 }
 
 fn fixture_with(sizes: &[usize]) -> Fixture {
+    let named: Vec<(String, usize)> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (format!("dir/file{i}"), n))
+        .collect();
+    fixture_named(&named)
+}
+
+/// A layer of the files `named` (path, size), in that tar order, in 256 KiB spans.
+fn fixture_named(named: &[(String, usize)]) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let mut files = Vec::new();
     let mut tar = ::tar::Builder::new(Vec::new());
-    for (i, size) in sizes.iter().enumerate() {
-        let name = format!("dir/file{i}");
+    for (i, (name, size)) in named.iter().enumerate() {
+        let name = name.clone();
         let data = pseudo_random(i as u64 + 1, *size);
         let mut h = ::tar::Header::new_gnu();
         h.set_size(data.len() as u64);
@@ -115,6 +125,7 @@ fn config(dir: &std::path::Path) -> CacheConfig {
         fetch_timeout: super::DEFAULT_FETCH_TIMEOUT,
         partial_spans: false,
         fetch_ahead: 0,
+        siblings_after: 0,
     }
 }
 
@@ -127,6 +138,7 @@ fn open_cache(dir: &std::path::Path, disk: u64) -> Arc<ChunkCache> {
         fetch_timeout: super::DEFAULT_FETCH_TIMEOUT,
         partial_spans: false,
         fetch_ahead: 0,
+        siblings_after: 0,
     })
     .unwrap()
 }
@@ -170,6 +182,7 @@ fn open_cache_mem(dir: &std::path::Path, memory: u64) -> Arc<ChunkCache> {
         fetch_timeout: super::DEFAULT_FETCH_TIMEOUT,
         partial_spans: false,
         fetch_ahead: 0,
+        siblings_after: 0,
     })
     .unwrap()
 }

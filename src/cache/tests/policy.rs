@@ -1,5 +1,5 @@
-//! Policy: whole-layer prefetch, readahead for streaming readers, partial span fetches and
-//! neighbour fetch-ahead.
+//! Policy: whole-layer prefetch, readahead for streaming readers, partial span fetches,
+//! neighbour fetch-ahead and the sibling fetch.
 
 use super::*;
 
@@ -90,6 +90,7 @@ async fn partial_span_reads_are_exact_verified_and_smaller() {
         fetch_timeout: super::DEFAULT_FETCH_TIMEOUT,
         partial_spans: true,
         fetch_ahead: 0,
+        siblings_after: 0,
     })
     .unwrap();
     let (l, src) = layer(&f, 0);
@@ -190,6 +191,7 @@ impl Spec {
         let f = fixture_with(&sizes);
         let cache = ChunkCache::open(CacheConfig {
             fetch_ahead: ahead,
+            siblings_after: 0,
             memory_bytes: 64 << 20,
             ..config(&f.cache_dir)
         })
@@ -329,4 +331,98 @@ async fn a_read_that_joined_a_failed_speculative_fetch_fetches_on_its_own() {
         s.cache.stats.snapshot().joined_inflight > joined,
         "the read did not join the speculative fetch"
     );
+}
+
+/// Sibling fetch: the second distinct file first read from a directory fetches the spans of
+/// the directory's other files with a suffix read there (`.pyc` here), nearest first, at most
+/// four spans, once; files of another suffix, larger than 1 MiB, or in another directory are
+/// left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_second_file_read_from_a_directory_fetches_its_siblings() {
+    let mut named = Vec::new();
+    for k in 0..60 {
+        // a/: modules and, between them, text files of their own spans.
+        named.push((format!("a/m{k:02}.pyc"), 20_000 + k * 97));
+        if k % 10 == 5 {
+            named.push((format!("a/t{k:02}.txt"), 600_000));
+        }
+    }
+    named.push(("a/huge.pyc".to_string(), 1_200_000));
+    for k in 0..30 {
+        named.push((format!("b/m{k:02}.pyc"), 20_000));
+    }
+    let f = fixture_named(&named);
+    let cache = ChunkCache::open(CacheConfig {
+        siblings_after: 2,
+        memory_bytes: 64 << 20,
+        ..config(&f.cache_dir)
+    })
+    .unwrap();
+    let (l, _src) = layer(&f, 0);
+    let spans_of = |name: &str| {
+        let e = l.layout.index().lookup(name).unwrap();
+        l.layout.locate(e.offset()..e.offset() + e.size()).unwrap()
+    };
+    let all = |pat: &dyn Fn(&str) -> bool| -> std::collections::BTreeSet<usize> {
+        f.files
+            .iter()
+            .filter(|(n, _)| pat(n))
+            .flat_map(|(n, _)| spans_of(n))
+            .collect()
+    };
+    let pyc = all(&|n: &str| n.starts_with("a/m"));
+    let only_txt: Vec<usize> = all(&|n: &str| n.starts_with("a/t"))
+        .difference(&pyc)
+        .copied()
+        .collect();
+    let only_huge: Vec<usize> = all(&|n: &str| n == "a/huge.pyc")
+        .difference(&pyc)
+        .copied()
+        .collect();
+    let b: Vec<usize> = all(&|n: &str| n.starts_with("b/"))
+        .difference(&pyc)
+        .copied()
+        .collect();
+    assert!(pyc.len() >= 6 && !only_txt.is_empty() && !only_huge.is_empty() && !b.is_empty());
+    // The first file of a directory: nothing besides.
+    assert_eq!(cache.first_read(&l, "a/m30.pyc"), 0);
+    // The second: the four spans of a/*.pyc nearest a/m30.pyc.
+    let n = cache.first_read(&l, "a/m31.pyc");
+    assert_eq!(n, 4, "spans started");
+    let here = spans_of("a/m30.pyc").start;
+    let mut near: Vec<usize> = pyc.iter().copied().collect();
+    near.sort_by_key(|&i| i.abs_diff(here));
+    let want: Vec<usize> = near[..4].to_vec();
+    for &i in &want {
+        let mut ok = false;
+        for _ in 0..200 {
+            if cache.has_span(&l, i) {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(ok, "sibling span {i} not fetched (wanted {want:?})");
+    }
+    // Once per directory.
+    assert_eq!(cache.first_read(&l, "a/m00.pyc"), 0);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    for i in only_txt.iter().chain(&only_huge).chain(&b) {
+        assert!(!cache.has_span(&l, *i), "span {i} fetched: not a sibling");
+    }
+    let far = near[4..].iter().filter(|&&i| cache.has_span(&l, i)).count();
+    assert_eq!(far, 0, "more than four spans fetched");
+    // The bytes of a sibling are right.
+    let (name, data) = f
+        .files
+        .iter()
+        .find(|(n, _)| {
+            spans_of(n).start == want[0] && spans_of(n).len() == 1 && n.ends_with(".pyc")
+        })
+        .unwrap();
+    let got = cache
+        .try_read_local(&l, vrange(&l, name, 0..data.len() as u64))
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got[..], &data[..]);
 }
