@@ -8,10 +8,10 @@
 
 mod common;
 use common::forge::{
-    altered, assert_proxy_serves_altered, cosign_sign, cosign_verifies, forge, honest, image,
-    mirror_env, poison_proxy, read_all_never_altered, test_key, FILES,
+    altered, assert_proxy_serves_altered, cosign_sign, cosign_sign_referrer, cosign_verifies,
+    forge, honest, image, mirror_env, poison_proxy, read_all_never_altered, test_key, FILES,
 };
-use common::{FaultProxy, OutputExt, Registry, StrataEnv};
+use common::{http, FaultProxy, OutputExt, Registry, StrataEnv};
 use serde_json::json;
 use std::path::Path;
 
@@ -231,6 +231,48 @@ fn a_signature_naming_another_digest_is_refused() {
     let s = stats(&env, &m.dir);
     assert!(s.contains("\"Signed\""), "a cosign-format signature: {s}");
     assert_eq!(read_all_never_altered(&m.dir), FILES);
+}
+
+/// cosign's OCI 1.1 placement (the signature a referrer of the sidecar, no `.sig` tag), made
+/// by the harness, is read too.
+#[test]
+fn a_signature_stored_as_a_referrer_is_read() {
+    let reg = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = test_key(dir.path(), 1);
+    let good = image(honest);
+    good.push(&reg, "signed/f:v1");
+    let out = StrataEnv::new().run(&["index", &format!("{}/signed/f:v1", reg.host()), "--push"]);
+    out.assert_success();
+    let art = pushed_artifact(&out);
+    let art_size = http::request(
+        &reg.host(),
+        "GET",
+        &format!("/v2/signed/f/manifests/{art}"),
+        &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+        &[],
+    )
+    .unwrap()
+    .body
+    .len();
+    cosign_sign_referrer(&reg, "signed/f", &art, art_size, &key.sk);
+    let env = StrataEnv::new();
+    env.write_config(&signed_config(&[&key.public_pem]));
+    let m = env.mount(&format!("{}/signed/f:v1", reg.host()), &["--no-prefetch"]);
+    let s = stats(&env, &m.dir);
+    assert!(s.contains("\"Signed\""), "index source: {s}");
+    assert_eq!(read_all_never_altered(&m.dir), FILES);
+    drop(m);
+    // Control: by another key, the referrer signature does not count.
+    let other = test_key(dir.path(), 2);
+    let env = StrataEnv::new();
+    env.write_config(&signed_config(&[&other.public_pem]));
+    let m = env.mount(&format!("{}/signed/f:v1", reg.host()), &["--no-prefetch"]);
+    let s = stats(&env, &m.dir);
+    assert!(s.contains("\"Built\""), "{s}");
+    drop(m);
+    let log = env.daemon_logs();
+    assert!(log.contains("none of the configured keys"), "{log}");
 }
 
 /// (4) `signed` without keys, or with a key that cannot be read, is a config error naming the

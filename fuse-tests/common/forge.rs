@@ -324,6 +324,67 @@ pub fn cosign_sign(
     payload_digest
 }
 
+/// Sign artifact `signed` in `repo` the way cosign's OCI 1.1 mode stores it: a manifest of
+/// artifact type `application/vnd.dev.cosign.artifact.sig.v1+json`, empty config, the payload
+/// layer, `subject` = the artifact; listed under the referrers tag schema's `sha256-<hex>` tag
+/// (the registry has no referrers API).
+pub fn cosign_sign_referrer(
+    reg: &Registry,
+    repo: &str,
+    signed: &str,
+    art_size: usize,
+    sk: &p256::ecdsa::SigningKey,
+) {
+    use base64::Engine as _;
+    use p256::ecdsa::signature::Signer as _;
+    const SIG_TYPE: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
+    let payload = serde_json::to_vec(&serde_json::json!({
+        "critical": {
+            "identity": {"docker-reference": format!("{}/{repo}", reg.host())},
+            "image": {"docker-manifest-digest": signed},
+            "type": "cosign container image signature",
+        },
+        "optional": {},
+    }))
+    .unwrap();
+    let sig: p256::ecdsa::Signature = sk.sign(&payload);
+    let sig = base64::engine::general_purpose::STANDARD.encode(sig.to_der().as_bytes());
+    let payload_digest = put_blob(reg, repo, &payload);
+    let empty = put_blob(reg, repo, b"{}");
+    let m = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": SIG_TYPE,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+        "layers": [{"mediaType": SIMPLESIGNING, "digest": payload_digest,
+                    "size": payload.len(), "annotations": {SIGNATURE: sig}}],
+        "subject": {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": signed, "size": art_size},
+    }))
+    .unwrap();
+    let d = sha256_digest(&m);
+    put_manifest(
+        reg,
+        repo,
+        &d,
+        "application/vnd.oci.image.manifest.v1+json",
+        &m,
+    );
+    let referrers = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": d, "size": m.len(), "artifactType": SIG_TYPE}],
+    });
+    put_manifest(
+        reg,
+        repo,
+        &format!("sha256-{}", hex(signed)),
+        "application/vnd.oci.image.index.v1+json",
+        &serde_json::to_vec(&referrers).unwrap(),
+    );
+}
+
 /// The harness's own check of a cosign signature (what `cosign verify --key` does with it):
 /// the `.sig` manifest of `signed` in `repo` has a simple-signing layer whose blob matches its
 /// digest, names `signed` and is signed by `vk`.

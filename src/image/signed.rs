@@ -10,8 +10,9 @@
 //! its index blobs by the digests (or head digests) that manifest names. So a referrers list
 //! from a mirror is fine: its candidates are tried newest first ([`MAX_CANDIDATES`]), the
 //! first whose signature verifies is used, each refusal is logged with why; a mirror can hide
-//! a signed sidecar (the layer is then fetched whole) but not slip in another. cosign's newer
-//! placement (the signature as an OCI 1.1 referrer of the artifact) is not read.
+//! a signed sidecar (the layer is then fetched whole) but not slip in another. Where the tag is
+//! missing, cosign's OCI 1.1 placement is looked up (a referrer of the artifact of type
+//! [`SIG_ARTIFACT_TYPE`] with the same layers): one more referrers request, only then.
 //!
 //! Calls `registry` (manifests, blobs, uploads), `cosign` and `bind.rs`'s marks; used by
 //! `index.rs` (sidecars, signing at push) and `soci.rs` (v1 indexes).
@@ -30,6 +31,9 @@ use std::collections::BTreeMap;
 pub const MAX_CANDIDATES: usize = 4;
 /// Signature layers of one `.sig` manifest checked at most.
 const MAX_SIGNATURES: usize = 16;
+/// Artifact type of a cosign signature stored as an OCI 1.1 referrer of what it signs
+/// (`cosign sign --registry-referrers-mode=oci-1-1`).
+pub const SIG_ARTIFACT_TYPE: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
 
 /// The configured keys (`index-trust-keys`), read at each use (they were checked when the
 /// config was loaded); a key that no longer loads is logged and left out.
@@ -49,32 +53,89 @@ pub fn keys(client: &Client) -> Vec<PublicKey> {
 }
 
 /// Check the cosign signature of the artifact `artifact` in `reference`'s repository: some
-/// layer of its `.sig` manifest is a payload naming `artifact`, signed by one of `keys`.
-/// Returns the fingerprint of the key, or why not.
+/// layer of its `.sig` manifest (else of a signature referrer of it) is a payload naming
+/// `artifact`, signed by one of `keys`. Returns the fingerprint of the key, or why not.
 pub async fn verify(
     client: &Client,
     reference: &Reference,
     artifact: &Digest,
     keys: &[PublicKey],
 ) -> Result<Digest, String> {
-    let repo = reference.repo();
     let tag = cosign::sig_tag(artifact);
+    let mut why = Vec::new();
     let m = match client
-        .get_manifest_via(&repo.tag(tag.clone()), Op::Resolve)
+        .get_manifest_via(&reference.repo().tag(tag.clone()), Op::Resolve)
         .await
     {
         Ok(m) => m,
         Err(crate::registry::Error::NotFound { .. }) => {
-            return Err(format!("not signed (no tag {tag})"))
+            return verify_referrers(client, reference, artifact, keys)
+                .await
+                .map_err(|e| format!("not signed (no tag {tag}; {e})"));
         }
         Err(e) => return Err(format!("fetching its signature {tag}: {e}")),
     };
     let AnyManifest::Image(m) = m.manifest else {
         return Err(format!("{tag} is not an image manifest"));
     };
+    if let Some(k) = check_layers(client, reference, &m.layers, artifact, keys, &mut why).await {
+        return Ok(k);
+    }
+    if why.is_empty() {
+        why.push(format!("{tag} holds no {} layer", cosign::SIMPLESIGNING));
+    }
+    Err(why.join("; "))
+}
+
+/// cosign's OCI 1.1 placement: referrers of `artifact` of type [`SIG_ARTIFACT_TYPE`] (newest
+/// first, at most [`MAX_CANDIDATES`]), each fetched by digest and checked as a `.sig` manifest.
+async fn verify_referrers(
+    client: &Client,
+    reference: &Reference,
+    artifact: &Digest,
+    keys: &[PublicKey],
+) -> Result<Digest, String> {
+    let (listed, _) = client
+        .referrers_via(&reference.repo(), artifact, Op::Pull)
+        .await
+        .map_err(|e| format!("its referrers: {e}"))?;
     let mut why = Vec::new();
-    let layers = m
-        .layers
+    let sigs = listed.manifests.iter().rev();
+    let sigs = sigs.filter(|d| d.artifact_type.as_deref() == Some(SIG_ARTIFACT_TYPE));
+    for d in sigs.take(MAX_CANDIDATES) {
+        let m = match client.get_manifest(&reference.with_digest(d.digest)).await {
+            Ok(m) => m,
+            Err(e) => {
+                why.push(format!("signature referrer {}: {e}", d.digest));
+                continue;
+            }
+        };
+        let AnyManifest::Image(m) = m.manifest else {
+            continue;
+        };
+        if let Some(k) = check_layers(client, reference, &m.layers, artifact, keys, &mut why).await
+        {
+            return Ok(k);
+        }
+    }
+    if why.is_empty() {
+        why.push("no signature referrer".into());
+    }
+    Err(why.join("; "))
+}
+
+/// The fingerprint of the key that signed `artifact` in one of `layers` (of a `.sig`
+/// manifest), each refusal's reason added to `why`.
+async fn check_layers(
+    client: &Client,
+    reference: &Reference,
+    layers: &[Descriptor],
+    artifact: &Digest,
+    keys: &[PublicKey],
+    why: &mut Vec<String>,
+) -> Option<Digest> {
+    let repo = reference.repo();
+    let layers = layers
         .iter()
         .filter(|l| l.media_type == cosign::SIMPLESIGNING);
     for l in layers.take(MAX_SIGNATURES) {
@@ -94,16 +155,13 @@ pub async fn verify(
         };
         match cosign::verify_layer(keys, &payload, sig, artifact) {
             Ok(k) => {
-                tracing::debug!("{artifact} signed by {} ({tag})", k.path.display());
-                return Ok(k.fingerprint);
+                tracing::debug!("{artifact} signed by {}", k.path.display());
+                return Some(k.fingerprint);
             }
             Err(e) => why.push(e),
         }
     }
-    if why.is_empty() {
-        why.push(format!("{tag} holds no {} layer", cosign::SIMPLESIGNING));
-    }
-    Err(why.join("; "))
+    None
 }
 
 /// Under `signed`: the newest referrer of `artifact_type` (about `what`) in `listed` whose
