@@ -35,8 +35,9 @@ fn pushed_artifact(out: &std::process::Output) -> String {
 }
 
 /// (1) A sidecar signed with `strata index --push --sign` (SEC1 key) mounts lazily under
-/// `signed`: the mount and a 4 KiB read of one of 4 files cost far less than the layer. Control: an
-/// unsigned sidecar is ignored (naming why) and the layer is downloaded whole.
+/// `signed`: the mount and a 4 KiB read of one of 4 files cost far less than the layer; the
+/// same through a mirror, which serves the referrers, the signature and the sidecar. Control:
+/// an unsigned sidecar is ignored (naming why) and the layer is downloaded whole.
 #[test]
 fn a_signed_sidecar_mounts_lazily_and_an_unsigned_one_is_not_used() {
     let reg = Registry::start();
@@ -83,6 +84,25 @@ fn a_signed_sidecar_mounts_lazily_and_an_unsigned_one_is_not_used() {
     assert!(s.contains("\"Signed\""), "index source: {s}");
     assert_eq!(read_all_never_altered(&m.dir), FILES);
     drop(m);
+
+    // Through a mirror (an honest one): referrers, signature and sidecar come from it.
+    let proxy = FaultProxy::in_front_of(&reg);
+    let env = mirror_env(&reg, &proxy, signed_config(&[&key.public_pem]));
+    let m = env.mount(&format!("{}/signed/a:v1", reg.host()), &["--no-prefetch"]);
+    let s = stats(&env, &m.dir);
+    assert!(
+        s.contains("\"Signed\""),
+        "index source through a mirror: {s}"
+    );
+    assert_eq!(read_all_never_altered(&m.dir), FILES);
+    drop(m);
+    for what in [".sig", &art, "manifests/sha256-"] {
+        assert!(
+            proxy.request_count(what) > 0,
+            "{what} not asked of the mirror: {:?}",
+            proxy.requests()
+        );
+    }
 
     // Control: the same image with an unsigned sidecar.
     good.push(&reg, "signed/b:v1");
