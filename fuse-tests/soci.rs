@@ -6,6 +6,7 @@
 //! - v1: a referrer of the image manifest (the `sha256-<hex>` referrers tag, as the registry
 //!   has no referrers API); read lazily, a fraction of the layer fetched, every byte right;
 //!   cached spans survive a restart of the daemon (block digests learned at the first decode);
+//!   under `index-trust: signed` used only once it carries a cosign signature by the key;
 //! - v2: `soci convert`'s SOCI-enabled image (the image manifest annotated with the index
 //!   digest, both in an image index): used under `index-trust: bound`;
 //! - a mirror that serves altered layer bytes with a forged v1 SOCI index consistent with
@@ -255,6 +256,42 @@ fn soci_v1_index_mounts_lazily_and_survives_a_daemon_restart() {
         .join("cache.verdicts")
         .join(format!("{}.verified", hex(&img.layer_digest)))
         .exists());
+}
+
+/// `index-trust: signed`: a v1 SOCI index is used only with a cosign signature (made by the
+/// harness in cosign's format) by a configured key; unsigned, the layer is downloaded whole.
+#[test]
+fn soci_v1_index_under_signed_needs_a_signature() {
+    let reg = Registry::start();
+    let img = push_image(&reg, "soci/s", "v1", honest);
+    let idx = push_soci_v1(&reg, "soci/s", &img, &img.layer.ztoc);
+    let dir = tempfile::tempdir().unwrap();
+    let key = common::forge::test_key(dir.path(), 1);
+    let config = serde_json::json!({"index-trust": "signed", "index-trust-keys": [key.public_pem]});
+    let image_ref = format!("{}/soci/s:v1", reg.host());
+    let env = StrataEnv::new();
+    env.write_config(&config);
+    let m = env.mount(&image_ref, &["--no-prefetch"]);
+    assert_eq!(read_all_never_altered(&m.dir), FILES);
+    let s = stats(&env, &m.dir);
+    assert!(s.contains("\"Built\"") && !s.contains("Soci"), "{s}");
+    drop(m);
+    let log = env.daemon_logs();
+    assert!(log.contains("not signed"), "{log}");
+
+    common::forge::cosign_sign(&reg, "soci/s", &idx, &idx, &key.sk);
+    let env = StrataEnv::new();
+    env.write_config(&config);
+    let mark = reg.served().len();
+    let m = env.mount(&image_ref, &["--no-prefetch"]);
+    assert_eq!(std::fs::read(m.dir.join("data/f3")).unwrap(), honest(3));
+    let s = stats(&env, &m.dir);
+    assert!(s.contains("\"SociSigned\""), "index source: {s}");
+    let (_, bytes) = reg.range_gets_since(mark, std::slice::from_ref(&img.layer_digest));
+    let size = img.layer.blob.len() as u64;
+    eprintln!("signed soci v1: one 1 MiB file fetched {bytes} of {size} bytes");
+    assert!(bytes * 4 < size, "{bytes} of {size}");
+    assert_eq!(read_all_never_altered(&m.dir), FILES);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Configuration: `$STRATA_ROOT/config.json` (or `--config`), daemon.json style.
 //!
-//! Leaf module: calls nothing else in the crate but `reference` (Docker Hub's name). Read once
+//! Leaf module: calls nothing else in the crate but `reference` (Docker Hub's name) and
+//! `cosign` (the keys of `index-trust: signed` are read and checked at load). Read once
 //! at start (by `cli::Ctx`, and by a daemon when it starts) and handed down as `Arc<Config>`:
 //! the registry client takes mirrors and their headers, insecure registries, where the
 //! hosts.toml, certificate and registries.conf files are, `mount` the cache sizes, fetch
@@ -65,6 +66,9 @@ pub enum IndexTrust {
     /// Only bound indexes and eStargz TOCs; a layer without one is fetched whole (its digest
     /// checked) and indexed here.
     Bound,
+    /// Bound indexes, eStargz TOCs, and unbound sidecars (and SOCI v1 indexes) carrying a
+    /// valid cosign signature by one of `index-trust-keys`, from any endpoint (mirrors too).
+    Signed,
 }
 
 impl IndexTrust {
@@ -72,6 +76,7 @@ impl IndexTrust {
         match self {
             IndexTrust::Registry => "registry",
             IndexTrust::Bound => "bound",
+            IndexTrust::Signed => "signed",
         }
     }
 }
@@ -81,8 +86,9 @@ fn de_index_trust<'de, D: serde::Deserializer<'de>>(d: D) -> Result<IndexTrust, 
     match s.as_str() {
         "registry" => Ok(IndexTrust::Registry),
         "bound" => Ok(IndexTrust::Bound),
+        "signed" => Ok(IndexTrust::Signed),
         _ => Err(serde::de::Error::custom(format!(
-            "index-trust: {s:?} is not one of registry, bound"
+            "index-trust: {s:?} is not one of registry, bound, signed"
         ))),
     }
 }
@@ -119,9 +125,14 @@ pub struct Config {
     #[serde(default, deserialize_with = "de_profile_source")]
     pub prefetch_profile: ProfileSource,
     /// Which unbound sidecar indexes are trusted: `registry` (default: from the image's own
-    /// registry, never through a mirror) or `bound` (none: only bound indexes and eStargz).
+    /// registry, never through a mirror), `bound` (none: only bound indexes and eStargz) or
+    /// `signed` (those with a cosign signature by a key of `index-trust-keys`).
     #[serde(default, deserialize_with = "de_index_trust")]
     pub index_trust: IndexTrust,
+    /// PEM public keys (P-256, `PUBLIC KEY`) whose cosign signatures `index-trust: signed`
+    /// accepts on a sidecar or SOCI v1 index. Required by `signed`, read at load.
+    #[serde(default)]
+    pub index_trust_keys: Vec<PathBuf>,
     /// Seconds a lazy read may wait for its bytes (all retries included) before it fails
     /// with ETIMEDOUT.
     #[serde(default = "default_fetch_timeout")]
@@ -292,6 +303,7 @@ impl Default for Config {
             prefetch: true,
             prefetch_profile: ProfileSource::default(),
             index_trust: IndexTrust::default(),
+            index_trust_keys: Vec::new(),
             fetch_timeout: default_fetch_timeout(),
             partial_span_fetch: false,
             fetch_ahead_spans: default_fetch_ahead(),
@@ -374,6 +386,17 @@ impl Config {
                 "mirror-retry-after",
                 "must be between 0.05 and 3600 seconds".into(),
             ));
+        }
+        if self.index_trust == IndexTrust::Signed && self.index_trust_keys.is_empty() {
+            return Err(invalid(
+                "index-trust-keys",
+                "`index-trust: signed` needs at least one public key: \"index-trust-keys\": \
+                 [\"/path/to/cosign.pub\"]"
+                    .into(),
+            ));
+        }
+        if let Err(msg) = crate::cosign::load_public_keys(&self.index_trust_keys) {
+            return Err(invalid("index-trust-keys", msg));
         }
         let all = self
             .registry_mirrors
@@ -505,6 +528,17 @@ mod tests {
             IndexTrust::Bound
         );
         assert_eq!(Config::default().index_trust, IndexTrust::Registry);
+        let e = parse(r#"{"index-trust": "signed"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("index-trust-keys"), "{e}");
+        let e = parse(r#"{"index-trust": "signed", "index-trust-keys": ["/nonexistent.pub"]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("index-trust-keys") && e.contains("/nonexistent.pub"),
+            "{e}"
+        );
         let e = parse(r#"{"max-concurrent-downloads": 0}"#)
             .unwrap_err()
             .to_string();

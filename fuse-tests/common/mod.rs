@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod containerd;
 pub mod credhelper;
+pub mod forge;
 pub mod http;
 pub mod image;
 pub mod pki;

@@ -43,8 +43,21 @@ pub(super) async fn index(
     image: &str,
     push: bool,
     bind: bool,
+    sign: Option<&std::path::Path>,
     platform: Option<&str>,
 ) -> Result<i32, Error> {
+    // The key is read before anything is built or pushed: a bad one fails at once.
+    let key = match sign {
+        Some(p) => {
+            Some(
+                crate::cosign::load_signing_key(p).map_err(|msg| image::Error::Invalid {
+                    what: "--sign".into(),
+                    msg,
+                })?,
+            )
+        }
+        None => None,
+    };
     let (reference, mut rec) = resolve_record(ctx, image, platform).await?;
     let progress = Progress::new(false);
     match image::index::index_image(
@@ -52,8 +65,10 @@ pub(super) async fn index(
         &ctx.store,
         &reference,
         &mut rec,
-        push,
-        bind,
+        push.then_some(image::index::Push {
+            bind,
+            sign: key.as_ref(),
+        }),
         &progress,
     )
     .await?

@@ -202,6 +202,11 @@ pub enum Command {
         /// the digest of that index covers the sidecar (a tag named is moved to it)
         #[arg(long, requires = "push")]
         bind: bool,
+        /// With --push: sign the sidecar artifact the cosign way (`sha256-<hex>.sig` tag) with
+        /// this P-256 private key (PEM, "PRIVATE KEY" or "EC PRIVATE KEY"), for readers whose
+        /// config says `index-trust: signed`
+        #[arg(long, requires = "push", value_name = "KEY.pem")]
+        sign: Option<std::path::PathBuf>,
         #[arg(long)]
         platform: Option<String>,
     },
@@ -570,8 +575,19 @@ async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<i32, Error> {
             image,
             push,
             bind,
+            sign,
             platform,
-        } => images::index(ctx, &image, push, bind, platform.as_deref()).await,
+        } => {
+            images::index(
+                ctx,
+                &image,
+                push,
+                bind,
+                sign.as_deref(),
+                platform.as_deref(),
+            )
+            .await
+        }
         Command::Convert {
             estargz: _,
             profile,

@@ -10,7 +10,8 @@
 //!   the sidecar from it, never from the referrers list ([`bound_artifact`]);
 //! - **policy** (`index-trust` in the config): `registry` (default) also trusts an unbound
 //!   sidecar, but only as listed by the image's own registry (referrers fetched with
-//!   `Op::PullUpstream`, never through a mirror); `bound` trusts none.
+//!   `Op::PullUpstream`, never through a mirror); `bound` trusts none; `signed` trusts one
+//!   that carries a cosign signature by a configured key, from any endpoint (`signed.rs`).
 //!
 //! Each index file in the store carries a trust mark (`indexes/<hex>.trust`: how it was
 //! obtained) so that an index fetched under a laxer policy is not reused under a stricter one;
@@ -44,18 +45,22 @@ pub enum Mark {
     ZstdChunked,
     /// From a sidecar bound to the image through the image index the user named.
     Bound,
+    /// From an unbound sidecar (or SOCI v1 index) with a cosign signature by the key of
+    /// this fingerprint (sha256 of its SubjectPublicKeyInfo DER).
+    Signed(Digest),
     /// From an unbound sidecar listed by the image's own registry.
     Registry,
 }
 
 impl Mark {
-    fn as_str(self) -> &'static str {
+    fn text(self) -> String {
         match self {
-            Mark::Built => "built",
-            Mark::Estargz => "estargz",
-            Mark::ZstdChunked => "zstd-chunked",
-            Mark::Bound => "bound",
-            Mark::Registry => "registry",
+            Mark::Built => "built".into(),
+            Mark::Estargz => "estargz".into(),
+            Mark::ZstdChunked => "zstd-chunked".into(),
+            Mark::Bound => "bound".into(),
+            Mark::Signed(key) => format!("signed {key}"),
+            Mark::Registry => "registry".into(),
         }
     }
 
@@ -66,15 +71,19 @@ impl Mark {
             "zstd-chunked" => Mark::ZstdChunked,
             "bound" => Mark::Bound,
             "registry" => Mark::Registry,
-            _ => return None,
+            s => Mark::Signed(s.strip_prefix("signed ")?.parse().ok()?),
         })
     }
 
-    /// Whether policy `trust` accepts an index obtained this way.
-    pub fn allowed(self, trust: IndexTrust) -> bool {
-        match trust {
-            IndexTrust::Registry => true,
-            IndexTrust::Bound => self != Mark::Registry,
+    /// Whether policy `trust` accepts an index obtained this way; `keys`: the fingerprints of
+    /// the configured `index-trust-keys` (a signature by a key no longer configured is not).
+    pub fn allowed(self, trust: IndexTrust, keys: &[Digest]) -> bool {
+        match (trust, self) {
+            (IndexTrust::Registry, _) => true,
+            (_, Mark::Registry) => false,
+            (IndexTrust::Bound, Mark::Signed(_)) => false,
+            (IndexTrust::Signed, Mark::Signed(k)) => keys.contains(&k),
+            _ => true,
         }
     }
 }
@@ -103,7 +112,7 @@ pub fn clear_mark(store: &Store, layer: &Digest) {
 pub fn set_mark(store: &Store, layer: &Digest, mark: Mark) -> Result<(), Error> {
     let p = mark_path(store, layer);
     let tmp = store.temp_path("trust");
-    std::fs::write(&tmp, mark.as_str())
+    std::fs::write(&tmp, mark.text())
         .and_then(|()| std::fs::rename(&tmp, &p))
         .map_err(|source| Error::Io {
             path: p.display().to_string(),
@@ -216,18 +225,26 @@ mod tests {
 
     #[test]
     fn marks_and_policies() {
+        let k = Digest::of(b"key");
         for m in [
             Mark::Built,
             Mark::Estargz,
             Mark::ZstdChunked,
             Mark::Bound,
+            Mark::Signed(k),
             Mark::Registry,
         ] {
-            assert_eq!(Mark::parse(m.as_str()), Some(m));
-            assert!(m.allowed(IndexTrust::Registry));
+            assert_eq!(Mark::parse(&m.text()), Some(m));
+            assert!(m.allowed(IndexTrust::Registry, &[]));
         }
-        assert!(!Mark::Registry.allowed(IndexTrust::Bound));
-        assert!(Mark::Bound.allowed(IndexTrust::Bound));
+        assert!(!Mark::Registry.allowed(IndexTrust::Bound, &[k]));
+        assert!(Mark::Bound.allowed(IndexTrust::Bound, &[]));
+        assert!(!Mark::Signed(k).allowed(IndexTrust::Bound, &[k]));
+        assert!(!Mark::Registry.allowed(IndexTrust::Signed, &[k]));
+        assert!(Mark::Bound.allowed(IndexTrust::Signed, &[]));
+        assert!(Mark::Signed(k).allowed(IndexTrust::Signed, &[k]));
+        assert!(!Mark::Signed(k).allowed(IndexTrust::Signed, &[Digest::of(b"other")]));
         assert_eq!(Mark::parse("mirror"), None);
+        assert_eq!(Mark::parse("signed sha256:zz"), None);
     }
 }

@@ -6,17 +6,17 @@
 //! whose `subject` is the image manifest; one layer blob per image layer holds that layer's
 //! index file, annotated with the image layer's digest. Discovery uses the referrers API and
 //! falls back to the referrers tag schema (`sha256-<hex>`). Which sidecars are believed
-//! (bound to the image, or listed by its own registry) is `bind.rs`'s: every index file
-//! written here gets its trust mark there.
+//! (bound to the image, listed by its own registry, or signed: `signed.rs`) is `bind.rs`'s:
+//! every index file written here gets its trust mark there.
 
 use super::bind::{self, Mark};
 use super::{Error, Progress};
 use crate::config::IndexTrust;
 use crate::digest::Digest;
 use crate::layer::{self, LayerIndex};
-use crate::oci::{Descriptor, ImageManifest, OCI_EMPTY, OCI_INDEX, OCI_MANIFEST};
+use crate::oci::{Descriptor, OCI_INDEX, OCI_MANIFEST};
 use crate::reference::Reference;
-use crate::registry::{referrers_tag, Client, Op};
+use crate::registry::{Client, Op};
 use crate::store::{ImageRecord, Store};
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -59,8 +59,12 @@ pub enum IndexSource {
     Sidecar,
     /// From the sidecar bound to the image through the image index the user named.
     Bound,
+    /// From an unbound sidecar with a valid cosign signature by a configured key.
+    Signed,
     /// From a SOCI v1 index (a referrer listed by the image's own registry).
     Soci,
+    /// From a SOCI v1 index with a valid cosign signature by a configured key.
+    SociSigned,
     /// From a SOCI v2 index bound to the image (its manifest's annotation, or the image
     /// index the user named).
     SociBound,
@@ -140,9 +144,14 @@ impl From<layer::Error> for Error {
 
 /// The stored index of layer `d` if policy `trust` accepts how it was obtained (an index
 /// without a trust mark, from an older strata, is fetched again).
-fn open_trusted(store: &Store, d: &Digest, trust: IndexTrust) -> Option<(LayerIndex, Mark)> {
+fn open_trusted(
+    store: &Store,
+    d: &Digest,
+    trust: IndexTrust,
+    keys: &[Digest],
+) -> Option<(LayerIndex, Mark)> {
     let mark = bind::mark_of(store, d)?;
-    if !mark.allowed(trust) {
+    if !mark.allowed(trust, keys) {
         return None;
     }
     open_local(store, d).map(|i| (i, mark))
@@ -195,8 +204,9 @@ pub async fn layer_indexes(
 /// The index of each layer of `image` that has one without downloading the layer (local,
 /// eStargz or zstd:chunked TOC, sidecar artifact, SOCI index) and that the `index-trust`
 /// policy accepts; `None` for the others. A sidecar bound to the image (through the image
-/// index the user named) is used under every policy; an unbound one only under `registry`,
-/// and only as listed by the image's own registry (never through a mirror).
+/// index the user named) is used under every policy; an unbound one under `registry` only as
+/// listed by the image's own registry (never through a mirror), under `signed` only with a
+/// valid signature by a configured key (from any endpoint).
 pub async fn lazy_indexes(
     client: &Arc<Client>,
     store: &Arc<Store>,
@@ -205,11 +215,19 @@ pub async fn lazy_indexes(
     progress: &Progress,
 ) -> Result<Vec<Option<(Arc<LayerIndex>, IndexSource)>>, Error> {
     let trust = client.config().index_trust;
+    let keys: Vec<Digest> = match trust {
+        IndexTrust::Signed => super::signed::keys(client)
+            .iter()
+            .map(|k| k.fingerprint)
+            .collect(),
+        _ => Vec::new(),
+    };
     let mut out: Vec<Option<(Arc<LayerIndex>, IndexSource)>> = rec
         .layers
         .iter()
         .map(|l| {
-            open_trusted(store, &l.digest, trust).map(|(i, _)| (Arc::new(i), IndexSource::Local))
+            open_trusted(store, &l.digest, trust, &keys)
+                .map(|(i, _)| (Arc::new(i), IndexSource::Local))
         })
         .collect();
     for (i, l) in rec.layers.iter().enumerate() {
@@ -253,7 +271,7 @@ pub async fn lazy_indexes(
         Some(art) => {
             let got =
                 sidecar_indexes(client, store, reference, rec, &need, Ok(art), progress).await;
-            Some((Mark::Bound, IndexSource::Bound, got))
+            Some((IndexSource::Bound, got.map(|f| (f, Mark::Bound))))
         }
         None if trust == IndexTrust::Registry => {
             // The upstream's referrers, listed once for strata's sidecar and SOCI v1 both.
@@ -270,16 +288,22 @@ pub async fn lazy_indexes(
                 }
                 Err(e) => Err(e.into()),
             };
-            Some((Mark::Registry, IndexSource::Sidecar, got))
+            Some((IndexSource::Sidecar, got.map(|f| (f, Mark::Registry))))
+        }
+        None if trust == IndexTrust::Signed => {
+            let (l, got) =
+                super::signed::sidecar(client, store, reference, rec, &need, progress).await;
+            listed = l;
+            Some((IndexSource::Signed, got))
         }
         None => None,
     };
     match found {
-        Some((mark, source, Ok(found))) => adopt(store, rec, &mut out, &found, mark, source)?,
-        Some((_, _, Err(e))) => tracing::warn!("no sidecar index for {reference}: {e}"),
+        Some((source, Ok((found, mark)))) => adopt(store, rec, &mut out, &found, mark, source)?,
+        Some((_, Err(e))) => tracing::warn!("no sidecar index for {reference}: {e}"),
         None => {}
     }
-    // Then a SOCI index (v2 bound to the image, or a v1 referrer under `registry`).
+    // Then a SOCI index (v2 bound to the image, or a v1 referrer under `registry`/`signed`).
     super::soci::fill(client, store, reference, rec, &mut out, listed, progress).await?;
     Ok(out)
 }
@@ -403,8 +427,9 @@ pub fn prefetch_list_path(store: &Store, layer: &Digest) -> PathBuf {
 /// whose trust mark the caller did not accept); returns the layers that now have one. The
 /// artifact is `bound` (`Ok`: from the image index the user named) or else the newest one
 /// the referrers list *of the upstream alone* names (`Err`: fetched by the caller with
-/// `Op::PullUpstream`): a mirror could list a forged one.
-async fn sidecar_indexes(
+/// `Op::PullUpstream`: a mirror could list a forged one), or under `signed` the one entry
+/// whose signature `signed.rs` verified.
+pub(super) async fn sidecar_indexes(
     client: &Client,
     store: &Store,
     reference: &Reference,
@@ -428,7 +453,7 @@ async fn sidecar_indexes(
         }
         Err(listed) => listed.clone(),
     };
-    let Some((_, am)) = find_artifact(
+    let Some((_, am)) = super::artifact::find_artifact(
         client,
         reference,
         rec,
@@ -603,22 +628,30 @@ pub struct Published {
     pub bound: Option<Digest>,
 }
 
-/// `strata index REF [--push [--bind]]`: build (or reuse) every layer's index; with `push`,
-/// publish them as a sidecar artifact referring to the image manifest; with `bind`, also an
-/// image index binding the image to it (see `bind.rs`). Only indexes built here from the
+/// How `strata index --push` publishes: also an image index binding the image to the sidecar
+/// (`--bind`), also a cosign signature of the sidecar with this key (`--sign`).
+#[derive(Clone, Copy, Default)]
+pub struct Push<'a> {
+    pub bind: bool,
+    pub sign: Option<&'a p256::ecdsa::SigningKey>,
+}
+
+/// `strata index REF [--push [--bind] [--sign KEY]]`: build (or reuse) every layer's index;
+/// with `push`, publish them as a sidecar artifact referring to the image manifest; with
+/// `bind`, also an image index binding the image to it (see `bind.rs`); with `sign`, a cosign
+/// signature of the artifact (`signed.rs`). Only indexes built here from the
 /// digest-checked layer (or its eStargz TOC) are published, never one fetched from a sidecar.
 pub async fn index_image(
     client: &Arc<Client>,
     store: &Arc<Store>,
     reference: &Reference,
     rec: &mut ImageRecord,
-    push: bool,
-    bind_it: bool,
+    push: Option<Push<'_>>,
     progress: &Progress,
 ) -> Result<Option<Published>, Error> {
     let mut descs = Vec::new();
     for l in &rec.layers {
-        let local = open_trusted(store, &l.digest, IndexTrust::Bound)
+        let local = open_trusted(store, &l.digest, IndexTrust::Bound, &[])
             .filter(|(ix, m)| *m != Mark::Bound && ix.windows_local())
             .map(|(ix, _)| ix);
         let ix = match local {
@@ -650,20 +683,32 @@ pub async fn index_image(
         d.annotations = Some(notes);
         descs.push((d, Bytes::from(bytes)));
     }
-    if !push {
+    let Some(Push {
+        bind: bind_it,
+        sign,
+    }) = push
+    else {
         return Ok(None);
-    }
+    };
     let repo = reference.repo();
     for (_, body) in &descs {
         client.upload_bytes(&repo, body.clone()).await?;
     }
     let layers = descs.into_iter().map(|(d, _)| d).collect();
     let (art_digest, art_size) =
-        publish_artifact(client, store, reference, rec, ARTIFACT_TYPE, layers).await?;
+        super::artifact::publish_artifact(client, store, reference, rec, ARTIFACT_TYPE, layers)
+            .await?;
     progress.line(&format!(
         "index artifact {art_digest} pushed for {}",
         rec.manifest_digest
     ));
+    if let Some(key) = sign {
+        let sig = super::signed::sign_artifact(client, reference, &art_digest, key).await?;
+        progress.line(&format!(
+            "signature {sig} pushed as {}",
+            crate::cosign::sig_tag(&art_digest)
+        ));
+    }
     let bound = match bind_it {
         true => {
             let d =
@@ -685,99 +730,4 @@ pub async fn index_image(
         artifact: art_digest,
         bound,
     }))
-}
-
-/// Publish an artifact about image `rec` (layers already uploaded): an OCI manifest with
-/// `artifact_type`, the empty config, `layers` and `subject` = the image manifest. Registries
-/// without the referrers API get the `sha256-<hex>` fallback tag's index updated: an earlier
-/// artifact of the same type is replaced, every other one kept. Returns the artifact's digest
-/// and size.
-pub(super) async fn publish_artifact(
-    client: &Client,
-    store: &Store,
-    reference: &Reference,
-    rec: &ImageRecord,
-    artifact_type: &str,
-    layers: Vec<Descriptor>,
-) -> Result<(Digest, u64), Error> {
-    let repo = reference.repo();
-    let json = |v: serde_json::Result<Vec<u8>>, what: &str| {
-        v.map(Bytes::from).map_err(|e| Error::Invalid {
-            what: what.into(),
-            msg: e.to_string(),
-        })
-    };
-    let empty = Bytes::from_static(b"{}");
-    let empty_digest = client.upload_bytes(&repo, empty.clone()).await?;
-    let manifest_size = store.read_blob(&rec.manifest_digest)?.len() as u64;
-    let art = ImageManifest {
-        schema_version: 2,
-        media_type: Some(OCI_MANIFEST.into()),
-        artifact_type: Some(artifact_type.into()),
-        config: Descriptor::new(OCI_EMPTY, empty_digest, empty.len() as u64),
-        layers,
-        subject: Some(Descriptor::new(
-            &rec.manifest_media_type,
-            rec.manifest_digest,
-            manifest_size,
-        )),
-        annotations: Some(BTreeMap::from([(
-            "org.opencontainers.image.created".to_string(),
-            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        )])),
-    };
-    let body = json(serde_json::to_vec(&art), "artifact")?;
-    let art_digest = Digest::of(&body);
-    client
-        .put_manifest(&repo, &art_digest.to_string(), OCI_MANIFEST, body.clone())
-        .await?;
-    let (mut idx, from_tag) = client.referrers(&repo, &rec.manifest_digest).await?;
-    if from_tag {
-        idx.manifests.retain(|d| {
-            d.digest != art_digest && d.artifact_type.as_deref() != Some(artifact_type)
-        });
-        let mut d = Descriptor::new(OCI_MANIFEST, art_digest, body.len() as u64);
-        d.artifact_type = Some(artifact_type.into());
-        idx.manifests.push(d);
-        idx.media_type = Some(OCI_INDEX.into());
-        let ib = json(serde_json::to_vec(&idx), "referrers index")?;
-        client
-            .put_manifest(&repo, &referrers_tag(&rec.manifest_digest), OCI_INDEX, ib)
-            .await?;
-    }
-    Ok((art_digest, body.len() as u64))
-}
-
-/// The newest artifact of `artifact_type` about image `rec` among `referrers`, with its
-/// manifest checked to be an image manifest whose subject is `rec`'s manifest.
-pub(super) async fn find_artifact(
-    client: &Client,
-    reference: &Reference,
-    rec: &ImageRecord,
-    referrers: &crate::oci::ImageIndex,
-    artifact_type: &str,
-    what: &str,
-) -> Result<Option<(Digest, ImageManifest)>, Error> {
-    let Some(art) = referrers
-        .manifests
-        .iter()
-        .rev()
-        .find(|d| d.artifact_type.as_deref() == Some(artifact_type))
-    else {
-        return Ok(None);
-    };
-    let bad = |msg: &str| Error::Invalid {
-        what: format!("{what} {}", art.digest),
-        msg: msg.into(),
-    };
-    let m = client
-        .get_manifest(&reference.with_digest(art.digest))
-        .await?;
-    let crate::oci::AnyManifest::Image(am) = m.manifest else {
-        return Err(bad("not a manifest"));
-    };
-    if am.subject.as_ref().map(|s| s.digest) != Some(rec.manifest_digest) {
-        return Err(bad("subject is not this image's manifest"));
-    }
-    Ok(Some((art.digest, am)))
 }

@@ -1,6 +1,7 @@
 //! Image operations that join the registry client and the store: resolve, pull, push, save,
 //! load, commit/import/export, convert (to eStargz), and the artifacts published next to an image (layer index
-//! sidecars in `index`, which of them to trust and indexes bound to the image in `bind`,
+//! sidecars in `index`, which of them to trust and indexes bound to the image in `bind`, cosign
+//! signatures on them in `signed`,
 //! SOCI indexes published by AWS's SOCI tools in `soci`, access profiles in `profile`).
 //!
 //! Calls `registry`, `store`, `layer`, `cache` (the blob source and windows of a sidecar
@@ -9,6 +10,7 @@
 //! `mount/`'s.
 
 mod archive;
+mod artifact;
 pub mod bind;
 pub mod commit;
 pub mod convert;
@@ -16,6 +18,7 @@ pub mod index;
 pub mod profile;
 mod pull;
 mod push;
+pub mod signed;
 pub mod soci;
 
 pub use archive::{load, save};

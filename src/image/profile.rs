@@ -99,7 +99,7 @@ pub async fn push(
     })?);
     let profile_digest = client.upload_bytes(&reference.repo(), body.clone()).await?;
     let layer = Descriptor::new(PROFILE_MEDIA_TYPE, profile_digest, body.len() as u64);
-    super::index::publish_artifact(
+    super::artifact::publish_artifact(
         client,
         store,
         reference,
@@ -120,7 +120,7 @@ pub async fn fetch(
     let (referrers, _) = client
         .referrers(&reference.repo(), &rec.manifest_digest)
         .await?;
-    let Some((art, am)) = super::index::find_artifact(
+    let Some((art, am)) = super::artifact::find_artifact(
         client,
         reference,
         rec,

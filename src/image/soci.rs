@@ -9,18 +9,21 @@
 //!   of artifact type v2 whose [`MANIFEST_DIGEST`] annotation names the image manifest). The
 //!   digest the user named covers it: trusted under every `index-trust`, from any endpoint;
 //! - **v1** (unbound): a referrer of the image manifest (artifact type v1, `subject` the image
-//!   manifest), through the referrers API or the `sha256-<hex>` tag; believed only under
-//!   `index-trust: registry` and only as listed by the image's own registry, never a mirror
-//!   (the same rule as strata's unbound sidecars, `bind.rs`).
+//!   manifest), through the referrers API or the `sha256-<hex>` tag; believed under
+//!   `index-trust: registry` only as listed by the image's own registry, never a mirror, and
+//!   under `signed` only with a valid cosign signature by a configured key, from any endpoint
+//!   (the same rules as strata's unbound sidecars, `bind.rs`, `signed.rs`).
 //!
 //! The index manifest and the zTOCs are fetched by digest (digest-checked, so any endpoint
 //! may serve them); each zTOC becomes a strata index file through
 //! [`layer::soci::index_from_ztoc`] (written to a temp file, moved into `indexes/` only when
-//! valid). Calls `registry`, `store`, `layer`, `oci` and `index.rs`/`bind.rs`; used by
+//! valid). Calls `registry`, `store`, `layer`, `oci` and `index.rs`/`bind.rs`/`artifact.rs`/
+//! `signed.rs`; used by
 //! `index.rs`'s `lazy_indexes`, after strata's own sidecar.
 
+use super::artifact::find_artifact;
 use super::bind::{self, Mark};
-use super::index::{find_artifact, index_path, IndexSource};
+use super::index::{index_path, IndexSource};
 use super::{Error, Progress};
 use crate::config::IndexTrust;
 use crate::digest::Digest;
@@ -74,14 +77,14 @@ fn bound_index(store: &Store, rec: &ImageRecord) -> Option<Digest> {
 }
 
 /// Whether a SOCI index may be looked for under policy `trust`: always when one is bound to
-/// the image, a referrer only under `registry`.
+/// the image, a referrer only under `registry` or `signed`.
 fn usable(store: &Store, rec: &ImageRecord, trust: IndexTrust) -> bool {
-    trust == IndexTrust::Registry || bound_index(store, rec).is_some()
+    trust != IndexTrust::Bound || bound_index(store, rec).is_some()
 }
 
 /// The SOCI step of `index::lazy_indexes`: for the layers still `None` in `out`, the SOCI
 /// index the policy allows (see the module docs), adopted with its trust mark. `listed`: the
-/// upstream's referrers if the caller has them. A failure to find or fetch one is logged.
+/// referrers the caller has (the upstream's under `registry`, any endpoint's under `signed`). A failure to find or fetch one is logged.
 pub(super) async fn fill(
     client: &Client,
     store: &Store,
@@ -118,7 +121,8 @@ pub(super) async fn fill(
 }
 
 /// Fetch the SOCI index of `rec` (v2 bound, else under `registry` policy a v1 referrer from
-/// the upstream: `listed`, the upstream's referrers if the caller has them already) and turn
+/// the upstream, under `signed` a signed v1 referrer from any endpoint: `listed`, the
+/// referrers the caller has already if it has them) and turn
 /// its zTOCs for the layers in `need` into index files in `indexes/`.
 /// Returns the layers that now have one, with the mark and source they are used under.
 async fn soci_indexes(
@@ -162,6 +166,37 @@ async fn soci_indexes(
                 return Ok((BTreeSet::new(), Mark::Registry, IndexSource::Soci));
             };
             (d, m, Mark::Registry, IndexSource::Soci)
+        }
+        None if trust == IndexTrust::Signed => {
+            // Any endpoint's list: only a candidate whose signature verifies is used.
+            let referrers = match listed {
+                Some(l) => l,
+                None => {
+                    client
+                        .referrers_via(&reference.repo(), &rec.manifest_digest, Op::Pull)
+                        .await?
+                        .0
+                }
+            };
+            let none = Ok((BTreeSet::new(), Mark::Registry, IndexSource::Soci));
+            let Some((one, mark)) = super::signed::pick(
+                client,
+                reference,
+                &referrers,
+                V1_ARTIFACT_TYPE,
+                "SOCI index",
+                progress,
+            )
+            .await
+            else {
+                return none;
+            };
+            let found =
+                find_artifact(client, reference, rec, &one, V1_ARTIFACT_TYPE, "SOCI index").await?;
+            let Some((d, m)) = found else {
+                return none;
+            };
+            (d, m, mark, IndexSource::SociSigned)
         }
         None => return Ok((BTreeSet::new(), Mark::Registry, IndexSource::Soci)),
     };
