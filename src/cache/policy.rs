@@ -219,9 +219,9 @@ impl Policy {
     }
 
     /// Sibling fetch, when the file at `path` of `layer` is read for the first time: once
-    /// `siblings_after` distinct files of its directory have been, the spans holding the
-    /// directory's other regular files that share a name suffix with one of them (`.pyc` in a
-    /// `__pycache__`, `.so` next to `.so`) and are at most [`SIBLING_MAX_FILE`] long, at
+    /// `siblings_after` distinct files of its directory with a word suffix have been, the
+    /// spans holding the directory's other regular files that share a suffix with one of them
+    /// (`.pyc` in a `__pycache__`, `.so` next to `.so`) and are at most [`SIBLING_MAX_FILE`] long, at
     /// most [`SIBLING_MAX_SPANS`] of them (those nearest the file), as runs of adjacent spans;
     /// once per directory; spans for which `have` holds (local or in flight) are left out
     /// before choosing. A program loading a package reads its modules one after another,
@@ -236,6 +236,11 @@ impl Policy {
             return Vec::new();
         }
         let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        // Only names with a word suffix count (`.pyc`, `.so`, `.js`): versioned libraries
+        // (`libc.so.6`) and suffixless names say nothing about their neighbours.
+        let Some(sfx) = suffix(name) else {
+            return Vec::new();
+        };
         let suffixes = {
             let mut dirs = lock(&self.dirs);
             let per = dirs.entry(layer.digest).or_default();
@@ -247,9 +252,8 @@ impl Policy {
                 return Vec::new();
             }
             d.files += 1;
-            let suffix = suffix(name);
-            if d.suffixes.len() < SIBLING_SUFFIXES && !d.suffixes.iter().any(|s| **s == *suffix) {
-                d.suffixes.push(suffix.into());
+            if d.suffixes.len() < SIBLING_SUFFIXES && !d.suffixes.iter().any(|s| **s == *sfx) {
+                d.suffixes.push(sfx.into());
             }
             if d.files < self.siblings_after {
                 return Vec::new();
@@ -273,7 +277,7 @@ impl Policy {
         for e in index.list_dir(dir).take(SIBLING_MAX_ENTRIES) {
             let fits = e.kind() == crate::layer::EntryKind::File
                 && (1..=SIBLING_MAX_FILE).contains(&e.size())
-                && suffixes.iter().any(|s| **s == *suffix(e.name()));
+                && suffix(e.name()).is_some_and(|x| suffixes.iter().any(|s| **s == *x));
             if let Some(s) = fits.then(|| spans_of(&e)).flatten() {
                 spans.extend(s);
             }
@@ -326,8 +330,13 @@ impl Policy {
     }
 }
 
-/// A file name's suffix for sibling matching: what follows its last dot (`pyc`, `so`, `1` of
-/// `libz.so.1`), or the whole name if it has none.
-fn suffix(name: &str) -> &str {
-    name.rsplit_once('.').map_or(name, |(_, s)| s)
+/// A file name's suffix for sibling matching: what follows its last dot when that is a word
+/// of ASCII letters (`pyc`, `so`; not the `6` of `libc.so.6`), else none.
+fn suffix(name: &str) -> Option<&str> {
+    let (stem, s) = name.rsplit_once('.')?;
+    (!stem.is_empty()
+        && !s.is_empty()
+        && s.len() <= 16
+        && s.bytes().all(|b| b.is_ascii_alphabetic()))
+    .then_some(s)
 }
