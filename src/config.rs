@@ -152,9 +152,11 @@ pub struct Config {
     #[serde(default = "default_fetch_ahead")]
     pub fetch_ahead_spans: usize,
     /// Sibling fetch (`cache/policy.rs` `siblings`): once this many distinct files of one
-    /// directory of a layer have been read, the directory's other files that share a name
-    /// suffix with them (up to 1 MiB each, the 4 spans nearest) are fetched at once instead
-    /// of one round trip each as a program loading a package asks for them. 0 turns it off.
+    /// directory of a layer have been read, the directory's other files that share a word
+    /// suffix with them (`.pyc`, `.so`; up to 1 MiB each, the 4 spans nearest) are fetched at
+    /// once instead of one round trip each as a program loading a package asks for them.
+    /// 0 (the default) turns it off: measured no faster on the bench workloads, ~1 MB more
+    /// (docs/benchmarks.md, issue 16); 2 is the setting measured.
     #[serde(default = "default_fetch_siblings")]
     pub fetch_siblings: usize,
     /// Launch warm-up (`mount/warm.rs`): when `strata run` mounts a container's rootfs, read
@@ -223,7 +225,7 @@ fn default_fetch_ahead() -> usize {
     0
 }
 fn default_fetch_siblings() -> usize {
-    2
+    0
 }
 fn default_hosts_dir() -> PathBuf {
     PathBuf::from("/etc/containerd/certs.d")
