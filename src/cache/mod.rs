@@ -594,6 +594,11 @@ impl ChunkCache {
         }
     }
 
+    /// Whether [`first_read`](Self::first_read) can do anything (the sibling fetch is on).
+    pub fn wants_first_reads(&self) -> bool {
+        self.policy.siblings_on()
+    }
+
     /// The first read of the file at `path` of `layer` (its extent just resolved): start the
     /// fetches of the siblings the policy names ([`Policy::siblings`]), in the background lane
     /// (a reader that joins one which fails fetches on its own). Returns the spans

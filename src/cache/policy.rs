@@ -218,6 +218,10 @@ impl Policy {
         out
     }
 
+    pub(super) fn siblings_on(&self) -> bool {
+        self.siblings_after > 0
+    }
+
     /// Sibling fetch, when the file at `path` of `layer` is read for the first time: once
     /// `siblings_after` distinct files of its directory with a word suffix have been, the
     /// spans holding the directory's other regular files that share a suffix with one of them

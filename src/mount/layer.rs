@@ -50,6 +50,7 @@ pub(super) fn layer_union(
         layer: cached.clone(),
         profile: Arc::new(AccessProfile::default()),
         loads: Some(lazy.load_warm.clone()),
+        rt: tokio::runtime::Handle::try_current().ok(),
     });
     let rt = tokio::runtime::Handle::current();
     let fs = UnionFs::new(Arc::new(tree), vec![lower], None, Some(rt))

@@ -182,6 +182,7 @@ pub async fn open(
             layer: layer.clone(),
             profile: profile.clone(),
             loads: Some(load_warm.clone()),
+            rt: tokio::runtime::Handle::try_current().ok(),
         }));
         layers.push(layer);
         sources.push(src);

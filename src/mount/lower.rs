@@ -58,6 +58,8 @@ pub struct CacheLower {
     pub profile: Arc<AccessProfile>,
     /// Told when a file's first read shows an ELF header (`warm.rs`).
     pub loads: Option<Arc<super::warm::LoadWarm>>,
+    /// The runtime first reads answered locally spawn their notices on.
+    pub rt: Option<tokio::runtime::Handle>,
 }
 
 /// A cache error as the `io::Error` the union carries to the FUSE adapter: the cause kept
@@ -78,7 +80,36 @@ fn io_error(e: crate::cache::Error) -> std::io::Error {
     }
 }
 
+/// What an ELF object's first bytes are.
+const ELF_MAGIC: &[u8] = b"\x7fELF";
+
 impl CacheLower {
+    /// The first read of `file` was answered from the local tiers: the same notices as after
+    /// a fetch (the library warm-up, the sibling fetch), without making the read wait: the
+    /// sibling fetch is spawned on the runtime the lower was made in.
+    fn first_local_read(
+        &self,
+        file: &LowerFile,
+        offset: u64,
+        res: &Result<Bytes, crate::cache::Error>,
+    ) {
+        if let (Some(l), Ok(b), 0) = (&self.loads, res, offset) {
+            if b.starts_with(ELF_MAGIC) {
+                l.loaded(file.path());
+            }
+        }
+        if let (true, Some(rt)) = (self.cache.wants_first_reads(), &self.rt) {
+            let (cache, layer, path) = (
+                self.cache.clone(),
+                self.layer.clone(),
+                file.path().to_string(),
+            );
+            rt.spawn(async move {
+                cache.first_read(&layer, &path);
+            });
+        }
+    }
+
     /// Virtual range of `[offset, offset+len)` of `file` (clamped), where the file's bytes
     /// end (to bound readahead to this file), and whether this is the file's first read in
     /// this mount. The file's extent is resolved (one index lookup by path) the first time an
@@ -108,7 +139,8 @@ impl LowerSource for CacheLower {
     /// that fetches only the spans that were missing. A file's first read also tells the
     /// cache ([`ChunkCache::first_read`]: the sibling fetch), from inside the runtime, after
     /// the read's own fetches started; and, when it starts at offset 0 and shows an ELF
-    /// header, the image's [`LoadWarm`](super::warm::LoadWarm).
+    /// header, the image's [`LoadWarm`](super::warm::LoadWarm). A local hit never waits for
+    /// either.
     fn start_read(&self, file: &LowerFile, offset: u64, len: u32) -> LowerRead {
         let (r, file_end, first) = match self.vrange(file, offset, len) {
             Ok(v) => v,
@@ -119,10 +151,14 @@ impl LowerSource for CacheLower {
         } else {
             self.cache.start_read_file(&self.layer, r, file_end)
         };
-        let (res, f) = match read {
-            Read::Local(res) if !first => return LowerRead::Ready(res.map_err(io_error)),
-            Read::Local(res) => (Some(res), None),
-            Read::Fetch(f) => (None, Some(f)),
+        let f = match read {
+            Read::Local(res) => {
+                if first {
+                    self.first_local_read(file, offset, &res);
+                }
+                return LowerRead::Ready(res.map_err(io_error));
+            }
+            Read::Fetch(f) => f,
         };
         let path = file.path().to_string();
         let (cache, layer) = (self.cache.clone(), self.layer.clone());
@@ -130,28 +166,18 @@ impl LowerSource for CacheLower {
         LowerRead::Pending(
             async move {
                 let t0 = std::time::Instant::now();
-                let res = match (res, f) {
-                    (Some(res), _) => {
-                        cache.first_read(&layer, &path);
-                        res
-                    }
-                    (None, Some(f)) => {
-                        let mut f = std::pin::pin!(f);
-                        let polled = futures::poll!(f.as_mut());
-                        if first {
-                            cache.first_read(&layer, &path);
-                        }
-                        let res = match polled {
-                            std::task::Poll::Ready(res) => res,
-                            std::task::Poll::Pending => f.await,
-                        };
-                        tracing::trace!(path = %path, offset, ms = t0.elapsed().as_secs_f64() * 1e3, "lazy read waited");
-                        res
-                    }
-                    (None, None) => Ok(Bytes::new()),
+                let mut f = std::pin::pin!(f);
+                let polled = futures::poll!(f.as_mut());
+                if first && cache.wants_first_reads() {
+                    cache.first_read(&layer, &path);
+                }
+                let res = match polled {
+                    std::task::Poll::Ready(res) => res,
+                    std::task::Poll::Pending => f.await,
                 };
+                tracing::trace!(path = %path, offset, ms = t0.elapsed().as_secs_f64() * 1e3, "lazy read waited");
                 if let (Some(l), Ok(b)) = (&loads, &res) {
-                    if b.starts_with(b"\x7fELF") {
+                    if b.starts_with(ELF_MAGIC) {
                         l.loaded(&path);
                     }
                 }

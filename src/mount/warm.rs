@@ -144,24 +144,31 @@ impl Warmed {
 /// image gone, nothing happens.
 #[derive(Default)]
 pub struct LoadWarm {
-    image: std::sync::OnceLock<(std::sync::Weak<LazyImage>, Arc<ChunkCache>)>,
+    image: std::sync::OnceLock<Armed>,
 }
 
+/// What an armed [`LoadWarm`] needs: the image, the cache and the runtime to spawn on.
+type Armed = (
+    std::sync::Weak<LazyImage>,
+    Arc<ChunkCache>,
+    tokio::runtime::Handle,
+);
+
 impl LoadWarm {
+    /// Arm with `image` (call inside the runtime; outside it nothing is armed).
     pub fn arm(&self, image: &Arc<LazyImage>, cache: &Arc<ChunkCache>) {
-        let _ = self.image.set((Arc::downgrade(image), cache.clone()));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let _ = self.image.set((Arc::downgrade(image), cache.clone(), rt));
+        }
     }
 
     /// The first read of the file at `path` (layer-relative, as the image's tree names it)
     /// began with an ELF header. Spawns the warm-up; never waits.
     pub fn loaded(&self, path: &str) {
-        let Some((image, cache)) = self.image.get() else {
+        let Some((image, cache, rt)) = self.image.get() else {
             return;
         };
         let Some(image) = image.upgrade() else {
-            return;
-        };
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let list = vec![vec![format!("/{path}")]];
