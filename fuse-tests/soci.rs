@@ -16,11 +16,10 @@
 //!   downloaded whole instead).
 
 mod common;
+use common::forge::{hex, put_blob, put_manifest};
 use common::soci::{self, SociLayer};
 use common::testdata::pseudo;
-use common::{
-    http, sha256_digest, FaultProxy, ImageBuilder, Layer, OutputExt, Registry, StrataEnv,
-};
+use common::{sha256_digest, FaultProxy, ImageBuilder, Layer, OutputExt, Registry, StrataEnv};
 use std::path::Path;
 
 const FILES: usize = 8;
@@ -33,51 +32,6 @@ fn honest(i: usize) -> Vec<u8> {
 
 fn altered(i: usize) -> Vec<u8> {
     pseudo(FILE_LEN, 700 + i as u64)
-}
-
-fn hex(d: &str) -> &str {
-    d.trim_start_matches("sha256:")
-}
-
-fn put_blob(reg: &Registry, repo: &str, data: &[u8]) -> String {
-    let d = sha256_digest(data);
-    let r = http::request(
-        &reg.host(),
-        "POST",
-        &format!("/v2/{repo}/blobs/uploads/"),
-        &[],
-        &[],
-    )
-    .expect("start upload");
-    assert_eq!(r.status, 202, "start upload: {}", r.text());
-    let loc = r.header("location").expect("upload location").to_string();
-    let path = match loc.find("/v2/") {
-        Some(i) => loc[i..].to_string(),
-        None => loc,
-    };
-    let sep = if path.contains('?') { '&' } else { '?' };
-    let r = http::request(
-        &reg.host(),
-        "PUT",
-        &format!("{path}{sep}digest={d}"),
-        &[("Content-Type", "application/octet-stream")],
-        data,
-    )
-    .expect("upload");
-    assert_eq!(r.status, 201, "upload {d}: {}", r.text());
-    d
-}
-
-fn put_manifest(reg: &Registry, repo: &str, reference: &str, media_type: &str, body: &[u8]) {
-    let r = http::request(
-        &reg.host(),
-        "PUT",
-        &format!("/v2/{repo}/manifests/{reference}"),
-        &[("Content-Type", media_type)],
-        body,
-    )
-    .expect("put manifest");
-    assert_eq!(r.status, 201, "put {repo}:{reference}: {}", r.text());
 }
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
