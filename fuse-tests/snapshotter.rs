@@ -6,14 +6,17 @@
 //!
 //! - The registry sends less than 10% of the image's bytes (its access log, from the pull
 //!   on): every layer of the indexed image is a remote snapshot, read lazily.
-//! - The container sees the image as kernel overlayfs over the layer views shows it:
-//!   whiteouts hide, opaque directories hide what is below.
+//! - Both ways of serving a container's rootfs (`snapshotter-rootfs`): `union` (one strata
+//!   union mount of the whole image, upper in the snapshot directory, a bind mount for
+//!   containerd) and `overlay` (kernel overlayfs over the layer views). Either way the
+//!   container sees the image as it is: whiteouts hide, opaque directories hide what is below.
 //! - The sandbox image has no lazy index: its layer is extracted (the plain overlay path).
 //! - `strata daemon restart` and a kill -9 of the server keep a running container's rootfs
 //!   readable (ExecSync reads a file nobody read before, through the new server).
 //! - RemoveImage removes the remote snapshots and unmounts their layer views.
 //! - After the whole daemon was stopped and started, the snapshots are known (a pull finds
-//!   them) and the layer views are mounted again from the stored metadata.
+//!   them) and the layer views (and a created container's union mount) are mounted again
+//!   from the stored metadata.
 
 mod common;
 
@@ -252,8 +255,30 @@ fn layer_view_mounts() -> usize {
         .count()
 }
 
+/// Union mounts of active snapshots (`<root>/snapshots/<id>/rootfs`).
+fn union_mounts(root: &Path) -> Vec<PathBuf> {
+    let snaps = root.join("snapshots");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|mp| mp.starts_with(&snaps) && mp.ends_with("rootfs"))
+        .collect()
+}
+
 #[test]
-fn cri_pull_and_run_reads_the_image_lazily_through_remote_snapshots() {
+fn cri_pull_and_run_reads_the_image_lazily_through_a_union_mount() {
+    cri_pull_and_run("union");
+}
+
+#[test]
+fn cri_pull_and_run_reads_the_image_lazily_through_overlayfs_over_layer_views() {
+    cri_pull_and_run("overlay");
+}
+
+fn cri_pull_and_run(rootfs: &str) {
+    let union = rootfs == "union";
     let reg = Registry::start();
     let host = reg.host();
     // The sandbox ("pause") image: tiny, no lazy index: extracted by containerd.
@@ -290,7 +315,7 @@ fn cri_pull_and_run_reads_the_image_lazily_through_remote_snapshots() {
 
     // A fresh root: the sidecar index comes from the registry.
     let env = StrataEnv::new();
-    env.write_config(&serde_json::json!({"prefetch": false}));
+    env.write_config(&serde_json::json!({"prefetch": false, "snapshotter-rootfs": rootfs}));
     env.run(&["daemon"]).assert_success();
     let root = env.root();
     poll_until(
@@ -408,6 +433,13 @@ fn cri_pull_and_run_reads_the_image_lazily_through_remote_snapshots() {
     let out = cri_log(&logs.join("printer.log"));
     assert_eq!(st.exit_code, 0, "{out}");
     assert_eq!(out, "hello from a lazy layer\nb\nf7-gone\n");
+    // The printer's rootfs (its snapshot stays until the container is removed).
+    let unions = union_mounts(&root);
+    assert_eq!(
+        unions.len(),
+        usize::from(union),
+        "{rootfs}: union mounts {unions:?}"
+    );
 
     let sent: u64 = reg.served().iter().skip(mark).map(|s| s.bytes).sum();
     eprintln!(
@@ -534,6 +566,11 @@ fn cri_pull_and_run_reads_the_image_lazily_through_remote_snapshots() {
         Duration::from_millis(50),
         || (remote_snapshots(&root) == 0 && layer_view_mounts() == 0).then_some(()),
     );
+    assert_eq!(
+        union_mounts(&root),
+        Vec::<PathBuf>::new(),
+        "union mounts after removal"
+    );
 
     // Pulled again, then the whole daemon stopped (its mounts end) and started: the
     // snapshots are still known and the layer views are mounted again from the metadata.
@@ -551,12 +588,38 @@ fn cri_pull_and_run_reads_the_image_lazily_through_remote_snapshots() {
     };
     let image_ref = pull(&rt, &mut images);
     assert_eq!((remote_snapshots(&root), layer_view_mounts()), (2, 2));
+    // A container created (not started) in a new pod: its rootfs snapshot is prepared.
+    let mut pod2_cfg = pod_cfg.clone();
+    if let Some(m) = pod2_cfg.metadata.as_mut() {
+        m.attempt = 1;
+    }
+    let pod2 = rt
+        .block_on(runtime.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod2_cfg.clone()),
+            runtime_handler: String::new(),
+        }))
+        .unwrap_or_else(|e| fail("RunPodSandbox again", e))
+        .into_inner()
+        .pod_sandbox_id;
+    let idle = rt
+        .block_on(runtime.create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod2.clone(),
+            config: Some(container_config("idle", &image_ref, &["true"])),
+            sandbox_config: Some(pod2_cfg.clone()),
+        }))
+        .unwrap_or_else(|e| fail("CreateContainer idle", e))
+        .into_inner()
+        .container_id;
+    // The idle container's, and (union) the new sandbox's: the pause image's one layer is
+    // the big image's bottom layer, whose index is known by now.
+    let before = union_mounts(&root).len();
+    assert_eq!(before > 0, union, "{rootfs}: {before} union mounts");
     env.run(&["daemon", "--stop"]).assert_success();
     poll_until(
         "the layer views to end with the daemon",
         Duration::from_secs(30),
         Duration::from_millis(50),
-        || (layer_view_mounts() == 0).then_some(()),
+        || (layer_view_mounts() == 0 && union_mounts(&root).is_empty()).then_some(()),
     );
     env.run(&["daemon"]).assert_success();
     poll_until(
@@ -564,6 +627,50 @@ fn cri_pull_and_run_reads_the_image_lazily_through_remote_snapshots() {
         Duration::from_secs(30),
         Duration::from_millis(50),
         || (layer_view_mounts() == 2).then_some(()),
+    );
+    if union {
+        let unions = poll_until(
+            "the union mounts to be mounted again",
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            || Some(union_mounts(&root)).filter(|u| u.len() == before),
+        );
+        let idle_root: Vec<&PathBuf> = unions
+            .iter()
+            .filter(|mp| {
+                std::fs::read_to_string(mp.join("data/hello.txt"))
+                    .ok()
+                    .as_deref()
+                    == Some("hello from a lazy layer\n")
+            })
+            .collect();
+        assert_eq!(
+            idle_root.len(),
+            1,
+            "the idle container's rootfs among {unions:?}"
+        );
+        assert!(
+            !idle_root[0].join("data/f7").exists(),
+            "whiteout in the union"
+        );
+    }
+    rt.block_on(runtime.remove_container(cri::RemoveContainerRequest {
+        container_id: idle.clone(),
+    }))
+    .unwrap_or_else(|e| fail("RemoveContainer idle", e));
+    rt.block_on(runtime.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod2.clone(),
+    }))
+    .unwrap_or_else(|e| fail("StopPodSandbox 2", e));
+    rt.block_on(runtime.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod2.clone(),
+    }))
+    .unwrap_or_else(|e| fail("RemovePodSandbox 2", e));
+    poll_until(
+        "the union mounts to go with their containers",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || union_mounts(&root).is_empty().then_some(()),
     );
     let hello: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()

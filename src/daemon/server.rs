@@ -511,7 +511,8 @@ async fn unmount(
     Ok(())
 }
 
-/// The containerd snapshotter's way to have layer views mounted: as mounts of this daemon.
+/// The containerd snapshotter's way to have layer views and union mounts mounted: as mounts
+/// of this daemon.
 struct LayerMounter(Arc<State>);
 
 impl crate::snapshotter::Mounter for LayerMounter {
@@ -533,6 +534,30 @@ impl crate::snapshotter::Mounter for LayerMounter {
                 allow_other: true,
                 layer: Some(layer),
                 warm: Vec::new(),
+            };
+            mount(&state, req).await.map(|_| ())
+        })
+    }
+
+    fn mount_image(
+        &self,
+        image: String,
+        upper: (PathBuf, PathBuf),
+        mountpoint: PathBuf,
+        warm: crate::mount::warm::WarmList,
+    ) -> futures::future::BoxFuture<'static, Result<(), crate::mount::Error>> {
+        let state = self.0.clone();
+        Box::pin(async move {
+            let req = MountRequest {
+                image,
+                platform: None,
+                mountpoint,
+                upper: Some(upper),
+                prefetch: state.svc.config.prefetch,
+                passthrough: false,
+                allow_other: true,
+                layer: None,
+                warm,
             };
             mount(&state, req).await.map(|_| ())
         })

@@ -119,7 +119,7 @@ impl cs::Snapshotter for Service {
         key: String,
         labels: HashMap<String, String>,
     ) -> Result<(), Status> {
-        self.0.commit(&name, &key, labels).map_err(status)
+        self.0.commit(&name, &key, labels).await.map_err(status)
     }
 
     async fn remove(&self, key: String) -> Result<(), Status> {

@@ -1,5 +1,6 @@
 //! The snapshotter's persistent metadata: every snapshot (key or committed name -> kind,
-//! parent, labels, times, its directory id and, for a remote snapshot, the layer it views),
+//! parent, labels, times, its directory id, for a remote snapshot the layer it views, for an
+//! active snapshot served as a union mount the image),
 //! kept in one JSON file (`ROOT/snapshots/meta.json`, written temp + fsync + rename after
 //! every change), so Stat/Walk/Mounts/Usage answer the same after a daemon restart. Pure
 //! bookkeeping: no mounts, no network; the rules (parents committed, no removal under a
@@ -44,6 +45,10 @@ pub struct Record {
     pub updated: SystemTime,
     #[serde(default)]
     pub remote: Option<Remote>,
+    /// An active snapshot served as one strata union mount of this image (pinned) at
+    /// `<dir>/rootfs`, its upper `<dir>/fs` (config `snapshotter-rootfs: union`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub union: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -153,6 +158,7 @@ impl Meta {
             created: now,
             updated: now,
             remote,
+            union: None,
         };
         self.t.snapshots.insert(key.to_string(), rec.clone());
         if let Err(e) = self.save(store) {
@@ -181,6 +187,7 @@ impl Meta {
         }
         let mut rec = rec.clone();
         rec.kind = Kind::Committed;
+        rec.union = None;
         rec.labels.extend(labels);
         rec.updated = SystemTime::now();
         let old = self.t.snapshots.remove(key);
@@ -213,6 +220,28 @@ impl Meta {
             return Err(e);
         }
         Ok(rec)
+    }
+
+    /// Record whether active snapshot `key` is served as a union mount of `image`.
+    pub fn set_union(
+        &mut self,
+        store: &Store,
+        key: &str,
+        image: Option<String>,
+    ) -> Result<(), Error> {
+        let rec = self
+            .t
+            .snapshots
+            .get_mut(key)
+            .ok_or_else(|| Error::NotFound(key.to_string()))?;
+        let old = std::mem::replace(&mut rec.union, image);
+        if let Err(e) = self.save(store) {
+            if let Some(r) = self.t.snapshots.get_mut(key) {
+                r.union = old;
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Set the labels of `key` as containerd's `Update` asks: `fields` empty (or `labels`)

@@ -8,16 +8,21 @@
 //! once (containerd is told AlreadyExists and never downloads the blob). Everything else is a
 //! plain overlay snapshotter: directories on disk (`ROOT/snapshots/<id>/fs`) that containerd
 //! fills by extracting layers, and active snapshots as kernel overlayfs mounts over the
-//! parents' directories or layer views. Metadata is persistent ([`meta`]); layer views are
-//! daemon mounts (handed over across server restarts like any other) and mounted again when
-//! a new daemon starts.
+//! parents' directories or layer views. An active snapshot whose parents are exactly the
+//! layers of an image served lazily is instead (config `snapshotter-rootfs: union`, the
+//! default) one strata union mount of the whole image at `<dir>/rootfs` with its upper in
+//! `<dir>/fs`, handed to containerd as a bind mount ([`union`]). Metadata is persistent
+//! ([`meta`]); layer views and union mounts are daemon mounts (handed over across server
+//! restarts like any other) and mounted again when a new daemon starts.
 //!
 //! Calls `image` (resolve, which layers have lazy indexes), `store`, and the daemon through
-//! the [`Mounter`] it passes in (layer views are daemon mounts); nothing here names FUSE.
+//! the [`Mounter`] it passes in (layer views and unions are daemon mounts); nothing here
+//! names FUSE.
 
 mod grpc;
 pub mod meta;
 mod remote;
+mod union;
 
 pub use grpc::serve;
 
@@ -39,6 +44,9 @@ pub const MANIFEST_LABEL: &str = "containerd.io/snapshot/cri.manifest-digest";
 pub const LAYER_LABEL: &str = "containerd.io/snapshot/cri.layer-digest";
 /// Set on remote snapshots (as stargz-snapshotter does), for people reading `ctr snapshot info`.
 pub const REMOTE_LABEL: &str = "containerd.io/snapshot/remote";
+
+/// Where an active snapshot's union mount is, in its directory.
+const ROOTFS: &str = "rootfs";
 
 /// Why a snapshot operation failed; each maps to the gRPC code containerd expects.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +80,15 @@ pub trait Mounter: Send + Sync + 'static {
         image: String,
         layer: Digest,
         mountpoint: PathBuf,
+    ) -> BoxFuture<'static, Result<(), crate::mount::Error>>;
+    /// Mount `image` (pinned) as a writable union at `mountpoint`, its (upper, work)
+    /// directories given, reading `warm` at once.
+    fn mount_image(
+        &self,
+        image: String,
+        upper: (PathBuf, PathBuf),
+        mountpoint: PathBuf,
+        warm: crate::mount::warm::WarmList,
     ) -> BoxFuture<'static, Result<(), crate::mount::Error>>;
     /// Unmount it (detached: overlay mounts of containers may still hold it).
     fn unmount(&self, mountpoint: PathBuf) -> BoxFuture<'static, Result<(), crate::mount::Error>>;
@@ -122,6 +139,41 @@ impl Snapshotter {
     /// stopped, or a crash of the supervisor). A view handed over to this server is mounted
     /// already and left alone. Failures are logged: the snapshot stays, its mounts fail.
     pub async fn reattach(&self) {
+        self.reattach_layers().await;
+        let unions: Vec<(String, u64, String)> = self
+            .meta()
+            .all()
+            .filter_map(|(k, r)| Some((k.clone(), r.id, r.union.clone()?)))
+            .collect();
+        for (key, id, image) in unions {
+            let dir = self.meta().dir_of(id);
+            if crate::mount::is_mounted(&dir.join(ROOTFS)) {
+                continue;
+            }
+            match self.mount_union(&dir, image, Vec::new()).await {
+                Ok(()) => tracing::info!(snapshot = %key, "union mount mounted again"),
+                Err(e) => tracing::error!(
+                    snapshot = %key,
+                    "cannot mount the union again: {}",
+                    crate::report::chain(&e)
+                ),
+            }
+        }
+    }
+
+    async fn mount_union(
+        &self,
+        dir: &Path,
+        image: String,
+        warm: crate::mount::warm::WarmList,
+    ) -> Result<(), crate::mount::Error> {
+        let upper = (dir.join("fs"), dir.join("work"));
+        self.mounter
+            .mount_image(image, upper, dir.join(ROOTFS), warm)
+            .await
+    }
+
+    async fn reattach_layers(&self) {
         let remote: Vec<(String, u64, Remote)> = self
             .meta()
             .all()
@@ -199,6 +251,13 @@ impl Snapshotter {
             )));
         }
         let lowerdir = lowers.iter().map(|p| s(p)).collect::<Vec<_>>().join(":");
+        if rec.kind == Kind::Active && rec.union.is_some() {
+            return Ok(vec![MountSpec {
+                kind: "bind".into(),
+                source: s(&dir.join(ROOTFS)),
+                options: vec!["rw".into(), "rbind".into()],
+            }]);
+        }
         Ok(vec![match (rec.kind, lowers.len()) {
             (Kind::Active, 0) => MountSpec {
                 kind: "bind".into(),
@@ -263,7 +322,48 @@ impl Snapshotter {
             let _ = self.meta().remove(&store, key);
             return Err(e);
         }
+        if kind == Kind::Active
+            && self.svc.config.snapshotter_rootfs == crate::config::SnapshotterRootfs::Union
+        {
+            self.try_union(key, &dir).await;
+        }
         self.mounts(key)
+    }
+
+    /// Serve active snapshot `key` (directory `dir`) as one union mount of its image if its
+    /// parents are that image's layers, all lazily served; otherwise (or if the mount fails)
+    /// it stays a kernel overlayfs snapshot.
+    async fn try_union(&self, key: &str, dir: &Path) {
+        let chain: Vec<Record> = match self.meta().parents(key) {
+            Ok(p) => p.into_iter().map(|(_, r)| r.clone()).collect(),
+            Err(_) => return,
+        };
+        let img = match union::whole_image(&self.svc, &chain).await {
+            Ok(Some(i)) => i,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(snapshot = %key, "no union mount (kernel overlayfs instead): {}", crate::report::chain(&e));
+                return;
+            }
+        };
+        let store = self.svc.store.clone();
+        let mp = dir.join(ROOTFS);
+        if let Err(e) = std::fs::create_dir_all(&mp) {
+            tracing::warn!(snapshot = %key, "creating {}: {e}", mp.display());
+            return;
+        }
+        // Recorded first: a crash between the two leaves a record that `reattach` mounts.
+        if let Err(e) = self.meta().set_union(&store, key, Some(img.image.clone())) {
+            tracing::warn!(snapshot = %key, "recording the union mount: {e}");
+            return;
+        }
+        match self.mount_union(dir, img.image.clone(), img.warm).await {
+            Ok(()) => tracing::info!(snapshot = %key, image = %img.image, "union mount"),
+            Err(e) => {
+                tracing::warn!(snapshot = %key, "union mount failed (kernel overlayfs instead): {}", crate::report::chain(&e));
+                let _ = self.meta().set_union(&store, key, None);
+            }
+        }
     }
 
     /// Make `target` a remote snapshot if its layer can be served lazily; whether it is one.
@@ -324,13 +424,28 @@ impl Snapshotter {
         }
     }
 
-    pub fn commit(
+    /// Commit active snapshot `key` as `name`; a union mount is unmounted first (its upper
+    /// directory, in overlay format, is the committed layer's directory).
+    pub async fn commit(
         &self,
         name: &str,
         key: &str,
         labels: HashMap<String, String>,
     ) -> Result<(), Error> {
         let store = self.svc.store.clone();
+        let union_dir = {
+            let m = self.meta();
+            let rec = m.get(key)?;
+            rec.union.as_ref().map(|_| m.dir_of(rec.id))
+        };
+        if let Some(dir) = union_dir {
+            let mp = dir.join(ROOTFS);
+            if crate::mount::is_mounted(&mp) {
+                if let Err(e) = self.mounter.unmount(mp).await {
+                    tracing::warn!(snapshot = %key, "unmounting the union: {e}");
+                }
+            }
+        }
         self.meta().commit(&store, name, key, labels)
     }
 
@@ -343,11 +458,14 @@ impl Snapshotter {
             let dir = m.dir_of(rec.id);
             (rec, dir)
         };
-        if rec.remote.is_some() {
-            let mp = dir.join("layer");
-            if crate::mount::is_mounted(&mp) {
+        for (there, sub) in [
+            (rec.remote.is_some(), "layer"),
+            (rec.union.is_some(), ROOTFS),
+        ] {
+            let mp = dir.join(sub);
+            if there && crate::mount::is_mounted(&mp) {
                 if let Err(e) = self.mounter.unmount(mp.clone()).await {
-                    tracing::warn!(snapshot = %key, "unmounting the layer view: {e}");
+                    tracing::warn!(snapshot = %key, "unmounting {}: {e}", mp.display());
                 }
             }
         }
@@ -360,9 +478,11 @@ impl Snapshotter {
     pub async fn cleanup(&self) -> Result<(), Error> {
         let orphans = self.meta().orphans();
         for d in orphans {
-            let mp = d.join("layer");
-            if crate::mount::is_mounted(&mp) {
-                let _ = self.mounter.unmount(mp).await;
+            for sub in ["layer", ROOTFS] {
+                let mp = d.join(sub);
+                if crate::mount::is_mounted(&mp) {
+                    let _ = self.mounter.unmount(mp).await;
+                }
             }
             tokio::task::spawn_blocking(move || remove_dir(&d))
                 .await
@@ -383,9 +503,11 @@ fn lower_dir(m: &Meta, rec: &Record) -> PathBuf {
 
 /// Remove a snapshot directory, never crossing into a mount still there.
 fn remove_dir(dir: &Path) -> Result<(), Error> {
-    let mp = dir.join("layer");
-    if crate::mount::is_mounted(&mp) {
-        let _ = nix::mount::umount2(&mp, nix::mount::MntFlags::MNT_DETACH);
+    for sub in ["layer", ROOTFS] {
+        let mp = dir.join(sub);
+        if crate::mount::is_mounted(&mp) {
+            let _ = nix::mount::umount2(&mp, nix::mount::MntFlags::MNT_DETACH);
+        }
     }
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
