@@ -249,11 +249,19 @@ fn sidecar_index_gives_a_lazy_exact_mount() {
 
     // Remount: everything is local now, nothing more is fetched; the merged tree comes from
     // the stored copy (trees/<manifest>-<key>.tree) and inode numbers are the same.
+    // (Stored off the mount's path, just after the mount: polled.)
     let trees = env.root().join("trees");
-    let stored: Vec<PathBuf> = std::fs::read_dir(&trees)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let listed = || -> Vec<PathBuf> {
+        std::fs::read_dir(&trees)
+            .map(|rd| rd.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default()
+    };
+    let stored = common::poll_until(
+        "the merged tree to be stored",
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(20),
+        || Some(listed()).filter(|l| !l.is_empty()),
+    );
     assert_eq!(stored.len(), 1, "{stored:?}");
     let tree_bytes = std::fs::read(&stored[0]).unwrap();
     reg.settle_logs();
@@ -274,10 +282,11 @@ fn sidecar_index_gives_a_lazy_exact_mount() {
     check_tree(&m.dir, &expected);
     assert_eq!(inos(&m.dir), first_inos);
     drop(m);
-    assert_eq!(
-        std::fs::read(&stored[0]).unwrap(),
-        tree_bytes,
-        "tree not rewritten"
+    common::poll_until(
+        "the rebuilt tree to be stored again",
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(20),
+        || (std::fs::read(&stored[0]).ok()? == tree_bytes).then_some(()),
     );
 
     // rmi removes the stored tree with the image.

@@ -6,6 +6,11 @@
 #   scripts/bench-cri.sh [--runs N] [--image big] [--profiles 200mbit-10ms,unshaped]
 #                        [--snapshotters strata,overlayfs] [--parts cri,fs]
 #
+# Snapshotters: strata (its default `snapshotter-rootfs: union`: a container's rootfs is one
+# strata union mount of the image), strata-overlay (`snapshotter-rootfs: overlay`: kernel
+# overlayfs over the layer views, as the peer snapshotters do), overlayfs (containerd's own).
+# BENCH_STRATA_CONFIG: the strata root's config.json for "strata" (default {}).
+#
 # Part "cri", per profile x run x snapshotter: a fresh containerd directory, a fresh strata
 # root (its daemon started first, as on a node), the sandbox image pulled untimed from a
 # second, unshaped loopback registry (a node has its pause image), the page cache dropped,
@@ -114,7 +119,7 @@ SANDBOX=$PAUSE_HOST/pause:v1
 new_root() {
   local sr
   sr=$(mktemp -d "$RUNDIR/sroot.XXXXXX")
-  echo '{}' > "$sr/config.json"
+  echo "${1:-{\}}" > "$sr/config.json"
   STRATA_ROOT=$sr timeout -k 5 60 "$STRATA_BIN" daemon > "$sr.daemon-start.log" 2>&1 \
     || { cat "$sr.daemon-start.log" >&2; die "strata daemon did not start"; }
   for _ in $(seq 1 300); do [ -S "$sr/containerd-snapshotter.sock" ] && break; sleep 0.02; done
@@ -149,9 +154,14 @@ if part cri; then
       order=("${SNAPS[@]}"); [ $((r % 2)) = 0 ] && order=($(printf '%s\n' "${SNAPS[@]}" | tac))
       for snap in "${order[@]}"; do
         sargs=(); sr=""
-        if [ "$snap" = strata ]; then sr=$(new_root); sargs=(--strata-root "$sr"); fi
+        sname=$snap
+        case $snap in
+          strata) sr=$(new_root "${BENCH_STRATA_CONFIG:-{\}}"); sargs=(--strata-root "$sr") ;;
+          strata-overlay) sr=$(new_root '{"snapshotter-rootfs": "overlay"}')
+                          sargs=(--strata-root "$sr"); sname=strata ;;
+        esac
         off=$(log_size "$REGISTRY_LOG") ok=1
-        out=$(timeout -k 10 900 "$CRI_BENCH" --snapshotter "$snap" "${sargs[@]}" --work "$RUNDIR/ctd" \
+        out=$(timeout -k 10 900 "$CRI_BENCH" --snapshotter "$sname" "${sargs[@]}" --work "$RUNDIR/ctd" \
                 --image "$ref" --sandbox-image "$SANDBOX" --registry "$REGISTRY_HOST" --registry "$PAUSE_HOST" \
                 --drop-caches $(keep_log "$profile-$snap-$r") -- "${CMD[@]}" 2> "$RUNDIR/cri.err") || ok=0
         sleep 0.2

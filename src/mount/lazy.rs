@@ -54,10 +54,10 @@ fn load_or_build_tree(
     path: &Path,
     indexes: &[Arc<LayerIndex>],
     try_stored: bool,
-) -> Result<MergedTree, crate::union::Error> {
+) -> Result<(MergedTree, bool), crate::union::Error> {
     if try_stored && path.exists() {
         match MergedTree::open(path, indexes.len()) {
-            Ok(t) => return Ok(t),
+            Ok(t) => return Ok((t, false)),
             Err(e) => tracing::warn!(path = %path.display(), error = %e, "rebuilding merged tree"),
         }
     }
@@ -66,7 +66,12 @@ fn load_or_build_tree(
         .map(|ix| ix.entries().map(|e| e.to_entry()).collect())
         .collect();
     let tree = MergedTree::build(&entries)?;
-    drop(entries);
+    Ok((tree, true))
+}
+
+/// Keep a tree just built for the next mount of the same indexes, and give back the heap
+/// the build freed; off the mount's path (the mount serves meanwhile).
+fn store_tree(path: &Path, tree: &MergedTree) {
     release_freed_heap();
     let stored = path
         .parent()
@@ -83,7 +88,6 @@ fn load_or_build_tree(
     if let Err(e) = stored {
         tracing::warn!(path = %path.display(), error = %e, "could not store the merged tree");
     }
-    Ok(tree)
 }
 
 /// Give the heap freed by a tree build (the layers' entry lists, the builder's maps: several
@@ -201,16 +205,17 @@ pub async fn open(
         },
         _ => (None, true),
     };
+    let path = tree_path.clone();
     let tree = match early {
-        Some(t) => Ok(Ok(t)),
+        Some(t) => Ok(Ok((t, false))),
         None => {
             tokio::task::spawn_blocking(move || {
-                load_or_build_tree(&tree_path, &indexes_for_tree, try_stored)
+                load_or_build_tree(&path, &indexes_for_tree, try_stored)
             })
             .await
         }
     };
-    let tree = tree
+    let (tree, built) = tree
         .map_err(|source| Error::Join {
             what: format!("{reference}: merging {n_layers} layers"),
             source,
@@ -225,13 +230,18 @@ pub async fn open(
         nodes = tree.len(),
         "merged tree ready"
     );
+    let tree = Arc::new(tree);
+    if built {
+        let t = tree.clone();
+        tokio::task::spawn_blocking(move || store_tree(&tree_path, &t));
+    }
     Ok(LazyImage {
         reference: reference.clone(),
         record,
         config,
         layers,
         index_sources: sources,
-        tree: Arc::new(tree),
+        tree,
         lowers,
         profile,
         profile_prefetch: ProfilePrefetch::default(),
