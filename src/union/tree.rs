@@ -272,23 +272,39 @@ impl MergedTree {
     }
 
     fn finish(b: Builder, layers: usize) -> Result<Self> {
+        // How many directory entries name each node (reachable or not): only a node named
+        // more than once (a hard link) needs its paths, so no path is built for the others.
+        let mut listed: Vec<u32> = vec![0; b.arena.len()];
+        for n in &b.arena {
+            for &c in n.children.values() {
+                if let Some(r) = listed.get_mut(c) {
+                    *r += 1;
+                }
+            }
+        }
         // Depth-first, children in name order: arena id -> ino.
         let mut ino_of: Vec<u64> = vec![0; b.arena.len()];
         let mut order: Vec<(usize, u64)> = Vec::new(); // (arena id, parent ino)
         let mut refs: Vec<u32> = vec![0; b.arena.len()];
-        let mut paths: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-        let mut stack: Vec<(usize, u64, String)> = vec![(0, ROOT_INO, String::new())];
-        while let Some((id, parent, path)) = stack.pop() {
+        // Where each node was first reached: (parent's arena id, name); the root has none.
+        let mut reached: Vec<(usize, &str)> = vec![(usize::MAX, ""); b.arena.len()];
+        // Every (parent's arena id, name) of a node listed more than once, in visit order.
+        let mut names: BTreeMap<usize, Vec<(usize, &str)>> = BTreeMap::new();
+        let mut stack: Vec<(usize, u64, usize, &str)> = vec![(0, ROOT_INO, usize::MAX, "")];
+        while let Some((id, parent, parent_id, name)) = stack.pop() {
             if let Some(r) = refs.get_mut(id) {
                 *r += 1;
             }
             let first = ino_of.get(id).is_some_and(|&i| i == 0);
             let Some(n) = b.arena.get(id) else { continue };
-            if n.entry.kind != EntryKind::Dir {
-                paths.entry(id).or_default().push(path.clone());
+            if n.entry.kind != EntryKind::Dir && listed.get(id).is_some_and(|&l| l > 1) {
+                names.entry(id).or_default().push((parent_id, name));
             }
             if !first {
                 continue;
+            }
+            if let Some(slot) = reached.get_mut(id) {
+                *slot = (parent_id, name);
             }
             order.push((id, parent));
             let ino = order.len() as u64;
@@ -296,14 +312,28 @@ impl MergedTree {
                 *slot = ino;
             }
             for (name, &child) in n.children.iter().rev() {
-                let p = if path.is_empty() {
-                    name.clone()
-                } else {
-                    format!("{path}/{name}")
-                };
-                stack.push((child, ino, p));
+                stack.push((child, ino, id, name.as_str()));
             }
         }
+        // The path of `name` in directory `dir` (arena ids), through the directories' first
+        // parents (a directory has one).
+        let path_in = |dir: usize, name: &str| -> String {
+            let mut parts = vec![name];
+            let mut d = dir;
+            while let Some(&(up, n)) = reached.get(d) {
+                if up == usize::MAX {
+                    break;
+                }
+                parts.push(n);
+                d = up;
+            }
+            parts.reverse();
+            parts.join("/")
+        };
+        let mut paths: BTreeMap<usize, Vec<String>> = names
+            .iter()
+            .map(|(&id, v)| (id, v.iter().map(|&(d, n)| path_in(d, n)).collect()))
+            .collect();
         store::u32_of(order.len())?;
         let mut flat = store::Flat::default();
         // First name of each arena node: set while its first parent (a smaller inode number,

@@ -254,3 +254,29 @@ fn layer_view_shows_whiteouts_and_opaque_directories_in_overlay_format() {
     let etc = merged.node(merged.resolve("etc").unwrap()).unwrap();
     assert_eq!(etc.xattrs().count(), 0);
 }
+
+#[test]
+fn hard_links_know_all_their_paths_in_visit_order() {
+    let layers = vec![
+        sorted(vec![
+            d(""),
+            d("a"),
+            d("a/b"),
+            f("a/b/t"),
+            hl("a/u", "a/b/t"),
+            d("z"),
+            hl("z/v", "a/b/t"),
+            f("single"),
+        ]),
+        sorted(vec![d(""), d("z"), hl("w", "a/b/t"), wh("z/v")]),
+    ];
+    let t = MergedTree::build(&layers).unwrap();
+    let ino = t.resolve("a/b/t").unwrap();
+    assert_eq!(t.resolve("a/u"), Some(ino));
+    assert_eq!(t.resolve("w"), Some(ino));
+    assert_eq!(t.resolve("z/v"), None, "whited out");
+    let paths: Vec<String> = t.aliases(ino).map(|p| p.to_string()).collect();
+    assert_eq!(paths, vec!["a/b/t", "a/u", "w"]);
+    let single = t.resolve("single").unwrap();
+    assert_eq!(t.aliases(single).count(), 0);
+}
