@@ -2,8 +2,10 @@
 //! its own — the launcher's /etc/passwd and /etc/group, the command (resolved through PATH),
 //! its `#!` interpreter, its ELF interpreter and the shared libraries it names (DT_NEEDED,
 //! found along DT_RUNPATH and the standard library directories) — are read through the cache
-//! as soon as the image is open, all at once, instead of one after another as the loader
-//! discovers them (each discovery a round trip to the registry). No access profile needed.
+//! as soon as the image is open, instead of one after another as the loader discovers them
+//! (each discovery a round trip to the registry). The user database goes first, alone: the
+//! launcher reads it before the runtime can start, so it gets the link to itself; the rest
+//! starts when it is in. No access profile needed.
 //! The same happens later for every ELF object a container opens that no warm-up read yet
 //! (a `dlopen` of a Python extension and the libraries it needs): [`LoadWarm`], told by the
 //! lowers when a file's first read shows an ELF header. Objects larger than the bytes read of
@@ -31,6 +33,8 @@ pub const LAUNCH_MAX_BYTES: u64 = 16 << 20;
 const LOADED_MAX_BYTES: u64 = 4 << 20;
 /// Symlinks followed while resolving one path.
 const MAX_HOPS: usize = 40;
+/// What the launcher reads before the runtime starts: warmed first, alone.
+const BEFORE_START: [&str; 2] = ["/etc/passwd", "/etc/group"];
 /// docker's default PATH (for `#!/usr/bin/env CMD`).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -280,10 +284,24 @@ pub async fn warm(
         );
         Some(piece(cache.clone(), image.clone(), ino, 0..HEAD))
     };
-    for alts in &list {
+    let (first, mut rest): (Vec<_>, Vec<_>) = list
+        .iter()
+        .partition(|alts| alts.iter().all(|p| BEFORE_START.contains(&p.as_str())));
+    for alts in &first {
         reads.extend(start(alts, &mut files));
     }
+    let mut waiting_first: HashSet<u64> = files.keys().copied().collect();
+    if waiting_first.is_empty() {
+        for alts in rest.drain(..) {
+            reads.extend(start(alts, &mut files));
+        }
+    }
     while let Some((ino, at, got)) = reads.next().await {
+        if waiting_first.remove(&ino) && waiting_first.is_empty() {
+            for alts in rest.drain(..) {
+                reads.extend(start(alts, &mut files));
+            }
+        }
         let Some((bytes, size)) = got else { continue };
         let Some(w) = files.get_mut(&ino) else {
             continue;
