@@ -1,6 +1,6 @@
 //! `strata overlay` (issue 9) and union gaps (issue 5) over real FUSE mounts with plain
 //! directory lowers: every whiteout spelling in a directory lower, FUSE passthrough (and the
-//! copy-up hazard), a real `mknod c 0 0`, nlink 0 of an unlinked open file, ENAMETOOLONG,
+//! copy-up hazard; upper files by default, with stat following writes that bypass the daemon), a real `mknod c 0 0`, nlink 0 of an unlinked open file, ENAMETOOLONG,
 //! readdir inode == stat inode, hard links, a file beyond 4 GiB, shared writable mmap,
 //! `forget` keeping the node table bounded, a walk without a LOOKUP per entry over lazily
 //! read lower directories, and the command line (fuse-overlayfs symlink, mount.fuse3 helper,
@@ -13,7 +13,7 @@ mod union_common;
 use std::ffi::CString;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirEntryExt, FileExt, FileTypeExt, MetadataExt};
+use std::os::unix::fs::{DirEntryExt, FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use strata::fuse::MountOptions;
@@ -172,6 +172,79 @@ fn passthrough_is_active_and_copy_up_sends_writes_to_the_upper() {
     assert!(h.passthrough_active());
     assert_eq!(std::fs::read(m.dir.join("f")).unwrap(), data);
     assert_eq!(h.stats().reads, 0, "lower reads went through the daemon");
+}
+
+#[test]
+fn upper_files_pass_through_by_default_and_stat_follows_their_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let l = tmp.path().join("l");
+    std::fs::create_dir_all(&l).unwrap();
+    std::fs::write(l.join("low"), b"lower bytes").unwrap();
+    let (u, w) = (tmp.path().join("u"), tmp.path().join("w"));
+    let m = StrataMount::dirs(
+        std::slice::from_ref(&l),
+        Some((&u, &w)),
+        &tmp.path().join("mnt"),
+        overlay_opts(),
+        MountOptions::default(),
+    );
+    let h = m.handle.as_ref().unwrap();
+    assert!(
+        h.passthrough_active(),
+        "default mount did not get passthrough"
+    );
+    let f = m.dir.join("new");
+    let data = pseudo(1 << 20, 3);
+    std::fs::write(&f, &data).unwrap();
+    let reads = h.stats().reads;
+    assert_eq!(std::fs::read(&f).unwrap(), data);
+    assert_eq!(
+        h.stats().reads,
+        reads,
+        "upper reads went through the daemon"
+    );
+    // Writes that bypass the daemon: size, mtime and ctime seen by stat follow them.
+    let before = std::fs::metadata(&f).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let rw = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+    rw.write_all_at(b"tail", (2 << 20) - 4).unwrap();
+    let after = std::fs::metadata(&f).unwrap();
+    assert_eq!(after.len(), 2 << 20);
+    assert_eq!(rw.metadata().unwrap().len(), 2 << 20);
+    assert!(
+        after.modified().unwrap() > before.modified().unwrap(),
+        "mtime kept"
+    );
+    assert!(after.ctime_nsec() != before.ctime_nsec() || after.ctime() != before.ctime());
+    rw.set_len(10).unwrap();
+    assert_eq!(std::fs::metadata(&f).unwrap().len(), 10);
+    drop(rw);
+    assert_eq!(std::fs::read(u.join("new")).unwrap(), &data[..10]);
+    // A lower file on a writable union keeps the daemon's read path (never passthrough),
+    // and a writer after its copy-up sees the upper copy.
+    let low = m.dir.join("low");
+    let ro = std::fs::File::open(&low).unwrap();
+    let mut b = [0u8; 5];
+    ro.read_exact_at(&mut b, 0).unwrap();
+    assert_eq!(&b, b"lower");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&low)
+        .unwrap()
+        .write_all_at(b"UPPER", 0)
+        .unwrap();
+    ro.read_exact_at(&mut b, 0).unwrap();
+    assert_eq!(&b, b"UPPER");
+    assert_eq!(std::fs::read(l.join("low")).unwrap(), b"lower bytes");
+    // O_DIRECT on an upper file works (normal path when no passthrough open is there).
+    let d = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&f)
+        .unwrap();
+    let mut buf = vec![0u8; 10];
+    assert_eq!(d.read_at(&mut buf, 0).unwrap(), 10);
+    assert_eq!(buf, &data[..10]);
 }
 
 #[test]

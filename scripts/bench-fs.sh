@@ -6,10 +6,12 @@
 #                       [--scratch-tmpfs]   (uppers, work dirs and scratch dirs on a tmpfs mounted
 #                                            per run: metadata figures without ext4's allocator
 #                                            noise, see setup_sys)
-#                       [--tests read,walk,meta]   (default read,walk: read = seqread + randread;
-#                                              walk = walk + create/unlink; meta = the metadata
-#                                              write workloads below; `--tests walk` skips the fio
-#                                              file; `--tests meta` alone needs only debian-minbase)
+#                       [--tests read,walk,meta,upper]   (default read,walk: read = seqread +
+#                                              randread; walk = walk + create/unlink; meta = the
+#                                              metadata write workloads below; upper = fio on a
+#                                              new file in the upper; `--tests walk` skips the fio
+#                                              file; `--tests meta`/`upper` alone need only
+#                                              debian-minbase)
 #
 # Data: image "fiodata" (one layer, /data/fio.dat = 1 GiB random bytes) and image "smallfiles"
 # (debian minbase + a layer with 100k small files under /data), both built by scripts/lib/images.sh.
@@ -36,8 +38,12 @@
 #             O_CREAT|O_EXCL + write + close), meta-rename (each renamed in place), meta-unlink,
 #             meta-mkdir / meta-rmdir (10k directories), meta-tarx (`tar xf` of an archive of
 #             10k files of 100 bytes in 100 directories, from native disk)      seconds
-#             With only meta selected the lower image is debian-minbase (the workloads write
-#             into a new directory, the lower's content does not matter).
+#             With only meta/upper selected the lower image is debian-minbase (the workloads
+#             write into a new directory, the lower's content does not matter).
+#   upper-*   (--tests upper) fio on a new file in the scratch directory (the upper; native:
+#             the scratch dir): upper-seqwrite (write bs=1M, the fio size) MB/s, then on that
+#             file upper-seqread (bs=1M, warm) MB/s, upper-randread4k and upper-randwrite4k
+#             (bs=4k, time based) IOPS
 # Results: bench-results/fs-raw.csv, fs-summary.csv, fs.json, fs.md. Default 5 runs; --quick:
 # 1 run, 256 MiB of the fio file, 3 s random reads, no passthrough variants (strata-overlay-pt,
 # strata-passthrough): about 4.5 minutes on 2 vCPUs.
@@ -57,7 +63,7 @@ while [ $# -gt 0 ]; do
     --systems) systems=$2; shift ;;
     --tests) tests=$2; shift ;;
     --scratch-tmpfs) scratch_tmpfs=1 ;;
-    -h|--help) sed -n '2,44p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,50p' "$0"; exit 0 ;;
     *) die "unknown argument $1" ;;
   esac
   shift
@@ -67,8 +73,8 @@ rand_rt=10; fio_size=1G
 if [ $quick = 1 ]; then rand_rt=3; fio_size=256M; fi
 IFS=, read -r -a SYSTEMS <<< "$systems"
 want() { [[ ",$tests," == *",$1,"* ]]; }
-want read || want walk || want meta || die "--tests takes read, walk and/or meta"
-# Images behind the lowers: fiodata + smallfiles for read/walk; debian-minbase alone for meta.
+want read || want walk || want meta || want upper || die "--tests takes read, walk, meta and/or upper"
+# Images behind the lowers: fiodata + smallfiles for read/walk; debian-minbase alone for meta/upper.
 if want read || want walk; then DATA_IMGS=(fiodata smallfiles); else DATA_IMGS=(debian-minbase); fi
 
 ensure_pkgs fio fuse-overlayfs fuse3 umoci skopeo jq docker-registry
@@ -245,6 +251,21 @@ fio_rand() {  # -> IOPS
   fio --name=rand --filename="$1" --readonly --invalidate=0 --rw=randread --bs=4k --size=$fio_size --ioengine=psync \
       --time_based --runtime="$rand_rt" --randrepeat=1 --output-format=json 2>/dev/null | jq '.jobs[0].read.iops'
 }
+upper_io() {  # upper_io DIR -> "seqwrite_MBs seqread_MBs randread_IOPS randwrite_IOPS"
+  local f=$1/fio-upper.dat w r rr rw
+  mkdir -p "$1"
+  w=$(fio --name=w --filename="$f" --rw=write --bs=1M --size=$fio_size --ioengine=psync \
+      --output-format=json 2>/dev/null | jq '.jobs[0].write.bw_bytes / 1e6') || return 1
+  r=$(fio --name=r --filename="$f" --readonly --invalidate=0 --rw=read --bs=1M --size=$fio_size \
+      --ioengine=psync --output-format=json 2>/dev/null | jq '.jobs[0].read.bw_bytes / 1e6') || return 1
+  rr=$(fio --name=rr --filename="$f" --readonly --invalidate=0 --rw=randread --bs=4k --size=$fio_size \
+      --ioengine=psync --time_based --runtime="$rand_rt" --randrepeat=1 --output-format=json 2>/dev/null \
+      | jq '.jobs[0].read.iops') || return 1
+  rw=$(fio --name=rw --filename="$f" --invalidate=0 --rw=randwrite --bs=4k --size=$fio_size \
+      --ioengine=psync --time_based --runtime="$rand_rt" --randrepeat=1 --output-format=json 2>/dev/null \
+      | jq '.jobs[0].write.iops') || return 1
+  echo "$w $r $rr $rw"
+}
 walk() {  # -> seconds
   local t0 t1 n
   t0=$(now_s); n=$(find "$1/data" -printf '%s %u %m\n' | wc -l); t1=$(now_s)
@@ -340,6 +361,13 @@ run_sys() {
       rec "$s" meta-create "$r" "${c:-0}" s $ok; rec "$s" meta-rename "$r" "${n:-0}" s $ok
       rec "$s" meta-unlink "$r" "${u:-0}" s $ok; rec "$s" meta-mkdir "$r" "${m:-0}" s $ok
       rec "$s" meta-rmdir "$r" "${rd:-0}" s $ok; rec "$s" meta-tarx "$r" "${x:-0}" s $ok
+      teardown_sys
+    fi
+    if want upper; then
+      setup_sys "$s"
+      ok=1; read -r c n u m < <(upper_io "$WDIR") || ok=0
+      rec "$s" upper-seqwrite "$r" "${c:-0}" MB/s $ok; rec "$s" upper-seqread "$r" "${n:-0}" MB/s $ok
+      rec "$s" upper-randread4k "$r" "${u:-0}" IOPS $ok; rec "$s" upper-randwrite4k "$r" "${m:-0}" IOPS $ok
       teardown_sys
     fi
     want walk || continue

@@ -31,7 +31,8 @@ pub struct MountArgs {
     /// Do not prefetch the rest of the image in the background
     #[arg(long)]
     pub no_prefetch: bool,
-    /// Use FUSE passthrough for local files where the kernel allows it
+    /// Use FUSE passthrough for upper files (and lower files with a local copy on read-only
+    /// mounts) where the kernel allows it
     #[arg(long)]
     pub passthrough: bool,
     /// Let other users than the mounting one use the mount (off by default)

@@ -34,7 +34,8 @@ pub struct OverlayArgs {
     /// Foreground with debug logging (as fuse-overlayfs -d)
     #[arg(short = 'd')]
     pub fuse_debug: bool,
-    /// Use FUSE passthrough for directory-lower and upper files where the kernel allows it
+    /// Also use FUSE passthrough for directory-lower files on read-only unions (upper files use
+    /// it by default where the kernel allows it)
     #[arg(long)]
     pub passthrough: bool,
     /// [SOURCE] MOUNTPOINT (mount.fuse3 passes a source first; it names the mount)

@@ -200,7 +200,12 @@ impl Filesystem for Adapter {
                 | InitFlags::FUSE_PARALLEL_DIROPS
                 | InitFlags::FUSE_CACHE_SYMLINKS,
         );
-        if self.s.opts.passthrough
+        // Passthrough for upper files (by default) and, when asked, lower files with a
+        // local copy. A read-only union without that request has no file to pass through:
+        // it does not ask (passthrough raises the mount's stacking depth).
+        let want_pt =
+            self.s.opts.passthrough || (self.s.opts.upper_passthrough && !self.s.opts.read_only);
+        if want_pt
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok()
         {
@@ -399,12 +404,12 @@ impl Filesystem for Adapter {
             let s = self.s.clone();
             self.rt.spawn_blocking(move || {
                 let r = s.fs.open(ino.0, flags);
-                s.reply_open(ino.0, r, reply);
+                s.reply_open(ino.0, flags, r, reply);
             });
             return;
         }
         self.s
-            .reply_open(ino.0, self.s.fs.open(ino.0, flags), reply);
+            .reply_open(ino.0, flags, self.s.fs.open(ino.0, flags), reply);
     }
 
     fn read(
@@ -657,7 +662,10 @@ impl Filesystem for Adapter {
         {
             Ok((a, o)) => {
                 let ttl = self.s.ttl(&a);
-                match self.s.backing_for(a.ino, o.fh, |f| reply.open_backing(f)) {
+                match self
+                    .s
+                    .backing_for(a.ino, o.fh, flags, |f| reply.open_backing(f))
+                {
                     Some(id) => reply.created_passthrough(
                         &ttl,
                         &fattr(&a, &self.s.opts.ids),

@@ -9,9 +9,9 @@
 //! kernel refreshes what it changes: replies carry new attributes, writes, unlinks and
 //! renames invalidate), copy-ups keep inode numbers and shown attributes, and nothing else
 //! may write the upper while mounted (as with kernel overlayfs). Lower files get
-//! `KEEP_CACHE`; no file open asks for FLUSH (nothing is buffered here). FUSE passthrough is used for upper files and lower files with a
-//! local copy when asked for and the kernel allows it, with the normal read path as the
-//! fallback. [`errno`] is the one place union errors become errno values. The podman
+//! `KEEP_CACHE`; no file open asks for FLUSH (nothing is buffered here). FUSE passthrough
+//! serves upper files by default and lower files with a local copy when asked for, where the
+//! kernel allows it, with the normal read path as the fallback. [`errno`] is the one place union errors become errno values. The podman
 //! additional layer store has its own small adapter ([`layer_store`], over a [`layer_store::StoreFs`]
 //! that `als` implements). May call `union`; nothing below it calls this module.
 
@@ -30,8 +30,12 @@ use std::time::Duration;
 pub struct MountOptions {
     /// Let other users (containers' users) use the mount (`allow_other`).
     pub allow_other: bool,
-    /// Try FUSE passthrough for local files (needs CAP_SYS_ADMIN; falls back silently).
+    /// Also serve lower files that have a local copy by FUSE passthrough (read-only unions
+    /// only; needs CAP_SYS_ADMIN; falls back silently).
     pub passthrough: bool,
+    /// Serve upper files by FUSE passthrough (reads and writes go straight to the upper
+    /// file; needs CAP_SYS_ADMIN; falls back silently). On by default.
+    pub upper_passthrough: bool,
     /// Event-loop threads reading /dev/fuse.
     pub threads: usize,
     /// Mount read-only.
@@ -142,6 +146,7 @@ impl Default for MountOptions {
         MountOptions {
             allow_other: true,
             passthrough: false,
+            upper_passthrough: true,
             threads: 2,
             read_only: false,
             dev_suid: true,
@@ -348,7 +353,7 @@ pub fn attach(
     };
     let mine = device.try_clone().map_err(err)?;
     let pt = Arc::new(std::sync::atomic::AtomicBool::new(
-        passthrough && opts.passthrough,
+        passthrough && (opts.passthrough || opts.upper_passthrough),
     ));
     let adapter = adapter::Adapter::new(fs.clone(), opts, rt, pt.clone()).restored();
     let session = fuser::Session::from_fd_initialized(adapter, device, config.acl, config)

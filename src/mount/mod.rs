@@ -255,6 +255,11 @@ fn union_over(lazy: &LazyImage, upper: Option<(PathBuf, PathBuf)>) -> Result<Uni
         .map_err(|e| Error::Union(Box::new(e)))
 }
 
+/// FUSE options of an image mount. Upper files get passthrough only when asked
+/// (`passthrough`), unlike `MountOptions::default()`: these mounts may be handed to a
+/// restarted daemon, and a successor cannot reuse the backing ids its predecessor registered,
+/// so a file kept open by passthrough across the restart could not be opened again (the
+/// kernel refuses another backing file, or a cached open, for that inode until it closes).
 fn fuse_options(
     lazy: &LazyImage,
     passthrough: bool,
@@ -263,6 +268,7 @@ fn fuse_options(
     crate::fuse::MountOptions {
         read_only: false,
         passthrough,
+        upper_passthrough: passthrough,
         allow_other,
         fsname: format!("strata:{}", lazy.reference),
         ..Default::default()

@@ -149,28 +149,18 @@ impl UnionFs {
         Ok(Opened { fh, lower: true })
     }
 
-    /// A file with the full content behind `fh`, for FUSE passthrough. An upper file is
-    /// reopened read-write (through `/proc/self/fd`, so unlinked files work too): the
-    /// kernel shares one backing file between all passthrough opens of an inode, also
-    /// writers. A lower file is served only on a read-only union, from its source's local
-    /// copy, opened read-only: on a writable union the kernel would pin the lower file as the
-    /// inode's backing file until every reader closed, and a writer after copy-up could then
-    /// neither reach the upper nor be allowed to use the lower.
-    pub fn backing_file(&self, fh: u64) -> Option<Arc<File>> {
+    /// A file with the full content behind `fh`, for FUSE passthrough (`lower`: lower files
+    /// too). The kernel takes only the file's path and the caller's credentials from it: every
+    /// passthrough open gets its own backing file, opened with that open's flags, so an upper
+    /// handle serves as it is, whatever its access mode. A lower file is served only on a
+    /// read-only union, from its source's local copy, opened read-only: on a writable union
+    /// the kernel would pin the lower file as the inode's backing file until every reader
+    /// closed, and a writer after copy-up could then neither reach the upper nor be allowed
+    /// to use the lower.
+    pub fn backing_file(&self, fh: u64, lower: bool) -> Option<Arc<File>> {
         match &*self.handle(fh).ok()? {
-            Handle::Upper { file, .. } => {
-                let fd = std::os::fd::AsRawFd::as_raw_fd(&**file);
-                match std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(format!("/proc/self/fd/{fd}"))
-                {
-                    Ok(f) => Some(Arc::new(f)),
-                    Err(_) if open_for_read(file) => Some(file.clone()),
-                    Err(_) => None,
-                }
-            }
-            Handle::Lower { file, .. } if self.upper.is_none() => {
+            Handle::Upper { file, .. } => Some(file.clone()),
+            Handle::Lower { file, .. } if lower && self.upper.is_none() => {
                 let p = self.source(file).ok()?.local_path(file)?;
                 File::open(p).ok().map(Arc::new)
             }
@@ -317,14 +307,6 @@ impl UnionFs {
     pub fn handle_ino(&self, fh: u64) -> Result<u64> {
         Ok(self.handle(fh)?.ino())
     }
-}
-
-/// Was `f` opened with read access?
-fn open_for_read(f: &File) -> bool {
-    let fd = std::os::fd::AsRawFd::as_raw_fd(f);
-    // SAFETY: F_GETFL on a descriptor owned by `f`, alive for the call.
-    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    fl >= 0 && fl & libc::O_ACCMODE != libc::O_WRONLY
 }
 
 /// Open an upper path honouring the access mode and `O_APPEND`/`O_SYNC`-style flags.

@@ -14,16 +14,20 @@ pub(super) struct Backing {
 }
 
 impl Shared {
-    /// Passthrough registration for a freshly opened handle: `Some(id)` to reply with, or
-    /// `None` for the normal path. The kernel allows one backing file per inode and refuses
-    /// (EIO) to mix passthrough and cached opens of an inode, so: an inode with a backing
-    /// file shares it; an inode with cached opens gets another cached open; only then is a
-    /// new backing file registered. The core never offers a lower file as backing on a
-    /// writable union, so a writer after copy-up can never end up on the lower file.
+    /// Passthrough registration for a handle freshly opened with open(2) `flags`: `Some(id)`
+    /// to reply with, or `None` for the normal path. The kernel allows one backing file per
+    /// inode and refuses (EIO) to mix passthrough and cached opens of an inode, so: an inode
+    /// with a backing file shares it; an inode with cached opens gets another cached open;
+    /// only then is a new backing file registered. The core never offers a lower file as
+    /// backing on a writable union, so a writer after copy-up can never end up on the lower
+    /// file. An `O_DIRECT` open takes the normal path unless the inode has a backing file
+    /// (passthrough would hand the flag to the upper filesystem, which may refuse it; the
+    /// normal path never passes it on).
     pub(super) fn backing_for(
         &self,
         ino: u64,
         fh: u64,
+        flags: i32,
         reg: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
     ) -> Option<Arc<BackingId>> {
         if !self.passthrough.load(Ordering::Relaxed) {
@@ -37,10 +41,10 @@ impl Shared {
             return Some(b.id.clone());
         }
         let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
-        let file = if cached.values().any(|&i| i == ino) {
+        let file = if flags & libc::O_DIRECT != 0 || cached.values().any(|&i| i == ino) {
             None
         } else {
-            self.fs.backing_file(fh)
+            self.fs.backing_file(fh, self.opts.passthrough)
         };
         let registered = file.map(|f| reg(&f)).and_then(|r| {
             r.inspect_err(|e| tracing::debug!(ino, error = %e, "passthrough refused; normal reads"))
@@ -92,11 +96,12 @@ impl Shared {
     pub(super) fn reply_open(
         &self,
         ino: u64,
+        flags: i32,
         r: crate::union::Result<crate::union::Opened>,
         reply: ReplyOpen,
     ) {
         match r {
-            Ok(o) => match self.backing_for(ino, o.fh, |f| reply.open_backing(f)) {
+            Ok(o) => match self.backing_for(ino, o.fh, flags, |f| reply.open_backing(f)) {
                 Some(id) => {
                     reply.opened_passthrough(FileHandle(o.fh), FopenFlags::FOPEN_NOFLUSH, &id)
                 }
