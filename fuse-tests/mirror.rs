@@ -115,14 +115,19 @@ fn a_failing_mirror_is_skipped_for_a_while() {
 
 /// A mirror that answers a Range with the whole blob (200: distribution's pull-through
 /// cache filling the blob) is skipped for that blob only, and only for a while: after the
-/// hold-off, once it serves ranges, the layer's reads use it again.
+/// hold-off, once it serves ranges, the layer's reads use it again. (`mirror-fill-wait: 0`:
+/// not waiting for the fill; waiting is `mirror_fill.rs`.)
 #[test]
 fn a_mirror_filling_a_blob_is_skipped_for_that_blob_until_it_serves_ranges() {
     let reg = Registry::start();
     let layer = publish(&reg, "mirror/fill:v1");
     let proxy = FaultProxy::in_front_of(&reg);
     proxy.on_path(&layer, None, Fault::IgnoreRange);
-    let env = env_with_mirror(&reg, &proxy, serde_json::json!({"mirror-retry-after": 1.5}));
+    let env = env_with_mirror(
+        &reg,
+        &proxy,
+        serde_json::json!({"mirror-retry-after": 1.5, "mirror-fill-wait": 0}),
+    );
     let m = mount(&env, &format!("{}/mirror/fill:v1", reg.host()));
     let t0 = Instant::now();
     for i in 0..FILES - 1 {
@@ -162,8 +167,8 @@ fn a_mirror_filling_a_blob_is_skipped_for_that_blob_until_it_serves_ranges() {
     assert!(log.contains("does not serve blob"), "{log}");
 }
 
-/// A mirror slower than `mirror-timeout` to answer a Range: the read does not wait for it,
-/// and the layer's later reads do not ask it again.
+/// A mirror slower than `mirror-timeout` to answer a Range: with `mirror-fill-wait: 0` the
+/// read does not wait for it, and the layer's later reads do not ask it again.
 #[test]
 fn a_slow_mirror_does_not_hold_reads_up() {
     let reg = Registry::start();
@@ -173,7 +178,7 @@ fn a_slow_mirror_does_not_hold_reads_up() {
     let env = env_with_mirror(
         &reg,
         &proxy,
-        serde_json::json!({"mirror-timeout": 0.3, "mirror-retry-after": 60}),
+        serde_json::json!({"mirror-timeout": 0.3, "mirror-retry-after": 60, "mirror-fill-wait": 0}),
     );
     let m = mount(&env, &format!("{}/mirror/slow:v1", reg.host()));
     let t0 = Instant::now();
