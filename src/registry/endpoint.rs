@@ -2,7 +2,8 @@
 //! API root, repository name, headers and TLS client), answering 401 challenges (Basic, or a
 //! Bearer token fetched with the password or, for an identity token, the OAuth2 refresh
 //! grant; cached per auth host and scope), [`Client::send`], the one place with retries and
-//! backoff, and the walk over the endpoints in order that skips and records failed mirrors.
+//! backoff, and the walk over the endpoints in order that skips and records failed mirrors
+//! and hands a probe that found a mirror filling a blob to `blobs.rs`'s fill wait.
 //! Uses the parent's client, error type and helpers, `auth`, `routes`, `health` and `config`.
 
 use super::auth::{self, Challenge, Credentials, Secret};
