@@ -115,14 +115,19 @@ fn a_failing_mirror_is_skipped_for_a_while() {
 
 /// A mirror that answers a Range with the whole blob (200: distribution's pull-through
 /// cache filling the blob) is skipped for that blob only, and only for a while: after the
-/// hold-off, once it serves ranges, the layer's reads use it again.
+/// hold-off, once it serves ranges, the layer's reads use it again. (`mirror-fill-wait: 0`:
+/// not waiting for the fill; waiting is `mirror_fill.rs`.)
 #[test]
 fn a_mirror_filling_a_blob_is_skipped_for_that_blob_until_it_serves_ranges() {
     let reg = Registry::start();
     let layer = publish(&reg, "mirror/fill:v1");
     let proxy = FaultProxy::in_front_of(&reg);
     proxy.on_path(&layer, None, Fault::IgnoreRange);
-    let env = env_with_mirror(&reg, &proxy, serde_json::json!({"mirror-retry-after": 1.5}));
+    let env = env_with_mirror(
+        &reg,
+        &proxy,
+        serde_json::json!({"mirror-retry-after": 1.5, "mirror-fill-wait": 0}),
+    );
     let m = mount(&env, &format!("{}/mirror/fill:v1", reg.host()));
     let t0 = Instant::now();
     for i in 0..FILES - 1 {
@@ -162,8 +167,47 @@ fn a_mirror_filling_a_blob_is_skipped_for_that_blob_until_it_serves_ranges() {
     assert!(log.contains("does not serve blob"), "{log}");
 }
 
-/// A mirror slower than `mirror-timeout` to answer a Range: the read does not wait for it,
-/// and the layer's later reads do not ask it again.
+/// A mirror that answers every Range with the whole blob and never starts serving ranges (a
+/// proxy that ignores Range and keeps nothing): the reads wait `mirror-fill-wait` once, then
+/// go upstream and return the right bytes, and the mirror is not waited for again.
+#[test]
+fn a_mirror_that_never_fills_is_waited_for_once_then_bypassed() {
+    let reg = Registry::start();
+    let layer = publish(&reg, "mirror/nofill:v1");
+    let proxy = FaultProxy::in_front_of(&reg);
+    proxy.on_path(&layer, None, Fault::IgnoreRange);
+    let env = env_with_mirror(
+        &reg,
+        &proxy,
+        serde_json::json!({"mirror-fill-wait": 2, "mirror-retry-after": 60}),
+    );
+    let m = mount(&env, &format!("{}/mirror/nofill:v1", reg.host()));
+    let t0 = Instant::now();
+    read_head(&m.dir, 0);
+    let first = t0.elapsed();
+    assert!(
+        first >= Duration::from_secs(2) && first < Duration::from_secs(10),
+        "the first read took {first:?}: not the 2 s fill wait"
+    );
+    let t1 = Instant::now();
+    for i in 1..FILES {
+        read_head(&m.dir, i);
+    }
+    assert!(
+        t1.elapsed() < Duration::from_millis(1500),
+        "later reads took {:?}",
+        t1.elapsed()
+    );
+    // the first ask, then one-byte asks 1 s apart until the 2 s were over: nothing after
+    let gets = mirror_gets(&proxy, &layer);
+    assert!((2..=4).contains(&gets), "{gets}: {:?}", proxy.requests());
+    let log = env.daemon_logs();
+    assert!(log.contains("is filling blob"), "{log}");
+    assert!(log.contains("not waiting for it again"), "{log}");
+}
+
+/// A mirror slower than `mirror-timeout` to answer a Range: with `mirror-fill-wait: 0` the
+/// read does not wait for it, and the layer's later reads do not ask it again.
 #[test]
 fn a_slow_mirror_does_not_hold_reads_up() {
     let reg = Registry::start();
@@ -173,7 +217,7 @@ fn a_slow_mirror_does_not_hold_reads_up() {
     let env = env_with_mirror(
         &reg,
         &proxy,
-        serde_json::json!({"mirror-timeout": 0.3, "mirror-retry-after": 60}),
+        serde_json::json!({"mirror-timeout": 0.3, "mirror-retry-after": 60, "mirror-fill-wait": 0}),
     );
     let m = mount(&env, &format!("{}/mirror/slow:v1", reg.host()));
     let t0 = Instant::now();

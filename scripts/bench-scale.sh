@@ -17,8 +17,9 @@
 # default 200mbit-10ms) and a mirror in between, and has 1 then N nodes cold-start the image
 # at once, for each mode: no mirror, the nginx lazy-pull mirror (contrib/nginx, slice
 # $NODES_NGINX_SLICE, default 128k; strata's mirror-slice-size $NODES_SLICE, default 128KiB),
-# distribution's pull-through cache. Reports upstream bytes, mirror bytes, per-node times
-# (lib/scale_nodes.sh; bench-results/scale-nodes.md).
+# distribution's pull-through cache. Reports upstream bytes (at the last node's exit and
+# settled: after the cache's fills), mirror bytes, per-node times (lib/scale_nodes.sh;
+# bench-results/scale-nodes.md). NODES_FILL_WAIT=S sets the nodes' mirror-fill-wait.
 #
 #   scripts/bench-scale.sh --nodes 10 [--image big] [--profiles 200mbit-10ms]
 #                          [--modes none,nginx,distribution]

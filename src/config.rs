@@ -11,6 +11,9 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// Default of `mirror-fill-wait` (seconds).
+pub const DEFAULT_MIRROR_FILL_WAIT: f64 = 0.0;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading config {path}: {source}")]
@@ -232,6 +235,12 @@ pub struct Config {
     /// overlayfs over the per-layer views). docs/integrations.md has the measurements.
     #[serde(default, deserialize_with = "de_snapshotter_rootfs")]
     pub snapshotter_rootfs: SnapshotterRootfs,
+    /// Seconds to wait for a mirror that is filling a blob (answered a Range with the whole
+    /// blob, or slowly: distribution's pull-through cache) to hold it, polling it with a
+    /// one-byte Range request, before reading that blob from the upstream; 0 = go upstream at
+    /// once. At most half of `fetch-timeout` is waited.
+    #[serde(default = "default_mirror_fill_wait")]
+    pub mirror_fill_wait: f64,
 }
 
 fn default_downloads() -> usize {
@@ -272,6 +281,9 @@ fn default_mirror_timeout() -> f64 {
 }
 fn default_mirror_retry_after() -> f64 {
     10.0
+}
+fn default_mirror_fill_wait() -> f64 {
+    DEFAULT_MIRROR_FILL_WAIT
 }
 
 fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -351,6 +363,7 @@ impl Default for Config {
             mirror_timeout: default_mirror_timeout(),
             mirror_retry_after: default_mirror_retry_after(),
             snapshotter_rootfs: SnapshotterRootfs::default(),
+            mirror_fill_wait: default_mirror_fill_wait(),
         }
     }
 }
@@ -419,6 +432,12 @@ impl Config {
             return Err(invalid(
                 "mirror-retry-after",
                 "must be between 0.05 and 3600 seconds".into(),
+            ));
+        }
+        if !(0.0..=600.0).contains(&self.mirror_fill_wait) {
+            return Err(invalid(
+                "mirror-fill-wait",
+                "must be between 0 (off) and 600 seconds".into(),
             ));
         }
         if self.index_trust == IndexTrust::Signed && self.index_trust_keys.is_empty() {
@@ -599,6 +618,16 @@ mod tests {
         assert_eq!(c.mirror_slice_size, 256 << 10);
         assert_eq!(c.mirror_timeout, 0.5);
         assert_eq!(Config::default().mirror_slice_size, 0);
+        let e = parse(r#"{"mirror-fill-wait": 601}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mirror-fill-wait"), "{e}");
+        assert_eq!(
+            parse(r#"{"mirror-fill-wait": 0}"#)
+                .unwrap()
+                .mirror_fill_wait,
+            0.0
+        );
     }
 
     #[test]

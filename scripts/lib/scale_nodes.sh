@@ -4,13 +4,17 @@
 # shaped link (lib/nodes.sh). Sourced by bench-scale.sh after its libraries; call
 # scale_nodes_main.
 #
-# Per round: upstream bytes (the registry's access log), mirror bytes (what the mirror sent to
-# the nodes), every node's cold-start time (start of `strata run --rm` to its exit).
-# Results: bench-results/scale-nodes.csv and scale-nodes.md.
+# Per round: upstream bytes (the registry's access log) when the last node exits, and
+# "settled" (after distribution's cache has ended the fills it started, or 120 s, and has
+# been stopped: every byte the round cost), mirror bytes (what the mirror sent to the
+# nodes), every node's cold-start time (start of `strata run --rm` to its exit).
+# Results: bench-results/scale-nodes.csv and scale-nodes.md. NODES_FILL_WAIT=S sets the nodes'
+# mirror-fill-wait (seconds; unset: strata's default).
 
 # _node_config K MODE: the node's config.json
 _node_config() {
-  local k=$1 mode=$2 hub up mirrors="" slice=0
+  local k=$1 mode=$2 hub up mirrors="" slice=0 fill=""
+  [ -z "${NODES_FILL_WAIT:-}" ] || fill=" \"mirror-fill-wait\": $NODES_FILL_WAIT,"
   hub=$(node_hub_ip "$k")
   up="$hub:5002"
   case $mode in
@@ -21,7 +25,7 @@ _node_config() {
 {
   "registry-mirrors-by-host": {"$up": [$mirrors]},
   "insecure-registries": ["$up", "$hub:5000", "$hub:5001"],
-  "prefetch": false,
+  "prefetch": false,$fill
   "mirror-slice-size": "$slice"
 }
 EOF
@@ -82,9 +86,22 @@ _nodes_round() {
     fi
   done
   local load; load=$(cut -d' ' -f1 /proc/loadavg)
-  echo "$NODES_PROFILE,$mode,$count,$up_bytes,$mirror_bytes,$worst,\"$times\",$fails,$load" >> "$NODES_CSV"
-  log "$mode x$count: upstream $(awk -v b="$up_bytes" 'BEGIN{printf "%.1f", b/1e6}') MB, mirror sent $(awk -v b="$mirror_bytes" 'BEGIN{printf "%.1f", b/1e6}') MB, slowest node $worst s (all: $times), $fails failed, load $load"
+  # A pull-through cache may still be filling blobs the nodes read from the upstream: let its
+  # storage stop growing (at most 120 s), then stop it; the upstream's log then holds every
+  # byte the round cost, fills and dropped streams included ("settled").
+  if [ "$mode" = distribution ]; then
+    local prev=-1 cur waited=0
+    while [ "$waited" -lt 120 ]; do
+      cur=$(du -sb "$mdir/data" 2>/dev/null | cut -f1)
+      [ "$cur" = "$prev" ] && break
+      prev=$cur; sleep 2; waited=$((waited + 2))
+    done
+  fi
   stop_mirrors
+  sleep 0.5
+  local settled; settled=$(registry_bytes_written "$UPSTREAM_LOG" "$off")
+  echo "$NODES_PROFILE,$mode,$count,$up_bytes,$mirror_bytes,$worst,\"$times\",$fails,$load,$settled" >> "$NODES_CSV"
+  log "$mode x$count: upstream $(awk -v b="$up_bytes" 'BEGIN{printf "%.1f", b/1e6}') MB ($(awk -v b="$settled" 'BEGIN{printf "%.1f", b/1e6}') MB settled), mirror sent $(awk -v b="$mirror_bytes" 'BEGIN{printf "%.1f", b/1e6}') MB, slowest node $worst s (all: $times), $fails failed, load $load"
   [ -z "${BENCH_KEEP_LOGS:-}" ] || cp "$UPSTREAM_LOG" "$BENCH_KEEP_LOGS/$mode-x$count-upstream.log" 2>/dev/null || true
   rm -rf "$mdir/cache" "$mdir/data"
 }
@@ -113,7 +130,7 @@ scale_nodes_main() {
   stop_bench_registry
   trap 'stop_mirrors; nodes_down' EXIT
   nodes_up "$n" "$NODES_PROFILE" "$REGDATA" "$NODES_WORK/net"
-  echo "profile,mode,nodes,upstream_bytes,mirror_bytes,slowest_s,node_seconds,failures,load1" > "$NODES_CSV"
+  echo "profile,mode,nodes,upstream_bytes,mirror_bytes,slowest_s,node_seconds,failures,load1,settled_bytes" > "$NODES_CSV"
   local m
   IFS=, read -r -a MODES <<< "$modes"
   for m in "${MODES[@]}"; do
@@ -129,12 +146,13 @@ import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1]))); n = sys.argv[2]
 lone = {r["mode"]: r for r in rows if r["nodes"] == "1"}
 base = lone.get("none")
-print("| mirror | nodes | upstream | x one node's lazy bytes | mirror sent | slowest node | x lone node (no mirror) | node times (s) | failed | load |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| mirror | nodes | upstream | settled | x one node's lazy bytes (settled) | mirror sent | slowest node | x lone node (no mirror) | node times (s) | failed | load |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
     ub = int(r["upstream_bytes"]); lazy = int(base["upstream_bytes"]) if base else 0
     t = float(r["slowest_s"]); t1 = float(base["slowest_s"]) if base else 0
-    print(f"| {r['mode']} | {r['nodes']} | {ub/1e6:.1f} MB | {ub/max(lazy,1):.2f}x | {int(r['mirror_bytes'])/1e6:.1f} MB | {t:.2f} s | {t/max(t1,1e-9):.2f}x | {r['node_seconds']} | {r['failures']} | {r['load1']} |")
+    sb = int(r["settled_bytes"])
+    print(f"| {r['mode']} | {r['nodes']} | {ub/1e6:.1f} MB | {sb/1e6:.1f} MB | {sb/max(lazy,1):.2f}x | {int(r['mirror_bytes'])/1e6:.1f} MB | {t:.2f} s | {t/max(t1,1e-9):.2f}x | {r['node_seconds']} | {r['failures']} | {r['load1']} |")
 EOF
   cat "$RES/scale-nodes.md"
 }

@@ -1,10 +1,12 @@
 //! Blob downloads: a streamed GET (optionally of a byte range, the answer's `Content-Range`
 //! checked), a ranged read into memory (cut at the mirror's slice size for a Range-aware
 //! caching mirror), and a whole small blob verified against its digest. Mirrors first (those
-//! that serve content by digest), then the upstream; a mirror that answers a Range with the whole blob or too slowly is skipped
-//! for that blob for a while (`health.rs`). Uses the parent's client, error type, helpers and
-//! endpoint walk.
+//! that serve content by digest), then the upstream; a mirror that answers a Range with the
+//! whole blob or too slowly is filling that blob: it is waited for (`mirror-fill-wait`,
+//! polled with one-byte Range requests) and then skipped for that blob for a while
+//! (`health.rs`). Uses the parent's client, error type, helpers and endpoint walk.
 
+use super::health::{PollTurn, Skip};
 use super::{check_status, range, read_limited, Client, Endpoint, Error, Op};
 use crate::digest::Digest;
 use crate::reference::Repository;
@@ -13,10 +15,15 @@ use futures::StreamExt;
 use reqwest::header::RANGE;
 use reqwest::{Method, Response, StatusCode};
 use std::ops::Range;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Slice-aligned pieces of one range fetched from a mirror at once.
 const MAX_PIECES_IN_FLIGHT: usize = 8;
+
+/// The first pause before asking a filling mirror whether it holds a blob now; doubled after
+/// each ask that finds it still filling, up to [`FILL_POLL_MAX`] (one backoff per mirror).
+const FILL_POLL_FIRST: Duration = Duration::from_secs(1);
+const FILL_POLL_MAX: Duration = Duration::from_secs(8);
 
 /// `range` cut at multiples of `slice` (0 = not cut).
 fn slice_pieces(range: &Range<u64>, slice: u64) -> Vec<Range<u64>> {
@@ -85,9 +92,12 @@ impl Client {
         let resp = check_status(resp, Method::GET, &url, &what).await?;
         if let Some(rg) = &range {
             if resp.status() != StatusCode::PARTIAL_CONTENT {
+                // Dropped unread: the connection closes at once (a mirror streaming the whole
+                // blob stops when its next write fails).
                 return Err(Error::RangeIgnored {
                     what,
                     status: resp.status(),
+                    length: resp.content_length(),
                 });
             }
             range::check_content_range(resp.headers(), rg, &what)?;
@@ -165,6 +175,97 @@ impl Client {
             });
         }
         Ok(body)
+    }
+
+    /// Mirror `ep` answered a Range request for `blob` with the whole blob or too slowly
+    /// (`e`): it is filling the blob. Wait for the fill (`mirror-fill-wait`, counted from
+    /// the first time this client saw the mirror filling the blob), asking the mirror for
+    /// one byte of the blob until it answers with that byte (206: it holds the blob now).
+    /// Each ask while the mirror fills makes it start another whole-blob stream from its
+    /// upstream, dropped when this client hangs up at once: so the asks of one mirror go
+    /// one at a time, smallest blob first, 1, 2, 4, 8, 8, ... seconds apart
+    /// ([`Health::poll_turn`]). `true` when the mirror holds the blob; `false` when the wait
+    /// is over or the mirror failed (recorded: the blob, or the mirror, skips it for a while).
+    /// A mirror that let a wait run out (a proxy that ignores Range and keeps nothing) is not
+    /// waited for again.
+    pub(super) async fn wait_for_fill(
+        &self,
+        ep: &Endpoint,
+        repo: &Repository,
+        blob: &Digest,
+        e: &Error,
+    ) -> bool {
+        let now = Instant::now();
+        let wait = self.fill_wait();
+        let (deadline, first) = self.health.fill_deadline(&ep.base, blob, now, wait);
+        if deadline <= now || self.health.fills_never_end(&ep.base) {
+            self.mirror_failed(&ep.base, Some(blob), e);
+            return false;
+        }
+        if first {
+            tracing::warn!(mirror = %ep.base, "mirror is filling blob {blob}; waiting up to {wait:?} for it: {e}");
+        }
+        let size = match e {
+            Error::RangeIgnored { length, .. } => *length,
+            _ => None,
+        };
+        self.health
+            .poll_join(&ep.base, blob, size, now, FILL_POLL_FIRST);
+        let held = self.poll_fill(ep, repo, blob, deadline).await;
+        self.health.poll_leave(&ep.base, blob);
+        match held {
+            Ok(true) => {
+                tracing::info!(mirror = %ep.base, waited = ?now.elapsed(), "mirror holds blob {blob} now");
+                true
+            }
+            Ok(false) => {
+                tracing::warn!(mirror = %ep.base, "mirror did not fill blob {blob} within {wait:?}; not waiting for it again");
+                self.health.fill_never_ended(&ep.base);
+                self.mirror_failed(&ep.base, Some(blob), e);
+                false
+            }
+            Err(err) => {
+                self.mirror_failed(&ep.base, Some(blob), &err);
+                false
+            }
+        }
+    }
+
+    /// Ask mirror `ep` for one byte of `blob` when it is this blob's turn, until it answers
+    /// with that byte (`Ok(true)`), `deadline` passes (`Ok(false)`) or it fails.
+    async fn poll_fill(
+        &self,
+        ep: &Endpoint,
+        repo: &Repository,
+        blob: &Digest,
+        deadline: Instant,
+    ) -> Result<bool, Error> {
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            match self.health.poll_turn(&ep.base, blob, now) {
+                PollTurn::Later(at) => {
+                    tokio::time::sleep_until(at.min(deadline).into()).await;
+                    continue;
+                }
+                PollTurn::Ask => {}
+            }
+            match self.blob_response(ep, repo, blob, Some(0..1)).await {
+                Ok(resp) => {
+                    // one byte: read it so the connection can be reused
+                    let _ = read_limited(resp, 1, "fill poll").await;
+                    return Ok(true);
+                }
+                Err(err) if err.mirror_verdict() == Some(Skip::Blob) => {
+                    tracing::debug!(mirror = %ep.base, "mirror still filling blob {blob}: {err}");
+                    self.health
+                        .poll_missed(&ep.base, Instant::now(), FILL_POLL_MAX);
+                }
+                Err(err) => return Err(err),
+            }
+        }
     }
 
     /// Fetch a whole small blob (config, index artifact) and verify it. Bytes from a mirror

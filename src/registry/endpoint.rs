@@ -2,7 +2,8 @@
 //! API root, repository name, headers and TLS client), answering 401 challenges (Basic, or a
 //! Bearer token fetched with the password or, for an identity token, the OAuth2 refresh
 //! grant; cached per auth host and scope), [`Client::send`], the one place with retries and
-//! backoff, and the walk over the endpoints in order that skips and records failed mirrors.
+//! backoff, and the walk over the endpoints in order that skips and records failed mirrors
+//! and hands a probe that found a mirror filling a blob to `blobs.rs`'s fill wait.
 //! Uses the parent's client, error type and helpers, `auth`, `routes`, `health` and `config`.
 
 use super::auth::{self, Challenge, Credentials, Secret};
@@ -15,6 +16,10 @@ use base64::Engine as _;
 use reqwest::header::{HeaderMap, AUTHORIZATION, WWW_AUTHENTICATE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use std::time::{Duration, Instant};
+
+/// How much longer than `mirror-timeout` a request waits for a probe's verdict when
+/// `mirror-fill-wait` is on (the probe may be about to wait for a fill).
+const PROBE_GRACE: Duration = Duration::from_millis(500);
 
 /// Bounded retries with exponential backoff, shared by every request.
 #[derive(Debug, Clone, Copy)]
@@ -336,7 +341,7 @@ impl Client {
                     continue;
                 }
             }
-            let _probe = match (ep.mirror, blob) {
+            let probe = match (ep.mirror, blob) {
                 (true, Some(b)) => match self.probe_turn(&ep.base, b).await {
                     Ok(guard) => guard,
                     Err(why) => {
@@ -347,14 +352,31 @@ impl Client {
                 },
                 _ => None,
             };
-            match self.on_endpoint(ep, blob, &f).await {
+            // The probe may wait for a mirror that is filling the blob (`mirror-fill-wait`).
+            let fill = match (&probe, blob) {
+                (Some(_), Some(b)) if self.fill_wait() > Duration::ZERO => Some(b),
+                _ => None,
+            };
+            let mut answer = self.on_endpoint(ep.clone(), blob, &f, fill.is_none()).await;
+            if let (Some(b), Err((true, e))) = (fill, &answer) {
+                if e.mirror_verdict() != Some(Skip::Blob) {
+                    self.mirror_failed(&ep.base, blob, e);
+                } else if self.wait_for_fill(&ep, repo, b, e).await {
+                    answer = self.on_endpoint(ep.clone(), blob, &f, true).await;
+                } else {
+                    skipped.push(ep);
+                    continue;
+                }
+            }
+            drop(probe);
+            match answer {
                 Ok(v) => return Ok(v),
                 Err((false, e)) if skipped.is_empty() || e.is_not_found() => return Err(e),
                 Err((false, e)) => {
                     // The upstream failed: the mirrors skipped for now are the last resort,
                     // and the upstream's error is the one to report.
                     for ep in skipped {
-                        if let Ok(v) = self.on_endpoint(ep, blob, &f).await {
+                        if let Ok(v) = self.on_endpoint(ep, blob, &f, true).await {
                             return Ok(v);
                         }
                     }
@@ -368,15 +390,25 @@ impl Client {
         }))
     }
 
+    /// How long a request waits for a mirror filling a blob: `mirror-fill-wait`, at most half
+    /// the fetch deadline (so that the upstream still has time after it).
+    pub(super) fn fill_wait(&self) -> Duration {
+        let half_fetch = Duration::from_secs(self.config.fetch_timeout) / 2;
+        Duration::try_from_secs_f64(self.config.mirror_fill_wait)
+            .unwrap_or(Duration::ZERO)
+            .min(half_fetch)
+    }
+
     /// Wait until a request for `blob` may go to mirror `base`: at once when the mirror serves
     /// the blob by range or no other request is probing it (then this one is the probe: keep
     /// the guard until its answer is recorded); otherwise after the probe's verdict. `Err`
     /// when the verdict says skip the mirror, or when the probe takes longer than
-    /// `mirror-timeout` (the mirror is slow for this blob: the caller goes on without it).
+    /// `mirror-timeout` (the mirror is slow for this blob: the caller goes on without it) or,
+    /// while the probe waits for the mirror to fill the blob, than that wait.
     async fn probe_turn(&self, base: &str, blob: &Digest) -> Result<Option<ProbeGuard<'_>>, Skip> {
         let wait = Duration::try_from_secs_f64(self.config.mirror_timeout)
             .unwrap_or(Duration::from_secs(5));
-        let deadline = Instant::now() + wait;
+        let started = Instant::now();
         loop {
             if let Some(why) = self.health.skip(base, Some(blob), Instant::now()) {
                 return Err(why);
@@ -384,8 +416,23 @@ impl Client {
             match self.health.probe(base, blob) {
                 Probe::Go(guard) => return Ok(guard),
                 Probe::Wait(mut rx) => {
+                    let mut deadline = started + wait;
+                    if self.fill_wait() > Duration::ZERO {
+                        // The probe itself gives up on a slow mirror after `wait`: give it a
+                        // moment more to say whether it waits for a fill.
+                        deadline += PROBE_GRACE;
+                    }
+                    if let Some(fill) = self.health.filling_until(base, blob) {
+                        // a moment more than the fill's end: the probe's last poll ends it
+                        deadline = deadline.max(fill + wait);
+                    }
                     let left = deadline.saturating_duration_since(Instant::now());
-                    if tokio::time::timeout(left, rx.changed()).await.is_err() {
+                    if tokio::time::timeout(left, rx.changed()).await.is_err()
+                        && self
+                            .health
+                            .filling_until(base, blob)
+                            .is_none_or(|fill| Instant::now() >= fill + wait)
+                    {
                         return Err(Skip::Blob);
                     }
                 }
@@ -395,11 +442,13 @@ impl Client {
 
     /// One endpoint of [`on_endpoints`](Self::on_endpoints); a mirror's answer is recorded in
     /// its health. The error comes with whether the next endpoint may be tried.
+    /// With `record` false a mirror's failure is left to the caller to record.
     async fn on_endpoint<T, F, Fut>(
         &self,
         ep: Endpoint,
         blob: Option<&Digest>,
         f: &F,
+        record: bool,
     ) -> Result<T, (bool, Error)>
     where
         F: Fn(Endpoint) -> Fut,
@@ -418,7 +467,9 @@ impl Client {
             }
             Err(e) if !mirror => Err((false, e)),
             Err(e) => {
-                self.mirror_failed(&base, blob, &e);
+                if record {
+                    self.mirror_failed(&base, blob, &e);
+                }
                 Err((true, e))
             }
         }

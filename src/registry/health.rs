@@ -4,7 +4,8 @@
 //! skipped by every request for a hold-off instead of costing each request a failed round
 //! trip. A mirror that answered a blob Range request with the whole blob (200) or too slowly
 //! is one that does not hold the blob and fetches it whole first (distribution's pull-through
-//! cache does both); that blob goes to the next endpoint while the mirror fills, and the
+//! cache does both); that blob goes to the next endpoint while the mirror fills (or, with
+//! `mirror-fill-wait`, after waiting for the fill for at most that long), and the
 //! other blobs keep using the mirror. The hold-off starts at `mirror-retry-after` and doubles
 //! with each further failure of the probe that follows it, up to [`MAX_BACKOFF`] times; a
 //! success forgets the mirror's failures. It also remembers which blobs a mirror has served
@@ -14,7 +15,13 @@
 //! those mirrors are dropped for the life of the client. Until a mirror has answered a blob by
 //! range, one request for that blob at a time goes to it (the probe, [`Health::probe`]) and
 //! the others wait for its verdict: a pull-through cache that does not hold the blob starts a
-//! whole-blob download from its upstream for every request it gets meanwhile. Pure
+//! whole-blob download from its upstream for every request it gets meanwhile. With
+//! `mirror-fill-wait`, the probe that finds a mirror filling a blob waits for the fill
+//! instead (bounded once per blob: [`Health::fill_deadline`]) and the other requests for the
+//! blob wait with it; the asks whether the mirror holds the blob now go one at a time per
+//! mirror, smallest blob first, with one backoff ([`Health::poll_turn`]: each ask during a
+//! fill costs the mirror's upstream a whole-blob stream started and dropped), and a mirror
+//! that let a wait run out is not waited for again. Pure
 //! bookkeeping, no I/O; used by `endpoint.rs` and `blobs.rs`. Uses `digest` and tokio's
 //! `watch` channel (the probe's end wakes its waiters).
 
@@ -26,6 +33,9 @@ use tokio::sync::watch;
 
 /// The hold-off grows to at most this multiple of the first one.
 const MAX_BACKOFF: u32 = 16;
+
+/// How often a request waiting for a fill whose blob's turn has not come looks again.
+const POLL_LOOK_AGAIN: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, Copy)]
 struct Down {
@@ -55,6 +65,34 @@ pub struct Health {
     dropped: Mutex<HashSet<String>>,
     /// (mirror, blob) pairs with a probe in flight: its end (the sender dropped) wakes waiters.
     probes: Mutex<HashMap<(String, Digest), watch::Receiver<()>>>,
+    /// (mirror, blob) -> until when requests wait for the mirror to fill the blob (set when
+    /// the mirror is first seen filling it, never moved: the wait is bounded per blob).
+    fills: Mutex<HashMap<(String, Digest), Instant>>,
+    /// Per mirror, the blobs being waited for and when the next ask may go out.
+    polls: Mutex<HashMap<String, Polls>>,
+    /// Mirrors that did not fill a blob within the wait (a proxy that ignores Range without
+    /// caching): not waited for again.
+    no_fill: Mutex<HashSet<String>>,
+}
+
+/// The asks of one mirror about the blobs it is filling: one at a time, the smallest blob
+/// first (fills run side by side, so the smallest ends first), with one backoff per mirror.
+/// Each ask while the mirror still fills costs its upstream a whole-blob stream started and
+/// dropped: the asks of all blobs together are what the backoff bounds.
+struct Polls {
+    /// blob -> its size (`u64::MAX` when unknown).
+    waiting: HashMap<Digest, u64>,
+    next: Instant,
+    pause: Duration,
+}
+
+/// Whether a request waiting for a fill may ask the mirror now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PollTurn {
+    /// Ask now (the next ask of this mirror is booked after the current pause).
+    Ask,
+    /// Not this blob's turn yet: look again at the latest at this instant.
+    Later(Instant),
 }
 
 /// What a request for a blob the mirror has not served by range yet does.
@@ -121,7 +159,110 @@ impl Health {
             served: Mutex::new(HashMap::new()),
             dropped: Mutex::new(HashSet::new()),
             probes: Mutex::new(HashMap::new()),
+            fills: Mutex::new(HashMap::new()),
+            polls: Mutex::new(HashMap::new()),
+            no_fill: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Mirror `base` did not fill a blob within the wait: do not wait for it again.
+    pub fn fill_never_ended(&self, base: &str) {
+        lock(&self.no_fill).insert(base.to_string());
+    }
+
+    /// Whether waiting for mirror `base` to fill a blob is pointless (it did not end one).
+    pub fn fills_never_end(&self, base: &str) -> bool {
+        let n = lock(&self.no_fill);
+        !n.is_empty() && n.contains(base)
+    }
+
+    /// A request starts waiting for mirror `base` to fill `blob` (of `size` bytes, if
+    /// known). The mirror's first ask is `first` from now.
+    pub fn poll_join(
+        &self,
+        base: &str,
+        blob: &Digest,
+        size: Option<u64>,
+        now: Instant,
+        first: Duration,
+    ) {
+        let mut p = lock(&self.polls);
+        let m = p.entry(base.to_string()).or_insert_with(|| Polls {
+            waiting: HashMap::new(),
+            next: now + first,
+            pause: first,
+        });
+        if m.waiting.is_empty() {
+            m.next = m.next.max(now + first);
+        }
+        m.waiting.insert(*blob, size.unwrap_or(u64::MAX));
+    }
+
+    /// The request waiting for `blob` stops (the mirror holds it, failed, or the wait is over).
+    pub fn poll_leave(&self, base: &str, blob: &Digest) {
+        if let Some(m) = lock(&self.polls).get_mut(base) {
+            m.waiting.remove(blob);
+        }
+    }
+
+    /// May the request waiting for `blob` ask mirror `base` now? Yes when it is the smallest
+    /// blob waited for on that mirror and the mirror's pause is over; the next ask is then
+    /// booked `pause` later.
+    pub fn poll_turn(&self, base: &str, blob: &Digest, now: Instant) -> PollTurn {
+        let mut p = lock(&self.polls);
+        let Some(m) = p.get_mut(base) else {
+            return PollTurn::Ask;
+        };
+        let mine = m.waiting.get(blob).copied().unwrap_or(u64::MAX);
+        let first = m
+            .waiting
+            .iter()
+            .all(|(d, &n)| (n, d.to_string()) >= (mine, blob.to_string()));
+        if !first {
+            return PollTurn::Later(now + POLL_LOOK_AGAIN);
+        }
+        if now < m.next {
+            return PollTurn::Later(m.next);
+        }
+        m.next = now + m.pause;
+        PollTurn::Ask
+    }
+
+    /// An ask found mirror `base` still filling: the pause doubles, up to `max`.
+    pub fn poll_missed(&self, base: &str, now: Instant, max: Duration) {
+        if let Some(m) = lock(&self.polls).get_mut(base) {
+            m.pause = (m.pause * 2).min(max);
+            m.next = m.next.max(now + m.pause);
+        }
+    }
+
+    /// The mirror is filling `blob`: until when to wait for it. The first call for a
+    /// (mirror, blob) sets it to `now + wait` and returns `(deadline, true)`; later calls
+    /// return the same deadline (in the past once the wait is over) and `false`.
+    pub fn fill_deadline(
+        &self,
+        base: &str,
+        blob: &Digest,
+        now: Instant,
+        wait: Duration,
+    ) -> (Instant, bool) {
+        let mut f = lock(&self.fills);
+        match f.get(&(base.to_string(), *blob)) {
+            Some(d) => (*d, false),
+            None => {
+                f.insert((base.to_string(), *blob), now + wait);
+                (now + wait, true)
+            }
+        }
+    }
+
+    /// Until when requests wait for mirror `base` to fill `blob`, if it was seen filling it.
+    pub fn filling_until(&self, base: &str, blob: &Digest) -> Option<Instant> {
+        let f = lock(&self.fills);
+        if f.is_empty() {
+            return None;
+        }
+        f.get(&(base.to_string(), *blob)).copied()
     }
 
     /// May a request for `blob` go to mirror `base` now? Yes when the mirror serves the blob
@@ -315,5 +456,64 @@ mod tests {
         };
         drop(g);
         assert!(matches!(h.probe("m", &d(3)), Probe::Go(Some(_))));
+    }
+
+    #[test]
+    fn a_fill_is_waited_for_once_per_blob() {
+        let h = Health::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        let w = Duration::from_secs(30);
+        assert_eq!(h.filling_until("m", &d(1)), None);
+        assert_eq!(h.fill_deadline("m", &d(1), t0, w), (t0 + w, true));
+        let later = t0 + Duration::from_secs(40);
+        // the deadline does not move: a blob is waited for at most `w` in all
+        assert_eq!(h.fill_deadline("m", &d(1), later, w), (t0 + w, false));
+        assert_eq!(h.filling_until("m", &d(1)), Some(t0 + w));
+        assert_eq!(h.filling_until("n", &d(1)), None);
+        assert!(!h.fills_never_end("m"));
+        h.fill_never_ended("m");
+        assert!(h.fills_never_end("m") && !h.fills_never_end("n"));
+    }
+
+    #[test]
+    fn a_mirror_is_asked_about_one_blob_at_a_time_smallest_first_with_backoff() {
+        let h = Health::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        let s1 = Duration::from_secs(1);
+        let max = Duration::from_secs(8);
+        h.poll_join("m", &d(1), Some(100), t0, s1);
+        h.poll_join("m", &d(2), Some(10), t0, s1);
+        h.poll_join("m", &d(3), None, t0, s1);
+        h.poll_join("n", &d(1), Some(100), t0, s1);
+        // nobody before the first pause
+        assert_eq!(h.poll_turn("m", &d(2), t0), PollTurn::Later(t0 + s1));
+        let t1 = t0 + s1;
+        // the bigger and the unknown blob wait for the smallest
+        assert!(matches!(h.poll_turn("m", &d(1), t1), PollTurn::Later(_)));
+        assert!(matches!(h.poll_turn("m", &d(3), t1), PollTurn::Later(_)));
+        assert_eq!(h.poll_turn("m", &d(2), t1), PollTurn::Ask);
+        // another mirror has its own turn and backoff
+        assert_eq!(h.poll_turn("n", &d(1), t1), PollTurn::Ask);
+        // a miss doubles the pause: 2, 4, 8, 8 s
+        let mut t = t1;
+        for want in [2, 4, 8, 8] {
+            h.poll_missed("m", t, max);
+            assert_eq!(
+                h.poll_turn("m", &d(2), t),
+                PollTurn::Later(t + Duration::from_secs(want))
+            );
+            t += Duration::from_secs(want);
+            assert_eq!(h.poll_turn("m", &d(2), t), PollTurn::Ask);
+        }
+        // the smallest is held now: the next one's turn comes after the pause
+        h.poll_leave("m", &d(2));
+        assert_eq!(h.poll_turn("m", &d(1), t), PollTurn::Later(t + max));
+        assert_eq!(h.poll_turn("m", &d(1), t + max), PollTurn::Ask);
+        h.poll_leave("m", &d(1));
+        assert!(matches!(
+            h.poll_turn("m", &d(3), t + max),
+            PollTurn::Later(_)
+        ));
+        assert_eq!(h.poll_turn("m", &d(3), t + max + max), PollTurn::Ask);
     }
 }

@@ -83,7 +83,12 @@ pub enum Error {
     #[error("{what}: body larger than {limit} bytes")]
     TooLarge { what: String, limit: usize },
     #[error("{what}: registry ignored the Range request ({status})")]
-    RangeIgnored { what: String, status: StatusCode },
+    RangeIgnored {
+        what: String,
+        status: StatusCode,
+        /// The answer's `Content-Length` (the whole blob's size, for a 200).
+        length: Option<u64>,
+    },
     #[error("{what}: mirror {mirror} did not answer a Range request within {after:?}")]
     MirrorSlow {
         what: String,
