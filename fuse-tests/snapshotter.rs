@@ -247,12 +247,21 @@ fn remote_snapshots(root: &Path) -> usize {
         .map_or(0, |m| m.values().filter(|r| !r["remote"].is_null()).count())
 }
 
-fn layer_view_mounts() -> usize {
+/// Layer views of this root's snapshots (other tests' roots may have theirs meanwhile).
+fn layer_views(root: &Path) -> Vec<PathBuf> {
+    let snaps = root.join("snapshots");
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()
         .filter(|l| l.contains("strata-layer:"))
-        .count()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|mp| mp.starts_with(&snaps))
+        .collect()
+}
+
+fn layer_view_mounts(root: &Path) -> usize {
+    layer_views(root).len()
 }
 
 /// Union mounts of active snapshots (`<root>/snapshots/<id>/rootfs`).
@@ -380,7 +389,7 @@ fn cri_pull_and_run(rootfs: &str) {
         2,
         "every layer of the indexed image above the shared one is a remote snapshot"
     );
-    assert_eq!(layer_view_mounts(), 2);
+    assert_eq!(layer_view_mounts(&root), 2);
 
     let run = |rt: &tokio::runtime::Runtime,
                runtime: &mut RuntimeServiceClient<Channel>,
@@ -564,7 +573,7 @@ fn cri_pull_and_run(rootfs: &str) {
         "the remote snapshots to be removed",
         Duration::from_secs(30),
         Duration::from_millis(50),
-        || (remote_snapshots(&root) == 0 && layer_view_mounts() == 0).then_some(()),
+        || (remote_snapshots(&root) == 0 && layer_view_mounts(&root) == 0).then_some(()),
     );
     assert_eq!(
         union_mounts(&root),
@@ -587,7 +596,7 @@ fn cri_pull_and_run(rootfs: &str) {
         .image_ref
     };
     let image_ref = pull(&rt, &mut images);
-    assert_eq!((remote_snapshots(&root), layer_view_mounts()), (2, 2));
+    assert_eq!((remote_snapshots(&root), layer_view_mounts(&root)), (2, 2));
     // A container created (not started) in a new pod: its rootfs snapshot is prepared.
     let mut pod2_cfg = pod_cfg.clone();
     if let Some(m) = pod2_cfg.metadata.as_mut() {
@@ -619,14 +628,14 @@ fn cri_pull_and_run(rootfs: &str) {
         "the layer views to end with the daemon",
         Duration::from_secs(30),
         Duration::from_millis(50),
-        || (layer_view_mounts() == 0 && union_mounts(&root).is_empty()).then_some(()),
+        || (layer_view_mounts(&root) == 0 && union_mounts(&root).is_empty()).then_some(()),
     );
     env.run(&["daemon"]).assert_success();
     poll_until(
         "the layer views to be mounted again",
         Duration::from_secs(30),
         Duration::from_millis(50),
-        || (layer_view_mounts() == 2).then_some(()),
+        || (layer_view_mounts(&root) == 2).then_some(()),
     );
     if union {
         let unions = poll_until(
@@ -672,12 +681,9 @@ fn cri_pull_and_run(rootfs: &str) {
         Duration::from_millis(50),
         || union_mounts(&root).is_empty().then_some(()),
     );
-    let hello: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains("strata-layer:"))
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter_map(|mp| std::fs::read_to_string(Path::new(mp).join("data/hello.txt")).ok())
+    let hello: Vec<String> = layer_views(&root)
+        .iter()
+        .filter_map(|mp| std::fs::read_to_string(mp.join("data/hello.txt")).ok())
         .collect();
     assert_eq!(hello, vec!["hello from a lazy layer\n".to_string()]);
     // Pulling again finds the snapshots; removing the image removes them.
@@ -693,7 +699,7 @@ fn cri_pull_and_run(rootfs: &str) {
         "the remote snapshots to be removed again",
         Duration::from_secs(30),
         Duration::from_millis(50),
-        || (remote_snapshots(&root) == 0 && layer_view_mounts() == 0).then_some(()),
+        || (remote_snapshots(&root) == 0 && layer_view_mounts(&root) == 0).then_some(()),
     );
     drop(ctd);
     env.run(&["daemon", "--stop"]).assert_success();
