@@ -52,7 +52,7 @@ pub(super) enum Times {
 
 #[derive(Clone, Debug)]
 pub(super) enum Op {
-    /// `open(path, flags, mode)`, then (on success) `ftruncate(len)` and
+    /// `open(path, flags | O_NONBLOCK, mode)`, then (on success) `ftruncate(len)` and
     /// `posix_fallocate(0, len)` on the descriptor.
     Open {
         path: String,
@@ -103,6 +103,20 @@ pub(super) enum Op {
         path: String,
         len: i64,
     },
+    /// `open(path, O_WRONLY | O_NONBLOCK)` then `write` of `len` bytes at offset 0.
+    Write {
+        path: String,
+        len: usize,
+    },
+    /// `open(path, O_WRONLY | O_TMPFILE, mode)`: a nameless file in directory `path`.
+    TmpFile {
+        path: String,
+        mode: u32,
+    },
+    /// `readdir(path)`: the names and `d_type`s.
+    List {
+        path: String,
+    },
 }
 
 impl Op {
@@ -119,7 +133,10 @@ impl Op {
             | Op::Chmod { path, .. }
             | Op::Chown { path, .. }
             | Op::Utimens { path, .. }
-            | Op::Truncate { path, .. } => vec![path],
+            | Op::Truncate { path, .. }
+            | Op::Write { path, .. }
+            | Op::TmpFile { path, .. }
+            | Op::List { path } => vec![path],
         }
     }
 }
@@ -141,7 +158,7 @@ fn mode(rng: &mut SplitMix64) -> u32 {
 /// One random operation and the caller that runs it.
 pub(super) fn gen(rng: &mut SplitMix64) -> (Caller, Op) {
     let caller = *rng.pick(&CALLERS);
-    let op = match rng.below(24) {
+    let op = match rng.below(26) {
         0..=3 => {
             let acc = *rng.pick(&[libc::O_RDONLY, libc::O_WRONLY, libc::O_RDWR]);
             let mut flags = acc;
@@ -174,6 +191,7 @@ pub(super) fn gen(rng: &mut SplitMix64) -> (Caller, Op) {
                 (libc::S_IFIFO, (0, 0)),
                 (libc::S_IFBLK, (7, 3)),
                 (libc::S_IFCHR, (1, 3)),
+                (libc::S_IFCHR, (0, 0)),
                 (libc::S_IFSOCK, (0, 0)),
             ]);
             Op::Mknod {
@@ -222,9 +240,13 @@ pub(super) fn gen(rng: &mut SplitMix64) -> (Caller, Op) {
                 _ => Times::OmitSet(1_100_000_000),
             },
         },
-        _ => Op::Truncate {
+        23 => Op::Truncate {
             path: path(rng),
             len: *rng.pick(&[0, 7, 4096]),
+        },
+        _ => Op::Write {
+            path: path(rng),
+            len: *rng.pick(&[1, 4096]),
         },
     };
     (caller, op)
@@ -261,6 +283,14 @@ pub(super) fn look(root: &Path, rel: &str) -> Option<Seen> {
     // directory reports nlink 1, as kernel overlayfs does): not compared.
     let extra = if ft.is_dir() {
         String::new()
+    } else if ft.is_char_device() || ft.is_block_device() {
+        let r = m.rdev();
+        format!(
+            " rdev={}:{} nlink={}",
+            libc::major(r),
+            libc::minor(r),
+            m.nlink()
+        )
     } else {
         format!(" size={} nlink={}", m.size(), m.nlink())
     };
@@ -318,7 +348,12 @@ fn run(root: &Path, op: &Op) -> String {
                 mode,
                 len,
             } => {
-                let fd = libc::open(c(root, path).as_ptr(), flags | libc::O_CLOEXEC, *mode);
+                // O_NONBLOCK: a fifo without a peer fails with ENXIO instead of waiting
+                let fd = libc::open(
+                    c(root, path).as_ptr(),
+                    flags | libc::O_CLOEXEC | libc::O_NONBLOCK,
+                    *mode,
+                );
                 if fd < 0 {
                     return err(fd);
                 }
@@ -365,6 +400,61 @@ fn run(root: &Path, op: &Op) -> String {
                 ))
             }
             Op::Truncate { path, len } => err(libc::truncate(c(root, path).as_ptr(), *len)),
+            Op::Write { path, len } => {
+                let fd = libc::open(
+                    c(root, path).as_ptr(),
+                    libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NONBLOCK,
+                );
+                if fd < 0 {
+                    return err(fd);
+                }
+                let buf = vec![b'w'; *len];
+                let n = libc::write(fd, buf.as_ptr().cast(), buf.len());
+                let r = if n < 0 { err(-1) } else { format!("ok {n}") };
+                libc::close(fd);
+                r
+            }
+            Op::TmpFile { path, mode } => {
+                let fd = libc::open(
+                    c(root, path).as_ptr(),
+                    libc::O_WRONLY | libc::O_TMPFILE | libc::O_CLOEXEC,
+                    *mode,
+                );
+                if fd >= 0 {
+                    libc::close(fd);
+                }
+                err(fd)
+            }
+            Op::List { path } => match std::fs::read_dir(root.join(path)) {
+                Ok(rd) => {
+                    let mut v: Vec<String> = rd
+                        .flatten()
+                        .map(|e| {
+                            let t = e.file_type().map_or("?", |t| {
+                                if t.is_dir() {
+                                    "d"
+                                } else if t.is_file() {
+                                    "f"
+                                } else if t.is_symlink() {
+                                    "l"
+                                } else if t.is_char_device() {
+                                    "c"
+                                } else if t.is_block_device() {
+                                    "b"
+                                } else if t.is_fifo() {
+                                    "p"
+                                } else {
+                                    "s"
+                                }
+                            });
+                            format!("{}:{t}", e.file_name().to_string_lossy())
+                        })
+                        .collect();
+                    v.sort();
+                    format!("ok [{}]", v.join(" "))
+                }
+                Err(e) => format!("E{}", e.raw_os_error().unwrap_or(-1)),
+            },
         }
     }
 }

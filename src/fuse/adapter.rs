@@ -4,7 +4,7 @@
 //! bookkeeping (backing files per inode, the open reply) is in `adapter/passthrough.rs`.
 
 use super::{errno, IdMap, MountOptions};
-use crate::union::{Attr, Ctx, FileKind, ReadResult, SetAttr, TimeSpec, UnionFs};
+use crate::union::{Attr, Caller, Ctx, FileKind, ReadResult, SetAttr, TimeSpec, UnionFs};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
@@ -234,7 +234,7 @@ impl Filesystem for Adapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -259,6 +259,11 @@ impl Filesystem for Adapter {
             size,
             atime: time(atime),
             mtime: time(mtime),
+            caller: Some(Caller {
+                uid: ids.uid_stored(req.uid()),
+                gid: ids.gid_stored(req.gid()),
+                pid: req.pid(),
+            }),
         };
         let ttl = self.s.opts.upper_ttl;
         let done = move |r: crate::union::Result<Attr>| match r {

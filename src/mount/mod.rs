@@ -34,7 +34,7 @@ use crate::config::Config;
 use crate::image::Progress;
 use crate::registry::Client;
 use crate::store::Store;
-use crate::union::{UnionFs, Upper};
+use crate::union::{UnionFs, UnionOptions, Upper};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -251,8 +251,17 @@ fn union_over(lazy: &LazyImage, upper: Option<(PathBuf, PathBuf)>) -> Result<Uni
         None => None,
     };
     let rt = tokio::runtime::Handle::current();
-    UnionFs::new(lazy.tree.clone(), lazy.lowers.clone(), upper, Some(rt))
-        .map_err(|e| Error::Union(Box::new(e)))
+    // A character device 0/0 a user makes is a device (marked in the upper, docs/overlay.md),
+    // as on ext4 and in `strata overlay`; kernel overlayfs refuses it.
+    let opts = UnionOptions {
+        allow_chardev00: true,
+        ..UnionOptions::default()
+    };
+    Ok(
+        UnionFs::new(lazy.tree.clone(), lazy.lowers.clone(), upper, Some(rt))
+            .map_err(|e| Error::Union(Box::new(e)))?
+            .with_options(opts),
+    )
 }
 
 /// FUSE options of an image mount. Upper files get passthrough only when asked

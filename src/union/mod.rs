@@ -28,6 +28,7 @@ mod nodes;
 mod ops;
 mod rename;
 mod revive;
+mod setid;
 /// Thin wrappers over the xattr, mknod and time syscalls, and the overlay whiteout rules.
 pub mod sys;
 mod tree;
@@ -41,7 +42,8 @@ pub use backend::{Children, LowerBackend, LowerTree, TreeDirEnt, TreeNode, Xattr
 pub use dirlower::DirLower;
 pub use dirtree::DirTree;
 pub use fs::{
-    Ctx, DirEntry, Opened, ReadResult, SetAttr, StatFs, Stats, StatsSnapshot, TimeSpec, UnionFs,
+    Caller, Ctx, DirEntry, Opened, ReadResult, SetAttr, StatFs, Stats, StatsSnapshot, TimeSpec,
+    UnionFs,
 };
 pub use lower::{LowerFile, LowerRead, LowerSource, TarBytesLower};
 pub use nodes::UPPER_BASE;
@@ -56,13 +58,14 @@ pub const ROOT_INO: u64 = 1;
 /// Longest name accepted (bytes), as on ext4 and overlayfs.
 pub const NAME_MAX: usize = 255;
 
-/// Behaviour switches of a [`UnionFs`] (defaults: image mode, as kernel overlayfs).
+/// Behaviour switches of a [`UnionFs`] (defaults: as kernel overlayfs).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct UnionOptions {
-    /// Let `mknod c 0 0` create a real character device 0/0 (fuse-overlayfs mode). It is
+    /// Let `mknod c 0 0` create a real character device 0/0 (as ext4 does). It is
     /// stored as a 0/0 device carrying the `trusted.overlay.strata.device` marker, so strata
     /// never takes it for a whiteout. Kernel overlayfs cannot show such a device and treats
     /// it as a whiteout; without this switch the call fails with EPERM, as in the kernel.
+    /// `strata overlay` and lazy `strata mount --upper` set it (ext4 makes such devices).
     pub allow_chardev00: bool,
     /// Answer `getxattr` of `trusted.overlay.*` names from the lower tree (a read-only layer
     /// view that kernel overlayfs uses as a lower directory: its opaque markers must show).

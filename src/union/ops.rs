@@ -452,7 +452,8 @@ impl UnionFs {
     }
 
     /// `setattr`: chown, chmod, truncate, utimens. A lower object is copied up first (a
-    /// truncate copies only the bytes it keeps).
+    /// truncate copies only the bytes it keeps). The set-group-ID bit is dropped as ext4
+    /// drops it (`setid.rs`); an empty request (`chown(f, -1, -1)`) still moves ctime.
     pub fn setattr(&self, ino: u64, fh: Option<u64>, s: &SetAttr) -> Result<Attr> {
         self.upper()?;
         self.copy_up(ino, s.size)?;
@@ -461,6 +462,23 @@ impl UnionFs {
             .as_ref()
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(format!("inode {ino}")));
+        let before = self.getattr(ino)?;
+        let empty = s.mode.is_none()
+            && s.uid.is_none()
+            && s.gid.is_none()
+            && s.size.is_none()
+            && s.atime.is_none()
+            && s.mtime.is_none();
+        let mut s = *s;
+        if let Some(bits) = super::setid::mode_after(&before, &s) {
+            s.mode = Some(bits);
+        } else if empty && before.kind != FileKind::Symlink {
+            // ctime moves, nothing else: the same mode set again
+            s.mode = Some(before.perm as u32);
+        } else if empty {
+            s.uid = Some(before.uid);
+        }
+        let s = &s;
         if s.uid.is_some() || s.gid.is_some() {
             match (&path, &file) {
                 (Some(p), _) => sys::lchown(p, s.uid, s.gid),

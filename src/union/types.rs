@@ -23,7 +23,18 @@ pub enum TimeSpec {
     Set(SystemTime),
 }
 
-/// The changes of one `setattr`.
+/// Who asks for a `setattr`: its (stored) fsuid and fsgid and its thread id, from which its
+/// supplementary groups and capabilities are read when a set-group-ID bit depends on them
+/// (`setid.rs`; 0: unknown).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+/// The changes of one `setattr`. None of the fields set (an empty SETATTR, as the kernel
+/// sends for `chown(f, -1, -1)` and for a write's privilege drop) still changes ctime.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SetAttr {
     pub mode: Option<u32>,
@@ -32,6 +43,8 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<TimeSpec>,
     pub mtime: Option<TimeSpec>,
+    /// The caller, for the set-group-ID bit it drops (`None`: drop nothing beyond `mode`).
+    pub caller: Option<Caller>,
 }
 
 /// One directory entry; `offset` is the cookie of the *next* entry.
