@@ -13,7 +13,9 @@ mod union_common;
 use std::ffi::CString;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirEntryExt, FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{
+    DirEntryExt, FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt,
+};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use strata::fuse::MountOptions;
@@ -245,6 +247,62 @@ fn upper_files_pass_through_by_default_and_stat_follows_their_writes() {
     let mut buf = vec![0u8; 10];
     assert_eq!(d.read_at(&mut buf, 0).unwrap(), 10);
     assert_eq!(buf, &data[..10]);
+}
+
+/// Upper files are written through passthrough by default: a write by a process without
+/// CAP_FSETID must still drop S_ISUID as on ext4 (the kernel does it on the passthrough
+/// write path too: checked here, since the daemon never sees such a write).
+#[test]
+fn a_write_without_cap_fsetid_drops_set_user_id_on_upper_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let l = tmp.path().join("l");
+    std::fs::create_dir_all(&l).unwrap();
+    let (u, w) = (tmp.path().join("u"), tmp.path().join("w"));
+    let m = StrataMount::dirs(
+        std::slice::from_ref(&l),
+        Some((&u, &w)),
+        &tmp.path().join("mnt"),
+        overlay_opts(),
+        MountOptions::default(),
+    );
+    let h = m.handle.as_ref().unwrap();
+    assert!(h.passthrough_active());
+    let write_unprivileged = |f: &Path| {
+        let st = std::process::Command::new("setpriv")
+            .args([
+                "--bounding-set",
+                "-fsetid",
+                "--",
+                "sh",
+                "-c",
+                "printf x >> \"$0\"",
+            ])
+            .arg(f)
+            .status()
+            .expect("setpriv (util-linux)");
+        assert!(st.success());
+    };
+    let suid = m.dir.join("suid");
+    std::fs::write(&suid, b"a").unwrap();
+    std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    write_unprivileged(&suid);
+    let mode = std::fs::metadata(&suid).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(
+        mode, 0o755,
+        "S_ISUID kept after a write without CAP_FSETID: {mode:o}"
+    );
+    assert_eq!(std::fs::read(u.join("suid")).unwrap(), b"ax");
+    // A plain upper file keeps passthrough (its reads bypass the daemon).
+    let plain = m.dir.join("plain");
+    std::fs::write(&plain, b"a").unwrap();
+    write_unprivileged(&plain);
+    let reads = h.stats().reads;
+    assert_eq!(std::fs::read(&plain).unwrap(), b"ax");
+    assert_eq!(
+        h.stats().reads,
+        reads,
+        "plain upper file not served by passthrough"
+    );
 }
 
 #[test]
