@@ -280,3 +280,15 @@ fn hard_links_know_all_their_paths_in_visit_order() {
     let single = t.resolve("single").unwrap();
     assert_eq!(t.aliases(single).count(), 0);
 }
+
+#[test]
+fn an_opaque_root_in_a_later_layer_hides_a_directory_the_layer_before_filled() {
+    let layers = vec![
+        sorted(vec![d(""), d("a"), f("a/x"), f("a/z")]),
+        sorted(vec![opq(""), f("a/y")]),
+    ];
+    let t = MergedTree::build(&layers).unwrap();
+    assert_eq!(t.resolve("a/x"), None);
+    assert!(t.resolve("a/y").is_some());
+    assert_eq!(t.resolve("a/z"), None);
+}
