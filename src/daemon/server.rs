@@ -515,27 +515,33 @@ async fn unmount(
 /// of this daemon.
 struct LayerMounter(Arc<State>);
 
+impl LayerMounter {
+    /// Mount `req` (an image mountable by any user of the host: containers run as anyone).
+    fn mount(&self, req: MountRequest) -> futures::future::BoxFuture<'static, MountResult> {
+        let state = self.0.clone();
+        Box::pin(async move { mount(&state, req).await.map(|_| ()) })
+    }
+}
+
+type MountResult = Result<(), crate::mount::Error>;
+
 impl crate::snapshotter::Mounter for LayerMounter {
     fn mount_layer(
         &self,
         image: String,
         layer: crate::digest::Digest,
         mountpoint: PathBuf,
-    ) -> futures::future::BoxFuture<'static, Result<(), crate::mount::Error>> {
-        let state = self.0.clone();
-        Box::pin(async move {
-            let req = MountRequest {
-                image,
-                platform: None,
-                mountpoint,
-                upper: None,
-                prefetch: false,
-                passthrough: false,
-                allow_other: true,
-                layer: Some(layer),
-                warm: Vec::new(),
-            };
-            mount(&state, req).await.map(|_| ())
+    ) -> futures::future::BoxFuture<'static, MountResult> {
+        self.mount(MountRequest {
+            image,
+            platform: None,
+            mountpoint,
+            upper: None,
+            prefetch: false,
+            passthrough: false,
+            allow_other: true,
+            layer: Some(layer),
+            warm: Vec::new(),
         })
     }
 
@@ -545,21 +551,17 @@ impl crate::snapshotter::Mounter for LayerMounter {
         upper: (PathBuf, PathBuf),
         mountpoint: PathBuf,
         warm: crate::mount::warm::WarmList,
-    ) -> futures::future::BoxFuture<'static, Result<(), crate::mount::Error>> {
-        let state = self.0.clone();
-        Box::pin(async move {
-            let req = MountRequest {
-                image,
-                platform: None,
-                mountpoint,
-                upper: Some(upper),
-                prefetch: state.svc.config.prefetch,
-                passthrough: false,
-                allow_other: true,
-                layer: None,
-                warm,
-            };
-            mount(&state, req).await.map(|_| ())
+    ) -> futures::future::BoxFuture<'static, MountResult> {
+        self.mount(MountRequest {
+            image,
+            platform: None,
+            mountpoint,
+            upper: Some(upper),
+            prefetch: self.0.svc.config.prefetch,
+            passthrough: false,
+            allow_other: true,
+            layer: None,
+            warm,
         })
     }
 
