@@ -462,21 +462,20 @@ impl UnionFs {
             .as_ref()
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(format!("inode {ino}")));
-        let before = self.getattr(ino)?;
-        let empty = s.mode.is_none()
-            && s.uid.is_none()
-            && s.gid.is_none()
-            && s.size.is_none()
-            && s.atime.is_none()
-            && s.mtime.is_none();
+        let empty = s.is_empty();
         let mut s = *s;
-        if let Some(bits) = super::setid::mode_after(&before, &s) {
-            s.mode = Some(bits);
-        } else if empty && before.kind != FileKind::Symlink {
-            // ctime moves, nothing else: the same mode set again
-            s.mode = Some(before.perm as u32);
-        } else if empty {
-            s.uid = Some(before.uid);
+        // The object's attributes only where they can change the request (not for times
+        // only, nor for internal calls that name their changes).
+        if empty || (s.caller.is_some() && !s.times_only()) {
+            let before = self.getattr(ino)?;
+            if let Some(bits) = super::setid::mode_after(&before, &s) {
+                s.mode = Some(bits);
+            } else if empty && before.kind != FileKind::Symlink {
+                // ctime moves, nothing else: the same mode set again
+                s.mode = Some(before.perm as u32);
+            } else if empty {
+                s.uid = Some(before.uid);
+            }
         }
         let s = &s;
         if s.uid.is_some() || s.gid.is_some() {

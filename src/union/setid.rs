@@ -27,12 +27,7 @@ pub(super) fn mode_after(a: &Attr, s: &SetAttr) -> Option<u32> {
     if a.kind == FileKind::Dir || a.kind == FileKind::Symlink {
         return None;
     }
-    let times_only = s.mode.is_none()
-        && s.uid.is_none()
-        && s.gid.is_none()
-        && s.size.is_none()
-        && (s.atime.is_some() || s.mtime.is_some());
-    if times_only {
+    if s.times_only() {
         return None;
     }
     let bits = s.mode.map_or(a.perm as u32, |m| m & 0o7777);

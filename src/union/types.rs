@@ -47,6 +47,22 @@ pub struct SetAttr {
     pub caller: Option<Caller>,
 }
 
+impl SetAttr {
+    /// No change named (ctime moves all the same).
+    pub fn is_empty(&self) -> bool {
+        self.atime.is_none() && self.mtime.is_none() && self.changes_nothing_else()
+    }
+
+    /// Only times named (utimensat): drops no privilege.
+    pub fn times_only(&self) -> bool {
+        (self.atime.is_some() || self.mtime.is_some()) && self.changes_nothing_else()
+    }
+
+    fn changes_nothing_else(&self) -> bool {
+        self.mode.is_none() && self.uid.is_none() && self.gid.is_none() && self.size.is_none()
+    }
+}
+
 /// One directory entry; `offset` is the cookie of the *next* entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirEntry {
