@@ -301,6 +301,7 @@ impl Snapshotter {
         parent: &str,
         labels: HashMap<String, String>,
     ) -> Result<Vec<MountSpec>, Error> {
+        let unpacking = labels.contains_key(TARGET_LABEL);
         if kind == Kind::Active {
             if let Some(target) = labels.get(TARGET_LABEL).cloned() {
                 if self.meta().contains(&target) {
@@ -322,7 +323,9 @@ impl Snapshotter {
             let _ = self.meta().remove(&store, key);
             return Err(e);
         }
+        // A container's rootfs, not a layer being unpacked (those name their target).
         if kind == Kind::Active
+            && !unpacking
             && self.svc.config.snapshotter_rootfs == crate::config::SnapshotterRootfs::Union
         {
             self.try_union(key, &dir).await;

@@ -47,15 +47,7 @@ pub async fn lazy_layer(
             "image {pinned} has no layer {layer}"
         )));
     }
-    let found = crate::image::index::lazy_indexes(
-        &svc.client,
-        &svc.store,
-        &reference,
-        &rec,
-        &Progress::silent(),
-    )
-    .await?;
-    let missing = found.iter().filter(|f| f.is_none()).count();
+    let missing = layers_without_index(svc, &reference, &rec).await?;
     if missing > 0 {
         tracing::info!(
             image = %pinned,
@@ -67,4 +59,21 @@ pub async fn lazy_layer(
         image: pinned,
         layer,
     }))
+}
+
+/// How many layers of image `rec` have no lazy index (none: it can be read lazily whole).
+pub async fn layers_without_index(
+    svc: &Services,
+    reference: &Reference,
+    rec: &crate::store::ImageRecord,
+) -> Result<usize, Error> {
+    let found = crate::image::index::lazy_indexes(
+        &svc.client,
+        &svc.store,
+        reference,
+        rec,
+        &Progress::silent(),
+    )
+    .await?;
+    Ok(found.iter().filter(|f| f.is_none()).count())
 }

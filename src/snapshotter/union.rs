@@ -12,7 +12,6 @@
 use super::meta::Record;
 use super::{Error, IMAGE_REF_LABEL, LAYER_LABEL, MANIFEST_LABEL};
 use crate::digest::Digest;
-use crate::image::Progress;
 use crate::mount::warm::WarmList;
 use crate::mount::Services;
 use crate::reference::Reference;
@@ -61,15 +60,10 @@ pub async fn whole_image(svc: &Services, chain: &[Record]) -> Result<Option<Unio
         tracing::info!(image = %pinned, "the snapshot's parents are not that image's layers: kernel overlayfs");
         return Ok(None);
     }
-    let found = crate::image::index::lazy_indexes(
-        &svc.client,
-        &svc.store,
-        &reference,
-        &rec,
-        &Progress::silent(),
-    )
-    .await?;
-    if found.iter().any(|f| f.is_none()) {
+    // A remote top parent was made only after every layer of its image had an index
+    // (`remote::lazy_layer`): asked again only for an extracted one.
+    if top.remote.is_none() && super::remote::layers_without_index(svc, &reference, &rec).await? > 0
+    {
         return Ok(None);
     }
     let warm = match svc.store.config(&rec) {
