@@ -203,6 +203,22 @@ impl Builder {
     }
 }
 
+/// The path of `name` in directory `dir` (arena ids), through the directories' first parents
+/// in `reached` (a directory has one; the root's is `usize::MAX`).
+fn path_in(reached: &[(usize, &str)], dir: usize, name: &str) -> String {
+    let mut parts = vec![name];
+    let mut d = dir;
+    while let Some(&(up, n)) = reached.get(d) {
+        if up == usize::MAX {
+            break;
+        }
+        parts.push(n);
+        d = up;
+    }
+    parts.reverse();
+    parts.join("/")
+}
+
 fn kind_of(k: EntryKind) -> FileKind {
     match k {
         EntryKind::Dir => FileKind::Dir,
@@ -288,8 +304,8 @@ impl MergedTree {
         let mut refs: Vec<u32> = vec![0; b.arena.len()];
         // Where each node was first reached: (parent's arena id, name); the root has none.
         let mut reached: Vec<(usize, &str)> = vec![(usize::MAX, ""); b.arena.len()];
-        // Every (parent's arena id, name) of a node listed more than once, in visit order.
-        let mut names: BTreeMap<usize, Vec<(usize, &str)>> = BTreeMap::new();
+        // Every path of a node listed more than once, in visit order.
+        let mut paths: BTreeMap<usize, Vec<String>> = BTreeMap::new();
         let mut stack: Vec<(usize, u64, usize, &str)> = vec![(0, ROOT_INO, usize::MAX, "")];
         while let Some((id, parent, parent_id, name)) = stack.pop() {
             if let Some(r) = refs.get_mut(id) {
@@ -298,7 +314,9 @@ impl MergedTree {
             let first = ino_of.get(id).is_some_and(|&i| i == 0);
             let Some(n) = b.arena.get(id) else { continue };
             if n.entry.kind != EntryKind::Dir && listed.get(id).is_some_and(|&l| l > 1) {
-                names.entry(id).or_default().push((parent_id, name));
+                // Its parent's chain is known: directories are reached before their entries.
+                let path = path_in(&reached, parent_id, name);
+                paths.entry(id).or_default().push(path);
             }
             if !first {
                 continue;
@@ -315,25 +333,6 @@ impl MergedTree {
                 stack.push((child, ino, id, name.as_str()));
             }
         }
-        // The path of `name` in directory `dir` (arena ids), through the directories' first
-        // parents (a directory has one).
-        let path_in = |dir: usize, name: &str| -> String {
-            let mut parts = vec![name];
-            let mut d = dir;
-            while let Some(&(up, n)) = reached.get(d) {
-                if up == usize::MAX {
-                    break;
-                }
-                parts.push(n);
-                d = up;
-            }
-            parts.reverse();
-            parts.join("/")
-        };
-        let mut paths: BTreeMap<usize, Vec<String>> = names
-            .iter()
-            .map(|(&id, v)| (id, v.iter().map(|&(d, n)| path_in(d, n)).collect()))
-            .collect();
         store::u32_of(order.len())?;
         let mut flat = store::Flat::default();
         // First name of each arena node: set while its first parent (a smaller inode number,
