@@ -145,6 +145,66 @@ fn check_tree(mnt: &Path, expected: &Model) {
     );
 }
 
+/// Digests of the blobs in `reg`'s storage whose data starts with `magic`.
+fn stored_blobs_starting_with(reg: &Registry, magic: &[u8]) -> Vec<String> {
+    let root = reg.storage_dir().join("docker/registry/v2/blobs/sha256");
+    let mut out = Vec::new();
+    for prefix in std::fs::read_dir(&root).unwrap() {
+        for blob in std::fs::read_dir(prefix.unwrap().path()).unwrap() {
+            let blob = blob.unwrap().path();
+            let data = std::fs::read(blob.join("data")).unwrap_or_default();
+            if data.starts_with(magic) {
+                let hex = blob.file_name().unwrap().to_string_lossy().into_owned();
+                out.push(format!("sha256:{hex}"));
+            }
+        }
+    }
+    out
+}
+
+/// A compressed index head altered on the way is not used (its digest fails): the mount
+/// fetches the plain head with a Range request instead and every byte is right.
+#[test]
+fn an_altered_compressed_index_head_falls_back_to_the_plain_head() {
+    let reg = Registry::start();
+    let (layers, expected) = test_layers();
+    let mut b = ImageBuilder::new();
+    for l in layers {
+        b = b.layer(l);
+    }
+    b.build("v1").push(&reg, "lazy/zhead:v1");
+    StrataEnv::new()
+        .run(&["index", &format!("{}/lazy/zhead:v1", reg.host()), "--push"])
+        .assert_success();
+    let zheads = stored_blobs_starting_with(&reg, &[0x28, 0xb5, 0x2f, 0xfd]);
+    let indexes = stored_blobs_starting_with(&reg, b"STRATAIX");
+    assert_eq!(zheads.len(), indexes.len(), "{zheads:?} {indexes:?}");
+
+    let proxy = FaultProxy::in_front_of(&reg);
+    for d in &zheads {
+        proxy.on_path(d, None, Fault::FlipByte);
+    }
+    let env = StrataEnv::new();
+    let m = env.mount(
+        &format!("{}/lazy/zhead:v1", proxy.host()),
+        &["--no-prefetch"],
+    );
+    assert!(proxy.faults_applied() >= zheads.len());
+    for d in &indexes {
+        assert!(
+            proxy.request_count(d) >= 1,
+            "plain head of {d} not fetched after its compressed copy failed"
+        );
+    }
+    check_tree(&m.dir, &expected);
+    let s = stats(&env, &m.dir);
+    assert_eq!(
+        s["index_sources"],
+        serde_json::json!(["Sidecar", "Sidecar"]),
+        "{s}"
+    );
+}
+
 #[test]
 fn sidecar_index_gives_a_lazy_exact_mount() {
     let reg = Registry::start();
@@ -168,7 +228,31 @@ fn sidecar_index_gives_a_lazy_exact_mount() {
     let env = StrataEnv::new();
     reg.settle_logs();
     let served_before = reg.bytes_served();
+    let mark = reg.served().len();
     let m = env.mount(&reference, &["--no-prefetch"]);
+    // The index heads came as their zstd-compressed copies (published beside the index
+    // blobs), whole: no Range request into an index blob while mounting.
+    let blob_starts = |uri: &str, magic: &[u8]| {
+        uri.rsplit_once("/blobs/").is_some_and(|(_, d)| {
+            std::fs::read(reg.blob_path(d)).is_ok_and(|b| b.starts_with(magic))
+        })
+    };
+    let mounting: Vec<_> = reg.served().into_iter().skip(mark).collect();
+    let zheads = mounting
+        .iter()
+        .filter(|s| s.method == "GET" && s.status == 200)
+        .filter(|s| blob_starts(&s.uri, &[0x28, 0xb5, 0x2f, 0xfd]))
+        .count();
+    assert!(
+        zheads >= 1,
+        "no compressed index head fetched: {mounting:?}"
+    );
+    assert!(
+        !mounting
+            .iter()
+            .any(|s| s.method == "GET" && blob_starts(&s.uri, b"STRATAIX")),
+        "an index blob was read while mounting: {mounting:?}"
+    );
     // Security default: only the mounting user may use a plain `strata mount`.
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let line = info

@@ -481,6 +481,7 @@ pub(super) async fn sidecar_indexes(
     // of tens of milliseconds one-after-the-other downloads add up at every cold mount.
     let mut found = std::collections::BTreeSet::new();
     let mut wanted = Vec::new();
+    let heads = super::head::listed(&am.layers);
     for d in &am.layers {
         let Some(layer) = d
             .annotation(LAYER_ANNOTATION)
@@ -494,20 +495,19 @@ pub(super) async fn sidecar_indexes(
         if !need.contains(&layer) {
             continue;
         }
-        wanted.push((d, layer, image_layer.size));
+        wanted.push((d, layer, image_layer.size, heads.get(&d.digest).copied()));
     }
-    let fetched = futures::future::try_join_all(
-        wanted
-            .into_iter()
-            .map(|(d, layer, size)| fetch_sidecar_index(client, store, reference, d, layer, size)),
-    )
+    let fetched = futures::future::try_join_all(wanted.into_iter().map(|(d, layer, size, z)| {
+        fetch_sidecar_index(client, store, reference, d, z, layer, size)
+    }))
     .await?;
     found.extend(fetched);
     Ok(found)
 }
 
-/// Download one sidecar index blob's head (a Range request checked against the head sha256 in
-/// the descriptor's annotations; the whole blob, verified, when they are missing), validate it
+/// Download one sidecar index blob's head (its compressed copy `z` when the artifact has one,
+/// else a Range request; checked against the head sha256 in the descriptor's annotations; the
+/// whole blob, verified, when they are missing), validate it
 /// (structure, and that it describes a blob of the layer's size) and only then make it visible
 /// in `indexes/`, with a record of the blob its windows are fetched from.
 async fn fetch_sidecar_index(
@@ -515,6 +515,7 @@ async fn fetch_sidecar_index(
     store: &Store,
     reference: &Reference,
     desc: &Descriptor,
+    z: Option<&Descriptor>,
     layer: Digest,
     layer_size: u64,
 ) -> Result<Digest, Error> {
@@ -527,8 +528,13 @@ async fn fetch_sidecar_index(
                 .and_then(|s| s.parse::<Digest>().ok()),
         )
         .filter(|(n, _)| *n <= desc.size && *n <= MAX_INDEX_BYTES as u64);
-    let body = match head {
-        Some((n, digest)) if n < desc.size => {
+    let unzipped = match (head, z) {
+        (Some((n, digest)), Some(z)) => super::head::fetch(client, reference, z, n, digest).await,
+        _ => None,
+    };
+    let body = match (head, unzipped) {
+        (_, Some(b)) => b,
+        (Some((n, digest)), None) if n < desc.size => {
             let b = client.get_blob_range(&repo, &desc.digest, 0..n).await?;
             if Digest::of(&b) != digest {
                 return Err(Error::Invalid {
@@ -673,7 +679,8 @@ pub async fn index_image(
         ));
         let mut d = Descriptor::new(INDEX_MEDIA_TYPE, Digest::of(&bytes), bytes.len() as u64);
         let mut notes = BTreeMap::from([(LAYER_ANNOTATION.to_string(), l.digest.to_string())]);
-        if let Some(head) = layer::head_len(&bytes).filter(|&h| h <= bytes.len() as u64) {
+        let head_len = layer::head_len(&bytes).filter(|&h| h <= bytes.len() as u64);
+        if let Some(head) = head_len {
             notes.insert(HEAD_SIZE_ANNOTATION.to_string(), head.to_string());
             notes.insert(
                 HEAD_DIGEST_ANNOTATION.to_string(),
@@ -681,7 +688,9 @@ pub async fn index_image(
             );
         }
         d.annotations = Some(notes);
+        let zhead = head_len.and_then(|h| super::head::compress(d.digest, &bytes, h));
         descs.push((d, Bytes::from(bytes)));
+        descs.extend(zhead);
     }
     let Some(Push {
         bind: bind_it,

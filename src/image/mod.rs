@@ -14,6 +14,7 @@ mod artifact;
 pub mod bind;
 pub mod commit;
 pub mod convert;
+pub mod head;
 pub mod index;
 pub mod profile;
 mod pull;
