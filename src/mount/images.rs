@@ -36,6 +36,7 @@ impl OpenImages {
         reference: &Reference,
         record: ImageRecord,
         progress: &Progress,
+        user_db_first: bool,
     ) -> Result<Arc<LazyImage>, Error> {
         let key = record.manifest_digest;
         let fut = {
@@ -58,6 +59,7 @@ impl OpenImages {
                         &reference,
                         record,
                         &progress,
+                        user_db_first,
                     )
                     .await
                     .map(Arc::new)

@@ -132,7 +132,9 @@ pub struct LazyImage {
     pub load_warm: Arc<super::warm::LoadWarm>,
 }
 
-/// Resolve indexes, make cached layers and build the merged tree.
+/// Resolve indexes, make cached layers and build the merged tree; with `user_db_first` (a
+/// container start will read it before anything else), start fetching the user database as
+/// soon as the layers are known.
 pub async fn open(
     client: &Arc<Client>,
     store: &Arc<Store>,
@@ -140,6 +142,7 @@ pub async fn open(
     reference: &Reference,
     record: ImageRecord,
     progress: &Progress,
+    user_db_first: bool,
 ) -> Result<LazyImage, Error> {
     let t0 = std::time::Instant::now();
     // A stored tree for the indexes on disk now is opened (read and checked) on the blocking
@@ -190,6 +193,9 @@ pub async fn open(
         }));
         layers.push(layer);
         sources.push(src);
+    }
+    if user_db_first {
+        super::warm::start_user_db(cache, &layers);
     }
     let tree_path = tree_path(store, &record);
     let t1 = std::time::Instant::now();

@@ -178,15 +178,19 @@ pub fn check_mountpoint(mountpoint: &Path) -> Result<PathBuf, Error> {
 
 /// Open an image for lazy reading without mounting it: its record resolved (locally or in its
 /// registry), layer indexes and merged tree — shared with any mount of this process that has
-/// the same image open (`strata cache fetch` and the mount use this).
+/// the same image open (`strata cache fetch` and the mount use this). `user_db_first`: see
+/// [`lazy::open`].
 pub async fn open_image(
     svc: &Services,
     image: &str,
     platform: Option<&str>,
     progress: &Progress,
+    user_db_first: bool,
 ) -> Result<Arc<LazyImage>, Error> {
     let (reference, rec) = crate::image::resolve(&svc.client, &svc.store, image, platform).await?;
-    svc.images.get(svc, &reference, rec, progress).await
+    svc.images
+        .get(svc, &reference, rec, progress, user_db_first)
+        .await
 }
 
 /// Open the image `image` exactly as the manifest `manifest` (which the store has: it was
@@ -201,7 +205,7 @@ async fn open_pinned(
         .map_err(|e| Error::Image(crate::image::Error::from(e)))?;
     let rec = svc.store.find_image(&manifest.to_string())?;
     svc.images
-        .get(svc, &reference, rec, &Progress::silent())
+        .get(svc, &reference, rec, &Progress::silent(), false)
         .await
 }
 
@@ -223,7 +227,8 @@ pub async fn mount_image(
     } = spec;
     let started = std::time::Instant::now();
     lazy::tune_allocator();
-    let lazy = open_image(svc, image, platform, progress).await?;
+    let user_db_first = svc.config.warm_start && warm::has_user_db(&warm);
+    let lazy = open_image(svc, image, platform, progress, user_db_first).await?;
     if svc.config.warm_start && !warm.is_empty() {
         let max = warm::LAUNCH_MAX_BYTES;
         tokio::spawn(warm::warm(svc.cache.clone(), lazy.clone(), warm, max));

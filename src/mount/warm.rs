@@ -5,7 +5,8 @@
 //! as soon as the image is open, instead of one after another as the loader discovers them
 //! (each discovery a round trip to the registry). The user database goes first, alone: the
 //! launcher reads it before the runtime can start, so it gets the link to itself; the rest
-//! starts when it is in. No access profile needed.
+//! starts when it is in; its bytes are even asked for before the merged tree exists
+//! ([`start_user_db`], from the layer indexes alone). No access profile needed.
 //! The same happens later for every ELF object a container opens that no warm-up read yet
 //! (a `dlopen` of a Python extension and the libraries it needs): [`LoadWarm`], told by the
 //! lowers when a file's first read shows an ELF header. Objects larger than the bytes read of
@@ -16,7 +17,7 @@
 //! resolution); no FUSE, no network of its own.
 
 use super::lazy::LazyImage;
-use crate::cache::{ChunkCache, Read};
+use crate::cache::{CachedLayer, ChunkCache, Read};
 use crate::union::{FileKind, LowerBackend, MergedTree, ROOT_INO};
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -34,13 +35,47 @@ const LOADED_MAX_BYTES: u64 = 4 << 20;
 /// Symlinks followed while resolving one path.
 const MAX_HOPS: usize = 40;
 /// What the launcher reads before the runtime starts: warmed first, alone.
-const BEFORE_START: [&str; 2] = ["/etc/passwd", "/etc/group"];
+pub const BEFORE_START: [&str; 2] = ["/etc/passwd", "/etc/group"];
 /// docker's default PATH (for `#!/usr/bin/env CMD`).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// What to warm: each entry is a list of alternatives, the first that exists in the image is
 /// read (a command's candidates along PATH, for one).
 pub type WarmList = Vec<Vec<String>>;
+
+/// Whether warm list `warm` has the user database (a container start's list does).
+pub fn has_user_db(warm: &WarmList) -> bool {
+    warm.iter()
+        .any(|alts| alts.iter().any(|p| BEFORE_START.contains(&p.as_str())))
+}
+
+/// Start reading the user database from the layers alone, while the merged tree is still being
+/// built: for each file, the top-most layer whose index has it (a whiteout above it would only
+/// make this a wasted small fetch; the warm-up proper reads through the tree and joins these
+/// fetches). Nothing waits for them. Must run inside the runtime.
+pub fn start_user_db(cache: &Arc<ChunkCache>, layers: &[Arc<CachedLayer>]) {
+    for p in BEFORE_START {
+        let rel = p.trim_start_matches('/');
+        let Some(layer) = layers
+            .iter()
+            .rev()
+            .find(|l| l.layout.index().lookup(rel).is_some())
+        else {
+            continue;
+        };
+        let Ok(ext) = layer.file_extent(rel) else {
+            continue;
+        };
+        let end = ext.end.min(ext.start + LAUNCH_MAX_BYTES);
+        if ext.start >= end {
+            continue;
+        }
+        let (cache, layer) = (cache.clone(), layer.clone());
+        tokio::spawn(async move {
+            let _ = cache.read_file(&layer, ext.start..end, end).await;
+        });
+    }
+}
 
 /// The warm list of a container start: the user database and `argv0` (through `path`, the
 /// process PATH, and `cwd` when it has no `/`).
