@@ -219,11 +219,17 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
         ));
     }
     let image = &args.image_and_command[0];
-    // The daemon (started if none runs) comes up while the image is resolved here.
+    // The daemon (started if none runs) comes up while the image is resolved here, and
+    // connects to the image's registry meanwhile (an older daemon may not know how: ignored).
     let daemon = {
         let (root, config) = (ctx.store.root().to_path_buf(), ctx.config_path.clone());
+        let connect = crate::daemon::Request::Connect {
+            image: image.clone(),
+        };
         tokio::spawn(async move {
-            crate::daemon::Client::connect_or_start(&root, config.as_deref()).await
+            let mut c = crate::daemon::Client::connect_or_start(&root, config.as_deref()).await?;
+            let _ = c.call(&connect).await;
+            Ok::<_, crate::daemon::Error>(c)
         })
     };
     let policy: crate::image::PullPolicy = args.pull.parse().map_err(Error::Usage)?;

@@ -114,6 +114,11 @@ pub enum Request {
         mountpoint: PathBuf,
         pid: i32,
     },
+    /// A mount of `image` is coming (its reference is being resolved): open connections to
+    /// its registry now. Answered at once.
+    Connect {
+        image: String,
+    },
 }
 
 /// The answer to one request.

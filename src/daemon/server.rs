@@ -412,6 +412,13 @@ async fn handle(state: &Arc<State>, req: Request) -> Response {
     };
     match req {
         Request::Ping => ok,
+        Request::Connect { image } => {
+            if let Ok(r) = image.parse::<crate::reference::Reference>() {
+                let client = state.svc.client.clone();
+                tokio::spawn(async move { client.preconnect(&r.repo()).await });
+            }
+            ok
+        }
         Request::Shutdown => {
             state.shutdown.notify_one();
             ok

@@ -515,6 +515,35 @@ impl Client {
         self.health.drop_servers_of(blob)
     }
 
+    /// Open connections to the endpoints `repo` will be read from (the upstream and the first
+    /// endpoint of a pull, a mirror when one is configured), two each, with an unauthenticated
+    /// `GET /v2/` (any answer will do): the requests of a mount that follows find them in the
+    /// pool instead of paying a handshake each. Errors are ignored.
+    pub async fn preconnect(&self, repo: &Repository) {
+        let mut eps: Vec<Endpoint> = self.upstream(repo).into_iter().collect();
+        if let Some(first) = self
+            .endpoints(repo, Op::Pull)
+            .ok()
+            .and_then(|v| v.into_iter().next())
+        {
+            if !eps.iter().any(|e| e.base == first.base) {
+                eps.push(first);
+            }
+        }
+        let pings = eps.iter().flat_map(|ep| [ep, ep]).map(|ep| async move {
+            let url = format!("{}/", ep.api);
+            let req = ep.http.get(&url).headers(ep.headers.clone());
+            match tokio::time::timeout(std::time::Duration::from_secs(5), req.send()).await {
+                Ok(Ok(resp)) => {
+                    let _ = resp.bytes().await;
+                }
+                Ok(Err(e)) => tracing::debug!(endpoint = %ep.base, "preconnect: {e}"),
+                Err(_) => tracing::debug!(endpoint = %ep.base, "preconnect: no answer in 5 s"),
+            }
+        });
+        futures::future::join_all(pings).await;
+    }
+
     /// `GET /v2/` with authentication: used by `login` to verify credentials.
     pub async fn ping(&self, registry: &str) -> Result<(), Error> {
         let ep = self.upstream(&Repository {
