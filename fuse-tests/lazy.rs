@@ -205,6 +205,104 @@ fn an_altered_compressed_index_head_falls_back_to_the_plain_head() {
     );
 }
 
+/// The referrers listing announces the compressed heads (so a mount fetches them with the
+/// sidecar manifest); a listing that lies about them is only a wasted fetch: the manifest's
+/// own list decides what is used, and every byte is right.
+#[test]
+fn a_forged_heads_listing_is_only_a_hint() {
+    let reg = Registry::start();
+    let (layers, expected) = test_layers();
+    let mut b = ImageBuilder::new();
+    for l in layers {
+        b = b.layer(l);
+    }
+    let img = b.build("v1");
+    img.push(&reg, "lazy/hint:v1");
+    let reference = format!("{}/lazy/hint:v1", reg.host());
+    StrataEnv::new()
+        .run(&["index", &reference, "--push"])
+        .assert_success();
+    let m = reg.get_manifest("lazy/hint", "v1");
+    let manifest = format!("sha256:{:x}", Sha256::digest(&m.body));
+    let tag = manifest.replace(':', "-");
+    let listing: serde_json::Value =
+        serde_json::from_slice(&reg.get_manifest("lazy/hint", &tag).body).unwrap();
+    let heads_note = "dev.strata.index.heads";
+    let art = listing["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["artifactType"] == "application/vnd.strata.index.v3")
+        .expect("sidecar in the listing")
+        .clone();
+    let heads: Vec<serde_json::Value> =
+        serde_json::from_str(art["annotations"][heads_note].as_str().expect("heads note")).unwrap();
+    assert_eq!(heads.len(), img.layers.len(), "{heads:?}");
+
+    // Honest listing: each compressed head is fetched once, with the manifest.
+    let env = StrataEnv::new();
+    let mark = reg.served().len();
+    let mnt = env.mount(&reference, &["--no-prefetch"]);
+    let served: Vec<_> = reg.served().into_iter().skip(mark).collect();
+    for h in &heads {
+        let d = h["digest"].as_str().unwrap();
+        let n = served
+            .iter()
+            .filter(|s| s.method == "GET" && s.uri.ends_with(d))
+            .count();
+        assert_eq!(n, 1, "compressed head {d} fetched {n} times: {served:?}");
+    }
+    check_tree(&mnt.dir, &expected);
+    drop(mnt);
+
+    // Forged listing: the heads note names the image's layer blobs instead (real blobs of
+    // the repository, digests right, not heads).
+    let forged_heads: Vec<serde_json::Value> = heads
+        .iter()
+        .zip(&img.layers)
+        .map(|(h, l)| serde_json::json!({"layer": h["layer"], "digest": l.digest, "size": l.size}))
+        .collect();
+    let mut forged = listing.clone();
+    for d in forged["manifests"].as_array_mut().unwrap() {
+        if d["artifactType"] == "application/vnd.strata.index.v3" {
+            d["annotations"][heads_note] =
+                serde_json::Value::String(serde_json::to_string(&forged_heads).unwrap());
+        }
+    }
+    let proxy = FaultProxy::in_front_of(&reg);
+    proxy.on_path(
+        &format!("/manifests/{tag}"),
+        None,
+        Fault::serve(
+            "application/vnd.oci.image.index.v1+json",
+            serde_json::to_vec(&forged).unwrap(),
+        ),
+    );
+    let env = StrataEnv::new();
+    let mnt = env.mount(
+        &format!("{}/lazy/hint:v1", proxy.host()),
+        &["--no-prefetch"],
+    );
+    assert!(
+        proxy.faults_applied() >= 1,
+        "the forged listing was not asked for"
+    );
+    for l in &img.layers {
+        assert!(
+            proxy.request_count(&l.digest) >= 1,
+            "the forged note's blob {} was not fetched",
+            l.digest
+        );
+    }
+    check_tree(&mnt.dir, &expected);
+    let s = stats(&env, &mnt.dir);
+    assert_eq!(
+        s["index_sources"],
+        serde_json::json!(["Sidecar", "Sidecar"]),
+        "{s}"
+    );
+}
+
 #[test]
 fn sidecar_index_gives_a_lazy_exact_mount() {
     let reg = Registry::start();

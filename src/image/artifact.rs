@@ -27,6 +27,7 @@ pub(super) async fn publish_artifact(
     rec: &ImageRecord,
     artifact_type: &str,
     layers: Vec<Descriptor>,
+    annotations: BTreeMap<String, String>,
 ) -> Result<(Digest, u64), Error> {
     let repo = reference.repo();
     let json = |v: serde_json::Result<Vec<u8>>, what: &str| {
@@ -49,10 +50,14 @@ pub(super) async fn publish_artifact(
             rec.manifest_digest,
             manifest_size,
         )),
-        annotations: Some(BTreeMap::from([(
-            "org.opencontainers.image.created".to_string(),
-            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        )])),
+        annotations: Some({
+            let mut a = annotations;
+            a.insert(
+                "org.opencontainers.image.created".to_string(),
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            );
+            a
+        }),
     };
     let body = json(serde_json::to_vec(&art), "artifact")?;
     let art_digest = Digest::of(&body);
@@ -64,8 +69,10 @@ pub(super) async fn publish_artifact(
         idx.manifests.retain(|d| {
             d.digest != art_digest && d.artifact_type.as_deref() != Some(artifact_type)
         });
+        // As the referrers API lists it: with the manifest's annotations.
         let mut d = Descriptor::new(OCI_MANIFEST, art_digest, body.len() as u64);
         d.artifact_type = Some(artifact_type.into());
+        d.annotations = art.annotations.clone();
         idx.manifests.push(d);
         idx.media_type = Some(OCI_INDEX.into());
         let ib = json(serde_json::to_vec(&idx), "referrers index")?;

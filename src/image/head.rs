@@ -7,6 +7,8 @@
 //! (digest-checked against the artifact manifest), decompresses at most the annotated head
 //! size and checks the result against the index descriptor's head sha256, so the trust chain
 //! is the one of the uncompressed head; on any failure it falls back to the Range request.
+//! The artifact manifest also lists them in an annotation ([`HEADS_ANNOTATION`]), which the
+//! referrers listing carries: a mount starts fetching them with the manifest ([`speculate`]).
 //! Pure functions and one registry fetch; the caller (`index.rs`) stores the head.
 
 use crate::digest::Digest;
@@ -19,6 +21,77 @@ use std::collections::BTreeMap;
 pub const HEAD_ZSTD_MEDIA_TYPE: &str = "application/vnd.strata.layer.index.head.v3+zstd";
 /// On a compressed head: the digest of the index blob whose head it is.
 pub const HEAD_OF_ANNOTATION: &str = "dev.strata.index.head.of";
+/// On the sidecar artifact manifest (and so in the referrers listing, which carries a
+/// manifest's annotations): its compressed heads as JSON `[{"layer", "digest", "size"}]`, so
+/// a mount can fetch them in the same round trip as the manifest. Only a hint: a head fetched
+/// this way is used only if the manifest lists the same blob.
+pub const HEADS_ANNOTATION: &str = "dev.strata.index.heads";
+/// Bytes of compressed heads fetched on the listing's word alone, at most.
+const SPECULATIVE_MAX_BYTES: u64 = 64 << 20;
+
+/// One compressed head as listed in [`HEADS_ANNOTATION`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Listed {
+    /// The image layer whose index it is the head of.
+    pub layer: Digest,
+    pub digest: Digest,
+    pub size: u64,
+}
+
+/// The [`HEADS_ANNOTATION`] value for `heads` (layer, compressed head).
+pub fn annotation(heads: &[(Digest, &Descriptor)]) -> String {
+    let v: Vec<Listed> = heads
+        .iter()
+        .map(|(layer, d)| Listed {
+            layer: *layer,
+            digest: d.digest,
+            size: d.size,
+        })
+        .collect();
+    serde_json::to_string(&v).unwrap_or_default()
+}
+
+/// Fetch, at the same time and each digest-checked, the compressed heads the listing entry
+/// `listed` (the sidecar's descriptor in the referrers list) announces for the layers in
+/// `need`; what fails is left out (the manifest's own list decides what is used).
+pub async fn speculate(
+    client: &Client,
+    reference: &Reference,
+    listed: Option<&Descriptor>,
+    need: &std::collections::BTreeSet<Digest>,
+) -> BTreeMap<Digest, Bytes> {
+    let Some(v) = listed
+        .and_then(|d| d.annotation(HEADS_ANNOTATION))
+        .and_then(|s| serde_json::from_str::<Vec<Listed>>(s).ok())
+    else {
+        return BTreeMap::new();
+    };
+    let mut budget = SPECULATIVE_MAX_BYTES;
+    let mut want = Vec::new();
+    for h in v {
+        if need.contains(&h.layer)
+            && h.size <= budget
+            && !want.iter().any(|w: &Listed| w.digest == h.digest)
+        {
+            budget -= h.size;
+            want.push(h);
+        }
+    }
+    let repo = reference.repo();
+    let got = futures::future::join_all(want.iter().map(|h| {
+        let repo = &repo;
+        async move {
+            let limit = usize::try_from(h.size).ok()?;
+            client
+                .get_blob_verified(repo, &h.digest, limit)
+                .await
+                .ok()
+                .map(|b| (h.digest, b))
+        }
+    }))
+    .await;
+    got.into_iter().flatten().collect()
+}
 /// Compression level for published heads (publishing is rare; smaller is read often).
 const LEVEL: i32 = 12;
 
@@ -51,12 +124,14 @@ pub fn listed(layers: &[Descriptor]) -> BTreeMap<Digest, &Descriptor> {
         .collect()
 }
 
-/// Fetch the compressed head `z` and return the head it decompresses to, if that is exactly
-/// `size` bytes with sha256 `digest`; `None` (logged) on any failure.
+/// Fetch the compressed head `z` (unless `have` is already its bytes, digest-checked) and
+/// return the head it decompresses to, if that is exactly `size` bytes with sha256 `digest`;
+/// `None` (logged) on any failure.
 pub async fn fetch(
     client: &Client,
     reference: &Reference,
     z: &Descriptor,
+    have: Option<Bytes>,
     size: u64,
     digest: Digest,
 ) -> Option<Bytes> {
@@ -65,10 +140,15 @@ pub async fn fetch(
         return None;
     }
     let limit = usize::try_from(z.size).ok()?;
-    let body = match client
-        .get_blob_verified(&reference.repo(), &z.digest, limit)
-        .await
-    {
+    let got = match have {
+        Some(b) => Ok(b),
+        None => {
+            client
+                .get_blob_verified(&reference.repo(), &z.digest, limit)
+                .await
+        }
+    };
+    let body = match got {
         Ok(b) => b,
         Err(e) => {
             tracing::warn!(blob = %z.digest, "compressed index head: {e}; fetching it uncompressed");

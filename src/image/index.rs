@@ -453,16 +453,24 @@ pub(super) async fn sidecar_indexes(
         }
         Err(listed) => listed.clone(),
     };
-    let Some((_, am)) = super::artifact::find_artifact(
-        client,
-        reference,
-        rec,
-        &referrers,
-        ARTIFACT_TYPE,
-        "index artifact",
-    )
-    .await?
-    else {
+    // The compressed heads the listing announces are fetched with the manifest.
+    let listed = referrers
+        .manifests
+        .iter()
+        .rev()
+        .find(|d| d.artifact_type.as_deref() == Some(ARTIFACT_TYPE));
+    let (found_art, mut early) = tokio::join!(
+        super::artifact::find_artifact(
+            client,
+            reference,
+            rec,
+            &referrers,
+            ARTIFACT_TYPE,
+            "index artifact",
+        ),
+        super::head::speculate(client, reference, listed, need)
+    );
+    let Some((_, am)) = found_art? else {
         if let Some(old) = referrers.manifests.iter().find(|d| {
             d.artifact_type
                 .as_deref()
@@ -495,7 +503,9 @@ pub(super) async fn sidecar_indexes(
         if !need.contains(&layer) {
             continue;
         }
-        wanted.push((d, layer, image_layer.size, heads.get(&d.digest).copied()));
+        let z = heads.get(&d.digest).copied();
+        let have = z.and_then(|z| early.remove(&z.digest));
+        wanted.push((d, layer, image_layer.size, z.map(|z| (z, have))));
     }
     let fetched = futures::future::try_join_all(wanted.into_iter().map(|(d, layer, size, z)| {
         fetch_sidecar_index(client, store, reference, d, z, layer, size)
@@ -515,7 +525,7 @@ async fn fetch_sidecar_index(
     store: &Store,
     reference: &Reference,
     desc: &Descriptor,
-    z: Option<&Descriptor>,
+    z: Option<(&Descriptor, Option<Bytes>)>,
     layer: Digest,
     layer_size: u64,
 ) -> Result<Digest, Error> {
@@ -529,7 +539,9 @@ async fn fetch_sidecar_index(
         )
         .filter(|(n, _)| *n <= desc.size && *n <= MAX_INDEX_BYTES as u64);
     let unzipped = match (head, z) {
-        (Some((n, digest)), Some(z)) => super::head::fetch(client, reference, z, n, digest).await,
+        (Some((n, digest)), Some((z, have))) => {
+            super::head::fetch(client, reference, z, have, n, digest).await
+        }
         _ => None,
     };
     let body = match (head, unzipped) {
@@ -656,6 +668,7 @@ pub async fn index_image(
     progress: &Progress,
 ) -> Result<Option<Published>, Error> {
     let mut descs = Vec::new();
+    let mut zheads = Vec::new();
     for l in &rec.layers {
         let local = open_trusted(store, &l.digest, IndexTrust::Bound, &[])
             .filter(|(ix, m)| *m != Mark::Bound && ix.windows_local())
@@ -690,7 +703,10 @@ pub async fn index_image(
         d.annotations = Some(notes);
         let zhead = head_len.and_then(|h| super::head::compress(d.digest, &bytes, h));
         descs.push((d, Bytes::from(bytes)));
-        descs.extend(zhead);
+        if let Some((zd, zb)) = zhead {
+            zheads.push((l.digest, zd.clone()));
+            descs.push((zd, zb));
+        }
     }
     let Some(Push {
         bind: bind_it,
@@ -704,9 +720,21 @@ pub async fn index_image(
         client.upload_bytes(&repo, body.clone()).await?;
     }
     let layers = descs.into_iter().map(|(d, _)| d).collect();
-    let (art_digest, art_size) =
-        super::artifact::publish_artifact(client, store, reference, rec, ARTIFACT_TYPE, layers)
-            .await?;
+    let listed: Vec<(Digest, &Descriptor)> = zheads.iter().map(|(l, d)| (*l, d)).collect();
+    let notes = BTreeMap::from([(
+        super::head::HEADS_ANNOTATION.to_string(),
+        super::head::annotation(&listed),
+    )]);
+    let (art_digest, art_size) = super::artifact::publish_artifact(
+        client,
+        store,
+        reference,
+        rec,
+        ARTIFACT_TYPE,
+        layers,
+        notes,
+    )
+    .await?;
     progress.line(&format!(
         "index artifact {art_digest} pushed for {}",
         rec.manifest_digest

@@ -106,6 +106,7 @@ pub async fn push(
         rec,
         PROFILE_ARTIFACT_TYPE,
         vec![layer],
+        Default::default(),
     )
     .await
     .map(|(d, _)| d)
