@@ -156,9 +156,9 @@ fn setid_bits_and_chown_noop_as_ext4() {
         chown(ROOT, "w/lf", u32::MAX, u32::MAX),
         chmod("w/lf", 0o2745),
         chown(ROOT, "w/lf", u32::MAX, u32::MAX),
-        // by a non-owner, of a set-id file
+        // by a non-owner, of a file without set-id bits
         chmod("w/rd", 0o755),
-        chmod("w/lf", 0o4755),
+        chmod("w/lf", 0o755),
         chown(BOB, "w/lf", u32::MAX, u32::MAX),
         // a write by a non-member who does not own the file
         chown(ROOT, "w/sg/k2", 0, 3000),
@@ -171,27 +171,44 @@ fn setid_bits_and_chown_noop_as_ext4() {
     cases.push(chown(ROOT, "w/k3", 2000, 3000));
     cases.push(chmod("w/k3", 0o2666));
     cases.push(write(BOB, "w/k3"));
-    // By design (docs/overlay.md): `chown(f, -1, -1)` by a caller who neither owns a
-    // set-group-ID file without group exec nor is in its group fails with EPERM on ext4;
-    // strata drops S_ISGID (the FUSE kernel sends it the same request as for a write).
+    // By design (docs/overlay.md): `chown(f, -1, -1)` by a caller who does not own a
+    // set-user-ID file, or a set-group-ID file without group exec whose group he is not
+    // in, fails with EPERM on ext4; strata drops the bit (the FUSE kernel sends it the same
+    // request as for a write by that caller, which must drop it).
     cases.push(chmod("w/sg/k2", 0o2666));
     cases.push(chown(BOB, "w/sg/k2", u32::MAX, u32::MAX));
+    let k2 = cases.len() - 1;
     cases.push(chmod("w/sg/k2", 0o666));
+    cases.push(chmod("w/lf", 0o4755));
+    cases.push(chown(BOB, "w/lf", u32::MAX, u32::MAX));
+    let lf = cases.len() - 1;
+    cases.push(chmod("w/lf", 0o755));
     let (got, want) = both(&cases);
-    let i = cases.len() - 2;
     let op = "uid 2000 Chown { path: \"w/sg/k2\", uid: 4294967295, gid: 4294967295 }";
     let dir = "w/sg: dir 2777 0:3000 ctime same";
     assert_eq!(
-        want[i],
+        want[k2],
         format!("{op}: E1 | w/sg/k2: file 2666 0:3000 size=3 nlink=1 ctime same | {dir}")
     );
     assert_eq!(
-        got[i],
+        got[k2],
         format!("{op}: ok | w/sg/k2: file 666 0:3000 size=3 nlink=1 ctime new | {dir}")
     );
+    let op = "uid 2000 Chown { path: \"w/lf\", uid: 4294967295, gid: 4294967295 }";
+    let dir = "w: dir 777 0:0 ctime same";
+    assert_eq!(
+        want[lf],
+        format!("{op}: E1 | w/lf: file 4755 0:0 size=7 nlink=1 ctime same | {dir}")
+    );
+    assert_eq!(
+        got[lf],
+        format!("{op}: ok | w/lf: file 755 0:0 size=7 nlink=1 ctime new | {dir}")
+    );
     let (mut got, mut want) = (got, want);
-    got.remove(i);
-    want.remove(i);
+    for i in [lf, k2] {
+        got.remove(i);
+        want.remove(i);
+    }
     assert_same(&got, &want);
 }
 

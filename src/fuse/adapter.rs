@@ -140,6 +140,16 @@ impl Adapter {
             uid: self.s.opts.ids.uid_stored(req.uid()),
             gid: self.s.opts.ids.gid_stored(req.gid()),
             umask,
+            kill_suidgid: None,
+        }
+    }
+
+    /// Who asks, for the set-ID bits a change drops (`union/setid.rs`).
+    fn caller(&self, req: &Request) -> Caller {
+        Caller {
+            uid: self.s.opts.ids.uid_stored(req.uid()),
+            gid: self.s.opts.ids.gid_stored(req.gid()),
+            pid: req.pid(),
         }
     }
 
@@ -200,6 +210,10 @@ impl Filesystem for Adapter {
                 | InitFlags::FUSE_PARALLEL_DIROPS
                 | InitFlags::FUSE_CACHE_SYMLINKS,
         );
+        // The kernel sets SB_NOSEC: after an inode's first write finds no set-ID bit and no
+        // `security.capability`, its later writes skip that check (one GETXATTR round trip
+        // per write without it). strata then drops set-ID bits itself (`union/setid.rs`).
+        let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         // Passthrough for upper files (by default) and, when asked, lower files with a
         // local copy. A read-only union without that request has no file to pass through:
         // it does not ask (passthrough raises the mount's stacking depth).
@@ -248,22 +262,20 @@ impl Filesystem for Adapter {
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<fuser::BsdFileFlags>,
+        kill_suidgid: bool,
         reply: ReplyAttr,
     ) {
         self.known(&[ino.0]);
         let ids = self.s.opts.ids.clone();
         let s = SetAttr {
+            kill_suidgid,
             mode,
             uid: uid.map(|u| ids.uid_stored(u)),
             gid: gid.map(|g| ids.gid_stored(g)),
             size,
             atime: time(atime),
             mtime: time(mtime),
-            caller: Some(Caller {
-                uid: ids.uid_stored(req.uid()),
-                gid: ids.gid_stored(req.gid()),
-                pid: req.pid(),
-            }),
+            caller: Some(self.caller(req)),
         };
         let ttl = self.s.opts.upper_ttl;
         let done = move |r: crate::union::Result<Attr>| match r {
@@ -445,17 +457,22 @@ impl Filesystem for Adapter {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         self.adopt(fh.0, ino.0, Some(flags.0));
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            if let Err(e) = self.s.fs.kill_suidgid(fh.0, &self.caller(req)) {
+                return reply.error(errno(&e));
+            }
+        }
         match self.s.fs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
@@ -657,14 +674,15 @@ impl Filesystem for Adapter {
         mode: u32,
         umask: u32,
         flags: i32,
+        kill_suidgid: bool,
         reply: ReplyCreate,
     ) {
         self.known(&[parent.0]);
-        match self
-            .s
-            .fs
-            .create(&self.ctx(req, umask), parent.0, name, mode, flags)
-        {
+        let ctx = Ctx {
+            kill_suidgid: kill_suidgid.then(|| self.caller(req)),
+            ..self.ctx(req, umask)
+        };
+        match self.s.fs.create(&ctx, parent.0, name, mode, flags) {
             Ok((a, o)) => {
                 let ttl = self.s.ttl(&a);
                 match self

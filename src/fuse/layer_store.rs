@@ -191,6 +191,7 @@ impl<S: StoreFs> Filesystem for Adapter<S> {
         _mode: u32,
         _umask: u32,
         _flags: i32,
+        _kill_suidgid: bool,
         reply: ReplyCreate,
     ) {
         let name = name_str(name).unwrap_or_default();

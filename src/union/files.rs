@@ -7,12 +7,12 @@
 use super::fs::{Opened, ReadResult, UnionFs};
 use super::lower::{LowerFile, LowerRead};
 use super::nodes::Node;
-use super::{DirEntry, Error, FileKind, Result};
+use super::{Caller, DirEntry, Error, FileKind, Result};
 use bytes::Bytes;
 use futures::FutureExt;
 use std::collections::HashSet;
 use std::fs::File;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -291,6 +291,29 @@ impl UnionFs {
             }
             _ => Err(Error::BadHandle(fh)),
         }
+    }
+
+    /// Before a WRITE with `FUSE_WRITE_KILL_SUIDGID` (a caller without CAP_FSETID): drop the
+    /// upper file's set-ID bits as that caller's write drops them on ext4 (`setid.rs`). One
+    /// fstat, and a chmod only when a bit goes.
+    pub fn kill_suidgid(&self, fh: u64, caller: &Caller) -> Result<()> {
+        let h = self.handle(fh)?;
+        let Handle::Upper { file, .. } = &*h else {
+            return Ok(());
+        };
+        let what = || format!("handle {fh}");
+        let st = file
+            .metadata()
+            .map_err(|e| Error::io("stat upper", what(), e))?;
+        let perm = st.mode() & 0o7777;
+        if perm & 0o6000 == 0 || !st.is_file() {
+            return Ok(());
+        }
+        if let Some(bits) = super::setid::write_kill(perm, st.gid(), caller) {
+            file.set_permissions(std::fs::Permissions::from_mode(bits))
+                .map_err(|e| Error::io("chmod", what(), e))?;
+        }
+        Ok(())
     }
 
     /// Close a file or directory handle.

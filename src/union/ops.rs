@@ -104,6 +104,8 @@ impl UnionFs {
                             Some(o.fh),
                             &SetAttr {
                                 size: Some(0),
+                                kill_suidgid: ctx.kill_suidgid.is_some(),
+                                caller: ctx.kill_suidgid,
                                 ..SetAttr::default()
                             },
                         )?;

@@ -1,21 +1,30 @@
-//! The set-group-ID bit a change drops where the FUSE kernel leaves it (issue 17). The VFS
-//! drops S_ISUID and S_ISGID on a write, truncate or chown by a caller without CAP_FSETID
-//! (`setattr_should_drop_suidgid`): S_ISUID always, S_ISGID when the file is
-//! group-executable **or the caller is not in the file's group**. Without
-//! `FUSE_HANDLE_KILLPRIV(_V2)` the FUSE kernel (`fuse_setattr`) turns such a drop into a
-//! SETATTR of the mode by an older rule that keeps S_ISGID on a file without group exec, so
-//! what reaches strata is: a SETATTR of the size (truncate) or of the owner (chown), an
-//! *empty* SETATTR (a write's or fallocate's privilege drop, or `chown(f, -1, -1)`), or a
-//! mode that still has S_ISGID (a write that also drops S_ISUID; `setattr_prepare` is
-//! skipped for these, where a chmod by a non-member always arrives without S_ISGID). For
-//! each, [`mode_after`] finishes the drop as ext4 does; a SETATTR of times only (utimensat)
-//! drops nothing. Whether the caller is in the group or holds CAP_FSETID is read from
-//! `/proc/TID/status` of the calling thread (its supplementary groups and effective
-//! capabilities; the FUSE request carries only its fsuid and fsgid).
+//! The set-user-ID and set-group-ID bits a change drops (issue 17). The VFS drops them on a
+//! write, truncate or chown (`setattr_should_drop_suidgid`, `chown_common`): S_ISUID always
+//! (on a write or truncate only when the caller lacks CAP_FSETID), S_ISGID when the file is
+//! group-executable **or the caller is neither in the file's group nor holds CAP_FSETID**.
+//! strata negotiates `FUSE_HANDLE_KILLPRIV_V2` (the kernel then marks inodes "no security
+//! xattrs" after a first write, so later writes send no GETXATTR), which leaves the drop to
+//! the server: `fuse_setattr` strips it from what it sends. What reaches strata is a
+//! SETATTR with `FATTR_KILL_SUIDGID` (a chown; a truncate, `O_TRUNC` opens included, by a
+//! caller without CAP_FSETID), a create that truncates an existing file with
+//! `FUSE_OPEN_KILL_SUIDGID`, a WRITE with `FUSE_WRITE_KILL_SUIDGID` (a caller without
+//! CAP_FSETID), or an *empty* SETATTR: what is left of the kernel's own drop when a write or
+//! fallocate finds set-ID bits on the file as it has cached it (`file_remove_privs`; also
+//! for passthrough writes, which the daemon never sees), or of `chown(f, -1, -1)`.
+//! [`mode_after`] finishes the SETATTRs and creates, [`write_kill`] a WRITE, as ext4 would
+//! for that caller; a SETATTR of times only (utimensat) drops nothing. One case differs: an
+//! empty SETATTR is also what a write by a caller *with* CAP_FSETID sends when it removes a
+//! file's `security.capability`, and S_ISUID is dropped then too (ext4 keeps it; only a
+//! set-user-ID file with file capabilities, written by root, shows it). `security.capability`
+//! itself is the kernel's (GETXATTR, then REMOVEXATTR) and the upper filesystem's (every
+//! write the daemon makes removes it). Whether the caller is in the group or holds
+//! CAP_FSETID is read from `/proc/TID/status` of the calling thread (its supplementary
+//! groups and effective capabilities; the FUSE request carries only its fsuid and fsgid).
 
 use super::types::{Caller, SetAttr};
 use super::{Attr, FileKind};
 
+const S_ISUID: u32 = 0o4000;
 const S_ISGID: u32 = 0o2000;
 const S_IXGRP: u32 = 0o010;
 const CAP_FSETID: u32 = 4;
@@ -31,10 +40,31 @@ pub(super) fn mode_after(a: &Attr, s: &SetAttr) -> Option<u32> {
         return None;
     }
     let bits = s.mode.map_or(a.perm as u32, |m| m & 0o7777);
-    if bits & S_ISGID == 0 || bits & S_IXGRP != 0 || keeps_sgid(&caller, a.gid) {
-        return None;
+    let out = dropped(bits, a.gid, &caller, s.kill_suidgid || s.is_empty());
+    (out != bits).then_some(out)
+}
+
+/// The bits a WRITE with `FUSE_WRITE_KILL_SUIDGID` by `caller` leaves on a regular file of
+/// permission bits `perm` and group `gid`, when they change.
+pub(super) fn write_kill(perm: u32, gid: u32, caller: &Caller) -> Option<u32> {
+    let out = dropped(perm, gid, caller, true);
+    (out != perm).then_some(out)
+}
+
+/// `bits` after the drop: with `kill`, S_ISUID and a group-executable S_ISGID; S_ISGID
+/// without group exec when `caller` is neither in group `gid` nor holds CAP_FSETID.
+fn dropped(bits: u32, gid: u32, caller: &Caller, kill: bool) -> u32 {
+    let mut out = bits;
+    if kill {
+        out &= !S_ISUID;
+        if out & S_IXGRP != 0 {
+            out &= !S_ISGID;
+        }
     }
-    Some(bits & !S_ISGID)
+    if out & S_ISGID != 0 && out & S_IXGRP == 0 && !keeps_sgid(caller, gid) {
+        out &= !S_ISGID;
+    }
+    out
 }
 
 /// Is `caller` in group `gid`, or does it hold CAP_FSETID (`in_group_or_capable`)?
@@ -144,14 +174,80 @@ mod tests {
         };
         assert_eq!(mode_after(&f, &times), None);
         assert_eq!(mode_after(&attr(FileKind::Dir, 0o2775, 7), &empty), None);
-        // group-executable files: the kernel drops S_ISGID itself
-        assert_eq!(mode_after(&attr(FileKind::File, 0o2674, 7), &empty), None);
+        // an empty SETATTR (a write's drop, chown(f, -1, -1)) drops S_ISUID and a
+        // group-executable S_ISGID for anyone, members and root included
+        let root_empty = SetAttr {
+            caller: Some(Caller::default()),
+            ..SetAttr::default()
+        };
+        assert_eq!(
+            mode_after(&attr(FileKind::File, 0o2674, 7), &empty),
+            Some(0o674)
+        );
+        assert_eq!(
+            mode_after(&attr(FileKind::File, 0o6775, 7), &root_empty),
+            Some(0o775)
+        );
+        assert_eq!(
+            mode_after(&attr(FileKind::File, 0o6765, 0), &root_empty),
+            Some(0o2765)
+        );
+        assert_eq!(
+            mode_after(&attr(FileKind::File, 0o755, 7), &root_empty),
+            None
+        );
         // no caller (internal calls): nothing
         let internal = SetAttr {
             size: Some(0),
             ..SetAttr::default()
         };
         assert_eq!(mode_after(&f, &internal), None);
+    }
+
+    /// `FATTR_KILL_SUIDGID` (chown; truncate without CAP_FSETID) and
+    /// `FUSE_WRITE_KILL_SUIDGID`: S_ISUID always, S_ISGID when group-executable or the caller
+    /// is not in the group; nothing else changes.
+    #[test]
+    fn kill_requests_drop_as_the_kernel_would() {
+        let f = attr(FileKind::File, 0o6754, 7);
+        let chown = SetAttr {
+            uid: Some(5),
+            kill_suidgid: true,
+            caller: Some(Caller::default()),
+            ..SetAttr::default()
+        };
+        assert_eq!(mode_after(&f, &chown), Some(0o754));
+        let trunc = SetAttr {
+            size: Some(0),
+            kill_suidgid: true,
+            caller: Some(Caller {
+                uid: 4242,
+                gid: 7,
+                pid: 0,
+            }),
+            ..SetAttr::default()
+        };
+        // a member keeps S_ISGID without group exec, loses S_ISUID
+        assert_eq!(
+            mode_after(&attr(FileKind::File, 0o6744, 7), &trunc),
+            Some(0o2744)
+        );
+        // without the flag (a caller with CAP_FSETID truncating): nothing
+        let plain = SetAttr {
+            kill_suidgid: false,
+            ..trunc
+        };
+        assert_eq!(mode_after(&attr(FileKind::File, 0o6744, 7), &plain), None);
+        let member = Caller {
+            uid: 4242,
+            gid: 7,
+            pid: 0,
+        };
+        assert_eq!(write_kill(0o4755, 7, &member), Some(0o755));
+        assert_eq!(write_kill(0o2775, 7, &member), Some(0o775));
+        assert_eq!(write_kill(0o2765, 7, &member), None);
+        assert_eq!(write_kill(0o2765, 8, &nobody().unwrap()), Some(0o765));
+        assert_eq!(write_kill(0o644, 8, &nobody().unwrap()), None);
     }
 
     #[test]

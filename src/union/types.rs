@@ -14,6 +14,9 @@ pub struct Ctx {
     pub uid: u32,
     pub gid: u32,
     pub umask: u32,
+    /// A `create` that finds the file and truncates it (`O_TRUNC`) drops its set-ID bits
+    /// for this caller (`FUSE_OPEN_KILL_SUIDGID`, see `setid.rs`).
+    pub kill_suidgid: Option<Caller>,
 }
 
 /// A time in `setattr`.
@@ -37,6 +40,9 @@ pub struct Caller {
 /// sends for `chown(f, -1, -1)` and for a write's privilege drop) still changes ctime.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SetAttr {
+    /// The kernel asks for S_ISUID/S_ISGID to be dropped with the change
+    /// (`FATTR_KILL_SUIDGID`: a chown, or a truncate by a caller without CAP_FSETID).
+    pub kill_suidgid: bool,
     pub mode: Option<u32>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,

@@ -458,6 +458,8 @@ pub trait Filesystem: Send + Sync + 'static {
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         flags: Option<BsdFileFlags>,
+        // strata patch: FATTR_KILL_SUIDGID (only with FUSE_HANDLE_KILLPRIV_V2)
+        _kill_suidgid: bool,
         reply: ReplyAttr,
     ) {
         warn!(
@@ -849,6 +851,8 @@ pub trait Filesystem: Send + Sync + 'static {
         mode: u32,
         umask: u32,
         flags: i32,
+        // strata patch: FUSE_OPEN_KILL_SUIDGID (only with FUSE_HANDLE_KILLPRIV_V2)
+        _kill_suidgid: bool,
         reply: ReplyCreate,
     ) {
         warn!(

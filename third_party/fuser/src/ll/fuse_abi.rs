@@ -360,8 +360,12 @@ pub(crate) struct fuse_create_in {
     pub(crate) flags: i32,
     pub(crate) mode: u32,
     pub(crate) umask: u32,
-    pub(crate) padding: u32,
+    // strata patch: `open_flags` in fuse_kernel.h since ABI 7.33 (FUSE_OPEN_KILL_SUIDGID).
+    pub(crate) open_flags: u32,
 }
+
+/// strata patch: fuse_create_in.open_flags bit (FUSE_HANDLE_KILLPRIV_V2).
+pub(crate) const FUSE_OPEN_KILL_SUIDGID: u32 = 1 << 0;
 
 #[repr(C)]
 #[derive(Debug, IntoBytes, KnownLayout, Immutable)]

@@ -352,6 +352,11 @@ mod op {
         fn valid(&self) -> FattrFlags {
             FattrFlags::from_bits_retain(self.arg.valid)
         }
+        /// strata patch: `FATTR_KILL_SUIDGID` (FUSE_HANDLE_KILLPRIV_V2): the change must drop
+        /// S_ISUID/S_ISGID (a chown, or a truncate by a caller without CAP_FSETID).
+        pub(crate) fn kill_suidgid(&self) -> bool {
+            self.valid().contains(FattrFlags::FATTR_KILL_SUIDGID)
+        }
         pub(crate) fn mode(&self) -> Option<u32> {
             if self.valid().contains(FattrFlags::FATTR_MODE) {
                 Some(self.arg.mode)
@@ -1254,6 +1259,11 @@ mod op {
         }
         pub(crate) fn umask(&self) -> u32 {
             self.arg.umask
+        }
+        /// strata patch: `FUSE_OPEN_KILL_SUIDGID` (FUSE_HANDLE_KILLPRIV_V2): an `O_TRUNC`
+        /// create of an existing file by a caller without CAP_FSETID.
+        pub(crate) fn kill_suidgid(&self) -> bool {
+            self.arg.open_flags & crate::ll::fuse_abi::FUSE_OPEN_KILL_SUIDGID != 0
         }
     }
 
