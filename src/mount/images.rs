@@ -3,10 +3,12 @@
 //! mounts of the same manifest get the same [`LazyImage`], so its index heads are fetched and
 //! its tree is mapped once however many containers use it. Kept while a mount holds it.
 //!
-//! Calls the sibling `lazy` (opening) only.
+//! Calls the sibling `lazy` (opening), and `image::profile` to ask for the image's published
+//! access profile while it is opened.
 
 use super::lazy::{self, LazyImage};
 use super::{Error, Services};
+use crate::config::ProfileSource;
 use crate::digest::Digest;
 use crate::image::Progress;
 use crate::reference::Reference;
@@ -51,6 +53,17 @@ impl OpenImages {
             };
             found.unwrap_or_else(|| {
                 let (svc, reference, progress) = (svc.clone(), reference.clone(), progress.clone());
+                // The published profile (three round trips) is asked for while the indexes
+                // and the tree are made, so the prefetch can start with the mount.
+                let early = (svc.config.prefetch_profile == ProfileSource::Registry
+                    && crate::image::profile::local(&svc.store, &record.manifest_digest).is_none())
+                .then(|| {
+                    let (client, reference, record) =
+                        (svc.client.clone(), reference.clone(), record.clone());
+                    tokio::spawn(async move {
+                        crate::image::profile::fetch(&client, &reference, &record).await
+                    })
+                });
                 let f = async move {
                     lazy::open(
                         &svc.client,
@@ -62,7 +75,10 @@ impl OpenImages {
                         user_db_first,
                     )
                     .await
-                    .map(Arc::new)
+                    .map(|img| {
+                        *img.early_profile.lock().unwrap_or_else(|p| p.into_inner()) = early;
+                        Arc::new(img)
+                    })
                     .map_err(Arc::new)
                 }
                 .boxed()

@@ -130,7 +130,14 @@ pub struct LazyImage {
     /// Files the warm-ups read (`warm.rs`), and the warm-up of ELF objects opened later.
     pub warmed: super::warm::Warmed,
     pub load_warm: Arc<super::warm::LoadWarm>,
+    /// The published access profile, asked for while the image was being opened (taken by
+    /// the first prefetch; see `images.rs`).
+    pub early_profile: std::sync::Mutex<Option<EarlyProfile>>,
 }
+
+/// A fetch of the image's published access profile in flight.
+pub type EarlyProfile =
+    tokio::task::JoinHandle<Result<Option<crate::image::profile::Profile>, crate::image::Error>>;
 
 /// Resolve indexes, make cached layers and build the merged tree; with `user_db_first` (a
 /// container start will read it before anything else), start fetching the user database as
@@ -253,5 +260,6 @@ pub async fn open(
         profile_prefetch: ProfilePrefetch::default(),
         warmed: Default::default(),
         load_warm,
+        early_profile: Default::default(),
     })
 }

@@ -86,7 +86,22 @@ pub async fn prefetch(
         set_source("local");
     }
     if profile.is_empty() && source == ProfileSource::Registry {
-        match crate::image::profile::fetch(&client, &image.reference, &image.record).await {
+        let early = image
+            .early_profile
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let got = match early {
+            Some(h) => match h.await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("published access profile fetch: {e}");
+                    Ok(None)
+                }
+            },
+            None => crate::image::profile::fetch(&client, &image.reference, &image.record).await,
+        };
+        match got {
             Ok(Some(p)) => {
                 tracing::info!(files = p.len(), "prefetching a published access profile");
                 set_source("registry");

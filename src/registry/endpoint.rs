@@ -76,6 +76,9 @@ impl Endpoint {
     }
 }
 
+/// Connections [`Client::preconnect`] opens per endpoint.
+const PRECONNECTIONS: usize = 4;
+
 impl Client {
     /// The upstream endpoint of a repository (after registries.conf and hosts.toml).
     pub fn upstream(&self, repo: &Repository) -> Result<Endpoint, Error> {
@@ -516,7 +519,9 @@ impl Client {
     }
 
     /// Open connections to the endpoints `repo` will be read from (the upstream and the first
-    /// endpoint of a pull, a mirror when one is configured), two each, with an unauthenticated
+    /// endpoint of a pull, a mirror when one is configured), [`PRECONNECTIONS`] each (a mount
+    /// asks for its index sidecar and its access profile at once, each through the referrers
+    /// API and the tag schema together), with an unauthenticated
     /// `GET /v2/` (any answer will do): the requests of a mount that follows find them in the
     /// pool instead of paying a handshake each. Errors are ignored.
     pub async fn preconnect(&self, repo: &Repository) {
@@ -530,17 +535,20 @@ impl Client {
                 eps.push(first);
             }
         }
-        let pings = eps.iter().flat_map(|ep| [ep, ep]).map(|ep| async move {
-            let url = format!("{}/", ep.api);
-            let req = ep.http.get(&url).headers(ep.headers.clone());
-            match tokio::time::timeout(std::time::Duration::from_secs(5), req.send()).await {
-                Ok(Ok(resp)) => {
-                    let _ = resp.bytes().await;
+        let pings = eps
+            .iter()
+            .flat_map(|ep| [ep; PRECONNECTIONS])
+            .map(|ep| async move {
+                let url = format!("{}/", ep.api);
+                let req = ep.http.get(&url).headers(ep.headers.clone());
+                match tokio::time::timeout(std::time::Duration::from_secs(5), req.send()).await {
+                    Ok(Ok(resp)) => {
+                        let _ = resp.bytes().await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(endpoint = %ep.base, "preconnect: {e}"),
+                    Err(_) => tracing::debug!(endpoint = %ep.base, "preconnect: no answer in 5 s"),
                 }
-                Ok(Err(e)) => tracing::debug!(endpoint = %ep.base, "preconnect: {e}"),
-                Err(_) => tracing::debug!(endpoint = %ep.base, "preconnect: no answer in 5 s"),
-            }
-        });
+            });
         futures::future::join_all(pings).await;
     }
 
