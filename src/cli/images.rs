@@ -156,7 +156,7 @@ async fn cache_fetch(
     let progress = Progress::new(false);
     // Images without a lazy index: their whole layers are downloaded while opening.
     let watch = super::progress::LayerDownloads::start_image(svc.store.clone(), image.into());
-    let lazy = crate::mount::open_image(svc, image, platform, &progress, false).await;
+    let lazy = crate::mount::open_image(svc, image, platform, &progress, Default::default()).await;
     if let Some(w) = watch {
         w.finish().await;
     }

@@ -30,6 +30,15 @@ pub struct OpenImages {
     slots: Mutex<HashMap<Digest, Slot>>,
 }
 
+/// What the mount that opens an image wants started early.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Early {
+    /// The user database (a container start reads it first): see `lazy::open`.
+    pub user_db: bool,
+    /// The published access profile (the mount prefetches).
+    pub profile: bool,
+}
+
 impl OpenImages {
     /// The open image of `record`: shared if another mount has it open or is opening it.
     pub async fn get(
@@ -38,7 +47,7 @@ impl OpenImages {
         reference: &Reference,
         record: ImageRecord,
         progress: &Progress,
-        user_db_first: bool,
+        early: Early,
     ) -> Result<Arc<LazyImage>, Error> {
         let key = record.manifest_digest;
         let fut = {
@@ -55,7 +64,9 @@ impl OpenImages {
                 let (svc, reference, progress) = (svc.clone(), reference.clone(), progress.clone());
                 // The published profile (three round trips) is asked for while the indexes
                 // and the tree are made, so the prefetch can start with the mount.
-                let early = (svc.config.prefetch_profile == ProfileSource::Registry
+                let user_db_first = early.user_db;
+                let early = (early.profile
+                    && svc.config.prefetch_profile == ProfileSource::Registry
                     && crate::image::profile::local(&svc.store, &record.manifest_digest).is_none())
                 .then(|| {
                     let (client, reference, record) =

@@ -81,7 +81,7 @@ pub async fn mount_layer(
     mountpoint: &Path,
 ) -> Result<Served, Error> {
     let started = std::time::Instant::now();
-    let lazy = open_image(svc, image, None, &Progress::silent(), false).await?;
+    let lazy = open_image(svc, image, None, &Progress::silent(), Default::default()).await?;
     let fs = layer_union(svc, &lazy, layer)?;
     let opts = layer_options(&lazy, layer);
     let rt = tokio::runtime::Handle::current();

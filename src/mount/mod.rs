@@ -22,6 +22,7 @@ pub mod restore;
 mod served;
 pub mod warm;
 
+pub use images::Early;
 pub use layer::mount_layer;
 pub use lazy::LazyImage;
 pub use lower::{AccessProfile, CacheLower};
@@ -178,19 +179,17 @@ pub fn check_mountpoint(mountpoint: &Path) -> Result<PathBuf, Error> {
 
 /// Open an image for lazy reading without mounting it: its record resolved (locally or in its
 /// registry), layer indexes and merged tree — shared with any mount of this process that has
-/// the same image open (`strata cache fetch` and the mount use this). `user_db_first`: see
-/// [`lazy::open`].
+/// the same image open (`strata cache fetch` and the mount use this), with what the caller
+/// wants started `early`.
 pub async fn open_image(
     svc: &Services,
     image: &str,
     platform: Option<&str>,
     progress: &Progress,
-    user_db_first: bool,
+    early: Early,
 ) -> Result<Arc<LazyImage>, Error> {
     let (reference, rec) = crate::image::resolve(&svc.client, &svc.store, image, platform).await?;
-    svc.images
-        .get(svc, &reference, rec, progress, user_db_first)
-        .await
+    svc.images.get(svc, &reference, rec, progress, early).await
 }
 
 /// Open the image `image` exactly as the manifest `manifest` (which the store has: it was
@@ -205,7 +204,7 @@ async fn open_pinned(
         .map_err(|e| Error::Image(crate::image::Error::from(e)))?;
     let rec = svc.store.find_image(&manifest.to_string())?;
     svc.images
-        .get(svc, &reference, rec, &Progress::silent(), false)
+        .get(svc, &reference, rec, &Progress::silent(), Early::default())
         .await
 }
 
@@ -227,8 +226,11 @@ pub async fn mount_image(
     } = spec;
     let started = std::time::Instant::now();
     lazy::tune_allocator();
-    let user_db_first = svc.config.warm_start && warm::has_user_db(&warm);
-    let lazy = open_image(svc, image, platform, progress, user_db_first).await?;
+    let early = Early {
+        user_db: svc.config.warm_start && warm::has_user_db(&warm),
+        profile: prefetch,
+    };
+    let lazy = open_image(svc, image, platform, progress, early).await?;
     if svc.config.warm_start && !warm.is_empty() {
         let max = warm::LAUNCH_MAX_BYTES;
         tokio::spawn(warm::warm(svc.cache.clone(), lazy.clone(), warm, max));
