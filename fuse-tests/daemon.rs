@@ -102,6 +102,15 @@ fn concurrent_cold_runs_share_one_daemon_and_fetch_each_span_once() {
         manifests_of_index <= 1,
         "referrers tag resolved {manifests_of_index} times"
     );
+    // The daemon opened connections to the registry while the CLIs resolved (`GET /v2/`,
+    // which nothing else sends here).
+    let pings = proxy
+        .handle()
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/v2/")
+        .count();
+    assert!(pings >= 1, "no preconnect to the registry");
     stop_daemon(&env);
 }
 
