@@ -26,7 +26,7 @@ mod error;
 pub mod estargz;
 mod flatbuf;
 pub mod gzip;
-mod index;
+pub(crate) mod index;
 mod plain;
 mod seek;
 pub mod soci;

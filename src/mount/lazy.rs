@@ -12,7 +12,7 @@ use super::Error;
 use crate::cache::{BlobSource, CachedLayer, ChunkCache, Layout, LocalBlob, RegistryBlob};
 use crate::image::index::{layer_indexes, IndexSource};
 use crate::image::Progress;
-use crate::layer::{Entry, LayerIndex};
+use crate::layer::LayerIndex;
 use crate::oci::ImageConfig;
 use crate::reference::Reference;
 use crate::registry::Client;
@@ -61,11 +61,7 @@ fn load_or_build_tree(
             Err(e) => tracing::warn!(path = %path.display(), error = %e, "rebuilding merged tree"),
         }
     }
-    let entries: Vec<Vec<Entry>> = indexes
-        .iter()
-        .map(|ix| ix.entries().map(|e| e.to_entry()).collect())
-        .collect();
-    let tree = MergedTree::build(&entries)?;
+    let tree = MergedTree::build_indexes(indexes)?;
     Ok((tree, true))
 }
 

@@ -16,14 +16,17 @@
 use super::backend::{Children, LowerBackend, TreeDirEnt, TreeNode};
 use super::lower::LowerFile;
 use super::{Error, FileKind, Result, ROOT_INO};
-use crate::layer::{Entry, EntryKind, Timestamp};
-use std::collections::BTreeMap;
+use crate::layer::{Entry, LayerIndex, Timestamp};
+use std::borrow::Borrow;
 use std::ops::Range;
 use std::path::Path;
 use store::u32_at;
 
 #[path = "tree_store.rs"]
 mod store;
+
+#[path = "tree_build.rs"]
+mod build;
 
 /// The bytes a tree is a view of.
 enum Buf {
@@ -58,378 +61,36 @@ impl std::fmt::Debug for MergedTree {
     }
 }
 
-struct BNode {
-    entry: Entry,
-    layer: usize,
-    children: BTreeMap<String, usize>,
-}
-
-struct Builder {
-    arena: Vec<BNode>,
-    /// Keep `trusted.overlay.*` xattrs (a layer view in overlay format shows them).
-    keep_overlay_xattrs: bool,
-}
-
-impl Builder {
-    fn new_node(&mut self, entry: Entry, layer: usize) -> usize {
-        self.arena.push(BNode {
-            entry,
-            layer,
-            children: BTreeMap::new(),
-        });
-        self.arena.len() - 1
-    }
-
-    fn is_dir(&self, id: usize) -> bool {
-        self.arena
-            .get(id)
-            .is_some_and(|n| n.entry.kind == EntryKind::Dir)
-    }
-
-    /// Walk to the directory at `path`, creating missing (or replacing non-directory)
-    /// components as implicit directories.
-    fn dir_at(&mut self, path: &str, layer: usize) -> usize {
-        let mut cur = 0usize;
-        if path.is_empty() {
-            return cur;
-        }
-        let mut sofar = String::new();
-        for comp in path.split('/') {
-            if !sofar.is_empty() {
-                sofar.push('/');
-            }
-            sofar.push_str(comp);
-            let next = self
-                .arena
-                .get(cur)
-                .and_then(|n| n.children.get(comp).copied());
-            cur = match next {
-                Some(id) if self.is_dir(id) => id,
-                _ => {
-                    let mut e = Entry::new(sofar.clone(), EntryKind::Dir);
-                    e.implicit = true;
-                    let id = self.new_node(e, layer);
-                    if let Some(n) = self.arena.get_mut(cur) {
-                        n.children.insert(comp.to_string(), id);
-                    }
-                    id
-                }
-            };
-        }
-        cur
-    }
-
-    /// Node at `path` without creating anything.
-    fn find(&self, path: &str) -> Option<usize> {
-        let mut cur = 0usize;
-        if path.is_empty() {
-            return Some(cur);
-        }
-        for comp in path.split('/') {
-            cur = *self.arena.get(cur)?.children.get(comp)?;
-        }
-        Some(cur)
-    }
-
-    fn apply(&mut self, layer: usize, e: &Entry, links: &mut Vec<Entry>) {
-        if e.path.is_empty() {
-            if e.kind == EntryKind::Dir {
-                if let Some(root) = self.arena.get_mut(0) {
-                    if !e.implicit {
-                        root.entry = Entry {
-                            path: String::new(),
-                            ..e.clone()
-                        };
-                        root.layer = layer;
-                    }
-                    if e.opaque {
-                        root.children.clear();
-                    }
-                }
-            }
-            return;
-        }
-        let (parent, name) = e.split();
-        let pid = self.dir_at(parent, layer);
-        let existing = self
-            .arena
-            .get(pid)
-            .and_then(|n| n.children.get(name).copied());
-        match e.kind {
-            EntryKind::Whiteout => {
-                if let Some(p) = self.arena.get_mut(pid) {
-                    p.children.remove(name);
-                }
-            }
-            EntryKind::Hardlink => links.push(e.clone()),
-            EntryKind::Dir if existing.is_some_and(|id| self.is_dir(id)) => {
-                if let Some(n) = existing.and_then(|id| self.arena.get_mut(id)) {
-                    if !e.implicit {
-                        let children = std::mem::take(&mut n.children);
-                        n.entry = e.clone();
-                        n.layer = layer;
-                        n.children = children;
-                    }
-                    if e.opaque {
-                        n.children.clear();
-                    }
-                }
-            }
-            _ => {
-                let id = self.new_node(e.clone(), layer);
-                if let Some(p) = self.arena.get_mut(pid) {
-                    p.children.insert(name.to_string(), id);
-                }
-            }
-        }
-    }
-
-    fn link(&mut self, e: &Entry) {
-        let Some(target) = self.find(&e.hardlink_target) else {
-            tracing::warn!(path = %e.path, target = %e.hardlink_target, "hard link target missing; skipped");
-            return;
-        };
-        if self.is_dir(target) {
-            tracing::warn!(path = %e.path, "hard link to a directory; skipped");
-            return;
-        }
-        let (parent, name) = e.split();
-        let Some(pid) = self.find(parent).filter(|&p| self.is_dir(p)) else {
-            return;
-        };
-        if let Some(p) = self.arena.get_mut(pid) {
-            p.children.insert(name.to_string(), target);
-        }
-    }
-}
-
-/// The path of `name` in directory `dir` (arena ids), through the directories' first parents
-/// in `reached` (a directory has one; the root's is `usize::MAX`).
-fn path_in(reached: &[(usize, &str)], dir: usize, name: &str) -> String {
-    let mut parts = vec![name];
-    let mut d = dir;
-    while let Some(&(up, n)) = reached.get(d) {
-        if up == usize::MAX {
-            break;
-        }
-        parts.push(n);
-        d = up;
-    }
-    parts.reverse();
-    parts.join("/")
-}
-
-fn kind_of(k: EntryKind) -> FileKind {
-    match k {
-        EntryKind::Dir => FileKind::Dir,
-        EntryKind::Symlink => FileKind::Symlink,
-        EntryKind::CharDev => FileKind::CharDev,
-        EntryKind::BlockDev => FileKind::BlockDev,
-        EntryKind::Fifo => FileKind::Fifo,
-        EntryKind::File | EntryKind::Hardlink | EntryKind::Whiteout => FileKind::File,
-    }
-}
-
 impl MergedTree {
     /// Merge `layers` (bottom first). Entries of each layer must be normalised and sorted as
     /// `layer::EntryTable::finish` produces them.
     pub fn build<L: AsRef<[Entry]>>(layers: &[L]) -> Result<Self> {
-        let mut root = Entry::new("", EntryKind::Dir);
-        root.implicit = true;
-        let mut b = Builder {
-            arena: Vec::new(),
-            keep_overlay_xattrs: false,
-        };
-        b.new_node(root, 0);
+        let n = layers.iter().map(|l| l.as_ref().len()).sum();
+        let mut b = build::Builder::new(false, n);
         for (li, entries) in layers.iter().enumerate() {
-            let mut links = Vec::new();
-            for e in entries.as_ref() {
-                b.apply(li, e, &mut links);
-            }
-            for e in &links {
-                b.link(e);
-            }
+            b.layer(li, entries.as_ref().iter());
         }
-        Self::finish(b, layers.len())
+        b.finish(layers.len())
+    }
+
+    /// Merge the layers of `indexes` (bottom first), reading their records in place: the same
+    /// tree as [`build`](Self::build) of the indexes' entries, without copying them.
+    pub fn build_indexes<I: Borrow<LayerIndex>>(indexes: &[I]) -> Result<Self> {
+        let n = indexes.iter().map(|ix| ix.borrow().len()).sum();
+        let mut b = build::Builder::new(false, n);
+        for (li, ix) in indexes.iter().enumerate() {
+            b.layer(li, ix.borrow().entries());
+        }
+        b.finish(indexes.len())
     }
 
     /// One layer as kernel overlayfs expects a lower layer directory (a containerd remote
     /// snapshot): its whiteouts as character devices 0/0 and its opaque directories with
     /// `trusted.overlay.opaque=y`, nothing applied or hidden. Entries as for [`build`](Self::build).
     pub fn build_layer_view(entries: &[Entry]) -> Result<Self> {
-        let mut root = Entry::new("", EntryKind::Dir);
-        root.implicit = true;
-        let mut b = Builder {
-            arena: Vec::new(),
-            keep_overlay_xattrs: true,
-        };
-        b.new_node(root, 0);
-        let mut links = Vec::new();
-        for e in entries {
-            let mut e = e.clone();
-            match e.kind {
-                EntryKind::Whiteout => {
-                    e.kind = EntryKind::CharDev;
-                    (e.dev_major, e.dev_minor, e.mode, e.size) = (0, 0, 0, 0);
-                }
-                EntryKind::Dir if e.opaque => {
-                    e.opaque = false;
-                    e.xattrs
-                        .push((super::sys::OPAQUE_XATTR.to_string(), b"y".to_vec()));
-                }
-                _ => {}
-            }
-            b.apply(0, &e, &mut links);
-        }
-        for e in &links {
-            b.link(e);
-        }
-        Self::finish(b, 1)
-    }
-
-    fn finish(b: Builder, layers: usize) -> Result<Self> {
-        // How many directory entries name each node (reachable or not): only a node named
-        // more than once (a hard link) needs its paths, so no path is built for the others.
-        let mut listed: Vec<u32> = vec![0; b.arena.len()];
-        for n in &b.arena {
-            for &c in n.children.values() {
-                if let Some(r) = listed.get_mut(c) {
-                    *r += 1;
-                }
-            }
-        }
-        // Depth-first, children in name order: arena id -> ino.
-        let mut ino_of: Vec<u64> = vec![0; b.arena.len()];
-        let mut order: Vec<(usize, u64)> = Vec::new(); // (arena id, parent ino)
-        let mut refs: Vec<u32> = vec![0; b.arena.len()];
-        // Where each node was first reached: (parent's arena id, name); the root has none.
-        let mut reached: Vec<(usize, &str)> = vec![(usize::MAX, ""); b.arena.len()];
-        // Every path of a node listed more than once, in visit order.
-        let mut paths: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-        let mut stack: Vec<(usize, u64, usize, &str)> = vec![(0, ROOT_INO, usize::MAX, "")];
-        while let Some((id, parent, parent_id, name)) = stack.pop() {
-            if let Some(r) = refs.get_mut(id) {
-                *r += 1;
-            }
-            let first = ino_of.get(id).is_some_and(|&i| i == 0);
-            let Some(n) = b.arena.get(id) else { continue };
-            if n.entry.kind != EntryKind::Dir && listed.get(id).is_some_and(|&l| l > 1) {
-                // Its parent's chain is known: directories are reached before their entries.
-                let path = path_in(&reached, parent_id, name);
-                paths.entry(id).or_default().push(path);
-            }
-            if !first {
-                continue;
-            }
-            if let Some(slot) = reached.get_mut(id) {
-                *slot = (parent_id, name);
-            }
-            order.push((id, parent));
-            let ino = order.len() as u64;
-            if let Some(slot) = ino_of.get_mut(id) {
-                *slot = ino;
-            }
-            for (name, &child) in n.children.iter().rev() {
-                stack.push((child, ino, id, name.as_str()));
-            }
-        }
-        store::u32_of(order.len())?;
-        let mut flat = store::Flat::default();
-        // First name of each arena node: set while its first parent (a smaller inode number,
-        // so already written) lists it.
-        let mut name_of: Vec<Option<(u32, u32)>> = vec![None; b.arena.len()];
-        let parent_of: Vec<u64> = {
-            let mut v = vec![0; b.arena.len()];
-            for &(id, p) in &order {
-                if let Some(s) = v.get_mut(id) {
-                    *s = p;
-                }
-            }
-            v
-        };
-        for (i, &(id, parent)) in order.iter().enumerate() {
-            let ino = i as u64 + 1;
-            let Some(n) = b.arena.get(id) else { continue };
-            let e = &n.entry;
-            let kind = kind_of(e.kind);
-            let (mut a, mut bb, mut offset) = (0u32, 0u32, 0u64);
-            match kind {
-                FileKind::Dir => {
-                    a = store::u32_of(flat.dirents.len())?;
-                    bb = store::u32_of(n.children.len())?;
-                    for (name, &c) in &n.children {
-                        let r = flat.str(name.as_bytes())?;
-                        let cino = ino_of.get(c).copied().unwrap_or(0);
-                        flat.dirents.push([r.0, r.1, cino as u32]);
-                        if let Some(slot) = name_of.get_mut(c) {
-                            if slot.is_none() && parent_of.get(c) == Some(&ino) {
-                                *slot = Some(r);
-                            }
-                        }
-                    }
-                }
-                FileKind::File => {
-                    (a, bb) = flat.str(e.path.as_bytes())?;
-                    offset = e.offset;
-                }
-                FileKind::Symlink => (a, bb) = flat.str(e.link_target.as_bytes())?,
-                FileKind::CharDev | FileKind::BlockDev => (a, bb) = (e.dev_major, e.dev_minor),
-                FileKind::Fifo | FileKind::Socket => {}
-            }
-            let nlink = if kind == FileKind::Dir {
-                2 + n.children.values().filter(|&&c| b.is_dir(c)).count() as u32
-            } else {
-                refs.get(id).copied().unwrap_or(1)
-            };
-            let mut xattrs: Vec<&(String, Vec<u8>)> = e
-                .xattrs
-                .iter()
-                .filter(|(k, _)| {
-                    b.keep_overlay_xattrs || !k.starts_with(super::sys::OVERLAY_PREFIX)
-                })
-                .collect();
-            xattrs.sort();
-            xattrs.dedup_by(|a, b| a.0 == b.0);
-            let x_first = store::u32_of(flat.xattrs.len())?;
-            for (k, v) in &xattrs {
-                let k = flat.str(k.as_bytes())?;
-                let v = flat.blob(v)?;
-                flat.xattrs.push([k.0, k.1, v.0, v.1]);
-            }
-            if nlink > 1 && kind != FileKind::Dir {
-                if let Some(ps) = paths.remove(&id) {
-                    let first = store::u32_of(flat.apaths.len())?;
-                    for p in &ps {
-                        let r = flat.str(p.as_bytes())?;
-                        flat.apaths.push([r.0, r.1]);
-                    }
-                    flat.aliases
-                        .push([ino as u32, first, store::u32_of(ps.len())?]);
-                }
-            }
-            flat.nodes.push(store::NodeRec {
-                kind,
-                mode: e.mode & 0o7777,
-                uid: e.uid,
-                gid: e.gid,
-                nlink,
-                layer: store::u32_of(n.layer)?,
-                parent: parent as u32,
-                name: name_of.get(id).copied().flatten().unwrap_or((0, 0)),
-                xattrs: (x_first, store::u32_of(xattrs.len())?),
-                a,
-                b: bb,
-                size: match kind {
-                    FileKind::File => e.size,
-                    FileKind::Symlink => e.link_target.len() as u64,
-                    _ => 0,
-                },
-                mtime: e.mtime,
-                offset,
-            });
-        }
-        let layers_u32 = store::u32_of(layers)?;
-        Self::from_vec(flat.finish(layers_u32)?, layers)
+        let mut b = build::Builder::new(true, entries.len());
+        b.layer(0, entries.iter());
+        b.finish(1)
     }
 
     /// A tree over stored bytes (checked; see `tree_store.rs`) for an image of `layers` layers.

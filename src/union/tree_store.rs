@@ -167,6 +167,18 @@ impl Flat {
         Ok((off, len))
     }
 
+    /// Append the path `parent/name` (`name` alone when `parent` is empty) to the string
+    /// table: (offset, length).
+    pub fn path(&mut self, parent: &[u8], name: &[u8]) -> Result<(u32, u32)> {
+        if parent.is_empty() {
+            return self.str(name);
+        }
+        let (off, _) = self.str(parent)?;
+        self.strings.push(b'/');
+        self.str(name)?;
+        Ok((off, u32_of(self.strings.len())? - off))
+    }
+
     /// Append `b` (an xattr value: any bytes) to the blob table: (offset, length).
     pub fn blob(&mut self, b: &[u8]) -> Result<(u32, u32)> {
         let off = u32_of(self.blobs.len())?;

@@ -292,3 +292,68 @@ fn an_opaque_root_in_a_later_layer_hides_a_directory_the_layer_before_filled() {
     assert!(t.resolve("a/y").is_some());
     assert_eq!(t.resolve("a/z"), None);
 }
+
+#[test]
+fn a_tree_built_from_layer_indexes_is_the_tree_built_from_their_entries() {
+    use crate::layer::index;
+    use crate::layer::{Compression, LayerIndex, LayerMeta};
+    let mut ln = e("l", EntryKind::Symlink);
+    ln.link_target = "../far/target".into();
+    let mut dev = e("dev/null", EntryKind::CharDev);
+    (dev.dev_major, dev.dev_minor) = (1, 3);
+    let mut x = f("a/b/t");
+    x.xattrs = vec![
+        ("user.z".into(), b"1".to_vec()),
+        ("user.a".into(), vec![0, 255]),
+        ("trusted.overlay.opaque".into(), b"y".to_vec()),
+    ];
+    (x.mode, x.uid, x.gid, x.offset) = (0o4755, 5, 6, 512);
+    let mut imp = d("a");
+    imp.implicit = true;
+    let layers = vec![
+        sorted(vec![
+            d(""),
+            d("a"),
+            d("a/b"),
+            x,
+            hl("a/u", "a/b/t"),
+            d("z"),
+            f("z/1"),
+            f("z/2"),
+            hl("z/v", "a/b/t"),
+            f("single"),
+            ln,
+            d("dev"),
+            dev,
+        ]),
+        sorted(vec![d(""), imp, f("a/c"), wh("z/1"), d("n"), f("n/m")]),
+        sorted(vec![opq(""), d("z"), hl("w", "a/b/t"), f("a/b/t2"), wh("single")]),
+    ];
+    // An eStargz layer's index: no seek table needed (its chunks are not read here).
+    let meta = LayerMeta {
+        compression: Compression::Gzip,
+        estargz: true,
+        whole: false,
+        uncompressed_size: 0,
+        compressed_size: 0,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let indexes: Vec<LayerIndex> = layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let p = dir.path().join(format!("ix{i}"));
+            index::write_atomic(&p, &index::encode(&meta, l, None, &[]).unwrap()).unwrap();
+            LayerIndex::open(&p).unwrap()
+        })
+        .collect();
+    for n in 1..=layers.len() {
+        let from_entries = MergedTree::build(&layers[..n]).unwrap();
+        let from_indexes = MergedTree::build_indexes(&indexes[..n]).unwrap();
+        assert_eq!(from_entries.encode(), from_indexes.encode(), "{n} layers");
+        assert_eq!(listing(&from_entries), listing(&from_indexes));
+    }
+    let t = MergedTree::build_indexes(&indexes[..2]).unwrap();
+    assert!(t.resolve("z/1").is_none() && t.resolve("a/c").is_some());
+    assert_eq!(t.aliases(t.resolve("a/b/t").unwrap()).count(), 3);
+}
