@@ -296,7 +296,10 @@ impl<'a, R: Record<'a>> Builder<'a, R> {
             run.sort_by(|a, b| a.0.cmp(b.0)); // stable: a later record of a name still wins
         }
         let pid = self.dir_at(parent);
-        let old = self.children_mut(pid).map(std::mem::take).unwrap_or_default();
+        let old = self
+            .children_mut(pid)
+            .map(std::mem::take)
+            .unwrap_or_default();
         let mut out: Vec<(&'a str, u32)> = Vec::with_capacity(old.len() + run.len());
         let mut oi = 0;
         for &(name, r) in &run {
@@ -469,7 +472,9 @@ impl<'a, R: Record<'a>> Builder<'a, R> {
         let mut xattrs: Vec<(&'a str, &'a [u8])> = Vec::new();
         for (i, &(id, parent)) in order.iter().enumerate() {
             let ino = i as u32 + 1;
-            let Some(n) = b.arena.get(id as usize) else { continue };
+            let Some(n) = b.arena.get(id as usize) else {
+                continue;
+            };
             let src = n.src;
             let ekind = src.map_or(EntryKind::Dir, |r| b.kind_of(&r));
             let kind = kind_of(ekind);
@@ -537,8 +542,7 @@ impl<'a, R: Record<'a>> Builder<'a, R> {
                         let r = flat.str(p.as_bytes())?;
                         flat.apaths.push([r.0, r.1]);
                     }
-                    flat.aliases
-                        .push([ino, first, store::u32_of(ps.len())?]);
+                    flat.aliases.push([ino, first, store::u32_of(ps.len())?]);
                 }
             }
             let mode = match src {
@@ -554,7 +558,11 @@ impl<'a, R: Record<'a>> Builder<'a, R> {
                 nlink,
                 layer: n.layer,
                 parent,
-                name: name_of.get(id as usize).copied().flatten().unwrap_or((0, 0)),
+                name: name_of
+                    .get(id as usize)
+                    .copied()
+                    .flatten()
+                    .unwrap_or((0, 0)),
                 xattrs: (x_first, store::u32_of(xattrs.len())?),
                 a,
                 b: bb,

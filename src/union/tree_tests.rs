@@ -327,7 +327,13 @@ fn a_tree_built_from_layer_indexes_is_the_tree_built_from_their_entries() {
             dev,
         ]),
         sorted(vec![d(""), imp, f("a/c"), wh("z/1"), d("n"), f("n/m")]),
-        sorted(vec![opq(""), d("z"), hl("w", "a/b/t"), f("a/b/t2"), wh("single")]),
+        sorted(vec![
+            opq(""),
+            d("z"),
+            hl("w", "a/b/t"),
+            f("a/b/t2"),
+            wh("single"),
+        ]),
     ];
     // An eStargz layer's index: no seek table needed (its chunks are not read here).
     let meta = LayerMeta {
