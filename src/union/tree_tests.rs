@@ -257,7 +257,7 @@ fn layer_view_shows_whiteouts_and_opaque_directories_in_overlay_format() {
 
 #[test]
 fn hard_links_know_all_their_paths_in_visit_order() {
-    let layers = vec![
+    let layers = [
         sorted(vec![
             d(""),
             d("a"),
@@ -310,7 +310,7 @@ fn a_tree_built_from_layer_indexes_is_the_tree_built_from_their_entries() {
     (x.mode, x.uid, x.gid, x.offset) = (0o4755, 5, 6, 512);
     let mut imp = d("a");
     imp.implicit = true;
-    let layers = vec![
+    let layers = [
         sorted(vec![
             d(""),
             d("a"),
