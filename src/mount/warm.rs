@@ -93,7 +93,38 @@ pub fn for_command(argv0: &str, path: &str, cwd: &str) -> WarmList {
     .map(|p| vec![p.to_string()])
     .collect();
     out.push(command_candidates(argv0, path, cwd));
+    // The ELF interpreter and the C library: nearly every dynamic program (and the
+    // interpreter of every script) needs both, so they are read with the command instead
+    // of after its ELF header named them (a round trip later). Absent in a static image:
+    // nothing is read.
+    out.extend(c_runtime(std::env::consts::ARCH));
     out
+}
+
+/// Where the ELF interpreter and the C library of `arch` (`std::env::consts::ARCH`) are in
+/// the common distributions (Debian's multiarch and merged /usr, Fedora's lib64, Alpine's musl,
+/// whose interpreter is its C library).
+fn c_runtime(arch: &str) -> WarmList {
+    let (interp, triple, musl) = match arch {
+        "x86_64" => ("ld-linux-x86-64.so.2", "x86_64-linux-gnu", "x86_64"),
+        "aarch64" => ("ld-linux-aarch64.so.1", "aarch64-linux-gnu", "aarch64"),
+        _ => return Vec::new(),
+    };
+    let in_dirs = |name: &str| -> Vec<String> {
+        [
+            format!("/lib/{triple}"),
+            format!("/usr/lib/{triple}"),
+            "/lib64".into(),
+            "/usr/lib64".into(),
+            "/lib".into(),
+        ]
+        .iter()
+        .map(|d| format!("{d}/{name}"))
+        .collect()
+    };
+    let mut ld = in_dirs(interp);
+    ld.push(format!("/lib/ld-musl-{musl}.so.1"));
+    vec![ld, in_dirs("libc.so.6")]
 }
 
 fn command_candidates(argv0: &str, path: &str, cwd: &str) -> Vec<String> {
@@ -688,6 +719,19 @@ mod tests {
         assert_eq!(n[0], vec!["/usr/bin/env"]);
         assert!(n[1].contains(&"/usr/bin/python3".to_string()));
         assert!(needs("/x", &Pieces::one(b"plain text")).1.is_empty());
+    }
+
+    #[test]
+    fn the_c_runtime_is_warmed_with_the_command() {
+        let l = for_command("sh", "/bin", "/");
+        let has = |p: &str| l.iter().any(|alts| alts.iter().any(|a| a == p));
+        if std::env::consts::ARCH == "x86_64" {
+            assert!(has("/lib/x86_64-linux-gnu/libc.so.6") && has("/lib64/libc.so.6"));
+            assert!(has("/lib64/ld-linux-x86-64.so.2") && has("/lib/ld-musl-x86_64.so.1"));
+        }
+        let arm = c_runtime("aarch64");
+        assert_eq!(arm[0][0], "/lib/aarch64-linux-gnu/ld-linux-aarch64.so.1");
+        assert!(c_runtime("riscv64").is_empty());
     }
 
     #[test]
