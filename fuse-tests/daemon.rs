@@ -5,7 +5,7 @@
 mod common;
 
 use common::testdata::pseudo;
-use common::{busybox_image, FaultProxy, Layer, OutputExt, Registry, StrataEnv};
+use common::{busybox_image, Fault, FaultProxy, Layer, OutputExt, Registry, StrataEnv};
 use std::path::Path;
 
 fn daemon_pid(root: &Path) -> Option<i32> {
@@ -111,6 +111,67 @@ fn concurrent_cold_runs_share_one_daemon_and_fetch_each_span_once() {
         .filter(|r| r.path == "/v2/")
         .count();
     assert!(pings >= 1, "no preconnect to the registry");
+    stop_daemon(&env);
+}
+
+/// A cold `strata run`: the daemon resolves the manifest and looks up the layer indexes
+/// while the CLI is still fetching the config (held back 1.5 s by the proxy here), and the
+/// mount uses that lookup instead of starting its own.
+#[test]
+fn a_cold_run_looks_up_layer_indexes_while_the_cli_fetches_the_config() {
+    let reg = Registry::start();
+    let img = busybox_image()
+        .layer(
+            Layer::new()
+                .dir("data")
+                .file("data/a.txt", b"early\n".to_vec()),
+        )
+        .build("v1");
+    img.push(&reg, "daemon/early:v1");
+    StrataEnv::new()
+        .run(&[
+            "index",
+            &format!("{}/daemon/early:v1", reg.host()),
+            "--push",
+        ])
+        .assert_success();
+    let proxy = FaultProxy::in_front_of(&reg);
+    let config = img.config_digest.clone();
+    proxy.handle().on_path(
+        &config,
+        Some(1),
+        Fault::Delay(std::time::Duration::from_millis(1500)),
+    );
+    let env = StrataEnv::new();
+    let reference = format!("{}/daemon/early:v1", proxy.host());
+    let out = env.run(&[
+        "run",
+        "--rm",
+        "--no-prefetch",
+        &reference,
+        "cat",
+        "/data/a.txt",
+    ]);
+    out.assert_success();
+    assert_eq!(out.stdout_str(), "early\n");
+    // The proxy logs a request when it has answered: the sidecar lookup (referrers, by the
+    // API or the tag schema) was answered before the delayed config was.
+    let log = proxy.handle().requests();
+    let at = |f: &dyn Fn(&str) -> bool| log.iter().position(|r| f(&r.path));
+    let config_at = at(&|p| p.contains(&config)).expect("config fetched");
+    let lookup_at = at(&|p| p.contains("/referrers/") || p.contains("/manifests/sha256-"))
+        .expect("sidecar looked up");
+    assert!(
+        lookup_at < config_at,
+        "the layer indexes were looked up only after the config: {:?}",
+        log.iter().map(|r| &r.path).collect::<Vec<_>>()
+    );
+    // One lookup: the mount took the daemon's.
+    let lookups = log
+        .iter()
+        .filter(|r| r.path.contains("/referrers/") || r.path.contains("/manifests/sha256-"))
+        .count();
+    assert!(lookups <= 2, "{lookups} referrers lookups");
     stop_daemon(&env);
 }
 

@@ -178,15 +178,23 @@ fn open_local(store: &Store, d: &Digest) -> Option<LayerIndex> {
     }
 }
 
-/// An index for every layer of `image`, fetching or building what is missing.
+/// What [`lazy_indexes`] found: per layer, its index and where it came from, or `None`.
+pub type LazyIndexes = Vec<Option<(Arc<LayerIndex>, IndexSource)>>;
+
+/// An index for every layer of `image`, fetching or building what is missing; `found`: what
+/// [`lazy_indexes`] gave for this record already (looked up early), else it is asked.
 pub async fn layer_indexes(
     client: &Arc<Client>,
     store: &Arc<Store>,
     reference: &Reference,
     rec: &ImageRecord,
     progress: &Progress,
+    found: Option<LazyIndexes>,
 ) -> Result<Vec<(Arc<LayerIndex>, IndexSource)>, Error> {
-    let mut out = lazy_indexes(client, store, reference, rec, progress).await?;
+    let mut out = match found {
+        Some(f) if f.len() == rec.layers.len() => f,
+        _ => lazy_indexes(client, store, reference, rec, progress).await?,
+    };
     for (i, l) in rec.layers.iter().enumerate() {
         if out[i].is_some() {
             continue;

@@ -23,7 +23,10 @@ pub mod signed;
 pub mod soci;
 
 pub use archive::{load, save};
-pub use pull::{pull, pull_first, record_image, resolve, resolve_first, resolve_with, PullPolicy};
+pub use pull::{
+    pull, pull_first, record_image, resolve, resolve_first, resolve_manifest, resolve_with,
+    PullPolicy,
+};
 pub use push::push;
 
 use crate::digest::Digest;

@@ -285,6 +285,47 @@ pub async fn resolve(
     resolve_remote(client, store, image, &platform).await
 }
 
+/// What the layer-index lookup of a cold `image` (the host's platform, a name the store does
+/// not know) needs, as soon as its manifest is in: the resolved name and a record made from the
+/// manifest alone (its config not fetched: no creation date, platform or diff_ids; never
+/// stored). The manifest (and index) blobs are stored as [`record_image`] stores them. `None`
+/// when the store knows the image (nothing to win).
+pub async fn resolve_manifest(
+    client: &Client,
+    store: &Store,
+    image: &str,
+) -> Result<Option<(Reference, ImageRecord)>, Error> {
+    if find_candidate(client, store, image)?.is_some() {
+        return Ok(None);
+    }
+    let candidates = client.candidates(image)?;
+    let (reference, resolved) = resolve_first(client, &candidates, &Platform::host()).await?;
+    let what = |d: &Digest| format!("{reference} {d}");
+    store.put_blob(
+        resolved.manifest.digest,
+        &resolved.manifest.bytes,
+        &what(&resolved.manifest.digest),
+    )?;
+    if let Some(idx) = &resolved.index {
+        store.put_blob(idx.digest, &idx.bytes, &what(&idx.digest))?;
+    }
+    let mut repo_digests = std::collections::BTreeSet::new();
+    repo_digests.insert(format!("{}@{}", reference.name(), resolved.repo_digest));
+    let rec = ImageRecord {
+        manifest_digest: resolved.manifest.digest,
+        manifest_media_type: resolved.manifest.media_type.clone(),
+        config_digest: resolved.image.config.digest,
+        layers: resolved.image.layers.clone(),
+        repo_digests,
+        index_digest: resolved.index.as_ref().map(|i| i.digest),
+        created: None,
+        platform: String::new(),
+        stored_at: String::new(),
+        complete: false,
+    };
+    Ok(Some((reference, rec)))
+}
+
 /// `--platform` parsed, or the host's.
 fn parse_platform(platform: Option<&str>) -> Result<Platform, Error> {
     match platform {

@@ -64,7 +64,10 @@ impl OpenImages {
                 let (svc, reference, progress) = (svc.clone(), reference.clone(), progress.clone());
                 // The published profile (three round trips) is asked for while the indexes
                 // and the tree are made, so the prefetch can start with the mount.
-                let user_db_first = early.user_db;
+                let open_early = lazy::OpenEarly {
+                    user_db: early.user_db,
+                    indexes: Some(svc.early.take(&reference, &record)),
+                };
                 let early = (early.profile
                     && svc.config.prefetch_profile == ProfileSource::Registry
                     && crate::image::profile::local(&svc.store, &record.manifest_digest).is_none())
@@ -83,7 +86,7 @@ impl OpenImages {
                         &reference,
                         record,
                         &progress,
-                        user_db_first,
+                        open_early,
                     )
                     .await
                     .map(|img| {

@@ -135,9 +135,18 @@ pub struct LazyImage {
 pub type EarlyProfile =
     tokio::task::JoinHandle<Result<Option<crate::image::profile::Profile>, crate::image::Error>>;
 
-/// Resolve indexes, make cached layers and build the merged tree; with `user_db_first` (a
-/// container start will read it before anything else), start fetching the user database as
-/// soon as the layers are known.
+/// What [`open`] is given to start with.
+#[derive(Default)]
+pub struct OpenEarly {
+    /// A container start will read the user database before anything else: fetch it as soon
+    /// as the layers are known.
+    pub user_db: bool,
+    /// What the layer-index lookup started before the mount asked found (`early.rs`).
+    pub indexes:
+        Option<futures::future::BoxFuture<'static, Option<crate::image::index::LazyIndexes>>>,
+}
+
+/// Resolve indexes, make cached layers and build the merged tree (see [`OpenEarly`]).
 pub async fn open(
     client: &Arc<Client>,
     store: &Arc<Store>,
@@ -145,8 +154,9 @@ pub async fn open(
     reference: &Reference,
     record: ImageRecord,
     progress: &Progress,
-    user_db_first: bool,
+    given: OpenEarly,
 ) -> Result<LazyImage, Error> {
+    let user_db_first = given.user_db;
     let t0 = std::time::Instant::now();
     // A stored tree for the indexes on disk now is opened (read and checked) on the blocking
     // pool while the indexes are: both are reads of ~10 MB at a cold page cache.
@@ -157,7 +167,11 @@ pub async fn open(
         tokio::task::spawn_blocking(move || MergedTree::open(&p, n_layers))
     });
     let (config, _) = store.config(&record)?;
-    let indexes = layer_indexes(client, store, reference, &record, progress).await?;
+    let found = match given.indexes {
+        Some(l) => l.await,
+        None => None,
+    };
+    let indexes = layer_indexes(client, store, reference, &record, progress, found).await?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "layer indexes ready");
     let mut layers = Vec::new();
     let mut lowers: Vec<Arc<dyn LowerSource>> = Vec::new();

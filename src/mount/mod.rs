@@ -12,6 +12,7 @@
 //! Calls `image` (resolve, index sources, profiles), `cache`, `union`, `fuse`, `store`,
 //! `registry` and `config`; formats nothing for humans (that is `cli/`).
 
+mod early;
 mod images;
 pub mod layer;
 pub mod lazy;
@@ -114,6 +115,8 @@ pub struct Services {
     pub config: Arc<Config>,
     /// Images open for the mounts of this process (shared by mounts of the same image).
     images: Arc<images::OpenImages>,
+    /// Layer-index lookups started before their mount (`early.rs`).
+    early: Arc<early::EarlyIndexes>,
 }
 
 impl Services {
@@ -130,7 +133,14 @@ impl Services {
             cache,
             config,
             images: Arc::default(),
+            early: Arc::default(),
         })
+    }
+
+    /// A `strata run` of `image` is about to mount it: resolve its manifest and start its
+    /// layer-index lookup now (`early.rs`). Must run inside the runtime.
+    pub fn start_early(&self, image: String) {
+        self.early.start(&self.client, &self.store, image);
     }
 }
 
