@@ -330,11 +330,10 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
     unmount_rootfs(ctx, &l, &c.id).await;
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "run: unmounted");
     if let (Some(before), Some(after)) = (before, after) {
-        let fetched = after
-            .cache
-            .bytes_fetched
-            .saturating_sub(before.cache.bytes_fetched);
-        let requests = after.cache.requests.saturating_sub(before.cache.requests);
+        // From when the mount was asked for: opening the image fetches too (user database).
+        let base = before.cache_at_start.as_ref().unwrap_or(&before.cache);
+        let fetched = after.cache.bytes_fetched.saturating_sub(base.bytes_fetched);
+        let requests = after.cache.requests.saturating_sub(base.requests);
         let image_bytes = after.image_bytes;
         eprintln!(
             "strata: mounted in {} ms (indexes: {}), runtime started at {} ms, exited at {} ms; fetched {} of {} ({:.1}%) in {} requests",

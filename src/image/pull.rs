@@ -23,15 +23,7 @@ pub async fn record_image(
     resolved: &Resolved,
     platform: &Platform,
 ) -> Result<(ImageRecord, ImageConfig), Error> {
-    let what = |d: &Digest| format!("{reference} {d}");
-    store.put_blob(
-        resolved.manifest.digest,
-        &resolved.manifest.bytes,
-        &what(&resolved.manifest.digest),
-    )?;
-    if let Some(idx) = &resolved.index {
-        store.put_blob(idx.digest, &idx.bytes, &what(&idx.digest))?;
-    }
+    let repo_digests = store_manifests(store, reference, resolved)?;
     let cfg_desc = &resolved.image.config;
     let cfg_bytes = if store.has_blob(&cfg_desc.digest) {
         bytes::Bytes::from(store.read_blob(&cfg_desc.digest)?)
@@ -58,8 +50,6 @@ pub async fn record_image(
             ),
         });
     }
-    let mut repo_digests = std::collections::BTreeSet::new();
-    repo_digests.insert(format!("{}@{}", reference.name(), resolved.repo_digest));
     let complete = resolved
         .image
         .layers
@@ -285,6 +275,26 @@ pub async fn resolve(
     resolve_remote(client, store, image, &platform).await
 }
 
+/// Store `resolved`'s manifest (and image index) blobs; the repo digest it is known by.
+fn store_manifests(
+    store: &Store,
+    reference: &Reference,
+    resolved: &Resolved,
+) -> Result<std::collections::BTreeSet<String>, Error> {
+    let what = |d: &Digest| format!("{reference} {d}");
+    store.put_blob(
+        resolved.manifest.digest,
+        &resolved.manifest.bytes,
+        &what(&resolved.manifest.digest),
+    )?;
+    if let Some(idx) = &resolved.index {
+        store.put_blob(idx.digest, &idx.bytes, &what(&idx.digest))?;
+    }
+    let mut repo_digests = std::collections::BTreeSet::new();
+    repo_digests.insert(format!("{}@{}", reference.name(), resolved.repo_digest));
+    Ok(repo_digests)
+}
+
 /// What the layer-index lookup of a cold `image` (the host's platform, a name the store does
 /// not know) needs, as soon as its manifest is in: the resolved name and a record made from the
 /// manifest alone (its config not fetched: no creation date, platform or diff_ids; never
@@ -300,17 +310,7 @@ pub async fn resolve_manifest(
     }
     let candidates = client.candidates(image)?;
     let (reference, resolved) = resolve_first(client, &candidates, &Platform::host()).await?;
-    let what = |d: &Digest| format!("{reference} {d}");
-    store.put_blob(
-        resolved.manifest.digest,
-        &resolved.manifest.bytes,
-        &what(&resolved.manifest.digest),
-    )?;
-    if let Some(idx) = &resolved.index {
-        store.put_blob(idx.digest, &idx.bytes, &what(&idx.digest))?;
-    }
-    let mut repo_digests = std::collections::BTreeSet::new();
-    repo_digests.insert(format!("{}@{}", reference.name(), resolved.repo_digest));
+    let repo_digests = store_manifests(store, &reference, &resolved)?;
     let rec = ImageRecord {
         manifest_digest: resolved.manifest.digest,
         manifest_media_type: resolved.manifest.media_type.clone(),

@@ -86,5 +86,11 @@ pub async fn mount_layer(
     let opts = layer_options(&lazy, layer);
     let rt = tokio::runtime::Handle::current();
     let handle = crate::fuse::mount(Arc::new(fs), mountpoint, opts, rt)?;
-    Ok(start(svc, handle, lazy, false, started))
+    Ok(start(
+        svc,
+        handle,
+        lazy,
+        false,
+        (started, svc.cache.stats.snapshot()),
+    ))
 }

@@ -235,6 +235,7 @@ pub async fn mount_image(
         warm,
     } = spec;
     let started = std::time::Instant::now();
+    let cache_at_start = svc.cache.stats.snapshot();
     lazy::tune_allocator();
     let early = Early {
         user_db: svc.config.warm_start && warm::has_user_db(&warm),
@@ -249,7 +250,13 @@ pub async fn mount_image(
     let opts = fuse_options(&lazy, passthrough, allow_other);
     let rt = tokio::runtime::Handle::current();
     let handle = crate::fuse::mount(Arc::new(fs), mp, opts, rt)?;
-    Ok(start(svc, handle, lazy, prefetch, started))
+    Ok(start(
+        svc,
+        handle,
+        lazy,
+        prefetch,
+        (started, cache_at_start),
+    ))
 }
 
 /// The union of an open image's layers with an optional (upper, work) pair.
@@ -307,7 +314,7 @@ fn start(
     handle: crate::fuse::MountHandle,
     lazy: Arc<LazyImage>,
     prefetch: bool,
-    started: std::time::Instant,
+    (started, cache_at_start): (std::time::Instant, crate::cache::StatsSnapshot),
 ) -> Served {
     let prefetch_done = Arc::new(std::sync::atomic::AtomicBool::new(!prefetch));
     let prefetch = prefetch.then(|| {
@@ -333,6 +340,7 @@ fn start(
         cache: svc.cache.clone(),
         record_path,
         started,
+        cache_at_start,
         prefetch,
         prefetch_done,
     }

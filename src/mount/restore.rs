@@ -138,6 +138,7 @@ impl Prepared {
             s.passthrough_active,
             rt,
         )?;
-        Ok(start(svc, handle, self.lazy, s.prefetch, self.started))
+        let at = (self.started, svc.cache.stats.snapshot());
+        Ok(start(svc, handle, self.lazy, s.prefetch, at))
     }
 }

@@ -25,6 +25,10 @@ pub struct MountRecord {
     pub image_bytes: u64,
     pub layer_spans: usize,
     pub cache: crate::cache::StatsSnapshot,
+    /// The shared cache's counters when the mount was asked for (before the image was
+    /// opened: what opening it fetched counts as the mount's).
+    #[serde(default)]
+    pub cache_at_start: Option<crate::cache::StatsSnapshot>,
     pub fs_reads: u64,
     pub fs_bytes_read: u64,
     pub fs_reads_waited: u64,
@@ -54,6 +58,8 @@ pub struct Served {
     pub cache: Arc<crate::cache::ChunkCache>,
     pub record_path: PathBuf,
     pub started: std::time::Instant,
+    /// The cache's counters when the mount was asked for.
+    pub cache_at_start: crate::cache::StatsSnapshot,
     pub prefetch: Option<tokio::task::JoinHandle<()>>,
     pub prefetch_done: Arc<AtomicBool>,
 }
@@ -70,6 +76,7 @@ impl Served {
             image_bytes: self.lazy.record.size(),
             layer_spans: self.lazy.layers.iter().map(|l| l.layout.count()).sum(),
             cache: self.cache.stats.snapshot(),
+            cache_at_start: Some(self.cache_at_start.clone()),
             fs_reads: fs.reads,
             fs_bytes_read: fs.bytes_read,
             fs_reads_waited: fs.lower_reads_waited,
