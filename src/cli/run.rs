@@ -221,6 +221,9 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
     let image = &args.image_and_command[0];
     // The daemon (started if none runs) comes up while the image is resolved here, and
     // connects to the image's registry meanwhile (an older daemon may not know how: ignored).
+    // Once the manifest is in (a cold image), the daemon starts the layer-index lookup from
+    // it while the config is fetched here (`mount/early.rs`).
+    let (early_tx, early_rx) = tokio::sync::oneshot::channel::<crate::daemon::Request>();
     let daemon = {
         let (root, config) = (ctx.store.root().to_path_buf(), ctx.config_path.clone());
         let connect = crate::daemon::Request::Connect {
@@ -229,18 +232,35 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
         tokio::spawn(async move {
             let mut c = crate::daemon::Client::connect_or_start(&root, config.as_deref()).await?;
             let _ = c.call(&connect).await;
+            if let Ok(lookup) = early_rx.await {
+                let _ = c.call(&lookup).await;
+            }
             Ok::<_, crate::daemon::Error>(c)
         })
     };
     let policy: crate::image::PullPolicy = args.pull.parse().map_err(Error::Usage)?;
-    let (reference, rec) = crate::image::resolve_with(
+    let early_tx = std::sync::Mutex::new(Some(early_tx));
+    let hook = |r: &crate::reference::Reference, rec: &crate::store::ImageRecord| {
+        let tx = early_tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(tx) = tx {
+            let _ = tx.send(crate::daemon::Request::Lookup {
+                image: r.to_string(),
+                record: Box::new(rec.clone()),
+            });
+        }
+    };
+    let resolved = crate::image::resolve_early(
         &ctx.client,
         &ctx.store,
         image,
         args.platform.as_deref(),
         policy,
+        Some(&hook),
     )
-    .await?;
+    .await;
+    // A warm image (or a failed resolve): the daemon task goes on without a lookup.
+    drop(early_tx);
+    let (reference, rec) = resolved?;
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "run: resolved");
     let pinned = format!("{}@{}", reference.name(), rec.manifest_digest);
     let l = launcher(ctx);

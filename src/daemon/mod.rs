@@ -119,6 +119,13 @@ pub enum Request {
     Connect {
         image: String,
     },
+    /// A mount of `image` (a reference) is coming: its manifest is in and stored, `record`
+    /// was made from it alone (no config yet); start the layer-index lookup now. Answered at
+    /// once.
+    Lookup {
+        image: String,
+        record: Box<crate::store::ImageRecord>,
+    },
 }
 
 /// The answer to one request.

@@ -416,7 +416,12 @@ async fn handle(state: &Arc<State>, req: Request) -> Response {
             if let Ok(r) = image.parse::<crate::reference::Reference>() {
                 let client = state.svc.client.clone();
                 tokio::spawn(async move { client.preconnect(&r.repo()).await });
-                state.svc.start_early(image);
+            }
+            ok
+        }
+        Request::Lookup { image, record } => {
+            if let Ok(r) = image.parse::<crate::reference::Reference>() {
+                state.svc.start_early(r, *record);
             }
             ok
         }

@@ -24,7 +24,7 @@ pub mod soci;
 
 pub use archive::{load, save};
 pub use pull::{
-    pull, pull_first, record_image, resolve, resolve_first, resolve_manifest, resolve_with,
+    pull, pull_first, record_image, resolve, resolve_early, resolve_first, resolve_with, EarlyHook,
     PullPolicy,
 };
 pub use push::push;

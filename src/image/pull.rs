@@ -264,6 +264,16 @@ pub async fn resolve(
     image: &str,
     platform: Option<&str>,
 ) -> Result<(Reference, ImageRecord), Error> {
+    resolve_hooked(client, store, image, platform, None).await
+}
+
+async fn resolve_hooked(
+    client: &Arc<Client>,
+    store: &Arc<Store>,
+    image: &str,
+    platform: Option<&str>,
+    hook: Option<EarlyHook<'_>>,
+) -> Result<(Reference, ImageRecord), Error> {
     let reference: Reference = image.parse()?;
     if let Ok(rec) = store.find_image(image) {
         return Ok((reference, rec));
@@ -272,7 +282,7 @@ pub async fn resolve(
     if let Some(found) = find_candidate(client, store, image)? {
         return Ok(found);
     }
-    resolve_remote(client, store, image, &platform).await
+    resolve_remote(client, store, image, &platform, hook).await
 }
 
 /// Store `resolved`'s manifest (and image index) blobs; the repo digest it is known by.
@@ -295,23 +305,13 @@ fn store_manifests(
     Ok(repo_digests)
 }
 
-/// What the layer-index lookup of a cold `image` (the host's platform, a name the store does
-/// not know) needs, as soon as its manifest is in: the resolved name and a record made from the
-/// manifest alone (its config not fetched: no creation date, platform or diff_ids; never
-/// stored). The manifest (and index) blobs are stored as [`record_image`] stores them. `None`
-/// when the store knows the image (nothing to win).
-pub async fn resolve_manifest(
-    client: &Client,
-    store: &Store,
-    image: &str,
-) -> Result<Option<(Reference, ImageRecord)>, Error> {
-    if find_candidate(client, store, image)?.is_some() {
-        return Ok(None);
-    }
-    let candidates = client.candidates(image)?;
-    let (reference, resolved) = resolve_first(client, &candidates, &Platform::host()).await?;
-    let repo_digests = store_manifests(store, &reference, &resolved)?;
-    let rec = ImageRecord {
+/// A record of the image `resolved` made from its manifest alone, before its config is
+/// fetched (no creation date or platform; never stored): what the layer-index lookup needs.
+fn provisional(
+    resolved: &Resolved,
+    repo_digests: std::collections::BTreeSet<String>,
+) -> ImageRecord {
+    ImageRecord {
         manifest_digest: resolved.manifest.digest,
         manifest_media_type: resolved.manifest.media_type.clone(),
         config_digest: resolved.image.config.digest,
@@ -322,9 +322,12 @@ pub async fn resolve_manifest(
         platform: String::new(),
         stored_at: String::new(),
         complete: false,
-    };
-    Ok(Some((reference, rec)))
+    }
 }
+
+/// Told of an image resolved in its registry as soon as its manifest is in (stored), before
+/// its config is fetched: the name and a record from the manifest alone ([`resolve_early`]).
+pub type EarlyHook<'a> = &'a (dyn Fn(&Reference, &ImageRecord) + Send + Sync);
 
 /// `--platform` parsed, or the host's.
 fn parse_platform(platform: Option<&str>) -> Result<Platform, Error> {
@@ -357,9 +360,14 @@ async fn resolve_remote(
     store: &Arc<Store>,
     image: &str,
     platform: &Platform,
+    hook: Option<EarlyHook<'_>>,
 ) -> Result<(Reference, ImageRecord), Error> {
     let candidates = client.candidates(image)?;
     let (reference, resolved) = resolve_first(client, &candidates, platform).await?;
+    if let Some(hook) = hook {
+        let repo_digests = store_manifests(store, &reference, &resolved)?;
+        hook(&reference, &provisional(&resolved, repo_digests));
+    }
     let (rec, _) = record_image(client, store, &reference, &resolved, platform).await?;
     Ok((reference, rec))
 }
@@ -398,8 +406,21 @@ pub async fn resolve_with(
     platform: Option<&str>,
     policy: PullPolicy,
 ) -> Result<(Reference, ImageRecord), Error> {
+    resolve_early(client, store, image, platform, policy, None).await
+}
+
+/// [`resolve_with`], telling `hook` of an image resolved in its registry as soon as its
+/// manifest is in (see [`EarlyHook`]).
+pub async fn resolve_early(
+    client: &Arc<Client>,
+    store: &Arc<Store>,
+    image: &str,
+    platform: Option<&str>,
+    policy: PullPolicy,
+    hook: Option<EarlyHook<'_>>,
+) -> Result<(Reference, ImageRecord), Error> {
     match policy {
-        PullPolicy::Missing => resolve(client, store, image, platform).await,
+        PullPolicy::Missing => resolve_hooked(client, store, image, platform, hook).await,
         PullPolicy::Never => {
             let reference: Reference = image.parse()?;
             if let Ok(rec) = store.find_image(image) {
@@ -412,7 +433,7 @@ pub async fn resolve_with(
         }
         PullPolicy::Always => {
             let platform = parse_platform(platform)?;
-            resolve_remote(client, store, image, &platform).await
+            resolve_remote(client, store, image, &platform, hook).await
         }
     }
 }

@@ -137,10 +137,15 @@ impl Services {
         })
     }
 
-    /// A `strata run` of `image` is about to mount it: resolve its manifest and start its
-    /// layer-index lookup now (`early.rs`). Must run inside the runtime.
-    pub fn start_early(&self, image: String) {
-        self.early.start(&self.client, &self.store, image);
+    /// A `strata run` of `reference` is about to mount it: start its layer-index lookup from
+    /// `record`, made from the manifest alone (`early.rs`). Must run inside the runtime.
+    pub fn start_early(
+        &self,
+        reference: crate::reference::Reference,
+        record: crate::store::ImageRecord,
+    ) {
+        self.early
+            .start(&self.client, &self.store, reference, record);
     }
 }
 
