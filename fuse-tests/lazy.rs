@@ -78,6 +78,33 @@ fn walk(root: &Path, rel: &str, out: &mut BTreeMap<String, Option<String>>) {
     }
 }
 
+/// The test image pushed as `REPO:v1` with its sidecar index published (`strata index
+/// --push`): the image, what its tree must be, and its reference.
+fn indexed_test_image(reg: &Registry, repo: &str) -> (common::BuiltImage, Model, String) {
+    let (layers, expected) = test_layers();
+    let mut b = ImageBuilder::new();
+    for l in layers {
+        b = b.layer(l);
+    }
+    let img = b.build("v1");
+    img.push(reg, &format!("{repo}:v1"));
+    let reference = format!("{}/{repo}:v1", reg.host());
+    StrataEnv::new()
+        .run(&["index", &reference, "--push"])
+        .assert_success();
+    (img, expected, reference)
+}
+
+/// The mount at `dir` read both layers through sidecar indexes (`strata stats`).
+fn assert_sidecar_sources(env: &StrataEnv, dir: &Path) {
+    let s = stats(env, dir);
+    assert_eq!(
+        s["index_sources"],
+        serde_json::json!(["Sidecar", "Sidecar"]),
+        "{s}"
+    );
+}
+
 fn test_layers() -> (Vec<Layer>, Model) {
     let big = pseudo_mixed(12 << 20, 1, HALF_TEXT);
     let l1: LayerSpec = vec![
@@ -167,15 +194,7 @@ fn stored_blobs_starting_with(reg: &Registry, magic: &[u8]) -> Vec<String> {
 #[test]
 fn an_altered_compressed_index_head_falls_back_to_the_plain_head() {
     let reg = Registry::start();
-    let (layers, expected) = test_layers();
-    let mut b = ImageBuilder::new();
-    for l in layers {
-        b = b.layer(l);
-    }
-    b.build("v1").push(&reg, "lazy/zhead:v1");
-    StrataEnv::new()
-        .run(&["index", &format!("{}/lazy/zhead:v1", reg.host()), "--push"])
-        .assert_success();
+    let (_, expected, _) = indexed_test_image(&reg, "lazy/zhead");
     let zheads = stored_blobs_starting_with(&reg, &[0x28, 0xb5, 0x2f, 0xfd]);
     let indexes = stored_blobs_starting_with(&reg, b"STRATAIX");
     assert_eq!(zheads.len(), indexes.len(), "{zheads:?} {indexes:?}");
@@ -197,12 +216,7 @@ fn an_altered_compressed_index_head_falls_back_to_the_plain_head() {
         );
     }
     check_tree(&m.dir, &expected);
-    let s = stats(&env, &m.dir);
-    assert_eq!(
-        s["index_sources"],
-        serde_json::json!(["Sidecar", "Sidecar"]),
-        "{s}"
-    );
+    assert_sidecar_sources(&env, &m.dir);
 }
 
 /// The referrers listing announces the compressed heads (so a mount fetches them with the
@@ -211,17 +225,7 @@ fn an_altered_compressed_index_head_falls_back_to_the_plain_head() {
 #[test]
 fn a_forged_heads_listing_is_only_a_hint() {
     let reg = Registry::start();
-    let (layers, expected) = test_layers();
-    let mut b = ImageBuilder::new();
-    for l in layers {
-        b = b.layer(l);
-    }
-    let img = b.build("v1");
-    img.push(&reg, "lazy/hint:v1");
-    let reference = format!("{}/lazy/hint:v1", reg.host());
-    StrataEnv::new()
-        .run(&["index", &reference, "--push"])
-        .assert_success();
+    let (img, expected, reference) = indexed_test_image(&reg, "lazy/hint");
     let m = reg.get_manifest("lazy/hint", "v1");
     let manifest = format!("sha256:{:x}", Sha256::digest(&m.body));
     let tag = manifest.replace(':', "-");
@@ -295,12 +299,7 @@ fn a_forged_heads_listing_is_only_a_hint() {
         );
     }
     check_tree(&mnt.dir, &expected);
-    let s = stats(&env, &mnt.dir);
-    assert_eq!(
-        s["index_sources"],
-        serde_json::json!(["Sidecar", "Sidecar"]),
-        "{s}"
-    );
+    assert_sidecar_sources(&env, &mnt.dir);
 }
 
 #[test]
@@ -362,12 +361,7 @@ fn sidecar_index_gives_a_lazy_exact_mount() {
         std::fs::read(m.dir.join("usr/lib/small.txt")).unwrap(),
         b"small file\n"
     );
-    let s = stats(&env, &m.dir);
-    assert_eq!(
-        s["index_sources"],
-        serde_json::json!(["Sidecar", "Sidecar"]),
-        "{s}"
-    );
+    assert_sidecar_sources(&env, &m.dir);
     // The mount fetched the heads of the index blobs only: each layer's gzip windows come
     // from the sidecar blob one at a time, with the first span that needs them.
     let ixdir = env.root().join("indexes");
@@ -642,16 +636,7 @@ fn published_access_profile_is_prefetched_on_a_fresh_machine() {
     use common::poll_until;
     use std::time::Duration;
     let reg = Registry::start();
-    let (layers, expected) = test_layers();
-    let mut b = ImageBuilder::new();
-    for l in layers {
-        b = b.layer(l);
-    }
-    b.build("v1").push(&reg, "lazy/profiled:v1");
-    let reference = format!("{}/lazy/profiled:v1", reg.host());
-    StrataEnv::new()
-        .run(&["index", &reference, "--push"])
-        .assert_success();
+    let (_, expected, reference) = indexed_test_image(&reg, "lazy/profiled");
 
     // Machine A: a workload reads three files; the profile is kept at unmount.
     let a = StrataEnv::new();
@@ -767,16 +752,7 @@ fn estargz_prefetch_landmark_files_are_fetched_first() {
 fn concurrent_readers_fetch_each_byte_once() {
     use std::os::unix::fs::FileExt;
     let reg = Registry::start();
-    let (layers, expected) = test_layers();
-    let mut b = ImageBuilder::new();
-    for l in layers {
-        b = b.layer(l);
-    }
-    let img = b.build("v1");
-    img.push(&reg, "lazy/flight:v1");
-    StrataEnv::new()
-        .run(&["index", &format!("{}/lazy/flight:v1", reg.host()), "--push"])
-        .assert_success();
+    let (img, expected, _) = indexed_test_image(&reg, "lazy/flight");
     let proxy = FaultProxy::in_front_of(&reg);
     let env = StrataEnv::new();
     let m = env.mount(
@@ -840,17 +816,7 @@ fn direct_pread(path: &Path, offset: u64, len: usize) -> Vec<u8> {
 #[test]
 fn counters_agree_with_the_reads_made_and_the_registry_log() {
     let reg = Registry::start();
-    let (layers, expected) = test_layers();
-    let mut b = ImageBuilder::new();
-    for l in layers {
-        b = b.layer(l);
-    }
-    let img = b.build("v1");
-    img.push(&reg, "lazy/counted:v1");
-    let reference = format!("{}/lazy/counted:v1", reg.host());
-    StrataEnv::new()
-        .run(&["index", &reference, "--push"])
-        .assert_success();
+    let (img, expected, reference) = indexed_test_image(&reg, "lazy/counted");
     let layer_digests: Vec<String> = img.layers.iter().map(|l| l.digest.clone()).collect();
     let env = StrataEnv::new();
     let m = env.mount(&reference, &["--no-prefetch"]);
