@@ -26,6 +26,9 @@ const KEEP: Duration = Duration::from_secs(60);
 type Lookup = Shared<BoxFuture<'static, Option<LazyIndexes>>>;
 
 struct Slot {
+    /// A mount took the lookup: kept (until it expires) so that other runs of the image,
+    /// which share that mount's open image, do not start another.
+    taken: bool,
     repo: String,
     layers: Vec<Digest>,
     index: Option<Digest>,
@@ -45,7 +48,8 @@ impl EarlyIndexes {
     }
 
     /// Start the layer-index lookup of `rec` (image `reference`) in the background, unless
-    /// one for the same manifest is there. Must run inside the runtime.
+    /// one for the same manifest was started in the last minute (taken or not). Must run
+    /// inside the runtime.
     pub fn start(
         &self,
         client: &Arc<Client>,
@@ -60,6 +64,7 @@ impl EarlyIndexes {
         }
         let key = rec.manifest_digest;
         let slot = Slot {
+            taken: false,
             repo: reference.name(),
             layers: rec.layers.iter().map(|l| l.digest).collect(),
             index: rec.index_digest,
@@ -83,8 +88,8 @@ impl EarlyIndexes {
 
     /// What the early lookup for `rec` (image `reference`) found, if one was started for the
     /// same repository, manifest, layers and image index; `None` when there is none or it
-    /// failed. Never waits for anything but that lookup. The lookup is taken: a later mount
-    /// of the image shares the open image or looks up again.
+    /// failed. Never waits for anything but that lookup. A lookup is taken once: a later
+    /// mount of the image shares the open image or looks up again.
     pub fn take(
         &self,
         reference: &Reference,
@@ -93,19 +98,22 @@ impl EarlyIndexes {
         let found = {
             let mut slots = self.lock();
             slots.retain(|_, s| s.at.elapsed() < KEEP);
-            slots.remove(&rec.manifest_digest).filter(|s| {
-                s.repo == reference.name()
+            slots.get_mut(&rec.manifest_digest).and_then(|s| {
+                let same = !s.taken
+                    && s.repo == reference.name()
                     && s.layers.len() == rec.layers.len()
                     && s.layers
                         .iter()
                         .zip(&rec.layers)
                         .all(|(a, b)| *a == b.digest)
-                    && s.index == rec.index_digest
+                    && s.index == rec.index_digest;
+                s.taken = true;
+                same.then(|| s.lookup.clone())
             })
         };
         let name = reference.name();
         async move {
-            let found = found?.lookup.await;
+            let found = found?.await;
             if found.is_some() {
                 tracing::debug!(image = %name, "layer indexes looked up early");
             }
