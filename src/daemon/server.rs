@@ -7,7 +7,7 @@
 //! profile kept, cache flushed), exits on SIGTERM/SIGINT, on a `shutdown` request or after
 //! an idle period without mounts, and quits without unmounting when a successor takes over.
 //!
-//! Serves containerd's snapshots API too (`snapshotter`), whose layer views are mounts of
+//! Serves containerd's snapshots API too (`snapshotter`, through `server_snapshots.rs`), whose layer views are mounts of
 //! this daemon, and podman's additional layer stores (`stores.rs`), whose layer views are too.
 //!
 //! Calls `mount`, `fuse` (resend only), `snapshotter`, `als` (through `stores.rs`) and `store`
@@ -26,6 +26,10 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, Notify};
+
+#[path = "server_snapshots.rs"]
+mod snapshots;
+use snapshots::{start_snapshotter, LayerMounter};
 
 /// How the daemon runs.
 #[derive(Debug, Clone, Default)]
@@ -522,93 +526,6 @@ async fn unmount(
     }
     wait_released(state, &mountpoint).await;
     Ok(())
-}
-
-/// The containerd snapshotter's way to have layer views and union mounts mounted: as mounts
-/// of this daemon.
-struct LayerMounter(Arc<State>);
-
-impl LayerMounter {
-    /// Mount `req` (an image mountable by any user of the host: containers run as anyone).
-    fn mount(&self, req: MountRequest) -> futures::future::BoxFuture<'static, MountResult> {
-        let state = self.0.clone();
-        Box::pin(async move { mount(&state, req).await.map(|_| ()) })
-    }
-}
-
-type MountResult = Result<(), crate::mount::Error>;
-
-impl crate::snapshotter::Mounter for LayerMounter {
-    fn mount_layer(
-        &self,
-        image: String,
-        layer: crate::digest::Digest,
-        mountpoint: PathBuf,
-    ) -> futures::future::BoxFuture<'static, MountResult> {
-        self.mount(MountRequest {
-            image,
-            platform: None,
-            mountpoint,
-            upper: None,
-            prefetch: false,
-            passthrough: false,
-            allow_other: true,
-            layer: Some(layer),
-            warm: Vec::new(),
-        })
-    }
-
-    fn mount_image(
-        &self,
-        image: String,
-        upper: (PathBuf, PathBuf),
-        mountpoint: PathBuf,
-        warm: crate::mount::warm::WarmList,
-    ) -> futures::future::BoxFuture<'static, MountResult> {
-        self.mount(MountRequest {
-            image,
-            platform: None,
-            mountpoint,
-            upper: Some(upper),
-            prefetch: self.0.svc.config.prefetch,
-            passthrough: false,
-            allow_other: true,
-            layer: None,
-            warm,
-        })
-    }
-
-    fn unmount(
-        &self,
-        mountpoint: PathBuf,
-    ) -> futures::future::BoxFuture<'static, Result<(), crate::mount::Error>> {
-        let state = self.0.clone();
-        Box::pin(async move { unmount(&state, mountpoint, true).await })
-    }
-}
-
-/// Serve containerd's snapshots API on `ROOT/containerd-snapshotter.sock` and mount again
-/// the remote layers no handed-down connection brought back. A failure to start it is
-/// logged: the daemon's own mounts are served regardless.
-fn start_snapshotter(state: &Arc<State>) -> Option<tokio::task::JoinHandle<()>> {
-    let mounter = Arc::new(LayerMounter(state.clone()));
-    let snap = match crate::snapshotter::Snapshotter::open(state.svc.clone(), mounter) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("containerd snapshotter: {}", crate::report::chain(&e));
-            return None;
-        }
-    };
-    let path = state.svc.store.root().join(crate::snapshotter::SOCKET);
-    let task = match crate::snapshotter::serve(snap.clone(), &path) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!("containerd snapshotter: {}", crate::report::chain(&e));
-            return None;
-        }
-    };
-    tokio::spawn(async move { snap.reattach().await });
-    Some(task)
 }
 
 /// Stop taking requests, let the ones under way finish (30 s at most), then ask the
