@@ -29,6 +29,9 @@
 #                   with `--passthrough`. Mounts run `strata mount --foreground --upper DIR`
 #                   (+ $STRATA_MOUNT_ARGS, e.g. --no-prefetch). Skipped with a note while the
 #                   strata binary has no `mount` command.
+#   strata-kovl     `strata mount --kernel-overlay --foreground --upper DIR REF DIR` with an empty
+#                   STRATA_ROOT per run: kernel overlayfs over the image's layers served as
+#                   lazy read-only strata layer views (metadata writes never reach FUSE)
 # Tests (every run: fresh mount, drop_caches, cold pass, then warm pass on the same mount):
 #   seqread   fio read, bs=1M, the whole 1 GiB file (--quick: first 256 MiB) MB/s
 #   randread  fio randread, bs=4k, time based (10 s; --quick 3 s)      IOPS
@@ -154,7 +157,7 @@ fi
 
 # strata availability
 strata_ok=0
-if [[ " ${SYSTEMS[*]} " == *" strata "* ]]; then
+if [[ " ${SYSTEMS[*]} " == *" strata "* || " ${SYSTEMS[*]} " == *" strata-kovl "* ]]; then
   if strata_has_cmd mount; then strata_ok=1
   else notes+=("strata, strata-cached, strata-passthrough: pending — ${STRATA_BIN:-no strata binary at \$STRATA (default target/release/strata)}${STRATA_BIN:+ has no 'mount' command yet}; run scripts/bench-fs.sh again when it has")
   fi
@@ -206,10 +209,11 @@ setup_sys() {
       esac
       MOUNTS+=("$FSW/run/merged")
       FIOFILE=$FSW/run/merged/data/fio.dat; TREE=$FSW/run/merged; WDIR=$FSW/run/merged/tmp/scratch ;;
-    strata|strata-cached|strata-passthrough)
+    strata|strata-cached|strata-passthrough|strata-kovl)
       local root=$FSW/strata-root extra=()
-      if [ "$s" = strata ]; then rm_root "$root"; fi
+      if [ "$s" = strata ] || [ "$s" = strata-kovl ]; then rm_root "$root"; fi
       [ "$s" = strata-passthrough ] && extra=(--passthrough)
+      [ "$s" = strata-kovl ] && extra=(--kernel-overlay)
       mkdir -p "$root"
       if [ "${DATA_IMGS[0]}" = fiodata ]; then
         strata_mount "$root" "$(image_ref fiodata "$REGISTRY_HOST")" "$FSW/run/m-fio" "${extra[@]+"${extra[@]}"}"
@@ -390,6 +394,7 @@ for s in "${SYSTEMS[@]}"; do
             run_sys strata-cached
             [ $quick = 1 ] || run_sys strata-passthrough ;;
     native|overlayfs|fuse-overlayfs) run_sys "$s" ;;
+    strata-kovl) [ $strata_ok = 1 ] && run_sys strata-kovl ;;
     strata-overlay) if strata_has_cmd overlay; then run_sys strata-overlay; [ $quick = 1 ] || run_sys strata-overlay-pt
                     else notes+=("strata-overlay: ${STRATA_BIN:-no strata binary} has no 'overlay' command"); fi ;;
     *) die "unknown system $s" ;;

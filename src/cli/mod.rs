@@ -8,6 +8,7 @@ mod commit;
 mod daemon;
 mod format;
 mod images;
+mod kovl;
 mod listing;
 pub mod mount;
 mod overlay;

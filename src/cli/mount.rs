@@ -40,10 +40,17 @@ pub struct MountArgs {
     pub allow_other: bool,
     #[arg(long)]
     pub platform: Option<String>,
+    /// Kernel overlayfs over the image's layers served as lazy read-only views, with the
+    /// upper (needs --upper): metadata writes at kernel speed, kernel overlayfs semantics
+    #[arg(long)]
+    pub kernel_overlay: bool,
 }
 
 pub async fn mount(ctx: &Ctx, args: MountArgs) -> Result<i32, Error> {
     let mp = crate::mount::check_mountpoint(&args.mountpoint)?;
+    if args.kernel_overlay {
+        return super::kovl::mount(ctx, args, mp).await;
+    }
     if args.foreground {
         return serve(ctx, args, mp).await;
     }
@@ -61,7 +68,7 @@ pub async fn mount(ctx: &Ctx, args: MountArgs) -> Result<i32, Error> {
 }
 
 /// The (upper, work) pair of the arguments: work defaults to `UPPER.work` beside the upper.
-fn upper_work(args: &MountArgs) -> Option<(PathBuf, PathBuf)> {
+pub(super) fn upper_work(args: &MountArgs) -> Option<(PathBuf, PathBuf)> {
     args.upper.as_ref().map(|u| {
         let w = args.work.clone().unwrap_or_else(|| {
             u.with_file_name(format!(
@@ -134,6 +141,9 @@ async fn serve(ctx: &Ctx, args: MountArgs, mp: PathBuf) -> Result<i32, Error> {
 /// Unmount: through the daemon when it serves the mount (released at once), else directly.
 pub async fn umount(ctx: &Ctx, mountpoint: &Path, force: bool) -> Result<i32, Error> {
     let mp = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    if super::kovl::umount(ctx, &mp, force).await? {
+        return Ok(0);
+    }
     if !super::daemon::unmount(ctx, &mp, force).await? {
         crate::mount::unmount(&ctx.store, &mp, force)?;
     }
