@@ -20,7 +20,9 @@ mod common;
 
 use common::testdata::{pseudo_mixed, Mix};
 use common::union_extra::{assert_same_meta, publish_indexed, walk_meta, LazyMount};
-use common::{skopeo, skopeo_copy, Compression, Entry, ImageBuilder, Layer, Registry, StrataEnv};
+use common::{
+    skopeo, skopeo_copy, Compression, Entry, ImageBuilder, Layer, OutputExt, Registry, StrataEnv,
+};
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -240,4 +242,158 @@ fn real_debian_images_equal_umoci_unpack() {
         common::OutputExt::assert_success(&publisher.run(&["index", &reference, "--push"]));
         compare(&reference, &name);
     }
+}
+
+/// Fuse mounts below `dir` (the layer views of `strata mount --kernel-overlay`).
+fn fuse_mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mounts")
+        .expect("/proc/self/mounts")
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            f.len() > 2 && f[1].starts_with(&prefix) && f[2].starts_with("fuse")
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+fn fs_type(dir: &Path) -> Option<String> {
+    let want = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mounts")
+        .ok()?
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.len() > 2 && f[1] == want).then(|| f[2].to_string())
+        })
+        .last()
+}
+
+/// `strata mount --kernel-overlay`: kernel overlayfs over one lazy strata view per layer
+/// shows the same tree as the independent unpack, writes land in the upper in overlay
+/// format (a removed lower file becomes a whiteout there, its layer view keeps it), and
+/// `strata umount` takes the views down with the overlay.
+#[test]
+fn kernel_overlay_mount_equals_umoci_unpack_and_writes_go_to_the_upper() {
+    let reg = Registry::start();
+    let img = test_image().build("v1");
+    let reference = publish_indexed(&reg, &img, "union/kovl:v1");
+    let work = tempfile::tempdir().unwrap();
+    let mut want = walk_meta(&unpack_independently(&reference, work.path()), &|k| {
+        k.starts_with("user.")
+    });
+    // Kernel overlayfs semantics (docs/overlay.md): a lower hard link keeps its layer's link
+    // count when an upper layer whites out one of its names (the union mount says 2).
+    for p in ["bin/tool", "bin/tool-a"] {
+        want.get_mut(p).expect("hard-linked file").nlink = 3;
+    }
+    let env = StrataEnv::new();
+    let dir = env.scratch().join("kovl");
+    let (upper, wdir) = (env.scratch().join("up"), env.scratch().join("up.work"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = |p: &Path| p.display().to_string();
+    env.run(&[
+        "mount",
+        &reference,
+        &d(&dir),
+        "--kernel-overlay",
+        "--upper",
+        &d(&upper),
+        "--work",
+        &d(&wdir),
+    ])
+    .assert_success();
+    assert_eq!(
+        fs_type(&dir).as_deref(),
+        Some("overlay"),
+        "not kernel overlayfs"
+    );
+    let views = env.root().join("views");
+    assert_eq!(
+        fuse_mounts_under(&views).len(),
+        3,
+        "one layer view per layer"
+    );
+
+    let got = walk_meta(&dir, &|k| k.starts_with("user."));
+    assert_same_meta("kernel overlay over views vs umoci", &got, &want, 60);
+
+    std::fs::write(dir.join("etc/new-file"), b"written in the upper").unwrap();
+    std::fs::remove_file(dir.join("etc/os-release")).unwrap();
+    assert_eq!(
+        std::fs::read(upper.join("etc/new-file")).unwrap(),
+        b"written in the upper"
+    );
+    let wh = std::fs::symlink_metadata(upper.join("etc/os-release")).expect("whiteout");
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    assert!(wh.file_type().is_char_device() && wh.rdev() == 0, "{wh:?}");
+    assert!(!dir.join("etc/os-release").exists());
+    let in_a_view = fuse_mounts_under(&views).iter().any(|l| {
+        let mp = l.split(' ').nth(1).unwrap_or_default();
+        std::fs::read(Path::new(mp).join("etc/os-release")).is_ok_and(|b| b.starts_with(b"NAME="))
+    });
+    assert!(in_a_view, "the layer views keep the lower file");
+
+    env.run(&["umount", &d(&dir)]).assert_success();
+    assert_eq!(fs_type(&dir), None, "still mounted");
+    assert!(fuse_mounts_under(&views).is_empty(), "views left mounted");
+    let left: Vec<_> = std::fs::read_dir(&views).unwrap().flatten().collect();
+    assert!(left.is_empty(), "left in ROOT/views: {left:?}");
+}
+
+/// `strata mount --kernel-overlay --foreground` serves the views in its own process and
+/// exits, views unmounted, once the overlay is unmounted from outside.
+#[test]
+fn kernel_overlay_foreground_ends_when_the_overlay_is_unmounted() {
+    let reg = Registry::start();
+    let img = test_image().build("v1");
+    let reference = publish_indexed(&reg, &img, "union/kovl-fg:v1");
+    let env = StrataEnv::new();
+    let dir = env.scratch().join("kovl");
+    std::fs::create_dir_all(&dir).unwrap();
+    let upper = env.scratch().join("up");
+    let mut child = env
+        .command(&[
+            "mount",
+            "--foreground",
+            "--kernel-overlay",
+            "--upper",
+            &upper.display().to_string(),
+            &reference,
+            &dir.display().to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn strata mount");
+    let t0 = Instant::now();
+    while fs_type(&dir).as_deref() != Some("overlay") {
+        assert!(
+            t0.elapsed().as_secs() < 60,
+            "no overlay after 60 s: {:?}",
+            child.try_wait()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.join("usr/share/doc/only-new")).unwrap(),
+        "the old docs are hidden"
+    );
+    let views = env.root().join("views");
+    assert_eq!(fuse_mounts_under(&views).len(), 3);
+    let st = Command::new("umount").arg(&dir).status().unwrap();
+    assert!(st.success());
+    let t1 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t1.elapsed().as_secs() < 20,
+            "still serving 20 s after the umount"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(fuse_mounts_under(&views).is_empty(), "views left mounted");
 }

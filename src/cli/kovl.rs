@@ -36,9 +36,13 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> Error {
 
 /// The image pinned by digest, and its layers (bottom first).
 async fn layers(ctx: &Ctx, args: &MountArgs) -> Result<(String, Vec<Digest>), Error> {
-    let (reference, rec) =
-        crate::image::resolve(&ctx.client, &ctx.store, &args.image, args.platform.as_deref())
-            .await?;
+    let (reference, rec) = crate::image::resolve(
+        &ctx.client,
+        &ctx.store,
+        &args.image,
+        args.platform.as_deref(),
+    )
+    .await?;
     let pinned = reference.with_digest(rec.manifest_digest).to_string();
     Ok((pinned, rec.layers.iter().map(|l| l.digest).collect()))
 }
