@@ -82,26 +82,34 @@ fn upper_work(args: &MountArgs) -> Result<(PathBuf, PathBuf), Error> {
     })
 }
 
-/// `strata mount --kernel-overlay`: views from the daemon (or this process with
-/// `--foreground`), then the overlay.
-pub async fn mount(ctx: &Ctx, args: MountArgs, mp: PathBuf) -> Result<i32, Error> {
-    let (upper, work) = upper_work(&args)?;
-    let (image, layers) = layers(ctx, &args).await?;
-    let (dir, record) = paths(ctx, &mp);
-    let views: Vec<PathBuf> = (0..layers.len())
-        .map(|i| dir.join(format!("l{i}")))
-        .collect();
+/// The view mountpoints of a kernel-overlay mount at `mp` (made).
+fn view_dirs(ctx: &Ctx, mp: &Path, n: usize) -> Result<Vec<PathBuf>, Error> {
+    let (dir, _) = paths(ctx, mp);
+    let views: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("l{i}"))).collect();
     for v in &views {
         std::fs::create_dir_all(v).map_err(io(format!("creating {}", v.display())))?;
     }
-    if args.foreground {
-        return serve(ctx, image, layers, views, mp, (upper, work)).await;
-    }
+    Ok(views)
+}
+
+/// Kernel overlayfs at `mp` over `layers` (bottom first) of `image` (pinned by digest),
+/// served as views by the root's daemon, with `upper` and `work`; recorded for `umount`.
+/// On failure nothing stays mounted.
+pub(super) async fn mount_with_daemon(
+    ctx: &Ctx,
+    image: &str,
+    layers: &[Digest],
+    mp: &Path,
+    upper: &Path,
+    work: &Path,
+) -> Result<(), Error> {
+    let (dir, record) = paths(ctx, mp);
+    let views = view_dirs(ctx, mp, layers.len())?;
     let asks = layers.iter().zip(&views).map(|(layer, view)| {
         super::daemon::mount(
             ctx,
             crate::daemon::MountRequest {
-                image: image.clone(),
+                image: image.to_string(),
                 platform: None,
                 mountpoint: view.clone(),
                 upper: None,
@@ -117,7 +125,7 @@ pub async fn mount(ctx: &Ctx, args: MountArgs, mp: PathBuf) -> Result<i32, Error
     let failed = answers.into_iter().find_map(|a| a.err());
     let result = match failed {
         Some(e) => Err(e),
-        None => mount_overlay(&mp, &views, &upper, &work),
+        None => mount_overlay(mp, &views, upper, work),
     };
     if let Err(e) = result {
         release_views(ctx, &views).await;
@@ -125,13 +133,26 @@ pub async fn mount(ctx: &Ctx, args: MountArgs, mp: PathBuf) -> Result<i32, Error
         return Err(e);
     }
     let rec = Record {
-        image: image.clone(),
-        mountpoint: mp.clone(),
+        image: image.to_string(),
+        mountpoint: mp.to_path_buf(),
         views,
     };
     ctx.store
         .write_json(&record, &rec)
         .map_err(|e| Error::Usage(format!("writing {}: {e}", record.display())))?;
+    Ok(())
+}
+
+/// `strata mount --kernel-overlay`: views from the daemon (or this process with
+/// `--foreground`), then the overlay.
+pub async fn mount(ctx: &Ctx, args: MountArgs, mp: PathBuf) -> Result<i32, Error> {
+    let (upper, work) = upper_work(&args)?;
+    let (image, layers) = layers(ctx, &args).await?;
+    if args.foreground {
+        let views = view_dirs(ctx, &mp, layers.len())?;
+        return serve(ctx, image, layers, views, mp, (upper, work)).await;
+    }
+    mount_with_daemon(ctx, &image, &layers, &mp, &upper, &work).await?;
     println!(
         "{image} mounted at {} (kernel overlayfs over {} lazy layer view{})",
         mp.display(),

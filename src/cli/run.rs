@@ -99,6 +99,10 @@ pub struct RunArgs {
     /// Do not prefetch the rest of the image in the background
     #[arg(long)]
     pub no_prefetch: bool,
+    /// Root file system as kernel overlayfs over the image's lazy layer views (metadata
+    /// writes at kernel speed, kernel overlayfs semantics; docs/overlay.md)
+    #[arg(long)]
+    pub kernel_overlay: bool,
     /// Image, then the command and its arguments
     #[arg(required = true, num_args = 1..)]
     pub image_and_command: Vec<String>,
@@ -199,6 +203,8 @@ struct Paths {
     upper: PathBuf,
     work: PathBuf,
     rootfs: PathBuf,
+    /// Present when the rootfs is kernel overlayfs over layer views (`--kernel-overlay`).
+    kovl: PathBuf,
 }
 
 fn paths(launcher: &Launcher, id: &str) -> Paths {
@@ -207,6 +213,7 @@ fn paths(launcher: &Launcher, id: &str) -> Paths {
         upper: dir.join("upper"),
         work: dir.join("work"),
         rootfs: dir.join("rootfs"),
+        kovl: dir.join("kernel-overlay"),
     }
 }
 
@@ -274,6 +281,12 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
         context: p.rootfs.display().to_string(),
         source,
     })?;
+    if args.kernel_overlay {
+        std::fs::write(&p.kovl, b"").map_err(|source| Error::Io {
+            context: p.kovl.display().to_string(),
+            source,
+        })?;
+    }
     l.containers().set_mount(
         &c.id,
         MountPaths {
@@ -288,7 +301,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
     let layers: Vec<_> = rec.layers.iter().map(|l| (l.digest, l.size)).collect();
     let watch = super::progress::LayerDownloads::start_layers(ctx.store.clone(), layers);
     if opts.detach {
-        let mounted = ensure_mounted(ctx, &pinned, &p, prefetch).await;
+        let mounted = ensure_mounted(ctx, &pinned, &rec, &p, prefetch).await;
         if let Some(w) = watch {
             w.finish().await;
         }
@@ -323,7 +336,16 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
         source,
     })??;
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "run: daemon ready");
-    let mounted = daemon.call(&crate::daemon::Request::Mount(req)).await;
+    let mounted = if args.kernel_overlay {
+        drop(daemon);
+        let layers: Vec<_> = rec.layers.iter().map(|l| l.digest).collect();
+        super::kovl::mount_with_daemon(ctx, &pinned, &layers, &rootfs, &p.upper, &p.work)
+            .await
+            .map(|()| None)
+    } else {
+        let r = daemon.call(&crate::daemon::Request::Mount(req)).await;
+        r.map(|m| m.record).map_err(Error::from)
+    };
     if let Some(w) = watch {
         w.finish().await;
     }
@@ -341,7 +363,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
     let t_exit = t0.elapsed();
     tracing::debug!(ms = t_exit.as_millis() as u64, "run: runtime exited");
     // The daemon's cache is shared by all its mounts: count what it fetched meanwhile.
-    let before = mounted.record.map(|r| *r);
+    let before = mounted.map(|r| *r);
     let after = if args.timing {
         super::daemon::stats(ctx, &rootfs).await.ok().flatten()
     } else {
@@ -417,11 +439,23 @@ fn warm_list(
     }
 }
 
-/// Make sure a detached container's rootfs is served by the daemon.
-async fn ensure_mounted(ctx: &Ctx, image: &str, p: &Paths, prefetch: bool) -> Result<(), Error> {
+/// Make sure a detached container's rootfs is served by the daemon (`image` pinned, `rec`
+/// its record).
+async fn ensure_mounted(
+    ctx: &Ctx,
+    image: &str,
+    rec: &crate::store::ImageRecord,
+    p: &Paths,
+    prefetch: bool,
+) -> Result<(), Error> {
     let rootfs = std::fs::canonicalize(&p.rootfs).unwrap_or_else(|_| p.rootfs.clone());
     if is_mounted(&rootfs) {
         return Ok(());
+    }
+    if p.kovl.exists() {
+        let layers: Vec<_> = rec.layers.iter().map(|l| l.digest).collect();
+        return super::kovl::mount_with_daemon(ctx, image, &layers, &rootfs, &p.upper, &p.work)
+            .await;
     }
     let req = rootfs_request(image, None, p, rootfs, prefetch, Vec::new());
     super::daemon::mount(ctx, req).await.map(|_| ())
@@ -433,6 +467,9 @@ async fn watch_container(ctx: &Ctx, rootfs: &std::path::Path, o: &RunOutcome) {
     let RunOutcome::Detached { pid: Some(pid), .. } = o else {
         return;
     };
+    if rootfs.with_file_name("kernel-overlay").exists() {
+        return; // not a daemon mount: unmounted by stop or rm
+    }
     let mountpoint = std::fs::canonicalize(rootfs).unwrap_or_else(|_| rootfs.to_path_buf());
     let req = crate::daemon::Request::Watch {
         mountpoint,
@@ -472,7 +509,7 @@ pub async fn start(ctx: &Ctx, queries: &[String]) -> Result<i32, Error> {
         let (config, _) = ctx.store.config(&img)?;
         let name = r.image.parse::<crate::reference::Reference>()?.name();
         let pinned = format!("{name}@{}", img.manifest_digest);
-        ensure_mounted(ctx, &pinned, &p, ctx.config.prefetch).await?;
+        ensure_mounted(ctx, &pinned, &img, &p, ctx.config.prefetch).await?;
         let o = l.start(&r.id, &config, &p.rootfs).await?;
         watch_container(ctx, &p.rootfs, &o).await;
         println!("{q}");
