@@ -272,8 +272,9 @@ fn fs_type(dir: &Path) -> Option<String> {
 
 /// `strata mount --kernel-overlay`: kernel overlayfs over one lazy strata view per layer
 /// shows the same tree as the independent unpack, writes land in the upper in overlay
-/// format (a removed lower file becomes a whiteout there, its layer view keeps it), and
-/// `strata umount` takes the views down with the overlay.
+/// format (a removed lower file becomes a whiteout there, its layer view keeps it), all of
+/// it read through views handed over by a daemon restart, and `strata umount` takes the
+/// views down with the overlay.
 #[test]
 fn kernel_overlay_mount_equals_umoci_unpack_and_writes_go_to_the_upper() {
     let reg = Registry::start();
