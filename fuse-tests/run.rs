@@ -106,25 +106,20 @@ fn kernel_overlay_container_keeps_its_upper_across_stop_and_start() {
     detached_lifecycle("run/bb4:v1", &["--kernel-overlay"], "overlay");
 }
 
-/// The file system type of the mount at `dir`.
-fn fs_type(dir: &std::path::Path) -> Option<String> {
-    let want = dir.to_string_lossy().to_string();
-    std::fs::read_to_string("/proc/self/mounts")
-        .ok()?
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f.len() > 2 && f[1] == want).then(|| f[2].to_string())
-        })
-        .last()
-}
-
 /// A detached container run with `extra` options whose rootfs is a `fs_type` mount: its
 /// upper survives stop and start, rm -f unmounts everything.
 fn detached_lifecycle(repo_tag: &str, extra: &[&str], rootfs_type: &str) {
     let reg = Registry::start();
     let reference = image(&reg, repo_tag);
     let env = StrataEnv::new();
+    // A failed assertion must not leave the container running.
+    struct RemoveOnDrop<'a>(&'a StrataEnv);
+    impl Drop for RemoveOnDrop<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.run(&["rm", "-f", "keeper"]);
+        }
+    }
+    let _cleanup = RemoveOnDrop(&env);
     let mut args = vec!["run", "-d", "--name", "keeper"];
     args.extend_from_slice(extra);
     args.extend_from_slice(&[
@@ -152,7 +147,7 @@ fn detached_lifecycle(repo_tag: &str, extra: &[&str], rootfs_type: &str) {
     let e = env.run(&["exec", "keeper", "cat", "/state"]);
     assert_eq!(e.stdout_str(), "made\n", "{}", e.stderr_str());
     let rootfs = env.root().join("containers").join(&id).join("rootfs");
-    assert_eq!(fs_type(&rootfs).as_deref(), Some(rootfs_type));
+    assert_eq!(common::fs_type(&rootfs).as_deref(), Some(rootfs_type));
     // The upper is in kernel-overlayfs format: a whiteout for the deleted lower file.
     let upper = env.root().join("containers").join(&id).join("upper");
     let wh = std::fs::symlink_metadata(upper.join("data/greeting")).unwrap();

@@ -258,18 +258,6 @@ fn fuse_mounts_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-fn fs_type(dir: &Path) -> Option<String> {
-    let want = dir.display().to_string();
-    std::fs::read_to_string("/proc/self/mounts")
-        .ok()?
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f.len() > 2 && f[1] == want).then(|| f[2].to_string())
-        })
-        .last()
-}
-
 /// `strata mount --kernel-overlay`: kernel overlayfs over one lazy strata view per layer
 /// shows the same tree as the independent unpack, writes land in the upper in overlay
 /// format (a removed lower file becomes a whiteout there, its layer view keeps it), all of
@@ -306,7 +294,7 @@ fn kernel_overlay_mount_equals_umoci_unpack_and_writes_go_to_the_upper() {
     ])
     .assert_success();
     assert_eq!(
-        fs_type(&dir).as_deref(),
+        common::fs_type(&dir).as_deref(),
         Some("overlay"),
         "not kernel overlayfs"
     );
@@ -337,7 +325,7 @@ fn kernel_overlay_mount_equals_umoci_unpack_and_writes_go_to_the_upper() {
     assert!(in_a_view, "the layer views keep the lower file");
 
     env.run(&["umount", &d(&dir)]).assert_success();
-    assert_eq!(fs_type(&dir), None, "still mounted");
+    assert_eq!(common::fs_type(&dir), None, "still mounted");
     assert!(fuse_mounts_under(&views).is_empty(), "views left mounted");
     let left: Vec<_> = std::fs::read_dir(&views).unwrap().flatten().collect();
     assert!(left.is_empty(), "left in ROOT/views: {left:?}");
@@ -368,7 +356,7 @@ fn kernel_overlay_foreground_ends_when_the_overlay_is_unmounted() {
         .spawn()
         .expect("spawn strata mount");
     let t0 = Instant::now();
-    while fs_type(&dir).as_deref() != Some("overlay") {
+    while common::fs_type(&dir).as_deref() != Some("overlay") {
         assert!(
             t0.elapsed().as_secs() < 60,
             "no overlay after 60 s: {:?}",

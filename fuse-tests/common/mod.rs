@@ -148,3 +148,16 @@ pub fn poll_until<T>(
         std::thread::sleep(interval);
     }
 }
+
+/// The file system type /proc/self/mounts gives for the mount at `dir` (the topmost).
+pub fn fs_type(dir: &std::path::Path) -> Option<String> {
+    let want = dir.to_string_lossy().to_string();
+    std::fs::read_to_string("/proc/self/mounts")
+        .ok()?
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.len() > 2 && f[1] == want).then(|| f[2].to_string())
+        })
+        .next_back()
+}
