@@ -109,12 +109,6 @@ pub enum Error {
     },
     #[error("building HTTP client: {0}")]
     Client(#[source] reqwest::Error),
-    #[error("certificate {path}: {source}")]
-    Certificate {
-        path: String,
-        #[source]
-        source: reqwest::Error,
-    },
     #[error("certificate {path}: {msg}")]
     BadCertificate { path: String, msg: String },
     #[error("{path}: {source}")]
@@ -183,7 +177,6 @@ impl Error {
             | Error::DigestMismatch { .. }
             | Error::TooLarge { .. }
             | Error::BadContentRange { .. }
-            | Error::Certificate { .. }
             | Error::BadCertificate { .. } => Some(health::Skip::Mirror),
         }
     }

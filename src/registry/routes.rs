@@ -145,7 +145,7 @@ impl Routes {
             .and_then(|r| r.split('/').next())
             .unwrap_or("");
         let tls = self.cert_settings(host)?;
-        self.clients.get(&tls)
+        self.clients.get(&tls, url.starts_with("https:"))
     }
 
     fn endpoint(
@@ -178,7 +178,7 @@ impl Routes {
             auth_host,
             mirror,
             headers: map,
-            http: self.clients.get(&tls)?,
+            http: self.clients.get(&tls, url.origin().starts_with("https:"))?,
             name,
         })
     }
