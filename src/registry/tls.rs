@@ -106,8 +106,8 @@ pub struct Clients {
     cache: Mutex<HashMap<TlsSettings, Built>>,
 }
 
-/// A client and, unless it verifies nothing, its root store.
-type Built = (reqwest::Client, Option<Arc<LazyRoots>>);
+/// A client and its certificate checks.
+type Built = (reqwest::Client, Arc<LazyRoots>);
 
 impl Clients {
     /// No client is built (nor the system roots read) before the first request.
@@ -129,20 +129,19 @@ impl Clients {
                 built
             }
         };
-        if let (true, Some(roots)) = (https, roots) {
-            if !roots
+        let ahead = https
+            && !roots.skip_verify
+            && !roots
                 .started
-                .swap(true, std::sync::atomic::Ordering::SeqCst)
-            {
-                let spawned =
-                    std::thread::Builder::new()
-                        .name("tls-roots".into())
-                        .spawn(move || {
-                            let _ = roots.verifier();
-                        });
-                if let Err(e) = spawned {
-                    tracing::debug!("loading TLS roots ahead: {e}");
-                }
+                .swap(true, std::sync::atomic::Ordering::SeqCst);
+        if ahead {
+            let spawned = std::thread::Builder::new()
+                .name("tls-roots".into())
+                .spawn(move || {
+                    let _ = roots.verifier();
+                });
+            if let Err(e) = spawned {
+                tracing::debug!("loading TLS roots ahead: {e}");
             }
         }
         Ok(client)
@@ -217,19 +216,14 @@ fn client_identity(tls: &TlsSettings) -> Result<Option<Identity>, Error> {
     Ok(Some((certs, key)))
 }
 
-/// A client for `tls` and, unless it verifies nothing, its lazily loaded root store.
+/// A client for `tls` and its certificate checks (root store loaded lazily).
 fn build(tls: &TlsSettings) -> Result<Built, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut extra = Vec::new();
     for path in &tls.ca {
         extra.extend(ca_certs(path)?);
     }
-    let (verifier, roots): (Arc<dyn ServerCertVerifier>, _) = if tls.skip_verify {
-        (Arc::new(AcceptAny(provider.clone())), None)
-    } else {
-        let r = Arc::new(LazyRoots::new(extra, provider.clone()));
-        (r.clone(), Some(r))
-    };
+    let roots = Arc::new(LazyRoots::new(extra, provider.clone(), tls.skip_verify));
     let tls_error = |e: rustls::Error| Error::BadCertificate {
         path: "TLS settings".into(),
         msg: e.to_string(),
@@ -238,7 +232,7 @@ fn build(tls: &TlsSettings) -> Result<Built, Error> {
         .with_safe_default_protocol_versions()
         .map_err(tls_error)?
         .dangerous()
-        .with_custom_certificate_verifier(verifier);
+        .with_custom_certificate_verifier(roots.clone());
     let mut config = match client_identity(tls)? {
         Some((certs, key)) => builder
             .with_client_auth_cert(certs, key)
@@ -258,7 +252,8 @@ fn build(tls: &TlsSettings) -> Result<Built, Error> {
 }
 
 /// Server certificate checks against the bundled web roots, the system's roots and the
-/// configured CAs, with the store built on first use (~150 system files: ~25 ms of a cold
+/// configured CAs (none with `skip_verify`, hosts.toml: any certificate is taken; handshake
+/// signatures are still checked against it), with the store built on first use (~150 system files: ~25 ms of a cold
 /// `strata run` on the benchmark VM while it was built with every client).
 #[derive(Debug)]
 pub struct LazyRoots {
@@ -267,15 +262,21 @@ pub struct LazyRoots {
     inner: OnceLock<Result<Arc<WebPkiServerVerifier>, String>>,
     /// A thread was started to build it ahead.
     started: std::sync::atomic::AtomicBool,
+    skip_verify: bool,
 }
 
 impl LazyRoots {
-    fn new(extra: Vec<CertificateDer<'static>>, provider: Arc<CryptoProvider>) -> LazyRoots {
+    fn new(
+        extra: Vec<CertificateDer<'static>>,
+        provider: Arc<CryptoProvider>,
+        skip_verify: bool,
+    ) -> LazyRoots {
         LazyRoots {
             extra,
             provider,
             inner: OnceLock::new(),
             started: std::sync::atomic::AtomicBool::new(false),
+            skip_verify,
         }
     }
 
@@ -313,6 +314,9 @@ impl ServerCertVerifier for LazyRoots {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.skip_verify {
+            return Ok(ServerCertVerified::assertion());
+        }
         self.verifier()?.verify_server_cert(
             end_entity,
             intermediates,
@@ -354,46 +358,6 @@ impl ServerCertVerifier for LazyRoots {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
-    }
-}
-
-/// `skip_verify`: any certificate, any signature (what reqwest's
-/// `danger_accept_invalid_certs` does).
-#[derive(Debug)]
-struct AcceptAny(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
