@@ -94,17 +94,18 @@ fn view_dirs(ctx: &Ctx, mp: &Path, n: usize) -> Result<Vec<PathBuf>, Error> {
 
 /// Kernel overlayfs at `mp` over `layers` (bottom first) of `image` (pinned by digest),
 /// served as views by the root's daemon, with `upper` and `work`; recorded for `umount`.
-/// On failure nothing stays mounted.
+/// `warm` (a container's start, `mount::warm`) goes with the first view's request. On
+/// failure nothing stays mounted.
 pub(super) async fn mount_with_daemon(
     ctx: &Ctx,
     image: &str,
     layers: &[Digest],
-    mp: &Path,
-    upper: &Path,
-    work: &Path,
+    (mp, upper, work): (&Path, &Path, &Path),
+    warm: crate::mount::warm::WarmList,
 ) -> Result<(), Error> {
     let (dir, record) = paths(ctx, mp);
     let views = view_dirs(ctx, mp, layers.len())?;
+    let mut warm = Some(warm);
     let asks = layers.iter().zip(&views).map(|(layer, view)| {
         super::daemon::mount(
             ctx,
@@ -117,7 +118,7 @@ pub(super) async fn mount_with_daemon(
                 passthrough: false,
                 allow_other: true,
                 layer: Some(*layer),
-                warm: Vec::new(),
+                warm: warm.take().unwrap_or_default(),
             },
         )
     });
@@ -152,7 +153,7 @@ pub async fn mount(ctx: &Ctx, args: MountArgs, mp: PathBuf) -> Result<i32, Error
         let views = view_dirs(ctx, &mp, layers.len())?;
         return serve(ctx, image, layers, views, mp, (upper, work)).await;
     }
-    mount_with_daemon(ctx, &image, &layers, &mp, &upper, &work).await?;
+    mount_with_daemon(ctx, &image, &layers, (&mp, &upper, &work), Vec::new()).await?;
     println!(
         "{image} mounted at {} (kernel overlayfs over {} lazy layer view{})",
         mp.display(),
@@ -162,13 +163,24 @@ pub async fn mount(ctx: &Ctx, args: MountArgs, mp: PathBuf) -> Result<i32, Error
     Ok(0)
 }
 
-/// Have the daemon unmount the views it serves for this mount (errors logged: the overlay
-/// is gone or never came).
+/// Have the daemon unmount the views it serves for this mount; a view it does not answer
+/// for (no daemon answers on the root's socket, or it does not know the view) is detached
+/// here, and a daemon that still serves it releases its session when its watch of the mount
+/// table sees it gone.
 async fn release_views(ctx: &Ctx, views: &[PathBuf]) {
     for v in views.iter().rev() {
-        if crate::mount::is_mounted(v) {
-            if let Err(e) = super::daemon::unmount(ctx, v, true).await {
-                tracing::warn!("unmounting layer view {}: {e}", v.display());
+        if !crate::mount::is_mounted(v) {
+            continue;
+        }
+        let asked = super::daemon::unmount(ctx, v, true).await;
+        if !matches!(asked, Ok(true)) {
+            tracing::warn!(
+                "the daemon did not unmount layer view {} ({:?}); detaching it",
+                v.display(),
+                asked.err().map(|e| e.to_string())
+            );
+            if let Err(e) = nix::mount::umount2(v.as_path(), nix::mount::MntFlags::MNT_DETACH) {
+                tracing::warn!("detaching layer view {}: {e}", v.display());
             }
         }
     }
@@ -188,7 +200,7 @@ async fn serve(
     let mut served = Vec::with_capacity(layers.len());
     let mut failed = None;
     for (layer, view) in layers.iter().zip(&views) {
-        match crate::mount::mount_layer(&svc, &image, layer, view).await {
+        match crate::mount::mount_layer(&svc, &image, layer, view, Vec::new()).await {
             Ok(s) => served.push(s),
             Err(e) => {
                 failed = Some(Error::from(e));
@@ -241,6 +253,7 @@ async fn wait_for_end(mp: &Path) -> Result<(), Error> {
 pub async fn umount(ctx: &Ctx, mp: &Path, force: bool) -> Result<bool, Error> {
     let (dir, record) = paths(ctx, mp);
     let Ok(text) = std::fs::read(&record) else {
+        tracing::debug!(mountpoint = %mp.display(), "no kernel-overlay record");
         return Ok(false);
     };
     let rec: Record = serde_json::from_slice(&text)

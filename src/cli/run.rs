@@ -323,6 +323,11 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
     }
     let rootfs = std::fs::canonicalize(&p.rootfs).unwrap_or_else(|_| p.rootfs.clone());
     let warm = warm_list(&config, &opts);
+    let kovl_warm = if args.kernel_overlay {
+        warm.clone()
+    } else {
+        Vec::new()
+    };
     let req = rootfs_request(
         &pinned,
         args.platform.clone(),
@@ -339,7 +344,8 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
     let mounted = if args.kernel_overlay {
         drop(daemon);
         let layers: Vec<_> = rec.layers.iter().map(|l| l.digest).collect();
-        super::kovl::mount_with_daemon(ctx, &pinned, &layers, &rootfs, &p.upper, &p.work)
+        let at = (rootfs.as_path(), p.upper.as_path(), p.work.as_path());
+        super::kovl::mount_with_daemon(ctx, &pinned, &layers, at, kovl_warm)
             .await
             .map(|()| None)
     } else {
@@ -454,8 +460,8 @@ async fn ensure_mounted(
     }
     if p.kovl.exists() {
         let layers: Vec<_> = rec.layers.iter().map(|l| l.digest).collect();
-        return super::kovl::mount_with_daemon(ctx, image, &layers, &rootfs, &p.upper, &p.work)
-            .await;
+        let at = (rootfs.as_path(), p.upper.as_path(), p.work.as_path());
+        return super::kovl::mount_with_daemon(ctx, image, &layers, at, Vec::new()).await;
     }
     let req = rootfs_request(image, None, p, rootfs, prefetch, Vec::new());
     super::daemon::mount(ctx, req).await.map(|_| ())

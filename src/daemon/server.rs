@@ -576,7 +576,9 @@ async fn mount(
         warm: m.warm.clone(),
     };
     let served = match &m.layer {
-        Some(layer) => crate::mount::mount_layer(&state.svc, &m.image, layer, &mp).await?,
+        Some(layer) => {
+            crate::mount::mount_layer(&state.svc, &m.image, layer, &mp, m.warm.clone()).await?
+        }
         None => {
             crate::mount::mount_image(&state.svc, spec, &crate::image::Progress::silent()).await?
         }

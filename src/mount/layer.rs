@@ -73,15 +73,26 @@ pub(super) fn layer_options(lazy: &LazyImage, layer: &Digest) -> crate::fuse::Mo
 }
 
 /// Mount layer `layer` of `image` (a reference pinned by digest is best) read-only at
-/// `mountpoint`, lazily; no background prefetch.
+/// `mountpoint`, lazily; no background prefetch. `warm`: files of the whole image to read
+/// at once (`warm.rs`; one view of an image is enough, they share the cache).
 pub async fn mount_layer(
     svc: &Services,
     image: &str,
     layer: &Digest,
     mountpoint: &Path,
+    warm: super::warm::WarmList,
 ) -> Result<Served, Error> {
     let started = std::time::Instant::now();
     let lazy = open_image(svc, image, None, &Progress::silent(), Default::default()).await?;
+    if svc.config.warm_start && !warm.is_empty() {
+        let max = super::warm::LAUNCH_MAX_BYTES;
+        tokio::spawn(super::warm::warm(
+            svc.cache.clone(),
+            lazy.clone(),
+            warm,
+            max,
+        ));
+    }
     let fs = layer_union(svc, &lazy, layer)?;
     let opts = layer_options(&lazy, layer);
     let rt = tokio::runtime::Handle::current();
