@@ -107,20 +107,13 @@ pub(super) async fn mount_with_daemon(
     let views = view_dirs(ctx, mp, layers.len())?;
     let mut warm = Some(warm);
     let asks = layers.iter().zip(&views).map(|(layer, view)| {
-        super::daemon::mount(
-            ctx,
-            crate::daemon::MountRequest {
-                image: image.to_string(),
-                platform: None,
-                mountpoint: view.clone(),
-                upper: None,
-                prefetch: false,
-                passthrough: false,
-                allow_other: true,
-                layer: Some(*layer),
-                warm: warm.take().unwrap_or_default(),
-            },
-        )
+        let req = crate::daemon::MountRequest::layer_view(
+            image.to_string(),
+            *layer,
+            view.clone(),
+            warm.take().unwrap_or_default(),
+        );
+        super::daemon::mount(ctx, req)
     });
     let answers = futures::future::join_all(asks).await;
     let failed = answers.into_iter().find_map(|a| a.err());
@@ -259,23 +252,7 @@ pub async fn umount(ctx: &Ctx, mp: &Path, force: bool) -> Result<bool, Error> {
     let rec: Record = serde_json::from_slice(&text)
         .map_err(|e| Error::Usage(format!("{}: {e}", record.display())))?;
     if crate::mount::is_mounted(mp) {
-        let flags = if force {
-            nix::mount::MntFlags::MNT_DETACH
-        } else {
-            nix::mount::MntFlags::empty()
-        };
-        match nix::mount::umount2(mp, flags) {
-            Ok(()) => {}
-            Err(nix::errno::Errno::EBUSY) => {
-                return Err(crate::mount::Error::Busy(mp.to_path_buf()).into())
-            }
-            Err(e) => {
-                return Err(Error::Io {
-                    context: format!("unmounting {}", mp.display()),
-                    source: e.into(),
-                })
-            }
-        }
+        crate::mount::unmount(&ctx.store, mp, force)?;
     }
     release_views(ctx, &rec.views).await;
     let _ = std::fs::remove_file(&record);

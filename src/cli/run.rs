@@ -311,7 +311,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
             .await;
         return match outcome {
             Ok(o) => {
-                watch_container(ctx, &p.rootfs, &o).await;
+                watch_container(ctx, &p, &o).await;
                 println!("{}", c.id);
                 Ok(0)
             }
@@ -323,19 +323,6 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
     }
     let rootfs = std::fs::canonicalize(&p.rootfs).unwrap_or_else(|_| p.rootfs.clone());
     let warm = warm_list(&config, &opts);
-    let kovl_warm = if args.kernel_overlay {
-        warm.clone()
-    } else {
-        Vec::new()
-    };
-    let req = rootfs_request(
-        &pinned,
-        args.platform.clone(),
-        &p,
-        rootfs.clone(),
-        prefetch,
-        warm,
-    );
     let mut daemon = daemon.await.map_err(|source| Error::Join {
         what: "starting the strata daemon".into(),
         source,
@@ -345,10 +332,18 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
         drop(daemon);
         let layers: Vec<_> = rec.layers.iter().map(|l| l.digest).collect();
         let at = (rootfs.as_path(), p.upper.as_path(), p.work.as_path());
-        super::kovl::mount_with_daemon(ctx, &pinned, &layers, at, kovl_warm)
+        super::kovl::mount_with_daemon(ctx, &pinned, &layers, at, warm)
             .await
             .map(|()| None)
     } else {
+        let req = rootfs_request(
+            &pinned,
+            args.platform.clone(),
+            &p,
+            rootfs.clone(),
+            prefetch,
+            warm,
+        );
         let r = daemon.call(&crate::daemon::Request::Mount(req)).await;
         r.map(|m| m.record).map_err(Error::from)
     };
@@ -469,13 +464,14 @@ async fn ensure_mounted(
 
 /// Have the daemon unmount a detached container's rootfs when its init exits (best effort:
 /// without it the rootfs stays mounted until `rm` or `stop`).
-async fn watch_container(ctx: &Ctx, rootfs: &std::path::Path, o: &RunOutcome) {
+async fn watch_container(ctx: &Ctx, p: &Paths, o: &RunOutcome) {
     let RunOutcome::Detached { pid: Some(pid), .. } = o else {
         return;
     };
-    if rootfs.with_file_name("kernel-overlay").exists() {
+    if p.kovl.exists() {
         return; // not a daemon mount: unmounted by stop or rm
     }
+    let rootfs = &p.rootfs;
     let mountpoint = std::fs::canonicalize(rootfs).unwrap_or_else(|_| rootfs.to_path_buf());
     let req = crate::daemon::Request::Watch {
         mountpoint,
@@ -517,7 +513,7 @@ pub async fn start(ctx: &Ctx, queries: &[String]) -> Result<i32, Error> {
         let pinned = format!("{name}@{}", img.manifest_digest);
         ensure_mounted(ctx, &pinned, &img, &p, ctx.config.prefetch).await?;
         let o = l.start(&r.id, &config, &p.rootfs).await?;
-        watch_container(ctx, &p.rootfs, &o).await;
+        watch_container(ctx, &p, &o).await;
         println!("{q}");
     }
     Ok(0)

@@ -77,6 +77,29 @@ pub struct MountRequest {
     pub warm: crate::mount::warm::WarmList,
 }
 
+impl MountRequest {
+    /// Layer `layer` of `image` (pinned) as a read-only view at `mountpoint`, usable by any
+    /// user of the host (containers run as anyone), reading `warm` at once.
+    pub fn layer_view(
+        image: String,
+        layer: crate::digest::Digest,
+        mountpoint: PathBuf,
+        warm: crate::mount::warm::WarmList,
+    ) -> MountRequest {
+        MountRequest {
+            image,
+            platform: None,
+            mountpoint,
+            upper: None,
+            prefetch: false,
+            passthrough: false,
+            allow_other: true,
+            layer: Some(layer),
+            warm,
+        }
+    }
+}
+
 /// One request on the control socket.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]

@@ -29,17 +29,12 @@ impl crate::snapshotter::Mounter for LayerMounter {
         layer: crate::digest::Digest,
         mountpoint: PathBuf,
     ) -> futures::future::BoxFuture<'static, MountResult> {
-        self.mount(MountRequest {
+        self.mount(MountRequest::layer_view(
             image,
-            platform: None,
+            layer,
             mountpoint,
-            upper: None,
-            prefetch: false,
-            passthrough: false,
-            allow_other: true,
-            layer: Some(layer),
-            warm: Vec::new(),
-        })
+            Vec::new(),
+        ))
     }
 
     fn mount_image(

@@ -7,7 +7,7 @@
 //! Calls `union` (the layer-view tree, `UnionFs`), `fuse` and the sibling assembly helpers.
 
 use super::lower::{AccessProfile, CacheLower};
-use super::{open_image, start, Error, LazyImage, Served, Services};
+use super::{open_image, start, start_warm, Error, LazyImage, Served, Services};
 use crate::digest::Digest;
 use crate::image::Progress;
 use crate::union::{LowerSource, MergedTree, UnionFs, UnionOptions};
@@ -84,15 +84,7 @@ pub async fn mount_layer(
 ) -> Result<Served, Error> {
     let started = std::time::Instant::now();
     let lazy = open_image(svc, image, None, &Progress::silent(), Default::default()).await?;
-    if svc.config.warm_start && !warm.is_empty() {
-        let max = super::warm::LAUNCH_MAX_BYTES;
-        tokio::spawn(super::warm::warm(
-            svc.cache.clone(),
-            lazy.clone(),
-            warm,
-            max,
-        ));
-    }
+    start_warm(svc, &lazy, warm);
     let fs = layer_union(svc, &lazy, layer)?;
     let opts = layer_options(&lazy, layer);
     let rt = tokio::runtime::Handle::current();

@@ -223,6 +223,14 @@ async fn open_pinned(
         .await
 }
 
+/// Read `warm` (`warm.rs`) into the cache in the background, if the config wants it.
+fn start_warm(svc: &Services, lazy: &Arc<LazyImage>, warm: warm::WarmList) {
+    if svc.config.warm_start && !warm.is_empty() {
+        let max = warm::LAUNCH_MAX_BYTES;
+        tokio::spawn(warm::warm(svc.cache.clone(), lazy.clone(), warm, max));
+    }
+}
+
 /// Mount an image (with an optional upper) and start its background prefetch.
 pub async fn mount_image(
     svc: &Services,
@@ -247,10 +255,7 @@ pub async fn mount_image(
         profile: prefetch,
     };
     let lazy = open_image(svc, image, platform, progress, early).await?;
-    if svc.config.warm_start && !warm.is_empty() {
-        let max = warm::LAUNCH_MAX_BYTES;
-        tokio::spawn(warm::warm(svc.cache.clone(), lazy.clone(), warm, max));
-    }
+    start_warm(svc, &lazy, warm);
     let fs = union_over(&lazy, upper)?;
     let opts = fuse_options(&lazy, passthrough, allow_other);
     let rt = tokio::runtime::Handle::current();
