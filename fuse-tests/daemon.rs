@@ -154,31 +154,99 @@ fn a_cold_run_looks_up_layer_indexes_while_the_cli_fetches_the_config() {
     ]);
     out.assert_success();
     assert_eq!(out.stdout_str(), "early\n");
-    // The proxy logs a request when it has answered: the sidecar lookup (referrers, by the
-    // API or the tag schema) was answered before the delayed config was.
+    // The proxy logs a request when it has answered: the sidecar lookup (here through the
+    // tag's index alias, which `strata index --push` pushed) and the index blobs it names were
+    // answered before the delayed config was.
     let log = proxy.handle().requests();
+    let paths: Vec<&String> = log.iter().map(|r| &r.path).collect();
     let at = |f: &dyn Fn(&str) -> bool| log.iter().position(|r| f(&r.path));
     let config_at = at(&|p| p.contains(&config)).expect("config fetched");
-    let lookup_at = at(&|p| p.contains("/referrers/") || p.contains("/manifests/sha256-"))
-        .expect("sidecar looked up");
-    assert!(
-        lookup_at < config_at,
-        "the layer indexes were looked up only after the config: {:?}",
-        log.iter().map(|r| &r.path).collect::<Vec<_>>()
-    );
-    // One lookup: the mount took the daemon's (this registry has no referrers API, so each
-    // lookup resolves the tag-schema tag once).
-    let tag_lookups = log
+    let alias_at = at(&|p| p.ends_with("/manifests/v1.strata-index")).expect("alias looked up");
+    let image_blob =
+        |p: &str| p.contains(&config) || img.layers.iter().any(|l| p.contains(&l.digest));
+    let blobs_at = log
         .iter()
-        .filter(|r| r.path.contains("/manifests/sha256-"))
-        .count();
-    assert_eq!(tag_lookups, 1, "{tag_lookups} referrers tag lookups");
+        .rposition(|r| r.path.contains("/blobs/") && !image_blob(&r.path))
+        .expect("index blobs fetched");
+    assert!(
+        alias_at < config_at && blobs_at < config_at,
+        "the layer indexes were looked up only after the config: {paths:?}"
+    );
+    // One lookup, through the alias alone: the mount took the daemon's, and the referrers
+    // (this registry has no referrers API: the tag schema) were not asked.
+    let count = |f: &dyn Fn(&str) -> bool| log.iter().filter(|r| f(&r.path)).count();
+    let aliases = count(&|p| p.ends_with("/manifests/v1.strata-index"));
+    let tag_lookups = count(&|p| p.contains("/manifests/sha256-"));
+    assert_eq!((aliases, tag_lookups), (1, 0), "{paths:?}");
     // And the manifest was asked for once (the daemon did not resolve the name again).
     let by_tag = log
         .iter()
         .filter(|r| r.path.ends_with("/manifests/v1"))
         .count();
     assert_eq!(by_tag, 1, "manifest by tag asked {by_tag} times");
+    stop_daemon(&env);
+}
+
+/// A tag's index alias that names another image's index (the tag moved on and the new image
+/// was indexed by digest) is not used: the run finds the new image's index through its
+/// referrers and reads the new image's bytes.
+#[test]
+fn a_stale_index_alias_is_ignored() {
+    let reg = Registry::start();
+    let build = |text: &[u8]| {
+        busybox_image()
+            .layer(Layer::new().dir("data").file("data/a.txt", text.to_vec()))
+            .build("v1")
+    };
+    let (old, new) = (build(b"old\n"), build(b"new, longer\n"));
+    let name = format!("{}/daemon/alias", reg.host());
+    old.push(&reg, "daemon/alias:v1");
+    StrataEnv::new()
+        .run(&["index", &format!("{name}:v1"), "--push"])
+        .assert_success();
+    new.push(&reg, "daemon/alias:v1");
+    let out = StrataEnv::new().run(&[
+        "index",
+        &format!("{name}@{}", new.manifest_digest),
+        "--push",
+    ]);
+    out.assert_success();
+    assert!(
+        !out.stderr_str().contains("strata-index") && !out.stdout_str().contains("strata-index"),
+        "an index pushed by digest moved the alias"
+    );
+    let proxy = FaultProxy::in_front_of(&reg);
+    let env = StrataEnv::new();
+    let out = env.run(&[
+        "run",
+        "--rm",
+        "--no-prefetch",
+        &format!("{}/daemon/alias:v1", proxy.host()),
+        "cat",
+        "/data/a.txt",
+    ]);
+    out.assert_success();
+    assert_eq!(out.stdout_str(), "new, longer\n");
+    let log = proxy.handle().requests();
+    let paths: Vec<&String> = log.iter().map(|r| &r.path).collect();
+    let count = |f: &dyn Fn(&str) -> bool| log.iter().filter(|r| f(&r.path)).count();
+    assert_eq!(
+        count(&|p| p.ends_with("/manifests/v1.strata-index")),
+        1,
+        "{paths:?}"
+    );
+    assert!(
+        count(&|p| p.contains("/manifests/sha256-")) >= 1,
+        "{paths:?}"
+    );
+    // The old image's index blobs were not fetched: only the new image's layer index was used
+    // (the layer itself was read by range, not downloaded whole).
+    let new_layer = &new.layers[1].digest;
+    assert!(
+        !log.iter()
+            .any(|r| r.path.contains(new_layer) && r.range.is_none()),
+        "the new layer was downloaded whole (no index found): {paths:?}"
+    );
     stop_daemon(&env);
 }
 

@@ -418,8 +418,7 @@ async fn handle(state: &Arc<State>, req: Request) -> Response {
         Request::Ping => ok,
         Request::Connect { image } => {
             if let Ok(r) = image.parse::<crate::reference::Reference>() {
-                let client = state.svc.client.clone();
-                tokio::spawn(async move { client.preconnect(&r.repo()).await });
+                state.svc.connect_early(r);
             }
             ok
         }

@@ -14,7 +14,7 @@ use super::{Error, Progress};
 use crate::config::IndexTrust;
 use crate::digest::Digest;
 use crate::layer::{self, LayerIndex};
-use crate::oci::{Descriptor, OCI_INDEX, OCI_MANIFEST};
+use crate::oci::{Descriptor, ImageManifest, OCI_INDEX, OCI_MANIFEST};
 use crate::reference::Reference;
 use crate::registry::{Client, Op};
 use crate::store::{ImageRecord, Store};
@@ -222,6 +222,20 @@ pub async fn lazy_indexes(
     rec: &ImageRecord,
     progress: &Progress,
 ) -> Result<Vec<Option<(Arc<LayerIndex>, IndexSource)>>, Error> {
+    lazy_indexes_with(client, store, reference, rec, progress, None).await
+}
+
+/// [`lazy_indexes`], with the image tag's index alias (`alias.rs`) fetched early: under
+/// `registry` trust, an index artifact it found about `rec`'s manifest is used without
+/// asking the referrers.
+pub async fn lazy_indexes_with(
+    client: &Arc<Client>,
+    store: &Arc<Store>,
+    reference: &Reference,
+    rec: &ImageRecord,
+    progress: &Progress,
+    alias: Option<super::alias::Early>,
+) -> Result<Vec<Option<(Arc<LayerIndex>, IndexSource)>>, Error> {
     let trust = client.config().index_trust;
     let keys: Vec<Digest> = match trust {
         IndexTrust::Signed => super::signed::keys(client)
@@ -282,19 +296,44 @@ pub async fn lazy_indexes(
             Some((IndexSource::Bound, got.map(|f| (f, Mark::Bound))))
         }
         None if trust == IndexTrust::Registry => {
+            let aliased = match alias {
+                Some(a) => super::alias::about(a, &rec.manifest_digest).await,
+                None => None,
+            };
             // The upstream's referrers, listed once for strata's sidecar and SOCI v1 both.
-            let got = match client
-                .referrers_via(&reference.repo(), &rec.manifest_digest, Op::PullUpstream)
+            let got = if let Some((d, am)) = aliased {
+                tracing::debug!(artifact = %d, "index artifact found through the tag's alias");
+                listed_indexes(
+                    client,
+                    store,
+                    reference,
+                    rec,
+                    &need,
+                    &am,
+                    Default::default(),
+                )
                 .await
-            {
-                Ok((l, _)) => {
-                    let got =
-                        sidecar_indexes(client, store, reference, rec, &need, Err(&l), progress)
-                            .await;
-                    listed = Some(l);
-                    got
+            } else {
+                match client
+                    .referrers_via(&reference.repo(), &rec.manifest_digest, Op::PullUpstream)
+                    .await
+                {
+                    Ok((l, _)) => {
+                        let got = sidecar_indexes(
+                            client,
+                            store,
+                            reference,
+                            rec,
+                            &need,
+                            Err(&l),
+                            progress,
+                        )
+                        .await;
+                        listed = Some(l);
+                        got
+                    }
+                    Err(e) => Err(e.into()),
                 }
-                Err(e) => Err(e.into()),
             };
             Some((IndexSource::Sidecar, got.map(|f| (f, Mark::Registry))))
         }
@@ -467,7 +506,7 @@ pub(super) async fn sidecar_indexes(
         .iter()
         .rev()
         .find(|d| d.artifact_type.as_deref() == Some(ARTIFACT_TYPE));
-    let (found_art, mut early) = tokio::join!(
+    let (found_art, early) = tokio::join!(
         super::artifact::find_artifact(
             client,
             reference,
@@ -493,6 +532,20 @@ pub(super) async fn sidecar_indexes(
         }
         return Ok(Default::default());
     };
+    listed_indexes(client, store, reference, rec, need, &am, early).await
+}
+
+/// Fetch the index blobs the sidecar artifact `am` lists for the layers in `need` (`early`:
+/// compressed heads already fetched, by digest); returns the layers that now have one.
+async fn listed_indexes(
+    client: &Client,
+    store: &Store,
+    reference: &Reference,
+    rec: &ImageRecord,
+    need: &std::collections::BTreeSet<Digest>,
+    am: &ImageManifest,
+    mut early: std::collections::BTreeMap<Digest, Bytes>,
+) -> Result<std::collections::BTreeSet<Digest>, Error> {
     // Every index blob this image still needs, fetched at once: on a link with a round trip
     // of tens of milliseconds one-after-the-other downloads add up at every cold mount.
     let mut found = std::collections::BTreeSet::new();
@@ -747,6 +800,9 @@ pub async fn index_image(
         "index artifact {art_digest} pushed for {}",
         rec.manifest_digest
     ));
+    if let Some(alias) = super::alias::publish(client, reference, &art_digest).await? {
+        progress.line(&format!("index artifact tagged {alias}"));
+    }
     if let Some(key) = sign {
         let sig = super::signed::sign_artifact(client, reference, &art_digest, key).await?;
         progress.line(&format!(

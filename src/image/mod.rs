@@ -9,6 +9,7 @@
 //! humans (that is `cli/`), except progress reporting through [`Progress`]. Mounting is
 //! `mount/`'s.
 
+pub mod alias;
 mod archive;
 mod artifact;
 pub mod bind;

@@ -9,7 +9,8 @@
 //! Calls `image` (the index lookup); used by `images.rs` and the daemon.
 
 use crate::digest::Digest;
-use crate::image::index::{lazy_indexes, LazyIndexes};
+use crate::image::alias;
+use crate::image::index::{lazy_indexes_with, LazyIndexes};
 use crate::image::Progress;
 use crate::reference::Reference;
 use crate::registry::Client;
@@ -40,11 +41,37 @@ struct Slot {
 #[derive(Default)]
 pub struct EarlyIndexes {
     slots: Mutex<HashMap<Digest, Slot>>,
+    /// Index-alias fetches by repository (`name`), started on `Connect`, taken by a lookup.
+    aliases: Mutex<HashMap<String, (Instant, alias::Early)>>,
 }
 
 impl EarlyIndexes {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Slot>> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A run of `reference` begins: unless the store already has an image of that name, the
+    /// fetch of its tag's index alias, to be polled by the caller (before it opens other
+    /// connections to the registry) and taken by the lookup that follows.
+    pub fn connect(
+        &self,
+        client: &Arc<Client>,
+        store: &Store,
+        reference: &Reference,
+    ) -> Option<alias::Early> {
+        let tag = reference.tag.as_deref()?;
+        let local = store
+            .tags()
+            .map(|t| t.contains_key(&format!("{}:{tag}", reference.name())))
+            .unwrap_or(true);
+        if local || client.config().index_trust != crate::config::IndexTrust::Registry {
+            return None;
+        }
+        let early = alias::fetch(client.clone(), reference)?;
+        let mut aliases = self.aliases.lock().unwrap_or_else(|p| p.into_inner());
+        aliases.retain(|_, (at, _)| at.elapsed() < KEEP);
+        aliases.insert(reference.name(), (Instant::now(), early.clone()));
+        Some(early)
     }
 
     /// Start the layer-index lookup of `rec` (image `reference`) in the background, unless
@@ -63,6 +90,13 @@ impl EarlyIndexes {
             return;
         }
         let key = rec.manifest_digest;
+        let alias = self
+            .aliases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&reference.name())
+            .filter(|(at, _)| at.elapsed() < KEEP)
+            .map(|(_, a)| a);
         let slot = Slot {
             taken: false,
             repo: reference.name(),
@@ -71,7 +105,8 @@ impl EarlyIndexes {
             lookup: {
                 let (client, store) = (client.clone(), store.clone());
                 async move {
-                    lazy_indexes(&client, &store, &reference, &rec, &Progress::silent())
+                    let silent = Progress::silent();
+                    lazy_indexes_with(&client, &store, &reference, &rec, &silent, alias)
                         .await
                         .map_err(|e| tracing::debug!(%reference, "early index lookup: {e}"))
                         .ok()

@@ -147,6 +147,25 @@ impl Services {
         self.early
             .start(&self.client, &self.store, reference, record);
     }
+
+    /// A run of `reference` begins: open connections to its registry, and fetch its tag's
+    /// index alias first when the store has no image of that name (`early.rs`). Must run
+    /// inside the runtime.
+    pub fn connect_early(&self, reference: crate::reference::Reference) {
+        let alias = self.early.connect(&self.client, &self.store, &reference);
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            // The alias is polled first, so its request goes out before the preconnect
+            // (which requests to the endpoint would wait for).
+            let alias = async {
+                if let Some(a) = alias {
+                    a.await;
+                }
+            };
+            let repo = reference.repo();
+            tokio::join!(alias, client.preconnect(&repo));
+        });
+    }
 }
 
 /// The chunk cache under `ROOT/cache`, sized and tuned by the configuration.

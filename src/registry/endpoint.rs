@@ -13,6 +13,7 @@ use super::{check_status, lock, read_limited, Client, Error};
 use crate::digest::Digest;
 use crate::reference::Repository;
 use base64::Engine as _;
+use futures::FutureExt as _;
 use reqwest::header::{HeaderMap, AUTHORIZATION, WWW_AUTHENTICATE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use std::time::{Duration, Instant};
@@ -76,8 +77,13 @@ impl Endpoint {
     }
 }
 
-/// Connections [`Client::preconnect`] opens per endpoint.
-const PRECONNECTIONS: usize = 4;
+/// Connections [`Client::preconnect`] opens per endpoint: a mount's index lookup sends up
+/// to seven requests at once (the sidecar manifest with the index heads it lists, or its
+/// index sidecar and access profile each through the referrers API and the tag schema).
+const PRECONNECTIONS: usize = 8;
+
+/// How long a request waits for a preconnect to the same endpoint that is still under way.
+const PRECONNECT_WAIT: Duration = Duration::from_secs(1);
 
 impl Client {
     /// The upstream endpoint of a repository (after registries.conf and hosts.toml).
@@ -238,6 +244,7 @@ impl Client {
         let mut attempt = 0u32;
         // A mirror gets one try: on failure the next endpoint is better than a backoff.
         let attempts = if ep.mirror { 1 } else { self.retry.attempts };
+        self.await_preconnect(ep).await;
         loop {
             let mut rb = make(ep.http.request(method.clone(), url));
             for (k, v) in &ep.headers {
@@ -535,21 +542,54 @@ impl Client {
                 eps.push(first);
             }
         }
-        let pings = eps
-            .iter()
-            .flat_map(|ep| [ep; PRECONNECTIONS])
-            .map(|ep| async move {
-                let url = format!("{}/", ep.api);
-                let req = ep.http.get(&url).headers(ep.headers.clone());
-                match tokio::time::timeout(std::time::Duration::from_secs(5), req.send()).await {
-                    Ok(Ok(resp)) => {
-                        let _ = resp.bytes().await;
+        let mut waits = Vec::new();
+        for ep in eps {
+            let base = ep.base.clone();
+            let pings = (0..PRECONNECTIONS).map(|_| {
+                let ep = ep.clone();
+                async move {
+                    let url = format!("{}/", ep.api);
+                    let req = ep.http.get(&url).headers(ep.headers.clone());
+                    match tokio::time::timeout(Duration::from_secs(5), req.send()).await {
+                        Ok(Ok(resp)) => {
+                            let _ = resp.bytes().await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(endpoint = %ep.base, "preconnect: {e}"),
+                        Err(_) => {
+                            tracing::debug!(endpoint = %ep.base, "preconnect: no answer in 5 s")
+                        }
                     }
-                    Ok(Err(e)) => tracing::debug!(endpoint = %ep.base, "preconnect: {e}"),
-                    Err(_) => tracing::debug!(endpoint = %ep.base, "preconnect: no answer in 5 s"),
                 }
             });
-        futures::future::join_all(pings).await;
+            let done = futures::future::join_all(pings)
+                .map(|_| ())
+                .boxed()
+                .shared();
+            lock(&self.preconnects).insert(base.clone(), done.clone());
+            let preconnects = &self.preconnects;
+            waits.push(async move {
+                done.await;
+                let mut map = lock(preconnects);
+                // Only this preconnect's entry: a later one for the endpoint keeps its own.
+                if map.get(&base).is_some_and(|f| f.peek().is_some()) {
+                    map.remove(&base);
+                }
+            });
+        }
+        futures::future::join_all(waits).await;
+    }
+
+    /// Wait (at most [`PRECONNECT_WAIT`]) for a preconnect to `ep` still under way, so that a
+    /// request finds its connections in the pool. The request would otherwise race a new
+    /// connection against the pool and take the new one whenever its TCP connect completes
+    /// first (at once, through a local proxy) though its handshake (and TLS) round trips are
+    /// still to come, while the preconnect, started earlier (on `Connect`, a manifest's
+    /// round trips before a mount needs the registry), is nearer its end.
+    async fn await_preconnect(&self, ep: &Endpoint) {
+        let pending = lock(&self.preconnects).get(&ep.base).cloned();
+        if let Some(done) = pending {
+            let _ = tokio::time::timeout(PRECONNECT_WAIT, done).await;
+        }
     }
 
     /// `GET /v2/` with authentication: used by `login` to verify credentials.

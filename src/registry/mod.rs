@@ -195,7 +195,12 @@ pub struct Client {
     retry: RetryPolicy,
     /// Mirrors (and blobs on mirrors) skipped for a while after a failure.
     health: health::Health,
+    /// Endpoint base -> its [`Client::preconnect`] while under way.
+    preconnects: Mutex<HashMap<String, Preconnect>>,
 }
+
+/// A preconnect under way, awaited by requests to its endpoint.
+type Preconnect = futures::future::Shared<futures::future::BoxFuture<'static, ()>>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -216,6 +221,7 @@ impl Client {
             refresh_tokens: Mutex::new(HashMap::new()),
             retry: RetryPolicy::default(),
             health: health::Health::new(hold),
+            preconnects: Mutex::new(HashMap::new()),
         })
     }
 
