@@ -250,6 +250,51 @@ fn a_stale_index_alias_is_ignored() {
     stop_daemon(&env);
 }
 
+/// A daemon whose root was deleted and made again while it ran (a new daemon serves the new
+/// root) leaves the new daemon's control socket in place when it is stopped.
+#[test]
+fn the_old_daemon_of_a_replaced_root_leaves_the_new_socket_alone() {
+    let env = StrataEnv::new();
+    env.run(&["daemon"]).assert_success();
+    let root = env.root();
+    let old = daemon_pid(&root).expect("daemon.pid");
+    let ppid = |pid: i32| -> i32 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
+        after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
+    };
+    let old_supervisor = ppid(old);
+    std::fs::remove_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&root).unwrap();
+    env.run(&["daemon"]).assert_success();
+    let new = daemon_pid(&root).expect("new daemon.pid");
+    assert_ne!(old, new);
+    for pid in [old_supervisor, old] {
+        if pid > 1 {
+            // SAFETY: kill(2) of the daemon processes this test started.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+    }
+    for _ in 0..200 {
+        if !alive(old) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    assert!(!alive(old), "old daemon {old} did not exit on SIGTERM");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        root.join("strata.sock").exists(),
+        "the old daemon removed the new daemon's socket"
+    );
+    assert!(alive(new));
+    stop_daemon(&env);
+}
+
 /// Two daemons started at once on one root: exactly one serves, the other exits 1 and says
 /// which process serves; the socket is 0600; a socket left by a killed daemon is replaced.
 #[test]

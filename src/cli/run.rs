@@ -233,8 +233,15 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> Result<i32, Error> {
     let (early_tx, early_rx) = tokio::sync::oneshot::channel::<crate::daemon::Request>();
     let daemon = {
         let (root, config) = (ctx.store.root().to_path_buf(), ctx.config_path.clone());
+        // Cold: no image of that name in the store yet (its index alias is worth a request).
+        let cold = image
+            .parse::<crate::reference::Reference>()
+            .ok()
+            .and_then(|r| Some(format!("{}:{}", r.name(), r.tag.as_deref()?)))
+            .is_some_and(|t| ctx.store.tags().is_ok_and(|tags| !tags.contains_key(&t)));
         let connect = crate::daemon::Request::Connect {
             image: image.clone(),
+            cold,
         };
         tokio::spawn(async move {
             let mut c = crate::daemon::Client::connect_or_start(&root, config.as_deref()).await?;

@@ -138,9 +138,12 @@ pub enum Request {
         pid: i32,
     },
     /// A mount of `image` is coming (its reference is being resolved): open connections to
-    /// its registry now. Answered at once.
+    /// its registry now, and with `cold` (the CLI's store had no image of that name) fetch its
+    /// tag's index alias (`image/alias.rs`). Answered at once.
     Connect {
         image: String,
+        #[serde(default)]
+        cold: bool,
     },
     /// A mount of `image` (a reference) is coming: its manifest is in and stored, `record`
     /// was made from it alone (no config yet); start the layer-index lookup now. Answered at

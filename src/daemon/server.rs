@@ -19,6 +19,7 @@ use super::{read_request, socket_path, Error, MountRequest, Request, Response, P
 use crate::mount::{MountSpec, SavedMount, Served, Services};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -101,7 +102,7 @@ pub async fn serve(
         // SAFETY: fcntl on our own descriptor; nothing we start later inherits it.
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
-    let _lock = root_lock;
+    let root_lock_fd = root_lock;
     let pid_path = root.join(PID_FILE);
     std::fs::write(&pid_path, format!("{}\n", std::process::id())).map_err(|source| Error::Io {
         path: pid_path.clone(),
@@ -186,7 +187,22 @@ pub async fn serve(
     // Stop listening first, then end every mount in order.
     drop(listener);
     stores.unmount_all();
-    let _ = std::fs::remove_file(&sock);
+    // The socket file is ours only while the root's lock file is still the one we hold: a
+    // root deleted and made again under us has a newer daemon's socket, left alone.
+    let lock_file = std::fs::File::open(root.join(super::LOCK_FILE)).ok();
+    let same = |f: &std::fs::File| {
+        let id = |m: std::fs::Metadata| (m.dev(), m.ino());
+        let held = std::fs::File::from(root_lock_fd.try_clone().ok()?)
+            .metadata()
+            .ok()
+            .map(id);
+        Some(held? == id(f.metadata().ok()?))
+    };
+    if lock_file.as_ref().and_then(same) == Some(true) {
+        let _ = std::fs::remove_file(&sock);
+    } else {
+        tracing::warn!(socket = %sock.display(), "the root was replaced: its control socket is not ours, left");
+    }
     if let Some(t) = snapshotter {
         t.abort();
         let _ = std::fs::remove_file(root.join(crate::snapshotter::SOCKET));
@@ -416,9 +432,9 @@ async fn handle(state: &Arc<State>, req: Request) -> Response {
     };
     match req {
         Request::Ping => ok,
-        Request::Connect { image } => {
+        Request::Connect { image, cold } => {
             if let Ok(r) = image.parse::<crate::reference::Reference>() {
-                state.svc.connect_early(r);
+                state.svc.connect_early(r, cold);
             }
             ok
         }

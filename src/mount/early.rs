@@ -50,21 +50,11 @@ impl EarlyIndexes {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A run of `reference` begins: unless the store already has an image of that name, the
-    /// fetch of its tag's index alias, to be polled by the caller (before it opens other
-    /// connections to the registry) and taken by the lookup that follows.
-    pub fn connect(
-        &self,
-        client: &Arc<Client>,
-        store: &Store,
-        reference: &Reference,
-    ) -> Option<alias::Early> {
-        let tag = reference.tag.as_deref()?;
-        let local = store
-            .tags()
-            .map(|t| t.contains_key(&format!("{}:{tag}", reference.name())))
-            .unwrap_or(true);
-        if local || client.config().index_trust != crate::config::IndexTrust::Registry {
+    /// A cold run of `reference` begins: the fetch of its tag's index alias, to be polled by
+    /// the caller (before it opens other connections to the registry) and taken by the
+    /// lookup that follows; `None` without a tag or under another trust than `registry`.
+    pub fn connect(&self, client: &Arc<Client>, reference: &Reference) -> Option<alias::Early> {
+        if client.config().index_trust != crate::config::IndexTrust::Registry {
             return None;
         }
         let early = alias::fetch(client.clone(), reference)?;

@@ -148,11 +148,13 @@ impl Services {
             .start(&self.client, &self.store, reference, record);
     }
 
-    /// A run of `reference` begins: open connections to its registry, and fetch its tag's
-    /// index alias first when the store has no image of that name (`early.rs`). Must run
-    /// inside the runtime.
-    pub fn connect_early(&self, reference: crate::reference::Reference) {
-        let alias = self.early.connect(&self.client, &self.store, &reference);
+    /// A run of `reference` begins: open connections to its registry, and with `cold` (the
+    /// caller's store had no image of that name) fetch its tag's index alias first
+    /// (`early.rs`). Must run inside the runtime.
+    pub fn connect_early(&self, reference: crate::reference::Reference, cold: bool) {
+        let alias = cold
+            .then(|| self.early.connect(&self.client, &reference))
+            .flatten();
         let client = self.client.clone();
         tokio::spawn(async move {
             // The alias is polled first, so its request goes out before the preconnect
