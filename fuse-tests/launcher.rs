@@ -37,6 +37,9 @@ impl Drop for Fixture {
                 .args(["delete", "--force", &id])
                 .stderr(std::process::Stdio::null())
                 .status();
+            // A detached container that exited by itself keeps its slirp4netns and pinned
+            // network namespace until someone tears them down (`strata rm`, the daemon).
+            let _ = self.launcher.network_teardown(&id);
         }
     }
 }

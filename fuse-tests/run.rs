@@ -106,6 +106,41 @@ fn kernel_overlay_container_keeps_its_upper_across_stop_and_start() {
     detached_lifecycle("run/bb4:v1", &["--kernel-overlay"], "overlay");
 }
 
+/// A detached container that exits by itself has its network (slirp4netns and the pinned
+/// namespace) ended by the daemon, whether its rootfs is the daemon's union mount or kernel
+/// overlayfs over layer views; `rm` then finds nothing running.
+#[test]
+fn a_detached_container_that_exits_releases_its_network() {
+    let reg = Registry::start();
+    let reference = image(&reg, "run/bb5:v1");
+    let env = StrataEnv::new();
+    for (name, extra) in [("by-union", None), ("by-kovl", Some("--kernel-overlay"))] {
+        let mut args = vec!["run", "-d", "--name", name];
+        args.extend(extra);
+        args.extend_from_slice(&[&reference, "sh", "-c", "sleep 0.5; exit 3"]);
+        let out = env.run(&args);
+        out.assert_success();
+        let id = out.stdout_str().trim().to_string();
+        let net = std::path::Path::new("/run/strata/net").join(&id);
+        assert!(
+            net.exists(),
+            "{name}: no network state at {}",
+            net.display()
+        );
+        common::poll_until(
+            "the container's network to end",
+            std::time::Duration::from_secs(15),
+            std::time::Duration::from_millis(100),
+            || (!net.exists()).then_some(()),
+        );
+        let ps = env.run(&["ps", "-a"]).stdout_str();
+        assert!(ps.contains("Exited (3)"), "{ps}");
+        env.run(&["rm", name]).assert_success();
+    }
+    assert_eq!(mounts_under(&env.root()), 0);
+    env.run(&["daemon", "--stop"]).assert_success();
+}
+
 /// A detached container run with `extra` options whose rootfs is a `fs_type` mount: its
 /// upper survives stop and start, rm -f unmounts everything.
 fn detached_lifecycle(repo_tag: &str, extra: &[&str], rootfs_type: &str) {

@@ -469,15 +469,14 @@ async fn ensure_mounted(
     super::daemon::mount(ctx, req).await.map(|_| ())
 }
 
-/// Have the daemon unmount a detached container's rootfs when its init exits (best effort:
-/// without it the rootfs stays mounted until `rm` or `stop`).
+/// Have the daemon unmount a detached container's rootfs and release its network when its
+/// init exits (best effort: without it the rootfs stays mounted and slirp4netns runs until
+/// `rm` or `stop`). A kernel-overlay rootfs is not a daemon mount: the daemon releases only
+/// its network, the overlay and its views stay until `stop` or `rm`.
 async fn watch_container(ctx: &Ctx, p: &Paths, o: &RunOutcome) {
     let RunOutcome::Detached { pid: Some(pid), .. } = o else {
         return;
     };
-    if p.kovl.exists() {
-        return; // not a daemon mount: unmounted by stop or rm
-    }
     let rootfs = &p.rootfs;
     let mountpoint = std::fs::canonicalize(rootfs).unwrap_or_else(|_| rootfs.to_path_buf());
     let req = crate::daemon::Request::Watch {
@@ -490,7 +489,7 @@ async fn watch_container(ctx: &Ctx, p: &Paths, o: &RunOutcome) {
     };
     if let Err(e) = r {
         tracing::warn!(
-            "the daemon will not unmount {} by itself: {e}",
+            "the daemon will not release {} by itself: {e}",
             rootfs.display()
         );
     }

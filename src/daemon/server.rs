@@ -457,6 +457,15 @@ async fn handle(state: &Arc<State>, req: Request) -> Response {
             };
             let mut mounts = lock(&state.mounts);
             let Some(e) = mounts.get_mut(&mountpoint) else {
+                drop(mounts);
+                // A container rootfs this daemon does not serve (kernel overlayfs over layer
+                // views): only its network is released when the init exits.
+                if let Some(id) = container_id(state.svc.store.root(), &mountpoint) {
+                    if let Some(slirp) = crate::launcher::network::slirp_pid(&id) {
+                        tokio::spawn(watch_network(id, pid, start, slirp));
+                    }
+                    return ok;
+                }
                 return failed(crate::mount::Error::NotStrataMount(mountpoint));
             };
             *lock(&e.container) = Some((pid, start));
@@ -714,19 +723,44 @@ async fn watch(
     tracing::info!(mountpoint = %mp.display(), "released");
 }
 
+/// The container whose rootfs is `rootfs` (`ROOT/containers/ID/rootfs`), if it is one.
+fn container_id(root: &Path, rootfs: &Path) -> Option<String> {
+    let containers = root.join("containers");
+    rootfs
+        .parent()
+        .filter(|d| d.parent() == Some(containers.as_path()))
+        .filter(|_| rootfs.file_name().is_some_and(|n| n == "rootfs"))
+        .and_then(|d| d.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+}
+
+/// Once a second until container `id`'s init (`pid`, started at `start`) is gone (or the
+/// daemon exits): then end its network, if it is still the one of that run (served by
+/// slirp4netns `slirp`: a `start` since has made another, left alone). For rootfs mounts
+/// this daemon does not serve; its own mounts are watched by `watch`.
+async fn watch_network(id: String, pid: i32, start: u64, slirp: i32) {
+    use crate::launcher::network;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if crate::mount::process_start(pid) == Some(start) {
+            continue;
+        }
+        if network::slirp_pid(&id) == Some(slirp) {
+            tracing::info!(container = %id, pid, "container gone: ending its network");
+            let r = tokio::task::spawn_blocking(move || network::teardown(&id)).await;
+            if let Ok(Err(e)) = r {
+                tracing::warn!("ending a container's network: {e}");
+            }
+        }
+        return;
+    }
+}
+
 /// A detached container that exited by itself: end its private network (slirp4netns and the
 /// pinned namespace, `launcher::network`) with its rootfs, as docker does; `rm`/`start`
 /// would otherwise find it still running. Its rootfs is `ROOT/containers/ID/rootfs`.
 async fn release_network(root: &Path, rootfs: &Path) {
-    let containers = root.join("containers");
-    let dir = rootfs
-        .parent()
-        .filter(|d| d.parent() == Some(containers.as_path()));
-    let Some(id) = dir
-        .filter(|_| rootfs.file_name().is_some_and(|n| n == "rootfs"))
-        .and_then(|d| d.file_name())
-        .map(|n| n.to_string_lossy().into_owned())
-    else {
+    let Some(id) = container_id(root, rootfs) else {
         return;
     };
     let r = tokio::task::spawn_blocking(move || crate::launcher::network::teardown(&id)).await;

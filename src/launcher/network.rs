@@ -212,6 +212,13 @@ fn add_hostfwd(api: &Path, p: &PortMapping) -> Result<(), Error> {
     )))
 }
 
+/// The pid of the slirp4netns serving container `id` (its pid file), if it has one.
+pub fn slirp_pid(id: &str) -> Option<i32> {
+    std::fs::read_to_string(pid_file(id))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+}
+
 /// Whether `pid` is the slirp4netns serving `id` (not a recycled pid).
 fn is_our_slirp(pid: i32, id: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
