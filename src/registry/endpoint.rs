@@ -255,6 +255,12 @@ impl Client {
             }
             let sent = Instant::now();
             let result = rb.send().await;
+            if result.is_ok() {
+                let mut answered = lock(&self.answered);
+                if !answered.contains(&ep.base) {
+                    answered.insert(ep.base.clone());
+                }
+            }
             tracing::trace!(
                 %method,
                 %url,
@@ -584,8 +590,13 @@ impl Client {
     /// connection against the pool and take the new one whenever its TCP connect completes
     /// first (at once, through a local proxy) though its handshake (and TLS) round trips are
     /// still to come, while the preconnect, started earlier (on `Connect`, a manifest's
-    /// round trips before a mount needs the registry), is nearer its end.
+    /// round trips before a mount needs the registry), is nearer its end. Only until the
+    /// endpoint has answered this client once: after that its connections are in the pool,
+    /// and the requests of running mounts must not wait for a new run's preconnect.
     async fn await_preconnect(&self, ep: &Endpoint) {
+        if lock(&self.answered).contains(&ep.base) {
+            return;
+        }
         let pending = lock(&self.preconnects).get(&ep.base).cloned();
         if let Some(done) = pending {
             let _ = tokio::time::timeout(PRECONNECT_WAIT, done).await;

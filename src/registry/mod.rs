@@ -197,6 +197,9 @@ pub struct Client {
     health: health::Health,
     /// Endpoint base -> its [`Client::preconnect`] while under way.
     preconnects: Mutex<HashMap<String, Preconnect>>,
+    /// Endpoint bases that have answered a request of this client (their connections may
+    /// be in the pool: requests to them never wait for a preconnect).
+    answered: Mutex<std::collections::HashSet<String>>,
 }
 
 /// A preconnect under way, awaited by requests to its endpoint.
@@ -222,6 +225,7 @@ impl Client {
             retry: RetryPolicy::default(),
             health: health::Health::new(hold),
             preconnects: Mutex::new(HashMap::new()),
+            answered: Mutex::new(Default::default()),
         })
     }
 
