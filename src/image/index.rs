@@ -43,8 +43,6 @@ pub const HEAD_DIGEST_ANNOTATION: &str = "dev.strata.index.head.digest";
 pub const TOC_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
 /// Largest index blob accepted from a registry.
 const MAX_INDEX_BYTES: usize = 512 << 20;
-/// Largest eStargz TOC member accepted.
-const MAX_TOC_BYTES: u64 = 64 << 20;
 
 /// Where a layer's index came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -262,7 +260,7 @@ pub async fn lazy_indexes_with(
                 msg: format!("bad {TOC_ANNOTATION} annotation: {e}"),
             })?;
             bind::clear_mark(store, &l.digest);
-            let idx = estargz_index(client, store, reference, l, &toc)
+            let idx = super::toc::estargz_index(client, store, reference, l, &toc)
                 .await
                 .map_err(|e| layer_err(l.digest, e))?;
             bind::set_mark(store, &l.digest, Mark::Estargz)?;
@@ -271,7 +269,7 @@ pub async fn lazy_indexes_with(
             layer::zchunked::annotations(|k| l.annotation(k).map(str::to_string))
         {
             bind::clear_mark(store, &l.digest);
-            let idx = zstd_chunked_index(client, store, reference, l, &sum, &position)
+            let idx = super::toc::zstd_chunked_index(client, store, reference, l, &sum, &position)
                 .await
                 .map_err(|e| layer_err(l.digest, e))?;
             bind::set_mark(store, &l.digest, Mark::ZstdChunked)?;
@@ -374,91 +372,6 @@ pub(super) fn adopt(
         }
     }
     Ok(())
-}
-
-/// Footer + TOC with two Range reads; TOC digest checked against the annotation.
-async fn estargz_index(
-    client: &Client,
-    store: &Store,
-    reference: &Reference,
-    l: &Descriptor,
-    toc: &Digest,
-) -> Result<LayerIndex, Error> {
-    let fr = layer::estargz::footer_range(l.size)?;
-    let footer = client
-        .get_blob_range(&reference.repo(), &l.digest, fr)
-        .await?;
-    let tr = layer::estargz::toc_range(&footer, l.size)?;
-    if tr.end - tr.start > MAX_TOC_BYTES {
-        return Err(Error::Invalid {
-            what: format!("layer {}", l.digest),
-            msg: "eStargz TOC larger than 64 MiB".into(),
-        });
-    }
-    let toc_gz = client
-        .get_blob_range(&reference.repo(), &l.digest, tr)
-        .await?;
-    let out = index_path(store, &l.digest);
-    let toc = *toc;
-    let size = l.size;
-    let (ix, prioritized) = tokio::task::spawn_blocking(move || {
-        // build_index's steps, keeping the parsed TOC for its prefetch landmark.
-        let toc_off = layer::estargz::toc_range(&footer, size)?.start;
-        let parsed = layer::estargz::parse_toc(&toc_gz, &toc)?;
-        let ix = layer::estargz::index_from_toc(&parsed, toc_off, size, &out)?;
-        Ok::<_, layer::Error>((ix, layer::estargz::prioritized_files(&parsed)))
-    })
-    .await
-    .map_err(|e| Error::Invalid {
-        what: "eStargz index".into(),
-        msg: e.to_string(),
-    })??;
-    if !prioritized.is_empty() {
-        if let Err(e) = store.write_json(&prefetch_list_path(store, &l.digest), &prioritized) {
-            tracing::warn!("keeping the eStargz prefetch list of {}: {e}", l.digest);
-        }
-    }
-    Ok(ix)
-}
-
-/// The zstd:chunked TOC with one Range read, its checksum checked against the annotation
-/// (which the manifest digest covers) before anything in it is used.
-async fn zstd_chunked_index(
-    client: &Client,
-    store: &Store,
-    reference: &Reference,
-    l: &Descriptor,
-    checksum: &str,
-    position: &str,
-) -> Result<LayerIndex, Error> {
-    let bad = |msg: String| Error::Invalid {
-        what: format!("layer {}", l.digest),
-        msg,
-    };
-    if !l.media_type.contains("zstd") {
-        return Err(bad(format!(
-            "zstd:chunked annotations on a layer of media type {}",
-            l.media_type
-        )));
-    }
-    let sum: Digest = checksum.parse().map_err(|e| {
-        bad(format!(
-            "bad zstd:chunked manifest-checksum annotation: {e}"
-        ))
-    })?;
-    let pos = layer::zchunked::parse_position(position, l.size)?;
-    let toc = client
-        .get_blob_range(&reference.repo(), &l.digest, pos.range())
-        .await?;
-    let out = index_path(store, &l.digest);
-    let size = l.size;
-    tokio::task::spawn_blocking(move || {
-        let parsed = layer::zchunked::parse_toc(&toc, &sum, &pos)?;
-        layer::zchunked::index_from_toc(&parsed, &pos, size, &out)
-    })
-    .await
-    .map_err(|e| bad(e.to_string()))?
-    .map_err(Error::from)
 }
 
 /// Where the files an eStargz layer marks for prefetch (before its `.prefetch.landmark`) are
