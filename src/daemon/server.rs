@@ -102,7 +102,7 @@ pub async fn serve(
         // SAFETY: fcntl on our own descriptor; nothing we start later inherits it.
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
-    let root_lock_fd = root_lock;
+    let root_lock = std::fs::File::from(root_lock);
     let pid_path = root.join(PID_FILE);
     std::fs::write(&pid_path, format!("{}\n", std::process::id())).map_err(|source| Error::Io {
         path: pid_path.clone(),
@@ -189,16 +189,10 @@ pub async fn serve(
     stores.unmount_all();
     // The socket file is ours only while the root's lock file is still the one we hold: a
     // root deleted and made again under us has a newer daemon's socket, left alone.
-    let lock_file = std::fs::File::open(root.join(super::LOCK_FILE)).ok();
-    let same = |f: &std::fs::File| {
-        let id = |m: std::fs::Metadata| (m.dev(), m.ino());
-        let held = std::fs::File::from(root_lock_fd.try_clone().ok()?)
-            .metadata()
-            .ok()
-            .map(id);
-        Some(held? == id(f.metadata().ok()?))
-    };
-    if lock_file.as_ref().and_then(same) == Some(true) {
+    let id = |m: std::fs::Metadata| (m.dev(), m.ino());
+    let held = root_lock.metadata().ok().map(id);
+    let named = std::fs::metadata(root.join(super::LOCK_FILE)).ok().map(id);
+    if held.is_some() && held == named {
         let _ = std::fs::remove_file(&sock);
     } else {
         tracing::warn!(socket = %sock.display(), "the root was replaced: its control socket is not ours, left");
@@ -747,10 +741,7 @@ async fn watch_network(id: String, pid: i32, start: u64, slirp: i32) {
         }
         if network::slirp_pid(&id) == Some(slirp) {
             tracing::info!(container = %id, pid, "container gone: ending its network");
-            let r = tokio::task::spawn_blocking(move || network::teardown(&id)).await;
-            if let Ok(Err(e)) = r {
-                tracing::warn!("ending a container's network: {e}");
-            }
+            end_network(id).await;
         }
         return;
     }
@@ -760,11 +751,16 @@ async fn watch_network(id: String, pid: i32, start: u64, slirp: i32) {
 /// pinned namespace, `launcher::network`) with its rootfs, as docker does; `rm`/`start`
 /// would otherwise find it still running. Its rootfs is `ROOT/containers/ID/rootfs`.
 async fn release_network(root: &Path, rootfs: &Path) {
-    let Some(id) = container_id(root, rootfs) else {
-        return;
-    };
+    if let Some(id) = container_id(root, rootfs) {
+        end_network(id).await;
+    }
+}
+
+/// End container `id`'s network (`launcher::network::teardown`, off the runtime's threads).
+async fn end_network(id: String) {
+    let container = id.clone();
     let r = tokio::task::spawn_blocking(move || crate::launcher::network::teardown(&id)).await;
     if let Ok(Err(e)) = r {
-        tracing::warn!(rootfs = %rootfs.display(), "ending the container's network: {e}");
+        tracing::warn!(%container, "ending the container's network: {e}");
     }
 }

@@ -60,21 +60,18 @@ pub async fn about(early: Early, subject: &Digest) -> Option<(Digest, ImageManif
     (am.subject.as_ref().map(|s| s.digest) == Some(*subject)).then_some((d, am))
 }
 
-/// Point `reference`'s alias at the index artifact `artifact` (already pushed); nothing for
-/// a reference without a tag.
+/// Point `reference`'s alias at the index artifact whose manifest is `artifact` (already
+/// pushed); nothing for a reference without a tag.
 pub async fn publish(
     client: &Client,
     reference: &Reference,
-    artifact: &Digest,
+    artifact: bytes::Bytes,
 ) -> Result<Option<String>, crate::registry::Error> {
     let Some(alias) = reference.tag.as_deref().and_then(tag) else {
         return Ok(None);
     };
-    let m = client
-        .get_manifest(&reference.with_digest(*artifact))
-        .await?;
     client
-        .put_manifest(&reference.repo(), &alias, OCI_MANIFEST, m.bytes)
+        .put_manifest(&reference.repo(), &alias, OCI_MANIFEST, artifact)
         .await?;
     Ok(Some(alias))
 }

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 /// `artifact_type`, the empty config, `layers` and `subject` = the image manifest. Registries
 /// without the referrers API get the `sha256-<hex>` fallback tag's index updated: an earlier
 /// artifact of the same type is replaced, every other one kept. Returns the artifact's digest
-/// and size.
+/// and manifest bytes.
 pub(super) async fn publish_artifact(
     client: &Client,
     store: &Store,
@@ -28,7 +28,7 @@ pub(super) async fn publish_artifact(
     artifact_type: &str,
     layers: Vec<Descriptor>,
     annotations: BTreeMap<String, String>,
-) -> Result<(Digest, u64), Error> {
+) -> Result<(Digest, Bytes), Error> {
     let repo = reference.repo();
     let json = |v: serde_json::Result<Vec<u8>>, what: &str| {
         v.map(Bytes::from).map_err(|e| Error::Invalid {
@@ -80,7 +80,7 @@ pub(super) async fn publish_artifact(
             .put_manifest(&repo, &referrers_tag(&rec.manifest_digest), OCI_INDEX, ib)
             .await?;
     }
-    Ok((art_digest, body.len() as u64))
+    Ok((art_digest, body))
 }
 
 /// The newest artifact of `artifact_type` about image `rec` among `referrers`, with its

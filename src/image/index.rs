@@ -699,7 +699,7 @@ pub async fn index_image(
         super::head::HEADS_ANNOTATION.to_string(),
         super::head::annotation(&listed),
     )]);
-    let (art_digest, art_size) = super::artifact::publish_artifact(
+    let (art_digest, art_body) = super::artifact::publish_artifact(
         client,
         store,
         reference,
@@ -713,7 +713,7 @@ pub async fn index_image(
         "index artifact {art_digest} pushed for {}",
         rec.manifest_digest
     ));
-    if let Some(alias) = super::alias::publish(client, reference, &art_digest).await? {
+    if let Some(alias) = super::alias::publish(client, reference, art_body.clone()).await? {
         progress.line(&format!("index artifact tagged {alias}"));
     }
     if let Some(key) = sign {
@@ -725,8 +725,15 @@ pub async fn index_image(
     }
     let bound = match bind_it {
         true => {
-            let d =
-                bind::publish_bound(client, store, reference, rec, art_digest, art_size).await?;
+            let d = bind::publish_bound(
+                client,
+                store,
+                reference,
+                rec,
+                art_digest,
+                art_body.len() as u64,
+            )
+            .await?;
             progress.line(&format!(
                 "bound image index {}@{d} pushed{}: name it to have the index trusted",
                 reference.name(),
