@@ -94,6 +94,12 @@ async def pump(reader, writer, link, delay):
 
 
 async def handle(creader, cwriter, args, up, down):
+    # asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, and a socket
+    # accepted from a listener made with proto 0 has proto 0: without this, Nagle held back a
+    # response body written after its headers until the client's delayed ACK (40 ms).
+    sock = cwriter.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         if args.delay > 0:
             await asyncio.sleep(2 * args.delay)  # SYN / SYN-ACK
@@ -113,7 +119,7 @@ async def handle(creader, cwriter, args, up, down):
 
 
 async def main(args):
-    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     lsock.bind((args.listen_addr, args.port))
     lsock.listen(256)
