@@ -18,8 +18,11 @@ use std::time::{Duration, Instant};
 
 /// Reads at least this long (the kernel's large sequential reads) may trigger readahead.
 const READAHEAD_MIN_READ: u64 = 64 << 10;
-/// Spans fetched ahead of a sequential reader.
+/// Spans a sequential reader may skip and still count as sequential.
 const READAHEAD_SPANS: usize = 8;
+/// Uncompressed bytes of spans fetched ahead of a sequential reader (in bytes, so that it
+/// does not shrink with the span size of the index).
+const READAHEAD_BYTES: u64 = 16 << 20;
 /// A miss this many spans or fewer from one of the layer's last [`RECENT_MISSES`] misses
 /// starts neighbour fetch-ahead.
 const NEAR_MISS: usize = 8;
@@ -32,8 +35,10 @@ const WHOLE_MIN_SPANS: usize = 4;
 const WHOLE_FRACTION: usize = 4;
 /// Sibling fetch: files larger than this are left to reads on demand.
 const SIBLING_MAX_FILE: u64 = 1 << 20;
-/// Sibling fetch: most spans fetched for one directory (nearest the file that triggered it).
-const SIBLING_MAX_SPANS: usize = 4;
+/// Sibling fetch: most uncompressed bytes of spans fetched for one directory (the spans
+/// nearest the file that triggered it; at least one). In bytes, not spans, so that the
+/// budget means the same whatever span size the index was built with.
+const SIBLING_MAX_BYTES: u64 = 8 << 20;
 /// Sibling fetch: most directory entries looked at.
 const SIBLING_MAX_ENTRIES: usize = 4096;
 /// Sibling fetch: most name suffixes remembered per directory.
@@ -157,7 +162,12 @@ impl Policy {
         if !sequential {
             return None;
         }
-        let mut end = (spans.end + READAHEAD_SPANS).min(layer.layout.count());
+        let (n, mut end, mut ahead) = (layer.layout.count(), spans.end, 0);
+        while end < n && ahead < READAHEAD_BYTES {
+            let r = layer.layout.span_range(end);
+            ahead += r.end - r.start;
+            end += 1;
+        }
         // Never past the file being read.
         while end > spans.end && layer.layout.span_range(end - 1).start >= file_end {
             end -= 1;
@@ -226,7 +236,7 @@ impl Policy {
     /// `siblings_after` distinct files of its directory with a word suffix have been, the
     /// spans holding the directory's other regular files that share a suffix with one of them
     /// (`.pyc` in a `__pycache__`, `.so` next to `.so`) and are at most [`SIBLING_MAX_FILE`] long, at
-    /// most [`SIBLING_MAX_SPANS`] of them (those nearest the file), as runs of adjacent spans;
+    /// [`SIBLING_MAX_BYTES`] of them (the spans nearest the file), as runs of adjacent spans;
     /// once per directory; spans for which `have` holds (local or in flight) are left out
     /// before choosing. A program loading a package reads its modules one after another,
     /// each a round trip when it misses: these are the files it is about to ask for.
@@ -288,7 +298,17 @@ impl Policy {
         }
         let mut near: Vec<usize> = spans.into_iter().filter(|&i| !have(i)).collect();
         near.sort_by_key(|&i| i.abs_diff(here));
-        near.truncate(SIBLING_MAX_SPANS);
+        let mut budget = SIBLING_MAX_BYTES;
+        let keep = near
+            .iter()
+            .take_while(|&&i| {
+                let ok = budget > 0;
+                let r = layout.span_range(i);
+                budget = budget.saturating_sub(r.end - r.start);
+                ok
+            })
+            .count();
+        near.truncate(keep);
         near.sort_unstable();
         let mut runs: Vec<Range<usize>> = Vec::new();
         for i in near {
