@@ -639,7 +639,7 @@ fn disk_full_while_caching_serves_from_the_network_then_recovers() {
     let want = files();
     let cache = env.root().join("cache");
     let tmpfs = Tmpfs::mount(&cache, 16 << 20);
-    // Room for one 2 MiB span file and half of the next.
+    // Room for one 2 MiB span file and half of the next (spans of 2 MiB or less).
     let filler = tmpfs.path().join("filler");
     fill_leaving(&filler, 3 << 20);
     eprintln!("cache tmpfs: {} bytes free", free_bytes(&cache));

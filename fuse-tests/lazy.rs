@@ -844,7 +844,7 @@ fn counters_agree_with_the_reads_made_and_the_registry_log() {
         gets
     };
 
-    // Three cold 4 KiB reads, 5 MiB apart in big.bin (different 2 MiB spans): three FUSE
+    // Three cold 4 KiB reads, 5 MiB apart in big.bin (different spans): three FUSE
     // READs, each waited on the network, each caused at least one Range request.
     let big_path = m.dir.join("usr/lib/big.bin");
     let big = expected["usr/lib/big.bin"].as_ref().unwrap();

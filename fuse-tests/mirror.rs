@@ -19,7 +19,7 @@ const FILES: usize = 4;
 const FILE_LEN: usize = 2 << 20;
 
 /// A layer of `FILES` incompressible files of 2 MiB: the first bytes of each sit in their own
-/// 2 MiB span, so reading them is `FILES` separate fetches.
+/// span (spans are at most 2 MiB), so reading them is `FILES` separate fetches.
 fn file(i: usize) -> Vec<u8> {
     pseudo(FILE_LEN, 100 + i as u64)
 }
@@ -256,14 +256,14 @@ fn bytes_failing_verification_send_the_blob_upstream() {
 /// span larger than a slice is fetched as several requests that together cover it.
 #[test]
 fn range_requests_to_a_mirror_are_cut_at_its_slice_size() {
-    const SLICE: u64 = 256 << 10;
+    const SLICE: u64 = 64 << 10;
     let reg = Registry::start();
     let layer = publish(&reg, "mirror/slices:v1");
     let proxy = FaultProxy::in_front_of(&reg);
     let env = env_with_mirror(
         &reg,
         &proxy,
-        serde_json::json!({"mirror-slice-size": "256KiB"}),
+        serde_json::json!({"mirror-slice-size": "64KiB"}),
     );
     let m = mount(&env, &format!("{}/mirror/slices:v1", reg.host()));
     read_head(&m.dir, 1);
@@ -282,7 +282,7 @@ fn range_requests_to_a_mirror_are_cut_at_its_slice_size() {
         .collect();
     assert!(
         ranges.len() >= 8,
-        "one 2 MiB span in 256 KiB pieces: {ranges:?}"
+        "one 512 KiB span in 64 KiB pieces: {ranges:?}"
     );
     for (a, b) in &ranges {
         assert_eq!(a / SLICE, b / SLICE, "bytes={a}-{b} straddles a slice");
