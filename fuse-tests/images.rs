@@ -442,3 +442,53 @@ fn transient_503_on_manifest_is_retried() {
         proxy.counts()
     );
 }
+
+/// The span (distance between access points) in the header of the local index of `layer`.
+fn index_span(root: &Path, layer: &str) -> u64 {
+    let hex = layer.trim_start_matches("sha256:");
+    let b = fs::read(root.join("indexes").join(hex)).expect("local index");
+    let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    // The seek section's offset is at byte 56 of the header; its `span` at byte 8 of it.
+    u64_at(u64_at(56) as usize + 8)
+}
+
+/// `strata index --span-size`: the layers are indexed with that span (an index built before
+/// with another one is built again), the published sidecar carries it to a fresh machine,
+/// whose lazy mount reads exact bytes; a size out of range is refused by name.
+#[test]
+fn index_span_size_is_used_and_published() {
+    let reg = Registry::start();
+    let big = testdata::pseudo_text(3 << 20, 7);
+    let img = ImageBuilder::new()
+        .layer(Layer::new().file("data/big.txt", big.clone()))
+        .build("v1");
+    img.push(&reg, "span/app:v1");
+    let reference = format!("{}/span/app:v1", reg.host());
+    let layer = img.layers[0].digest.clone();
+    let publisher = StrataEnv::new();
+    publisher.run(&["index", &reference]).assert_success();
+    assert_eq!(index_span(&publisher.root(), &layer), 512 << 10, "default");
+    publisher
+        .run(&["index", &reference, "--push", "--span-size", "128KiB"])
+        .assert_success();
+    assert_eq!(index_span(&publisher.root(), &layer), 128 << 10);
+    for bad in ["16KiB", "1GiB", "lots"] {
+        let out = publisher.run(&["index", &reference, "--span-size", bad]);
+        assert!(!out.status.success(), "--span-size {bad} accepted");
+        assert!(combined(&out).contains("span-size"), "{}", combined(&out));
+    }
+    let env = StrataEnv::new();
+    let m = env.mount(&reference, &["--no-prefetch"]);
+    assert_eq!(
+        index_span(&env.root(), &layer),
+        128 << 10,
+        "from the sidecar"
+    );
+    let f = fs::File::open(m.dir.join("data/big.txt")).unwrap();
+    let mut got = vec![0u8; 4096];
+    use std::os::unix::fs::FileExt as _;
+    for at in [0u64, (128 << 10) - 10, 2 << 20, (3 << 20) - 4096] {
+        f.read_exact_at(&mut got, at).unwrap();
+        assert_eq!(&got[..], &big[at as usize..at as usize + 4096], "at {at}");
+    }
+}

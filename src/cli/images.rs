@@ -44,6 +44,7 @@ pub(super) async fn index(
     push: bool,
     bind: bool,
     sign: Option<&std::path::Path>,
+    span: Option<u64>,
     platform: Option<&str>,
 ) -> Result<i32, Error> {
     // The key is read before anything is built or pushed: a bad one fails at once.
@@ -69,6 +70,7 @@ pub(super) async fn index(
             bind,
             sign: key.as_ref(),
         }),
+        span,
         &progress,
     )
     .await?

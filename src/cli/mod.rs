@@ -208,6 +208,11 @@ pub enum Command {
         /// config says `index-trust: signed`
         #[arg(long, requires = "push", value_name = "KEY.pem")]
         sign: Option<std::path::PathBuf>,
+        /// Uncompressed bytes between the index's access points (e.g. 256KiB, 2MiB; 64KiB to
+        /// 64MiB; default 512KiB): smaller makes a cold small read fetch less, larger makes
+        /// the sidecar smaller (one ~13 KiB window per point). TOC layers keep their chunks.
+        #[arg(long, value_name = "SIZE", value_parser = parse_span_size)]
+        span_size: Option<u64>,
         #[arg(long)]
         platform: Option<String>,
     },
@@ -577,6 +582,7 @@ async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<i32, Error> {
             push,
             bind,
             sign,
+            span_size,
             platform,
         } => {
             images::index(
@@ -585,6 +591,7 @@ async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<i32, Error> {
                 push,
                 bind,
                 sign.as_deref(),
+                span_size,
                 platform.as_deref(),
             )
             .await
@@ -626,4 +633,9 @@ async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<i32, Error> {
         Command::Umount { mountpoint, force } => mount::umount(ctx, &mountpoint, force).await,
         Command::Stats { mountpoint, json } => mount::stats(ctx, &mountpoint, json).await,
     }
+}
+
+/// `--span-size`: a size ("512KiB", "2MiB", bytes); its range is checked by the index build.
+fn parse_span_size(s: &str) -> Result<u64, String> {
+    crate::config::parse_size(s).ok_or_else(|| format!("{s:?} is not a size (e.g. 512KiB, 2MiB)"))
 }

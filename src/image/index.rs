@@ -201,7 +201,7 @@ pub async fn layer_indexes(
             "{}: no lazy index (not eStargz or zstd:chunked, no `strata index --push` artifact, no SOCI index): downloading the whole layer",
             l.digest.short()
         ));
-        let idx = build_from_blob(client, store, reference, l).await?;
+        let idx = build_from_blob(client, store, reference, l, layer::DEFAULT_SPAN).await?;
         out[i] = Some((Arc::new(idx), IndexSource::Built));
     }
     Ok(out.into_iter().flatten().collect())
@@ -577,12 +577,15 @@ async fn fetch_sidecar_index(
     Ok(layer)
 }
 
-/// Download the whole layer (verified, kept in the store) and build its index from it.
+/// Download the whole layer (verified, kept in the store) and build its index from it, with
+/// checkpoints `span` uncompressed bytes apart (gzip, zstd and plain tar layers; a TOC
+/// layer's chunks are its own).
 async fn build_from_blob(
     client: &Client,
     store: &Arc<Store>,
     reference: &Reference,
     l: &Descriptor,
+    span: u64,
 ) -> Result<LayerIndex, Error> {
     if !store.has_blob(&l.digest) {
         super::pull::fetch_blob(client, store, reference, &l.digest, l.size, None)
@@ -599,8 +602,17 @@ async fn build_from_blob(
             path: blob.display().to_string(),
             source: e,
         })?;
-        layer::build_index(std::io::BufReader::with_capacity(1 << 20, f), &media, &out)
-            .map_err(|e| layer_err(digest, e))
+        let opts = layer::BuildOptions {
+            span,
+            ..Default::default()
+        };
+        layer::build_index_with(
+            std::io::BufReader::with_capacity(1 << 20, f),
+            &media,
+            &out,
+            &opts,
+        )
+        .map_err(|e| layer_err(digest, e))
     })
     .await
     .map_err(|e| Error::Invalid {
@@ -628,10 +640,14 @@ pub struct Push<'a> {
     pub sign: Option<&'a p256::ecdsa::SigningKey>,
 }
 
+/// Smallest and largest `strata index --span-size`.
+pub const SPAN_SIZES: std::ops::RangeInclusive<u64> = (64 << 10)..=(64 << 20);
+
 /// `strata index REF [--push [--bind] [--sign KEY]]`: build (or reuse) every layer's index;
 /// with `push`, publish them as a sidecar artifact referring to the image manifest; with
 /// `bind`, also an image index binding the image to it (see `bind.rs`); with `sign`, a cosign
-/// signature of the artifact (`signed.rs`). Only indexes built here from the
+/// signature of the artifact (`signed.rs`); with `span`, layers whose local index has
+/// another span are indexed again with that one. Only indexes built here from the
 /// digest-checked layer (or its eStargz TOC) are published, never one fetched from a sidecar.
 pub async fn index_image(
     client: &Arc<Client>,
@@ -639,19 +655,41 @@ pub async fn index_image(
     reference: &Reference,
     rec: &mut ImageRecord,
     push: Option<Push<'_>>,
+    span: Option<u64>,
     progress: &Progress,
 ) -> Result<Option<Published>, Error> {
+    if let Some(s) = span.filter(|s| !SPAN_SIZES.contains(s)) {
+        return Err(Error::Invalid {
+            what: "--span-size".into(),
+            msg: format!(
+                "{s} bytes: must be between {} KiB and {} MiB",
+                SPAN_SIZES.start() >> 10,
+                SPAN_SIZES.end() >> 20
+            ),
+        });
+    }
     let mut descs = Vec::new();
     let mut zheads = Vec::new();
     for l in &rec.layers {
         let local = open_trusted(store, &l.digest, IndexTrust::Bound, &[])
             .filter(|(ix, m)| *m != Mark::Bound && ix.windows_local())
-            .map(|(ix, _)| ix);
+            .map(|(ix, _)| ix)
+            .filter(|ix| match (span, ix.seek_table()) {
+                (Some(want), Some(t)) => t.span == want,
+                _ => true,
+            });
         let ix = match local {
             Some(ix) => ix,
             None => {
                 progress.line(&format!("{}: indexing", l.digest.short()));
-                build_from_blob(client, store, reference, l).await?
+                build_from_blob(
+                    client,
+                    store,
+                    reference,
+                    l,
+                    span.unwrap_or(layer::DEFAULT_SPAN),
+                )
+                .await?
             }
         };
         let bytes = std::fs::read(ix.path()).map_err(|e| Error::Io {
