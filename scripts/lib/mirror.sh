@@ -26,7 +26,7 @@ pid $dir/nginx.pid;
 error_log $dir/error.log warn;
 events { worker_connections 4096; }
 http {
-  log_format strata '\$request_method \$uri "\$http_range" \$status \$body_bytes_sent \$upstream_cache_status';
+  log_format strata '\$request_method \$uri "\$http_range" \$status \$body_bytes_sent \$upstream_cache_status \$request_time';
   access_log $dir/access.log strata;
   client_body_temp_path $dir/tmp/body;
   proxy_temp_path $dir/tmp/proxy;
@@ -97,5 +97,5 @@ stop_mirrors() {
 }
 
 nginx_bytes_sent() {
-  awk '{s+=$(NF-1)} END {printf "%d\n", s}' "$1" 2>/dev/null || echo 0
+  awk '{s+=$(NF-2)} END {printf "%d\n", s}' "$1" 2>/dev/null || echo 0
 }

@@ -125,7 +125,8 @@ scale_nodes_main() {
   start_bench_registry "$WORK/scale-reg-setup" "$REGDATA" unshaped
   push_image "$img" "$REGISTRY_HOST" > /dev/null
   local r; r=$(mktemp -d "$WORK/scale-index.XXXXXX")
-  STRATA_ROOT=$r "$STRATA_BIN" index "$REGISTRY_HOST/bench/$img:latest" --push > /dev/null
+  # shellcheck disable=SC2086 # NODES_INDEX_ARGS: extra words, e.g. "--span-size 2MiB"
+  STRATA_ROOT=$r "$STRATA_BIN" index "$REGISTRY_HOST/bench/$img:latest" --push ${NODES_INDEX_ARGS:-} > /dev/null
   rm -rf "$r"
   stop_bench_registry
   trap 'stop_mirrors; nodes_down' EXIT

@@ -20,6 +20,54 @@ use std::time::{Duration, Instant};
 /// Slice-aligned pieces of one range fetched from a mirror at once.
 const MAX_PIECES_IN_FLIGHT: usize = 8;
 
+/// One slice of one blob on one mirror: (endpoint base, blob, slice number).
+type SliceKey = (String, Digest, u64);
+
+/// The slices of a slicing mirror's blobs this client has a request for under way. A second
+/// request for a slice waits for the first to end instead of going out at once: nginx holds
+/// a request for a slice another one is filling (`proxy_cache_lock`) and looks again only
+/// every 500 ms (measured: 50 of a cold node's requests waited exactly 0.5 s, when adjacent
+/// runs or windows shared a slice); after the first, the slice is in the mirror's cache.
+#[derive(Default)]
+pub(super) struct SliceLocks(
+    std::sync::Mutex<std::collections::HashMap<SliceKey, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+);
+
+/// A slice's turn, held while its request is under way; the last holder forgets the slice.
+struct SliceTurn<'a> {
+    locks: &'a SliceLocks,
+    key: SliceKey,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl SliceLocks {
+    async fn turn(&self, key: SliceKey) -> SliceTurn<'_> {
+        let m = {
+            let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(key.clone()).or_default().clone()
+        };
+        let guard = m.lock_owned().await;
+        SliceTurn {
+            locks: self,
+            key,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Drop for SliceTurn<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut map = self.locks.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map
+            .get(&self.key)
+            .is_some_and(|m| std::sync::Arc::strong_count(m) == 1)
+        {
+            map.remove(&self.key);
+        }
+    }
+}
+
 /// The first pause before asking a filling mirror whether it holds a blob now; doubled after
 /// each ask that finds it still filling, up to [`FILL_POLL_MAX`] (one backoff per mirror).
 const FILL_POLL_FIRST: Duration = Duration::from_secs(1);
@@ -112,7 +160,8 @@ impl Client {
     /// with `mirror-slice-size` set, the range is cut at slice boundaries and the pieces are
     /// fetched concurrently: each maps to one slice of the mirror's cache (collapsed with
     /// every other client's request for it), and none waits for the mirror to walk several
-    /// slices in turn.
+    /// slices in turn; this client's requests of one slice go one at a time
+    /// ([`SliceLocks`]).
     pub async fn get_blob_range(
         &self,
         repo: &Repository,
@@ -164,6 +213,18 @@ impl Client {
     ) -> Result<Bytes, Error> {
         let len = range.end.saturating_sub(range.start) as usize;
         let url = format!("{repo}@{digest} bytes {}..{}", range.start, range.end);
+        // A range within one slice of a slicing mirror: one request per slice at a time.
+        let slice = self.config.mirror_slice_size;
+        let one_slice =
+            ep.mirror && slice > 0 && len > 0 && range.start / slice == (range.end - 1) / slice;
+        let _turn = match one_slice {
+            true => Some(
+                self.slices
+                    .turn((ep.base.clone(), *digest, range.start / slice))
+                    .await,
+            ),
+            false => None,
+        };
         let resp = self.blob_response(ep, repo, digest, Some(range)).await?;
         let body = read_limited(resp, len, &url).await?;
         if body.len() != len {
@@ -296,7 +357,71 @@ impl Client {
 
 #[cfg(test)]
 mod tests {
-    use super::slice_pieces;
+    use super::{slice_pieces, SliceLocks};
+    use crate::digest::Digest;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Requests for one slice go one at a time, other slices (or blobs) at once, and the
+    /// table forgets a slice when its last request ends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_request_per_slice_at_a_time() {
+        let locks = Arc::new(SliceLocks::default());
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        let keys = [
+            ("m".to_string(), a, 3),
+            ("m".to_string(), a, 3),
+            ("m".to_string(), a, 3),
+            ("m".to_string(), a, 4),
+            ("m".to_string(), b, 3),
+            ("n".to_string(), a, 3),
+        ];
+        let inside = Arc::new(AtomicUsize::new(0));
+        let most_same = Arc::new(AtomicUsize::new(0));
+        let most_all = Arc::new(AtomicUsize::new(0));
+        let t0 = std::time::Instant::now();
+        let mut tasks = Vec::new();
+        for (i, k) in keys.into_iter().enumerate() {
+            let (locks, inside, most_same, most_all) = (
+                locks.clone(),
+                inside.clone(),
+                most_same.clone(),
+                most_all.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let same = i < 3;
+                let _turn = locks.turn(k).await;
+                let n = inside.fetch_add(1, SeqCst) + 1;
+                most_all.fetch_max(n, SeqCst);
+                if same {
+                    most_same.fetch_add(1, SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if same {
+                    most_same.fetch_sub(1, SeqCst);
+                }
+                inside.fetch_sub(1, SeqCst);
+            }));
+        }
+        // Sample: never two of the same slice at once.
+        let mut seen_same = 0;
+        while tasks.iter().any(|t| !t.is_finished()) {
+            seen_same = seen_same.max(most_same.load(SeqCst));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(seen_same, 1, "two requests of one slice at once");
+        assert!(most_all.load(SeqCst) >= 4, "other slices waited");
+        assert!(
+            t0.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert!(locks.0.lock().unwrap().is_empty(), "slices not forgotten");
+    }
 
     #[test]
     fn ranges_are_cut_at_slice_boundaries() {

@@ -200,6 +200,9 @@ pub struct Client {
     /// Endpoint bases that have answered a request of this client (their connections may
     /// be in the pool: requests to them never wait for a preconnect).
     answered: Mutex<std::collections::HashSet<String>>,
+    /// Slices of a slicing mirror's blobs with a request of this client under way
+    /// ([`blobs::SliceLocks`]).
+    slices: blobs::SliceLocks,
 }
 
 /// A preconnect under way, awaited by requests to its endpoint.
@@ -226,6 +229,7 @@ impl Client {
             health: health::Health::new(hold),
             preconnects: Mutex::new(HashMap::new()),
             answered: Mutex::new(Default::default()),
+            slices: Default::default(),
         })
     }
 
