@@ -183,7 +183,8 @@ pub struct Config {
     /// directory of a layer have been read, the directory's other files that share a word
     /// suffix with them (`.pyc`, `.so`; up to 1 MiB each, the spans nearest, 8 MiB of them at
     /// most) are fetched at once instead of one round trip each as a program loading a package
-    /// asks for them. 1 (the default): the first file read of a directory triggers it
+    /// asks for them; a Python package's `__init__` also fetches its subpackages'
+    /// `__init__`s. 1 (the default): the first file read of a directory triggers it
     /// (measured with 512 KiB spans: python/import-json 1.07 -> 0.87-0.96 s,
     /// big/import-numpy 3.21 -> 2.67 s; docs/benchmarks.md, issue 16); 0 turns it off.
     #[serde(default = "default_fetch_siblings")]

@@ -238,7 +238,8 @@ impl Policy {
     /// (`.pyc` in a `__pycache__`, `.so` next to `.so`) and are at most [`SIBLING_MAX_FILE`] long, at
     /// [`SIBLING_MAX_BYTES`] of them (the spans nearest the file), as runs of adjacent spans;
     /// once per directory; spans for which `have` holds (local or in flight) are left out
-    /// before choosing. A program loading a package reads its modules one after another,
+    /// before choosing. A Python package's `__pycache__/__init__.*` also names the
+    /// `__pycache__/__init__` of each of its subpackages (a budget of their own). A program loading a package reads its modules one after another,
     /// each a round trip when it misses: these are the files it is about to ask for.
     pub(super) fn siblings(
         &self,
@@ -296,20 +297,50 @@ impl Policy {
                 spans.extend(s);
             }
         }
-        let mut near: Vec<usize> = spans.into_iter().filter(|&i| !have(i)).collect();
-        near.sort_by_key(|&i| i.abs_diff(here));
-        let mut budget = SIBLING_MAX_BYTES;
-        let keep = near
-            .iter()
-            .take_while(|&&i| {
-                let ok = budget > 0;
-                let r = layout.span_range(i);
-                budget = budget.saturating_sub(r.end - r.start);
-                ok
-            })
-            .count();
-        near.truncate(keep);
+        let within_budget = |spans: std::collections::BTreeSet<usize>| {
+            let mut near: Vec<usize> = spans.into_iter().filter(|&i| !have(i)).collect();
+            near.sort_by_key(|&i| i.abs_diff(here));
+            let mut budget = SIBLING_MAX_BYTES;
+            let keep = near
+                .iter()
+                .take_while(|&&i| {
+                    let ok = budget > 0;
+                    let r = layout.span_range(i);
+                    budget = budget.saturating_sub(r.end - r.start);
+                    ok
+                })
+                .count();
+            near.truncate(keep);
+            near
+        };
+        let mut near = within_budget(spans);
+        // A Python package's own `__init__` (`P/__pycache__/__init__.*.pyc`): importing it
+        // usually imports its subpackages next, each `__init__` in a directory of its own
+        // (so never a sibling): theirs too, in a budget of their own.
+        if let Some(pkg) = dir.strip_suffix("/__pycache__") {
+            if name.starts_with("__init__.") {
+                let mut inits = std::collections::BTreeSet::new();
+                for sub in index.list_dir(pkg).take(SIBLING_MAX_ENTRIES) {
+                    if sub.kind() != crate::layer::EntryKind::Dir {
+                        continue;
+                    }
+                    let cache = format!("{pkg}/{}/__pycache__", sub.name());
+                    for e in index.list_dir(&cache).take(SIBLING_MAX_ENTRIES) {
+                        let fits = e.kind() == crate::layer::EntryKind::File
+                            && e.name().starts_with("__init__.")
+                            && (1..=SIBLING_MAX_FILE).contains(&e.size())
+                            && suffix(e.name()) == Some(sfx);
+                        if let Some(s) = fits.then(|| spans_of(&e)).flatten() {
+                            inits.extend(s);
+                        }
+                    }
+                }
+                inits.retain(|i| !near.contains(i));
+                near.extend(within_budget(inits));
+            }
+        }
         near.sort_unstable();
+        near.dedup();
         let mut runs: Vec<Range<usize>> = Vec::new();
         for i in near {
             match runs.last_mut() {

@@ -439,3 +439,77 @@ async fn the_second_file_read_from_a_directory_fetches_its_siblings() {
         .unwrap();
     assert_eq!(&got[..], &data[..]);
 }
+
+/// A Python package's `__init__` read first from its `__pycache__` also fetches the
+/// `__pycache__/__init__` of each subpackage (not their other modules, nor deeper levels).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_init_fetches_its_subpackages_inits() {
+    let mut named = vec![("p/__pycache__/__init__.cpython-311.pyc".to_string(), 20_000)];
+    for k in 0..4 {
+        named.push((
+            format!("p/s{k}/__pycache__/__init__.cpython-311.pyc"),
+            20_000,
+        ));
+        // Its own spans, between the subpackages.
+        named.push((format!("p/s{k}/__pycache__/big.cpython-311.pyc"), 600_000));
+        named.push((
+            format!("p/s{k}/t/__pycache__/__init__.cpython-311.pyc"),
+            20_000,
+        ));
+        named.push((format!("p/s{k}/pad.txt"), 600_000));
+    }
+    let f = fixture_named(&named);
+    let cache = ChunkCache::open(CacheConfig {
+        siblings_after: 1,
+        memory_bytes: 64 << 20,
+        ..config(&f.cache_dir)
+    })
+    .unwrap();
+    let (l, _src) = layer(&f, 0);
+    let spans_of = |name: &str| {
+        let e = l.layout.index().lookup(name).unwrap();
+        l.layout.locate(e.offset()..e.offset() + e.size()).unwrap()
+    };
+    let set = |pat: &dyn Fn(&str) -> bool| -> std::collections::BTreeSet<usize> {
+        named
+            .iter()
+            .filter(|(n, _)| pat(n))
+            .flat_map(|(n, _)| spans_of(n))
+            .collect()
+    };
+    let first = set(&|n: &str| n.starts_with("p/__pycache__/"));
+    let want = set(&|n: &str| {
+        n.starts_with("p/s")
+            && n.ends_with("/__pycache__/__init__.cpython-311.pyc")
+            && !n.contains("/t/")
+    });
+    let not: Vec<usize> = set(&|n: &str| !n.starts_with("p/__pycache__/"))
+        .difference(&want)
+        .copied()
+        .filter(|i| !first.contains(i))
+        .collect();
+    assert!(want.len() >= 4 && !not.is_empty(), "{want:?} {not:?}");
+    let n = cache.first_read(&l, "p/__pycache__/__init__.cpython-311.pyc");
+    // (The package's own `__pycache__` is a directory like any other: its files' spans,
+    // the one read included, are fetched as siblings.)
+    let want: Vec<usize> = want.union(&first).copied().collect();
+    assert_eq!(n, want.len(), "spans started");
+    for &i in &want {
+        let mut ok = false;
+        for _ in 0..200 {
+            if cache.has_span(&l, i) {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(ok, "subpackage init span {i} not fetched (wanted {want:?})");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    for i in &not {
+        assert!(
+            !cache.has_span(&l, *i),
+            "span {i} fetched: not a subpackage init"
+        );
+    }
+}
