@@ -352,17 +352,8 @@ async fn the_second_file_read_from_a_directory_fetches_its_siblings() {
         named.push((format!("b/m{k:02}.pyc"), 20_000));
     }
     let f = fixture_named(&named);
-    let cache = ChunkCache::open(CacheConfig {
-        siblings_after: 2,
-        memory_bytes: 64 << 20,
-        ..config(&f.cache_dir)
-    })
-    .unwrap();
-    let (l, _src) = layer(&f, 0);
-    let spans_of = |name: &str| {
-        let e = l.layout.index().lookup(name).unwrap();
-        l.layout.locate(e.offset()..e.offset() + e.size()).unwrap()
-    };
+    let (cache, l) = sibling_cache(&f, 2);
+    let spans_of = |name: &str| file_spans(&l, name);
     let all = |pat: &dyn Fn(&str) -> bool| -> std::collections::BTreeSet<usize> {
         f.files
             .iter()
@@ -407,15 +398,10 @@ async fn the_second_file_read_from_a_directory_fetches_its_siblings() {
     assert_eq!(n, k, "spans started");
     let want: Vec<usize> = near[..k].to_vec();
     for &i in &want {
-        let mut ok = false;
-        for _ in 0..200 {
-            if cache.has_span(&l, i) {
-                ok = true;
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        assert!(ok, "sibling span {i} not fetched (wanted {want:?})");
+        assert!(
+            span_arrives(&cache, &l, i).await,
+            "sibling span {i} not fetched (wanted {want:?})"
+        );
     }
     // Once per directory.
     assert_eq!(cache.first_read(&l, "a/m00.pyc"), 0);
@@ -459,17 +445,8 @@ async fn a_package_init_fetches_its_subpackages_inits() {
         named.push((format!("p/s{k}/pad.txt"), 600_000));
     }
     let f = fixture_named(&named);
-    let cache = ChunkCache::open(CacheConfig {
-        siblings_after: 1,
-        memory_bytes: 64 << 20,
-        ..config(&f.cache_dir)
-    })
-    .unwrap();
-    let (l, _src) = layer(&f, 0);
-    let spans_of = |name: &str| {
-        let e = l.layout.index().lookup(name).unwrap();
-        l.layout.locate(e.offset()..e.offset() + e.size()).unwrap()
-    };
+    let (cache, l) = sibling_cache(&f, 1);
+    let spans_of = |name: &str| file_spans(&l, name);
     let set = |pat: &dyn Fn(&str) -> bool| -> std::collections::BTreeSet<usize> {
         named
             .iter()
@@ -495,15 +472,10 @@ async fn a_package_init_fetches_its_subpackages_inits() {
     let want: Vec<usize> = want.union(&first).copied().collect();
     assert_eq!(n, want.len(), "spans started");
     for &i in &want {
-        let mut ok = false;
-        for _ in 0..200 {
-            if cache.has_span(&l, i) {
-                ok = true;
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        assert!(ok, "subpackage init span {i} not fetched (wanted {want:?})");
+        assert!(
+            span_arrives(&cache, &l, i).await,
+            "subpackage init span {i} not fetched (wanted {want:?})"
+        );
     }
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     for i in &not {
@@ -512,4 +484,33 @@ async fn a_package_init_fetches_its_subpackages_inits() {
             "span {i} fetched: not a subpackage init"
         );
     }
+}
+
+/// A cache over fixture `f` with the sibling fetch after `after` files, and its layer.
+fn sibling_cache(f: &Fixture, after: usize) -> (Arc<ChunkCache>, Arc<CachedLayer>) {
+    let cache = ChunkCache::open(CacheConfig {
+        siblings_after: after,
+        memory_bytes: 64 << 20,
+        ..config(&f.cache_dir)
+    })
+    .unwrap();
+    let (l, _src) = layer(f, 0);
+    (cache, l)
+}
+
+/// The spans holding file `name` of `l`.
+fn file_spans(l: &CachedLayer, name: &str) -> std::ops::Range<usize> {
+    let e = l.layout.index().lookup(name).unwrap();
+    l.layout.locate(e.offset()..e.offset() + e.size()).unwrap()
+}
+
+/// Whether span `i` of `l` is in the cache within 2 s (a background fetch started it).
+async fn span_arrives(cache: &ChunkCache, l: &CachedLayer, i: usize) -> bool {
+    for _ in 0..200 {
+        if cache.has_span(l, i) {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    false
 }
