@@ -443,13 +443,11 @@ fn transient_503_on_manifest_is_retried() {
     );
 }
 
-/// The span (distance between access points) in the header of the local index of `layer`.
+/// The span (distance between access points) of the local index of `layer`.
 fn index_span(root: &Path, layer: &str) -> u64 {
     let hex = layer.trim_start_matches("sha256:");
-    let b = fs::read(root.join("indexes").join(hex)).expect("local index");
-    let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
-    // The seek section's offset is at byte 56 of the header; its `span` at byte 8 of it.
-    u64_at(u64_at(56) as usize + 8)
+    let ix = strata::layer::LayerIndex::open(&root.join("indexes").join(hex)).expect("local index");
+    ix.seek_table().expect("a seek table").span
 }
 
 /// `strata index --span-size`: the layers are indexed with that span (an index built before

@@ -235,12 +235,13 @@ impl Policy {
     /// Sibling fetch, when the file at `path` of `layer` is read for the first time: once
     /// `siblings_after` distinct files of its directory with a word suffix have been, the
     /// spans holding the directory's other regular files that share a suffix with one of them
-    /// (`.pyc` in a `__pycache__`, `.so` next to `.so`) and are at most [`SIBLING_MAX_FILE`] long, at
-    /// [`SIBLING_MAX_BYTES`] of them (the spans nearest the file), as runs of adjacent spans;
-    /// once per directory; spans for which `have` holds (local or in flight) are left out
-    /// before choosing. A Python package's `__pycache__/__init__.*` also names the
-    /// `__pycache__/__init__` of each of its subpackages (a budget of their own). A program loading a package reads its modules one after another,
-    /// each a round trip when it misses: these are the files it is about to ask for.
+    /// (`.pyc` in a `__pycache__`, `.so` next to `.so`) and are at most [`SIBLING_MAX_FILE`]
+    /// long, at most [`SIBLING_MAX_BYTES`] of them (the spans nearest the file), as runs of
+    /// adjacent spans; once per directory; spans for which `have` holds (local or in flight)
+    /// are left out before choosing. A Python package's `__pycache__/__init__.*` also names
+    /// the `__pycache__/__init__` of each of its subpackages ([`subpackage_inits`], a budget
+    /// of their own). A program loading a package reads its modules one after another, each
+    /// a round trip when it misses: these are the files it is about to ask for.
     pub(super) fn siblings(
         &self,
         layer: &CachedLayer,
@@ -317,30 +318,13 @@ impl Policy {
         // A Python package's own `__init__` (`P/__pycache__/__init__.*.pyc`): importing it
         // usually imports its subpackages next, each `__init__` in a directory of its own
         // (so never a sibling): theirs too, in a budget of their own.
-        if let Some(pkg) = dir.strip_suffix("/__pycache__") {
-            if name.starts_with("__init__.") {
-                let mut inits = std::collections::BTreeSet::new();
-                for sub in index.list_dir(pkg).take(SIBLING_MAX_ENTRIES) {
-                    if sub.kind() != crate::layer::EntryKind::Dir {
-                        continue;
-                    }
-                    let cache = format!("{pkg}/{}/__pycache__", sub.name());
-                    for e in index.list_dir(&cache).take(SIBLING_MAX_ENTRIES) {
-                        let fits = e.kind() == crate::layer::EntryKind::File
-                            && e.name().starts_with("__init__.")
-                            && (1..=SIBLING_MAX_FILE).contains(&e.size())
-                            && suffix(e.name()) == Some(sfx);
-                        if let Some(s) = fits.then(|| spans_of(&e)).flatten() {
-                            inits.extend(s);
-                        }
-                    }
-                }
-                inits.retain(|i| !near.contains(i));
-                near.extend(within_budget(inits));
-            }
+        let pkg = dir.strip_suffix("/__pycache__");
+        if let Some(pkg) = pkg.filter(|_| name.starts_with("__init__.")) {
+            let mut inits = subpackage_inits(index, pkg, sfx, spans_of);
+            inits.retain(|i| !near.contains(i));
+            near.extend(within_budget(inits));
         }
         near.sort_unstable();
-        near.dedup();
         let mut runs: Vec<Range<usize>> = Vec::new();
         for i in near {
             match runs.last_mut() {
@@ -387,6 +371,34 @@ impl Policy {
 
 /// A file name's suffix for sibling matching: what follows its last dot when that is a word
 /// of ASCII letters (`pyc`, `so`; not the `6` of `libc.so.6`), else none.
+/// The spans of the `__pycache__/__init__.*.SFX` files (at most [`SIBLING_MAX_FILE`] long)
+/// of the direct subdirectories of package directory `pkg` of `index`; `spans_of` locates a
+/// file's spans.
+fn subpackage_inits(
+    index: &crate::layer::LayerIndex,
+    pkg: &str,
+    sfx: &str,
+    spans_of: impl Fn(&crate::layer::EntryRef<'_>) -> Option<Range<usize>>,
+) -> std::collections::BTreeSet<usize> {
+    use crate::layer::EntryKind;
+    let subs = index
+        .list_dir(pkg)
+        .take(SIBLING_MAX_ENTRIES)
+        .filter(|sub| sub.kind() == EntryKind::Dir);
+    let mut out = std::collections::BTreeSet::new();
+    for sub in subs {
+        let cache = format!("{pkg}/{}/__pycache__", sub.name());
+        for e in index.list_dir(&cache).take(SIBLING_MAX_ENTRIES) {
+            let fits = e.kind() == EntryKind::File
+                && e.name().starts_with("__init__.")
+                && (1..=SIBLING_MAX_FILE).contains(&e.size())
+                && suffix(e.name()) == Some(sfx);
+            out.extend(fits.then(|| spans_of(&e)).flatten().into_iter().flatten());
+        }
+    }
+    out
+}
+
 fn suffix(name: &str) -> Option<&str> {
     let (stem, s) = name.rsplit_once('.')?;
     (!stem.is_empty()
