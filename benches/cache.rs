@@ -66,6 +66,7 @@ fn setup(dir: &std::path::Path, memory: u64) -> (Arc<ChunkCache>, Arc<CachedLaye
         partial_spans: false,
         fetch_ahead: 0,
         siblings_after: 0,
+        siblings_python: true,
     })
     .expect("cache");
     let layer = Arc::new(CachedLayer {

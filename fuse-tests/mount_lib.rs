@@ -174,7 +174,7 @@ fn warm_up_reads_the_command_and_what_it_loads_before_anything_asks() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let svc = services(root.path());
     let mut s = spec(&reference, mp.path());
-    s.warm = strata::mount::warm::for_command("true", "/usr/local/bin:/bin", "/");
+    s.warm = strata::mount::warm::for_command(&["true".to_string()], "/usr/local/bin:/bin", "/");
     let served = rt
         .block_on(strata::mount::mount_image(
             &svc,

@@ -197,7 +197,9 @@ pub struct Config {
     pub warm_start: bool,
     /// Warm-up of the ELF objects a container opens as it runs (`mount/warm.rs` `LoadWarm`):
     /// at the first read of an object's header, its first 4 MiB, its writable segment and the
-    /// libraries it needs are fetched at once. On by default.
+    /// libraries it needs are fetched at once; at the first read of a Python module, the
+    /// modules it imports (`mount/python.rs`; Python modules then take no part in the
+    /// sibling fetch). On by default.
     #[serde(default = "default_true")]
     pub warm_libraries: bool,
     /// Extra request headers per mirror URL of `registry-mirrors` / `registry-mirrors-by-host`

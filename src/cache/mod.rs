@@ -119,6 +119,9 @@ pub struct CacheConfig {
     /// Distinct files first read from one directory of a layer after which the directory's
     /// other files like them are fetched (config `fetch-siblings`; 0 = off).
     pub siblings_after: usize,
+    /// Whether Python modules (`.pyc`, `.py`) take part in the sibling fetch: not when the
+    /// mount reads each module's imports itself (`mount::python`, config `warm-libraries`).
+    pub siblings_python: bool,
 }
 
 /// A read started with [`ChunkCache::start_read_file`]: answered from the local tiers, or
@@ -183,7 +186,12 @@ impl ChunkCache {
             spans: SingleFlight::new(),
             prefixes: SingleFlight::new(),
             fetcher: Fetcher::new(cfg.max_concurrent_fetches, cfg.fetch_timeout, stats.clone()),
-            policy: Policy::new(cfg.partial_spans, cfg.fetch_ahead, cfg.siblings_after),
+            policy: Policy::new(
+                cfg.partial_spans,
+                cfg.fetch_ahead,
+                cfg.siblings_after,
+                cfg.siblings_python,
+            ),
             stats,
         }))
     }

@@ -85,6 +85,8 @@ pub(super) struct Policy {
     /// Distinct files first read from one directory of a layer after which its other files
     /// like them are fetched (0 = never).
     siblings_after: usize,
+    /// Whether Python modules take part in the sibling fetch.
+    siblings_python: bool,
     /// Per layer, the directories files were first read from.
     dirs: Mutex<HashMap<Digest, HashMap<Box<str>, DirSeen>>>,
 }
@@ -94,11 +96,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Policy {
-    pub(super) fn new(partial_spans: bool, fetch_ahead: usize, siblings_after: usize) -> Policy {
+    pub(super) fn new(
+        partial_spans: bool,
+        fetch_ahead: usize,
+        siblings_after: usize,
+        siblings_python: bool,
+    ) -> Policy {
         Policy {
             partial_spans,
             fetch_ahead,
             siblings_after,
+            siblings_python,
             dirs: Mutex::new(HashMap::new()),
             recent_misses: Mutex::new(HashMap::new()),
             missed: Mutex::new(HashMap::new()),
@@ -241,7 +249,8 @@ impl Policy {
     /// are left out before choosing. A Python package's `__pycache__/__init__.*` also names
     /// the `__pycache__/__init__` of each of its subpackages ([`subpackage_inits`], a budget
     /// of their own). A program loading a package reads its modules one after another, each
-    /// a round trip when it misses: these are the files it is about to ask for.
+    /// a round trip when it misses: these are the files it is about to ask for. Python
+    /// modules are left out when `siblings_python` is off (the mount follows their imports).
     pub(super) fn siblings(
         &self,
         layer: &CachedLayer,
@@ -257,6 +266,9 @@ impl Policy {
         let Some(sfx) = suffix(name) else {
             return Vec::new();
         };
+        if !self.siblings_python && matches!(sfx, "pyc" | "py") {
+            return Vec::new();
+        }
         let suffixes = {
             let mut dirs = lock(&self.dirs);
             let per = dirs.entry(layer.digest).or_default();

@@ -442,7 +442,7 @@ fn warm_list(
     opts: &crate::launcher::RunOptions,
 ) -> crate::mount::warm::WarmList {
     match crate::launcher::bundle::start_command(config, opts) {
-        Some((argv0, path, cwd)) => crate::mount::warm::for_command(&argv0, &path, &cwd),
+        Some((argv, path, cwd)) => crate::mount::warm::for_command(&argv, &path, &cwd),
         None => Vec::new(),
     }
 }

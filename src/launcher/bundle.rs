@@ -111,12 +111,16 @@ pub fn process_args(
     Ok(argv)
 }
 
-/// What a container's start executes first: argv[0], the PATH it is looked up in and the
+/// What a container's start executes: its argv (`argv[0]` first), the PATH it is looked up in and the
 /// working directory, as [`build_spec`] will set them (`None` when the options are invalid:
 /// the spec's own error comes later).
-pub fn start_command(image: &ImageConfig, opts: &RunOptions) -> Option<(String, String, String)> {
+pub fn start_command(
+    image: &ImageConfig,
+    opts: &RunOptions,
+) -> Option<(Vec<String>, String, String)> {
     let config = image.config.as_ref();
-    let argv0 = process_args(config, opts).ok()?.into_iter().next()?;
+    let argv = process_args(config, opts).ok()?;
+    argv.first()?;
     let cwd = working_dir(config, opts).ok()?;
     let user_env = opts.user_env(|k| std::env::var(k).ok()).ok()?;
     let image_env = config.and_then(|c| c.env.clone()).unwrap_or_default();
@@ -127,7 +131,7 @@ pub fn start_command(image: &ImageConfig, opts: &RunOptions) -> Option<(String, 
         .find_map(|e| e.strip_prefix("PATH="))
         .unwrap_or(DEFAULT_PATH)
         .to_string();
-    Some((argv0, path, cwd))
+    Some((argv, path, cwd))
 }
 
 /// `K=V` entries of `overrides` replace same-key entries of `base` in place or are appended.

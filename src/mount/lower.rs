@@ -56,7 +56,7 @@ pub struct CacheLower {
     pub cache: Arc<ChunkCache>,
     pub layer: Arc<CachedLayer>,
     pub profile: Arc<AccessProfile>,
-    /// Told when a file's first read shows an ELF header (`warm.rs`).
+    /// Told when a file's first read shows an ELF header or a Python module (`warm.rs`).
     pub loads: Option<Arc<super::warm::LoadWarm>>,
     /// The runtime first reads answered locally spawn their notices on.
     pub rt: Option<tokio::runtime::Handle>,
@@ -94,7 +94,7 @@ impl CacheLower {
         res: &Result<Bytes, crate::cache::Error>,
     ) {
         if let (Some(l), Ok(b), 0) = (&self.loads, res, offset) {
-            if b.starts_with(ELF_MAGIC) {
+            if b.starts_with(ELF_MAGIC) || super::python::is_module(file.path(), b) {
                 l.loaded(file.path());
             }
         }
@@ -139,7 +139,7 @@ impl LowerSource for CacheLower {
     /// that fetches only the spans that were missing. A file's first read also tells the
     /// cache ([`ChunkCache::first_read`]: the sibling fetch), from inside the runtime, after
     /// the read's own fetches started; and, when it starts at offset 0 and shows an ELF
-    /// header, the image's [`LoadWarm`](super::warm::LoadWarm). A local hit never waits for
+    /// header or a Python module, the image's [`LoadWarm`](super::warm::LoadWarm). A local hit never waits for
     /// either.
     fn start_read(&self, file: &LowerFile, offset: u64, len: u32) -> LowerRead {
         let (r, file_end, first) = match self.vrange(file, offset, len) {
@@ -177,7 +177,7 @@ impl LowerSource for CacheLower {
                 };
                 tracing::trace!(path = %path, offset, ms = t0.elapsed().as_secs_f64() * 1e3, "lazy read waited");
                 if let (Some(l), Ok(b)) = (&loads, &res) {
-                    if b.starts_with(ELF_MAGIC) {
+                    if b.starts_with(ELF_MAGIC) || super::python::is_module(&path, b) {
                         l.loaded(&path);
                     }
                 }

@@ -5,7 +5,7 @@
 //! [`overlay`] does the same for directory lowers (`strata overlay`); [`layer`] mounts one
 //! layer of an image alone, read-only in overlay lower format (the containerd snapshotter's
 //! remote snapshots); [`warm`] reads what a container's start will need as soon as the image
-//! is open. The caller hands in the
+//! is open ([`python`]: the imports of Python modules it follows). The caller hands in the
 //! shared parts ([`Services`]: registry client, store, chunk cache, configuration), so one
 //! process may serve many mounts from one cache.
 //!
@@ -19,6 +19,7 @@ pub mod lazy;
 mod lower;
 pub mod overlay;
 pub mod prefetch;
+mod python;
 pub mod restore;
 mod served;
 pub mod warm;
@@ -181,6 +182,7 @@ pub fn open_cache(store: &Store, config: &Config) -> Result<Arc<ChunkCache>, Err
         partial_spans: config.partial_span_fetch,
         fetch_ahead: config.fetch_ahead_spans,
         siblings_after: config.fetch_siblings,
+        siblings_python: !config.warm_libraries,
     })
     .map_err(Error::Cache)
 }

@@ -11,7 +11,9 @@
 //! (a `dlopen` of a Python extension and the libraries it needs): [`LoadWarm`], told by the
 //! lowers when a file's first read shows an ELF header. Objects larger than the bytes read of
 //! one file also get their writable segment and dynamic section read (the loader relocates
-//! them before anything runs).
+//! them before anything runs). A Python module (`.pyc` or source) read the same way has its
+//! imports read next ([`super::python`]), level after level, and a `python` command's start
+//! warms the modules every interpreter start imports and those its `-c` code or `-m` names.
 //!
 //! Calls `cache` (demand-class reads) and `union` (the merged tree: path and symlink
 //! resolution); no FUSE, no network of its own.
@@ -24,8 +26,17 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::HashSet;
 use std::sync::Arc;
 
-/// Most files one warm-up reads (the command, its interpreters and libraries).
-const MAX_FILES: usize = 48;
+/// Most files one warm-up reads besides Python modules (the command, its interpreters and
+/// libraries; the extension modules of a Python package and theirs).
+const MAX_FILES: usize = 96;
+/// Most files one warm-up reads following Python imports (a package's closure: numpy's is
+/// a few hundred modules).
+const MAX_PY_FILES: usize = 600;
+/// Python modules being read at once by one warm-up (the rest wait their turn, in import
+/// order, so the link is not flooded ahead of the interpreter's own reads).
+const PY_IN_FLIGHT: usize = 16;
+/// Most bytes of one Python module read to find its imports.
+const PY_MAX_BYTES: u64 = 4 << 20;
 /// Bytes read of one file at most at a launch (headers, dynamic section and what the loader
 /// maps first are at the start).
 pub const LAUNCH_MAX_BYTES: u64 = 16 << 20;
@@ -79,7 +90,8 @@ pub fn start_user_db(cache: &Arc<ChunkCache>, layers: &[Arc<CachedLayer>]) {
 
 /// The warm list of a container start: the user database and `argv0` (through `path`, the
 /// process PATH, and `cwd` when it has no `/`).
-pub fn for_command(argv0: &str, path: &str, cwd: &str) -> WarmList {
+pub fn for_command(argv: &[String], path: &str, cwd: &str) -> WarmList {
+    let argv0 = argv.first().map_or("", String::as_str);
     // The user database (the launcher), the loader's cache and the local time zone (glibc),
     // the C.UTF-8 locale (Python and glibc programs under C.UTF-8 load it at start).
     let mut out: WarmList = [
@@ -98,6 +110,7 @@ pub fn for_command(argv0: &str, path: &str, cwd: &str) -> WarmList {
     // of after its ELF header named them (a round trip later). Absent in a static image:
     // nothing is read.
     out.extend(c_runtime(std::env::consts::ARCH));
+    out.extend(super::python::launch(argv, cwd));
     out
 }
 
@@ -142,7 +155,7 @@ fn command_candidates(argv0: &str, path: &str, cwd: &str) -> Vec<String> {
 
 /// Resolve `path` in the merged tree, following symlinks (absolute ones from the image's
 /// root, never above it); the inode and its canonical path.
-fn resolve(tree: &MergedTree, path: &str) -> Option<(u64, String)> {
+pub(super) fn resolve(tree: &MergedTree, path: &str) -> Option<(u64, String)> {
     let mut comps: Vec<String> = path
         .split('/')
         .filter(|c| !c.is_empty())
@@ -233,7 +246,7 @@ impl LoadWarm {
     }
 
     /// The first read of the file at `path` (layer-relative, as the image's tree names it)
-    /// began with an ELF header. Spawns the warm-up; never waits.
+    /// began with an ELF header, or it is a Python module. Spawns the warm-up; never waits.
     pub fn loaded(&self, path: &str) {
         let Some((image, cache, rt)) = self.image.get() else {
             return;
@@ -317,6 +330,8 @@ struct Warming {
     got: Pieces,
     strtab_asked: bool,
     needs_started: bool,
+    /// A Python module: read whole (up to [`PY_MAX_BYTES`]), then its imports.
+    python: bool,
 }
 
 /// Warm the files of `list` and what they need (files another warm-up of this image read
@@ -328,15 +343,25 @@ pub async fn warm(
     max_bytes: u64,
 ) -> usize {
     let t0 = std::time::Instant::now();
+    let list = super::python::expand(&image.tree, list);
+    tracing::trace!(?list, "warm list");
     let mut files: std::collections::HashMap<u64, Warming> = Default::default();
     let mut reads = FuturesUnordered::new();
+    // Start reading the first of `alts` that is a regular file of the image; each kind of
+    // file (Python modules, the rest) has its own budget.
     let start = |alts: &[String], files: &mut std::collections::HashMap<u64, Warming>| {
         let found = alts.iter().find_map(|p| {
             let (ino, path) = resolve(&image.tree, p)?;
             (image.tree.kind(ino)? == FileKind::File).then_some((ino, path))
         });
         let (ino, path) = found?;
-        if files.len() >= MAX_FILES || !image.warmed.insert(ino) {
+        let python = super::python::is_module_path(&path);
+        let (limit, same) = if python {
+            (MAX_PY_FILES, files.values().filter(|w| w.python).count())
+        } else {
+            (MAX_FILES, files.values().filter(|w| !w.python).count())
+        };
+        if same >= limit || !image.warmed.insert(ino) {
             return None;
         }
         files.insert(
@@ -346,59 +371,67 @@ pub async fn warm(
                 got: Pieces::default(),
                 strtab_asked: false,
                 needs_started: false,
+                python,
             },
         );
         Some(piece(cache.clone(), image.clone(), ino, 0..HEAD))
     };
-    let (first, mut rest): (Vec<_>, Vec<_>) = list
-        .iter()
+    // Python modules wait in `py_queue` (import order) and are read [`PY_IN_FLIGHT`] at a
+    // time, once the user database is in (like the rest of the list).
+    let mut py_queue: std::collections::VecDeque<String> = Default::default();
+    let mut py_in_flight = 0usize;
+    let (first, rest): (Vec<_>, Vec<_>) = list
+        .into_iter()
         .partition(|alts| alts.iter().all(|p| BEFORE_START.contains(&p.as_str())));
+    let (py_first, mut rest): (Vec<_>, Vec<_>) = rest
+        .into_iter()
+        .partition(|alts| alts.len() == 1 && super::python::is_module_path(&alts[0]));
+    py_queue.extend(py_first.into_iter().flatten());
     for alts in &first {
         reads.extend(start(alts, &mut files));
     }
     let mut waiting_first: HashSet<u64> = files.keys().copied().collect();
-    if waiting_first.is_empty() {
-        for alts in rest.drain(..) {
-            reads.extend(start(alts, &mut files));
-        }
-    }
-    while let Some((ino, at, got)) = reads.next().await {
-        if waiting_first.remove(&ino) && waiting_first.is_empty() {
+    loop {
+        if waiting_first.is_empty() {
             for alts in rest.drain(..) {
-                reads.extend(start(alts, &mut files));
+                reads.extend(start(&alts, &mut files));
+            }
+            while py_in_flight < PY_IN_FLIGHT {
+                let Some(p) = py_queue.pop_front() else { break };
+                let python = super::python::is_module_path(&p);
+                let r = start(&[p], &mut files);
+                py_in_flight += usize::from(python && r.is_some());
+                reads.extend(r);
             }
         }
-        let Some((bytes, size)) = got else { continue };
-        let Some(w) = files.get_mut(&ino) else {
-            continue;
+        let Some((ino, at, got)) = reads.next().await else {
+            break;
         };
-        w.got.0.push((at, bytes));
-        if at == 0 {
-            // An ELF object's writable segment and dynamic section (what the loader reads
-            // next) as a read; the rest of the file in the background.
-            let rw = Elf::parse(&w.got).and_then(|e| e.writable);
-            if let Some(rw) = rw.clone().filter(|rw| rw.end > HEAD) {
-                let from = rw.start.max(HEAD);
-                reads.push(piece(cache.clone(), image.clone(), ino, from..rw.end));
+        let python = files.get(&ino).is_some_and(|w| w.python);
+        py_in_flight = py_in_flight.saturating_sub(usize::from(python));
+        waiting_first.remove(&ino);
+        let next = match (got, files.get_mut(&ino)) {
+            (Some((bytes, size)), Some(w)) => {
+                w.got.0.push((at, bytes));
+                if w.python {
+                    python_next(&image.tree, w, at, size)
+                } else {
+                    elf_next(w, at, size, max_bytes)
+                }
             }
-            background(&cache, &image, ino, HEAD..size.min(max_bytes));
+            _ => Next::default(),
+        };
+        for r in next.reads {
+            py_in_flight += usize::from(python);
+            reads.push(piece(cache.clone(), image.clone(), ino, r));
         }
-        if w.needs_started {
-            continue;
+        if let Some(r) = next.background {
+            background(&cache, &image, ino, r);
         }
-        let (done, wanted) = needs(&w.path, &w.got);
-        if !done {
-            let strtab = Elf::parse(&w.got).and_then(|e| e.strtab_missing);
-            if let Some(r) = strtab.filter(|_| !w.strtab_asked) {
-                w.strtab_asked = true;
-                reads.push(piece(cache.clone(), image.clone(), ino, r));
-            }
-            continue;
-        }
-        w.needs_started = true;
-        for alts in wanted {
+        for alts in next.wanted {
             reads.extend(start(&alts, &mut files));
         }
+        py_queue.extend(next.python);
     }
     tracing::debug!(
         files = files.len(),
@@ -407,12 +440,97 @@ pub async fn warm(
     );
     files.len()
 }
+/// What one piece read tells the warm-up to do next for its file.
+#[derive(Default)]
+struct Next {
+    /// Further pieces of the file to read (as reads on demand).
+    reads: Vec<std::ops::Range<u64>>,
+    /// The rest of the file, fetched in the background lane.
+    background: Option<std::ops::Range<u64>>,
+    /// Files it needs (alternatives each): its interpreter, its libraries.
+    wanted: Vec<Vec<String>>,
+    /// Python modules it imports.
+    python: Vec<String>,
+}
+
+/// An ELF object's (or script's) piece at `at` arrived (the file is `size` bytes).
+fn elf_next(w: &mut Warming, at: u64, size: u64, max_bytes: u64) -> Next {
+    let mut next = Next::default();
+    if at == 0 {
+        // An ELF object's writable segment and dynamic section (what the loader reads
+        // next) as a read; the rest of the file in the background.
+        let rw = Elf::parse(&w.got).and_then(|e| e.writable);
+        if let Some(rw) = rw.clone().filter(|rw| rw.end > HEAD) {
+            next.reads.push(rw.start.max(HEAD)..rw.end);
+        }
+        next.background = Some(HEAD..size.min(max_bytes));
+    }
+    if w.needs_started {
+        return next;
+    }
+    let (done, wanted) = needs(&w.path, &w.got);
+    if !done {
+        let strtab = Elf::parse(&w.got).and_then(|e| e.strtab_missing);
+        if let Some(r) = strtab.filter(|_| !w.strtab_asked) {
+            w.strtab_asked = true;
+            next.reads.push(r);
+        }
+        return next;
+    }
+    w.needs_started = true;
+    next.wanted = wanted;
+    next
+}
+
+/// A Python module's piece at `at` arrived (the file is `size` bytes): the rest of it, or,
+/// once it is whole, the files of its imports.
+fn python_next(tree: &MergedTree, w: &mut Warming, at: u64, size: u64) -> Next {
+    let mut next = Next::default();
+    let want = size.min(PY_MAX_BYTES);
+    if at == 0 && want > HEAD {
+        next.reads.push(HEAD..want);
+        return next;
+    }
+    if w.needs_started {
+        return next;
+    }
+    let Some(bytes) = w.got.contiguous(want) else {
+        return next;
+    };
+    w.needs_started = true;
+    if let Some((minor, imports)) = super::python::imports_of(&w.path, &bytes) {
+        next.python = super::python::files_for(tree, &w.path, minor, &imports);
+    }
+    next
+}
 
 /// Pieces of one file read so far: (offset in the file, bytes), in any order.
 #[derive(Default)]
 struct Pieces(Vec<(u64, Bytes)>);
 
 impl Pieces {
+    /// The first `len` bytes of the file, when the pieces read so far cover them.
+    fn contiguous(&self, len: u64) -> Option<Vec<u8>> {
+        let mut parts: Vec<&(u64, Bytes)> = self.0.iter().collect();
+        parts.sort_by_key(|(at, _)| *at);
+        let mut out = Vec::with_capacity(len as usize);
+        for (at, b) in parts {
+            let have = out.len() as u64;
+            if *at > have {
+                return None;
+            }
+            let skip = (have - at) as usize;
+            if skip < b.len() {
+                out.extend_from_slice(&b[skip..]);
+            }
+            if out.len() as u64 >= len {
+                out.truncate(len as usize);
+                return Some(out);
+            }
+        }
+        (out.len() as u64 >= len).then_some(out)
+    }
+
     #[cfg(test)]
     fn one(b: &[u8]) -> Pieces {
         Pieces(vec![(0, Bytes::copy_from_slice(b))])
@@ -723,7 +841,7 @@ mod tests {
 
     #[test]
     fn the_c_runtime_is_warmed_with_the_command() {
-        let l = for_command("sh", "/bin", "/");
+        let l = for_command(&["sh".to_string()], "/bin", "/");
         let has = |p: &str| l.iter().any(|alts| alts.iter().any(|a| a == p));
         if std::env::consts::ARCH == "x86_64" {
             assert!(has("/lib/x86_64-linux-gnu/libc.so.6") && has("/lib64/libc.so.6"));

@@ -70,7 +70,7 @@ pub async fn whole_image(svc: &Services, chain: &[Record]) -> Result<Option<Unio
         Ok((config, _)) => {
             let opts = crate::launcher::RunOptions::default();
             match crate::launcher::bundle::start_command(&config, &opts) {
-                Some((argv0, path, cwd)) => crate::mount::warm::for_command(&argv0, &path, &cwd),
+                Some((argv, path, cwd)) => crate::mount::warm::for_command(&argv, &path, &cwd),
                 None => Vec::new(),
             }
         }

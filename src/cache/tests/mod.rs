@@ -126,6 +126,7 @@ fn config(dir: &std::path::Path) -> CacheConfig {
         partial_spans: false,
         fetch_ahead: 0,
         siblings_after: 0,
+        siblings_python: true,
     }
 }
 
@@ -139,6 +140,7 @@ fn open_cache(dir: &std::path::Path, disk: u64) -> Arc<ChunkCache> {
         partial_spans: false,
         fetch_ahead: 0,
         siblings_after: 0,
+        siblings_python: true,
     })
     .unwrap()
 }
@@ -183,6 +185,7 @@ fn open_cache_mem(dir: &std::path::Path, memory: u64) -> Arc<ChunkCache> {
         partial_spans: false,
         fetch_ahead: 0,
         siblings_after: 0,
+        siblings_python: true,
     })
     .unwrap()
 }

@@ -91,6 +91,7 @@ async fn partial_span_reads_are_exact_verified_and_smaller() {
         partial_spans: true,
         fetch_ahead: 0,
         siblings_after: 0,
+        siblings_python: true,
     })
     .unwrap();
     let (l, src) = layer(&f, 0);
@@ -192,6 +193,7 @@ impl Spec {
         let cache = ChunkCache::open(CacheConfig {
             fetch_ahead: ahead,
             siblings_after: 0,
+            siblings_python: true,
             memory_bytes: 64 << 20,
             ..config(&f.cache_dir)
         })
@@ -490,6 +492,7 @@ async fn a_package_init_fetches_its_subpackages_inits() {
 fn sibling_cache(f: &Fixture, after: usize) -> (Arc<ChunkCache>, Arc<CachedLayer>) {
     let cache = ChunkCache::open(CacheConfig {
         siblings_after: after,
+        siblings_python: true,
         memory_bytes: 64 << 20,
         ..config(&f.cache_dir)
     })
