@@ -3,7 +3,8 @@
 //! at once. A real registry, `strata index --push` by the CLI as publisher, real FUSE mounts;
 //! bytes checked against the pushed layers, the cache's byte counter against the registry's
 //! own access log, and the second mount served from the shared cache (no second fetch); the
-//! launch warm-up reading a command and what it loads before anything asks.
+//! launch warm-up reading a command and what it loads before anything asks, and the Python
+//! modules a package imports read ahead of the interpreter.
 
 mod common;
 
@@ -208,5 +209,152 @@ fn warm_up_reads_the_command_and_what_it_loads_before_anything_asks() {
     assert_eq!(read("zz-filler3"), filler(4));
     assert!(fetched() > warmed, "the unrelated last file was warmed too");
 
+    rt.block_on(served.shutdown(&svc.store));
+}
+
+/// Wait until the cache of `svc` stops fetching (a background warm-up is done); its bytes
+/// fetched by then.
+fn settled(svc: &Services) -> u64 {
+    let fetched = || svc.cache.stats.snapshot().bytes_fetched;
+    let mut last = u64::MAX;
+    for _ in 0..100 {
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        let now = fetched();
+        if now == last && now > 0 {
+            break;
+        }
+        last = now;
+    }
+    fetched()
+}
+
+/// Python imports followed (`mount::python`): modules compiled by the host's `python3` into
+/// an image's standard library, each in spans of its own. (1) A mount asked to warm
+/// `python3 -c 'import app'` reads the package, what it imports (relative and absolute) and
+/// what those import, before anything asks — and not a module imported only inside a
+/// function. (2) With no warm list, the first read of the package's `.pyc` through the mount
+/// does the same.
+#[test]
+fn python_imports_are_read_before_the_interpreter_asks() {
+    let src = tempfile::tempdir().unwrap();
+    let modules = [
+        (
+            "app/__init__.py",
+            "from . import util\nimport helper\ndef later():\n    import lazy_mod\n",
+        ),
+        ("app/util.py", "import json_like\n"),
+        ("helper.py", "X = 1\n"),
+        ("json_like.py", "Y = 2\n"),
+        ("lazy_mod.py", "Z = 3\n"),
+    ];
+    std::fs::create_dir(src.path().join("app")).unwrap();
+    for (p, text) in modules {
+        std::fs::write(src.path().join(p), text).unwrap();
+    }
+    // Compile with the host's interpreter; print its minor version and each .pyc's path.
+    let script = "import importlib.util, py_compile, sys\n\
+                  print(sys.version_info.minor)\n\
+                  for f in sys.argv[1:]:\n    c = importlib.util.cache_from_source(f)\n    \
+                  py_compile.compile(f, cfile=c, doraise=True)\n    print(c)\n";
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(modules.iter().map(|(p, _)| src.path().join(p)))
+        .output()
+        .expect("python3 (scripts/install-deps.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    let minor: u32 = lines.next().unwrap().parse().unwrap();
+    let std = format!("usr/lib/python3.{minor}");
+    let pycs: Vec<String> = lines
+        .map(|c| {
+            format!(
+                "{std}/{}",
+                c.strip_prefix(&format!("{}/", src.path().display()))
+                    .unwrap()
+            )
+        })
+        .collect();
+    let mut layer = Layer::new()
+        .dir("usr")
+        .dir("usr/lib")
+        .dir(&std)
+        .dir(&format!("{std}/app"))
+        .dir(&format!("{std}/app/__pycache__"))
+        .dir(&format!("{std}/__pycache__"));
+    for (i, ((p, text), pyc)) in modules.iter().zip(&pycs).enumerate() {
+        let local = src
+            .path()
+            .join(pyc.strip_prefix(&format!("{std}/")).unwrap());
+        layer = layer
+            .file(&format!("{std}/{p}"), *text)
+            .file(pyc, std::fs::read(local).unwrap())
+            .file(&format!("filler{i}"), pseudo(1 << 20, i as u64 + 1));
+    }
+    let reg = Registry::start();
+    ImageBuilder::new()
+        .layer(layer)
+        .build("v1")
+        .push(&reg, "inproc/py:v1");
+    let reference = format!("{}/inproc/py:v1", reg.host());
+    StrataEnv::new()
+        .run(&["index", &reference, "--push"])
+        .assert_success();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (imported, lazy) = (&pycs[..4], &pycs[4]);
+
+    // (1) The launch warm list of `python3 -c 'import app'`.
+    let root = tempfile::tempdir().unwrap();
+    let mp = tempfile::tempdir().unwrap();
+    let svc = services(root.path());
+    let mut s = spec(&reference, mp.path());
+    let argv: Vec<String> = ["python3", "-c", "import app"].map(String::from).to_vec();
+    s.warm = strata::mount::warm::for_command(&argv, "/usr/bin", "/");
+    let silent = strata::image::Progress::silent();
+    let served = rt
+        .block_on(strata::mount::mount_image(&svc, s, &silent))
+        .expect("mount");
+    let warmed = settled(&svc);
+    assert!(warmed > 0, "the warm-up fetched nothing");
+    let fetched = || svc.cache.stats.snapshot().bytes_fetched;
+    for p in imported {
+        std::fs::read(mp.path().join(p)).unwrap();
+        assert_eq!(fetched(), warmed, "{p} was not read ahead");
+    }
+    std::fs::read(mp.path().join(lazy)).unwrap();
+    assert!(
+        fetched() > warmed,
+        "a module imported only in a function was read ahead"
+    );
+    rt.block_on(served.shutdown(&svc.store));
+
+    // (2) No warm list: the package's first read.
+    let root = tempfile::tempdir().unwrap();
+    let mp = tempfile::tempdir().unwrap();
+    let svc = services(root.path());
+    let served = rt
+        .block_on(strata::mount::mount_image(
+            &svc,
+            spec(&reference, mp.path()),
+            &silent,
+        ))
+        .expect("mount");
+    std::fs::read(mp.path().join(&imported[0])).unwrap();
+    let warmed = settled(&svc);
+    let fetched = || svc.cache.stats.snapshot().bytes_fetched;
+    for p in &imported[1..] {
+        std::fs::read(mp.path().join(p)).unwrap();
+        assert_eq!(fetched(), warmed, "{p} was not read ahead");
+    }
+    std::fs::read(mp.path().join(lazy)).unwrap();
+    assert!(
+        fetched() > warmed,
+        "a module imported only in a function was read ahead"
+    );
     rt.block_on(served.shutdown(&svc.store));
 }
