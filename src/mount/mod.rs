@@ -13,6 +13,7 @@
 //! `registry` and `config`; formats nothing for humans (that is `cli/`).
 
 mod early;
+mod elf;
 mod images;
 pub mod layer;
 pub mod lazy;
