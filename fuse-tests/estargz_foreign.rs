@@ -131,7 +131,7 @@ fn convert_and_push(
         .to_string();
     let manifest: serde_json::Value = serde_json::from_slice(&ctd.content(&digest)).unwrap();
     let reference = format!("{}/{repo_tag}", reg.host());
-    ctd.ctr(&["images", "push", "--plain-http", &reference, dst]);
+    ctd.ctr_tries(&["images", "push", "--plain-http", &reference, dst], 3);
     // Really converted: new layer blobs, each with the TOC annotation strata reads.
     let layers = manifest["layers"].as_array().unwrap();
     assert_eq!(layers.len(), img.layers.len(), "{manifest}");

@@ -97,14 +97,31 @@ impl Containerd {
 
     /// `ctr-remote -a SOCK -n strata-test ARGS...`, which must succeed; its output.
     pub fn ctr(&self, args: &[&str]) -> Output {
-        let out = Command::new(CTR_REMOTE_BIN)
-            .arg("-a")
-            .arg(self.dir.path().join("containerd.sock"))
-            .args(["-n", NAMESPACE])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run ctr-remote");
+        self.ctr_tries(args, 1)
+    }
+
+    /// As [`Containerd::ctr`], run up to `tries` times while it fails with containerd's
+    /// transient "unexpected EOF" (seen once in CI on an `images push` to the test registry,
+    /// not reproduced in 3 reruns; a push is idempotent).
+    pub fn ctr_tries(&self, args: &[&str], tries: usize) -> Output {
+        let run = || {
+            Command::new(CTR_REMOTE_BIN)
+                .arg("-a")
+                .arg(self.dir.path().join("containerd.sock"))
+                .args(["-n", NAMESPACE])
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run ctr-remote")
+        };
+        let mut out = run();
+        for _ in 1..tries {
+            let eof = String::from_utf8_lossy(&out.stderr).contains("unexpected EOF");
+            if out.status.success() || !eof {
+                break;
+            }
+            out = run();
+        }
         assert!(
             out.status.success(),
             "ctr-remote {args:?} failed:\nstdout:\n{}\nstderr:\n{}\ncontainerd log:\n{}",
