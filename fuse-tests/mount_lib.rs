@@ -184,17 +184,8 @@ fn warm_up_reads_the_command_and_what_it_loads_before_anything_asks() {
         ))
         .expect("mount");
     // The warm-up runs in the background: wait until the cache stops fetching.
+    let warmed = settled(&svc);
     let fetched = || svc.cache.stats.snapshot().bytes_fetched;
-    let mut last = u64::MAX;
-    for _ in 0..100 {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        let now = fetched();
-        if now == last && now > 0 {
-            break;
-        }
-        last = now;
-    }
-    let warmed = fetched();
     assert!(warmed > 0, "the warm-up fetched nothing");
     let read = |p: &str| std::fs::read(mp.path().join(p)).unwrap();
     assert_eq!(read("bin/true"), tru);

@@ -153,6 +153,9 @@ impl Marshal<'_> {
         self.at = end;
         Some(s)
     }
+    fn skip(&mut self, n: usize) -> Option<Obj> {
+        self.take(n).map(|_| Obj::Other)
+    }
     fn u8(&mut self) -> Option<u8> {
         self.take(1).map(|s| s[0])
     }
@@ -207,31 +210,24 @@ impl Marshal<'_> {
                 let s = self.take(8)?;
                 Obj::Int(i64::from_le_bytes(s.try_into().ok()?))
             }
+            // Numbers: skipped (a long's 15-bit digits; floats and complexes as text or
+            // binary).
             b'l' => {
                 let n = self.i32()?.unsigned_abs() as usize;
-                self.take(n.checked_mul(2)?)?;
-                Obj::Other
+                self.skip(n.checked_mul(2)?)?
             }
             b'f' => {
                 let n = self.u8()? as usize;
-                self.take(n)?;
-                Obj::Other
-            }
-            b'g' => {
-                self.take(8)?;
-                Obj::Other
+                self.skip(n)?
             }
             b'x' => {
-                for _ in 0..2 {
-                    let n = self.u8()? as usize;
-                    self.take(n)?;
-                }
-                Obj::Other
+                let n = self.u8()? as usize;
+                self.skip(n)?;
+                let n = self.u8()? as usize;
+                self.skip(n)?
             }
-            b'y' => {
-                self.take(16)?;
-                Obj::Other
-            }
+            b'g' => self.skip(8)?,
+            b'y' => self.skip(16)?,
             b's' => {
                 let n = self.u32()? as usize;
                 Obj::Bytes(self.take(n)?.into())

@@ -34,23 +34,29 @@ import after_def; import second
 from weird import *
 ";
 
+/// The imports of `SOURCE`: from its text (`class_body`: the one in a class body too) or
+/// from its compiled form (a class body is a code object of its own: not followed).
+fn source_imports_of(class_body: bool) -> Vec<Import> {
+    let mut v = vec![
+        imp("os", 0, &[]),
+        imp("json.decoder", 0, &[]),
+        imp("", 1, &["sibling"]),
+        imp("up", 2, &["a", "b"]),
+        imp("collections.abc", 0, &["Mapping"]),
+        imp("_fast", 0, &[]),
+        imp("after_def", 0, &[]),
+        imp("second", 0, &[]),
+        imp("weird", 0, &[]),
+    ];
+    if class_body {
+        v.insert(6, imp("inclass", 0, &[]));
+    }
+    v
+}
+
 #[test]
 fn source_imports_outside_functions() {
-    assert_eq!(
-        source_imports(SOURCE),
-        vec![
-            imp("os", 0, &[]),
-            imp("json.decoder", 0, &[]),
-            imp("", 1, &["sibling"]),
-            imp("up", 2, &["a", "b"]),
-            imp("collections.abc", 0, &["Mapping"]),
-            imp("_fast", 0, &[]),
-            imp("inclass", 0, &[]),
-            imp("after_def", 0, &[]),
-            imp("second", 0, &[]),
-            imp("weird", 0, &[]),
-        ]
-    );
+    assert_eq!(source_imports(SOURCE), source_imports_of(true));
     assert!(source_imports("print('import nothing')\nx = 'from a import b'").is_empty());
 }
 
@@ -79,22 +85,8 @@ fn pyc_imports_are_the_module_level_ones_the_compiler_emitted() {
     let minor = pyc_minor(&pyc).expect("the host interpreter's pyc version is understood");
     assert!(MINORS.contains(&minor));
     let got = pyc_imports(&pyc).expect("parsed");
-    // What the source says at module level (class bodies are their own code objects: not
-    // followed); `from weird import *` has no names.
-    assert_eq!(
-        got,
-        vec![
-            imp("os", 0, &[]),
-            imp("json.decoder", 0, &[]),
-            imp("", 1, &["sibling"]),
-            imp("up", 2, &["a", "b"]),
-            imp("collections.abc", 0, &["Mapping"]),
-            imp("_fast", 0, &[]),
-            imp("after_def", 0, &[]),
-            imp("second", 0, &[]),
-            imp("weird", 0, &[]),
-        ]
-    );
+    // What the source says at module level; `from weird import *` has no names.
+    assert_eq!(got, source_imports_of(false));
     assert!(is_module("x/__pycache__/m.cpython-311.pyc", &pyc));
     assert_eq!(imports_of("m.pyc", &pyc).map(|(m, _)| m), Some(Some(minor)));
 }
