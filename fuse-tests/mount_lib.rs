@@ -310,18 +310,8 @@ fn python_imports_are_read_before_the_interpreter_asks() {
     let served = rt
         .block_on(strata::mount::mount_image(&svc, s, &silent))
         .expect("mount");
-    let warmed = settled(&svc);
-    assert!(warmed > 0, "the warm-up fetched nothing");
-    let fetched = || svc.cache.stats.snapshot().bytes_fetched;
-    for p in imported {
-        std::fs::read(mp.path().join(p)).unwrap();
-        assert_eq!(fetched(), warmed, "{p} was not read ahead");
-    }
-    std::fs::read(mp.path().join(lazy)).unwrap();
-    assert!(
-        fetched() > warmed,
-        "a module imported only in a function was read ahead"
-    );
+    assert!(settled(&svc) > 0, "the warm-up fetched nothing");
+    read_ahead_only(&svc, mp.path(), imported, lazy);
     rt.block_on(served.shutdown(&svc.store));
 
     // (2) No warm list: the package's first read.
@@ -336,16 +326,23 @@ fn python_imports_are_read_before_the_interpreter_asks() {
         ))
         .expect("mount");
     std::fs::read(mp.path().join(&imported[0])).unwrap();
-    let warmed = settled(&svc);
+    settled(&svc);
+    read_ahead_only(&svc, mp.path(), &imported[1..], lazy);
+    rt.block_on(served.shutdown(&svc.store));
+}
+
+/// Once the warm-up of `svc` settled: reading `imported` under `mp` fetches nothing more,
+/// reading `lazy` (imported only inside a function) does.
+fn read_ahead_only(svc: &Services, mp: &Path, imported: &[String], lazy: &str) {
     let fetched = || svc.cache.stats.snapshot().bytes_fetched;
-    for p in &imported[1..] {
-        std::fs::read(mp.path().join(p)).unwrap();
+    let warmed = fetched();
+    for p in imported {
+        std::fs::read(mp.join(p)).unwrap();
         assert_eq!(fetched(), warmed, "{p} was not read ahead");
     }
-    std::fs::read(mp.path().join(lazy)).unwrap();
+    std::fs::read(mp.join(lazy)).unwrap();
     assert!(
         fetched() > warmed,
         "a module imported only in a function was read ahead"
     );
-    rt.block_on(served.shutdown(&svc.store));
 }

@@ -23,6 +23,17 @@ pub struct Import {
     pub from: Vec<String>,
 }
 
+impl Import {
+    /// `import NAME`.
+    fn absolute(name: &str) -> Import {
+        Import {
+            name: name.to_string(),
+            level: 0,
+            from: Vec::new(),
+        }
+    }
+}
+
 /// Python 3 minor versions whose `.pyc` files are understood.
 const MINORS: std::ops::RangeInclusive<u32> = 7..=13;
 /// Standard-library modules 3.11+ runs from frozen copies at start (their files are never read).
@@ -426,11 +437,7 @@ fn statement(s: &str) -> Vec<Import> {
             .split(',')
             .filter_map(|p| p.split_whitespace().next())
             .filter(|n| dotted(n))
-            .map(|n| Import {
-                name: n.to_string(),
-                level: 0,
-                from: Vec::new(),
-            })
+            .map(Import::absolute)
             .collect();
     }
     let Some(rest) = s.strip_prefix("from ") else {
@@ -693,11 +700,7 @@ pub fn expand(tree: &MergedTree, list: Vec<Vec<String>>) -> Vec<Vec<String>> {
         .flatten()
         .filter_map(|a| a.strip_prefix(MODULE_PREFIX))
         .filter(|n| dotted(n))
-        .map(|n| Import {
-            name: n.to_string(),
-            level: 0,
-            from: Vec::new(),
-        })
+        .map(Import::absolute)
         .collect();
     if !imports.is_empty() {
         let files = files_for(tree, "/", None, &imports);
