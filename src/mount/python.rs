@@ -409,8 +409,17 @@ pub fn source_imports(src: &str) -> Vec<Import> {
             in_def = Some(indent);
             continue;
         }
+        if !t.contains("import") {
+            continue;
+        }
+        // An import statement's continuation lines (a parenthesised name list, `\`), up to
+        // a bound: a hostile file must not make this quadratic.
         let mut stmt = t.to_string();
-        while stmt.ends_with('\\') || (stmt.contains('(') && !stmt.contains(')')) {
+        let joins = t.starts_with("from ") || t.starts_with("import ");
+        while joins
+            && stmt.len() < MAX_STATEMENT
+            && (stmt.ends_with('\\') || (stmt.contains('(') && !stmt.contains(')')))
+        {
             if stmt.ends_with('\\') {
                 stmt.pop();
             }
@@ -424,6 +433,9 @@ pub fn source_imports(src: &str) -> Vec<Import> {
     }
     out
 }
+
+/// Longest import statement joined from continuation lines.
+const MAX_STATEMENT: usize = 16 << 10;
 
 fn dotted(s: &str) -> bool {
     !s.is_empty()

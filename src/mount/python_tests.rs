@@ -58,6 +58,14 @@ fn source_imports_of(class_body: bool) -> Vec<Import> {
 fn source_imports_outside_functions() {
     assert_eq!(source_imports(SOURCE), source_imports_of(true));
     assert!(source_imports("print('import nothing')\nx = 'from a import b'").is_empty());
+    // An unclosed parenthesis: the statement stops at its bound (unbounded, joining a
+    // megabyte of lines would be quadratic) and later lines still count.
+    let mut big = String::from("from a import (b,\n");
+    big.push_str(&"    c,\n".repeat(200_000));
+    big.push_str("import after\n");
+    let got = source_imports(&big);
+    assert_eq!(got.first().map(|i| i.name.as_str()), Some("a"));
+    assert_eq!(got.last(), Some(&imp("after", 0, &[])));
 }
 
 /// `SOURCE` compiled by the host's `python3` (installed by scripts/install-deps.sh).
