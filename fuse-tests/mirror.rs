@@ -3,8 +3,8 @@
 //! first), is slow, or serves bytes that fail verification is asked once and then skipped
 //! (for every blob, or for that blob) while the reads go to the upstream and return the right
 //! bytes; once the hold-off has passed and the mirror serves ranges, reads use it again.
-//! Range requests to a mirror with `mirror-slice-size` never straddle a slice. The nginx
-//! mirror with many nodes is `mirror_nodes.rs`.
+//! Range requests to a mirror with `mirror-slice-size` never straddle a slice, run to the
+//! slice's end, and ask no byte twice. The nginx mirror with many nodes is `mirror_nodes.rs`.
 
 mod common;
 use common::cli::Mounted;
@@ -26,6 +26,11 @@ fn file(i: usize) -> Vec<u8> {
 
 /// Push the image and its sidecar index straight to the registry; returns the layer digest.
 fn publish(reg: &Registry, repo_tag: &str) -> String {
+    publish_layer(reg, repo_tag).0
+}
+
+/// [`publish`], also giving the layer blob's size.
+fn publish_layer(reg: &Registry, repo_tag: &str) -> (String, u64) {
     let mut l = Layer::new().dir("data");
     for i in 0..FILES {
         l = l.file(&format!("data/f{i}"), file(i));
@@ -35,7 +40,7 @@ fn publish(reg: &Registry, repo_tag: &str) -> String {
     StrataEnv::new()
         .run(&["index", &format!("{}/{repo_tag}", reg.host()), "--push"])
         .assert_success();
-    img.layers[0].digest.clone()
+    (img.layers[0].digest.clone(), img.layers[0].size)
 }
 
 /// A strata root whose only mirror for `reg` is `proxy`, with `extra` config keys.
@@ -61,6 +66,32 @@ fn read_head(mnt: &Path, i: usize) {
     let mut f = std::fs::File::open(mnt.join(format!("data/f{i}"))).unwrap();
     f.read_exact(&mut buf).unwrap();
     assert_eq!(buf, file(i)[..4096], "data/f{i}");
+}
+
+/// 4 KiB of file `i` at `offset` through the mount, checked.
+fn read_at(mnt: &Path, i: usize, offset: usize) {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 4096];
+    let f = std::fs::File::open(mnt.join(format!("data/f{i}"))).unwrap();
+    f.read_exact_at(&mut buf, offset as u64).unwrap();
+    assert_eq!(buf, file(i)[offset..offset + 4096], "data/f{i} at {offset}");
+}
+
+/// The Range requests for `digest` the mirror saw, as inclusive (first, last) pairs.
+fn mirror_ranges(proxy: &FaultProxy, digest: &str) -> Vec<(u64, u64)> {
+    proxy
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains(digest))
+        .filter_map(|r| {
+            let (a, b) = r
+                .range
+                .as_deref()?
+                .strip_prefix("bytes=")?
+                .split_once('-')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .collect()
 }
 
 /// Blob GETs of `digest` the mirror saw.
@@ -267,19 +298,7 @@ fn range_requests_to_a_mirror_are_cut_at_its_slice_size() {
     );
     let m = mount(&env, &format!("{}/mirror/slices:v1", reg.host()));
     read_head(&m.dir, 1);
-    let ranges: Vec<(u64, u64)> = proxy
-        .requests()
-        .iter()
-        .filter(|r| r.path.contains(&layer))
-        .filter_map(|r| {
-            let (a, b) = r
-                .range
-                .as_deref()?
-                .strip_prefix("bytes=")?
-                .split_once('-')?;
-            Some((a.parse().ok()?, b.parse().ok()?))
-        })
-        .collect();
+    let ranges = mirror_ranges(&proxy, &layer);
     assert!(
         ranges.len() >= 8,
         "one 512 KiB span in 64 KiB pieces: {ranges:?}"
@@ -295,5 +314,47 @@ fn range_requests_to_a_mirror_are_cut_at_its_slice_size() {
             w[1].0,
             "pieces leave a gap or overlap: {sorted:?}"
         );
+    }
+}
+
+/// A read that ends inside a slice asks the mirror to the slice's end (a slicing mirror
+/// fills the whole slice whatever part is asked, and nginx holds a second request of a slice
+/// it is still filling for 500 ms), and the next reads in that slice are served from what
+/// came back: every request ends at a slice boundary (or the blob's end) and no byte of the
+/// layer is asked twice, while adjacent runs (which share a slice, and a byte) are read.
+#[test]
+fn a_slice_is_asked_to_its_end_and_no_byte_twice() {
+    const SLICE: u64 = 64 << 10;
+    let reg = Registry::start();
+    let (layer, size) = publish_layer(&reg, "mirror/tails:v1");
+    let proxy = FaultProxy::in_front_of(&reg);
+    let env = env_with_mirror(
+        &reg,
+        &proxy,
+        serde_json::json!({"mirror-slice-size": "64KiB"}),
+    );
+    let m = mount(&env, &format!("{}/mirror/tails:v1", reg.host()));
+    // Files 1 and 2 from start to end, 4 KiB every 96 KiB: span after span, each run
+    // beginning in the slice where the one before it ended.
+    for i in 1..3 {
+        for off in (0..FILE_LEN - 4096).step_by(96 << 10) {
+            read_at(&m.dir, i, off);
+        }
+    }
+    let mut ranges = mirror_ranges(&proxy, &layer);
+    assert!(
+        ranges.len() >= 64,
+        "two 2 MiB files in 64 KiB pieces: {ranges:?}"
+    );
+    for (a, b) in &ranges {
+        assert_eq!(a / SLICE, b / SLICE, "bytes={a}-{b} straddles a slice");
+        assert!(
+            (b + 1) % SLICE == 0 || b + 1 == size,
+            "bytes={a}-{b} ends inside a slice (blob of {size} bytes)"
+        );
+    }
+    ranges.sort();
+    for w in ranges.windows(2) {
+        assert!(w[0].1 < w[1].0, "a byte asked twice: {:?} {:?}", w[0], w[1]);
     }
 }

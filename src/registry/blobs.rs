@@ -68,6 +68,71 @@ impl Drop for SliceTurn<'_> {
     }
 }
 
+/// What this client received of slicing mirrors' slices (it asks to the slice's end, see
+/// [`Client::get_blob_range`]), kept for its next request of that slice: adjacent runs often
+/// share a slice (and, in a gzip layer, the byte where one ends and the next begins). The
+/// bytes are verified where they are used, as any other; when they fail, the client
+/// distrusts the mirror for that blob and forgets what it kept of the blob
+/// ([`SliceTails::forget`]).
+pub(super) struct SliceTails(std::sync::Mutex<(lru::LruCache<SliceKey, (u64, Bytes)>, usize)>);
+
+/// Most bytes of slices kept per client.
+const SLICE_TAILS_MAX_BYTES: usize = 32 << 20;
+
+impl Default for SliceTails {
+    fn default() -> Self {
+        SliceTails(std::sync::Mutex::new((lru::LruCache::unbounded(), 0)))
+    }
+}
+
+impl SliceTails {
+    /// The bytes `range` of slice `key` if what is kept of it holds them all.
+    fn take(&self, key: &SliceKey, range: &Range<u64>) -> Option<Bytes> {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (start, b) = g.0.get(key)?;
+        let end = start + b.len() as u64;
+        if range.start < *start || range.end > end {
+            return None;
+        }
+        Some(b.slice((range.start - start) as usize..(range.end - start) as usize))
+    }
+
+    /// Keep `b`, the bytes of slice `key` from blob offset `start`.
+    fn keep(&self, key: SliceKey, start: u64, b: Bytes) {
+        if b.is_empty() {
+            return;
+        }
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (tails, bytes) = &mut *g;
+        *bytes += b.len();
+        if let Some((_, old)) = tails.put(key, (start, b)) {
+            *bytes -= old.len();
+        }
+        while *bytes > SLICE_TAILS_MAX_BYTES {
+            match tails.pop_lru() {
+                Some((_, (_, old))) => *bytes -= old.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// Forget everything kept of `blob` (its bytes failed verification).
+    pub(super) fn forget(&self, blob: &Digest) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (tails, bytes) = &mut *g;
+        let keys: Vec<SliceKey> = tails
+            .iter()
+            .filter(|(k, _)| k.1 == *blob)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            if let Some((_, b)) = tails.pop(&k) {
+                *bytes -= b.len();
+            }
+        }
+    }
+}
+
 /// The first pause before asking a filling mirror whether it holds a blob now; doubled after
 /// each ask that finds it still filling, up to [`FILL_POLL_MAX`] (one backoff per mirror).
 const FILL_POLL_FIRST: Duration = Duration::from_secs(1);
@@ -113,6 +178,24 @@ impl Client {
         digest: &Digest,
         range: Option<Range<u64>>,
     ) -> Result<Response, Error> {
+        let need = range.as_ref().map_or(0, |r| r.end);
+        Ok(self
+            .blob_response_to(ep, repo, digest, range, need)
+            .await?
+            .0)
+    }
+
+    /// [`Self::blob_response`] for a range asked past the bytes needed (up to `need_end`):
+    /// the answer may end at the blob's end before the range does. Also gives the end of
+    /// the bytes the answer carries (the range's end, or the blob's).
+    async fn blob_response_to(
+        &self,
+        ep: &Endpoint,
+        repo: &Repository,
+        digest: &Digest,
+        range: Option<Range<u64>>,
+        need_end: u64,
+    ) -> Result<(Response, u64), Error> {
         let what = format!("blob {digest} in {repo}");
         let url = ep.url(&repo.name, &format!("blobs/{digest}"));
         let scope = Self::scope_pull(ep.repo_name(&repo.name));
@@ -138,6 +221,7 @@ impl Client {
             _ => send.await?,
         };
         let resp = check_status(resp, Method::GET, &url, &what).await?;
+        let mut end = 0;
         if let Some(rg) = &range {
             if resp.status() != StatusCode::PARTIAL_CONTENT {
                 // Dropped unread: the connection closes at once (a mirror streaming the whole
@@ -148,12 +232,12 @@ impl Client {
                     length: resp.content_length(),
                 });
             }
-            range::check_content_range(resp.headers(), rg, &what)?;
+            end = range::check_content_range(resp.headers(), rg, need_end, &what)?;
             if ep.mirror {
                 self.health.served_range(&ep.base, digest);
             }
         }
-        Ok(resp)
+        Ok((resp, end))
     }
 
     /// Fetch a byte range of a blob into memory (bounded by the range length). From a mirror
@@ -213,28 +297,48 @@ impl Client {
     ) -> Result<Bytes, Error> {
         let len = range.end.saturating_sub(range.start) as usize;
         let url = format!("{repo}@{digest} bytes {}..{}", range.start, range.end);
-        // A range within one slice of a slicing mirror: one request per slice at a time.
+        // A range within one slice of a slicing mirror: one request per slice at a time, and
+        // asked to the slice's end. The mirror fills the whole slice from its upstream
+        // whatever part is asked; answering a part that ends earlier, it would still be
+        // filling the slice when this client's next request of it comes (the next run often
+        // begins where this one ends), and nginx holds that request for 500 ms
+        // (`proxy_cache_lock` polls). Asked to the end, the answer ends when the slice is in
+        // the mirror's cache. The bytes past the range cost only the mirror's own link.
         let slice = self.config.mirror_slice_size;
         let one_slice =
             ep.mirror && slice > 0 && len > 0 && range.start / slice == (range.end - 1) / slice;
-        let _turn = match one_slice {
-            true => Some(
-                self.slices
-                    .turn((ep.base.clone(), *digest, range.start / slice))
-                    .await,
-            ),
-            false => None,
+        let key = (ep.base.clone(), *digest, range.start / slice.max(1));
+        let (_turn, ask) = match one_slice {
+            true => {
+                let turn = self.slices.turn(key.clone()).await;
+                if let Some(b) = self.tails.take(&key, &range) {
+                    return Ok(b);
+                }
+                let end = (key.2.saturating_add(1))
+                    .saturating_mul(slice)
+                    .max(range.end);
+                (Some(turn), range.start..end)
+            }
+            false => (None, range.clone()),
         };
-        let resp = self.blob_response(ep, repo, digest, Some(range)).await?;
-        let body = read_limited(resp, len, &url).await?;
-        if body.len() != len {
+        let ask_len = (ask.end - ask.start) as usize;
+        let (resp, end) = self
+            .blob_response_to(ep, repo, digest, Some(ask), range.end)
+            .await?;
+        let carried = end.saturating_sub(range.start) as usize;
+        let mut body = read_limited(resp, ask_len, &url).await?;
+        if body.len() != carried || body.len() < len {
             return Err(Error::Status {
                 method: Method::GET,
                 url,
                 status: StatusCode::PARTIAL_CONTENT,
-                body: format!("short body: {} of {len} bytes", body.len()),
+                body: format!("short body: {} of {carried} bytes", body.len()),
             });
         }
+        if one_slice {
+            self.tails.keep(key, range.start, body.clone());
+        }
+        body.truncate(len);
         Ok(body)
     }
 

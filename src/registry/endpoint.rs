@@ -513,9 +513,11 @@ impl Client {
     }
 
     /// Bytes of `blob` failed verification: skip every mirror of `repo` for that blob for a
-    /// while (the bytes may have come from one of them; the upstream is the reference).
+    /// while (the bytes may have come from one of them; the upstream is the reference), and
+    /// forget what slicing mirrors sent of it.
     pub fn distrust_mirrors(&self, repo: &Repository, blob: &Digest) {
         let now = Instant::now();
+        self.tails.forget(blob);
         let eps = self.endpoints(repo, Op::Pull).unwrap_or_default();
         for ep in eps.into_iter().filter(|e| e.mirror) {
             if let Some(hold) = self.health.blob_failed(&ep.base, blob, now) {

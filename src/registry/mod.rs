@@ -203,6 +203,8 @@ pub struct Client {
     /// Slices of a slicing mirror's blobs with a request of this client under way
     /// ([`blobs::SliceLocks`]).
     slices: blobs::SliceLocks,
+    /// What slicing mirrors sent past the ranges asked for ([`blobs::SliceTails`]).
+    tails: blobs::SliceTails,
 }
 
 /// A preconnect under way, awaited by requests to its endpoint.
@@ -230,6 +232,7 @@ impl Client {
             preconnects: Mutex::new(HashMap::new()),
             answered: Mutex::new(Default::default()),
             slices: Default::default(),
+            tails: Default::default(),
         })
     }
 
