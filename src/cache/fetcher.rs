@@ -7,7 +7,9 @@
 //! storing the result are the caller's, in `mod.rs`).
 
 use super::layout::{Layout, LayoutError};
+use super::local::Tiers;
 use super::{CachedLayer, Error, Stats};
+use crate::layer::Window;
 use bytes::Bytes;
 use std::ops::Range;
 use std::sync::Arc;
@@ -113,6 +115,8 @@ pub(super) struct Fetcher {
     pub(super) link: Arc<LinkUse>,
     timeout: Duration,
     stats: Arc<Stats>,
+    /// The local tiers, read for the bytes before a checkpoint (its window).
+    tiers: Arc<Tiers>,
 }
 
 /// What a fetch decodes: a run of whole spans, or blocks `0..=k` of one span.
@@ -127,7 +131,7 @@ impl Decode {
         &self,
         layout: &Layout,
         compressed: &[u8],
-        window: Option<&[u8]>,
+        window: Option<Window<'_>>,
     ) -> Result<Vec<u8>, LayoutError> {
         match self {
             Decode::Run(run) => layout.decode(run.clone(), compressed, window),
@@ -159,7 +163,12 @@ async fn until(n: &tokio::sync::Notify, cond: impl Fn() -> bool) {
 }
 
 impl Fetcher {
-    pub(super) fn new(max_concurrent: usize, timeout: Duration, stats: Arc<Stats>) -> Fetcher {
+    pub(super) fn new(
+        max_concurrent: usize,
+        timeout: Duration,
+        stats: Arc<Stats>,
+        tiers: Arc<Tiers>,
+    ) -> Fetcher {
         Fetcher {
             permits: tokio::sync::Semaphore::new(max_concurrent.max(1)),
             spec_permits: tokio::sync::Semaphore::new(SPEC_PERMITS),
@@ -167,6 +176,7 @@ impl Fetcher {
             link: Arc::new(LinkUse::default()),
             timeout,
             stats,
+            tiers,
         }
     }
 
@@ -297,11 +307,23 @@ impl Fetcher {
         })?;
         let first = decode.spans().start;
         let window_need = layer.layout.remote_window(first);
-        tracing::debug!(layer = %layer.digest, span = first, ?crange, window = window_need.is_some(), "fetch");
+        // The window is the 32 KiB before the checkpoint: when the span before is local
+        // (verified), no request for the stored window (the first attempt only).
+        let mut before = window_need
+            .as_ref()
+            .and_then(|_| layer.layout.window_before(first))
+            .and_then(|r| self.tiers.read_local(layer, r));
+        tracing::debug!(layer = %layer.digest, span = first, ?crange, window = window_need.is_some(), window_local = before.is_some(), "fetch");
         let mut attempt = 0;
         loop {
             let err = match self
-                .attempt(layer, &crange, &decode, window_need.as_ref())
+                .attempt(
+                    layer,
+                    &crange,
+                    &decode,
+                    window_need.as_ref(),
+                    before.as_ref(),
+                )
                 .await
             {
                 Ok(b) => return Ok(b),
@@ -309,6 +331,11 @@ impl Fetcher {
                 Err(e) => e,
             };
             match &err {
+                Error::Verify { .. } if before.take().is_some() => {
+                    // Not the fetched bytes' fault necessarily: the next attempt uses the
+                    // stored window (and blames the source if it fails again).
+                    tracing::warn!(layer = %layer.digest, attempt, "decoding with the window from the local span before failed: {}", err.report());
+                }
                 Error::Verify { .. } => {
                     tracing::error!(layer = %layer.digest, attempt, "fetched bytes failed verification: {}", err.report());
                     layer.source.distrust();
@@ -334,13 +361,16 @@ impl Fetcher {
         crange: &Range<u64>,
         decode: &Decode,
         window_need: Option<&(Range<u64>, [u8; 32])>,
+        before: Option<&Bytes>,
     ) -> Result<Bytes, Error> {
         let first = decode.spans().start;
         let started = Instant::now();
-        // The window (if the index holds only its head) comes with the span's bytes.
+        // The window (if the index holds only its head) comes with the span's bytes, unless
+        // the bytes before the checkpoint are local.
         let window_fut = async {
             match (window_need, &layer.windows) {
                 (None, _) => Ok(None),
+                (Some(_), _) if before.is_some() => Ok(None),
                 (Some((r, d)), Some(w)) => {
                     w.get(first, r.clone(), *d)
                         .await
@@ -370,8 +400,14 @@ impl Fetcher {
         let net = started.elapsed();
         let (l2, dec) = (layer.clone(), decode.clone());
         let at = crange.start;
+        let before = before.cloned();
         let decoded = tokio::task::spawn_blocking(move || {
-            let out = dec.apply(&l2.layout, &compressed, window.as_deref());
+            let w = match (&window, &before) {
+                (Some(w), _) => Some(Window::Stored(w)),
+                (None, Some(b)) => Some(Window::Before(b)),
+                (None, None) => None,
+            };
+            let out = dec.apply(&l2.layout, &compressed, w);
             // A whole-layer fetch is recording what the spans were decoded from.
             if out.is_ok() && l2.check.recording() {
                 let spans = match &dec {

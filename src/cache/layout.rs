@@ -9,7 +9,7 @@
 //! (a file's chunks are consecutive, so its bytes are one contiguous virtual range).
 
 use super::learned::Learned;
-use crate::layer::{EntryKind, EntryRef, LayerIndex, SpanCheck};
+use crate::layer::{EntryKind, EntryRef, LayerIndex, SpanCheck, Window};
 use sha2::{Digest as _, Sha256};
 use std::ops::Range;
 use std::sync::Arc;
@@ -162,13 +162,28 @@ impl Layout {
         Some((t.window_range(i), t.window_digests.get(i).copied()?))
     }
 
+    /// The uncompressed bytes whose last 32 KiB can stand in for span `i`'s remote window
+    /// (see [`Self::remote_window`]) when they are local: the bytes just before its
+    /// checkpoint. `None` when no remote window is needed, or when the table checks the
+    /// compressed bytes rather than what they decode to (a window is then trusted only from
+    /// its sha256).
+    pub fn window_before(&self, i: usize) -> Option<Range<u64>> {
+        let t = self.index.seek_table()?;
+        if t.check != SpanCheck::Blocks {
+            return None;
+        }
+        self.remote_window(i)?;
+        let cp = t.span_range(i).start;
+        Some(cp.saturating_sub(32 << 10)..cp).filter(|r| !r.is_empty())
+    }
+
     /// Decode spans `run` from exactly `self.compressed(run)` bytes; verified, concatenated.
     /// `window`: the stored window of the run's first checkpoint when it is not local.
     pub fn decode(
         &self,
         run: Range<usize>,
         compressed: &[u8],
-        window: Option<&[u8]>,
+        window: Option<Window<'_>>,
     ) -> Result<Vec<u8>, LayoutError> {
         match (&self.chunk_starts, self.index.seek_table()) {
             (Some(_), _) => {
@@ -221,7 +236,7 @@ impl Layout {
         i: usize,
         k: usize,
         compressed: &[u8],
-        window: Option<&[u8]>,
+        window: Option<Window<'_>>,
     ) -> Result<Vec<u8>, LayoutError> {
         let t = self
             .index

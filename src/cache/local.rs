@@ -130,6 +130,16 @@ impl Tiers {
             .collect()
     }
 
+    /// Bytes `range` of the uncompressed layer if every span of it is local (never fetches).
+    pub(super) fn read_local(&self, layer: &CachedLayer, range: Range<u64>) -> Option<Bytes> {
+        let spans = layer.layout.locate(range.clone()).ok()?;
+        if spans.len() == 1 {
+            return self.piece(layer, spans.start, range);
+        }
+        let parts: Option<Vec<Bytes>> = self.pieces(layer, spans, &range).into_iter().collect();
+        Some(concat(parts?))
+    }
+
     /// Keep freshly fetched, verified spans: in memory now, on disk soon. Until a span file
     /// exists the span stays pinned in memory, so a reader that no longer finds it in flight
     /// finds it here. Span files are re-verified whenever they are loaded, so no fsync.

@@ -177,15 +177,21 @@ impl ChunkCache {
     pub fn open(cfg: CacheConfig) -> Result<Arc<ChunkCache>, Error> {
         let disk = disk::Disk::open(cfg.dir.clone(), cfg.disk_bytes)?;
         let stats = Arc::new(Stats::default());
+        let tiers = Arc::new(Tiers::new(
+            memory::Memory::new(cfg.memory_bytes),
+            disk,
+            stats.clone(),
+        ));
         Ok(Arc::new(ChunkCache {
-            tiers: Arc::new(Tiers::new(
-                memory::Memory::new(cfg.memory_bytes),
-                disk,
-                stats.clone(),
-            )),
+            tiers: tiers.clone(),
             spans: SingleFlight::new(),
             prefixes: SingleFlight::new(),
-            fetcher: Fetcher::new(cfg.max_concurrent_fetches, cfg.fetch_timeout, stats.clone()),
+            fetcher: Fetcher::new(
+                cfg.max_concurrent_fetches,
+                cfg.fetch_timeout,
+                stats.clone(),
+                tiers,
+            ),
             policy: Policy::new(
                 cfg.partial_spans,
                 cfg.fetch_ahead,

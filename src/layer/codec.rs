@@ -11,7 +11,7 @@
 //! and the layer error type; it knows no codec.
 
 use super::error::{self, Result};
-use super::seek::{SeekTable, SpanPlan};
+use super::seek::{SeekTable, SpanPlan, Window};
 use std::io::Read;
 use std::ops::Range;
 
@@ -28,7 +28,7 @@ pub(crate) trait Codec: Sync {
         table: &SeekTable,
         plan: &SpanPlan,
         compressed: &[u8],
-        window: Option<&[u8]>,
+        window: Option<Window<'_>>,
         out: &mut Vec<u8>,
     ) -> Result<()>;
 
@@ -46,7 +46,7 @@ pub(crate) trait Codec: Sync {
         n: u64,
         crange: Range<u64>,
         compressed: &[u8],
-        window: Option<&[u8]>,
+        window: Option<Window<'_>>,
         out: &mut Vec<u8>,
     ) -> Result<()>;
 }

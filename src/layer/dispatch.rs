@@ -6,7 +6,7 @@
 
 use super::codec::Codec;
 use super::error::{Error, Result};
-use super::seek::{Compression, SeekTable, SpanCheck, SpanPlan};
+use super::seek::{Compression, SeekTable, SpanCheck, SpanPlan, Window};
 use super::{gzip, plain, zstd};
 use std::ops::Range;
 
@@ -32,7 +32,7 @@ impl SeekTable {
         &self,
         plan: &SpanPlan,
         compressed: &[u8],
-        window: Option<&[u8]>,
+        window: Option<Window<'_>>,
     ) -> Result<Vec<u8>> {
         let want = plan.compressed.end - plan.compressed.start;
         if compressed.len() as u64 != want {
@@ -98,7 +98,7 @@ impl SeekTable {
         i: usize,
         k: usize,
         compressed: &[u8],
-        window: Option<&[u8]>,
+        window: Option<Window<'_>>,
     ) -> Result<Vec<u8>> {
         let crange = self
             .prefix_plan(i, k)

@@ -13,7 +13,7 @@
 
 use super::codec::{self, Codec, Indexer};
 use super::error::{Error, Result};
-use super::seek::{Compression, SeekTable, SpanPlan};
+use super::seek::{Compression, SeekTable, SpanPlan, Window};
 use super::spans::SpanHasher;
 use libz_rs_sys as z;
 use std::io::{ErrorKind, Read, Write};
@@ -329,7 +329,7 @@ impl Codec for Gzip {
         table: &SeekTable,
         plan: &SpanPlan,
         compressed: &[u8],
-        window: Option<&[u8]>,
+        window: Option<Window<'_>>,
         out: &mut Vec<u8>,
     ) -> Result<()> {
         decode_spans(table, plan, compressed, window, None, out)
@@ -346,7 +346,7 @@ impl Codec for Gzip {
         n: u64,
         crange: Range<u64>,
         compressed: &[u8],
-        window: Option<&[u8]>,
+        window: Option<Window<'_>>,
         out: &mut Vec<u8>,
     ) -> Result<()> {
         let start = table.span_range(i).start;
@@ -366,7 +366,7 @@ fn decode_spans(
     table: &SeekTable,
     plan: &SpanPlan,
     compressed: &[u8],
-    window: Option<&[u8]>,
+    window: Option<Window<'_>>,
     prefix: Option<u64>,
     out: &mut Vec<u8>,
 ) -> Result<()> {
@@ -388,7 +388,7 @@ fn decode_spans(
             inf.prime(cp.bits, byte >> (8 - cp.bits)).map_err(derr)?;
             input = rest;
         }
-        let window = unpack_window(table.resume_window(first, window)?).map_err(derr)?;
+        let window = table.window_for(first, window)?;
         inf.set_dictionary(&window).map_err(derr)?;
         inf
     };
@@ -601,7 +601,7 @@ mod tests {
                     "span {i} block {k}"
                 );
                 // The same with the window supplied (head-only index).
-                let w = t.needs_window(i).then(|| t.window(i));
+                let w = t.needs_window(i).then(|| Window::Stored(t.window(i)));
                 assert_eq!(head_only.decode_prefix(i, k, bytes, w).unwrap(), got);
                 // One flipped byte: an error, never wrong bytes (a byte past what the decoder
                 // needed may go unnoticed, the output is still right).
@@ -693,14 +693,14 @@ mod tests {
         let plan = t.span_plan(r.clone()).unwrap();
         let c = &blob[plan.compressed.start as usize..plan.compressed.end as usize];
         let got = head_only
-            .decode_spans_with(&plan, c, Some(t.window(i)))
+            .decode_spans_with(&plan, c, Some(Window::Stored(t.window(i))))
             .unwrap();
         assert_eq!(
             got,
             &data[plan.uncompressed.start as usize..plan.uncompressed.end as usize]
         );
         assert!(matches!(
-            head_only.decode_spans_with(&plan, c, Some(bad.window(i))),
+            head_only.decode_spans_with(&plan, c, Some(Window::Stored(bad.window(i)))),
             Err(Error::WindowDigest { .. })
         ));
         // Flip one compressed byte in the middle of span i.

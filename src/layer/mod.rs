@@ -39,7 +39,7 @@ pub use entry::{normalize_path, split_path, Entry, EntryKind, EntryTable, RawEnt
 pub use error::{Error, Result};
 pub use index::{head_len, Chunk, EntryRef, LayerIndex, LayerMeta};
 pub use seek::{
-    Block, Checkpoint, Compression, SeekTable, SpanCheck, SpanPlan, BLOCK, DEFAULT_SPAN,
+    Block, Checkpoint, Compression, SeekTable, SpanCheck, SpanPlan, Window, BLOCK, DEFAULT_SPAN,
 };
 pub use tar::{TarReader, MAX_META};
 

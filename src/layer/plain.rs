@@ -7,7 +7,7 @@
 
 use super::codec::{Codec, Indexer};
 use super::error::Result;
-use super::seek::{Compression, SeekTable, SpanPlan};
+use super::seek::{Compression, SeekTable, SpanPlan, Window};
 use super::spans::SpanHasher;
 use std::io::Read;
 use std::ops::Range;
@@ -67,7 +67,7 @@ impl Codec for Plain {
         table: &SeekTable,
         plan: &SpanPlan,
         compressed: &[u8],
-        _window: Option<&[u8]>,
+        _window: Option<Window<'_>>,
         out: &mut Vec<u8>,
     ) -> Result<()> {
         let mut rest = compressed;
@@ -96,7 +96,7 @@ impl Codec for Plain {
         n: u64,
         _crange: Range<u64>,
         compressed: &[u8],
-        _window: Option<&[u8]>,
+        _window: Option<Window<'_>>,
         out: &mut Vec<u8>,
     ) -> Result<()> {
         let part = compressed

@@ -50,6 +50,18 @@ impl Compression {
     }
 }
 
+/// The window a caller supplies to resume decoding at a checkpoint the table holds no window
+/// for (an index fetched as its head alone).
+#[derive(Clone, Copy, Debug)]
+pub enum Window<'a> {
+    /// The checkpoint's stored window, fetched from the index's window section (deflated;
+    /// checked against its sha256).
+    Stored(&'a [u8]),
+    /// The uncompressed bytes just before the checkpoint (its last 32 KiB are the window),
+    /// read from verified local spans.
+    Before(&'a [u8]),
+}
+
 /// What a table's span sha256s are of, and so how fetched bytes are checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[repr(u8)]
@@ -188,6 +200,33 @@ impl SeekTable {
             });
         }
         Ok(())
+    }
+
+    /// The dictionary to resume decoding at checkpoint `i` (empty when none is needed):
+    /// `given` by the caller ([`Window::Stored`], checked against its sha256, or
+    /// [`Window::Before`], taken as it is) or the local stored one. A window taken from the
+    /// bytes before the checkpoint is not checked here: what it decodes is, block by block,
+    /// so it is refused for a table that checks compressed bytes instead (a SOCI zTOC's).
+    pub(crate) fn window_for(&self, i: usize, given: Option<Window<'_>>) -> Result<Vec<u8>> {
+        match given {
+            Some(Window::Before(b)) if self.needs_window(i) => {
+                if self.check != SpanCheck::Blocks {
+                    return Err(Error::WindowMissing { span: i });
+                }
+                Ok(b[b.len().saturating_sub(32 << 10)..].to_vec())
+            }
+            Some(Window::Before(_)) => Ok(Vec::new()),
+            Some(Window::Stored(w)) => self.unpacked(i, Some(w)),
+            None => self.unpacked(i, None),
+        }
+    }
+
+    fn unpacked(&self, i: usize, given: Option<&[u8]>) -> Result<Vec<u8>> {
+        let packed = self.resume_window(i, given)?;
+        if packed.is_empty() {
+            return Ok(Vec::new());
+        }
+        super::gzip::unpack_window(packed).map_err(|e| self.decode_err(i, e))
     }
 
     /// The verified window to resume decoding at checkpoint `i`: `given` (fetched by the

@@ -501,7 +501,7 @@ fn head_only_index_and_damaged_window_section() {
         let w = ht.window_range(i);
         let win = &bytes[head + w.start as usize..head + w.end as usize];
         let got = ht
-            .decode_spans_with(&plan, c, ht.needs_window(i).then_some(win))
+            .decode_spans_with(&plan, c, ht.needs_window(i).then_some(Window::Stored(win)))
             .unwrap();
         assert_eq!(got, fx_tar_range(&fx, r), "span {i}");
         if ht.needs_window(i) {

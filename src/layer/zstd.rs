@@ -12,7 +12,7 @@
 
 use super::codec::{Codec, Indexer};
 use super::error::{Error, Result};
-use super::seek::{Compression, SeekTable, SpanPlan};
+use super::seek::{Compression, SeekTable, SpanPlan, Window};
 use super::spans::SpanHasher;
 use std::io::{ErrorKind, Read};
 use std::ops::Range;
@@ -152,7 +152,7 @@ impl Codec for Zstd {
         table: &SeekTable,
         plan: &SpanPlan,
         compressed: &[u8],
-        _window: Option<&[u8]>,
+        _window: Option<Window<'_>>,
         out: &mut Vec<u8>,
     ) -> Result<()> {
         decode_spans(table, plan, compressed, out)
@@ -169,7 +169,7 @@ impl Codec for Zstd {
         _n: u64,
         _crange: Range<u64>,
         _compressed: &[u8],
-        _window: Option<&[u8]>,
+        _window: Option<Window<'_>>,
         _out: &mut Vec<u8>,
     ) -> Result<()> {
         Err(table.decode_err(i, "zstd spans are fetched whole"))

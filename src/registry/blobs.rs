@@ -74,7 +74,10 @@ impl Drop for SliceTurn<'_> {
 /// bytes are verified where they are used, as any other; when they fail, the client
 /// distrusts the mirror for that blob and forgets what it kept of the blob
 /// ([`SliceTails::forget`]).
-pub(super) struct SliceTails(std::sync::Mutex<(lru::LruCache<SliceKey, (u64, Bytes)>, usize)>);
+pub(super) struct SliceTails(std::sync::Mutex<(Tails, usize)>);
+
+/// Slice -> (blob offset of the first byte kept, the bytes); with the bytes kept in all.
+type Tails = lru::LruCache<SliceKey, (u64, Bytes)>;
 
 /// Most bytes of slices kept per client.
 const SLICE_TAILS_MAX_BYTES: usize = 32 << 20;

@@ -169,6 +169,47 @@ async fn head_only_index_fetches_windows_lazily_verified_and_once() {
     assert_eq!(wsrc2.requests.load(Ordering::SeqCst), 1);
 }
 
+/// A run whose span before is local takes its window from that span's last 32 KiB: no
+/// request for the stored window. If those bytes were wrong the output fails its check and
+/// the next attempt fetches the stored window: the right bytes all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_comes_from_the_local_span_before() {
+    let f = fixture();
+    let cache = open_cache(&f.cache_dir, 1 << 30);
+    let (l, _src, wsrc, _wdir) = head_only_layer(&f);
+    let t = l.layout.index().seek_table().unwrap();
+    let i = (1..t.checkpoints.len() - 2)
+        .find(|&i| (i..i + 3).all(|k| t.needs_window(k)))
+        .expect("three spans in a row that need windows");
+    let whole = t.span_range(i).start..t.span_range(i + 2).end;
+    let other = open_cache(&f.cache_dir.with_file_name("cache-want"), 1 << 30);
+    let want = other.read(&layer(&f, 0).0, whole.clone()).await.unwrap();
+    // Span i: the one before is not local, its stored window is fetched.
+    cache.read(&l, t.span_range(i)).await.unwrap();
+    let fetched = wsrc.requests.load(Ordering::SeqCst);
+    assert_eq!(fetched, 1);
+    cache.flush().await;
+    // Span i + 1: span i is local, no window request.
+    let got = cache.read(&l, t.span_range(i + 1)).await.unwrap();
+    assert_eq!(wsrc.requests.load(Ordering::SeqCst), fetched);
+    let off = (t.span_range(i + 1).start - whole.start) as usize;
+    assert_eq!(&got[..], &want[off..off + got.len()]);
+    // Span i + 2 with wrong bytes kept for span i + 1: the stored window, right bytes.
+    let mut bad = cache.read(&l, t.span_range(i + 1)).await.unwrap().to_vec();
+    let n = bad.len();
+    for b in &mut bad[n.saturating_sub(32 << 10)..] {
+        *b ^= 0x55;
+    }
+    cache
+        .tiers
+        .mem
+        .insert_span(local::span_key(&l, i + 1), Bytes::from(bad));
+    let got = cache.read(&l, t.span_range(i + 2)).await.unwrap();
+    assert_eq!(wsrc.requests.load(Ordering::SeqCst), fetched + 1);
+    let off = (t.span_range(i + 2).start - whole.start) as usize;
+    assert_eq!(&got[..], &want[off..off + got.len()]);
+}
+
 #[tokio::test]
 async fn corrupt_prefix_is_refused_and_nothing_kept() {
     let sizes: Vec<usize> = (0..120).map(|i| 3000 + (i * 104_729) % 5000).collect();
