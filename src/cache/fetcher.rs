@@ -1,10 +1,11 @@
 //! Fetching spans: which missing spans go out together (adjacent runs, coalesced into one
 //! Range request), and for one run or span prefix the request itself under a fetch permit,
-//! with the checkpoint's gzip window when the index holds only its head (`windows.rs`),
-//! decoded and verified block by block on the blocking pool, retried, all within the fetch
-//! deadline. Calls the layer's [`BlobSource`](super::BlobSource) (the registry or a local
-//! blob) and `layout.rs`; stores nothing and takes no lock of the cache (single-flight and
-//! storing the result are the caller's, in `mod.rs`).
+//! with the checkpoint's gzip window when the index holds only its head (`windows.rs`, or
+//! the local span before the checkpoint), decoded and verified block by block on the blocking
+//! pool, retried, all within the fetch deadline. Calls the layer's
+//! [`BlobSource`](super::BlobSource) (the registry or a local blob), `layout.rs` and reads
+//! the local tiers (`local.rs`); stores nothing and takes no lock of the cache (single-flight
+//! and storing the result are the caller's, in `mod.rs`).
 
 use super::layout::{Layout, LayoutError};
 use super::local::Tiers;

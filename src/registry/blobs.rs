@@ -1,6 +1,7 @@
 //! Blob downloads: a streamed GET (optionally of a byte range, the answer's `Content-Range`
 //! checked), a ranged read into memory (cut at the mirror's slice size for a Range-aware
-//! caching mirror), and a whole small blob verified against its digest. Mirrors first (those
+//! caching mirror, each piece asked to its slice's end and the rest kept for the next read of
+//! that slice), and a whole small blob verified against its digest. Mirrors first (those
 //! that serve content by digest), then the upstream; a mirror that answers a Range with the
 //! whole blob or too slowly is filling that blob: it is waited for (`mirror-fill-wait`,
 //! polled with one-byte Range requests) and then skipped for that blob for a while
