@@ -313,7 +313,10 @@ impl Fetcher {
         let mut before = window_need
             .as_ref()
             .and_then(|_| layer.layout.window_before(first))
-            .and_then(|r| self.tiers.read_local(layer, r));
+            .and_then(|r| {
+                let spans = layer.layout.locate(r.clone()).ok()?;
+                self.tiers.read_local(layer, spans, r)
+            });
         tracing::debug!(layer = %layer.digest, span = first, ?crange, window = window_need.is_some(), window_local = before.is_some(), "fetch");
         let mut attempt = 0;
         loop {

@@ -130,9 +130,14 @@ impl Tiers {
             .collect()
     }
 
-    /// Bytes `range` of the uncompressed layer if every span of it is local (never fetches).
-    pub(super) fn read_local(&self, layer: &CachedLayer, range: Range<u64>) -> Option<Bytes> {
-        let spans = layer.layout.locate(range.clone()).ok()?;
+    /// Bytes `range` of the uncompressed layer if every span of it is local (never fetches);
+    /// `spans`: the spans covering `range` (`Layout::locate`).
+    pub(super) fn read_local(
+        &self,
+        layer: &CachedLayer,
+        spans: Range<usize>,
+        range: Range<u64>,
+    ) -> Option<Bytes> {
         if spans.len() == 1 {
             return self.piece(layer, spans.start, range);
         }

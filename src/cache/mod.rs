@@ -223,14 +223,7 @@ impl ChunkCache {
                 }))
             }
         };
-        if spans.len() == 1 {
-            return self.tiers.piece(layer, spans.start, range).map(Ok);
-        }
-        let mut parts = Vec::with_capacity(spans.len());
-        for p in self.tiers.pieces(layer, spans, &range) {
-            parts.push(p?);
-        }
-        Some(Ok(concat(parts)))
+        self.tiers.read_local(layer, spans, range).map(Ok)
     }
 
     /// Bytes `range` of the uncompressed layer, fetching missing spans. Every byte returned

@@ -311,11 +311,11 @@ impl Client {
         let slice = self.config.mirror_slice_size;
         let one_slice =
             ep.mirror && slice > 0 && len > 0 && range.start / slice == (range.end - 1) / slice;
-        let key = (ep.base.clone(), *digest, range.start / slice.max(1));
-        let (_turn, ask) = match one_slice {
-            true => {
+        let key = one_slice.then(|| (ep.base.clone(), *digest, range.start / slice));
+        let (_turn, ask) = match &key {
+            Some(key) => {
                 let turn = self.slices.turn(key.clone()).await;
-                if let Some(b) = self.tails.take(&key, &range) {
+                if let Some(b) = self.tails.take(key, &range) {
                     return Ok(b);
                 }
                 let end = (key.2.saturating_add(1))
@@ -323,7 +323,7 @@ impl Client {
                     .max(range.end);
                 (Some(turn), range.start..end)
             }
-            false => (None, range.clone()),
+            None => (None, range.clone()),
         };
         let ask_len = (ask.end - ask.start) as usize;
         let (resp, end) = self
@@ -339,7 +339,7 @@ impl Client {
                 body: format!("short body: {} of {carried} bytes", body.len()),
             });
         }
-        if one_slice {
+        if let Some(key) = key {
             self.tails.keep(key, range.start, body.clone());
         }
         body.truncate(len);
