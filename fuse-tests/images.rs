@@ -465,7 +465,7 @@ fn index_span_size_is_used_and_published() {
     let layer = img.layers[0].digest.clone();
     let publisher = StrataEnv::new();
     publisher.run(&["index", &reference]).assert_success();
-    assert_eq!(index_span(&publisher.root(), &layer), 512 << 10, "default");
+    assert_eq!(index_span(&publisher.root(), &layer), 256 << 10, "default");
     publisher
         .run(&["index", &reference, "--push", "--span-size", "128KiB"])
         .assert_success();

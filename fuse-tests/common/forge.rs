@@ -10,7 +10,7 @@ use super::{http, sha256_digest, FaultProxy, ImageBuilder, Layer, OutputExt, Reg
 use std::path::Path;
 
 pub const FILES: usize = 4;
-/// 2 MiB each (four spans per file at the default 512 KiB span size): 8 MiB, many spans.
+/// 2 MiB each (eight spans per file at the default 256 KiB span size): 8 MiB, many spans.
 pub const FILE_LEN: usize = 2 << 20;
 
 pub fn honest(i: usize) -> Vec<u8> {

@@ -154,7 +154,7 @@ impl ChunkCache {
         let size = layer.layout.index().meta().compressed_size;
         let (spans, _) = layer.check.missing(layer.layout.count(), size);
         for run in
-            super::fetcher::coalesce(&layer.layout, &spans, super::fetcher::MAX_COALESCE_SPANS)
+            super::fetcher::coalesce(&layer.layout, &spans, super::fetcher::MAX_COALESCE_BYTES)
         {
             self.fetcher
                 .run(layer, run, super::fetcher::Lane::Common)

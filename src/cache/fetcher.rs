@@ -16,16 +16,22 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Most spans fetched by one Range request.
-pub(super) const MAX_COALESCE_SPANS: usize = 16;
-/// Most spans of one speculative request: a read on demand that joins it waits for the whole
-/// run, so speculation goes out in small pieces.
-pub(super) const MAX_SPEC_SPANS: usize = 2;
+/// Most uncompressed bytes fetched by one Range request (a whole-layer fetch's requests).
+/// Caps are in bytes so that they do not shrink with the index's span size; a run always
+/// takes at least one span.
+pub(super) const MAX_COALESCE_BYTES: u64 = 8 << 20;
+/// Most uncompressed bytes of one speculative request: a read on demand that joins it waits
+/// for the whole run, so speculation goes out in small pieces.
+pub(super) const MAX_SPEC_BYTES: u64 = 1 << 20;
 /// Speculative requests in flight at most (each also takes a common permit).
 const SPEC_PERMITS: usize = 1;
-/// Most spans of one background request (warm-up pieces, siblings): small, so that a read on
-/// demand that joins one waits for little.
-pub(super) const MAX_BACKGROUND_SPANS: usize = 2;
+/// Most uncompressed bytes of one background request (warm-up pieces, siblings): a read on
+/// demand that joins one waits for the whole piece, but each piece is a request (and, unless
+/// the span before it is local, a window request too) whose cost falls on the registry.
+/// Measured (docs/benchmarks.md, issue 16): 1 MiB pieces made a cold numpy import 184
+/// requests instead of 150 with 4 MiB and 8% slower over loopback; 4 MiB pieces were ~5%
+/// slower than 2 MiB over the shaped link (readers waited for larger pieces).
+pub(super) const MAX_BACKGROUND_BYTES: u64 = 2 << 20;
 /// Background requests in flight at most (each also takes a common permit): the rest of the
 /// common permits stay free for reads on demand.
 const BACKGROUND_PERMITS: usize = 4;
@@ -91,19 +97,24 @@ const FETCH_ATTEMPTS: u32 = 3;
 
 /// Runs of spans to fetch together: `missing` (ascending span numbers) cut where a span is
 /// not the next one, where the layout cannot continue one request (eStargz chunks that are
-/// not adjacent in the blob), and every `max` spans ([`MAX_COALESCE_SPANS`], or
-/// [`MAX_SPEC_SPANS`] for speculation).
-pub(super) fn coalesce(layout: &Layout, missing: &[usize], max: usize) -> Vec<Range<usize>> {
-    let mut runs: Vec<Range<usize>> = Vec::new();
+/// not adjacent in the blob), and where the next span would take the run's uncompressed
+/// bytes past `max` ([`MAX_COALESCE_BYTES`], [`MAX_SPEC_BYTES`], [`MAX_BACKGROUND_BYTES`]).
+pub(super) fn coalesce(layout: &Layout, missing: &[usize], max: u64) -> Vec<Range<usize>> {
+    let len = |i: usize| {
+        let r = layout.span_range(i);
+        r.end - r.start
+    };
+    let mut runs: Vec<(Range<usize>, u64)> = Vec::new();
     for &i in missing {
         match runs.last_mut() {
-            Some(r) if r.end == i && layout.adjacent(i - 1) && r.end - r.start < max => {
-                r.end = i + 1
+            Some((r, bytes)) if r.end == i && layout.adjacent(i - 1) && *bytes + len(i) <= max => {
+                r.end = i + 1;
+                *bytes += len(i);
             }
-            _ => runs.push(i..i + 1),
+            _ => runs.push((i..i + 1, len(i))),
         }
     }
-    runs
+    runs.into_iter().map(|(r, _)| r).collect()
 }
 
 pub(super) struct Fetcher {

@@ -451,9 +451,9 @@ impl ChunkCache {
             }
         }
         let max = match kind {
-            Kind::Spec => fetcher::MAX_SPEC_SPANS,
-            Kind::Background => fetcher::MAX_BACKGROUND_SPANS,
-            _ => fetcher::MAX_COALESCE_SPANS,
+            Kind::Spec => fetcher::MAX_SPEC_BYTES,
+            Kind::Background => fetcher::MAX_BACKGROUND_BYTES,
+            _ => fetcher::MAX_COALESCE_BYTES,
         };
         for run in fetcher::coalesce(&layer.layout, &claim, max) {
             let keys: Vec<SpanKey> = run.clone().map(|i| span_key(layer, i)).collect();

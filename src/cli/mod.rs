@@ -208,8 +208,8 @@ pub enum Command {
         /// config says `index-trust: signed`
         #[arg(long, requires = "push", value_name = "KEY.pem")]
         sign: Option<std::path::PathBuf>,
-        /// Uncompressed bytes between the index's access points (e.g. 256KiB, 2MiB; 64KiB to
-        /// 64MiB; default 512KiB): smaller makes a cold small read fetch less, larger makes
+        /// Uncompressed bytes between the index's access points (e.g. 128KiB, 2MiB; 64KiB to
+        /// 64MiB; default 256KiB): smaller makes a cold small read fetch less, larger makes
         /// the sidecar smaller (one ~13 KiB window per point). TOC layers keep their chunks.
         #[arg(long, value_name = "SIZE", value_parser = parse_span_size)]
         span_size: Option<u64>,

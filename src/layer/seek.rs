@@ -23,7 +23,7 @@ use sha2::{Digest as _, Sha256};
 use std::ops::Range;
 
 /// Default distance between checkpoints in uncompressed bytes (see docs/layer-index.md).
-pub const DEFAULT_SPAN: u64 = 512 << 10;
+pub const DEFAULT_SPAN: u64 = 256 << 10;
 
 /// Size of a verification block: every span is cut into blocks of this many uncompressed bytes
 /// (the last one of a span shorter), each with its own sha256, so a cached span can be read and
