@@ -79,6 +79,36 @@ async fn corrupt_bytes_are_refused_and_not_cached_then_recover() {
     );
 }
 
+#[test]
+fn coalesce_cuts_runs_by_uncompressed_bytes() {
+    let f = fixture();
+    let (l, _) = layer(&f, 0);
+    let n = l.layout.count();
+    let all: Vec<usize> = (0..n).collect();
+    let len = |i: usize| {
+        let r = l.layout.span_range(i);
+        r.end - r.start
+    };
+    let max = 1 << 20;
+    let runs = super::super::fetcher::coalesce(&l.layout, &all, max);
+    assert!(runs.len() > 1, "{runs:?}");
+    assert_eq!(runs.first().map(|r| r.start), Some(0));
+    assert_eq!(runs.last().map(|r| r.end), Some(n));
+    for (k, r) in runs.iter().enumerate() {
+        let bytes: u64 = r.clone().map(len).sum();
+        // Within the cap (or one span alone), and full: the next span did not fit.
+        assert!(bytes <= max || r.len() == 1, "{r:?}: {bytes}");
+        if let Some(next) = runs.get(k + 1) {
+            assert_eq!(next.start, r.end, "runs leave a gap");
+            assert!(bytes + len(r.end) > max, "{r:?} could have taken span {}", r.end);
+        }
+    }
+    // A span missing cuts a run.
+    let holed: Vec<usize> = (0..n).filter(|&i| i != 2).collect();
+    let runs = super::super::fetcher::coalesce(&l.layout, &holed, 8 << 20);
+    assert_eq!(runs, vec![0..2, 3..n]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_layer_fetches_every_span_once_verified() {
     let f = fixture();
@@ -90,8 +120,20 @@ async fn fetch_layer_fetches_every_span_once_verified() {
     cache.flush().await;
     assert!((0..n).all(|i| cache.has_span(&l, i)));
     let requests = src.requests.load(Ordering::SeqCst);
-    // Runs of up to MAX_COALESCE_SPANS spans: one request each.
-    assert_eq!(requests, n.div_ceil(MAX_COALESCE_SPANS) as u64);
+    // Runs of spans up to MAX_COALESCE_BYTES uncompressed: one request each.
+    let mut runs = 0u64;
+    let mut bytes = u64::MAX;
+    for i in 0..n {
+        let r = l.layout.span_range(i);
+        let len = r.end - r.start;
+        if bytes.saturating_add(len) > MAX_COALESCE_BYTES {
+            runs += 1;
+            bytes = 0;
+        }
+        bytes += len;
+    }
+    assert!(runs >= 1);
+    assert_eq!(requests, runs);
     for (name, data) in &f.files {
         let r = vrange(&l, name, 0..data.len() as u64);
         assert_eq!(

@@ -2,7 +2,7 @@
 //! source: the fixtures here, the tests by part of the cache in `tiers.rs`, `fetch.rs` and
 //! `policy.rs`.
 
-use super::fetcher::MAX_COALESCE_SPANS;
+use super::fetcher::MAX_COALESCE_BYTES;
 use super::*;
 use crate::layer::{BuildOptions, LayerIndex, MEDIA_TAR_GZIP};
 use crate::testdata::{Mix, XorShift64};
