@@ -100,7 +100,11 @@ fn coalesce_cuts_runs_by_uncompressed_bytes() {
         assert!(bytes <= max || r.len() == 1, "{r:?}: {bytes}");
         if let Some(next) = runs.get(k + 1) {
             assert_eq!(next.start, r.end, "runs leave a gap");
-            assert!(bytes + len(r.end) > max, "{r:?} could have taken span {}", r.end);
+            assert!(
+                bytes + len(r.end) > max,
+                "{r:?} could have taken span {}",
+                r.end
+            );
         }
     }
     // A span missing cuts a run.
