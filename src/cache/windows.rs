@@ -1,8 +1,10 @@
 //! Stored gzip windows of a layer whose index came from a sidecar as its head alone (index
 //! format 3): each checkpoint's window is fetched with one Range request on the sidecar blob
 //! the first time a span decoded from that checkpoint is fetched (concurrently with the span's
-//! compressed bytes), checked against the sha256 the head carries, and kept in memory and as one
-//! small file per checkpoint next to the index. A window that fails its sha256 is an error and
+//! compressed bytes), checked against the sha256 the head carries, and kept as one small file
+//! per checkpoint next to the index — not in memory: a window serves the fetch of its
+//! checkpoint's spans, after which they are local (a daemon serving many mounts kept every
+//! window it had fetched, ~13 KiB each). A window that fails its sha256 is an error and
 //! is neither kept nor cached, so the next attempt fetches it again. A local copy is
 //! re-verified whenever it is read. Calls the sidecar's [`BlobSource`] and `flight.rs`
 //! (single-flight per checkpoint); the window file is read and written by the flight's task,
@@ -13,11 +15,10 @@ use super::source::{BlobSource, FetchError};
 use bytes::Bytes;
 use futures::future::FutureExt;
 use sha2::{Digest as _, Sha256};
-use std::collections::HashMap;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Why a stored window could not be had. `Clone`: one fetch serves every waiter.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -63,15 +64,10 @@ pub struct RemoteWindows {
     base: u64,
     /// Local copies, `<dir>/<checkpoint>`.
     dir: PathBuf,
-    mem: Mutex<HashMap<usize, Bytes>>,
     inflight: SingleFlight<usize, Bytes, WindowError>,
     /// Windows fetched from the registry, and their bytes.
     pub fetched: AtomicU64,
     pub fetched_bytes: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl RemoteWindows {
@@ -80,7 +76,6 @@ impl RemoteWindows {
             source,
             base,
             dir,
-            mem: Mutex::new(HashMap::new()),
             inflight: SingleFlight::new(),
             fetched: AtomicU64::new(0),
             fetched_bytes: AtomicU64::new(0),
@@ -88,32 +83,20 @@ impl RemoteWindows {
     }
 
     /// The verified stored window of checkpoint `i`, at `range` of the window section with
-    /// sha256 `digest`: from memory, the local copy, or the sidecar blob.
+    /// sha256 `digest`: from the local copy or the sidecar blob (concurrent asks share one
+    /// load).
     pub async fn get(
         self: &Arc<Self>,
         i: usize,
         range: Range<u64>,
         digest: [u8; 32],
     ) -> Result<Bytes, WindowError> {
-        if let Some(w) = lock(&self.mem).get(&i).cloned() {
-            return Ok(w);
-        }
         let me = self.clone();
-        let work = move || {
-            async move {
-                let r = me.load(i, range, digest).await;
-                if let Ok(w) = &r {
-                    lock(&me.mem).insert(i, w.clone());
-                }
-                r
-            }
-            .boxed()
-        };
+        let work = move || async move { me.load(i, range, digest).await }.boxed();
         let failed = move |e| WindowError::Task {
             checkpoint: i,
             source: Arc::new(e),
         };
-        // A window loaded between the memory lookup and here is loaded again (rare, cheap).
         self.inflight.join_or_start(i, (), work, failed).await
     }
 
