@@ -30,9 +30,15 @@ const RECENT_MISSES: usize = 8;
 /// Misses this many spans apart or closer fill the gap between them.
 const GAP: usize = 6;
 /// A layer of at least this many spans whose missed spans reach 1/[`WHOLE_FRACTION`] of
-/// them is fetched whole.
+/// them is fetched whole; 1/[`WHOLE_FRACTION_LATER`] once its first miss is
+/// [`WHOLE_LATER`] old (a cold start is over by then; a workload still missing in the layer
+/// reads most of it). Measured (docs/benchmarks.md, issue 16): 1/8 from the start fetched a
+/// layer of big whole during `import numpy` (1.7 -> 2.1 s, 25 -> 44 MB); 1/4 alone left
+/// `tar cf - /usr` a serial chain of misses for ~3 s (1.43x `strata pull` + run on minbase).
 const WHOLE_MIN_SPANS: usize = 4;
 const WHOLE_FRACTION: usize = 4;
+const WHOLE_FRACTION_LATER: usize = 8;
+const WHOLE_LATER: Duration = Duration::from_secs(2);
 /// Sibling fetch: files larger than this are left to reads on demand.
 const SIBLING_MAX_FILE: u64 = 1 << 20;
 /// Sibling fetch: most uncompressed bytes of spans fetched for one directory (the spans
@@ -62,6 +68,8 @@ struct DirSeen {
 struct Missed {
     spans: std::collections::BTreeSet<usize>,
     whole: bool,
+    /// When the first of `spans` missed.
+    first: Option<Instant>,
 }
 
 /// Whole-layer prefetch waits until reads on demand have not fetched for this long.
@@ -183,34 +191,50 @@ impl Policy {
         (end > spans.end).then_some(spans.end..end)
     }
 
+    /// Whether a read on demand that missed in `spans` of `layer` makes it mostly needed: a
+    /// layer of at least [`WHOLE_MIN_SPANS`] spans of which 1/[`WHOLE_FRACTION`] has missed
+    /// (1/[`WHOLE_FRACTION_LATER`] after [`WHOLE_LATER`]) is fetched whole, at once (true
+    /// once per layer). A workload that reads most of an
+    /// image (`tar cf - /usr`) would otherwise be a serial chain of misses, one round trip
+    /// each, while the whole-layer prefetch waits for reads on demand to be quiet.
+    pub(super) fn mostly_needed(&self, layer: &CachedLayer, spans: Range<usize>) -> bool {
+        let n = layer.layout.count();
+        let mut dense = lock(&self.missed);
+        let d = dense.entry(layer.digest).or_default();
+        if d.whole || spans.is_empty() {
+            return false;
+        }
+        d.spans.extend(spans);
+        let first = *d.first.get_or_insert_with(Instant::now);
+        let fraction = if first.elapsed() >= WHOLE_LATER {
+            WHOLE_FRACTION_LATER
+        } else {
+            WHOLE_FRACTION
+        };
+        if n >= WHOLE_MIN_SPANS && d.spans.len() * fraction >= n {
+            tracing::debug!(layer = %layer.digest, missed = d.spans.len(), spans = n, "layer mostly needed: fetching it whole");
+            d.whole = true;
+            d.spans = Default::default();
+            return true;
+        }
+        false
+    }
+
     /// Speculation after a read on demand missed in `spans` of `layer` (off when
     /// `fetch_ahead` is 0): the runs of spans to fetch in the background, in the speculative
     /// lane (fewer requests in flight than reads on demand may use). A cold start walks a
     /// package: its files sit together in the tar stream, read in another order than stored,
-    /// so misses land close to each other. Three rules:
+    /// so misses land close to each other. Two rules:
     /// - a miss within [`GAP`] spans of one of the layer's last [`RECENT_MISSES`] misses fills
     ///   the gap between them (the files in between belong to the same region);
-    /// - a miss within [`NEAR_MISS`] of an earlier one fetches the next `fetch_ahead` spans;
-    /// - a layer of which a quarter of the spans has missed is mostly needed: all of it is
-    ///   fetched (at full link speed, several requests in flight), once.
+    /// - a miss within [`NEAR_MISS`] of an earlier one fetches the next `fetch_ahead` spans.
+    /// (A layer mostly needed is [`Self::mostly_needed`], on whatever `fetch_ahead` says.)
     pub(super) fn speculate(&self, layer: &CachedLayer, spans: Range<usize>) -> Vec<Range<usize>> {
         if self.fetch_ahead == 0 || spans.is_empty() {
             return Vec::new();
         }
         let n = layer.layout.count();
         let mut out = Vec::new();
-        {
-            let mut dense = lock(&self.missed);
-            let d = dense.entry(layer.digest).or_default();
-            if !d.whole {
-                d.spans.extend(spans.clone());
-                if n >= WHOLE_MIN_SPANS && d.spans.len() * WHOLE_FRACTION >= n {
-                    d.whole = true;
-                    d.spans = Default::default();
-                    return std::iter::once(0..n).collect();
-                }
-            }
-        }
         let mut recent = lock(&self.recent_misses);
         let r = recent.entry(layer.digest).or_default();
         let mut near = false;

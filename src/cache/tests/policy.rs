@@ -285,10 +285,16 @@ async fn the_gap_between_two_nearby_misses_is_filled() {
     assert!((12..23).all(|i| !s.cache.has_span(&s.l, i)));
 }
 
-/// A layer a quarter of whose spans were missed by reads far apart is fetched whole.
+/// A layer a quarter of whose spans were missed by reads far apart is fetched whole, with or
+/// without speculation (`fetch-ahead-spans`, off by default).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mostly_needed_layer_is_fetched_whole() {
-    let s = Spec::new(1500, 1, 0);
+    mostly_needed_whole(1).await;
+    mostly_needed_whole(0).await;
+}
+
+async fn mostly_needed_whole(fetch_ahead: usize) {
+    let s = Spec::new(1500, fetch_ahead, 0);
     let n = s.l.layout.count();
     let quarter = n.div_ceil(4);
     // Misses on distinct spans until one short of a quarter: the layer is not fetched whole
@@ -305,6 +311,35 @@ async fn a_mostly_needed_layer_is_fetched_whole() {
     // The read that reaches a quarter of the spans starts the whole layer.
     let last = (0..n)
         .find(|i| !seen.contains(i) && !s.cache.has_span(&s.l, *i))
+        .unwrap();
+    s.read(last).await;
+    assert!(s.wait_local(0..n).await, "layer not fetched whole");
+}
+
+/// An eighth of a layer's spans missed is not enough at first (a cold start reads that much
+/// of a layer and no more), but is once the layer's first miss is two seconds old.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_an_eighth_missed_is_fetched_whole_after_a_while() {
+    let s = Spec::new(1500, 0, 0);
+    let n = s.l.layout.count();
+    let eighth = n.div_ceil(8);
+    assert!(
+        eighth + 1 < n.div_ceil(4),
+        "{n} spans: no room between the rules"
+    );
+    let far: Vec<usize> = (0..=eighth).map(|k| (k * 31) % n).collect();
+    for &i in &far[..eighth] {
+        s.read(i).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let local = (0..n).filter(|&i| s.cache.has_span(&s.l, i)).count();
+    assert!(
+        local < n / 2,
+        "{local} of {n} spans local after an eighth missed early"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
+    let last = (0..n)
+        .find(|i| !far.contains(i) && !s.cache.has_span(&s.l, *i))
         .unwrap();
     s.read(last).await;
     assert!(s.wait_local(0..n).await, "layer not fetched whole");
