@@ -30,15 +30,18 @@ const RECENT_MISSES: usize = 8;
 /// Misses this many spans apart or closer fill the gap between them.
 const GAP: usize = 6;
 /// A layer of at least this many spans whose missed spans reach 1/[`WHOLE_FRACTION`] of
-/// them is fetched whole; 1/[`WHOLE_FRACTION_LATER`] once its first miss is
-/// [`WHOLE_LATER`] old (a cold start is over by then; a workload still missing in the layer
-/// reads most of it). Measured (docs/benchmarks.md, issue 16): 1/8 from the start fetched a
-/// layer of big whole during `import numpy` (1.7 -> 2.1 s, 25 -> 44 MB); 1/4 alone left
-/// `tar cf - /usr` a serial chain of misses for ~3 s (1.43x `strata pull` + run on minbase).
+/// them is fetched whole; so is one through which reads on demand sweep: [`SWEEP_SPANS`]
+/// misses each at most [`SWEEP_GAP`] spans after the one before (a workload reading most of
+/// the image in tar order, `tar cf - /usr`, was a serial chain of misses for ~3 s before a
+/// quarter had missed: 1.43x `strata pull` + run on minbase). An eighth of the spans after
+/// two seconds instead fetched layers whole in cold starts slowed by a busy machine
+/// (ten nodes at once: 5.5 -> 7.4 s).
 const WHOLE_MIN_SPANS: usize = 4;
 const WHOLE_FRACTION: usize = 4;
-const WHOLE_FRACTION_LATER: usize = 8;
-const WHOLE_LATER: Duration = Duration::from_secs(2);
+const SWEEP_SPANS: usize = 16;
+const SWEEP_GAP: usize = 4;
+/// Sweeps followed at once per layer (other readers' misses interleave with a sweep).
+const SWEEPS: usize = 4;
 /// Sibling fetch: files larger than this are left to reads on demand.
 const SIBLING_MAX_FILE: u64 = 1 << 20;
 /// Sibling fetch: most uncompressed bytes of spans fetched for one directory (the spans
@@ -68,8 +71,36 @@ struct DirSeen {
 struct Missed {
     spans: std::collections::BTreeSet<usize>,
     whole: bool,
-    /// When the first of `spans` missed.
-    first: Option<Instant>,
+    /// Sweeps being followed: (last span missed, misses that continued it).
+    sweeps: Vec<(usize, usize)>,
+}
+
+impl Missed {
+    /// Note a miss in `spans`; the length of the sweep it continues (or starts).
+    fn sweep(&mut self, spans: &Range<usize>) -> usize {
+        let last = spans.end - 1;
+        let goes_on = |&(p, _): &(usize, usize)| spans.start > p && spans.start <= p + SWEEP_GAP;
+        if let Some(k) = self.sweeps.iter().position(goes_on) {
+            let s = &mut self.sweeps[k];
+            *s = (last, s.1 + 1);
+            return s.1;
+        }
+        if self
+            .sweeps
+            .iter()
+            .any(|&(p, _)| spans.start <= p && p < spans.end)
+        {
+            return 0; // a span of a sweep missed again (another reader): no news
+        }
+        if self.sweeps.len() >= SWEEPS {
+            // The shortest sweep gives way.
+            if let Some(k) = (0..self.sweeps.len()).min_by_key(|&k| self.sweeps[k].1) {
+                self.sweeps.remove(k);
+            }
+        }
+        self.sweeps.push((last, 1));
+        1
+    }
 }
 
 /// Whole-layer prefetch waits until reads on demand have not fetched for this long.
@@ -192,9 +223,9 @@ impl Policy {
     }
 
     /// Whether a read on demand that missed in `spans` of `layer` makes it mostly needed: a
-    /// layer of at least [`WHOLE_MIN_SPANS`] spans of which 1/[`WHOLE_FRACTION`] has missed
-    /// (1/[`WHOLE_FRACTION_LATER`] after [`WHOLE_LATER`]) is fetched whole, at once (true
-    /// once per layer). A workload that reads most of an
+    /// layer of at least [`WHOLE_MIN_SPANS`] spans of which 1/[`WHOLE_FRACTION`] has missed,
+    /// or through which reads sweep ([`SWEEP_SPANS`]), is fetched whole, at once (true once
+    /// per layer). A workload that reads most of an
     /// image (`tar cf - /usr`) would otherwise be a serial chain of misses, one round trip
     /// each, while the whole-layer prefetch waits for reads on demand to be quiet.
     pub(super) fn mostly_needed(&self, layer: &CachedLayer, spans: Range<usize>) -> bool {
@@ -204,15 +235,12 @@ impl Policy {
         if d.whole || spans.is_empty() {
             return false;
         }
+        let sweep = d.sweep(&spans);
         d.spans.extend(spans);
-        let first = *d.first.get_or_insert_with(Instant::now);
-        let fraction = if first.elapsed() >= WHOLE_LATER {
-            WHOLE_FRACTION_LATER
-        } else {
-            WHOLE_FRACTION
-        };
-        if n >= WHOLE_MIN_SPANS && d.spans.len() * fraction >= n {
-            tracing::debug!(layer = %layer.digest, missed = d.spans.len(), spans = n, "layer mostly needed: fetching it whole");
+        if n >= WHOLE_MIN_SPANS
+            && (d.spans.len() * WHOLE_FRACTION >= n || (sweep >= SWEEP_SPANS && n > SWEEP_SPANS))
+        {
+            tracing::debug!(layer = %layer.digest, missed = d.spans.len(), spans = n, sweep, "layer mostly needed: fetching it whole");
             d.whole = true;
             d.spans = Default::default();
             return true;

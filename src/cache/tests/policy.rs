@@ -316,32 +316,39 @@ async fn mostly_needed_whole(fetch_ahead: usize) {
     assert!(s.wait_local(0..n).await, "layer not fetched whole");
 }
 
-/// An eighth of a layer's spans missed is not enough at first (a cold start reads that much
-/// of a layer and no more), but is once the layer's first miss is two seconds old.
+/// Reads on demand that sweep through a layer (each miss a few spans after the one before,
+/// as `tar cf - /usr` reads a layer in tar order) make it fetched whole long before a quarter
+/// of it has missed; the same number of misses scattered does not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_layer_an_eighth_missed_is_fetched_whole_after_a_while() {
-    let s = Spec::new(1500, 0, 0);
+async fn a_layer_read_as_a_sweep_is_fetched_whole() {
+    let s = Spec::new(8000, 0, 0);
     let n = s.l.layout.count();
-    let eighth = n.div_ceil(8);
-    assert!(
-        eighth + 1 < n.div_ceil(4),
-        "{n} spans: no room between the rules"
-    );
-    let far: Vec<usize> = (0..=eighth).map(|k| (k * 31) % n).collect();
-    for &i in &far[..eighth] {
-        s.read(i).await;
+    // Fewer misses in all than a quarter of the spans: only the sweep can start it.
+    assert!(n >= 4 * 36, "{n} spans");
+    // Scattered: 16 misses far apart (a cold start's pattern), then the same spans again.
+    for k in 0..16 {
+        s.read((k * 37 + 5) % n).await;
     }
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let local = (0..n).filter(|&i| s.cache.has_span(&s.l, i)).count();
     assert!(
         local < n / 2,
-        "{local} of {n} spans local after an eighth missed early"
+        "{local} of {n} spans local after scattered misses"
     );
-    tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
-    let last = (0..n)
-        .find(|i| !far.contains(i) && !s.cache.has_span(&s.l, *i))
-        .unwrap();
-    s.read(last).await;
+    // A sweep: every other span from 2, with an interleaved far miss now and then.
+    let mut i = 2;
+    for k in 0..16 {
+        if !s.cache.has_span(&s.l, i) {
+            s.read(i).await;
+        }
+        if k % 5 == 4 {
+            let far = n - 3 - k;
+            if !s.cache.has_span(&s.l, far) {
+                s.read(far).await;
+            }
+        }
+        i += 2;
+    }
     assert!(s.wait_local(0..n).await, "layer not fetched whole");
 }
 
