@@ -1,12 +1,11 @@
 //! What to fetch besides the bytes a read asked for, and when: readahead for a sequential
-//! reader of a large file, speculation for a cold start walking nearby files (gap filling,
-//! fetch-ahead, whole layers that are mostly needed), the siblings of files read from one
-//! directory (a package being imported), partial
-//! span fetches for small files, and the pacing of background prefetch behind reads on demand.
-//! Pure decisions over a layer's span layout and this module's own small state (the recent
-//! misses per layer, the directories files were read from, the time of the last demand miss);
-//! the cache acts on them. Calls nothing
-//! outside `cache/`; no I/O.
+//! reader of a large file, whole layers that are mostly needed (a quarter missed, or read as
+//! a sweep), speculation for a cold start walking nearby files (gap filling, fetch-ahead; off
+//! by default), the siblings of files read from one directory (a package being imported),
+//! partial span fetches for small files, and the pacing of background prefetch behind reads
+//! on demand. Pure decisions over a layer's span layout and this module's own small state
+//! (the misses per layer, the directories files were read from, the time of the last demand
+//! miss); the cache acts on them. Calls nothing outside `cache/`; no I/O.
 
 use super::CachedLayer;
 use crate::digest::Digest;
@@ -256,6 +255,7 @@ impl Policy {
     /// - a miss within [`GAP`] spans of one of the layer's last [`RECENT_MISSES`] misses fills
     ///   the gap between them (the files in between belong to the same region);
     /// - a miss within [`NEAR_MISS`] of an earlier one fetches the next `fetch_ahead` spans.
+    ///
     /// (A layer mostly needed is [`Self::mostly_needed`], on whatever `fetch_ahead` says.)
     pub(super) fn speculate(&self, layer: &CachedLayer, spans: Range<usize>) -> Vec<Range<usize>> {
         if self.fetch_ahead == 0 || spans.is_empty() {
