@@ -348,8 +348,13 @@ fn a_slice_is_asked_to_its_end_and_no_byte_twice() {
     );
     for (a, b) in &ranges {
         assert_eq!(a / SLICE, b / SLICE, "bytes={a}-{b} straddles a slice");
+        // To the slice's end, or to where an earlier request of the slice began (a later
+        // run of the slice came first: the layer is fetched whole meanwhile, as a sweep).
+        let before_kept = ranges
+            .iter()
+            .any(|(c, _)| *c == b + 1 && c / SLICE == a / SLICE);
         assert!(
-            (b + 1) % SLICE == 0 || b + 1 == size,
+            (b + 1) % SLICE == 0 || b + 1 == size || before_kept,
             "bytes={a}-{b} ends inside a slice (blob of {size} bytes)"
         );
     }

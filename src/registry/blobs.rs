@@ -101,6 +101,15 @@ impl SliceTails {
         Some(b.slice((range.start - start) as usize..(range.end - start) as usize))
     }
 
+    /// What is kept of slice `key` when it begins after `from` and reaches `to` (or begins
+    /// after it): the blob offset it begins at and the bytes (a later run of the slice was
+    /// fetched first).
+    fn after(&self, key: &SliceKey, from: u64, to: u64) -> Option<(u64, Bytes)> {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (start, b) = g.0.get(key)?;
+        (from < *start && to <= start + b.len() as u64).then(|| (*start, b.clone()))
+    }
+
     /// Keep `b`, the bytes of slice `key` from blob offset `start`.
     fn keep(&self, key: SliceKey, start: u64, b: Bytes) {
         if b.is_empty() {
@@ -312,32 +321,49 @@ impl Client {
         let one_slice =
             ep.mirror && slice > 0 && len > 0 && range.start / slice == (range.end - 1) / slice;
         let key = one_slice.then(|| (ep.base.clone(), *digest, range.start / slice));
-        let (_turn, ask) = match &key {
+        // When the slice's bytes from some offset on are kept (a later run of the slice came
+        // first), only the bytes before them are asked: the mirror holds the whole slice by
+        // then (that answer ended when it did), so a request ending inside it waits for
+        // nothing, and no byte is asked twice.
+        let (_turn, ask, kept) = match &key {
             Some(key) => {
                 let turn = self.slices.turn(key.clone()).await;
                 if let Some(b) = self.tails.take(key, &range) {
                     return Ok(b);
                 }
-                let end = (key.2.saturating_add(1))
-                    .saturating_mul(slice)
-                    .max(range.end);
-                (Some(turn), range.start..end)
+                match self.tails.after(key, range.start, range.end) {
+                    Some((at, kept)) => (Some(turn), range.start..at, Some(kept)),
+                    None => {
+                        let end = (key.2.saturating_add(1))
+                            .saturating_mul(slice)
+                            .max(range.end);
+                        (Some(turn), range.start..end, None)
+                    }
+                }
             }
-            None => (None, range.clone()),
+            None => (None, range.clone(), None),
         };
         let ask_len = (ask.end - ask.start) as usize;
+        let need_end = range.end.min(ask.end);
         let (resp, end) = self
-            .blob_response_to(ep, repo, digest, Some(ask), range.end)
+            .blob_response_to(ep, repo, digest, Some(ask), need_end)
             .await?;
         let carried = end.saturating_sub(range.start) as usize;
         let mut body = read_limited(resp, ask_len, &url).await?;
-        if body.len() != carried || body.len() < len {
+        let need = (need_end - range.start) as usize;
+        if body.len() != carried || body.len() < need {
             return Err(Error::Status {
                 method: Method::GET,
                 url,
                 status: StatusCode::PARTIAL_CONTENT,
                 body: format!("short body: {} of {carried} bytes", body.len()),
             });
+        }
+        if let Some(kept) = kept {
+            let mut whole = Vec::with_capacity(body.len() + kept.len());
+            whole.extend_from_slice(&body);
+            whole.extend_from_slice(&kept);
+            body = Bytes::from(whole);
         }
         if let Some(key) = key {
             self.tails.keep(key, range.start, body.clone());
