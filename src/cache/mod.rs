@@ -690,30 +690,21 @@ impl ChunkCache {
         layer: &Arc<CachedLayer>,
     ) -> Result<usize, Error> {
         let n = layer.layout.count();
+        let missing: Vec<usize> = (0..n).filter(|&i| !self.has_span(layer, i)).collect();
         let mut fetched = 0;
-        let mut i = 0;
-        while i < n {
-            if self.has_span(layer, i) {
-                i += 1;
+        // One background piece's bytes per request; a run made local meanwhile is skipped.
+        for run in fetcher::coalesce(&layer.layout, &missing, fetcher::MAX_BACKGROUND_BYTES) {
+            if run.clone().all(|i| self.has_span(layer, i)) {
                 continue;
             }
             self.policy
                 .wait_for_quiet(|| self.fetcher.permits_free())
                 .await;
-            // One background piece's bytes per request (it was 4 spans: 2 MiB at 512 KiB).
-            let start = layer.layout.span_range(i).start;
-            let mut end = i + 1;
-            while end < n
-                && !self.has_span(layer, end)
-                && layer.layout.span_range(end).end - start <= fetcher::MAX_BACKGROUND_BYTES
-            {
-                end += 1;
-            }
-            let r = start..layer.layout.span_range(end - 1).end;
+            let r =
+                layer.layout.span_range(run.start).start..layer.layout.span_range(run.end - 1).end;
             self.read_prefetch(layer, r).await?;
-            self.stats.prefetched((end - i) as u64);
-            fetched += end - i;
-            i = end;
+            self.stats.prefetched(run.len() as u64);
+            fetched += run.len();
         }
         Ok(fetched)
     }

@@ -224,9 +224,9 @@ impl Policy {
     /// Whether a read on demand that missed in `spans` of `layer` makes it mostly needed: a
     /// layer of at least [`WHOLE_MIN_SPANS`] spans of which 1/[`WHOLE_FRACTION`] has missed,
     /// or through which reads sweep ([`SWEEP_SPANS`]), is fetched whole, at once (true once
-    /// per layer). A workload that reads most of an
-    /// image (`tar cf - /usr`) would otherwise be a serial chain of misses, one round trip
-    /// each, while the whole-layer prefetch waits for reads on demand to be quiet.
+    /// per layer). A workload that reads most of an image (`tar cf - /usr`) would otherwise
+    /// be a serial chain of misses, one round trip each, while the whole-layer prefetch
+    /// waits for reads on demand to be quiet.
     pub(super) fn mostly_needed(&self, layer: &CachedLayer, spans: Range<usize>) -> bool {
         let n = layer.layout.count();
         let mut dense = lock(&self.missed);

@@ -124,18 +124,10 @@ async fn fetch_layer_fetches_every_span_once_verified() {
     cache.flush().await;
     assert!((0..n).all(|i| cache.has_span(&l, i)));
     let requests = src.requests.load(Ordering::SeqCst);
-    // Runs of spans up to MAX_COALESCE_BYTES uncompressed: one request each.
-    let mut runs = 0u64;
-    let mut bytes = u64::MAX;
-    for i in 0..n {
-        let r = l.layout.span_range(i);
-        let len = r.end - r.start;
-        if bytes.saturating_add(len) > MAX_COALESCE_BYTES {
-            runs += 1;
-            bytes = 0;
-        }
-        bytes += len;
-    }
+    // Runs of spans up to MAX_COALESCE_BYTES uncompressed (`coalesce`, checked on its own
+    // above): one request each.
+    let all: Vec<usize> = (0..n).collect();
+    let runs = super::super::fetcher::coalesce(&l.layout, &all, MAX_COALESCE_BYTES).len() as u64;
     assert!(runs >= 1);
     assert_eq!(requests, runs);
     for (name, data) in &f.files {

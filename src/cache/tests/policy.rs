@@ -325,7 +325,7 @@ async fn a_layer_read_as_a_sweep_is_fetched_whole() {
     let n = s.l.layout.count();
     // Fewer misses in all than a quarter of the spans: only the sweep can start it.
     assert!(n >= 4 * 36, "{n} spans");
-    // Scattered: 16 misses far apart (a cold start's pattern), then the same spans again.
+    // Scattered: 16 misses far apart (a cold start's pattern).
     for k in 0..16 {
         s.read((k * 37 + 5) % n).await;
     }
