@@ -1,6 +1,8 @@
 //! What the warm-up reads of the files it warms: an ELF object's program headers, writable
 //! segment, interpreter, dynamic section and the libraries it names (DT_NEEDED, found along
-//! DT_RUNPATH and the standard library directories), a script's `#!` interpreter — from
+//! DT_RUNPATH and the standard library directories), the files a few well-known libraries
+//! read as they load ([`LOAD_READS`]: OpenSSL's configuration), the read-only data where a
+//! Cython extension module names its imports, a script's `#!` interpreter — from
 //! pieces of the file read so far, in any order. Hostile or truncated bytes give nothing,
 //! never a panic. Pure parsing: calls nothing outside `mount/`.
 
@@ -88,15 +90,36 @@ pub(super) fn needs(path: &str, got: &Pieces) -> (bool, Vec<Vec<String>>) {
     if !elf.complete {
         return (false, Vec::new());
     }
+    let dirs = search_dirs(path, elf.machine, &elf.runpath);
+    let mut out: Vec<Vec<String>> = elf.interp.into_iter().map(|i| vec![i]).collect();
+    for lib in elf.needed {
+        if lib.contains('/') {
+            out.push(vec![lib]);
+        } else {
+            out.push(dirs.iter().map(|d| format!("{d}/{lib}")).collect());
+        }
+    }
+    let file = path.rsplit('/').next().unwrap_or(path);
+    for (lib, reads) in LOAD_READS {
+        if file.starts_with(lib) {
+            out.push(reads.iter().map(|r| r.to_string()).collect());
+        }
+    }
+    (true, out)
+}
+
+/// Where the loader looks for the libraries of the object at `path` (machine `machine`,
+/// DT_RUNPATH / DT_RPATH `runpath`): the run path (`$ORIGIN` expanded), the multiarch and
+/// standard directories.
+fn search_dirs(path: &str, machine: u16, runpath: &[String]) -> Vec<String> {
     let origin = path.rsplit_once('/').map_or("/", |(d, _)| d);
-    let mut dirs: Vec<String> = elf
-        .runpath
+    let mut dirs: Vec<String> = runpath
         .iter()
         .flat_map(|r| r.split(':'))
         .filter(|d| !d.is_empty())
         .map(|d| d.replace("$ORIGIN", origin).replace("${ORIGIN}", origin))
         .collect();
-    let triple = match elf.machine {
+    let triple = match machine {
         62 => Some("x86_64-linux-gnu"),
         183 => Some("aarch64-linux-gnu"),
         _ => None,
@@ -108,16 +131,77 @@ pub(super) fn needs(path: &str, got: &Pieces) -> (bool, Vec<Vec<String>>) {
     for d in ["/lib64", "/usr/lib64", "/lib", "/usr/lib", "/usr/local/lib"] {
         dirs.push(d.to_string());
     }
-    let mut out: Vec<Vec<String>> = elf.interp.into_iter().map(|i| vec![i]).collect();
-    for lib in elf.needed {
-        if lib.contains('/') {
-            out.push(vec![lib]);
-        } else {
-            out.push(dirs.iter().map(|d| format!("{d}/{lib}")).collect());
+    dirs
+}
+
+/// The libraries an ELF object probably needs, before its dynamic section is read: the
+/// names that look like a shared object's (`libX.so`, `libX.so.N...`, `ld-*.so.N`) among
+/// the strings of the part of its first loadable segment read so far (the dynamic string
+/// table is there), found in the object's own directory and the standard ones. A guess that
+/// saves the loader's chain a round trip per level (the dynamic section is at the far end
+/// of the file); [`needs`] still gives the real list once it is read.
+pub(super) fn guessed_needs(path: &str, got: &Pieces) -> Vec<Vec<String>> {
+    let Some(elf) = Elf::parse(got) else {
+        return Vec::new();
+    };
+    let Some(first) = elf.first_load.clone() else {
+        return Vec::new();
+    };
+    let origin = path.rsplit_once('/').map_or("/", |(d, _)| d);
+    let own = path.rsplit('/').next().unwrap_or(path);
+    let mut dirs = vec![origin.to_string()];
+    dirs.extend(search_dirs(path, elf.machine, &[]));
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for (at, b) in &got.0 {
+        let end = usize::try_from(first.end.saturating_sub(*at)).unwrap_or(usize::MAX);
+        if *at >= first.end {
+            continue;
+        }
+        for s in b[..b.len().min(end)].split(|&c| c == 0) {
+            let Some(name) = std::str::from_utf8(s).ok().filter(|n| soname_like(n)) else {
+                continue;
+            };
+            if name != own && seen.insert(name) && out.len() < MAX_GUESSES {
+                out.push(dirs.iter().map(|d| format!("{d}/{name}")).collect());
+            }
         }
     }
-    (true, out)
+    out
 }
+
+/// Most libraries guessed for one object.
+const MAX_GUESSES: usize = 64;
+
+fn soname_like(n: &str) -> bool {
+    let Some((stem, ver)) = n.split_once(".so") else {
+        return false;
+    };
+    (n.starts_with("lib") || n.starts_with("ld-"))
+        && stem.len() > 3
+        && stem.len() < 128
+        && stem
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"_+-.".contains(&c))
+        && (ver.is_empty()
+            || (ver.starts_with('.')
+                && ver[1..]
+                    .split('.')
+                    .all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()))))
+}
+
+/// Files a library reads as it loads (its initialiser), by file name prefix: OpenSSL's
+/// libcrypto reads its configuration (where Debian and Alpine, Fedora, a source build keep
+/// it; the first that exists is warmed).
+const LOAD_READS: [(&str, &[&str]); 1] = [(
+    "libcrypto.so.",
+    &[
+        "/usr/lib/ssl/openssl.cnf",
+        "/etc/ssl/openssl.cnf",
+        "/etc/pki/tls/openssl.cnf",
+        "/usr/local/ssl/openssl.cnf",
+    ],
+)];
 
 /// What the dynamic loader reads of a 64-bit little-endian ELF object.
 #[derive(Debug, Default, PartialEq)]
@@ -129,6 +213,13 @@ pub(super) struct Elf {
     /// File range of the writable segments and the dynamic section (from the first to the
     /// last byte of any of them).
     pub(super) writable: Option<std::ops::Range<u64>>,
+    /// File range of the read-only data: the first loadable segment after the first one
+    /// that is neither writable nor executable (GNU ld's `-z separate-code` layout: headers,
+    /// code, read-only data, writable data); `None` in other layouts.
+    pub(super) rodata: Option<std::ops::Range<u64>>,
+    /// File range of the loadable segment at offset 0 (headers, dynamic symbol and string
+    /// tables, relocations: what the loader reads first).
+    pub(super) first_load: Option<std::ops::Range<u64>>,
     /// The dynamic section and the names it points to were read (or there is none).
     complete: bool,
     /// File range of the string table when the dynamic section was read but not the names.
@@ -172,6 +263,9 @@ impl Elf {
         }
         let (mut loads, mut dynamic, mut interp) = (Vec::new(), None, None);
         let mut writable: Option<std::ops::Range<u64>> = None;
+        let mut rodata: Option<std::ops::Range<u64>> = None;
+        let mut seen_load = false;
+        let mut first_load = None;
         for i in 0..phnum {
             let p = phoff.checked_add(i.checked_mul(phentsize)?)?;
             let typ = u32_at(b, p, 0)?;
@@ -186,6 +280,15 @@ impl Elf {
                     None => off..end,
                 });
             }
+            if typ == 1 {
+                if off == 0 && first_load.is_none() {
+                    first_load = Some(0..filesz);
+                }
+                if seen_load && rodata.is_none() && flags & 3 == 0 && filesz > 0 {
+                    rodata = Some(off..off.saturating_add(filesz));
+                }
+                seen_load = true;
+            }
             match typ {
                 1 => loads.push((vaddr, off, filesz)),
                 2 => dynamic = Some((off, filesz)),
@@ -197,6 +300,8 @@ impl Elf {
             machine,
             interp,
             writable,
+            rodata,
+            first_load,
             ..Elf::default()
         };
         let Some((doff, dsize)) = dynamic else {
@@ -304,6 +409,7 @@ mod tests {
         let good = tiny_elf();
         for cut in 0..good.len() {
             let _ = Elf::parse(&Pieces::one(&good[..cut]));
+            let _ = guessed_needs("/x", &Pieces::one(&good[..cut]));
         }
         let mut bad = good.clone();
         bad[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
@@ -333,6 +439,79 @@ mod tests {
         assert!(e.complete);
         assert_eq!(e.needed, vec!["libc.so.6", "libm.so.6"]);
         assert!(needs("/t", &got).0);
+    }
+
+    #[test]
+    fn read_only_data_is_the_first_segment_after_the_headers_that_is_neither_w_nor_x() {
+        let mut b = tiny_elf();
+        let ph = |b: &mut Vec<u8>, i: usize, flags: u32, off: u64, sz: u64| {
+            let p = 64 + i * 56;
+            b[p..p + 4].copy_from_slice(&1u32.to_le_bytes());
+            b[p + 4..p + 8].copy_from_slice(&flags.to_le_bytes());
+            b[p + 8..p + 16].copy_from_slice(&off.to_le_bytes());
+            b[p + 16..p + 24].copy_from_slice(&(0x10000 + off).to_le_bytes());
+            b[p + 32..p + 40].copy_from_slice(&sz.to_le_bytes());
+        };
+        // tiny_elf's one PT_LOAD (R, the headers) is index 0: no read-only data after it.
+        assert_eq!(Elf::parse(&Pieces::one(&b)).expect("parses").rodata, None);
+        b[56..58].copy_from_slice(&6u16.to_le_bytes());
+        ph(&mut b, 3, 4 | 1, 0x100, 0x40); // R+X: code
+        ph(&mut b, 4, 4, 0x140, 0x30); // R: read-only data
+        ph(&mut b, 5, 4, 0x170, 0x10); // a second R segment: not taken
+        let e = Elf::parse(&Pieces::one(&b)).expect("parses");
+        assert_eq!(e.rodata, Some(0x140..0x170));
+        // Old layout (code and read-only data in one R+X segment): none.
+        ph(&mut b, 4, 4 | 2, 0x140, 0x30);
+        ph(&mut b, 5, 4 | 1, 0x170, 0x10);
+        assert_eq!(Elf::parse(&Pieces::one(&b)).expect("parses").rodata, None);
+    }
+
+    #[test]
+    fn libraries_are_guessed_from_the_string_table_before_the_dynamic_section() {
+        let b = tiny_elf();
+        // Headers and the string table, not the dynamic section.
+        let got = Pieces(vec![(0, Bytes::copy_from_slice(&b[..0x2c0]))]);
+        assert!(!needs("/opt/app/lib/libtool.so.1", &got).0);
+        let g = guessed_needs("/opt/app/lib/libtool.so.1", &got);
+        assert_eq!(g.len(), 2, "{g:?}");
+        assert_eq!(g[0][0], "/opt/app/lib/libc.so.6");
+        assert!(g[1].contains(&"/usr/lib/x86_64-linux-gnu/libm.so.6".to_string()));
+        // Not ELF: nothing.
+        assert!(guessed_needs("/x", &Pieces::one(b"libc.so.6\0")).is_empty());
+        for ok in [
+            "libc.so.6",
+            "libstdc++.so.6.0.30",
+            "ld-linux-x86-64.so.2",
+            "libfoo.so",
+        ] {
+            assert!(soname_like(ok), "{ok}");
+        }
+        for bad in [
+            "lib.so",
+            "libc.so.",
+            "libc.so.6a",
+            "GLIBC_2.2.5",
+            "libc.so.6 x",
+            "foo.so.1",
+        ] {
+            assert!(!soname_like(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn libcrypto_needs_its_configuration() {
+        let (done, n) = needs(
+            "/usr/lib/x86_64-linux-gnu/libcrypto.so.3",
+            &Pieces::one(&tiny_elf()),
+        );
+        assert!(done);
+        let last = n.last().expect("needs");
+        assert!(last.contains(&"/etc/ssl/openssl.cnf".to_string()), "{n:?}");
+        let (_, n) = needs(
+            "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+            &Pieces::one(&tiny_elf()),
+        );
+        assert!(!n.iter().flatten().any(|p| p.ends_with("openssl.cnf")));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! Calls `image` (resolve, index sources, profiles), `cache`, `union`, `fuse`, `store`,
 //! `registry` and `config`; formats nothing for humans (that is `cli/`).
 
+mod cython;
 mod early;
 mod elf;
 mod images;

@@ -19,7 +19,8 @@
 //! [`super::python`] (imports). Calls `cache` (demand-class reads) and `union` (the merged
 //! tree: path and symlink resolution); no FUSE, no network of its own.
 
-use super::elf::{needs, Elf, Pieces};
+use super::cython;
+use super::elf::{guessed_needs, needs, Elf, Pieces};
 use super::lazy::LazyImage;
 use crate::cache::{CachedLayer, ChunkCache, Read};
 use crate::union::{FileKind, LowerBackend, MergedTree, ROOT_INO};
@@ -48,6 +49,13 @@ pub const LAUNCH_MAX_BYTES: u64 = 16 << 20;
 /// The same for an object opened later: less, since the container's own reads share the
 /// link with it by then (measured: 16 MiB of a 37 MB library delayed the loader's reads).
 const LOADED_MAX_BYTES: u64 = 4 << 20;
+/// Most bytes of an ELF object's first segment read with its writable segment.
+const MAX_FIRST_SEGMENT: u64 = 1 << 20;
+/// Bytes of a large object's read-only data fetched beside its body (its `.rodata` section
+/// comes first there, its unwinding tables after).
+const RODATA_HEAD: u64 = 256 << 10;
+/// Most bytes of an extension module's read-only data read to find its imports.
+const MAX_RODATA: u64 = 2 << 20;
 /// Symlinks followed while resolving one path.
 const MAX_HOPS: usize = 40;
 /// What the launcher reads before the runtime starts: warmed first, alone.
@@ -339,6 +347,8 @@ struct Warming {
     /// Bytes of the file read at most (an ELF object's body beyond [`HEAD`] in the
     /// background); the libraries it needs get the same.
     max: u64,
+    /// A Python extension module's read-only data, asked for (its imports are named there).
+    rodata: Option<std::ops::Range<u64>>,
 }
 
 /// Warm the files of `list` and what they need (files another warm-up of this image read
@@ -381,6 +391,7 @@ pub async fn warm(
                 needs_started: false,
                 python,
                 max,
+                rodata: None,
             },
         );
         Some(piece(cache.clone(), image.clone(), ino, 0..HEAD))
@@ -427,7 +438,7 @@ pub async fn warm(
                 if w.python {
                     python_next(&image.tree, w, at, size)
                 } else {
-                    elf_next(w, at, size)
+                    elf_next(&image.tree, w, at, size)
                 }
             }
             _ => Next::default(),
@@ -436,7 +447,7 @@ pub async fn warm(
             py_in_flight += usize::from(python);
             reads.push(piece(cache.clone(), image.clone(), ino, r));
         }
-        if let Some(r) = next.background {
+        for r in next.background {
             background(&cache, &image, ino, r);
         }
         let max = files.get(&ino).map_or(max_bytes, |w| w.max);
@@ -461,8 +472,9 @@ pub async fn warm(
 struct Next {
     /// Further pieces of the file to read (as reads on demand).
     reads: Vec<std::ops::Range<u64>>,
-    /// The rest of the file, fetched in the background lane.
-    background: Option<std::ops::Range<u64>>,
+    /// The rest of the file (and the start of a large object's read-only data), fetched
+    /// in the background lane.
+    background: Vec<std::ops::Range<u64>>,
     /// Files it needs (alternatives each): its interpreter, its libraries.
     wanted: Vec<Vec<String>>,
     /// Python modules it imports.
@@ -470,22 +482,63 @@ struct Next {
 }
 
 /// An ELF object's (or script's) piece at `at` arrived (the file is `size` bytes).
-fn elf_next(w: &mut Warming, at: u64, size: u64) -> Next {
+fn elf_next(tree: &MergedTree, w: &mut Warming, at: u64, size: u64) -> Next {
     let mut next = Next::default();
     if at == 0 {
         // An ELF object's writable segment and dynamic section (what the loader reads
         // next) as a read; the rest of the file in the background.
-        let rw = Elf::parse(&w.got).and_then(|e| e.writable);
+        let elf = Elf::parse(&w.got);
+        let rw = elf.as_ref().and_then(|e| e.writable.clone());
         if let Some(rw) = rw.clone().filter(|rw| rw.end > HEAD) {
             next.reads.push(rw.start.max(HEAD)..rw.end);
         }
-        next.background = Some(HEAD..size.min(w.max));
+        // The rest of the first segment (the dynamic string table with the names of the
+        // libraries; the symbols and relocations the loader reads next) with it, not after.
+        let first = elf.as_ref().and_then(|e| e.first_load.clone());
+        if let Some(first) = first.filter(|f| f.end > HEAD) {
+            let end = first.end.min(MAX_FIRST_SEGMENT).min(size);
+            if end > HEAD && !rw.as_ref().is_some_and(|rw| rw.start < end) {
+                next.reads.push(HEAD..end);
+            }
+        }
+        // A Python extension module's read-only data, where a Cython module names what it
+        // imports (the read joins the background fetch of the same bytes).
+        let ro = elf.and_then(|e| e.rodata);
+        let body = HEAD..size.min(w.max);
+        if let Some(ro) = ro.clone().filter(|_| cython::is_extension_path(&w.path)) {
+            let ro = ro.start..ro.end.min(ro.start.saturating_add(MAX_RODATA)).min(size);
+            if ro.start > 0 && ro.start < ro.end {
+                w.rodata = Some(ro.clone());
+                next.reads.push(ro);
+            }
+        } else if let Some(ro) = ro.filter(|r| r.start >= body.end) {
+            // A large object's constants (its code's tables, strings) past the body read:
+            // its initialisers read them before anything else of its far end.
+            let end = ro.end.min(ro.start.saturating_add(RODATA_HEAD)).min(size);
+            next.background.push(ro.start..end);
+        }
+        next.background.push(body);
+    }
+    if w.rodata.as_ref().is_some_and(|r| r.start == at) {
+        w.rodata = None;
+        let imports = w.got.0.iter().rev().find(|(a, _)| *a == at);
+        if let Some(imports) = imports.and_then(|(_, b)| cython::imports(b)) {
+            let minor = cython::minor_of_name(&w.path);
+            next.python = super::python::files_for(tree, &w.path, minor, &imports);
+            tracing::trace!(
+                path = w.path,
+                files = next.python.len(),
+                "extension module imports"
+            );
+        }
     }
     if w.needs_started {
         return next;
     }
     let (done, wanted) = needs(&w.path, &w.got);
     if !done {
+        // The libraries its string table names, started now (the real list follows).
+        next.wanted = guessed_needs(&w.path, &w.got);
         let strtab = Elf::parse(&w.got).and_then(|e| e.strtab_missing);
         if let Some(r) = strtab.filter(|_| !w.strtab_asked) {
             w.strtab_asked = true;
