@@ -363,3 +363,80 @@ fn a_slice_is_asked_to_its_end_and_no_byte_twice() {
         assert!(w[0].1 < w[1].0, "a byte asked twice: {:?} {:?}", w[0], w[1]);
     }
 }
+
+/// The gzip windows of a sidecar index are small pieces read scattered: strata asks a mirror
+/// for them as they are, marked with `x-strata-piece: small` (contrib/nginx/strata-mirror.conf
+/// caches those by 16 KiB slices), not cut or stretched to `mirror-slice-size`; the layer's
+/// own bytes are asked unmarked, by slice; the bytes read are right.
+#[test]
+fn sidecar_windows_are_asked_of_a_mirror_as_marked_small_pieces() {
+    const SLICE: u64 = 64 << 10;
+    const LEN: usize = 3 << 20;
+    let reg = Registry::start();
+    let text = |i: usize| common::testdata::pseudo_text(LEN, 700 + i as u64);
+    let mut l = Layer::new().dir("data");
+    for i in 0..2 {
+        l = l.file(&format!("data/t{i}"), text(i));
+    }
+    let img = ImageBuilder::new().layer(l).build("v1");
+    img.push(&reg, "mirror/windows:v1");
+    StrataEnv::new()
+        .run(&[
+            "index",
+            &format!("{}/mirror/windows:v1", reg.host()),
+            "--push",
+        ])
+        .assert_success();
+    let layer = img.layers[0].digest.clone();
+    let proxy = FaultProxy::in_front_of(&reg);
+    let env = env_with_mirror(
+        &reg,
+        &proxy,
+        serde_json::json!({"mirror-slice-size": "64KiB"}),
+    );
+    let m = mount(&env, &format!("{}/mirror/windows:v1", reg.host()));
+    // Reads far into each file: their spans' checkpoints need the stored windows.
+    for i in 0..2 {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(m.dir.join(format!("data/t{i}"))).unwrap();
+        for off in [LEN / 3, 2 * LEN / 3] {
+            let mut buf = vec![0u8; 4096];
+            f.read_exact_at(&mut buf, off as u64).unwrap();
+            assert!(buf == text(i)[off..off + 4096], "data/t{i} at {off}");
+        }
+    }
+    let reqs = proxy.requests();
+    let blob_gets: Vec<_> = reqs
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/blobs/"))
+        .collect();
+    let small: Vec<_> = blob_gets
+        .iter()
+        .filter(|r| r.header_values("x-strata-piece") == ["small"])
+        .collect();
+    assert!(
+        !small.is_empty(),
+        "no window asked as a small piece: {blob_gets:?}"
+    );
+    for r in &small {
+        assert!(!r.path.contains(&layer), "layer bytes marked small: {r:?}");
+        let (a, b) = r
+            .range
+            .as_deref()
+            .and_then(|x| x.strip_prefix("bytes="))
+            .and_then(|x| x.split_once('-'))
+            .map(|(a, b)| (a.parse::<u64>().unwrap(), b.parse::<u64>().unwrap()))
+            .expect("a window is a Range request");
+        assert!(b - a + 1 < SLICE, "a window asked past its size: {a}-{b}");
+        assert!(
+            (b + 1) % SLICE != 0,
+            "a window stretched to the slice's end: {a}-{b}"
+        );
+    }
+    for r in blob_gets.iter().filter(|r| r.path.contains(&layer)) {
+        assert!(
+            r.header_values("x-strata-piece").is_empty(),
+            "layer request marked: {r:?}"
+        );
+    }
+}

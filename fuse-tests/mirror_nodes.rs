@@ -2,7 +2,8 @@
 //! strata root and daemon) lazily read the same files at once through Debian's nginx running
 //! contrib/nginx/strata-mirror.conf in a hub namespace, in front of a real docker-registry.
 //! The registry's own log is the oracle: every slice the nodes touched crossed the upstream
-//! link exactly once (the nodes' requests, from nginx's access log, give the slices), while
+//! link exactly once (the nodes' requests, from nginx's access log, give the slices; the
+//! sidecar's windows, asked as small pieces, by 16 KiB slices), while
 //! nginx served the bytes to every node. A registry that redirects blob GETs to object
 //! storage (distribution's `redirect` middleware, nginx as the storage) is mirrored too.
 //!
@@ -25,6 +26,8 @@ use std::time::{Duration, Instant};
 
 const NODES: usize = 3;
 const SLICE: u64 = 64 << 10;
+/// The slice of strata's small pieces in contrib/nginx/strata-mirror.conf.
+const SMALL_SLICE: u64 = 16 << 10;
 const UPSTREAM: &str = "upstream.invalid:5000";
 const FILES: usize = 6;
 const FILE_LEN: usize = 1 << 20;
@@ -251,7 +254,7 @@ impl Hub {
         let main = format!(
             "daemon off;\nuser root;\nworker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
              events {{ worker_connections 1024; }}\n\
-             http {{\n  log_format strata '$remote_addr $request_method $uri \"$http_range\" $status $body_bytes_sent $upstream_cache_status';\n  \
+             http {{\n  log_format strata '$remote_addr $request_method $uri \"$http_range\" $status $body_bytes_sent $upstream_cache_status $http_x_strata_piece';\n  \
              access_log {d}/access.log strata;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
              include {d}/mirror.conf;\n{storage_server}}}\n",
             d = d.display()
@@ -300,14 +303,16 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     Some(rest.split(['"', ' ']).next().unwrap_or(""))
 }
 
-/// nginx access log lines for blobs: (client, digest, range as asked, bytes sent).
-type Asked = (String, String, Option<(u64, u64)>, u64);
+/// nginx access log lines for blobs: (client, digest, range as asked, bytes sent, marked as
+/// a small piece: cached by 16 KiB slices).
+type Asked = (String, String, Option<(u64, u64)>, u64, bool);
 
 fn mirror_blob_requests(log: &str) -> Vec<Asked> {
     log.lines()
         .filter_map(|l| {
             let mut it = l.split(' ');
-            let (client, method, uri, range, _status, sent) = (
+            let (client, method, uri, range, _status, sent, _cache) = (
+                it.next()?,
                 it.next()?,
                 it.next()?,
                 it.next()?,
@@ -315,6 +320,7 @@ fn mirror_blob_requests(log: &str) -> Vec<Asked> {
                 it.next()?,
                 it.next()?,
             );
+            let small = it.next() == Some("small");
             if method != "GET" {
                 return None;
             }
@@ -324,7 +330,7 @@ fn mirror_blob_requests(log: &str) -> Vec<Asked> {
                 .strip_prefix("bytes=")
                 .and_then(|r| r.split_once('-'))
                 .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
-            Some((client.to_string(), digest, range, sent.parse().ok()?))
+            Some((client.to_string(), digest, range, sent.parse().ok()?, small))
         })
         .collect()
 }
@@ -449,33 +455,38 @@ fn three_nodes_cross_the_upstream_once_per_slice() {
     let mut statuses: BTreeMap<&str, usize> = BTreeMap::new();
     for l in access.lines() {
         *statuses
-            .entry(l.rsplit(' ').next().unwrap_or(""))
+            .entry(l.split(' ').nth(6).unwrap_or(""))
             .or_default() += 1;
     }
     eprintln!("mirror cache answers: {statuses:?}");
     let asked = mirror_blob_requests(&access);
     assert!(!asked.is_empty(), "no blob request reached the mirror");
-    let mut slices: BTreeSet<(String, u64)> = BTreeSet::new();
+    // (digest, slice size, slice): strata's small pieces (the sidecar's windows) are cached
+    // by 16 KiB slices, apart from the large ones.
+    let mut slices: BTreeSet<(String, u64, u64)> = BTreeSet::new();
     let mut served: BTreeMap<String, u64> = BTreeMap::new();
-    for (client, digest, range, sent) in &asked {
+    let mut small_pieces = 0;
+    for (client, digest, range, sent, small) in &asked {
         *served.entry(client.clone()).or_default() += sent;
         let size = blob_size(&reg.storage_dir(), digest);
         let (a, b) = range.unwrap_or((0, size - 1));
-        if range.is_some() {
+        let slice = if *small { SMALL_SLICE } else { SLICE };
+        small_pieces += usize::from(*small);
+        if range.is_some() && !small {
             assert_eq!(
                 a / SLICE,
                 b / SLICE,
                 "strata's bytes={a}-{b} straddles a slice"
             );
         }
-        for s in a / SLICE..=b / SLICE {
-            slices.insert((digest.clone(), s));
+        for s in a / slice..=b / slice {
+            slices.insert((digest.clone(), slice, s));
         }
     }
     let mut expected: BTreeMap<String, u64> = BTreeMap::new();
-    for (digest, s) in &slices {
+    for (digest, slice, s) in &slices {
         let size = blob_size(&reg.storage_dir(), digest);
-        *expected.entry(digest.clone()).or_default() += (size - s * SLICE).min(SLICE);
+        *expected.entry(digest.clone()).or_default() += (size - s * slice).min(*slice);
     }
     let mut upstream: BTreeMap<String, u64> = BTreeMap::new();
     for (digest, n) in hub.upstream_blob_gets() {
@@ -487,7 +498,7 @@ fn three_nodes_cross_the_upstream_once_per_slice() {
     );
     let up: u64 = upstream.values().sum();
     eprintln!(
-        "upstream {up} bytes for {} slices; the mirror served {served:?}",
+        "upstream {up} bytes for {} slices ({small_pieces} small pieces); the mirror served {served:?}",
         slices.len()
     );
     // Every node got its bytes from the mirror, and the upstream sent them about once.

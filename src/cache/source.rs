@@ -74,17 +74,21 @@ pub struct RegistryBlob {
     pub client: Arc<Client>,
     pub repo: Repository,
     pub digest: Digest,
+    /// Read in small scattered pieces (a sidecar's gzip windows): asked with
+    /// `Client::get_blob_piece`, which a slicing mirror caches by smaller slices.
+    pub small_pieces: bool,
 }
 
 impl BlobSource for RegistryBlob {
     fn fetch(&self, range: Range<u64>) -> BoxFuture<'static, Result<Bytes, FetchError>> {
         let client = self.client.clone();
-        let (repo, d) = (self.repo.clone(), self.digest);
+        let (repo, d, small) = (self.repo.clone(), self.digest, self.small_pieces);
         async move {
-            client
-                .get_blob_range(&repo, &d, range)
-                .await
-                .map_err(|e| FetchError::Registry(Arc::new(e)))
+            let got = match small {
+                true => client.get_blob_piece(&repo, &d, range).await,
+                false => client.get_blob_range(&repo, &d, range).await,
+            };
+            got.map_err(|e| FetchError::Registry(Arc::new(e)))
         }
         .boxed()
     }

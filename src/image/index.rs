@@ -118,6 +118,7 @@ pub fn remote_windows(
             client: client.clone(),
             repo: reference.repo(),
             digest: from.blob,
+            small_pieces: true,
         }),
         from.head,
         windows_dir(store, layer),

@@ -189,6 +189,7 @@ pub async fn open(
                 client: client.clone(),
                 repo: reference.repo(),
                 digest: desc.digest,
+                small_pieces: false,
             })
         };
         indexes_for_tree.push(index.clone());

@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 
 /// Slice-aligned pieces of one range fetched from a mirror at once.
 const MAX_PIECES_IN_FLIGHT: usize = 8;
+/// Request header marking a Range request for a small piece of a blob read scattered
+/// ([`Client::get_blob_piece`]), sent to mirrors only.
+pub const SMALL_PIECE_HEADER: &str = "x-strata-piece";
 
 /// One slice of one blob on one mirror: (endpoint base, blob, slice number).
 type SliceKey = (String, Digest, u64);
@@ -193,7 +196,7 @@ impl Client {
     ) -> Result<Response, Error> {
         let need = range.as_ref().map_or(0, |r| r.end);
         Ok(self
-            .blob_response_to(ep, repo, digest, range, need)
+            .blob_response_to(ep, repo, digest, range, need, false)
             .await?
             .0)
     }
@@ -208,16 +211,23 @@ impl Client {
         digest: &Digest,
         range: Option<Range<u64>>,
         need_end: u64,
+        small: bool,
     ) -> Result<(Response, u64), Error> {
         let what = format!("blob {digest} in {repo}");
         let url = ep.url(&repo.name, &format!("blobs/{digest}"));
         let scope = Self::scope_pull(ep.repo_name(&repo.name));
-        let send = self.send(ep, &scope, Method::GET, &url, |r| match &range {
-            Some(rg) => r.header(
-                RANGE,
-                format!("bytes={}-{}", rg.start, rg.end.saturating_sub(1)),
-            ),
-            None => r,
+        let send = self.send(ep, &scope, Method::GET, &url, |r| {
+            let r = match (small, ep.mirror) {
+                (true, true) => r.header(SMALL_PIECE_HEADER, "small"),
+                _ => r,
+            };
+            match &range {
+                Some(rg) => r.header(
+                    RANGE,
+                    format!("bytes={}-{}", rg.start, rg.end.saturating_sub(1)),
+                ),
+                None => r,
+            }
         });
         let resp = match (&range, ep.mirror) {
             (Some(_), true) => {
@@ -265,7 +275,34 @@ impl Client {
         digest: &Digest,
         range: Range<u64>,
     ) -> Result<Bytes, Error> {
-        let slice = self.config.mirror_slice_size;
+        self.blob_range(repo, digest, range, false).await
+    }
+
+    /// [`Self::get_blob_range`] for one of many small pieces of a blob read scattered (the
+    /// gzip windows of a sidecar index): from a mirror, asked as it is (not to the end of a
+    /// slice) and marked with the [`SMALL_PIECE_HEADER`], so that a mirror that knows it
+    /// caches such pieces by smaller slices (`contrib/nginx/strata-mirror.conf`: 16 KiB):
+    /// each then costs the mirror's upstream about its own size, not a whole slice.
+    pub async fn get_blob_piece(
+        &self,
+        repo: &Repository,
+        digest: &Digest,
+        range: Range<u64>,
+    ) -> Result<Bytes, Error> {
+        self.blob_range(repo, digest, range, true).await
+    }
+
+    async fn blob_range(
+        &self,
+        repo: &Repository,
+        digest: &Digest,
+        range: Range<u64>,
+        small: bool,
+    ) -> Result<Bytes, Error> {
+        let slice = match small {
+            true => 0,
+            false => self.config.mirror_slice_size,
+        };
         self.on_endpoints(repo, Op::Pull, Some(digest), |ep| {
             let range = range.clone();
             async move {
@@ -274,7 +311,7 @@ impl Client {
                     false => vec![range.clone()],
                 };
                 if pieces.len() <= 1 {
-                    return self.range_from(&ep, repo, digest, range).await;
+                    return self.range_from(&ep, repo, digest, range, small).await;
                 }
                 let mut out = Vec::with_capacity((range.end - range.start) as usize);
                 let mut rest = &pieces[..];
@@ -283,13 +320,13 @@ impl Client {
                     // a whole-blob stream (or a fill) for every piece sent at once.
                     out.extend_from_slice(
                         &self
-                            .range_from(&ep, repo, digest, pieces[0].clone())
+                            .range_from(&ep, repo, digest, pieces[0].clone(), small)
                             .await?,
                     );
                     rest = &pieces[1..];
                 }
                 let mut bodies = futures::stream::iter(rest.iter().cloned())
-                    .map(|p| self.range_from(&ep, repo, digest, p))
+                    .map(|p| self.range_from(&ep, repo, digest, p, small))
                     .buffered(MAX_PIECES_IN_FLIGHT);
                 while let Some(b) = bodies.next().await {
                     out.extend_from_slice(&b?);
@@ -307,6 +344,7 @@ impl Client {
         repo: &Repository,
         digest: &Digest,
         range: Range<u64>,
+        small: bool,
     ) -> Result<Bytes, Error> {
         let len = range.end.saturating_sub(range.start) as usize;
         let url = format!("{repo}@{digest} bytes {}..{}", range.start, range.end);
@@ -318,8 +356,11 @@ impl Client {
         // (`proxy_cache_lock` polls). Asked to the end, the answer ends when the slice is in
         // the mirror's cache. The bytes past the range cost only the mirror's own link.
         let slice = self.config.mirror_slice_size;
-        let one_slice =
-            ep.mirror && slice > 0 && len > 0 && range.start / slice == (range.end - 1) / slice;
+        let one_slice = !small
+            && ep.mirror
+            && slice > 0
+            && len > 0
+            && range.start / slice == (range.end - 1) / slice;
         let key = one_slice.then(|| (ep.base.clone(), *digest, range.start / slice));
         // When the slice's bytes from some offset on are kept (a later run of the slice came
         // first), only the bytes before them are asked: the mirror holds the whole slice by
@@ -346,7 +387,7 @@ impl Client {
         let ask_len = (ask.end - ask.start) as usize;
         let need_end = range.end.min(ask.end);
         let (resp, end) = self
-            .blob_response_to(ep, repo, digest, Some(ask), need_end)
+            .blob_response_to(ep, repo, digest, Some(ask), need_end, small)
             .await?;
         let carried = end.saturating_sub(range.start) as usize;
         let mut body = read_limited(resp, ask_len, &url).await?;
