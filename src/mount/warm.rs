@@ -496,8 +496,11 @@ fn elf_next(tree: &MergedTree, w: &mut Warming, at: u64, size: u64) -> Next {
         // libraries; the symbols and relocations the loader reads next) with it, not after.
         let first = elf.as_ref().and_then(|e| e.first_load.clone());
         if let Some(first) = first.filter(|f| f.end > HEAD) {
-            let end = first.end.min(MAX_FIRST_SEGMENT).min(size);
-            if end > HEAD && !rw.as_ref().is_some_and(|rw| rw.start < end) {
+            let mut end = first.end.min(MAX_FIRST_SEGMENT).min(size);
+            if let Some(rw) = rw.as_ref().filter(|rw| rw.start > HEAD) {
+                end = end.min(rw.start);
+            }
+            if end > HEAD {
                 next.reads.push(HEAD..end);
             }
         }
