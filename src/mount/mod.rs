@@ -5,7 +5,8 @@
 //! [`overlay`] does the same for directory lowers (`strata overlay`); [`layer`] mounts one
 //! layer of an image alone, read-only in overlay lower format (the containerd snapshotter's
 //! remote snapshots); [`warm`] reads what a container's start will need as soon as the image
-//! is open ([`python`]: the imports of Python modules it follows). The caller hands in the
+//! is open ([`python`]: the imports of Python modules it follows; [`cython`]: those of
+//! compiled Cython extensions). The caller hands in the
 //! shared parts ([`Services`]: registry client, store, chunk cache, configuration), so one
 //! process may serve many mounts from one cache.
 //!
