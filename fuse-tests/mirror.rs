@@ -35,6 +35,12 @@ fn publish_layer(reg: &Registry, repo_tag: &str) -> (String, u64) {
     for i in 0..FILES {
         l = l.file(&format!("data/f{i}"), file(i));
     }
+    publish_image(reg, l, repo_tag)
+}
+
+/// Push a one-layer image of `l` and its sidecar index straight to the registry; the layer's
+/// digest and size.
+fn publish_image(reg: &Registry, l: Layer, repo_tag: &str) -> (String, u64) {
     let img = ImageBuilder::new().layer(l).build("v1");
     img.push(reg, repo_tag);
     StrataEnv::new()
@@ -378,16 +384,7 @@ fn sidecar_windows_are_asked_of_a_mirror_as_marked_small_pieces() {
     for i in 0..2 {
         l = l.file(&format!("data/t{i}"), text(i));
     }
-    let img = ImageBuilder::new().layer(l).build("v1");
-    img.push(&reg, "mirror/windows:v1");
-    StrataEnv::new()
-        .run(&[
-            "index",
-            &format!("{}/mirror/windows:v1", reg.host()),
-            "--push",
-        ])
-        .assert_success();
-    let layer = img.layers[0].digest.clone();
+    let (layer, _) = publish_image(&reg, l, "mirror/windows:v1");
     let proxy = FaultProxy::in_front_of(&reg);
     let env = env_with_mirror(
         &reg,
