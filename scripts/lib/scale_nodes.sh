@@ -153,7 +153,10 @@ for r in rows:
     ub = int(r["upstream_bytes"]); lazy = int(base["upstream_bytes"]) if base else 0
     t = float(r["slowest_s"]); t1 = float(base["slowest_s"]) if base else 0
     sb = int(r["settled_bytes"])
-    print(f"| {r['mode']} | {r['nodes']} | {ub/1e6:.1f} MB | {sb/1e6:.1f} MB | {sb/max(lazy,1):.2f}x | {int(r['mirror_bytes'])/1e6:.1f} MB | {t:.2f} s | {t/max(t1,1e-9):.2f}x | {r['node_seconds']} | {r['failures']} | {r['load1']} |")
+    # Without a lone node of mode `none` in this run there is nothing to divide by.
+    xb = f"{sb/lazy:.2f}x" if lazy else "—"
+    xt = f"{t/t1:.2f}x" if t1 else "—"
+    print(f"| {r['mode']} | {r['nodes']} | {ub/1e6:.1f} MB | {sb/1e6:.1f} MB | {xb} | {int(r['mirror_bytes'])/1e6:.1f} MB | {t:.2f} s | {xt} | {r['node_seconds']} | {r['failures']} | {r['load1']} |")
 EOF
   cat "$RES/scale-nodes.md"
 }
