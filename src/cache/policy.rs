@@ -302,7 +302,8 @@ impl Policy {
     /// the `__pycache__/__init__` of each of its subpackages ([`subpackage_inits`], a budget
     /// of their own). A program loading a package reads its modules one after another, each
     /// a round trip when it misses: these are the files it is about to ask for. Python
-    /// modules are left out when `siblings_python` is off (the mount follows their imports).
+    /// modules (sources, compiled, extensions) are left out when `siblings_python` is off (the
+    /// mount follows their imports).
     pub(super) fn siblings(
         &self,
         layer: &CachedLayer,
@@ -318,7 +319,10 @@ impl Policy {
         let Some(sfx) = suffix(name) else {
             return Vec::new();
         };
-        if !self.siblings_python && matches!(sfx, "pyc" | "py") {
+        // Extension modules too: the mount finds them by the imports it follows (a module
+        // directory such as `lib-dynload` holds dozens a program never imports).
+        let extension = name.contains(".cpython-3") || name.ends_with(".abi3.so");
+        if !self.siblings_python && (matches!(sfx, "pyc" | "py") || extension) {
             return Vec::new();
         }
         let suffixes = {

@@ -530,11 +530,48 @@ async fn a_package_init_fetches_its_subpackages_inits() {
     }
 }
 
+/// With Python modules left to the mount (`siblings_python` off), extension modules are too
+/// (a `lib-dynload` holds dozens a program never imports), while other shared objects of a
+/// directory still fetch their siblings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extension_modules_fetch_no_siblings_when_the_mount_follows_imports() {
+    let mut named = Vec::new();
+    for k in 0..40 {
+        named.push((
+            format!("dyn/_m{k:02}.cpython-311-x86_64-linux-gnu.so"),
+            120_000,
+        ));
+        named.push((format!("plug/p{k:02}.so"), 120_000));
+    }
+    let f = fixture_named(&named);
+    let (cache, l) = sibling_cache_with(&f, 1, false);
+    assert_eq!(
+        cache.first_read(&l, "dyn/_m10.cpython-311-x86_64-linux-gnu.so"),
+        0,
+        "extension modules' siblings fetched"
+    );
+    assert!(
+        cache.first_read(&l, "plug/p10.so") > 0,
+        "plain shared objects fetch their siblings"
+    );
+    let (cache, l) = sibling_cache_with(&f, 1, true);
+    assert!(cache.first_read(&l, "dyn/_m10.cpython-311-x86_64-linux-gnu.so") > 0);
+}
+
 /// A cache over fixture `f` with the sibling fetch after `after` files, and its layer.
 fn sibling_cache(f: &Fixture, after: usize) -> (Arc<ChunkCache>, Arc<CachedLayer>) {
+    sibling_cache_with(f, after, true)
+}
+
+/// [`sibling_cache`], Python modules taking part or not.
+fn sibling_cache_with(
+    f: &Fixture,
+    after: usize,
+    python: bool,
+) -> (Arc<ChunkCache>, Arc<CachedLayer>) {
     let cache = ChunkCache::open(CacheConfig {
         siblings_after: after,
-        siblings_python: true,
+        siblings_python: python,
         memory_bytes: 64 << 20,
         ..config(&f.cache_dir)
     })
