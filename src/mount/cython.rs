@@ -14,10 +14,12 @@ use super::python::Import;
 /// A string every Cython-generated module holds (the name of the module object Cython's
 /// runtime looks up), from 0.29 through 3.x.
 const MARKER: &[u8] = b"cython_runtime";
-/// Longest name considered (a dotted module path).
+/// Longest name considered (a dotted module path), and most components in it.
 const MAX_NAME: usize = 200;
-/// Most names taken from one module (each is looked up in the tree).
-const MAX_NAMES: usize = 4096;
+const MAX_DEPTH: usize = 8;
+/// Most names taken from one module (each is looked up in the tree, a few dozen lookups
+/// at most: a hostile module's strings cost bounded work).
+const MAX_NAMES: usize = 2048;
 
 /// Whether `path` names a CPython extension module (`NAME.cpython-3NN-TRIPLE.so`,
 /// `NAME.abi3.so`).
@@ -47,7 +49,8 @@ pub fn imports(rodata: &[u8]) -> Option<Vec<Import>> {
         if out.len() >= MAX_NAMES {
             break;
         }
-        if s.len() < 2 || s.len() > MAX_NAME || !name_like(s) {
+        let depth = s.iter().filter(|&&c| c == b'.').count() + 1;
+        if s.len() < 2 || s.len() > MAX_NAME || depth > MAX_DEPTH || !name_like(s) {
             continue;
         }
         let Ok(name) = std::str::from_utf8(s) else {
@@ -96,6 +99,18 @@ mod tests {
                 "randbits"
             ]
         );
+    }
+
+    #[test]
+    fn names_are_bounded_in_depth_and_number() {
+        let mut b = b"cython_runtime\0a.b.c.d.e.f.g.h\0a.b.c.d.e.f.g.h.i\0".to_vec();
+        for k in 0..5000 {
+            b.extend_from_slice(format!("m{k}\0").as_bytes());
+        }
+        let n = names(&b).expect("a Cython module");
+        assert!(n.contains(&"a.b.c.d.e.f.g.h".to_string()));
+        assert!(!n.contains(&"a.b.c.d.e.f.g.h.i".to_string()));
+        assert_eq!(n.len(), MAX_NAMES);
     }
 
     #[test]
