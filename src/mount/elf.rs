@@ -136,11 +136,12 @@ fn search_dirs(path: &str, machine: u16, runpath: &[String]) -> Vec<String> {
 
 /// The libraries an ELF object probably needs, before its dynamic section is read: the
 /// names that look like a shared object's (`libX.so`, `libX.so.N...`, `ld-*.so.N`) among
-/// the strings of the part of its first loadable segment read so far (the dynamic string
-/// table is there), found in the object's own directory and the standard ones. A guess that
-/// saves the loader's chain a round trip per level (the dynamic section is at the far end
-/// of the file); [`needs`] still gives the real list once it is read.
-pub(super) fn guessed_needs(path: &str, got: &Pieces) -> Vec<Vec<String>> {
+/// the strings of the piece read at `at` that lie in its first loadable segment (the
+/// dynamic string table is there), found in the object's own directory and the standard
+/// ones. Called once per arriving piece, so each piece is scanned once. A guess that saves
+/// the loader's chain a round trip per level (the dynamic section is at the far end of the
+/// file); [`needs`] still gives the real list once it is read.
+pub(super) fn guessed_needs(path: &str, got: &Pieces, at: u64) -> Vec<Vec<String>> {
     let Some(elf) = Elf::parse(got) else {
         return Vec::new();
     };
@@ -153,11 +154,8 @@ pub(super) fn guessed_needs(path: &str, got: &Pieces) -> Vec<Vec<String>> {
     dirs.extend(search_dirs(path, elf.machine, &[]));
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
-    for (at, b) in &got.0 {
-        let end = usize::try_from(first.end.saturating_sub(*at)).unwrap_or(usize::MAX);
-        if *at >= first.end {
-            continue;
-        }
+    for (_, b) in got.0.iter().filter(|(a, _)| *a == at && at < first.end) {
+        let end = usize::try_from(first.end - at).unwrap_or(usize::MAX);
         for s in b[..b.len().min(end)].split(|&c| c == 0) {
             let Some(name) = std::str::from_utf8(s).ok().filter(|n| soname_like(n)) else {
                 continue;
@@ -409,7 +407,7 @@ mod tests {
         let good = tiny_elf();
         for cut in 0..good.len() {
             let _ = Elf::parse(&Pieces::one(&good[..cut]));
-            let _ = guessed_needs("/x", &Pieces::one(&good[..cut]));
+            let _ = guessed_needs("/x", &Pieces::one(&good[..cut]), 0);
         }
         let mut bad = good.clone();
         bad[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
@@ -472,12 +470,12 @@ mod tests {
         // Headers and the string table, not the dynamic section.
         let got = Pieces(vec![(0, Bytes::copy_from_slice(&b[..0x2c0]))]);
         assert!(!needs("/opt/app/lib/libtool.so.1", &got).0);
-        let g = guessed_needs("/opt/app/lib/libtool.so.1", &got);
+        let g = guessed_needs("/opt/app/lib/libtool.so.1", &got, 0);
         assert_eq!(g.len(), 2, "{g:?}");
         assert_eq!(g[0][0], "/opt/app/lib/libc.so.6");
         assert!(g[1].contains(&"/usr/lib/x86_64-linux-gnu/libm.so.6".to_string()));
         // Not ELF: nothing.
-        assert!(guessed_needs("/x", &Pieces::one(b"libc.so.6\0")).is_empty());
+        assert!(guessed_needs("/x", &Pieces::one(b"libc.so.6\0"), 0).is_empty());
         for ok in [
             "libc.so.6",
             "libstdc++.so.6.0.30",

@@ -541,7 +541,7 @@ fn elf_next(tree: &MergedTree, w: &mut Warming, at: u64, size: u64) -> Next {
     let (done, wanted) = needs(&w.path, &w.got);
     if !done {
         // The libraries its string table names, started now (the real list follows).
-        next.wanted = guessed_needs(&w.path, &w.got);
+        next.wanted = guessed_needs(&w.path, &w.got, at);
         let strtab = Elf::parse(&w.got).and_then(|e| e.strtab_missing);
         if let Some(r) = strtab.filter(|_| !w.strtab_asked) {
             w.strtab_asked = true;
