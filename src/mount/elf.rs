@@ -1,7 +1,9 @@
 //! What the warm-up reads of the files it warms: an ELF object's program headers, writable
 //! segment, interpreter, dynamic section and the libraries it names (DT_NEEDED, found along
 //! DT_RUNPATH and the standard library directories), the files a few well-known libraries
-//! read as they load ([`LOAD_READS`]: OpenSSL's configuration), the read-only data where a
+//! read as they load ([`LOAD_READS`]: OpenSSL's configuration) and those the C library reads
+//! for an executable that calls `setlocale` or `localtime` ([`SYMBOL_READS`]), the
+//! read-only data where a
 //! Cython extension module names its imports, a script's `#!` interpreter — from
 //! pieces of the file read so far, in any order. Hostile or truncated bytes give nothing,
 //! never a panic. Pure parsing: calls nothing outside `mount/`.
@@ -99,6 +101,7 @@ pub(super) fn needs(path: &str, got: &Pieces) -> (bool, Vec<Vec<String>>) {
             out.push(dirs.iter().map(|d| format!("{d}/{lib}")).collect());
         }
     }
+    out.extend(elf.symbol_reads.iter().map(|f| vec![f.to_string()]));
     let file = path.rsplit('/').next().unwrap_or(path);
     for (lib, reads) in LOAD_READS {
         if file.starts_with(lib) {
@@ -222,7 +225,23 @@ pub(super) struct Elf {
     complete: bool,
     /// File range of the string table when the dynamic section was read but not the names.
     pub(super) strtab_missing: Option<std::ops::Range<u64>>,
+    /// What the C library will read for this program ([`SYMBOL_READS`]), when it is an
+    /// executable (has an interpreter) whose string table names those functions.
+    symbol_reads: Vec<&'static str>,
 }
+
+/// Files the C library reads when a program calls a function, under what a container
+/// usually has (`LANG=C.UTF-8` in the image's Env, no `TZ`): the locale's character
+/// classes at `setlocale`, the time zone at the first `localtime` or `tzset`. Looked for
+/// among the names of an executable's string table only (a library's names are mostly
+/// what it defines: the C library's own name them all). `dash` names none of them and
+/// reads neither; `bash`, `ls`, `python3` name both.
+const SYMBOL_READS: [(&str, &str); 4] = [
+    ("setlocale", "/usr/lib/locale/C.utf8/LC_CTYPE"),
+    ("localtime", "/etc/localtime"),
+    ("localtime_r", "/etc/localtime"),
+    ("tzset", "/etc/localtime"),
+];
 
 /// `N` bytes of `b` at `at + off` (`None` past what was read or on overflow).
 fn bytes_at<const N: usize>(b: &Pieces, at: usize, off: usize) -> Option<[u8; N]> {
@@ -341,6 +360,21 @@ impl Elf {
             return Some(elf);
         }
         elf.complete = true;
+        if elf.interp.is_some() {
+            let len = match strsz {
+                0 => MAX_STRTAB,
+                n => n.min(MAX_STRTAB),
+            };
+            let len = usize::try_from(len).unwrap_or(0);
+            let table = b.tail(base).unwrap_or_default();
+            for name in table[..table.len().min(len)].split(|&c| c == 0) {
+                for (sym, file) in SYMBOL_READS {
+                    if name == sym.as_bytes() && !elf.symbol_reads.contains(&file) {
+                        elf.symbol_reads.push(file);
+                    }
+                }
+            }
+        }
         let name = |off: u64| cstr(b, base.checked_add(usize::try_from(off).ok()?)?);
         elf.needed = needed.into_iter().filter_map(name).collect();
         elf.runpath = runpath.into_iter().filter_map(name).collect();
@@ -494,6 +528,29 @@ mod tests {
         ] {
             assert!(!soname_like(bad), "{bad}");
         }
+    }
+
+    /// An executable that names `setlocale` and `tzset` needs the locale and the time zone
+    /// the C library will read; one that names neither, or a library naming them, does not.
+    #[test]
+    fn an_executable_calling_setlocale_or_tzset_needs_the_locale_and_the_time_zone() {
+        let with_names = |interp: bool| {
+            let mut b = tiny_elf();
+            b[0x2b0..0x2b0 + 16].copy_from_slice(b"setlocale\0tzset\0");
+            if !interp {
+                b[120..124].copy_from_slice(&4u32.to_le_bytes()); // PT_INTERP -> PT_NOTE
+            }
+            needs("/usr/bin/tool", &Pieces::one(&b)).1
+        };
+        let has = |n: &[Vec<String>], f: &str| n.iter().any(|alts| alts == &[f.to_string()]);
+        let n = with_names(true);
+        assert!(has(&n, "/usr/lib/locale/C.utf8/LC_CTYPE"), "{n:?}");
+        assert!(has(&n, "/etc/localtime"), "{n:?}");
+        assert_eq!(n.iter().filter(|a| a[0] == "/etc/localtime").count(), 1);
+        let lib = with_names(false);
+        assert!(!has(&lib, "/usr/lib/locale/C.utf8/LC_CTYPE") && !has(&lib, "/etc/localtime"));
+        let plain = needs("/usr/bin/tool", &Pieces::one(&tiny_elf())).1;
+        assert!(!has(&plain, "/etc/localtime") && !has(&plain, "/usr/lib/locale/C.utf8/LC_CTYPE"));
     }
 
     #[test]

@@ -106,18 +106,18 @@ pub fn start_user_db(cache: &Arc<ChunkCache>, layers: &[Arc<CachedLayer>]) {
 /// process PATH, and `cwd` when it has no `/`).
 pub fn for_command(argv: &[String], path: &str, cwd: &str) -> WarmList {
     let argv0 = argv.first().map_or("", String::as_str);
-    // The user database (the launcher), the loader's cache and the local time zone (glibc),
-    // the C.UTF-8 locale (Python and glibc programs under C.UTF-8 load it at start).
-    let mut out: WarmList = [
-        "/etc/passwd",
-        "/etc/group",
-        "/etc/ld.so.cache",
-        "/etc/localtime",
-        "/usr/lib/locale/C.utf8/LC_CTYPE",
-    ]
-    .iter()
-    .map(|p| vec![p.to_string()])
-    .collect();
+    // The user database (the launcher) and the loader's cache. The C.UTF-8 locale and the
+    // local time zone only for a program that loads them: Python (it coerces the C locale
+    // to C.UTF-8 at start), or an executable whose string table names `setlocale` or
+    // `localtime` (`elf::SYMBOL_READS`, once its dynamic section is read): `sh -c` under
+    // dash reads neither (213 KB of debian-minbase's 2.09 MB cold start were those two).
+    let mut out: WarmList = ["/etc/passwd", "/etc/group", "/etc/ld.so.cache"]
+        .iter()
+        .map(|p| vec![p.to_string()])
+        .collect();
+    if super::python::is_python(argv0) {
+        out.push(vec!["/usr/lib/locale/C.utf8/LC_CTYPE".to_string()]);
+    }
     out.push(command_candidates(argv0, path, cwd));
     // The ELF interpreter and the C library: nearly every dynamic program (and the
     // interpreter of every script) needs both, so they are read with the command instead
@@ -591,6 +591,23 @@ mod tests {
         let arm = c_runtime("aarch64");
         assert_eq!(arm[0][0], "/lib/aarch64-linux-gnu/ld-linux-aarch64.so.1");
         assert!(c_runtime("riscv64").is_empty());
+    }
+
+    /// The locale and the time zone are not warmed for every command: Python loads the
+    /// locale at start, a shell under dash neither (an executable that calls them gets them
+    /// from its string table, `elf.rs`).
+    #[test]
+    fn only_python_gets_the_locale_with_the_command() {
+        let has = |l: &WarmList, p: &str| l.iter().any(|alts| alts.iter().any(|a| a == p));
+        let sh = for_command(&["sh".into(), "-c".into(), "echo hi".into()], "/bin", "/");
+        assert!(!has(&sh, "/usr/lib/locale/C.utf8/LC_CTYPE") && !has(&sh, "/etc/localtime"));
+        assert!(has(&sh, "/etc/passwd") && has(&sh, "/etc/ld.so.cache"));
+        let py = for_command(
+            &["python3".into(), "-c".into(), "import json".into()],
+            "/usr/bin",
+            "/",
+        );
+        assert!(has(&py, "/usr/lib/locale/C.utf8/LC_CTYPE"));
     }
 
     #[test]
