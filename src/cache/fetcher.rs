@@ -35,6 +35,19 @@ pub(super) const MAX_BACKGROUND_BYTES: u64 = 2 << 20;
 /// Background requests in flight at most (each also takes a common permit): the rest of the
 /// common permits stay free for reads on demand.
 const BACKGROUND_PERMITS: usize = 4;
+/// On a far link ([`Fetcher::far`]) each lane may have this many times its permits in
+/// flight: with tens of milliseconds per request, the base number left the link of the
+/// benchmarks 57–63% busy in the middle of a cold `import numpy` (docs/benchmarks.md).
+const FAR_FACTOR: usize = 3;
+/// A link whose fastest small fetch took at least this long is far: round trips, not the
+/// server, bound its requests. Over loopback the co-located registry answers the fastest in
+/// ~3 ms (its median is ~50 ms under a cold start's load: more requests in flight then only
+/// add to its CPU, measured slower); over the 20 ms link of the benchmarks none is under 25.
+const FAR_FLOOR: Duration = Duration::from_millis(10);
+/// Fetches of at most this many compressed bytes measure the link's floor.
+const FLOOR_MAX_BYTES: usize = 512 << 10;
+/// Fetches measured before the link is judged.
+const FLOOR_SAMPLES: u32 = 4;
 
 /// Which permits a fetch takes besides a common one.
 #[derive(Clone, Copy)]
@@ -123,6 +136,12 @@ pub(super) struct Fetcher {
     spec_permits: tokio::sync::Semaphore,
     /// Taken before a common permit by background fetches.
     bg_permits: tokio::sync::Semaphore,
+    /// The extra permits of each kind a far link adds ([`FAR_FACTOR`]).
+    far_permits: tokio::sync::Semaphore,
+    far_bg_permits: tokio::sync::Semaphore,
+    /// The fastest small fetch so far (µs), and how many were measured.
+    floor_us: std::sync::atomic::AtomicU64,
+    floor_samples: std::sync::atomic::AtomicU32,
     /// Fetches on demand (and readahead, prefetch) started and not ended.
     pub(super) link: Arc<LinkUse>,
     timeout: Duration,
@@ -185,6 +204,10 @@ impl Fetcher {
             permits: tokio::sync::Semaphore::new(max_concurrent.max(1)),
             spec_permits: tokio::sync::Semaphore::new(SPEC_PERMITS),
             bg_permits: tokio::sync::Semaphore::new(BACKGROUND_PERMITS),
+            far_permits: tokio::sync::Semaphore::new(max_concurrent.max(1) * (FAR_FACTOR - 1)),
+            far_bg_permits: tokio::sync::Semaphore::new(BACKGROUND_PERMITS * (FAR_FACTOR - 1)),
+            floor_us: std::sync::atomic::AtomicU64::new(u64::MAX),
+            floor_samples: Default::default(),
             link: Arc::new(LinkUse::default()),
             timeout,
             stats,
@@ -195,6 +218,41 @@ impl Fetcher {
     /// Whether a fetch could start now without waiting for a permit.
     pub(super) fn permits_free(&self) -> bool {
         self.permits.available_permits() > 0
+            || (self.far() && self.far_permits.available_permits() > 0)
+    }
+
+    /// Whether the link is far: the fastest of the small fetches measured so far took at
+    /// least [`FAR_FLOOR`] (round trips bound it, so more requests in flight fill it).
+    pub(super) fn far(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.floor_samples.load(Relaxed) >= FLOOR_SAMPLES
+            && self.floor_us.load(Relaxed) >= FAR_FLOOR.as_micros() as u64
+    }
+
+    /// Count a fetch of `bytes` compressed bytes that took `took` in the link's floor.
+    fn measured(&self, bytes: usize, took: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if bytes <= FLOOR_MAX_BYTES {
+            self.floor_us
+                .fetch_min(took.as_micros().try_into().unwrap_or(u64::MAX), Relaxed);
+            self.floor_samples.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A permit of `base`, or on a far link of `base` or `far` (whichever comes first).
+    async fn permit<'a>(
+        &'a self,
+        base: &'a tokio::sync::Semaphore,
+        far: &'a tokio::sync::Semaphore,
+    ) -> Result<tokio::sync::SemaphorePermit<'a>, tokio::sync::AcquireError> {
+        if !self.far() {
+            return base.acquire().await;
+        }
+        tokio::select! {
+            biased;
+            p = base.acquire() => p,
+            p = far.acquire() => p,
+        }
     }
 
     /// Fetch, decode and verify spans `run` (one Range request); one verified buffer per span.
@@ -228,7 +286,7 @@ impl Fetcher {
             Lane::Background(p) => {
                 let wanted = || p.wanted.load(SeqCst);
                 tokio::select! {
-                    p = self.bg_permits.acquire() => Some(p.map_err(|_| closed())?),
+                    p = self.permit(&self.bg_permits, &self.far_bg_permits) => Some(p.map_err(|_| closed())?),
                     () = until(&p.notify, wanted) => None,
                 }
             }
@@ -314,9 +372,12 @@ impl Fetcher {
         crange: Range<u64>,
         decode: Decode,
     ) -> Result<Bytes, Error> {
-        let _permit = self.permits.acquire().await.map_err(|_| Error::Closed {
-            layer: layer.digest,
-        })?;
+        let _permit = self
+            .permit(&self.permits, &self.far_permits)
+            .await
+            .map_err(|_| Error::Closed {
+                layer: layer.digest,
+            })?;
         let first = decode.spans().start;
         let window_need = layer.layout.remote_window(first);
         // The window is the 32 KiB before the checkpoint: when the span before is local
@@ -413,6 +474,7 @@ impl Fetcher {
         self.stats
             .fetched(compressed.len() as u64, started.elapsed());
         let net = started.elapsed();
+        self.measured(compressed.len(), net);
         let (l2, dec) = (layer.clone(), decode.clone());
         let at = crange.start;
         let before = before.cloned();

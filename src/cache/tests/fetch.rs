@@ -53,6 +53,41 @@ async fn concurrent_random_reads_are_exact_and_single_flight() {
     assert_eq!(src.requests.load(Ordering::SeqCst), before);
 }
 
+/// On a link whose fastest fetch takes tens of milliseconds more fetches go out at once than
+/// the configured number (4 here), at most three times it; on a fast link never more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_far_link_gets_more_fetches_in_flight() {
+    for (delay, far) in [(30, true), (0, false)] {
+        let f = fixture();
+        let cache = open_cache(&f.cache_dir, 1 << 30);
+        let (l, src) = layer(&f, delay);
+        let spans = l.layout.count().min(48);
+        assert!(spans >= 16, "fixture too small: {spans} spans");
+        // Two waves: the first measures the link, the second may use it.
+        for wave in [0..4, 4..spans] {
+            let reads: Vec<_> = wave
+                .map(|i| {
+                    let (cache, l) = (cache.clone(), l.clone());
+                    let r = l.layout.span_range(i);
+                    tokio::spawn(async move { cache.read(&l, r.start..r.start + 1).await })
+                })
+                .collect();
+            for r in reads {
+                r.await.unwrap().unwrap();
+            }
+        }
+        let most = src.max_in_flight.load(Ordering::SeqCst);
+        if far {
+            assert!(
+                (5..=12).contains(&most),
+                "far link: {most} in flight at most"
+            );
+        } else {
+            assert!(most <= 4, "near link: {most} in flight at most");
+        }
+    }
+}
+
 #[tokio::test]
 async fn corrupt_bytes_are_refused_and_not_cached_then_recover() {
     let f = fixture();

@@ -16,6 +16,9 @@ struct TestSource {
     delay_ms: u64,
     /// Requests for more than this many bytes fail (0: no limit).
     max_len: AtomicU64,
+    /// Requests under way, and the most at once.
+    in_flight: Arc<AtomicU64>,
+    max_in_flight: Arc<AtomicU64>,
 }
 
 impl BlobSource for TestSource {
@@ -39,8 +42,11 @@ impl BlobSource for TestSource {
             data[mid] ^= 0x55;
         }
         let delay = self.delay_ms;
+        let (now, most) = (self.in_flight.clone(), self.max_in_flight.clone());
         async move {
+            most.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
             tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            now.fetch_sub(1, Ordering::SeqCst);
             Ok(Bytes::from(data))
         }
         .boxed()
@@ -152,6 +158,8 @@ fn layer(f: &Fixture, delay_ms: u64) -> (Arc<CachedLayer>, Arc<TestSource>) {
         corrupt: AtomicBool::new(false),
         delay_ms,
         max_len: AtomicU64::new(0),
+        in_flight: Default::default(),
+        max_in_flight: Default::default(),
     });
     let l = Arc::new(CachedLayer {
         digest: Digest::of(&f.blob),
@@ -220,6 +228,8 @@ fn head_only_layer(f: &Fixture) -> (Arc<CachedLayer>, Arc<TestSource>, Arc<TestS
         corrupt: AtomicBool::new(false),
         delay_ms: 5,
         max_len: AtomicU64::new(0),
+        in_flight: Default::default(),
+        max_in_flight: Default::default(),
     });
     let wsrc = Arc::new(TestSource {
         blob: Bytes::from(full),
@@ -227,6 +237,8 @@ fn head_only_layer(f: &Fixture) -> (Arc<CachedLayer>, Arc<TestSource>, Arc<TestS
         corrupt: AtomicBool::new(false),
         delay_ms: 5,
         max_len: AtomicU64::new(0),
+        in_flight: Default::default(),
+        max_in_flight: Default::default(),
     });
     let wdir = f.cache_dir.with_file_name("windows");
     let l = Arc::new(CachedLayer {

@@ -121,6 +121,8 @@ async fn estargz_chunks_are_one_block_each_and_a_tampered_chunk_is_refetched() {
         corrupt: AtomicBool::new(false),
         delay_ms: 0,
         max_len: AtomicU64::new(0),
+        in_flight: Default::default(),
+        max_in_flight: Default::default(),
     });
     let l = Arc::new(CachedLayer {
         digest: Digest::of(&src.blob),
