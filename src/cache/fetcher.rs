@@ -1,6 +1,6 @@
 //! Fetching spans: which missing spans go out together (adjacent runs, coalesced into one
-//! Range request), and for one run or span prefix the request itself under a fetch permit,
-//! with the checkpoint's gzip window when the index holds only its head (`windows.rs`, or
+//! Range request), and for one run or span prefix the request itself under a fetch permit
+//! (more of them once the link's fastest fetches show round trips of 10 ms or more), with the checkpoint's gzip window when the index holds only its head (`windows.rs`, or
 //! the local span before the checkpoint), decoded and verified block by block on the blocking
 //! pool, retried, all within the fetch deadline. Calls the layer's
 //! [`BlobSource`](super::BlobSource) (the registry or a local blob), `layout.rs` and reads
@@ -35,9 +35,11 @@ pub(super) const MAX_BACKGROUND_BYTES: u64 = 2 << 20;
 /// Background requests in flight at most (each also takes a common permit): the rest of the
 /// common permits stay free for reads on demand.
 const BACKGROUND_PERMITS: usize = 4;
-/// On a far link ([`Fetcher::far`]) each lane may have this many times its permits in
-/// flight: with tens of milliseconds per request, the base number left the link of the
-/// benchmarks 57–63% busy in the middle of a cold `import numpy` (docs/benchmarks.md).
+/// On a far link ([`Fetcher::far`]) this many times the common permits may be in flight:
+/// with tens of milliseconds per request, the base number left the link of the benchmarks
+/// 57–63% busy in the middle of a cold `import numpy` (docs/benchmarks.md). The background
+/// lane keeps its own number (tried at 3x too: no faster start, and two of five `read-most`
+/// runs, whose whole-layer pieces go in that lane, took 6 s longer).
 const FAR_FACTOR: usize = 3;
 /// A link whose fastest small fetch took at least this long is far: round trips, not the
 /// server, bound its requests. Over loopback the co-located registry answers the fastest in
@@ -136,9 +138,8 @@ pub(super) struct Fetcher {
     spec_permits: tokio::sync::Semaphore,
     /// Taken before a common permit by background fetches.
     bg_permits: tokio::sync::Semaphore,
-    /// The extra permits of each kind a far link adds ([`FAR_FACTOR`]).
+    /// The extra common permits a far link adds ([`FAR_FACTOR`]).
     far_permits: tokio::sync::Semaphore,
-    far_bg_permits: tokio::sync::Semaphore,
     /// The fastest small fetch so far (µs), and how many were measured.
     floor_us: std::sync::atomic::AtomicU64,
     floor_samples: std::sync::atomic::AtomicU32,
@@ -205,7 +206,6 @@ impl Fetcher {
             spec_permits: tokio::sync::Semaphore::new(SPEC_PERMITS),
             bg_permits: tokio::sync::Semaphore::new(BACKGROUND_PERMITS),
             far_permits: tokio::sync::Semaphore::new(max_concurrent.max(1) * (FAR_FACTOR - 1)),
-            far_bg_permits: tokio::sync::Semaphore::new(BACKGROUND_PERMITS * (FAR_FACTOR - 1)),
             floor_us: std::sync::atomic::AtomicU64::new(u64::MAX),
             floor_samples: Default::default(),
             link: Arc::new(LinkUse::default()),
@@ -286,7 +286,7 @@ impl Fetcher {
             Lane::Background(p) => {
                 let wanted = || p.wanted.load(SeqCst);
                 tokio::select! {
-                    p = self.permit(&self.bg_permits, &self.far_bg_permits) => Some(p.map_err(|_| closed())?),
+                    p = self.bg_permits.acquire() => Some(p.map_err(|_| closed())?),
                     () = until(&p.notify, wanted) => None,
                 }
             }
