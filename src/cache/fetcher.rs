@@ -1,7 +1,8 @@
 //! Fetching spans: which missing spans go out together (adjacent runs, coalesced into one
 //! Range request), and for one run or span prefix the request itself under a fetch permit
-//! (more of them once the link's fastest fetches show round trips of 10 ms or more), with the checkpoint's gzip window when the index holds only its head (`windows.rs`, or
-//! the local span before the checkpoint), decoded and verified block by block on the blocking
+//! (more of them once the link's fastest fetches show round trips of 10 ms or more), with
+//! the checkpoint's gzip window when the index holds only its head (`windows.rs`, or the
+//! local span before the checkpoint), decoded and verified block by block on the blocking
 //! pool, retried, all within the fetch deadline. Calls the layer's
 //! [`BlobSource`](super::BlobSource) (the registry or a local blob), `layout.rs` and reads
 //! the local tiers (`local.rs`); stores nothing and takes no lock of the cache (single-flight

@@ -2,10 +2,9 @@
 //! segment, interpreter, dynamic section and the libraries it names (DT_NEEDED, found along
 //! DT_RUNPATH and the standard library directories), the files a few well-known libraries
 //! read as they load ([`LOAD_READS`]: OpenSSL's configuration) and those the C library reads
-//! for an executable that calls `setlocale` or `localtime` ([`SYMBOL_READS`]), the
-//! read-only data where a
-//! Cython extension module names its imports, a script's `#!` interpreter — from
-//! pieces of the file read so far, in any order. Hostile or truncated bytes give nothing,
+//! for an executable that calls `setlocale` or `localtime` ([`SYMBOL_READS`]), the read-only
+//! data where a Cython extension module names its imports, a script's `#!` interpreter —
+//! from pieces of the file read so far, in any order. Hostile or truncated bytes give nothing,
 //! never a panic. Pure parsing: calls nothing outside `mount/`.
 
 use super::warm::{command_candidates, DEFAULT_PATH, HEAD};
@@ -226,7 +225,8 @@ pub(super) struct Elf {
     /// File range of the string table when the dynamic section was read but not the names.
     pub(super) strtab_missing: Option<std::ops::Range<u64>>,
     /// What the C library will read for this program ([`SYMBOL_READS`]), when it is an
-    /// executable (has an interpreter) whose string table names those functions.
+    /// executable (`ET_EXEC`, or `DF_1_PIE`: not a library, though the C library has an
+    /// interpreter too) whose string table names those functions.
     symbol_reads: Vec<&'static str>,
 }
 
@@ -272,6 +272,8 @@ impl Elf {
             return None;
         }
         let machine = u16_at(b, 0, 18)?;
+        // ET_EXEC: a position-dependent executable (a PIE one says so in DT_FLAGS_1).
+        let mut executable = u16_at(b, 0, 16)? == 2;
         let phoff = usize::try_from(u64_at(b, 0, 32)?).ok()?;
         let phentsize = usize::from(u16_at(b, 0, 54)?);
         let phnum = usize::from(u16_at(b, 0, 56)?).min(256);
@@ -326,6 +328,9 @@ impl Elf {
             return Some(elf);
         };
         let (mut needed, mut runpath, mut strtab, mut strsz) = (Vec::new(), Vec::new(), None, 0);
+        /// DT_FLAGS_1 and its DF_1_PIE bit.
+        const FLAGS_1: u64 = 0x6fff_fffb;
+        const PIE: u64 = 0x0800_0000;
         let doff = usize::try_from(doff).ok()?;
         for i in 0..usize::try_from(dsize / 16).ok()?.min(4096) {
             let at = doff.checked_add(i * 16)?;
@@ -339,6 +344,7 @@ impl Elf {
                 5 => strtab = Some(val),
                 10 => strsz = val,
                 15 | 29 => runpath.push(val),
+                FLAGS_1 => executable |= val & PIE != 0,
                 _ => {}
             }
         }
@@ -360,7 +366,7 @@ impl Elf {
             return Some(elf);
         }
         elf.complete = true;
-        if elf.interp.is_some() {
+        if executable {
             let len = match strsz {
                 0 => MAX_STRTAB,
                 n => n.min(MAX_STRTAB),
@@ -531,14 +537,16 @@ mod tests {
     }
 
     /// An executable that names `setlocale` and `tzset` needs the locale and the time zone
-    /// the C library will read; one that names neither, or a library naming them, does not.
+    /// the C library will read; one that names neither, or a library naming them (with an
+    /// interpreter, as the C library has), does not.
     #[test]
     fn an_executable_calling_setlocale_or_tzset_needs_the_locale_and_the_time_zone() {
-        let with_names = |interp: bool| {
+        // An executable (ET_EXEC) or a library with an interpreter, as the C library is.
+        let with_names = |exec: bool| {
             let mut b = tiny_elf();
             b[0x2b0..0x2b0 + 16].copy_from_slice(b"setlocale\0tzset\0");
-            if !interp {
-                b[120..124].copy_from_slice(&4u32.to_le_bytes()); // PT_INTERP -> PT_NOTE
+            if exec {
+                b[16..18].copy_from_slice(&2u16.to_le_bytes());
             }
             needs("/usr/bin/tool", &Pieces::one(&b)).1
         };
@@ -549,7 +557,9 @@ mod tests {
         assert_eq!(n.iter().filter(|a| a[0] == "/etc/localtime").count(), 1);
         let lib = with_names(false);
         assert!(!has(&lib, "/usr/lib/locale/C.utf8/LC_CTYPE") && !has(&lib, "/etc/localtime"));
-        let plain = needs("/usr/bin/tool", &Pieces::one(&tiny_elf())).1;
+        let mut plain = tiny_elf();
+        plain[16..18].copy_from_slice(&2u16.to_le_bytes());
+        let plain = needs("/usr/bin/tool", &Pieces::one(&plain)).1;
         assert!(!has(&plain, "/etc/localtime") && !has(&plain, "/usr/lib/locale/C.utf8/LC_CTYPE"));
     }
 
