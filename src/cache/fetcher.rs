@@ -240,19 +240,17 @@ impl Fetcher {
         }
     }
 
-    /// A permit of `base`, or on a far link of `base` or `far` (whichever comes first).
-    async fn permit<'a>(
-        &'a self,
-        base: &'a tokio::sync::Semaphore,
-        far: &'a tokio::sync::Semaphore,
-    ) -> Result<tokio::sync::SemaphorePermit<'a>, tokio::sync::AcquireError> {
+    /// A common permit, or on a far link one of the extra ones (whichever comes first).
+    async fn common_permit(
+        &self,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, tokio::sync::AcquireError> {
         if !self.far() {
-            return base.acquire().await;
+            return self.permits.acquire().await;
         }
         tokio::select! {
             biased;
-            p = base.acquire() => p,
-            p = far.acquire() => p,
+            p = self.permits.acquire() => p,
+            p = self.far_permits.acquire() => p,
         }
     }
 
@@ -373,12 +371,9 @@ impl Fetcher {
         crange: Range<u64>,
         decode: Decode,
     ) -> Result<Bytes, Error> {
-        let _permit = self
-            .permit(&self.permits, &self.far_permits)
-            .await
-            .map_err(|_| Error::Closed {
-                layer: layer.digest,
-            })?;
+        let _permit = self.common_permit().await.map_err(|_| Error::Closed {
+            layer: layer.digest,
+        })?;
         let first = decode.spans().start;
         let window_need = layer.layout.remote_window(first);
         // The window is the 32 KiB before the checkpoint: when the span before is local
