@@ -100,8 +100,14 @@ pub(super) fn needs(path: &str, got: &Pieces) -> (bool, Vec<Vec<String>>) {
             out.push(dirs.iter().map(|d| format!("{d}/{lib}")).collect());
         }
     }
-    out.extend(elf.symbol_reads.iter().map(|f| vec![f.to_string()]));
     let file = path.rsplit('/').next().unwrap_or(path);
+    for f in &elf.symbol_reads {
+        if *f == LOCALE_CTYPE && !super::python::is_python(file) {
+            out.extend(locale_all(elf.machine));
+        } else {
+            out.push(vec![f.to_string()]);
+        }
+    }
     for (lib, reads) in LOAD_READS {
         if file.starts_with(lib) {
             out.push(reads.iter().map(|r| r.to_string()).collect());
@@ -237,11 +243,55 @@ pub(super) struct Elf {
 /// what it defines: the C library's own name them all). `dash` names none of them and
 /// reads neither; `bash`, `ls`, `python3` name both.
 const SYMBOL_READS: [(&str, &str); 4] = [
-    ("setlocale", "/usr/lib/locale/C.utf8/LC_CTYPE"),
+    ("setlocale", LOCALE_CTYPE),
     ("localtime", "/etc/localtime"),
     ("localtime_r", "/etc/localtime"),
     ("tzset", "/etc/localtime"),
 ];
+
+/// The locale's character classes: all that Python's `setlocale(LC_CTYPE, "")` reads.
+const LOCALE_CTYPE: &str = "/usr/lib/locale/C.utf8/LC_CTYPE";
+
+/// What glibc's `setlocale(LC_ALL, "")` under `LANG=C.UTF-8` opens (strace of coreutils'
+/// `echo`), in its order: the alias table, every category of the locale, and the charset
+/// cache (after the first category). A program calling `setlocale` other than Python (which
+/// asks for `LC_CTYPE` only) is taken to ask for them all, as coreutils, bash and most C
+/// programs do: debian-minbase's `echo` waited twice for them (20 and 36 ms) after its
+/// `LC_CTYPE` was warm.
+fn locale_all(machine: u16) -> Vec<Vec<String>> {
+    const CATEGORIES: [&str; 12] = [
+        "LC_IDENTIFICATION",
+        "LC_MEASUREMENT",
+        "LC_TELEPHONE",
+        "LC_ADDRESS",
+        "LC_NAME",
+        "LC_PAPER",
+        "LC_MESSAGES/SYS_LC_MESSAGES",
+        "LC_MONETARY",
+        "LC_COLLATE",
+        "LC_TIME",
+        "LC_NUMERIC",
+        "LC_CTYPE",
+    ];
+    let mut out = vec![vec!["/usr/share/locale/locale.alias".to_string()]];
+    out.extend(
+        CATEGORIES
+            .iter()
+            .map(|c| vec![format!("/usr/lib/locale/C.utf8/{c}")]),
+    );
+    let triple = if machine == 183 {
+        "aarch64-linux-gnu"
+    } else {
+        "x86_64-linux-gnu"
+    };
+    out.push(
+        [format!("/usr/lib/{triple}"), "/usr/lib64".into()]
+            .iter()
+            .map(|d| format!("{d}/gconv/gconv-modules.cache"))
+            .collect(),
+    );
+    out
+}
 
 /// `N` bytes of `b` at `at + off` (`None` past what was read or on overflow).
 fn bytes_at<const N: usize>(b: &Pieces, at: usize, off: usize) -> Option<[u8; N]> {
@@ -542,19 +592,42 @@ mod tests {
     #[test]
     fn an_executable_calling_setlocale_or_tzset_needs_the_locale_and_the_time_zone() {
         // An executable (ET_EXEC) or a library with an interpreter, as the C library is.
-        let with_names = |exec: bool| {
+        let named = |exec: bool, path: &str| {
             let mut b = tiny_elf();
             b[0x2b0..0x2b0 + 16].copy_from_slice(b"setlocale\0tzset\0");
             if exec {
                 b[16..18].copy_from_slice(&2u16.to_le_bytes());
             }
-            needs("/usr/bin/tool", &Pieces::one(&b)).1
+            needs(path, &Pieces::one(&b)).1
         };
+        let with_names = |exec: bool| named(exec, "/usr/bin/tool");
         let has = |n: &[Vec<String>], f: &str| n.iter().any(|alts| alts == &[f.to_string()]);
         let n = with_names(true);
         assert!(has(&n, "/usr/lib/locale/C.utf8/LC_CTYPE"), "{n:?}");
         assert!(has(&n, "/etc/localtime"), "{n:?}");
         assert_eq!(n.iter().filter(|a| a[0] == "/etc/localtime").count(), 1);
+        // `setlocale(LC_ALL, "")`: every category, the alias table and the charset cache.
+        let all = "/usr/lib/locale/C.utf8/";
+        assert_eq!(
+            n.iter().filter(|a| a[0].starts_with(all)).count(),
+            12,
+            "{n:?}"
+        );
+        assert!(
+            has(&n, "/usr/lib/locale/C.utf8/LC_MESSAGES/SYS_LC_MESSAGES"),
+            "{n:?}"
+        );
+        assert!(has(&n, "/usr/share/locale/locale.alias"), "{n:?}");
+        let gconv = "/usr/lib/x86_64-linux-gnu/gconv/gconv-modules.cache";
+        assert!(n.iter().any(|alts| alts[0] == gconv), "{n:?}");
+        // Python asks for the character classes only.
+        let py = named(true, "/usr/bin/python3.11");
+        assert_eq!(
+            py.iter().filter(|a| a[0].starts_with(all)).count(),
+            1,
+            "{py:?}"
+        );
+        assert!(has(&py, "/usr/lib/locale/C.utf8/LC_CTYPE"), "{py:?}");
         let lib = with_names(false);
         assert!(!has(&lib, "/usr/lib/locale/C.utf8/LC_CTYPE") && !has(&lib, "/etc/localtime"));
         let mut plain = tiny_elf();
