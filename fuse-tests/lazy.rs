@@ -715,6 +715,64 @@ fn published_access_profile_is_prefetched_on_a_fresh_machine() {
     check_tree(&m.dir, &expected);
 }
 
+/// A profile keeps which parts of each file were read, and a fresh machine prefetches those
+/// parts: a read far into a large file (past the start a profile without ranges prefetches)
+/// waits for nothing there.
+#[test]
+fn a_published_profile_prefetches_the_parts_read() {
+    use common::poll_until;
+    use std::io::{Read, Seek, SeekFrom};
+    use std::time::Duration;
+    let reg = Registry::start();
+    let (_, expected, reference) = indexed_test_image(&reg, "lazy/ranges");
+    let big = expected["usr/lib/big.bin"].clone().unwrap();
+    let at = 9u64 << 20;
+    let read_far = |dir: &Path| {
+        let mut f = std::fs::File::open(dir.join("usr/lib/big.bin")).unwrap();
+        f.seek(SeekFrom::Start(at)).unwrap();
+        let mut buf = vec![0u8; 64 << 10];
+        f.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, big[at as usize..at as usize + buf.len()]);
+    };
+    // Machine A reads 64 KiB at 9 MiB of the 12 MiB file.
+    let a = StrataEnv::new();
+    {
+        let m = a.mount(&reference, &["--no-prefetch"]);
+        read_far(&m.dir);
+    }
+    let ranges_file = poll_until(
+        "profile saved at unmount",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            std::fs::read_dir(a.root().join("profiles"))
+                .ok()?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .find(|p| p.to_string_lossy().ends_with(".ranges.json"))
+        },
+    );
+    let ranges: Vec<Vec<[u64; 2]>> =
+        serde_json::from_slice(&std::fs::read(&ranges_file).unwrap()).unwrap();
+    assert_eq!(ranges.len(), 1, "{ranges:?}");
+    assert!(
+        ranges[0]
+            .iter()
+            .any(|r| r[0] <= at && r[1] >= at + (64 << 10)),
+        "the read is not kept: {ranges:?}"
+    );
+    assert!(ranges[0].iter().all(|r| r[0] > 0), "{ranges:?}");
+    a.run(&["profile", "push", &reference]).assert_success();
+
+    // Machine B: the prefetch fetches that part, so the same read waits for nothing.
+    let b_env = StrataEnv::new();
+    let m = b_env.mount(&reference, &[]);
+    prefetched_before_any_read(&b_env, &m.dir, "registry", 1);
+    read_far(&m.dir);
+    let s = stats(&b_env, &m.dir);
+    assert_eq!(s["fs_reads_waited"], 0, "the part read waited: {s}");
+}
+
 /// eStargz prioritised files: the files before `.prefetch.landmark` are fetched right after
 /// the mount, before anything reads them; the landmark itself never shows.
 #[test]

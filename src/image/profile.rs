@@ -7,6 +7,10 @@
 //! empty config, one layer (the profile JSON, [`PROFILE_MEDIA_TYPE`]: `[[layer index, path],
 //! ...]`, layer index counted from the bottom of the subject image) and `subject` = the image
 //! manifest; it is found like the index sidecar (referrers API, else the `sha256-<hex>` tag).
+//! A second layer ([`PROFILE_RANGES_MEDIA_TYPE`], optional: older profiles have none, older
+//! clients ignore it) holds the file offsets read of each file, `[[[start, end], ...], ...]`
+//! aligned with the files, so that a cold start prefetches the parts read (a large library's
+//! scattered pages) rather than each file's start.
 //! A profile only decides what is fetched early: every byte is still verified by the cache, so
 //! a wrong or hostile profile can cost bandwidth, never correctness. Sizes are bounded.
 
@@ -21,13 +25,35 @@ use std::path::PathBuf;
 
 pub const PROFILE_ARTIFACT_TYPE: &str = "application/vnd.strata.profile.v1";
 pub const PROFILE_MEDIA_TYPE: &str = "application/vnd.strata.profile.v1+json";
+pub const PROFILE_RANGES_MEDIA_TYPE: &str = "application/vnd.strata.profile.ranges.v1+json";
 /// Largest profile blob accepted from a registry.
 const MAX_PROFILE_BYTES: u64 = 16 << 20;
 /// Most files a profile may name (as many as a recorded one keeps).
 const MAX_PROFILE_FILES: usize = 100_000;
 
+/// Most ranges a profile may hold over all its files.
+const MAX_PROFILE_RANGES: usize = 1 << 16;
+
 /// One profile: (layer index from the bottom, path in that layer), first read first.
 pub type Profile = Vec<(usize, String)>;
+
+/// The file offsets read of each file of a [`Profile`] (same order), `[start, end)`
+/// ascending; empty when not recorded.
+pub type Ranges = Vec<Vec<[u64; 2]>>;
+
+/// Where the ranges of the profile recorded on this machine for `manifest` are kept.
+fn local_ranges_path(store: &Store, manifest: &Digest) -> PathBuf {
+    local_path(store, manifest).with_extension("ranges.json")
+}
+
+/// The ranges of the profile recorded on this machine (empty if none: an older profile).
+pub fn local_ranges(store: &Store, manifest: &Digest) -> Ranges {
+    store
+        .read_json(&local_ranges_path(store, manifest))
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
 
 /// Where the profile recorded on this machine for `manifest` is kept.
 pub fn local_path(store: &Store, manifest: &Digest) -> PathBuf {
@@ -42,8 +68,9 @@ pub fn local(store: &Store, manifest: &Digest) -> Option<Profile> {
     store.read_json(&local_path(store, manifest)).ok().flatten()
 }
 
-/// Keep `profile` as this machine's profile of `manifest` unless one exists.
-pub fn keep(store: &Store, manifest: &Digest, profile: &Profile) {
+/// Keep `profile` (and the `ranges` read of its files) as this machine's profile of
+/// `manifest` unless one exists.
+pub fn keep(store: &Store, manifest: &Digest, profile: &Profile, ranges: &Ranges) {
     let path = local_path(store, manifest);
     if profile.is_empty() || path.exists() {
         return;
@@ -51,7 +78,11 @@ pub fn keep(store: &Store, manifest: &Digest, profile: &Profile) {
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    if let Err(e) = store.write_json(&path, profile) {
+    // The ranges first: a profile without them is taken as an older one.
+    let res = store
+        .write_json(&local_ranges_path(store, manifest), ranges)
+        .and_then(|_| store.write_json(&path, profile));
+    if let Err(e) = res {
         tracing::warn!("saving access profile: {e}");
     }
 }
@@ -72,6 +103,38 @@ fn validate(p: &Profile, layers: usize, what: &str) -> Result<(), Error> {
         return Err(bad(format!(
             "{path:?} is in layer {l}, the image has {layers} layers"
         )));
+    }
+    Ok(())
+}
+
+/// Check the ranges of profile `p`: one list per file (or none at all), at most
+/// [`MAX_PROFILE_RANGES`] in all, each non-empty and after the one before.
+fn validate_ranges(p: &Profile, r: &Ranges, what: &str) -> Result<(), Error> {
+    let bad = |msg: String| Error::Invalid {
+        what: what.to_string(),
+        msg,
+    };
+    if r.len() != p.len() {
+        return Err(bad(format!(
+            "ranges for {} files, the profile has {}",
+            r.len(),
+            p.len()
+        )));
+    }
+    if r.iter().map(Vec::len).sum::<usize>() > MAX_PROFILE_RANGES {
+        return Err(bad(format!("more than {MAX_PROFILE_RANGES} ranges")));
+    }
+    for (f, list) in p.iter().zip(r) {
+        let mut after = 0;
+        for &[a, b] in list {
+            if a >= b || a < after {
+                return Err(bad(format!(
+                    "{:?}: range {a}..{b} is empty or out of order",
+                    f.1
+                )));
+            }
+            after = b;
+        }
     }
     Ok(())
 }
@@ -98,26 +161,45 @@ pub async fn push(
         msg: e.to_string(),
     })?);
     let profile_digest = client.upload_bytes(&reference.repo(), body.clone()).await?;
-    let layer = Descriptor::new(PROFILE_MEDIA_TYPE, profile_digest, body.len() as u64);
+    let mut layers = vec![Descriptor::new(
+        PROFILE_MEDIA_TYPE,
+        profile_digest,
+        body.len() as u64,
+    )];
+    let ranges = local_ranges(store, &rec.manifest_digest);
+    if !ranges.is_empty() {
+        validate_ranges(&profile, &ranges, "access profile")?;
+        let body = Bytes::from(serde_json::to_vec(&ranges).map_err(|e| Error::Invalid {
+            what: "access profile ranges".into(),
+            msg: e.to_string(),
+        })?);
+        let d = client.upload_bytes(&reference.repo(), body.clone()).await?;
+        layers.push(Descriptor::new(
+            PROFILE_RANGES_MEDIA_TYPE,
+            d,
+            body.len() as u64,
+        ));
+    }
     super::artifact::publish_artifact(
         client,
         store,
         reference,
         rec,
         PROFILE_ARTIFACT_TYPE,
-        vec![layer],
+        layers,
         Default::default(),
     )
     .await
     .map(|(d, _)| d)
 }
 
-/// The newest profile published for the image, if any (checked: size, layers, JSON).
+/// The newest profile published for the image and the ranges read of its files (empty when
+/// it has none), if any (checked: size, layers, JSON).
 pub async fn fetch(
     client: &Client,
     reference: &Reference,
     rec: &ImageRecord,
-) -> Result<Option<Profile>, Error> {
+) -> Result<Option<(Profile, Ranges)>, Error> {
     let (referrers, _) = client
         .referrers(&reference.repo(), &rec.manifest_digest)
         .await?;
@@ -154,5 +236,46 @@ pub async fn fetch(
     let profile: Profile =
         serde_json::from_slice(&body).map_err(|e| bad(&format!("profile JSON: {e}")))?;
     validate(&profile, rec.layers.len(), &what)?;
-    Ok(Some(profile))
+    let Some(layer) = am
+        .layers
+        .iter()
+        .find(|d| d.media_type == PROFILE_RANGES_MEDIA_TYPE)
+    else {
+        return Ok(Some((profile, Ranges::new())));
+    };
+    if layer.size > MAX_PROFILE_BYTES {
+        return Err(bad("profile ranges larger than 16 MiB"));
+    }
+    let body = client
+        .get_blob_verified(&reference.repo(), &layer.digest, layer.size as usize)
+        .await?;
+    let ranges: Ranges =
+        serde_json::from_slice(&body).map_err(|e| bad(&format!("profile ranges JSON: {e}")))?;
+    validate_ranges(&profile, &ranges, &what)?;
+    Ok(Some((profile, ranges)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_ranges;
+
+    /// Ranges from a registry: one list per file, each range non-empty and after the last.
+    #[test]
+    fn published_ranges_are_checked() {
+        let p = vec![(0, "a".to_string()), (1, "b".to_string())];
+        assert!(validate_ranges(&p, &vec![vec![[0, 10], [20, 30]], vec![]], "t").is_ok());
+        for bad in [
+            vec![vec![[0, 10]]],
+            vec![vec![[10, 10]], vec![]],
+            vec![vec![[20, 30], [0, 10]], vec![]],
+            vec![vec![[0, 10], [5, 30]], vec![]],
+        ] {
+            assert!(validate_ranges(&p, &bad, "t").is_err(), "{bad:?}");
+        }
+        let many = vec![
+            (0..(1 << 16) + 1).map(|i| [2 * i, 2 * i + 1]).collect(),
+            vec![],
+        ];
+        assert!(validate_ranges(&p, &many, "t").is_err());
+    }
 }

@@ -132,8 +132,15 @@ pub struct LazyImage {
 }
 
 /// A fetch of the image's published access profile in flight.
-pub type EarlyProfile =
-    tokio::task::JoinHandle<Result<Option<crate::image::profile::Profile>, crate::image::Error>>;
+pub type EarlyProfile = tokio::task::JoinHandle<
+    Result<
+        Option<(
+            crate::image::profile::Profile,
+            crate::image::profile::Ranges,
+        )>,
+        crate::image::Error,
+    >,
+>;
 
 /// What [`open`] is given to start with.
 #[derive(Default)]

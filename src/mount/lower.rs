@@ -14,31 +14,85 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Which lower files a workload read, in first-read order: recorded during a mount, stored
-/// per image, and prefetched first at the next mount of that image.
-#[derive(Default)]
+/// Which lower files a workload read, in first-read order, and which parts of each: recorded
+/// during a mount, stored per image, and prefetched first at the next mount of that image.
 pub struct AccessProfile {
     seen: std::sync::Mutex<ProfileState>,
+    /// When the mount began: parts read are noted during [`PROFILE_RANGES_FOR`] only.
+    born: std::time::Instant,
 }
 
-/// Files seen (cheap `Arc` keys: no allocation on the read path), and (layer, path) in
-/// first-read order.
-type ProfileState = (std::collections::HashSet<LowerFile>, Vec<(usize, String)>);
+impl Default for AccessProfile {
+    fn default() -> Self {
+        AccessProfile {
+            seen: Default::default(),
+            born: std::time::Instant::now(),
+        }
+    }
+}
+
+/// Files seen (cheap `Arc` keys: no allocation on the read path) with their place in the
+/// profile, (layer, path) in first-read order, and the file offsets read of each.
+#[derive(Default)]
+struct ProfileState {
+    index: std::collections::HashMap<LowerFile, usize>,
+    files: Vec<(usize, String)>,
+    ranges: Vec<Vec<[u64; 2]>>,
+    /// Ranges kept over all files.
+    kept: usize,
+}
 
 /// Most files a profile keeps.
 pub(super) const PROFILE_MAX_FILES: usize = 100_000;
+/// Read offsets are kept in granules of this many bytes (a range's ends rounded out to them):
+/// what a prefetch needs is the spans, a few times larger.
+const PROFILE_GRANULE: u64 = 64 << 10;
+/// Most ranges a profile keeps over all its files (16 bytes each); reads past it are not
+/// noted, and a file without ranges is prefetched by its start.
+const PROFILE_MAX_RANGES: usize = 1 << 16;
+/// Parts read are noted this long after the mount began: a start is what a profile is for,
+/// and the reads of a long-running container then pay no lock.
+const PROFILE_RANGES_FOR: std::time::Duration = std::time::Duration::from_secs(120);
 
 impl AccessProfile {
     /// Note `file` as read; whether it is new to this profile (the first read of that file
     /// during this mount, while the profile has room).
     pub(super) fn note(&self, file: &LowerFile) -> bool {
         let mut g = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if g.1.len() < PROFILE_MAX_FILES && !g.0.contains(file) {
-            g.0.insert(file.clone());
-            g.1.push((file.layer(), file.path().to_string()));
+        if g.files.len() < PROFILE_MAX_FILES && !g.index.contains_key(file) {
+            let at = g.files.len();
+            g.index.insert(file.clone(), at);
+            g.files.push((file.layer(), file.path().to_string()));
+            g.ranges.push(Vec::new());
             return true;
         }
         false
+    }
+
+    /// Note that bytes `[offset, offset+len)` of `file` (noted before) were read: merged
+    /// into the file's ranges, at [`PROFILE_GRANULE`].
+    pub(super) fn note_read(&self, file: &LowerFile, offset: u64, len: u64) {
+        if len == 0 || self.born.elapsed() > PROFILE_RANGES_FOR {
+            return;
+        }
+        let a = offset - offset % PROFILE_GRANULE;
+        let b = offset
+            .saturating_add(len)
+            .div_ceil(PROFILE_GRANULE)
+            .saturating_mul(PROFILE_GRANULE);
+        let mut g = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let ProfileState {
+            index,
+            ranges,
+            kept,
+            ..
+        } = &mut *g;
+        let Some(&i) = index.get(file) else {
+            return;
+        };
+        if add_range(&mut ranges[i], a, b, *kept < PROFILE_MAX_RANGES) {
+            *kept += 1;
+        }
     }
 
     /// Files in first-read order.
@@ -46,9 +100,45 @@ impl AccessProfile {
         self.seen
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .1
+            .files
             .clone()
     }
+
+    /// The offsets read of each file of [`files`](Self::files), ascending, merged.
+    pub fn ranges(&self) -> Vec<Vec<[u64; 2]>> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ranges
+            .clone()
+    }
+}
+
+/// Merge `[a, b)` into `ranges` (ascending, disjoint, not touching); a new range only when
+/// `room`. Returns whether one was added.
+fn add_range(ranges: &mut Vec<[u64; 2]>, a: u64, b: u64, room: bool) -> bool {
+    // Most reads extend or fall in the last range (sequential reads, page faults nearby).
+    if let Some(last) = ranges.last_mut() {
+        if a <= last[1] && b >= last[0] && a >= last[0] {
+            last[1] = last[1].max(b);
+            return false;
+        }
+    }
+    let at = ranges.partition_point(|r| r[1] < a);
+    let mut end = at;
+    while end < ranges.len() && ranges[end][0] <= b {
+        end += 1;
+    }
+    if at < end {
+        let merged = [ranges[at][0].min(a), ranges[end - 1][1].max(b)];
+        ranges.splice(at..end, [merged]);
+        return false;
+    }
+    if !room {
+        return false;
+    }
+    ranges.insert(at, [a, b]);
+    true
 }
 
 /// A lower layer whose bytes come through the chunk cache.
@@ -127,6 +217,7 @@ impl CacheLower {
             self.layer.file_extent(f.path()).map_err(io_error)
         })?;
         let (start, n) = file.clamp(offset, len);
+        self.profile.note_read(file, start, n as u64);
         let size = ext.end - ext.start;
         let a = ext.start + start.min(size);
         let b = ext.start + start.saturating_add(n as u64).min(size);
@@ -192,5 +283,29 @@ impl LowerSource for CacheLower {
 
     fn local_path(&self, _file: &LowerFile) -> Option<PathBuf> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::add_range;
+
+    /// Ranges stay ascending, disjoint and merged; none is added without room, but a read
+    /// inside or next to a kept range still widens it.
+    #[test]
+    fn read_ranges_merge_and_stay_bounded() {
+        let mut r = Vec::new();
+        assert!(add_range(&mut r, 0, 10, true));
+        assert!(!add_range(&mut r, 5, 20, true));
+        assert!(add_range(&mut r, 40, 50, true));
+        assert!(add_range(&mut r, 30, 35, true));
+        assert_eq!(r, vec![[0, 20], [30, 35], [40, 50]]);
+        assert!(!add_range(&mut r, 20, 30, true));
+        assert_eq!(r, vec![[0, 35], [40, 50]]);
+        assert!(!add_range(&mut r, 100, 110, false));
+        assert!(!add_range(&mut r, 45, 60, false));
+        assert_eq!(r, vec![[0, 35], [40, 60]]);
+        assert!(!add_range(&mut r, 0, 100, true));
+        assert_eq!(r, vec![[0, 100]]);
     }
 }

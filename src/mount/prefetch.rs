@@ -1,6 +1,7 @@
 //! Background prefetch of a mounted image: the files of its access profile first (recorded
-//! here, published next to the image, or an eStargz layer's prioritised files), then every
-//! layer whole after a grace period; demand reads keep priority inside the cache.
+//! here, published next to the image, or an eStargz layer's prioritised files; the parts of
+//! each file read when the profile kept them), then every layer whole after a grace period;
+//! demand reads keep priority inside the cache.
 //!
 //! Calls `image` (profile storage and fetch, eStargz prefetch lists), `cache` and `store`.
 
@@ -17,7 +18,12 @@ pub const BULK_PREFETCH_DELAY: std::time::Duration = std::time::Duration::from_s
 /// Keep the profile of this run if the image has none yet (the first, cold run is the one
 /// that shows what a start needs).
 pub fn save_profile(store: &Store, image: &LazyImage) {
-    crate::image::profile::keep(store, &image.record.manifest_digest, &image.profile.files());
+    crate::image::profile::keep(
+        store,
+        &image.record.manifest_digest,
+        &image.profile.files(),
+        &image.profile.ranges(),
+    );
 }
 
 /// Progress of the profile-first prefetch, for `strata stats`.
@@ -57,12 +63,48 @@ impl ProfilePrefetch {
 /// How many profile files are fetched at once: enough to fill a link with a round trip of
 /// tens of milliseconds, few enough that the first-read files go out first.
 const PROFILE_CONCURRENCY: usize = 6;
-/// Bytes of one profiled file prefetched at most. A profile names files, not the parts read:
+/// Bytes of one profiled file prefetched at most when the profile names files, not the parts
+/// read (a profile of an older strata, eStargz prioritised files):
 /// a large library is read sparsely (its start, its writable segment, a few pages of code;
 /// the warm-up reads the segment, faults the rest). Measured on big/import-numpy with its
 /// published profile: whole files 1.99–2.04 s (39.5 MB), 8 MiB 1.66 s, 4 MiB 1.54–1.55 s
 /// (29.2 MB), 1 MiB 1.63–1.66 s.
 const PROFILE_FILE_MAX_BYTES: u64 = 4 << 20;
+
+/// Most file bytes of one profile prefetch read: a read on demand that joins one waits for
+/// all of it (a multi-span run is one request).
+const PROFILE_PIECE_BYTES: u64 = 1 << 20;
+/// Recorded ranges closer than this are read as one (the spans between are small).
+const PROFILE_JOIN_GAP: u64 = 128 << 10;
+
+/// The reads of one file of `size` bytes for its recorded `read` ranges (from a profile:
+/// cut to the file first): neighbours joined, long ones cut at [`PROFILE_PIECE_BYTES`] (all
+/// of a file's pieces go out at once).
+fn pieces(read: &[[u64; 2]], size: u64) -> Vec<std::ops::Range<u64>> {
+    let mut joined: Vec<std::ops::Range<u64>> = Vec::new();
+    for &[a, b] in read {
+        let (a, b) = (a.min(size), b.min(size));
+        if a >= b {
+            continue;
+        }
+        match joined.last_mut() {
+            Some(last) if a <= last.end.saturating_add(PROFILE_JOIN_GAP) => {
+                last.end = last.end.max(b)
+            }
+            _ => joined.push(a..b),
+        }
+    }
+    let mut out = Vec::new();
+    for r in joined {
+        let mut at = r.start;
+        while at < r.end {
+            let end = at.saturating_add(PROFILE_PIECE_BYTES).min(r.end);
+            out.push(at..end);
+            at = end;
+        }
+    }
+    out
+}
 
 /// Prefetch in the background: the files of the image's access profile first (the one
 /// recorded here, else — with `prefetch-profile: registry` — one published with `strata
@@ -88,8 +130,10 @@ pub async fn prefetch(
         ProfileSource::None => Vec::new(),
         _ => crate::image::profile::local(&store, &manifest).unwrap_or_default(),
     };
+    let mut ranges = Vec::new();
     if !profile.is_empty() {
         set_source("local");
+        ranges = crate::image::profile::local_ranges(&store, &manifest);
     }
     if profile.is_empty() && source == ProfileSource::Registry {
         let early = image
@@ -108,10 +152,15 @@ pub async fn prefetch(
             None => crate::image::profile::fetch(&client, &image.reference, &image.record).await,
         };
         match got {
-            Ok(Some(p)) => {
-                tracing::info!(files = p.len(), "prefetching a published access profile");
+            Ok(Some((p, r))) => {
+                tracing::info!(
+                    files = p.len(),
+                    ranges = r.len(),
+                    "prefetching a published access profile"
+                );
                 set_source("registry");
                 profile = p;
+                ranges = r;
             }
             Ok(None) => {}
             Err(e) => tracing::warn!("published access profile not used: {e}"),
@@ -128,26 +177,37 @@ pub async fn prefetch(
             set_source("estargz");
         }
     }
-    // Virtual ranges in first-read order, one per file not yet local (its first
-    // `PROFILE_FILE_MAX_BYTES`).
+    // Virtual ranges in first-read order: of each file not yet local, the parts the profile
+    // says were read (see [`pieces`]), else its first `PROFILE_FILE_MAX_BYTES`.
     let ranges: Vec<_> = profile
         .iter()
-        .filter_map(|(layer, path)| {
+        .enumerate()
+        .filter_map(|(n, (layer, path))| {
             let l = image.layers.get(*layer)?;
             let entry = l.layout.index().lookup(path)?;
-            let r = l
-                .layout
-                .file_range(&entry, 0..PROFILE_FILE_MAX_BYTES)
-                .ok()?;
-            (!r.is_empty() && cache.try_read_local(l, r.clone()).is_none()).then(|| (l.clone(), r))
+            let parts = match ranges.get(n).filter(|r| !r.is_empty()) {
+                Some(read) => pieces(read, entry.size()),
+                None => vec![0..PROFILE_FILE_MAX_BYTES],
+            };
+            let out: Vec<_> = parts
+                .into_iter()
+                .filter_map(|p| l.layout.file_range(&entry, p).ok())
+                .filter(|r| !r.is_empty() && cache.try_read_local(l, r.clone()).is_none())
+                .map(|r| (l.clone(), r))
+                .collect();
+            (!out.is_empty()).then_some(out)
         })
         .collect();
     progress.files.store(ranges.len(), Relaxed);
     let mut fetches = futures::stream::iter(ranges)
-        .map(|(l, r)| {
+        .map(|parts| {
             let cache = cache.clone();
             async move {
-                cache.read_prefetch(&l, r).await?;
+                let all = parts.into_iter().map(|(l, r)| {
+                    let cache = cache.clone();
+                    async move { cache.read_prefetch(&l, r).await }
+                });
+                futures::future::try_join_all(all).await?;
                 progress.done.fetch_add(1, Relaxed);
                 Ok::<(), crate::cache::Error>(())
             }
@@ -199,4 +259,28 @@ pub fn whole_layer_failed(
         if mirrors.is_empty() { "none".to_string() } else { mirrors.join(", ") }
     );
     true
+}
+
+#[cfg(test)]
+mod tests {
+    /// Recorded ranges: neighbours closer than the gap are one read, long reads are cut.
+    #[test]
+    fn recorded_ranges_become_few_bounded_reads() {
+        let mib = 1u64 << 20;
+        let read = [[0, 64 << 10], [128 << 10, 192 << 10], [mib, 4 * mib]];
+        let p = super::pieces(&read, 8 * mib);
+        assert_eq!(
+            p,
+            vec![
+                0..192 << 10,
+                mib..2 * mib,
+                2 * mib..3 * mib,
+                3 * mib..4 * mib
+            ]
+        );
+        assert!(super::pieces(&[], 8 * mib).is_empty());
+        // A hostile profile's ranges are cut to the file: no endless list of pieces.
+        let p = super::pieces(&[[0, u64::MAX], [u64::MAX - 1, u64::MAX]], 3 * mib / 2);
+        assert_eq!(p, vec![0..mib, mib..3 * mib / 2]);
+    }
 }
