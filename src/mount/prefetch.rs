@@ -187,7 +187,7 @@ pub async fn prefetch(
             let entry = l.layout.index().lookup(path)?;
             let parts = match ranges.get(n).filter(|r| !r.is_empty()) {
                 Some(read) => pieces(read, entry.size()),
-                None => vec![0..PROFILE_FILE_MAX_BYTES],
+                None => std::iter::once(0..PROFILE_FILE_MAX_BYTES).collect(),
             };
             let out: Vec<_> = parts
                 .into_iter()
