@@ -185,12 +185,32 @@ fn o_direct_reads_and_writes_of_upper_files() {
     let p = m.dir.join("direct.bin");
     let data = union_common::pseudo(3 << 20, 77);
     std::fs::write(&p, &data).unwrap();
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(&p)
-        .unwrap();
+    // The writer's close reaches the daemon later (FUSE sends RELEASE in the background);
+    // until it does, the file's passthrough backing is still registered, the kernel requires
+    // every open of the file to share it, and it opens the backing file with the caller's
+    // flags, O_DIRECT included (the upper filesystem's alignment rules then apply). Wait for
+    // that release: an O_DIRECT open of the file alone must take unaligned reads.
+    let open_direct = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&p)
+            .unwrap()
+    };
+    let mut tries = 0;
+    let f = loop {
+        let f = open_direct();
+        let mut b = [0u8; 10];
+        match f.read_at(&mut b, 3) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && tries < 40 => {
+                tries += 1;
+                drop(f);
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            _ => break f,
+        }
+    };
     // A 4 KiB-aligned buffer, offset and length: what O_DIRECT callers are told to use.
     let layout = std::alloc::Layout::from_size_align(1 << 20, 4096).unwrap();
     // SAFETY: non-zero size; freed below with the same layout.
