@@ -107,7 +107,7 @@ fn validate(p: &Profile, layers: usize, what: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Check the ranges of profile `p`: one list per file (or none at all), at most
+/// Check the ranges of profile `p`: one list per file (a list may be empty), at most
 /// [`MAX_PROFILE_RANGES`] in all, each non-empty and after the one before.
 fn validate_ranges(p: &Profile, r: &Ranges, what: &str) -> Result<(), Error> {
     let bad = |msg: String| Error::Invalid {
