@@ -220,35 +220,29 @@ pub async fn fetch(
         what: what.clone(),
         msg: msg.into(),
     };
-    let Some(layer) = am
-        .layers
-        .iter()
-        .find(|d| d.media_type == PROFILE_MEDIA_TYPE)
-    else {
+    // The artifact's layer of `media_type`, at most 16 MiB, checked against its digest.
+    let layer = |media_type: &'static str| {
+        let d = am.layers.iter().find(|d| d.media_type == media_type);
+        async move {
+            let Some(d) = d else { return Ok(None) };
+            if d.size > MAX_PROFILE_BYTES {
+                return Err(bad(&format!("{media_type} layer larger than 16 MiB")));
+            }
+            let body = client
+                .get_blob_verified(&reference.repo(), &d.digest, d.size as usize)
+                .await?;
+            Ok(Some(body))
+        }
+    };
+    let Some(body) = layer(PROFILE_MEDIA_TYPE).await? else {
         return Err(bad("no profile layer"));
     };
-    if layer.size > MAX_PROFILE_BYTES {
-        return Err(bad("profile larger than 16 MiB"));
-    }
-    let body = client
-        .get_blob_verified(&reference.repo(), &layer.digest, layer.size as usize)
-        .await?;
     let profile: Profile =
         serde_json::from_slice(&body).map_err(|e| bad(&format!("profile JSON: {e}")))?;
     validate(&profile, rec.layers.len(), &what)?;
-    let Some(layer) = am
-        .layers
-        .iter()
-        .find(|d| d.media_type == PROFILE_RANGES_MEDIA_TYPE)
-    else {
+    let Some(body) = layer(PROFILE_RANGES_MEDIA_TYPE).await? else {
         return Ok(Some((profile, Ranges::new())));
     };
-    if layer.size > MAX_PROFILE_BYTES {
-        return Err(bad("profile ranges larger than 16 MiB"));
-    }
-    let body = client
-        .get_blob_verified(&reference.repo(), &layer.digest, layer.size as usize)
-        .await?;
     let ranges: Ranges =
         serde_json::from_slice(&body).map_err(|e| bad(&format!("profile ranges JSON: {e}")))?;
     validate_ranges(&profile, &ranges, &what)?;
