@@ -28,11 +28,11 @@ pub const PROFILE_MEDIA_TYPE: &str = "application/vnd.strata.profile.v1+json";
 pub const PROFILE_RANGES_MEDIA_TYPE: &str = "application/vnd.strata.profile.ranges.v1+json";
 /// Largest profile blob accepted from a registry.
 const MAX_PROFILE_BYTES: u64 = 16 << 20;
-/// Most files a profile may name (as many as a recorded one keeps).
-const MAX_PROFILE_FILES: usize = 100_000;
+/// Most files a profile may name (a recorded one keeps no more).
+pub const MAX_PROFILE_FILES: usize = 100_000;
 
-/// Most ranges a profile may hold over all its files.
-const MAX_PROFILE_RANGES: usize = 1 << 16;
+/// Most ranges a profile may hold over all its files (a recorded one keeps no more).
+pub const MAX_PROFILE_RANGES: usize = 1 << 16;
 
 /// One profile: (layer index from the bottom, path in that layer), first read first.
 pub type Profile = Vec<(usize, String)>;

@@ -127,12 +127,7 @@ fn search_dirs(path: &str, machine: u16, runpath: &[String]) -> Vec<String> {
         .filter(|d| !d.is_empty())
         .map(|d| d.replace("$ORIGIN", origin).replace("${ORIGIN}", origin))
         .collect();
-    let triple = match machine {
-        62 => Some("x86_64-linux-gnu"),
-        183 => Some("aarch64-linux-gnu"),
-        _ => None,
-    };
-    if let Some(t) = triple {
+    if let Some(t) = machine_triple(machine) {
         dirs.push(format!("/lib/{t}"));
         dirs.push(format!("/usr/lib/{t}"));
     }
@@ -279,18 +274,27 @@ fn locale_all(machine: u16) -> Vec<Vec<String>> {
             .iter()
             .map(|c| vec![format!("/usr/lib/locale/C.utf8/{c}")]),
     );
-    let triple = if machine == 183 {
-        "aarch64-linux-gnu"
-    } else {
-        "x86_64-linux-gnu"
-    };
-    out.push(
-        [format!("/usr/lib/{triple}"), "/usr/lib64".into()]
-            .iter()
-            .map(|d| format!("{d}/gconv/gconv-modules.cache"))
-            .collect(),
-    );
+    out.push(gconv_cache(
+        machine_triple(machine).unwrap_or("x86_64-linux-gnu"),
+    ));
     out
+}
+
+/// The multiarch triple of ELF machine `machine` (x86-64, AArch64), for library directories.
+fn machine_triple(machine: u16) -> Option<&'static str> {
+    match machine {
+        62 => Some("x86_64-linux-gnu"),
+        183 => Some("aarch64-linux-gnu"),
+        _ => None,
+    }
+}
+
+/// Where glibc's charset cache may be (alternatives) on a system of multiarch `triple`.
+pub(super) fn gconv_cache(triple: &str) -> Vec<String> {
+    [format!("/usr/lib/{triple}"), "/usr/lib64".into()]
+        .iter()
+        .map(|d| format!("{d}/gconv/gconv-modules.cache"))
+        .collect()
 }
 
 /// `N` bytes of `b` at `at + off` (`None` past what was read or on overflow).

@@ -1,12 +1,14 @@
 //! The union's lower side for a lazily loaded image: [`CacheLower`] serves one layer's file
 //! bytes through the chunk cache, and [`AccessProfile`] notes which files a workload read, in
-//! first-read order (kept as the image's profile, prefetched first at the next mount).
+//! first-read order, and which parts of each (kept as the image's profile, prefetched first
+//! at the next mount).
 //!
 //! Calls `cache` (reads; a failure's errno) and `union` (the `LowerSource` trait it
-//! implements, `kind_errno` to carry that errno in an `io::Error` with the cause inside); no
-//! network of its own, no FUSE.
+//! implements, `kind_errno` to carry that errno in an `io::Error` with the cause inside),
+//! and takes a profile's size limits from `image::profile`; no network of its own, no FUSE.
 
 use crate::cache::{CachedLayer, ChunkCache, Read};
+use crate::image::profile::{Profile, Ranges};
 use crate::union::{LowerFile, LowerRead, LowerSource};
 use bytes::Bytes;
 use futures::FutureExt;
@@ -36,20 +38,21 @@ impl Default for AccessProfile {
 #[derive(Default)]
 struct ProfileState {
     index: std::collections::HashMap<LowerFile, usize>,
-    files: Vec<(usize, String)>,
-    ranges: Vec<Vec<[u64; 2]>>,
+    files: Profile,
+    ranges: Ranges,
     /// Ranges kept over all files.
     kept: usize,
 }
 
-/// Most files a profile keeps.
-pub(super) const PROFILE_MAX_FILES: usize = 100_000;
+/// Most files a profile keeps: as many as a published one may name.
+const PROFILE_MAX_FILES: usize = crate::image::profile::MAX_PROFILE_FILES;
 /// Read offsets are kept in granules of this many bytes (a range's ends rounded out to them):
 /// what a prefetch needs is the spans, a few times larger.
 const PROFILE_GRANULE: u64 = 64 << 10;
-/// Most ranges a profile keeps over all its files (16 bytes each); reads past it are not
-/// noted, and a file without ranges is prefetched by its start.
-const PROFILE_MAX_RANGES: usize = 1 << 16;
+/// Most ranges a profile keeps over all its files (16 bytes each), as many as a published
+/// one may hold; reads past it are not noted, and a file without ranges is prefetched by
+/// its start.
+const PROFILE_MAX_RANGES: usize = crate::image::profile::MAX_PROFILE_RANGES;
 /// Parts read are noted this long after the mount began: a start is what a profile is for,
 /// and the reads of a long-running container then pay no lock.
 const PROFILE_RANGES_FOR: std::time::Duration = std::time::Duration::from_secs(120);
@@ -95,22 +98,11 @@ impl AccessProfile {
         }
     }
 
-    /// Files in first-read order.
-    pub fn files(&self) -> Vec<(usize, String)> {
-        self.seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .files
-            .clone()
-    }
-
-    /// The offsets read of each file of [`files`](Self::files), ascending, merged.
-    pub fn ranges(&self) -> Vec<Vec<[u64; 2]>> {
-        self.seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .ranges
-            .clone()
+    /// Files in first-read order, and the offsets read of each (ascending, merged), taken
+    /// together so that the two lists stay aligned.
+    pub fn snapshot(&self) -> (Profile, Ranges) {
+        let g = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        (g.files.clone(), g.ranges.clone())
     }
 }
 

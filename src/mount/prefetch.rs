@@ -18,12 +18,8 @@ pub const BULK_PREFETCH_DELAY: std::time::Duration = std::time::Duration::from_s
 /// Keep the profile of this run if the image has none yet (the first, cold run is the one
 /// that shows what a start needs).
 pub fn save_profile(store: &Store, image: &LazyImage) {
-    crate::image::profile::keep(
-        store,
-        &image.record.manifest_digest,
-        &image.profile.files(),
-        &image.profile.ranges(),
-    );
+    let (files, ranges) = image.profile.snapshot();
+    crate::image::profile::keep(store, &image.record.manifest_digest, &files, &ranges);
 }
 
 /// Progress of the profile-first prefetch, for `strata stats`.

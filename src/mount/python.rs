@@ -10,7 +10,8 @@
 //! list of a `python` command (the modules every start imports, `-c` code, `-m` module).
 //! Only decides what is read early: a wrong guess costs bytes, never a wrong byte.
 //!
-//! Pure parsing and tree lookups: calls `union` (the merged tree) only.
+//! Pure parsing and tree lookups: calls `union` (the merged tree) and `elf` (where glibc's
+//! charset cache is) only.
 
 use crate::union::{FileKind, MergedTree};
 
@@ -756,13 +757,7 @@ pub fn launch(argv: &[String], cwd: &str) -> Vec<Vec<String>> {
         }
     }
     // glibc's charset cache: the interpreter's locale set-up reads it.
-    let triple = triple();
-    out.push(
-        [format!("/usr/lib/{triple}"), "/usr/lib64".into()]
-            .iter()
-            .map(|d| format!("{d}/gconv/gconv-modules.cache"))
-            .collect(),
-    );
+    out.push(super::elf::gconv_cache(triple()));
     // The start of older interpreters too (3.11+ froze those: `expand` leaves them out).
     modules.extend(START_OLD.iter().map(|s| s.to_string()));
     out.extend(modules.iter().map(|m| vec![format!("{MODULE_PREFIX}{m}")]));
