@@ -236,7 +236,7 @@ fn a_forged_heads_listing_is_only_a_hint() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|d| d["artifactType"] == "application/vnd.strata.index.v3")
+        .find(|d| d["artifactType"] == "application/vnd.strata.index.v4")
         .expect("sidecar in the listing")
         .clone();
     let heads: Vec<serde_json::Value> =
@@ -268,7 +268,7 @@ fn a_forged_heads_listing_is_only_a_hint() {
         .collect();
     let mut forged = listing.clone();
     for d in forged["manifests"].as_array_mut().unwrap() {
-        if d["artifactType"] == "application/vnd.strata.index.v3" {
+        if d["artifactType"] == "application/vnd.strata.index.v4" {
             d["annotations"][heads_note] =
                 serde_json::Value::String(serde_json::to_string(&forged_heads).unwrap());
         }

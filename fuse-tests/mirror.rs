@@ -437,3 +437,66 @@ fn sidecar_windows_are_asked_of_a_mirror_as_marked_small_pieces() {
         );
     }
 }
+
+/// The sidecar index blob of `repo:v1` (the layer index file the referrers' artifact lists).
+fn sidecar_index_blob(reg: &Registry, repo: &str) -> String {
+    use sha2::{Digest as _, Sha256};
+    let json = |b: &[u8]| -> serde_json::Value { serde_json::from_slice(b).unwrap() };
+    let m = reg.get_manifest(repo, "v1");
+    let tag = format!("sha256-{:x}", Sha256::digest(&m.body));
+    let listing = json(&reg.get_manifest(repo, &tag).body);
+    let art = listing["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["artifactType"] == "application/vnd.strata.index.v4")
+        .expect("sidecar in the referrers")
+        .clone();
+    let am = json(&reg.get_manifest(repo, art["digest"].as_str().unwrap()).body);
+    am["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["mediaType"] == "application/vnd.strata.layer.index.v4")
+        .expect("index blob in the sidecar")["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A mirror that alters the sidecar's gzip windows (format 4 heads carry no sha256 per
+/// window): the spans decoded with a bad window fail their block sha256s, the window is
+/// dropped and fetched again (from the upstream: the mirror is distrusted for the blob), and
+/// every read returns the right bytes.
+#[test]
+fn altered_sidecar_windows_from_a_mirror_give_no_wrong_byte() {
+    const LEN: usize = 3 << 20;
+    let reg = Registry::start();
+    let text = |i: usize| common::testdata::pseudo_text(LEN, 900 + i as u64);
+    let mut l = Layer::new().dir("data");
+    for i in 0..2 {
+        l = l.file(&format!("data/t{i}"), text(i));
+    }
+    publish_image(&reg, l, "mirror/badwin:v1");
+    let index_blob = sidecar_index_blob(&reg, "mirror/badwin");
+    let proxy = FaultProxy::in_front_of(&reg);
+    proxy.on_path(&index_blob, None, Fault::FlipByte);
+    let env = env_with_mirror(&reg, &proxy, serde_json::json!({"mirror-retry-after": 60}));
+    let m = mount(&env, &format!("{}/mirror/badwin:v1", reg.host()));
+    for i in 0..2 {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(m.dir.join(format!("data/t{i}"))).unwrap();
+        for off in [LEN / 3, 2 * LEN / 3] {
+            let mut buf = vec![0u8; 4096];
+            f.read_exact_at(&mut buf, off as u64).unwrap();
+            assert!(buf == text(i)[off..off + 4096], "data/t{i} at {off}");
+        }
+    }
+    assert!(
+        proxy.faults_applied() > 0,
+        "no window came from the mirror: {:?}",
+        proxy.requests()
+    );
+    let logs = env.daemon_logs();
+    assert!(logs.contains("failed verification"), "{logs}");
+}

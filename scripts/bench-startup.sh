@@ -32,7 +32,8 @@
 # Environment: STRATA (binary, default target/release/strata), STRATA_RUN_ARGS (default: --rm when
 #   `strata run --help` mentions it), BENCH_WORK (scratch, default /var/tmp/strata-bench),
 #   STRATA_IMAGE_CACHE, BENCH_STRATA_CONFIG (JSON object merged into each measured root's
-#   config.json, e.g. '{"fetch-ahead-spans": 0}' for an A/B), BENCH_RESULTS, BENCH_KEEP_LOGS (a directory: each strata run's CLI and daemon
+#   config.json, e.g. '{"fetch-ahead-spans": 0}' for an A/B), BENCH_INDEX_ARGS (extra words for
+#   `strata index --push`, e.g. "--span-size 64KiB"), BENCH_RESULTS, BENCH_KEEP_LOGS (a directory: each strata run's CLI and daemon
 #   log is kept there; set RUST_LOG too for detail).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -157,7 +158,8 @@ fi
 if [ $strata_run_ok = 1 ] && strata_has_cmd index; then
   for img in "${IMAGES[@]}"; do
     r=$(mktemp -d "$WORK/strata-index.XXXXXX")
-    if STRATA_ROOT=$r "$STRATA_BIN" index "$REGISTRY_HOST/bench/$img:latest" --push > "$WORK/index-$img.log" 2>&1; then
+    # shellcheck disable=SC2086 # BENCH_INDEX_ARGS: extra words, e.g. "--span-size 64KiB"
+    if STRATA_ROOT=$r "$STRATA_BIN" index "$REGISTRY_HOST/bench/$img:latest" --push ${BENCH_INDEX_ARGS:-} > "$WORK/index-$img.log" 2>&1; then
       strata_index_ok=1
     else
       notes+=("strata index --push failed for $img: $(tail -1 "$WORK/index-$img.log")")

@@ -411,6 +411,11 @@ impl Fetcher {
                 Error::Verify { .. } => {
                     tracing::error!(layer = %layer.digest, attempt, "fetched bytes failed verification: {}", err.report());
                     layer.source.distrust();
+                    // The stored window they were decoded with is checked only by them
+                    // (format 4): it may be the culprit, so it is fetched again too.
+                    if let (Some((_, None)), Some(w)) = (&window_need, &layer.windows) {
+                        w.forget(first).await;
+                    }
                 }
                 Error::Window { .. } | Error::NoWindowSource { .. } => {
                     tracing::warn!(layer = %layer.digest, attempt, "window fetch failed: {}", err.report())
@@ -432,7 +437,7 @@ impl Fetcher {
         layer: &Arc<CachedLayer>,
         crange: &Range<u64>,
         decode: &Decode,
-        window_need: Option<&(Range<u64>, [u8; 32])>,
+        window_need: Option<&(Range<u64>, Option<[u8; 32]>)>,
         before: Option<&Bytes>,
     ) -> Result<Bytes, Error> {
         let first = decode.spans().start;

@@ -150,8 +150,9 @@ impl Layout {
     }
 
     /// The stored window decoding span `i` needs that is not local: its range in the index's
-    /// window section and its sha256 (`None` when no window is needed or the file has them).
-    pub fn remote_window(&self, i: usize) -> Option<(Range<u64>, [u8; 32])> {
+    /// window section and its sha256 if the head has one (format 4 heads have none); `None`
+    /// when no window is needed or the file has them.
+    pub fn remote_window(&self, i: usize) -> Option<(Range<u64>, Option<[u8; 32]>)> {
         let t = self
             .index
             .seek_table()
@@ -159,7 +160,7 @@ impl Layout {
         if t.windows_local() || !t.needs_window(i) {
             return None;
         }
-        Some((t.window_range(i), t.window_digests.get(i).copied()?))
+        Some((t.window_range(i), t.window_digests.get(i).copied()))
     }
 
     /// The uncompressed bytes whose last 32 KiB can stand in for span `i`'s remote window

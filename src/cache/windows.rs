@@ -1,14 +1,16 @@
 //! Stored gzip windows of a layer whose index came from a sidecar as its head alone (index
-//! format 3): each checkpoint's window is fetched with one Range request on the sidecar blob
-//! the first time a span decoded from that checkpoint is fetched (concurrently with the span's
-//! compressed bytes), checked against the sha256 the head carries, and kept as one small file
-//! per checkpoint next to the index — not in memory: a window serves the fetch of its
-//! checkpoint's spans, after which they are local (a daemon serving many mounts kept every
-//! window it had fetched, ~13 KiB each). A window that fails its sha256 is an error and
-//! is neither kept nor cached, so the next attempt fetches it again. A local copy is
-//! re-verified whenever it is read. Calls the sidecar's [`BlobSource`] and `flight.rs`
-//! (single-flight per checkpoint); the window file is read and written by the flight's task,
-//! never under the table's lock.
+//! format 3 and later): each checkpoint's window is fetched with one Range request on the
+//! sidecar blob the first time a span decoded from that checkpoint is fetched (concurrently
+//! with the span's compressed bytes), checked (its length; its sha256 when the head carries
+//! one, which format 4 heads do not: the spans decoded with it are checked block by block
+//! instead) and kept as one small file per checkpoint next to the index — not in memory: a
+//! window serves the fetch of its checkpoint's spans, after which they are local (a daemon
+//! serving many mounts kept every window it had fetched, ~13 KiB each). A window that fails
+//! its check is an error and is neither kept nor cached, so the next attempt fetches it again;
+//! one whose spans failed verification is forgotten ([`RemoteWindows::forget`]) and its
+//! source distrusted, the same. A local copy is re-checked whenever it is read. Calls the
+//! sidecar's [`BlobSource`] and `flight.rs` (single-flight per checkpoint); the window file is
+//! read and written by the flight's task, never under the table's lock.
 
 use super::flight::SingleFlight;
 use super::source::{BlobSource, FetchError};
@@ -82,14 +84,14 @@ impl RemoteWindows {
         })
     }
 
-    /// The verified stored window of checkpoint `i`, at `range` of the window section with
-    /// sha256 `digest`: from the local copy or the sidecar blob (concurrent asks share one
-    /// load).
+    /// The checked stored window of checkpoint `i`, at `range` of the window section, with
+    /// sha256 `digest` if the head has one: from the local copy or the sidecar blob
+    /// (concurrent asks share one load).
     pub async fn get(
         self: &Arc<Self>,
         i: usize,
         range: Range<u64>,
-        digest: [u8; 32],
+        digest: Option<[u8; 32]>,
     ) -> Result<Bytes, WindowError> {
         let me = self.clone();
         let work = move || async move { me.load(i, range, digest).await }.boxed();
@@ -100,16 +102,25 @@ impl RemoteWindows {
         self.inflight.join_or_start(i, (), work, failed).await
     }
 
+    /// The window of checkpoint `i` decoded spans that failed verification (a format 4 head
+    /// has no sha256 to check it by): drop the local copy so the next attempt fetches it
+    /// again, and stop trusting the mirror that served it for this blob.
+    pub async fn forget(&self, i: usize) {
+        let path = self.dir.join(i.to_string());
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
+        self.source.distrust();
+    }
+
     async fn load(
         &self,
         i: usize,
         range: Range<u64>,
-        digest: [u8; 32],
+        digest: Option<[u8; 32]>,
     ) -> Result<Bytes, WindowError> {
         let path = self.dir.join(i.to_string());
         let ok = |b: &[u8]| {
             b.len() as u64 == range.end - range.start
-                && <[u8; 32]>::from(Sha256::digest(b)) == digest
+                && digest.is_none_or(|d| <[u8; 32]>::from(Sha256::digest(b)) == d)
         };
         let p2 = path.clone();
         if let Ok(Ok(b)) = tokio::task::spawn_blocking(move || std::fs::read(&p2)).await {
@@ -136,7 +147,7 @@ impl RemoteWindows {
         self.fetched.fetch_add(1, Relaxed);
         self.fetched_bytes.fetch_add(b.len() as u64, Relaxed);
         if !ok(&b) {
-            tracing::error!(checkpoint = i, range = ?abs, "sidecar window failed its sha256");
+            tracing::error!(checkpoint = i, range = ?abs, "sidecar window failed its check");
             return Err(WindowError::Digest {
                 checkpoint: i,
                 range: abs,

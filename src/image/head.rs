@@ -18,7 +18,7 @@ use crate::registry::Client;
 use bytes::Bytes;
 use std::collections::BTreeMap;
 
-pub const HEAD_ZSTD_MEDIA_TYPE: &str = "application/vnd.strata.layer.index.head.v3+zstd";
+pub const HEAD_ZSTD_MEDIA_TYPE: &str = "application/vnd.strata.layer.index.head.v4+zstd";
 /// On a compressed head: the digest of the index blob whose head it is.
 pub const HEAD_OF_ANNOTATION: &str = "dev.strata.index.head.of";
 /// On the sidecar artifact manifest (and so in the referrers listing, which carries a

@@ -23,16 +23,18 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Artifact type of sidecars holding layer index files of format version 3. The
+/// Artifact type of sidecars holding layer index files of format version 4. The
 /// version is in the type so a sidecar of another format is recognised (and skipped with a
 /// note) from the referrers list alone, without fetching its blobs.
-pub const ARTIFACT_TYPE: &str = "application/vnd.strata.index.v3";
-pub const INDEX_MEDIA_TYPE: &str = "application/vnd.strata.layer.index.v3";
+pub const ARTIFACT_TYPE: &str = "application/vnd.strata.index.v4";
+pub const INDEX_MEDIA_TYPE: &str = "application/vnd.strata.layer.index.v4";
 /// Artifact types of sidecars an older strata published (index format 1: no block hashes;
-/// 2: windows inside the seek section, so a mount had to fetch all of them).
+/// 2: windows inside the seek section, so a mount had to fetch all of them; 3: a sha256 per
+/// span and per window in the head besides the block sha256s, checkpoints evenly spaced).
 const OLD_ARTIFACT_TYPES: &[&str] = &[
     "application/vnd.strata.index.v1",
     "application/vnd.strata.index.v2",
+    "application/vnd.strata.index.v3",
 ];
 pub const LAYER_ANNOTATION: &str = "dev.strata.layer.digest";
 /// Length of the index blob's head (everything before the window section): a mount fetches

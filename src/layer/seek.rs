@@ -1,10 +1,13 @@
 //! Seek tables: where to start decompressing to reach an uncompressed offset, and the sha256
-//! of every span and of every 64 KiB block inside each span of uncompressed output, so fetched
-//! bytes can be verified whole and cached bytes one block at a time.
+//! of every 64 KiB block inside each span of uncompressed output, so fetched bytes and cached
+//! bytes can be verified one block at a time.
 //!
 //! One shape serves all three stream kinds. A [`SeekTable`] is a list of checkpoints (access
 //! points); span *i* is the uncompressed range from checkpoint *i* to checkpoint *i+1* (the last
-//! one to the end of the layer) and has one sha256. For plain tar the checkpoints sit every
+//! one to the end of the layer). Since format 4 strata's own tables hold no span or window
+//! sha256s: the block sha256s cover every byte a span or a window decodes to, so a wrong
+//! window is caught by what it decodes (a SOCI zTOC's table, which checks compressed bytes,
+//! keeps both). For plain tar the checkpoints sit every
 //! SPAN bytes and compressed == uncompressed offsets; for gzip they are zran access points
 //! (`gzip.rs`); for zstd they are frame starts (`zstd.rs`). [`SeekTable::span_plan`] is pure: it
 //! says which compressed bytes to fetch. Each block also records an upper bound of the compressed
@@ -55,7 +58,7 @@ impl Compression {
 #[derive(Clone, Copy, Debug)]
 pub enum Window<'a> {
     /// The checkpoint's stored window, fetched from the index's window section (deflated;
-    /// checked against its sha256).
+    /// checked by what it decodes to, or against its sha256 in a SOCI zTOC's table).
     Stored(&'a [u8]),
     /// The uncompressed bytes just before the checkpoint (its last 32 KiB are the window),
     /// read from verified local spans.
@@ -105,7 +108,8 @@ pub struct SeekTable {
     /// the start, so the layer is best fetched whole.
     pub whole: bool,
     pub checkpoints: Vec<Checkpoint>,
-    /// sha256 of each span, one per checkpoint.
+    /// sha256 of each span, one per checkpoint: a [`SpanCheck::Compressed`] table's only
+    /// (empty otherwise: the blocks cover every byte).
     pub digests: Vec<[u8; 32]>,
     /// Verification block size (uncompressed bytes; [`BLOCK`] when built by strata).
     pub block: u64,
@@ -117,7 +121,9 @@ pub struct SeekTable {
     /// the file holds only its head (windows fetched one at a time from a sidecar; see
     /// [`SeekTable::windows_local`]).
     pub windows: Vec<u8>,
-    /// sha256 of each checkpoint's stored (compressed) window, one per checkpoint.
+    /// sha256 of each checkpoint's stored (compressed) window, one per checkpoint: a
+    /// [`SpanCheck::Compressed`] table's only (empty otherwise: a window is checked by what it
+    /// decodes to, block by block).
     pub window_digests: Vec<[u8; 32]>,
     /// Total length of the window section (whether or not it is in `windows`).
     pub window_bytes: u64,
@@ -186,13 +192,28 @@ impl SeekTable {
             .unwrap_or(&[])
     }
 
-    /// Check a stored window of checkpoint `i` (local or fetched) against its sha256.
+    /// Check a stored window of checkpoint `i` (local or fetched): its length, and its sha256
+    /// when the table has window sha256s (a SOCI zTOC's). A table checking blocks has none:
+    /// the spans decoded with the window are checked block by block, so a wrong window is a
+    /// verification error there, never wrong bytes.
     pub fn check_window(&self, i: usize, packed: &[u8]) -> Result<()> {
+        let len_ok = packed.len() as u64 == self.window_range(i).end - self.window_range(i).start;
+        if self.check == SpanCheck::Blocks && self.window_digests.is_empty() {
+            if len_ok {
+                return Ok(());
+            }
+            return Err(self.decode_err(
+                i,
+                format!(
+                    "stored window of {} bytes, the index says {}",
+                    packed.len(),
+                    self.window_range(i).end - self.window_range(i).start
+                ),
+            ));
+        }
         let expected = self.window_digests.get(i).copied().unwrap_or([0; 32]);
         let got: [u8; 32] = Sha256::digest(packed).into();
-        if got != expected
-            || packed.len() as u64 != self.window_range(i).end - self.window_range(i).start
-        {
+        if got != expected || !len_ok {
             return Err(Error::WindowDigest {
                 span: i,
                 expected: Digest::from_bytes(expected),
@@ -432,8 +453,12 @@ impl SeekTable {
         Ok(())
     }
 
-    /// Check span `i` against its whole-span sha256.
+    /// Check span `i` against its whole-span sha256 (block by block for a table without
+    /// span sha256s).
     pub fn verify_span_digest(&self, i: usize, data: &[u8]) -> Result<()> {
+        if self.digests.is_empty() && self.check == SpanCheck::Blocks {
+            return self.verify(i, data);
+        }
         let got: [u8; 32] = Sha256::digest(data).into();
         let expected = self.digests.get(i).copied().unwrap_or([0; 32]);
         if got != expected {
@@ -456,11 +481,13 @@ impl SeekTable {
     }
 
     /// Serialise the seek section (little-endian): 64-byte header, 32-byte checkpoint records,
-    /// 32-byte span digests, 32-byte window digests, 40-byte block records. The windows
+    /// for a [`SpanCheck::Compressed`] table 32-byte span digests and 32-byte window digests,
+    /// then 40-byte block records. The windows
     /// themselves ([`windows`](Self::windows)) go to the index file's window section.
     pub fn encode(&self) -> Vec<u8> {
         let n = self.checkpoints.len();
         let mut b = Vec::with_capacity(64 + n * 96 + self.blocks.len() * 40);
+        let digests = self.check == SpanCheck::Compressed;
         b.push(self.compression as u8);
         b.push(self.whole as u8);
         b.push(self.check as u8);
@@ -486,8 +513,13 @@ impl SeekTable {
             b.push(c.member_start as u8);
             b.extend_from_slice(&[0, 0]);
         }
-        for d in self.digests.iter().chain(&self.window_digests) {
-            b.extend_from_slice(d);
+        if digests {
+            for i in 0..n {
+                b.extend_from_slice(self.digests.get(i).unwrap_or(&[0; 32]));
+            }
+            for i in 0..n {
+                b.extend_from_slice(self.window_digests.get(i).unwrap_or(&[0; 32]));
+            }
         }
         for blk in &self.blocks {
             b.extend_from_slice(&blk.digest);
@@ -522,7 +554,13 @@ impl SeekTable {
             u64_at(48)?,
             u64_at(56)?,
         );
-        let need = (n as u128) * 96 + 64 + (nblocks as u128) * 40;
+        // Span and window sha256s: a table checking compressed bytes only (format 4).
+        let per = if check == SpanCheck::Compressed {
+            96
+        } else {
+            32
+        };
+        let need = (n as u128) * per + 64 + (nblocks as u128) * 40;
         if need != b.len() as u128 || n == 0 {
             return Err(format!(
                 "seek table size {} does not match {n} checkpoints, {nblocks} blocks and \
@@ -540,7 +578,7 @@ impl SeekTable {
                 windows.len()
             ));
         }
-        let bbase = 64 + n * 96;
+        let bbase = 64 + n * per as usize;
         let mut window_digests = Vec::with_capacity(n);
         let mut checkpoints = Vec::with_capacity(n);
         let mut digests = Vec::with_capacity(n);
@@ -570,13 +608,15 @@ impl SeekTable {
                 member_start,
                 window: woff..woff + wl,
             });
-            let d = 64 + n * 32 + i * 32;
-            let mut digest = [0u8; 32];
-            digest.copy_from_slice(&b[d..d + 32]);
-            digests.push(digest);
-            let w = 64 + n * 64 + i * 32;
-            digest.copy_from_slice(&b[w..w + 32]);
-            window_digests.push(digest);
+            if check == SpanCheck::Compressed {
+                let d = 64 + n * 32 + i * 32;
+                let mut digest = [0u8; 32];
+                digest.copy_from_slice(&b[d..d + 32]);
+                digests.push(digest);
+                let w = 64 + n * 64 + i * 32;
+                digest.copy_from_slice(&b[w..w + 32]);
+                window_digests.push(digest);
+            }
         }
         // Each span has ceil(len / block) blocks, in order; bounds never decrease.
         let mut block_starts = Vec::with_capacity(n + 1);
