@@ -371,8 +371,11 @@ impl ChunkCache {
             }
         }
         if let Some(fe) = want.file_end {
-            let len = range.end - range.start;
-            if let Some(next) = self.policy.readahead(layer, spans.clone(), len, fe) {
+            if let Some(next) = self
+                .policy
+                .readahead(layer, spans.clone(), range.clone(), fe)
+            {
+                tracing::debug!(layer = %layer.digest, ?spans, ?next, "readahead");
                 self.fetch_in_background(layer, next, Kind::Ahead);
             }
         }

@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 
 /// Reads at least this long (the kernel's large sequential reads) may trigger readahead.
 const READAHEAD_MIN_READ: u64 = 64 << 10;
-/// Spans a sequential reader may skip and still count as sequential.
-const READAHEAD_SPANS: usize = 8;
+/// How far (uncompressed bytes) a large read that missed may start from the end of the
+/// spans the file's previous such read fetched and still count as the next read of a file
+/// being streamed (the kernel reads it in order; what lies before is local).
+const READAHEAD_SLACK: u64 = 64 << 10;
 /// Uncompressed bytes of spans fetched ahead of a sequential reader (in bytes, so that it
 /// does not shrink with the span size of the index).
 const READAHEAD_BYTES: u64 = 16 << 20;
@@ -114,8 +116,9 @@ pub(super) struct Policy {
     recent_misses: Mutex<HashMap<Digest, VecDeque<usize>>>,
     /// Per layer, the distinct spans reads on demand had to fetch (the whole-layer rule).
     missed: Mutex<HashMap<Digest, Missed>>,
-    /// Per layer, the last span a large read on demand had to fetch (sequential detection).
-    last_miss: Mutex<HashMap<Digest, usize>>,
+    /// Per layer, the last large read on demand that had to fetch (sequential detection):
+    /// its file's end, the last span it fetched and where that span ends.
+    last_miss: Mutex<HashMap<Digest, (u64, usize, u64)>>,
     /// When this policy was made; `last_demand` counts milliseconds from here.
     epoch: Instant,
     /// Last time a read on demand had to fetch (ms since `epoch`, 0 = never).
@@ -185,25 +188,34 @@ impl Policy {
         }
     }
 
-    /// Readahead: a large read (`read_len`) that missed in `spans` right after an earlier miss
-    /// a few spans before it looks like a file being streamed; the next spans of the file
-    /// (which ends at virtual `file_end`) to fetch now, so the reader finds them local instead
-    /// of waiting a round trip per span. Small reads (small files, the cold-start pattern)
-    /// never trigger it.
+    /// Readahead: a large read (virtual `read`) that missed in `spans` where the same file's
+    /// previous large miss left off (within [`READAHEAD_SLACK`] of the end of the spans that
+    /// one fetched) looks like a file being streamed; the next spans of the file (which ends
+    /// at virtual `file_end`) to fetch now, so the reader finds them local instead of waiting
+    /// a round trip per span. Small reads (small files, the cold-start pattern) never trigger
+    /// it, nor do large reads elsewhere in the file: a program mapping a 35 MB library reads
+    /// its headers, then its symbol tables a few hundred KiB further on, and would otherwise
+    /// have fetched 16 MiB it never reads.
     pub(super) fn readahead(
         &self,
         layer: &CachedLayer,
         spans: Range<usize>,
-        read_len: u64,
+        read: Range<u64>,
         file_end: u64,
     ) -> Option<Range<usize>> {
-        if read_len < READAHEAD_MIN_READ {
+        if read.end - read.start < READAHEAD_MIN_READ || spans.is_empty() {
             return None;
         }
         let sequential = {
             let mut last = lock(&self.last_miss);
-            let prev = last.insert(layer.digest, spans.end.saturating_sub(1));
-            prev.is_some_and(|p| p + 1 < spans.end && spans.start <= p + 2 * READAHEAD_SPANS)
+            let end = layer.layout.span_range(spans.end - 1).end;
+            let prev = last.insert(layer.digest, (file_end, spans.end - 1, end));
+            prev.is_some_and(|(fe, p, pend)| {
+                fe == file_end
+                    && p + 1 < spans.end
+                    && read.start + READAHEAD_SLACK >= pend
+                    && read.start <= pend + READAHEAD_SLACK
+            })
         };
         if !sequential {
             return None;

@@ -8,7 +8,9 @@
 //! serving many mounts kept every window it had fetched, ~13 KiB each). A window that fails
 //! its check is an error and is neither kept nor cached, so the next attempt fetches it again;
 //! one whose spans failed verification is forgotten ([`RemoteWindows::forget`]) and its
-//! source distrusted, the same. A local copy is re-checked whenever it is read. Calls the
+//! source distrusted, the same. A local copy is re-checked whenever it is read. Windows asked
+//! within a millisecond of each other whose bytes lie close together in the sidecar share one
+//! Range request ([`BATCH_DELAY`]). Calls the
 //! sidecar's [`BlobSource`] and `flight.rs` (single-flight per checkpoint); the window file is
 //! read and written by the flight's task, never under the table's lock.
 
@@ -20,7 +22,24 @@ use sha2::{Digest as _, Sha256};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Window fetches asked within this long of each other go out together: windows of nearby
+/// checkpoints lie next to each other in the sidecar, and a cold start asks for several at
+/// once (a package's modules), so close ones share one Range request.
+const BATCH_DELAY: Duration = Duration::from_millis(1);
+/// Windows at most this many bytes apart in the window section share a request (the bytes
+/// between them, windows nobody asked for, come along)...
+const BATCH_GAP: u64 = 16 << 10;
+/// ... up to this many bytes per request.
+const BATCH_MAX: u64 = 256 << 10;
+
+/// A window asked for the next batch, and where its bytes go.
+type Asked = (
+    Range<u64>,
+    tokio::sync::oneshot::Sender<Result<Bytes, FetchError>>,
+);
 
 /// Why a stored window could not be had. `Clone`: one fetch serves every waiter.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -67,6 +86,8 @@ pub struct RemoteWindows {
     /// Local copies, `<dir>/<checkpoint>`.
     dir: PathBuf,
     inflight: SingleFlight<usize, Bytes, WindowError>,
+    /// Windows waiting for the next batch, and whether one is due.
+    batch: Mutex<(Vec<Asked>, bool)>,
     /// Windows fetched from the registry, and their bytes.
     pub fetched: AtomicU64,
     pub fetched_bytes: AtomicU64,
@@ -79,6 +100,7 @@ impl RemoteWindows {
             base,
             dir,
             inflight: SingleFlight::new(),
+            batch: Mutex::new((Vec::new(), false)),
             fetched: AtomicU64::new(0),
             fetched_bytes: AtomicU64::new(0),
         })
@@ -111,8 +133,70 @@ impl RemoteWindows {
         self.source.distrust();
     }
 
+    /// Bytes `range` of the window section, fetched in the next batch (see [`BATCH_DELAY`]).
+    async fn fetch_batched(self: &Arc<Self>, range: Range<u64>) -> Result<Bytes, FetchError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut b = self.batch.lock().unwrap_or_else(|p| p.into_inner());
+            b.0.push((range.clone(), tx));
+            !std::mem::replace(&mut b.1, true)
+        };
+        if start {
+            let me = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(BATCH_DELAY).await;
+                let mut asked = {
+                    let mut b = me.batch.lock().unwrap_or_else(|p| p.into_inner());
+                    b.1 = false;
+                    std::mem::take(&mut b.0)
+                };
+                asked.sort_by_key(|(r, _)| r.start);
+                let mut groups: Vec<(Range<u64>, Vec<Asked>)> = Vec::new();
+                for (r, tx) in asked {
+                    match groups.last_mut() {
+                        Some((g, m))
+                            if r.start <= g.end.saturating_add(BATCH_GAP)
+                                && r.end.max(g.end) - g.start <= BATCH_MAX =>
+                        {
+                            g.end = g.end.max(r.end);
+                            m.push((r, tx));
+                        }
+                        _ => groups.push((r.clone(), vec![(r, tx)])),
+                    }
+                }
+                for (g, members) in groups {
+                    let me = me.clone();
+                    tokio::spawn(async move {
+                        let got = me.source.fetch(me.base + g.start..me.base + g.end).await;
+                        for (r, tx) in members {
+                            let (a, e) = ((r.start - g.start) as usize, (r.end - g.start) as usize);
+                            // A short answer gives an empty piece: it fails the length check.
+                            let piece = got.as_ref().map_err(Clone::clone).map(|b| {
+                                if e <= b.len() {
+                                    b.slice(a..e)
+                                } else {
+                                    Bytes::new()
+                                }
+                            });
+                            let _ = tx.send(piece);
+                        }
+                    });
+                }
+            });
+        }
+        match rx.await {
+            Ok(r) => r,
+            // The batch task went away: ask on our own.
+            Err(_) => {
+                self.source
+                    .fetch(self.base + range.start..self.base + range.end)
+                    .await
+            }
+        }
+    }
+
     async fn load(
-        &self,
+        self: &Arc<Self>,
         i: usize,
         range: Range<u64>,
         digest: Option<[u8; 32]>,
@@ -136,8 +220,7 @@ impl RemoteWindows {
         }
         let abs = self.base + range.start..self.base + range.end;
         let b = self
-            .source
-            .fetch(abs.clone())
+            .fetch_batched(range.clone())
             .await
             .map_err(|source| WindowError::Fetch {
                 checkpoint: i,

@@ -20,6 +20,46 @@ async fn prefetch_fetches_the_whole_layer() {
     }
 }
 
+/// Large reads far apart in one file (a library's headers, then its symbol tables) are not a
+/// stream: no readahead until a read starts where the file's previous miss left off.
+#[tokio::test]
+async fn large_reads_far_apart_do_not_read_ahead() {
+    let f = fixture();
+    let cache = open_cache(&f.cache_dir, 1 << 30);
+    let (l, _src) = layer(&f, 0);
+    let (name, data) = &f.files[0];
+    let whole = vrange(&l, name, 0..data.len() as u64);
+    let at = |off: u64| whole.start + off;
+    let span_of = |off: u64| l.layout.locate(at(off)..at(off) + 1).unwrap().start;
+    for off in [0u64, 1 << 20] {
+        let got = cache
+            .read_file(&l, at(off)..at(off) + (128 << 10), whole.end)
+            .await
+            .unwrap();
+        assert_eq!(&got[..], &data[off as usize..off as usize + (128 << 10)]);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !cache.has_span(&l, span_of(2 << 20)),
+        "a read 1 MiB further on read ahead"
+    );
+    // The next read where the last one's span ends: a stream now.
+    let next = l.layout.span_range(span_of(1 << 20)).end - whole.start;
+    cache
+        .read_file(&l, at(next)..at(next) + (128 << 10), whole.end)
+        .await
+        .unwrap();
+    let want = span_of(next) + 3;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !cache.has_span(&l, want) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "span {want} was not fetched ahead"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn streaming_reads_fetch_ahead_within_the_file_small_reads_do_not() {
     let f = fixture();
