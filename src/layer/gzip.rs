@@ -477,7 +477,6 @@ mod tests {
     use super::*;
     use crate::testdata::pseudo_text;
     use flate2::write::GzEncoder;
-    use sha2::{Digest as _, Sha256};
     use std::io::Write;
     use std::ops::Range;
 
