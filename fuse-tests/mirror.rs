@@ -370,6 +370,38 @@ fn a_slice_is_asked_to_its_end_and_no_byte_twice() {
     }
 }
 
+/// Length of each of [`text_layer`]'s files.
+const TEXT_LEN: usize = 3 << 20;
+
+/// File `data/t{i}` of [`text_layer`]`(seed)`.
+fn text(seed: u64, i: usize) -> Vec<u8> {
+    common::testdata::pseudo_text(TEXT_LEN, seed + i as u64)
+}
+
+/// A layer of two compressible 3 MiB files, `data/t0` and `data/t1`: reads far into them
+/// decode from checkpoints that need their stored gzip windows.
+fn text_layer(seed: u64) -> Layer {
+    let mut l = Layer::new().dir("data");
+    for i in 0..2 {
+        l = l.file(&format!("data/t{i}"), text(seed, i));
+    }
+    l
+}
+
+/// Read 4 KiB a third and two thirds into each file of [`text_layer`]`(seed)` under `mnt`
+/// and check the bytes.
+fn read_far_into_texts(mnt: &Path, seed: u64) {
+    use std::os::unix::fs::FileExt;
+    for i in 0..2 {
+        let f = std::fs::File::open(mnt.join(format!("data/t{i}"))).unwrap();
+        for off in [TEXT_LEN / 3, 2 * TEXT_LEN / 3] {
+            let mut buf = vec![0u8; 4096];
+            f.read_exact_at(&mut buf, off as u64).unwrap();
+            assert!(buf == text(seed, i)[off..off + 4096], "data/t{i} at {off}");
+        }
+    }
+}
+
 /// The gzip windows of a sidecar index are small pieces read scattered: strata asks a mirror
 /// for them as they are, marked with `x-strata-piece: small` (contrib/nginx/strata-mirror.conf
 /// caches those by 16 KiB slices), not cut or stretched to `mirror-slice-size`; the layer's
@@ -377,14 +409,8 @@ fn a_slice_is_asked_to_its_end_and_no_byte_twice() {
 #[test]
 fn sidecar_windows_are_asked_of_a_mirror_as_marked_small_pieces() {
     const SLICE: u64 = 64 << 10;
-    const LEN: usize = 3 << 20;
     let reg = Registry::start();
-    let text = |i: usize| common::testdata::pseudo_text(LEN, 700 + i as u64);
-    let mut l = Layer::new().dir("data");
-    for i in 0..2 {
-        l = l.file(&format!("data/t{i}"), text(i));
-    }
-    let (layer, _) = publish_image(&reg, l, "mirror/windows:v1");
+    let (layer, _) = publish_image(&reg, text_layer(700), "mirror/windows:v1");
     let proxy = FaultProxy::in_front_of(&reg);
     let env = env_with_mirror(
         &reg,
@@ -392,16 +418,7 @@ fn sidecar_windows_are_asked_of_a_mirror_as_marked_small_pieces() {
         serde_json::json!({"mirror-slice-size": "64KiB"}),
     );
     let m = mount(&env, &format!("{}/mirror/windows:v1", reg.host()));
-    // Reads far into each file: their spans' checkpoints need the stored windows.
-    for i in 0..2 {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::File::open(m.dir.join(format!("data/t{i}"))).unwrap();
-        for off in [LEN / 3, 2 * LEN / 3] {
-            let mut buf = vec![0u8; 4096];
-            f.read_exact_at(&mut buf, off as u64).unwrap();
-            assert!(buf == text(i)[off..off + 4096], "data/t{i} at {off}");
-        }
-    }
+    read_far_into_texts(&m.dir, 700);
     let reqs = proxy.requests();
     let blob_gets: Vec<_> = reqs
         .iter()
@@ -470,28 +487,14 @@ fn sidecar_index_blob(reg: &Registry, repo: &str) -> String {
 /// every read returns the right bytes.
 #[test]
 fn altered_sidecar_windows_from_a_mirror_give_no_wrong_byte() {
-    const LEN: usize = 3 << 20;
     let reg = Registry::start();
-    let text = |i: usize| common::testdata::pseudo_text(LEN, 900 + i as u64);
-    let mut l = Layer::new().dir("data");
-    for i in 0..2 {
-        l = l.file(&format!("data/t{i}"), text(i));
-    }
-    publish_image(&reg, l, "mirror/badwin:v1");
+    publish_image(&reg, text_layer(900), "mirror/badwin:v1");
     let index_blob = sidecar_index_blob(&reg, "mirror/badwin");
     let proxy = FaultProxy::in_front_of(&reg);
     proxy.on_path(&index_blob, None, Fault::FlipByte);
     let env = env_with_mirror(&reg, &proxy, serde_json::json!({"mirror-retry-after": 60}));
     let m = mount(&env, &format!("{}/mirror/badwin:v1", reg.host()));
-    for i in 0..2 {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::File::open(m.dir.join(format!("data/t{i}"))).unwrap();
-        for off in [LEN / 3, 2 * LEN / 3] {
-            let mut buf = vec![0u8; 4096];
-            f.read_exact_at(&mut buf, off as u64).unwrap();
-            assert!(buf == text(i)[off..off + 4096], "data/t{i} at {off}");
-        }
-    }
+    read_far_into_texts(&m.dir, 900);
     assert!(
         proxy.faults_applied() > 0,
         "no window came from the mirror: {:?}",

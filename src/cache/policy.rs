@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 
 /// Reads at least this long (the kernel's large sequential reads) may trigger readahead.
 const READAHEAD_MIN_READ: u64 = 64 << 10;
-/// How far (uncompressed bytes) a large read that missed may start from the end of the
-/// spans the file's previous such read fetched and still count as the next read of a file
-/// being streamed (the kernel reads it in order; what lies before is local).
+/// How far (uncompressed bytes) past the end of the spans the file's furthest large miss
+/// fetched a large read may start and still count as the next read of a file being streamed.
 const READAHEAD_SLACK: u64 = 64 << 10;
+/// Files whose last large miss is remembered (the map is cleared when it grows past this).
+const READAHEAD_FILES: usize = 4096;
 /// Uncompressed bytes of spans fetched ahead of a sequential reader (in bytes, so that it
 /// does not shrink with the span size of the index).
 const READAHEAD_BYTES: u64 = 16 << 20;
@@ -116,9 +117,9 @@ pub(super) struct Policy {
     recent_misses: Mutex<HashMap<Digest, VecDeque<usize>>>,
     /// Per layer, the distinct spans reads on demand had to fetch (the whole-layer rule).
     missed: Mutex<HashMap<Digest, Missed>>,
-    /// Per layer, the last large read on demand that had to fetch (sequential detection):
-    /// its file's end, the last span it fetched and where that span ends.
-    last_miss: Mutex<HashMap<Digest, (u64, usize, u64)>>,
+    /// Per file (layer, virtual end), the furthest large read on demand that had to fetch
+    /// (sequential detection): where it started, its last span and where that span ends.
+    last_miss: Mutex<HashMap<(Digest, u64), (u64, usize, u64)>>,
     /// When this policy was made; `last_demand` counts milliseconds from here.
     epoch: Instant,
     /// Last time a read on demand had to fetch (ms since `epoch`, 0 = never).
@@ -189,13 +190,15 @@ impl Policy {
     }
 
     /// Readahead: a large read (virtual `read`) that missed in `spans` where the same file's
-    /// previous large miss left off (within [`READAHEAD_SLACK`] of the end of the spans that
-    /// one fetched) looks like a file being streamed; the next spans of the file (which ends
-    /// at virtual `file_end`) to fetch now, so the reader finds them local instead of waiting
-    /// a round trip per span. Small reads (small files, the cold-start pattern) never trigger
-    /// it, nor do large reads elsewhere in the file: a program mapping a 35 MB library reads
-    /// its headers, then its symbol tables a few hundred KiB further on, and would otherwise
-    /// have fetched 16 MiB it never reads.
+    /// furthest large miss left off (starting at or after that read, and at most
+    /// [`READAHEAD_SLACK`] past the end of the spans it fetched; the kernel's reads of one
+    /// stream may arrive out of order, so only a read that gets further is remembered) looks
+    /// like a file being streamed; the next spans of the file (which ends at virtual
+    /// `file_end`) to fetch now, so the reader finds them local instead of waiting a round
+    /// trip per span. Small reads (small files, the cold-start pattern) never trigger it, nor
+    /// do large reads elsewhere in the file: a program mapping a 35 MB library reads its
+    /// headers, then its symbol tables a few hundred KiB further on, and would otherwise have
+    /// fetched 16 MiB it never reads.
     pub(super) fn readahead(
         &self,
         layer: &CachedLayer,
@@ -208,14 +211,20 @@ impl Policy {
         }
         let sequential = {
             let mut last = lock(&self.last_miss);
+            if last.len() >= READAHEAD_FILES {
+                last.clear();
+            }
             let end = layer.layout.span_range(spans.end - 1).end;
-            let prev = last.insert(layer.digest, (file_end, spans.end - 1, end));
-            prev.is_some_and(|(fe, p, pend)| {
-                fe == file_end
-                    && p + 1 < spans.end
-                    && read.start + READAHEAD_SLACK >= pend
-                    && read.start <= pend + READAHEAD_SLACK
-            })
+            let key = (layer.digest, file_end);
+            let prev = last.get(&key).copied();
+            let further = prev.is_none_or(|(_, p, _)| spans.end > p + 1);
+            if further {
+                last.insert(key, (read.start, spans.end - 1, end));
+            }
+            further
+                && prev.is_some_and(|(start, _, pend)| {
+                    read.start >= start && read.start <= pend + READAHEAD_SLACK
+                })
         };
         if !sequential {
             return None;

@@ -20,16 +20,29 @@ async fn prefetch_fetches_the_whole_layer() {
     }
 }
 
+/// Wait (up to 5 s) until span `want` of `l` was fetched ahead of the reader.
+async fn fetched_ahead(cache: &Arc<ChunkCache>, l: &Arc<CachedLayer>, want: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !cache.has_span(l, want) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "span {want} was not fetched ahead"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// Large reads far apart in one file (a library's headers, then its symbol tables) are not a
 /// stream: no readahead until a read starts where the file's previous miss left off.
 #[tokio::test]
 async fn large_reads_far_apart_do_not_read_ahead() {
     let f = fixture();
-    let cache = open_cache(&f.cache_dir, 1 << 30);
-    let (l, _src) = layer(&f, 0);
+    // The 3 MiB file: spans of 256 KiB inside it.
     let (name, data) = &f.files[0];
-    let whole = vrange(&l, name, 0..data.len() as u64);
-    let at = |off: u64| whole.start + off;
+    let (l, _src) = layer(&f, 0);
+    let at = |off: u64| vrange(&l, name, off..off + 1).start;
+    let whole = at(0)..at(0) + data.len() as u64;
+    let cache = open_cache(&f.cache_dir, 1 << 30);
     let span_of = |off: u64| l.layout.locate(at(off)..at(off) + 1).unwrap().start;
     for off in [0u64, 1 << 20] {
         let got = cache
@@ -50,14 +63,30 @@ async fn large_reads_far_apart_do_not_read_ahead() {
         .await
         .unwrap();
     let want = span_of(next) + 3;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !cache.has_span(&l, want) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "span {want} was not fetched ahead"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    fetched_ahead(&cache, &l, want).await;
+}
+
+/// The kernel's reads of one stream may reach the daemon out of order (several FUSE
+/// threads): a read behind the furthest one neither counts nor breaks the stream.
+#[tokio::test]
+async fn a_stream_read_out_of_order_still_reads_ahead() {
+    let f = fixture();
+    let (name, data) = &f.files[0];
+    let (l, _src) = layer(&f, 0);
+    let at = |off: u64| vrange(&l, name, off..off + 1).start;
+    let end = at(0) + data.len() as u64;
+    let cache = open_cache(&f.cache_dir, 1 << 30);
+    let span_of = |off: u64| l.layout.locate(at(off)..at(off) + 1).unwrap().start;
+    let second = l.layout.span_range(span_of(0)).end - at(0);
+    let third = l.layout.span_range(span_of(second)).end - at(0);
+    for off in [second, 0, third] {
+        let got = cache
+            .read_file(&l, at(off)..at(off) + (128 << 10), end)
+            .await
+            .unwrap();
+        assert_eq!(&got[..], &data[off as usize..off as usize + (128 << 10)]);
     }
+    fetched_ahead(&cache, &l, span_of(third) + 3).await;
 }
 
 #[tokio::test]
@@ -93,14 +122,7 @@ async fn streaming_reads_fetch_ahead_within_the_file_small_reads_do_not() {
         s = e;
     }
     let want = last_span + 3;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !cache.has_span(&l, want) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "span {want} was not fetched ahead"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    fetched_ahead(&cache, &l, want).await;
     // Never past the end of the file.
     let after = l
         .layout
