@@ -20,6 +20,9 @@ const READAHEAD_MIN_READ: u64 = 64 << 10;
 /// How far (uncompressed bytes) past the end of the spans the file's furthest large miss
 /// fetched a large read may start and still count as the next read of a file being streamed.
 const READAHEAD_SLACK: u64 = 64 << 10;
+/// A file's furthest large read that missed: where it started, its last span, where that
+/// span ends (virtual offsets).
+type LastMiss = (u64, usize, u64);
 /// Files whose last large miss is remembered (the map is cleared when it grows past this).
 const READAHEAD_FILES: usize = 4096;
 /// Uncompressed bytes of spans fetched ahead of a sequential reader (in bytes, so that it
@@ -119,7 +122,7 @@ pub(super) struct Policy {
     missed: Mutex<HashMap<Digest, Missed>>,
     /// Per file (layer, virtual end), the furthest large read on demand that had to fetch
     /// (sequential detection): where it started, its last span and where that span ends.
-    last_miss: Mutex<HashMap<(Digest, u64), (u64, usize, u64)>>,
+    last_miss: Mutex<HashMap<(Digest, u64), LastMiss>>,
     /// When this policy was made; `last_demand` counts milliseconds from here.
     epoch: Instant,
     /// Last time a read on demand had to fetch (ms since `epoch`, 0 = never).
