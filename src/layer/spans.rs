@@ -5,7 +5,7 @@
 //! decompression-bomb guard), and follows the tar headers in the output ([`TarTrack`]) so a
 //! codec can place its checkpoints closer together among small files ([`SpanHasher::spacing`]).
 //! Codec-neutral: each codec's indexer (`plain.rs`, `gzip.rs`, `zstd.rs`) decides where
-//! checkpoints go. Uses only `seek.rs` and the layer error type.
+//! checkpoints go. Uses `seek.rs`, `tar.rs`'s header fields and the layer error type.
 
 use super::error::{Error, Result};
 use super::seek::{Block, Checkpoint, Compression, SeekTable, BLOCK};
@@ -222,44 +222,15 @@ impl TarTrack {
 }
 
 /// The data size a tar header announces; `None` for an all-zero block (the end of the
-/// archive) or anything that is not a ustar/GNU header with a valid checksum.
+/// archive) or anything that is not a ustar/GNU header with a valid checksum (the fields read
+/// as `tar.rs` reads them).
 fn header_size(h: &[u8]) -> Option<u64> {
-    if h.len() != 512 || h.iter().all(|&b| b == 0) || &h[257..262] != b"ustar" {
+    let block: &[u8; 512] = h.try_into().ok()?;
+    if block.iter().all(|&b| b == 0) || &block[257..262] != b"ustar" {
         return None;
     }
-    let octal = |f: &[u8]| -> Option<u64> {
-        let t: Vec<u8> = f
-            .iter()
-            .copied()
-            .skip_while(|&b| b == b' ')
-            .take_while(|&b| (b'0'..=b'7').contains(&b))
-            .collect();
-        t.iter().try_fold(0u64, |n, &b| {
-            n.checked_mul(8)?.checked_add(u64::from(b - b'0'))
-        })
-    };
-    let sum: u64 = h
-        .iter()
-        .enumerate()
-        .map(|(i, &b)| {
-            if (148..156).contains(&i) {
-                32
-            } else {
-                u64::from(b)
-            }
-        })
-        .sum();
-    if octal(&h[148..156])? != sum {
-        return None;
-    }
-    let f = &h[124..136];
-    if f[0] & 0x80 != 0 {
-        // GNU base-256: big-endian in the remaining bytes.
-        return f[1..]
-            .iter()
-            .try_fold(0u64, |n, &b| n.checked_mul(256)?.checked_add(u64::from(b)));
-    }
-    octal(f)
+    super::tar::check_checksum(block, 0).ok()?;
+    u64::try_from(super::tar::numeric(&block[124..136], 0, "size").ok()?).ok()
 }
 
 #[cfg(test)]

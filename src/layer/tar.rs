@@ -359,7 +359,7 @@ fn nonneg(v: i128, offset: u64, field: &str) -> Result<u64> {
 }
 
 /// Octal (NUL/space padded) or GNU base-256 numeric field.
-fn numeric(field: &[u8], offset: u64, name: &str) -> Result<i128> {
+pub(super) fn numeric(field: &[u8], offset: u64, name: &str) -> Result<i128> {
     let err = |reason: &str| Error::Header {
         offset,
         reason: format!("{name} field: {reason}"),
@@ -408,7 +408,7 @@ fn numeric(field: &[u8], offset: u64, name: &str) -> Result<i128> {
     Ok(v)
 }
 
-fn check_checksum(block: &[u8; 512], offset: u64) -> Result<()> {
+pub(super) fn check_checksum(block: &[u8; 512], offset: u64) -> Result<()> {
     let want = numeric(&block[148..156], offset, "checksum")?;
     let mut unsigned: i128 = 0;
     let mut signed: i128 = 0;
