@@ -184,6 +184,33 @@ async fn fetch_layer_fetches_every_span_once_verified() {
     assert_eq!(cache2.disk_usage().1, 0);
 }
 
+/// Windows of neighbouring checkpoints asked at the same moment share one Range request on
+/// the sidecar blob, and each gets exactly its own bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn windows_asked_together_share_a_request() {
+    let f = fixture();
+    let (l, _src, wsrc, _wdir) = head_only_layer(&f);
+    let full = std::fs::read(f.index.path()).unwrap();
+    let head = crate::layer::head_len(&full).unwrap();
+    let t = l.layout.index().seek_table().unwrap();
+    let near: Vec<usize> = (0..t.checkpoints.len())
+        .filter(|&i| t.needs_window(i))
+        .take(3)
+        .collect();
+    assert_eq!(near.len(), 3);
+    let w = l.windows.clone().unwrap();
+    let asks = near.iter().map(|&i| {
+        let (r, d) = l.layout.remote_window(i).unwrap();
+        let w = w.clone();
+        async move { (r.clone(), w.get(i, r, d).await.unwrap()) }
+    });
+    for (r, got) in futures::future::join_all(asks).await {
+        let want = &full[(head + r.start) as usize..(head + r.end) as usize];
+        assert_eq!(&got[..], want);
+    }
+    assert_eq!(wsrc.requests.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn head_only_index_fetches_windows_lazily_verified_and_once() {
     let f = fixture();
