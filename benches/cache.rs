@@ -67,6 +67,7 @@ fn setup(dir: &std::path::Path, memory: u64) -> (Arc<ChunkCache>, Arc<CachedLaye
         fetch_ahead: 0,
         siblings_after: 0,
         siblings_python: true,
+        near_request: 0,
     })
     .expect("cache");
     let layer = Arc::new(CachedLayer {

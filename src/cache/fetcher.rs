@@ -133,6 +133,42 @@ pub(super) fn coalesce(layout: &Layout, missing: &[usize], max: u64) -> Vec<Rang
     runs.into_iter().map(|(r, _)| r).collect()
 }
 
+/// On a near link ([`Fetcher::near`]): extend each run of `runs` (ascending, disjoint) over
+/// the spans after it for which `free` holds (neither local nor being fetched), up to the
+/// next run, while its compressed bytes are fewer than `min` and its uncompressed bytes stay
+/// within `max`; spans the layout cannot continue one request over (eStargz chunks apart)
+/// end it. A co-located registry's cost is per request: the bytes after a miss are most
+/// often the files read next (a package's modules, in tar order), and they come with it.
+pub(super) fn extend_runs(
+    layout: &Layout,
+    runs: &mut [Range<usize>],
+    min: u64,
+    max: u64,
+    free: impl Fn(usize) -> bool,
+) {
+    let n = layout.count();
+    let len = |i: usize| {
+        let r = layout.span_range(i);
+        r.end - r.start
+    };
+    for k in 0..runs.len() {
+        let limit = runs.get(k + 1).map_or(n, |r| r.start);
+        let run = &mut runs[k];
+        let mut bytes: u64 = run.clone().map(len).sum();
+        while run.end < limit
+            && layout.adjacent(run.end - 1)
+            && bytes + len(run.end) <= max
+            && free(run.end)
+            && layout
+                .compressed(run.clone())
+                .is_ok_and(|c| c.end - c.start < min)
+        {
+            bytes += len(run.end);
+            run.end += 1;
+        }
+    }
+}
+
 pub(super) struct Fetcher {
     permits: tokio::sync::Semaphore,
     /// Taken before a common permit by speculative fetches.
@@ -144,8 +180,14 @@ pub(super) struct Fetcher {
     /// The fastest small fetch so far (µs), and how many were measured.
     floor_us: std::sync::atomic::AtomicU64,
     floor_samples: std::sync::atomic::AtomicU32,
+    /// The fastest answer the sources' servers gave any request (µs; [`Self::note_answers`]).
+    answer_floor_us: std::sync::atomic::AtomicU64,
     /// Fetches on demand (and readahead, prefetch) started and not ended.
     pub(super) link: Arc<LinkUse>,
+    /// On a near link, the compressed bytes a fetch on demand is extended to, and the
+    /// window bytes a stored-window request covers ([`extend_runs`], config
+    /// `near-request-size`; 0 = off).
+    pub(super) near_request: u64,
     timeout: Duration,
     stats: Arc<Stats>,
     /// The local tiers, read for the bytes before a checkpoint (its window).
@@ -199,6 +241,7 @@ impl Fetcher {
     pub(super) fn new(
         max_concurrent: usize,
         timeout: Duration,
+        near_request: u64,
         stats: Arc<Stats>,
         tiers: Arc<Tiers>,
     ) -> Fetcher {
@@ -209,8 +252,10 @@ impl Fetcher {
             far_permits: tokio::sync::Semaphore::new(max_concurrent.max(1) * (FAR_FACTOR - 1)),
             floor_us: std::sync::atomic::AtomicU64::new(u64::MAX),
             floor_samples: Default::default(),
+            answer_floor_us: std::sync::atomic::AtomicU64::new(u64::MAX),
             link: Arc::new(LinkUse::default()),
             timeout,
+            near_request,
             stats,
             tiers,
         }
@@ -226,8 +271,34 @@ impl Fetcher {
     /// least [`FAR_FLOOR`] (round trips bound it, so more requests in flight fill it).
     pub(super) fn far(&self) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
+        let floor = FAR_FLOOR.as_micros() as u64;
         self.floor_samples.load(Relaxed) >= FLOOR_SAMPLES
-            && self.floor_us.load(Relaxed) >= FAR_FLOOR.as_micros() as u64
+            && self.floor_us.load(Relaxed) >= floor
+            && self.answer_floor_us.load(Relaxed) >= floor
+    }
+
+    /// Whether the link to `source` is near: not judged [`far`](Self::far), and a small
+    /// fetch of this cache or any answer of the source's server came in under [`FAR_FLOOR`]
+    /// (one is proof enough: round trips cannot be shorter than the fastest answer). The
+    /// source's answers (the manifest, the index heads) come before the first span fetch, so
+    /// a cold start's first burst of fetches is judged too.
+    pub(super) fn near(&self, source: &dyn super::BlobSource) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.note_answers(source);
+        let floor = FAR_FLOOR.as_micros() as u64;
+        self.floor_us.load(Relaxed) < floor || self.answer_floor_us.load(Relaxed) < floor
+    }
+
+    /// Take the fastest answer of `source`'s server into the link's judgement: a registry
+    /// answering its cheapest requests in a few milliseconds is near even when a cold
+    /// start's load makes every span fetch take longer (measured over loopback: the
+    /// distribution registry at 10–50 ms a fetch, its `/v2/` pings at 1–3 ms).
+    fn note_answers(&self, source: &dyn super::BlobSource) {
+        if let Some(d) = source.fastest_answer() {
+            let us = d.as_micros().try_into().unwrap_or(u64::MAX);
+            self.answer_floor_us
+                .fetch_min(us, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Count a fetch of `bytes` compressed bytes that took `took` in the link's floor.
@@ -371,6 +442,7 @@ impl Fetcher {
         crange: Range<u64>,
         decode: Decode,
     ) -> Result<Bytes, Error> {
+        self.note_answers(&*layer.source);
         let _permit = self.common_permit().await.map_err(|_| Error::Closed {
             layer: layer.digest,
         })?;

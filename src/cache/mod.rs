@@ -122,6 +122,10 @@ pub struct CacheConfig {
     /// Whether Python modules (`.pyc`, `.py`) take part in the sibling fetch: not when the
     /// mount reads each module's imports itself (`mount::python`, config `warm-libraries`).
     pub siblings_python: bool,
+    /// On a near link, the compressed bytes a fetch on demand is extended to over the spans
+    /// after it, and the window bytes a stored-window request covers (config
+    /// `near-request-size`; 0 = off).
+    pub near_request: u64,
 }
 
 /// A read started with [`ChunkCache::start_read_file`]: answered from the local tiers, or
@@ -189,6 +193,7 @@ impl ChunkCache {
             fetcher: Fetcher::new(
                 cfg.max_concurrent_fetches,
                 cfg.fetch_timeout,
+                cfg.near_request,
                 stats.clone(),
                 tiers,
             ),
@@ -464,7 +469,16 @@ impl ChunkCache {
             Kind::Background => fetcher::MAX_BACKGROUND_BYTES,
             _ => fetcher::MAX_COALESCE_BYTES,
         };
-        for run in fetcher::coalesce(&layer.layout, &claim, max) {
+        let mut runs = fetcher::coalesce(&layer.layout, &claim, max);
+        let near = self.fetcher.near_request;
+        let extended = kind == Kind::Demand && near > 0 && self.fetcher.near(&*layer.source);
+        if extended {
+            let free =
+                |i| table.get(&span_key(layer, i)).is_none() && !self.tiers.has_span(layer, i);
+            fetcher::extend_runs(&layer.layout, &mut runs, near, max, free);
+            claim.sort_unstable();
+        }
+        for run in runs {
             let keys: Vec<SpanKey> = run.clone().map(|i| span_key(layer, i)).collect();
             let (me, l, r, k2) = (self.clone(), layer.clone(), run.clone(), keys.clone());
             let promote = matches!(kind, Kind::Spec | Kind::Background)
@@ -505,7 +519,11 @@ impl ChunkCache {
                 .boxed()
                 .shared();
                 table.insert(key, (kind, promote.clone()), f.clone());
-                out.push((i, f, kind == Kind::Demand));
+                // Spans a near-link run was extended over are in the table (and fetched)
+                // but not waited for.
+                if !extended || claim.binary_search(&i).is_ok() {
+                    out.push((i, f, kind == Kind::Demand));
+                }
             }
         }
         local

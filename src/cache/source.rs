@@ -67,6 +67,12 @@ pub trait BlobSource: Send + Sync {
     fn drop_servers(&self) -> Vec<String> {
         Vec::new()
     }
+
+    /// The fastest its server has answered any request so far, if the source knows (a
+    /// registry client's [`Client::fastest_answer`]).
+    fn fastest_answer(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// A blob in a registry (mirrors first, as the client is configured).
@@ -99,6 +105,10 @@ impl BlobSource for RegistryBlob {
 
     fn drop_servers(&self) -> Vec<String> {
         self.client.drop_mirrors_that_served(&self.digest)
+    }
+
+    fn fastest_answer(&self) -> Option<std::time::Duration> {
+        self.client.fastest_answer()
     }
 }
 

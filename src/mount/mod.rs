@@ -186,6 +186,7 @@ pub fn open_cache(store: &Store, config: &Config) -> Result<Arc<ChunkCache>, Err
         fetch_ahead: config.fetch_ahead_spans,
         siblings_after: config.fetch_siblings,
         siblings_python: !config.warm_libraries,
+        near_request: config.near_request_size,
     })
     .map_err(Error::Cache)
 }

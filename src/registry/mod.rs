@@ -200,6 +200,8 @@ pub struct Client {
     /// Endpoint bases that have answered a request of this client (their connections may
     /// be in the pool: requests to them never wait for a preconnect).
     answered: Mutex<std::collections::HashSet<String>>,
+    /// The fastest answer (headers) any server gave this client, in µs ([`Client::fastest_answer`]).
+    fastest_us: Arc<std::sync::atomic::AtomicU64>,
     /// Slices of a slicing mirror's blobs with a request of this client under way
     /// ([`blobs::SliceLocks`]).
     slices: blobs::SliceLocks,
@@ -231,6 +233,7 @@ impl Client {
             health: health::Health::new(hold),
             preconnects: Mutex::new(HashMap::new()),
             answered: Mutex::new(Default::default()),
+            fastest_us: Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX)),
             slices: Default::default(),
             tails: Default::default(),
         })
@@ -243,6 +246,15 @@ impl Client {
     }
 
     /// The credential files this client reads.
+    /// The fastest any server (registry or mirror) answered a request of this client, from
+    /// sending it to its response headers: a server answering in a few milliseconds is near
+    /// (loopback, the same host or rack), which the lazy fetcher uses before its own fetches
+    /// have measured the link (`cache/fetcher.rs`). `None` before the first answer.
+    pub fn fastest_answer(&self) -> Option<Duration> {
+        let us = self.fastest_us.load(std::sync::atomic::Ordering::Relaxed);
+        (us != u64::MAX).then(|| Duration::from_micros(us))
+    }
+
     pub fn credential_store(&self) -> &CredentialStore {
         &self.creds
     }

@@ -57,10 +57,14 @@ async fn concurrent_random_reads_are_exact_and_single_flight() {
 /// the configured number (4 here), at most three times it; on a fast link never more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_far_link_gets_more_fetches_in_flight() {
-    for (delay, far) in [(30, true), (0, false)] {
+    // (fetch delay, the server's fastest answer in ms (0: unknown), far): a server that
+    // answers its cheapest requests in 2 ms is near however slow its fetches are (a
+    // co-located registry under a cold start's load: more requests only add to it).
+    for (delay, answer, far) in [(30, 0, true), (0, 0, false), (30, 2, false)] {
         let f = fixture();
         let cache = open_cache(&f.cache_dir, 1 << 30);
         let (l, src) = layer(&f, delay);
+        src.answer_us.store(answer * 1000, Ordering::SeqCst);
         let spans = l.layout.count().min(48);
         assert!(spans >= 16, "fixture too small: {spans} spans");
         // Two waves: the first measures the link, the second may use it.
@@ -85,6 +89,86 @@ async fn a_far_link_gets_more_fetches_in_flight() {
         } else {
             assert!(most <= 4, "near link: {most} in flight at most");
         }
+    }
+}
+
+/// The spans from `i` on that are local, and the compressed bytes they take.
+fn local_run(cache: &ChunkCache, l: &CachedLayer, i: usize) -> (usize, u64) {
+    let n = (i..l.layout.count())
+        .take_while(|&j| cache.has_span(l, j))
+        .count();
+    let c = l.layout.compressed(i..i + n.max(1)).unwrap();
+    (n, c.end - c.start)
+}
+
+#[tokio::test]
+async fn a_near_link_brings_the_spans_after_a_miss_in_its_request() {
+    const NEAR: u64 = 256 << 10;
+    let f = fixture_with(&[6 << 20]);
+    let near_cache = |dir: &std::path::Path| {
+        ChunkCache::open(CacheConfig {
+            near_request: NEAR,
+            ..config(dir)
+        })
+        .unwrap()
+    };
+    let (l, src) = layer(&f, 0);
+    assert!(l.layout.count() >= 20, "fixture too small");
+    let one = |i: usize| l.layout.compressed(i..i + 1).unwrap();
+    assert!(
+        one(4).end - one(4).start < NEAR,
+        "spans too large for the test"
+    );
+    // Nothing known of the link yet: the first miss fetches its span only.
+    let cache = near_cache(&f.cache_dir.join("a"));
+    let r = l.layout.span_range(0);
+    cache.read(&l, r.start..r.start + 1).await.unwrap();
+    assert_eq!(local_run(&cache, &l, 0).0, 1);
+    // That fetch was fast: the next miss goes on over the spans after it, in one request,
+    // until the request holds NEAR compressed bytes; the spans before it stay remote.
+    let r = l.layout.span_range(4);
+    let before = src.requests.load(Ordering::SeqCst);
+    cache.read(&l, r.start..r.start + 1).await.unwrap();
+    assert_eq!(src.requests.load(Ordering::SeqCst), before + 1);
+    let (n, bytes) = local_run(&cache, &l, 4);
+    assert!(n >= 2 && bytes >= NEAR, "{n} spans, {bytes} bytes");
+    let c = l.layout.compressed(4..4 + n - 1).unwrap();
+    assert!(c.end - c.start < NEAR, "extended past the size: {n} spans");
+    assert!(!cache.has_span(&l, 3) && !cache.has_span(&l, 1));
+    // ... and stops at a span already local (span 2's request ends where span 4 begins).
+    let asked = src.asked.load(Ordering::SeqCst);
+    let r = l.layout.span_range(2);
+    cache.read(&l, r.start..r.start + 1).await.unwrap();
+    let c = l.layout.compressed(2..4).unwrap();
+    assert_eq!(src.asked.load(Ordering::SeqCst) - asked, c.end - c.start);
+    assert!(cache.has_span(&l, 3) && !cache.has_span(&l, 1));
+    // The extended spans' bytes are right.
+    let (name, data) = &f.files[0];
+    let e = l.layout.index().lookup(name).unwrap();
+    let sr = l.layout.span_range(5);
+    let got = cache
+        .try_read_local(&l, sr.clone())
+        .expect("span 5 local")
+        .unwrap();
+    let rel = (sr.start - e.offset()) as usize..(sr.end - e.offset()) as usize;
+    assert_eq!(&got[..], &data[rel]);
+
+    // A server that answered in 2 ms: near from the first miss on.
+    let (l2, src2) = layer(&f, 0);
+    src2.answer_us.store(2_000, Ordering::SeqCst);
+    let cache = near_cache(&f.cache_dir.join("b"));
+    let r = l2.layout.span_range(0);
+    cache.read(&l2, r.start..r.start + 1).await.unwrap();
+    assert!(local_run(&cache, &l2, 0).0 >= 2);
+
+    // A far link (fetches of 30 ms, answers of 25 ms): never extended.
+    let (l3, src3) = layer(&f, 30);
+    src3.answer_us.store(25_000, Ordering::SeqCst);
+    let cache = near_cache(&f.cache_dir.join("c"));
+    for i in [0, 3, 6, 9, 12, 15] {
+        let r = l3.layout.span_range(i);
+        cache.read(&l3, r.start..r.start + 1).await.unwrap();
+        assert_eq!(local_run(&cache, &l3, i).0, 1, "span {i}");
     }
 }
 

@@ -19,11 +19,38 @@ struct TestSource {
     /// Requests under way, and the most at once.
     in_flight: Arc<AtomicU64>,
     max_in_flight: Arc<AtomicU64>,
+    /// What the source says its server's fastest answer took (µs; 0: it does not know).
+    answer_us: AtomicU64,
+    /// Bytes asked for, all requests.
+    asked: AtomicU64,
+}
+
+impl TestSource {
+    fn new(blob: Bytes, delay_ms: u64) -> Arc<TestSource> {
+        Arc::new(TestSource {
+            blob,
+            requests: AtomicU64::new(0),
+            corrupt: AtomicBool::new(false),
+            delay_ms,
+            max_len: AtomicU64::new(0),
+            in_flight: Default::default(),
+            max_in_flight: Default::default(),
+            answer_us: AtomicU64::new(0),
+            asked: AtomicU64::new(0),
+        })
+    }
 }
 
 impl BlobSource for TestSource {
+    fn fastest_answer(&self) -> Option<std::time::Duration> {
+        let us = self.answer_us.load(Ordering::SeqCst);
+        (us > 0).then(|| std::time::Duration::from_micros(us))
+    }
+
     fn fetch(&self, range: Range<u64>) -> BoxFuture<'static, Result<Bytes, FetchError>> {
         self.requests.fetch_add(1, Ordering::SeqCst);
+        self.asked
+            .fetch_add(range.end - range.start, Ordering::SeqCst);
         let max = self.max_len.load(Ordering::SeqCst);
         if max > 0 && range.end - range.start > max {
             let e = std::io::Error::other("test source: request too long");
@@ -133,6 +160,7 @@ fn config(dir: &std::path::Path) -> CacheConfig {
         fetch_ahead: 0,
         siblings_after: 0,
         siblings_python: true,
+        near_request: 0,
     }
 }
 
@@ -147,20 +175,13 @@ fn open_cache(dir: &std::path::Path, disk: u64) -> Arc<ChunkCache> {
         fetch_ahead: 0,
         siblings_after: 0,
         siblings_python: true,
+        near_request: 0,
     })
     .unwrap()
 }
 
 fn layer(f: &Fixture, delay_ms: u64) -> (Arc<CachedLayer>, Arc<TestSource>) {
-    let src = Arc::new(TestSource {
-        blob: f.blob.clone(),
-        requests: AtomicU64::new(0),
-        corrupt: AtomicBool::new(false),
-        delay_ms,
-        max_len: AtomicU64::new(0),
-        in_flight: Default::default(),
-        max_in_flight: Default::default(),
-    });
+    let src = TestSource::new(f.blob.clone(), delay_ms);
     let l = Arc::new(CachedLayer {
         digest: Digest::of(&f.blob),
         layout: Layout::new(f.index.clone()),
@@ -194,6 +215,7 @@ fn open_cache_mem(dir: &std::path::Path, memory: u64) -> Arc<ChunkCache> {
         fetch_ahead: 0,
         siblings_after: 0,
         siblings_python: true,
+        near_request: 0,
     })
     .unwrap()
 }
@@ -222,24 +244,8 @@ fn head_only_layer(f: &Fixture) -> (Arc<CachedLayer>, Arc<TestSource>, Arc<TestS
     std::fs::write(&head_path, &full[..head as usize]).unwrap();
     let ix = Arc::new(LayerIndex::open(&head_path).unwrap());
     assert!(!ix.windows_local());
-    let src = Arc::new(TestSource {
-        blob: f.blob.clone(),
-        requests: AtomicU64::new(0),
-        corrupt: AtomicBool::new(false),
-        delay_ms: 5,
-        max_len: AtomicU64::new(0),
-        in_flight: Default::default(),
-        max_in_flight: Default::default(),
-    });
-    let wsrc = Arc::new(TestSource {
-        blob: Bytes::from(full),
-        requests: AtomicU64::new(0),
-        corrupt: AtomicBool::new(false),
-        delay_ms: 5,
-        max_len: AtomicU64::new(0),
-        in_flight: Default::default(),
-        max_in_flight: Default::default(),
-    });
+    let src = TestSource::new(f.blob.clone(), 5);
+    let wsrc = TestSource::new(Bytes::from(full), 5);
     let wdir = f.cache_dir.with_file_name("windows");
     let l = Arc::new(CachedLayer {
         digest: Digest::of(&f.blob),

@@ -154,6 +154,7 @@ async fn partial_span_reads_are_exact_verified_and_smaller() {
         fetch_ahead: 0,
         siblings_after: 0,
         siblings_python: true,
+        near_request: 0,
     })
     .unwrap();
     let (l, src) = layer(&f, 0);
@@ -256,6 +257,7 @@ impl Spec {
             fetch_ahead: ahead,
             siblings_after: 0,
             siblings_python: true,
+            near_request: 0,
             memory_bytes: 64 << 20,
             ..config(&f.cache_dir)
         })
@@ -634,6 +636,7 @@ fn sibling_cache_with(
     let cache = ChunkCache::open(CacheConfig {
         siblings_after: after,
         siblings_python: python,
+        near_request: 0,
         memory_bytes: 64 << 20,
         ..config(&f.cache_dir)
     })

@@ -115,15 +115,7 @@ async fn estargz_chunks_are_one_block_each_and_a_tampered_chunk_is_refetched() {
     let toc = &blob[tr.start as usize..tr.end as usize];
     let out = f.cache_dir.with_file_name("esgz-index");
     let ix = crate::layer::estargz::build_index(footer, toc, size, &toc_digest, &out).unwrap();
-    let src = Arc::new(TestSource {
-        blob: Bytes::from(blob),
-        requests: AtomicU64::new(0),
-        corrupt: AtomicBool::new(false),
-        delay_ms: 0,
-        max_len: AtomicU64::new(0),
-        in_flight: Default::default(),
-        max_in_flight: Default::default(),
-    });
+    let src = TestSource::new(Bytes::from(blob), 0);
     let l = Arc::new(CachedLayer {
         digest: Digest::of(&src.blob),
         layout: Layout::new(Arc::new(ix)),
