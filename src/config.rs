@@ -191,12 +191,12 @@ pub struct Config {
     pub fetch_siblings: usize,
     /// On a near link (a server that answered in under 10 ms: loopback, the same host or
     /// rack; `cache/fetcher.rs`), a fetch on demand goes on over the following spans that are
-    /// neither local nor being fetched until its request holds this many compressed bytes,
-    /// and a stored-window request brings the neighbouring checkpoints' windows: a
-    /// co-located registry's cost is per request, not per byte (the distribution registry
+    /// neither local nor being fetched until its request holds this many compressed bytes:
+    /// a co-located registry's cost is per request, not per byte (the distribution registry
     /// reads 4 MiB for each). 256KiB (default): a cold unshaped `import numpy` on big made
-    /// ~160 requests instead of ~260, 0.89 s instead of 1.0 s (docs/benchmarks.md, issue
-    /// 16); 0 turns it off. Far links are never extended.
+    /// ~160 requests instead of ~260, 0.85 s instead of 1.0 s (docs/benchmarks.md, issue
+    /// 16); 0 turns it off. Far links are never extended, nor is anything with
+    /// `mirror-slice-size` set (a slicing mirror's upstream bytes count first there).
     #[serde(default = "default_near_request", deserialize_with = "de_near_request")]
     pub near_request_size: u64,
     /// Launch warm-up (`mount/warm.rs`): when `strata run` mounts a container's rootfs, read

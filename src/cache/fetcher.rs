@@ -1,6 +1,7 @@
 //! Fetching spans: which missing spans go out together (adjacent runs, coalesced into one
-//! Range request), and for one run or span prefix the request itself under a fetch permit
-//! (more of them once the link's fastest fetches show round trips of 10 ms or more), with
+//! Range request; on a near link extended over the spans after it, [`extend_runs`]), and for
+//! one run or span prefix the request itself under a fetch permit (more of them once the
+//! link's fastest fetches and answers show round trips of 10 ms or more), with
 //! the checkpoint's gzip window when the index holds only its head (`windows.rs`, or the
 //! local span before the checkpoint), decoded and verified block by block on the blocking
 //! pool, retried, all within the fetch deadline. Calls the layer's
@@ -184,9 +185,8 @@ pub(super) struct Fetcher {
     answer_floor_us: std::sync::atomic::AtomicU64,
     /// Fetches on demand (and readahead, prefetch) started and not ended.
     pub(super) link: Arc<LinkUse>,
-    /// On a near link, the compressed bytes a fetch on demand is extended to, and the
-    /// window bytes a stored-window request covers ([`extend_runs`], config
-    /// `near-request-size`; 0 = off).
+    /// On a near link, the compressed bytes a fetch on demand is extended to
+    /// ([`extend_runs`], config `near-request-size`; 0 = off).
     pub(super) near_request: u64,
     timeout: Duration,
     stats: Arc<Stats>,
@@ -268,7 +268,9 @@ impl Fetcher {
     }
 
     /// Whether the link is far: the fastest of the small fetches measured so far took at
-    /// least [`FAR_FLOOR`] (round trips bound it, so more requests in flight fill it).
+    /// least [`FAR_FLOOR`] (round trips bound it, so more requests in flight fill it), and
+    /// no server answered faster ([`Self::note_answers`]: a loaded co-located registry's
+    /// fetches take that long too, and more requests in flight only load it more).
     pub(super) fn far(&self) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
         let floor = FAR_FLOOR.as_micros() as u64;
@@ -277,11 +279,11 @@ impl Fetcher {
             && self.answer_floor_us.load(Relaxed) >= floor
     }
 
-    /// Whether the link to `source` is near: not judged [`far`](Self::far), and a small
-    /// fetch of this cache or any answer of the source's server came in under [`FAR_FLOOR`]
-    /// (one is proof enough: round trips cannot be shorter than the fastest answer). The
-    /// source's answers (the manifest, the index heads) come before the first span fetch, so
-    /// a cold start's first burst of fetches is judged too.
+    /// Whether the link to `source` is near: a small fetch of this cache or any answer of
+    /// the source's server came in under [`FAR_FLOOR`] (one is proof enough: round trips
+    /// are no shorter than the fastest answer). The source's answers (the connection
+    /// pings, the manifest, the index heads) come before the first span fetch, so a cold
+    /// start's first burst of fetches is judged too.
     pub(super) fn near(&self, source: &dyn super::BlobSource) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
         self.note_answers(source);

@@ -186,7 +186,12 @@ pub fn open_cache(store: &Store, config: &Config) -> Result<Arc<ChunkCache>, Err
         fetch_ahead: config.fetch_ahead_spans,
         siblings_after: config.fetch_siblings,
         siblings_python: !config.warm_libraries,
-        near_request: config.near_request_size,
+        // With a slicing mirror the upstream's bytes are what counts (issue 22): a fetch
+        // extended over spans nobody asked for could pull whole slices for nothing.
+        near_request: match config.mirror_slice_size {
+            0 => config.near_request_size,
+            _ => 0,
+        },
     })
     .map_err(Error::Cache)
 }
