@@ -22,11 +22,12 @@ const HALF_TEXT: Mix = Mix {
 #[test]
 fn a_near_registry_gets_a_miss_and_the_spans_after_it_in_one_request() {
     let reg = Registry::start();
-    // 48 files of 24 KiB, half text (~12 KB of gzip each): ~0.6 MB of gzip, checkpoints
-    // 64 KiB apart among them. No name suffix, so no sibling fetch.
+    // 160 files of 24 KiB, half text (~12 KB of gzip each): ~2 MB of gzip, checkpoints
+    // 64 KiB apart among them (enough spans that three reads do not make the layer "mostly
+    // needed" and fetched whole). No name suffix, so no sibling fetch.
     let mut l = Layer::new().dir("m");
     let mut files = Vec::new();
-    for i in 0..48u64 {
+    for i in 0..160u64 {
         let d = pseudo_mixed(24 << 10, 100 + i, HALF_TEXT);
         l = l.file(&format!("m/f{i:02}"), d.clone());
         files.push(d);
@@ -50,7 +51,7 @@ fn a_near_registry_gets_a_miss_and_the_spans_after_it_in_one_request() {
         };
         // The last file first: its fetch measures the link too (the mount's own requests
         // may all have been slow on a loaded machine), and nothing after it is counted.
-        read(47);
+        read(159);
         let mark = reg.served().len();
         read(4);
         let (first, bytes) = reg.range_gets_since(mark, &layer);
