@@ -123,8 +123,7 @@ pub struct CacheConfig {
     /// mount reads each module's imports itself (`mount::python`, config `warm-libraries`).
     pub siblings_python: bool,
     /// On a near link, the compressed bytes a fetch on demand is extended to over the spans
-    /// after it, and the window bytes a stored-window request covers (config
-    /// `near-request-size`; 0 = off).
+    /// after it (config `near-request-size`; 0 = off).
     pub near_request: u64,
 }
 

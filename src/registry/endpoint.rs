@@ -256,7 +256,7 @@ impl Client {
             let sent = Instant::now();
             let result = rb.send().await;
             if result.is_ok() {
-                self.answered_in(sent.elapsed());
+                answered_in(&self.fastest_us, sent.elapsed());
                 let mut answered = lock(&self.answered);
                 if !answered.contains(&ep.base) {
                     answered.insert(ep.base.clone());
@@ -534,14 +534,6 @@ impl Client {
         self.health.drop_servers_of(blob)
     }
 
-    /// A server answered (headers) this long after the request was sent: the client's
-    /// [`fastest_answer`](Client::fastest_answer).
-    fn answered_in(&self, took: Duration) {
-        let us = took.as_micros().try_into().unwrap_or(u64::MAX);
-        self.fastest_us
-            .fetch_min(us, std::sync::atomic::Ordering::Relaxed);
-    }
-
     /// Open connections to the endpoints `repo` will be read from (the upstream and the first
     /// endpoint of a pull, a mirror when one is configured), [`PRECONNECTIONS`] each (a mount
     /// asks for its index sidecar and its access profile at once, each through the referrers
@@ -570,8 +562,7 @@ impl Client {
                     let sent = Instant::now();
                     match tokio::time::timeout(Duration::from_secs(5), req.send()).await {
                         Ok(Ok(resp)) => {
-                            let us = sent.elapsed().as_micros().try_into().unwrap_or(u64::MAX);
-                            fastest.fetch_min(us, std::sync::atomic::Ordering::Relaxed);
+                            answered_in(&fastest, sent.elapsed());
                             let _ = resp.bytes().await;
                         }
                         Ok(Err(e)) => tracing::debug!(endpoint = %ep.base, "preconnect: {e}"),
@@ -664,4 +655,11 @@ impl Client {
     pub(super) fn scope_push(name: &str) -> String {
         format!("repository:{name}:pull,push")
     }
+}
+
+/// A server answered (headers) `took` after the request was sent: keep the fastest in
+/// `fastest` (µs), the client's [`fastest_answer`](Client::fastest_answer).
+fn answered_in(fastest: &std::sync::atomic::AtomicU64, took: Duration) {
+    let us = took.as_micros().try_into().unwrap_or(u64::MAX);
+    fastest.fetch_min(us, std::sync::atomic::Ordering::Relaxed);
 }
