@@ -185,9 +185,6 @@ pub(super) struct Fetcher {
     answer_floor_us: std::sync::atomic::AtomicU64,
     /// Fetches on demand (and readahead, prefetch) started and not ended.
     pub(super) link: Arc<LinkUse>,
-    /// On a near link, the compressed bytes a fetch on demand is extended to
-    /// ([`extend_runs`], config `near-request-size`; 0 = off).
-    pub(super) near_request: u64,
     timeout: Duration,
     stats: Arc<Stats>,
     /// The local tiers, read for the bytes before a checkpoint (its window).
@@ -241,7 +238,6 @@ impl Fetcher {
     pub(super) fn new(
         max_concurrent: usize,
         timeout: Duration,
-        near_request: u64,
         stats: Arc<Stats>,
         tiers: Arc<Tiers>,
     ) -> Fetcher {
@@ -255,7 +251,6 @@ impl Fetcher {
             answer_floor_us: std::sync::atomic::AtomicU64::new(u64::MAX),
             link: Arc::new(LinkUse::default()),
             timeout,
-            near_request,
             stats,
             tiers,
         }
@@ -272,11 +267,18 @@ impl Fetcher {
     /// no server answered faster ([`Self::note_answers`]: a loaded co-located registry's
     /// fetches take that long too, and more requests in flight only load it more).
     pub(super) fn far(&self) -> bool {
+        self.floor_samples
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= FLOOR_SAMPLES
+            && !self.fast_seen()
+    }
+
+    /// Whether a small fetch of this cache, or an answer of a source's server, came in
+    /// under [`FAR_FLOOR`].
+    fn fast_seen(&self) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
         let floor = FAR_FLOOR.as_micros() as u64;
-        self.floor_samples.load(Relaxed) >= FLOOR_SAMPLES
-            && self.floor_us.load(Relaxed) >= floor
-            && self.answer_floor_us.load(Relaxed) >= floor
+        self.floor_us.load(Relaxed) < floor || self.answer_floor_us.load(Relaxed) < floor
     }
 
     /// Whether the link to `source` is near: a small fetch of this cache or any answer of
@@ -285,10 +287,8 @@ impl Fetcher {
     /// pings, the manifest, the index heads) come before the first span fetch, so a cold
     /// start's first burst of fetches is judged too.
     pub(super) fn near(&self, source: &dyn super::BlobSource) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
         self.note_answers(source);
-        let floor = FAR_FLOOR.as_micros() as u64;
-        self.floor_us.load(Relaxed) < floor || self.answer_floor_us.load(Relaxed) < floor
+        self.fast_seen()
     }
 
     /// Take the fastest answer of `source`'s server into the link's judgement: a registry

@@ -172,6 +172,9 @@ pub struct ChunkCache {
     /// yields the span's bytes through that block).
     prefixes: SingleFlight<SpanKey, Bytes, Error, usize>,
     fetcher: Fetcher,
+    /// On a near link, the compressed bytes a fetch on demand is extended to
+    /// ([`fetcher::extend_runs`], config `near-request-size`; 0 = off).
+    near_request: u64,
     policy: Policy,
     pub stats: Arc<Stats>,
 }
@@ -192,10 +195,10 @@ impl ChunkCache {
             fetcher: Fetcher::new(
                 cfg.max_concurrent_fetches,
                 cfg.fetch_timeout,
-                cfg.near_request,
                 stats.clone(),
                 tiers,
             ),
+            near_request: cfg.near_request,
             policy: Policy::new(
                 cfg.partial_spans,
                 cfg.fetch_ahead,
@@ -469,7 +472,7 @@ impl ChunkCache {
             _ => fetcher::MAX_COALESCE_BYTES,
         };
         let mut runs = fetcher::coalesce(&layer.layout, &claim, max);
-        let near = self.fetcher.near_request;
+        let near = self.near_request;
         let extended = kind == Kind::Demand && near > 0 && self.fetcher.near(&*layer.source);
         if extended {
             let free =
