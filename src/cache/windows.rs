@@ -134,7 +134,10 @@ impl RemoteWindows {
     }
 
     /// Bytes `range` of the window section, fetched in the next batch (see [`BATCH_DELAY`]).
-    async fn fetch_batched(self: &Arc<Self>, range: Range<u64>) -> Result<Bytes, FetchError> {
+    pub(super) async fn fetch_batched(
+        self: &Arc<Self>,
+        range: Range<u64>,
+    ) -> Result<Bytes, FetchError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let start = {
             let mut b = self.batch.lock().unwrap_or_else(|p| p.into_inner());
