@@ -75,6 +75,7 @@ fn setup(dir: &std::path::Path, memory: u64) -> (Arc<ChunkCache>, Arc<CachedLaye
         layout: Layout::new(index),
         source: Arc::new(MemBlob(blob)),
         windows: None,
+        groups: None,
         check: Default::default(),
     });
     (cache, layer, off)

@@ -460,10 +460,16 @@ fn wrong_content_range_is_refused() {
         let (c, d) = got.split_once('/').unwrap().0.split_once('-').unwrap();
         seen.insert((num(c) - num(a), num(d) - num(b)));
     }
-    assert_eq!(
-        seen,
-        [(7, 7), (0, -4096), (0, 4096)].into_iter().collect(),
-        "refusals naming the Content-Range:\n{log}"
+    // A piece of the sidecar shorter than 4 KiB (a trimmed window, a block record group)
+    // moved 4096 bytes short is clamped by the proxy to its first byte: (0, 1 - its length).
+    let moved: std::collections::BTreeSet<(i64, i64)> =
+        [(7, 7), (0, -4096), (0, 4096)].into_iter().collect();
+    assert!(
+        moved.is_subset(&seen)
+            && seen
+                .iter()
+                .all(|p| moved.contains(p) || (p.0 == 0 && (-4096..0).contains(&p.1))),
+        "refusals naming the Content-Range {seen:?}:\n{log}"
     );
     assert!(check_cache_spans(&env.root()) > 0);
     assert_no_panic(&env);

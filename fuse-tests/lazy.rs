@@ -236,7 +236,7 @@ fn a_forged_heads_listing_is_only_a_hint() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|d| d["artifactType"] == "application/vnd.strata.index.v4")
+        .find(|d| d["artifactType"] == "application/vnd.strata.index.v5")
         .expect("sidecar in the listing")
         .clone();
     let heads: Vec<serde_json::Value> =
@@ -268,7 +268,7 @@ fn a_forged_heads_listing_is_only_a_hint() {
         .collect();
     let mut forged = listing.clone();
     for d in forged["manifests"].as_array_mut().unwrap() {
-        if d["artifactType"] == "application/vnd.strata.index.v4" {
+        if d["artifactType"] == "application/vnd.strata.index.v5" {
             d["annotations"][heads_note] =
                 serde_json::Value::String(serde_json::to_string(&forged_heads).unwrap());
         }
@@ -374,14 +374,24 @@ fn sidecar_index_gives_a_lazy_exact_mount() {
         .filter(|n| n.ends_with(".windows-from"))
         .count();
     assert!(heads >= 1, "no head-only index: {names:?}");
-    let windows_fetched: usize = names
-        .iter()
-        .filter(|n| n.ends_with(".windows"))
-        .map(|n| std::fs::read_dir(ixdir.join(n)).unwrap().count())
-        .sum();
+    // Local copies of sidecar pieces: files in the `<layer>.<suffix>` directories.
+    let copies = |suffix: &str| -> usize {
+        names
+            .iter()
+            .filter(|n| n.ends_with(suffix))
+            .map(|n| std::fs::read_dir(ixdir.join(n)).unwrap().count())
+            .sum()
+    };
+    let windows_fetched = copies(".windows");
     assert!(
         windows_fetched <= 2,
         "{windows_fetched} windows for one small file"
+    );
+    // Format 5: the block records of the spans read, by group, not the whole section.
+    let groups_fetched = copies(".groups");
+    assert!(
+        (1..=2).contains(&groups_fetched),
+        "{groups_fetched} block record groups for one small file: {names:?}"
     );
     reg.settle_logs();
     let served = reg.bytes_served() - served_before;

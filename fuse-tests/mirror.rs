@@ -466,7 +466,7 @@ fn sidecar_index_blob(reg: &Registry, repo: &str) -> String {
         .as_array()
         .unwrap()
         .iter()
-        .find(|d| d["artifactType"] == "application/vnd.strata.index.v4")
+        .find(|d| d["artifactType"] == "application/vnd.strata.index.v5")
         .expect("sidecar in the referrers")
         .clone();
     let am = json(&reg.get_manifest(repo, art["digest"].as_str().unwrap()).body);
@@ -474,7 +474,7 @@ fn sidecar_index_blob(reg: &Registry, repo: &str) -> String {
         .as_array()
         .unwrap()
         .iter()
-        .find(|l| l["mediaType"] == "application/vnd.strata.layer.index.v4")
+        .find(|l| l["mediaType"] == "application/vnd.strata.layer.index.v5")
         .expect("index blob in the sidecar")["digest"]
         .as_str()
         .unwrap()

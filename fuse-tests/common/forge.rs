@@ -113,10 +113,10 @@ pub fn forge(
     let art = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "artifactType": "application/vnd.strata.index.v4",
+        "artifactType": "application/vnd.strata.index.v5",
         "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
         "layers": [{
-            "mediaType": "application/vnd.strata.layer.index.v4",
+            "mediaType": "application/vnd.strata.layer.index.v5",
             "digest": index_blob,
             "size": index.len(),
             "annotations": {"dev.strata.layer.digest": good.layers[0].digest},
@@ -143,7 +143,7 @@ pub fn forge(
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "digest": art_digest,
             "size": art.len(),
-            "artifactType": "application/vnd.strata.index.v4",
+            "artifactType": "application/vnd.strata.index.v5",
         }],
     });
     put_manifest(

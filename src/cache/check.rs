@@ -105,6 +105,11 @@ impl ChunkCache {
             let _ = std::fs::remove_file(&path);
             return Err(e);
         }
+        // Every span is checked below: a head-only index needs all its block records.
+        if let Err(e) = super::fetcher::ensure_groups(layer, 0..layer.layout.count()).await {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
         let l2 = layer.clone();
         let verdict = tokio::task::spawn_blocking(move || {
             let got = hash_file(&file).map_err(|e| e.to_string())?;

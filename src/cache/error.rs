@@ -46,6 +46,20 @@ pub enum Error {
         #[source]
         source: Box<WindowError>,
     },
+    /// The block records checking span `span` (an index holding only its head, format 5)
+    /// could not be had.
+    #[error("layer {layer}: span {span}: block records of its blocks")]
+    Groups {
+        layer: Digest,
+        span: usize,
+        #[source]
+        source: Box<WindowError>,
+    },
+    /// The index holds only its head and nothing says where its block records are.
+    #[error(
+        "layer {layer}: span {span}: the index holds no block records and names no source for them"
+    )]
+    NoGroupSource { layer: Digest, span: usize },
     /// The index holds only its head and nothing says where its gzip windows are.
     #[error(
         "layer {layer}: span {span}: the index holds no gzip windows and names no source for them"
@@ -115,7 +129,7 @@ impl Error {
         match self {
             Error::Timeout { .. } => libc::ETIMEDOUT,
             Error::Fetch { source, .. } => source.errno(),
-            Error::Window { source, .. } => source.errno(),
+            Error::Window { source, .. } | Error::Groups { source, .. } => source.errno(),
             Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             _ => libc::EIO,
         }

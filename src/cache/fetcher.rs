@@ -3,7 +3,8 @@
 //! one run or span prefix the request itself under a fetch permit (more of them once the
 //! link's fastest fetches and answers show round trips of 10 ms or more), with
 //! the checkpoint's gzip window when the index holds only its head (`windows.rs`, or the
-//! local span before the checkpoint), decoded and verified block by block on the blocking
+//! local span before the checkpoint) and the block record groups that check the run
+//! ([`ensure_groups`], format 5), decoded and verified block by block on the blocking
 //! pool, retried, all within the fetch deadline. Calls the layer's
 //! [`BlobSource`](super::BlobSource) (the registry or a local blob), `layout.rs` and reads
 //! the local tiers (`local.rs`); stores nothing and takes no lock of the cache (single-flight
@@ -185,7 +186,7 @@ pub(super) struct Fetcher {
     answer_floor_us: std::sync::atomic::AtomicU64,
     /// Fetches on demand (and readahead, prefetch) started and not ended.
     pub(super) link: Arc<LinkUse>,
-    timeout: Duration,
+    pub(super) timeout: Duration,
     stats: Arc<Stats>,
     /// The local tiers, read for the bytes before a checkpoint (its window).
     tiers: Arc<Tiers>,
@@ -491,7 +492,10 @@ impl Fetcher {
                         w.forget(first).await;
                     }
                 }
-                Error::Window { .. } | Error::NoWindowSource { .. } => {
+                Error::Window { .. }
+                | Error::NoWindowSource { .. }
+                | Error::Groups { .. }
+                | Error::NoGroupSource { .. } => {
                     tracing::warn!(layer = %layer.digest, attempt, "window fetch failed: {}", err.report())
                 }
                 _ => {
@@ -538,9 +542,14 @@ impl Fetcher {
                 }),
             }
         };
-        let (fetched, window) =
-            futures::future::join(layer.source.fetch(crange.clone()), window_fut).await;
+        let (fetched, window, groups) = futures::future::join3(
+            layer.source.fetch(crange.clone()),
+            window_fut,
+            ensure_groups(layer, decode.spans()),
+        )
+        .await;
         let window = window?;
+        groups?;
         let compressed = fetched.map_err(|source| Error::Fetch {
             layer: layer.digest,
             range: crange.clone(),
@@ -593,4 +602,45 @@ impl Fetcher {
             }),
         }
     }
+}
+
+/// Make the block records of spans `spans` usable: a head-only index (format 5) fetches the
+/// groups holding them from the sidecar (concurrently, each checked against its sha256 in the
+/// head) unless they are loaded or local.
+pub(super) async fn ensure_groups(
+    layer: &Arc<CachedLayer>,
+    spans: Range<usize>,
+) -> Result<(), Error> {
+    let first = spans.start;
+    let missing = layer.layout.groups_missing(spans);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let Some(src) = &layer.groups else {
+        return Err(Error::NoGroupSource {
+            layer: layer.digest,
+            span: first,
+        });
+    };
+    let each = missing.into_iter().map(|grp| async move {
+        let Some((range, digest)) = layer.layout.group(grp) else {
+            return Ok(());
+        };
+        let b = src
+            .get(grp, range, Some(digest))
+            .await
+            .map_err(|source| Error::Groups {
+                layer: layer.digest,
+                span: first,
+                source: Box::new(source),
+            })?;
+        layer
+            .layout
+            .load_group(grp, &b)
+            .map_err(|source| Error::Index {
+                layer: layer.digest,
+                source: Box::new(source),
+            })
+    });
+    futures::future::try_join_all(each).await.map(|_| ())
 }

@@ -1,7 +1,9 @@
 //! How a layer's verified units ("spans") map to compressed bytes, for both kinds of index:
 //! seek-table spans (plain tar, gzip checkpoints, zstd frames) and eStargz chunks. Calls
 //! `layer` (seek tables, eStargz chunk decoding) and `learned.rs` (the block digests a SOCI
-//! zTOC's index lacks, learned at the first decode; its only I/O) and nothing else.
+//! zTOC's index lacks, learned at the first decode) and nothing else; its only other I/O is
+//! reading back the local copies of a head-only index's block record groups (format 5,
+//! `<index file>.groups/<group>`, written by the fetch that brought them).
 //!
 //! Both are seen through one coordinate: a *virtual uncompressed offset*. For seek-table
 //! layers it is the offset in the uncompressed tar stream (a file's bytes start at its entry's
@@ -48,6 +50,8 @@ pub struct Layout {
     chunk_starts: Option<Vec<u64>>,
     /// A seek table without block digests (SOCI): the ones its decodes produced.
     learned: Option<Learned>,
+    /// A head-only index (format 5): where local copies of its block record groups are.
+    groups_dir: Option<std::path::PathBuf>,
 }
 
 impl Layout {
@@ -75,12 +79,55 @@ impl Layout {
                 let mut p = index.path().as_os_str().to_owned();
                 p.push(".blocks");
                 let identity = <[u8; 32]>::from(Sha256::digest(t.encode()));
-                Learned::open(std::path::Path::new(&p), t.blocks.len(), identity)
+                Learned::open(std::path::Path::new(&p), t.block_count(), identity)
             });
+        let groups_dir = index.seek_table().filter(|t| !t.blocks_local()).map(|_| {
+            let mut p = index.path().as_os_str().to_owned();
+            p.push(".groups");
+            std::path::PathBuf::from(p)
+        });
         Layout {
             index,
             chunk_starts,
             learned,
+            groups_dir,
+        }
+    }
+
+    /// The block record groups spans `spans` need that are not loaded (a head-only index):
+    /// what to get before decoding them. No I/O: the fetch gets them through the sidecar's
+    /// `RemoteWindows`, which looks at the local copies first.
+    pub fn groups_missing(&self, spans: Range<usize>) -> Vec<usize> {
+        match self.index.seek_table() {
+            Some(t) if self.chunk_starts.is_none() => t.groups_missing(spans),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Load the local copies of the groups spans `spans` need (a head-only index read back
+    /// after a restart, whose cached spans are verified without a fetch); a copy that fails
+    /// its group sha256 is left out.
+    fn load_local_groups(&self, spans: Range<usize>) {
+        let (Some(t), Some(dir)) = (self.index.seek_table(), &self.groups_dir) else {
+            return;
+        };
+        for g in t.groups_missing(spans) {
+            if let Ok(b) = std::fs::read(dir.join(g.to_string())) {
+                let _ = t.load_group(g, &b);
+            }
+        }
+    }
+
+    /// Byte range of block record group `grp` in the sidecar's block section and its sha256.
+    pub fn group(&self, grp: usize) -> Option<(Range<u64>, [u8; 32])> {
+        self.index.seek_table()?.group(grp)
+    }
+
+    /// Check fetched block record group `grp` against the head and keep it.
+    pub fn load_group(&self, grp: usize, bytes: &[u8]) -> Result<(), LayoutError> {
+        match self.index.seek_table() {
+            Some(t) => Ok(t.load_group(grp, bytes)?),
+            None => Ok(()),
         }
     }
 
@@ -307,7 +354,12 @@ impl Layout {
             }
             (None, Some(t)) => match &self.learned {
                 Some(l) => k < t.blocks_of(i).len() && l.check(t.blocks_of(i).start + k, data),
-                None => t.verify_block(i, k, data).is_ok(),
+                None => {
+                    if t.block(t.blocks_of(i).start + k).is_none() {
+                        self.load_local_groups(i..i + 1);
+                    }
+                    t.verify_block(i, k, data).is_ok()
+                }
             },
             (None, None) => false,
         }

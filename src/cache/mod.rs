@@ -76,6 +76,8 @@ pub struct CachedLayer {
     pub source: Arc<dyn BlobSource>,
     /// Where the stored gzip windows come from when the index file holds only its head.
     pub windows: Option<Arc<RemoteWindows>>,
+    /// Where its block record groups come from then (format 5, `layer/groups.rs`).
+    pub groups: Option<Arc<RemoteWindows>>,
     /// The whole-layer digest check (`whole.rs`); `Default::default()`.
     pub check: WholeCheck,
 }
@@ -180,6 +182,11 @@ pub struct ChunkCache {
 }
 
 impl ChunkCache {
+    /// The deadline of one fetch (config `fetch-timeout`).
+    pub fn fetch_timeout(&self) -> std::time::Duration {
+        self.fetcher.timeout
+    }
+
     pub fn open(cfg: CacheConfig) -> Result<Arc<ChunkCache>, Error> {
         let disk = disk::Disk::open(cfg.dir.clone(), cfg.disk_bytes)?;
         let stats = Arc::new(Stats::default());

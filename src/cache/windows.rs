@@ -1,5 +1,6 @@
 //! Stored gzip windows of a layer whose index came from a sidecar as its head alone (index
-//! format 3 and later): each checkpoint's window is fetched with one Range request on the
+//! format 3 and later), and in the same way its block record groups (format 5, keyed by group,
+//! checked against the group sha256s of the head: [`RemoteWindows::groups`]): each checkpoint's window is fetched with one Range request on the
 //! sidecar blob the first time a span decoded from that checkpoint is fetched (concurrently
 //! with the span's compressed bytes), checked (its length; its sha256 when the head carries
 //! one, which format 4 heads do not: the spans decoded with it are checked block by block
@@ -45,22 +46,30 @@ type Asked = (
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum WindowError {
-    #[error("fetching the window of checkpoint {checkpoint} (sidecar bytes {range:?})")]
+    #[error("fetching the {what} {checkpoint} (sidecar bytes {range:?})")]
     Fetch {
+        what: &'static str,
         checkpoint: usize,
         range: Range<u64>,
         #[source]
         source: FetchError,
     },
-    #[error(
-        "window of checkpoint {checkpoint} (sidecar bytes {range:?}) does not match its sha256"
-    )]
+    #[error("{what} {checkpoint} (sidecar bytes {range:?}) does not match its sha256")]
     Digest {
+        what: &'static str,
         checkpoint: usize,
         range: Range<u64>,
     },
-    #[error("window of checkpoint {checkpoint}: task failed")]
+    #[error("{what} {checkpoint} (sidecar bytes {range:?}): no answer within {after:?}")]
+    Timeout {
+        what: &'static str,
+        checkpoint: usize,
+        range: Range<u64>,
+        after: Duration,
+    },
+    #[error("{what} {checkpoint}: task failed")]
     Task {
+        what: &'static str,
         checkpoint: usize,
         #[source]
         source: Arc<tokio::task::JoinError>,
@@ -72,6 +81,7 @@ impl WindowError {
     pub fn errno(&self) -> i32 {
         match self {
             WindowError::Fetch { source, .. } => source.errno(),
+            WindowError::Timeout { .. } => libc::ETIMEDOUT,
             _ => libc::EIO,
         }
     }
@@ -79,15 +89,22 @@ impl WindowError {
 
 /// Where a layer's windows come from; see the module docs.
 pub struct RemoteWindows {
+    /// What the pieces are, for messages: "window of checkpoint", "block record group".
+    what: &'static str,
     /// The sidecar index blob (the whole index file).
     source: Arc<dyn BlobSource>,
-    /// Offset of the window section in the sidecar blob (the head's length).
+    /// Offset of the section in the sidecar blob (after the head and, for the windows, the
+    /// block records).
     base: u64,
     /// Local copies, `<dir>/<checkpoint>`.
     dir: PathBuf,
     inflight: SingleFlight<usize, Bytes, WindowError>,
     /// Windows waiting for the next batch, and whether one is due.
     batch: Mutex<(Vec<Asked>, bool)>,
+    /// How long one piece's fetch may take (ms): the cache's fetch deadline, so that a
+    /// stalled request does not outlive the reads that gave up on it (later reads would join
+    /// it and time out in turn).
+    deadline_ms: AtomicU64,
     /// Windows fetched from the registry, and their bytes.
     pub fetched: AtomicU64,
     pub fetched_bytes: AtomicU64,
@@ -95,15 +112,38 @@ pub struct RemoteWindows {
 
 impl RemoteWindows {
     pub fn new(source: Arc<dyn BlobSource>, base: u64, dir: PathBuf) -> Arc<RemoteWindows> {
+        Self::of("window of checkpoint", source, base, dir)
+    }
+
+    /// The same for the block record groups of a format 5 head (`layer/groups.rs`): the
+    /// section at `base` is the block section, a piece is a group (its digest in the head).
+    pub fn groups(source: Arc<dyn BlobSource>, base: u64, dir: PathBuf) -> Arc<RemoteWindows> {
+        Self::of("block record group", source, base, dir)
+    }
+
+    fn of(
+        what: &'static str,
+        source: Arc<dyn BlobSource>,
+        base: u64,
+        dir: PathBuf,
+    ) -> Arc<RemoteWindows> {
         Arc::new(RemoteWindows {
+            what,
             source,
             base,
             dir,
             inflight: SingleFlight::new(),
             batch: Mutex::new((Vec::new(), false)),
+            deadline_ms: AtomicU64::new(super::DEFAULT_FETCH_TIMEOUT.as_millis() as u64),
             fetched: AtomicU64::new(0),
             fetched_bytes: AtomicU64::new(0),
         })
+    }
+
+    /// Set how long one piece's fetch may take (the cache's `fetch-timeout`).
+    pub fn set_deadline(&self, after: Duration) {
+        self.deadline_ms
+            .store(after.as_millis().max(1) as u64, Relaxed);
     }
 
     /// The checked stored window of checkpoint `i`, at `range` of the window section, with
@@ -116,8 +156,10 @@ impl RemoteWindows {
         digest: Option<[u8; 32]>,
     ) -> Result<Bytes, WindowError> {
         let me = self.clone();
+        let what = self.what;
         let work = move || async move { me.load(i, range, digest).await }.boxed();
         let failed = move |e| WindowError::Task {
+            what,
             checkpoint: i,
             source: Arc::new(e),
         };
@@ -215,17 +257,25 @@ impl RemoteWindows {
                 return Ok(Bytes::from(b));
             }
             tracing::warn!(
-                checkpoint = i,
-                "local window copy failed verification; fetching it again"
+                what = self.what,
+                piece = i,
+                "local copy failed verification; fetching it again"
             );
             let p2 = path.clone();
             let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(p2)).await;
         }
         let abs = self.base + range.start..self.base + range.end;
-        let b = self
-            .fetch_batched(range.clone())
+        let after = Duration::from_millis(self.deadline_ms.load(Relaxed));
+        let b = tokio::time::timeout(after, self.fetch_batched(range.clone()))
             .await
+            .map_err(|_| WindowError::Timeout {
+                what: self.what,
+                checkpoint: i,
+                range: abs.clone(),
+                after,
+            })?
             .map_err(|source| WindowError::Fetch {
+                what: self.what,
                 checkpoint: i,
                 range: abs.clone(),
                 source,
@@ -233,8 +283,13 @@ impl RemoteWindows {
         self.fetched.fetch_add(1, Relaxed);
         self.fetched_bytes.fetch_add(b.len() as u64, Relaxed);
         if !ok(&b) {
-            tracing::error!(checkpoint = i, range = ?abs, "sidecar window failed its check");
+            tracing::error!(what = self.what, piece = i, range = ?abs, "sidecar piece failed its check");
+            // Checked by a sha256 the head carries: the source served wrong bytes.
+            if digest.is_some() {
+                self.source.distrust();
+            }
             return Err(WindowError::Digest {
+                what: self.what,
                 checkpoint: i,
                 range: abs,
             });

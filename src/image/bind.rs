@@ -217,6 +217,7 @@ pub fn forget_index(store: &Store, layer: &Digest) {
         let _ = std::fs::remove_file(dir.join(format!("{hex}.{suffix}")));
     }
     let _ = std::fs::remove_dir_all(dir.join(format!("{hex}.windows")));
+    let _ = std::fs::remove_dir_all(dir.join(format!("{hex}.groups")));
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use crate::registry::Client;
 use bytes::Bytes;
 use std::collections::BTreeMap;
 
-pub const HEAD_ZSTD_MEDIA_TYPE: &str = "application/vnd.strata.layer.index.head.v4+zstd";
+pub const HEAD_ZSTD_MEDIA_TYPE: &str = "application/vnd.strata.layer.index.head.v5+zstd";
 /// On a compressed head: the digest of the index blob whose head it is.
 pub const HEAD_OF_ANNOTATION: &str = "dev.strata.index.head.of";
 /// On the sidecar artifact manifest (and so in the referrers listing, which carries a
@@ -100,7 +100,9 @@ const LEVEL: i32 = 12;
 /// tenth (tiny heads are not worth a second blob).
 pub fn compress(index_digest: Digest, bytes: &[u8], head: u64) -> Option<(Descriptor, Bytes)> {
     let head = bytes.get(..usize::try_from(head).ok()?)?;
-    let z = zstd::bulk::compress(head, LEVEL).ok()?;
+    let mut planed = head.to_vec();
+    planes(&mut planed, false);
+    let z = zstd::bulk::compress(&planed, LEVEL).ok()?;
     if z.len() as u64 * 10 > head.len() as u64 * 9 {
         return None;
     }
@@ -168,7 +170,9 @@ pub async fn fetch(
 /// bytes are produced).
 pub fn decompress(z: &[u8], size: u64, digest: Digest) -> Result<Bytes, String> {
     let cap = usize::try_from(size).map_err(|_| "head size out of range".to_string())?;
-    let out = zstd::bulk::decompress(z, cap).map_err(|e| format!("does not decompress: {e}"))?;
+    let mut out =
+        zstd::bulk::decompress(z, cap).map_err(|e| format!("does not decompress: {e}"))?;
+    planes(&mut out, true);
     if out.len() as u64 != size {
         return Err(format!("decompresses to {} bytes, not {size}", out.len()));
     }
@@ -176,6 +180,64 @@ pub fn decompress(z: &[u8], size: u64, digest: Digest) -> Result<Bytes, String> 
         return Err("decompresses to bytes that do not match the head digest".into());
     }
     Ok(Bytes::from(out))
+}
+
+/// The fixed-size records of a head (88-byte entries, 32-byte checkpoints) stored byte plane
+/// by plane (every record's byte 0, then every byte 1, ...) in a compressed head: each field's
+/// bytes side by side compress a fifth to a quarter smaller. The record counts and offsets are
+/// read from the head's header and seek header, which are never moved, so `back` (after
+/// decompressing) undoes exactly what the publisher did; a region that does not fit is left as
+/// it is (the head's sha256 is checked afterwards either way).
+fn planes(head: &mut [u8], back: bool) {
+    let u64_at = |b: &[u8], o: usize| -> Option<usize> {
+        let v = u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?);
+        usize::try_from(v).ok()
+    };
+    let regions = |b: &[u8]| -> Vec<(usize, usize, usize)> {
+        let mut out = Vec::new();
+        if b.len() < 128 || &b[..8] != b"STRATAIX" {
+            return out;
+        }
+        if let (Some(n), Some(eo)) = (u64_at(b, 16), u64_at(b, 112)) {
+            out.push((eo, n, 88));
+        }
+        if let (Some(ko), Some(kl)) = (u64_at(b, 56), u64_at(b, 64)) {
+            if kl >= 64 {
+                if let Some(c) = ko.checked_add(32).and_then(|o| u64_at(b, o)) {
+                    out.push((ko.saturating_add(64), c, 32));
+                }
+            }
+        }
+        // Never the header nor the seek header (where the counts are read), and not two
+        // regions over the same bytes. Offsets come from untrusted bytes: no overflow.
+        let seek = u64_at(b, 56).unwrap_or(0);
+        let span = |&(o, n, r): &(usize, usize, usize)| {
+            let end = n.checked_mul(r).and_then(|l| o.checked_add(l))?;
+            (o >= 128 && end <= b.len() && (end <= seek || o >= seek.saturating_add(64)))
+                .then_some(o..end)
+        };
+        out.retain(|x| span(x).is_some());
+        if let [x, y] = &out[..] {
+            let (a, c) = (span(x).unwrap_or_default(), span(y).unwrap_or_default());
+            if a.start < c.end && c.start < a.end {
+                out.clear();
+            }
+        }
+        out
+    };
+    for (o, n, r) in regions(head) {
+        let src = head[o..o + n * r].to_vec();
+        let dst = &mut head[o..o + n * r];
+        for i in 0..n {
+            for j in 0..r {
+                if back {
+                    dst[i * r + j] = src[j * n + i];
+                } else {
+                    dst[j * n + i] = src[i * r + j];
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -206,6 +268,55 @@ mod tests {
         assert!(decompress(&z, head + 1, hd).is_err());
         assert!(decompress(&z, head, Digest::of(b"x")).is_err());
         assert!(decompress(b"not zstd", head, hd).is_err());
+    }
+
+    /// A real index head goes through the planes and back exactly, and compresses smaller
+    /// with them.
+    #[test]
+    fn planes_round_trip_on_a_real_head() {
+        let mut tar = ::tar::Builder::new(Vec::new());
+        for i in 0..3000u32 {
+            let data = format!("file {i}\n").repeat(1 + (i as usize % 300));
+            let mut h = ::tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_mtime(1_700_000_000 + u64::from(i % 7));
+            h.set_cksum();
+            tar.append_data(&mut h, format!("d{}/f{i}", i % 40), data.as_bytes())
+                .unwrap();
+        }
+        let tar = tar.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut gz, &tar).unwrap();
+        let blob = gz.finish().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("ix");
+        let opts = crate::layer::BuildOptions {
+            span: 64 << 10,
+            ..Default::default()
+        };
+        crate::layer::build_index_with(&blob[..], crate::layer::MEDIA_TAR_GZIP, &out, &opts)
+            .unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        let head = crate::layer::head_len(&bytes).unwrap() as usize;
+        let mut p = bytes[..head].to_vec();
+        planes(&mut p, false);
+        assert_ne!(p, &bytes[..head]);
+        planes(&mut p, true);
+        assert_eq!(p, &bytes[..head]);
+        // Hostile offsets and counts (the planes run before the digest check): no panic.
+        for (at, v) in [(56, u64::MAX), (16, u64::MAX / 8), (112, u64::MAX - 3)] {
+            let mut h = bytes[..head].to_vec();
+            h[at..at + 8].copy_from_slice(&v.to_le_bytes());
+            planes(&mut h, true);
+            planes(&mut h, false);
+        }
+        let (d, z) = compress(Digest::of(&bytes), &bytes, head as u64).unwrap();
+        let plain = zstd::bulk::compress(&bytes[..head], LEVEL).unwrap();
+        assert!(z.len() < plain.len(), "{} vs {}", z.len(), plain.len());
+        let hd = Digest::of(&bytes[..head]);
+        assert_eq!(decompress(&z, head as u64, hd).unwrap(), &bytes[..head]);
+        assert_eq!(d.size, z.len() as u64);
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! every index file written here gets its trust mark there.
 
 use super::bind::{self, Mark};
+use super::tail::{groups_dir, windows_dir, windows_from_path, WindowsFrom};
+pub use super::tail::{remote_tail, RemoteTail};
 use super::{Error, Progress};
 use crate::config::IndexTrust;
 use crate::digest::Digest;
@@ -23,18 +25,20 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Artifact type of sidecars holding layer index files of format version 4. The
+/// Artifact type of sidecars holding layer index files of format version 5. The
 /// version is in the type so a sidecar of another format is recognised (and skipped with a
 /// note) from the referrers list alone, without fetching its blobs.
-pub const ARTIFACT_TYPE: &str = "application/vnd.strata.index.v4";
-pub const INDEX_MEDIA_TYPE: &str = "application/vnd.strata.layer.index.v4";
+pub const ARTIFACT_TYPE: &str = "application/vnd.strata.index.v5";
+pub const INDEX_MEDIA_TYPE: &str = "application/vnd.strata.layer.index.v5";
 /// Artifact types of sidecars an older strata published (index format 1: no block hashes;
 /// 2: windows inside the seek section, so a mount had to fetch all of them; 3: a sha256 per
-/// span and per window in the head besides the block sha256s, checkpoints evenly spaced).
+/// span and per window in the head besides the block sha256s, checkpoints evenly spaced; 4:
+/// every block record in the head).
 const OLD_ARTIFACT_TYPES: &[&str] = &[
     "application/vnd.strata.index.v1",
     "application/vnd.strata.index.v2",
     "application/vnd.strata.index.v3",
+    "application/vnd.strata.index.v4",
 ];
 pub const LAYER_ANNOTATION: &str = "dev.strata.layer.digest";
 /// Length of the index blob's head (everything before the window section): a mount fetches
@@ -76,57 +80,6 @@ pub fn index_path(store: &Store, layer: &Digest) -> PathBuf {
     store.root().join("indexes").join(layer.hex())
 }
 
-/// Where a head-only index (from a sidecar) records the blob its windows are in.
-fn windows_from_path(store: &Store, layer: &Digest) -> PathBuf {
-    store
-        .root()
-        .join("indexes")
-        .join(format!("{}.windows-from", layer.hex()))
-}
-
-/// Local copies of a head-only index's windows, one file per checkpoint.
-fn windows_dir(store: &Store, layer: &Digest) -> PathBuf {
-    store
-        .root()
-        .join("indexes")
-        .join(format!("{}.windows", layer.hex()))
-}
-
-/// The sidecar blob holding the windows of a head-only index.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct WindowsFrom {
-    blob: Digest,
-    head: u64,
-}
-
-/// For a layer whose local index holds only its head: where its gzip windows are fetched from
-/// (the sidecar blob in `reference`'s repository). `None` when the index has its windows.
-pub fn remote_windows(
-    client: &Arc<Client>,
-    store: &Store,
-    reference: &Reference,
-    layer: &Digest,
-    index: &LayerIndex,
-) -> Option<Arc<crate::cache::RemoteWindows>> {
-    if index.windows_local() {
-        return None;
-    }
-    let from: WindowsFrom = store
-        .read_json(&windows_from_path(store, layer))
-        .ok()
-        .flatten()?;
-    Some(crate::cache::RemoteWindows::new(
-        Arc::new(crate::cache::RegistryBlob {
-            client: client.clone(),
-            repo: reference.repo(),
-            digest: from.blob,
-            small_pieces: true,
-        }),
-        from.head,
-        windows_dir(store, layer),
-    ))
-}
-
 fn layer_err(digest: Digest, e: impl Into<Error>) -> Error {
     Error::Layer {
         digest,
@@ -165,7 +118,7 @@ fn open_local(store: &Store, d: &Digest) -> Option<LayerIndex> {
     }
     match LayerIndex::open(&p) {
         // A head without a record of where its windows are cannot be read: fetch it again.
-        Ok(i) if !i.windows_local() && !windows_from_path(store, d).exists() => {
+        Ok(i) if !i.tail_local() && !windows_from_path(store, d).exists() => {
             tracing::warn!(layer = %d, "dropping a head-only index with no window source");
             let _ = std::fs::remove_file(&p);
             None
@@ -562,13 +515,14 @@ async fn fetch_sidecar_index(
             ),
         });
     }
-    if !ix.windows_local() {
+    if !ix.tail_local() {
         let from = WindowsFrom {
             blob: desc.digest,
             head: body.len() as u64,
         };
         // Windows fetched for an earlier index of this layer are not this blob's.
         let _ = std::fs::remove_dir_all(windows_dir(store, &layer));
+        let _ = std::fs::remove_dir_all(groups_dir(store, &layer));
         store.write_json(&windows_from_path(store, &layer), &from)?;
     }
     drop(ix);
@@ -675,7 +629,7 @@ pub async fn index_image(
     let mut zheads = Vec::new();
     for l in &rec.layers {
         let local = open_trusted(store, &l.digest, IndexTrust::Bound, &[])
-            .filter(|(ix, m)| *m != Mark::Bound && ix.windows_local())
+            .filter(|(ix, m)| *m != Mark::Bound && ix.tail_local())
             .map(|(ix, _)| ix)
             .filter(|ix| match (span, ix.seek_table()) {
                 (Some(want), Some(t)) => t.span == want,

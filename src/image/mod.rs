@@ -22,6 +22,7 @@ mod pull;
 mod push;
 pub mod signed;
 pub mod soci;
+mod tail;
 mod toc;
 
 pub use archive::{load, save};

@@ -86,7 +86,7 @@ impl SeekTable {
         let cp = self.checkpoints.get(i)?;
         let cstart = cp.cin - u64::from(cp.bits > 0);
         let whole = self.span_plan(self.span_range(i)).ok()?.compressed;
-        let bound = self.blocks.get(self.blocks_of(i).start + k)?.cend;
+        let bound = self.block(self.blocks_of(i).start + k)?.cend;
         Some(cstart..bound.clamp(cstart, whole.end))
     }
 

@@ -86,6 +86,8 @@ pub enum Error {
         expected: Digest,
         got: Digest,
     },
+    #[error("block records: {reason}")]
+    Groups { reason: String },
     #[error("checkpoint {span}: its window is not local (fetch it from the sidecar first)")]
     WindowMissing { span: usize },
     #[error("span {span} (uncompressed bytes {range:?}) could not be decoded: {reason}")]

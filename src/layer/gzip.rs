@@ -4,17 +4,19 @@
 //! the tar reader can parse the uncompressed bytes at the same time), in bounded memory: a
 //! 64 KiB input and a 64 KiB output buffer plus zlib's 32 KiB window. Every SPAN bytes of output
 //! it records a checkpoint at a deflate block boundary (compressed byte offset, unused bit count,
-//! the 32 KiB window compressed with deflate) or, for free, at the start of a gzip member (no
+//! the 32 KiB window, trimmed to the bytes the checkpoint's matches use (`trim.rs`) and
+//! compressed with deflate) or, for free, at the start of a gzip member (no
 //! window needed), closer together among small files (`SpanHasher::spacing`). The `Gzip` codec restarts the inflater from a
 //! checkpoint (`inflatePrime` + `inflateSetDictionary`), crosses member boundaries, stops each
 //! span at its known length and verifies it. Implements the `codec.rs` traits; uses `seek.rs`,
-//! `spans.rs` and the layer error type. The only `unsafe` in `layer/` is the small
+//! `spans.rs`, `trim.rs` and the layer error type. The only `unsafe` in `layer/` is the small
 //! [`Inflater`] wrapper around the libz-rs-sys C API.
 
 use super::codec::{self, Codec, Indexer};
 use super::error::{Error, Result};
 use super::seek::{Compression, SeekTable, SpanPlan, Window};
 use super::spans::SpanHasher;
+use super::trim::Pending;
 use libz_rs_sys as z;
 use std::io::{ErrorKind, Read, Write};
 use std::ops::Range;
@@ -174,6 +176,10 @@ pub struct GzipIndexer<R> {
     state: State,
     spans: SpanHasher,
     span: u64,
+    /// The last checkpoint, until its window can be trimmed (`trim.rs`).
+    pending: Option<Pending>,
+    /// The last compressed byte consumed (a checkpoint's partial byte).
+    last_byte: u8,
 }
 
 impl<R: Read> GzipIndexer<R> {
@@ -191,7 +197,19 @@ impl<R: Read> GzipIndexer<R> {
             state: State::BetweenMembers,
             spans: SpanHasher::new(limit),
             span: span.max(1),
+            pending: None,
+            last_byte: 0,
         })
+    }
+
+    /// Store the pending checkpoint's window (trimmed once its output is all seen, `ended`:
+    /// the member ended; see `trim.rs`).
+    fn settle(&mut self, ended: bool) {
+        if let Some(p) = self.pending.take() {
+            let at = p.at;
+            let packed = p.pack(ended);
+            self.spans.set_window(at, &packed);
+        }
     }
 
     fn refill(&mut self) -> Result<()> {
@@ -277,17 +295,37 @@ impl<R: Read> GzipIndexer<R> {
                     self.in_pos += step.consumed;
                     self.cin += step.consumed as u64;
                     self.spans.output(&out[..step.produced], self.cin)?;
+                    if step.consumed > 0 {
+                        self.last_byte = self.inbuf[self.in_pos - 1];
+                    }
+                    if let Some(p) = &mut self.pending {
+                        p.feed(
+                            &self.inbuf[self.in_pos - step.consumed..self.in_pos],
+                            &out[..step.produced],
+                        );
+                    }
                     match step.code {
-                        z::Z_STREAM_END => self.state = State::BetweenMembers,
+                        z::Z_STREAM_END => {
+                            // Matches never cross a member's end: the window is settled.
+                            self.settle(true);
+                            self.state = State::BetweenMembers
+                        }
                         z::Z_OK | z::Z_BUF_ERROR => {
                             let dt = self.inflater.data_type();
                             if dt & 128 != 0
                                 && dt & 64 == 0
                                 && self.spans.since_last() >= self.spans.spacing(self.span)
                             {
-                                let window = pack_window(&self.inflater.dictionary());
+                                self.settle(false);
                                 let bits = (dt & 7) as u8;
-                                self.spans.checkpoint(self.cin, bits, false, &window);
+                                let at = self.spans.checkpoints.len();
+                                self.spans.checkpoint(self.cin, bits, false, &[]);
+                                self.pending = Some(Pending::new(
+                                    at,
+                                    self.inflater.dictionary(),
+                                    bits,
+                                    self.last_byte,
+                                ));
                             }
                         }
                         code => {
@@ -309,7 +347,8 @@ impl<R: Read> Indexer for GzipIndexer<R> {
         self.inflate_some(out).map_err(std::io::Error::other)
     }
 
-    fn finish(self) -> Result<SeekTable> {
+    fn finish(mut self) -> Result<SeekTable> {
+        self.settle(true);
         if self.state != State::Done {
             return Err(Error::Gzip {
                 offset: self.cin,
@@ -453,7 +492,16 @@ pub fn build_seek_table(input: impl Read, span: u64, limit: u64) -> Result<SeekT
 
 /// Deflate-compress a window for storage.
 pub(crate) fn pack_window(window: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    pack_window_at(window, flate2::Compression::default())
+}
+
+/// The same at the best compression (a trimmed window: mostly zeroes, `trim.rs`).
+pub(crate) fn pack_window_best(window: &[u8]) -> Vec<u8> {
+    pack_window_at(window, flate2::Compression::best())
+}
+
+fn pack_window_at(window: &[u8], level: flate2::Compression) -> Vec<u8> {
+    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), level);
     // Writing to a Vec cannot fail.
     let _ = enc.write_all(window);
     enc.finish().unwrap_or_default()
@@ -496,7 +544,7 @@ mod tests {
         let t = build_seek_table(&blob[..], 32 << 10, u64::MAX).unwrap();
         assert_eq!(t.uncompressed_size, all.len() as u64);
         assert!(t.checkpoints.len() > 3, "{:?}", t.checkpoints);
-        let t = SeekTable::decode(&t.encode(), &t.windows).unwrap();
+        let t = SeekTable::decode(&t.encode(), &t.tail()).unwrap();
         let mut ranges = vec![0..1, 0..all.len() as u64, 699_990..700_010];
         for c in &t.checkpoints {
             let u = c.uout;

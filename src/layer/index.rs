@@ -26,9 +26,12 @@ pub const MAGIC: &[u8; 8] = b"STRATAIX";
 /// is a complete index that can be fetched alone and windows fetched one at a time.
 /// 4: no span or window sha256s in the seek section (the block sha256s check every byte a
 /// span or a window decodes to; a SOCI zTOC's table keeps both), and gzip checkpoints closer
-/// together among small files: a smaller head, less decoded before a small file. Files of
-/// other versions are refused with [`Error::IndexVersion`] (rebuild them).
-pub const VERSION: u32 = 4;
+/// together among small files: a smaller head, less decoded before a small file.
+/// 5: the block records left the head for a block section between the head and the windows
+/// (`groups.rs`), the head keeps one sha256 per group of 64: a cold mount fetches the records
+/// of the blocks it reads, by group, instead of all of them. Files of other versions are
+/// refused with [`Error::IndexVersion`] (rebuild them).
+pub const VERSION: u32 = 5;
 const HEADER: usize = 128;
 const RECORD: usize = 88;
 const XATTR: usize = 16;
@@ -215,7 +218,7 @@ pub fn encode(
     out.extend_from_slice(&seek_bytes);
     out.extend_from_slice(&chunk_bytes);
     if let Some(t) = seek {
-        out.extend_from_slice(&t.windows);
+        out.extend_from_slice(&t.tail());
     }
     Ok(out)
 }
@@ -508,10 +511,11 @@ impl LayerIndex {
         self.meta
     }
 
-    /// Whether this file holds its window section (built here) or only its head (from a
-    /// sidecar: windows are fetched one at a time when a span is first decoded).
-    pub fn windows_local(&self) -> bool {
-        self.seek.as_ref().is_none_or(SeekTable::windows_local)
+    /// Whether this file holds its tail, block records and windows (built here), or only its
+    /// head (from a sidecar: block records are fetched by group and windows one at a time
+    /// when a span is first decoded).
+    pub fn tail_local(&self) -> bool {
+        self.seek.as_ref().is_none_or(SeekTable::tail_local)
     }
 
     pub fn seek_table(&self) -> Option<&SeekTable> {

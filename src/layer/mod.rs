@@ -25,6 +25,7 @@ mod entry;
 mod error;
 pub mod estargz;
 mod flatbuf;
+pub mod groups;
 pub mod gzip;
 pub(crate) mod index;
 mod plain;
@@ -32,6 +33,7 @@ mod seek;
 pub mod soci;
 mod spans;
 mod tar;
+mod trim;
 pub mod zchunked;
 pub mod zstd;
 

@@ -118,7 +118,7 @@ mod tests {
         let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let t = index_stream(TarSpans::new(&data[..], 1000, u64::MAX)).unwrap();
         assert_eq!(t.checkpoints.len(), 10);
-        let t2 = SeekTable::decode(&t.encode(), &t.windows).unwrap();
+        let t2 = SeekTable::decode(&t.encode(), &t.tail()).unwrap();
         assert_eq!(t, t2);
         let p = t.span_plan(1500..2500).unwrap();
         assert_eq!(p.spans, 1..3);
@@ -154,7 +154,7 @@ mod tests {
         assert_eq!(t.blocks_covering(3, 0..3001), 0..1);
         // Plain tar: the bound of a block is its end.
         assert_eq!(t.blocks[13].cend, 3600);
-        let t2 = SeekTable::decode(&t.encode(), &t.windows).unwrap();
+        let t2 = SeekTable::decode(&t.encode(), &t.tail()).unwrap();
         assert_eq!(t, t2);
         for k in 0..4 {
             let br = t.block_range(3, k);

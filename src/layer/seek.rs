@@ -13,14 +13,17 @@
 //! says which compressed bytes to fetch. Each block also records an upper bound of the compressed
 //! bytes needed to decode its span up to the block's end (for partial span fetches; see
 //! `docs/layer-index.md`). Serialised by [`SeekTable::encode`] into the seek section of the index
-//! file (see `docs/layer-index.md`).
+//! file, which holds a sha256 per group of block records; the records and the windows are the
+//! file's tail ([`SeekTable::tail`]), and a table read from a head alone gets its records by
+//! group (`groups.rs`; see `docs/layer-index.md`).
 //!
 //! This file is the table only: its format, planning and verification. It knows no codec: the
 //! tables are built by `spans::SpanHasher` fed by a codec's indexer, and decoded by
 //! `dispatch.rs` (`SeekTable::decode_spans` and friends), which picks the codec. Uses only the
-//! layer error type and `digest`.
+//! layer error type, `groups.rs` and `digest`.
 
 use super::error::{Error, Result};
+use super::groups::{self, Groups};
 use crate::digest::Digest;
 use sha2::{Digest as _, Sha256};
 use std::ops::Range;
@@ -113,8 +116,11 @@ pub struct SeekTable {
     pub digests: Vec<[u8; 32]>,
     /// Verification block size (uncompressed bytes; [`BLOCK`] when built by strata).
     pub block: u64,
-    /// Every span's blocks, span after span ([`SeekTable::blocks_of`] says which are whose).
+    /// Every span's blocks, span after span ([`SeekTable::blocks_of`] says which are whose);
+    /// empty when the index holds only its head (then [`lazy`](Self::lazy) has them by group).
     pub blocks: Vec<Block>,
+    /// An index file holding only its head: its block records by group, loaded as fetched.
+    pub lazy: Option<Groups>,
     /// Index in `blocks` of span *i*'s first block, plus the total at the end (derived).
     pub block_starts: Vec<usize>,
     /// Concatenated deflate-compressed windows: the index file's window section. Empty when
@@ -166,6 +172,76 @@ impl SeekTable {
     /// index file holding only its head).
     pub fn windows_local(&self) -> bool {
         self.windows.len() as u64 == self.window_bytes
+    }
+
+    /// Block `g` (global index), if local or its group loaded.
+    pub fn block(&self, g: usize) -> Option<&Block> {
+        match &self.lazy {
+            Some(l) => l.get(g),
+            None => self.blocks.get(g),
+        }
+    }
+
+    pub fn block_count(&self) -> usize {
+        self.block_starts.last().copied().unwrap_or(0)
+    }
+
+    /// Whether every block record is in memory (not for an index file holding only its head).
+    pub fn blocks_local(&self) -> bool {
+        self.lazy.is_none()
+    }
+
+    /// Whether the index file's tail (block records and windows) is local.
+    pub fn tail_local(&self) -> bool {
+        self.blocks_local() && self.windows_local()
+    }
+
+    /// Bytes of the block section (between the head and the windows in the index file).
+    pub fn block_section_len(&self) -> u64 {
+        (self.block_count() * groups::RECORD) as u64
+    }
+
+    /// The block groups holding the records of spans `spans` that are not loaded (none when
+    /// every record is local).
+    pub fn groups_missing(&self, spans: Range<usize>) -> Vec<usize> {
+        let Some(l) = &self.lazy else {
+            return Vec::new();
+        };
+        let (a, b) = (self.blocks_of(spans.start).start, {
+            let e = spans.end.saturating_sub(1).max(spans.start);
+            self.blocks_of(e).end
+        });
+        if a >= b {
+            return Vec::new();
+        }
+        (a / groups::GROUP..(b - 1) / groups::GROUP + 1)
+            .filter(|&g| !l.loaded(g))
+            .collect()
+    }
+
+    /// Bytes of block group `grp` in the block section, and its sha256 (`None` when every
+    /// record is local).
+    pub fn group(&self, grp: usize) -> Option<(Range<u64>, [u8; 32])> {
+        let l = self.lazy.as_ref()?;
+        Some((l.range(grp), *l.digests.get(grp)?))
+    }
+
+    /// Check block group `grp`'s records (fetched, or read back from a local copy) against
+    /// the head and keep them.
+    pub fn load_group(&self, grp: usize, bytes: &[u8]) -> Result<()> {
+        match &self.lazy {
+            Some(l) => l
+                .load(grp, bytes, self.compressed_size)
+                .map_err(|reason| Error::Groups { reason }),
+            None => Ok(()),
+        }
+    }
+
+    /// The index file's tail: the block section, then the window section (a table built here).
+    pub fn tail(&self) -> Vec<u8> {
+        let mut t = groups::encode(&self.blocks);
+        t.extend_from_slice(&self.windows);
+        t
     }
 
     /// Whether decoding from checkpoint `i` needs a stored window (gzip, not a member start).
@@ -368,9 +444,13 @@ impl SeekTable {
         if self.check == SpanCheck::Compressed {
             return Err(self.decode_err(i, "the index has no block digests (SOCI zTOC)"));
         }
+        if k < self.blocks_of(i).len() && self.block(self.blocks_of(i).start + k).is_none() {
+            return Err(Error::Groups {
+                reason: format!("the records of span {i}'s blocks are not loaded"),
+            });
+        }
         let expected = self
-            .blocks
-            .get(self.blocks_of(i).start + k)
+            .block(self.blocks_of(i).start + k)
             .filter(|_| k < self.blocks_of(i).len())
             .map_or([0; 32], |b| b.digest);
         let got: [u8; 32] = Sha256::digest(data).into();
@@ -482,11 +562,15 @@ impl SeekTable {
 
     /// Serialise the seek section (little-endian): 64-byte header, 32-byte checkpoint records,
     /// for a [`SpanCheck::Compressed`] table 32-byte span digests and 32-byte window digests,
-    /// then 40-byte block records. The windows
-    /// themselves ([`windows`](Self::windows)) go to the index file's window section.
+    /// then one sha256 per group of block records (format 5). The block records and the
+    /// windows go to the index file's tail ([`tail`](Self::tail)).
     pub fn encode(&self) -> Vec<u8> {
         let n = self.checkpoints.len();
-        let mut b = Vec::with_capacity(64 + n * 96 + self.blocks.len() * 40);
+        let gd = match &self.lazy {
+            Some(l) => l.digests.clone(),
+            None => groups::digests(&groups::encode(&self.blocks)),
+        };
+        let mut b = Vec::with_capacity(64 + n * 96 + gd.len() * 32);
         let digests = self.check == SpanCheck::Compressed;
         b.push(self.compression as u8);
         b.push(self.whole as u8);
@@ -499,7 +583,7 @@ impl SeekTable {
             n as u64,
             self.window_bytes,
             self.block,
-            self.blocks.len() as u64,
+            self.block_count() as u64,
         ] {
             b.extend_from_slice(&v.to_le_bytes());
         }
@@ -521,16 +605,16 @@ impl SeekTable {
                 b.extend_from_slice(self.window_digests.get(i).unwrap_or(&[0; 32]));
             }
         }
-        for blk in &self.blocks {
-            b.extend_from_slice(&blk.digest);
-            b.extend_from_slice(&blk.cend.to_le_bytes());
+        for d in &gd {
+            b.extend_from_slice(d);
         }
         b
     }
 
-    /// Inverse of [`encode`](Self::encode), with every offset and invariant checked.
-    /// `windows` is the window section, or empty when it is not local (fetched per window).
-    pub fn decode(b: &[u8], windows: &[u8]) -> std::result::Result<Self, String> {
+    /// Inverse of [`encode`](Self::encode), with every offset and invariant checked. `tail`
+    /// is the index file's tail ([`tail`](Self::tail): block records, then windows), or empty
+    /// when the file holds only its head (records fetched by group, windows one at a time).
+    pub fn decode(b: &[u8], tail: &[u8]) -> std::result::Result<Self, String> {
         let u64_at = |o: usize| -> std::result::Result<u64, String> {
             b.get(o..o + 8)
                 .and_then(|s| s.try_into().ok())
@@ -560,7 +644,8 @@ impl SeekTable {
         } else {
             32
         };
-        let need = (n as u128) * per + 64 + (nblocks as u128) * 40;
+        let ngroups = nblocks.div_ceil(groups::GROUP as u64);
+        let need = (n as u128) * per + 64 + (ngroups as u128) * 32;
         if need != b.len() as u128 || n == 0 {
             return Err(format!(
                 "seek table size {} does not match {n} checkpoints, {nblocks} blocks and \
@@ -572,10 +657,12 @@ impl SeekTable {
             return Err("seek table has no verification block size".into());
         }
         let n = n as usize;
-        if !windows.is_empty() && windows.len() as u64 != wlen {
+        let blen = nblocks as u128 * groups::RECORD as u128;
+        if !tail.is_empty() && tail.len() as u128 != blen + wlen as u128 {
             return Err(format!(
-                "window section has {} bytes, the seek table says {wlen}",
-                windows.len()
+                "the index's tail has {} bytes, the seek table says {blen} of block records \
+                 and {wlen} of windows",
+                tail.len()
             ));
         }
         let bbase = 64 + n * per as usize;
@@ -633,19 +720,23 @@ impl SeekTable {
                 "seek table has {nblocks} blocks, its spans need {at} of {block} bytes"
             ));
         }
-        let mut blocks = Vec::with_capacity(nblocks as usize);
-        for k in 0..nblocks as usize {
-            let o = bbase + k * 40;
-            let mut digest = [0u8; 32];
-            digest.copy_from_slice(&b[o..o + 32]);
-            let cend = u64_at(o + 32)?;
-            if cend > csize || blocks.last().is_some_and(|p: &Block| cend < p.cend) {
-                return Err(format!(
-                    "block {k}: compressed bound out of order or beyond the layer"
-                ));
+        let gd: Vec<[u8; 32]> = (0..ngroups as usize)
+            .map(|g| {
+                let mut d = [0u8; 32];
+                d.copy_from_slice(&b[bbase + g * 32..bbase + g * 32 + 32]);
+                d
+            })
+            .collect();
+        let (blocks, lazy, windows) = if tail.is_empty() {
+            let lazy = Groups::new(gd, nblocks as usize);
+            (Vec::new(), Some(lazy), &[][..])
+        } else {
+            let (records, windows) = tail.split_at(blen as usize);
+            if groups::digests(records) != gd {
+                return Err("block records do not match their group sha256s".into());
             }
-            blocks.push(Block { digest, cend });
-        }
+            (groups::parse(records, csize)?, None, windows)
+        };
         Ok(SeekTable {
             compression,
             span,
@@ -656,6 +747,7 @@ impl SeekTable {
             digests,
             block,
             blocks,
+            lazy,
             block_starts,
             windows: windows.to_vec(),
             window_digests,

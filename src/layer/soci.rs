@@ -290,6 +290,7 @@ fn seek_table(z: &Ztoc<'_>, compression: Compression, size: u64) -> Result<(Seek
         digests,
         block: BLOCK,
         blocks: Vec::new(),
+        lazy: None,
         block_starts: Vec::with_capacity(n + 1),
         window_bytes: windows.len() as u64,
         windows,

@@ -140,6 +140,15 @@ impl SpanHasher {
         });
     }
 
+    /// Store checkpoint `at`'s window, decided after the checkpoint (`trim.rs`).
+    pub(crate) fn set_window(&mut self, at: usize, window: &[u8]) {
+        let start = self.windows.len() as u64;
+        self.windows.extend_from_slice(window);
+        if let Some(c) = self.checkpoints.get_mut(at) {
+            c.window = start..self.windows.len() as u64;
+        }
+    }
+
     pub(crate) fn finish(
         mut self,
         compression: Compression,
@@ -162,6 +171,7 @@ impl SpanHasher {
             digests: Vec::new(),
             block: self.block,
             blocks: self.blocks,
+            lazy: None,
             block_starts: self.block_starts,
             window_bytes: self.windows.len() as u64,
             windows: self.windows,

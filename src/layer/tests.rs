@@ -417,8 +417,8 @@ fn corrupt_index_files_are_errors() {
         LayerIndex::open(&bad),
         Err(Error::CorruptIndex { .. })
     ));
-    // A version 1 or 3 file is refused by name, with what to do about it.
-    for v in [1u32, 3] {
+    // A version 1, 3 or 4 file is refused by name, with what to do about it.
+    for v in [1u32, 3, 4] {
         let mut b = bytes.clone();
         b[8..12].copy_from_slice(&v.to_le_bytes());
         std::fs::write(&bad, &b).unwrap();
@@ -426,7 +426,7 @@ fn corrupt_index_files_are_errors() {
         assert!(
             matches!(
                 err,
-                Error::IndexVersion { found, supported: 4, .. } if found == v
+                Error::IndexVersion { found, supported: 5, .. } if found == v
             ),
             "{err}"
         );
@@ -474,10 +474,12 @@ fn head_only_index_and_damaged_window_section() {
     build_index_with(&blob[..], MEDIA_TAR_GZIP, &full, &opts()).unwrap();
     let bytes = std::fs::read(&full).unwrap();
     let ix = LayerIndex::open(&full).unwrap();
-    assert!(ix.windows_local());
+    assert!(ix.tail_local());
     let t = ix.seek_table().unwrap();
     let head = head_len(&bytes).unwrap() as usize;
-    assert_eq!((bytes.len() - head) as u64, t.window_bytes);
+    let blen = t.block_section_len() as usize;
+    assert_eq!((bytes.len() - head) as u64, blen as u64 + t.window_bytes);
+    let wbase = head + blen;
     assert!(t.window_bytes > 0 && (0..t.checkpoints.len()).any(|i| t.needs_window(i)));
     let at = |name: &str, b: &[u8]| {
         let p = dir.path().join(name);
@@ -487,9 +489,35 @@ fn head_only_index_and_damaged_window_section() {
     // The head alone is a complete index: entries, spans and hashes, no windows.
     let hp = at("head", &bytes[..head]);
     let hix = LayerIndex::open(&hp).unwrap();
-    assert!(!hix.windows_local());
+    assert!(!hix.tail_local());
     assert_eq!(hix.len(), ix.len());
     let ht = hix.seek_table().unwrap();
+    assert!(!ht.blocks_local() && ht.block(0).is_none());
+    // Without its block records a span does not decode (nothing to check it by).
+    let plan0 = ht.span_plan(ht.span_range(0)).unwrap();
+    let c0 = &blob[plan0.compressed.start as usize..plan0.compressed.end as usize];
+    assert!(matches!(
+        ht.decode_spans(&plan0, c0),
+        Err(Error::Groups { .. })
+    ));
+    // The groups from the block section, each checked against the head: an altered one is
+    // refused, the right ones are kept.
+    let ngroups = ht.block_count().div_ceil(super::groups::GROUP);
+    for g in 0..ngroups {
+        let (r, _) = ht.group(g).unwrap();
+        let mut rec = bytes[head + r.start as usize..head + r.end as usize].to_vec();
+        rec[5] ^= 1;
+        assert!(ht.load_group(g, &rec).is_err());
+        rec[5] ^= 1;
+        ht.load_group(g, &rec).unwrap();
+    }
+    // A full file whose block records were altered is refused at open.
+    let mut b = bytes.clone();
+    b[head + 3] ^= 1;
+    assert!(matches!(
+        LayerIndex::open(&at("badrec", &b)),
+        Err(Error::CorruptIndex { .. })
+    ));
     // Every span reads back through the head with the windows supplied one at a time
     // (what the cache does with windows fetched from a sidecar), every byte checked.
     for i in 0..ht.checkpoints.len() {
@@ -497,7 +525,7 @@ fn head_only_index_and_damaged_window_section() {
         let plan = ht.span_plan(r.clone()).unwrap();
         let c = &blob[plan.compressed.start as usize..plan.compressed.end as usize];
         let w = ht.window_range(i);
-        let win = &bytes[head + w.start as usize..head + w.end as usize];
+        let win = &bytes[wbase + w.start as usize..wbase + w.end as usize];
         let got = ht
             .decode_spans_with(&plan, c, ht.needs_window(i).then_some(Window::Stored(win)))
             .unwrap();
@@ -528,7 +556,7 @@ fn head_only_index_and_damaged_window_section() {
         .find(|&i| t.needs_window(i) && inside(i))
         .unwrap();
     let mut b = bytes.clone();
-    b[head + t.window_range(i).start as usize + 3] ^= 0x40;
+    b[wbase + t.window_range(i).start as usize + 3] ^= 0x40;
     let dp = at("damaged", &b);
     let dix = LayerIndex::open(&dp).unwrap();
     let e = dix.lookup("usr/lib/bigger.bin").unwrap();

@@ -200,13 +200,17 @@ pub async fn open(
             })
         };
         indexes_for_tree.push(index.clone());
-        let windows =
-            crate::image::index::remote_windows(client, store, reference, &desc.digest, &index);
+        let (windows, groups) =
+            crate::image::index::remote_tail(client, store, reference, &desc.digest, &index);
+        for w in windows.iter().chain(&groups) {
+            w.set_deadline(cache.fetch_timeout());
+        }
         let layer = Arc::new(CachedLayer {
             digest: desc.digest,
             layout: Layout::new(index),
             source,
             windows,
+            groups,
             check: Default::default(),
         });
         lowers.push(Arc::new(CacheLower {

@@ -292,8 +292,9 @@ async fn windows_asked_together_share_a_request() {
         let w = w.clone();
         async move { (r.clone(), w.fetch_batched(r).await.unwrap()) }
     });
+    let base = head + t.block_section_len();
     for (r, got) in futures::future::join_all(asks).await {
-        let want = &full[(head + r.start) as usize..(head + r.end) as usize];
+        let want = &full[(base + r.start) as usize..(base + r.end) as usize];
         assert_eq!(&got[..], want);
     }
     assert_eq!(wsrc.requests.load(Ordering::SeqCst), 1);
@@ -355,6 +356,68 @@ async fn head_only_index_fetches_windows_lazily_verified_and_once() {
     let got = cache2.read(&l2, sr.clone()).await.unwrap();
     assert_eq!(got, cache.read(&l, sr).await.unwrap());
     assert_eq!(wsrc2.requests.load(Ordering::SeqCst), 1);
+}
+
+/// A head-only index (format 5) fetches the block records of the spans it decodes, by group,
+/// each checked against its sha256 in the head: a group that does not match is an error and
+/// is not kept (no byte served), a read of the first file brings the first group only, and
+/// after a restart the groups are read back from their local copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_only_index_fetches_the_block_groups_it_reads_checked() {
+    let f = fixture();
+    let cache = open_cache(&f.cache_dir, 1 << 30);
+    let (l, _src, _wsrc, gsrc, _wdir) = head_only_layer_groups(&f);
+    let t = l.layout.index().seek_table().unwrap();
+    assert!(!t.blocks_local());
+    let groups = t.block_count().div_ceil(crate::layer::groups::GROUP);
+    assert!(groups >= 2, "{groups} groups");
+    assert_eq!(gsrc.requests.load(Ordering::SeqCst), 0);
+    let (name, data) = &f.files[0];
+    let sr = t.span_range(1);
+    let e = l.layout.index().lookup(name).unwrap();
+    let rel = (sr.start - e.offset()) as usize..(sr.end - e.offset()) as usize;
+    // Altered records: refused by their group sha256, nothing kept, no byte served.
+    gsrc.corrupt.store(true, Ordering::SeqCst);
+    let err = cache.read(&l, sr.clone()).await.unwrap_err();
+    assert!(
+        err.report().contains("block record group"),
+        "{}",
+        err.report()
+    );
+    assert!(!cache.has_span(&l, 1));
+    let gdir = f.cache_dir.with_file_name("head-index.groups");
+    assert!(!gdir.join("0").exists());
+    gsrc.corrupt.store(false, Ordering::SeqCst);
+    let before = gsrc.requests.load(Ordering::SeqCst);
+    let bytes_before = gsrc.asked.load(Ordering::SeqCst);
+    let got = cache.read(&l, sr.clone()).await.unwrap();
+    assert_eq!(&got[..], &data[rel.clone()]);
+    assert_eq!(gsrc.requests.load(Ordering::SeqCst), before + 1);
+    let g0 = t.group(0).unwrap().0;
+    assert_eq!(
+        gsrc.asked.load(Ordering::SeqCst) - bytes_before,
+        g0.end - g0.start
+    );
+    assert!(gdir.join("0").exists() && !gdir.join("1").exists());
+    // Reading every file brings the other groups, once.
+    for (name, data) in &f.files {
+        let len = data.len() as u64;
+        let got = cache.read(&l, vrange(&l, name, 0..len)).await.unwrap();
+        assert_eq!(&got[..], &data[..], "{name}");
+    }
+    assert_eq!(
+        gsrc.requests.load(Ordering::SeqCst) as usize,
+        before as usize + groups
+    );
+    cache.flush().await;
+    // After a restart (a fresh index object over the same files): cached spans verify with
+    // the local group copies, nothing fetched.
+    let (l2, src2, _, gsrc2, _) = head_only_layer_groups(&f);
+    let cache2 = open_cache(&f.cache_dir, 1 << 30);
+    let got = cache2.read(&l2, sr).await.unwrap();
+    assert_eq!(&got[..], &data[rel]);
+    assert_eq!(gsrc2.requests.load(Ordering::SeqCst), 0);
+    assert_eq!(src2.requests.load(Ordering::SeqCst), 0);
 }
 
 /// A run whose span before is local takes its window from that span's last 32 KiB: no
@@ -446,6 +509,7 @@ async fn each_failure_gives_the_errno_of_its_cause() {
         layout: Layout::new(f.index.clone()),
         source: Arc::new(Stalled),
         windows: None,
+        groups: None,
         check: Default::default(),
     });
     let err = cache.read(&stalled, r.clone()).await.unwrap_err();
@@ -460,6 +524,7 @@ async fn each_failure_gives_the_errno_of_its_cause() {
             path: f.cache_dir.join("no-such-blob"),
         }),
         windows: None,
+        groups: None,
         check: Default::default(),
     });
     let err = cache.read(&gone, r.clone()).await.unwrap_err();
@@ -496,6 +561,7 @@ async fn a_layer_fetched_whole_that_does_not_match_its_digest_is_poisoned() {
             layout: Layout::new(f.index.clone()),
             source: src,
             windows: None,
+            groups: None,
             check: Default::default(),
         })
     };

@@ -187,6 +187,7 @@ fn layer(f: &Fixture, delay_ms: u64) -> (Arc<CachedLayer>, Arc<TestSource>) {
         layout: Layout::new(f.index.clone()),
         source: src.clone(),
         windows: None,
+        groups: None,
         check: Default::default(),
     });
     (l, src)
@@ -236,25 +237,47 @@ async fn cached_on_disk(f: &Fixture) -> (usize, PathBuf) {
 }
 
 /// A layer whose index is the head alone, its windows served from the full index file (the
-/// sidecar blob) by a second, corruptible source.
+/// sidecar blob) by a second, corruptible source (its block record groups by a third).
 fn head_only_layer(f: &Fixture) -> (Arc<CachedLayer>, Arc<TestSource>, Arc<TestSource>, PathBuf) {
+    let (l, src, wsrc, _gsrc, wdir) = head_only_layer_groups(f);
+    (l, src, wsrc, wdir)
+}
+
+/// [`head_only_layer`], and the source of its block record groups.
+fn head_only_layer_groups(
+    f: &Fixture,
+) -> (
+    Arc<CachedLayer>,
+    Arc<TestSource>,
+    Arc<TestSource>,
+    Arc<TestSource>,
+    PathBuf,
+) {
     let full = std::fs::read(f.index.path()).unwrap();
     let head = crate::layer::head_len(&full).unwrap();
     let head_path = f.cache_dir.with_file_name("head-index");
     std::fs::write(&head_path, &full[..head as usize]).unwrap();
     let ix = Arc::new(LayerIndex::open(&head_path).unwrap());
-    assert!(!ix.windows_local());
+    assert!(!ix.tail_local());
     let src = TestSource::new(f.blob.clone(), 5);
-    let wsrc = TestSource::new(Bytes::from(full), 5);
+    let wsrc = TestSource::new(Bytes::from(full.clone()), 5);
+    let gsrc = TestSource::new(Bytes::from(full), 5);
     let wdir = f.cache_dir.with_file_name("windows");
+    let blocks = ix.seek_table().unwrap().block_section_len();
+    let gdir = f.cache_dir.with_file_name("head-index.groups");
     let l = Arc::new(CachedLayer {
         digest: Digest::of(&f.blob),
         layout: Layout::new(ix),
         source: src.clone(),
-        windows: Some(RemoteWindows::new(wsrc.clone(), head, wdir.clone())),
+        windows: Some(RemoteWindows::new(
+            wsrc.clone(),
+            head + blocks,
+            wdir.clone(),
+        )),
+        groups: Some(RemoteWindows::groups(gsrc.clone(), head, gdir)),
         check: Default::default(),
     });
-    (l, src, wsrc, wdir)
+    (l, src, wsrc, gsrc, wdir)
 }
 
 mod fetch;

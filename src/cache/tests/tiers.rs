@@ -121,6 +121,7 @@ async fn estargz_chunks_are_one_block_each_and_a_tampered_chunk_is_refetched() {
         layout: Layout::new(Arc::new(ix)),
         source: src.clone(),
         windows: None,
+        groups: None,
         check: Default::default(),
     });
     let cache = open_cache(&f.cache_dir, 1 << 30);
