@@ -444,15 +444,19 @@ impl SeekTable {
         if self.check == SpanCheck::Compressed {
             return Err(self.decode_err(i, "the index has no block digests (SOCI zTOC)"));
         }
-        if k < self.blocks_of(i).len() && self.block(self.blocks_of(i).start + k).is_none() {
-            return Err(Error::Groups {
-                reason: format!("the records of span {i}'s blocks are not loaded"),
-            });
-        }
-        let expected = self
-            .block(self.blocks_of(i).start + k)
-            .filter(|_| k < self.blocks_of(i).len())
-            .map_or([0; 32], |b| b.digest);
+        let blocks = self.blocks_of(i);
+        // A block past the span's has no record: nothing matches the zero digest.
+        let expected = match k < blocks.len() {
+            true => match self.block(blocks.start + k) {
+                Some(b) => b.digest,
+                None => {
+                    return Err(Error::Groups {
+                        reason: format!("the records of span {i}'s blocks are not loaded"),
+                    })
+                }
+            },
+            false => [0; 32],
+        };
         let got: [u8; 32] = Sha256::digest(data).into();
         if got != expected || data.len() as u64 != r.end - r.start {
             return Err(Error::SpanDigest {
