@@ -84,7 +84,7 @@ pub async fn mount_layer(
 ) -> Result<Served, Error> {
     let started = std::time::Instant::now();
     let lazy = open_image(svc, image, None, &Progress::silent(), Default::default()).await?;
-    start_warm(svc, &lazy, warm);
+    start_warm(svc, &lazy, warm, false);
     let fs = layer_union(svc, &lazy, layer)?;
     let opts = layer_options(&lazy, layer);
     let rt = tokio::runtime::Handle::current();

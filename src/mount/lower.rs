@@ -180,7 +180,8 @@ impl CacheLower {
                 l.loaded(file.path());
             }
         }
-        if let (true, Some(rt)) = (self.cache.wants_first_reads(), &self.rt) {
+        let guided = self.loads.as_ref().is_some_and(|l| l.guided());
+        if let (true, false, Some(rt)) = (self.cache.wants_first_reads(), guided, &self.rt) {
             let (cache, layer, path) = (
                 self.cache.clone(),
                 self.layer.clone(),
@@ -246,12 +247,14 @@ impl LowerSource for CacheLower {
         let path = file.path().to_string();
         let (cache, layer) = (self.cache.clone(), self.layer.clone());
         let loads = self.loads.clone().filter(|_| first && offset == 0);
+        // A recorded profile guiding the fetches stands in for the sibling fetch.
+        let siblings = first && !self.loads.as_ref().is_some_and(|l| l.guided());
         LowerRead::Pending(
             async move {
                 let t0 = std::time::Instant::now();
                 let mut f = std::pin::pin!(f);
                 let polled = futures::poll!(f.as_mut());
-                if first && cache.wants_first_reads() {
+                if siblings && cache.wants_first_reads() {
                     cache.first_read(&layer, &path);
                 }
                 let res = match polled {

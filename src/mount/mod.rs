@@ -255,13 +255,30 @@ async fn open_pinned(
         .await
 }
 
-/// Read `warm` (`warm.rs`) into the cache in the background, if the config wants it.
-fn start_warm(svc: &Services, lazy: &Arc<LazyImage>, warm: warm::WarmList) {
+/// Read `warm` (`warm.rs`) into the cache in the background, if the config wants it. With a
+/// profile `prefetch`, once it is known whether a recorded profile guides it (see
+/// [`prefetch::ProfilePrefetch::guided`]); if one does, only the user database is read
+/// (the launcher's, not in a profile of the container's reads).
+fn start_warm(svc: &Services, lazy: &Arc<LazyImage>, mut warm: warm::WarmList, prefetch: bool) {
     if svc.config.warm_start && !warm.is_empty() {
         let max = warm::LAUNCH_MAX_BYTES;
-        tokio::spawn(warm::warm(svc.cache.clone(), lazy.clone(), warm, max));
+        let (cache, lazy) = (svc.cache.clone(), lazy.clone());
+        tokio::spawn(async move {
+            if prefetch && lazy.profile_prefetch.wait_guided(GUIDE_WAIT).await {
+                warm.retain(|alts| {
+                    alts.iter()
+                        .any(|p| warm::BEFORE_START.contains(&p.as_str()))
+                });
+            }
+            warm::warm(cache, lazy, warm, max).await
+        });
     }
 }
+
+/// How long the launch warm-up waits to learn whether a recorded profile guides the
+/// prefetch (the profile is asked for while the image is opened: it is most often known by
+/// the time the warm-up starts).
+const GUIDE_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// Mount an image (with an optional upper) and start its background prefetch.
 pub async fn mount_image(
@@ -287,7 +304,7 @@ pub async fn mount_image(
         profile: prefetch,
     };
     let lazy = open_image(svc, image, platform, progress, early).await?;
-    start_warm(svc, &lazy, warm);
+    start_warm(svc, &lazy, warm, prefetch);
     let fs = union_over(&lazy, upper)?;
     let opts = fuse_options(&lazy, passthrough, allow_other);
     let rt = tokio::runtime::Handle::current();
@@ -359,6 +376,9 @@ fn start(
     (started, cache_at_start): (std::time::Instant, crate::cache::StatsSnapshot),
 ) -> Served {
     let prefetch_done = Arc::new(std::sync::atomic::AtomicBool::new(!prefetch));
+    if !prefetch {
+        lazy.profile_prefetch.no_prefetch();
+    }
     let prefetch = prefetch.then(|| {
         let (store, cache, lazy, done, client) = (
             svc.store.clone(),

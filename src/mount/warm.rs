@@ -259,8 +259,18 @@ impl LoadWarm {
         }
     }
 
+    /// Whether a recorded profile guides the image's fetches now (then neither this warm-up
+    /// nor the sibling fetch runs: `prefetch.rs` [`ProfilePrefetch::guided`](super::prefetch::ProfilePrefetch::guided)).
+    pub fn guided(&self) -> bool {
+        self.image
+            .get()
+            .and_then(|(image, _, _)| image.upgrade())
+            .is_some_and(|i| i.profile_prefetch.guided())
+    }
+
     /// The first read of the file at `path` (layer-relative, as the image's tree names it)
-    /// began with an ELF header, or it is a Python module. Spawns the warm-up; never waits.
+    /// began with an ELF header, or it is a Python module. Spawns the warm-up; never waits
+    /// (nothing while a recorded profile guides the fetches).
     pub fn loaded(&self, path: &str) {
         let Some((image, cache, rt)) = self.image.get() else {
             return;
@@ -268,6 +278,9 @@ impl LoadWarm {
         let Some(image) = image.upgrade() else {
             return;
         };
+        if image.profile_prefetch.guided() {
+            return;
+        }
         let list = vec![vec![format!("/{path}")]];
         rt.spawn(warm(cache.clone(), image, list, LOADED_MAX_BYTES));
     }
