@@ -699,6 +699,8 @@ fn published_access_profile_is_prefetched_on_a_fresh_machine() {
         s["fs_reads_waited"], 0,
         "profile files waited on the network: {s}"
     );
+    // A profile with the parts read guides the fetches alone (the warm-ups stand aside).
+    assert_eq!(s["profile"]["guided"], true, "{s}");
     drop(m);
 
     // Machine C with `prefetch-profile: local` ignores the published profile.
@@ -718,6 +720,7 @@ fn published_access_profile_is_prefetched_on_a_fresh_machine() {
     );
     assert_eq!(s["profile"]["source"], "", "{s}");
     assert_eq!(s["profile"]["files"], 0, "{s}");
+    assert_eq!(s["profile"]["guided"], false, "{s}");
     assert!(
         s["cache"]["prefetched_spans"].as_u64().unwrap() > 0,
         "the whole-layer prefetch never ran: {s}"

@@ -62,6 +62,9 @@ pub struct ProfileProgress {
     pub files: usize,
     /// Of those, fetched so far.
     pub done: usize,
+    /// Whether the profile guides the image's fetches alone ([`ProfilePrefetch::guided`]).
+    #[serde(default)]
+    pub guided: bool,
 }
 
 impl ProfilePrefetch {
@@ -124,6 +127,7 @@ impl ProfilePrefetch {
                 .unwrap_or_default(),
             files: self.files.load(Relaxed),
             done: self.done.load(Relaxed),
+            guided: self.guided(),
         }
     }
 }
@@ -340,6 +344,17 @@ pub async fn prefetch(
     // Guided by the parts a start read (an eStargz landmark list names files only).
     let recorded = *progress.source.lock().unwrap_or_else(|p| p.into_inner()) != "estargz";
     progress.set_guided(recorded && !reads.is_empty() && ranges_recorded);
+    // Their windows and block record groups first, in few requests.
+    for (i, l) in image.layers.iter().enumerate() {
+        let mine: Vec<Range<u64>> = reads
+            .iter()
+            .filter(|p| p.layer == i)
+            .map(|p| p.range.clone())
+            .collect();
+        if !mine.is_empty() {
+            cache.fetch_sidecar_pieces(l, &mine);
+        }
+    }
     let left = &left;
     let mut fetches = futures::stream::iter(reads)
         .filter_map(|p| {
@@ -410,6 +425,42 @@ pub fn whole_layer_failed(
 
 #[cfg(test)]
 mod tests {
+    /// The launch warm-up waits until it is known whether a recorded profile guides the
+    /// fetches, at most its limit; a mount without prefetch does not undo another's guide.
+    #[tokio::test]
+    async fn the_guide_is_waited_for_and_kept() {
+        use std::time::Duration;
+        let p = std::sync::Arc::new(super::ProfilePrefetch::default());
+        assert!(
+            !p.wait_guided(Duration::from_millis(20)).await,
+            "not known: unguided"
+        );
+        let p2 = p.clone();
+        let waiter = tokio::spawn(async move { p2.wait_guided(Duration::from_secs(30)).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        p.set_guided(true);
+        assert!(waiter.await.unwrap());
+        p.no_prefetch();
+        assert!(p.guided() && p.snapshot().guided);
+        {
+            let _failed = super::Unguide(&p, false);
+        }
+        assert!(
+            !p.guided(),
+            "a profile prefetch that failed gives the other predictors back"
+        );
+        let q = super::ProfilePrefetch::default();
+        q.no_prefetch();
+        q.set_guided(true);
+        {
+            let _done = super::Unguide(&q, true);
+        }
+        assert!(
+            q.guided(),
+            "a profile prefetch whose reads are done stays the guide"
+        );
+    }
+
     /// Recorded ranges: neighbours closer than the gap are one read, long reads are cut.
     #[test]
     fn recorded_ranges_become_few_bounded_reads() {
