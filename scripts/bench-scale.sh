@@ -20,6 +20,8 @@
 # distribution's pull-through cache. Reports upstream bytes (at the last node's exit and
 # settled: after the cache's fills), mirror bytes, per-node times (lib/scale_nodes.sh;
 # bench-results/scale-nodes.md). NODES_FILL_WAIT=S sets the nodes' mirror-fill-wait.
+# NODES_EXTRA adds raw JSON keys to every node's config.json (an A/B of a setting, e.g.
+# NODES_EXTRA='"fetch-siblings": 0').
 # NODES_INDEX_ARGS adds words to the `strata index --push` of the image (e.g. "--span-size 2MiB").
 #
 #   scripts/bench-scale.sh --nodes 10 [--image big] [--profiles 200mbit-10ms]

@@ -25,7 +25,8 @@ _node_config() {
 {
   "registry-mirrors-by-host": {"$up": [$mirrors]},
   "insecure-registries": ["$up", "$hub:5000", "$hub:5001"],
-  "prefetch": false,$fill
+  "prefetch": false,$fill${NODES_EXTRA:+
+  $NODES_EXTRA,}
   "mirror-slice-size": "$slice"
 }
 EOF
