@@ -313,8 +313,6 @@ pub async fn prefetch(
         })
         .collect();
     progress.files.store(per_file.len(), Relaxed);
-    // A file is done when all of its parts are.
-    let left: Vec<AtomicUsize> = per_file.iter().map(|p| AtomicUsize::new(p.len())).collect();
     let layers = &image.layers;
     let parts: Vec<Part> = per_file
         .into_iter()
@@ -331,6 +329,18 @@ pub async fn prefetch(
             })
         })
         .collect();
+    // A file is done when all of its parts are (one whose parts the index could not place
+    // at once).
+    let mut counts = vec![0usize; progress.files.load(Relaxed)];
+    for p in &parts {
+        if let Some(n) = p.files.first().and_then(|&f| counts.get_mut(f)) {
+            *n += 1;
+        }
+    }
+    progress
+        .done
+        .fetch_add(counts.iter().filter(|&&n| n == 0).count(), Relaxed);
+    let left: Vec<AtomicUsize> = counts.into_iter().map(AtomicUsize::new).collect();
     let reads = join(parts, |layer, spans| {
         image.layers.get(layer).map_or(u64::MAX, |l| {
             let (a, b) = (
