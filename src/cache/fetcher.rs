@@ -645,39 +645,43 @@ pub(super) async fn ensure_groups(
     futures::future::try_join_all(each).await.map(|_| ())
 }
 
-/// Start fetching the sidecar pieces that fetching `runs` of `layer` will need — the gzip
-/// window of each run's first checkpoint (unless the span before it is local) and the block
-/// record groups of its spans — all asked at once, so that pieces close together in the
-/// sidecar share a request (`windows.rs` batches them): a profile prefetch knows its runs
-/// up front, where reads on demand ask for one piece after another. Nothing waits for them:
-/// the runs' own fetches join these (single-flight per piece), and fetch a piece again if
-/// this attempt failed.
-pub(super) fn sidecar_pieces(layer: &Arc<CachedLayer>, tiers: &Tiers, runs: &[Range<usize>]) {
-    for run in runs.iter().filter(|r| !r.is_empty()) {
-        let first = run.start;
-        if tiers.has_span(layer, first) && run.len() == 1 {
-            continue;
-        }
-        let before_local = first > 0 && tiers.has_span(layer, first - 1);
-        if let (Some((r, d)), Some(w), false) = (
-            layer.layout.remote_window(first),
-            &layer.windows,
-            before_local,
-        ) {
-            let w = w.clone();
-            tokio::spawn(async move {
-                if let Err(e) = w.get(first, r, d).await {
-                    tracing::debug!("window fetched ahead failed: {e}");
-                }
-            });
-        }
-        if layer.groups.is_some() && !layer.layout.groups_missing(run.clone()).is_empty() {
-            let (l, run) = (layer.clone(), run.clone());
-            tokio::spawn(async move {
-                if let Err(e) = ensure_groups(&l, run).await {
-                    tracing::debug!("block record groups fetched ahead failed: {}", e.report());
-                }
-            });
+/// Start fetching the sidecar pieces that fetching the missing spans of `wanted` (ranges of
+/// span numbers of `layer`) will need — for each run of them as the cache will fetch it
+/// ([`coalesce`]), the gzip window of its first checkpoint (unless the span before it is
+/// local) and the block record groups of its spans — all asked at once, so that pieces close
+/// together in the sidecar share a request (`windows.rs` batches them): a profile prefetch
+/// knows its reads up front, where reads on demand ask for one piece after another. Nothing
+/// waits for them: the runs' own fetches join these (single-flight per piece), and fetch a
+/// piece again if this attempt failed.
+pub(super) fn sidecar_pieces(layer: &Arc<CachedLayer>, tiers: &Tiers, wanted: &[Range<usize>]) {
+    for spans in wanted {
+        let missing: Vec<usize> = spans
+            .clone()
+            .filter(|&i| !tiers.has_span(layer, i))
+            .collect();
+        for run in coalesce(&layer.layout, &missing, MAX_COALESCE_BYTES) {
+            let first = run.start;
+            let before_local = first > 0 && tiers.has_span(layer, first - 1);
+            if let (Some((r, d)), Some(w), false) = (
+                layer.layout.remote_window(first),
+                &layer.windows,
+                before_local,
+            ) {
+                let w = w.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = w.get(first, r, d).await {
+                        tracing::debug!("window fetched ahead failed: {e}");
+                    }
+                });
+            }
+            if layer.groups.is_some() && !layer.layout.groups_missing(run.clone()).is_empty() {
+                let l = layer.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = ensure_groups(&l, run).await {
+                        tracing::debug!("block record groups fetched ahead failed: {}", e.report());
+                    }
+                });
+            }
         }
     }
 }

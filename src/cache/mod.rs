@@ -217,14 +217,11 @@ impl ChunkCache {
     }
 
     /// Start fetching the sidecar pieces (gzip windows, block record groups) that reading
-    /// the virtual `ranges` of `layer` will need, all at once so that neighbours share
-    /// requests (see `fetcher::sidecar_pieces`); nothing waits. Must run inside the runtime.
-    pub fn fetch_sidecar_pieces(&self, layer: &Arc<CachedLayer>, ranges: &[Range<u64>]) {
-        let runs: Vec<Range<usize>> = ranges
-            .iter()
-            .filter_map(|r| layer.layout.locate(r.clone()).ok())
-            .collect();
-        fetcher::sidecar_pieces(layer, &self.tiers, &runs);
+    /// spans `spans` (ranges of span numbers) of `layer` will need, all at once so that
+    /// neighbours share requests (see `fetcher::sidecar_pieces`); nothing waits. Must run
+    /// inside the runtime.
+    pub fn fetch_sidecar_pieces(&self, layer: &Arc<CachedLayer>, spans: &[Range<usize>]) {
+        fetcher::sidecar_pieces(layer, &self.tiers, spans);
     }
 
     /// Whether span `i` of `layer` is local.

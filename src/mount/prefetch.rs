@@ -287,6 +287,9 @@ pub async fn prefetch(
             profile.extend(files.into_iter().map(|f| (i, f)));
         }
         if !profile.is_empty() {
+            // Parts read come with a recorded profile only (a published one may carry
+            // ranges without files).
+            ranges.clear();
             set_source("estargz");
         }
     }
@@ -352,14 +355,13 @@ pub async fn prefetch(
     });
     tracing::debug!(files = left.len(), reads = reads.len(), "profile reads");
     // Guided by the parts a start read (an eStargz landmark list names files only).
-    let recorded = *progress.source.lock().unwrap_or_else(|p| p.into_inner()) != "estargz";
-    progress.set_guided(recorded && !reads.is_empty() && ranges_recorded);
+    progress.set_guided(ranges_recorded && !reads.is_empty());
     // Their windows and block record groups first, in few requests.
     for (i, l) in image.layers.iter().enumerate() {
-        let mine: Vec<Range<u64>> = reads
+        let mine: Vec<Range<usize>> = reads
             .iter()
             .filter(|p| p.layer == i)
-            .map(|p| p.range.clone())
+            .map(|p| p.spans.clone())
             .collect();
         if !mine.is_empty() {
             cache.fetch_sidecar_pieces(l, &mine);
