@@ -2,7 +2,8 @@
 //! that answers errors, ignores Range (a pull-through cache that fetches the whole blob
 //! first), is slow, or serves bytes that fail verification is asked once and then skipped
 //! (for every blob, or for that blob) while the reads go to the upstream and return the right
-//! bytes; once the hold-off has passed and the mirror serves ranges, reads use it again.
+//! bytes; once the hold-off has passed and the mirror serves ranges, reads use it again. A
+//! cache that fetches whole blobs on a miss is not asked for ranges of layers it does not hold.
 //! Range requests to a mirror with `mirror-slice-size` never straddle a slice, run to the
 //! slice's end, and ask no byte twice. The nginx mirror with many nodes is `mirror_nodes.rs`.
 
@@ -202,6 +203,39 @@ fn a_mirror_filling_a_blob_is_skipped_for_that_blob_until_it_serves_ranges() {
     assert_eq!(served.len(), 1, "{:?}", proxy.requests());
     let log = env.daemon_logs();
     assert!(log.contains("does not serve blob"), "{log}");
+}
+
+/// A cache that fetches whole blobs on a miss (here every blob is answered 200 to a Range,
+/// as distribution's pull-through cache holding nothing does) shows itself on the image's
+/// small blobs, which a mirror is asked for from their first byte: no lazy read of the layer
+/// is then asked of it (each would make it fetch the whole layer from its upstream), and the
+/// reads come from the upstream, right. Fails if the layer's ranges are asked of the mirror.
+#[test]
+fn a_cache_that_fetches_whole_blobs_is_not_made_to_fetch_a_layer_by_lazy_reads() {
+    let reg = Registry::start();
+    let layer = publish(&reg, "mirror/whole:v1");
+    let proxy = FaultProxy::in_front_of(&reg);
+    proxy.on_path("/blobs/", None, Fault::IgnoreRange);
+    let env = env_with_mirror(&reg, &proxy, serde_json::json!({"mirror-fill-wait": 0}));
+    let m = mount(&env, &format!("{}/mirror/whole:v1", reg.host()));
+    for i in 0..FILES {
+        read_head(&m.dir, i);
+        read_at(&m.dir, i, FILE_LEN / 2);
+    }
+    assert_eq!(mirror_gets(&proxy, &layer), 0, "{:?}", proxy.requests());
+    let from_start = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/blobs/") && r.range.as_deref() == Some("bytes=0-"))
+        .count();
+    assert!(from_start >= 1, "{:?}", proxy.requests());
+    reg.settle_logs();
+    let upstream_layer_gets = reg
+        .log()
+        .lines()
+        .filter(|l| l.contains("response completed") && l.contains(&layer))
+        .count();
+    assert!(upstream_layer_gets >= FILES, "{upstream_layer_gets}");
 }
 
 /// A mirror that answers every Range with the whole blob and never starts serving ranges (a

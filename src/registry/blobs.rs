@@ -179,9 +179,34 @@ impl Client {
     ) -> Result<Response, Error> {
         self.on_endpoints(repo, Op::Pull, Some(digest), |ep| {
             let range = range.clone();
-            async move { self.blob_response(&ep, repo, digest, range).await }
+            async move {
+                if range.is_some() {
+                    self.may_ask_range(&ep, digest)?;
+                }
+                self.blob_response(&ep, repo, digest, range).await
+            }
         })
         .await
+    }
+
+    /// `Err` when a range of `blob` is not to be asked of `ep`: a mirror seen fetching whole
+    /// blobs on a miss is asked only for the blobs it holds or already fetches for this
+    /// client (see [`Health::may_ask_range`](super::health::Health::may_ask_range)), so a
+    /// lazy read never sets off a whole-layer fill; with `mirror-fill-wait` set it is asked
+    /// (and waited for) as before.
+    fn may_ask_range(&self, ep: &Endpoint, blob: &Digest) -> Result<(), Error> {
+        match ep.mirror
+            && self.fill_wait().is_zero()
+            && !self.health.may_ask_range(&ep.base, blob)
+        {
+            true => Err(Error::NotFound {
+                what: format!(
+                    "blob {blob} on mirror {} (not asked: it fetches whole blobs on a miss and does not hold this one)",
+                    ep.base
+                ),
+            }),
+            false => Ok(()),
+        }
     }
 
     /// A blob GET on one endpoint, its status and `Content-Range` checked. A mirror gets
@@ -247,6 +272,9 @@ impl Client {
         let mut end = 0;
         if let Some(rg) = &range {
             if resp.status() != StatusCode::PARTIAL_CONTENT {
+                if ep.mirror {
+                    self.health.fetches_whole(&ep.base, digest);
+                }
                 // Dropped unread: the connection closes at once (a mirror streaming the whole
                 // blob stops when its next write fails).
                 return Err(Error::RangeIgnored {
@@ -306,6 +334,7 @@ impl Client {
         self.on_endpoints(repo, Op::Pull, Some(digest), |ep| {
             let range = range.clone();
             async move {
+                self.may_ask_range(&ep, digest)?;
                 let pieces = match ep.mirror {
                     true => slice_pieces(&range, slice),
                     false => vec![range.clone()],
@@ -335,6 +364,30 @@ impl Client {
             }
         })
         .await
+    }
+
+    /// A whole blob from mirror `ep`, asked as `Range: bytes=0-` (see
+    /// [`Self::get_blob_verified`]); the answer's status is recorded in the mirror's health.
+    async fn blob_from_start(
+        &self,
+        ep: &Endpoint,
+        repo: &Repository,
+        digest: &Digest,
+    ) -> Result<Response, Error> {
+        let what = format!("blob {digest} in {repo}");
+        let url = ep.url(&repo.name, &format!("blobs/{digest}"));
+        let scope = Self::scope_pull(ep.repo_name(&repo.name));
+        let resp = self
+            .send(ep, &scope, Method::GET, &url, |r| {
+                r.header(RANGE, "bytes=0-")
+            })
+            .await?;
+        let resp = check_status(resp, Method::GET, &url, &what).await?;
+        match resp.status() {
+            StatusCode::PARTIAL_CONTENT => self.health.served_range(&ep.base, digest),
+            _ => self.health.fetches_whole(&ep.base, digest),
+        }
+        Ok(resp)
     }
 
     /// Bytes `range` of a blob from one endpoint, the body's length checked.
@@ -505,7 +558,10 @@ impl Client {
     }
 
     /// Fetch a whole small blob (config, index artifact) and verify it. Bytes from a mirror
-    /// that fail verification count as the mirror's failure: the next endpoint is tried.
+    /// that fail verification count as the mirror's failure: the next endpoint is tried. A
+    /// mirror is asked for it as a range from its first byte: one that holds the blob answers
+    /// 206, one that fetches whole blobs on a miss answers 200 — it shows itself on this
+    /// small blob, before any layer is asked of it (`Health::fetches_whole`).
     pub async fn get_blob_verified(
         &self,
         repo: &Repository,
@@ -513,7 +569,13 @@ impl Client {
         limit: usize,
     ) -> Result<Bytes, Error> {
         self.on_endpoints(repo, Op::Pull, Some(digest), |ep| async move {
-            let resp = self.blob_response(&ep, repo, digest, None).await?;
+            // Not of a mirror seen fetching whole blobs, unless it holds this one: during its
+            // fill every ask costs its upstream another whole copy.
+            self.may_ask_range(&ep, digest)?;
+            let resp = match ep.mirror {
+                true => self.blob_from_start(&ep, repo, digest).await?,
+                false => self.blob_response(&ep, repo, digest, None).await?,
+            };
             let what = format!("blob {digest} in {repo}");
             let body = read_limited(resp, limit, &what).await?;
             let got = Digest::of(&body);

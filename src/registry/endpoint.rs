@@ -7,7 +7,7 @@
 //! Uses the parent's client, error type and helpers, `auth`, `routes`, `health` and `config`.
 
 use super::auth::{self, Challenge, Credentials, Secret};
-use super::health::{Probe, ProbeGuard, Skip};
+use super::health::{self, Probe, ProbeGuard, Skip};
 use super::routes::Op;
 use super::{check_status, lock, read_limited, Client, Error};
 use crate::digest::Digest;
@@ -256,7 +256,7 @@ impl Client {
             let sent = Instant::now();
             let result = rb.send().await;
             if result.is_ok() {
-                answered_in(&self.fastest_us, sent.elapsed());
+                answered_in(&self.fastest_us[usize::from(ep.mirror)], sent.elapsed());
                 let mut answered = lock(&self.answered);
                 if !answered.contains(&ep.base) {
                     answered.insert(ep.base.clone());
@@ -358,6 +358,22 @@ impl Client {
                     continue;
                 }
             }
+            // A mirror's first blob request goes alone: its answer shows whether it serves
+            // ranges or fetches whole blobs on a miss (then only the blobs it holds are asked
+            // of it) before the others go.
+            let first = match (ep.mirror, blob) {
+                (true, Some(_)) if !self.health.knows(&ep.base) => {
+                    match self.probe_turn(&ep.base, &health::first_contact()).await {
+                        Ok(guard) => guard,
+                        Err(why) => {
+                            tracing::debug!(mirror = %ep.base, ?why, "skipping mirror for now (its first request)");
+                            skipped.push(ep);
+                            continue;
+                        }
+                    }
+                }
+                _ => None,
+            };
             let probe = match (ep.mirror, blob) {
                 (true, Some(b)) => match self.probe_turn(&ep.base, b).await {
                     Ok(guard) => guard,
@@ -386,6 +402,11 @@ impl Client {
                 }
             }
             drop(probe);
+            if first.is_some() {
+                // Whatever it said (a range, a whole blob, "not here"), the burst may follow.
+                self.health.contacted(&ep.base);
+            }
+            drop(first);
             match answer {
                 Ok(v) => return Ok(v),
                 Err((false, e)) if skipped.is_empty() || e.is_not_found() => return Err(e),
@@ -562,7 +583,7 @@ impl Client {
                     let sent = Instant::now();
                     match tokio::time::timeout(Duration::from_secs(5), req.send()).await {
                         Ok(Ok(resp)) => {
-                            answered_in(&fastest, sent.elapsed());
+                            answered_in(&fastest[usize::from(ep.mirror)], sent.elapsed());
                             let _ = resp.bytes().await;
                         }
                         Ok(Err(e)) => tracing::debug!(endpoint = %ep.base, "preconnect: {e}"),

@@ -15,7 +15,9 @@
 //! those mirrors are dropped for the life of the client. Until a mirror has answered a blob by
 //! range, one request for that blob at a time goes to it (the probe, [`Health::probe`]) and
 //! the others wait for its verdict: a pull-through cache that does not hold the blob starts a
-//! whole-blob download from its upstream for every request it gets meanwhile. With
+//! whole-blob download from its upstream for every request it gets meanwhile. A mirror seen
+//! answering a Range with a whole blob is asked for ranges only of the blobs it holds or
+//! already fills for this client ([`Health::may_ask_range`]), unless fills are waited for. With
 //! `mirror-fill-wait`, the probe that finds a mirror filling a blob waits for the fill
 //! instead (bounded once per blob: [`Health::fill_deadline`]) and the other requests for the
 //! blob wait with it; the asks whether the mirror holds the blob now go one at a time per
@@ -73,6 +75,12 @@ pub struct Health {
     /// Mirrors that did not fill a blob within the wait (a proxy that ignores Range without
     /// caching): not waited for again.
     no_fill: Mutex<HashSet<String>>,
+    /// Mirrors seen answering a Range with the whole blob: caches that fetch a whole blob
+    /// from their upstream on a miss (distribution's pull-through cache).
+    whole: Mutex<HashSet<String>>,
+    /// (mirror, blob) pairs such a mirror was seen fetching whole for this client: the fill
+    /// is under way (paid for), so the blob is asked again after its hold-off.
+    set_off: Mutex<HashSet<(String, Digest)>>,
 }
 
 /// The asks of one mirror about the blobs it is filling: one at a time, the smallest blob
@@ -149,6 +157,12 @@ fn strike<K: std::hash::Hash + Eq>(
     Some(hold)
 }
 
+/// The key probed for a mirror's first blob request ([`Health::knows`]): no blob's digest.
+pub fn first_contact() -> Digest {
+    static D: std::sync::OnceLock<Digest> = std::sync::OnceLock::new();
+    *D.get_or_init(|| Digest::of(b"strata: the first blob request to a mirror"))
+}
+
 impl Health {
     pub fn new(first: Duration) -> Health {
         Health {
@@ -162,7 +176,46 @@ impl Health {
             fills: Mutex::new(HashMap::new()),
             polls: Mutex::new(HashMap::new()),
             no_fill: Mutex::new(HashSet::new()),
+            whole: Mutex::new(HashSet::new()),
+            set_off: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Mirror `base` answered a Range request for `blob` with the whole blob: it fetches
+    /// whole blobs on a miss, and is fetching this one now.
+    pub fn fetches_whole(&self, base: &str, blob: &Digest) {
+        lock(&self.whole).insert(base.to_string());
+        lock(&self.set_off).insert((base.to_string(), *blob));
+        lock(&self.ranged).insert((base.to_string(), first_contact()));
+    }
+
+    /// Mirror `base` answered its first blob request (see [`Health::knows`]).
+    pub fn contacted(&self, base: &str) {
+        lock(&self.ranged).insert((base.to_string(), first_contact()));
+    }
+
+    /// Whether mirror `base` has answered a blob request (it served a range, fetches whole
+    /// blobs on a miss, or said anything else); until then its blob requests go one at a time
+    /// (`Client::on_endpoints`, probing [`first_contact`]).
+    pub fn knows(&self, base: &str) -> bool {
+        self.serves_ranges(base, &first_contact())
+    }
+
+    /// Whether any mirror was seen fetching whole blobs on a miss.
+    pub fn any_fetches_whole(&self) -> bool {
+        !lock(&self.whole).is_empty()
+    }
+
+    /// Whether a range of `blob` may be asked of mirror `base`: not of a mirror seen
+    /// fetching whole blobs on a miss, unless it served this blob by range or is already
+    /// fetching it for this client — asking would make it fetch the whole blob from its
+    /// upstream for a lazy read of a few bytes.
+    pub fn may_ask_range(&self, base: &str, blob: &Digest) -> bool {
+        if !lock(&self.whole).contains(base) {
+            return true;
+        }
+        let key = (base.to_string(), *blob);
+        lock(&self.ranged).contains(&key) || lock(&self.set_off).contains(&key)
     }
 
     /// Mirror `base` did not fill a blob within the wait: do not wait for it again.
@@ -317,6 +370,7 @@ impl Health {
         let mut r = lock(&self.ranged);
         if !r.contains(&(base.to_string(), *blob)) {
             r.insert((base.to_string(), *blob));
+            r.insert((base.to_string(), first_contact()));
         }
     }
 
@@ -403,6 +457,30 @@ mod tests {
         h.ok("m", None);
         assert_eq!(h.skip("m", None, t), None);
         assert_eq!(h.mirror_failed("m", t), Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn a_mirror_fetching_whole_blobs_is_asked_only_for_blobs_it_holds_or_fills() {
+        let h = Health::new(Duration::from_secs(10));
+        assert!(!h.knows("m"));
+        assert!(h.may_ask_range("m", &d(1)) && h.may_ask_range("m", &d(2)));
+        h.served_range("m", &d(3));
+        assert!(h.knows("m") && !h.any_fetches_whole());
+        h.fetches_whole("m", &d(1));
+        assert!(h.any_fetches_whole());
+        assert!(
+            h.may_ask_range("m", &d(1)),
+            "the fill it set off is asked again"
+        );
+        assert!(h.may_ask_range("m", &d(3)), "it holds this one");
+        assert!(
+            !h.may_ask_range("m", &d(2)),
+            "would set off a whole-blob fill"
+        );
+        assert!(h.may_ask_range("other", &d(2)));
+        let g = Health::new(Duration::from_secs(10));
+        g.contacted("n");
+        assert!(g.knows("n") && g.may_ask_range("n", &d(2)));
     }
 
     #[test]

@@ -200,8 +200,9 @@ pub struct Client {
     /// Endpoint bases that have answered a request of this client (their connections may
     /// be in the pool: requests to them never wait for a preconnect).
     answered: Mutex<std::collections::HashSet<String>>,
-    /// The fastest answer (headers) any server gave this client, in µs ([`Client::fastest_answer`]).
-    fastest_us: Arc<std::sync::atomic::AtomicU64>,
+    /// The fastest answer (headers) the upstreams [0] and the mirrors [1] gave this client,
+    /// in µs ([`Client::fastest_answer`]).
+    fastest_us: Arc<[std::sync::atomic::AtomicU64; 2]>,
     /// Slices of a slicing mirror's blobs with a request of this client under way
     /// ([`blobs::SliceLocks`]).
     slices: blobs::SliceLocks,
@@ -233,7 +234,10 @@ impl Client {
             health: health::Health::new(hold),
             preconnects: Mutex::new(HashMap::new()),
             answered: Mutex::new(Default::default()),
-            fastest_us: Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX)),
+            fastest_us: Arc::new([
+                std::sync::atomic::AtomicU64::new(u64::MAX),
+                std::sync::atomic::AtomicU64::new(u64::MAX),
+            ]),
             slices: Default::default(),
             tails: Default::default(),
         })
@@ -249,9 +253,16 @@ impl Client {
     /// The fastest any server (registry or mirror) answered a request of this client, from
     /// sending it to its response headers: a server answering in a few milliseconds is near
     /// (loopback, the same host or rack), which the lazy fetcher uses before its own fetches
-    /// have measured the link (`cache/fetcher.rs`). `None` before the first answer.
+    /// have measured the link (`cache/fetcher.rs`). `None` before the first answer. A mirror
+    /// seen fetching whole blobs on a miss does not count: the layers' bytes come from the
+    /// upstream, however fast it answers (its manifests, its small blobs).
     pub fn fastest_answer(&self) -> Option<Duration> {
-        let us = self.fastest_us.load(std::sync::atomic::Ordering::Relaxed);
+        use std::sync::atomic::Ordering::Relaxed;
+        let up = self.fastest_us[0].load(Relaxed);
+        let us = match self.health.any_fetches_whole() {
+            true => up,
+            false => up.min(self.fastest_us[1].load(Relaxed)),
+        };
         (us != u64::MAX).then(|| Duration::from_micros(us))
     }
 
