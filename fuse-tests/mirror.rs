@@ -101,6 +101,15 @@ fn mirror_ranges(proxy: &FaultProxy, digest: &str) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// Requests for `digest` the upstream registry answered.
+fn upstream_gets(reg: &Registry, digest: &str) -> usize {
+    reg.settle_logs();
+    reg.log()
+        .lines()
+        .filter(|l| l.contains("response completed") && l.contains(digest))
+        .count()
+}
+
 /// Blob GETs of `digest` the mirror saw.
 fn mirror_gets(proxy: &FaultProxy, digest: &str) -> usize {
     proxy
@@ -136,12 +145,7 @@ fn a_failing_mirror_is_skipped_for_a_while() {
     );
     assert_eq!(mirror_gets(&proxy, &layer), 0);
     // The upstream served every span: FILES separate Range requests for the layer.
-    reg.settle_logs();
-    let upstream_layer_gets = reg
-        .log()
-        .lines()
-        .filter(|l| l.contains("response completed") && l.contains(&layer))
-        .count();
+    let upstream_layer_gets = upstream_gets(&reg, &layer);
     assert!(upstream_layer_gets >= FILES, "{upstream_layer_gets}");
     let log = env.daemon_logs();
     assert_eq!(
@@ -229,12 +233,7 @@ fn a_cache_that_fetches_whole_blobs_is_not_made_to_fetch_a_layer_by_lazy_reads()
         .filter(|r| r.path.contains("/blobs/") && r.range.as_deref() == Some("bytes=0-"))
         .count();
     assert!(from_start >= 1, "{:?}", proxy.requests());
-    reg.settle_logs();
-    let upstream_layer_gets = reg
-        .log()
-        .lines()
-        .filter(|l| l.contains("response completed") && l.contains(&layer))
-        .count();
+    let upstream_layer_gets = upstream_gets(&reg, &layer);
     assert!(upstream_layer_gets >= FILES, "{upstream_layer_gets}");
 }
 

@@ -77,6 +77,9 @@ pub async fn speculate(
             want.push(h);
         }
     }
+    // Smallest first: the first blob request to a mirror goes alone (its answer shows what
+    // the mirror is), and a cache that fetches whole blobs on a miss then fetches the least.
+    want.sort_by_key(|h| h.size);
     let repo = reference.repo();
     let got = futures::future::join_all(want.iter().map(|h| {
         let repo = &repo;

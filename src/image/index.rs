@@ -437,6 +437,8 @@ async fn listed_indexes(
         let have = z.and_then(|z| early.remove(&z.digest));
         wanted.push((d, layer, image_layer.size, z.map(|z| (z, have))));
     }
+    // Smallest first (see `head::speculate`).
+    wanted.sort_by_key(|(d, _, _, z)| z.as_ref().map_or(d.size, |(z, _)| z.size));
     let fetched = futures::future::try_join_all(wanted.into_iter().map(|(d, layer, size, z)| {
         fetch_sidecar_index(client, store, reference, d, z, layer, size)
     }))

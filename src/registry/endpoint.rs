@@ -358,32 +358,16 @@ impl Client {
                     continue;
                 }
             }
-            // A mirror's first blob request goes alone: its answer shows whether it serves
-            // ranges or fetches whole blobs on a miss (then only the blobs it holds are asked
-            // of it) before the others go.
-            let first = match (ep.mirror, blob) {
-                (true, Some(_)) if !self.health.knows(&ep.base) => {
-                    match self.probe_turn(&ep.base, &health::first_contact()).await {
-                        Ok(guard) => guard,
-                        Err(why) => {
-                            tracing::debug!(mirror = %ep.base, ?why, "skipping mirror for now (its first request)");
-                            skipped.push(ep);
-                            continue;
-                        }
-                    }
-                }
-                _ => None,
-            };
-            let probe = match (ep.mirror, blob) {
-                (true, Some(b)) => match self.probe_turn(&ep.base, b).await {
-                    Ok(guard) => guard,
+            let [first, probe] = match (ep.mirror, blob) {
+                (true, Some(b)) => match self.mirror_turns(&ep.base, b).await {
+                    Ok(turns) => turns,
                     Err(why) => {
                         tracing::debug!(mirror = %ep.base, ?why, "skipping mirror for now (after its probe)");
                         skipped.push(ep);
                         continue;
                     }
                 },
-                _ => None,
+                _ => [None, None],
             };
             // The probe may wait for a mirror that is filling the blob (`mirror-fill-wait`).
             let fill = match (&probe, blob) {
@@ -426,6 +410,22 @@ impl Client {
         Err(last.unwrap_or(Error::NotFound {
             what: repo.to_string(),
         }))
+    }
+
+    /// The turns a request for `blob` takes on mirror `base`: the mirror's first blob request
+    /// goes alone (its answer shows whether it serves ranges or fetches whole blobs on a miss,
+    /// and so which blobs may be asked of it, before the others go), then the blob's probe
+    /// ([`Self::probe_turn`]). Keep the guards until the answer is recorded.
+    async fn mirror_turns(
+        &self,
+        base: &str,
+        blob: &Digest,
+    ) -> Result<[Option<ProbeGuard<'_>>; 2], Skip> {
+        let first = match self.health.knows(base) {
+            true => None,
+            false => self.probe_turn(base, &health::first_contact()).await?,
+        };
+        Ok([first, self.probe_turn(base, blob).await?])
     }
 
     /// How long a request waits for a mirror filling a blob: `mirror-fill-wait`, at most half
