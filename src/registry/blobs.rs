@@ -521,7 +521,9 @@ impl Client {
     }
 
     /// Ask mirror `ep` for one byte of `blob` when it is this blob's turn, until it answers
-    /// with that byte (`Ok(true)`), `deadline` passes (`Ok(false)`) or it fails.
+    /// with that byte (`Ok(true)`), `deadline` passes (`Ok(false)`) or it fails. The mirror
+    /// is asked at least once when its turn comes: a wait whose first turn slipped past the
+    /// deadline (a host too busy to wake this task in time) still asks before it gives up.
     async fn poll_fill(
         &self,
         ep: &Endpoint,
@@ -529,17 +531,21 @@ impl Client {
         blob: &Digest,
         deadline: Instant,
     ) -> Result<bool, Error> {
+        let mut asked = false;
         loop {
             let now = Instant::now();
-            if now >= deadline {
+            let over = now >= deadline;
+            if over && asked {
                 return Ok(false);
             }
             match self.health.poll_turn(&ep.base, blob, now) {
-                PollTurn::Later(at) => {
+                PollTurn::Later(at) if !over => {
                     tokio::time::sleep_until(at.min(deadline).into()).await;
                     continue;
                 }
-                PollTurn::Ask => {}
+                // another blob's turn, or the mirror was asked a moment ago
+                PollTurn::Later(_) => return Ok(false),
+                PollTurn::Ask => asked = true,
             }
             match self.blob_response(ep, repo, blob, Some(0..1)).await {
                 Ok(resp) => {
