@@ -63,6 +63,21 @@ fn env_with_mirror(reg: &Registry, proxy: &FaultProxy, extra: serde_json::Value)
     env
 }
 
+/// A registry with the test layer published as `repo_tag`, behind a mirror (the fault
+/// proxy) that answers every Range of the layer with the whole blob (a pull-through cache
+/// filling it); strata configured to use the mirror, with `extra`. Returns the layer digest.
+fn behind_a_filling_mirror(
+    repo_tag: &str,
+    extra: serde_json::Value,
+) -> (Registry, String, FaultProxy, StrataEnv) {
+    let reg = Registry::start();
+    let layer = publish(&reg, repo_tag);
+    let proxy = FaultProxy::in_front_of(&reg);
+    proxy.on_path(&layer, None, Fault::IgnoreRange);
+    let env = env_with_mirror(&reg, &proxy, extra);
+    (reg, layer, proxy, env)
+}
+
 fn mount<'a>(env: &'a StrataEnv, reference: &str) -> Mounted<'a> {
     env.mount(reference, &["--no-prefetch"])
 }
@@ -161,13 +176,8 @@ fn a_failing_mirror_is_skipped_for_a_while() {
 /// not waiting for the fill; waiting is `mirror_fill.rs`.)
 #[test]
 fn a_mirror_filling_a_blob_is_skipped_for_that_blob_until_it_serves_ranges() {
-    let reg = Registry::start();
-    let layer = publish(&reg, "mirror/fill:v1");
-    let proxy = FaultProxy::in_front_of(&reg);
-    proxy.on_path(&layer, None, Fault::IgnoreRange);
-    let env = env_with_mirror(
-        &reg,
-        &proxy,
+    let (reg, layer, proxy, env) = behind_a_filling_mirror(
+        "mirror/fill:v1",
         serde_json::json!({"mirror-retry-after": 1.5, "mirror-fill-wait": 0}),
     );
     let m = mount(&env, &format!("{}/mirror/fill:v1", reg.host()));
@@ -242,13 +252,8 @@ fn a_cache_that_fetches_whole_blobs_is_not_made_to_fetch_a_layer_by_lazy_reads()
 /// go upstream and return the right bytes, and the mirror is not waited for again.
 #[test]
 fn a_mirror_that_never_fills_is_waited_for_once_then_bypassed() {
-    let reg = Registry::start();
-    let layer = publish(&reg, "mirror/nofill:v1");
-    let proxy = FaultProxy::in_front_of(&reg);
-    proxy.on_path(&layer, None, Fault::IgnoreRange);
-    let env = env_with_mirror(
-        &reg,
-        &proxy,
+    let (reg, layer, proxy, env) = behind_a_filling_mirror(
+        "mirror/nofill:v1",
         serde_json::json!({"mirror-fill-wait": 2, "mirror-retry-after": 60}),
     );
     let m = mount(&env, &format!("{}/mirror/nofill:v1", reg.host()));
@@ -287,13 +292,8 @@ fn a_mirror_that_never_fills_is_waited_for_once_then_bypassed() {
 /// the right bytes.
 #[test]
 fn a_fill_wait_woken_past_its_end_still_asks_the_mirror_once() {
-    let reg = Registry::start();
-    let layer = publish(&reg, "mirror/stalled:v1");
-    let proxy = FaultProxy::in_front_of(&reg);
-    proxy.on_path(&layer, None, Fault::IgnoreRange);
-    let env = env_with_mirror(
-        &reg,
-        &proxy,
+    let (reg, layer, proxy, env) = behind_a_filling_mirror(
+        "mirror/stalled:v1",
         serde_json::json!({"mirror-fill-wait": 2, "mirror-retry-after": 60}),
     );
     let m = mount(&env, &format!("{}/mirror/stalled:v1", reg.host()));
