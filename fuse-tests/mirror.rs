@@ -297,10 +297,11 @@ fn a_fill_wait_woken_past_its_end_still_asks_the_mirror_once() {
         serde_json::json!({"mirror-fill-wait": 2, "mirror-retry-after": 60}),
     );
     let m = mount(&env, &format!("{}/mirror/stalled:v1", reg.host()));
-    let root = env.root();
+    let pid = nix::unistd::Pid::from_raw(env.daemon_pid().expect("daemon.pid"));
+    let log = env.root().join("daemon.log");
     let stopper = std::thread::spawn(move || -> Result<(), String> {
         let t0 = Instant::now();
-        while !std::fs::read_to_string(root.join("daemon.log"))
+        while !std::fs::read_to_string(&log)
             .unwrap_or_default()
             .contains("is filling blob")
         {
@@ -309,9 +310,6 @@ fn a_fill_wait_woken_past_its_end_still_asks_the_mirror_once() {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        let pid = std::fs::read_to_string(root.join("daemon.pid")).map_err(|e| e.to_string())?;
-        let pid = pid.split_whitespace().next().unwrap_or_default();
-        let pid = nix::unistd::Pid::from_raw(pid.parse().map_err(|_| format!("pid {pid:?}"))?);
         use nix::sys::signal::{kill, Signal};
         kill(pid, Signal::SIGSTOP).map_err(|e| e.to_string())?;
         std::thread::sleep(Duration::from_millis(2500));

@@ -78,14 +78,20 @@ impl StrataEnv {
         text
     }
 
+    /// The pid `daemon.pid` names: the process serving this root's mounts, if one started.
+    pub fn daemon_pid(&self) -> Option<i32> {
+        fs::read_to_string(self.root().join("daemon.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// Stop the daemon serving this root, if one runs (SIGTERM: it unmounts what it serves
     /// and flushes its cache), and wait until it has exited. The next command that needs a
     /// mount starts a fresh one (empty memory tier).
     pub fn stop_daemon(&self) {
-        let Some(pid) = fs::read_to_string(self.root().join("daemon.pid"))
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-        else {
+        let Some(pid) = self.daemon_pid() else {
             return;
         };
         let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
