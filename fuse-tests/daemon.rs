@@ -24,17 +24,58 @@ fn alive(pid: i32) -> bool {
     })
 }
 
+/// `daemon --stop`: when it returns, the daemon has exited (its server, named in
+/// `daemon.pid`, and its supervisor, named in `daemon.lock`), so the next start takes the lock.
 fn stop_daemon(env: &StrataEnv) {
+    let pid_in = |f: &str| -> Option<i32> {
+        std::fs::read_to_string(env.root().join(f))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let running: Vec<i32> = [pid_in("daemon.pid"), pid_in("daemon.lock")]
+        .into_iter()
+        .flatten()
+        .filter(|p| alive(*p))
+        .collect();
     env.run(&["daemon", "--stop"]).assert_success();
-    if let Some(pid) = daemon_pid(&env.root()) {
-        for _ in 0..200 {
-            if !alive(pid) {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(25));
-        }
-        panic!("daemon {pid} did not exit after --stop");
+    for pid in running {
+        assert!(!alive(pid), "daemon process {pid} still runs after --stop");
     }
+}
+
+/// A daemon started while the root's lock is held by one that no longer answers (quitting:
+/// ending its mounts, flushing its cache; here the test holds the lock, with no socket)
+/// waits for the lock instead of failing, and serves once it is free.
+#[test]
+fn a_daemon_started_while_the_last_one_quits_waits_for_it() {
+    use std::os::fd::AsRawFd;
+    let env = StrataEnv::new();
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(env.root().join("daemon.lock"))
+        .unwrap();
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let hold = std::time::Duration::from_millis(1500);
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(hold);
+        drop(lock);
+    });
+    let t0 = std::time::Instant::now();
+    env.run(&["daemon"]).assert_success();
+    let took = t0.elapsed();
+    releaser.join().unwrap();
+    assert!(
+        took >= hold,
+        "served after {took:?} while the lock was held"
+    );
+    let server = daemon_pid(&env.root()).expect("daemon.pid");
+    assert!(alive(server));
+    stop_daemon(&env);
 }
 
 /// Concurrent cold `strata run`s of one image on one root: one daemon serves them all, and

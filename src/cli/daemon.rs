@@ -6,6 +6,10 @@ use super::{Ctx, Error};
 use crate::daemon::{Client, MountRequest, Request, Response};
 use std::time::Duration;
 
+/// How long `daemon --stop` waits for the daemon to exit (the server gives its mounts 30 s
+/// to end, then flushes the cache).
+const STOP_WAIT: Duration = Duration::from_secs(60);
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct DaemonArgs {
     /// Serve in this process (for service managers) instead of starting in the background
@@ -66,9 +70,22 @@ pub async fn daemon(ctx: &Ctx, args: DaemonArgs) -> Result<i32, Error> {
     if args.stop {
         return match Client::connect(&root).await {
             Ok(mut c) => {
+                let procs = crate::daemon::daemon_processes(&root);
                 let r = c.call(&Request::Shutdown).await?;
+                drop(c);
                 println!("strata daemon (pid {}) stopping", r.pid);
-                Ok(0)
+                // Stopped means stopped: the next `strata daemon` (or run) takes the lock.
+                if crate::daemon::wait_exited(&procs, STOP_WAIT).await {
+                    println!("strata daemon stopped");
+                    Ok(0)
+                } else {
+                    eprintln!(
+                        "strata daemon (pid {}) still quitting after {} s (ending its mounts)",
+                        r.pid,
+                        STOP_WAIT.as_secs()
+                    );
+                    Ok(1)
+                }
             }
             Err(_) => {
                 println!("no strata daemon serves {}", root.display());

@@ -19,7 +19,9 @@ mod supervisor;
 
 pub use ctl::Inherited;
 pub use server::{serve, DaemonOptions};
-pub use supervisor::{resume, supervise, SupervisorOptions, LOCK_FILE};
+pub use supervisor::{
+    daemon_processes, resume, supervise, wait_exited, SupervisorOptions, LOCK_FILE,
+};
 
 use crate::mount::MountRecord;
 use serde::{Deserialize, Serialize};

@@ -16,7 +16,8 @@
 //! counting across supervisors, so file handles of a new server never collide with those
 //! the kernel still holds.
 //!
-//! Calls `ctl` (the channel to the server), `sdnotify` and the OS; of the mount machinery
+//! Calls `ctl` (the channel to the server), `sdnotify`, the daemon client (whether a daemon
+//! holding the lock answers) and the OS; of the mount machinery
 //! only the paths of saved mounts (to find them again, and to clean them when giving up).
 
 use super::ctl::{self, Ctl, Inherited, InheritedMount};
@@ -185,6 +186,58 @@ fn take_lock(root: &Path) -> Result<OwnedFd, Error> {
     Ok(f.into())
 }
 
+/// How long a new supervisor waits for the root's lock held by a daemon that does not answer
+/// (quitting: it ends its mounts and flushes the cache); as long as the command that started
+/// it waits for its socket (`Client::wait_for`).
+const LOCK_WAIT: Duration = Duration::from_secs(20);
+
+/// Whether a daemon answers a ping on `root`'s socket within a second (a quitting one has
+/// removed its socket or no longer accepts).
+async fn answers(root: &Path) -> bool {
+    let ping = async {
+        let mut c = super::Client::connect(root).await.ok()?;
+        c.call(&super::Request::Ping).await.ok()
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), ping).await,
+        Ok(Some(_))
+    )
+}
+
+/// The processes of the daemon serving `root`: the supervisor named in its lock file and the
+/// server named in its pid file (a server whose supervisor died holds the lock too).
+pub fn daemon_processes(root: &Path) -> Vec<i32> {
+    [LOCK_FILE, super::PID_FILE]
+        .iter()
+        .filter_map(|f| {
+            std::fs::read_to_string(root.join(f))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// Wait (up to `limit`) until processes `pids` have exited (gone, or zombies: whoever
+/// started them reaps them). `false` when one still runs after `limit`.
+pub async fn wait_exited(pids: &[i32], limit: Duration) -> bool {
+    let running = |pid: &i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+        })
+    };
+    let deadline = Instant::now() + limit;
+    while pids.iter().any(running) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
 /// Bind the control socket (0600), replacing one left by a dead daemon (we hold the lock).
 fn bind(root: &Path) -> Result<OwnedFd, Error> {
     use std::os::unix::fs::PermissionsExt;
@@ -199,13 +252,17 @@ fn bind(root: &Path) -> Result<OwnedFd, Error> {
 /// Supervise a root: take its lock, listen (then call `ready` with the socket's path), run
 /// servers until one exits on purpose (shutdown, idle) or a signal stops us. The exit code.
 pub async fn supervise(opts: SupervisorOptions, ready: impl FnOnce(&Path)) -> Result<i32, Error> {
-    // Started again by systemd with stored devices: the server of the dead supervisor may
-    // still be quitting (it flushes the cache first) and hold the lock a moment longer.
+    // The lock's holder may be quitting (it ends its mounts and flushes the cache first, its
+    // socket no longer answers): a daemon stopped or idle-exiting a moment ago, or, started
+    // again by systemd with stored devices, the server of the dead supervisor. Wait for it
+    // rather than fail the command that started us; give way to one that answers.
     let restarted = sdnotify::listen_fds_for_us();
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + LOCK_WAIT;
     let lock = loop {
         match take_lock(&opts.root) {
-            Err(Error::AlreadyRunning { .. }) if restarted && Instant::now() < deadline => {
+            Err(Error::AlreadyRunning { .. })
+                if Instant::now() < deadline && (restarted || !answers(&opts.root).await) =>
+            {
                 tokio::time::sleep(Duration::from_millis(50)).await
             }
             r => break r?,
